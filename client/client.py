@@ -1,0 +1,140 @@
+"""A client for every task the stack serves, over gRPC (default) or HTTP.
+
+It wraps tritonclient, whose gRPC and HTTP clients share one interface, and turns Triton's error
+responses into :class:`RequestError` with the server's message.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from PIL import Image
+
+from genserve import config
+from genserve.client.images import ImageLike, decode_image, to_image_bytes
+from genserve.errors import GenServeError
+
+Protocol = Literal["grpc", "http"]
+
+
+class RequestError(GenServeError):
+    """The server refused or failed one request; ``str(error)`` is the server's message."""
+
+
+@dataclass
+class ImageResult:
+    """An image the server made, with the metadata it reported."""
+
+    encoded: bytes
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def image(self) -> Image.Image:
+        return decode_image(self.encoded)
+
+    def save(self, path: str | Path) -> Path:
+        """Write the image; the file's extension picks the format (bytes as served when it matches)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        served_format = self.image.format or ""
+        wanted = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG", ".webp": "WEBP"}.get(path.suffix.lower())
+        if wanted is None or wanted == served_format:
+            path.write_bytes(self.encoded)
+        else:
+            image = self.image
+            image.convert("RGB" if wanted == "JPEG" else image.mode).save(path, format=wanted, quality=95)
+        return path
+
+
+class Client:
+    """Talk to a genserve Triton server.
+
+    ``url`` is ``host:port`` of the gRPC endpoint (default ``localhost:8001``) or, with
+    ``protocol="http"``, of the HTTP endpoint (default ``localhost:8000``).
+    """
+
+    def __init__(self, url: str | None = None, *, protocol: Protocol = "grpc", timeout_s: float | None = 600.0):
+        if protocol not in ("grpc", "http"):
+            raise ValueError(f"protocol must be 'grpc' or 'http', not {protocol!r}")
+        self.protocol = protocol
+        self.url = url or (config.grpc_url() if protocol == "grpc" else config.http_url())
+        self.timeout_s = timeout_s
+        if protocol == "grpc":
+            import tritonclient.grpc as tritonclient
+        else:
+            import tritonclient.http as tritonclient
+        self._triton = tritonclient
+        self._client = tritonclient.InferenceServerClient(self.url)
+
+    def close(self) -> None:
+        self._client.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+    def is_ready(self, model: str | None = None) -> bool:
+        try:
+            return self._client.is_model_ready(model) if model else self._client.is_server_ready()
+        except Exception:  # connection refused and the like: not ready
+            return False
+
+    def infer(self, model: str, inputs: dict[str, np.ndarray], outputs: list[str]) -> dict[str, np.ndarray]:
+        """One request to one model; numpy in, numpy out. Raises :class:`RequestError` on a refused request."""
+        from tritonclient.utils import InferenceServerException, np_to_triton_dtype
+
+        tensors = []
+        for name, array in inputs.items():
+            tensor = self._triton.InferInput(name, list(array.shape), np_to_triton_dtype(array.dtype))
+            tensor.set_data_from_numpy(array)
+            tensors.append(tensor)
+        requested = [self._triton.InferRequestedOutput(name) for name in outputs]
+        kwargs = {}
+        if self.timeout_s is not None:
+            kwargs = {"client_timeout": self.timeout_s} if self.protocol == "grpc" else {"timeout": int(self.timeout_s * 1e6)}
+        try:
+            result = self._client.infer(model, tensors, outputs=requested, **kwargs)
+        except InferenceServerException as error:
+            raise RequestError(error.message() or str(error)) from None
+        return {name: result.as_numpy(name) for name in outputs}
+
+    # --- tasks -------------------------------------------------------------------------------------
+
+    def swap_face(
+        self,
+        ori: ImageLike,
+        target: ImageLike,
+        *,
+        face_index: int | None = None,
+        all_faces: bool = False,
+        output_format: Literal["jpeg", "png"] = "jpeg",
+        **options: Any,
+    ) -> ImageResult:
+        """Put the face of ``target`` into ``ori``, keeping ori's background (the deepfake task).
+
+        By default the largest face in ``ori`` is replaced; ``face_index`` picks another (faces are
+        ordered largest first) and ``all_faces`` replaces every one. The metadata reports the faces
+        found, which were replaced, the identity score and per-stage timings.
+        """
+        request_options = {"face_index": face_index, "all_faces": all_faces, "output_format": output_format, **options}
+        request_options = {k: v for k, v in request_options.items() if v is not None}
+        outputs = self.infer(
+            "face_swap",
+            {
+                "ORI_IMAGE": _bytes_tensor(to_image_bytes(ori)),
+                "TARGET_IMAGE": _bytes_tensor(to_image_bytes(target)),
+                "OPTIONS": _bytes_tensor(json.dumps(request_options).encode()),
+            },
+            ["IMAGE", "METADATA"],
+        )
+        return ImageResult(encoded=outputs["IMAGE"][0], metadata=json.loads(outputs["METADATA"][0]))
+
+
+def _bytes_tensor(data: bytes) -> np.ndarray:
+    return np.array([data], dtype=np.object_)

@@ -1,0 +1,51 @@
+"""The ``genserve`` command line.
+
+Each subcommand lives in its own module under ``genserve.commands`` and exposes
+``register(subparsers)``, which adds its parser and sets ``handler``. Command modules import only
+argparse at module level, so ``genserve --help`` stays fast; the heavy imports happen in the handler.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+from genserve import __version__
+from genserve.errors import GenServeError
+
+# Order is the order shown by `genserve --help`.
+COMMANDS = ("serve", "deepfake")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="genserve",
+        description="Triton/ONNX serving stack for image generation (t2i), image editing (tie, vttie) "
+        "and face swap (deepfake).",
+    )
+    parser.add_argument("--version", action="version", version=f"genserve {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name in COMMANDS:
+        importlib.import_module(f"genserve.commands.{name.replace('-', '_')}").register(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        return args.handler(args) or 0
+    except GenServeError as error:
+        print(f"genserve {args.command}: error: {error}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

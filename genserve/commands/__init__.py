@@ -1,0 +1,1 @@
+"""One module per ``genserve`` subcommand; see :mod:`genserve.cli`."""

@@ -1,0 +1,51 @@
+"""``genserve serve [REPO]``: run the real Triton server on a model repository until Ctrl-C."""
+
+from __future__ import annotations
+
+import argparse
+
+from genserve import config
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "serve",
+        help="start the Triton server on a model repository",
+        description="Start the real Triton Inference Server on a model repository and wait until every "
+        "model is loaded. With no REPO, serves the stack's default repository. Stops cleanly on Ctrl-C.",
+    )
+    parser.add_argument("repository", nargs="?", metavar="REPO", help="model repository folder (default: the stack's own)")
+    parser.add_argument("--http-port", type=int, default=config.DEFAULT_HTTP_PORT)
+    parser.add_argument("--grpc-port", type=int, default=config.DEFAULT_GRPC_PORT)
+    parser.add_argument("--metrics-port", type=int, default=config.DEFAULT_METRICS_PORT)
+    parser.add_argument("--model", action="append", dest="models", metavar="NAME", help="load only this model (repeatable)")
+    parser.add_argument("--log-file", help="where Triton's log goes (default: under the genserve cache folder)")
+    parser.add_argument(
+        "--keep-going", action="store_true", help="keep serving the models that loaded when another fails"
+    )
+    parser.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from genserve.model_repository import REPOSITORY_DIR
+    from genserve.server import TritonServer
+
+    server = TritonServer(
+        args.repository or REPOSITORY_DIR,
+        models=args.models,
+        http_port=args.http_port,
+        grpc_port=args.grpc_port,
+        metrics_port=args.metrics_port,
+        log_path=args.log_file,
+        strict=not args.keep_going,
+    )
+    with server:
+        loaded = [name for name in server.models if name not in server.failed_models]
+        print(f"Triton is serving {', '.join(loaded)} from {server.repository}")
+        print(f"  gRPC {server.grpc_url}   HTTP {server.http_url}   metrics localhost:{server.metrics_port}")
+        print(f"  log: {server.log_path}\nPress Ctrl-C to stop.", flush=True)
+        try:
+            return server.wait()
+        except KeyboardInterrupt:
+            print("\nstopping Triton…", flush=True)
+    return 0

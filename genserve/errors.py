@@ -1,0 +1,21 @@
+"""Errors a person can act on.
+
+Every error a request can cause derives from :class:`GenServeError`; the served models turn them into a
+Triton error response for that request alone, so one bad request never takes the server down.
+"""
+
+
+class GenServeError(Exception):
+    """Base class of the stack's own errors."""
+
+
+class InvalidInputError(GenServeError, ValueError):
+    """The request itself is wrong: corrupt or empty image bytes, an image too large, bad options."""
+
+
+class NoFaceError(InvalidInputError):
+    """An image that must show a face shows none the detector can find."""
+
+
+class ServerError(GenServeError, RuntimeError):
+    """The Triton server could not be started, or a model in it failed to load."""

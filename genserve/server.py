@@ -1,0 +1,271 @@
+"""Start the real Triton Inference Server on a model repository.
+
+Two kinds of host are supported:
+
+- **The NGC Triton container** (``nvcr.io/nvidia/tritonserver:*-py3``): its own ``tritonserver`` binary
+  and backends (onnxruntime, TensorRT, Python) are used as they are.
+- **A plain host**: the ``tritonserver`` binary shipped in the ``nvidia-pytriton`` wheel. That wheel has
+  only the Python backend, and its backend stub must be placed next to ``libtriton_python.so`` for the
+  running Python version. The stub embeds ``libpython``: we put the running interpreter's ``LIBDIR``
+  first on ``LD_LIBRARY_PATH`` (else the system's libpython of the same minor version may be picked,
+  and stdlib C modules fail with undefined symbols), and make the stub's interpreter see this
+  environment's site-packages by putting the running interpreter's folder first on ``PATH``.
+
+Models are loaded explicitly (``--model-control-mode=explicit``) so that a model that fails to load
+is reported by name, with Triton's reason, instead of a server that is merely "not ready".
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from genserve import config
+from genserve.errors import ServerError
+
+logger = logging.getLogger(__name__)
+
+NGC_TRITONSERVER = Path("/opt/tritonserver/bin/tritonserver")
+# Each Python-backend model instance gets a shared-memory region of this size, grown in steps of
+# the same size: large enough that a request carrying a few megapixel images needs no growth.
+PYTHON_SHM_BYTES = 16 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class TritonInstallation:
+    """A ``tritonserver`` binary and the backend directory it is started with."""
+
+    binary: Path
+    backend_dir: Path | None  # None: the binary's built-in default (the container's /opt/tritonserver/backends)
+    env: dict[str, str] = field(default_factory=dict)  # variables added to the server's environment
+
+
+def find_installation() -> TritonInstallation:
+    """The container's Triton if there is one, else the one inside the nvidia-pytriton wheel.
+
+    ``GENSERVE_TRITONSERVER`` names a binary to use instead (with its default backend directory).
+    """
+    override = os.environ.get("GENSERVE_TRITONSERVER")
+    if override:
+        return TritonInstallation(binary=Path(override), backend_dir=None)
+    if NGC_TRITONSERVER.exists():
+        return TritonInstallation(binary=NGC_TRITONSERVER, backend_dir=None)
+    return _pytriton_installation()
+
+
+def _pytriton_installation() -> TritonInstallation:
+    try:
+        import pytriton
+    except ImportError as error:
+        raise ServerError(
+            "No Triton server found: install genserve with its dependencies (nvidia-pytriton ships the "
+            "tritonserver binary) or run inside the NGC Triton container."
+        ) from error
+    dist = Path(pytriton.__file__).parent / "tritonserver"
+    libs = Path(pytriton.__file__).parent.parent / "nvidia_pytriton.libs"
+    python_version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    stub = dist / "python_backend_stubs" / python_version / "triton_python_backend_stub"
+    if not stub.exists():
+        raise ServerError(f"nvidia-pytriton ships no Python backend stub for Python {python_version}")
+
+    backend_dir = _prepare_backend_dir(dist, stub, python_version)
+    env = {
+        # The running interpreter's libpython first, then the wheel's own libraries.
+        "LD_LIBRARY_PATH": os.pathsep.join(
+            p for p in (sysconfig.get_config_var("LIBDIR"), str(libs), os.environ.get("LD_LIBRARY_PATH")) if p
+        ),
+        # The stub's embedded interpreter runs isolated (PYTHONPATH is ignored) and finds its prefix
+        # by looking up `python3` on PATH: the running interpreter's folder first makes that this
+        # environment, a virtual environment's pyvenv.cfg and site-packages (.pth files) included.
+        "PATH": os.pathsep.join(p for p in (str(Path(sys.executable).parent), os.environ.get("PATH")) if p),
+    }
+    return TritonInstallation(binary=dist / "bin" / "tritonserver", backend_dir=backend_dir, env=env)
+
+
+def _prepare_backend_dir(dist: Path, stub: Path, python_version: str) -> Path:
+    """A backend directory whose Python backend has the stub for the running Python beside it."""
+    import pytriton
+
+    version = getattr(pytriton, "__version__", "unknown")
+    backend_dir = config.CACHE_DIR / "tritonserver" / f"pytriton-{version}-py{python_version}" / "backends"
+    python_dir = backend_dir / "python"
+    if (python_dir / "triton_python_backend_stub").exists():
+        return backend_dir
+    # Build in a temporary folder and rename, so concurrent first starts never see half a backend.
+    backend_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=backend_dir.parent, prefix=".backends-"))
+    shutil.copytree(dist / "backends", staging, dirs_exist_ok=True)
+    shutil.copy2(stub, staging / "python" / "triton_python_backend_stub")
+    try:
+        staging.rename(backend_dir)
+    except OSError:  # another process finished first
+        shutil.rmtree(staging, ignore_errors=True)
+    return backend_dir
+
+
+def repository_models(repository: Path) -> list[str]:
+    """The model folders of a Triton model repository: those holding a ``config.pbtxt``."""
+    return sorted(p.name for p in repository.iterdir() if (p / "config.pbtxt").is_file())
+
+
+class TritonServer:
+    """A running ``tritonserver`` process, as a context manager.
+
+    >>> with TritonServer("model_repository", grpc_port=8001) as server:
+    ...     print(server.grpc_url)
+    """
+
+    def __init__(
+        self,
+        repository: str | os.PathLike,
+        *,
+        models: list[str] | None = None,
+        http_port: int = config.DEFAULT_HTTP_PORT,
+        grpc_port: int = config.DEFAULT_GRPC_PORT,
+        metrics_port: int = config.DEFAULT_METRICS_PORT,
+        log_path: str | os.PathLike | None = None,
+        start_timeout_s: float = config.SERVER_START_TIMEOUT_S,
+        strict: bool = True,
+        extra_args: list[str] | None = None,
+    ):
+        self.repository = Path(repository).resolve()
+        if not self.repository.is_dir():
+            raise ServerError(f"model repository {self.repository} is not a folder")
+        self.models = models if models is not None else repository_models(self.repository)
+        if not self.models:
+            raise ServerError(f"model repository {self.repository} holds no model (no */config.pbtxt)")
+        self.http_port, self.grpc_port, self.metrics_port = http_port, grpc_port, metrics_port
+        self.log_path = Path(log_path) if log_path else config.CACHE_DIR / "logs" / f"tritonserver-{grpc_port}.log"
+        self.start_timeout_s = start_timeout_s
+        self.strict = strict
+        self.extra_args = list(extra_args or [])
+        self.failed_models: dict[str, str] = {}
+        self._process: subprocess.Popen | None = None
+        self._log_file = None
+
+    @property
+    def grpc_url(self) -> str:
+        return config.grpc_url("localhost", self.grpc_port)
+
+    @property
+    def http_url(self) -> str:
+        return config.http_url("localhost", self.http_port)
+
+    def command(self, installation: TritonInstallation) -> list[str]:
+        args = [
+            str(installation.binary),
+            f"--model-repository={self.repository}",
+            "--model-control-mode=explicit",
+            *(f"--load-model={name}" for name in self.models),
+            # Keep the models that load when one fails; start() reports the failure by name.
+            "--exit-on-error=false",
+            f"--http-port={self.http_port}",
+            f"--grpc-port={self.grpc_port}",
+            f"--metrics-port={self.metrics_port}",
+            # A unique prefix lets several servers (tests, benchmarks) share one host's /dev/shm.
+            f"--backend-config=python,shm-region-prefix-name=genserve{os.getpid()}p{self.grpc_port}_",
+            f"--backend-config=python,shm-default-byte-size={PYTHON_SHM_BYTES}",
+            f"--backend-config=python,shm-growth-byte-size={PYTHON_SHM_BYTES}",
+            "--log-verbose=0",
+        ]
+        if installation.backend_dir is not None:
+            args.append(f"--backend-directory={installation.backend_dir}")
+        return args + self.extra_args
+
+    def start(self) -> TritonServer:
+        installation = find_installation()
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        self._log_file = open(self.log_path, "wb")
+        env = {**os.environ, **installation.env}
+        command = self.command(installation)
+        logger.info("starting %s", " ".join(command))
+        self._process = subprocess.Popen(
+            command, stdout=self._log_file, stderr=subprocess.STDOUT, env=env, start_new_session=True
+        )
+        try:
+            self._wait_until_live()
+            self._check_models()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _wait_until_live(self) -> None:
+        # Triton opens its endpoints only after the startup loads finished (or failed).
+        deadline = time.monotonic() + self.start_timeout_s
+        url = f"http://{self.http_url}/v2/health/live"
+        while time.monotonic() < deadline:
+            if self._process.poll() is not None:
+                raise ServerError(
+                    f"tritonserver exited with code {self._process.returncode} while starting.\n"
+                    f"{self._failure_summary()}\nFull log: {self.log_path}"
+                )
+            try:
+                with urllib.request.urlopen(url, timeout=2) as response:
+                    if response.status == 200:
+                        return
+            except (urllib.error.URLError, ConnectionError, TimeoutError):
+                pass
+            time.sleep(0.25)
+        raise ServerError(f"tritonserver did not come up within {self.start_timeout_s:.0f} s; log: {self.log_path}")
+
+    def _check_models(self) -> None:
+        import tritonclient.http as httpclient
+
+        with httpclient.InferenceServerClient(self.http_url) as client:
+            index = client.get_model_repository_index()
+        states = {entry["name"]: entry for entry in index}
+        self.failed_models = {
+            name: states.get(name, {}).get("reason") or "not loaded (see the log)"
+            for name in self.models
+            if states.get(name, {}).get("state") != "READY"
+        }
+        if self.failed_models:
+            report = "\n".join(f"  {name}: {reason}" for name, reason in self.failed_models.items())
+            message = f"models that failed to load:\n{report}\nFull log: {self.log_path}"
+            if self.strict:
+                raise ServerError(message)
+            logger.warning(message)
+
+    def _failure_summary(self) -> str:
+        lines = self.log_path.read_text(errors="replace").splitlines() if self.log_path.exists() else []
+        errors = [line for line in lines if line.startswith("E") or "error" in line.lower()]
+        return "\n".join((errors or lines)[-15:])
+
+    def is_running(self) -> bool:
+        return self._process is not None and self._process.poll() is None
+
+    def wait(self) -> int:
+        """Block until the server exits (for ``genserve serve`` in the foreground)."""
+        return self._process.wait()
+
+    def stop(self, timeout_s: float = 30.0) -> None:
+        """Stop gracefully (SIGINT lets Triton finish in-flight requests), then kill if it hangs."""
+        process, self._process = self._process, None
+        if process is not None and process.poll() is None:
+            process.send_signal(signal.SIGINT)
+            try:
+                process.wait(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+        if self._log_file is not None:
+            self._log_file.close()
+            self._log_file = None
+
+    def __enter__(self) -> TritonServer:
+        return self.start()
+
+    def __exit__(self, *exc_info) -> None:
+        self.stop()
