@@ -1,0 +1,62 @@
+"""Shared fixtures: the real Triton server on the stack's model repository, and the test photos."""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+import pytest
+
+FACES_DIR = Path(os.environ.get("GENSERVE_FACES_DIR", Path(__file__).resolve().parents[1].parent / "shared" / "data" / "faces"))
+
+
+def free_ports(count: int) -> list[int]:
+    """Ports nobody listens on now (bound and released at once)."""
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for sock in sockets:
+            sock.bind(("127.0.0.1", 0))
+        return [sock.getsockname()[1] for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+@pytest.fixture(scope="session")
+def faces_dir() -> Path:
+    if not FACES_DIR.is_dir():
+        pytest.fail(f"test photos not found at {FACES_DIR} (set GENSERVE_FACES_DIR)")
+    return FACES_DIR
+
+
+@pytest.fixture(scope="session")
+def triton_server(tmp_path_factory):
+    """The real tritonserver serving the stack's default model repository, once per test session."""
+    from genserve.model_repository import REPOSITORY_DIR
+    from genserve.server import TritonServer
+
+    http_port, grpc_port, metrics_port = free_ports(3)
+    log_path = tmp_path_factory.mktemp("triton") / "tritonserver.log"
+    with TritonServer(
+        REPOSITORY_DIR, http_port=http_port, grpc_port=grpc_port, metrics_port=metrics_port, log_path=log_path
+    ) as server:
+        yield server
+
+
+@pytest.fixture(params=["grpc", "http"])
+def client(request, triton_server):
+    """A client of the live server, over each protocol in turn."""
+    from genserve.client import Client
+
+    url = triton_server.grpc_url if request.param == "grpc" else triton_server.http_url
+    with Client(url, protocol=request.param) as client:
+        yield client
+
+
+@pytest.fixture
+def grpc_client(triton_server):
+    from genserve.client import Client
+
+    with Client(triton_server.grpc_url) as client:
+        yield client
