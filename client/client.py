@@ -50,6 +50,16 @@ class ImageResult:
         return path
 
 
+@dataclass(frozen=True)
+class OcrLine:
+    """One line of text the ``ocr`` model read: its quadrilateral (4 (x, y) corners, clockwise from
+    top-left, in pixels of the image sent), the text, and the recognition confidence in [0, 1]."""
+
+    box: tuple[tuple[float, float], ...]
+    text: str
+    score: float
+
+
 class Client:
     """Talk to a genserve Triton server.
 
@@ -134,6 +144,25 @@ class Client:
             ["IMAGE", "METADATA"],
         )
         return ImageResult(encoded=outputs["IMAGE"][0], metadata=json.loads(outputs["METADATA"][0]))
+
+    def ocr(self, image: ImageLike) -> list[OcrLine]:
+        """Read the text in ``image`` with PP-OCRv4 (the ``ocr`` model): one :class:`OcrLine` per line
+        found, top to bottom then left to right; an empty list when there is no text.
+
+        Paths and bytes are sent as they are; arrays are taken as RGB (see ``to_image_bytes``).
+        """
+        outputs = self.infer("ocr", {"IMAGE": _bytes_tensor(to_image_bytes(image))}, ["BOXES", "TEXTS", "SCORES"])
+        boxes = np.asarray(outputs["BOXES"], dtype=np.float32).reshape(-1, 4, 2)
+        texts = [] if outputs["TEXTS"] is None else outputs["TEXTS"].reshape(-1)
+        scores = np.asarray(outputs["SCORES"], dtype=np.float64).reshape(-1)
+        return [
+            OcrLine(
+                box=tuple((float(x), float(y)) for x, y in box),
+                text=text.decode("utf-8") if isinstance(text, bytes) else str(text),
+                score=float(score),
+            )
+            for box, text, score in zip(boxes, texts, scores)
+        ]
 
 
 def _bytes_tensor(data: bytes) -> np.ndarray:

@@ -1,0 +1,167 @@
+"""PP-OCR with rapidocr's own pre- and post-processing, its three ONNX calls made wherever the caller says.
+
+``rapidocr_onnxruntime.RapidOCR`` is detection (DB) -> crops -> direction classifier -> CTC recognition,
+each model call going through one ONNX Runtime session attribute. :func:`create_engine` builds rapidocr's
+own ``RapidOCR`` object and, given a ``runner``, points those three attributes at it; the served ``ocr``
+model passes a runner that makes BLS calls to the Triton leaf models ``ocr_det``, ``ocr_cls`` and
+``ocr_rec``. Everything else (resizing, normalisation, box decoding and sorting, cropping, rotation,
+batching of crops, CTC decoding, score filtering) is rapidocr's code, so the served results equal
+rapidocr's in-process results by construction, as long as the leaf models compute what rapidocr's
+sessions compute (the same ONNX files on ONNX Runtime; the tests compare both).
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+from genserve import config
+from genserve.errors import InvalidInputError
+
+# The package that ships the weights, and its ONNX files (importlib.resources names). It is installed
+# with --no-deps (see pyproject.toml): the redirection below relies on rapidocr 1.4.x internals.
+WEIGHTS_PACKAGE = "rapidocr_onnxruntime"
+RAPIDOCR_REQUIREMENT = "rapidocr-onnxruntime==1.4.4"
+
+
+@dataclass(frozen=True)
+class LeafModel:
+    """One PP-OCR network as a Triton model: its name, its ONNX file and the graph's tensor names."""
+
+    name: str
+    resource: str  # inside WEIGHTS_PACKAGE
+    input: str
+    output: str
+
+    @property
+    def onnx_reference(self) -> str:
+        return f"{WEIGHTS_PACKAGE}:{self.resource}"
+
+
+DET = LeafModel("ocr_det", "models/ch_PP-OCRv4_det_infer.onnx", "x", "sigmoid_0.tmp_0")
+CLS = LeafModel("ocr_cls", "models/ch_ppocr_mobile_v2.0_cls_infer.onnx", "x", "save_infer_model/scale_0.tmp_1")
+REC = LeafModel("ocr_rec", "models/ch_PP-OCRv4_rec_infer.onnx", "x", "softmax_11.tmp_0")
+LEAF_MODELS = (DET, CLS, REC)
+
+# The pipeline model's name and tensors.
+PIPELINE_MODEL = "ocr"
+INPUT_IMAGE = "IMAGE"
+OUTPUT_BOXES = "BOXES"  # FP32 [N, 4, 2]: corners clockwise from top-left, in input-image pixels
+OUTPUT_TEXTS = "TEXTS"  # BYTES [N]: UTF-8 text of each line
+OUTPUT_SCORES = "SCORES"  # FP64 [N]: recognition confidence (rapidocr's value, a float64 mean)
+
+# rapidocr decodes with PIL and takes these modes as they are; others (palette, 16-bit, CMYK...) it
+# would misread as grey or 4-channel, so they are converted first.
+_MODES_TAKEN_AS_IS = {"1", "L", "LA", "RGB", "RGBA"}
+
+Runner = Callable[[LeafModel, np.ndarray], np.ndarray]
+
+
+@dataclass
+class OcrArrays:
+    """What the pipeline returns for one image: N lines, top to bottom then left to right."""
+
+    boxes: np.ndarray  # float32 [N, 4, 2]
+    texts: list[str]
+    scores: np.ndarray  # float64 [N]
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+
+class _LeafCall:
+    """Stands in for one of rapidocr's ``OrtInferSession`` objects: ``session(x)[0]`` is the output."""
+
+    def __init__(self, leaf: LeafModel, runner: Runner):
+        self.leaf, self.runner = leaf, runner
+
+    def __call__(self, x: np.ndarray) -> list[np.ndarray]:
+        return [self.runner(self.leaf, np.ascontiguousarray(x, dtype=np.float32))]
+
+
+def import_rapidocr():
+    """The rapidocr_onnxruntime package, or an error that says how to install it."""
+    try:
+        import rapidocr_onnxruntime
+    except ImportError as error:
+        raise ImportError(
+            f"OCR needs {RAPIDOCR_REQUIREMENT}: pip install --no-deps {RAPIDOCR_REQUIREMENT} ({error})"
+        ) from error
+    return rapidocr_onnxruntime
+
+
+def create_engine(runner: Runner | None = None, **rapidocr_options):
+    """rapidocr's ``RapidOCR``; with ``runner``, its three ONNX calls go to ``runner(leaf, x)`` instead.
+
+    The recogniser's character dictionary is read from the ONNX file's metadata by rapidocr itself, so
+    the runner must serve the same rec model as rapidocr's packaged one (``REC.resource``).
+    """
+    RapidOCR = import_rapidocr().RapidOCR
+    engine = RapidOCR(**rapidocr_options)
+    if runner is not None:
+        # The attributes rapidocr 1.4.x calls: TextDetector.infer, TextClassifier.infer, TextRecognizer.session.
+        for owner, attribute, leaf in (
+            (engine.text_det, "infer", DET),
+            (engine.text_cls, "infer", CLS),
+            (engine.text_rec, "session", REC),
+        ):
+            if not callable(getattr(owner, attribute, None)):
+                raise RuntimeError(f"rapidocr changed: {type(owner).__name__}.{attribute} is not its ONNX session")
+            setattr(owner, attribute, _LeafCall(leaf, runner))  # the in-process session is released
+    return engine
+
+
+def load_image(data: bytes, *, what: str = "image") -> np.ndarray:
+    """BGR array of encoded image bytes, decoded as rapidocr decodes them (PIL, no EXIF rotation).
+
+    Raises :class:`InvalidInputError` for empty, oversized, corrupt or truncated data.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    import_rapidocr()
+    from rapidocr_onnxruntime.utils import LoadImage, LoadImageError
+
+    if not data:
+        raise InvalidInputError(f"{what} is empty (0 bytes)")
+    if len(data) > config.MAX_IMAGE_BYTES:
+        raise InvalidInputError(f"{what} is {len(data) / 2**20:.0f} MiB; at most {config.MAX_IMAGE_BYTES // 2**20} MiB")
+    try:
+        image = Image.open(io.BytesIO(data))
+    except UnidentifiedImageError:
+        raise InvalidInputError(
+            f"{what} is not a readable image (JPEG, PNG, WebP, BMP…): unknown format or corrupt header "
+            f"({len(data)} bytes starting {data[:8]!r})"
+        ) from None
+    except (OSError, Image.DecompressionBombError) as error:
+        raise InvalidInputError(f"{what} is not a readable image (JPEG, PNG, WebP, BMP…): {error}") from None
+    width, height = image.size
+    if width * height > config.MAX_IMAGE_PIXELS or max(width, height) > config.MAX_IMAGE_SIDE:
+        raise InvalidInputError(
+            f"{what} is {width}x{height} pixels; at most {config.MAX_IMAGE_PIXELS / 1e6:.0f} megapixels "
+            f"and {config.MAX_IMAGE_SIDE} pixels a side are accepted"
+        )
+    try:
+        image.load()
+        if image.mode not in _MODES_TAKEN_AS_IS:
+            image = image.convert("RGBA" if "A" in image.getbands() or "transparency" in image.info else "RGB")
+        return LoadImage()(image)
+    except (OSError, SyntaxError, ValueError, LoadImageError) as error:
+        raise InvalidInputError(f"{what} could not be decoded: the data is corrupt or truncated ({error})") from None
+
+
+def recognize(engine, image: bytes | np.ndarray) -> OcrArrays:
+    """OCR one image (encoded bytes, or a BGR array as rapidocr takes it) with an engine of
+    :func:`create_engine`. An image without text gives zero lines."""
+    bgr = load_image(image) if isinstance(image, (bytes, bytearray)) else image
+    result, _elapsed = engine(bgr)
+    if not result:
+        return OcrArrays(np.zeros((0, 4, 2), np.float32), [], np.zeros((0,), np.float64))
+    boxes, texts, scores = zip(*result)
+    return OcrArrays(
+        boxes=np.asarray(boxes, dtype=np.float32).reshape(-1, 4, 2),
+        texts=[str(text) for text in texts],
+        scores=np.asarray(scores, dtype=np.float64),
+    )

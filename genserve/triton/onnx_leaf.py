@@ -1,0 +1,332 @@
+"""A generic Triton model that runs one ONNX file with ONNX Runtime: an "ONNX leaf model".
+
+The NGC Triton container serves ``.onnx`` files natively (``platform: "onnxruntime_onnx"``). The
+``tritonserver`` of the nvidia-pytriton wheel has only the Python backend, so there a leaf model is a
+Python-backend model whose ``1/model.py`` is the single line::
+
+    from genserve.triton.onnx_leaf import TritonPythonModel
+
+and whose ``config.pbtxt`` declares the ONNX graph's own input and output names, data types and
+dimensions, exactly as the native ONNX Runtime backend expects them. Moving such a model to the NGC
+container means replacing ``backend: "python"`` with ``platform: "onnxruntime_onnx"`` and putting the
+file at ``<model>/1/model.onnx``; clients and BLS callers see the same tensors either way.
+
+Where the ONNX file comes from, first match wins:
+
+1. ``<model dir>/<version>/model.onnx`` (the native backend's default location);
+2. the config parameter ``onnx_file``: either ``package:resource`` (resolved with
+   :mod:`importlib.resources`, e.g. ``rapidocr_onnxruntime:models/ch_PP-OCRv4_det_infer.onnx``), an
+   absolute path, or a path relative to the model directory.
+
+Other parameters (all optional, string values as Triton requires):
+
+- ``intra_op_thread_count`` / ``inter_op_thread_count``: ONNX Runtime thread pools (the native
+  backend's names); ``0`` or absent lets ONNX Runtime decide.
+- ``execution_provider``: ``auto`` (default: CUDA on a GPU instance when ONNX Runtime has it, else CPU),
+  ``cuda`` (fail to load without it) or ``cpu``.
+
+Batching: with ``max_batch_size > 0`` (and ``dynamic_batching`` in the config), one ``execute`` call
+may carry several requests. Requests whose inputs agree on every dimension but the first are
+concatenated along the batch dimension, run together and split again; the others run one group at a
+time. Every request gets its own response: a request that fails gets a ``TritonError`` with the
+reason, and the other requests of the call are unaffected.
+"""
+
+from __future__ import annotations
+
+import importlib.resources
+import json
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+try:  # present only inside Triton's Python backend stub
+    import triton_python_backend_utils as pb_utils
+except ImportError:  # importable elsewhere for the helpers and for tests
+    pb_utils = None
+
+DEFAULT_FILE_NAME = "model.onnx"
+PARAM_ONNX_FILE = "onnx_file"
+PARAM_INTRA_OP_THREADS = "intra_op_thread_count"
+PARAM_INTER_OP_THREADS = "inter_op_thread_count"
+PARAM_EXECUTION_PROVIDER = "execution_provider"
+
+# ONNX Runtime's element types as Triton spells them in config.pbtxt.
+ORT_TO_TRITON_TYPE = {
+    "tensor(float)": "TYPE_FP32",
+    "tensor(float16)": "TYPE_FP16",
+    "tensor(bfloat16)": "TYPE_BF16",
+    "tensor(double)": "TYPE_FP64",
+    "tensor(int8)": "TYPE_INT8",
+    "tensor(int16)": "TYPE_INT16",
+    "tensor(int32)": "TYPE_INT32",
+    "tensor(int64)": "TYPE_INT64",
+    "tensor(uint8)": "TYPE_UINT8",
+    "tensor(uint16)": "TYPE_UINT16",
+    "tensor(uint32)": "TYPE_UINT32",
+    "tensor(uint64)": "TYPE_UINT64",
+    "tensor(bool)": "TYPE_BOOL",
+    "tensor(string)": "TYPE_STRING",
+}
+
+_PACKAGE_REFERENCE = re.compile(r"^(?P<package>[A-Za-z_][\w]*(?:\.[A-Za-z_][\w]*)*):(?P<resource>[^:]+)$")
+
+
+class LeafModelError(RuntimeError):
+    """The leaf model cannot load: no ONNX file, or a config that does not match the graph."""
+
+
+# --- locating the ONNX file -------------------------------------------------------------------------
+
+
+def resolve_onnx_file(reference: str, model_dir: str | os.PathLike | None = None) -> Path:
+    """The file a ``onnx_file`` parameter names: ``package:resource``, an absolute path, or a path
+    relative to ``model_dir``. Raises :class:`LeafModelError` naming what is missing."""
+    match = _PACKAGE_REFERENCE.match(reference)
+    if match and not Path(reference).exists():
+        package, resource = match["package"], match["resource"]
+        try:
+            root = importlib.resources.files(package)
+        except ModuleNotFoundError:
+            raise LeafModelError(
+                f"onnx_file {reference!r}: Python package {package!r} is not installed in the server's environment"
+            ) from None
+        path = Path(str(root.joinpath(resource)))
+        if not path.is_file():
+            raise LeafModelError(f"onnx_file {reference!r}: package {package!r} has no file {resource!r} ({path})")
+        return path
+    path = Path(reference).expanduser()
+    if not path.is_absolute() and model_dir is not None:
+        path = Path(model_dir) / path
+    if not path.is_file():
+        raise LeafModelError(f"onnx_file {reference!r}: no such file ({path})")
+    return path
+
+
+def find_onnx_file(model_dir: str | os.PathLike, version: str | int, parameters: dict[str, str]) -> Path:
+    """``<model_dir>/<version>/model.onnx`` if present, else the ``onnx_file`` parameter's file."""
+    default = Path(model_dir) / str(version) / DEFAULT_FILE_NAME
+    if default.is_file():
+        return default
+    reference = parameters.get(PARAM_ONNX_FILE)
+    if not reference:
+        raise LeafModelError(
+            f"no ONNX file: put one at {default} or name it with the config parameter {PARAM_ONNX_FILE!r}"
+        )
+    return resolve_onnx_file(reference, model_dir)
+
+
+def config_parameters(model_config: dict[str, Any]) -> dict[str, str]:
+    """``parameters { key: ... value: { string_value: ... } }`` of a parsed model config, as a plain dict."""
+    return {key: value.get("string_value", "") for key, value in (model_config.get("parameters") or {}).items()}
+
+
+# --- the ONNX Runtime session -------------------------------------------------------------------------
+
+
+def create_session(
+    onnx_file: str | os.PathLike,
+    *,
+    intra_op_threads: int = 0,
+    inter_op_threads: int = 0,
+    execution_provider: str = "auto",
+    gpu: bool = False,
+    device_id: int = 0,
+):
+    """An ONNX Runtime session on CUDA (when asked for or, with ``auto``, on a GPU instance that has it)
+    or on the CPU."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if intra_op_threads > 0:
+        options.intra_op_num_threads = intra_op_threads
+    if inter_op_threads > 0:
+        options.inter_op_num_threads = inter_op_threads
+
+    available = ort.get_available_providers()
+    provider = execution_provider.lower()
+    if provider not in ("auto", "cuda", "cpu"):
+        raise LeafModelError(f"{PARAM_EXECUTION_PROVIDER} must be auto, cuda or cpu, not {execution_provider!r}")
+    if provider == "cuda" and "CUDAExecutionProvider" not in available:
+        raise LeafModelError(f"{PARAM_EXECUTION_PROVIDER}=cuda, but ONNX Runtime offers only {available}")
+    use_cuda = provider == "cuda" or (provider == "auto" and gpu and "CUDAExecutionProvider" in available)
+    providers: list[Any] = ["CPUExecutionProvider"]
+    if use_cuda:
+        providers.insert(0, ("CUDAExecutionProvider", {"device_id": device_id}))
+    return ort.InferenceSession(str(onnx_file), sess_options=options, providers=providers)
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    name: str
+    data_type: str  # Triton's spelling, e.g. TYPE_FP32
+    dims: tuple[int, ...]  # without the batch dimension when the model batches
+
+
+def check_config_against_session(model_config: dict[str, Any], session) -> tuple[list[TensorSpec], list[TensorSpec]]:
+    """The config's inputs and outputs, after checking that they name the graph's own tensors with its
+    element types (so that the same config is valid for the native onnxruntime backend)."""
+    graph_inputs = {node.name: node for node in session.get_inputs()}
+    graph_outputs = {node.name: node for node in session.get_outputs()}
+    problems = []
+
+    def specs(kind: str, declared: list[dict[str, Any]], graph: dict[str, Any]) -> list[TensorSpec]:
+        result = []
+        for entry in declared:
+            name, data_type = entry["name"], entry["data_type"]
+            node = graph.get(name)
+            if node is None:
+                problems.append(f"{kind} {name!r} is not in the ONNX graph (it has {sorted(graph)})")
+                continue
+            expected = ORT_TO_TRITON_TYPE.get(node.type)
+            if expected != data_type:
+                problems.append(f"{kind} {name!r} is {data_type} in the config but {node.type} ({expected}) in the graph")
+            result.append(TensorSpec(name, data_type, tuple(int(d) for d in entry.get("dims", []))))
+        return result
+
+    inputs = specs("input", model_config.get("input", []), graph_inputs)
+    outputs = specs("output", model_config.get("output", []), graph_outputs)
+    missing = sorted(set(graph_inputs) - {spec.name for spec in inputs})
+    if missing:
+        problems.append(f"the graph's inputs {missing} are not declared in the config")
+    if not outputs:
+        problems.append("the config declares no output")
+    if problems:
+        raise LeafModelError("config.pbtxt does not match the ONNX graph: " + "; ".join(problems))
+    return inputs, outputs
+
+
+# --- batching -----------------------------------------------------------------------------------------
+
+
+def group_for_batching(feeds: list[dict[str, np.ndarray] | None], batching: bool) -> list[list[int]]:
+    """Indices of the requests that can run as one ONNX Runtime call: with batching, those whose inputs
+    agree in every dimension but the first and in dtype; without, each request alone. ``None`` entries
+    (requests already refused) are left out."""
+    if not batching:
+        return [[i] for i, feed in enumerate(feeds) if feed is not None]
+    groups: dict[tuple, list[int]] = {}
+    for index, feed in enumerate(feeds):
+        if feed is None:
+            continue
+        key = tuple((name, array.shape[1:], array.dtype.str) for name, array in sorted(feed.items()))
+        groups.setdefault(key, []).append(index)
+    return list(groups.values())
+
+
+def run_group(session, output_names: list[str], feeds: list[dict[str, np.ndarray]]) -> list[dict[str, np.ndarray]]:
+    """Run requests' feeds as one batch (concatenated along axis 0) and split the outputs back."""
+    if len(feeds) == 1:
+        arrays = session.run(output_names, feeds[0])
+        return [dict(zip(output_names, arrays))]
+    sizes = [next(iter(feed.values())).shape[0] for feed in feeds]
+    batch = {name: np.concatenate([feed[name] for feed in feeds], axis=0) for name in feeds[0]}
+    arrays = session.run(output_names, batch)
+    bounds = np.cumsum(sizes)[:-1]
+    for name, array in zip(output_names, arrays):
+        if array.shape[:1] != (sum(sizes),):
+            raise LeafModelError(f"output {name!r} has shape {array.shape}, not a batch of {sum(sizes)}")
+    split = [np.split(array, bounds, axis=0) for array in arrays]
+    return [{name: split[k][i] for k, name in enumerate(output_names)} for i in range(len(feeds))]
+
+
+# --- the Triton model ---------------------------------------------------------------------------------
+
+
+class TritonPythonModel:
+    """Triton Python-backend model running the ONNX file its config names (see the module docstring)."""
+
+    def initialize(self, args: dict[str, str]) -> None:
+        self.model_config = json.loads(args["model_config"])
+        self.model_name = args.get("model_name", self.model_config.get("name", "?"))
+        parameters = config_parameters(self.model_config)
+        model_dir = args["model_repository"]  # the backend passes this model's own folder
+        self.onnx_file = find_onnx_file(model_dir, args.get("model_version", "1"), parameters)
+        self.max_batch_size = int(self.model_config.get("max_batch_size", 0))
+        self.session = create_session(
+            self.onnx_file,
+            intra_op_threads=int(parameters.get(PARAM_INTRA_OP_THREADS) or 0),
+            inter_op_threads=int(parameters.get(PARAM_INTER_OP_THREADS) or 0),
+            execution_provider=parameters.get(PARAM_EXECUTION_PROVIDER) or "auto",
+            gpu=args.get("model_instance_kind") == "GPU",
+            device_id=int(args.get("model_instance_device_id") or 0),
+        )
+        self.inputs, self.outputs = check_config_against_session(self.model_config, self.session)
+        self.output_names = [spec.name for spec in self.outputs]
+        _log(
+            f"{self.model_name}: {self.onnx_file} on {self.session.get_providers()[0]}, "
+            f"inputs {[s.name for s in self.inputs]}, outputs {self.output_names}, max_batch_size {self.max_batch_size}"
+        )
+
+    def execute(self, requests) -> list:
+        responses: list[Any] = [None] * len(requests)
+        feeds: list[dict[str, np.ndarray] | None] = []
+        for index, request in enumerate(requests):
+            try:
+                feeds.append(self._feed(request))
+            except Exception as error:  # noqa: BLE001 - the request fails alone, with the reason
+                feeds.append(None)
+                responses[index] = _error_response(f"{self.model_name}: {error}")
+
+        for group in group_for_batching(feeds, self.max_batch_size > 0):
+            try:
+                results = run_group(self.session, self.output_names, [feeds[i] for i in group])
+            except Exception as error:  # noqa: BLE001
+                if len(group) == 1:
+                    responses[group[0]] = _error_response(f"{self.model_name}: ONNX Runtime failed: {error}")
+                    continue
+                # Run the group's requests one by one so that only the faulty one fails.
+                results = []
+                for i in group:
+                    try:
+                        results.append(run_group(self.session, self.output_names, [feeds[i]])[0])
+                    except Exception as single_error:  # noqa: BLE001
+                        results.append(single_error)
+            for i, result in zip(group, results):
+                if isinstance(result, Exception):
+                    responses[i] = _error_response(f"{self.model_name}: ONNX Runtime failed: {result}")
+                else:
+                    tensors = [pb_utils.Tensor(name, np.ascontiguousarray(array)) for name, array in result.items()]
+                    responses[i] = pb_utils.InferenceResponse(output_tensors=tensors)
+        return responses
+
+    def _feed(self, request) -> dict[str, np.ndarray]:
+        feed = {}
+        for spec in self.inputs:
+            tensor = pb_utils.get_input_tensor_by_name(request, spec.name)
+            if tensor is None:
+                raise ValueError(f"input {spec.name!r} is missing")
+            feed[spec.name] = tensor.as_numpy()
+        return feed
+
+    def finalize(self) -> None:
+        self.session = None
+
+
+def _error_response(message: str):
+    return pb_utils.InferenceResponse(error=pb_utils.TritonError(message))
+
+
+def _log(message: str) -> None:
+    logger = getattr(pb_utils, "Logger", None)
+    if logger is not None:
+        logger.log_info(message)
+    else:
+        print(message, flush=True)
+
+
+__all__ = [
+    "TritonPythonModel",
+    "LeafModelError",
+    "resolve_onnx_file",
+    "find_onnx_file",
+    "create_session",
+    "check_config_against_session",
+    "group_for_batching",
+    "run_group",
+]

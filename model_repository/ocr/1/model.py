@@ -1,0 +1,1 @@
+from genserve.ocr.serving import TritonPythonModel  # noqa: F401

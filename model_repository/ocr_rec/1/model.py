@@ -1,0 +1,1 @@
+from genserve.triton.onnx_leaf import TritonPythonModel  # noqa: F401
