@@ -171,6 +171,28 @@ def test_leaf_model_refuses_a_wrong_shape_alone(grpc_client):
     assert grpc_client.infer(REC.name, {REC.input: x}, [REC.output])[REC.output].shape[::2] == (1, 6625)
 
 
+def test_a_request_the_leaf_model_cannot_run_fails_alone(triton_server):
+    """The detector needs sides that are multiples of 32: ONNX Runtime fails on 31x33; that request gets
+    the error, concurrent good ones their results, and the model keeps serving."""
+    from genserve.ocr.engine import DET
+
+    shapes = [(1, 3, 64, 96), (1, 3, 31, 33), (1, 3, 64, 96), (1, 3, 32, 32)]
+
+    def one(shape):
+        with Client(triton_server.grpc_url) as client:
+            try:
+                return client.infer(DET.name, {DET.input: np.zeros(shape, np.float32)}, [DET.output])[DET.output]
+            except RequestError as error:
+                return error
+
+    with ThreadPoolExecutor(max_workers=len(shapes)) as pool:
+        results = list(pool.map(one, shapes))
+    assert isinstance(results[1], RequestError) and "ONNX Runtime failed" in str(results[1])
+    for shape, result in zip(shapes[::2] + shapes[3:], results[::2] + results[3:]):
+        assert isinstance(result, np.ndarray) and result.shape == (1, 1, *shape[2:])
+    assert isinstance(one((1, 3, 32, 64)), np.ndarray)
+
+
 def test_cli_prints_the_lines(triton_server, images, tmp_path, capsys):
     from genserve.commands import ocr as command
 

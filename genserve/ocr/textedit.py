@@ -42,7 +42,7 @@ _FORWARD = re.compile(
     re.IGNORECASE,
 )
 # ... or, the new text first ("use B instead of A", 用B替换A).
-_BACKWARD = re.compile(r"\binstead\s+of\b|\bin\s+place\s+of\b|替换|替換|代替|取代", re.IGNORECASE)
+_BACKWARD = re.compile(r"\binstead\s+of\b|\bin\s+place\s+of\b|(?:替换|替換)(?![成为為])|代替|取代", re.IGNORECASE)
 _BACKWARD_LEAD = re.compile(r"(?:\buse|\bput|\bwrite|用|以)\s*$", re.IGNORECASE)
 # Right before a lone quoted text that is the new text ("make it say 'SALE'", 改成“关”).
 _NEW_ONLY_LEAD = re.compile(
