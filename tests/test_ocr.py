@@ -223,3 +223,16 @@ def test_font_error_names_the_package_to_install(monkeypatch, tmp_path):
     monkeypatch.setattr(samples, "FONT_CANDIDATES", (tmp_path / "none.ttc",))
     with pytest.raises(samples.FontNotFoundError, match=samples.FONT_PACKAGE):
         samples.find_font()
+
+
+def test_benchmark_runs_against_the_live_server(triton_server, tmp_path, capsys):
+    from genserve.benchmarks import ocr as benchmark
+
+    out = tmp_path / "ocr.json"
+    argv = ["--url", triton_server.grpc_url, "--http-url", triton_server.http_url, "--concurrency", "2"]
+    assert benchmark.main([*argv, "--requests", "2", "--warmup", "0", "--skip-in-process", "--json", str(out)]) == 0
+    (run,) = json.loads(out.read_text())["runs"]
+    assert run["mode"] == "triton" and run["requests"] == 2 and run["errors"] == 0
+    assert run["images_per_s"] > 0 and run["latency_ms"]["p50"] <= run["latency_ms"]["p99"]
+    assert set(run["leaf_requests_per_run"]) == {"ocr_det", "ocr_cls", "ocr_rec"}
+    assert "triton" in capsys.readouterr().out

@@ -1,0 +1,248 @@
+"""Served OCR throughput and latency under concurrency, beside rapidocr in-process.
+
+    python -m genserve.benchmarks.ocr                       # starts Triton with the OCR models itself
+    python -m genserve.benchmarks.ocr --url localhost:8001  # a server already running
+    python -m genserve.benchmarks.ocr --concurrency 1,4 --requests 32 --json ocr.json
+
+For each concurrency C, C client threads send requests back to back (each its own gRPC client) until
+``--requests`` are done; the images cycle through the rendered English, Chinese and mixed signs. The
+same sweep runs rapidocr in this process with C threads, each with its own ``RapidOCR`` (ONNX Runtime
+releases the GIL while it computes). Reported: latency p50/p90/p99 per request, images/s, and for the
+served runs how many requests each leaf model's dynamic batcher merged per run on average (Triton's
+statistics: successful requests / executions; 1.00 means no merging).
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import platform
+import statistics
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+OCR_MODELS = ["ocr", "ocr_det", "ocr_cls", "ocr_rec"]
+LEAVES = ["ocr_det", "ocr_cls", "ocr_rec"]
+
+
+@dataclass
+class Run:
+    mode: str  # "triton" or "in-process"
+    concurrency: int
+    requests: int
+    wall_s: float
+    latencies_ms: list[float] = field(repr=False)
+    leaf_batch: dict[str, float] = field(default_factory=dict)
+    errors: int = 0
+
+    @property
+    def images_per_s(self) -> float:
+        return self.requests / self.wall_s
+
+    def percentile(self, q: float) -> float:
+        return float(np.percentile(self.latencies_ms, q))
+
+    def summary(self) -> dict:
+        return {
+            "mode": self.mode,
+            "concurrency": self.concurrency,
+            "requests": self.requests,
+            "errors": self.errors,
+            "wall_s": round(self.wall_s, 3),
+            "images_per_s": round(self.images_per_s, 3),
+            "latency_ms": {
+                "p50": round(self.percentile(50), 1),
+                "p90": round(self.percentile(90), 1),
+                "p99": round(self.percentile(99), 1),
+                "mean": round(statistics.fmean(self.latencies_ms), 1),
+            },
+            "leaf_requests_per_run": {k: round(v, 2) for k, v in self.leaf_batch.items()},
+        }
+
+
+def sample_images() -> list[bytes]:
+    from genserve.ocr import samples
+
+    encoded = []
+    for lines, size in ((samples.ENGLISH_SIGN, 44), (samples.CHINESE_SIGN, 44), (samples.MIXED_SIGN, 36)):
+        buffer = io.BytesIO()
+        samples.render_text(lines, font_size=size).save(buffer, format="PNG")
+        encoded.append(buffer.getvalue())
+    return encoded
+
+
+def drive(concurrency: int, requests: int, images: list[bytes], make_worker) -> tuple[float, list[float], int]:
+    """``concurrency`` threads, each calling its own ``make_worker()`` callable until ``requests`` are done."""
+    counter = iter(range(requests))
+    lock = threading.Lock()
+    latencies: list[float] = []
+    errors = 0
+
+    def loop():
+        nonlocal errors
+        work = make_worker()
+        while True:
+            with lock:
+                index = next(counter, None)
+            if index is None:
+                return
+            start = time.perf_counter()
+            try:
+                work(images[index % len(images)])
+            except Exception as error:  # noqa: BLE001 - counted and reported
+                with lock:
+                    errors += 1
+                print(f"request failed: {error}", file=sys.stderr)
+                continue
+            elapsed = (time.perf_counter() - start) * 1000
+            with lock:
+                latencies.append(elapsed)
+
+    start = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=concurrency) as pool:
+        for future in [pool.submit(loop) for _ in range(concurrency)]:
+            future.result()
+    return time.perf_counter() - start, latencies, errors
+
+
+def leaf_counts(http_url: str) -> dict[str, tuple[int, int]]:
+    import tritonclient.http as httpclient
+
+    with httpclient.InferenceServerClient(http_url) as client:
+        stats = client.get_inference_statistics()["model_stats"]
+    # Requests answered and executions run: their ratio is how many requests the batcher merged per run.
+    return {
+        s["name"]: (int(s["inference_stats"]["success"]["count"]), int(s.get("execution_count", 0)))
+        for s in stats
+        if s["name"] in LEAVES
+    }
+
+
+def bench_triton(grpc_url: str, http_url: str | None, levels, requests_for, images, warmup: int) -> list[Run]:
+    from genserve.client import Client
+
+    def make_worker():
+        client = Client(grpc_url)
+        return client.ocr
+
+    worker = make_worker()
+    for image in images * warmup:
+        worker(image)
+    runs = []
+    for concurrency in levels:
+        before = leaf_counts(http_url) if http_url else {}
+        wall, latencies, errors = drive(concurrency, requests_for(concurrency), images, make_worker)
+        after = leaf_counts(http_url) if http_url else {}
+        batch = {
+            name: (after[name][0] - before[name][0]) / max(1, after[name][1] - before[name][1])
+            for name in after
+            if name in before
+        }
+        runs.append(Run("triton", concurrency, len(latencies), wall, latencies, batch, errors))
+        print(format_row(runs[-1]), flush=True)
+    return runs
+
+
+def bench_in_process(levels, requests_for, images, warmup: int) -> list[Run]:
+    from rapidocr_onnxruntime import RapidOCR
+
+    engines: list = []
+
+    def make_worker():
+        engine = RapidOCR()
+        engines.append(engine)
+        return engine
+
+    warm = make_worker()
+    for image in images * warmup:
+        warm(image)
+    runs = []
+    for concurrency in levels:
+        wall, latencies, errors = drive(concurrency, requests_for(concurrency), images, make_worker)
+        runs.append(Run("in-process", concurrency, len(latencies), wall, latencies, {}, errors))
+        print(format_row(runs[-1]), flush=True)
+        engines.clear()
+    return runs
+
+
+HEADER = f"{'mode':<11} {'conc':>4} {'reqs':>5} {'img/s':>7} {'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8}  requests per leaf run (det/cls/rec)"
+
+
+def format_row(run: Run) -> str:
+    batch = "/".join(f"{run.leaf_batch[name]:.2f}" for name in LEAVES if name in run.leaf_batch) or "-"
+    errors = f"  ({run.errors} errors)" if run.errors else ""
+    return (
+        f"{run.mode:<11} {run.concurrency:>4} {run.requests:>5} {run.images_per_s:>7.2f} {run.percentile(50):>8.0f} "
+        f"{run.percentile(90):>8.0f} {run.percentile(99):>8.0f}  {batch}{errors}"
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m genserve.benchmarks.ocr", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--url", help="gRPC host:port of a running server (default: start one on free ports)")
+    parser.add_argument("--http-url", help="HTTP host:port of that server, for the batching statistics")
+    parser.add_argument("--concurrency", default="1,2,4,8", help="comma-separated levels (default 1,2,4,8)")
+    parser.add_argument("--requests", type=int, default=0, help="requests per level (default: max(12, 3 x concurrency))")
+    parser.add_argument("--warmup", type=int, default=1, help="passes over the images before measuring")
+    parser.add_argument("--skip-in-process", action="store_true", help="do not run rapidocr in-process")
+    parser.add_argument("--json", default="ocr-benchmark.json", help="where to write the results (default: %(default)s)")
+    args = parser.parse_args(argv)
+
+    levels = [int(level) for level in args.concurrency.split(",") if level]
+    requests_for = (lambda c: args.requests) if args.requests else (lambda c: max(12, 3 * c))
+    images = sample_images()
+    print(HEADER, flush=True)
+
+    server = None
+    try:
+        if args.url:
+            grpc_url, http_url = args.url, args.http_url
+        else:
+            from genserve.model_repository import REPOSITORY_DIR
+            from genserve.server import TritonServer
+
+            ports = _free_ports(3)
+            server = TritonServer(REPOSITORY_DIR, models=OCR_MODELS, http_port=ports[0], grpc_port=ports[1], metrics_port=ports[2])
+            server.start()
+            grpc_url, http_url = server.grpc_url, server.http_url
+        runs = bench_triton(grpc_url, http_url, levels, requests_for, images, args.warmup)
+    finally:
+        if server is not None:
+            server.stop()
+    if not args.skip_in_process:
+        runs += bench_in_process(levels, requests_for, images, args.warmup)
+
+    result = {
+        "benchmark": "ocr",
+        "host": {"machine": platform.machine(), "cpus": os.cpu_count(), "python": platform.python_version()},
+        "images": [f"{len(image)} bytes" for image in images],
+        "runs": [run.summary() for run in runs],
+    }
+    Path(args.json).write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n")
+    print(f"results written to {args.json}")
+    return 1 if any(run.errors for run in runs) else 0
+
+
+def _free_ports(count: int) -> list[int]:
+    import socket
+
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for sock in sockets:
+            sock.bind(("127.0.0.1", 0))
+        return [sock.getsockname()[1] for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
