@@ -64,7 +64,8 @@ output [
   {{ name: "OUTPUT" data_type: TYPE_FP32 dims: [ -1 ] }},
   {{ name: "TOTAL" data_type: TYPE_FP32 dims: [ 1 ] }}
 ]
-dynamic_batching {{ }}
+# Wait up to 50 ms for more requests, so that concurrent requests are merged (tested below).
+dynamic_batching {{ max_queue_delay_microseconds: 50000 }}
 instance_group [ {{ count: 1 kind: KIND_CPU }} ]
 {parameters}
 """
@@ -213,11 +214,22 @@ def test_concurrent_requests_of_mixed_shapes_each_get_their_own_result(leaf_serv
         with Client(leaf_server.grpc_url) as client:
             return client.infer("affine_default", {"INPUT": x}, ["OUTPUT", "TOTAL"])
 
+    def counts():
+        import tritonclient.http as httpclient
+
+        with httpclient.InferenceServerClient(leaf_server.http_url) as client:
+            (stats,) = client.get_inference_statistics("affine_default")["model_stats"]
+        return int(stats["inference_stats"]["success"]["count"]), int(stats["execution_count"])
+
+    requests_before, runs_before = counts()
     with ThreadPoolExecutor(max_workers=8) as pool:
         results = list(pool.map(one, inputs))
     for x, out in zip(inputs, results):
         np.testing.assert_array_equal(out["OUTPUT"], x * 2 + 1)
         np.testing.assert_allclose(out["TOTAL"], x.sum(axis=1, keepdims=True), rtol=1e-6)
+    requests, runs = counts()
+    assert requests - requests_before == len(inputs)
+    assert runs - runs_before < len(inputs), "the dynamic batcher merged no requests"
 
 
 def test_requests_that_do_not_match_the_config_are_refused(leaf_server):
