@@ -199,6 +199,7 @@ def main(argv: list[str] | None = None) -> int:
     levels = [int(level) for level in args.concurrency.split(",") if level]
     requests_for = (lambda c: args.requests) if args.requests else (lambda c: max(12, 3 * c))
     images = sample_images()
+    load_start = round(os.getloadavg()[0], 2)
     print(HEADER, flush=True)
 
     server = None
@@ -222,7 +223,14 @@ def main(argv: list[str] | None = None) -> int:
 
     result = {
         "benchmark": "ocr",
-        "host": {"machine": platform.machine(), "cpus": os.cpu_count(), "python": platform.python_version()},
+        "host": {
+            "machine": platform.machine(),
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            # Other work on the host skews the numbers: the 1-minute load average at start and end.
+            "loadavg_start": load_start,
+            "loadavg_end": round(os.getloadavg()[0], 2),
+        },
         "images": [f"{len(image)} bytes" for image in images],
         "runs": [run.summary() for run in runs],
     }
