@@ -1,0 +1,125 @@
+"""Finding faces with dlib: detection, 68-point landmarks and the 128-d identity descriptor.
+
+The weights are dlib's own, shipped by the ``face_recognition_models`` wheel. We locate its files
+without importing it: its ``__init__`` imports ``pkg_resources``, which newer setuptools no longer has.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import threading
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+
+import cv2
+import dlib
+import numpy as np
+
+# Detection runs on a copy no larger than this (longer side); landmarks use the full image.
+DETECTION_MAX_SIDE = 1024
+# HOG finds faces of about 80 px and up; each upsampling halves that. Small images get more.
+DETECTION_UPSAMPLE = 1
+SMALL_FACE_UPSAMPLE = 2
+SMALL_IMAGE_PIXELS = 800 * 800
+
+
+def model_file(name: str) -> Path:
+    spec = importlib.util.find_spec("face_recognition_models")
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError("face_recognition_models is not installed; it ships dlib's face models")
+    path = Path(list(spec.submodule_search_locations)[0]) / "models" / name
+    if not path.is_file():
+        raise RuntimeError(f"dlib model file missing: {path}")
+    return path
+
+
+@dataclass
+class Face:
+    """One face: its detection box (x0, y0, x1, y1) and 68 landmarks as float (x, y) rows."""
+
+    box: tuple[int, int, int, int]
+    landmarks: np.ndarray
+    score: float = 0.0
+
+    @property
+    def area(self) -> int:
+        x0, y0, x1, y1 = self.box
+        return (x1 - x0) * (y1 - y0)
+
+    def as_dict(self) -> dict:
+        return {"box": list(self.box), "score": round(self.score, 3)}
+
+
+class FaceAnalyzer:
+    """dlib's HOG detector, 68-point shape predictor and ResNet face descriptor, loaded once.
+
+    dlib's objects are not documented as thread-safe; one lock serializes their use within a process
+    (Triton runs one process per model instance, so instances still work in parallel).
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+
+    @cached_property
+    def _detector(self):
+        return dlib.get_frontal_face_detector()
+
+    @cached_property
+    def _predictor(self):
+        return dlib.shape_predictor(str(model_file("shape_predictor_68_face_landmarks.dat")))
+
+    @cached_property
+    def _recognizer(self):
+        return dlib.face_recognition_model_v1(str(model_file("dlib_face_recognition_resnet_model_v1.dat")))
+
+    def load(self) -> FaceAnalyzer:
+        """Load every model now rather than on the first request."""
+        self._detector, self._predictor, self._recognizer  # noqa: B018 (cached_property access loads)
+        return self
+
+    def detect(self, rgb: np.ndarray) -> list[Face]:
+        """Every face in the image, largest first."""
+        height, width = rgb.shape[:2]
+        scale = min(1.0, DETECTION_MAX_SIDE / max(height, width))
+        small = cv2.resize(rgb, (round(width * scale), round(height * scale)), interpolation=cv2.INTER_AREA) if scale < 1 else rgb
+        with self._lock:
+            rects, scores, _ = self._detector.run(small, DETECTION_UPSAMPLE, 0.0)
+            if not rects and small.shape[0] * small.shape[1] <= SMALL_IMAGE_PIXELS:
+                rects, scores, _ = self._detector.run(small, SMALL_FACE_UPSAMPLE, 0.0)
+            faces = []
+            for rect, score in zip(rects, scores):
+                box = dlib.rectangle(
+                    round(rect.left() / scale), round(rect.top() / scale), round(rect.right() / scale), round(rect.bottom() / scale)
+                )
+                faces.append(
+                    Face(
+                        box=(box.left(), box.top(), box.right(), box.bottom()),
+                        landmarks=self._landmarks(rgb, box),
+                        score=float(score),
+                    )
+                )
+        return sorted(faces, key=lambda face: face.area, reverse=True)
+
+    def refit(self, rgb: np.ndarray, face: Face) -> Face:
+        """The same face's landmarks measured again on another image (e.g. after a swap)."""
+        with self._lock:
+            return Face(box=face.box, landmarks=self._landmarks(rgb, dlib.rectangle(*face.box)), score=face.score)
+
+    def descriptor(self, rgb: np.ndarray, face: Face) -> np.ndarray:
+        """dlib's 128-d face descriptor (Euclidean distance < 0.6 means the same person)."""
+        shape = dlib.full_object_detection(
+            dlib.rectangle(*face.box), [dlib.point(round(x), round(y)) for x, y in face.landmarks]
+        )
+        with self._lock:
+            return np.asarray(self._recognizer.compute_face_descriptor(np.ascontiguousarray(rgb), shape), dtype=np.float64)
+
+    def _landmarks(self, rgb: np.ndarray, box: dlib.rectangle) -> np.ndarray:
+        shape = self._predictor(rgb, box)
+        return np.array([(p.x, p.y) for p in shape.parts()], dtype=np.float64)
+
+
+def identity_similarity(a: np.ndarray, b: np.ndarray) -> dict[str, float]:
+    """Cosine similarity and dlib distance of two face descriptors (the contest's SC proxy)."""
+    cosine = float(np.dot(a, b) / (np.linalg.norm(a) * np.linalg.norm(b)))
+    return {"cosine": round(cosine, 4), "distance": round(float(np.linalg.norm(a - b)), 4)}

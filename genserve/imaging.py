@@ -1,0 +1,55 @@
+"""Decode and encode images at the server's edge, refusing bad input with a message a person understands.
+
+Images inside the stack are RGB ``uint8`` arrays of shape ``(H, W, 3)``.
+"""
+
+from __future__ import annotations
+
+import io
+
+import cv2
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from genserve import config
+from genserve.errors import InvalidInputError
+
+ENCODINGS = {"jpeg": ".jpg", "jpg": ".jpg", "png": ".png", "webp": ".webp"}
+
+
+def probe_size(data: bytes, *, what: str = "image") -> tuple[int, int]:
+    """(width, height) read from the header alone, so that a huge image is refused before decoding."""
+    if not data:
+        raise InvalidInputError(f"{what} is empty (0 bytes)")
+    if len(data) > config.MAX_IMAGE_BYTES:
+        raise InvalidInputError(f"{what} is {len(data) / 2**20:.0f} MiB; at most {config.MAX_IMAGE_BYTES // 2**20} MiB")
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            return image.size
+    except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as error:
+        raise InvalidInputError(f"{what} is not a readable image (JPEG, PNG, WebP, BMP…): {error}") from None
+
+
+def decode_image(data: bytes, *, what: str = "image") -> np.ndarray:
+    """RGB array of encoded image bytes; EXIF orientation applied, alpha dropped, grey expanded."""
+    width, height = probe_size(data, what=what)
+    if width * height > config.MAX_IMAGE_PIXELS or max(width, height) > config.MAX_IMAGE_SIDE:
+        raise InvalidInputError(
+            f"{what} is {width}x{height} pixels; at most {config.MAX_IMAGE_PIXELS / 1e6:.0f} megapixels "
+            f"and {config.MAX_IMAGE_SIDE} pixels a side are accepted"
+        )
+    bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    if bgr is None:
+        raise InvalidInputError(f"{what} could not be decoded: the data is corrupt or truncated")
+    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+
+def encode_image(rgb: np.ndarray, format: str = "jpeg", *, quality: int = 95) -> bytes:
+    extension = ENCODINGS.get(format.lower())
+    if extension is None:
+        raise InvalidInputError(f"unknown output format {format!r}; choose one of {', '.join(sorted(ENCODINGS))}")
+    params = {".jpg": [cv2.IMWRITE_JPEG_QUALITY, quality], ".webp": [cv2.IMWRITE_WEBP_QUALITY, quality]}.get(extension, [])
+    ok, encoded = cv2.imencode(extension, cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), params)
+    if not ok:
+        raise RuntimeError(f"OpenCV failed to encode a {rgb.shape} image as {format}")
+    return encoded.tobytes()
