@@ -19,3 +19,8 @@ class NoFaceError(InvalidInputError):
 
 class ServerError(GenServeError, RuntimeError):
     """The Triton server could not be started, or a model in it failed to load."""
+
+
+class ExportError(GenServeError, RuntimeError):
+    """A pipeline could not be exported: not a diffusers pipeline, unknown family, missing weights, or a
+    graph that does not match torch."""

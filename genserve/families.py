@@ -295,7 +295,7 @@ def unet(added_conditions: bool = False) -> ComponentSpec:
             TensorSpec("text_embeds", ("batch", "pooled_dim"), argument="added_cond_kwargs.text_embeds", normal=True),
             TensorSpec("time_ids", ("batch", "time_ids_len"), argument="added_cond_kwargs.time_ids", high=1024.0),
         )
-        config_dims += (("pooled_dim", "projection_class_embeddings_input_dim"), ("time_ids_len", "time_ids_len"))
+        config_dims += (("pooled_dim", "text_embeds_dim"), ("time_ids_len", "time_ids_len"))
     return ComponentSpec(
         name="unet",
         module="unet",
@@ -467,8 +467,11 @@ def component_config(module: str, config: Mapping[str, Any]) -> dict[str, Any]:
         config["rope_axes"] = len(config["axes_dims_rope"])
     if "condition_dim" in config:  # CogView4: (height, width) pairs
         config["two"] = 2
-    if "addition_time_embed_dim" in config and config.get("addition_time_embed_dim"):  # SDXL UNet
+    if config.get("addition_embed_type") == "text_time":  # SDXL UNet
+        # Six size/crop ids, each embedded to addition_time_embed_dim, sit beside the pooled text
+        # embedding in the added-condition projection's input.
         config["time_ids_len"] = 6
+        config["text_embeds_dim"] = config["projection_class_embeddings_input_dim"] - 6 * config["addition_time_embed_dim"]
     return config
 
 
