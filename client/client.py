@@ -25,6 +25,10 @@ class RequestError(GenServeError):
     """The server refused or failed one request; ``str(error)`` is the server's message."""
 
 
+class ServerUnavailableError(RequestError):
+    """No server answers at the URL (not started, wrong port, or gone)."""
+
+
 @dataclass
 class ImageResult:
     """An image the server made, with the metadata it reported."""
@@ -111,8 +115,19 @@ class Client:
         try:
             result = self._client.infer(model, tensors, outputs=requested, **kwargs)
         except InferenceServerException as error:
+            if "UNAVAILABLE" in str(error.status()) or "failed to connect" in (error.message() or ""):
+                raise self._unavailable() from None
             raise RequestError(error.message() or str(error)) from None
+        except (ConnectionError, OSError) as error:  # the HTTP client's transport errors
+            raise self._unavailable(error) from None
         return {name: result.as_numpy(name) for name in outputs}
+
+    def _unavailable(self, cause: Exception | None = None) -> ServerUnavailableError:
+        detail = f" ({cause})" if cause else ""
+        return ServerUnavailableError(
+            f"no genserve server answers at {self.url} over {self.protocol}{detail}; start one with `genserve serve`"
+            " or point --url at it"
+        )
 
     # --- tasks -------------------------------------------------------------------------------------
 

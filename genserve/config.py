@@ -10,6 +10,8 @@ DEFAULT_HTTP_PORT = 8000
 DEFAULT_GRPC_PORT = 8001
 DEFAULT_METRICS_PORT = 8002
 DEFAULT_HOST = "localhost"
+# Where the server listens: every interface, as Triton does; tests and benchmarks use loopback only.
+DEFAULT_BIND_ADDRESS = "0.0.0.0"
 
 # Seconds `genserve serve` waits for every model to load before giving up.
 SERVER_START_TIMEOUT_S = float(os.environ.get("GENSERVE_SERVER_START_TIMEOUT", "300"))

@@ -26,8 +26,10 @@ def probe_size(data: bytes, *, what: str = "image") -> tuple[int, int]:
     try:
         with Image.open(io.BytesIO(data)) as image:
             return image.size
-    except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as error:
-        raise InvalidInputError(f"{what} is not a readable image (JPEG, PNG, WebP, BMP…): {error}") from None
+    except Image.DecompressionBombError:
+        raise InvalidInputError(f"{what} has more pixels than are accepted ({config.MAX_IMAGE_PIXELS / 1e6:.0f} megapixels)") from None
+    except (UnidentifiedImageError, OSError):
+        raise InvalidInputError(f"{what} is not a readable image: expected JPEG, PNG, WebP or BMP data") from None
 
 
 def decode_image(data: bytes, *, what: str = "image") -> np.ndarray:

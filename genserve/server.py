@@ -134,6 +134,7 @@ class TritonServer:
         http_port: int = config.DEFAULT_HTTP_PORT,
         grpc_port: int = config.DEFAULT_GRPC_PORT,
         metrics_port: int = config.DEFAULT_METRICS_PORT,
+        address: str = config.DEFAULT_BIND_ADDRESS,
         log_path: str | os.PathLike | None = None,
         start_timeout_s: float = config.SERVER_START_TIMEOUT_S,
         strict: bool = True,
@@ -146,6 +147,7 @@ class TritonServer:
         if not self.models:
             raise ServerError(f"model repository {self.repository} holds no model (no */config.pbtxt)")
         self.http_port, self.grpc_port, self.metrics_port = http_port, grpc_port, metrics_port
+        self.address = address
         self.log_path = Path(log_path) if log_path else config.CACHE_DIR / "logs" / f"tritonserver-{grpc_port}.log"
         self.start_timeout_s = start_timeout_s
         self.strict = strict
@@ -155,12 +157,17 @@ class TritonServer:
         self._log_file = None
 
     @property
+    def host(self) -> str:
+        """Where a client on this machine reaches the server."""
+        return "127.0.0.1" if self.address in ("0.0.0.0", "::", "") else self.address
+
+    @property
     def grpc_url(self) -> str:
-        return config.grpc_url("localhost", self.grpc_port)
+        return config.grpc_url(self.host, self.grpc_port)
 
     @property
     def http_url(self) -> str:
-        return config.http_url("localhost", self.http_port)
+        return config.http_url(self.host, self.http_port)
 
     def command(self, installation: TritonInstallation) -> list[str]:
         args = [
@@ -170,8 +177,11 @@ class TritonServer:
             *(f"--load-model={name}" for name in self.models),
             # Keep the models that load when one fails; start() reports the failure by name.
             "--exit-on-error=false",
+            f"--http-address={self.address}",
             f"--http-port={self.http_port}",
+            f"--grpc-address={self.address}",
             f"--grpc-port={self.grpc_port}",
+            f"--metrics-address={self.address}",
             f"--metrics-port={self.metrics_port}",
             # A unique prefix lets several servers (tests, benchmarks) share one host's /dev/shm.
             f"--backend-config=python,shm-region-prefix-name=genserve{os.getpid()}p{self.grpc_port}_",
@@ -189,7 +199,7 @@ class TritonServer:
         self._log_file = open(self.log_path, "wb")
         env = {**os.environ, **installation.env}
         command = self.command(installation)
-        logger.info("starting %s", " ".join(command))
+        logger.debug("starting %s", " ".join(command))
         self._process = subprocess.Popen(
             command, stdout=self._log_file, stderr=subprocess.STDOUT, env=env, start_new_session=True
         )

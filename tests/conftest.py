@@ -39,7 +39,12 @@ def triton_server(tmp_path_factory):
     http_port, grpc_port, metrics_port = free_ports(3)
     log_path = tmp_path_factory.mktemp("triton") / "tritonserver.log"
     with TritonServer(
-        REPOSITORY_DIR, http_port=http_port, grpc_port=grpc_port, metrics_port=metrics_port, log_path=log_path
+        REPOSITORY_DIR,
+        http_port=http_port,
+        grpc_port=grpc_port,
+        metrics_port=metrics_port,
+        address="127.0.0.1",
+        log_path=log_path,
     ) as server:
         yield server
 
@@ -60,3 +65,7 @@ def grpc_client(triton_server):
 
     with Client(triton_server.grpc_url) as client:
         yield client
+
+
+# Diffusion pipelines built and exported once per session (tests/fixtures_diffusion.py).
+pytest_plugins = ["fixtures_diffusion"]

@@ -15,6 +15,9 @@ def register(subparsers) -> None:
         "model is loaded. With no REPO, serves the stack's default repository. Stops cleanly on Ctrl-C.",
     )
     parser.add_argument("repository", nargs="?", metavar="REPO", help="model repository folder (default: the stack's own)")
+    parser.add_argument(
+        "--address", default=config.DEFAULT_BIND_ADDRESS, help="interface to listen on (default: all; 127.0.0.1: this host only)"
+    )
     parser.add_argument("--http-port", type=int, default=config.DEFAULT_HTTP_PORT)
     parser.add_argument("--grpc-port", type=int, default=config.DEFAULT_GRPC_PORT)
     parser.add_argument("--metrics-port", type=int, default=config.DEFAULT_METRICS_PORT)
@@ -26,7 +29,13 @@ def register(subparsers) -> None:
     parser.set_defaults(handler=run)
 
 
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
 def run(args: argparse.Namespace) -> int:
+    import signal
+
     from genserve.model_repository import REPOSITORY_DIR
     from genserve.server import TritonServer
 
@@ -36,16 +45,21 @@ def run(args: argparse.Namespace) -> int:
         http_port=args.http_port,
         grpc_port=args.grpc_port,
         metrics_port=args.metrics_port,
+        address=args.address,
         log_path=args.log_file,
         strict=not args.keep_going,
     )
+    # Ctrl-C, and SIGTERM from `docker stop` or a service manager, both stop Triton gracefully.
+    signal.signal(signal.SIGINT, _interrupt)
+    signal.signal(signal.SIGTERM, _interrupt)
     with server:
         loaded = [name for name in server.models if name not in server.failed_models]
         print(f"Triton is serving {', '.join(loaded)} from {server.repository}")
-        print(f"  gRPC {server.grpc_url}   HTTP {server.http_url}   metrics localhost:{server.metrics_port}")
+        print(f"  gRPC {server.grpc_url}   HTTP {server.http_url}   metrics {server.host}:{server.metrics_port}")
         print(f"  log: {server.log_path}\nPress Ctrl-C to stop.", flush=True)
         try:
             return server.wait()
         except KeyboardInterrupt:
             print("\nstopping Triton…", flush=True)
+    print("Triton stopped.")
     return 0

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import cv2
 import numpy as np
-from scipy.spatial import Delaunay
-from skimage.transform import PiecewiseAffineTransform, SimilarityTransform
+from scipy.spatial import Delaunay, QhullError
+from skimage.transform import SimilarityTransform
 
 from genserve.errors import InvalidInputError
 
@@ -114,17 +114,32 @@ def warp_region(
 ) -> np.ndarray:
     """``source`` warped so that ``source_points`` land on ``dest_points``, for the ``region`` (x0, y0, x1, y1).
 
-    The piecewise affine transform is estimated from destination to source (the inverse map), so
-    every destination pixel samples the source exactly once: no gaps, no overlaps.
+    A piecewise affine map over the Delaunay triangles of the destination points, evaluated per
+    destination pixel (its barycentric coordinates in its triangle, applied to the same triangle in
+    the source), then sampled once with ``cv2.remap``: no gaps, no overlaps. Pixels outside the
+    triangles keep the nearest triangle's affine map; the blending mask is zero there anyway.
     """
-    transform = PiecewiseAffineTransform.from_estimate(dest_points, source_points)
-    if not transform:
-        raise InvalidInputError("the face landmarks are degenerate (face too small or seen edge-on)")
+    try:
+        triangulation = Delaunay(dest_points)
+    except QhullError:
+        raise InvalidInputError("the face landmarks are degenerate (face too small or seen edge-on)") from None
     x0, y0, x1, y1 = region
     ys, xs = np.mgrid[y0:y1, x0:x1]
-    mapped = transform(np.column_stack([xs.ravel(), ys.ravel()]).astype(np.float64))
-    map_xy = mapped.reshape(y1 - y0, x1 - x0, 2).astype(np.float32)
-    return cv2.remap(source, map_xy[..., 0], map_xy[..., 1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
+    pixels = np.column_stack([xs.ravel(), ys.ravel()]).astype(np.float64)
+    simplex = triangulation.find_simplex(pixels)
+    outside = simplex < 0
+    if outside.any():  # nearest triangle by centroid, so the map stays continuous around the hull
+        centroids = dest_points[triangulation.simplices].mean(1)
+        nearest = np.argmin(((pixels[outside, None, :] - centroids[None]) ** 2).sum(-1), axis=1)
+        simplex[outside] = nearest
+    affine = triangulation.transform[simplex]  # (N, 3, 2): inverse of the triangle's basis, then its origin
+    weights = np.einsum("nij,nj->ni", affine[:, :2], pixels - affine[:, 2])
+    barycentric = np.column_stack([weights, 1.0 - weights.sum(1)])
+    corners = source_points[triangulation.simplices[simplex]]  # (N, 3, 2)
+    mapped = np.einsum("ni,nij->nj", barycentric, corners).astype(np.float32)
+    map_x = mapped[:, 0].reshape(y1 - y0, x1 - x0)
+    map_y = mapped[:, 1].reshape(y1 - y0, x1 - x0)
+    return cv2.remap(source, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
 
 
 def feathered_mask(shape: tuple[int, int], outline: np.ndarray, feather_px: float) -> np.ndarray:
