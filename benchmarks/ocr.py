@@ -7,7 +7,8 @@
 For each concurrency C, C client threads send requests back to back (each its own gRPC client) until
 ``--requests`` are done; the images cycle through the rendered English, Chinese and mixed signs. The
 same sweep runs rapidocr in this process with C threads, each with its own ``RapidOCR`` (ONNX Runtime
-releases the GIL while it computes). Reported: latency p50/p90/p99 per request, images/s, and for the
+releases the GIL while it computes); the two modes alternate level by level, so that other load on the
+host affects both alike. Clients and engines are made before the clock starts. Reported: latency p50/p90/p99 per request, images/s, and for the
 served runs how many requests each leaf model's dynamic batcher merged per run on average (Triton's
 statistics: successful requests / executions; 1.00 means no merging).
 """
@@ -79,16 +80,15 @@ def sample_images() -> list[bytes]:
     return encoded
 
 
-def drive(concurrency: int, requests: int, images: list[bytes], make_worker) -> tuple[float, list[float], int]:
-    """``concurrency`` threads, each calling its own ``make_worker()`` callable until ``requests`` are done."""
+def drive(workers: list, requests: int, images: list[bytes]) -> tuple[float, list[float], int]:
+    """One thread per worker (a callable taking image bytes), back to back until ``requests`` are done."""
     counter = iter(range(requests))
     lock = threading.Lock()
     latencies: list[float] = []
     errors = 0
 
-    def loop():
+    def loop(work):
         nonlocal errors
-        work = make_worker()
         while True:
             with lock:
                 index = next(counter, None)
@@ -107,8 +107,8 @@ def drive(concurrency: int, requests: int, images: list[bytes], make_worker) -> 
                 latencies.append(elapsed)
 
     start = time.perf_counter()
-    with ThreadPoolExecutor(max_workers=concurrency) as pool:
-        for future in [pool.submit(loop) for _ in range(concurrency)]:
+    with ThreadPoolExecutor(max_workers=len(workers)) as pool:
+        for future in [pool.submit(loop, work) for work in workers]:
             future.result()
     return time.perf_counter() - start, latencies, errors
 
@@ -126,51 +126,63 @@ def leaf_counts(http_url: str) -> dict[str, tuple[int, int]]:
     }
 
 
-def bench_triton(grpc_url: str, http_url: str | None, levels, requests_for, images, warmup: int) -> list[Run]:
-    from genserve.client import Client
+class TritonBench:
+    """Requests to the served ``ocr`` model, one gRPC client per thread."""
 
-    def make_worker():
-        client = Client(grpc_url)
-        return client.ocr
+    mode = "triton"
 
-    worker = make_worker()
-    for image in images * warmup:
-        worker(image)
-    runs = []
-    for concurrency in levels:
-        before = leaf_counts(http_url) if http_url else {}
-        wall, latencies, errors = drive(concurrency, requests_for(concurrency), images, make_worker)
-        after = leaf_counts(http_url) if http_url else {}
-        batch = {
+    def __init__(self, grpc_url: str, http_url: str | None):
+        from genserve.client import Client
+
+        self.grpc_url, self.http_url = grpc_url, http_url
+        self.clients = [Client(grpc_url)]
+
+    def workers(self, count: int) -> list:
+        from genserve.client import Client
+
+        while len(self.clients) < count:
+            self.clients.append(Client(self.grpc_url))
+        return [client.ocr for client in self.clients[:count]]
+
+    def run(self, concurrency: int, requests: int, images: list[bytes]) -> Run:
+        workers = self.workers(concurrency)
+        before = leaf_counts(self.http_url) if self.http_url else {}
+        wall, latencies, errors = drive(workers, requests, images)
+        after = leaf_counts(self.http_url) if self.http_url else {}
+        merged = {
             name: (after[name][0] - before[name][0]) / max(1, after[name][1] - before[name][1])
             for name in after
             if name in before
         }
-        runs.append(Run("triton", concurrency, len(latencies), wall, latencies, batch, errors))
-        print(format_row(runs[-1]), flush=True)
-    return runs
+        return Run(self.mode, concurrency, len(latencies), wall, latencies, merged, errors)
+
+    def close(self) -> None:
+        for client in self.clients:
+            client.close()
 
 
-def bench_in_process(levels, requests_for, images, warmup: int) -> list[Run]:
-    from rapidocr_onnxruntime import RapidOCR
+class InProcessBench:
+    """rapidocr in this process, one ``RapidOCR`` per thread (made before the clock starts)."""
 
-    engines: list = []
+    mode = "in-process"
 
-    def make_worker():
-        engine = RapidOCR()
-        engines.append(engine)
-        return engine
+    def __init__(self):
+        from rapidocr_onnxruntime import RapidOCR
 
-    warm = make_worker()
-    for image in images * warmup:
-        warm(image)
-    runs = []
-    for concurrency in levels:
-        wall, latencies, errors = drive(concurrency, requests_for(concurrency), images, make_worker)
-        runs.append(Run("in-process", concurrency, len(latencies), wall, latencies, {}, errors))
-        print(format_row(runs[-1]), flush=True)
-        engines.clear()
-    return runs
+        self.factory = RapidOCR
+        self.engines = [RapidOCR()]
+
+    def workers(self, count: int) -> list:
+        while len(self.engines) < count:
+            self.engines.append(self.factory())
+        return self.engines[:count]
+
+    def run(self, concurrency: int, requests: int, images: list[bytes]) -> Run:
+        wall, latencies, errors = drive(self.workers(concurrency), requests, images)
+        return Run(self.mode, concurrency, len(latencies), wall, latencies, {}, errors)
+
+    def close(self) -> None:
+        self.engines.clear()
 
 
 HEADER = f"{'mode':<11} {'conc':>4} {'reqs':>5} {'img/s':>7} {'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8}  requests per leaf run (det/cls/rec)"
@@ -203,6 +215,8 @@ def main(argv: list[str] | None = None) -> int:
     print(HEADER, flush=True)
 
     server = None
+    benches: list = []
+    runs: list[Run] = []
     try:
         if args.url:
             grpc_url, http_url = args.url, args.http_url
@@ -214,12 +228,22 @@ def main(argv: list[str] | None = None) -> int:
             server = TritonServer(REPOSITORY_DIR, models=OCR_MODELS, http_port=ports[0], grpc_port=ports[1], metrics_port=ports[2])
             server.start()
             grpc_url, http_url = server.grpc_url, server.http_url
-        runs = bench_triton(grpc_url, http_url, levels, requests_for, images, args.warmup)
+        benches.append(TritonBench(grpc_url, http_url))
+        if not args.skip_in_process:
+            benches.append(InProcessBench())
+        for bench in benches:  # warm-up: first runs of ONNX Runtime allocate and optimise
+            for image in images * args.warmup:
+                bench.workers(1)[0](image)
+        # Levels alternate between the modes, so that other load on the host hits both alike.
+        for concurrency in levels:
+            for bench in benches:
+                runs.append(bench.run(concurrency, requests_for(concurrency), images))
+                print(format_row(runs[-1]), flush=True)
     finally:
+        for bench in benches:
+            bench.close()
         if server is not None:
             server.stop()
-    if not args.skip_in_process:
-        runs += bench_in_process(levels, requests_for, images, args.warmup)
 
     result = {
         "benchmark": "ocr",
