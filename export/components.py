@@ -35,10 +35,13 @@ def load_module(pipeline_dir: Path, module: str, model_index: Mapping[str, Any],
     library, class_name = model_index[module]
     cls = getattr(importlib.import_module(library), class_name)
     folder = pipeline_dir / module
-    if library == "transformers":
-        loaded = cls.from_pretrained(folder, dtype=dtype)
-    else:
-        loaded = cls.from_pretrained(folder, torch_dtype=dtype, low_cpu_mem_usage=True)
+    try:
+        if library == "transformers":
+            loaded = cls.from_pretrained(folder, dtype=dtype)
+        else:
+            loaded = cls.from_pretrained(folder, torch_dtype=dtype, low_cpu_mem_usage=True)
+    except (OSError, ValueError, RuntimeError) as error:  # corrupt or mismatched weights
+        raise ExportError(f"could not load {module} ({class_name}) from {folder}: {error}") from error
     return loaded.eval().requires_grad_(False)
 
 

@@ -1,0 +1,76 @@
+"""Session fixtures for the export tests: tiny demo pipelines built once, each exported once."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+import pytest
+
+# Family name -> demo pipeline folder name.
+DEMO_FOR_FAMILY = {"sd": "sd", "flux": "flux-kontext", "cogview4": "cogview4"}
+
+
+@pytest.fixture(scope="session")
+def offline():
+    """Nothing may be downloaded: the hub is switched off while the diffusion fixtures live."""
+    saved = {key: os.environ.get(key) for key in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
+    os.environ.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+    yield
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
+@pytest.fixture(scope="session")
+def demo_dir(tmp_path_factory, offline) -> Path:
+    """The tiny SD, FLUX Kontext and CogView4 pipelines (save_pretrained folders)."""
+    from genserve.demo_pipelines import build_demo_pipelines
+
+    out = tmp_path_factory.mktemp("demo")
+    build_demo_pipelines(out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def export_family(demo_dir, tmp_path_factory):
+    """``export_family(name)`` -> (report, out_dir) of the fp32 export, computed once per family."""
+    from genserve.export.pipeline import ExportOptions, export_pipeline
+
+    cache: dict[str, tuple] = {}
+
+    def get(family: str):
+        if family not in cache:
+            out_dir = tmp_path_factory.mktemp("export") / family
+            report = export_pipeline(demo_dir / DEMO_FOR_FAMILY[family], out_dir, ExportOptions(progress=False), log=lambda _: None)
+            cache[family] = (report, out_dir)
+        return cache[family]
+
+    return get
+
+
+def run_cli(*argv: str) -> int:
+    """``genserve <argv>`` through the real command modules and the CLI's error handling.
+
+    The parser holds only the export commands, so these tests do not depend on the state of the
+    other commands of the CLI.
+    """
+    from genserve.commands import demo_pipelines, export
+    from genserve.errors import GenServeError
+
+    parser = argparse.ArgumentParser(prog="genserve")
+    parser.add_argument("-v", "--verbose", action="store_true")
+    subparsers = parser.add_subparsers(dest="command", required=True)
+    export.register(subparsers)
+    demo_pipelines.register(subparsers)
+    args = parser.parse_args(list(argv))
+    try:
+        return args.handler(args) or 0
+    except GenServeError as error:
+        import sys
+
+        print(f"genserve {args.command}: error: {error}", file=sys.stderr)
+        return 1
