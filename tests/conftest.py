@@ -69,3 +69,15 @@ def grpc_client(triton_server):
 
 # Diffusion pipelines built and exported once per session (tests/fixtures_diffusion.py).
 pytest_plugins = ["fixtures_diffusion"]
+
+
+@pytest.fixture(scope="session")
+def huge_jpeg() -> bytes:
+    """A real, valid 20000 x 20000 JPEG (400 megapixels, about 5 MB encoded)."""
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("L", (20000, 20000), 128).save(buffer, format="JPEG", quality=50)
+    return buffer.getvalue()

@@ -1,0 +1,210 @@
+"""The deepfake task through the real Triton server: client library, CLI, bad input, launcher."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import free_ports
+from genserve.client import Client, RequestError, ServerUnavailableError
+from genserve.errors import ServerError
+from genserve.faceswap import FaceAnalyzer
+from genserve.imaging import decode_image
+
+ORI, TARGET = "2008_002506.jpg", "2008_001009.jpg"
+pytestmark = pytest.mark.server
+
+
+@pytest.fixture(scope="module")
+def analyzer() -> FaceAnalyzer:
+    return FaceAnalyzer().load()
+
+
+def test_served_swap_has_the_target_identity(client, faces_dir, analyzer):
+    result = client.swap_face(faces_dir / ORI, faces_dir / TARGET)
+    ori = decode_image((faces_dir / ORI).read_bytes())
+    target = decode_image((faces_dir / TARGET).read_bytes())
+    swapped = np.asarray(result.image.convert("RGB"))
+    assert swapped.shape == ori.shape
+
+    ori_face, target_face = analyzer.detect(ori)[0], analyzer.detect(target)[0]
+    descriptor = analyzer.descriptor(swapped, analyzer.refit(swapped, ori_face))
+    to_target = np.linalg.norm(descriptor - analyzer.descriptor(target, target_face))
+    to_ori = np.linalg.norm(descriptor - analyzer.descriptor(ori, ori_face))
+    assert to_target < to_ori
+
+    (score,) = result.metadata["identity"]
+    assert score["distance"] == pytest.approx(to_target, abs=0.05)  # JPEG round trip moves it a little
+    assert result.metadata["faces_found"]["ori"] == 3
+
+
+@pytest.mark.parametrize("kind", ["path", "bytes", "numpy", "pil"])
+def test_every_kind_of_image_is_accepted(grpc_client, faces_dir, kind):
+    path = faces_dir / ORI
+    ori = {
+        "path": path,
+        "bytes": path.read_bytes(),
+        "numpy": np.asarray(Image.open(path).convert("RGB")),
+        "pil": Image.open(path),
+    }[kind]
+    result = grpc_client.swap_face(ori, str(faces_dir / TARGET), output_format="png", compute_identity=False)
+    assert result.image.format == "PNG" and result.image.size == Image.open(path).size
+
+
+def test_options_reach_the_model(grpc_client, faces_dir):
+    result = grpc_client.swap_face(faces_dir / ORI, faces_dir / TARGET, all_faces=True, compute_identity=False)
+    assert result.metadata["replaced"] == [0, 1, 2] and "identity" not in result.metadata
+
+
+def test_result_saves_in_the_format_its_name_asks_for(grpc_client, faces_dir, tmp_path):
+    result = grpc_client.swap_face(faces_dir / ORI, faces_dir / TARGET, compute_identity=False)
+    assert Image.open(result.save(tmp_path / "a.jpg")).format == "JPEG"
+    assert Image.open(result.save(tmp_path / "b.png")).format == "PNG"
+
+
+def _raw_infer(client: Client, inputs: dict[str, np.ndarray]):
+    """A request built by hand, for what the client library would never send."""
+    from tritonclient.grpc import InferInput, InferRequestedOutput
+    from tritonclient.utils import np_to_triton_dtype
+
+    tensors = []
+    for name, array in inputs.items():
+        tensor = InferInput(name, list(array.shape), np_to_triton_dtype(array.dtype))
+        tensor.set_data_from_numpy(array)
+        tensors.append(tensor)
+    return client._client.infer("face_swap", tensors, outputs=[InferRequestedOutput("IMAGE")])
+
+
+def bad_requests(faces_dir, huge_jpeg):
+    """(description, call, words the error must contain) for each bad input of the issue."""
+    target = (faces_dir / TARGET).read_bytes()
+    ori = (faces_dir / ORI).read_bytes()
+    dogs = (faces_dir / "dogs.jpg").read_bytes()
+    return [
+        ("no face in ori", lambda c: c.swap_face(dogs, target), "no face found in the ori image"),
+        ("no face in target", lambda c: c.swap_face(ori, dogs), "no face found in the target image"),
+        ("empty ori", lambda c: c.swap_face(b"", target), "ori image is empty"),
+        ("corrupt ori", lambda c: c.swap_face(b"\xff\xd8\xff garbage", target), "not a readable image"),
+        ("truncated target", lambda c: c.swap_face(ori, target[:300]), "target image"),
+        ("20000x20000 ori", lambda c: c.swap_face(huge_jpeg, target), "more pixels than are accepted"),
+        ("bad option", lambda c: c.swap_face(ori, target, face_index=-2), "face_index must be"),
+        ("face index too high", lambda c: c.swap_face(ori, target, face_index=9), "has 3 face(s)"),
+        (
+            "wrong dtype",
+            lambda c: _raw_infer(c, {"ORI_IMAGE": np.zeros((1,), np.int32), "TARGET_IMAGE": np.array([target], object)}),
+            "ORI_IMAGE",
+        ),
+        (
+            "wrong shape",
+            lambda c: _raw_infer(c, {"ORI_IMAGE": np.array([ori, ori], object), "TARGET_IMAGE": np.array([target], object)}),
+            "ORI_IMAGE",
+        ),
+        ("missing input", lambda c: _raw_infer(c, {"ORI_IMAGE": np.array([ori], object)}), "TARGET_IMAGE"),
+    ]
+
+
+def test_each_bad_input_gets_a_clear_error(grpc_client, faces_dir, huge_jpeg):
+    from tritonclient.utils import InferenceServerException
+
+    for description, call, words in bad_requests(faces_dir, huge_jpeg):
+        with pytest.raises((RequestError, InferenceServerException)) as error:
+            call(grpc_client)
+        message = str(error.value)
+        assert words in message, f"{description}: {message}"
+        assert "Traceback" not in message, f"{description}: {message}"
+
+
+def test_server_keeps_serving_after_50_bad_requests(grpc_client, triton_server, faces_dir, huge_jpeg):
+    from tritonclient.utils import InferenceServerException
+
+    cases = bad_requests(faces_dir, huge_jpeg)
+    for i in range(50):
+        _, call, _ = cases[i % len(cases)]
+        with pytest.raises((RequestError, InferenceServerException)):
+            call(grpc_client)
+    assert triton_server.is_running()
+    result = grpc_client.swap_face(faces_dir / ORI, faces_dir / TARGET, compute_identity=False)
+    assert result.metadata["replaced"] == [0]
+
+
+def test_cli_deepfake_writes_the_swapped_image(triton_server, faces_dir, tmp_path):
+    output = tmp_path / "swapped.jpg"
+    completed = subprocess.run(
+        [sys.executable, "-m", "genserve.cli", "deepfake", str(faces_dir / ORI), str(faces_dir / TARGET),
+         "-o", str(output), "--url", triton_server.grpc_url],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert completed.returncode == 0, completed.stderr
+    assert "identity cosine to target" in completed.stdout
+    assert Image.open(output).size == Image.open(faces_dir / ORI).size
+
+
+def test_cli_deepfake_reports_a_refused_request(triton_server, faces_dir, tmp_path):
+    completed = subprocess.run(
+        [sys.executable, "-m", "genserve.cli", "deepfake", str(faces_dir / "dogs.jpg"), str(faces_dir / TARGET),
+         "-o", str(tmp_path / "x.jpg"), "--url", triton_server.http_url, "--protocol", "http"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert completed.returncode == 1
+    assert "no face found in the ori image" in completed.stderr
+    assert not (tmp_path / "x.jpg").exists()
+
+
+def test_client_names_an_unreachable_server():
+    (port,) = free_ports(1)
+    with Client(f"127.0.0.1:{port}") as client, pytest.raises(ServerUnavailableError, match="genserve serve"):
+        client.swap_face(b"x", b"y")
+
+
+def test_serve_command_starts_and_stops_on_ctrl_c(tmp_path):
+    http, grpc, metrics = free_ports(3)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "genserve.cli", "serve", "--model", "face_swap", "--address", "127.0.0.1",
+         "--http-port", str(http), "--grpc-port", str(grpc), "--metrics-port", str(metrics),
+         "--log-file", str(tmp_path / "triton.log")],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    try:
+        lines = []
+        while not lines or "Press Ctrl-C" not in lines[-1]:
+            line = process.stdout.readline()
+            if not line:
+                pytest.fail("genserve serve exited before it was ready:\n" + "".join(lines))
+            lines.append(line)
+        with Client(f"127.0.0.1:{grpc}") as client:
+            assert client.is_ready("face_swap")
+        process.send_signal(signal.SIGINT)
+        output = "".join(lines) + process.communicate(timeout=60)[0]
+    finally:
+        process.kill()
+    assert process.returncode == 0, output
+    assert "Triton is serving face_swap" in output and "Triton stopped." in output
+    assert (tmp_path / "triton.log").stat().st_size > 0
+
+
+def test_a_model_that_fails_to_load_is_reported_with_its_reason(tmp_path):
+    from genserve.server import TritonServer
+
+    model = tmp_path / "repo" / "broken"
+    (model / "1").mkdir(parents=True)
+    (model / "config.pbtxt").write_text('name: "broken"\nbackend: "python"\nmax_batch_size: 0\n')
+    (model / "1" / "model.py").write_text("raise RuntimeError('weights missing: /models/broken.onnx')\n")
+    http, grpc, metrics = free_ports(3)
+    server = TritonServer(
+        tmp_path / "repo", http_port=http, grpc_port=grpc, metrics_port=metrics, address="127.0.0.1",
+        log_path=tmp_path / "triton.log", start_timeout_s=120,
+    )  # fmt: skip
+    with pytest.raises(ServerError, match=r"broken: .*weights missing: /models/broken.onnx"):
+        server.start()
+    assert not server.is_running()
+
+
+def test_metadata_is_json_with_timings(grpc_client, faces_dir):
+    result = grpc_client.swap_face(faces_dir / ORI, faces_dir / TARGET)
+    timings = result.metadata["timings_ms"]
+    assert timings["total"] >= timings["detect_ori"] + timings["swap"] > 0

@@ -1,0 +1,228 @@
+"""The face swap in-process, on real photos: identity, untouched background, no seams, options, bad input."""
+
+from __future__ import annotations
+
+import io
+import itertools
+
+import cv2
+import numpy as np
+import pytest
+from PIL import Image
+
+from genserve.errors import InvalidInputError, NoFaceError
+from genserve.faceswap import FaceSwapper, SwapOptions
+from genserve.imaging import decode_image, encode_image
+from swap_quality import hull_mask, psnr_outside, seam_share
+
+# Photos whose largest face is at least 80 px wide; the others' faces are 36-52 px.
+LARGE_FACES = ["2008_001009.jpg", "2008_002506.jpg", "2008_001322.jpg"]
+
+
+@pytest.fixture(scope="module")
+def swapper() -> FaceSwapper:
+    return FaceSwapper().load()
+
+
+@pytest.fixture(scope="module")
+def photos(faces_dir) -> dict[str, bytes]:
+    return {path.name: path.read_bytes() for path in sorted(faces_dir.glob("*.jpg")) if path.name != "dogs.jpg"}
+
+
+@pytest.fixture(scope="module")
+def all_swaps(swapper, photos):
+    """Every ordered pair of photos swapped once: (ori name, target name) -> (ori, result, ori face)."""
+    results = {}
+    for ori_name, target_name in itertools.permutations(photos, 2):
+        ori = decode_image(photos[ori_name])
+        target, _ = swapper.target_face(photos[target_name])
+        result, _ = swapper.swap_arrays(ori, target, SwapOptions(compute_identity=False))
+        results[ori_name, target_name] = (ori, result, swapper.analyzer.detect(ori)[0], target)
+    return results
+
+
+def identity_distances(swapper, ori, result, ori_face, target) -> tuple[float, float]:
+    """dlib distance of the result's face to the target's face and to the face that was there before."""
+    swapped = swapper.analyzer.refit(result, ori_face)
+    descriptor = swapper.analyzer.descriptor(result, swapped)
+    before = swapper.analyzer.descriptor(ori, ori_face)
+    return float(np.linalg.norm(descriptor - target.descriptor)), float(np.linalg.norm(descriptor - before))
+
+
+@pytest.mark.slow
+def test_result_is_the_target_person_for_nearly_every_pair(swapper, all_swaps):
+    closer = [identity_distances(swapper, *swap) for swap in all_swaps.values()]
+    share = np.mean([to_target < to_ori for to_target, to_ori in closer])
+    # dlib's verdict "same person" is a distance under 0.6.
+    same_person = np.mean([to_target < 0.6 for to_target, _ in closer])
+    assert share >= 0.9, f"result closer to the target than to the ori face in only {share:.0%} of pairs"
+    assert same_person >= 0.8, f"result is the target's person by dlib's threshold in only {same_person:.0%} of pairs"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("ori_name, target_name", list(itertools.permutations(LARGE_FACES, 2)))
+def test_large_faces_always_take_the_target_identity(swapper, all_swaps, ori_name, target_name):
+    # A target face much smaller than ori's is upscaled, and blur costs identity; both large here.
+    to_target, to_ori = identity_distances(swapper, *all_swaps[ori_name, target_name])
+    assert to_target < to_ori, f"{ori_name} <- {target_name}: {to_target:.3f} to target, {to_ori:.3f} to ori"
+
+
+@pytest.mark.slow
+def test_background_outside_the_face_is_unchanged(all_swaps):
+    for (ori_name, target_name), (ori, result, face, _) in all_swaps.items():
+        region = hull_mask(ori.shape, face.landmarks)
+        # The swap may cover the forehead above the landmarks' hull: dilate by half the face size.
+        dilate = int(np.sqrt(region.sum()) * 0.5)
+        psnr = psnr_outside(ori, result, region, dilate)
+        assert psnr >= 40.0, f"{ori_name} <- {target_name}: background PSNR {psnr:.1f} dB"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("ori_name", ["2008_001009.jpg", "2008_002506.jpg"])
+def test_no_seams_inside_the_face(all_swaps, ori_name):
+    for (name, target_name), (ori, result, face, _) in all_swaps.items():
+        if name == ori_name:
+            share = seam_share(result, hull_mask(ori.shape, face.landmarks))
+            assert share < 0.005, f"{ori_name} <- {target_name}: {share:.2%} of face pixels are outliers"
+
+
+@pytest.mark.slow
+def test_swap_adds_no_outliers_beyond_the_photos_own(swapper, all_swaps):
+    """On small faces natural detail already exceeds 0.5%; the swap must not add to the busier of the two faces.
+
+    The target face is measured at the size it is pasted at: shrunk, its detail gets denser.
+    """
+    for (ori_name, target_name), (ori, result, face, target) in all_swaps.items():
+        region = hull_mask(ori.shape, face.landmarks)
+        scale = np.sqrt(region.sum() / hull_mask(target.crop.shape, target.landmarks).sum())
+        resized = cv2.resize(target.crop, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
+        target_region = hull_mask(resized.shape, target.landmarks * scale)
+        baseline = max(seam_share(ori, region), seam_share(resized, target_region))
+        assert seam_share(result, region) <= baseline + 0.005, f"{ori_name} <- {target_name}"
+
+
+def test_classic_triangle_pasting_would_fail_the_seam_measure(photos):
+    """The seam measure can fail: pasting triangles one by one leaves dark lines along their edges."""
+    ori = decode_image(photos["2008_002506.jpg"])
+    swapper = FaceSwapper().load()
+    face = swapper.analyzer.detect(ori)[0]
+    damaged = ori.copy()
+    triangles = cv2.Subdiv2D((0, 0, ori.shape[1], ori.shape[0]))
+    for x, y in face.landmarks:
+        triangles.insert((float(x), float(y)))
+    for x0, y0, x1, y1, x2, y2 in triangles.getTriangleList().astype(int):
+        cv2.polylines(damaged, [np.array([[x0, y0], [x1, y1], [x2, y2]])], True, (0, 0, 0), 1)
+    assert seam_share(damaged, hull_mask(ori.shape, face.landmarks)) > 0.005
+
+
+def test_metadata_reports_faces_identity_and_timings(swapper, photos):
+    encoded, metadata = swapper.swap(photos["2008_002506.jpg"], photos["2008_001009.jpg"])
+    assert decode_image(encoded).shape == decode_image(photos["2008_002506.jpg"]).shape
+    assert metadata["faces_found"] == {"ori": 3, "target": 2}
+    assert metadata["replaced"] == [0]
+    (score,) = metadata["identity"]
+    assert score["cosine"] > score["ori_cosine"] and score["distance"] < score["ori_distance"]
+    assert {"decode_ori", "target", "detect_ori", "swap", "identity", "encode", "total"} <= set(metadata["timings_ms"])
+
+
+def test_repeated_target_is_served_from_the_cache(photos):
+    swapper = FaceSwapper().load()
+    _, first = swapper.swap(photos["2008_002506.jpg"], photos["2008_001009.jpg"])
+    _, second = swapper.swap(photos["2008_001322.jpg"], photos["2008_001009.jpg"])
+    assert not first["target_cache_hit"] and second["target_cache_hit"]
+    assert second["timings_ms"]["target"] < first["timings_ms"]["target"] / 10
+
+
+def test_face_index_and_all_faces_choose_which_faces_change(swapper, photos):
+    ori_bytes = photos["2008_002506.jpg"]
+    ori = decode_image(ori_bytes)
+    faces = swapper.analyzer.detect(ori)
+    assert len(faces) == 3
+    target, _ = swapper.target_face(photos["2008_001009.jpg"])
+
+    def changed(result):
+        return [bool((result[hull_mask(ori.shape, f.landmarks)] != ori[hull_mask(ori.shape, f.landmarks)]).any()) for f in faces]
+
+    second, metadata = swapper.swap_arrays(ori, target, SwapOptions(face_index=1, compute_identity=False))
+    assert metadata["replaced"] == [1] and changed(second) == [False, True, False]
+    every, metadata = swapper.swap_arrays(ori, target, SwapOptions(all_faces=True, compute_identity=False))
+    assert metadata["replaced"] == [0, 1, 2] and changed(every) == [True, True, True]
+    with pytest.raises(InvalidInputError, match="face_index 3 asked for, but the ori image has 3 face"):
+        swapper.swap_arrays(ori, target, SwapOptions(face_index=3))
+
+
+def test_small_faces_are_found_by_upsampled_detection(swapper, photos):
+    ori = decode_image(photos["2008_002506.jpg"])
+    small = cv2.resize(ori, None, fx=0.3, fy=0.3, interpolation=cv2.INTER_AREA)  # faces of about 30 px
+    faces = swapper.analyzer.detect(small)
+    assert faces and faces[0].box[2] - faces[0].box[0] < 40
+    target, _ = swapper.target_face(photos["2008_001009.jpg"])
+    result, _ = swapper.swap_arrays(small, target, SwapOptions(compute_identity=False))
+    assert (result != small).any()
+
+
+def test_photo_without_a_face_is_refused(swapper, faces_dir, photos):
+    dogs = (faces_dir / "dogs.jpg").read_bytes()
+    with pytest.raises(NoFaceError, match="no face found in the ori image"):
+        swapper.swap(dogs, photos["2008_001009.jpg"])
+    with pytest.raises(NoFaceError, match="no face found in the target image"):
+        swapper.swap(photos["2008_001009.jpg"], dogs)
+
+
+@pytest.mark.parametrize(
+    "data, message",
+    [
+        (b"", "ori image is empty"),
+        (b"not an image at all", "not a readable image"),
+        (b"\x89PNG\r\n\x1a\n" + b"\x00" * 40, "not a readable image"),
+    ],
+)
+def test_corrupt_or_empty_bytes_are_refused(swapper, photos, data, message):
+    with pytest.raises(InvalidInputError, match=message):
+        swapper.swap(data, photos["2008_001009.jpg"])
+
+
+def test_truncated_jpeg_is_refused(swapper, photos):
+    data = photos["2008_002506.jpg"]
+    with pytest.raises(InvalidInputError):
+        swapper.swap(data[: len(data) // 50], photos["2008_001009.jpg"])
+
+
+def test_huge_image_is_refused_before_decoding(swapper, huge_jpeg, photos):
+    with pytest.raises(InvalidInputError, match="more pixels than are accepted"):
+        swapper.swap(huge_jpeg, photos["2008_001009.jpg"])
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        ('{"face_index": -1}', "face_index must be a non-negative integer"),
+        ('{"face_index": "two"}', "face_index must be a non-negative integer"),
+        ('{"output_format": "gif"}', "output_format must be"),
+        ('{"jpeg_quality": 0}', "jpeg_quality must be"),
+        ('{"colour": true}', "unknown option"),
+        ("[1, 2]", "must be a JSON object"),
+        ("{not json", "not valid JSON"),
+    ],
+)
+def test_bad_options_are_refused(options, message):
+    with pytest.raises(InvalidInputError, match=message):
+        SwapOptions.from_json(options)
+
+
+def test_output_formats(swapper, photos):
+    for output_format, magic in [("png", b"\x89PNG"), ("jpeg", b"\xff\xd8"), ("webp", b"RIFF")]:
+        encoded, _ = swapper.swap(
+            photos["2008_002506.jpg"], photos["2008_001009.jpg"], SwapOptions(output_format=output_format, compute_identity=False)
+        )
+        assert encoded.startswith(magic)
+
+
+def test_png_with_alpha_and_greyscale_inputs_are_accepted(swapper, photos):
+    rgb = decode_image(photos["2008_002506.jpg"])
+    rgba = io.BytesIO()
+    Image.fromarray(rgb).convert("RGBA").save(rgba, format="PNG")
+    grey = encode_image(cv2.cvtColor(cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY), cv2.COLOR_GRAY2RGB), "png")
+    for data in (rgba.getvalue(), grey):
+        _, metadata = swapper.swap(data, photos["2008_001009.jpg"], SwapOptions(compute_identity=False))
+        assert metadata["replaced"] == [0]
