@@ -13,7 +13,7 @@ from PIL import Image
 
 from genserve.client import Client, OcrLine, RequestError
 from genserve.ocr import samples
-from genserve.ocr.textedit import best_line_distance
+from genserve.ocr.textedit import closest_text_distance
 
 pytestmark = pytest.mark.server
 
@@ -89,7 +89,7 @@ def test_served_ocr_reads_the_rendered_text(grpc_client, images, name, lines):
     read = [line.text for line in grpc_client.ocr(images[name])]
     # rapidocr may split or join lines and drop spaces; every rendered line must be (nearly) there.
     for line in lines:
-        assert best_line_distance(read, line) <= 0.15, f"{line!r} not read in {read!r}"
+        assert closest_text_distance(read, line) <= 0.15, f"{line!r} not read in {read!r}"
 
 
 def test_ocr_over_http(triton_server, images):

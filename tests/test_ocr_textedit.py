@@ -6,11 +6,12 @@ import pytest
 
 from genserve.ocr.textedit import (
     TextEdit,
-    best_line_distance,
+    closest_text_distance,
     extract_text_edit,
     normalize_text,
     normalized_edit_distance,
     quoted_spans,
+    substring_edit_distance,
     text_edit_report,
 )
 
@@ -83,23 +84,40 @@ def test_distance_can_be_case_sensitive():
     assert normalize_text(" Ｏpen\t24 ") == "open24"
 
 
-def test_best_line_distance_joins_split_lines():
+@pytest.mark.parametrize(
+    "text, target, distance",
+    [
+        ("CLOSED 24 HOURS", "CLOSED", 0.0),  # the target inside other text
+        ("NOW CL0SED", "closed", 1 / 6),  # one substitution
+        ("NOW CLSED", "CLOSED", 1 / 6),  # one deletion
+        ("CLOSED24HOURS", "OPEN", 2 / 4),  # best stretch "OSE": O, P->S, E, N missing
+        ("xyz", "CLOSED", 1.0),
+        ("欢迎光临营业时间", "营业中", 1 / 3),
+        ("anything", "", 0.0),
+    ],
+)
+def test_substring_edit_distance(text, target, distance):
+    assert substring_edit_distance(text, target) == pytest.approx(distance)
+
+
+def test_closest_text_distance_joins_split_lines():
     lines = ["OPEN24HOURS", "Fresh Coffee and", "Bagels"]
-    assert best_line_distance(lines, "Fresh Coffee and Bagels") == 0.0
-    assert best_line_distance(lines, "OPEN 24 HOURS") == 0.0
-    assert best_line_distance(lines, "CLOSED") > 0.5
-    assert best_line_distance([], "CLOSED") == 1.0
+    assert closest_text_distance(lines, "Fresh Coffee and Bagels") == 0.0
+    assert closest_text_distance(lines, "OPEN 24 HOURS") == 0.0
+    assert closest_text_distance(lines, "CLOSED") > 0.5
+    assert closest_text_distance([], "CLOSED") == 1.0
+    assert closest_text_distance(["  "], "CLOSED") == 1.0
 
 
 def test_report_for_a_vttie_result():
-    report = text_edit_report('change "OPEN" to "CLOSED"', ["CLOSED", "24 HOURS"])
+    report = text_edit_report('change "OPEN" to "CLOSED"', ["CLOSED24HOURS", "Fresh Coffee and", "Bagels"])
     assert report == {
-        "ocr_text": "CLOSED\n24 HOURS",
+        "ocr_text": "CLOSED24HOURS\nFresh Coffee and\nBagels",
         "old_text": "OPEN",
         "new_text": "CLOSED",
         "new_text_distance": 0.0,
-        "old_text_distance": pytest.approx(4 / 6),
+        "old_text_distance": 0.5,
     }
     chinese = text_edit_report("把“开”改成“关”", ["关门"])
-    assert chinese["new_text_distance"] == 0.5 and chinese["old_text_distance"] == 1.0
+    assert chinese["new_text_distance"] == 0.0 and chinese["old_text_distance"] == 1.0
     assert text_edit_report("make it brighter", ["OPEN"]) == {"ocr_text": "OPEN"}

@@ -9,8 +9,10 @@ TextEdit(old='开', new='关')
 >>> normalized_edit_distance("CL0SED", "CLOSED")
 0.16666666666666666
 
-The distance is the Levenshtein distance divided by the longer text's length (0: identical, 1: nothing
-in common), computed by rapidfuzz on texts normalized by :func:`normalize_text`.
+:func:`normalized_edit_distance` is the Levenshtein distance divided by the longer text's length (0:
+identical, 1: nothing in common), computed by rapidfuzz on texts normalized by :func:`normalize_text`.
+An edited image holds other text too, so a report measures the new text against the closest stretch of
+the OCR text instead (:func:`substring_edit_distance`, normalized by the new text's length).
 """
 
 from __future__ import annotations
@@ -113,22 +115,40 @@ def normalized_edit_distance(text: str, target: str, *, case_sensitive: bool = F
     )
 
 
-def best_line_distance(lines: Iterable[str], target: str, *, case_sensitive: bool = False) -> float:
-    """The smallest normalized edit distance from ``target`` to one OCR line or to a run of consecutive
-    lines joined (OCR splits a line at wide gaps); 1.0 when there is no line."""
-    lines = [line for line in lines if line.strip()]
-    if not lines:
+def substring_edit_distance(text: str, target: str, *, case_sensitive: bool = False) -> float:
+    """Edit distance from ``target`` to the stretch of ``text`` closest to it, divided by the target's
+    length, after :func:`normalize_text`: 0.0 when the target appears in the text, 1.0 when nothing of
+    it does. (Semi-global Levenshtein: characters of ``text`` before and after the stretch are free.)"""
+    text = normalize_text(text, case_sensitive=case_sensitive)
+    target = normalize_text(target, case_sensitive=case_sensitive)
+    if not target:
+        return 0.0
+    # previous[j]: cost of matching target[:i] so that it ends just before text[j]; row 0 is free.
+    previous = [0] * (len(text) + 1)
+    for i, wanted in enumerate(target, start=1):
+        current = [i] + [0] * len(text)
+        for j, seen in enumerate(text, start=1):
+            current[j] = min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (wanted != seen))
+        previous = current
+    return min(previous) / len(target)
+
+
+def closest_text_distance(lines: Iterable[str], target: str, *, case_sensitive: bool = False) -> float:
+    """How far OCR lines are from containing ``target``: :func:`substring_edit_distance` on the lines
+    joined (OCR drops spaces and splits lines at wide gaps, an edited sign holds other text); 1.0 when
+    there is no line."""
+    joined = "".join(str(line) for line in lines)
+    if not joined.strip():
         return 1.0
-    runs = ("".join(lines[i:j]) for i in range(len(lines)) for j in range(i + 1, len(lines) + 1))
-    return min(normalized_edit_distance(run, target, case_sensitive=case_sensitive) for run in runs)
+    return substring_edit_distance(joined, target, case_sensitive=case_sensitive)
 
 
 def text_edit_report(instruction: str, ocr_lines: Iterable[str]) -> dict:
     """What a vttie response or the batch runner reports about an edited image: its OCR text and, when the
     instruction names the new text, the edit's old and new text and the distance of the reading to them.
 
-    ``new_text_distance`` near 0 means the new text is there; ``old_text_distance`` near 0 means the old
-    text is still there.
+    The distances are :func:`closest_text_distance`: ``new_text_distance`` near 0 means the new text is
+    there; ``old_text_distance`` near 0 means the old text is still there.
     """
     lines = [str(line) for line in ocr_lines]
     report: dict = {"ocr_text": "\n".join(lines)}
@@ -136,7 +156,7 @@ def text_edit_report(instruction: str, ocr_lines: Iterable[str]) -> dict:
     if edit is not None:
         report["old_text"] = edit.old
         report["new_text"] = edit.new
-        report["new_text_distance"] = best_line_distance(lines, edit.new)
+        report["new_text_distance"] = closest_text_distance(lines, edit.new)
         if edit.old is not None:
-            report["old_text_distance"] = best_line_distance(lines, edit.old)
+            report["old_text_distance"] = closest_text_distance(lines, edit.old)
     return report
