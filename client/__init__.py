@@ -1,6 +1,7 @@
 """Client library of the stack (``genserve.client``): every task over gRPC (default) or HTTP."""
 
 from genserve.client.client import Client, ImageResult, OcrLine, RequestError, ServerUnavailableError
+from genserve.client.pool import ClientPool
 from genserve.client.images import ImageLike, to_image_bytes
 
-__all__ = ["Client", "ImageResult", "OcrLine", "RequestError", "ServerUnavailableError", "ImageLike", "to_image_bytes"]
+__all__ = ["Client", "ClientPool", "ImageResult", "OcrLine", "RequestError", "ServerUnavailableError", "ImageLike", "to_image_bytes"]

@@ -22,7 +22,15 @@ Protocol = Literal["grpc", "http"]
 
 
 class RequestError(GenServeError):
-    """The server refused or failed one request; ``str(error)`` is the server's message."""
+    """The server refused or failed one request; ``str(error)`` is the server's message.
+
+    ``retriable`` is False when the request itself is wrong (gRPC INVALID_ARGUMENT, HTTP 400: sending
+    it again gives the same answer) and True for failures that may pass on another try.
+    """
+
+    def __init__(self, message: str, *, retriable: bool = True):
+        super().__init__(message)
+        self.retriable = retriable
 
 
 class ServerUnavailableError(RequestError):
@@ -77,12 +85,17 @@ class Client:
         self.protocol = protocol
         self.url = url or (config.grpc_url() if protocol == "grpc" else config.http_url())
         self.timeout_s = timeout_s
-        if protocol == "grpc":
+        if protocol == "grpc":  # timeouts per call, see infer()
             import tritonclient.grpc as tritonclient
-        else:
+
+            self._client = tritonclient.InferenceServerClient(self.url)
+        else:  # the HTTP client's timeouts are per connection
             import tritonclient.http as tritonclient
+
+            self._client = tritonclient.InferenceServerClient(
+                self.url, connection_timeout=min(timeout_s or 60.0, 60.0), network_timeout=timeout_s or 1e9
+            )
         self._triton = tritonclient
-        self._client = tritonclient.InferenceServerClient(self.url)
 
     def close(self) -> None:
         self._client.close()
@@ -109,15 +122,14 @@ class Client:
             tensor.set_data_from_numpy(array)
             tensors.append(tensor)
         requested = [self._triton.InferRequestedOutput(name) for name in outputs]
-        kwargs = {}
-        if self.timeout_s is not None:
-            kwargs = {"client_timeout": self.timeout_s} if self.protocol == "grpc" else {"timeout": int(self.timeout_s * 1e6)}
+        kwargs = {"client_timeout": self.timeout_s} if self.protocol == "grpc" and self.timeout_s else {}
         try:
             result = self._client.infer(model, tensors, outputs=requested, **kwargs)
         except InferenceServerException as error:
             if "UNAVAILABLE" in str(error.status()) or "failed to connect" in (error.message() or ""):
                 raise self._unavailable() from None
-            raise RequestError(error.message() or str(error)) from None
+            refused = str(error.status()) in ("StatusCode.INVALID_ARGUMENT", "400", "StatusCode.NOT_FOUND", "404")
+            raise RequestError(error.message() or str(error), retriable=not refused) from None
         except (ConnectionError, OSError) as error:  # the HTTP client's transport errors
             raise self._unavailable(error) from None
         return {name: result.as_numpy(name) for name in outputs}

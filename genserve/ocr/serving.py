@@ -17,7 +17,6 @@ from dataclasses import replace
 
 import numpy as np
 
-from genserve.errors import InvalidInputError
 from genserve.ocr.engine import (
     CLS,
     DET,
@@ -30,6 +29,7 @@ from genserve.ocr.engine import (
     create_engine,
     recognize,
 )
+from genserve.triton.requests import bytes_input, respond_each
 
 try:  # present only inside Triton's Python backend stub
     import triton_python_backend_utils as pb_utils
@@ -66,32 +66,16 @@ class TritonPythonModel:
         self.engine = create_engine(lambda leaf, x: bls_runner(leaves[leaf], x))
 
     def execute(self, requests) -> list:
-        return [self._respond(request) for request in requests]
+        return respond_each(requests, self._recognize, "ocr")
 
-    def _respond(self, request):
-        try:
-            tensor = pb_utils.get_input_tensor_by_name(request, INPUT_IMAGE)
-            if tensor is None:
-                raise InvalidInputError(f"input {INPUT_IMAGE} is missing")
-            images = tensor.as_numpy().reshape(-1)
-            if images.size != 1:
-                raise InvalidInputError(f"{INPUT_IMAGE} must hold one encoded image, not {images.size}")
-            data = images[0]
-            if not isinstance(data, (bytes, bytearray)):
-                raise InvalidInputError(f"{INPUT_IMAGE} must be encoded image bytes")
-            result = recognize(self.engine, bytes(data))
-        except InvalidInputError as error:
-            return pb_utils.InferenceResponse(error=pb_utils.TritonError(str(error)))
-        except Exception as error:  # noqa: BLE001 - this request fails, the model keeps serving
-            return pb_utils.InferenceResponse(error=pb_utils.TritonError(f"ocr failed: {type(error).__name__}: {error}"))
+    def _recognize(self, request) -> list:
+        result = recognize(self.engine, bytes_input(request, INPUT_IMAGE))
         texts = np.array([text.encode("utf-8") for text in result.texts], dtype=np.object_)
-        return pb_utils.InferenceResponse(
-            output_tensors=[
-                pb_utils.Tensor(OUTPUT_BOXES, result.boxes),
-                pb_utils.Tensor(OUTPUT_TEXTS, texts),
-                pb_utils.Tensor(OUTPUT_SCORES, result.scores),
-            ]
-        )
+        return [
+            pb_utils.Tensor(OUTPUT_BOXES, result.boxes),
+            pb_utils.Tensor(OUTPUT_TEXTS, texts),
+            pb_utils.Tensor(OUTPUT_SCORES, result.scores),
+        ]
 
     def finalize(self) -> None:
         self.engine = None

@@ -3,7 +3,8 @@
 A model's ``execute`` gets a list of requests; :func:`respond_each` answers every one with the
 model's function, and turns an exception into an error response for that request alone, so a bad
 request never fails its neighbours nor the model. :class:`~genserve.errors.InvalidInputError`
-messages reach the client as they are; anything else is reported as an internal failure.
+messages reach the client as they are, with Triton's INVALID_ARG code; anything else is reported as an
+internal failure (INTERNAL), which a client may retry.
 """
 
 from __future__ import annotations
@@ -53,9 +54,11 @@ def respond_each(requests: list, answer: Callable, model_name: str) -> list:
         try:
             responses.append(pb_utils.InferenceResponse(output_tensors=answer(request)))
         except InvalidInputError as error:
-            responses.append(pb_utils.InferenceResponse(error=pb_utils.TritonError(str(error))))
+            # INVALID_ARG reaches clients as gRPC INVALID_ARGUMENT / HTTP 400: not worth retrying.
+            error_response = pb_utils.TritonError(str(error), pb_utils.TritonError.INVALID_ARG)
+            responses.append(pb_utils.InferenceResponse(error=error_response))
         except Exception as error:  # noqa: BLE001 - this request fails, the model keeps serving
             logger.exception("%s failed on a request", model_name)
             message = f"{model_name} failed: {type(error).__name__}: {error}"
-            responses.append(pb_utils.InferenceResponse(error=pb_utils.TritonError(message)))
+            responses.append(pb_utils.InferenceResponse(error=pb_utils.TritonError(message, pb_utils.TritonError.INTERNAL)))
     return responses

@@ -1,0 +1,259 @@
+"""Run a whole contest task file through the server: resumable, concurrent, every finished row kept.
+
+Layout of the output folder::
+
+    OUT/imgs/<index>.jpg     one image per finished row
+    OUT/result.csv           index, gen_image (utf-8-sig, task order), rewritten after every row
+    OUT/progress.jsonl       one line per finished row (its metadata summary): what a rerun skips
+    OUT/failures.csv         rows that failed, with the reason (only when some did)
+    OUT/submission.zip       result.csv + imgs/, ready to submit
+
+A row's image is written under a temporary name and renamed, then its journal line is appended and
+flushed: a run killed at any moment leaves only whole images and a journal naming exactly them, and a
+rerun redoes nothing that finished. A failed row is retried with backoff when the failure may pass
+(see :class:`~genserve.client.ClientPool`), then reported while the other rows go on.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import threading
+import time
+import zipfile
+from collections import Counter, defaultdict
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from genserve.client.client import ImageResult
+from genserve.client.pool import ClientPool
+from genserve.client.tasks import IMAGES_FOLDER, TASK_TYPES, Task, write_results
+from genserve.errors import GenServeError, InvalidInputError
+
+JOURNAL = "progress.jsonl"
+FAILURES = "failures.csv"
+SUBMISSION = "submission.zip"
+
+
+@dataclass
+class RowOutcome:
+    task: Task
+    ok: bool
+    seconds: float = 0.0
+    error: str = ""
+    proxies: dict[str, float] = field(default_factory=dict)  # local quality proxies, see quality_proxies()
+
+
+@dataclass
+class BatchSummary:
+    out_dir: Path
+    total: int
+    resumed: int  # finished by an earlier run, skipped now
+    outcomes: list[RowOutcome]
+    seconds: float
+    proxies: dict[str, dict[str, float]]  # task type -> proxy -> mean over every finished row
+
+    @property
+    def failed(self) -> list[RowOutcome]:
+        return [o for o in self.outcomes if not o.ok]
+
+    @property
+    def finished(self) -> int:
+        return self.resumed + sum(o.ok for o in self.outcomes)
+
+    def table(self) -> str:
+        counts: dict[str, Counter] = defaultdict(Counter)
+        for outcome in self.outcomes:
+            counts[outcome.task.task_type]["done" if outcome.ok else "failed"] += 1
+        lines = [f"{'task':<9} {'done':>5} {'failed':>6}  quality proxies (mean over finished rows)"]
+        for task_type in [*TASK_TYPES, *sorted(set(counts) - set(TASK_TYPES))]:
+            if task_type in counts or task_type in self.proxies:
+                proxies = ", ".join(f"{k} {v:.3f}" for k, v in self.proxies.get(task_type, {}).items()) or "-"
+                lines.append(f"{task_type:<9} {counts[task_type]['done']:>5} {counts[task_type]['failed']:>6}  {proxies}")
+        lines.append(
+            f"{self.finished}/{self.total} rows finished ({self.resumed} from an earlier run), "
+            f"{len(self.failed)} failed, in {self.seconds:.1f} s"
+        )
+        return "\n".join(lines)
+
+
+def quality_proxies(task: Task, metadata: dict[str, Any]) -> dict[str, float]:
+    """The local stand-ins for the contest's scores that a response's metadata carries."""
+    proxies = {}
+    if task.task_type == "deepfake" and metadata.get("identity"):
+        proxies["identity_cosine"] = float(metadata["identity"][0]["cosine"])
+    text_check = metadata.get("text_check") or {}
+    if task.task_type == "vttie" and text_check.get("new_text_distance") is not None:
+        proxies["ocr_edit_distance"] = float(text_check["new_text_distance"])
+    return proxies
+
+
+class BatchRunner:
+    def __init__(
+        self,
+        pool: ClientPool,
+        images_dir: str | Path,
+        out_dir: str | Path,
+        *,
+        concurrency: int = 4,
+        progress: bool = True,
+        request_options: dict[str, dict[str, Any]] | None = None,
+    ):
+        self.pool = pool
+        self.images_dir = Path(images_dir)
+        self.out_dir = Path(out_dir)
+        self.concurrency = max(1, concurrency)
+        self.progress = progress
+        self.request_options = request_options or {}  # task type -> extra keyword arguments
+        self._lock = threading.Lock()
+
+    def run(self, tasks: list[Task]) -> BatchSummary:
+        started = time.perf_counter()
+        (self.out_dir / IMAGES_FOLDER).mkdir(parents=True, exist_ok=True)
+        journal = self._read_journal()
+        done = {index for index in journal if (self.out_dir / IMAGES_FOLDER / f"{index}.jpg").is_file()}
+        pending = [task for task in tasks if task.index not in done]
+        resumed = len(tasks) - len(pending)
+
+        outcomes: list[RowOutcome] = []
+        bar = self._progress_bar(len(tasks), resumed)
+        with open(self.out_dir / JOURNAL, "a", encoding="utf-8") as journal_file:
+            with ThreadPoolExecutor(max_workers=self.concurrency) as pool:
+                futures = [pool.submit(self._run_row, task) for task in pending]
+                for future in as_completed(futures):
+                    outcome = future.result()
+                    outcomes.append(outcome)
+                    if outcome.ok:
+                        done.add(outcome.task.index)
+                        journal[outcome.task.index] = self._record(outcome)
+                        journal_file.write(json.dumps(journal[outcome.task.index], ensure_ascii=False) + "\n")
+                        journal_file.flush()
+                        os.fsync(journal_file.fileno())
+                        write_results(self.out_dir / "result.csv", tasks, done)
+                    if bar is not None:
+                        bar.update(1)
+                        bar.set_postfix(failed=sum(not o.ok for o in outcomes), refresh=False)
+        if bar is not None:
+            bar.close()
+
+        write_results(self.out_dir / "result.csv", tasks, done)
+        order = {task.index: i for i, task in enumerate(tasks)}
+        outcomes.sort(key=lambda outcome: order[outcome.task.index])
+        self._write_failures([o for o in outcomes if not o.ok])
+        self._write_submission(tasks, done)
+        return BatchSummary(
+            out_dir=self.out_dir,
+            total=len(tasks),
+            resumed=resumed,
+            outcomes=outcomes,
+            seconds=time.perf_counter() - started,
+            proxies=self._mean_proxies(tasks, journal, done),
+        )
+
+    # --- one row -------------------------------------------------------------------------------------
+
+    def _run_row(self, task: Task) -> RowOutcome:
+        started = time.perf_counter()
+        try:
+            problem = task.problem()
+            if problem:
+                raise InvalidInputError(problem)
+            result = self._request(task)
+            self._save(task, result)
+        except (GenServeError, OSError) as error:
+            return RowOutcome(task, ok=False, seconds=time.perf_counter() - started, error=_first_line(error))
+        except Exception as error:  # noqa: BLE001 - one row's surprise must not cost the other rows
+            message = f"internal error: {type(error).__name__}: {_first_line(error)}"
+            return RowOutcome(task, ok=False, seconds=time.perf_counter() - started, error=message)
+        return RowOutcome(task, ok=True, seconds=time.perf_counter() - started, proxies=quality_proxies(task, result.metadata))
+
+    def _request(self, task: Task) -> ImageResult:
+        options = self.request_options.get(task.task_type, {})
+        if task.task_type == "t2i":
+            result = self.pool.text_to_image(task.prompt, **options)
+        elif task.task_type == "tie":
+            result = self.pool.edit_image(self._image(task.ori_image), task.prompt, **options)
+        elif task.task_type == "vttie":
+            result = self.pool.edit_text(self._image(task.ori_image), task.prompt, **options)
+        else:
+            result = self.pool.swap_face(self._image(task.ori_image), self._image(task.target_image), **options)
+        return result[0] if isinstance(result, list) else result
+
+    def _image(self, name: str) -> bytes:
+        path = self.images_dir / name
+        if not path.is_file():
+            raise InvalidInputError(f"image file not found: {path}")
+        return path.read_bytes()
+
+    def _save(self, task: Task, result: ImageResult) -> None:
+        final = self.out_dir / task.output_name
+        partial = final.with_name(f".{task.index}.partial.jpg")  # the .jpg suffix makes save() write JPEG
+        result.save(partial)
+        partial.replace(final)
+
+    # --- bookkeeping ---------------------------------------------------------------------------------
+
+    def _read_journal(self) -> dict[str, dict]:
+        records: dict[str, dict] = {}
+        path = self.out_dir / JOURNAL
+        if path.is_file():
+            for line in path.read_text(encoding="utf-8").splitlines():
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError:  # a line cut short by a kill: its row is simply redone
+                    continue
+                records[str(record["index"])] = record
+        return records
+
+    @staticmethod
+    def _record(outcome: RowOutcome) -> dict:
+        return {
+            "index": outcome.task.index,
+            "task_type": outcome.task.task_type,
+            "seconds": round(outcome.seconds, 3),
+            "proxies": outcome.proxies,
+        }
+
+    @staticmethod
+    def _mean_proxies(tasks: list[Task], journal: dict[str, dict], done: set[str]) -> dict[str, dict[str, float]]:
+        values: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+        for task in tasks:
+            if task.index in done:
+                for name, value in journal.get(task.index, {}).get("proxies", {}).items():
+                    values[task.task_type][name].append(value)
+        return {t: {n: sum(v) / len(v) for n, v in names.items()} for t, names in values.items()}
+
+    def _write_failures(self, failed: list[RowOutcome]) -> None:
+        path = self.out_dir / FAILURES
+        if not failed:
+            path.unlink(missing_ok=True)
+            return
+        with open(path, "w", newline="", encoding="utf-8-sig") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(["index", "task_type", "line", "error"])
+            for outcome in failed:
+                writer.writerow([outcome.task.index, outcome.task.task_type, outcome.task.line, outcome.error])
+
+    def _write_submission(self, tasks: list[Task], done: set[str]) -> None:
+        partial = self.out_dir / f".{SUBMISSION}.partial"
+        with zipfile.ZipFile(partial, "w", compression=zipfile.ZIP_STORED) as archive:  # JPEGs don't deflate
+            archive.write(self.out_dir / "result.csv", "result.csv")
+            for task in tasks:
+                if task.index in done:
+                    archive.write(self.out_dir / task.output_name, task.output_name)
+        partial.replace(self.out_dir / SUBMISSION)
+
+    def _progress_bar(self, total: int, initial: int):
+        if not self.progress:
+            return None
+        from tqdm import tqdm
+
+        return tqdm(total=total, initial=initial, unit="row", desc="tasks", dynamic_ncols=True)
+
+
+def _first_line(error: Exception) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__

@@ -1,0 +1,182 @@
+"""The batch runner (`genserve run`) on contest task files, through the live server."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import zipfile
+
+import pytest
+from PIL import Image
+
+from conftest import free_ports
+from genserve.client import ClientPool
+from genserve.client.batch import BatchRunner
+from genserve.client.tasks import read_tasks
+from genserve.errors import InvalidInputError
+
+TASK_HEADER = "index,task_type,prompt,ori_image,target_image\n"
+PHOTOS = ["2008_002506.jpg", "2008_001009.jpg", "2008_001322.jpg", "2008_002079.jpg", "2008_007676.jpg", "dogs.jpg"]
+
+
+@pytest.fixture
+def images(tmp_path, faces_dir):
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for name in PHOTOS:
+        shutil.copy(faces_dir / name, folder / name)
+    return folder
+
+
+def write_tasks(folder, rows: list[str]):
+    path = folder / "task.csv"
+    path.write_text(TASK_HEADER + "".join(row + "\n" for row in rows), encoding="utf-8")
+    return path
+
+
+def read_result(out):
+    with open(out / "result.csv", encoding="utf-8-sig", newline="") as handle:
+        return list(csv.reader(handle))
+
+
+# --- the task file ------------------------------------------------------------------------------------
+
+
+def test_task_file_with_bom_and_every_task_type_is_read(tmp_path):
+    path = tmp_path / "task.csv"
+    path.write_text(
+        TASK_HEADER + '1,t2i,"a red fox, in snow",,\n2,TIE,make it night,a.jpg,\n3,vttie,把“开”改成“关”,b.png,\n4,deepfake,,c.jpg,d.jpg\n',
+        encoding="utf-8-sig",
+    )
+    tasks = read_tasks(path)
+    assert [(t.index, t.task_type) for t in tasks] == [("1", "t2i"), ("2", "tie"), ("3", "vttie"), ("4", "deepfake")]
+    assert tasks[0].prompt == "a red fox, in snow" and tasks[2].prompt == "把“开”改成“关”"
+    assert all(task.problem() is None for task in tasks)
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ("index,task_type,prompt\n1,t2i,x\n", "missing column"),
+        (TASK_HEADER + "1,t2i,a,,\n1,t2i,b,,\n", "appears twice"),
+        (TASK_HEADER + "../x,t2i,a,,\n", "cannot name an output file"),
+        (TASK_HEADER + ",t2i,a,,\n", "empty index"),
+    ],
+)
+def test_a_broken_task_file_is_refused_whole(tmp_path, content, message):
+    path = tmp_path / "task.csv"
+    path.write_text(content)
+    with pytest.raises(InvalidInputError, match=message):
+        read_tasks(path)
+
+
+def test_missing_task_file_is_refused(tmp_path):
+    with pytest.raises(InvalidInputError, match="no such task file"):
+        read_tasks(tmp_path / "nope.csv")
+
+
+# --- runs through the server --------------------------------------------------------------------------
+
+
+
+@pytest.mark.server
+def test_bad_rows_are_reported_and_the_rest_complete(triton_server, images, tmp_path):
+    tasks = read_tasks(write_tasks(images, [
+        "a1,deepfake,,2008_002506.jpg,2008_001009.jpg",
+        "a2,deepfake,,missing.jpg,2008_001009.jpg",
+        "a3,painting,a cat,,",
+        "a4,t2i,,,",
+        "a5,deepfake,,dogs.jpg,2008_001009.jpg",
+        "a6,deepfake,,2008_001322.jpg,2008_001009.jpg",
+    ]))  # fmt: skip
+    out = tmp_path / "out"
+    with ClientPool([triton_server.grpc_url], retries=1, backoff_s=0.1) as pool:
+        summary = BatchRunner(pool, images, out, concurrency=2, progress=False).run(tasks)
+
+    assert read_result(out) == [["index", "gen_image"], ["a1", "imgs/a1.jpg"], ["a6", "imgs/a6.jpg"]]
+    assert (out / "result.csv").read_bytes().startswith(b"\xef\xbb\xbf")  # utf-8-sig
+    assert Image.open(out / "imgs" / "a1.jpg").format == "JPEG"
+    failures = {o.task.index: o.error for o in summary.failed}
+    assert set(failures) == {"a2", "a3", "a4", "a5"}
+    assert "image file not found" in failures["a2"]
+    assert "unknown task_type 'painting'" in failures["a3"]
+    assert "t2i needs a prompt" in failures["a4"]
+    assert "no face found in the ori image" in failures["a5"]
+    with open(out / "failures.csv", encoding="utf-8-sig") as handle:
+        assert {row["index"] for row in csv.DictReader(handle)} == set(failures)
+    with zipfile.ZipFile(out / "submission.zip") as archive:
+        assert sorted(archive.namelist()) == ["imgs/a1.jpg", "imgs/a6.jpg", "result.csv"]
+    assert summary.proxies["deepfake"]["identity_cosine"] > 0.9
+    assert "deepfake" in summary.table()
+
+
+@pytest.mark.server
+@pytest.mark.slow
+def test_a_killed_run_resumes_without_redoing_or_losing_rows(triton_server, images, tmp_path):
+    pairs = [("2008_002506.jpg", "2008_001009.jpg"), ("2008_001322.jpg", "2008_001009.jpg"),
+             ("2008_002079.jpg", "2008_002506.jpg"), ("2008_007676.jpg", "2008_001322.jpg")]  # fmt: skip
+    rows = [f"r{i},deepfake,,{ori},{target}" for i, (ori, target) in enumerate(pairs * 3)]
+    task_file = write_tasks(images, rows)
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "genserve.cli", "run", str(task_file), "--out", str(out),
+               "--url", triton_server.grpc_url, "--concurrency", "1", "--no-progress"]  # fmt: skip
+
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    journal = out / "progress.jsonl"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and (not journal.exists() or len(journal.read_text().splitlines()) < 3):
+        time.sleep(0.1)
+    process.send_signal(signal.SIGKILL)  # no chance to clean up
+    process.wait()
+    finished = {json.loads(line)["index"] for line in journal.read_text().splitlines() if line.strip()}
+    assert 3 <= len(finished) < len(rows), "the kill should land mid-run"
+    before = {index: (out / "imgs" / f"{index}.jpg").stat().st_mtime_ns for index in finished}
+    assert all((out / "imgs" / f"{index}.jpg").is_file() for index in finished)
+    assert [row[0] for row in read_result(out)[1:]] == sorted(finished, key=lambda i: int(i[1:]))
+
+    completed = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert completed.returncode == 0, completed.stdout + completed.stderr
+    assert f"({len(finished)} from an earlier run)" in completed.stdout
+    for index, mtime in before.items():  # not redone
+        assert (out / "imgs" / f"{index}.jpg").stat().st_mtime_ns == mtime
+    assert [row[0] for row in read_result(out)[1:]] == [f"r{i}" for i in range(len(rows))]
+    assert not list((out / "imgs").glob(".*partial*"))
+
+
+@pytest.mark.server
+def test_requests_fail_over_to_a_live_replica(triton_server, images, tmp_path):
+    (dead_port,) = free_ports(1)
+    tasks = read_tasks(write_tasks(images, [f"f{i},deepfake,,2008_002506.jpg,2008_001009.jpg" for i in range(4)]))
+    with ClientPool([f"127.0.0.1:{dead_port}", triton_server.grpc_url], retries=2, backoff_s=0.05) as pool:
+        summary = BatchRunner(pool, images, tmp_path / "out", concurrency=2, progress=False).run(tasks)
+    assert not summary.failed and summary.finished == 4
+
+
+@pytest.mark.server
+def test_a_refused_request_is_not_retried(triton_server, faces_dir):
+    from genserve.client import RequestError
+
+    with ClientPool([triton_server.grpc_url], retries=3, backoff_s=5.0) as pool:
+        started = time.monotonic()
+        with pytest.raises(RequestError, match="no face found") as error:
+            pool.swap_face(faces_dir / "dogs.jpg", faces_dir / "2008_001009.jpg")
+        assert not error.value.retriable
+        assert time.monotonic() - started < 5.0  # no backoff slept
+
+
+@pytest.mark.server
+def test_cli_run_reports_failures_with_exit_code_1(triton_server, images, tmp_path):
+    task_file = write_tasks(images, ["ok,deepfake,,2008_002506.jpg,2008_001009.jpg", "bad,deepfake,,dogs.jpg,2008_001009.jpg"])
+    completed = subprocess.run(
+        [sys.executable, "-m", "genserve.cli", "run", str(task_file), "--out", str(tmp_path / "out"),
+         "--url", triton_server.grpc_url, "--no-progress"],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert completed.returncode == 1
+    assert "bad (deepfake): no face found in the ori image" in completed.stdout
+    assert "1/2 rows finished" in completed.stdout
