@@ -482,3 +482,27 @@ def read_configs(pipeline_dir: str | Path, family: Family) -> dict[str, dict[str
         with open(Path(pipeline_dir) / module / "config.json", encoding="utf-8") as file:
             configs[module] = component_config(module, json.load(file))
     return configs
+
+
+# --- Serving (genserve.diffusion) -------------------------------------------------------------------
+# The served pipelines are diffusers' own classes over the exported models. Text-to-image runs the
+# checkpoint's own class (model_index.json); an edit runs the class below for it, with these fixed
+# keyword arguments (Kontext: keep the input image's size instead of resizing to ~1 megapixel).
+EDIT_PIPELINES: dict[str, str] = {
+    "StableDiffusionPipeline": "StableDiffusionImg2ImgPipeline",
+    "FluxPipeline": "FluxImg2ImgPipeline",
+    "FluxKontextPipeline": "FluxKontextPipeline",
+}
+EDIT_CALL_KWARGS: dict[str, dict[str, Any]] = {"FluxKontextPipeline": {"_auto_resize": False}}
+
+# vttie (text edits) per family: the prompt the instruction's old/new text is put into, and defaults.
+TEXT_EDIT: dict[str, dict[str, Any]] = {
+    "flux": {
+        "prompt": 'Replace the text "{old}" with "{new}". Keep the font, colour, size and position of the text, '
+        "and leave the rest of the image unchanged.",
+        "prompt_new_only": 'Change the text to "{new}". Keep the font, colour, size and position of the text, '
+        "and leave the rest of the image unchanged.",
+        # Kontext follows text instructions more literally with a lower distilled guidance than its 3.5.
+        "guidance": 2.5,
+    },
+}

@@ -1,0 +1,295 @@
+"""Stand-ins for a diffusers pipeline's heavy modules that call the exported models instead.
+
+A diffusers pipeline only ever touches its text encoders, denoiser and VAE in a few ways: it calls
+them (or ``vae.encode``/``vae.decode``), reads their ``config``, ``dtype`` and ``device``, and wraps
+calls in ``transformer.cache_context(...)``. :class:`ModuleProxy` offers exactly that, and runs each
+call as one request to the exported component (a Triton leaf model over BLS, or an ONNX Runtime
+session in-process): the pipeline's own code (tokenization, scheduler, guidance, latent packing,
+image processing) runs unchanged, so the served image follows the in-process one by construction.
+
+This is what optimum's ``ORTDiffusionPipeline`` does with ONNX Runtime sessions; here the call goes
+through a *runner*: ``runner(model_name, inputs, output_names) -> outputs``, tensors as torch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import inspect
+import json
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from genserve.families import Family, TensorSpec, component_config
+
+Runner = Callable[[str, dict[str, torch.Tensor], list[str]], dict[str, torch.Tensor]]
+
+TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "int64": torch.int64}
+# Keywords a pipeline may pass with a value that the exported graphs already assume: the hidden states
+# are exported as outputs, and an AutoencoderKL's decode ignores its generator.
+ALWAYS_IGNORED = frozenset({"output_hidden_states", "generator"})
+
+
+class LeafCallError(RuntimeError):
+    """A call to an exported component failed (the leaf model's error, or a call the graph cannot take)."""
+
+
+@dataclass
+class CallStats:
+    """Time spent in calls to the exported components during one pipeline run, per component."""
+
+    seconds: dict[str, float] = field(default_factory=dict)
+    calls: dict[str, int] = field(default_factory=dict)
+    per_call: dict[str, list[float]] = field(default_factory=dict)
+
+    def add(self, component: str, seconds: float) -> None:
+        self.seconds[component] = self.seconds.get(component, 0.0) + seconds
+        self.calls[component] = self.calls.get(component, 0) + 1
+        self.per_call.setdefault(component, []).append(seconds)
+
+
+@dataclass(frozen=True)
+class Component:
+    """One exported component as a proxy calls it: the served model's name and the tensors' specs."""
+
+    name: str  # the component (``vae_decoder``)
+    model: str  # the model to call (``sd_vae_decoder`` in a repository with prefixes)
+    kind: str
+    method: str
+    inputs: tuple[dict[str, Any], ...]  # manifest entries: name, dims, dtype, argument
+    outputs: tuple[TensorSpec, ...]  # the family's specs: name and where the output goes
+
+
+class ModuleProxy:
+    """A pipeline module (``unet``, ``vae``, ``text_encoder``...) whose methods call exported models."""
+
+    def __init__(self, module: str, class_ref: tuple[str, str], config: Mapping[str, Any], components: list[Component],
+                 runner: Runner, dtype: torch.dtype, stats: Callable[[], CallStats | None]):
+        from diffusers.configuration_utils import FrozenDict
+
+        self._module = module
+        self._library, self._class_name = class_ref
+        self.config = FrozenDict(config)
+        self.dtype = dtype
+        self.device = torch.device("cpu")
+        self._components = {component.method: component for component in components}
+        self._runner = runner
+        self._stats = stats
+        cls = getattr(importlib.import_module(self._library), self._class_name)
+        # The original signatures, to bind positional arguments as the real module would.
+        self._signatures = {method: inspect.signature(getattr(cls, method)) for method in self._components}
+
+    def __repr__(self) -> str:
+        models = ", ".join(c.model for c in self._components.values())
+        return f"ModuleProxy({self._module}: {self._class_name} -> {models})"
+
+    # --- what the pipelines call ------------------------------------------------------------------
+
+    def __call__(self, *args, **kwargs):
+        return self._call("forward", args, kwargs)
+
+    def forward(self, *args, **kwargs):
+        return self._call("forward", args, kwargs)
+
+    def encode(self, *args, **kwargs):
+        return self._call("encode", args, kwargs)
+
+    def decode(self, *args, **kwargs):
+        return self._call("decode", args, kwargs)
+
+    @contextlib.contextmanager
+    def cache_context(self, name: str):  # diffusers' cache hooks: nothing to cache in a proxy
+        yield
+
+    def to(self, *args, **kwargs) -> ModuleProxy:  # the served model decides where it runs
+        return self
+
+    def eval(self) -> ModuleProxy:
+        return self
+
+    def modules(self):  # diffusers looks for offloading hooks on submodules: a proxy has none
+        return iter((self,))
+
+    # --- the call -----------------------------------------------------------------------------------
+
+    def _call(self, method: str, args: tuple, kwargs: dict):
+        component = self._components.get(method)
+        if component is None:
+            raise LeafCallError(f"{self._module}.{method} was not exported; the pipeline cannot call it")
+        bound = self._signatures[method].bind(None, *args, **kwargs).arguments
+        bound.pop(next(iter(bound)))  # self
+        for name, value in list(bound.items()):  # flatten **kwargs
+            if isinstance(value, dict) and self._signatures[method].parameters[name].kind is inspect.Parameter.VAR_KEYWORD:
+                bound.pop(name)
+                bound.update(value)
+        return_dict = bound.pop("return_dict", True)
+        inputs = self._inputs(component, bound)
+        started = time.perf_counter()
+        outputs = self._runner(component.model, inputs, [spec.name for spec in component.outputs])
+        stats = self._stats()
+        if stats is not None:
+            stats.add(component.name, time.perf_counter() - started)
+        return self._result(component, outputs, return_dict)
+
+    def _inputs(self, component: Component, arguments: dict[str, Any]) -> dict[str, torch.Tensor]:
+        taken = {entry["argument"] for entry in component.inputs}
+        for name, value in arguments.items():
+            # Unset options (attention kwargs, ControlNet residuals...) are what the graphs were
+            # exported with; a set one would be silently dropped, so it is refused.
+            if name in taken or name in ALWAYS_IGNORED or value is None or value is False:
+                continue
+            if isinstance(value, (dict, list, tuple)) and not value:
+                continue
+            if name == "attention_mask" and isinstance(value, torch.Tensor) and bool(value.all()):
+                continue  # an all-ones mask is the same as none
+            raise LeafCallError(f"{self._module}.{component.method}: the exported {component.name} does not take {name!r}")
+        batch = None
+        tensors: dict[str, torch.Tensor] = {}
+        for entry in component.inputs:
+            value = arguments.get(entry["argument"])
+            if value is None:
+                raise LeafCallError(f"{component.name}: input {entry['argument']!r} is missing")
+            tensor = torch.as_tensor(value)
+            tensors[entry["name"]] = tensor.to(TORCH_DTYPES[entry["dtype"]])
+            if entry["dims"] and entry["dims"][0] == "batch" and tensor.ndim >= 2:
+                batch = tensor.shape[0] if batch is None else batch
+        # Pipelines pass one timestep (or guidance) for the whole batch; the graphs take one per sample.
+        for entry in component.inputs:
+            tensor = tensors[entry["name"]]
+            if tuple(entry["dims"]) == ("batch",) and batch is not None and tensor.numel() == 1:
+                tensors[entry["name"]] = tensor.reshape(1).expand(batch)
+            tensors[entry["name"]] = tensors[entry["name"]].contiguous()
+        return tensors
+
+    def _result(self, component: Component, outputs: dict[str, torch.Tensor], return_dict: bool):
+        if component.kind == "vae_encoder":
+            from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
+            from diffusers.models.modeling_outputs import AutoencoderKLOutput
+
+            distribution = DiagonalGaussianDistribution(outputs["latent_parameters"])
+            return AutoencoderKLOutput(latent_dist=distribution) if return_dict else (distribution,)
+        if component.kind == "text_encoder":
+            from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+            fields: dict[str, Any] = {}
+            for spec in component.outputs:
+                if spec.path[0] == "hidden_states":
+                    # Only the penultimate layer was exported: the tuple holds it at index -2.
+                    fields["hidden_states"] = (outputs[spec.name], outputs.get("last_hidden_state"))
+                else:
+                    fields[spec.path[0]] = outputs[spec.name]
+            return BaseModelOutputWithPooling(**fields)
+        # Denoisers and the VAE decoder: a tuple, as with return_dict=False; diffusers' output class otherwise.
+        result = tuple(outputs[spec.name] for spec in component.outputs)
+        if return_dict:
+            from diffusers.models.modeling_outputs import Transformer2DModelOutput
+
+            return Transformer2DModelOutput(sample=result[0])
+        return result
+
+
+# --- building the proxies of an export ----------------------------------------------------------------
+
+
+def pipeline_files(export_or_model_dir: Path) -> Path:
+    return Path(export_or_model_dir) / "pipeline"
+
+
+def build_proxies(family: Family, manifest: Mapping[str, Any], pipeline_dir: Path, runner: Runner,
+                  model_names: Mapping[str, str] | None = None,
+                  stats: Callable[[], CallStats | None] = lambda: None) -> dict[str, ModuleProxy]:
+    """One proxy per exported pipeline module, keyed by the pipeline's attribute name."""
+    model_index = json.loads((pipeline_dir / "model_index.json").read_text())
+    dtype = TORCH_DTYPES[{"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}[manifest["precision"]]]
+    by_module: dict[str, list[Component]] = {}
+    for name, entry in manifest["components"].items():
+        spec = family.component(name)
+        component = Component(
+            name=name,
+            model=(model_names or {}).get(name, name),
+            kind=entry["kind"],
+            method=entry["method"],
+            inputs=tuple(entry["inputs"]),
+            outputs=spec.outputs,
+        )
+        by_module.setdefault(entry["module"], []).append(component)
+    proxies = {}
+    for module, components in by_module.items():
+        config = component_config(module, json.loads((pipeline_dir / module / "config.json").read_text()))
+        proxies[module] = ModuleProxy(module, tuple(model_index[module]), config, components, runner, dtype, stats)
+    return proxies
+
+
+def load_pipeline(pipeline_class: str, pipeline_dir: Path, proxies: Mapping[str, ModuleProxy]):
+    """The diffusers pipeline ``pipeline_class`` over the export's light files (tokenizers, scheduler)
+    with the proxies in place of the heavy modules; optional modules absent from the folder are None."""
+    import diffusers
+
+    cls = getattr(diffusers, pipeline_class)
+    model_index = json.loads((pipeline_dir / "model_index.json").read_text())
+    kwargs: dict[str, Any] = {}
+    for name, parameter in inspect.signature(cls.__init__).parameters.items():
+        if name == "self" or parameter.kind in (inspect.Parameter.VAR_KEYWORD, inspect.Parameter.VAR_POSITIONAL):
+            continue
+        if name in proxies:
+            kwargs[name] = proxies[name]
+        elif isinstance(model_index.get(name), list) and model_index[name][0] is not None:
+            library, class_name = model_index[name]
+            loader = getattr(importlib.import_module(library), class_name)
+            kwargs[name] = loader.from_pretrained(pipeline_dir / name)
+        elif name == "requires_safety_checker":
+            kwargs[name] = False
+        elif parameter.default is inspect.Parameter.empty:
+            kwargs[name] = None  # safety checker, feature extractor, image encoder: not served
+    pipeline = cls(**kwargs)
+    pipeline.set_progress_bar_config(disable=True)
+    return pipeline
+
+
+# --- runners --------------------------------------------------------------------------------------------
+
+
+class OrtRunner:
+    """Runs the exported components in-process with ONNX Runtime (checks and debugging without a server)."""
+
+    def __init__(self, export_dir: Path, manifest: Mapping[str, Any]):
+        from genserve.export.ort_session import open_session
+
+        self.sessions = {name: open_session(Path(export_dir) / entry["path"]) for name, entry in manifest["components"].items()}
+        self.lock = threading.Lock()
+
+    def __call__(self, model: str, inputs: dict[str, torch.Tensor], outputs: list[str]) -> dict[str, torch.Tensor]:
+        session = self.sessions[model]
+        with self.lock:
+            arrays = session.run(outputs, {name: tensor.numpy() for name, tensor in inputs.items()})
+        return {name: torch.from_numpy(array) for name, array in zip(outputs, arrays)}
+
+
+def bls_runner(model: str, inputs: dict[str, torch.Tensor], outputs: list[str]) -> dict[str, torch.Tensor]:
+    """One BLS request to a leaf model of the same Triton server. Tensors cross by DLPack, so bf16 works
+    and nothing is copied on the way in."""
+    import triton_python_backend_utils as pb_utils
+    from torch.utils.dlpack import to_dlpack
+
+    request = pb_utils.InferenceRequest(
+        model_name=model,
+        requested_output_names=outputs,
+        inputs=[pb_utils.Tensor.from_dlpack(name, to_dlpack(tensor)) for name, tensor in inputs.items()],
+    )
+    response = request.exec()
+    if response.has_error():
+        raise LeafCallError(f"{model}: {response.error().message()}")
+    result = {}
+    for name in outputs:
+        tensor = pb_utils.get_output_tensor_by_name(response, name)
+        if tensor is None:
+            raise LeafCallError(f"{model} returned no {name!r}")
+        # A copy: the response's memory is released with it.
+        result[name] = torch.from_dlpack(tensor.to_dlpack()).clone()
+    return result
