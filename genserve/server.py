@@ -124,11 +124,14 @@ class TritonServer:
 
     >>> with TritonServer("model_repository", grpc_port=8001) as server:
     ...     print(server.grpc_url)
+
+    ``repository`` may also be a list of repositories served together (Triton takes several
+    ``--model-repository`` flags); model names must then be unique across them.
     """
 
     def __init__(
         self,
-        repository: str | os.PathLike,
+        repository: str | os.PathLike | list[str | os.PathLike],
         *,
         models: list[str] | None = None,
         http_port: int = config.DEFAULT_HTTP_PORT,
@@ -140,12 +143,18 @@ class TritonServer:
         strict: bool = True,
         extra_args: list[str] | None = None,
     ):
-        self.repository = Path(repository).resolve()
-        if not self.repository.is_dir():
-            raise ServerError(f"model repository {self.repository} is not a folder")
-        self.models = models if models is not None else repository_models(self.repository)
+        repositories = repository if isinstance(repository, (list, tuple)) else [repository]
+        self.repositories = [Path(path).resolve() for path in repositories]
+        for path in self.repositories:
+            if not path.is_dir():
+                raise ServerError(f"model repository {path} is not a folder")
+        found = [name for path in self.repositories for name in repository_models(path)]
+        duplicates = sorted({name for name in found if found.count(name) > 1})
+        if duplicates:
+            raise ServerError(f"model name(s) {', '.join(duplicates)} appear in more than one repository")
+        self.models = models if models is not None else sorted(found)
         if not self.models:
-            raise ServerError(f"model repository {self.repository} holds no model (no */config.pbtxt)")
+            raise ServerError(f"model repository {', '.join(map(str, self.repositories))} holds no model (no */config.pbtxt)")
         self.http_port, self.grpc_port, self.metrics_port = http_port, grpc_port, metrics_port
         self.address = address
         self.log_path = Path(log_path) if log_path else config.CACHE_DIR / "logs" / f"tritonserver-{grpc_port}.log"
@@ -172,7 +181,7 @@ class TritonServer:
     def command(self, installation: TritonInstallation) -> list[str]:
         args = [
             str(installation.binary),
-            f"--model-repository={self.repository}",
+            *(f"--model-repository={path}" for path in self.repositories),
             "--model-control-mode=explicit",
             *(f"--load-model={name}" for name in self.models),
             # Keep the models that load when one fails; start() reports the failure by name.

@@ -12,9 +12,14 @@ def register(subparsers) -> None:
         "serve",
         help="start the Triton server on a model repository",
         description="Start the real Triton Inference Server on a model repository and wait until every "
-        "model is loaded. With no REPO, serves the stack's default repository. Stops cleanly on Ctrl-C.",
+        "model is loaded. With no REPO, serves the stack's own repository (face swap and OCR); a repository "
+        "built by `genserve build-repo` serves the diffusion tasks, alone or beside it. Stops cleanly on Ctrl-C "
+        "and SIGTERM.",
     )
-    parser.add_argument("repository", nargs="?", metavar="REPO", help="model repository folder (default: the stack's own)")
+    parser.add_argument(
+        "repositories", nargs="*", metavar="REPO",
+        help="model repository folder(s), served together (default: the stack's own: face_swap and OCR)",
+    )  # fmt: skip
     parser.add_argument(
         "--address", default=config.DEFAULT_BIND_ADDRESS, help="interface to listen on (default: all; 127.0.0.1: this host only)"
     )
@@ -40,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
     from genserve.server import TritonServer
 
     server = TritonServer(
-        args.repository or REPOSITORY_DIR,
+        args.repositories or [REPOSITORY_DIR],
         models=args.models,
         http_port=args.http_port,
         grpc_port=args.grpc_port,
@@ -54,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, _interrupt)
     with server:
         loaded = [name for name in server.models if name not in server.failed_models]
-        print(f"Triton is serving {', '.join(loaded)} from {server.repository}")
+        print(f"Triton is serving {', '.join(loaded)} from {', '.join(map(str, server.repositories))}")
         print(f"  gRPC {server.grpc_url}   HTTP {server.http_url}   metrics {server.host}:{server.metrics_port}")
         print(f"  log: {server.log_path}\nPress Ctrl-C to stop.", flush=True)
         try:
