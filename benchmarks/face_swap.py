@@ -80,12 +80,12 @@ def in_process_runs(levels: list[int], requests: int, pairs) -> list[Run]:
 def serve_and_run(instances: int, levels, requests, pairs) -> list[Run]:
     from genserve.model_repository import REPOSITORY_DIR
     from genserve.repository import copy_model
-    from genserve.server import TritonServer
+    from genserve.server import TritonServer, free_ports
 
     with tempfile.TemporaryDirectory(prefix="genserve-bench-") as work:
         repository = Path(work) / "repository"
         copy_model(REPOSITORY_DIR / "face_swap", repository, instances=instances)
-        http, grpc, metrics = _free_ports(3)
+        http, grpc, metrics = free_ports(3)
         with TritonServer(
             repository, http_port=http, grpc_port=grpc, metrics_port=metrics, address="127.0.0.1",
             log_path=Path(work) / "triton.log",
@@ -134,18 +134,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\nwrote {args.json}")
     return 1 if any(run.errors for run in runs) else 0
 
-
-def _free_ports(count: int) -> list[int]:
-    import socket
-
-    sockets = [socket.socket() for _ in range(count)]
-    try:
-        for sock in sockets:
-            sock.bind(("127.0.0.1", 0))
-        return [sock.getsockname()[1] for sock in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
 
 
 if __name__ == "__main__":

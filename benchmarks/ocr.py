@@ -222,10 +222,12 @@ def main(argv: list[str] | None = None) -> int:
             grpc_url, http_url = args.url, args.http_url
         else:
             from genserve.model_repository import REPOSITORY_DIR
-            from genserve.server import TritonServer
+            from genserve.server import TritonServer, free_ports
 
-            ports = _free_ports(3)
-            server = TritonServer(REPOSITORY_DIR, models=OCR_MODELS, http_port=ports[0], grpc_port=ports[1], metrics_port=ports[2])
+            ports = free_ports(3)
+            server = TritonServer(
+                REPOSITORY_DIR, models=OCR_MODELS, http_port=ports[0], grpc_port=ports[1], metrics_port=ports[2], address="127.0.0.1"
+            )
             server.start()
             grpc_url, http_url = server.grpc_url, server.http_url
         benches.append(TritonBench(grpc_url, http_url))
@@ -262,18 +264,6 @@ def main(argv: list[str] | None = None) -> int:
     print(f"results written to {args.json}")
     return 1 if any(run.errors for run in runs) else 0
 
-
-def _free_ports(count: int) -> list[int]:
-    import socket
-
-    sockets = [socket.socket() for _ in range(count)]
-    try:
-        for sock in sockets:
-            sock.bind(("127.0.0.1", 0))
-        return [sock.getsockname()[1] for sock in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
 
 
 if __name__ == "__main__":

@@ -3,24 +3,13 @@
 from __future__ import annotations
 
 import os
-import socket
 from pathlib import Path
 
 import pytest
 
+from genserve.server import free_ports
+
 FACES_DIR = Path(os.environ.get("GENSERVE_FACES_DIR", Path(__file__).resolve().parents[1].parent / "shared" / "data" / "faces"))
-
-
-def free_ports(count: int) -> list[int]:
-    """Ports nobody listens on now (bound and released at once)."""
-    sockets = [socket.socket() for _ in range(count)]
-    try:
-        for sock in sockets:
-            sock.bind(("127.0.0.1", 0))
-        return [sock.getsockname()[1] for sock in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
 
 
 @pytest.fixture(scope="session")

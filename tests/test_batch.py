@@ -14,7 +14,7 @@ import zipfile
 import pytest
 from PIL import Image
 
-from conftest import free_ports
+from genserve.server import free_ports
 from genserve.client import ClientPool
 from genserve.client.batch import BatchRunner
 from genserve.client.tasks import read_tasks

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import free_ports
+from genserve.server import free_ports
 from genserve.client import Client, RequestError, ServerUnavailableError
 from genserve.errors import ServerError
 from genserve.faceswap import FaceAnalyzer

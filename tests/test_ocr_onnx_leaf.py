@@ -158,7 +158,7 @@ def test_batching_groups_requests_by_shape_and_splits_results(tmp_path):
 
 @pytest.fixture(scope="module")
 def leaf_server(tmp_path_factory):
-    from conftest import free_ports
+    from genserve.server import free_ports
 
     from genserve.server import TritonServer
 
@@ -176,6 +176,7 @@ def leaf_server(tmp_path_factory):
         http_port=http_port,
         grpc_port=grpc_port,
         metrics_port=metrics_port,
+        address="127.0.0.1",
         log_path=repository.parent / "tritonserver.log",
         strict=False,
     )
