@@ -20,53 +20,13 @@ import io
 import json
 import os
 import platform
-import statistics
 import sys
-import threading
-import time
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
+from genserve.benchmarks.load import TABLE_HEADER, Run, drive, parse_levels, table_row
 
 OCR_MODELS = ["ocr", "ocr_det", "ocr_cls", "ocr_rec"]
 LEAVES = ["ocr_det", "ocr_cls", "ocr_rec"]
-
-
-@dataclass
-class Run:
-    mode: str  # "triton" or "in-process"
-    concurrency: int
-    requests: int
-    wall_s: float
-    latencies_ms: list[float] = field(repr=False)
-    leaf_batch: dict[str, float] = field(default_factory=dict)
-    errors: int = 0
-
-    @property
-    def images_per_s(self) -> float:
-        return self.requests / self.wall_s
-
-    def percentile(self, q: float) -> float:
-        return float(np.percentile(self.latencies_ms, q))
-
-    def summary(self) -> dict:
-        return {
-            "mode": self.mode,
-            "concurrency": self.concurrency,
-            "requests": self.requests,
-            "errors": self.errors,
-            "wall_s": round(self.wall_s, 3),
-            "images_per_s": round(self.images_per_s, 3),
-            "latency_ms": {
-                "p50": round(self.percentile(50), 1),
-                "p90": round(self.percentile(90), 1),
-                "p99": round(self.percentile(99), 1),
-                "mean": round(statistics.fmean(self.latencies_ms), 1),
-            },
-            "leaf_requests_per_run": {k: round(v, 2) for k, v in self.leaf_batch.items()},
-        }
 
 
 def sample_images() -> list[bytes]:
@@ -78,39 +38,6 @@ def sample_images() -> list[bytes]:
         samples.render_text(lines, font_size=size).save(buffer, format="PNG")
         encoded.append(buffer.getvalue())
     return encoded
-
-
-def drive(workers: list, requests: int, images: list[bytes]) -> tuple[float, list[float], int]:
-    """One thread per worker (a callable taking image bytes), back to back until ``requests`` are done."""
-    counter = iter(range(requests))
-    lock = threading.Lock()
-    latencies: list[float] = []
-    errors = 0
-
-    def loop(work):
-        nonlocal errors
-        while True:
-            with lock:
-                index = next(counter, None)
-            if index is None:
-                return
-            start = time.perf_counter()
-            try:
-                work(images[index % len(images)])
-            except Exception as error:  # noqa: BLE001 - counted and reported
-                with lock:
-                    errors += 1
-                print(f"request failed: {error}", file=sys.stderr)
-                continue
-            elapsed = (time.perf_counter() - start) * 1000
-            with lock:
-                latencies.append(elapsed)
-
-    start = time.perf_counter()
-    with ThreadPoolExecutor(max_workers=len(workers)) as pool:
-        for future in [pool.submit(loop, work) for work in workers]:
-            future.result()
-    return time.perf_counter() - start, latencies, errors
 
 
 def leaf_counts(http_url: str) -> dict[str, tuple[int, int]]:
@@ -147,14 +74,14 @@ class TritonBench:
     def run(self, concurrency: int, requests: int, images: list[bytes]) -> Run:
         workers = self.workers(concurrency)
         before = leaf_counts(self.http_url) if self.http_url else {}
-        wall, latencies, errors = drive(workers, requests, images)
+        run = drive(workers, requests, images, self.mode)
         after = leaf_counts(self.http_url) if self.http_url else {}
-        merged = {
-            name: (after[name][0] - before[name][0]) / max(1, after[name][1] - before[name][1])
+        run.extra["leaf_requests_per_run"] = {
+            name: round((after[name][0] - before[name][0]) / max(1, after[name][1] - before[name][1]), 2)
             for name in after
             if name in before
         }
-        return Run(self.mode, concurrency, len(latencies), wall, latencies, merged, errors)
+        return run
 
     def close(self) -> None:
         for client in self.clients:
@@ -178,23 +105,18 @@ class InProcessBench:
         return self.engines[:count]
 
     def run(self, concurrency: int, requests: int, images: list[bytes]) -> Run:
-        wall, latencies, errors = drive(self.workers(concurrency), requests, images)
-        return Run(self.mode, concurrency, len(latencies), wall, latencies, {}, errors)
+        return drive(self.workers(concurrency), requests, images, self.mode)
 
     def close(self) -> None:
         self.engines.clear()
 
 
-HEADER = f"{'mode':<11} {'conc':>4} {'reqs':>5} {'img/s':>7} {'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8}  requests per leaf run (det/cls/rec)"
+HEADER = f"{TABLE_HEADER}  requests per leaf run (det/cls/rec)"
 
 
 def format_row(run: Run) -> str:
-    batch = "/".join(f"{run.leaf_batch[name]:.2f}" for name in LEAVES if name in run.leaf_batch) or "-"
-    errors = f"  ({run.errors} errors)" if run.errors else ""
-    return (
-        f"{run.mode:<11} {run.concurrency:>4} {run.requests:>5} {run.images_per_s:>7.2f} {run.percentile(50):>8.0f} "
-        f"{run.percentile(90):>8.0f} {run.percentile(99):>8.0f}  {batch}{errors}"
-    )
+    batch = run.extra.get("leaf_requests_per_run", {})
+    return f"{table_row(run)}  {'/'.join(f'{batch[name]:.2f}' for name in LEAVES if name in batch) or '-'}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -208,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", default="ocr-benchmark.json", help="where to write the results (default: %(default)s)")
     args = parser.parse_args(argv)
 
-    levels = [int(level) for level in args.concurrency.split(",") if level]
+    levels = parse_levels(args.concurrency)
     requests_for = (lambda c: args.requests) if args.requests else (lambda c: max(12, 3 * c))
     images = sample_images()
     load_start = round(os.getloadavg()[0], 2)
@@ -263,8 +185,6 @@ def main(argv: list[str] | None = None) -> int:
     Path(args.json).write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n")
     print(f"results written to {args.json}")
     return 1 if any(run.errors for run in runs) else 0
-
-
 
 if __name__ == "__main__":
     sys.exit(main())
