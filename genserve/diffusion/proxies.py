@@ -60,6 +60,7 @@ class Component:
 
     name: str  # the component (``vae_decoder``)
     model: str  # the model to call (``sd_vae_decoder`` in a repository with prefixes)
+    batched: bool  # a Triton batching model: one-value-per-sample inputs travel as [batch, 1]
     kind: str
     method: str
     inputs: tuple[dict[str, Any], ...]  # manifest entries: name, dims, dtype, argument
@@ -162,8 +163,12 @@ class ModuleProxy:
         # Pipelines pass one timestep (or guidance) for the whole batch; the graphs take one per sample.
         for entry in component.inputs:
             tensor = tensors[entry["name"]]
-            if tuple(entry["dims"]) == ("batch",) and batch is not None and tensor.numel() == 1:
-                tensors[entry["name"]] = tensor.reshape(1).expand(batch)
+            if tuple(entry["dims"]) == ("batch",):
+                if batch is not None and tensor.numel() == 1:
+                    tensor = tensor.reshape(1).expand(batch)
+                if component.batched:
+                    tensor = tensor.reshape(-1, 1)
+                tensors[entry["name"]] = tensor
             tensors[entry["name"]] = tensors[entry["name"]].contiguous()
         return tensors
 
@@ -202,7 +207,7 @@ def pipeline_files(export_or_model_dir: Path) -> Path:
 
 
 def build_proxies(family: Family, manifest: Mapping[str, Any], pipeline_dir: Path, runner: Runner,
-                  model_names: Mapping[str, str] | None = None,
+                  model_names: Mapping[str, str] | None = None, batched: Mapping[str, bool] | None = None,
                   stats: Callable[[], CallStats | None] = lambda: None) -> dict[str, ModuleProxy]:
     """One proxy per exported pipeline module, keyed by the pipeline's attribute name."""
     model_index = json.loads((pipeline_dir / "model_index.json").read_text())
@@ -213,6 +218,7 @@ def build_proxies(family: Family, manifest: Mapping[str, Any], pipeline_dir: Pat
         component = Component(
             name=name,
             model=(model_names or {}).get(name, name),
+            batched=bool((batched or {}).get(name, False)),
             kind=entry["kind"],
             method=entry["method"],
             inputs=tuple(entry["inputs"]),

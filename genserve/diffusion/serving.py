@@ -77,7 +77,9 @@ class DiffusionService:
         self.max_size = int(settings.get("max_size", 2048))
         self.max_images = int(settings.get("max_images", 4))
         self._stats = None
-        proxies = build_proxies(self.family, manifest, pipeline_dir, runner, settings.get("models"), lambda: self._stats)
+        proxies = build_proxies(
+            self.family, manifest, pipeline_dir, runner, settings.get("models"), settings.get("batched"), lambda: self._stats
+        )
         self.pipeline_class = settings["pipeline_class"]
         self.pipeline = load_pipeline(self.pipeline_class, pipeline_dir, proxies)
         self.call_parameters = inspect.signature(self.pipeline.__call__).parameters
