@@ -191,6 +191,50 @@ class Client:
             for box, text, score in zip(boxes, texts, scores)
         ]
 
+    # --- diffusion (docs/diffusion-serving.md) ------------------------------------------------------
+
+    def text_to_image(self, prompt: str, *, model: str = "text_to_image", **parameters: Any) -> ImageResult | list[ImageResult]:
+        """Generate an image from ``prompt`` (the ``text_to_image`` model, or ``model``, e.g. ``flux_text_to_image``).
+
+        Parameters (all optional; the pipeline's defaults otherwise): ``negative_prompt``, ``steps``,
+        ``guidance``, ``seed``, ``width``, ``height``, ``num_images`` and ``options`` (a dict of family
+        extras: ``strength``, ``true_cfg_scale``, ``max_sequence_length``). Returns one
+        :class:`ImageResult` (PNG), or a list of them when ``num_images`` > 1; the metadata holds the seed,
+        steps, warnings (a truncated prompt) and timings per stage and per step.
+        """
+        return self._diffusion(model, prompt, None, parameters)
+
+    def edit_image(self, image: ImageLike, prompt: str, *, model: str = "edit_image", **parameters: Any) -> ImageResult | list[ImageResult]:
+        """Edit ``image`` as ``prompt`` says (FLUX Kontext; SD runs img2img). Same parameters as
+        :meth:`text_to_image`; the result has the image's size unless ``width``/``height`` are given."""
+        return self._diffusion(model, prompt, image, parameters)
+
+    def edit_text(self, image: ImageLike, instruction: str, *, model: str = "edit_text", **parameters: Any) -> ImageResult | list[ImageResult]:
+        """Change the text shown in ``image``: ``instruction`` quotes the old and the new text
+        (``change "OPEN" to "CLOSED"``, ``把“开”改成“关”``). The metadata reports both and the prompt used."""
+        return self._diffusion(model, instruction, image, parameters)
+
+    def _diffusion(self, model: str, prompt: str, image: ImageLike | None, parameters: dict[str, Any]):
+        typed = {"steps": ("STEPS", np.int32), "guidance": ("GUIDANCE", np.float32), "seed": ("SEED", np.int64),
+                 "width": ("WIDTH", np.int32), "height": ("HEIGHT", np.int32), "num_images": ("NUM_IMAGES", np.int32)}
+        unknown = set(parameters) - set(typed) - {"negative_prompt", "options"}
+        if unknown:
+            raise TypeError(f"unknown parameter(s) {', '.join(sorted(unknown))}")
+        inputs = {"PROMPT": _bytes_tensor(prompt.encode("utf-8"))}
+        if image is not None:
+            inputs["IMAGE"] = _bytes_tensor(to_image_bytes(image))
+        if parameters.get("negative_prompt"):
+            inputs["NEGATIVE_PROMPT"] = _bytes_tensor(parameters["negative_prompt"].encode("utf-8"))
+        if parameters.get("options"):
+            inputs["OPTIONS"] = _bytes_tensor(json.dumps(parameters["options"]).encode())
+        for key, (name, dtype) in typed.items():
+            if parameters.get(key) is not None:
+                inputs[name] = np.array([parameters[key]], dtype=dtype)
+        outputs = self.infer(model, inputs, ["IMAGES", "METADATA"])
+        metadata = json.loads(outputs["METADATA"][0])
+        results = [ImageResult(encoded=bytes(encoded), metadata=metadata) for encoded in outputs["IMAGES"].reshape(-1)]
+        return results[0] if len(results) == 1 and not (parameters.get("num_images") or 1) > 1 else results
+
 
 def _bytes_tensor(data: bytes) -> np.ndarray:
     return np.array([data], dtype=np.object_)

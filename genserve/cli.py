@@ -16,7 +16,7 @@ from genserve import __version__
 from genserve.errors import GenServeError
 
 # Order is the order shown by `genserve --help`.
-COMMANDS = ("serve", "run", "deepfake", "ocr", "export", "demo-pipelines")
+COMMANDS = ("serve", "run", "deepfake", "ocr", "export", "demo-pipelines", "build-repo", "t2i", "edit", "edit-text", "demo-repo")
 
 
 def build_parser() -> argparse.ArgumentParser:

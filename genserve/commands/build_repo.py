@@ -1,0 +1,36 @@
+"""``genserve build-repo EXPORT_DIR REPO_DIR --target cpu|gpu``: Triton models over an export."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "build-repo", help="build a Triton model repository from an export (leaf and pipeline models)",
+        description="Write a Triton model for each exported component and the family's pipeline models "
+        "(text_to_image, edit_image, edit_text) into REPO_DIR; other models there stay. See docs/diffusion-serving.md.",
+    )
+    parser.add_argument("export_dir", metavar="EXPORT_DIR", help="output of `genserve export`")
+    parser.add_argument("repo_dir", metavar="REPO_DIR")
+    parser.add_argument("--target", choices=("cpu", "gpu"), default="cpu",
+                        help="gpu: native onnxruntime_onnx/tensorrt_plan leaves on GPU instances (NGC container); "
+                        "cpu: ONNX Runtime in Python-backend leaves (pip-installed server). Default cpu")
+    parser.add_argument("--prefix", default="", help="model name prefix, so several families share a repository (e.g. flux_)")
+    parser.add_argument("--tensorrt", action="store_true", help="gpu: serve the export's TensorRT engines")
+    parser.add_argument("--max-size", type=int, default=2048, help="largest width/height a request may ask for")
+    parser.add_argument("--max-images", type=int, default=4, help="most images per request")
+    parser.add_argument("--pipeline-instances", type=int, default=1, help="instances of each pipeline model")
+    parser.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from genserve.diffusion.repository import BuildOptions, build_repository
+
+    report = build_repository(args.export_dir, args.repo_dir, BuildOptions(
+        target=args.target, prefix=args.prefix, tensorrt=args.tensorrt, max_size=args.max_size,
+        max_images=args.max_images, pipeline_instances=args.pipeline_instances,
+    ))
+    print(report.summary())
+    print(f"serve it with: genserve serve {args.repo_dir}")
+    return 0

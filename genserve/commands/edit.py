@@ -1,0 +1,32 @@
+"""``genserve edit IMAGE PROMPT -o OUT``: edit an image as the prompt says (an ``edit_image`` model)."""
+
+from __future__ import annotations
+
+import argparse
+
+from genserve.commands.diffusion_args import add_generation_arguments, parameters, write_results
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "edit", help="edit an image as a prompt says (edit_image on the server)",
+        description="Send IMAGE and PROMPT to an edit_image model (FLUX Kontext edits by instruction; SD runs "
+        "img2img, --option strength=0.6) and write the result, by default at IMAGE's size.",
+    )
+    parser.add_argument("image", metavar="IMAGE")
+    parser.add_argument("prompt", metavar="PROMPT")
+    add_generation_arguments(parser, "edit_image")
+    parser.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from genserve.client import Client
+    from genserve.errors import InvalidInputError
+
+    if not Path(args.image).is_file():
+        raise InvalidInputError(f"{args.image}: no such file")
+    with Client(args.url, protocol=args.protocol) as client:
+        results = client.edit_image(args.image, args.prompt, model=args.model, **parameters(args))
+    return write_results(args, results)

@@ -1,0 +1,36 @@
+"""``genserve edit-text IMAGE INSTRUCTION -o OUT``: change the text in an image (an ``edit_text`` model)."""
+
+from __future__ import annotations
+
+import argparse
+
+from genserve.commands.diffusion_args import add_generation_arguments, parameters, write_results
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "edit-text", help="change the text shown in an image (edit_text on the server)",
+        description='INSTRUCTION quotes the old and new text: change "OPEN" to "CLOSED", replace \'A\' with '
+        "'B', 把“开”改成“关”. The server turns it into an edit prompt with text-edit defaults.",
+    )
+    parser.add_argument("image", metavar="IMAGE")
+    parser.add_argument("instruction", metavar="INSTRUCTION")
+    add_generation_arguments(parser, "edit_text")
+    parser.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from genserve.client import Client
+    from genserve.errors import InvalidInputError
+
+    if not Path(args.image).is_file():
+        raise InvalidInputError(f"{args.image}: no such file")
+    with Client(args.url, protocol=args.protocol) as client:
+        results = client.edit_text(args.image, args.instruction, model=args.model, **parameters(args))
+    code = write_results(args, results)
+    meta = (results if isinstance(results, list) else [results])[0].metadata
+    if not args.json:
+        print(f"  old text {meta.get('old_text')!r} -> new text {meta.get('new_text')!r}")
+    return code

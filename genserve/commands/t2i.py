@@ -1,0 +1,26 @@
+"""``genserve t2i PROMPT -o OUT``: generate an image on the server (a ``text_to_image`` model)."""
+
+from __future__ import annotations
+
+import argparse
+
+from genserve.commands.diffusion_args import add_generation_arguments, parameters, write_results
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "t2i", help="generate an image from a prompt (text_to_image on the server)",
+        description="Send PROMPT to a text_to_image model of a repository built by `genserve build-repo` "
+        "(docs/diffusion-serving.md) and write the image.",
+    )
+    parser.add_argument("prompt", metavar="PROMPT")
+    add_generation_arguments(parser, "text_to_image")
+    parser.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from genserve.client import Client
+
+    with Client(args.url, protocol=args.protocol) as client:
+        results = client.text_to_image(args.prompt, model=args.model, **parameters(args))
+    return write_results(args, results)

@@ -1,0 +1,116 @@
+"""The diffusion demo: tiny pipelines -> export -> repository -> t2i, tie and vttie through the real server.
+
+``build_demo_repository(out_dir)`` builds the tiny random-weight SD, FLUX Kontext and CogView4
+pipelines, exports each, and builds one ``cpu`` repository with the models of each family under a
+prefix (``sd_text_to_image``, ``flux_edit_text``...). Every stage is cached in ``out_dir`` (a stage
+whose output is complete is skipped), so a second run takes a second. ``run_demo`` then starts the
+server on it and writes one image per task and family. The images are noise-like (random weights):
+the demo shows the path, not the art.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+# Demo pipeline folder -> family (= model name prefix).
+DEMO_FAMILIES = {"sd": "sd", "flux-kontext": "flux", "cogview4": "cogview4"}
+DEMO_SIZE = 64
+DEMO_STEPS = 3
+STAMP = ".genserve-demo.json"
+
+
+def build_demo_repository(out_dir: str | Path, *, pipeline_instances: int = 1, log=logger.info) -> Path:
+    """``out_dir/repository``, built (or reused) from ``out_dir/pipelines`` and ``out_dir/exports``."""
+    from genserve.demo_pipelines import build_demo_pipeline
+    from genserve.diffusion.repository import BuildOptions, build_repository
+    from genserve.errors import GenServeError
+    from genserve.export.pipeline import ExportOptions, export_pipeline, read_manifest
+
+    out_dir = Path(out_dir)
+    repo_dir = out_dir / "repository"
+    stamp = {"families": sorted(DEMO_FAMILIES.values()), "pipeline_instances": pipeline_instances, "format": 1}
+    if (repo_dir / STAMP).is_file() and json.loads((repo_dir / STAMP).read_text()) == stamp:
+        return repo_dir
+    for name, family in DEMO_FAMILIES.items():
+        pipeline_dir = out_dir / "pipelines" / name
+        if not (pipeline_dir / "model_index.json").is_file():
+            log(f"building the tiny {name} pipeline")
+            build_demo_pipeline(name, out_dir / "pipelines")
+        export_dir = out_dir / "exports" / family
+        try:
+            read_manifest(export_dir)
+        except GenServeError:
+            log(f"exporting {name} to ONNX")
+            export_pipeline(pipeline_dir, export_dir, ExportOptions(progress=False, force=True), log=log)
+        build_repository(export_dir, repo_dir, BuildOptions(
+            target="cpu", prefix=f"{family}_", max_size=256, pipeline_instances=pipeline_instances,
+        ))
+    (repo_dir / STAMP).write_text(json.dumps(stamp) + "\n")
+    return repo_dir
+
+
+def sign_image(text: str = "OPEN", size: int = DEMO_SIZE):
+    """A plain sign with dark text on a light board: the vttie demo's input."""
+    from PIL import Image, ImageDraw
+
+    image = Image.new("RGB", (size, size), (200, 170, 120))
+    draw = ImageDraw.Draw(image)
+    draw.rectangle((4, size // 3, size - 5, 2 * size // 3), fill=(245, 240, 225))
+    draw.text((8, size // 3 + 4), text, fill=(20, 20, 20))
+    return image
+
+
+def run_demo(out_dir: str | Path, *, log=print) -> dict[str, Path]:
+    """Build (or reuse) the demo repository, serve it, and write ``out_dir/images/<family>_<task>.png``."""
+    from genserve.client import Client
+    from genserve.server import TritonServer
+
+    out_dir = Path(out_dir)
+    repo_dir = build_demo_repository(out_dir, log=log)
+    images_dir = out_dir / "images"
+    images_dir.mkdir(parents=True, exist_ok=True)
+    written: dict[str, Path] = {}
+    common = {"steps": DEMO_STEPS, "seed": 0}
+    http_port, grpc_port, metrics_port = _free_ports(3)
+    with TritonServer(repo_dir, http_port=http_port, grpc_port=grpc_port, metrics_port=metrics_port,
+                      address="127.0.0.1", log_path=out_dir / "tritonserver.log") as server:
+        with Client(server.grpc_url) as client:
+            sign = sign_image()
+            sign.save(images_dir / "sign.png")
+            for family in DEMO_FAMILIES.values():
+                result = client.text_to_image("a lighthouse on a cliff at dusk", model=f"{family}_text_to_image",
+                                              width=DEMO_SIZE, height=DEMO_SIZE, **common)
+                written[f"{family}_t2i"] = _save(result, images_dir / f"{family}_t2i.png", log)
+                if client.is_ready(f"{family}_edit_image"):
+                    edited = client.edit_image(result.encoded, "make it night, with stars", model=f"{family}_edit_image", **common)
+                    written[f"{family}_tie"] = _save(edited, images_dir / f"{family}_tie.png", log)
+                if client.is_ready(f"{family}_edit_text"):
+                    edited = client.edit_text(sign, 'change "OPEN" to "CLOSED"', model=f"{family}_edit_text", **common)
+                    written[f"{family}_vttie"] = _save(edited, images_dir / f"{family}_vttie.png", log)
+    return written
+
+
+def _free_ports(count: int) -> list[int]:
+    """Ports nobody listens on now, so the demo never collides with a running `genserve serve`."""
+    import socket
+
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for sock in sockets:
+            sock.bind(("127.0.0.1", 0))
+        return [sock.getsockname()[1] for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+def _save(result, path: Path, log) -> Path:
+    result.save(path)
+    meta = result.metadata
+    log(f"{path}: {meta['pipeline']} {meta['width']}x{meta['height']}, {meta['steps']} steps, "
+        f"{meta['timings_ms']['total']:.0f} ms on the server")
+    return path

@@ -1,0 +1,110 @@
+"""`genserve build-repo`: the models written for both targets, without a server.
+
+Every config.pbtxt must parse as Triton's ModelConfig (tritonclient's protobuf), and say what the
+target needs: Python-backend ONNX Runtime leaves on cpu, native onnxruntime_onnx on gpu instances.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from google.protobuf import text_format
+from tritonclient.grpc import model_config_pb2
+
+from genserve.diffusion.repository import BuildOptions, RepositoryError, build_repository, served_tasks
+from genserve.errors import GenServeError
+
+FAMILIES = ("sd", "flux", "cogview4")
+
+
+def parse(path) -> model_config_pb2.ModelConfig:
+    return text_format.Parse(path.read_text(), model_config_pb2.ModelConfig())
+
+
+@pytest.fixture(scope="module", params=["cpu", "gpu"])
+def built(request, export_family, tmp_path_factory):
+    repo = tmp_path_factory.mktemp(f"repo_{request.param}")
+    reports = {}
+    for family in FAMILIES:
+        _, export_dir = export_family(family)
+        reports[family] = build_repository(export_dir, repo, BuildOptions(target=request.param, prefix=f"{family}_"))
+    return request.param, repo, reports
+
+
+def test_every_config_parses_as_model_config(built):
+    target, repo, reports = built
+    configs = sorted(repo.glob("*/config.pbtxt"))
+    expected = {f"{name}" for report in reports.values() for name in report.leaf_models + report.pipeline_models}
+    assert {path.parent.name for path in configs} == expected
+    for path in configs:
+        config = parse(path)
+        assert config.name == path.parent.name
+        assert config.output, path
+
+
+def test_leaves_follow_the_target(built):
+    target, repo, reports = built
+    for report in reports.values():
+        for name in report.leaf_models:
+            config = parse(repo / name / "config.pbtxt")
+            version = repo / name / "1"
+            assert (version / "model.onnx").is_file()
+            if target == "gpu":
+                assert config.platform == "onnxruntime_onnx" and not config.backend
+                assert [g.kind for g in config.instance_group] == [model_config_pb2.ModelInstanceGroup.KIND_GPU]
+                assert not (version / "model.py").exists()
+            else:
+                assert config.backend == "python" and not config.platform
+                assert [g.kind for g in config.instance_group] == [model_config_pb2.ModelInstanceGroup.KIND_CPU]
+                assert "genserve.triton.onnx_leaf" in (version / "model.py").read_text()
+
+
+def test_same_tensors_on_both_targets(export_family, tmp_path):
+    _, export_dir = export_family("sd")
+    for target in ("cpu", "gpu"):
+        build_repository(export_dir, tmp_path / target, BuildOptions(target=target))
+    for model in ("text_encoder", "unet", "vae_decoder", "vae_encoder", "text_to_image", "edit_image"):
+        cpu, gpu = parse(tmp_path / "cpu" / model / "config.pbtxt"), parse(tmp_path / "gpu" / model / "config.pbtxt")
+        assert list(cpu.input) == list(gpu.input) and list(cpu.output) == list(gpu.output), model
+
+
+def test_denoiser_batching(built):
+    _, repo, _ = built
+    for name in ("sd_unet", "cogview4_transformer"):
+        config = parse(repo / name / "config.pbtxt")
+        assert config.max_batch_size > 0 and config.HasField("dynamic_batching"), name
+        timestep = next(t for t in config.input if t.name == "timestep")
+        assert list(timestep.dims) == [1] and timestep.HasField("reshape")  # [batch] in the graph
+    # FLUX's position ids carry no batch dimension: Triton cannot batch that graph.
+    assert parse(repo / "flux_transformer" / "config.pbtxt").max_batch_size == 0
+
+
+def test_pipeline_models_per_family(built):
+    _, repo, reports = built
+    assert reports["sd"].pipeline_models == ["sd_text_to_image", "sd_edit_image"]
+    assert reports["flux"].pipeline_models == ["flux_text_to_image", "flux_edit_image", "flux_edit_text"]
+    assert reports["cogview4"].pipeline_models == ["cogview4_text_to_image"]
+    settings = json.loads((repo / "flux_edit_text" / "1" / "serving.json").read_text())
+    assert settings["pipeline_class"] == "FluxKontextPipeline" and settings["task"] == "vttie"
+    assert settings["models"]["transformer"] == "flux_transformer"
+    assert (repo / "flux_edit_text" / "1" / "pipeline" / "tokenizer_2").is_dir()
+    config = parse(repo / "sd_edit_image" / "config.pbtxt")
+    assert {t.name: t.optional for t in config.input}["IMAGE"] is False
+
+
+def test_served_tasks_by_checkpoint_class():
+    base = {"family": "flux", "tasks": ["t2i", "tie", "vttie"], "components": {"vae_encoder": {}}}
+    assert served_tasks({**base, "pipeline_class": "FluxKontextPipeline"}) == {
+        "t2i": "FluxKontextPipeline", "tie": "FluxKontextPipeline", "vttie": "FluxKontextPipeline"
+    }
+    # FLUX.1-dev cannot follow edit instructions: img2img for tie, no vttie.
+    assert served_tasks({**base, "pipeline_class": "FluxPipeline"}) == {"t2i": "FluxPipeline", "tie": "FluxImg2ImgPipeline"}
+
+
+def test_refuses_what_is_no_export(tmp_path, export_family):
+    with pytest.raises(RepositoryError, match="no complete export"):
+        build_repository(tmp_path, tmp_path / "repo")
+    _, export_dir = export_family("sd")
+    with pytest.raises(GenServeError, match="target"):
+        build_repository(export_dir, tmp_path / "repo", BuildOptions(target="tpu"))
