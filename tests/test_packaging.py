@@ -30,6 +30,16 @@ def test_wheel_installs_one_top_level_package(wheel):
     assert top_level == {"genserve"}
 
 
+def test_wheel_carries_every_source_package(wheel):
+    """pyproject lists packages by hand (the folders map onto genserve.*): none may be forgotten."""
+    mapping = {"genserve": "genserve", "client": "genserve/client", "export": "genserve/export", "benchmarks": "genserve/benchmarks"}
+    names = set(wheel.namelist())
+    for folder, installed in mapping.items():
+        for init in (ROOT / folder).rglob("__init__.py"):
+            relative = init.relative_to(ROOT / folder).as_posix()
+            assert f"{installed}/{relative}" in names, f"{folder}/{relative} is not in the wheel: add it to pyproject's packages"
+
+
 def test_wheel_carries_the_model_repository_and_demo_photos(wheel):
     names = set(wheel.namelist())
     for model in ("face_swap", "ocr", "ocr_det", "ocr_cls", "ocr_rec"):
