@@ -16,7 +16,7 @@ from genserve import __version__
 from genserve.errors import GenServeError
 
 # Order is the order shown by `genserve --help`.
-COMMANDS = ("serve", "run", "deepfake", "ocr", "export", "demo-pipelines", "build-repo", "t2i", "edit", "edit-text", "demo-repo")
+COMMANDS = ("demo", "serve", "run", "deepfake", "ocr", "t2i", "edit", "edit-text", "export", "build-repo", "demo-pipelines", "demo-repo")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -35,9 +35,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
-    )
+    # Our own progress at INFO; libraries (onnxscript, diffusers…) only warn unless --verbose.
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("genserve").setLevel(logging.DEBUG if args.verbose else logging.INFO)
     try:
         return args.handler(args) or 0
     except GenServeError as error:

@@ -23,6 +23,11 @@ def register(subparsers) -> None:
         help="server to use; repeat for several replicas (default localhost:8001 for gRPC)",
     )  # fmt: skip
     parser.add_argument("--protocol", choices=("grpc", "http"), default="grpc")
+    parser.add_argument(
+        "--model", action="append", default=[], metavar="TASK=MODEL",
+        help="served model for a task type, e.g. t2i=cogview4_text_to_image or tie=flux_edit_image "
+        "(default: text_to_image, edit_image, edit_text, face_swap)",
+    )  # fmt: skip
     parser.add_argument("--concurrency", type=int, default=4, help="rows in flight at once (default 4)")
     parser.add_argument("--retries", type=int, default=3, help="retries of a row whose failure may pass (default 3)")
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds one request may take (default 600)")
@@ -37,10 +42,21 @@ def run(args: argparse.Namespace) -> int:
     from genserve.client.batch import FAILURES, SUBMISSION, BatchRunner
     from genserve.client.tasks import read_tasks
 
+    from genserve.client.tasks import TASK_TYPES
+    from genserve.errors import InvalidInputError
+
+    request_options = {}
+    for pair in args.model:
+        task_type, _, model = pair.partition("=")
+        if task_type not in TASK_TYPES or not model or task_type == "deepfake":
+            raise InvalidInputError(f"--model {pair!r}: expected t2i=NAME, tie=NAME or vttie=NAME")
+        request_options[task_type] = {"model": model}
     tasks = read_tasks(args.tasks)
     images = Path(args.images) if args.images else Path(args.tasks).resolve().parent
     with ClientPool(args.urls, protocol=args.protocol, timeout_s=args.timeout, retries=args.retries) as pool:
-        runner = BatchRunner(pool, images, args.out, concurrency=args.concurrency, progress=not args.no_progress)
+        runner = BatchRunner(
+            pool, images, args.out, concurrency=args.concurrency, progress=not args.no_progress, request_options=request_options
+        )
         summary = runner.run(tasks)
     print(summary.table())
     out = Path(args.out)

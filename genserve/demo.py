@@ -1,0 +1,98 @@
+"""The demo: all four contest tasks on the embedded defaults, through the real Triton server.
+
+It writes a contest task file with one row or more per task type (t2i, tie, vttie, deepfake) and
+its input images (two bundled photos, a rendered sign), builds the tiny diffusion pipelines' model
+repository (cached after the first run), starts Triton with that repository beside the stack's own
+(face swap, OCR), runs the task file through the batch runner and checks the results with OCR.
+
+The diffusion pipelines are tiny random-weight ones: their images are noise-like by design; they
+show the serving path, not image quality. Point ``genserve export``/``build-repo`` at real
+weights for real images (README).
+"""
+
+from __future__ import annotations
+
+import csv
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from genserve import config
+
+DATA_DIR = Path(__file__).resolve().parent / "data"
+ORI_PHOTO, TARGET_PHOTO = "2008_002506.jpg", "2008_001009.jpg"
+SIGN_TEXT = ["OPEN"]
+
+# The contest's reference pipelines, in their tiny form: CogView4 for t2i, FLUX Kontext for the edits.
+DEMO_SIZE, DEMO_STEPS = 64, 3
+REQUEST_OPTIONS = {
+    "t2i": {"model": "cogview4_text_to_image", "width": DEMO_SIZE, "height": DEMO_SIZE, "steps": DEMO_STEPS, "seed": 0},
+    "tie": {"model": "flux_edit_image", "width": DEMO_SIZE, "height": DEMO_SIZE, "steps": DEMO_STEPS, "seed": 0},
+    "vttie": {"model": "flux_edit_text", "width": DEMO_SIZE, "height": DEMO_SIZE, "steps": DEMO_STEPS, "seed": 0},
+}
+
+DEMO_TASKS = [
+    # index, task_type, prompt, ori_image, target_image
+    ("1", "t2i", "a lighthouse on a cliff at sunset, oil painting", "", ""),
+    ("2", "tie", "make it a snowy winter evening", "scene.jpg", ""),
+    ("3", "vttie", 'change "OPEN" to "CLOSED"', "sign.png", ""),
+    ("4", "deepfake", "", "scene.jpg", "target.jpg"),
+]
+
+
+@dataclass
+class DemoResult:
+    out_dir: Path
+    summary: object  # genserve.client.batch.BatchSummary
+    ocr_of_sign: list[str]  # the vttie input, read by the served OCR model
+    ocr_of_vttie: list[str]  # the vttie result
+
+
+def write_inputs(out_dir: Path) -> Path:
+    """The task file and its images; returns the task file's path."""
+    from genserve.ocr.samples import render_text
+
+    inputs = out_dir / "inputs"
+    inputs.mkdir(parents=True, exist_ok=True)
+    shutil.copy(DATA_DIR / "faces" / ORI_PHOTO, inputs / "scene.jpg")
+    shutil.copy(DATA_DIR / "faces" / TARGET_PHOTO, inputs / "target.jpg")
+    render_text(SIGN_TEXT, font_size=64).save(inputs / "sign.png")
+    task_file = inputs / "task.csv"
+    with open(task_file, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["index", "task_type", "prompt", "ori_image", "target_image"])
+        writer.writerows(DEMO_TASKS)
+    return task_file
+
+
+def run_demo(out_dir: str | Path, *, concurrency: int = 2, progress: bool = True) -> DemoResult:
+    from genserve.client import Client, ClientPool
+    from genserve.client.batch import BatchRunner
+    from genserve.client.tasks import read_tasks
+    from genserve.diffusion.demo import build_demo_repository
+    from genserve.model_repository import REPOSITORY_DIR
+    from genserve.server import TritonServer, free_ports
+
+    out_dir = Path(out_dir)
+    task_file = write_inputs(out_dir)
+    print("== building the tiny diffusion pipelines' model repository (cached after the first run)", flush=True)
+    diffusion_repository = build_demo_repository(config.CACHE_DIR / "demo")
+    http, grpc, metrics = free_ports(3)
+    print(f"== starting Triton on 127.0.0.1 (gRPC {grpc}) with {REPOSITORY_DIR} and {diffusion_repository}", flush=True)
+    with TritonServer(
+        [REPOSITORY_DIR, diffusion_repository],
+        http_port=http, grpc_port=grpc, metrics_port=metrics, address="127.0.0.1",
+        log_path=out_dir / "tritonserver.log",
+    ) as server:  # fmt: skip
+        print(f"== serving {', '.join(server.models)}", flush=True)
+        with ClientPool([server.grpc_url]) as pool:
+            runner = BatchRunner(
+                pool, task_file.parent, out_dir / "results", concurrency=concurrency, progress=progress,
+                request_options=REQUEST_OPTIONS,
+            )  # fmt: skip
+            summary = runner.run(read_tasks(task_file))
+        vttie_image = out_dir / "results" / "imgs" / "3.jpg"
+        with Client(server.grpc_url) as client:
+            ocr_of_sign = [line.text for line in client.ocr(task_file.parent / "sign.png")]
+            ocr_of_vttie = [line.text for line in client.ocr(vttie_image)] if vttie_image.is_file() else []
+    return DemoResult(out_dir=out_dir, summary=summary, ocr_of_sign=ocr_of_sign, ocr_of_vttie=ocr_of_vttie)
