@@ -78,6 +78,9 @@ class ComponentReport:
     parity: list = field(default_factory=list)  # ParityResult
     parity_skipped: str | None = None
     tensorrt: dict[str, Any] = field(default_factory=dict)
+    # Peak host memory (RSS) while its module was loaded and exported / while ORT checked it.
+    torch_peak_bytes: int = 0
+    ort_peak_bytes: int = 0
 
 
 @dataclass
@@ -208,6 +211,7 @@ def _manifest(report: ExportReport, family: Family, configs, pipeline_dir: Path)
             ],
             **({"parity_skipped": component_report.parity_skipped} if component_report.parity_skipped else {}),
             "tensorrt": component_report.tensorrt,
+            "peak_host_memory_bytes": {"torch": component_report.torch_peak_bytes, "onnxruntime": component_report.ort_peak_bytes},
         }
     return {
         "format": MANIFEST_FORMAT,
@@ -321,36 +325,38 @@ def export_pipeline(
                 module_specs = [s for s in specs if s.module == module_name]
                 config = configs[module_name]
                 progress.stage(module_specs[0].name, f"loading {module_name}")
-                module = torch_side.load_module(pipeline_dir, module_name, model_index, dtype)
-                module_bytes = sum(p.numel() * p.element_size() for p in module.parameters())
-                report.largest_module_bytes = max(report.largest_module_bytes, module_bytes)
-                progress.done(len(module_specs))
-                pending = []
-                for spec in module_specs:
-                    wrapper = torch_side.ComponentModule(module, spec, config)
-                    relative = f"{spec.name}/1/model.onnx"
-                    path = staging / relative
-                    component = ComponentReport(spec.name, relative)
-                    progress.stage(spec.name, "exporting to ONNX")
-                    t0 = time.perf_counter()
-                    inputs = torch_side.random_inputs(spec, config, example_dims, dtype, seed=0)
-                    info = onnx_export.export_onnx(
-                        wrapper, spec, config, inputs, example_dims, path, external_data_threshold=threshold
-                    )
-                    component.export_s = time.perf_counter() - t0
-                    component.weight_bytes, component.external_data = info["weight_bytes"], info["external_data"]
-                    progress.done()
-                    progress.stage(spec.name, "torch reference outputs")
-                    references = parity.torch_references(wrapper, family, spec, configs, requests, dtype)
-                    progress.done()
-                    pending.append((spec, component, references))
-                    report.components.append(component)
-                    del wrapper
-                # Free the torch module before ONNX Runtime loads its graphs.
-                del module
-                gc.collect()
+                with PeakMemory() as torch_stage:
+                    module = torch_side.load_module(pipeline_dir, module_name, model_index, dtype)
+                    module_bytes = sum(p.numel() * p.element_size() for p in module.parameters())
+                    report.largest_module_bytes = max(report.largest_module_bytes, module_bytes)
+                    progress.done(len(module_specs))
+                    pending = []
+                    for spec in module_specs:
+                        wrapper = torch_side.ComponentModule(module, spec, config)
+                        relative = f"{spec.name}/1/model.onnx"
+                        path = staging / relative
+                        component = ComponentReport(spec.name, relative)
+                        progress.stage(spec.name, "exporting to ONNX")
+                        t0 = time.perf_counter()
+                        inputs = torch_side.random_inputs(spec, config, example_dims, dtype, seed=0)
+                        info = onnx_export.export_onnx(
+                            wrapper, spec, config, inputs, example_dims, path, external_data_threshold=threshold
+                        )
+                        component.export_s = time.perf_counter() - t0
+                        component.weight_bytes, component.external_data = info["weight_bytes"], info["external_data"]
+                        progress.done()
+                        progress.stage(spec.name, "torch reference outputs")
+                        references = parity.torch_references(wrapper, family, spec, configs, requests, dtype)
+                        progress.done()
+                        pending.append((spec, component, references))
+                        report.components.append(component)
+                        del wrapper
+                    # Free the torch module before ONNX Runtime loads its graphs.
+                    del module
+                    gc.collect()
 
                 for spec, component, references in pending:
+                    component.torch_peak_bytes = torch_stage.peak_bytes
                     path = staging / component.path
                     if build_engines:
                         progress.stage(spec.name, "building TensorRT engine")
@@ -367,7 +373,9 @@ def export_pipeline(
                         progress.done()
                     elif options.tensorrt:
                         component.tensorrt = {"skipped": tensorrt_skipped}
-                    _check_and_fuse(spec, configs[spec.module], component, references, path, options, progress)
+                    with PeakMemory() as ort_stage:
+                        _check_and_fuse(spec, configs[spec.module], component, references, path, options, progress)
+                    component.ort_peak_bytes = ort_stage.peak_bytes
                     peak.sample()
         report.peak_memory_bytes = peak.peak_bytes
         report.seconds = time.perf_counter() - started
@@ -437,12 +445,18 @@ def format_report(report: ExportReport) -> str:
     from genserve.export.parity import format_table
 
     lines = [f"Exported {report.pipeline_class} ({report.family}, {report.precision}) to {report.out_dir} in {report.seconds:.1f} s"]
-    lines.append(f"{'component':<16} {'export s':>8} {'weights':>10} {'ORT ms plain':>13} {'ORT ms fused':>13}  fusions")
+    lines.append(
+        f"{'component':<16} {'export s':>8} {'weights':>10} {'peak torch':>11} {'peak ORT':>9} "
+        f"{'ORT ms plain':>13} {'ORT ms fused':>13}  fusions"
+    )
     for c in report.components:
         plain = f"{c.latency_plain_s * 1e3:.2f}" if c.latency_plain_s is not None else "-"
         fused = f"{c.latency_fused_s * 1e3:.2f}" if c.latency_fused_s is not None else "-"
         fusions = ", ".join(f"{k} {v}" for k, v in c.fusions.items()) if c.fused else ("not kept" if c.fusions else "-")
-        lines.append(f"{c.name:<16} {c.export_s:>8.1f} {c.weight_bytes / 2**20:>8.1f}MB {plain:>13} {fused:>13}  {fusions}")
+        lines.append(
+            f"{c.name:<16} {c.export_s:>8.1f} {c.weight_bytes / 2**20:>8.1f}MB {c.torch_peak_bytes / 2**30:>9.2f}GB "
+            f"{c.ort_peak_bytes / 2**30:>7.2f}GB {plain:>13} {fused:>13}  {fusions}"
+        )
     for c in report.components:
         if c.parity_skipped:
             lines.append(f"parity of {c.name} not checked: {c.parity_skipped}")
