@@ -209,9 +209,10 @@ class DiffusionService:
             buffer = io.BytesIO()
             image.save(buffer, format="PNG")
             images.append(buffer.getvalue())
-        return images, self.metadata(request, kwargs, stats, total, step_ends, warnings)
+        size = result.images[0].size if result.images else (None, None)
+        return images, self.metadata(request, kwargs, stats, total, step_ends, warnings, size)
 
-    def metadata(self, request, kwargs, stats, total, step_ends, warnings) -> dict[str, Any]:
+    def metadata(self, request, kwargs, stats, total, step_ends, warnings, size) -> dict[str, Any]:
         denoiser = self.family.denoiser.name
         per_call = stats.per_call.get(denoiser, [])
         steps = len(step_ends)
@@ -227,8 +228,8 @@ class DiffusionService:
             "steps": kwargs.get("num_inference_steps", self._default("num_inference_steps")),
             "denoising_steps_run": steps,
             "guidance": kwargs.get("guidance_scale", self._default("guidance_scale")),
-            "width": kwargs.get("width"),
-            "height": kwargs.get("height"),
+            "width": size[0],
+            "height": size[1],
             "num_images": request.num_images,
             **({"options": request.options} if request.options else {}),
             "warnings": warnings,

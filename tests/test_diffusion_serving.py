@@ -1,0 +1,277 @@
+"""t2i, tie and vttie through the live Triton server on the tiny pipelines of every family.
+
+One repository (models prefixed sd_, flux_, cogview4_) is built from the session's exports and served
+once. Parity: the served PNG equals, within 2/255, the image the diffusers pipeline makes in-process
+with the original torch weights, the same seed and steps.
+"""
+
+from __future__ import annotations
+
+import io
+import threading
+import time
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from genserve.client import Client, RequestError
+
+pytestmark = [pytest.mark.server, pytest.mark.slow]
+
+FAMILIES = ("sd", "flux", "cogview4")
+DEMO = {"sd": "sd", "flux": "flux-kontext", "cogview4": "cogview4"}
+SIZE = 32
+STEPS = 2
+PROMPT = "a lighthouse on a cliff at dusk"
+
+
+@pytest.fixture(scope="module")
+def diffusion_server(export_family, tmp_path_factory):
+    from genserve.diffusion.repository import BuildOptions, build_repository
+    from genserve.server import TritonServer, free_ports
+
+    repo = tmp_path_factory.mktemp("diffusion_repo")
+    for family in FAMILIES:
+        _, export_dir = export_family(family)
+        # Two SD pipeline instances: concurrent requests reach the UNet's dynamic batcher together.
+        options = BuildOptions(prefix=f"{family}_", max_size=256, pipeline_instances=2 if family == "sd" else 1)
+        build_repository(export_dir, repo, options)
+    http_port, grpc_port, metrics_port = free_ports(3)
+    log_path = tmp_path_factory.mktemp("diffusion_triton") / "tritonserver.log"
+    with TritonServer(repo, http_port=http_port, grpc_port=grpc_port, metrics_port=metrics_port,
+                      address="127.0.0.1", log_path=log_path) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def dclient(diffusion_server):
+    with Client(diffusion_server.grpc_url) as client:
+        yield client
+
+
+@pytest.fixture(scope="module")
+def reference(demo_dir):
+    """reference(family, pipeline_class) -> the diffusers pipeline with the original torch weights."""
+    import diffusers
+
+    cache = {}
+
+    def get(family: str, pipeline_class: str):
+        if (family, pipeline_class) not in cache:
+            pipeline = getattr(diffusers, pipeline_class).from_pretrained(demo_dir / DEMO[family])
+            pipeline.set_progress_bar_config(disable=True)
+            cache[family, pipeline_class] = pipeline
+        return cache[family, pipeline_class]
+
+    return get
+
+
+def in_process(pipeline, seed: int, **kwargs) -> list[np.ndarray]:
+    import torch
+
+    images = pipeline(**kwargs, generator=torch.Generator("cpu").manual_seed(seed), output_type="pil").images
+    return [np.asarray(image.convert("RGB")).astype(np.int16) for image in images]
+
+
+def pixels(result) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(result.encoded)).convert("RGB")).astype(np.int16)
+
+
+def input_image() -> Image.Image:
+    """A smooth colour field: something for the VAE encoder to see."""
+    y, x = np.mgrid[0:SIZE, 0:SIZE]
+    rgb = np.stack([x * 255 // SIZE, y * 255 // SIZE, (x + y) * 127 // SIZE], axis=-1).astype(np.uint8)
+    return Image.fromarray(rgb)
+
+
+def assert_parity(served: list, expected: list[np.ndarray]) -> int:
+    assert len(served) == len(expected)
+    worst = 0
+    for result, reference_pixels in zip(served, expected):
+        got = pixels(result)
+        assert got.shape == reference_pixels.shape
+        worst = max(worst, int(np.abs(got - reference_pixels).max()))
+    assert worst <= 2, f"served image differs from in-process diffusers by {worst}/255"
+    return worst
+
+
+# --- parity ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_text_to_image_parity(family, dclient, reference):
+    result = dclient.text_to_image(PROMPT, model=f"{family}_text_to_image", steps=STEPS, seed=11, width=SIZE, height=SIZE)
+    meta = result.metadata
+    assert (meta["seed"], meta["steps"], meta["width"], meta["height"]) == (11, STEPS, SIZE, SIZE)
+    pipeline = reference(family, meta["pipeline"])
+    extra = {"max_area": SIZE * SIZE} if family == "flux" else {}  # Kontext renders max_area pixels otherwise
+    worst = assert_parity([result], in_process(pipeline, 11, prompt=PROMPT, num_inference_steps=STEPS, width=SIZE, height=SIZE, **extra))
+    print(f"\n{family} t2i: max pixel difference {worst}/255; timings {meta['timings_ms']}")
+    assert meta["calls"][f"{'unet' if family == 'sd' else 'transformer'}"] >= STEPS
+
+
+@pytest.mark.parametrize("family", ("sd", "flux"))
+def test_edit_image_parity(family, dclient, reference):
+    image = input_image()
+    result = dclient.edit_image(image, "make it night", model=f"{family}_edit_image", steps=STEPS + 1, seed=5)
+    meta = result.metadata
+    pipeline = reference(family, meta["pipeline"])
+    extra = {"_auto_resize": False, "max_area": SIZE * SIZE, "width": SIZE, "height": SIZE} if family == "flux" else {}
+    worst = assert_parity([result], in_process(pipeline, 5, image=image, prompt="make it night", num_inference_steps=STEPS + 1, **extra))
+    assert meta["calls"]["vae_encoder"] >= 1 and (meta["width"], meta["height"]) == (SIZE, SIZE)
+    print(f"\n{family} tie ({meta['pipeline']}): max pixel difference {worst}/255")
+
+
+def test_edit_text_parity(dclient, reference):
+    from genserve.families import TEXT_EDIT
+
+    image = input_image()
+    result = dclient.edit_text(image, 'change "OPEN" to "CLOSED"', model="flux_edit_text", steps=STEPS, seed=3)
+    meta = result.metadata
+    assert (meta["old_text"], meta["new_text"]) == ("OPEN", "CLOSED")
+    assert meta["guidance"] == TEXT_EDIT["flux"]["guidance"] and '"CLOSED"' in meta["prompt"]
+    worst = assert_parity([result], in_process(
+        reference("flux", "FluxKontextPipeline"), 3, image=image, prompt=meta["prompt"], num_inference_steps=STEPS,
+        guidance_scale=meta["guidance"], _auto_resize=False, max_area=SIZE * SIZE, width=SIZE, height=SIZE,
+    ))
+    print(f"\nflux vttie: max pixel difference {worst}/255")
+
+
+def test_several_images_and_negative_prompt(dclient, reference):
+    results = dclient.text_to_image(PROMPT, model="sd_text_to_image", negative_prompt="blurry", steps=STEPS, seed=2,
+                                    width=SIZE, height=SIZE, num_images=2)
+    assert isinstance(results, list) and len(results) == 2
+    assert_parity(results, in_process(reference("sd", "StableDiffusionPipeline"), 2, prompt=PROMPT, negative_prompt="blurry",
+                                      num_inference_steps=STEPS, width=SIZE, height=SIZE, num_images_per_prompt=2))
+    assert not np.array_equal(pixels(results[0]), pixels(results[1]))
+
+
+def test_http_and_cli(diffusion_server, tmp_path):
+    with Client(diffusion_server.http_url, protocol="http") as client:
+        over_http = client.text_to_image(PROMPT, model="cogview4_text_to_image", steps=STEPS, seed=1, width=SIZE, height=SIZE)
+    from genserve.cli import main
+
+    out = tmp_path / "t2i.png"
+    code = main(["t2i", PROMPT, "-o", str(out), "--model", "cogview4_text_to_image", "--url", diffusion_server.grpc_url,
+                 "--steps", str(STEPS), "--seed", "1", "--width", str(SIZE), "--height", str(SIZE)])
+    assert code == 0 and out.is_file()
+    assert out.read_bytes() == over_http.encoded  # same request, same PNG over either protocol
+
+
+# --- bad input: an error (or warning) for that request alone ------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("parameters", "message"),
+    [
+        ({"width": 30, "height": SIZE}, "multiple of 4"),
+        ({"width": 512, "height": SIZE}, "maximum of 256"),
+        ({"steps": 0}, "steps must be between 1 and 1000"),
+        ({"steps": 1001}, "steps must be between 1 and 1000"),
+        ({"num_images": 9}, "num_images"),
+        ({"options": {"strength": 0.5}}, "takes no strength"),
+    ],
+)
+def test_bad_parameters(dclient, parameters, message):
+    with pytest.raises(RequestError, match=message):
+        dclient.text_to_image(PROMPT, model="sd_text_to_image", **{"steps": STEPS, "width": SIZE, "height": SIZE, **parameters})
+
+
+def test_bad_prompts_and_images(dclient):
+    with pytest.raises(RequestError, match="prompt is empty"):
+        dclient.text_to_image("   ", model="flux_text_to_image", steps=1, width=SIZE, height=SIZE)
+    with pytest.raises(RequestError, match="not a readable image|corrupt"):
+        dclient.edit_image(b"\x89PNG\r\n\x1a\nnot really", "make it night", model="sd_edit_image", steps=1)
+    truncated = io.BytesIO()
+    input_image().save(truncated, format="JPEG")
+    with pytest.raises(RequestError, match="IMAGE"):
+        dclient.edit_image(truncated.getvalue()[:200], "make it night", model="flux_edit_image", steps=1)
+    with pytest.raises(RequestError, match="names no new text"):
+        dclient.edit_text(input_image(), "make the sign nicer", model="flux_edit_text", steps=1)
+
+
+def test_long_prompt_is_truncated_with_a_warning(dclient):
+    long_prompt = "a red house " * 40  # about 120 CLIP tokens, 280 of the tiny T5's
+    result = dclient.text_to_image(long_prompt, model="sd_text_to_image", steps=1, seed=0, width=SIZE, height=SIZE)
+    assert any("truncated" in warning and "77" in warning for warning in result.metadata["warnings"])
+    flux = dclient.text_to_image(long_prompt, model="flux_text_to_image", steps=1, seed=0, width=SIZE, height=SIZE)
+    # CLIP takes 77 tokens, T5 takes 512: only the first cuts.
+    assert any("tokenizer takes 77" in w for w in flux.metadata["warnings"])
+    assert not any("tokenizer_2" in w for w in flux.metadata["warnings"])
+
+
+def test_server_keeps_serving_after_bad_requests(dclient, reference):
+    for bad in ({"steps": 0}, {"width": 3}):
+        with pytest.raises(RequestError):
+            dclient.text_to_image(PROMPT, model="sd_text_to_image", **bad)
+    result = dclient.text_to_image(PROMPT, model="sd_text_to_image", steps=STEPS, seed=11, width=SIZE, height=SIZE)
+    assert_parity([result], in_process(reference("sd", "StableDiffusionPipeline"), 11, prompt=PROMPT,
+                                       num_inference_steps=STEPS, width=SIZE, height=SIZE))
+
+
+# --- concurrency and BLS overhead -------------------------------------------------------------------------
+
+
+def _unet_stats(server) -> dict:
+    import tritonclient.grpc as grpcclient
+
+    client = grpcclient.InferenceServerClient(server.grpc_url)
+    stats = client.get_inference_statistics("sd_unet", as_json=True)["model_stats"][0]
+    client.close()
+    return stats
+
+
+def test_concurrent_requests_share_the_denoiser(diffusion_server, dclient):
+    seeds = (21, 22, 23, 24)
+    sequential = {seed: dclient.text_to_image(PROMPT, model="sd_text_to_image", steps=3, seed=seed, width=SIZE, height=SIZE)
+                  for seed in seeds}
+    before = _unet_stats(diffusion_server)
+    results, errors = {}, []
+
+    def one(seed):
+        try:
+            with Client(diffusion_server.grpc_url) as client:
+                results[seed] = client.text_to_image(PROMPT, model="sd_text_to_image", steps=3, seed=seed, width=SIZE, height=SIZE)
+        except Exception as error:  # noqa: BLE001
+            errors.append(error)
+
+    threads = [threading.Thread(target=one, args=(seed,)) for seed in seeds]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors
+    for seed in seeds:
+        assert np.abs(pixels(results[seed]) - pixels(sequential[seed])).max() <= 2  # batched or not, the same image
+    after = _unet_stats(diffusion_server)
+    requests = int(after["inference_stats"]["success"]["count"]) - int(before["inference_stats"]["success"]["count"])
+    executions = int(after["execution_count"]) - int(before["execution_count"])
+    print(f"\nsd_unet under 4 concurrent requests: {requests} requests ran in {executions} executions")
+    assert requests == 4 * 4 and executions <= requests  # PNDM: 3 steps = 4 UNet calls each
+
+
+def test_bls_overhead_per_step(diffusion_server, dclient):
+    """Per denoiser call: the time the pipeline model waits on BLS minus the leaf's own compute time."""
+    steps = 8
+    dclient.text_to_image(PROMPT, model="sd_text_to_image", steps=2, seed=0, width=SIZE, height=SIZE)  # warm
+    before = _unet_stats(diffusion_server)
+    started = time.perf_counter()
+    result = dclient.text_to_image(PROMPT, model="sd_text_to_image", steps=steps, seed=0, width=SIZE, height=SIZE)
+    wall = time.perf_counter() - started
+    after = _unet_stats(diffusion_server)
+    calls = result.metadata["denoiser_ms_per_call"]
+    count = int(after["inference_stats"]["success"]["count"]) - int(before["inference_stats"]["success"]["count"])
+    assert count == len(calls)
+
+    def ms(key):
+        return (int(after["inference_stats"][key]["ns"]) - int(before["inference_stats"][key]["ns"])) / 1e6 / count
+
+    bls = float(np.mean(calls))
+    overhead = bls - ms("compute_infer")
+    print(
+        f"\nBLS per denoiser call (sd_unet, {SIZE}x{SIZE}, batch 2): {bls:.2f} ms seen by the pipeline; leaf compute "
+        f"{ms('compute_infer'):.2f} ms; overhead {overhead:.2f} ms (queue {ms('queue'):.2f}, input "
+        f"{ms('compute_input'):.2f}, output {ms('compute_output'):.2f}); request wall {wall * 1e3:.0f} ms for {steps} steps"
+    )
+    assert 0 < overhead < 100
