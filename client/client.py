@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any, Literal
 
 import numpy as np
@@ -72,7 +73,146 @@ class OcrLine:
     score: float
 
 
-class Client:
+def request_error(error, url: str, protocol: str) -> RequestError:
+    """tritonclient's exception as ours: the server's message, and whether a retry may help."""
+    if "UNAVAILABLE" in str(error.status()) or "failed to connect" in (error.message() or ""):
+        return unavailable(url, protocol)
+    refused = str(error.status()) in ("StatusCode.INVALID_ARGUMENT", "400", "StatusCode.NOT_FOUND", "404")
+    return RequestError(error.message() or str(error), retriable=not refused)
+
+
+def unavailable(url: str, protocol: str, cause: Exception | None = None) -> ServerUnavailableError:
+    detail = f" ({cause})" if cause else ""
+    return ServerUnavailableError(
+        f"no genserve server answers at {url} over {protocol}{detail}; start one with `genserve serve` or point --url at it"
+    )
+
+
+def triton_inputs(triton, inputs: dict[str, np.ndarray]) -> list:
+    """tritonclient ``InferInput`` objects (of the grpc, http or grpc.aio module ``triton``) for numpy arrays."""
+    from tritonclient.utils import np_to_triton_dtype
+
+    tensors = []
+    for name, array in inputs.items():
+        tensor = triton.InferInput(name, list(array.shape), np_to_triton_dtype(array.dtype))
+        tensor.set_data_from_numpy(array)
+        tensors.append(tensor)
+    return tensors
+
+
+@dataclass(frozen=True)
+class Call:
+    """One request to one model, and how to turn its outputs into the task's result."""
+
+    model: str
+    inputs: dict[str, np.ndarray]
+    outputs: list[str]
+    parse: Callable[[dict[str, np.ndarray]], Any]
+
+
+class TaskMethods:
+    """The task methods, written once for the blocking :class:`Client` and the asyncio ``AsyncClient``.
+
+    Each method builds a :class:`Call`; ``_run`` sends it: the blocking client returns the result, the
+    asyncio one returns an awaitable of it.
+    """
+
+    def _run(self, call: Call) -> Any:
+        raise NotImplementedError
+
+    # --- tasks -------------------------------------------------------------------------------------
+
+    def swap_face(
+        self,
+        ori: ImageLike,
+        target: ImageLike,
+        *,
+        face_index: int | None = None,
+        all_faces: bool = False,
+        output_format: Literal["jpeg", "png"] = "jpeg",
+        **options: Any,
+    ) -> ImageResult:
+        """Put the face of ``target`` into ``ori``, keeping ori's background (the deepfake task).
+
+        By default the largest face in ``ori`` is replaced; ``face_index`` picks another (faces are
+        ordered largest first) and ``all_faces`` replaces every one. The metadata reports the faces
+        found, which were replaced, the identity score and per-stage timings.
+        """
+        request_options = {"face_index": face_index, "all_faces": all_faces, "output_format": output_format, **options}
+        request_options = {k: v for k, v in request_options.items() if v is not None}
+        inputs = {
+            "ORI_IMAGE": _bytes_tensor(to_image_bytes(ori)),
+            "TARGET_IMAGE": _bytes_tensor(to_image_bytes(target)),
+            "OPTIONS": _bytes_tensor(json.dumps(request_options).encode()),
+        }
+        return self._run(
+            Call(
+                "face_swap",
+                inputs,
+                ["IMAGE", "METADATA"],
+                lambda out: ImageResult(encoded=out["IMAGE"][0], metadata=json.loads(out["METADATA"][0])),
+            )
+        )
+
+    def ocr(self, image: ImageLike) -> list[OcrLine]:
+        """Read the text in ``image`` with PP-OCRv4 (the ``ocr`` model): one :class:`OcrLine` per line
+        found, top to bottom then left to right; an empty list when there is no text.
+
+        Paths and bytes are sent as they are; arrays are taken as RGB (see ``to_image_bytes``).
+        """
+        inputs = {"IMAGE": _bytes_tensor(to_image_bytes(image))}
+        return self._run(Call("ocr", inputs, ["BOXES", "TEXTS", "SCORES"], _ocr_lines))
+
+    # --- diffusion (docs/diffusion-serving.md) ------------------------------------------------------
+
+    def text_to_image(self, prompt: str, *, model: str = "text_to_image", **parameters: Any) -> ImageResult | list[ImageResult]:
+        """Generate an image from ``prompt`` (the ``text_to_image`` model, or ``model``, e.g. ``flux_text_to_image``).
+
+        Parameters (all optional; the pipeline's defaults otherwise): ``negative_prompt``, ``steps``,
+        ``guidance``, ``seed``, ``width``, ``height``, ``num_images`` and ``options`` (a dict of family
+        extras: ``strength``, ``true_cfg_scale``, ``max_sequence_length``). Returns one
+        :class:`ImageResult` (PNG), or a list of them when ``num_images`` > 1; the metadata holds the seed,
+        steps, warnings (a truncated prompt) and timings per stage and per step.
+        """
+        return self._diffusion(model, prompt, None, parameters)
+
+    def edit_image(self, image: ImageLike, prompt: str, *, model: str = "edit_image", **parameters: Any) -> ImageResult | list[ImageResult]:
+        """Edit ``image`` as ``prompt`` says (FLUX Kontext; SD runs img2img). Same parameters as
+        :meth:`text_to_image`; the result has the image's size unless ``width``/``height`` are given."""
+        return self._diffusion(model, prompt, image, parameters)
+
+    def edit_text(self, image: ImageLike, instruction: str, *, model: str = "edit_text", **parameters: Any) -> ImageResult | list[ImageResult]:
+        """Change the text shown in ``image``: ``instruction`` quotes the old and the new text
+        (``change "OPEN" to "CLOSED"``, ``把“开”改成“关”``). The metadata reports both and the prompt used."""
+        return self._diffusion(model, instruction, image, parameters)
+
+    def _diffusion(self, model: str, prompt: str, image: ImageLike | None, parameters: dict[str, Any]):
+        typed = {"steps": ("STEPS", np.int32), "guidance": ("GUIDANCE", np.float32), "seed": ("SEED", np.int64),
+                 "width": ("WIDTH", np.int32), "height": ("HEIGHT", np.int32), "num_images": ("NUM_IMAGES", np.int32)}
+        unknown = set(parameters) - set(typed) - {"negative_prompt", "options"}
+        if unknown:
+            raise TypeError(f"unknown parameter(s) {', '.join(sorted(unknown))}")
+        inputs = {"PROMPT": _bytes_tensor(prompt.encode("utf-8"))}
+        if image is not None:
+            inputs["IMAGE"] = _bytes_tensor(to_image_bytes(image))
+        if parameters.get("negative_prompt"):
+            inputs["NEGATIVE_PROMPT"] = _bytes_tensor(parameters["negative_prompt"].encode("utf-8"))
+        if parameters.get("options"):
+            inputs["OPTIONS"] = _bytes_tensor(json.dumps(parameters["options"]).encode())
+        for key, (name, dtype) in typed.items():
+            if parameters.get(key) is not None:
+                inputs[name] = np.array([parameters[key]], dtype=dtype)
+        single = not (parameters.get("num_images") or 1) > 1
+
+        def parse(outputs: dict[str, np.ndarray]) -> ImageResult | list[ImageResult]:
+            metadata = json.loads(outputs["METADATA"][0])
+            results = [ImageResult(encoded=bytes(encoded), metadata=metadata) for encoded in outputs["IMAGES"].reshape(-1)]
+            return results[0] if len(results) == 1 and single else results
+
+        return self._run(Call(model, inputs, ["IMAGES", "METADATA"], parse))
+
+
+class Client(TaskMethods):
     """Talk to a genserve Triton server.
 
     ``url`` is ``host:port`` of the gRPC endpoint (default ``localhost:8001``) or, with
@@ -114,126 +254,35 @@ class Client:
 
     def infer(self, model: str, inputs: dict[str, np.ndarray], outputs: list[str]) -> dict[str, np.ndarray]:
         """One request to one model; numpy in, numpy out. Raises :class:`RequestError` on a refused request."""
-        from tritonclient.utils import InferenceServerException, np_to_triton_dtype
+        from tritonclient.utils import InferenceServerException
 
-        tensors = []
-        for name, array in inputs.items():
-            tensor = self._triton.InferInput(name, list(array.shape), np_to_triton_dtype(array.dtype))
-            tensor.set_data_from_numpy(array)
-            tensors.append(tensor)
+        tensors = triton_inputs(self._triton, inputs)
         requested = [self._triton.InferRequestedOutput(name) for name in outputs]
         kwargs = {"client_timeout": self.timeout_s} if self.protocol == "grpc" and self.timeout_s else {}
         try:
             result = self._client.infer(model, tensors, outputs=requested, **kwargs)
         except InferenceServerException as error:
-            if "UNAVAILABLE" in str(error.status()) or "failed to connect" in (error.message() or ""):
-                raise self._unavailable() from None
-            refused = str(error.status()) in ("StatusCode.INVALID_ARGUMENT", "400", "StatusCode.NOT_FOUND", "404")
-            raise RequestError(error.message() or str(error), retriable=not refused) from None
+            raise request_error(error, self.url, self.protocol) from None
         except (ConnectionError, OSError) as error:  # the HTTP client's transport errors
-            raise self._unavailable(error) from None
+            raise unavailable(self.url, self.protocol, error) from None
         return {name: result.as_numpy(name) for name in outputs}
 
-    def _unavailable(self, cause: Exception | None = None) -> ServerUnavailableError:
-        detail = f" ({cause})" if cause else ""
-        return ServerUnavailableError(
-            f"no genserve server answers at {self.url} over {self.protocol}{detail}; start one with `genserve serve`"
-            " or point --url at it"
+    def _run(self, call: Call) -> Any:
+        return call.parse(self.infer(call.model, call.inputs, call.outputs))
+
+
+def _ocr_lines(outputs: dict[str, np.ndarray]) -> list[OcrLine]:
+    boxes = np.asarray(outputs["BOXES"], dtype=np.float32).reshape(-1, 4, 2)
+    texts = [] if outputs["TEXTS"] is None else outputs["TEXTS"].reshape(-1)
+    scores = np.asarray(outputs["SCORES"], dtype=np.float64).reshape(-1)
+    return [
+        OcrLine(
+            box=tuple((float(x), float(y)) for x, y in box),
+            text=text.decode("utf-8") if isinstance(text, bytes) else str(text),
+            score=float(score),
         )
-
-    # --- tasks -------------------------------------------------------------------------------------
-
-    def swap_face(
-        self,
-        ori: ImageLike,
-        target: ImageLike,
-        *,
-        face_index: int | None = None,
-        all_faces: bool = False,
-        output_format: Literal["jpeg", "png"] = "jpeg",
-        **options: Any,
-    ) -> ImageResult:
-        """Put the face of ``target`` into ``ori``, keeping ori's background (the deepfake task).
-
-        By default the largest face in ``ori`` is replaced; ``face_index`` picks another (faces are
-        ordered largest first) and ``all_faces`` replaces every one. The metadata reports the faces
-        found, which were replaced, the identity score and per-stage timings.
-        """
-        request_options = {"face_index": face_index, "all_faces": all_faces, "output_format": output_format, **options}
-        request_options = {k: v for k, v in request_options.items() if v is not None}
-        outputs = self.infer(
-            "face_swap",
-            {
-                "ORI_IMAGE": _bytes_tensor(to_image_bytes(ori)),
-                "TARGET_IMAGE": _bytes_tensor(to_image_bytes(target)),
-                "OPTIONS": _bytes_tensor(json.dumps(request_options).encode()),
-            },
-            ["IMAGE", "METADATA"],
-        )
-        return ImageResult(encoded=outputs["IMAGE"][0], metadata=json.loads(outputs["METADATA"][0]))
-
-    def ocr(self, image: ImageLike) -> list[OcrLine]:
-        """Read the text in ``image`` with PP-OCRv4 (the ``ocr`` model): one :class:`OcrLine` per line
-        found, top to bottom then left to right; an empty list when there is no text.
-
-        Paths and bytes are sent as they are; arrays are taken as RGB (see ``to_image_bytes``).
-        """
-        outputs = self.infer("ocr", {"IMAGE": _bytes_tensor(to_image_bytes(image))}, ["BOXES", "TEXTS", "SCORES"])
-        boxes = np.asarray(outputs["BOXES"], dtype=np.float32).reshape(-1, 4, 2)
-        texts = [] if outputs["TEXTS"] is None else outputs["TEXTS"].reshape(-1)
-        scores = np.asarray(outputs["SCORES"], dtype=np.float64).reshape(-1)
-        return [
-            OcrLine(
-                box=tuple((float(x), float(y)) for x, y in box),
-                text=text.decode("utf-8") if isinstance(text, bytes) else str(text),
-                score=float(score),
-            )
-            for box, text, score in zip(boxes, texts, scores)
-        ]
-
-    # --- diffusion (docs/diffusion-serving.md) ------------------------------------------------------
-
-    def text_to_image(self, prompt: str, *, model: str = "text_to_image", **parameters: Any) -> ImageResult | list[ImageResult]:
-        """Generate an image from ``prompt`` (the ``text_to_image`` model, or ``model``, e.g. ``flux_text_to_image``).
-
-        Parameters (all optional; the pipeline's defaults otherwise): ``negative_prompt``, ``steps``,
-        ``guidance``, ``seed``, ``width``, ``height``, ``num_images`` and ``options`` (a dict of family
-        extras: ``strength``, ``true_cfg_scale``, ``max_sequence_length``). Returns one
-        :class:`ImageResult` (PNG), or a list of them when ``num_images`` > 1; the metadata holds the seed,
-        steps, warnings (a truncated prompt) and timings per stage and per step.
-        """
-        return self._diffusion(model, prompt, None, parameters)
-
-    def edit_image(self, image: ImageLike, prompt: str, *, model: str = "edit_image", **parameters: Any) -> ImageResult | list[ImageResult]:
-        """Edit ``image`` as ``prompt`` says (FLUX Kontext; SD runs img2img). Same parameters as
-        :meth:`text_to_image`; the result has the image's size unless ``width``/``height`` are given."""
-        return self._diffusion(model, prompt, image, parameters)
-
-    def edit_text(self, image: ImageLike, instruction: str, *, model: str = "edit_text", **parameters: Any) -> ImageResult | list[ImageResult]:
-        """Change the text shown in ``image``: ``instruction`` quotes the old and the new text
-        (``change "OPEN" to "CLOSED"``, ``把“开”改成“关”``). The metadata reports both and the prompt used."""
-        return self._diffusion(model, instruction, image, parameters)
-
-    def _diffusion(self, model: str, prompt: str, image: ImageLike | None, parameters: dict[str, Any]):
-        typed = {"steps": ("STEPS", np.int32), "guidance": ("GUIDANCE", np.float32), "seed": ("SEED", np.int64),
-                 "width": ("WIDTH", np.int32), "height": ("HEIGHT", np.int32), "num_images": ("NUM_IMAGES", np.int32)}
-        unknown = set(parameters) - set(typed) - {"negative_prompt", "options"}
-        if unknown:
-            raise TypeError(f"unknown parameter(s) {', '.join(sorted(unknown))}")
-        inputs = {"PROMPT": _bytes_tensor(prompt.encode("utf-8"))}
-        if image is not None:
-            inputs["IMAGE"] = _bytes_tensor(to_image_bytes(image))
-        if parameters.get("negative_prompt"):
-            inputs["NEGATIVE_PROMPT"] = _bytes_tensor(parameters["negative_prompt"].encode("utf-8"))
-        if parameters.get("options"):
-            inputs["OPTIONS"] = _bytes_tensor(json.dumps(parameters["options"]).encode())
-        for key, (name, dtype) in typed.items():
-            if parameters.get(key) is not None:
-                inputs[name] = np.array([parameters[key]], dtype=dtype)
-        outputs = self.infer(model, inputs, ["IMAGES", "METADATA"])
-        metadata = json.loads(outputs["METADATA"][0])
-        results = [ImageResult(encoded=bytes(encoded), metadata=metadata) for encoded in outputs["IMAGES"].reshape(-1)]
-        return results[0] if len(results) == 1 and not (parameters.get("num_images") or 1) > 1 else results
+        for box, text, score in zip(boxes, texts, scores)
+    ]
 
 
 def _bytes_tensor(data: bytes) -> np.ndarray:

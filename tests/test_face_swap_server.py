@@ -208,3 +208,22 @@ def test_metadata_is_json_with_timings(grpc_client, faces_dir):
     result = grpc_client.swap_face(faces_dir / ORI, faces_dir / TARGET)
     timings = result.metadata["timings_ms"]
     assert timings["total"] >= timings["detect_ori"] + timings["swap"] > 0
+
+
+def test_asyncio_client_runs_requests_concurrently(triton_server, faces_dir):
+    import asyncio
+
+    from genserve.client import AsyncClient
+
+    async def main():
+        async with AsyncClient(triton_server.grpc_url) as client:
+            assert await client.is_ready("face_swap")
+            swaps = [client.swap_face(faces_dir / ori, faces_dir / TARGET, compute_identity=False) for ori in (ORI, "2008_001322.jpg")]
+            results = await asyncio.gather(*swaps, return_exceptions=True)
+            with pytest.raises(RequestError, match="no face found"):
+                await client.swap_face(faces_dir / "dogs.jpg", faces_dir / TARGET)
+            return results
+
+    first, second = asyncio.run(main())
+    assert first.metadata["replaced"] == [0] and second.metadata["replaced"] == [0]
+    assert first.image.size == Image.open(faces_dir / ORI).size

@@ -1,0 +1,60 @@
+"""The asyncio client: the same task methods as :class:`~genserve.client.Client`, awaited, over gRPC.
+
+    async with AsyncClient("localhost:8001") as client:
+        results = await asyncio.gather(*(client.swap_face(ori, t) for t in targets))
+
+Many requests in flight from one event loop, without a thread each: what a web front end or an
+asyncio batch job wants. Built on ``tritonclient.grpc.aio``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from genserve import config
+from genserve.client.client import Call, TaskMethods, request_error, triton_inputs, unavailable
+
+
+class AsyncClient(TaskMethods):
+    def __init__(self, url: str | None = None, *, timeout_s: float | None = 600.0):
+        import tritonclient.grpc.aio as triton
+
+        self.protocol = "grpc"
+        self.url = url or config.grpc_url()
+        self.timeout_s = timeout_s
+        self._triton = triton
+        self._client = triton.InferenceServerClient(self.url)
+
+    async def close(self) -> None:
+        await self._client.close()
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(self, *exc_info) -> None:
+        await self.close()
+
+    async def is_ready(self, model: str | None = None) -> bool:
+        try:
+            return await (self._client.is_model_ready(model) if model else self._client.is_server_ready())
+        except Exception:  # connection refused and the like: not ready
+            return False
+
+    async def infer(self, model: str, inputs: dict[str, np.ndarray], outputs: list[str]) -> dict[str, np.ndarray]:
+        from tritonclient.utils import InferenceServerException
+
+        requested = [self._triton.InferRequestedOutput(name) for name in outputs]
+        try:
+            result = await self._client.infer(
+                model, triton_inputs(self._triton, inputs), outputs=requested, client_timeout=self.timeout_s
+            )
+        except InferenceServerException as error:
+            raise request_error(error, self.url, self.protocol) from None
+        except (ConnectionError, OSError) as error:
+            raise unavailable(self.url, self.protocol, error) from None
+        return {name: result.as_numpy(name) for name in outputs}
+
+    async def _run(self, call: Call) -> Any:
+        return call.parse(await self.infer(call.model, call.inputs, call.outputs))
