@@ -32,3 +32,5 @@ def test_demo_runs_every_task_type_through_the_server(tmp_path):
 
     assert summary.proxies["deepfake"]["identity_cosine"] > 0.9
     assert result.ocr_of_sign == ["OPEN"]  # the real PP-OCR model reads the vttie input
+    # The vttie response carries the served OCR's check of the edit (random weights: CLOSED is not there).
+    assert 0.0 <= summary.proxies["vttie"]["ocr_edit_distance"] <= 1.0

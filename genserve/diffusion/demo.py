@@ -67,7 +67,7 @@ def sign_image(text: str = "OPEN", size: int = DEMO_SIZE):
 def run_demo(out_dir: str | Path, *, log=print) -> dict[str, Path]:
     """Build (or reuse) the demo repository, serve it, and write ``out_dir/images/<family>_<task>.png``."""
     from genserve.client import Client
-    from genserve.server import TritonServer
+    from genserve.server import TritonServer, free_ports
 
     out_dir = Path(out_dir)
     repo_dir = build_demo_repository(out_dir, log=log)
@@ -75,7 +75,7 @@ def run_demo(out_dir: str | Path, *, log=print) -> dict[str, Path]:
     images_dir.mkdir(parents=True, exist_ok=True)
     written: dict[str, Path] = {}
     common = {"steps": DEMO_STEPS, "seed": 0}
-    http_port, grpc_port, metrics_port = _free_ports(3)
+    http_port, grpc_port, metrics_port = free_ports(3)
     with TritonServer(repo_dir, http_port=http_port, grpc_port=grpc_port, metrics_port=metrics_port,
                       address="127.0.0.1", log_path=out_dir / "tritonserver.log") as server:
         with Client(server.grpc_url) as client:
@@ -94,18 +94,6 @@ def run_demo(out_dir: str | Path, *, log=print) -> dict[str, Path]:
     return written
 
 
-def _free_ports(count: int) -> list[int]:
-    """Ports nobody listens on now, so the demo never collides with a running `genserve serve`."""
-    import socket
-
-    sockets = [socket.socket() for _ in range(count)]
-    try:
-        for sock in sockets:
-            sock.bind(("127.0.0.1", 0))
-        return [sock.getsockname()[1] for sock in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
 
 
 def _save(result, path: Path, log) -> Path:

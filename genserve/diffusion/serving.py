@@ -262,6 +262,25 @@ def text_edit_prompt(family: str, instruction: str) -> tuple[str, dict[str, Any]
     return template.format(old=edit.old, new=edit.new), {"instruction": instruction, "old_text": edit.old, "new_text": edit.new}
 
 
+def check_text_edit(image: bytes, instruction: str, ocr_model: str) -> dict[str, Any]:
+    """Read the edited image with the served OCR model (BLS) and compare it with the instruction's texts.
+
+    The report is :func:`genserve.ocr.textedit.text_edit_report`'s (``ocr_text``, ``new_text_distance``
+    near 0 when the new text is there, ``old_text_distance``); when the OCR model is not served, or fails,
+    ``skipped`` says why and the edit itself is still returned.
+    """
+    from genserve.ocr.textedit import text_edit_report
+
+    request = pb_utils.InferenceRequest(
+        model_name=ocr_model, requested_output_names=["TEXTS"], inputs=[pb_utils.Tensor("IMAGE", np.array([image], dtype=np.object_))]
+    )
+    response = request.exec()
+    if response.has_error():
+        return {"skipped": f"no OCR check: {ocr_model}: {response.error().message()}"}
+    texts = pb_utils.get_output_tensor_by_name(response, "TEXTS").as_numpy().reshape(-1)
+    return text_edit_report(instruction, [t.decode("utf-8") if isinstance(t, bytes) else str(t) for t in texts])
+
+
 # --- the Triton model ---------------------------------------------------------------------------------
 
 
@@ -321,6 +340,7 @@ class TritonPythonModel:
         version_dir = Path(args["model_repository"]) / args.get("model_version", "1")
         settings = json.loads((version_dir / SERVING_FILE).read_text())
         self.model_name = args.get("model_name", settings["task"])
+        self.ocr_model = settings.get("ocr_model", "ocr")  # served beside, from the stack's own repository
         self.service = DiffusionService(settings, version_dir / "pipeline", bls_runner)
 
     def execute(self, requests) -> list:
@@ -338,6 +358,8 @@ class TritonPythonModel:
                 extra["prompt"] = parsed.prompt
             images, metadata = self.service.generate(parsed)
             metadata.update(extra, model=self.model_name)
+            if self.service.task == "vttie":  # what the contest's OCR will read, checked before it does
+                metadata["text_check"] = check_text_edit(images[0], extra["instruction"], self.ocr_model)
             return [
                 pb_utils.Tensor("IMAGES", np.array(images, dtype=np.object_)),
                 bytes_tensor("METADATA", json.dumps(metadata)),
