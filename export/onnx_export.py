@@ -31,6 +31,8 @@ from genserve.families import DYNAMIC_DIMS, ComponentSpec, Family, ShapeRequest
 logger = logging.getLogger(__name__)
 
 OPSET = 18
+# bf16 graphs need opset 22: before it, Conv (and other ops) do not accept bfloat16 inputs.
+OPSET_BY_PRECISION = {"fp32": OPSET, "fp16": OPSET, "bf16": 22}
 # Protobuf refuses messages over 2 GiB; keep a margin for the graph itself.
 EXTERNAL_DATA_THRESHOLD = 1_800_000_000
 EXTERNAL_DATA_SUFFIX = ".data"

@@ -184,7 +184,7 @@ def _tensor_entry(tensor, dims: dict[str, int], precision: str, dynamic: frozens
 
 
 def _manifest(report: ExportReport, family: Family, configs, pipeline_dir: Path) -> dict[str, Any]:
-    from genserve.export.onnx_export import OPSET
+    from genserve.export.onnx_export import OPSET_BY_PRECISION
     from genserve.families import DYNAMIC_DIMS
 
     components = {}
@@ -219,7 +219,7 @@ def _manifest(report: ExportReport, family: Family, configs, pipeline_dir: Path)
         "pipeline_class": report.pipeline_class,
         "tasks": list(family.tasks),
         "precision": report.precision,
-        "opset": OPSET,
+        "opset": OPSET_BY_PRECISION[report.precision],
         "source": str(pipeline_dir.resolve()),
         "pipeline_files": "pipeline",
         "vae_scale_factor": family.vae_scale_factor(configs),
@@ -340,7 +340,8 @@ def export_pipeline(
                         t0 = time.perf_counter()
                         inputs = torch_side.random_inputs(spec, config, example_dims, dtype, seed=0)
                         info = onnx_export.export_onnx(
-                            wrapper, spec, config, inputs, example_dims, path, external_data_threshold=threshold
+                            wrapper, spec, config, inputs, example_dims, path,
+                            opset=onnx_export.OPSET_BY_PRECISION[options.precision], external_data_threshold=threshold,
                         )
                         component.export_s = time.perf_counter() - t0
                         component.weight_bytes, component.external_data = info["weight_bytes"], info["external_data"]

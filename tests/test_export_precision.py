@@ -25,6 +25,9 @@ def test_low_precision_export(precision, demo_dir, tmp_path):
     for component in report.components:
         entry = manifest["components"][component.name]
         model = onnx.load(out / entry["path"])
+        # A valid graph of its opset, types included (bf16 Conv needs opset 22), whether or not this
+        # host's ONNX Runtime has kernels for it.
+        onnx.checker.check_model(model, full_check=True)
         float_inputs = [i for i in model.graph.input if i.type.tensor_type.elem_type != onnx.TensorProto.INT64]
         assert all(i.type.tensor_type.elem_type == expected for i in float_inputs)
         weight_types = {t.data_type for t in model.graph.initializer if np.prod(t.dims) >= 64}  # not small constants
