@@ -1,0 +1,194 @@
+"""Reporting shared by the benchmarks: Triton's per-model statistics, Markdown tables and PNG plots.
+
+* :func:`model_stats` / :func:`stats_delta`: Triton's statistics extension (cumulative counters) read
+  over gRPC before and after a load level; the difference gives, per model, the requests answered, the
+  executions run and the mean queue and compute time per request during that level.
+* :func:`markdown_report`: the runs, the served/in-process ratios and the per-model breakdown as Markdown.
+* :func:`write_plots`: per task, throughput and latency against concurrency (served and in-process), and
+  the per-model queue/compute breakdown; matplotlib's Agg backend, so no display is needed.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+COMPUTE_PARTS = ("compute_input", "compute_infer", "compute_output")
+
+
+def model_stats(grpc_url: str) -> dict[str, dict[str, int]]:
+    """Cumulative counters per model name (all versions summed): requests, executions and nanoseconds."""
+    import tritonclient.grpc as grpcclient
+
+    client = grpcclient.InferenceServerClient(grpc_url)
+    try:
+        stats = client.get_inference_statistics(as_json=True).get("model_stats", [])
+    finally:
+        client.close()
+    totals: dict[str, dict[str, int]] = {}
+    for entry in stats:
+        inference = entry.get("inference_stats", {})
+        # Protobuf's JSON leaves out zero fields and writes 64-bit counters as strings.
+        part = lambda key, field: int(inference.get(key, {}).get(field, 0))  # noqa: E731
+        counters = {
+            "requests": part("success", "count"),
+            "failures": part("fail", "count"),
+            "executions": int(entry.get("execution_count", 0)),
+            "queue_ns": part("queue", "ns"),
+            "compute_ns": sum(part(key, "ns") for key in COMPUTE_PARTS),
+        }
+        total = totals.setdefault(entry["name"], dict.fromkeys(counters, 0))
+        for key, value in counters.items():
+            total[key] += value
+    return totals
+
+
+def stats_delta(before: dict[str, dict[str, int]], after: dict[str, dict[str, int]]) -> dict[str, dict[str, Any]]:
+    """Per model that answered requests between the two snapshots: requests, executions, requests merged
+    per execution, and mean queue and compute milliseconds per request."""
+    breakdown = {}
+    for name, now in sorted(after.items()):
+        then = before.get(name, dict.fromkeys(now, 0))
+        requests = now["requests"] - then["requests"]
+        if requests <= 0:
+            continue
+        executions = now["executions"] - then["executions"]
+        breakdown[name] = {
+            "requests": requests,
+            "executions": executions,
+            "requests_per_execution": round(requests / executions, 2) if executions else None,
+            "queue_ms": round((now["queue_ns"] - then["queue_ns"]) / requests / 1e6, 3),
+            "compute_ms": round((now["compute_ns"] - then["compute_ns"]) / requests / 1e6, 3),
+        }
+    return breakdown
+
+
+# --- Markdown -----------------------------------------------------------------------------------------
+
+
+def _fmt(value, digits: int = 1) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def markdown_report(report: dict[str, Any]) -> str:
+    """``report`` as written to bench.json: its runs, ratios and per-model breakdown as Markdown tables."""
+    host = report.get("host", {})
+    lines = [
+        "# genserve bench",
+        "",
+        f"Host: {host.get('cpus')} CPU cores, {host.get('machine')}, GPU: {host.get('gpu') or 'none'}; "
+        f"load average {host.get('loadavg_start')} at start, {host.get('loadavg_end')} at end. "
+        f"Server: {report.get('server', {}).get('url', '?')} ({report.get('server', {}).get('started_by', '?')}).",
+        "",
+        "## Throughput and latency",
+        "",
+        "| task | model | mode | concurrency | requests | errors | images/s | p50 ms | p90 ms | p99 ms | served / in-process |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    ratios = {(r["task"], r["concurrency"]): r for r in report.get("ratios", [])}
+    for run in report.get("runs", []):
+        latency = run["latency_ms"]
+        ratio = ratios.get((run["task"], run["concurrency"])) if run["mode"] == "served" else None
+        lines.append(
+            f"| {run['task']} | {run.get('model', '')} | {run['mode']} | {run['concurrency']} | {run['requests']} | "
+            f"{run['errors']} | {run['images_per_s']:.3f} | {_fmt(latency['p50'], 0)} | {_fmt(latency['p90'], 0)} | "
+            f"{_fmt(latency['p99'], 0)} | {_fmt(ratio and ratio['throughput_ratio'], 2) + 'x' if ratio else ''} |"
+        )
+    if ratios:
+        lines += [
+            "",
+            "## Served / in-process",
+            "",
+            "Throughput ratio > 1: the server is faster; p50 latency ratio > 1: a served request takes longer.",
+            "",
+            "| task | concurrency | served images/s | in-process images/s | throughput ratio | p50 latency ratio |",
+            "|---|---:|---:|---:|---:|---:|",
+        ]
+        for r in report["ratios"]:
+            lines.append(
+                f"| {r['task']} | {r['concurrency']} | {r['served_images_per_s']:.3f} | {r['in_process_images_per_s']:.3f} | "
+                f"{_fmt(r['throughput_ratio'], 2)}x | {_fmt(r['p50_latency_ratio'], 2)}x |"
+            )
+    breakdown_rows = [
+        (run, name, stats) for run in report.get("runs", []) if run["mode"] == "served" for name, stats in run.get("models", {}).items()
+    ]
+    if breakdown_rows:
+        lines += [
+            "",
+            "## Per-model breakdown (Triton statistics, served runs)",
+            "",
+            "Per request of each model during the level: mean time queued before an execution, and mean compute "
+            "time (input + infer + output). Pipeline models (BLS) include the time they wait for their leaves.",
+            "",
+            "| task | concurrency | model | requests | executions | requests / execution | queue ms | compute ms |",
+            "|---|---:|---|---:|---:|---:|---:|---:|",
+        ]
+        for run, name, s in breakdown_rows:
+            lines.append(
+                f"| {run['task']} | {run['concurrency']} | {name} | {s['requests']} | {s['executions']} | "
+                f"{_fmt(s['requests_per_execution'], 2)} | {s['queue_ms']:.2f} | {s['compute_ms']:.2f} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
+# --- PNG plots ----------------------------------------------------------------------------------------
+
+
+def write_plots(report: dict[str, Any], out_dir: str | Path) -> list[Path]:
+    """``out_dir/<task>.png`` (throughput and latency against concurrency, served and in-process) and
+    ``out_dir/<task>_models.png`` (queue and compute ms per request of each served model, per level)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    tasks = list(dict.fromkeys(run["task"] for run in report.get("runs", [])))
+    for task in tasks:
+        runs = [run for run in report["runs"] if run["task"] == task]
+        figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
+        for mode, style in (("served", "o-"), ("in-process", "s--")):
+            mine = sorted((run for run in runs if run["mode"] == mode), key=lambda run: run["concurrency"])
+            if not mine:
+                continue
+            levels = [run["concurrency"] for run in mine]
+            left.plot(levels, [run["images_per_s"] for run in mine], style, label=mode)
+            for q, alpha in (("p50", 1.0), ("p90", 0.6), ("p99", 0.35)):
+                right.plot(levels, [run["latency_ms"][q] for run in mine], style, alpha=alpha, label=f"{mode} {q}")
+        left.set(title=f"{task}: throughput", xlabel="concurrency", ylabel="images/s")
+        right.set(title=f"{task}: latency", xlabel="concurrency", ylabel="ms")
+        for axis in (left, right):
+            axis.grid(alpha=0.3)
+            axis.legend(fontsize=8)
+            axis.set_xticks(sorted({run["concurrency"] for run in runs}))
+        figure.tight_layout()
+        path = out_dir / f"{task}.png"
+        figure.savefig(path, dpi=100)
+        plt.close(figure)
+        written.append(path)
+
+        served = sorted((run for run in runs if run["mode"] == "served" and run.get("models")), key=lambda run: run["concurrency"])
+        if not served:
+            continue
+        models = sorted({name for run in served for name in run["models"]})
+        figure, axis = plt.subplots(figsize=(max(6, 1.2 * len(models) * len(served) ** 0.5 + 3), 4.2))
+        width = 0.8 / len(served)
+        for index, run in enumerate(served):
+            xs = [m + index * width for m in range(len(models))]
+            compute = [run["models"].get(name, {}).get("compute_ms", 0) for name in models]
+            queue = [run["models"].get(name, {}).get("queue_ms", 0) for name in models]
+            bars = axis.bar(xs, compute, width, label=f"compute, concurrency {run['concurrency']}")
+            axis.bar(xs, queue, width, bottom=compute, color=bars.patches[0].get_facecolor(), alpha=0.35, hatch="//",
+                     label=f"queue, concurrency {run['concurrency']}")
+        axis.set_xticks([m + 0.4 - width / 2 for m in range(len(models))], models, rotation=20, ha="right", fontsize=8)
+        axis.set(title=f"{task}: per-model time per request (Triton statistics)", ylabel="ms")
+        axis.grid(axis="y", alpha=0.3)
+        axis.legend(fontsize=7)
+        figure.tight_layout()
+        path = out_dir / f"{task}_models.png"
+        figure.savefig(path, dpi=100)
+        plt.close(figure)
+        written.append(path)
+    return written

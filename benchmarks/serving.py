@@ -1,0 +1,481 @@
+"""``genserve bench``: served throughput and latency per task under concurrency, beside the same work in-process.
+
+For each task (deepfake, t2i, tie, vttie) and each concurrency C, C client threads send requests back
+to back to the Triton server (one gRPC client each, :func:`genserve.benchmarks.load.drive`), then C
+threads run the same work in this process: :class:`~genserve.faceswap.FaceSwapper` for face swap, the
+diffusers pipeline with the original torch weights (eager) for t2i/tie/vttie, with the size, steps,
+guidance, prompt and seed the server reported for that request. The modes alternate level by level, so
+that other load on the host hits both alike. Around each served level Triton's statistics are read, and
+their difference gives per model the requests, executions and mean queue and compute ms per request.
+
+The server is the one at ``--url``, or one started here on loopback with the stack's ``face_swap`` model
+and the tiny demo diffusion repository (``genserve demo``'s, cached), or, with ``--pipeline DIR``, the
+repository exported and built from that diffusers folder (cached under ``CACHE_DIR/bench``; ``gpu``
+target and bf16 when CUDA is there).
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import inspect
+import io
+import json
+import logging
+import os
+import platform
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from genserve.benchmarks.load import TABLE_HEADER, Run, drive, table_row
+
+logger = logging.getLogger("genserve.bench")
+
+TASKS = ("deepfake", "t2i", "tie", "vttie")
+DIFFUSION_TASKS = ("t2i", "tie", "vttie")
+PIPELINE_MODELS = {"t2i": "text_to_image", "tie": "edit_image", "vttie": "edit_text"}  # = diffusion.repository's
+# Demo repository: family per task (FLUX Kontext is the family that edits by instruction).
+DEMO_TASK_FAMILY = {"t2i": "sd", "tie": "flux", "vttie": "flux"}
+DEMO_PIPELINE_DIRS = {"sd": "sd", "flux": "flux-kontext", "cogview4": "cogview4"}
+PROMPTS = ["a lighthouse on a cliff at dusk", "a red bicycle leaning on a brick wall", "a bowl of ramen, studio light"]
+EDITS = ["make it night, with stars", "turn it into a watercolour painting"]
+TEXT_EDITS = ['change "OPEN" to "CLOSED"', 'change "OPEN" to "SALE"']
+DEFAULT_FACES_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "faces"
+
+
+@dataclass
+class Settings:
+    tasks: list[str]
+    levels: list[int]
+    requests: int = 0  # per level; 0: max(8, 3 x concurrency)
+    url: str | None = None  # gRPC host:port of a running server; None: start one
+    pipeline: Path | None = None  # a real diffusers pipeline folder to export, build and serve
+    precision: str | None = None  # of that export; None: bf16 with CUDA, fp32 without
+    out: Path = Path("bench")
+    size: int | None = None  # width = height of diffusion images; None: 64 (demo) or 512 (--pipeline)
+    steps: int | None = None  # None: 3 (demo) or 20 (--pipeline)
+    models: dict[str, str] = field(default_factory=dict)  # task -> served model name
+    in_process: bool = True
+    warmup: int = 1  # untimed passes over the payloads, per mode
+    faces_dir: Path | None = None
+    work_dir: Path | None = None  # caches (demo repository, --pipeline exports); default CACHE_DIR
+
+    def requests_for(self, concurrency: int) -> int:
+        return self.requests or max(8, 3 * concurrency)
+
+
+def _png(image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+# --- tasks ---------------------------------------------------------------------------------------------
+
+
+class FaceSwapTask:
+    """deepfake: ori/target pairs of photos, swapped by the served ``face_swap`` or by FaceSwapper."""
+
+    name = "deepfake"
+
+    def __init__(self, settings: Settings, model: str = "face_swap"):
+        self.model = model
+        self.payloads = self._pairs(settings.faces_dir)
+        self.in_process_payloads = self.payloads
+        self.in_process_label = "genserve.faceswap.FaceSwapper (one swapper shared by the threads)"
+        self._swapper = None
+
+    @staticmethod
+    def _pairs(faces_dir: Path | None) -> list[tuple[bytes, bytes]]:
+        from genserve.benchmarks.face_swap import PAIRS
+
+        faces_dir = faces_dir or Path(os.environ.get("GENSERVE_FACES_DIR", DEFAULT_FACES_DIR))
+        if all((faces_dir / name).is_file() for pair in PAIRS for name in pair):
+            return [((faces_dir / ori).read_bytes(), (faces_dir / target).read_bytes()) for ori, target in PAIRS]
+        bundled = Path(__file__).resolve().parents[1] / "genserve" / "data" / "faces"
+        if not bundled.is_dir():
+            import genserve
+
+            bundled = Path(genserve.__file__).parent / "data" / "faces"
+        a, b = (bundled / "2008_002506.jpg").read_bytes(), (bundled / "2008_001009.jpg").read_bytes()
+        return [(a, b), (b, a)]
+
+    def served_worker(self, client) -> Callable[[Any], Any]:
+        return lambda pair: client.swap_face(*pair)
+
+    def prepare_in_process(self) -> None:
+        from genserve.faceswap import FaceSwapper
+
+        self._swapper = FaceSwapper().load()
+
+    def in_process_workers(self, count: int) -> list[Callable[[Any], Any]]:
+        swapper = self._swapper
+        return [lambda pair: swapper.swap(*pair)] * count
+
+
+class DiffusionTask:
+    """t2i, tie or vttie on one served pipeline model, and the diffusers pipeline in-process.
+
+    The in-process call is made from what the server reported for each payload's warm-up request
+    (pipeline class, steps, guidance, size, and for vttie the prompt built from the instruction), with the
+    same seed. Each in-process thread has its own pipeline object sharing the torch modules, with its own
+    scheduler (a diffusers scheduler keeps per-call state).
+    """
+
+    def __init__(self, task: str, settings: Settings, model: str, pipeline_dir: Path | None, precision: str):
+        from PIL import Image
+
+        from genserve.diffusion.demo import sign_image
+
+        self.name, self.model, self.pipeline_dir, self.precision = task, model, pipeline_dir, precision
+        self.size, self.steps = settings.size, settings.steps
+        self.in_process_label = f"diffusers from {pipeline_dir}, torch eager" if pipeline_dir else None
+        if task == "t2i":
+            self.payloads = [{"prompt": p, "seed": s} for s, p in enumerate(PROMPTS)]
+        elif task == "tie":
+            import numpy as np
+
+            y, x = np.mgrid[0 : self.size, 0 : self.size]
+            field_ = np.stack([x * 255 // self.size, y * 255 // self.size, (x + y) * 127 // self.size], axis=-1).astype(np.uint8)
+            image = _png(Image.fromarray(field_))
+            self.payloads = [{"prompt": p, "image": image, "seed": s} for s, p in enumerate(EDITS)]
+        else:
+            image = _png(sign_image(size=self.size))
+            self.payloads = [{"prompt": p, "image": image, "seed": s} for s, p in enumerate(TEXT_EDITS)]
+        self.in_process_payloads: list[dict] = []
+        self._pipeline = None
+        self._pipelines: list = []
+        self._lock = threading.Lock()
+
+    def _call(self, client, payload: dict):
+        options = {"model": self.model, "steps": self.steps, "seed": payload["seed"]}
+        if self.name == "t2i":
+            return client.text_to_image(payload["prompt"], width=self.size, height=self.size, **options)
+        if self.name == "tie":
+            return client.edit_image(payload["image"], payload["prompt"], **options)
+        return client.edit_text(payload["image"], payload["prompt"], **options)
+
+    def served_worker(self, client) -> Callable[[Any], Any]:
+        return lambda payload: self._call(client, payload)
+
+    def warm_served(self, client) -> None:
+        """One request per payload; their metadata make the in-process calls."""
+        self.metadata = [self._call(client, payload).metadata for payload in self.payloads]
+
+    def prepare_in_process(self) -> None:
+        import diffusers
+        import torch
+        from PIL import Image
+
+        from genserve.families import EDIT_CALL_KWARGS
+
+        diffusers.utils.logging.set_verbosity_error()  # no loading bars, no safety-checker notice per clone
+        diffusers.utils.logging.disable_progress_bar()
+        pipeline_class = self.metadata[0]["pipeline"]
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[self.precision if device == "cuda" else "fp32"]
+        pipeline = getattr(diffusers, pipeline_class).from_pretrained(self.pipeline_dir, dtype=dtype).to(device)
+        pipeline.set_progress_bar_config(disable=True)
+        self._pipeline, self._pipelines, self.device = pipeline, [pipeline], device
+        parameters = set(inspect.signature(pipeline.__call__).parameters)
+        self.in_process_payloads = []
+        for payload, meta in zip(self.payloads, self.metadata):
+            kwargs = {
+                "prompt": meta.get("prompt", payload["prompt"]) if self.name == "vttie" else payload["prompt"],
+                "num_inference_steps": meta["steps"],
+                "guidance_scale": meta["guidance"],
+                "width": meta["width"],
+                "height": meta["height"],
+                **(EDIT_CALL_KWARGS.get(pipeline_class, {}) if self.name != "t2i" else {}),
+            }
+            if "image" in payload:
+                kwargs["image"] = Image.open(io.BytesIO(payload["image"])).convert("RGB")
+            if "max_area" in parameters:
+                kwargs["max_area"] = meta["width"] * meta["height"]
+            kwargs = {k: v for k, v in kwargs.items() if v is not None and k in parameters}
+            self.in_process_payloads.append({"kwargs": kwargs, "seed": payload["seed"]})
+
+    def in_process_workers(self, count: int) -> list[Callable[[Any], Any]]:
+        import torch
+
+        while len(self._pipelines) < count:
+            base = self._pipeline
+            components = {**base.components, "scheduler": copy.deepcopy(base.scheduler)}
+            clone = type(base)(**components)
+            clone.set_progress_bar_config(disable=True)
+            self._pipelines.append(clone)
+
+        def worker(pipeline):
+            def work(payload):
+                generator = torch.Generator("cpu").manual_seed(payload["seed"])
+                with torch.inference_mode():
+                    images = pipeline(**payload["kwargs"], generator=generator, output_type="pil").images
+                return [_png(image) for image in images]  # the server answers PNG bytes too
+
+            return work
+
+        return [worker(pipeline) for pipeline in self._pipelines[:count]]
+
+
+# --- server and repositories ---------------------------------------------------------------------------
+
+
+def _cuda() -> bool:
+    try:
+        import torch
+
+        return torch.cuda.is_available()
+    except ImportError:  # pragma: no cover
+        return False
+
+
+def pipeline_repository(pipeline_dir: Path, work_dir: Path, precision: str, log=logger.info) -> tuple[Path, dict]:
+    """Export ``pipeline_dir`` and build its repository (no prefix) under ``work_dir``, both cached."""
+    from genserve.diffusion.repository import BuildOptions, build_repository
+    from genserve.errors import GenServeError
+    from genserve.export.pipeline import ExportOptions, export_pipeline, read_manifest
+
+    key = hashlib.sha1(str(pipeline_dir.resolve()).encode()).hexdigest()[:10]
+    base = work_dir / "bench" / f"{pipeline_dir.resolve().name}-{key}-{precision}"
+    export_dir = base / "export"
+    try:
+        manifest = read_manifest(export_dir)
+    except GenServeError:
+        log(f"exporting {pipeline_dir} to {export_dir} ({precision})")
+        export_pipeline(pipeline_dir, export_dir, ExportOptions(precision=precision, progress=False, force=True), log=log)
+        manifest = read_manifest(export_dir)
+    target = "gpu" if _cuda() else "cpu"
+    repo_dir = base / f"repository-{target}"
+    stamp = repo_dir / ".genserve-bench.json"
+    if not stamp.is_file():
+        log(f"building the {target} repository {repo_dir}")
+        build_repository(export_dir, repo_dir, BuildOptions(target=target))
+        stamp.write_text(json.dumps({"target": target, "export": str(export_dir)}) + "\n")
+    return repo_dir, manifest
+
+
+class Bench:
+    def __init__(self, settings: Settings, log: Callable[[str], None] = print):
+        from genserve.config import CACHE_DIR
+
+        self.settings, self.log = settings, log
+        self.work_dir = Path(settings.work_dir or CACHE_DIR)
+        unknown = [task for task in settings.tasks if task not in TASKS]
+        if unknown:
+            raise ValueError(f"unknown task(s) {', '.join(unknown)}; choose among {', '.join(TASKS)}")
+        real = settings.pipeline is not None
+        settings.size = settings.size or (512 if real else 64)
+        settings.steps = settings.steps or (20 if real else 3)
+        self.precision = settings.precision or ("bf16" if real and _cuda() else "fp32")
+        self.server = None
+        self.repositories: list[Path] = []
+        self.load_models: list[str] = []
+        self.notes: list[str] = []
+
+    # Which models are served, where the in-process pipelines come from.
+    def _plan(self) -> list:
+        s = self.settings
+        tasks: list = []
+        diffusion = [task for task in s.tasks if task in DIFFUSION_TASKS]
+        if "deepfake" in s.tasks:
+            tasks.append(FaceSwapTask(s, s.models.get("deepfake", "face_swap")))
+            if not s.url:
+                from genserve.model_repository import REPOSITORY_DIR
+
+                self.repositories.append(Path(REPOSITORY_DIR))
+                self.load_models.append("face_swap")
+        if not diffusion:
+            return tasks
+        if s.pipeline is not None:
+            manifest = None
+            if not s.url:
+                repo_dir, manifest = pipeline_repository(s.pipeline, self.work_dir, self.precision, log=self.log)
+                self.repositories.append(repo_dir)
+                self.load_models += sorted(p.parent.name for p in repo_dir.glob("*/config.pbtxt"))
+            served = set(_served_tasks(manifest)) if manifest else set(diffusion)
+            for task in diffusion:
+                if task not in served:
+                    self.notes.append(f"{task}: {s.pipeline} serves no {task} model (its tasks: {', '.join(sorted(served))}); skipped")
+                    continue
+                tasks.append(DiffusionTask(task, s, s.models.get(task, PIPELINE_MODELS[task]), s.pipeline, self.precision))
+            return tasks
+        demo_dir = self.work_dir / "demo"
+        if not s.url:
+            from genserve.diffusion.demo import build_demo_repository
+
+            repo_dir = build_demo_repository(demo_dir, log=self.log)
+            self.repositories.append(repo_dir)
+        families = set()
+        for task in diffusion:
+            model = s.models.get(task, f"{DEMO_TASK_FAMILY[task]}_{PIPELINE_MODELS[task]}")
+            family = model.split("_", 1)[0]
+            families.add(family)
+            pipeline_dir = demo_dir / "pipelines" / DEMO_PIPELINE_DIRS.get(family, family)
+            if not (pipeline_dir / "model_index.json").is_file():
+                self.notes.append(f"{task}: no pipeline folder {pipeline_dir} for the in-process baseline")
+                pipeline_dir = None
+            tasks.append(DiffusionTask(task, s, model, pipeline_dir, "fp32"))
+        if not s.url:
+            self.load_models += sorted(p.parent.name for p in repo_dir.glob("*/config.pbtxt") if p.parent.name.split("_", 1)[0] in families)
+        return tasks
+
+    def run(self) -> dict[str, Any]:
+        from genserve.client import Client
+        from genserve.server import TritonServer, free_ports
+
+        from genserve.benchmarks.report import model_stats, stats_delta
+
+        s = self.settings
+        load_start = round(os.getloadavg()[0], 2)
+        tasks = self._plan()
+        runs: list[Run] = []
+        started_by = "genserve bench" if not s.url else "given --url"
+        s.out.mkdir(parents=True, exist_ok=True)
+        try:
+            if s.url:
+                url = s.url
+            else:
+                http, grpc, metrics = free_ports(3)
+                self.log(f"starting Triton with {len(self.load_models)} models ({', '.join(self.load_models)})")
+                self.server = TritonServer(
+                    self.repositories, models=self.load_models, http_port=http, grpc_port=grpc, metrics_port=metrics,
+                    address="127.0.0.1", log_path=s.out / "tritonserver.log",
+                ).start()  # fmt: skip
+                url = self.server.grpc_url
+            clients = [Client(url) for _ in range(max(s.levels))]
+            try:
+                for task in tasks:
+                    runs += self._run_task(task, clients, url, model_stats, stats_delta)
+            finally:
+                for client in clients:
+                    client.close()
+        finally:
+            if self.server is not None:
+                self.server.stop()
+        return self._report(tasks, runs, url, started_by, load_start)
+
+    def _run_task(self, task, clients, url, model_stats, stats_delta) -> list[Run]:
+        s = self.settings
+        self.log(f"\n{task.name}: served model {task.model}; {len(task.payloads)} payloads; warming up")
+        for _ in range(s.warmup):
+            if isinstance(task, DiffusionTask):
+                task.warm_served(clients[0])
+            else:
+                for payload in task.payloads:
+                    task.served_worker(clients[0])(payload)
+        in_process = s.in_process and task.in_process_label is not None
+        if isinstance(task, DiffusionTask) and not hasattr(task, "metadata"):
+            task.warm_served(clients[0])
+        if in_process:
+            task.prepare_in_process()
+            for _ in range(s.warmup):
+                for payload in task.in_process_payloads:
+                    task.in_process_workers(1)[0](payload)
+        self.log(TABLE_HEADER)
+        runs = []
+        # Levels alternate between the modes, so that other load on the host hits both alike.
+        for level in s.levels:
+            requests = s.requests_for(level)
+            before = model_stats(url)
+            run = drive([task.served_worker(client) for client in clients[:level]], requests, task.payloads, "served")
+            run.extra.update(task=task.name, model=task.model, models=self._level_stats(task.model, run, before, url))
+            runs.append(run)
+            self.log(table_row(run, f"{task.name} served"))
+            if in_process:
+                run = drive(task.in_process_workers(level), requests, task.in_process_payloads, "in-process")
+                run.extra.update(task=task.name, model=task.in_process_label)
+                runs.append(run)
+                self.log(table_row(run, f"{task.name} in-process"))
+        return runs
+
+    @staticmethod
+    def _level_stats(model: str, run: Run, before: dict, url: str) -> dict:
+        """Triton's statistics for the level. Triton counts a request just after answering it: wait (2 s at
+        most) until the served model has counted every request of the level."""
+        from genserve.benchmarks.report import model_stats, stats_delta
+
+        deadline = time.monotonic() + 2.0
+        while True:
+            delta = stats_delta(before, model_stats(url))
+            counted = delta.get(model, {}).get("requests", 0)
+            if counted >= run.requests or time.monotonic() > deadline:
+                return delta
+            time.sleep(0.05)
+
+    def _report(self, tasks, runs: list[Run], url: str, started_by: str, load_start: float) -> dict[str, Any]:
+        s = self.settings
+        gpu = None
+        if _cuda():
+            import torch
+
+            gpu = torch.cuda.get_device_name(0)
+        ratios = []
+        by_key = {(run.extra["task"], run.mode, run.concurrency): run for run in runs}
+        for (task, mode, level), served in by_key.items():
+            local = by_key.get((task, "in-process", level))
+            if mode != "served" or local is None:
+                continue
+            ratios.append({
+                "task": task,
+                "concurrency": level,
+                "served_images_per_s": round(served.per_s, 3),
+                "in_process_images_per_s": round(local.per_s, 3),
+                "throughput_ratio": round(served.per_s / local.per_s, 3) if local.per_s else None,
+                "p50_latency_ratio": round(served.percentile(50) / local.percentile(50), 3) if local.latencies_ms else None,
+            })  # fmt: skip
+        return {
+            "benchmark": "genserve bench",
+            "host": {
+                "machine": platform.machine(),
+                "cpus": os.cpu_count(),
+                "python": platform.python_version(),
+                "gpu": gpu,
+                # Other work on the host skews the numbers: the 1-minute load average at start and end.
+                "loadavg_start": load_start,
+                "loadavg_end": round(os.getloadavg()[0], 2),
+            },
+            "server": {"url": url, "started_by": started_by, "models_loaded": self.load_models or None},
+            "settings": {
+                "tasks": s.tasks,
+                "concurrency": s.levels,
+                "requests_per_level": {level: s.requests_for(level) for level in s.levels},
+                "diffusion_size": s.size,
+                "diffusion_steps": s.steps,
+                "pipeline": str(s.pipeline) if s.pipeline else None,
+                "precision": self.precision,
+            },
+            "tasks": {task.name: {"served_model": task.model, "in_process": task.in_process_label if s.in_process else None} for task in tasks},
+            "notes": self.notes,
+            "runs": [run.summary() for run in runs],
+            "ratios": ratios,
+        }
+
+
+def _served_tasks(manifest: dict) -> dict[str, str]:
+    from genserve.diffusion.repository import served_tasks
+
+    return served_tasks(manifest)
+
+
+def run_bench(settings: Settings, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Run the sweep and write ``out/bench.json``, ``out/bench.md`` and the PNG plots; returns the report."""
+    from genserve.benchmarks.report import markdown_report, write_plots
+
+    report = Bench(settings, log=log).run()
+    out = settings.out
+    (out / "bench.json").write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
+    (out / "bench.md").write_text(markdown_report(report))
+    report["plots"] = [str(path) for path in write_plots(report, out)]
+    if report["ratios"]:
+        log("\nserved / in-process")
+        for r in report["ratios"]:
+            log(f"  {r['task']:<9} concurrency {r['concurrency']:>3}: throughput {r['throughput_ratio']:.2f}x, "
+                f"p50 latency {r['p50_latency_ratio']:.2f}x")  # fmt: skip
+    for note in report["notes"]:
+        log(f"note: {note}")
+    log(f"\nwrote {out / 'bench.json'}, {out / 'bench.md'} and {len(report['plots'])} plots in {out}")
+    return report

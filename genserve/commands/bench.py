@@ -1,0 +1,69 @@
+"""``genserve bench``: served throughput/latency per task under concurrency, beside the same work in-process."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "bench",
+        help="benchmark the served tasks (throughput, latency, per-model Triton statistics) against in-process",
+        description="Start Triton (or use --url), sweep client concurrency per task, and report images/s, latency "
+        "p50/p90/p99 and, per served model, Triton's queue and compute time per request. Beside each served level "
+        "the same work runs in this process (diffusers + torch eager, FaceSwapper) and the served/in-process ratio "
+        "is printed. Writes OUT/bench.json, OUT/bench.md and OUT/<task>.png, OUT/<task>_models.png. Without "
+        "--pipeline the tiny demo diffusion repository is served (built and cached as `genserve demo` does); with "
+        "--pipeline DIR that diffusers folder is exported and built (cached) and benchmarked. See docs/benchmarks.md.",
+    )
+    parser.add_argument("--tasks", default="deepfake,t2i,tie,vttie", help="comma-separated, among deepfake,t2i,tie,vttie (default: all)")
+    parser.add_argument("--concurrency", default="1,2,4", help="comma-separated client concurrency levels (default 1,2,4)")
+    parser.add_argument("--requests", type=int, default=0, help="requests per level and mode (default max(8, 3 x concurrency))")
+    parser.add_argument("--url", metavar="HOST:PORT", help="gRPC address of a running server (default: start one on loopback)")
+    parser.add_argument("--pipeline", metavar="DIR", help="a diffusers pipeline folder: export, build and benchmark it (cached)")
+    parser.add_argument("--precision", choices=("fp32", "fp16", "bf16"), help="--pipeline export precision (default bf16 with CUDA, else fp32)")
+    parser.add_argument(
+        "--model", action="append", default=[], metavar="TASK=MODEL",
+        help="served model for a task, e.g. t2i=cogview4_text_to_image (default: sd_text_to_image, flux_edit_image, "
+        "flux_edit_text, face_swap; with --pipeline: text_to_image, edit_image, edit_text)",
+    )  # fmt: skip
+    parser.add_argument("--size", type=int, help="diffusion width = height (default 64; 512 with --pipeline)")
+    parser.add_argument("--steps", type=int, help="diffusion steps (default 3; 20 with --pipeline)")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed passes over the payloads per mode (default 1)")
+    parser.add_argument("--no-in-process", action="store_true", help="skip the in-process baseline")
+    parser.add_argument("--faces-dir", metavar="DIR", help="photos for the face swap pairs (default: shared/data/faces, else bundled)")
+    parser.add_argument("--out", metavar="OUT", default="bench", help="output folder (default: ./bench)")
+    parser.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from genserve.benchmarks.load import parse_levels
+    from genserve.benchmarks.serving import TASKS, Settings, run_bench
+    from genserve.errors import InvalidInputError
+
+    tasks = [task.strip() for task in args.tasks.split(",") if task.strip()]
+    unknown = [task for task in tasks if task not in TASKS]
+    if not tasks or unknown:
+        raise InvalidInputError(f"--tasks: unknown {', '.join(unknown) or '(none given)'}; choose among {', '.join(TASKS)}")
+    try:
+        levels = parse_levels(args.concurrency)
+    except ValueError as error:
+        raise InvalidInputError(f"--concurrency: {error}") from None
+    models = {}
+    for pair in args.model:
+        task, _, model = pair.partition("=")
+        if task not in TASKS or not model:
+            raise InvalidInputError(f"--model {pair!r}: expected TASK=MODEL with TASK among {', '.join(TASKS)}")
+        models[task] = model
+    pipeline = Path(args.pipeline) if args.pipeline else None
+    if pipeline is not None and not (pipeline / "model_index.json").is_file():
+        raise InvalidInputError(f"--pipeline {pipeline}: not a diffusers pipeline folder (no model_index.json)")
+    settings = Settings(
+        tasks=tasks, levels=levels, requests=args.requests, url=args.url, pipeline=pipeline, precision=args.precision,
+        out=Path(args.out), size=args.size, steps=args.steps, models=models, in_process=not args.no_in_process,
+        warmup=args.warmup, faces_dir=Path(args.faces_dir) if args.faces_dir else None,
+    )  # fmt: skip
+    report = run_bench(settings)
+    return 1 if any(run["errors"] for run in report["runs"]) else 0
