@@ -71,7 +71,7 @@ def benchmark_family(family_name: str, size: str, work: Path, runs: int = 5) -> 
         wrapper = ComponentModule(module, spec, config)
         inputs = random_inputs(spec, config, dims, torch.float32, seed=0)
         with torch.no_grad():
-            torch_s = ort_session.latency(lambda: wrapper(*inputs), runs=runs)
+            torch_s = ort_session.latency(lambda w=wrapper: w(*inputs), runs=runs)
         del wrapper, module
         session = ort_session.open_session(out_dir / component.path)
         names = [t.name for t in spec.active_inputs(config)]

@@ -278,7 +278,6 @@ def export_pipeline(
     options: ExportOptions | None = None,
     log: Callable[[str], None] = print,
 ) -> ExportReport:
-    import torch
 
     from genserve.export import components as torch_side
     from genserve.export import onnx_export, parity, tensorrt
