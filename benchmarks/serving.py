@@ -175,6 +175,12 @@ class DiffusionTask:
 
         diffusers.utils.logging.set_verbosity_error()  # no loading bars, no safety-checker notice per clone
         diffusers.utils.logging.disable_progress_bar()
+        try:
+            import transformers
+
+            transformers.utils.logging.disable_progress_bar()
+        except ImportError:  # pragma: no cover
+            pass
         pipeline_class = self.metadata[0]["pipeline"]
         device = "cuda" if torch.cuda.is_available() else "cpu"
         dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[self.precision if device == "cuda" else "fp32"]

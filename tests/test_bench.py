@@ -1,0 +1,124 @@
+"""`genserve bench`: a real short sweep through the real Triton server, and --url against a running one.
+
+The diffusion models are the cached tiny demo repository (`genserve demo`'s, under CACHE_DIR/demo; built
+once, about 4 minutes, when absent). Nothing is mocked: the figures come from real requests, the
+in-process baseline really runs, and the per-model breakdown is Triton's own statistics.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from genserve.cli import main
+
+T2I_MODELS = ("sd_text_to_image", "sd_text_encoder", "sd_unet", "sd_vae_decoder")
+
+
+@pytest.fixture(scope="session")
+def demo_repository():
+    from genserve.config import CACHE_DIR
+    from genserve.diffusion.demo import build_demo_repository
+
+    return build_demo_repository(CACHE_DIR / "demo", log=lambda _: None)
+
+
+def check_pngs(out: Path, names: list[str]) -> None:
+    for name in names:
+        with Image.open(out / name) as image:
+            image.verify()  # a valid, complete PNG
+        with Image.open(out / name) as image:
+            assert image.format == "PNG" and image.width >= 300 and image.height >= 200, name
+            assert len(set(image.convert("L").getdata())) > 10, f"{name} is blank"
+
+
+def test_stats_delta_means_per_request():
+    from genserve.benchmarks.report import stats_delta
+
+    zero = {"requests": 0, "failures": 0, "executions": 0, "queue_ns": 0, "compute_ns": 0}
+    before = {"a": {**zero, "requests": 2, "executions": 2, "queue_ns": 10**6, "compute_ns": 4 * 10**6}, "idle": zero}
+    after = {"a": {**zero, "requests": 6, "executions": 4, "queue_ns": 9 * 10**6, "compute_ns": 24 * 10**6}, "idle": zero}
+    assert stats_delta(before, after) == {
+        "a": {"requests": 4, "executions": 2, "requests_per_execution": 2.0, "queue_ms": 2.0, "compute_ms": 5.0}
+    }
+
+
+def test_bad_arguments_are_refused(tmp_path, capsys):
+    assert main(["bench", "--tasks", "t2i,paint", "--out", str(tmp_path)]) == 1
+    assert "paint" in capsys.readouterr().err
+    assert main(["bench", "--concurrency", "0,2", "--out", str(tmp_path)]) == 1
+    assert main(["bench", "--pipeline", str(tmp_path), "--out", str(tmp_path)]) == 1
+    assert not (tmp_path / "bench.json").exists()
+
+
+@pytest.mark.server
+@pytest.mark.slow
+def test_bench_face_swap_and_t2i(demo_repository, tmp_path, capsys):
+    out = tmp_path / "bench"
+    levels, requests = (1, 2), 3
+    assert main(["bench", "--tasks", "deepfake,t2i", "--concurrency", "1,2", "--requests", str(requests), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    report = json.loads((out / "bench.json").read_text())
+
+    assert report["host"]["cpus"] >= 1 and "loadavg_start" in report["host"]
+    assert report["server"]["started_by"] == "genserve bench"
+    runs = {(run["task"], run["mode"], run["concurrency"]): run for run in report["runs"]}
+    assert set(runs) == {(task, mode, level) for task in ("deepfake", "t2i") for mode in ("served", "in-process") for level in levels}
+    for run in runs.values():
+        assert run["requests"] == requests and run["errors"] == 0
+        assert run["images_per_s"] > 0
+        latency = run["latency_ms"]
+        assert 0 < latency["p50"] <= latency["p90"] <= latency["p99"]
+
+    ratios = {(r["task"], r["concurrency"]): r for r in report["ratios"]}
+    assert set(ratios) == {(task, level) for task in ("deepfake", "t2i") for level in levels}
+    for (task, level), ratio in ratios.items():
+        served, local = runs[task, "served", level], runs[task, "in-process", level]
+        assert ratio["throughput_ratio"] == pytest.approx(served["images_per_s"] / local["images_per_s"], rel=0.01)
+        assert f"{task:<9} concurrency {level:>3}: throughput {ratio['throughput_ratio']:.2f}x" in printed
+
+    # Per-model breakdown from Triton's statistics: every request of the level counted, with times.
+    for level in levels:
+        face = runs["deepfake", "served", level]["models"]
+        assert face["face_swap"]["requests"] == requests and face["face_swap"]["compute_ms"] > 100
+        assert face["face_swap"]["queue_ms"] >= 0
+        t2i = runs["t2i", "served", level]["models"]
+        assert set(T2I_MODELS) <= set(t2i)
+        assert t2i["sd_text_to_image"]["requests"] == requests
+        assert t2i["sd_unet"]["requests"] >= requests * 3  # 3 steps (the demo default), batched CFG or not
+        for name in T2I_MODELS:
+            assert t2i[name]["compute_ms"] > 0 and t2i[name]["queue_ms"] >= 0
+        # The pipeline model's compute covers its leaves' work.
+        assert t2i["sd_text_to_image"]["compute_ms"] > t2i["sd_vae_decoder"]["compute_ms"]
+        assert not runs["t2i", "in-process", level].get("models")
+
+    markdown = (out / "bench.md").read_text()
+    for task, mode, level in runs:
+        assert re.search(rf"^\| {task} \| [^|]+ \| {mode} \| {level} \| {requests} \| 0 \|", markdown, re.M), (task, mode, level)
+    assert re.search(r"^\| t2i \| 2 \| sd_unet \| \d+ \| \d+ \|", markdown, re.M)
+    check_pngs(out, ["deepfake.png", "t2i.png", "deepfake_models.png", "t2i_models.png"])
+
+
+@pytest.mark.server
+@pytest.mark.slow
+def test_bench_against_a_running_server(tmp_path):
+    from genserve.model_repository import REPOSITORY_DIR
+    from genserve.server import TritonServer, free_ports
+
+    http, grpc, metrics = free_ports(3)
+    with TritonServer(REPOSITORY_DIR, models=["face_swap"], http_port=http, grpc_port=grpc, metrics_port=metrics,
+                      address="127.0.0.1", log_path=tmp_path / "triton.log") as server:  # fmt: skip
+        out = tmp_path / "bench"
+        assert main(["bench", "--url", server.grpc_url, "--tasks", "deepfake", "--concurrency", "1", "--requests", "2",
+                     "--out", str(out)]) == 0  # fmt: skip
+        assert server.is_running()  # a given server is used, not stopped
+    report = json.loads((out / "bench.json").read_text())
+    assert report["server"] == {"url": server.grpc_url, "started_by": "given --url", "models_loaded": None}
+    served = next(run for run in report["runs"] if run["mode"] == "served")
+    assert served["models"]["face_swap"]["requests"] == 2 and served["models"]["face_swap"]["compute_ms"] > 0
+    assert [r["task"] for r in report["ratios"]] == ["deepfake"]
+    check_pngs(out, ["deepfake.png", "deepfake_models.png"])
