@@ -56,7 +56,8 @@ class ComponentModule(torch.nn.Module):
 
     The inputs map to the keywords the pipeline passes (dotted keywords build nested dicts, as
     SDXL's ``added_cond_kwargs``); the fixed keywords (``return_dict=False``...) are added; the outputs
-    are picked out of what the module returns.
+    are picked out of what the module returns. A ``per_request`` input (FLUX's position ids) has
+    equal rows, one per sample; the module gets row 0, as it takes one for the whole call.
     """
 
     def __init__(self, module: torch.nn.Module, spec: ComponentSpec, config: Mapping[str, Any]):
@@ -72,7 +73,7 @@ class ComponentModule(torch.nn.Module):
             target = kwargs
             for parent in parents:
                 target = target.setdefault(parent, {})
-            target[key] = tensor
+            target[key] = tensor[0] if spec.per_request else tensor
         result = getattr(self.module, self.spec.method)(**kwargs)
         return tuple(_extract(result, output.path) for output in self.spec.outputs)
 
@@ -99,7 +100,11 @@ def random_inputs(
     generator = torch.Generator().manual_seed(seed)
     tensors = []
     for input_spec in spec.active_inputs(config):
-        tensor = random_input(input_spec, spec.shape(input_spec, resolved), resolved, generator)
+        shape = spec.shape(input_spec, resolved)
+        if input_spec.per_request:  # one row, repeated along the batch as callers send it
+            tensor = random_input(input_spec, shape[1:], resolved, generator).expand(shape).contiguous()
+        else:
+            tensor = random_input(input_spec, shape, resolved, generator)
         tensors.append(tensor.to(dtype) if input_spec.dtype == FLOAT else tensor)
     return tuple(tensors)
 

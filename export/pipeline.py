@@ -42,7 +42,8 @@ from genserve.families import FAMILIES, FAMILY_ALIASES, Family, family_of_class,
 logger = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
-MANIFEST_FORMAT = "genserve-export/1"
+# 2: FLUX's position ids lead with the batch dimension (per_request inputs).
+MANIFEST_FORMAT = "genserve-export/2"
 ONNX_DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
 
 

@@ -55,6 +55,9 @@ class TensorSpec:
     what the torch call returns: attribute names and indices, in order. ``low``/``high`` bound random
     example values; a string names a dimension (``"vocab_size"``). ``when`` names a config key that
     must be true for the tensor to exist (FLUX's ``guidance`` exists only with ``guidance_embeds``).
+    ``per_request`` marks a tensor the module takes once per call (FLUX's position ids): the graph
+    still takes it with a leading batch dimension, one equal row per sample, so that Triton can batch
+    the model, and hands the module row 0.
     """
 
     name: str
@@ -66,6 +69,7 @@ class TensorSpec:
     high: float | str = 1.0
     normal: bool = False  # example values from N(0, 1) instead of uniform [low, high)
     when: str | None = None
+    per_request: bool = False
 
 
 @dataclass(frozen=True)
@@ -322,8 +326,9 @@ def flux_transformer() -> ComponentSpec:
             ),
             TensorSpec("pooled_projections", ("batch", "pooled_projection_dim"), argument="pooled_projections", normal=True),
             TensorSpec("timestep", ("batch",), argument="timestep"),  # the pipeline passes t / 1000
-            TensorSpec("img_ids", ("image_seq", "rope_axes"), argument="img_ids", high=64.0),
-            TensorSpec("txt_ids", ("text_len", "rope_axes"), argument="txt_ids", high=1.0),
+            # The same for every sample: a batch dimension only so that Triton can batch the model.
+            TensorSpec("img_ids", ("batch", "image_seq", "rope_axes"), argument="img_ids", high=64.0, per_request=True),
+            TensorSpec("txt_ids", ("batch", "text_len", "rope_axes"), argument="txt_ids", high=1.0, per_request=True),
             TensorSpec("guidance", ("batch",), argument="guidance", low=1.0, high=5.0, when="guidance_embeds"),
         ),
         outputs=(TensorSpec("noise_pred", ("batch", "image_seq", "out_channels"), path=(0,)),),

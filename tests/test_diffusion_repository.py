@@ -71,13 +71,14 @@ def test_same_tensors_on_both_targets(export_family, tmp_path):
 
 def test_denoiser_batching(built):
     _, repo, _ = built
-    for name in ("sd_unet", "cogview4_transformer"):
+    for name in ("sd_unet", "cogview4_transformer", "flux_transformer"):
         config = parse(repo / name / "config.pbtxt")
         assert config.max_batch_size > 0 and config.HasField("dynamic_batching"), name
         timestep = next(t for t in config.input if t.name == "timestep")
         assert list(timestep.dims) == [1] and timestep.HasField("reshape")  # [batch] in the graph
-    # FLUX's position ids carry no batch dimension: Triton cannot batch that graph.
-    assert parse(repo / "flux_transformer" / "config.pbtxt").max_batch_size == 0
+    # FLUX's position ids lead with the batch dimension too (one equal row per sample).
+    dims = {t.name: list(t.dims) for t in parse(repo / "flux_transformer" / "config.pbtxt").input}
+    assert dims["img_ids"] == [-1, 3] and dims["txt_ids"] == [-1, 3]
 
 
 def test_pipeline_models_per_family(built):

@@ -23,7 +23,7 @@ def test_flux_transformer_profile():
     assert low == (1, 32 * 32, 64)  # 512x512: 64x64 latents, 2x2 packing
     assert opt == (1, 32 * 32, 64)
     assert high == (4, 2 * 64 * 48, 64)  # 1024x768 with the reference image's tokens appended
-    assert profile.shapes["img_ids"] == ((32 * 32, 3), (32 * 32, 3), (2 * 64 * 48, 3))
+    assert profile.shapes["img_ids"] == ((1, 32 * 32, 3), (1, 32 * 32, 3), (4, 2 * 64 * 48, 3))  # one row per sample
     assert profile.shapes["encoder_hidden_states"][2] == (4, 512, 4096)
     assert profile.shapes["guidance"] == ((1,), (1,), (4,))
 

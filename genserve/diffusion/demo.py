@@ -28,11 +28,11 @@ def build_demo_repository(out_dir: str | Path, *, pipeline_instances: int = 1, l
     from genserve.demo_pipelines import build_demo_pipeline
     from genserve.diffusion.repository import BuildOptions, build_repository
     from genserve.errors import GenServeError
-    from genserve.export.pipeline import ExportOptions, export_pipeline, read_manifest
+    from genserve.export.pipeline import MANIFEST_FORMAT, ExportOptions, export_pipeline, read_manifest
 
     out_dir = Path(out_dir)
     repo_dir = out_dir / "repository"
-    stamp = {"families": sorted(DEMO_FAMILIES.values()), "pipeline_instances": pipeline_instances, "format": 1}
+    stamp = {"families": sorted(DEMO_FAMILIES.values()), "pipeline_instances": pipeline_instances, "format": 2}
     if (repo_dir / STAMP).is_file() and json.loads((repo_dir / STAMP).read_text()) == stamp:
         return repo_dir
     for name, family in DEMO_FAMILIES.items():
@@ -42,7 +42,8 @@ def build_demo_repository(out_dir: str | Path, *, pipeline_instances: int = 1, l
             build_demo_pipeline(name, out_dir / "pipelines")
         export_dir = out_dir / "exports" / family
         try:
-            read_manifest(export_dir)
+            if read_manifest(export_dir).get("format") != MANIFEST_FORMAT:
+                raise GenServeError(f"{export_dir} is an export of an older format")
         except GenServeError:
             log(f"exporting {name} to ONNX")
             export_pipeline(pipeline_dir, export_dir, ExportOptions(progress=False, force=True), log=log)

@@ -158,12 +158,17 @@ class ModuleProxy:
                 raise LeafCallError(f"{component.name}: input {entry['argument']!r} is missing")
             tensor = torch.as_tensor(value)
             tensors[entry["name"]] = tensor.to(TORCH_DTYPES[entry["dtype"]])
-            if entry["dims"] and entry["dims"][0] == "batch" and tensor.ndim >= 2:
+            if entry["dims"] and entry["dims"][0] == "batch" and tensor.ndim == len(entry["dims"]) >= 2:
                 batch = tensor.shape[0] if batch is None else batch
-        # Pipelines pass one timestep (or guidance) for the whole batch; the graphs take one per sample.
+        # Pipelines pass one timestep (or guidance) for the whole batch, and FLUX's position ids without
+        # a batch dimension; the graphs take one per sample (equal rows, so that Triton can batch them).
         for entry in component.inputs:
             tensor = tensors[entry["name"]]
-            if tuple(entry["dims"]) == ("batch",):
+            if entry["dims"] and entry["dims"][0] == "batch" and tensor.ndim == len(entry["dims"]) - 1 >= 1:
+                if batch is None:
+                    raise LeafCallError(f"{component.name}: no input gives the batch size for {entry['argument']!r}")
+                tensors[entry["name"]] = tensor.unsqueeze(0).expand(batch, *tensor.shape)
+            elif tuple(entry["dims"]) == ("batch",):
                 if batch is not None and tensor.numel() == 1:
                     tensor = tensor.reshape(1).expand(batch)
                 if component.batched:

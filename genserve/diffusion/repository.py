@@ -91,8 +91,8 @@ def served_tasks(manifest: dict[str, Any]) -> dict[str, str]:
 
 
 def _batched(entry: dict[str, Any]) -> bool:
-    """Triton batches a model only when every input and output leads with the batch dimension (FLUX's
-    position ids do not: its transformer is served unbatched)."""
+    """Triton batches a model only when every input and output leads with the batch dimension (exports
+    from before FLUX's position ids had one leave its transformer unbatched)."""
     return all(t["dims"] and t["dims"][0] == "batch" for t in entry["inputs"] + entry["outputs"])
 
 
