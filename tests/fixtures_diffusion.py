@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import os
 from pathlib import Path
 
@@ -53,24 +52,8 @@ def export_family(demo_dir, tmp_path_factory):
 
 
 def run_cli(*argv: str) -> int:
-    """``genserve <argv>`` through the real command modules and the CLI's error handling.
+    """``genserve <argv>`` in this process, through the real CLI (its parser and error handling)."""
+    from genserve.cli import main
 
-    The parser holds only the export commands, so these tests do not depend on the state of the
-    other commands of the CLI.
-    """
-    from genserve.commands import demo_pipelines, export
-    from genserve.errors import GenServeError
+    return main(list(argv))
 
-    parser = argparse.ArgumentParser(prog="genserve")
-    parser.add_argument("-v", "--verbose", action="store_true")
-    subparsers = parser.add_subparsers(dest="command", required=True)
-    export.register(subparsers)
-    demo_pipelines.register(subparsers)
-    args = parser.parse_args(list(argv))
-    try:
-        return args.handler(args) or 0
-    except GenServeError as error:
-        import sys
-
-        print(f"genserve {args.command}: error: {error}", file=sys.stderr)
-        return 1
