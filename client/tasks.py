@@ -47,6 +47,17 @@ class Task:
         return None
 
 
+def parse_task_models(pairs: list[str], allowed: tuple[str, ...] = ("t2i", "tie", "vttie")) -> dict[str, str]:
+    """``["t2i=cogview4_text_to_image", ...]`` (the CLI's repeatable ``--model TASK=MODEL``) as a dict."""
+    models = {}
+    for pair in pairs:
+        task_type, _, model = pair.partition("=")
+        if task_type not in allowed or not model:
+            raise InvalidInputError(f"--model {pair!r}: expected TASK=MODEL with TASK one of {', '.join(allowed)}")
+        models[task_type] = model
+    return models
+
+
 def read_tasks(path: str | Path) -> list[Task]:
     """Every row of a task file; the file's own problems (columns, duplicate or unsafe indexes) raise."""
     path = Path(path)

@@ -180,3 +180,14 @@ def test_cli_run_reports_failures_with_exit_code_1(triton_server, images, tmp_pa
     assert completed.returncode == 1
     assert "bad (deepfake): no face found in the ori image" in completed.stdout
     assert "1/2 rows finished" in completed.stdout
+
+
+def test_task_models_from_the_command_line():
+    from genserve.client.tasks import parse_task_models
+
+    assert parse_task_models(["t2i=cogview4_text_to_image", "tie=flux_edit_image"]) == {
+        "t2i": "cogview4_text_to_image", "tie": "flux_edit_image",
+    }  # fmt: skip
+    for bad in (["deepfake=face_swap"], ["t2i="], ["paint=x"]):
+        with pytest.raises(InvalidInputError, match="expected TASK=MODEL"):
+            parse_task_models(bad)

@@ -41,6 +41,7 @@ def run(args: argparse.Namespace) -> int:
 
     from genserve.benchmarks.load import parse_levels
     from genserve.benchmarks.serving import TASKS, Settings, run_bench
+    from genserve.client.tasks import parse_task_models
     from genserve.errors import InvalidInputError
 
     tasks = [task.strip() for task in args.tasks.split(",") if task.strip()]
@@ -51,12 +52,7 @@ def run(args: argparse.Namespace) -> int:
         levels = parse_levels(args.concurrency)
     except ValueError as error:
         raise InvalidInputError(f"--concurrency: {error}") from None
-    models = {}
-    for pair in args.model:
-        task, _, model = pair.partition("=")
-        if task not in TASKS or not model:
-            raise InvalidInputError(f"--model {pair!r}: expected TASK=MODEL with TASK among {', '.join(TASKS)}")
-        models[task] = model
+    models = parse_task_models(args.model, tuple(TASKS))
     pipeline = Path(args.pipeline) if args.pipeline else None
     if pipeline is not None and not (pipeline / "model_index.json").is_file():
         raise InvalidInputError(f"--pipeline {pipeline}: not a diffusers pipeline folder (no model_index.json)")

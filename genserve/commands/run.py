@@ -42,15 +42,9 @@ def run(args: argparse.Namespace) -> int:
     from genserve.client.batch import FAILURES, SUBMISSION, BatchRunner
     from genserve.client.tasks import read_tasks
 
-    from genserve.client.tasks import TASK_TYPES
-    from genserve.errors import InvalidInputError
+    from genserve.client.tasks import parse_task_models
 
-    request_options = {}
-    for pair in args.model:
-        task_type, _, model = pair.partition("=")
-        if task_type not in TASK_TYPES or not model or task_type == "deepfake":
-            raise InvalidInputError(f"--model {pair!r}: expected t2i=NAME, tie=NAME or vttie=NAME")
-        request_options[task_type] = {"model": model}
+    request_options = {task: {"model": model} for task, model in parse_task_models(args.model).items()}
     tasks = read_tasks(args.tasks)
     images = Path(args.images) if args.images else Path(args.tasks).resolve().parent
     with ClientPool(args.urls, protocol=args.protocol, timeout_s=args.timeout, retries=args.retries) as pool:
