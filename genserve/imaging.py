@@ -32,14 +32,20 @@ def probe_size(data: bytes, *, what: str = "image") -> tuple[int, int]:
         raise InvalidInputError(f"{what} is not a readable image: expected JPEG, PNG, WebP or BMP data") from None
 
 
-def decode_image(data: bytes, *, what: str = "image") -> np.ndarray:
-    """RGB array of encoded image bytes; EXIF orientation applied, alpha dropped, grey expanded."""
+def checked_size(data: bytes, *, what: str = "image") -> tuple[int, int]:
+    """(width, height) of an image the stack accepts: readable, and within the byte and pixel limits."""
     width, height = probe_size(data, what=what)
     if width * height > config.MAX_IMAGE_PIXELS or max(width, height) > config.MAX_IMAGE_SIDE:
         raise InvalidInputError(
             f"{what} is {width}x{height} pixels; at most {config.MAX_IMAGE_PIXELS / 1e6:.0f} megapixels "
             f"and {config.MAX_IMAGE_SIDE} pixels a side are accepted"
         )
+    return width, height
+
+
+def decode_image(data: bytes, *, what: str = "image") -> np.ndarray:
+    """RGB array of encoded image bytes; EXIF orientation applied, alpha dropped, grey expanded."""
+    checked_size(data, what=what)
     bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
     if bgr is None:
         raise InvalidInputError(f"{what} could not be decoded: the data is corrupt or truncated")

@@ -18,7 +18,6 @@ from typing import Callable
 
 import numpy as np
 
-from genserve import config
 from genserve.errors import InvalidInputError
 
 # The package that ships the weights, and its ONNX files (importlib.resources names). It is installed
@@ -119,30 +118,15 @@ def load_image(data: bytes, *, what: str = "image") -> np.ndarray:
 
     Raises :class:`InvalidInputError` for empty, oversized, corrupt or truncated data.
     """
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image
+
+    from genserve.imaging import checked_size
 
     import_rapidocr()
     from rapidocr_onnxruntime.utils import LoadImage, LoadImageError
 
-    if not data:
-        raise InvalidInputError(f"{what} is empty (0 bytes)")
-    if len(data) > config.MAX_IMAGE_BYTES:
-        raise InvalidInputError(f"{what} is {len(data) / 2**20:.0f} MiB; at most {config.MAX_IMAGE_BYTES // 2**20} MiB")
-    try:
-        image = Image.open(io.BytesIO(data))
-    except UnidentifiedImageError:
-        raise InvalidInputError(
-            f"{what} is not a readable image (JPEG, PNG, WebP, BMP…): unknown format or corrupt header "
-            f"({len(data)} bytes starting {data[:8]!r})"
-        ) from None
-    except (OSError, Image.DecompressionBombError) as error:
-        raise InvalidInputError(f"{what} is not a readable image (JPEG, PNG, WebP, BMP…): {error}") from None
-    width, height = image.size
-    if width * height > config.MAX_IMAGE_PIXELS or max(width, height) > config.MAX_IMAGE_SIDE:
-        raise InvalidInputError(
-            f"{what} is {width}x{height} pixels; at most {config.MAX_IMAGE_PIXELS / 1e6:.0f} megapixels "
-            f"and {config.MAX_IMAGE_SIDE} pixels a side are accepted"
-        )
+    checked_size(data, what=what)  # empty, too many bytes or pixels, unreadable header: refused here
+    image = Image.open(io.BytesIO(data))
     try:
         image.load()
         if image.mode not in _MODES_TAKEN_AS_IS:
