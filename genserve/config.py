@@ -24,6 +24,10 @@ MAX_IMAGE_SIDE = 16_384
 # Where genserve keeps what it prepares at run time (server backends, demo pipelines, caches).
 CACHE_DIR = Path(os.environ.get("GENSERVE_CACHE_DIR", Path.home() / ".cache" / "genserve"))
 
+# Photos with faces for the face-swap tests and benchmarks: the checkout's sibling shared/data/faces
+# (where this project keeps them), or GENSERVE_FACES_DIR. The demo brings two of its own.
+FACES_DIR = Path(os.environ.get("GENSERVE_FACES_DIR", Path(__file__).resolve().parents[2] / "shared" / "data" / "faces"))
+
 
 def grpc_url(host: str = DEFAULT_HOST, port: int = DEFAULT_GRPC_PORT) -> str:
     return f"{host}:{port}"

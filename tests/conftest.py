@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
 
+from genserve.config import FACES_DIR
 from genserve.server import free_ports
 
-FACES_DIR = Path(os.environ.get("GENSERVE_FACES_DIR", Path(__file__).resolve().parents[1].parent / "shared" / "data" / "faces"))
 
 
 @pytest.fixture(scope="session")

@@ -27,7 +27,7 @@ def offline():
 @pytest.fixture(scope="session")
 def demo_dir(tmp_path_factory, offline) -> Path:
     """The tiny SD, FLUX Kontext and CogView4 pipelines (save_pretrained folders)."""
-    from genserve.demo_pipelines import build_demo_pipelines
+    from genserve.demo.pipelines import build_demo_pipelines
 
     out = tmp_path_factory.mktemp("demo")
     build_demo_pipelines(out)

@@ -22,7 +22,7 @@ T2I_MODELS = ("sd_text_to_image", "sd_text_encoder", "sd_unet", "sd_vae_decoder"
 @pytest.fixture(scope="session")
 def demo_repository():
     from genserve.config import CACHE_DIR
-    from genserve.diffusion.demo import build_demo_repository
+    from genserve.demo.repository import build_demo_repository
 
     return build_demo_repository(CACHE_DIR / "demo", log=lambda _: None)
 

@@ -12,7 +12,7 @@ pytestmark = [pytest.mark.server, pytest.mark.slow]
 
 
 def test_demo_runs_every_task_type_through_the_server(tmp_path):
-    from genserve.demo import DEMO_TASKS, run_demo
+    from genserve.demo.contest import DEMO_TASKS, run_demo
 
     result = run_demo(tmp_path / "demo", progress=False)
     summary = result.summary

@@ -33,7 +33,7 @@ def test_demo_pipeline_loads_and_runs(name, demo_dir):
 
 
 def test_tokenizers_are_deterministic_and_offline(offline):
-    from genserve.offline_tokenizers import build_clip_tokenizer, build_glm_tokenizer, build_t5_tokenizer
+    from genserve.demo.tokenizers import build_clip_tokenizer, build_glm_tokenizer, build_t5_tokenizer
 
     text = "A painting of a squirrel eating a burger, 4k"
     for build in (build_clip_tokenizer, build_t5_tokenizer, build_glm_tokenizer):

@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from genserve.client import Client, OcrLine, RequestError
-from genserve.ocr import samples
+from genserve.demo import samples
 from genserve.ocr.textedit import closest_text_distance
 
 pytestmark = pytest.mark.server

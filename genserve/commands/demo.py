@@ -20,7 +20,7 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from genserve.demo import run_demo
+    from genserve.demo.contest import run_demo
 
     result = run_demo(args.out, progress=not args.no_progress)
     summary = result.summary

@@ -24,7 +24,7 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from genserve.demo_pipelines import build_demo_pipelines
+    from genserve.demo.pipelines import build_demo_pipelines
 
     built = build_demo_pipelines(args.out_dir, tuple(args.only or DEFAULT_NAMES), size=args.size, seed=args.seed)
     for name, path in built.items():

@@ -18,7 +18,7 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from genserve.diffusion.demo import build_demo_repository, run_demo
+    from genserve.demo.repository import build_demo_repository, run_demo
 
     if args.run:
         written = run_demo(args.out_dir)

@@ -11,15 +11,15 @@ def register(subparsers) -> None:
     parser = subparsers.add_parser(
         "serve",
         help="start the Triton server on a model repository",
-        description="Start the real Triton Inference Server on a model repository and wait until every "
-        "model is loaded. With no REPO, serves the stack's own repository (face swap and OCR); a repository "
-        "built by `genserve build-repo` serves the diffusion tasks, alone or beside it. Stops cleanly on Ctrl-C "
-        "and SIGTERM.",
+        description="Start the real Triton Inference Server and wait until every model is loaded. It serves the "
+        "stack's own repository (face swap and OCR) and beside it each REPO given, e.g. one built by `genserve "
+        "build-repo` for the diffusion tasks. Stops cleanly on Ctrl-C and SIGTERM.",
     )
     parser.add_argument(
         "repositories", nargs="*", metavar="REPO",
-        help="model repository folder(s), served together (default: the stack's own: face_swap and OCR)",
+        help="model repository folder(s) served beside the stack's own (face_swap and OCR)",
     )  # fmt: skip
+    parser.add_argument("--no-stack-models", action="store_true", help="serve only the REPOs given, not the stack's own repository")
     parser.add_argument(
         "--address", default=config.DEFAULT_BIND_ADDRESS, help="interface to listen on (default: all; 127.0.0.1: this host only)"
     )
@@ -40,12 +40,19 @@ def _interrupt(signum, frame):
 
 def run(args: argparse.Namespace) -> int:
     import signal
+    from pathlib import Path
 
+    from genserve.errors import InvalidInputError
     from genserve.model_repository import REPOSITORY_DIR
     from genserve.server import TritonServer
 
+    repositories = [Path(path) for path in args.repositories]
+    if not args.no_stack_models and REPOSITORY_DIR.resolve() not in {path.resolve() for path in repositories}:
+        repositories.insert(0, REPOSITORY_DIR)
+    if not repositories:
+        raise InvalidInputError("--no-stack-models needs at least one REPO")
     server = TritonServer(
-        args.repositories or [REPOSITORY_DIR],
+        repositories,
         models=args.models,
         http_port=args.http_port,
         grpc_port=args.grpc_port,

@@ -3,5 +3,5 @@
 - :mod:`genserve.diffusion.repository`: ``genserve build-repo``, an export to leaf and pipeline models;
 - :mod:`genserve.diffusion.serving`: the pipeline models (diffusers pipelines over BLS);
 - :mod:`genserve.diffusion.proxies`: the stand-ins for the heavy modules;
-- :mod:`genserve.diffusion.demo`: tiny pipelines -> export -> repository -> images.
+- :mod:`genserve.demo.repository`: tiny pipelines -> export -> repository -> images.
 """

@@ -18,8 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from genserve import config
+from genserve.demo import FACES_DIR
 
-DATA_DIR = Path(__file__).resolve().parent / "data"
 ORI_PHOTO, TARGET_PHOTO = "2008_002506.jpg", "2008_001009.jpg"
 SIGN_TEXT = ["OPEN"]
 
@@ -50,12 +50,12 @@ class DemoResult:
 
 def write_inputs(out_dir: Path) -> Path:
     """The task file and its images; returns the task file's path."""
-    from genserve.ocr.samples import render_text
+    from genserve.demo.samples import render_text
 
     inputs = out_dir / "inputs"
     inputs.mkdir(parents=True, exist_ok=True)
-    shutil.copy(DATA_DIR / "faces" / ORI_PHOTO, inputs / "scene.jpg")
-    shutil.copy(DATA_DIR / "faces" / TARGET_PHOTO, inputs / "target.jpg")
+    shutil.copy(FACES_DIR / ORI_PHOTO, inputs / "scene.jpg")
+    shutil.copy(FACES_DIR / TARGET_PHOTO, inputs / "target.jpg")
     render_text(SIGN_TEXT, font_size=64).save(inputs / "sign.png")
     task_file = inputs / "task.csv"
     with open(task_file, "w", newline="", encoding="utf-8") as handle:
@@ -69,7 +69,7 @@ def run_demo(out_dir: str | Path, *, concurrency: int = 2, progress: bool = True
     from genserve.client import Client, ClientPool
     from genserve.client.batch import BatchRunner
     from genserve.client.tasks import read_tasks
-    from genserve.diffusion.demo import build_demo_repository
+    from genserve.demo.repository import build_demo_repository
     from genserve.model_repository import REPOSITORY_DIR
     from genserve.server import TritonServer, free_ports
 

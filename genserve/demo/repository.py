@@ -25,7 +25,7 @@ STAMP = ".genserve-demo.json"
 
 def build_demo_repository(out_dir: str | Path, *, pipeline_instances: int = 1, log=logger.info) -> Path:
     """``out_dir/repository``, built (or reused) from ``out_dir/pipelines`` and ``out_dir/exports``."""
-    from genserve.demo_pipelines import build_demo_pipeline
+    from genserve.demo.pipelines import build_demo_pipeline
     from genserve.diffusion.repository import BuildOptions, build_repository
     from genserve.errors import GenServeError
     from genserve.export.pipeline import MANIFEST_FORMAT, ExportOptions, export_pipeline, read_manifest
@@ -54,20 +54,10 @@ def build_demo_repository(out_dir: str | Path, *, pipeline_instances: int = 1, l
     return repo_dir
 
 
-def sign_image(text: str = "OPEN", size: int = DEMO_SIZE):
-    """A plain sign with dark text on a light board: the vttie demo's input."""
-    from PIL import Image, ImageDraw
-
-    image = Image.new("RGB", (size, size), (200, 170, 120))
-    draw = ImageDraw.Draw(image)
-    draw.rectangle((4, size // 3, size - 5, 2 * size // 3), fill=(245, 240, 225))
-    draw.text((8, size // 3 + 4), text, fill=(20, 20, 20))
-    return image
-
-
 def run_demo(out_dir: str | Path, *, log=print) -> dict[str, Path]:
     """Build (or reuse) the demo repository, serve it, and write ``out_dir/images/<family>_<task>.png``."""
     from genserve.client import Client
+    from genserve.demo.samples import sign_image
     from genserve.server import TritonServer, free_ports
 
     out_dir = Path(out_dir)

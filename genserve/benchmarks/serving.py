@@ -44,7 +44,6 @@ DEMO_PIPELINE_DIRS = {"sd": "sd", "flux": "flux-kontext", "cogview4": "cogview4"
 PROMPTS = ["a lighthouse on a cliff at dusk", "a red bicycle leaning on a brick wall", "a bowl of ramen, studio light"]
 EDITS = ["make it night, with stars", "turn it into a watercolour painting"]
 TEXT_EDITS = ['change "OPEN" to "CLOSED"', 'change "OPEN" to "SALE"']
-DEFAULT_FACES_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "faces"
 
 
 @dataclass
@@ -93,15 +92,13 @@ class FaceSwapTask:
     def _pairs(faces_dir: Path | None) -> list[tuple[bytes, bytes]]:
         from genserve.benchmarks.face_swap import PAIRS
 
-        faces_dir = faces_dir or Path(os.environ.get("GENSERVE_FACES_DIR", DEFAULT_FACES_DIR))
+        from genserve.config import FACES_DIR
+        from genserve.demo import FACES_DIR as DEMO_FACES_DIR
+
+        faces_dir = faces_dir or FACES_DIR
         if all((faces_dir / name).is_file() for pair in PAIRS for name in pair):
             return [((faces_dir / ori).read_bytes(), (faces_dir / target).read_bytes()) for ori, target in PAIRS]
-        bundled = Path(__file__).resolve().parents[1] / "genserve" / "data" / "faces"
-        if not bundled.is_dir():
-            import genserve
-
-            bundled = Path(genserve.__file__).parent / "data" / "faces"
-        a, b = (bundled / "2008_002506.jpg").read_bytes(), (bundled / "2008_001009.jpg").read_bytes()
+        a, b = (DEMO_FACES_DIR / "2008_002506.jpg").read_bytes(), (DEMO_FACES_DIR / "2008_001009.jpg").read_bytes()
         return [(a, b), (b, a)]
 
     def served_worker(self, client) -> Callable[[Any], Any]:
@@ -129,7 +126,7 @@ class DiffusionTask:
     def __init__(self, task: str, settings: Settings, model: str, pipeline_dir: Path | None, precision: str):
         from PIL import Image
 
-        from genserve.diffusion.demo import sign_image
+        from genserve.demo.samples import sign_image
 
         self.name, self.model, self.pipeline_dir, self.precision = task, model, pipeline_dir, precision
         self.size, self.steps = settings.size, settings.steps
@@ -311,7 +308,7 @@ class Bench:
             return tasks
         demo_dir = self.work_dir / "demo"
         if not s.url:
-            from genserve.diffusion.demo import build_demo_repository
+            from genserve.demo.repository import build_demo_repository
 
             repo_dir = build_demo_repository(demo_dir, log=self.log)
             self.repositories.append(repo_dir)

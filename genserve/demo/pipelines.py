@@ -103,7 +103,7 @@ def build_sd(scale: Scale, seed: int = 0):
     import torch
     from diffusers import PNDMScheduler, StableDiffusionPipeline
 
-    from genserve.offline_tokenizers import build_clip_tokenizer
+    from genserve.demo.tokenizers import build_clip_tokenizer
 
     tokenizer = build_clip_tokenizer()
     torch.manual_seed(seed)
@@ -124,7 +124,7 @@ def build_sdxl(scale: Scale, seed: int = 0):
     import torch
     from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline
 
-    from genserve.offline_tokenizers import build_clip_tokenizer
+    from genserve.demo.tokenizers import build_clip_tokenizer
 
     tokenizer = build_clip_tokenizer()
     torch.manual_seed(seed)
@@ -153,7 +153,7 @@ def build_flux_kontext(scale: Scale, seed: int = 0):
     from diffusers import FlowMatchEulerDiscreteScheduler, FluxKontextPipeline, FluxTransformer2DModel
     from transformers import T5Config, T5EncoderModel
 
-    from genserve.offline_tokenizers import build_clip_tokenizer, build_t5_tokenizer
+    from genserve.demo.tokenizers import build_clip_tokenizer, build_t5_tokenizer
 
     tokenizer, tokenizer_2 = build_clip_tokenizer(), build_t5_tokenizer()
     torch.manual_seed(seed)
@@ -205,7 +205,7 @@ def build_cogview4(scale: Scale, seed: int = 0):
     from diffusers import CogView4Pipeline, CogView4Transformer2DModel, FlowMatchEulerDiscreteScheduler
     from transformers import GlmConfig, GlmModel
 
-    from genserve.offline_tokenizers import build_glm_tokenizer
+    from genserve.demo.tokenizers import build_glm_tokenizer
 
     tokenizer = build_glm_tokenizer()
     torch.manual_seed(seed)

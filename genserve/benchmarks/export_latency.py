@@ -50,7 +50,7 @@ def _bench_shape(family, configs, size: str):
 def benchmark_family(family_name: str, size: str, work: Path, runs: int = 5) -> tuple[list[Row], dict]:
     import torch
 
-    from genserve.demo_pipelines import build_demo_pipeline
+    from genserve.demo.pipelines import build_demo_pipeline
     from genserve.export import ort_session
     from genserve.export.components import ComponentModule, load_module, random_inputs
     from genserve.export.pipeline import ExportOptions, export_pipeline

@@ -76,3 +76,12 @@ def render_text(
 def blank_image(size: tuple[int, int] = (640, 480), color: tuple[int, int, int] = (235, 240, 245)) -> Image.Image:
     """An image without any text."""
     return Image.new("RGB", size, color)
+
+
+def sign_image(text: str = "OPEN", size: int = 64):
+    """A plain sign with dark text on a light board: the vttie demo's input."""
+    image = Image.new("RGB", (size, size), (200, 170, 120))
+    draw = ImageDraw.Draw(image)
+    draw.rectangle((4, size // 3, size - 5, 2 * size // 3), fill=(245, 240, 225))
+    draw.text((8, size // 3 + 4), text, fill=(20, 20, 20))
+    return image

@@ -30,7 +30,7 @@ LEAVES = ["ocr_det", "ocr_cls", "ocr_rec"]
 
 
 def sample_images() -> list[bytes]:
-    from genserve.ocr import samples
+    from genserve.demo import samples
 
     encoded = []
     for lines, size in ((samples.ENGLISH_SIGN, 44), (samples.CHINESE_SIGN, 44), (samples.MIXED_SIGN, 36)):

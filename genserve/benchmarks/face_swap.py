@@ -23,9 +23,9 @@ import sys
 import tempfile
 from pathlib import Path
 
+from genserve.config import FACES_DIR
 from genserve.benchmarks.load import TABLE_HEADER, Run, drive, parse_levels, table_row
 
-DEFAULT_FACES_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "faces"
 PAIRS = [  # (ori, target): three targets, each repeated
     ("2008_002506.jpg", "2008_001009.jpg"),
     ("2008_001322.jpg", "2008_001009.jpg"),
@@ -99,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--instances", default="1,2", help="face_swap instance counts to start (default 1,2)")
     parser.add_argument("--concurrency", default="1,2,4,8", help="client concurrency levels (default 1,2,4,8)")
     parser.add_argument("--requests", type=int, default=24, help="requests per level (default 24)")
-    parser.add_argument("--faces-dir", type=Path, default=Path(os.environ.get("GENSERVE_FACES_DIR", DEFAULT_FACES_DIR)))
+    parser.add_argument("--faces-dir", type=Path, default=FACES_DIR, help=f"photos of the pairs (default {FACES_DIR})")
     parser.add_argument("--no-in-process", action="store_true", help="skip the in-process baseline")
     parser.add_argument("--json", type=Path, metavar="FILE", help="write every run as JSON")
     args = parser.parse_args(argv)
