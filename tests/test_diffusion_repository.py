@@ -94,13 +94,25 @@ def test_pipeline_models_per_family(built):
     assert {t.name: t.optional for t in config.input}["IMAGE"] is False
 
 
+def test_pipeline_configs_match_their_task_contracts(built):
+    from genserve.diffusion.service import ServiceSettings
+    from genserve.protocol import TASKS
+    from genserve.triton.model_config import contract_mismatches, read_config
+
+    _, repo, reports = built
+    for report in reports.values():
+        for name in report.pipeline_models:
+            settings = ServiceSettings.read(repo / name / "1")
+            assert contract_mismatches(read_config(repo / name), TASKS[settings.task]) == [], name
+
+
 def test_served_tasks_by_checkpoint_class():
-    base = {"family": "flux", "tasks": ["t2i", "tie", "vttie"], "components": {"vae_encoder": {}}}
-    assert served_tasks({**base, "pipeline_class": "FluxKontextPipeline"}) == {
+    tasks, components = ("t2i", "tie", "vttie"), ("vae_encoder",)
+    assert served_tasks("flux", "FluxKontextPipeline", tasks, components) == {
         "t2i": "FluxKontextPipeline", "tie": "FluxKontextPipeline", "vttie": "FluxKontextPipeline"
     }
     # FLUX.1-dev cannot follow edit instructions: img2img for tie, no vttie.
-    assert served_tasks({**base, "pipeline_class": "FluxPipeline"}) == {"t2i": "FluxPipeline", "tie": "FluxImg2ImgPipeline"}
+    assert served_tasks("flux", "FluxPipeline", tasks, components) == {"t2i": "FluxPipeline", "tie": "FluxImg2ImgPipeline"}
 
 
 def test_refuses_what_is_no_export(tmp_path, export_family):

@@ -1,4 +1,5 @@
-"""`genserve export` on bad input: a clear error, and nothing in OUT_DIR that looks like an export."""
+"""`genserve export` on bad input: a clear error, nothing in OUT_DIR that looks like an export, and an
+interrupted export that resumes."""
 
 from __future__ import annotations
 
@@ -54,27 +55,48 @@ def test_missing_weights(demo_dir, tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_failure_midway_leaves_nothing_and_force_replaces(demo_dir, tmp_path, capsys):
-    """Weights that exist but are corrupt fail while exporting (after the first components are
-    written): the staging folder goes, OUT_DIR never appears. Then a good export, a refusal to
-    overwrite it, and --force."""
+def test_failure_midway_keeps_finished_stages_and_a_rerun_resumes(demo_dir, tmp_path, capsys):
+    """Weights that exist but are corrupt fail while exporting, after the text encoder's stages are done:
+    OUT_DIR is no complete export (no manifest), but a rerun once the weights are mended reuses the text
+    encoder's stages and exports only the rest. A rerun of a complete export reuses everything; --force
+    redoes everything; a folder that is no export is never written into."""
+    from genserve.errors import ExportError
+    from genserve.export.manifest import Manifest
+
     source = tmp_path / "sd"
     shutil.copytree(demo_dir / "sd", source)
-    for weights in (source / "vae").glob("*.safetensors"):
-        weights.write_bytes(b"not safetensors")
+    good_vae = {path.name: path.read_bytes() for path in (source / "vae").glob("*.safetensors")}
+    for name in good_vae:
+        (source / "vae" / name).write_bytes(b"not safetensors")
     out = tmp_path / "out"
-    assert run_cli("export", str(source), str(out), "--no-progress", "--no-optimize", "--component", "text_encoder", "--component", "vae_decoder") != 0
-    assert _no_export_left(out)
+    args = ["export", str(source), str(out), "--no-progress", "--no-optimize", "--component", "text_encoder", "--component", "vae_decoder"]
+    assert run_cli(*args) != 0
+    assert "could not load vae" in capsys.readouterr().err
+    with pytest.raises(ExportError, match="no complete export"):
+        Manifest.read(out)
+    assert (out / ".stages" / "text_encoder" / "parity.json").is_file()  # the text encoder is whole
 
-    good = ["export", str(demo_dir / "sd"), str(out), "--no-progress", "--no-optimize", "--component", "text_encoder"]
-    assert run_cli(*good) == 0
+    for name, data in good_vae.items():
+        (source / "vae" / name).write_bytes(data)
+    assert run_cli(*args) == 0
     report = capsys.readouterr().out
+    assert "reused from an earlier run: text_encoder (onnx, parity)" in report
     assert "rel. L2" in report and "peak host memory" in report
-    assert json.loads((out / "manifest.json").read_text())["complete"] is True
-    assert run_cli(*good) == 1
-    assert "pass --force" in capsys.readouterr().err
-    assert run_cli(*good, "--force") == 0
-    assert _no_export_left(tmp_path / "nothing-else") and not list(tmp_path.glob(".out.*"))
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["complete"] is True and set(manifest["components"]) == {"text_encoder", "vae_decoder"}
+
+    assert run_cli(*args) == 0
+    assert "reused from an earlier run: text_encoder (onnx, parity); vae_decoder (onnx, parity)" in capsys.readouterr().out
+    assert run_cli(*args, "--force") == 0
+    assert "reused" not in capsys.readouterr().out
+    assert Manifest.read(out).components["vae_decoder"].parity
+
+    stray = tmp_path / "stray"
+    stray.mkdir()
+    (stray / "notes.txt").write_text("mine")
+    assert run_cli("export", str(source), str(stray), "--no-progress", "--component", "text_encoder") == 1
+    assert "is no export" in capsys.readouterr().err
+    assert [p.name for p in stray.iterdir()] == ["notes.txt"]
 
 
 def test_tensorrt_is_skipped_with_a_message_without_gpu(demo_dir, tmp_path, capsys):

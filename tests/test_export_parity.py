@@ -59,10 +59,14 @@ def test_exported_graphs_match_torch_on_fresh_inputs(family_name, export_family,
 def test_manifest_names_dynamic_dimensions(family_name, export_family):
     import onnx
 
-    from genserve.export.pipeline import read_manifest
+    import json
+
+    from genserve.export.manifest import FORMAT, Manifest
 
     _, out_dir = export_family(family_name)
-    manifest = read_manifest(out_dir)
+    typed = Manifest.read(out_dir)
+    assert typed.family == family_name and typed.format == FORMAT and typed.precision == "fp32"
+    manifest = json.loads((out_dir / "manifest.json").read_text())  # the file's own keys, as other tools read them
     assert manifest["family"] == family_name and manifest["complete"] and manifest["precision"] == "fp32"
     assert (out_dir / "pipeline" / "model_index.json").is_file()
     assert not list((out_dir / "pipeline").rglob("*.safetensors")), "weights belong in the ONNX files only"

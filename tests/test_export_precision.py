@@ -12,7 +12,8 @@ def test_low_precision_export(precision, demo_dir, tmp_path):
     import onnx
 
     from genserve.export.parity import TOLERANCES
-    from genserve.export.pipeline import ExportOptions, export_pipeline, read_manifest
+    from genserve.export.manifest import Manifest
+    from genserve.export.pipeline import ExportOptions, export_pipeline
 
     out = tmp_path / precision
     report = export_pipeline(
@@ -20,11 +21,11 @@ def test_low_precision_export(precision, demo_dir, tmp_path):
         ExportOptions(precision=precision, components=("text_encoder", "vae_decoder"), optimize=False, progress=False),
         log=lambda _: None,
     )
-    manifest = read_manifest(out)
+    manifest = Manifest.read(out)
     expected = {"fp16": onnx.TensorProto.FLOAT16, "bf16": onnx.TensorProto.BFLOAT16}[precision]
     for component in report.components:
-        entry = manifest["components"][component.name]
-        model = onnx.load(out / entry["path"])
+        entry = manifest.components[component.name]
+        model = onnx.load(out / entry.path)
         # A valid graph of its opset, types included (bf16 Conv needs opset 22), whether or not this
         # host's ONNX Runtime has kernels for it.
         onnx.checker.check_model(model, full_check=True)

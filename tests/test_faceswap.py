@@ -196,9 +196,10 @@ def test_huge_image_is_refused_before_decoding(swapper, huge_jpeg, photos):
 @pytest.mark.parametrize(
     "options, message",
     [
-        ('{"face_index": -1}', "face_index must be a non-negative integer"),
-        ('{"face_index": "two"}', "face_index must be a non-negative integer"),
+        ('{"face_index": -1}', "face_index must be"),
+        ('{"face_index": "two"}', "face_index must be an integer"),
         ('{"output_format": "gif"}', "output_format must be"),
+        ('{"output_format": 5}', "output_format must be text"),
         ('{"jpeg_quality": 0}', "jpeg_quality must be"),
         ('{"colour": true}', "unknown option"),
         ("[1, 2]", "must be a JSON object"),
@@ -206,8 +207,17 @@ def test_huge_image_is_refused_before_decoding(swapper, huge_jpeg, photos):
     ],
 )
 def test_bad_options_are_refused(options, message):
+    """As the served model decodes a request: the contract's checks, before any work."""
+    from genserve.protocol import FACE_SWAP
+
+    tensors = {"ORI_IMAGE": np.array([b"x"], object), "TARGET_IMAGE": np.array([b"x"], object), "OPTIONS": np.array([options.encode()], object)}
     with pytest.raises(InvalidInputError, match=message):
-        SwapOptions.from_json(options)
+        FACE_SWAP.decode_request(tensors.get)
+
+
+def test_in_process_options_are_checked_like_served_ones(swapper, photos):
+    with pytest.raises(InvalidInputError, match="jpeg_quality must be"):
+        swapper.swap(photos["2008_002506.jpg"], photos["2008_001009.jpg"], SwapOptions(jpeg_quality=101))
 
 
 def test_output_formats(swapper, photos):

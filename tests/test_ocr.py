@@ -193,6 +193,32 @@ def test_a_request_the_leaf_model_cannot_run_fails_alone(triton_server):
     assert isinstance(one((1, 3, 32, 64)), np.ndarray)
 
 
+def test_a_leaf_refusal_reaches_the_client_as_invalid_input(images, tmp_path):
+    """A leaf model that refuses the OCR pipeline's call (here a detector limited to 1024-pixel inputs by
+    its max_input_shape parameter) answers INVALID_ARG; the ``ocr`` model's BLS call keeps that code and
+    the leaf's message, so the client gets a refusal it does not retry, not an internal error. A small
+    enough image still passes."""
+    from genserve.model_repository import REPOSITORY_DIR
+    from genserve.server import TritonServer, free_ports
+    from genserve.triton.model_config import copy_model, read_config, write_config
+
+    repository = tmp_path / "repository"
+    for name in ("ocr", "ocr_det", "ocr_cls", "ocr_rec"):
+        copy_model(REPOSITORY_DIR / name, repository, instances=1)
+    config = read_config(repository / "ocr_det")
+    config.parameters["max_input_shape"].string_value = '{"x": [-1, 3, 1024, 1024]}'
+    write_config(config, repository / "ocr_det")
+    http, grpc, metrics = free_ports(3)
+    with TritonServer(repository, http_port=http, grpc_port=grpc, metrics_port=metrics, address="127.0.0.1",
+                      log_path=tmp_path / "triton.log") as server, Client(server.grpc_url) as client:
+        with pytest.raises(RequestError) as error:
+            client.ocr(images["english"])
+        small = png(samples.render_text(["OK"], font_size=40))
+        assert [line.text for line in client.ocr(small)] == ["OK"]
+    assert error.value.retriable is False
+    assert str(error.value).startswith("ocr_det: ") and "above this model's limit" in str(error.value)
+
+
 def test_cli_prints_the_lines(triton_server, images, tmp_path, capsys):
     from genserve.commands import ocr as command
 

@@ -63,9 +63,25 @@ def test_every_command_has_help(command, capsys):
 
 def test_every_repository_config_parses_as_triton_model_config():
     from genserve.model_repository import REPOSITORY_DIR
-    from genserve.repository import read_config
+    from genserve.triton.model_config import read_config
 
     for config_path in sorted(REPOSITORY_DIR.glob("*/config.pbtxt")):
         config = read_config(config_path)
         assert config.name == config_path.parent.name
         assert (config_path.parent / "1" / "model.py").is_file()
+
+
+def test_serving_code_imports_no_demo_code():
+    """genserve.demo stands in for what users bring; what serves, exports or talks to a server needs none of it."""
+    import ast
+
+    allowed = ("demo", "commands", "benchmarks")  # the demo itself, its commands, the benchmarks' payloads
+    offenders = []
+    for source in (ROOT / "genserve").rglob("*.py"):
+        relative = source.relative_to(ROOT / "genserve")
+        if relative.parts[0] in allowed:
+            continue
+        for node in ast.walk(ast.parse(source.read_text())):
+            names = [node.module or ""] if isinstance(node, ast.ImportFrom) else [a.name for a in getattr(node, "names", [])] if isinstance(node, ast.Import) else []
+            offenders += [f"{relative}: {name}" for name in names if name == "genserve.demo" or name.startswith("genserve.demo.")]
+    assert offenders == []

@@ -79,7 +79,7 @@ def in_process_runs(levels: list[int], requests: int, pairs) -> list[Run]:
 
 def serve_and_run(instances: int, levels, requests, pairs) -> list[Run]:
     from genserve.model_repository import REPOSITORY_DIR
-    from genserve.repository import copy_model
+    from genserve.triton.model_config import copy_model
     from genserve.server import TritonServer, free_ports
 
     with tempfile.TemporaryDirectory(prefix="genserve-bench-") as work:

@@ -2,9 +2,10 @@
 
 For each task (deepfake, t2i, tie, vttie) and each concurrency C, C client threads send requests back
 to back to the Triton server (one gRPC client each, :func:`genserve.benchmarks.load.drive`), then C
-threads run the same work in this process: :class:`~genserve.faceswap.FaceSwapper` for face swap, the
-diffusers pipeline with the original torch weights (eager) for t2i/tie/vttie, with the size, steps,
-guidance, prompt and seed the server reported for that request. The modes alternate level by level, so
+threads run the same work in this process with the same service code the served model runs:
+:class:`~genserve.faceswap.FaceSwapper` for face swap, :class:`~genserve.diffusion.service.DiffusionService`
+over the diffusers pipeline with the original torch weights (eager) for t2i/tie/vttie (vttie's OCR
+check by rapidocr in-process), with the same request values and seeds. The modes alternate level by level, so
 that other load on the host hits both alike. Around each served level Triton's statistics are read, and
 their difference gives per model the requests, executions and mean queue and compute ms per request.
 
@@ -18,13 +19,11 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import inspect
 import io
 import json
 import logging
 import os
 import platform
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -35,9 +34,8 @@ from genserve.benchmarks.load import TABLE_HEADER, Run, drive, table_row
 
 logger = logging.getLogger("genserve.bench")
 
-TASKS = ("deepfake", "t2i", "tie", "vttie")
-DIFFUSION_TASKS = ("t2i", "tie", "vttie")
-PIPELINE_MODELS = {"t2i": "text_to_image", "tie": "edit_image", "vttie": "edit_text"}  # = diffusion.repository's
+from genserve.protocol import DIFFUSION_TASKS, PRECISION_DTYPES, TASKS
+
 # Demo repository: family per task (FLUX Kontext is the family that edits by instruction).
 DEMO_TASK_FAMILY = {"t2i": "sd", "tie": "flux", "vttie": "flux"}
 DEMO_PIPELINE_DIRS = {"sd": "sd", "flux": "flux-kontext", "cogview4": "cogview4"}
@@ -115,12 +113,11 @@ class FaceSwapTask:
 
 
 class DiffusionTask:
-    """t2i, tie or vttie on one served pipeline model, and the diffusers pipeline in-process.
+    """t2i, tie or vttie on one served pipeline model, and the same service in-process.
 
-    The in-process call is made from what the server reported for each payload's warm-up request
-    (pipeline class, steps, guidance, size, and for vttie the prompt built from the instruction), with the
-    same seed. Each in-process thread has its own pipeline object sharing the torch modules, with its own
-    scheduler (a diffusers scheduler keeps per-call state).
+    In-process, each thread has its own :class:`~genserve.diffusion.service.DiffusionService` over a
+    pipeline object sharing the torch modules, with its own scheduler (a diffusers scheduler keeps
+    per-call state). Both modes get the same request values, seeds included.
     """
 
     def __init__(self, task: str, settings: Settings, model: str, pipeline_dir: Path | None, precision: str):
@@ -130,45 +127,36 @@ class DiffusionTask:
 
         self.name, self.model, self.pipeline_dir, self.precision = task, model, pipeline_dir, precision
         self.size, self.steps = settings.size, settings.steps
-        self.in_process_label = f"diffusers from {pipeline_dir}, torch eager" if pipeline_dir else None
+        self.in_process_label = f"DiffusionService over diffusers from {pipeline_dir}, torch eager" if pipeline_dir else None
+        common = {"steps": self.steps}
         if task == "t2i":
-            self.payloads = [{"prompt": p, "seed": s} for s, p in enumerate(PROMPTS)]
+            self.payloads = [{"prompt": p, "seed": s, "width": self.size, "height": self.size, **common} for s, p in enumerate(PROMPTS)]
         elif task == "tie":
             import numpy as np
 
             y, x = np.mgrid[0 : self.size, 0 : self.size]
             field_ = np.stack([x * 255 // self.size, y * 255 // self.size, (x + y) * 127 // self.size], axis=-1).astype(np.uint8)
             image = _png(Image.fromarray(field_))
-            self.payloads = [{"prompt": p, "image": image, "seed": s} for s, p in enumerate(EDITS)]
+            self.payloads = [{"prompt": p, "image": image, "seed": s, **common} for s, p in enumerate(EDITS)]
         else:
             image = _png(sign_image(size=self.size))
-            self.payloads = [{"prompt": p, "image": image, "seed": s} for s, p in enumerate(TEXT_EDITS)]
-        self.in_process_payloads: list[dict] = []
-        self._pipeline = None
-        self._pipelines: list = []
-        self._lock = threading.Lock()
-
-    def _call(self, client, payload: dict):
-        options = {"model": self.model, "steps": self.steps, "seed": payload["seed"]}
-        if self.name == "t2i":
-            return client.text_to_image(payload["prompt"], width=self.size, height=self.size, **options)
-        if self.name == "tie":
-            return client.edit_image(payload["image"], payload["prompt"], **options)
-        return client.edit_text(payload["image"], payload["prompt"], **options)
+            self.payloads = [{"prompt": p, "image": image, "seed": s, **common} for s, p in enumerate(TEXT_EDITS)]
+        self.in_process_payloads = self.payloads
+        self._services: list = []
 
     def served_worker(self, client) -> Callable[[Any], Any]:
-        return lambda payload: self._call(client, payload)
+        return lambda payload: client.request(TASKS[self.name], model=self.model, **payload)
 
     def warm_served(self, client) -> None:
-        """One request per payload; their metadata make the in-process calls."""
-        self.metadata = [self._call(client, payload).metadata for payload in self.payloads]
+        """One request per payload: its metadata say which pipeline class serves the task."""
+        self.metadata = [self.served_worker(client)(payload)["metadata"] for payload in self.payloads]
 
     def prepare_in_process(self) -> None:
         import diffusers
         import torch
-        from PIL import Image
 
-        from genserve.families import EDIT_CALL_KWARGS
+        from genserve.diffusion.service import DiffusionService
+        from genserve.families import family_of_class, read_configs
 
         diffusers.utils.logging.set_verbosity_error()  # no loading bars, no safety-checker notice per clone
         diffusers.utils.logging.disable_progress_bar()
@@ -180,48 +168,33 @@ class DiffusionTask:
             pass
         pipeline_class = self.metadata[0]["pipeline"]
         device = "cuda" if torch.cuda.is_available() else "cpu"
-        dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[self.precision if device == "cuda" else "fp32"]
+        dtype = getattr(torch, PRECISION_DTYPES[self.precision if device == "cuda" else "fp32"])
         pipeline = getattr(diffusers, pipeline_class).from_pretrained(self.pipeline_dir, dtype=dtype).to(device)
         pipeline.set_progress_bar_config(disable=True)
-        self._pipeline, self._pipelines, self.device = pipeline, [pipeline], device
-        parameters = set(inspect.signature(pipeline.__call__).parameters)
-        self.in_process_payloads = []
-        for payload, meta in zip(self.payloads, self.metadata):
-            kwargs = {
-                "prompt": meta.get("prompt", payload["prompt"]) if self.name == "vttie" else payload["prompt"],
-                "num_inference_steps": meta["steps"],
-                "guidance_scale": meta["guidance"],
-                "width": meta["width"],
-                "height": meta["height"],
-                **(EDIT_CALL_KWARGS.get(pipeline_class, {}) if self.name != "t2i" else {}),
-            }
-            if "image" in payload:
-                kwargs["image"] = Image.open(io.BytesIO(payload["image"])).convert("RGB")
-            if "max_area" in parameters:
-                kwargs["max_area"] = meta["width"] * meta["height"]
-            kwargs = {k: v for k, v in kwargs.items() if v is not None and k in parameters}
-            self.in_process_payloads.append({"kwargs": kwargs, "seed": payload["seed"]})
+        family = family_of_class(pipeline_class)
+        pixel_multiple = family.pixel_multiple(read_configs(self.pipeline_dir, family))
+        self.service_settings = {"task": self.name, "family": family, "pixel_multiple": pixel_multiple, "max_size": 4096}
+        self._services = [DiffusionService(pipeline, text_reader=self._text_reader(), **self.service_settings)]
+        self.device = device
+
+    def _text_reader(self):
+        if self.name != "vttie":
+            return None
+        from genserve.ocr.engine import create_engine, recognize
+
+        engine = create_engine()
+        return lambda image: recognize(engine, image).texts
 
     def in_process_workers(self, count: int) -> list[Callable[[Any], Any]]:
-        import torch
+        from genserve.diffusion.service import DiffusionService
 
-        while len(self._pipelines) < count:
-            base = self._pipeline
+        while len(self._services) < count:
+            base = self._services[0].pipeline
             components = {**base.components, "scheduler": copy.deepcopy(base.scheduler)}
             clone = type(base)(**components)
             clone.set_progress_bar_config(disable=True)
-            self._pipelines.append(clone)
-
-        def worker(pipeline):
-            def work(payload):
-                generator = torch.Generator("cpu").manual_seed(payload["seed"])
-                with torch.inference_mode():
-                    images = pipeline(**payload["kwargs"], generator=generator, output_type="pil").images
-                return [_png(image) for image in images]  # the server answers PNG bytes too
-
-            return work
-
-        return [worker(pipeline) for pipeline in self._pipelines[:count]]
+            self._services.append(DiffusionService(clone, text_reader=self._text_reader(), **self.service_settings))
+        return [lambda payload, s=service: s.generate(dict(payload)) for service in self._services[:count]]
 
 
 # --- server and repositories ---------------------------------------------------------------------------
@@ -236,21 +209,23 @@ def _cuda() -> bool:
         return False
 
 
-def pipeline_repository(pipeline_dir: Path, work_dir: Path, precision: str, log=logger.info) -> tuple[Path, dict]:
-    """Export ``pipeline_dir`` and build its repository (no prefix) under ``work_dir``, both cached."""
+def pipeline_repository(pipeline_dir: Path, work_dir: Path, precision: str, log=logger.info):
+    """Export ``pipeline_dir`` and build its repository (no prefix) under ``work_dir``, both cached;
+    returns the repository folder and the export's manifest."""
     from genserve.diffusion.repository import BuildOptions, build_repository
     from genserve.errors import GenServeError
-    from genserve.export.pipeline import ExportOptions, export_pipeline, read_manifest
+    from genserve.export.manifest import Manifest
+    from genserve.export.pipeline import ExportOptions, export_pipeline
 
     key = hashlib.sha1(str(pipeline_dir.resolve()).encode()).hexdigest()[:10]
     base = work_dir / "bench" / f"{pipeline_dir.resolve().name}-{key}-{precision}"
     export_dir = base / "export"
     try:
-        manifest = read_manifest(export_dir)
+        manifest = Manifest.read(export_dir)
     except GenServeError:
         log(f"exporting {pipeline_dir} to {export_dir} ({precision})")
-        export_pipeline(pipeline_dir, export_dir, ExportOptions(precision=precision, progress=False, force=True), log=log)
-        manifest = read_manifest(export_dir)
+        export_pipeline(pipeline_dir, export_dir, ExportOptions(precision=precision, progress=False), log=log)
+        manifest = Manifest.read(export_dir)
     target = "gpu" if _cuda() else "cpu"
     repo_dir = base / f"repository-{target}"
     stamp = repo_dir / ".genserve-bench.json"
@@ -304,7 +279,7 @@ class Bench:
                 if task not in served:
                     self.notes.append(f"{task}: {s.pipeline} serves no {task} model (its tasks: {', '.join(sorted(served))}); skipped")
                     continue
-                tasks.append(DiffusionTask(task, s, s.models.get(task, PIPELINE_MODELS[task]), s.pipeline, self.precision))
+                tasks.append(DiffusionTask(task, s, s.models.get(task, TASKS[task].model), s.pipeline, self.precision))
             return tasks
         demo_dir = self.work_dir / "demo"
         if not s.url:
@@ -314,7 +289,7 @@ class Bench:
             self.repositories.append(repo_dir)
         families = set()
         for task in diffusion:
-            model = s.models.get(task, f"{DEMO_TASK_FAMILY[task]}_{PIPELINE_MODELS[task]}")
+            model = s.models.get(task, f"{DEMO_TASK_FAMILY[task]}_{TASKS[task].model}")
             family = model.split("_", 1)[0]
             families.add(family)
             pipeline_dir = demo_dir / "pipelines" / DEMO_PIPELINE_DIRS.get(family, family)
@@ -458,10 +433,10 @@ class Bench:
         }
 
 
-def _served_tasks(manifest: dict) -> dict[str, str]:
+def _served_tasks(manifest) -> dict[str, str]:
     from genserve.diffusion.repository import served_tasks
 
-    return served_tasks(manifest)
+    return served_tasks(manifest.family, manifest.pipeline_class, manifest.tasks, manifest.components)
 
 
 def run_bench(settings: Settings, log: Callable[[str], None] = print) -> dict[str, Any]:

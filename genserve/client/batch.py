@@ -30,7 +30,8 @@ from typing import Any
 
 from genserve.client.client import ImageResult
 from genserve.client.pool import ClientPool
-from genserve.client.tasks import IMAGES_FOLDER, TASK_TYPES, Task, write_results
+from genserve.client.tasks import IMAGES_FOLDER, Task, write_results
+from genserve.protocol import TASK_TYPES
 from genserve.errors import GenServeError, InvalidInputError
 
 JOURNAL = "progress.jsonl"

@@ -1,15 +1,15 @@
 """A client for every task the stack serves, over gRPC (default) or HTTP.
 
-It wraps tritonclient, whose gRPC and HTTP clients share one interface, and turns Triton's error
-responses into :class:`RequestError` with the server's message.
+It wraps tritonclient, whose gRPC and HTTP clients share one interface, packs requests and unpacks
+responses with the tasks' contracts (:mod:`genserve.protocol`), and turns Triton's error responses
+into :class:`RequestError` with the server's message.
 """
 
 from __future__ import annotations
 
-import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from collections.abc import Callable
 from typing import Any, Literal
 
 import numpy as np
@@ -18,6 +18,7 @@ from PIL import Image
 from genserve import config
 from genserve.client.images import ImageLike, decode_image, to_image_bytes
 from genserve.errors import GenServeError
+from genserve.protocol import EDIT_IMAGE, EDIT_TEXT, FACE_SWAP, INVALID_INPUT, OCR, TEXT_TO_IMAGE, Contract
 
 Protocol = Literal["grpc", "http"]
 
@@ -78,7 +79,9 @@ def request_error(error, url: str, protocol: str) -> RequestError:
     if "UNAVAILABLE" in str(error.status()) or "failed to connect" in (error.message() or ""):
         return unavailable(url, protocol)
     refused = str(error.status()) in ("StatusCode.INVALID_ARGUMENT", "400", "StatusCode.NOT_FOUND", "404")
-    return RequestError(error.message() or str(error), retriable=not refused)
+    # The server marks invalid input in the message too (for its own BLS callers); the code says it here.
+    message = (error.message() or str(error)).removeprefix(INVALID_INPUT)
+    return RequestError(message, retriable=not refused)
 
 
 def unavailable(url: str, protocol: str, cause: Exception | None = None) -> ServerUnavailableError:
@@ -110,106 +113,91 @@ class Call:
     parse: Callable[[dict[str, np.ndarray]], Any]
 
 
+def _document_fields(contract: Contract, skip: tuple[str, ...]) -> Callable:
+    """Append the contract's fields to a task method's docstring, so that ``help()`` shows them."""
+
+    def decorate(method):
+        lines = [f"    ``{f.name}`` ({f.type}): {f.help}" for f in contract.fields if f.name not in skip]
+        method.__doc__ = f"{method.__doc__}\n\n    Keyword parameters ({contract.model} fields, :mod:`genserve.protocol`):\n\n" + "\n".join(lines)
+        return method
+
+    return decorate
+
+
 class TaskMethods:
     """The task methods, written once for the blocking :class:`Client` and the asyncio ``AsyncClient``.
 
-    Each method builds a :class:`Call`; ``_run`` sends it: the blocking client returns the result, the
-    asyncio one returns an awaitable of it.
+    Each method packs its request with the task's contract (:mod:`genserve.protocol`) and builds a
+    :class:`Call`; ``_run`` sends it: the blocking client returns the result, the asyncio one returns
+    an awaitable of it. Values are checked by the server, with the contract's own checks.
     """
 
     def _run(self, call: Call) -> Any:
         raise NotImplementedError
 
+    def request(self, contract: Contract, *, model: str | None = None, **values: Any) -> Any:
+        """Any served model's request by its contract: the field values in, the decoded outputs out
+        (a dict keyed as the contract's outputs), e.g. ``client.request(OCR, image=data)["texts"]``."""
+        return self._task(contract, model, values, lambda out: out)
+
+    def _task(self, contract: Contract, model: str | None, values: dict[str, Any], result: Callable[[dict[str, Any]], Any]) -> Any:
+        inputs = contract.encode_request(**values)
+        return self._run(Call(model or contract.model, inputs, contract.output_names, lambda out: result(contract.decode_response(out))))
+
     # --- tasks -------------------------------------------------------------------------------------
 
-    def swap_face(
-        self,
-        ori: ImageLike,
-        target: ImageLike,
-        *,
-        face_index: int | None = None,
-        all_faces: bool = False,
-        output_format: Literal["jpeg", "png"] = "jpeg",
-        **options: Any,
-    ) -> ImageResult:
+    @_document_fields(FACE_SWAP, skip=("ori_image", "target_image"))
+    def swap_face(self, ori: ImageLike, target: ImageLike, *, model: str | None = None, **options: Any) -> ImageResult:
         """Put the face of ``target`` into ``ori``, keeping ori's background (the deepfake task).
 
         By default the largest face in ``ori`` is replaced; ``face_index`` picks another (faces are
         ordered largest first) and ``all_faces`` replaces every one. The metadata reports the faces
-        found, which were replaced, the identity score and per-stage timings.
-        """
-        request_options = {"face_index": face_index, "all_faces": all_faces, "output_format": output_format, **options}
-        request_options = {k: v for k, v in request_options.items() if v is not None}
-        inputs = {
-            "ORI_IMAGE": _bytes_tensor(to_image_bytes(ori)),
-            "TARGET_IMAGE": _bytes_tensor(to_image_bytes(target)),
-            "OPTIONS": _bytes_tensor(json.dumps(request_options).encode()),
-        }
-        return self._run(
-            Call(
-                "face_swap",
-                inputs,
-                ["IMAGE", "METADATA"],
-                lambda out: ImageResult(encoded=out["IMAGE"][0], metadata=json.loads(out["METADATA"][0])),
-            )
-        )
+        found, which were replaced, the identity score and per-stage timings."""
+        values = {"ori_image": to_image_bytes(ori), "target_image": to_image_bytes(target), **options}
+        return self._task(FACE_SWAP, model, values, lambda out: ImageResult(encoded=out["image"], metadata=out["metadata"]))
 
-    def ocr(self, image: ImageLike) -> list[OcrLine]:
+    def ocr(self, image: ImageLike, *, model: str | None = None) -> list[OcrLine]:
         """Read the text in ``image`` with PP-OCRv4 (the ``ocr`` model): one :class:`OcrLine` per line
         found, top to bottom then left to right; an empty list when there is no text.
 
         Paths and bytes are sent as they are; arrays are taken as RGB (see ``to_image_bytes``).
         """
-        inputs = {"IMAGE": _bytes_tensor(to_image_bytes(image))}
-        return self._run(Call("ocr", inputs, ["BOXES", "TEXTS", "SCORES"], _ocr_lines))
+        return self._task(OCR, model, {"image": to_image_bytes(image)}, _ocr_lines)
 
     # --- diffusion (docs/diffusion-serving.md) ------------------------------------------------------
 
-    def text_to_image(self, prompt: str, *, model: str = "text_to_image", **parameters: Any) -> ImageResult | list[ImageResult]:
+    @_document_fields(TEXT_TO_IMAGE, skip=("prompt",))
+    def text_to_image(self, prompt: str, *, model: str | None = None, **parameters: Any) -> ImageResult | list[ImageResult]:
         """Generate an image from ``prompt`` (the ``text_to_image`` model, or ``model``, e.g. ``flux_text_to_image``).
 
-        Parameters (all optional; the pipeline's defaults otherwise): ``negative_prompt``, ``steps``,
-        ``guidance``, ``seed``, ``width``, ``height``, ``num_images`` and ``options`` (a dict of family
-        extras: ``strength``, ``true_cfg_scale``, ``max_sequence_length``). Returns one
-        :class:`ImageResult` (PNG), or a list of them when ``num_images`` > 1; the metadata holds the seed,
-        steps, warnings (a truncated prompt) and timings per stage and per step.
-        """
-        return self._diffusion(model, prompt, None, parameters)
+        Every parameter is optional (the pipeline's defaults otherwise); ``options={...}`` is accepted as
+        a dict of them too. Returns one :class:`ImageResult` (PNG), or a list of them when ``num_images``
+        > 1; the metadata holds the seed, steps, warnings (a truncated prompt) and timings per stage and step."""
+        return self._diffusion(TEXT_TO_IMAGE, model, {"prompt": prompt, **parameters})
 
-    def edit_image(self, image: ImageLike, prompt: str, *, model: str = "edit_image", **parameters: Any) -> ImageResult | list[ImageResult]:
+    @_document_fields(EDIT_IMAGE, skip=("prompt", "image"))
+    def edit_image(self, image: ImageLike, prompt: str, *, model: str | None = None, **parameters: Any) -> ImageResult | list[ImageResult]:
         """Edit ``image`` as ``prompt`` says (FLUX Kontext; SD runs img2img). Same parameters as
         :meth:`text_to_image`; the result has the image's size unless ``width``/``height`` are given."""
-        return self._diffusion(model, prompt, image, parameters)
+        return self._diffusion(EDIT_IMAGE, model, {"prompt": prompt, "image": to_image_bytes(image), **parameters})
 
-    def edit_text(self, image: ImageLike, instruction: str, *, model: str = "edit_text", **parameters: Any) -> ImageResult | list[ImageResult]:
+    @_document_fields(EDIT_TEXT, skip=("prompt", "image"))
+    def edit_text(self, image: ImageLike, instruction: str, *, model: str | None = None, **parameters: Any) -> ImageResult | list[ImageResult]:
         """Change the text shown in ``image``: ``instruction`` quotes the old and the new text
-        (``change "OPEN" to "CLOSED"``, ``把“开”改成“关”``). The metadata reports both and the prompt used."""
-        return self._diffusion(model, instruction, image, parameters)
+        (``change "OPEN" to "CLOSED"``, ``把“开”改成“关”``). The metadata reports both, the prompt used
+        and the served OCR's reading of the result."""
+        return self._diffusion(EDIT_TEXT, model, {"prompt": instruction, "image": to_image_bytes(image), **parameters})
 
-    def _diffusion(self, model: str, prompt: str, image: ImageLike | None, parameters: dict[str, Any]):
-        typed = {"steps": ("STEPS", np.int32), "guidance": ("GUIDANCE", np.float32), "seed": ("SEED", np.int64),
-                 "width": ("WIDTH", np.int32), "height": ("HEIGHT", np.int32), "num_images": ("NUM_IMAGES", np.int32)}
-        unknown = set(parameters) - set(typed) - {"negative_prompt", "options"}
-        if unknown:
-            raise TypeError(f"unknown parameter(s) {', '.join(sorted(unknown))}")
-        inputs = {"PROMPT": _bytes_tensor(prompt.encode("utf-8"))}
-        if image is not None:
-            inputs["IMAGE"] = _bytes_tensor(to_image_bytes(image))
-        if parameters.get("negative_prompt"):
-            inputs["NEGATIVE_PROMPT"] = _bytes_tensor(parameters["negative_prompt"].encode("utf-8"))
-        if parameters.get("options"):
-            inputs["OPTIONS"] = _bytes_tensor(json.dumps(parameters["options"]).encode())
-        for key, (name, dtype) in typed.items():
-            if parameters.get(key) is not None:
-                inputs[name] = np.array([parameters[key]], dtype=dtype)
-        single = not (parameters.get("num_images") or 1) > 1
+    def _diffusion(self, contract: Contract, model: str | None, values: dict[str, Any]):
+        options = values.pop("options", None) or {}
+        values = {**values, **options}
+        single = not (values.get("num_images") or 1) > 1
 
-        def parse(outputs: dict[str, np.ndarray]) -> ImageResult | list[ImageResult]:
-            metadata = json.loads(outputs["METADATA"][0])
-            results = [ImageResult(encoded=bytes(encoded), metadata=metadata) for encoded in outputs["IMAGES"].reshape(-1)]
+        def result(out: dict[str, Any]) -> ImageResult | list[ImageResult]:
+            results = [ImageResult(encoded=encoded, metadata=out["metadata"]) for encoded in out["images"]]
             return results[0] if len(results) == 1 and single else results
 
-        return self._run(Call(model, inputs, ["IMAGES", "METADATA"], parse))
+        return self._task(contract, model, values, result)
 
 
 class Client(TaskMethods):
@@ -271,19 +259,10 @@ class Client(TaskMethods):
         return call.parse(self.infer(call.model, call.inputs, call.outputs))
 
 
-def _ocr_lines(outputs: dict[str, np.ndarray]) -> list[OcrLine]:
-    boxes = np.asarray(outputs["BOXES"], dtype=np.float32).reshape(-1, 4, 2)
-    texts = [] if outputs["TEXTS"] is None else outputs["TEXTS"].reshape(-1)
-    scores = np.asarray(outputs["SCORES"], dtype=np.float64).reshape(-1)
+def _ocr_lines(out: dict[str, Any]) -> list[OcrLine]:
+    boxes = np.asarray(out["boxes"], dtype=np.float32).reshape(-1, 4, 2)
+    scores = np.asarray(out["scores"], dtype=np.float64).reshape(-1)
     return [
-        OcrLine(
-            box=tuple((float(x), float(y)) for x, y in box),
-            text=text.decode("utf-8") if isinstance(text, bytes) else str(text),
-            score=float(score),
-        )
-        for box, text, score in zip(boxes, texts, scores)
+        OcrLine(box=tuple((float(x), float(y)) for x, y in box), text=text, score=float(score))
+        for box, text, score in zip(boxes, out["texts"], scores)
     ]
-
-
-def _bytes_tensor(data: bytes) -> np.ndarray:
-    return np.array([data], dtype=np.object_)

@@ -14,8 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from genserve.errors import InvalidInputError
-
-TASK_TYPES = ("t2i", "tie", "vttie", "deepfake")
+from genserve.protocol import DIFFUSION_TASKS, TASK_TYPES
 TASK_COLUMNS = ("index", "task_type", "prompt", "ori_image", "target_image")
 RESULT_COLUMNS = ("index", "gen_image")
 IMAGES_FOLDER = "imgs"
@@ -47,7 +46,7 @@ class Task:
         return None
 
 
-def parse_task_models(pairs: list[str], allowed: tuple[str, ...] = ("t2i", "tie", "vttie")) -> dict[str, str]:
+def parse_task_models(pairs: list[str], allowed: tuple[str, ...] = DIFFUSION_TASKS) -> dict[str, str]:
     """``["t2i=cogview4_text_to_image", ...]`` (the CLI's repeatable ``--model TASK=MODEL``) as a dict."""
     models = {}
     for pair in pairs:

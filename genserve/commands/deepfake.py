@@ -4,6 +4,12 @@ from __future__ import annotations
 
 import argparse
 
+from genserve.commands.fields import add_field_arguments, field_values
+from genserve.protocol import FACE_SWAP
+
+# The images are the positional arguments; the format follows OUT's extension.
+SKIPPED = ("ori_image", "target_image", "output_format")
+
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
@@ -19,10 +25,7 @@ def register(subparsers) -> None:
     parser.add_argument("-o", "--output", required=True, metavar="OUT", help="result image (.jpg, .png or .webp)")
     parser.add_argument("--url", help="server host:port (default: localhost:8001 for gRPC, localhost:8000 for HTTP)")
     parser.add_argument("--protocol", choices=("grpc", "http"), default="grpc")
-    which = parser.add_mutually_exclusive_group()
-    which.add_argument("--face-index", type=int, metavar="N", help="replace face N of ORI, largest first (default 0)")
-    which.add_argument("--all-faces", action="store_true", help="replace every face of ORI")
-    parser.add_argument("--no-color-transfer", action="store_true", help="keep the target face's own colours")
+    add_field_arguments(parser, FACE_SWAP, skip=SKIPPED)
     parser.add_argument("--json", action="store_true", help="print the server's full metadata as JSON")
     parser.set_defaults(handler=run)
 
@@ -39,14 +42,7 @@ def run(args: argparse.Namespace) -> int:
             raise InvalidInputError(f"{path}: no such file")
     output_format = "png" if Path(args.output).suffix.lower() == ".png" else "jpeg"
     with Client(args.url, protocol=args.protocol) as client:
-        result = client.swap_face(
-            args.ori,
-            args.target,
-            face_index=args.face_index,
-            all_faces=args.all_faces,
-            color_transfer=not args.no_color_transfer,
-            output_format=output_format,
-        )
+        result = client.swap_face(args.ori, args.target, output_format=output_format, **field_values(args, FACE_SWAP, skip=SKIPPED))
     path = result.save(args.output)
     if args.json:
         print(json.dumps(result.metadata, indent=2))

@@ -4,18 +4,19 @@ from __future__ import annotations
 
 import argparse
 
-from genserve.commands.diffusion_args import add_generation_arguments, parameters, write_results
+from genserve.commands.fields import add_generation_arguments, generation_values, write_results
+from genserve.protocol import EDIT_IMAGE
 
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
         "edit", help="edit an image as a prompt says (edit_image on the server)",
         description="Send IMAGE and PROMPT to an edit_image model (FLUX Kontext edits by instruction; SD runs "
-        "img2img, --option strength=0.6) and write the result, by default at IMAGE's size.",
+        "img2img, --strength 0.6) and write the result, by default at IMAGE's size.",
     )
     parser.add_argument("image", metavar="IMAGE")
     parser.add_argument("prompt", metavar="PROMPT")
-    add_generation_arguments(parser, "edit_image")
+    add_generation_arguments(parser, EDIT_IMAGE)
     parser.set_defaults(handler=run)
 
 
@@ -28,5 +29,5 @@ def run(args: argparse.Namespace) -> int:
     if not Path(args.image).is_file():
         raise InvalidInputError(f"{args.image}: no such file")
     with Client(args.url, protocol=args.protocol) as client:
-        results = client.edit_image(args.image, args.prompt, model=args.model, **parameters(args))
+        results = client.edit_image(args.image, args.prompt, model=args.model, **generation_values(args, EDIT_IMAGE))
     return write_results(args, results)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from genserve.commands.diffusion_args import add_generation_arguments, parameters, write_results
+from genserve.commands.fields import add_generation_arguments, generation_values, write_results
+from genserve.protocol import EDIT_TEXT
 
 
 def register(subparsers) -> None:
@@ -15,7 +16,7 @@ def register(subparsers) -> None:
     )
     parser.add_argument("image", metavar="IMAGE")
     parser.add_argument("instruction", metavar="INSTRUCTION")
-    add_generation_arguments(parser, "edit_text")
+    add_generation_arguments(parser, EDIT_TEXT)
     parser.set_defaults(handler=run)
 
 
@@ -28,7 +29,7 @@ def run(args: argparse.Namespace) -> int:
     if not Path(args.image).is_file():
         raise InvalidInputError(f"{args.image}: no such file")
     with Client(args.url, protocol=args.protocol) as client:
-        results = client.edit_text(args.image, args.instruction, model=args.model, **parameters(args))
+        results = client.edit_text(args.image, args.instruction, model=args.model, **generation_values(args, EDIT_TEXT))
     code = write_results(args, results)
     meta = (results if isinstance(results, list) else [results])[0].metadata
     if not args.json:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from genserve.commands.diffusion_args import add_generation_arguments, parameters, write_results
+from genserve.commands.fields import add_generation_arguments, generation_values, write_results
+from genserve.protocol import TEXT_TO_IMAGE
 
 
 def register(subparsers) -> None:
@@ -14,7 +15,7 @@ def register(subparsers) -> None:
         "(docs/diffusion-serving.md) and write the image.",
     )
     parser.add_argument("prompt", metavar="PROMPT")
-    add_generation_arguments(parser, "text_to_image")
+    add_generation_arguments(parser, TEXT_TO_IMAGE)
     parser.set_defaults(handler=run)
 
 
@@ -22,5 +23,5 @@ def run(args: argparse.Namespace) -> int:
     from genserve.client import Client
 
     with Client(args.url, protocol=args.protocol) as client:
-        results = client.text_to_image(args.prompt, model=args.model, **parameters(args))
+        results = client.text_to_image(args.prompt, model=args.model, **generation_values(args, TEXT_TO_IMAGE))
     return write_results(args, results)

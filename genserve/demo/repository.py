@@ -27,12 +27,12 @@ def build_demo_repository(out_dir: str | Path, *, pipeline_instances: int = 1, l
     """``out_dir/repository``, built (or reused) from ``out_dir/pipelines`` and ``out_dir/exports``."""
     from genserve.demo.pipelines import build_demo_pipeline
     from genserve.diffusion.repository import BuildOptions, build_repository
-    from genserve.errors import GenServeError
-    from genserve.export.pipeline import MANIFEST_FORMAT, ExportOptions, export_pipeline, read_manifest
+    from genserve.export.manifest import FORMAT
+    from genserve.export.pipeline import ExportOptions, export_pipeline
 
     out_dir = Path(out_dir)
     repo_dir = out_dir / "repository"
-    stamp = {"families": sorted(DEMO_FAMILIES.values()), "pipeline_instances": pipeline_instances, "format": 2}
+    stamp = {"families": sorted(DEMO_FAMILIES.values()), "pipeline_instances": pipeline_instances, "format": FORMAT}
     if (repo_dir / STAMP).is_file() and json.loads((repo_dir / STAMP).read_text()) == stamp:
         return repo_dir
     for name, family in DEMO_FAMILIES.items():
@@ -41,12 +41,9 @@ def build_demo_repository(out_dir: str | Path, *, pipeline_instances: int = 1, l
             log(f"building the tiny {name} pipeline")
             build_demo_pipeline(name, out_dir / "pipelines")
         export_dir = out_dir / "exports" / family
-        try:
-            if read_manifest(export_dir).get("format") != MANIFEST_FORMAT:
-                raise GenServeError(f"{export_dir} is an export of an older format")
-        except GenServeError:
-            log(f"exporting {name} to ONNX")
-            export_pipeline(pipeline_dir, export_dir, ExportOptions(progress=False, force=True), log=log)
+        log(f"exporting {name} to ONNX (the stages done before are reused)")
+        # An export of an older format has no stages to reuse: it is redone whole.
+        export_pipeline(pipeline_dir, export_dir, ExportOptions(progress=False, force=not (export_dir / ".stages").is_dir()), log=log)
         build_repository(export_dir, repo_dir, BuildOptions(
             target="cpu", prefix=f"{family}_", max_size=256, pipeline_instances=pipeline_instances,
         ))

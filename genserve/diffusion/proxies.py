@@ -14,30 +14,32 @@ through a *runner*: ``runner(model_name, inputs, output_names) -> outputs``, ten
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import importlib
 import inspect
 import json
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from genserve.errors import GenServeError
+from genserve.export.manifest import ComponentEntry, Manifest, TensorEntry
 from genserve.families import Family, TensorSpec, component_config
+from genserve.protocol import PRECISION_DTYPES
 
 Runner = Callable[[str, dict[str, torch.Tensor], list[str]], dict[str, torch.Tensor]]
-
-TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "int64": torch.int64}
 # Keywords a pipeline may pass with a value that the exported graphs already assume: the hidden states
 # are exported as outputs, and an AutoencoderKL's decode ignores its generator.
 ALWAYS_IGNORED = frozenset({"output_hidden_states", "generator"})
 
 
-class LeafCallError(RuntimeError):
-    """A call to an exported component failed (the leaf model's error, or a call the graph cannot take)."""
+class UnsupportedCallError(GenServeError, RuntimeError):
+    """The pipeline made a call its exported component cannot take (a keyword the graph does not honour)."""
 
 
 @dataclass
@@ -54,6 +56,21 @@ class CallStats:
         self.per_call.setdefault(component, []).append(seconds)
 
 
+# The statistics of the pipeline run in progress in this thread (or asyncio task), if one records.
+_CURRENT_STATS: contextvars.ContextVar[CallStats | None] = contextvars.ContextVar("genserve_call_stats", default=None)
+
+
+@contextlib.contextmanager
+def recording_calls() -> Iterator[CallStats]:
+    """Record the proxies' calls made inside the block (by this thread or task) into a new CallStats."""
+    stats = CallStats()
+    token = _CURRENT_STATS.set(stats)
+    try:
+        yield stats
+    finally:
+        _CURRENT_STATS.reset(token)
+
+
 @dataclass(frozen=True)
 class Component:
     """One exported component as a proxy calls it: the served model's name and the tensors' specs."""
@@ -63,7 +80,7 @@ class Component:
     batched: bool  # a Triton batching model: one-value-per-sample inputs travel as [batch, 1]
     kind: str
     method: str
-    inputs: tuple[dict[str, Any], ...]  # manifest entries: name, dims, dtype, argument
+    inputs: tuple[TensorEntry, ...]  # the exported graph's inputs
     outputs: tuple[TensorSpec, ...]  # the family's specs: name and where the output goes
 
 
@@ -71,7 +88,7 @@ class ModuleProxy:
     """A pipeline module (``unet``, ``vae``, ``text_encoder``...) whose methods call exported models."""
 
     def __init__(self, module: str, class_ref: tuple[str, str], config: Mapping[str, Any], components: list[Component],
-                 runner: Runner, dtype: torch.dtype, stats: Callable[[], CallStats | None]):
+                 runner: Runner, dtype: torch.dtype):
         from diffusers.configuration_utils import FrozenDict
 
         self._module = module
@@ -81,7 +98,6 @@ class ModuleProxy:
         self.device = torch.device("cpu")
         self._components = {component.method: component for component in components}
         self._runner = runner
-        self._stats = stats
         cls = getattr(importlib.import_module(self._library), self._class_name)
         # The original signatures, to bind positional arguments as the real module would.
         self._signatures = {method: inspect.signature(getattr(cls, method)) for method in self._components}
@@ -122,7 +138,7 @@ class ModuleProxy:
     def _call(self, method: str, args: tuple, kwargs: dict):
         component = self._components.get(method)
         if component is None:
-            raise LeafCallError(f"{self._module}.{method} was not exported; the pipeline cannot call it")
+            raise UnsupportedCallError(f"{self._module}.{method} was not exported; the pipeline cannot call it")
         bound = self._signatures[method].bind(None, *args, **kwargs).arguments
         bound.pop(next(iter(bound)))  # self
         for name, value in list(bound.items()):  # flatten **kwargs
@@ -133,13 +149,13 @@ class ModuleProxy:
         inputs = self._inputs(component, bound)
         started = time.perf_counter()
         outputs = self._runner(component.model, inputs, [spec.name for spec in component.outputs])
-        stats = self._stats()
+        stats = _CURRENT_STATS.get()
         if stats is not None:
             stats.add(component.name, time.perf_counter() - started)
         return self._result(component, outputs, return_dict)
 
     def _inputs(self, component: Component, arguments: dict[str, Any]) -> dict[str, torch.Tensor]:
-        taken = {entry["argument"] for entry in component.inputs}
+        taken = {entry.argument for entry in component.inputs}
         for name, value in arguments.items():
             # Unset options (attention kwargs, ControlNet residuals...) are what the graphs were
             # exported with; a set one would be silently dropped, so it is refused.
@@ -149,32 +165,32 @@ class ModuleProxy:
                 continue
             if name == "attention_mask" and isinstance(value, torch.Tensor) and bool(value.all()):
                 continue  # an all-ones mask is the same as none
-            raise LeafCallError(f"{self._module}.{component.method}: the exported {component.name} does not take {name!r}")
+            raise UnsupportedCallError(f"{self._module}.{component.method}: the exported {component.name} does not take {name!r}")
         batch = None
         tensors: dict[str, torch.Tensor] = {}
         for entry in component.inputs:
-            value = arguments.get(entry["argument"])
+            value = arguments.get(entry.argument)
             if value is None:
-                raise LeafCallError(f"{component.name}: input {entry['argument']!r} is missing")
+                raise UnsupportedCallError(f"{component.name}: input {entry.argument!r} is missing")
             tensor = torch.as_tensor(value)
-            tensors[entry["name"]] = tensor.to(TORCH_DTYPES[entry["dtype"]])
-            if entry["dims"] and entry["dims"][0] == "batch" and tensor.ndim == len(entry["dims"]) >= 2:
+            tensors[entry.name] = tensor.to(getattr(torch, entry.dtype))
+            if entry.batched and tensor.ndim == len(entry.dims) >= 2:
                 batch = tensor.shape[0] if batch is None else batch
         # Pipelines pass one timestep (or guidance) for the whole batch, and FLUX's position ids without
         # a batch dimension; the graphs take one per sample (equal rows, so that Triton can batch them).
         for entry in component.inputs:
-            tensor = tensors[entry["name"]]
-            if entry["dims"] and entry["dims"][0] == "batch" and tensor.ndim == len(entry["dims"]) - 1 >= 1:
+            tensor = tensors[entry.name]
+            if entry.batched and tensor.ndim == len(entry.dims) - 1 >= 1:
                 if batch is None:
-                    raise LeafCallError(f"{component.name}: no input gives the batch size for {entry['argument']!r}")
-                tensors[entry["name"]] = tensor.unsqueeze(0).expand(batch, *tensor.shape)
-            elif tuple(entry["dims"]) == ("batch",):
+                    raise UnsupportedCallError(f"{component.name}: no input gives the batch size for {entry.argument!r}")
+                tensors[entry.name] = tensor.unsqueeze(0).expand(batch, *tensor.shape)
+            elif entry.dims == ("batch",):
                 if batch is not None and tensor.numel() == 1:
                     tensor = tensor.reshape(1).expand(batch)
                 if component.batched:
                     tensor = tensor.reshape(-1, 1)
-                tensors[entry["name"]] = tensor
-            tensors[entry["name"]] = tensors[entry["name"]].contiguous()
+                tensors[entry.name] = tensor
+            tensors[entry.name] = tensors[entry.name].contiguous()
         return tensors
 
     def _result(self, component: Component, outputs: dict[str, torch.Tensor], return_dict: bool):
@@ -207,34 +223,29 @@ class ModuleProxy:
 # --- building the proxies of an export ----------------------------------------------------------------
 
 
-def pipeline_files(export_or_model_dir: Path) -> Path:
-    return Path(export_or_model_dir) / "pipeline"
-
-
-def build_proxies(family: Family, manifest: Mapping[str, Any], pipeline_dir: Path, runner: Runner,
-                  model_names: Mapping[str, str] | None = None, batched: Mapping[str, bool] | None = None,
-                  stats: Callable[[], CallStats | None] = lambda: None) -> dict[str, ModuleProxy]:
-    """One proxy per exported pipeline module, keyed by the pipeline's attribute name."""
+def build_proxies(family: Family, manifest: Manifest, pipeline_dir: Path, runner: Runner,
+                  model_names: Mapping[str, str] | None = None, triton: bool = True) -> dict[str, ModuleProxy]:
+    """One proxy per exported pipeline module, keyed by the pipeline's attribute name; ``model_names``
+    maps a component to the model serving it (default: the component's name). ``triton``: the runner
+    calls Triton models, whose batching ones take one-value-per-sample inputs as [batch, 1]."""
     model_index = json.loads((pipeline_dir / "model_index.json").read_text())
-    dtype = TORCH_DTYPES[{"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}[manifest["precision"]]]
+    dtype = getattr(torch, PRECISION_DTYPES[manifest.precision])
     by_module: dict[str, list[Component]] = {}
-    for name, entry in manifest["components"].items():
-        spec = family.component(name)
-        component = Component(
-            name=name,
-            model=(model_names or {}).get(name, name),
-            batched=bool((batched or {}).get(name, False)),
-            kind=entry["kind"],
-            method=entry["method"],
-            inputs=tuple(entry["inputs"]),
-            outputs=spec.outputs,
-        )
-        by_module.setdefault(entry["module"], []).append(component)
+    for name, entry in manifest.components.items():
+        component = _component(family, entry, (model_names or {}).get(name, name), batched=triton and entry.batched)
+        by_module.setdefault(entry.module, []).append(component)
     proxies = {}
     for module, components in by_module.items():
         config = component_config(module, json.loads((pipeline_dir / module / "config.json").read_text()))
-        proxies[module] = ModuleProxy(module, tuple(model_index[module]), config, components, runner, dtype, stats)
+        proxies[module] = ModuleProxy(module, tuple(model_index[module]), config, components, runner, dtype)
     return proxies
+
+
+def _component(family: Family, entry: ComponentEntry, model: str, batched: bool) -> Component:
+    return Component(
+        name=entry.name, model=model, batched=batched, kind=entry.kind, method=entry.method,
+        inputs=entry.inputs, outputs=family.component(entry.name).outputs,
+    )  # fmt: skip
 
 
 def load_pipeline(pipeline_class: str, pipeline_dir: Path, proxies: Mapping[str, ModuleProxy]):
@@ -269,10 +280,10 @@ def load_pipeline(pipeline_class: str, pipeline_dir: Path, proxies: Mapping[str,
 class OrtRunner:
     """Runs the exported components in-process with ONNX Runtime (checks and debugging without a server)."""
 
-    def __init__(self, export_dir: Path, manifest: Mapping[str, Any]):
+    def __init__(self, export_dir: Path, manifest: Manifest):
         from genserve.export.ort_session import open_session
 
-        self.sessions = {name: open_session(Path(export_dir) / entry["path"]) for name, entry in manifest["components"].items()}
+        self.sessions = {name: open_session(Path(export_dir) / entry.path) for name, entry in manifest.components.items()}
         self.lock = threading.Lock()
 
     def __call__(self, model: str, inputs: dict[str, torch.Tensor], outputs: list[str]) -> dict[str, torch.Tensor]:
@@ -280,27 +291,3 @@ class OrtRunner:
         with self.lock:
             arrays = session.run(outputs, {name: tensor.numpy() for name, tensor in inputs.items()})
         return {name: torch.from_numpy(array) for name, array in zip(outputs, arrays)}
-
-
-def bls_runner(model: str, inputs: dict[str, torch.Tensor], outputs: list[str]) -> dict[str, torch.Tensor]:
-    """One BLS request to a leaf model of the same Triton server. Tensors cross by DLPack, so bf16 works
-    and nothing is copied on the way in."""
-    import triton_python_backend_utils as pb_utils
-    from torch.utils.dlpack import to_dlpack
-
-    request = pb_utils.InferenceRequest(
-        model_name=model,
-        requested_output_names=outputs,
-        inputs=[pb_utils.Tensor.from_dlpack(name, to_dlpack(tensor)) for name, tensor in inputs.items()],
-    )
-    response = request.exec()
-    if response.has_error():
-        raise LeafCallError(f"{model}: {response.error().message()}")
-    result = {}
-    for name in outputs:
-        tensor = pb_utils.get_output_tensor_by_name(response, name)
-        if tensor is None:
-            raise LeafCallError(f"{model} returned no {name!r}")
-        # A copy: the response's memory is released with it.
-        result[name] = torch.from_dlpack(tensor.to_dlpack()).clone()
-    return result

@@ -16,8 +16,9 @@ import torch
 
 from genserve.errors import ExportError
 from genserve.families import FLOAT, INT64, ComponentSpec, TensorSpec
+from genserve.protocol import PRECISION_DTYPES
 
-PRECISIONS: dict[str, torch.dtype] = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+PRECISIONS: dict[str, torch.dtype] = {precision: getattr(torch, name) for precision, name in PRECISION_DTYPES.items()}
 WEIGHT_SUFFIXES = (".safetensors", ".bin")
 
 

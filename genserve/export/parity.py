@@ -7,13 +7,15 @@ the module can be freed before ONNX Runtime loads the graph: the two never share
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
 from genserve.export.components import random_inputs
+from genserve.export.manifest import ParityResult
 from genserve.families import ComponentSpec, Family, ShapeRequest
 
 # fp32 graphs must match to this (the issue's bar); lower precisions are reported against looser
@@ -50,17 +52,6 @@ class Reference:
     outputs: tuple[np.ndarray, ...]
 
 
-@dataclass
-class ParityResult:
-    component: str
-    request: ShapeRequest
-    errors: dict[str, float]  # output name -> relative L2
-
-    @property
-    def worst(self) -> float:
-        return max(self.errors.values())
-
-
 def torch_references(
     wrapper: torch.nn.Module,
     family: Family,
@@ -78,6 +69,21 @@ def torch_references(
             outputs = wrapper(*inputs)
         references.append(Reference(request, inputs, tuple(o.float().numpy() for o in outputs)))
     return references
+
+
+def save_references(references: Sequence[Reference], path: Path) -> None:
+    """Keep torch's outputs beside the export, so that later stages need not load the module again."""
+    torch.save(
+        [{"request": asdict(r.request), "inputs": list(r.inputs), "outputs": [torch.from_numpy(o) for o in r.outputs]} for r in references],
+        path,
+    )
+
+
+def load_references(path: Path) -> list[Reference]:
+    entries = torch.load(path, weights_only=True)
+    return [
+        Reference(ShapeRequest(**e["request"]), tuple(e["inputs"]), tuple(o.numpy() for o in e["outputs"])) for e in entries
+    ]
 
 
 def check(session, spec: ComponentSpec, config: Mapping[str, Any], references: Sequence[Reference]) -> list[ParityResult]:

@@ -1,26 +1,26 @@
 """``genserve export``: a diffusers pipeline folder to one ONNX model per component (+ TensorRT engines).
 
-Stages, per pipeline module (each module is loaded once, exported, and freed before the next):
+Each component goes through stages, each kept when done (:mod:`genserve.export.stages`) and skipped
+on a rerun with the same inputs, so an export that fails late (a parity failure on a 12B transformer,
+a killed process) resumes where it stopped instead of starting over:
 
-1. load the module from its folder (lazily: meta device, then the safetensors weights);
-2. export each of its components to plain ONNX (``onnx_export``);
-3. compute torch's outputs on fresh random inputs at the parity shapes, then free the module;
-4. build a TensorRT engine from the plain graph, when asked and possible (``tensorrt``);
-5. fuse for ONNX Runtime and time the graph before and after (``optimize``);
-6. run the final graph in ONNX Runtime and compare with torch (``parity``).
+1. ``onnx``: load the component's module (lazily: meta device, then the safetensors weights; each
+   module once, freed before the next), export the plain ONNX graph, and compute torch's outputs on
+   random inputs at the parity shapes (kept beside the graph, so no later stage needs torch);
+2. ``tensorrt``: an engine from the plain graph, when asked and possible (:mod:`~genserve.export.tensorrt`);
+3. ``optimize``: ONNX Runtime's fusions; the fused graph is served only if it still matches torch;
+4. ``parity``: the served graph in ONNX Runtime against torch's outputs.
 
 Output layout (``OUT_DIR``)::
 
-    manifest.json                      what was exported: family, precision, tensors, parity, timings
+    manifest.json                      written last: a folder with it is a complete export
     pipeline/                          the source folder without weights: model_index.json, every
-                                       module's config, tokenizers, scheduler (what serving needs to
-                                       rebuild the diffusers pipeline around the exported models)
-    <component>/1/model.onnx           one Triton-style model folder per component
+                                       module's config, tokenizers, scheduler
+    <component>/1/model.onnx           the served graph (fused or plain), a Triton-style model folder
     <component>/1/model.onnx.data      its weights, only when over 2 GB
     <component>_trt/1/model.plan       TensorRT engine, with --tensorrt on a GPU host
-
-Everything is written to a hidden sibling folder that is renamed to ``OUT_DIR`` at the end, so
-``OUT_DIR`` either holds a complete export (manifest ``"complete": true``) or nothing new.
+    .stages/<component>/               the stages' own files and records (the graphs above are hard
+                                       links to the files here)
 """
 
 from __future__ import annotations
@@ -37,14 +37,14 @@ from pathlib import Path
 from typing import Any
 
 from genserve.errors import ExportError
-from genserve.families import FAMILIES, FAMILY_ALIASES, Family, family_of_class, read_configs, read_model_index
+from genserve.export.manifest import FORMAT, MANIFEST, ComponentEntry, Manifest, ParityResult, TensorEntry
+from genserve.export.stages import StageStore, folder_fingerprint, stage_key
+from genserve.families import FAMILIES, FAMILY_ALIASES, DYNAMIC_DIMS, ComponentSpec, Family, family_of_class, read_configs, read_model_index
+from genserve.protocol import PRECISION_DTYPES
 
 logger = logging.getLogger(__name__)
 
-MANIFEST = "manifest.json"
-# 2: FLUX's position ids lead with the batch dimension (per_request inputs).
-MANIFEST_FORMAT = "genserve-export/2"
-ONNX_DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
+STAGES = ("onnx", "tensorrt", "optimize", "parity")
 
 
 @dataclass
@@ -59,45 +59,30 @@ class ExportOptions:
     batch_sizes: tuple[int, ...] = (1, 4)
     resolutions: tuple[tuple[int, int], ...] = ()
     text_lengths: tuple[int, ...] = ()
-    force: bool = False  # replace an existing export
+    force: bool = False  # redo every stage
     components: tuple[str, ...] = ()  # only these (default: all of the family's)
     external_data_threshold: int | None = None  # bytes; None: the 2 GB rule
     progress: bool = True
 
 
 @dataclass
-class ComponentReport:
-    name: str
-    path: str
-    export_s: float = 0.0
-    weight_bytes: int = 0
-    external_data: bool = False
-    fusions: dict[str, int] = field(default_factory=dict)
-    fused: bool = False
-    latency_plain_s: float | None = None
-    latency_fused_s: float | None = None
-    parity: list = field(default_factory=list)  # ParityResult
-    parity_skipped: str | None = None
-    tensorrt: dict[str, Any] = field(default_factory=dict)
-    # Peak host memory (RSS) while its module was loaded and exported / while ORT checked it.
-    torch_peak_bytes: int = 0
-    ort_peak_bytes: int = 0
-
-
-@dataclass
 class ExportReport:
+    """What one run of ``genserve export`` did: the manifest's components, and which stages ran."""
+
     family: str
     pipeline_class: str
     precision: str
     out_dir: Path
-    components: list[ComponentReport]
+    components: list[ComponentEntry]
     seconds: float = 0.0
     peak_memory_bytes: int = 0
     largest_module_bytes: int = 0
     tensorrt_skipped: str | None = None
+    stages_run: list[tuple[str, str]] = field(default_factory=list)  # (component, stage)
+    stages_reused: list[tuple[str, str]] = field(default_factory=list)
 
     @property
-    def parity_results(self) -> list:
+    def parity_results(self) -> list[ParityResult]:
         return [result for component in self.components for result in component.parity]
 
 
@@ -136,32 +121,17 @@ def check_pipeline(pipeline_dir: Path, family: Family, model_index: dict[str, An
         check_module_folder(pipeline_dir, module)
 
 
-# --- Output ------------------------------------------------------------------------------------------
-
-
-def _prepare_output(out_dir: Path, force: bool) -> Path:
-    """A fresh hidden folder beside ``out_dir`` to write into."""
-    if out_dir.exists() and any(out_dir.iterdir()):
-        if not force:
-            raise ExportError(f"{out_dir} exists and is not empty; pass --force to replace it")
-        if not (out_dir / MANIFEST).is_file():
-            raise ExportError(f"{out_dir} is not empty and is no export (no {MANIFEST}); refusing to replace it")
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = out_dir.parent / f".{out_dir.name}.partial-{os.getpid()}"
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir()
-    return staging
-
-
-def _publish(staging: Path, out_dir: Path) -> None:
-    """Rename the finished staging folder to ``out_dir`` (replacing an older export)."""
-    old = None
-    if out_dir.exists():
-        old = out_dir.parent / f".{out_dir.name}.old-{os.getpid()}"
-        out_dir.rename(old)
-    staging.rename(out_dir)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+def _prepare_output(out_dir: Path, store: StageStore, force: bool) -> None:
+    """Make ``out_dir`` an export in progress: new, or an export (complete or not) to resume or redo."""
+    is_export = (out_dir / MANIFEST).is_file() or store.exists()
+    if out_dir.exists() and any(out_dir.iterdir()) and not is_export:
+        raise ExportError(f"{out_dir} is not empty and is no export (no {MANIFEST}, no {store.root.name}/); refusing to write into it")
+    if force and is_export:
+        for path in out_dir.iterdir():
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    # Until the new manifest is written the folder is no complete export.
+    (out_dir / MANIFEST).unlink(missing_ok=True)
 
 
 def _copy_pipeline_files(pipeline_dir: Path, target: Path) -> None:
@@ -171,77 +141,36 @@ def _copy_pipeline_files(pipeline_dir: Path, target: Path) -> None:
     def ignore(folder: str, names: list[str]) -> list[str]:
         return [n for n in names if n.endswith(WEIGHT_SUFFIXES) or n.endswith(".index.json")]
 
-    shutil.copytree(pipeline_dir, target, ignore=ignore)
+    partial = target.with_name(f".{target.name}.partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    shutil.copytree(pipeline_dir, partial, ignore=ignore)
+    shutil.rmtree(target, ignore_errors=True)
+    partial.rename(target)
 
 
-def _tensor_entry(tensor, dims: dict[str, int], precision: str, dynamic: frozenset) -> dict[str, Any]:
-    return {
-        "name": tensor.name,
-        "dims": list(tensor.dims),
-        "shape": [-1 if d in dynamic else dims[d] for d in tensor.dims],
-        "dtype": ONNX_DTYPES[precision] if tensor.dtype == "float" else tensor.dtype,
-        **({"argument": tensor.argument} if tensor.argument else {}),
-    }
+def _link_graph(graph: Path, target_dir: Path) -> None:
+    """Put ``graph`` (and its external data) in ``target_dir``: hard links when the file system allows,
+    so the served graph is no second copy of the weights."""
+    shutil.rmtree(target_dir, ignore_errors=True)
+    target_dir.mkdir(parents=True)
+    for source in graph.parent.glob(f"{graph.name}*"):
+        try:
+            os.link(source, target_dir / source.name)
+        except OSError:
+            shutil.copy2(source, target_dir / source.name)
 
 
-def _manifest(report: ExportReport, family: Family, configs, pipeline_dir: Path) -> dict[str, Any]:
-    from genserve.export.onnx_export import OPSET_BY_PRECISION
-    from genserve.families import DYNAMIC_DIMS
-
-    components = {}
-    for component_report in report.components:
-        spec = family.component(component_report.name)
-        config = configs[spec.module]
-        static = spec.static_dims(config)
-        components[spec.name] = {
-            "module": spec.module,
-            "kind": spec.kind,
-            "method": spec.method,
-            "path": component_report.path,
-            "external_data": component_report.external_data,
-            "weight_bytes": component_report.weight_bytes,
-            "inputs": [_tensor_entry(t, static, report.precision, DYNAMIC_DIMS) for t in spec.active_inputs(config)],
-            "outputs": [_tensor_entry(t, static, report.precision, DYNAMIC_DIMS) for t in spec.outputs],
-            "dim_limits": spec.limits(config),
-            "ort_fusions": component_report.fusions if component_report.fused else {},
-            "latency_s": {"plain": component_report.latency_plain_s, "fused": component_report.latency_fused_s},
-            "parity": [
-                {"batch": r.request.batch, "height": r.request.height, "width": r.request.width,
-                 "text_len": r.request.text_len, "with_image": r.request.with_image, "relative_l2": r.errors}
-                for r in component_report.parity
-            ],
-            **({"parity_skipped": component_report.parity_skipped} if component_report.parity_skipped else {}),
-            "tensorrt": component_report.tensorrt,
-            "peak_host_memory_bytes": {"torch": component_report.torch_peak_bytes, "onnxruntime": component_report.ort_peak_bytes},
-        }
-    return {
-        "format": MANIFEST_FORMAT,
-        "family": family.name,
-        "pipeline_class": report.pipeline_class,
-        "tasks": list(family.tasks),
-        "precision": report.precision,
-        "opset": OPSET_BY_PRECISION[report.precision],
-        "source": str(pipeline_dir.resolve()),
-        "pipeline_files": "pipeline",
-        "vae_scale_factor": family.vae_scale_factor(configs),
-        "pixel_multiple": family.pixel_multiple(configs),
-        "components": components,
-        "peak_host_memory_bytes": report.peak_memory_bytes,
-        "seconds": round(report.seconds, 1),
-        "complete": True,
-    }
-
-
-def read_manifest(out_dir: str | Path) -> dict[str, Any]:
-    """The manifest of a complete export; ExportError for a folder that is none."""
-    path = Path(out_dir) / MANIFEST
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ExportError(f"{out_dir} holds no complete export (no {MANIFEST})") from None
-    if not manifest.get("complete"):
-        raise ExportError(f"{out_dir}: the export is incomplete")
-    return manifest
+def _tensor_entries(tensors, dims: dict[str, int], precision: str) -> tuple[TensorEntry, ...]:
+    return tuple(
+        TensorEntry(
+            name=tensor.name,
+            dims=tuple(tensor.dims),
+            shape=tuple(-1 if d in DYNAMIC_DIMS else dims[d] for d in tensor.dims),
+            dtype=PRECISION_DTYPES[precision] if tensor.dtype == "float" else tensor.dtype,
+            argument=tensor.argument,
+        )
+        for tensor in tensors
+    )
 
 
 # --- The export --------------------------------------------------------------------------------------
@@ -261,7 +190,7 @@ class _Progress:
     def __init__(self, total: int, enabled: bool):
         from tqdm.auto import tqdm
 
-        self.bar = tqdm(total=total, disable=not enabled, unit="step", dynamic_ncols=True)
+        self.bar = tqdm(total=total, disable=not enabled, unit="stage", dynamic_ncols=True)
 
     def stage(self, component: str, stage: str) -> None:
         self.bar.set_description(f"{component}: {stage}")
@@ -273,172 +202,308 @@ class _Progress:
         self.bar.close()
 
 
+class _Export:
+    """One run of the stages over one pipeline folder (see the module docstring)."""
+
+    def __init__(self, pipeline_dir: Path, out_dir: Path, options: ExportOptions, log: Callable[[str], None]):
+        from genserve.export import onnx_export, parity, tensorrt
+        from genserve.export.components import PRECISIONS
+
+        if options.precision not in PRECISIONS:
+            raise ExportError(f"unknown precision {options.precision!r}; known: {', '.join(PRECISIONS)}")
+        self.pipeline_dir, self.out_dir, self.options, self.log = pipeline_dir, out_dir, options, log
+        self.family, self.model_index = resolve_family(pipeline_dir, options.family)
+        check_pipeline(pipeline_dir, self.family, self.model_index)
+        self.configs = read_configs(pipeline_dir, self.family)
+        unknown = set(options.components) - {c.name for c in self.family.components}
+        if unknown:
+            raise ExportError(f"{self.family.name} has no component(s) {', '.join(sorted(unknown))}")
+        self.specs = [c for c in self.family.components if not options.components or c.name in options.components]
+        self.dtype = PRECISIONS[options.precision]
+        self.opset = onnx_export.OPSET_BY_PRECISION[options.precision]
+        self.tensorrt_skipped = tensorrt.tensorrt_unavailable() if options.tensorrt else None
+        if self.tensorrt_skipped:
+            log(f"TensorRT engines skipped: {self.tensorrt_skipped}")
+        self.build_engines = options.tensorrt and self.tensorrt_skipped is None
+        self.resolutions = options.resolutions or _default_resolutions(self.family, self.configs)
+        self.text_lengths = options.text_lengths or (self.family.default_text_len,)
+        multiple = self.family.pixel_multiple(self.configs)
+        for height, width in self.resolutions:
+            if height % multiple or width % multiple:
+                raise ExportError(f"{self.family.name}: resolution {height}x{width} is not a multiple of {multiple}")
+        self.parity_requests = parity.parity_requests(self.family, self.configs)
+        threshold = options.external_data_threshold
+        self.threshold = onnx_export.EXTERNAL_DATA_THRESHOLD if threshold is None else threshold
+        self.store = StageStore(out_dir)
+        self.report = ExportReport(
+            self.family.name, self.model_index.get("_class_name", "?"), options.precision, out_dir, [],
+            tensorrt_skipped=self.tensorrt_skipped,
+        )  # fmt: skip
+        self.entries: dict[str, ComponentEntry] = {}
+        self.keys: dict[str, str] = {}
+        steps_per_component = 1 + int(self.build_engines) + int(options.optimize) + int(options.parity)
+        self.progress = _Progress(len(self.specs) * steps_per_component, options.progress)
+
+    # --- the driver ----------------------------------------------------------------------------------
+
+    def run(self) -> ExportReport:
+        from genserve.export.memory import PeakMemory
+
+        _prepare_output(self.out_dir, self.store, self.options.force)
+        started = time.perf_counter()
+        try:
+            with PeakMemory() as peak:
+                # Module by module: a failure at a later module leaves the earlier components whole.
+                for module in dict.fromkeys(spec.module for spec in self.specs):
+                    module_specs = [spec for spec in self.specs if spec.module == module]
+                    self._onnx_stage(module_specs)
+                    for spec in module_specs:
+                        self._tensorrt_stage(spec)
+                        self._optimize_stage(spec)
+                        self._parity_stage(spec)
+                        _link_graph(self._served_graph(spec.name), self.out_dir / spec.name / "1")
+                        peak.sample()
+        finally:
+            self.progress.close()
+        self.report.peak_memory_bytes = peak.peak_bytes
+        self.report.seconds = time.perf_counter() - started
+        self.report.components = [self.entries[spec.name] for spec in self.specs]
+        _copy_pipeline_files(self.pipeline_dir, self.out_dir / "pipeline")
+        self._manifest().write(self.out_dir)
+        return self.report
+
+    def _stage(self, spec: ComponentSpec, stage: str, key: str, run: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+        """The stage's result: the kept one when its key matches, else ``run()``'s, then kept."""
+        result = self.store.done(spec.name, stage, key)
+        if result is not None:
+            self.report.stages_reused.append((spec.name, stage))
+        else:
+            self.progress.stage(spec.name, stage)
+            result = run()
+            self.store.record(spec.name, stage, key, result)
+            self.report.stages_run.append((spec.name, stage))
+        self.progress.done()
+        return result
+
+    def _graph_dir(self, component: str, name: str) -> Path:
+        return self.store.root / component / name
+
+    def _served_graph(self, component: str) -> Path:
+        name = "fused" if self.entries[component].fused else "plain"
+        return self._graph_dir(component, name) / "model.onnx"
+
+    # --- 1. onnx: the plain graph and torch's reference outputs ------------------------------------
+
+    def _onnx_stage(self, module_specs: list[ComponentSpec]) -> None:
+        module_name = module_specs[0].module
+        source = {
+            "module": folder_fingerprint(self.pipeline_dir / module_name),
+            "class": self.model_index[module_name],
+        }
+        for spec in module_specs:
+            self.keys[spec.name] = stage_key(
+                format=FORMAT, component=spec.name, family=self.family.name, precision=self.options.precision,
+                opset=self.opset, external_data_threshold=self.threshold, source=source,
+            )  # fmt: skip
+        pending = [spec for spec in module_specs if self.store.done(spec.name, "onnx", self.keys[spec.name]) is None]
+        if pending:
+            from genserve.export import components as torch_side
+            from genserve.export.memory import PeakMemory
+
+            self.progress.stage(pending[0].name, f"loading {module_name}")
+            with PeakMemory() as torch_stage:
+                module = torch_side.load_module(self.pipeline_dir, module_name, self.model_index, self.dtype)
+                module_bytes = sum(p.numel() * p.element_size() for p in module.parameters())
+                for spec in pending:
+                    self.progress.stage(spec.name, "onnx")
+                    result = self._export_graph(module, spec)
+                    result |= {"torch_peak_bytes": torch_stage.peak_bytes, "module_bytes": module_bytes}
+                    self.store.record(spec.name, "onnx", self.keys[spec.name], result)
+                    self.report.stages_run.append((spec.name, "onnx"))
+                    self.progress.done()
+                del module
+                gc.collect()  # freed before ONNX Runtime opens any graph
+        for spec in module_specs:
+            if spec not in pending:
+                self.report.stages_reused.append((spec.name, "onnx"))
+                self.progress.done()
+            result = self.store.done(spec.name, "onnx", self.keys[spec.name])
+            config = self.configs[spec.module]
+            static = spec.static_dims(config)
+            self.entries[spec.name] = ComponentEntry(
+                name=spec.name, module=spec.module, kind=spec.kind, method=spec.method,
+                path=f"{spec.name}/1/model.onnx",
+                inputs=_tensor_entries(spec.active_inputs(config), static, self.options.precision),
+                outputs=_tensor_entries(spec.outputs, static, self.options.precision),
+                external_data=result["external_data"], weight_bytes=result["weight_bytes"],
+                dim_limits=spec.limits(config), export_s=result["export_s"], torch_peak_bytes=result["torch_peak_bytes"],
+            )  # fmt: skip
+            self.report.largest_module_bytes = max(self.report.largest_module_bytes, result["module_bytes"])
+
+    def _export_graph(self, module, spec: ComponentSpec) -> dict[str, Any]:
+        from genserve.export import components as torch_side
+        from genserve.export import onnx_export, parity
+
+        config = self.configs[spec.module]
+        wrapper = torch_side.ComponentModule(module, spec, config)
+        final, partial = self.store.output_dir(spec.name, "plain")
+        started = time.perf_counter()
+        example_dims = self.family.dims(onnx_export.example_request(self.family, self.configs), self.configs)
+        inputs = torch_side.random_inputs(spec, config, example_dims, self.dtype, seed=0)
+        info = onnx_export.export_onnx(
+            wrapper, spec, config, inputs, example_dims, partial / "model.onnx", opset=self.opset,
+            external_data_threshold=self.threshold,
+        )  # fmt: skip
+        references = parity.torch_references(wrapper, self.family, spec, self.configs, self.parity_requests, self.dtype)
+        parity.save_references(references, partial / "references.pt")
+        self.store.commit(final, partial)
+        return {"weight_bytes": info["weight_bytes"], "external_data": info["external_data"], "export_s": time.perf_counter() - started}
+
+    def _references(self, spec: ComponentSpec):
+        from genserve.export import parity
+
+        return parity.load_references(self._graph_dir(spec.name, "plain") / "references.pt")
+
+    # --- 2. tensorrt -----------------------------------------------------------------------------------
+
+    def _tensorrt_stage(self, spec: ComponentSpec) -> None:
+        from genserve.export import tensorrt
+
+        entry = self.entries[spec.name]
+        if not self.build_engines:
+            entry.tensorrt = {"skipped": self.tensorrt_skipped} if self.options.tensorrt else {}
+            return
+        requests = tensorrt.profile_requests(
+            self.options.batch_sizes, self.resolutions, self.text_lengths, with_image="vttie" in self.family.tasks
+        )
+        profile = tensorrt.compute_profile(self.family, spec, self.configs, requests, requests[0])
+        plan = self.out_dir / f"{spec.name}_trt" / "1" / "model.plan"
+        shapes = {name: [list(shape) for shape in value] for name, value in profile.shapes.items()}
+        key = stage_key(onnx=self.keys[spec.name], profile=shapes)
+
+        def build() -> dict[str, Any]:
+            partial = plan.with_name(f".{plan.name}.partial")
+            tensorrt.build_engine(self._graph_dir(spec.name, "plain") / "model.onnx", partial, profile, self.options.precision)
+            partial.replace(plan)
+            return {"path": str(plan.relative_to(self.out_dir)), "profile": shapes}
+
+        entry.tensorrt = self._stage(spec, "tensorrt", key, build)
+
+    # --- 3. optimize: ONNX Runtime fusions, kept when they still match torch ------------------------
+
+    def _optimize_stage(self, spec: ComponentSpec) -> None:
+        if not self.options.optimize:
+            return
+        key = stage_key(onnx=self.keys[spec.name], parity=self.options.parity)
+        result = self._stage(spec, "optimize", key, lambda: self._fuse(spec))
+        entry = self.entries[spec.name]
+        entry.fusions, entry.fused = result["fusions"], result["fused"]
+        entry.latency_plain_s, entry.latency_fused_s = result["latency_plain_s"], result["latency_fused_s"]
+
+    def _fuse(self, spec: ComponentSpec) -> dict[str, Any]:
+        from genserve.export import optimize, ort_session, parity
+
+        config = self.configs[spec.module]
+        references = self._references(spec)
+        names = [t.name for t in spec.active_inputs(config)]
+        timing_inputs = references[0].inputs
+        plain = self._graph_dir(spec.name, "plain") / "model.onnx"
+        result: dict[str, Any] = {"fusions": {}, "fused": False, "latency_plain_s": None, "latency_fused_s": None}
+        try:
+            session = ort_session.open_session(plain)
+        except Exception as error:  # noqa: BLE001 - no kernels for this precision here: the parity stage says so
+            logger.warning("%s: ONNX Runtime cannot open the plain graph (%s); not fused", spec.name, str(error).splitlines()[0])
+            return result
+        result["latency_plain_s"] = ort_session.latency(lambda s=session: ort_session.run(s, names, timing_inputs))
+        del session  # one graph's weights in ONNX Runtime at a time
+        final, partial = self.store.output_dir(spec.name, "fused")
+        result["fusions"] = optimize.fuse_for_ort(plain, partial / "model.onnx")
+        fused_session = ort_session.open_session(partial / "model.onnx")
+        result["latency_fused_s"] = ort_session.latency(lambda s=fused_session: ort_session.run(s, names, timing_inputs))
+        checks = parity.check(fused_session, spec, config, references) if self.options.parity else []
+        del fused_session
+        if all(r.worst <= parity.TOLERANCES[self.options.precision] for r in checks):
+            self.store.commit(final, partial)
+            result["fused"] = True
+        else:
+            logger.warning("%s: fused graph does not match torch; keeping the plain graph", spec.name)
+            shutil.rmtree(partial, ignore_errors=True)
+        return result
+
+    # --- 4. parity: the served graph against torch ---------------------------------------------------
+
+    def _parity_stage(self, spec: ComponentSpec) -> None:
+        from genserve.export.memory import PeakMemory
+
+        if not self.options.parity:
+            return
+        entry = self.entries[spec.name]
+        key = stage_key(onnx=self.keys[spec.name], fused=entry.fused, precision=self.options.precision)
+
+        def check() -> dict[str, Any]:
+            with PeakMemory() as ort_stage:
+                result = self._check_parity(spec)
+            return result | {"ort_peak_bytes": ort_stage.peak_bytes}
+
+        result = self._stage(spec, "parity", key, check)
+        entry.parity = [ParityResult.from_dict(spec.name, r) for r in result["parity"]]
+        entry.parity_skipped, entry.ort_peak_bytes = result.get("parity_skipped"), result["ort_peak_bytes"]
+        self._enforce_parity(entry)
+
+    def _check_parity(self, spec: ComponentSpec) -> dict[str, Any]:
+        from genserve.export import ort_session, parity
+
+        try:
+            session = ort_session.open_session(self._served_graph(spec.name))
+            results = parity.check(session, spec, self.configs[spec.module], self._references(spec))
+        except Exception as error:
+            if self.options.precision == "fp32":
+                raise ExportError(f"{spec.name}: ONNX Runtime cannot run the exported graph: {error}") from error
+            # ONNX Runtime's CPU provider lacks fp16/bf16 kernels for many ops: the graph may still be
+            # right for a GPU provider or TensorRT.
+            why = f"ONNX Runtime ({', '.join(ort_session.providers())}) cannot run it: {str(error).splitlines()[0][:200]}"
+            return {"parity": [], "parity_skipped": why}
+        return {"parity": [result.to_dict() for result in results]}
+
+    def _enforce_parity(self, entry: ComponentEntry) -> None:
+        from genserve.export import parity
+
+        worst = max((r.worst for r in entry.parity), default=0.0)
+        tolerance = parity.TOLERANCES[self.options.precision]
+        if self.options.precision == "fp32" and worst > tolerance:
+            # The record stays: a rerun reports the same failure at once rather than recomputing it.
+            raise ExportError(
+                f"{entry.name}: ONNX Runtime differs from torch by relative L2 {worst:.2e} (> {tolerance:g}):\n"
+                + parity.format_table(entry.parity, self.options.precision)
+            )
+
+    # --- the manifest ----------------------------------------------------------------------------------
+
+    def _manifest(self) -> Manifest:
+        return Manifest(
+            family=self.family.name,
+            pipeline_class=self.report.pipeline_class,
+            tasks=tuple(self.family.tasks),
+            precision=self.options.precision,
+            opset=self.opset,
+            source=str(self.pipeline_dir.resolve()),
+            vae_scale_factor=self.family.vae_scale_factor(self.configs),
+            pixel_multiple=self.family.pixel_multiple(self.configs),
+            components={entry.name: entry for entry in self.report.components},
+            peak_host_memory_bytes=self.report.peak_memory_bytes,
+            seconds=self.report.seconds,
+        )
+
+
 def export_pipeline(
     pipeline_dir: str | Path,
     out_dir: str | Path,
     options: ExportOptions | None = None,
     log: Callable[[str], None] = print,
 ) -> ExportReport:
-
-    from genserve.export import components as torch_side
-    from genserve.export import onnx_export, parity, tensorrt
-    from genserve.export.memory import PeakMemory
-
-    options = options or ExportOptions()
-    pipeline_dir, out_dir = Path(pipeline_dir), Path(out_dir)
-    if options.precision not in torch_side.PRECISIONS:
-        raise ExportError(f"unknown precision {options.precision!r}; known: {', '.join(torch_side.PRECISIONS)}")
-    family, model_index = resolve_family(pipeline_dir, options.family)
-    check_pipeline(pipeline_dir, family, model_index)
-    configs = read_configs(pipeline_dir, family)
-    specs = [c for c in family.components if not options.components or c.name in options.components]
-    unknown = set(options.components) - {c.name for c in family.components}
-    if unknown:
-        raise ExportError(f"{family.name} has no component(s) {', '.join(sorted(unknown))}")
-    dtype = torch_side.PRECISIONS[options.precision]
-    tensorrt_skipped = None
-    if options.tensorrt:
-        tensorrt_skipped = tensorrt.tensorrt_unavailable()
-        if tensorrt_skipped:
-            log(f"TensorRT engines skipped: {tensorrt_skipped}")
-    build_engines = options.tensorrt and tensorrt_skipped is None
-    resolutions = options.resolutions or _default_resolutions(family, configs)
-    text_lengths = options.text_lengths or (family.default_text_len,)
-    for height, width in resolutions:
-        if height % family.pixel_multiple(configs) or width % family.pixel_multiple(configs):
-            raise ExportError(f"{family.name}: resolution {height}x{width} is not a multiple of {family.pixel_multiple(configs)}")
-    example = onnx_export.example_request(family, configs)
-    example_dims = family.dims(example, configs)
-    requests = parity.parity_requests(family, configs)
-    threshold = options.external_data_threshold
-    if threshold is None:
-        threshold = onnx_export.EXTERNAL_DATA_THRESHOLD
-
-    staging = _prepare_output(out_dir, options.force)
-    report = ExportReport(family.name, model_index.get("_class_name", "?"), options.precision, out_dir, [], tensorrt_skipped=tensorrt_skipped)
-    steps_per_component = 3 + int(options.optimize) + int(options.parity) + int(build_engines)
-    progress = _Progress(len(specs) * steps_per_component, options.progress)
-    started = time.perf_counter()
-    try:
-        with PeakMemory() as peak:
-            for module_name in dict.fromkeys(spec.module for spec in specs):
-                module_specs = [s for s in specs if s.module == module_name]
-                config = configs[module_name]
-                progress.stage(module_specs[0].name, f"loading {module_name}")
-                with PeakMemory() as torch_stage:
-                    module = torch_side.load_module(pipeline_dir, module_name, model_index, dtype)
-                    module_bytes = sum(p.numel() * p.element_size() for p in module.parameters())
-                    report.largest_module_bytes = max(report.largest_module_bytes, module_bytes)
-                    progress.done(len(module_specs))
-                    pending = []
-                    for spec in module_specs:
-                        wrapper = torch_side.ComponentModule(module, spec, config)
-                        relative = f"{spec.name}/1/model.onnx"
-                        path = staging / relative
-                        component = ComponentReport(spec.name, relative)
-                        progress.stage(spec.name, "exporting to ONNX")
-                        t0 = time.perf_counter()
-                        inputs = torch_side.random_inputs(spec, config, example_dims, dtype, seed=0)
-                        info = onnx_export.export_onnx(
-                            wrapper, spec, config, inputs, example_dims, path,
-                            opset=onnx_export.OPSET_BY_PRECISION[options.precision], external_data_threshold=threshold,
-                        )
-                        component.export_s = time.perf_counter() - t0
-                        component.weight_bytes, component.external_data = info["weight_bytes"], info["external_data"]
-                        progress.done()
-                        progress.stage(spec.name, "torch reference outputs")
-                        references = parity.torch_references(wrapper, family, spec, configs, requests, dtype)
-                        progress.done()
-                        pending.append((spec, component, references))
-                        report.components.append(component)
-                        del wrapper
-                    # Free the torch module before ONNX Runtime loads its graphs.
-                    del module
-                    gc.collect()
-
-                for spec, component, references in pending:
-                    component.torch_peak_bytes = torch_stage.peak_bytes
-                    path = staging / component.path
-                    if build_engines:
-                        progress.stage(spec.name, "building TensorRT engine")
-                        requests_trt = tensorrt.profile_requests(
-                            options.batch_sizes, resolutions, text_lengths, with_image="vttie" in family.tasks
-                        )
-                        profile = tensorrt.compute_profile(family, spec, configs, requests_trt, requests_trt[0])
-                        plan = staging / f"{spec.name}_trt/1/model.plan"
-                        tensorrt.build_engine(path, plan, profile, options.precision)
-                        component.tensorrt = {
-                            "path": str(plan.relative_to(staging)),
-                            "profile": {k: [list(s) for s in v] for k, v in profile.shapes.items()},
-                        }
-                        progress.done()
-                    elif options.tensorrt:
-                        component.tensorrt = {"skipped": tensorrt_skipped}
-                    with PeakMemory() as ort_stage:
-                        _check_and_fuse(spec, configs[spec.module], component, references, path, options, progress)
-                    component.ort_peak_bytes = ort_stage.peak_bytes
-                    peak.sample()
-        report.peak_memory_bytes = peak.peak_bytes
-        report.seconds = time.perf_counter() - started
-        progress.close()
-        _copy_pipeline_files(pipeline_dir, staging / "pipeline")
-        (staging / MANIFEST).write_text(json.dumps(_manifest(report, family, configs, pipeline_dir), indent=2) + "\n")
-        _publish(staging, out_dir)
-    except BaseException:
-        progress.close()
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    return report
-
-
-def _check_and_fuse(spec, config, component: ComponentReport, references, path: Path, options: ExportOptions, progress) -> None:
-    """Fuse (optionally) and check parity of the final graph; ExportError when fp32 does not match."""
-    from genserve.export import optimize, ort_session, parity
-
-    tolerance = parity.TOLERANCES[options.precision]
-    names = [t.name for t in spec.active_inputs(config)]
-    timing_inputs = references[0].inputs
-
-    try:
-        session = ort_session.open_session(path)
-        results = parity.check(session, spec, config, references) if options.parity else []
-    except Exception as error:
-        if options.precision == "fp32":
-            raise ExportError(f"{spec.name}: ONNX Runtime cannot run the exported graph: {error}") from error
-        # ONNX Runtime's CPU provider lacks fp16/bf16 kernels for many ops: the graph may still be
-        # right for a GPU provider or TensorRT.
-        component.parity_skipped = f"ONNX Runtime ({', '.join(ort_session.providers())}) cannot run it: {str(error).splitlines()[0][:200]}"
-        progress.done(int(options.optimize) + int(options.parity))
-        return
-
-    if options.optimize:
-        progress.stage(spec.name, "fusing for ONNX Runtime")
-        component.latency_plain_s = ort_session.latency(lambda: ort_session.run(session, names, timing_inputs))
-        fused_path = path.parent / "fused" / path.name
-        component.fusions = optimize.fuse_for_ort(path, fused_path)
-        fused_session = ort_session.open_session(fused_path)
-        component.latency_fused_s = ort_session.latency(lambda: ort_session.run(fused_session, names, timing_inputs))
-        fused_results = parity.check(fused_session, spec, config, references) if options.parity else []
-        if all(r.worst <= tolerance for r in fused_results):
-            del fused_session, session
-            optimize.replace_model(fused_path, path)
-            component.fused = True
-            results = fused_results
-        else:
-            logger.warning("%s: fused graph does not match torch; keeping the plain graph", spec.name)
-            del fused_session
-            shutil.rmtree(fused_path.parent, ignore_errors=True)
-        progress.done()
-    if options.parity:
-        progress.stage(spec.name, "parity")
-        component.parity = results
-        worst = max((r.worst for r in results), default=0.0)
-        if options.precision == "fp32" and worst > tolerance:
-            raise ExportError(
-                f"{spec.name}: ONNX Runtime differs from torch by relative L2 {worst:.2e} (> {tolerance:g}):\n"
-                + parity.format_table(results, options.precision)
-            )
-        progress.done()
+    """Export a pipeline folder (see the module docstring); stages already done with the same inputs
+    are reused, ``options.force`` redoes them all."""
+    return _Export(Path(pipeline_dir), Path(out_dir), options or ExportOptions(), log).run()
 
 
 def format_report(report: ExportReport) -> str:
@@ -465,6 +530,11 @@ def format_report(report: ExportReport) -> str:
             lines.append(f"TensorRT engine: {c.tensorrt['path']}")
     if report.tensorrt_skipped:
         lines.append(f"TensorRT engines skipped: {report.tensorrt_skipped}")
+    if report.stages_reused:
+        reused: dict[str, list[str]] = {}
+        for component, stage in report.stages_reused:
+            reused.setdefault(component, []).append(stage)
+        lines.append("reused from an earlier run: " + "; ".join(f"{c} ({', '.join(s)})" for c, s in reused.items()))
     if report.parity_results:
         lines.append("")
         lines.append(format_table(report.parity_results, report.precision))

@@ -7,11 +7,12 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import threading
 import time
 from collections import OrderedDict
-from dataclasses import dataclass, fields
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -28,6 +29,7 @@ from genserve.faceswap.blend import (
 )
 from genserve.faceswap.faces import Face, FaceAnalyzer, identity_similarity
 from genserve.imaging import decode_image, encode_image
+from genserve.protocol import FACE_SWAP
 
 # Feather width and light-matching blur, as fractions of the face's size (sqrt of its hull area).
 FEATHER_FRACTION = 0.1
@@ -40,7 +42,8 @@ TARGET_CROP_MARGIN = 0.35
 
 @dataclass(frozen=True)
 class SwapOptions:
-    """What a request may ask for; every field has a default."""
+    """What a swap may ask for beyond the two images: the option fields of the served contract
+    (:data:`genserve.protocol.FACE_SWAP`), whose defaults and checks these are."""
 
     face_index: int | None = None  # which face of ori to replace, largest first; None: the largest
     all_faces: bool = False  # replace every face of ori
@@ -50,33 +53,16 @@ class SwapOptions:
     compute_identity: bool = True  # report the identity score of the result
 
     @classmethod
-    def from_json(cls, text: str | bytes | None) -> SwapOptions:
-        if not text:
-            return cls()
-        try:
-            values = json.loads(text)
-        except (json.JSONDecodeError, UnicodeDecodeError) as error:
-            raise InvalidInputError(f"OPTIONS is not valid JSON: {error}") from None
-        if not isinstance(values, dict):
-            raise InvalidInputError("OPTIONS must be a JSON object")
-        known = {f.name: f for f in fields(cls)}
-        unknown = sorted(set(values) - set(known))
-        if unknown:
-            raise InvalidInputError(f"unknown option(s) {', '.join(unknown)}; known: {', '.join(known)}")
-        options = cls(**values)
-        options.validate()
-        return options
+    def from_values(cls, values: Mapping[str, Any]) -> SwapOptions:
+        """The options among a request's checked values (see ``FACE_SWAP.decode_request``)."""
+        return cls(**{name: values[name] for name in OPTION_NAMES if values.get(name) is not None})
 
     def validate(self) -> None:
-        if self.face_index is not None and (not isinstance(self.face_index, int) or isinstance(self.face_index, bool) or self.face_index < 0):
-            raise InvalidInputError(f"face_index must be a non-negative integer, not {self.face_index!r}")
-        if self.output_format.lower() not in ("jpeg", "jpg", "png", "webp"):
-            raise InvalidInputError(f"output_format must be jpeg, png or webp, not {self.output_format!r}")
-        if not isinstance(self.jpeg_quality, int) or not 1 <= self.jpeg_quality <= 100:
-            raise InvalidInputError(f"jpeg_quality must be an integer from 1 to 100, not {self.jpeg_quality!r}")
-        for name in ("all_faces", "color_transfer", "compute_identity"):
-            if not isinstance(getattr(self, name), bool):
-                raise InvalidInputError(f"{name} must be true or false")
+        """InvalidInputError for a value the served model would refuse."""
+        FACE_SWAP.check({name: getattr(self, name) for name in OPTION_NAMES}, partial=True)
+
+
+OPTION_NAMES = tuple(field.name for field in FACE_SWAP.option_fields)
 
 
 @dataclass

@@ -45,13 +45,6 @@ CLS = LeafModel("ocr_cls", "models/ch_ppocr_mobile_v2.0_cls_infer.onnx", "x", "s
 REC = LeafModel("ocr_rec", "models/ch_PP-OCRv4_rec_infer.onnx", "x", "softmax_11.tmp_0")
 LEAF_MODELS = (DET, CLS, REC)
 
-# The pipeline model's name and tensors.
-PIPELINE_MODEL = "ocr"
-INPUT_IMAGE = "IMAGE"
-OUTPUT_BOXES = "BOXES"  # FP32 [N, 4, 2]: corners clockwise from top-left, in input-image pixels
-OUTPUT_TEXTS = "TEXTS"  # BYTES [N]: UTF-8 text of each line
-OUTPUT_SCORES = "SCORES"  # FP64 [N]: recognition confidence (rapidocr's value, a float64 mean)
-
 # rapidocr decodes with PIL and takes these modes as they are; others (palette, 16-bit, CMYK...) it
 # would misread as grey or 4-channel, so they are converted first.
 _MODES_TAKEN_AS_IS = {"1", "L", "LA", "RGB", "RGBA"}

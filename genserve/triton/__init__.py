@@ -1,5 +1,12 @@
-"""Reusable pieces for Triton models of the stack.
+"""Everything that touches Triton's Python backend, in one place.
 
-- :mod:`genserve.triton.onnx_leaf`: a generic Python-backend model that runs one ONNX file with ONNX
-  Runtime ("ONNX leaf model"), for hosts whose Triton has no native onnxruntime backend.
+- :mod:`genserve.triton.models`: the stack's Python-backend models (face swap, OCR, diffusion
+  pipelines), each a task's contract (:mod:`genserve.protocol`) over its in-process service.
+- :mod:`genserve.triton.onnx_leaf`: a model that runs one ONNX file with ONNX Runtime ("ONNX leaf
+  model"), for servers without the native onnxruntime backend.
+- :mod:`genserve.triton.bls`: calls from one served model to another, error codes kept.
+- :mod:`genserve.triton.requests`: reading requests, answering each one on its own.
+- :mod:`genserve.triton.model_config`: ``config.pbtxt`` as Triton's ``ModelConfig``, model parameters.
+
+The server process itself is started by :mod:`genserve.server`.
 """

@@ -24,12 +24,16 @@ Other parameters (all optional, string values as Triton requires):
   backend's names); ``0`` or absent lets ONNX Runtime decide.
 - ``execution_provider``: ``auto`` (default: CUDA on a GPU instance when ONNX Runtime has it, else CPU),
   ``cuda`` (fail to load without it) or ``cpu``.
+- ``max_input_shape``: JSON, input name -> the largest size of each dimension the model takes, as the
+  model receives it (the batch first when it batches; -1: no limit), e.g. ``{"x": [8, 3, 2048, 2048]}``.
+  A larger request is refused with INVALID_ARG before ONNX Runtime sees it.
 
 Batching: with ``max_batch_size > 0`` (and ``dynamic_batching`` in the config), one ``execute`` call
 may carry several requests. Requests whose inputs agree on every dimension but the first are
 concatenated along the batch dimension, run together and split again; the others run one group at a
-time. Every request gets its own response: a request that fails gets a ``TritonError`` with the
-reason, and the other requests of the call are unaffected.
+time. Every request gets its own response: a request whose tensors do not match the config (a
+missing input, another element type, rank or fixed size) is refused with INVALID_ARG, one that ONNX
+Runtime fails on gets INTERNAL, and the other requests of the call are unaffected.
 """
 
 from __future__ import annotations
@@ -38,11 +42,15 @@ import importlib.resources
 import json
 import os
 import re
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from genserve.errors import InvalidInputError
+from genserve.protocol import BYTES, TRITON_TYPES, Tensor
+from genserve.triton.model_config import model_parameters
+from genserve.triton.requests import error_response
 
 try:  # present only inside Triton's Python backend stub
     import triton_python_backend_utils as pb_utils
@@ -54,30 +62,30 @@ PARAM_ONNX_FILE = "onnx_file"
 PARAM_INTRA_OP_THREADS = "intra_op_thread_count"
 PARAM_INTER_OP_THREADS = "inter_op_thread_count"
 PARAM_EXECUTION_PROVIDER = "execution_provider"
+PARAM_MAX_INPUT_SHAPE = "max_input_shape"
 
-# ONNX Runtime's element types as Triton spells them in config.pbtxt.
-ORT_TO_TRITON_TYPE = {
-    "tensor(float)": "TYPE_FP32",
-    "tensor(float16)": "TYPE_FP16",
-    "tensor(bfloat16)": "TYPE_BF16",
-    "tensor(double)": "TYPE_FP64",
-    "tensor(int8)": "TYPE_INT8",
-    "tensor(int16)": "TYPE_INT16",
-    "tensor(int32)": "TYPE_INT32",
-    "tensor(int64)": "TYPE_INT64",
-    "tensor(uint8)": "TYPE_UINT8",
-    "tensor(uint16)": "TYPE_UINT16",
-    "tensor(uint32)": "TYPE_UINT32",
-    "tensor(uint64)": "TYPE_UINT64",
-    "tensor(bool)": "TYPE_BOOL",
-    "tensor(string)": "TYPE_STRING",
-}
+# ONNX Runtime names element types "tensor(float)"...; these differ from numpy's names.
+_ORT_TYPE_NAMES = {"float": "float32", "double": "float64", "string": BYTES}
+_DTYPE_OF_TRITON = {triton: name for name, triton in TRITON_TYPES.items()}
+
+
+def ort_dtype(ort_type: str) -> str:
+    """numpy's name of an ONNX Runtime element type (``tensor(float)`` -> ``float32``)."""
+    inner = ort_type.removeprefix("tensor(").removesuffix(")")
+    return _ORT_TYPE_NAMES.get(inner, inner)
 
 _PACKAGE_REFERENCE = re.compile(r"^(?P<package>[A-Za-z_][\w]*(?:\.[A-Za-z_][\w]*)*):(?P<resource>[^:]+)$")
 
 
 class LeafModelError(RuntimeError):
     """The leaf model cannot load: no ONNX file, or a config that does not match the graph."""
+
+
+class OnnxRuntimeFailure(RuntimeError):
+    """ONNX Runtime failed on a request whose tensors matched the config (INTERNAL for the client)."""
+
+    def __init__(self, error: Exception):
+        super().__init__(f"ONNX Runtime failed: {error}")
 
 
 # --- locating the ONNX file -------------------------------------------------------------------------
@@ -120,11 +128,6 @@ def find_onnx_file(model_dir: str | os.PathLike, version: str | int, parameters:
     return resolve_onnx_file(reference, model_dir)
 
 
-def config_parameters(model_config: dict[str, Any]) -> dict[str, str]:
-    """``parameters { key: ... value: { string_value: ... } }`` of a parsed model config, as a plain dict."""
-    return {key: value.get("string_value", "") for key, value in (model_config.get("parameters") or {}).items()}
-
-
 # --- the ONNX Runtime session -------------------------------------------------------------------------
 
 
@@ -161,21 +164,14 @@ def create_session(
     return ort.InferenceSession(str(onnx_file), sess_options=options, providers=providers)
 
 
-@dataclass(frozen=True)
-class TensorSpec:
-    name: str
-    data_type: str  # Triton's spelling, e.g. TYPE_FP32
-    dims: tuple[int, ...]  # without the batch dimension when the model batches
-
-
-def check_config_against_session(model_config: dict[str, Any], session) -> tuple[list[TensorSpec], list[TensorSpec]]:
+def check_config_against_session(model_config: dict[str, Any], session) -> tuple[list[Tensor], list[Tensor]]:
     """The config's inputs and outputs, after checking that they name the graph's own tensors with its
     element types (so that the same config is valid for the native onnxruntime backend)."""
     graph_inputs = {node.name: node for node in session.get_inputs()}
     graph_outputs = {node.name: node for node in session.get_outputs()}
     problems = []
 
-    def specs(kind: str, declared: list[dict[str, Any]], graph: dict[str, Any]) -> list[TensorSpec]:
+    def specs(kind: str, declared: list[dict[str, Any]], graph: dict[str, Any]) -> list[Tensor]:
         result = []
         for entry in declared:
             name, data_type = entry["name"], entry["data_type"]
@@ -183,10 +179,12 @@ def check_config_against_session(model_config: dict[str, Any], session) -> tuple
             if node is None:
                 problems.append(f"{kind} {name!r} is not in the ONNX graph (it has {sorted(graph)})")
                 continue
-            expected = ORT_TO_TRITON_TYPE.get(node.type)
+            expected = TRITON_TYPES.get(ort_dtype(node.type))
             if expected != data_type:
                 problems.append(f"{kind} {name!r} is {data_type} in the config but {node.type} ({expected}) in the graph")
-            result.append(TensorSpec(name, data_type, tuple(int(d) for d in entry.get("dims", []))))
+            # A reshaped input reaches the model in its reshape's shape (a [1] per sample as [], say).
+            dims = entry["reshape"].get("shape", []) if "reshape" in entry else entry.get("dims", [])
+            result.append(Tensor(name, _DTYPE_OF_TRITON.get(data_type, data_type), tuple(int(d) for d in dims)))
         return result
 
     inputs = specs("input", model_config.get("input", []), graph_inputs)
@@ -244,7 +242,7 @@ class TritonPythonModel:
     def initialize(self, args: dict[str, str]) -> None:
         self.model_config = json.loads(args["model_config"])
         self.model_name = args.get("model_name", self.model_config.get("name", "?"))
-        parameters = config_parameters(self.model_config)
+        parameters = model_parameters(self.model_config)
         model_dir = args["model_repository"]  # the backend passes this model's own folder
         self.onnx_file = find_onnx_file(model_dir, args.get("model_version", "1"), parameters)
         self.max_batch_size = int(self.model_config.get("max_batch_size", 0))
@@ -257,6 +255,7 @@ class TritonPythonModel:
             device_id=int(args.get("model_instance_device_id") or 0),
         )
         self.inputs, self.outputs = check_config_against_session(self.model_config, self.session)
+        self.max_shapes = max_input_shapes(parameters.get(PARAM_MAX_INPUT_SHAPE), self.inputs, self.max_batch_size > 0)
         self.output_names = [spec.name for spec in self.outputs]
         _log(
             f"{self.model_name}: {self.onnx_file} on {self.session.get_providers()[0]}, "
@@ -271,14 +270,14 @@ class TritonPythonModel:
                 feeds.append(self._feed(request))
             except Exception as error:  # noqa: BLE001 - the request fails alone, with the reason
                 feeds.append(None)
-                responses[index] = _error_response(f"{self.model_name}: {error}")
+                responses[index] = error_response(error, self.model_name)
 
         for group in group_for_batching(feeds, self.max_batch_size > 0):
             try:
                 results = run_group(self.session, self.output_names, [feeds[i] for i in group])
             except Exception as error:  # noqa: BLE001
                 if len(group) == 1:
-                    responses[group[0]] = _error_response(f"{self.model_name}: ONNX Runtime failed: {error}")
+                    responses[group[0]] = error_response(OnnxRuntimeFailure(error), self.model_name)
                     continue
                 # Run the group's requests one by one so that only the faulty one fails.
                 results = []
@@ -289,7 +288,7 @@ class TritonPythonModel:
                         results.append(single_error)
             for i, result in zip(group, results):
                 if isinstance(result, Exception):
-                    responses[i] = _error_response(f"{self.model_name}: ONNX Runtime failed: {result}")
+                    responses[i] = error_response(OnnxRuntimeFailure(result), self.model_name)
                 else:
                     tensors = [pb_utils.Tensor(name, np.ascontiguousarray(array)) for name, array in result.items()]
                     responses[i] = pb_utils.InferenceResponse(output_tensors=tensors)
@@ -300,16 +299,40 @@ class TritonPythonModel:
         for spec in self.inputs:
             tensor = pb_utils.get_input_tensor_by_name(request, spec.name)
             if tensor is None:
-                raise ValueError(f"input {spec.name!r} is missing")
-            feed[spec.name] = tensor.as_numpy()
+                raise InvalidInputError(f"{self.model_name}: input {spec.name!r} is missing")
+            feed[spec.name] = check_input(tensor.as_numpy(), spec, self.max_batch_size > 0, self.model_name, self.max_shapes.get(spec.name))
         return feed
 
     def finalize(self) -> None:
         self.session = None
 
 
-def _error_response(message: str):
-    return pb_utils.InferenceResponse(error=pb_utils.TritonError(message))
+def max_input_shapes(text: str | None, inputs: list[Tensor], batched: bool) -> dict[str, tuple[int, ...]]:
+    """The ``max_input_shape`` parameter, checked against the inputs' ranks."""
+    if not text:
+        return {}
+    try:
+        limits = {name: tuple(int(size) for size in shape) for name, shape in json.loads(text).items()}
+    except (ValueError, TypeError, AttributeError) as error:
+        raise LeafModelError(f"{PARAM_MAX_INPUT_SHAPE} must be a JSON object of input name -> list of sizes: {error}") from None
+    ranks = {spec.name: len(spec.dims) + int(batched) for spec in inputs}
+    for name, shape in limits.items():
+        if ranks.get(name) != len(shape):
+            raise LeafModelError(f"{PARAM_MAX_INPUT_SHAPE}: {name!r} is no input of rank {len(shape)} (inputs: {ranks})")
+    return limits
+
+
+def check_input(array: np.ndarray, spec: Tensor, batched: bool, model_name: str, max_shape: tuple[int, ...] | None = None) -> np.ndarray:
+    """The array when it has the element type, rank and fixed sizes the config declares (after the batch
+    dimension of a batching model) and no size above ``max_shape``; InvalidInputError naming what differs."""
+    dims = ((-1,) if batched else ()) + spec.dims
+    if array.dtype.name != spec.dtype and not (spec.dtype == BYTES and array.dtype == np.object_):
+        raise InvalidInputError(f"{model_name}: input {spec.name!r} is {array.dtype.name}, not {spec.dtype}")
+    if array.ndim != len(dims) or any(want not in (-1, got) for want, got in zip(dims, array.shape)):
+        raise InvalidInputError(f"{model_name}: input {spec.name!r} has shape {list(array.shape)}, not {list(dims)} (-1: any)")
+    if max_shape and any(limit >= 0 and got > limit for limit, got in zip(max_shape, array.shape)):
+        raise InvalidInputError(f"{model_name}: input {spec.name!r} has shape {list(array.shape)}, above this model's limit {list(max_shape)}")
+    return array
 
 
 def _log(message: str) -> None:
@@ -327,6 +350,7 @@ __all__ = [
     "find_onnx_file",
     "create_session",
     "check_config_against_session",
+    "check_input",
     "group_for_batching",
     "run_group",
 ]

@@ -1,20 +1,26 @@
-"""Per-request helpers for Python-backend models: read inputs, answer each request on its own.
+"""Reading a Python-backend model's requests and answering each one on its own.
 
 A model's ``execute`` gets a list of requests; :func:`respond_each` answers every one with the
-model's function, and turns an exception into an error response for that request alone, so a bad
-request never fails its neighbours nor the model. :class:`~genserve.errors.InvalidInputError`
-messages reach the client as they are, with Triton's INVALID_ARG code; anything else is reported as an
-internal failure (INTERNAL), which a client may retry.
+model's function and turns an exception into an error response for that request alone, so a bad
+request never fails its neighbours nor the model. The error's code says who is at fault:
+:class:`~genserve.errors.InvalidInputError` (the request itself is wrong; BLS calls that a leaf
+model refused as invalid raise it too) reaches the client as INVALID_ARG (gRPC INVALID_ARGUMENT,
+HTTP 400), which clients do not retry; anything else is INTERNAL.
+
+An invalid-input message starts with :data:`INVALID_INPUT`: Triton 2.51's Python backend resets the
+code of every response a BLS caller receives to INTERNAL (triton-inference-server/server#7804), and
+the message is what survives, so :mod:`genserve.triton.bls` reads the verdict from it.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import numpy as np
 
 from genserve.errors import InvalidInputError
+from genserve.protocol import INVALID_INPUT
 
 try:  # present only inside Triton's Python backend stub
     import triton_python_backend_utils as pb_utils
@@ -24,27 +30,24 @@ except ImportError:
 logger = logging.getLogger(__name__)
 
 
-def bytes_input(request, name: str, *, required: bool = True) -> bytes | None:
-    """The single BYTES element of input ``name`` (an encoded image, a JSON document…)."""
+def input_array(request, name: str) -> np.ndarray | None:
+    """Input ``name`` of a request as numpy, or None when the request does not carry it."""
     tensor = pb_utils.get_input_tensor_by_name(request, name)
-    if tensor is None:
-        if required:
-            raise InvalidInputError(f"input {name} is missing")
-        return None
-    values = tensor.as_numpy().reshape(-1)
-    if values.size != 1:
-        raise InvalidInputError(f"input {name} must hold exactly one element, not {values.size}")
-    value = values[0]
-    if isinstance(value, str):
-        return value.encode()
-    if not isinstance(value, (bytes, bytearray, np.bytes_)):
-        raise InvalidInputError(f"input {name} must be bytes")
-    return bytes(value)
+    return None if tensor is None else tensor.as_numpy()
 
 
-def bytes_tensor(name: str, value: bytes | str):
-    """A one-element BYTES output tensor."""
-    return pb_utils.Tensor(name, np.array([value.encode() if isinstance(value, str) else value], dtype=np.object_))
+def output_tensors(arrays: Mapping[str, np.ndarray]) -> list:
+    return [pb_utils.Tensor(name, np.ascontiguousarray(array)) for name, array in arrays.items()]
+
+
+def error_response(error: BaseException, model_name: str):
+    """The error response for one request: INVALID_ARG for bad input (its message as it is), else INTERNAL."""
+    if isinstance(error, InvalidInputError):
+        message = str(error) if str(error).startswith(INVALID_INPUT) else INVALID_INPUT + str(error)
+        return pb_utils.InferenceResponse(error=pb_utils.TritonError(message, pb_utils.TritonError.INVALID_ARG))
+    logger.error("%s failed on a request: %s: %s", model_name, type(error).__name__, error)
+    message = f"{model_name} failed: {type(error).__name__}: {error}"
+    return pb_utils.InferenceResponse(error=pb_utils.TritonError(message, pb_utils.TritonError.INTERNAL))
 
 
 def respond_each(requests: list, answer: Callable, model_name: str) -> list:
@@ -53,12 +56,6 @@ def respond_each(requests: list, answer: Callable, model_name: str) -> list:
     for request in requests:
         try:
             responses.append(pb_utils.InferenceResponse(output_tensors=answer(request)))
-        except InvalidInputError as error:
-            # INVALID_ARG reaches clients as gRPC INVALID_ARGUMENT / HTTP 400: not worth retrying.
-            error_response = pb_utils.TritonError(str(error), pb_utils.TritonError.INVALID_ARG)
-            responses.append(pb_utils.InferenceResponse(error=error_response))
         except Exception as error:  # noqa: BLE001 - this request fails, the model keeps serving
-            logger.exception("%s failed on a request", model_name)
-            message = f"{model_name} failed: {type(error).__name__}: {error}"
-            responses.append(pb_utils.InferenceResponse(error=pb_utils.TritonError(message, pb_utils.TritonError.INTERNAL)))
+            responses.append(error_response(error, model_name))
     return responses

@@ -1,1 +1,1 @@
-from genserve.ocr.serving import TritonPythonModel  # noqa: F401
+from genserve.triton.models import OcrModel as TritonPythonModel  # noqa: F401  (tensors: genserve.protocol.OCR)

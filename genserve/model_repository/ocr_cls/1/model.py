@@ -1,1 +1,1 @@
-from genserve.triton.onnx_leaf import TritonPythonModel  # noqa: F401
+from genserve.triton.onnx_leaf import TritonPythonModel  # noqa: F401  (tensors: the ONNX graph's own, see config.pbtxt)

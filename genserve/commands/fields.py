@@ -1,0 +1,81 @@
+"""Command-line options made from a task's contract (:mod:`genserve.protocol`), and what the
+diffusion commands (``t2i``, ``edit``, ``edit-text``) share.
+
+Every request field becomes an option (``steps`` -> ``--steps``, a true-by-default ``color_transfer``
+-> ``--no-color-transfer``) with the contract's help text, so a new field reaches the command line
+without an edit here.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from genserve.protocol import Contract
+
+_TYPES = {"int": int, "float": float, "text": str}
+_METAVARS = {"int": "N", "float": "X", "text": "TEXT"}
+
+
+def add_field_arguments(parser: argparse.ArgumentParser, contract: Contract, skip: tuple[str, ...] = ()) -> None:
+    """One option per field of ``contract`` not in ``skip``; unset options are not sent (server default)."""
+    for field in contract.fields:
+        if field.name in skip:
+            continue
+        flag = "--" + field.name.replace("_", "-")
+        if field.type == "bool":
+            if field.default:
+                parser.add_argument(f"--no-{flag[2:]}", dest=field.name, action="store_false", default=None, help=f"do not: {field.help}")
+            else:
+                parser.add_argument(flag, dest=field.name, action="store_true", default=None, help=field.help)
+            continue
+        default = f" (default {field.default})" if field.default is not None else ""
+        parser.add_argument(
+            flag, dest=field.name, type=_TYPES[field.type], choices=field.choices or None, metavar=None if field.choices else _METAVARS[field.type],
+            help=field.help + default,
+        )  # fmt: skip
+
+
+def field_values(args: argparse.Namespace, contract: Contract, skip: tuple[str, ...] = ()) -> dict:
+    """The values of the options :func:`add_field_arguments` added that were given."""
+    values = {field.name: getattr(args, field.name, None) for field in contract.fields if field.name not in skip}
+    return {name: value for name, value in values.items() if value is not None}
+
+
+# --- t2i, edit, edit-text ------------------------------------------------------------------------------
+
+
+def add_generation_arguments(parser: argparse.ArgumentParser, contract: Contract) -> None:
+    parser.add_argument("-o", "--output", required=True, metavar="OUT",
+                        help="result image (.png, .jpg, .webp); with --num-images N > 1, OUT gets _0.._N-1 suffixes")
+    parser.add_argument("--model", default=contract.model, help=f"served model (default {contract.model}; e.g. flux_{contract.model} in the demo repository)")
+    add_field_arguments(parser, contract, skip=("prompt", "image"))
+    parser.add_argument("--url", help="server host:port (default: localhost:8001 for gRPC, localhost:8000 for HTTP)")
+    parser.add_argument("--protocol", choices=("grpc", "http"), default="grpc")
+    parser.add_argument("--json", action="store_true", help="print the server's metadata as JSON")
+
+
+def generation_values(args: argparse.Namespace, contract: Contract) -> dict:
+    return field_values(args, contract, skip=("prompt", "image"))
+
+
+def write_results(args: argparse.Namespace, results) -> int:
+    import json
+    from pathlib import Path
+
+    results = results if isinstance(results, list) else [results]
+    out = Path(args.output)
+    paths = [out] if len(results) == 1 else [out.with_name(f"{out.stem}_{i}{out.suffix}") for i in range(len(results))]
+    for result, path in zip(results, paths):
+        result.save(path)
+    meta = results[0].metadata
+    if args.json:
+        print(json.dumps(meta, indent=2))
+        return 0
+    timings = meta.get("timings_ms", {})
+    print(f"wrote {', '.join(map(str, paths))}: {meta.get('width')}x{meta.get('height')}, seed {meta.get('seed')}, "
+          f"{meta.get('steps')} steps, guidance {meta.get('guidance')}, server {timings.get('total', 0):.0f} ms")
+    stages = ", ".join(f"{k} {v:.0f} ms" for k, v in timings.items() if k != "total")
+    print(f"  stages: {stages}")
+    for warning in meta.get("warnings", []):
+        print(f"  warning: {warning}")
+    return 0

@@ -1,0 +1,347 @@
+"""The diffusion tasks (t2i, tie, vttie) as one in-process object over a diffusers pipeline.
+
+:class:`DiffusionService` runs any diffusers pipeline object: served, the one :func:`served_pipeline`
+builds over an export's light files with proxies that call the leaf models
+(:mod:`genserve.diffusion.proxies`); in-process, the checkpoint's own torch modules (what the benchmark
+compares against). Given a request's checked values (the fields of :data:`genserve.protocol.TASKS`),
+it does what a careful caller of that pipeline does: check the sizes the family and the model accept,
+build the call, draw a seed, run it, encode PNGs and report what it did. For text edits (vttie) it
+also turns the instruction into the family's edit prompt and reads the result back with OCR.
+
+What a pipeline model's folder holds (written by ``genserve build-repo``): ``1/serving.json`` (task,
+pipeline class, leaf model names, limits), ``1/manifest.json`` (the export's) and ``1/pipeline/`` (the
+pipeline's light files: configs, tokenizers, scheduler).
+"""
+
+from __future__ import annotations
+
+import inspect
+import io
+import json
+import secrets
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from genserve.errors import InvalidInputError
+from genserve.families import EDIT_CALL_KWARGS, FAMILIES, TEXT_EDIT, Family
+from genserve.protocol import TASKS
+
+SERVING_FILE = "serving.json"
+# Extras some pipeline classes take and others do not (a request naming one its class lacks is refused).
+EXTRA_OPTIONS = ("strength", "true_cfg_scale", "max_sequence_length")
+
+# Reads the text in an encoded image: one string per line.
+TextReader = Callable[[bytes], list[str]]
+
+
+@dataclass
+class GenerationRequest:
+    """A request's checked values (``TASKS[task].decode_request``); None: the pipeline's default (or
+    the image's size, for edits)."""
+
+    prompt: str
+    image: bytes | None = None
+    negative_prompt: str | None = None
+    steps: int | None = None
+    guidance: float | None = None
+    seed: int | None = None
+    width: int | None = None
+    height: int | None = None
+    num_images: int = 1
+    strength: float | None = None
+    true_cfg_scale: float | None = None
+    max_sequence_length: int | None = None
+
+    @classmethod
+    def from_values(cls, values: Mapping[str, Any]) -> GenerationRequest:
+        names = {f.name for f in fields(cls)}
+        return cls(**{name: value for name, value in values.items() if name in names and value is not None})
+
+    @property
+    def options(self) -> dict[str, Any]:
+        """The family extras the request sets."""
+        return {name: getattr(self, name) for name in EXTRA_OPTIONS if getattr(self, name) is not None}
+
+
+@dataclass(frozen=True)
+class ServiceSettings:
+    """One served task over one export, as ``serving.json`` says."""
+
+    task: str  # t2i, tie or vttie
+    pipeline_class: str  # the diffusers class that runs it
+    models: dict[str, str]  # component -> the leaf model serving it
+    max_size: int = 2048  # largest width/height a request may ask for
+    max_images: int = 4  # images per request
+    ocr_model: str = "ocr"  # reads vttie results (served beside, from the stack's own repository)
+
+    @classmethod
+    def read(cls, version_dir: Path) -> ServiceSettings:
+        settings = json.loads((Path(version_dir) / SERVING_FILE).read_text())
+        names = {f.name for f in fields(cls)}
+        return cls(**{key: value for key, value in settings.items() if key in names})
+
+    def write(self, version_dir: Path) -> None:
+        values = {f.name: getattr(self, f.name) for f in fields(self)}
+        (Path(version_dir) / SERVING_FILE).write_text(json.dumps(values, indent=2) + "\n")
+
+
+class DiffusionService:
+    """One task (``t2i``, ``tie`` or ``vttie``) of one family, over one diffusers pipeline object."""
+
+    def __init__(
+        self,
+        pipeline,
+        *,
+        task: str,
+        family: Family,
+        pixel_multiple: int,
+        max_size: int = 2048,
+        max_images: int = 4,
+        text_reader: TextReader | None = None,
+    ):
+        self.pipeline = pipeline
+        self.task = task
+        self.family = family
+        self.pipeline_class = type(pipeline).__name__
+        self.pixel_multiple = pixel_multiple
+        self.max_size, self.max_images = max_size, max_images
+        self.text_reader = text_reader
+        self.call_parameters = inspect.signature(pipeline.__call__).parameters
+        self.fixed_kwargs = dict(EDIT_CALL_KWARGS.get(self.pipeline_class, {})) if task != "t2i" else {}
+
+    # --- checking a request ---------------------------------------------------------------------
+
+    def _default(self, name: str):
+        parameter = self.call_parameters.get(name)
+        return None if parameter is None or parameter.default is inspect.Parameter.empty else parameter.default
+
+    def validate(self, request: GenerationRequest) -> list[str]:
+        """Raise InvalidInputError for a request this model cannot run; return warnings for one it can.
+
+        Types and generic ranges were checked by the contract; here what depends on the model.
+        """
+        if not request.prompt.strip():
+            raise InvalidInputError("the prompt is empty; this model needs one")
+        if request.num_images > self.max_images:
+            raise InvalidInputError(f"num_images must be between 1 and {self.max_images}, not {request.num_images}")
+        for name in ("width", "height"):
+            value = getattr(request, name)
+            if value is None:
+                continue
+            if value % self.pixel_multiple:
+                raise InvalidInputError(
+                    f"{name} {value} is not a positive multiple of {self.pixel_multiple} ({self.family.name}'s VAE "
+                    f"scale times its patch size)"
+                )
+            if value > self.max_size:
+                raise InvalidInputError(f"{name} {value} is above this model's maximum of {self.max_size}")
+        unsupported = [name for name in request.options if name not in self.call_parameters]
+        if unsupported:
+            raise InvalidInputError(f"{self.pipeline_class} takes no {', '.join(unsupported)}")
+        if self.task == "t2i" and request.image is not None:
+            raise InvalidInputError("text_to_image takes no IMAGE; use edit_image")
+        if self.task != "t2i" and request.image is None:
+            raise InvalidInputError("this edit model needs an IMAGE")
+        return self.truncation_warnings(request.prompt, request.options) + (
+            self.truncation_warnings(request.negative_prompt, request.options, "negative prompt") if request.negative_prompt else []
+        )
+
+    def truncation_warnings(self, prompt: str, options: dict[str, Any], what: str = "prompt") -> list[str]:
+        """What the pipeline's tokenizers will cut from the prompt (diffusers only logs it)."""
+        warnings = []
+        max_sequence_length = options.get("max_sequence_length", self._default("max_sequence_length"))
+        for attribute in ("tokenizer", "tokenizer_2"):
+            tokenizer = getattr(self.pipeline, attribute, None)
+            if tokenizer is None:
+                continue
+            limit = tokenizer.model_max_length
+            if attribute == "tokenizer_2" or (max_sequence_length and limit > max_sequence_length):
+                limit = min(limit, max_sequence_length or limit)
+            count = len(tokenizer(prompt, truncation=False).input_ids)
+            if count > limit:
+                warnings.append(f"{what} truncated: {count} tokens, {attribute} takes {limit}")
+        return warnings
+
+    # --- text edits (vttie) ---------------------------------------------------------------------------
+
+    def text_edit(self, request: GenerationRequest) -> dict[str, Any]:
+        """Turn the instruction into the family's edit prompt (in place); what it names, for the metadata."""
+        from genserve.ocr.textedit import extract_text_edit
+
+        settings = TEXT_EDIT[self.family.name]
+        edit = extract_text_edit(request.prompt or "")
+        if edit is None:
+            raise InvalidInputError(
+                "the instruction names no new text: quote it, e.g. change \"OPEN\" to \"CLOSED\" or 把“开”改成“关”"
+            )
+        instruction = request.prompt
+        request.prompt = settings["prompt" if edit.old else "prompt_new_only"].format(old=edit.old, new=edit.new)
+        if request.guidance is None:
+            request.guidance = settings["guidance"]
+        return {"instruction": instruction, "old_text": edit.old, "new_text": edit.new, "prompt": request.prompt}
+
+    def check_text(self, image: bytes, instruction: str) -> dict[str, Any]:
+        """The OCR reading of an edited image against the instruction's texts; ``skipped`` says why not."""
+        from genserve.ocr.textedit import text_edit_report
+
+        if self.text_reader is None:
+            return {"skipped": "no OCR check: no OCR reader"}
+        try:
+            lines = self.text_reader(image)
+        except Exception as error:  # noqa: BLE001 - the edit stands; its check is reported as not done
+            return {"skipped": f"no OCR check: {error}"}
+        return text_edit_report(instruction, lines)
+
+    # --- running ----------------------------------------------------------------------------------
+
+    def input_image(self, request: GenerationRequest):
+        from PIL import Image
+
+        from genserve.imaging import decode_image
+
+        image = Image.fromarray(decode_image(request.image, what="IMAGE"))
+        if request.width or request.height:
+            image = image.resize((request.width or image.width, request.height or image.height), Image.LANCZOS)
+        width, height = (image.width // self.pixel_multiple) * self.pixel_multiple, (image.height // self.pixel_multiple) * self.pixel_multiple
+        if width == 0 or height == 0:
+            raise InvalidInputError(f"IMAGE is {image.width}x{image.height}; at least {self.pixel_multiple} pixels a side are needed")
+        if max(width, height) > self.max_size:
+            raise InvalidInputError(f"IMAGE is {image.width}x{image.height}; this model's maximum is {self.max_size} a side")
+        return image, width, height
+
+    def call_kwargs(self, request: GenerationRequest) -> dict[str, Any]:
+        """The pipeline call for a request: exactly what a caller of the diffusers pipeline would pass."""
+        import torch
+
+        kwargs: dict[str, Any] = {
+            "prompt": request.prompt,
+            "negative_prompt": request.negative_prompt,
+            "num_inference_steps": request.steps,
+            "guidance_scale": request.guidance,
+            "num_images_per_prompt": request.num_images,
+            "height": request.height,
+            "width": request.width,
+            "generator": torch.Generator("cpu").manual_seed(request.seed),
+            **request.options,
+            **self.fixed_kwargs,
+        }
+        if self.task != "t2i":
+            kwargs["image"], kwargs["width"], kwargs["height"] = self.input_image(request)
+        if "max_area" in self.call_parameters and kwargs.get("width") and kwargs.get("height"):
+            # Kontext rescales its output to max_area (1 megapixel by default): the size asked for wins.
+            kwargs["max_area"] = kwargs["width"] * kwargs["height"]
+        return {k: v for k, v in kwargs.items() if v is not None and k in self.call_parameters}
+
+    def generate(self, values: Mapping[str, Any]) -> tuple[list[bytes], dict[str, Any]]:
+        """PNG images and metadata for one request: the task's field values (:data:`genserve.protocol.TASKS`),
+        checked here as the served model checks them."""
+        import torch
+
+        from genserve.diffusion.proxies import recording_calls
+
+        request = GenerationRequest.from_values(TASKS[self.task].check(values))
+        if request.seed is None:
+            request.seed = secrets.randbelow(2**31)
+        text_edit = self.text_edit(request) if self.task == "vttie" else {}
+        warnings = self.validate(request)
+        kwargs = self.call_kwargs(request)
+        step_ends: list[float] = []
+
+        def on_step_end(pipeline, step, timestep, callback_kwargs):
+            step_ends.append(time.perf_counter())
+            return callback_kwargs
+
+        started = time.perf_counter()
+        with recording_calls() as stats, torch.inference_mode():
+            result = self.pipeline(**kwargs, output_type="pil", callback_on_step_end=on_step_end)
+        total = time.perf_counter() - started
+        images = []
+        for image in result.images:
+            buffer = io.BytesIO()
+            image.save(buffer, format="PNG")
+            images.append(buffer.getvalue())
+        size = result.images[0].size if result.images else (None, None)
+        metadata = self.metadata(request, kwargs, stats, total, step_ends, warnings, size) | text_edit
+        if text_edit:  # what the contest's OCR will read, checked before it does
+            metadata["text_check"] = self.check_text(images[0], text_edit["instruction"])
+        return images, metadata
+
+    def metadata(self, request, kwargs, stats, total, step_ends, warnings, size) -> dict[str, Any]:
+        denoiser = self.family.denoiser.name
+        per_call = stats.per_call.get(denoiser, [])
+        steps = len(step_ends)
+        # A step's wall time, and the part of it not spent waiting for the denoiser (scheduler, CFG
+        # arithmetic, latent packing: the pipeline model's own work).
+        step_ms = [1e3 * (b - a) for a, b in zip(step_ends, step_ends[1:])]
+        calls_per_step = len(per_call) / steps if steps else 0
+        return {
+            "family": self.family.name,
+            "task": self.task,
+            "pipeline": self.pipeline_class,
+            "seed": request.seed,
+            "steps": kwargs.get("num_inference_steps", self._default("num_inference_steps")),
+            "denoising_steps_run": steps,
+            "guidance": kwargs.get("guidance_scale", self._default("guidance_scale")),
+            "width": size[0],
+            "height": size[1],
+            "num_images": request.num_images,
+            **({"options": request.options} if request.options else {}),
+            "warnings": warnings,
+            "timings_ms": {
+                "total": round(1e3 * total, 2),
+                **{f"{name}": round(1e3 * seconds, 2) for name, seconds in stats.seconds.items()},
+                "pipeline_own": round(1e3 * (total - sum(stats.seconds.values())), 2),
+            },
+            "calls": stats.calls,
+            "denoiser_calls_per_step": calls_per_step,
+            "denoiser_ms_per_call": [round(1e3 * s, 3) for s in per_call],
+            "step_ms": [round(ms, 3) for ms in step_ms],
+        }
+
+
+# --- building the served pipeline -------------------------------------------------------------------
+
+
+def served_service(version_dir: Path, runner, text_reader: TextReader | None = None) -> DiffusionService:
+    """The service of a pipeline model's version folder, its modules calling the leaves through ``runner``
+    (``runner(model, inputs, output_names) -> outputs``, tensors as torch)."""
+    from genserve.diffusion.proxies import build_proxies, load_pipeline
+    from genserve.export.manifest import Manifest
+
+    version_dir = Path(version_dir)
+    settings = ServiceSettings.read(version_dir)
+    manifest = Manifest.read(version_dir)
+    pipeline_dir = version_dir / manifest.pipeline_files
+    proxies = build_proxies(FAMILIES[manifest.family], manifest, pipeline_dir, runner, settings.models)
+    pipeline = load_pipeline(settings.pipeline_class, pipeline_dir, proxies)
+    return DiffusionService(
+        pipeline,
+        task=settings.task,
+        family=FAMILIES[manifest.family],
+        pixel_multiple=manifest.pixel_multiple,
+        max_size=settings.max_size,
+        max_images=settings.max_images,
+        text_reader=text_reader,
+    )
+
+
+def export_service(export_dir: Path, task: str, text_reader: TextReader | None = None) -> DiffusionService:
+    """The service of one task over an export's graphs in ONNX Runtime, in this process: no server
+    (checks, debugging, and what an application without Triton embeds)."""
+    from genserve.diffusion.proxies import OrtRunner, build_proxies, load_pipeline
+    from genserve.diffusion.repository import served_tasks
+    from genserve.export.manifest import Manifest
+
+    export_dir = Path(export_dir)
+    manifest = Manifest.read(export_dir)
+    family = FAMILIES[manifest.family]
+    tasks = served_tasks(manifest.family, manifest.pipeline_class, manifest.tasks, manifest.components)
+    if task not in tasks:
+        raise InvalidInputError(f"{export_dir} serves no {task} (it serves {', '.join(tasks)})")
+    pipeline_dir = export_dir / manifest.pipeline_files
+    proxies = build_proxies(family, manifest, pipeline_dir, OrtRunner(export_dir, manifest), triton=False)
+    pipeline = load_pipeline(tasks[task], pipeline_dir, proxies)
+    return DiffusionService(pipeline, task=task, family=family, pixel_multiple=manifest.pixel_multiple, text_reader=text_reader)

@@ -1,0 +1,425 @@
+"""The wire contract of every served task, in one place.
+
+One :class:`Contract` per served model says what travels: the request's *fields* (name, type, range,
+default, the tensor it travels in) and the response's *outputs* (tensor name, element type, shape,
+how the bytes are encoded). Everything that speaks to the server reads it: the client packs requests
+and unpacks responses with it, the command line builds its options from it, ``genserve build-repo``
+writes the pipeline models' ``config.pbtxt`` from it, the served models decode and check requests
+with it, and a test checks every served model's configuration against it. Changing a parameter is
+one edit here.
+
+A field travels either in its own input tensor (``PROMPT``, ``IMAGE``, ``STEPS``: shape [1]) or as a
+key of the request's ``OPTIONS`` tensor, a JSON object. Either way :meth:`Contract.check` is what
+decides whether its value is acceptable, so a bad value gets the same message from whichever client
+sent it, and the in-process API checks with the same code.
+
+numpy only: imported by the client, by the Triton models and by the configuration writer alike.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from genserve.errors import InvalidInputError
+
+# Element types as numpy names ("BYTES": variable-length bytes, numpy object arrays), and Triton's
+# spelling of each in config.pbtxt. The one map of element types in the stack.
+BYTES = "BYTES"
+TRITON_TYPES = {
+    BYTES: "TYPE_STRING",
+    "bool": "TYPE_BOOL",
+    "uint8": "TYPE_UINT8",
+    "uint16": "TYPE_UINT16",
+    "uint32": "TYPE_UINT32",
+    "uint64": "TYPE_UINT64",
+    "int8": "TYPE_INT8",
+    "int16": "TYPE_INT16",
+    "int32": "TYPE_INT32",
+    "int64": "TYPE_INT64",
+    "float16": "TYPE_FP16",
+    "bfloat16": "TYPE_BF16",
+    "float32": "TYPE_FP32",
+    "float64": "TYPE_FP64",
+}
+# Export precisions and the element type of their floating tensors.
+PRECISION_DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
+
+OPTIONS_TENSOR = "OPTIONS"
+# How an error message for a refused request begins (see genserve.triton.requests: the one sign of it
+# that survives a BLS hop in Triton 2.51); clients strip it.
+INVALID_INPUT = "invalid input: "
+# Field types: how a value is written in a tensor, and which Python values are accepted for it.
+FIELD_TYPES = ("image", "text", "int", "float", "bool")
+_DEFAULT_DTYPES = {"image": BYTES, "text": BYTES, "int": "int32", "float": "float32", "bool": "bool"}
+
+
+@dataclass(frozen=True)
+class Field:
+    """One thing a request may say.
+
+    ``tensor`` names the input tensor it travels in; ``None`` puts it in the ``OPTIONS`` JSON object.
+    ``default`` is what the server uses when the field is absent (``None``: the model decides, e.g.
+    the pipeline's own number of steps). ``minimum``/``maximum`` bound numbers (``exclusive_minimum``:
+    strictly above), ``choices`` bound text.
+    """
+
+    name: str
+    type: str
+    help: str
+    tensor: str | None = None
+    required: bool = False
+    default: Any = None
+    minimum: float | None = None
+    maximum: float | None = None
+    exclusive_minimum: bool = False
+    choices: tuple[str, ...] = ()
+    dtype: str | None = None  # the tensor's element type; default by type (int32, float32, BYTES, bool)
+
+    def __post_init__(self) -> None:
+        if self.type not in FIELD_TYPES:
+            raise ValueError(f"field {self.name}: type must be one of {FIELD_TYPES}, not {self.type!r}")
+
+    @property
+    def element_type(self) -> str:
+        return self.dtype or _DEFAULT_DTYPES[self.type]
+
+    @property
+    def label(self) -> str:
+        """How messages name the field: by its name, as the client API and the command line do."""
+        return self.name
+
+    def check(self, value: Any) -> Any:
+        """The value as the server uses it; :class:`InvalidInputError` when it is not acceptable."""
+        if self.type == "bool":
+            if not isinstance(value, (bool, np.bool_)):
+                raise InvalidInputError(f"{self.label} must be true or false, not {value!r}")
+            return bool(value)
+        if self.type == "int":
+            if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+                raise InvalidInputError(f"{self.label} must be an integer, not {value!r}")
+            value = int(value)
+        elif self.type == "float":
+            if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
+                raise InvalidInputError(f"{self.label} must be a number, not {value!r}")
+            value = float(value)
+            if not math.isfinite(value):
+                raise InvalidInputError(f"{self.label} must be a finite number, not {value}")
+        elif self.type == "text":
+            if not isinstance(value, str):
+                raise InvalidInputError(f"{self.label} must be text, not {value!r}")
+            if self.choices and value.lower() not in self.choices:
+                raise InvalidInputError(f"{self.label} must be one of {', '.join(self.choices)}, not {value!r}")
+            return value.lower() if self.choices else value
+        else:  # image
+            if not isinstance(value, (bytes, bytearray)):
+                raise InvalidInputError(f"{self.label} must be encoded image bytes")
+            return bytes(value)
+        too_low = self.minimum is not None and (value <= self.minimum if self.exclusive_minimum else value < self.minimum)
+        if too_low or (self.maximum is not None and value > self.maximum):
+            raise InvalidInputError(f"{self.label} must be {self._range()}, not {value}")
+        return value
+
+    def _range(self) -> str:
+        if self.minimum is not None and self.maximum is not None and not self.exclusive_minimum:
+            return f"between {self.minimum:g} and {self.maximum:g}"
+        low = None if self.minimum is None else f"{'above' if self.exclusive_minimum else 'at least'} {self.minimum:g}"
+        high = None if self.maximum is None else f"at most {self.maximum:g}"
+        return " and ".join(part for part in (low, high) if part)
+
+    # --- one value in one tensor --------------------------------------------------------------------
+
+    def encode(self, value: Any) -> np.ndarray:
+        if self.type == "image":
+            return np.array([bytes(value)], dtype=np.object_)
+        if self.type == "text":
+            return np.array([str(value).encode("utf-8")], dtype=np.object_)
+        return np.array([value], dtype=self.element_type)
+
+    def decode(self, array: np.ndarray) -> Any:
+        values = np.asarray(array).reshape(-1)
+        if values.size != 1:
+            raise InvalidInputError(f"{self.label} must hold exactly one value, not {values.size}")
+        value = values[0]
+        if self.type in ("image", "text"):
+            if isinstance(value, str):
+                value = value.encode("utf-8")
+            if not isinstance(value, (bytes, bytearray, np.bytes_)):
+                raise InvalidInputError(f"{self.label} must be sent as BYTES")
+            if self.type == "image":
+                return bytes(value)
+            try:
+                return bytes(value).decode("utf-8")
+            except UnicodeDecodeError:
+                raise InvalidInputError(f"{self.label} is not UTF-8 text") from None
+        return value.item() if isinstance(value, np.generic) else value
+
+
+@dataclass(frozen=True)
+class Tensor:
+    """One tensor as ``config.pbtxt`` declares it."""
+
+    name: str
+    dtype: str
+    dims: tuple[int, ...]
+    optional: bool = False
+
+    @property
+    def triton_type(self) -> str:
+        return TRITON_TYPES[self.dtype]
+
+
+@dataclass(frozen=True)
+class Output:
+    """One output tensor of a response, and the key its value gets in the decoded response.
+
+    ``encoding`` says how BYTES elements are read: ``raw`` (image bytes), ``utf-8`` (text) or
+    ``json`` (one JSON document: the tensor holds one element).
+    """
+
+    name: str
+    key: str
+    dtype: str
+    dims: tuple[int, ...]
+    help: str
+    encoding: str = "raw"
+
+    @property
+    def tensor(self) -> Tensor:
+        return Tensor(self.name, self.dtype, self.dims)
+
+    def encode(self, value: Any) -> np.ndarray:
+        if self.dtype != BYTES:
+            return np.ascontiguousarray(np.asarray(value, dtype=self.dtype))
+        if self.encoding == "json":
+            return np.array([json.dumps(value, ensure_ascii=False).encode("utf-8")], dtype=np.object_)
+        items = list(value) if self.dims == (-1,) else [value]
+        encoded = [item.encode("utf-8") if isinstance(item, str) else bytes(item) for item in items]
+        return np.array(encoded, dtype=np.object_).reshape(-1 if self.dims == (-1,) else self.dims)
+
+    def decode(self, array: np.ndarray | None) -> Any:
+        if self.dtype != BYTES:
+            return np.asarray(array)
+        items = [] if array is None else [bytes(item) for item in np.asarray(array).reshape(-1)]
+        if self.encoding == "json":
+            return json.loads(items[0]) if items else {}
+        if self.encoding == "utf-8":
+            items = [item.decode("utf-8") for item in items]
+        return items if self.dims == (-1,) else (items[0] if items else None)
+
+
+@dataclass(frozen=True)
+class Contract:
+    """What one served model takes and returns; ``model`` is its default name in a repository."""
+
+    model: str
+    summary: str
+    fields: tuple[Field, ...]
+    outputs: tuple[Output, ...]
+
+    def __post_init__(self) -> None:
+        names = [f.name for f in self.fields]
+        if len(names) != len(set(names)):
+            raise ValueError(f"{self.model}: two fields share a name")
+
+    def field(self, name: str) -> Field:
+        for field in self.fields:
+            if field.name == name:
+                return field
+        raise KeyError(f"{self.model} has no field {name!r}")
+
+    @property
+    def option_fields(self) -> tuple[Field, ...]:
+        return tuple(f for f in self.fields if f.tensor is None)
+
+    @property
+    def inputs(self) -> tuple[Tensor, ...]:
+        """The input tensors, as config.pbtxt declares them (``max_batch_size: 0``, shape [1] each)."""
+        tensors = [Tensor(f.tensor, f.element_type, (1,), optional=not f.required) for f in self.fields if f.tensor]
+        if self.option_fields:
+            tensors.append(Tensor(OPTIONS_TENSOR, BYTES, (1,), optional=True))
+        return tuple(tensors)
+
+    @property
+    def output_names(self) -> list[str]:
+        return [output.name for output in self.outputs]
+
+    # --- values ----------------------------------------------------------------------------------------
+
+    def check(self, values: Mapping[str, Any], *, partial: bool = False) -> dict[str, Any]:
+        """Every field's value as the server uses it: given values checked, defaults filled in.
+
+        Raises :class:`InvalidInputError` for an unknown name, a missing required field or a bad value.
+        ``partial``: check only the values given (no defaults, nothing required).
+        """
+        known = {f.name for f in self.fields}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise InvalidInputError(f"{self.model} takes no {', '.join(unknown)}; it takes {', '.join(sorted(known))}")
+        checked = {}
+        for field in self.fields:
+            value = values.get(field.name)
+            if value is not None:
+                checked[field.name] = field.check(value)
+            elif partial:
+                continue
+            elif field.required:
+                raise InvalidInputError(f"{field.name} ({field.tensor or OPTIONS_TENSOR}) is missing; {self.model} needs it")
+            else:
+                checked[field.name] = field.default
+        return checked
+
+    # --- the client's side ----------------------------------------------------------------------------
+
+    def encode_request(self, **values: Any) -> dict[str, np.ndarray]:
+        """Input tensors for a request; ``None`` values are left out (the server's default applies).
+
+        Values are not range-checked here: the server is the judge, with the same :meth:`check`.
+        """
+        unknown = sorted(set(values) - {f.name for f in self.fields})
+        if unknown:
+            raise TypeError(f"{self.model} takes no {', '.join(unknown)}")
+        tensors: dict[str, np.ndarray] = {}
+        options = {}
+        for field in self.fields:
+            value = values.get(field.name)
+            if value is None:
+                if field.required:
+                    raise TypeError(f"{self.model} needs {field.name}")
+                continue
+            if field.tensor:
+                tensors[field.tensor] = field.encode(value)
+            else:
+                options[field.name] = value
+        if options:
+            tensors[OPTIONS_TENSOR] = np.array([json.dumps(options).encode("utf-8")], dtype=np.object_)
+        return tensors
+
+    def decode_response(self, arrays: Mapping[str, np.ndarray | None]) -> dict[str, Any]:
+        return {output.key: output.decode(arrays.get(output.name)) for output in self.outputs}
+
+    # --- the server's side ----------------------------------------------------------------------------
+
+    def decode_request(self, tensor: Callable[[str], np.ndarray | None]) -> dict[str, Any]:
+        """The request's checked values; ``tensor(name)`` gives an input tensor's array, or None."""
+        values: dict[str, Any] = {}
+        for field in self.fields:
+            if field.tensor:
+                array = tensor(field.tensor)
+                if array is not None:
+                    values[field.name] = field.decode(array)
+        if self.option_fields:
+            array = tensor(OPTIONS_TENSOR)
+            if array is not None:
+                values.update(self._options(array))
+        return self.check(values)
+
+    def _options(self, array: np.ndarray) -> dict[str, Any]:
+        text = Field(OPTIONS_TENSOR, "text", "", tensor=OPTIONS_TENSOR).decode(array)
+        if not text.strip():
+            return {}
+        try:
+            options = json.loads(text)
+        except json.JSONDecodeError as error:
+            raise InvalidInputError(f"{OPTIONS_TENSOR} is not valid JSON: {error}") from None
+        if not isinstance(options, dict):
+            raise InvalidInputError(f"{OPTIONS_TENSOR} must be a JSON object")
+        allowed = {f.name for f in self.option_fields}
+        unknown = sorted(set(options) - allowed)
+        if unknown:
+            raise InvalidInputError(f"unknown option(s) {', '.join(unknown)}; known: {', '.join(sorted(allowed))}")
+        return {name: value for name, value in options.items() if value is not None}
+
+    def encode_response(self, values: Mapping[str, Any]) -> dict[str, np.ndarray]:
+        return {output.name: output.encode(values[output.key]) for output in self.outputs}
+
+
+# --- The tasks ------------------------------------------------------------------------------------------
+
+FACE_SWAP = Contract(
+    model="face_swap",
+    summary="deepfake: the face of TARGET_IMAGE put into ORI_IMAGE, keeping ORI_IMAGE's scene",
+    fields=(
+        Field("ori_image", "image", "the image whose scene is kept (JPEG, PNG, WebP or BMP bytes)", tensor="ORI_IMAGE", required=True),
+        Field("target_image", "image", "the image whose face is pasted", tensor="TARGET_IMAGE", required=True),
+        Field("face_index", "int", "which face of ori to replace, largest first (default: the largest)", minimum=0),
+        Field("all_faces", "bool", "replace every face of ori", default=False),
+        Field("output_format", "text", "encoding of the result", default="jpeg", choices=("jpeg", "jpg", "png", "webp")),
+        Field("jpeg_quality", "int", "JPEG/WebP quality of the result", default=95, minimum=1, maximum=100),
+        Field("color_transfer", "bool", "match the target face's colour and light to ori's face", default=True),
+        Field("compute_identity", "bool", "report the identity score of the result", default=True),
+    ),
+    outputs=(
+        Output("IMAGE", "image", BYTES, (1,), "the encoded result"),
+        Output("METADATA", "metadata", BYTES, (1,), "JSON: faces found, replaced, identity score, timings", encoding="json"),
+    ),
+)
+
+OCR = Contract(
+    model="ocr",
+    summary="PP-OCRv4: the lines of text in an image, top to bottom then left to right",
+    fields=(Field("image", "image", "encoded image bytes", tensor="IMAGE", required=True),),
+    outputs=(
+        Output("BOXES", "boxes", "float32", (-1, 4, 2), "each line's corners, clockwise from top-left, in pixels"),
+        Output("TEXTS", "texts", BYTES, (-1,), "each line's text", encoding="utf-8"),
+        Output("SCORES", "scores", "float64", (-1,), "each line's recognition confidence in [0, 1]"),
+    ),
+)
+
+MAX_STEPS = 1000
+
+
+def _generation_fields(prompt_help: str, image: bool) -> tuple[Field, ...]:
+    fields = [Field("prompt", "text", prompt_help, tensor="PROMPT", required=True)]
+    if image:
+        fields.append(Field("image", "image", "the image to edit (PNG, JPEG, WebP or BMP bytes)", tensor="IMAGE", required=True))
+    return (
+        *fields,
+        Field("negative_prompt", "text", "what to steer away from (SD; FLUX with true_cfg_scale > 1)", tensor="NEGATIVE_PROMPT"),
+        Field("steps", "int", "denoising steps (default: the pipeline's)", tensor="STEPS", minimum=1, maximum=MAX_STEPS),
+        Field("guidance", "float", "guidance scale (default: the pipeline's)", tensor="GUIDANCE", minimum=0),
+        Field("seed", "int", "random seed (default: drawn by the server and reported)", tensor="SEED", minimum=0,
+              maximum=2**63 - 1, dtype="int64"),
+        Field("width", "int", "image width in pixels (edits: the input's, resized)", tensor="WIDTH", minimum=1),
+        Field("height", "int", "image height in pixels", tensor="HEIGHT", minimum=1),
+        Field("num_images", "int", "images per request", tensor="NUM_IMAGES", default=1, minimum=1),
+        Field("strength", "float", "img2img: how far from the input image to go", minimum=0, maximum=1, exclusive_minimum=True),
+        Field("true_cfg_scale", "float", "FLUX: classifier-free guidance with the negative prompt when > 1", minimum=0),
+        Field("max_sequence_length", "int", "text tokens of the long text encoder (T5, GLM)", minimum=1, maximum=4096),
+    )
+
+
+_GENERATION_OUTPUTS = (
+    Output("IMAGES", "images", BYTES, (-1,), "the images, PNG"),
+    Output("METADATA", "metadata", BYTES, (1,), "JSON: seed, steps, sizes, warnings, timings", encoding="json"),
+)
+
+TEXT_TO_IMAGE = Contract(
+    model="text_to_image",
+    summary="t2i: an image from a prompt",
+    fields=_generation_fields("what to draw", image=False),
+    outputs=_GENERATION_OUTPUTS,
+)
+EDIT_IMAGE = Contract(
+    model="edit_image",
+    summary="tie: an image edited as the prompt says",
+    fields=_generation_fields("the edit instruction", image=True),
+    outputs=_GENERATION_OUTPUTS,
+)
+EDIT_TEXT = Contract(
+    model="edit_text",
+    summary="vttie: the text written in an image changed, the instruction quoting old and new text",
+    fields=_generation_fields('the instruction, quoting the new text: change "OPEN" to "CLOSED"', image=True),
+    outputs=_GENERATION_OUTPUTS,
+)
+
+# The contest's task types and the contract serving each.
+TASKS: dict[str, Contract] = {"t2i": TEXT_TO_IMAGE, "tie": EDIT_IMAGE, "vttie": EDIT_TEXT, "deepfake": FACE_SWAP}
+TASK_TYPES = tuple(TASKS)
+DIFFUSION_TASKS = ("t2i", "tie", "vttie")
+CONTRACTS: dict[str, Contract] = {c.model: c for c in (FACE_SWAP, OCR, TEXT_TO_IMAGE, EDIT_IMAGE, EDIT_TEXT)}

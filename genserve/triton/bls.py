@@ -1,0 +1,66 @@
+"""Calls from one served model to another in the same Triton server (BLS): the one helper for them.
+
+The called model's error keeps its meaning on the way back: a request it refused as invalid
+(INVALID_ARG) raises :class:`~genserve.errors.InvalidInputError` with its message, so the calling
+model's client gets INVALID_ARG too and does not retry; any other failure raises :class:`BlsError`.
+Triton 2.51 hands BLS callers every error as INTERNAL (triton-inference-server/server#7804), so the
+stack's models also mark invalid input in the message (:data:`~genserve.protocol.INVALID_INPUT`)
+and either sign is taken.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from genserve.errors import GenServeError, InvalidInputError
+from genserve.protocol import INVALID_INPUT
+
+try:  # present only inside Triton's Python backend stub
+    import triton_python_backend_utils as pb_utils
+except ImportError:
+    pb_utils = None
+
+
+class BlsError(GenServeError, RuntimeError):
+    """A model called over BLS failed for a reason of its own (not the request's input)."""
+
+
+def infer(model: str, inputs: Mapping[str, Any], outputs: Sequence[str], *, as_torch: bool = False) -> dict[str, Any]:
+    """One request to ``model``; inputs are numpy arrays or torch tensors, outputs come back as numpy
+    arrays, or as torch tensors with ``as_torch``. Torch tensors cross by DLPack both ways (so bf16
+    passes, and nothing is copied on the way in)."""
+    request = pb_utils.InferenceRequest(
+        model_name=model, requested_output_names=list(outputs), inputs=[_tensor(name, value) for name, value in inputs.items()]
+    )
+    response = request.exec()
+    if response.has_error():
+        error = response.error()
+        message = error.message()
+        if error.code() == pb_utils.TritonError.INVALID_ARG or message.startswith(INVALID_INPUT):
+            message = message.removeprefix(INVALID_INPUT)
+            raise InvalidInputError(message if message.startswith(model) else f"{model}: {message}")
+        raise BlsError(f"{model} failed: {message}")
+    result = {}
+    for name in outputs:
+        tensor = pb_utils.get_output_tensor_by_name(response, name)
+        if tensor is None:
+            raise BlsError(f"{model} returned no {name!r}")
+        # Copies: the response's memory is released with it.
+        if as_torch:
+            import torch
+
+            result[name] = torch.from_dlpack(tensor.to_dlpack()).clone()
+        else:
+            result[name] = np.array(tensor.as_numpy())
+    return result
+
+
+def _tensor(name: str, value: Any):
+    if isinstance(value, np.ndarray):
+        return pb_utils.Tensor(name, np.ascontiguousarray(value))
+    from torch.utils.dlpack import to_dlpack
+
+    return pb_utils.Tensor.from_dlpack(name, to_dlpack(value.contiguous()))

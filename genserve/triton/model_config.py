@@ -1,0 +1,92 @@
+"""Triton model configurations: read, change and write ``config.pbtxt`` as Triton's own ``ModelConfig``
+protobuf, declare a task's tensors from its contract, and read a model's string parameters.
+
+``config.pbtxt`` is protobuf text format; parsing it with the message tritonclient ships means a
+typo fails here, with the line, and not at server start.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from google.protobuf import text_format
+from tritonclient.grpc import model_config_pb2
+
+from genserve.protocol import Contract, Tensor
+
+ModelConfig = model_config_pb2.ModelConfig
+
+
+def read_config(path: str | Path) -> ModelConfig:
+    path = Path(path)
+    if path.is_dir():
+        path = path / "config.pbtxt"
+    return text_format.Parse(path.read_text(), ModelConfig())
+
+
+def write_config(config: ModelConfig, path: str | Path) -> Path:
+    path = Path(path)
+    if path.is_dir():
+        path = path / "config.pbtxt"
+    path.write_text(text_format.MessageToString(config))
+    return path
+
+
+def model_parameters(config: ModelConfig | Mapping[str, Any]) -> dict[str, str]:
+    """``parameters { key: ... value: { string_value: ... } }`` as a plain dict, from the protobuf or from
+    the JSON form the Python backend hands a model's ``initialize``."""
+    if isinstance(config, ModelConfig):
+        return {key: value.string_value for key, value in config.parameters.items()}
+    return {key: value.get("string_value", "") for key, value in (config.get("parameters") or {}).items()}
+
+
+def declared_tensors(config: ModelConfig, kind: str) -> list[Tensor]:
+    """The ``input`` or ``output`` entries of a config as :class:`~genserve.protocol.Tensor`."""
+    from genserve.protocol import TRITON_TYPES
+
+    dtype_of = {triton: name for name, triton in TRITON_TYPES.items()}
+    return [
+        Tensor(entry.name, dtype_of[model_config_pb2.DataType.Name(entry.data_type)], tuple(entry.dims), kind == "input" and entry.optional)
+        for entry in getattr(config, kind)
+    ]
+
+
+def declare_contract(config: ModelConfig, contract: Contract) -> ModelConfig:
+    """Add the contract's input and output tensors to a (non-batching) model config."""
+    for tensor in contract.inputs:
+        config.input.add(name=tensor.name, data_type=tensor.triton_type, dims=list(tensor.dims), optional=tensor.optional)
+    for output in contract.outputs:
+        config.output.add(name=output.name, data_type=output.tensor.triton_type, dims=list(output.dims))
+    return config
+
+
+def contract_mismatches(config: ModelConfig, contract: Contract) -> list[str]:
+    """How a model's config differs from the contract it serves; empty when it matches."""
+    problems = []
+    for kind, expected in (("input", list(contract.inputs)), ("output", [o.tensor for o in contract.outputs])):
+        declared = {tensor.name: tensor for tensor in declared_tensors(config, kind)}
+        wanted = {tensor.name: tensor for tensor in expected}
+        for name in sorted(set(declared) | set(wanted)):
+            if declared.get(name) != wanted.get(name):
+                problems.append(f"{kind} {name}: config {declared.get(name)}, contract {wanted.get(name)}")
+    if config.max_batch_size:
+        problems.append(f"max_batch_size {config.max_batch_size}: the contract's tensors are per request (0)")
+    return problems
+
+
+def copy_model(model_dir: str | Path, repository: str | Path, *, instances: int | None = None) -> Path:
+    """Copy a model folder into ``repository``, optionally with its instance count changed."""
+    model_dir = Path(model_dir)
+    destination = Path(repository) / model_dir.name
+    shutil.copytree(model_dir, destination, ignore=shutil.ignore_patterns("__pycache__"), dirs_exist_ok=True)
+    if instances is not None:
+        config = read_config(destination)
+        if not config.instance_group:
+            config.instance_group.add()
+        for group in config.instance_group:
+            group.count = instances
+        write_config(config, destination)
+    return destination

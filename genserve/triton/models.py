@@ -1,0 +1,117 @@
+"""The stack's Python-backend models: each one a task's contract over the service that does the work.
+
+A model folder's ``1/model.py`` is one line, e.g.::
+
+    from genserve.triton.models import FaceSwapModel as TritonPythonModel
+
+Every model here does the same per request: decode and check the inputs with the task's contract
+(:mod:`genserve.protocol`), hand the values to its service, encode the service's answer with the
+contract; a request that fails gets its own error response (:func:`~genserve.triton.requests.respond_each`).
+The services are plain in-process objects (:class:`~genserve.faceswap.FaceSwapper`, rapidocr's engine,
+:class:`~genserve.diffusion.service.DiffusionService`): tests and benchmarks call the same code.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from genserve.protocol import FACE_SWAP, OCR, TASKS, Contract
+from genserve.triton import bls
+from genserve.triton.model_config import model_parameters
+from genserve.triton.requests import input_array, output_tensors, respond_each
+
+
+class ServiceModel:
+    """Base of the stack's Python-backend models: ``setup`` builds the service, ``handle`` answers the
+    checked values of one request with the contract's output values."""
+
+    contract: Contract
+
+    def initialize(self, args: dict[str, str]) -> None:
+        self.model_config = json.loads(args["model_config"])
+        self.model_name = args.get("model_name") or self.model_config.get("name", "?")
+        self.parameters = model_parameters(self.model_config)
+        self.version_dir = Path(args["model_repository"]) / args.get("model_version", "1")
+        self.setup(args)
+
+    def setup(self, args: dict[str, str]) -> None:
+        raise NotImplementedError
+
+    def handle(self, values: dict[str, Any]) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def execute(self, requests) -> list:
+        return respond_each(requests, self._answer, self.model_name)
+
+    def _answer(self, request) -> list:
+        values = self.contract.decode_request(lambda name: input_array(request, name))
+        return output_tensors(self.contract.encode_response(self.handle(values)))
+
+    def finalize(self) -> None:
+        self.service = None
+
+
+class FaceSwapModel(ServiceModel):
+    """``face_swap``: :class:`~genserve.faceswap.FaceSwapper`. Parameter ``target_cache_size``."""
+
+    contract = FACE_SWAP
+
+    def setup(self, args):
+        from genserve.faceswap import FaceSwapper
+
+        # dlib's models load now, so that the first request does not pay for it.
+        self.service = FaceSwapper(target_cache_size=int(self.parameters.get("target_cache_size") or 64)).load()
+
+    def handle(self, values):
+        from genserve.faceswap import SwapOptions
+
+        image, metadata = self.service.swap(values["ori_image"], values["target_image"], SwapOptions.from_values(values))
+        return {"image": image, "metadata": metadata}
+
+
+class OcrModel(ServiceModel):
+    """``ocr``: rapidocr's PP-OCRv4 pipeline, its three networks called over BLS in the leaf models
+    ``ocr_det``, ``ocr_cls`` and ``ocr_rec`` (parameters ``det_model``, ``cls_model``, ``rec_model``
+    name others)."""
+
+    contract = OCR
+
+    def setup(self, args):
+        from genserve.ocr.engine import CLS, DET, REC, create_engine
+
+        names = {leaf: self.parameters.get(key) or leaf.name for leaf, key in ((DET, "det_model"), (CLS, "cls_model"), (REC, "rec_model"))}
+        self.service = create_engine(lambda leaf, x: bls.infer(names[leaf], {leaf.input: x}, [leaf.output])[leaf.output])
+
+    def handle(self, values):
+        from genserve.ocr.engine import recognize
+
+        result = recognize(self.service, values["image"])
+        return {"boxes": result.boxes, "texts": result.texts, "scores": result.scores}
+
+
+class DiffusionModel(ServiceModel):
+    """``text_to_image``, ``edit_image`` or ``edit_text`` over one export, as ``1/serving.json`` says:
+    diffusers' pipeline with its heavy modules calling the leaf models over BLS; ``edit_text`` reads its
+    result with the served ``ocr`` model."""
+
+    def setup(self, args):
+        from genserve.diffusion.service import ServiceSettings, served_service
+
+        settings = ServiceSettings.read(self.version_dir)
+        self.contract = TASKS[settings.task]
+        self.service = served_service(
+            self.version_dir,
+            runner=lambda model, inputs, outputs: bls.infer(model, inputs, outputs, as_torch=True),
+            text_reader=lambda image: self._read_text(settings.ocr_model, image),
+        )
+
+    @staticmethod
+    def _read_text(ocr_model: str, image: bytes) -> list[str]:
+        outputs = bls.infer(ocr_model, OCR.encode_request(image=image), OCR.output_names)
+        return OCR.decode_response(outputs)["texts"]
+
+    def handle(self, values):
+        images, metadata = self.service.generate(values)
+        return {"images": images, "metadata": metadata | {"model": self.model_name}}
