@@ -17,6 +17,10 @@ class NoFaceError(InvalidInputError):
     """An image that must show a face shows none the detector can find."""
 
 
+class RequestCancelled(GenServeError):
+    """The caller gave up on a request (cancelled it, or its deadline passed): the work stopped."""
+
+
 class ServerError(GenServeError, RuntimeError):
     """The Triton server could not be started, or a model in it failed to load."""
 

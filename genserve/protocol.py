@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -215,12 +215,17 @@ class Output:
 
 @dataclass(frozen=True)
 class Contract:
-    """What one served model takes and returns; ``model`` is its default name in a repository."""
+    """What one served model takes and returns; ``model`` is its default name in a repository.
+
+    A ``streaming`` model is decoupled (Triton's term): it answers a request with several responses,
+    each holding some of the outputs (progress first, the result last), over gRPC streaming only.
+    """
 
     model: str
     summary: str
     fields: tuple[Field, ...]
     outputs: tuple[Output, ...]
+    streaming: bool = False
 
     def __post_init__(self) -> None:
         names = [f.name for f in self.fields]
@@ -374,10 +379,12 @@ OCR = Contract(
 MAX_STEPS = 1000
 
 
-def _generation_fields(prompt_help: str, image: bool) -> tuple[Field, ...]:
+def _generation_fields(prompt_help: str, image: bool, extra: tuple[Field, ...] = ()) -> tuple[Field, ...]:
     fields = [Field("prompt", "text", prompt_help, tensor="PROMPT", required=True)]
     if image:
-        fields.append(Field("image", "image", "the image to edit (PNG, JPEG, WebP or BMP bytes)", tensor="IMAGE", required=True))
+        fields.append(Field("image", "image", "the image to edit (PNG, JPEG, WebP or BMP bytes); one larger than the "
+                            "pipeline's working size is resized to it, aspect kept", tensor="IMAGE", required=True))
+        extra = (Field("keep_size", "bool", "return the result at the input image's exact size", default=False), *extra)
     return (
         *fields,
         Field("negative_prompt", "text", "what to steer away from (SD; FLUX with true_cfg_scale > 1)", tensor="NEGATIVE_PROMPT"),
@@ -391,6 +398,7 @@ def _generation_fields(prompt_help: str, image: bool) -> tuple[Field, ...]:
         Field("strength", "float", "img2img: how far from the input image to go", minimum=0, maximum=1, exclusive_minimum=True),
         Field("true_cfg_scale", "float", "FLUX: classifier-free guidance with the negative prompt when > 1", minimum=0),
         Field("max_sequence_length", "int", "text tokens of the long text encoder (T5, GLM)", minimum=1, maximum=4096),
+        *extra,
     )
 
 
@@ -398,6 +406,20 @@ _GENERATION_OUTPUTS = (
     Output("IMAGES", "images", BYTES, (-1,), "the images, PNG"),
     Output("METADATA", "metadata", BYTES, (1,), "JSON: seed, steps, sizes, warnings, timings", encoding="json"),
 )
+
+# The streaming variant of a pipeline model (``<model>_stream``) adds one output: a progress report per
+# denoising step, sent before the result.
+STREAM_SUFFIX = "_stream"
+PROGRESS = Output("PROGRESS", "progress", BYTES, (1,), "JSON per denoising step: step, steps, elapsed_ms", encoding="json")
+
+
+def streaming(contract: Contract) -> Contract:
+    """The streaming variant of a pipeline model's contract."""
+    return replace(
+        contract, model=contract.model + STREAM_SUFFIX, summary=contract.summary + " (streamed: progress, then the result)",
+        outputs=(*contract.outputs, PROGRESS), streaming=True,
+    )  # fmt: skip
+
 
 TEXT_TO_IMAGE = Contract(
     model="text_to_image",
@@ -414,7 +436,10 @@ EDIT_IMAGE = Contract(
 EDIT_TEXT = Contract(
     model="edit_text",
     summary="vttie: the text written in an image changed, the instruction quoting old and new text",
-    fields=_generation_fields('the instruction, quoting the new text: change "OPEN" to "CLOSED"', image=True),
+    fields=_generation_fields('the instruction, quoting the new text: change "OPEN" to "CLOSED"', image=True, extra=(
+        Field("candidates", "int", "edits to make (one denoising batch); the one whose OCR reading is closest to the "
+              "new text is returned, every candidate's scores reported", default=1, minimum=1, maximum=8),
+    )),
     outputs=_GENERATION_OUTPUTS,
 )
 
@@ -422,4 +447,7 @@ EDIT_TEXT = Contract(
 TASKS: dict[str, Contract] = {"t2i": TEXT_TO_IMAGE, "tie": EDIT_IMAGE, "vttie": EDIT_TEXT, "deepfake": FACE_SWAP}
 TASK_TYPES = tuple(TASKS)
 DIFFUSION_TASKS = ("t2i", "tie", "vttie")
-CONTRACTS: dict[str, Contract] = {c.model: c for c in (FACE_SWAP, OCR, TEXT_TO_IMAGE, EDIT_IMAGE, EDIT_TEXT)}
+STREAMING_TASKS: dict[str, Contract] = {task: streaming(TASKS[task]) for task in DIFFUSION_TASKS}
+CONTRACTS: dict[str, Contract] = {
+    c.model: c for c in (FACE_SWAP, OCR, TEXT_TO_IMAGE, EDIT_IMAGE, EDIT_TEXT, *STREAMING_TASKS.values())
+}

@@ -34,3 +34,9 @@ def test_demo_runs_every_task_type_through_the_server(tmp_path):
     assert result.ocr_of_sign == ["OPEN"]  # the real PP-OCR model reads the vttie input
     # The vttie response carries the served OCR's check of the edit (random weights: CLOSED is not there).
     assert 0.0 <= summary.proxies["vttie"]["ocr_edit_distance"] <= 1.0
+
+    with open(results / "quality.csv", encoding="utf-8-sig", newline="") as handle:
+        quality = {row["index"]: row for row in csv.DictReader(handle)}
+    assert list(quality) == [task[0] for task in DEMO_TASKS]
+    assert float(quality["4"]["identity_cosine"]) > 0.9 and float(quality["4"]["identity_distance"]) < 0.6
+    assert 0.0 <= float(quality["3"]["new_text_distance"]) <= 1.0 and quality["1"]["identity_cosine"] == ""

@@ -83,9 +83,10 @@ def test_denoiser_batching(built):
 
 def test_pipeline_models_per_family(built):
     _, repo, reports = built
-    assert reports["sd"].pipeline_models == ["sd_text_to_image", "sd_edit_image"]
-    assert reports["flux"].pipeline_models == ["flux_text_to_image", "flux_edit_image", "flux_edit_text"]
-    assert reports["cogview4"].pipeline_models == ["cogview4_text_to_image"]
+    stream = lambda names: names + [f"{name}_stream" for name in names]  # noqa: E731 - the streaming variants follow
+    assert reports["sd"].pipeline_models == stream(["sd_text_to_image", "sd_edit_image"])
+    assert reports["flux"].pipeline_models == stream(["flux_text_to_image", "flux_edit_image", "flux_edit_text"])
+    assert reports["cogview4"].pipeline_models == stream(["cogview4_text_to_image"])
     settings = json.loads((repo / "flux_edit_text" / "1" / "serving.json").read_text())
     assert settings["pipeline_class"] == "FluxKontextPipeline" and settings["task"] == "vttie"
     assert settings["models"]["transformer"] == "flux_transformer"
@@ -96,14 +97,16 @@ def test_pipeline_models_per_family(built):
 
 def test_pipeline_configs_match_their_task_contracts(built):
     from genserve.diffusion.service import ServiceSettings
-    from genserve.protocol import TASKS
+    from genserve.protocol import STREAMING_TASKS, TASKS
     from genserve.triton.model_config import contract_mismatches, read_config
 
     _, repo, reports = built
     for report in reports.values():
         for name in report.pipeline_models:
             settings = ServiceSettings.read(repo / name / "1")
-            assert contract_mismatches(read_config(repo / name), TASKS[settings.task]) == [], name
+            contract = (STREAMING_TASKS if name.endswith("_stream") else TASKS)[settings.task]
+            assert contract_mismatches(read_config(repo / name), contract) == [], name
+            assert read_config(repo / name).model_transaction_policy.decoupled == name.endswith("_stream")
 
 
 def test_served_tasks_by_checkpoint_class():

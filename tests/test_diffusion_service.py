@@ -47,3 +47,76 @@ def test_export_service_refuses_what_the_served_model_refuses(export_family):
         service.generate({"prompt": "x", "width": 30, "height": 32})
     with pytest.raises(InvalidInputError, match="serves no vttie"):
         export_service(export_dir, "vttie")
+
+
+def _photo(width: int, height: int) -> bytes:
+    y, x = np.mgrid[0:height, 0:width]
+    array = np.stack([x * 255 // width, y * 255 // height, (x + y) * 127 // (width + height)], axis=-1).astype(np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def test_an_edit_input_larger_than_the_working_size_is_resized_not_refused(export_family):
+    """As diffusers' Kontext pipeline does: rendered at about its working area, the aspect kept; with
+    keep_size the result comes back at the input's exact size. The metadata says what was resized."""
+    from genserve.diffusion.service import export_service
+
+    _, export_dir = export_family("flux")
+    service = export_service(export_dir, "tie")
+    service.max_size = 256
+    side, multiple = service.working_side, service.pixel_multiple
+    images, metadata = service.generate({"prompt": "make it night", "image": _photo(1000, 1250), "steps": 1, "seed": 1})
+    width, height = metadata["resized"]["generated"]
+    assert metadata["resized"]["input"] == [1000, 1250] and metadata["resized"]["returned"] == [width, height]
+    assert width % multiple == 0 and height % multiple == 0 and max(width, height) <= 256
+    assert width * height <= side * side and abs(width / height - 0.8) < 0.05
+    assert Image.open(io.BytesIO(images[0])).size == (width, height)
+
+    images, metadata = service.generate({"prompt": "make it night", "image": _photo(1000, 1250), "steps": 1, "seed": 1, "keep_size": True})
+    assert Image.open(io.BytesIO(images[0])).size == (1000, 1250) and metadata["resized"]["returned"] == [1000, 1250]
+
+    small = _photo(multiple * 8, multiple * 6)
+    _, metadata = service.generate({"prompt": "make it night", "image": small, "steps": 1, "seed": 1})
+    assert "resized" not in metadata and (metadata["width"], metadata["height"]) == (multiple * 8, multiple * 6)
+    with pytest.raises(InvalidInputError, match="maximum of 256"):  # a size asked for explicitly is still checked
+        service.generate({"prompt": "make it night", "image": small, "width": 512, "height": 512})
+
+
+def _sign(text: str) -> bytes:
+    from genserve.demo.samples import render_text
+
+    buffer = io.BytesIO()
+    render_text([text], font_size=48).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def test_text_edit_candidates_are_judged_by_ocr():
+    """The candidate whose real OCR reading is closest to the instruction's new text wins."""
+    from genserve.diffusion.service import choose_text_edits
+    from genserve.ocr.engine import create_engine, recognize
+    from genserve.ocr.textedit import text_edit_report
+
+    engine = create_engine()
+    candidates = [_sign("OPEN"), _sign("CLOSE"), _sign("CLOSED")]
+    checks = [text_edit_report('change "OPEN" to "CLOSED"', recognize(engine, image).texts) for image in candidates]
+    images, check, picked = choose_text_edits(candidates, checks, 3)
+    assert picked["chosen"] == [2] and images == [candidates[2]] and check["new_text_distance"] == 0.0
+    distances = [score["new_text_distance"] for score in picked["candidates"]]
+    assert distances[2] == min(distances) and distances[0] > distances[1] > 0
+
+
+def test_text_edit_candidates_through_the_pipeline(export_family):
+    from genserve.diffusion.service import export_service
+    from genserve.ocr.engine import create_engine, recognize
+
+    _, export_dir = export_family("flux")
+    engine = create_engine()
+    service = export_service(export_dir, "vttie", text_reader=lambda image: recognize(engine, image).texts)
+    images, metadata = service.generate({"prompt": 'change "OPEN" to "CLOSED"', "image": _sign("OPEN"), "steps": 1, "seed": 2,
+                                         "candidates": 3, "width": 64, "height": 32})
+    assert len(images) == 1 and len(metadata["candidates"]) == 3
+    best = min(range(3), key=lambda i: metadata["candidates"][i]["new_text_distance"])
+    assert metadata["candidates"][metadata["chosen"][0]]["new_text_distance"] == metadata["candidates"][best]["new_text_distance"]
+    with pytest.raises(InvalidInputError, match="at most 4 at once"):
+        service.generate({"prompt": 'change "OPEN" to "CLOSED"', "image": _sign("OPEN"), "candidates": 3, "num_images": 2})

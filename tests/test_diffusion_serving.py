@@ -34,8 +34,9 @@ def diffusion_server(export_family, tmp_path_factory):
     repo = tmp_path_factory.mktemp("diffusion_repo")
     for family in FAMILIES:
         _, export_dir = export_family(family)
-        # Two SD and FLUX pipeline instances: concurrent requests reach the denoiser's dynamic batcher together.
-        options = BuildOptions(prefix=f"{family}_", max_size=256, pipeline_instances=2 if family in ("sd", "flux") else 1)
+        # The streaming pipeline models run concurrent requests in one instance: they reach the denoiser's
+        # dynamic batcher together.
+        options = BuildOptions(prefix=f"{family}_", max_size=256)
         build_repository(export_dir, repo, options)
     # FLUX's pipeline does more between its denoiser calls than SD's: on this 2-core host two pipelines
     # miss the default 2 ms window and alternate on the transformer. A 100 ms window lets them meet.
@@ -199,6 +200,27 @@ def test_bad_prompts_and_images(dclient):
         dclient.edit_text(input_image(), "make the sign nicer", model="flux_edit_text", steps=1)
 
 
+def test_a_large_edit_input_is_resized_not_refused(dclient):
+    """A photo over the model's max_size (256 here) is rendered at the pipeline's working size, aspect kept,
+    and with keep_size comes back at its own size; the metadata says so."""
+    photo = input_image().resize((400, 500))
+    result = dclient.edit_image(photo, "make it night", model="flux_edit_image", steps=1, seed=3)
+    width, height = result.image.size
+    assert max(width, height) <= 256 and abs(width / height - 0.8) < 0.05
+    assert result.metadata["resized"] == {"input": [400, 500], "generated": [width, height], "returned": [width, height]}
+    kept = dclient.edit_image(photo, "make it night", model="flux_edit_image", steps=1, seed=3, keep_size=True)
+    assert kept.image.size == (400, 500)
+
+
+def test_text_edit_candidates(dclient):
+    """Three edits in one batch, one returned, every candidate's check reported (this server has no OCR
+    model beside: each says so; tests/test_diffusion_service.py checks the choosing with the real OCR)."""
+    result = dclient.edit_text(input_image(), 'change "OPEN" to "CLOSED"', model="flux_edit_text", steps=1, seed=4, candidates=3)
+    scores = result.metadata["candidates"]
+    assert [score["candidate"] for score in scores] == [0, 1, 2] and all("skipped" in score for score in scores)
+    assert result.metadata["chosen"] == [0] and result.image.size == (SIZE, SIZE)
+
+
 def test_long_prompt_is_truncated_with_a_warning(dclient):
     long_prompt = "a red house " * 40  # about 120 CLIP tokens, 280 of the tiny T5's
     result = dclient.text_to_image(long_prompt, model="sd_text_to_image", steps=1, seed=0, width=SIZE, height=SIZE)
@@ -231,6 +253,10 @@ def _model_stats(server, model: str = "sd_unet") -> dict:
 
 
 # family -> (pipeline model, denoiser model, denoiser calls per request of 3 steps)
+def _queue_ns(stats: dict) -> int:
+    return int(stats["inference_stats"]["queue"].get("ns", 0))  # absent while zero
+
+
 CONCURRENCY = {
     "sd": ("sd_text_to_image", "sd_unet", 4),  # PNDM: 3 steps = 4 UNet calls
     "flux": ("flux_text_to_image", "flux_transformer", 3),  # flow-match Euler: one call per step
@@ -239,17 +265,21 @@ CONCURRENCY = {
 
 @pytest.mark.parametrize("family", sorted(CONCURRENCY))
 def test_concurrent_requests_share_the_denoiser(family, diffusion_server, dclient):
+    """Four requests at once to the streaming pipeline model: one instance runs them together, their
+    denoiser calls meet in its dynamic batcher, and each still gets the image it gets alone."""
     pipeline_model, denoiser, calls = CONCURRENCY[family]
     seeds = (21, 22, 23, 24)
     sequential = {seed: dclient.text_to_image(PROMPT, model=pipeline_model, steps=3, seed=seed, width=SIZE, height=SIZE)
                   for seed in seeds}
     before = _model_stats(diffusion_server, denoiser)
+    before_pipeline = _model_stats(diffusion_server, pipeline_model + "_stream")
     results, errors = {}, []
 
     def one(seed):
         try:
             with Client(diffusion_server.grpc_url) as client:
-                results[seed] = client.text_to_image(PROMPT, model=pipeline_model, steps=3, seed=seed, width=SIZE, height=SIZE)
+                results[seed] = client.text_to_image(PROMPT, model=pipeline_model, steps=3, seed=seed, width=SIZE, height=SIZE,
+                                                     progress=lambda report: None)
         except Exception as error:  # noqa: BLE001
             errors.append(error)
 
@@ -264,12 +294,72 @@ def test_concurrent_requests_share_the_denoiser(family, diffusion_server, dclien
     after = _model_stats(diffusion_server, denoiser)
     requests = int(after["inference_stats"]["success"]["count"]) - int(before["inference_stats"]["success"]["count"])
     executions = int(after["execution_count"]) - int(before["execution_count"])
-    print(f"\n{denoiser} under 4 concurrent requests: {requests} requests ran in {executions} executions")
+    pipeline = _model_stats(diffusion_server, pipeline_model + "_stream")
+    queued_ms = (_queue_ns(pipeline) - _queue_ns(before_pipeline)) / 4e6
+    print(f"\n{denoiser} under 4 concurrent requests: {requests} requests ran in {executions} executions; "
+          f"{pipeline_model}_stream queued {queued_ms:.2f} ms per request")
     assert requests == 4 * calls
-    if family == "flux":  # two pipeline instances in lockstep: their denoiser calls must have been merged
-        assert executions < requests
-    else:
-        assert executions <= requests
+    assert executions < requests  # merged across requests: they ran at the same time
+    assert queued_ms < 50  # handed to a worker at once, not queued behind each other (a request takes seconds)
+
+
+def test_streaming_reports_every_step(dclient):
+    reports = []
+    streamed = dclient.text_to_image(PROMPT, model="sd_text_to_image", steps=3, seed=5, width=SIZE, height=SIZE, progress=reports.append)
+    plain = dclient.text_to_image(PROMPT, model="sd_text_to_image", steps=3, seed=5, width=SIZE, height=SIZE)
+    assert [r["step"] for r in reports] == list(range(1, streamed.metadata["denoising_steps_run"] + 1))
+    assert {r["steps"] for r in reports} == {len(reports)}
+    assert all(b["elapsed_ms"] >= a["elapsed_ms"] for a, b in zip(reports, reports[1:]))
+    assert streamed.encoded == plain.encoded and streamed.metadata["model"] == "sd_text_to_image_stream"
+
+
+def test_async_client_streams_a_text_edit(diffusion_server):
+    import asyncio
+
+    from genserve.client import AsyncClient
+
+    async def edit():
+        async with AsyncClient(diffusion_server.grpc_url) as client:
+            reports = []
+            result = await client.edit_text(input_image(), 'change "OPEN" to "CLOSED"', model="flux_edit_text", steps=2, seed=1,
+                                            progress=reports.append)
+            return result, reports
+
+    result, reports = asyncio.run(edit())
+    assert [r["step"] for r in reports] == [1, 2] and result.metadata["new_text"] == "CLOSED"
+
+
+class StopAfter(Exception):
+    pass
+
+
+def _stop_after_three_steps(report):
+    if report["step"] == 3:
+        raise StopAfter
+
+
+@pytest.mark.parametrize("how", ["plain deadline", "stream deadline", "stream cancelled"])
+def test_a_request_given_up_stops_the_denoiser(how, diffusion_server, dclient):
+    """A client whose deadline passes, or which stops reading the stream, stops the work between two
+    denoising steps: the denoiser's executions stop growing and the next request does not wait."""
+    executions = lambda: int(_model_stats(diffusion_server, "sd_unet")["execution_count"])  # noqa: E731
+    long_request = {"model": "sd_text_to_image", "steps": 400, "seed": 1, "width": SIZE, "height": SIZE}  # ~10 s here
+    with Client(diffusion_server.grpc_url, timeout_s=None if how == "stream cancelled" else 1.5) as client:
+        if how == "stream cancelled":
+            with pytest.raises(StopAfter):
+                client.text_to_image(PROMPT, progress=_stop_after_three_steps, **long_request)
+        else:
+            with pytest.raises(RequestError, match="Deadline Exceeded"):
+                client.text_to_image(PROMPT, progress=(lambda report: None) if how == "stream deadline" else None, **long_request)
+    time.sleep(0.5)
+    settled = executions()
+    time.sleep(1.5)
+    assert executions() - settled <= 1, "the denoiser kept being called after the request was given up"
+    before = _model_stats(diffusion_server, "sd_text_to_image")
+    dclient.text_to_image(PROMPT, model="sd_text_to_image", steps=2, seed=1, width=SIZE, height=SIZE)
+    after = _model_stats(diffusion_server, "sd_text_to_image")
+    queued_s = (_queue_ns(after) - _queue_ns(before)) / 1e9
+    assert queued_s < 2.0, f"the next request waited {queued_s:.1f} s behind the abandoned one"
 
 
 def test_bls_overhead_per_step(diffusion_server, dclient):

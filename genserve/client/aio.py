@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from genserve import config
-from genserve.client.client import Call, TaskMethods, request_error, triton_inputs, unavailable
+from genserve.client.client import Call, RequestError, TaskMethods, is_final, request_error, triton_inputs, unavailable
 
 
 class AsyncClient(TaskMethods):
@@ -56,5 +56,29 @@ class AsyncClient(TaskMethods):
             raise unavailable(self.url, self.protocol, error) from None
         return {name: result.as_numpy(name) for name in outputs}
 
+    async def stream_infer(self, model: str, inputs: dict[str, np.ndarray], on_progress) -> dict[str, np.ndarray]:
+        """One request to a streaming model; ``on_progress`` gets every response before the result."""
+        from tritonclient.utils import InferenceServerException
+
+        async def requests():
+            yield {"model_name": model, "inputs": triton_inputs(self._triton, inputs)}
+
+        stream = self._client.stream_infer(requests(), stream_timeout=self.timeout_s)
+        try:
+            async for result, error in stream:
+                if error is not None:
+                    raise request_error(error, self.url, self.protocol)
+                arrays = {output.name: result.as_numpy(output.name) for output in result.get_response().outputs}
+                if is_final(arrays):
+                    return arrays
+                on_progress(arrays)
+        except InferenceServerException as error:
+            raise request_error(error, self.url, self.protocol) from None
+        finally:
+            stream.cancel()  # the result is in, or this side gave up: the server stops either way
+        raise RequestError(f"{model} closed the stream without a result")
+
     async def _run(self, call: Call) -> Any:
+        if call.on_progress is not None:
+            return call.parse(await self.stream_infer(call.model, call.inputs, call.on_progress))
         return call.parse(await self.infer(call.model, call.inputs, call.outputs))

@@ -6,6 +6,7 @@ Layout of the output folder::
     OUT/result.csv           index, gen_image (utf-8-sig, task order), rewritten after every row
     OUT/progress.jsonl       one line per finished row (its metadata summary): what a rerun skips
     OUT/failures.csv         rows that failed, with the reason (only when some did)
+    OUT/quality.csv          per finished row, the task's quality proxy (identity, artifacts, OCR distance)
     OUT/submission.zip       result.csv + imgs/, ready to submit
 
 A row's image is written under a temporary name and renamed, then its journal line is appended and
@@ -31,11 +32,12 @@ from typing import Any
 from genserve.client.client import ImageResult
 from genserve.client.pool import ClientPool
 from genserve.client.tasks import IMAGES_FOLDER, Task, write_results
-from genserve.protocol import TASK_TYPES
+from genserve.protocol import DIFFUSION_TASKS, STREAM_SUFFIX, TASK_TYPES, TASKS
 from genserve.errors import GenServeError, InvalidInputError
 
 JOURNAL = "progress.jsonl"
 FAILURES = "failures.csv"
+QUALITY = "quality.csv"
 SUBMISSION = "submission.zip"
 
 
@@ -46,6 +48,7 @@ class RowOutcome:
     seconds: float = 0.0
     error: str = ""
     proxies: dict[str, float] = field(default_factory=dict)  # local quality proxies, see quality_proxies()
+    quality: dict[str, Any] = field(default_factory=dict)  # its row of quality.csv, see quality_record()
 
 
 @dataclass
@@ -82,14 +85,40 @@ class BatchSummary:
 
 
 def quality_proxies(task: Task, metadata: dict[str, Any]) -> dict[str, float]:
-    """The local stand-ins for the contest's scores that a response's metadata carries."""
-    proxies = {}
-    if task.task_type == "deepfake" and metadata.get("identity"):
-        proxies["identity_cosine"] = float(metadata["identity"][0]["cosine"])
+    """The local stand-ins for the contest's scores that a response's metadata carries (averaged per task)."""
+    quality = quality_record(task, metadata)
+    proxies = {"identity_cosine": quality.get("identity_cosine"), "ocr_edit_distance": quality.get("new_text_distance")}
+    return {name: float(value) for name, value in proxies.items() if value is not None}
+
+
+# OUT/quality.csv: per finished row, the task's proxy of the contest's score, so weak rows show before submitting.
+QUALITY_COLUMNS = (
+    "index", "task_type", "identity_cosine", "identity_distance", "artifact_share",
+    "new_text_distance", "old_text_distance", "ocr_text", "candidates", "chosen_candidate", "seconds",
+)  # fmt: skip
+
+
+def quality_record(task: Task, metadata: dict[str, Any]) -> dict[str, Any]:
+    """One row of quality.csv from a response's metadata: identity cosine/distance and artifact share
+    (deepfake, the first face replaced), OCR reading and edit distances (vttie), candidates made."""
+    record: dict[str, Any] = {}
+    identity = (metadata.get("identity") or [{}])[0]
+    for key in ("cosine", "distance"):
+        if identity.get(key) is not None:
+            record[f"identity_{key}"] = identity[key]
+    if identity.get("artifact_share", metadata.get("artifact_share")) is not None:
+        record["artifact_share"] = identity.get("artifact_share", metadata.get("artifact_share"))
     text_check = metadata.get("text_check") or {}
-    if task.task_type == "vttie" and text_check.get("new_text_distance") is not None:
-        proxies["ocr_edit_distance"] = float(text_check["new_text_distance"])
-    return proxies
+    for key in ("new_text_distance", "old_text_distance"):
+        if text_check.get(key) is not None:
+            record[key] = round(float(text_check[key]), 4)
+    if "ocr_text" in text_check:
+        record["ocr_text"] = " | ".join(text_check["ocr_text"].splitlines())
+    if metadata.get("candidates"):
+        record["candidates"] = len(metadata["candidates"])
+        chosen = metadata.get("chosen")
+        record["chosen_candidate"] = chosen[0] if isinstance(chosen, list) else chosen
+    return record
 
 
 class BatchRunner:
@@ -102,6 +131,7 @@ class BatchRunner:
         concurrency: int = 4,
         progress: bool = True,
         request_options: dict[str, dict[str, Any]] | None = None,
+        stream: bool = True,
     ):
         self.pool = pool
         self.images_dir = Path(images_dir)
@@ -109,6 +139,13 @@ class BatchRunner:
         self.concurrency = max(1, concurrency)
         self.progress = progress
         self.request_options = request_options or {}  # task type -> extra keyword arguments
+        # Diffusion rows go to the streaming pipeline models where the server has them: one instance runs
+        # several rows at once, and their denoising steps show on the progress bar.
+        self.stream = stream
+        self._streaming: dict[str, bool] = {}
+        self._steps: dict[str, str] = {}  # row index -> "step/steps", for the rows in flight
+        self._bar = None
+        self._failed = 0
         self._lock = threading.Lock()
 
     def run(self, tasks: list[Task]) -> BatchSummary:
@@ -120,7 +157,7 @@ class BatchRunner:
         resumed = len(tasks) - len(pending)
 
         outcomes: list[RowOutcome] = []
-        bar = self._progress_bar(len(tasks), resumed)
+        bar = self._bar = self._progress_bar(len(tasks), resumed)
         with open(self.out_dir / JOURNAL, "a", encoding="utf-8") as journal_file:
             with ThreadPoolExecutor(max_workers=self.concurrency) as pool:
                 futures = [pool.submit(self._run_row, task) for task in pending]
@@ -135,8 +172,9 @@ class BatchRunner:
                         os.fsync(journal_file.fileno())
                         write_results(self.out_dir / "result.csv", tasks, done)
                     if bar is not None:
+                        self._failed = sum(not o.ok for o in outcomes)
                         bar.update(1)
-                        bar.set_postfix(failed=sum(not o.ok for o in outcomes), refresh=False)
+                        self._update_postfix()
         if bar is not None:
             bar.close()
 
@@ -144,6 +182,7 @@ class BatchRunner:
         order = {task.index: i for i, task in enumerate(tasks)}
         outcomes.sort(key=lambda outcome: order[outcome.task.index])
         self._write_failures([o for o in outcomes if not o.ok])
+        self._write_quality(tasks, journal, done)
         self._write_submission(tasks, done)
         return BatchSummary(
             out_dir=self.out_dir,
@@ -169,10 +208,38 @@ class BatchRunner:
         except Exception as error:  # noqa: BLE001 - one row's surprise must not cost the other rows
             message = f"internal error: {type(error).__name__}: {_first_line(error)}"
             return RowOutcome(task, ok=False, seconds=time.perf_counter() - started, error=message)
-        return RowOutcome(task, ok=True, seconds=time.perf_counter() - started, proxies=quality_proxies(task, result.metadata))
+        return RowOutcome(task, ok=True, seconds=time.perf_counter() - started, proxies=quality_proxies(task, result.metadata),
+                          quality=quality_record(task, result.metadata))
 
     def _request(self, task: Task) -> ImageResult:
-        options = self.request_options.get(task.task_type, {})
+        options = dict(self.request_options.get(task.task_type, {}))
+        if task.task_type in DIFFUSION_TASKS and self._streams(options.get("model") or TASKS[task.task_type].model):
+            options["progress"] = lambda report: self._show_steps(task.index, report)
+        try:
+            return self._send(task, options)
+        finally:
+            with self._lock:
+                self._steps.pop(task.index, None)
+
+    def _streams(self, model: str) -> bool:
+        """Whether the server has the model's streaming variant (asked once per model)."""
+        with self._lock:
+            if model not in self._streaming:
+                self._streaming[model] = self.stream and self.pool.protocol == "grpc" and self.pool.is_ready(model + STREAM_SUFFIX)
+            return self._streaming[model]
+
+    def _show_steps(self, index: str, report: dict[str, Any]) -> None:
+        with self._lock:
+            self._steps[index] = f"{report['step']}/{report['steps']}"
+        self._update_postfix()
+
+    def _update_postfix(self) -> None:
+        if self._bar is not None:
+            with self._lock:
+                steps = f", steps {' '.join(self._steps.values())}" if self._steps else ""
+            self._bar.set_postfix_str(f"failed={self._failed}{steps}", refresh=False)
+
+    def _send(self, task: Task, options: dict[str, Any]) -> ImageResult:
         if task.task_type == "t2i":
             result = self.pool.text_to_image(task.prompt, **options)
         elif task.task_type == "tie":
@@ -216,7 +283,21 @@ class BatchRunner:
             "task_type": outcome.task.task_type,
             "seconds": round(outcome.seconds, 3),
             "proxies": outcome.proxies,
+            "quality": outcome.quality,
         }
+
+    def _write_quality(self, tasks: list[Task], journal: dict[str, dict], done: set[str]) -> None:
+        """OUT/quality.csv: every finished row's quality record (earlier runs' rows from the journal)."""
+        partial = self.out_dir / f".{QUALITY}.partial"
+        with open(partial, "w", newline="", encoding="utf-8-sig") as handle:
+            writer = csv.DictWriter(handle, fieldnames=QUALITY_COLUMNS, extrasaction="ignore")
+            writer.writeheader()
+            for task in tasks:
+                if task.index in done:
+                    record = journal.get(task.index, {})
+                    writer.writerow({**record.get("quality", {}), "index": task.index, "task_type": task.task_type,
+                                     "seconds": record.get("seconds", "")})
+        partial.replace(self.out_dir / QUALITY)
 
     @staticmethod
     def _mean_proxies(tasks: list[Task], journal: dict[str, dict], done: set[str]) -> dict[str, dict[str, float]]:

@@ -7,6 +7,7 @@ into :class:`RequestError` with the server's message.
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +19,19 @@ from PIL import Image
 from genserve import config
 from genserve.client.images import ImageLike, decode_image, to_image_bytes
 from genserve.errors import GenServeError
-from genserve.protocol import EDIT_IMAGE, EDIT_TEXT, FACE_SWAP, INVALID_INPUT, OCR, TEXT_TO_IMAGE, Contract
+from genserve.protocol import (
+    EDIT_IMAGE,
+    EDIT_TEXT,
+    FACE_SWAP,
+    INVALID_INPUT,
+    OCR,
+    PROGRESS,
+    STREAM_SUFFIX,
+    STREAMING_TASKS,
+    TASKS,
+    TEXT_TO_IMAGE,
+    Contract,
+)
 
 Protocol = Literal["grpc", "http"]
 
@@ -105,12 +118,25 @@ def triton_inputs(triton, inputs: dict[str, np.ndarray]) -> list:
 
 @dataclass(frozen=True)
 class Call:
-    """One request to one model, and how to turn its outputs into the task's result."""
+    """One request to one model, and how to turn its outputs into the task's result.
+
+    ``on_progress`` set: the model streams (decoupled), and each response before the last one is a
+    progress report handed to it; the last one is the result.
+    """
 
     model: str
     inputs: dict[str, np.ndarray]
     outputs: list[str]
     parse: Callable[[dict[str, np.ndarray]], Any]
+    on_progress: Callable[[dict[str, np.ndarray]], None] | None = None
+
+
+def is_final(arrays: dict[str, np.ndarray]) -> bool:
+    """A streamed response is the result, not a progress report (which carries PROGRESS alone)."""
+    return any(name != PROGRESS.name for name in arrays)
+
+
+ProgressCallback = Callable[[dict[str, Any]], None]
 
 
 def _document_fields(contract: Contract, skip: tuple[str, ...]) -> Callable:
@@ -140,9 +166,12 @@ class TaskMethods:
         (a dict keyed as the contract's outputs), e.g. ``client.request(OCR, image=data)["texts"]``."""
         return self._task(contract, model, values, lambda out: out)
 
-    def _task(self, contract: Contract, model: str | None, values: dict[str, Any], result: Callable[[dict[str, Any]], Any]) -> Any:
+    def _task(self, contract: Contract, model: str | None, values: dict[str, Any], result: Callable[[dict[str, Any]], Any],
+              progress: ProgressCallback | None = None) -> Any:
         inputs = contract.encode_request(**values)
-        return self._run(Call(model or contract.model, inputs, contract.output_names, lambda out: result(contract.decode_response(out))))
+        on_progress = None if progress is None else (lambda arrays: progress(contract.decode_response(arrays)["progress"]))
+        call = Call(model or contract.model, inputs, contract.output_names, lambda out: result(contract.decode_response(out)), on_progress)
+        return self._run(call)
 
     # --- tasks -------------------------------------------------------------------------------------
 
@@ -167,37 +196,49 @@ class TaskMethods:
     # --- diffusion (docs/diffusion-serving.md) ------------------------------------------------------
 
     @_document_fields(TEXT_TO_IMAGE, skip=("prompt",))
-    def text_to_image(self, prompt: str, *, model: str | None = None, **parameters: Any) -> ImageResult | list[ImageResult]:
+    def text_to_image(self, prompt: str, *, model: str | None = None, progress: ProgressCallback | None = None,
+                      **parameters: Any) -> ImageResult | list[ImageResult]:
         """Generate an image from ``prompt`` (the ``text_to_image`` model, or ``model``, e.g. ``flux_text_to_image``).
 
         Every parameter is optional (the pipeline's defaults otherwise); ``options={...}`` is accepted as
         a dict of them too. Returns one :class:`ImageResult` (PNG), or a list of them when ``num_images``
-        > 1; the metadata holds the seed, steps, warnings (a truncated prompt) and timings per stage and step."""
-        return self._diffusion(TEXT_TO_IMAGE, model, {"prompt": prompt, **parameters})
+        > 1; the metadata holds the seed, steps, warnings (a truncated prompt) and timings per stage and step.
+
+        With ``progress``, the request goes to the model's streaming variant (``<model>_stream``, gRPC)
+        and ``progress({"step", "steps", "elapsed_ms"})`` is called after every denoising step. A seed
+        is drawn here when none is given (and reported), so every request is reproducible."""
+        return self._diffusion("t2i", model, {"prompt": prompt, **parameters}, progress)
 
     @_document_fields(EDIT_IMAGE, skip=("prompt", "image"))
-    def edit_image(self, image: ImageLike, prompt: str, *, model: str | None = None, **parameters: Any) -> ImageResult | list[ImageResult]:
+    def edit_image(self, image: ImageLike, prompt: str, *, model: str | None = None, progress: ProgressCallback | None = None,
+                   **parameters: Any) -> ImageResult | list[ImageResult]:
         """Edit ``image`` as ``prompt`` says (FLUX Kontext; SD runs img2img). Same parameters as
         :meth:`text_to_image`; the result has the image's size unless ``width``/``height`` are given."""
-        return self._diffusion(EDIT_IMAGE, model, {"prompt": prompt, "image": to_image_bytes(image), **parameters})
+        return self._diffusion("tie", model, {"prompt": prompt, "image": to_image_bytes(image), **parameters}, progress)
 
     @_document_fields(EDIT_TEXT, skip=("prompt", "image"))
-    def edit_text(self, image: ImageLike, instruction: str, *, model: str | None = None, **parameters: Any) -> ImageResult | list[ImageResult]:
+    def edit_text(self, image: ImageLike, instruction: str, *, model: str | None = None, progress: ProgressCallback | None = None,
+                  **parameters: Any) -> ImageResult | list[ImageResult]:
         """Change the text shown in ``image``: ``instruction`` quotes the old and the new text
         (``change "OPEN" to "CLOSED"``, ``把“开”改成“关”``). The metadata reports both, the prompt used
         and the served OCR's reading of the result."""
-        return self._diffusion(EDIT_TEXT, model, {"prompt": instruction, "image": to_image_bytes(image), **parameters})
+        return self._diffusion("vttie", model, {"prompt": instruction, "image": to_image_bytes(image), **parameters}, progress)
 
-    def _diffusion(self, contract: Contract, model: str | None, values: dict[str, Any]):
+    def _diffusion(self, task: str, model: str | None, values: dict[str, Any], progress: ProgressCallback | None):
         options = values.pop("options", None) or {}
         values = {**values, **options}
+        if values.get("seed") is None:  # drawn here: the same request twice is then two requests
+            values["seed"] = secrets.randbelow(2**31)
         single = not (values.get("num_images") or 1) > 1
+        contract, model = TASKS[task], model or TASKS[task].model
+        if progress is not None:
+            contract, model = STREAMING_TASKS[task], model + STREAM_SUFFIX
 
         def result(out: dict[str, Any]) -> ImageResult | list[ImageResult]:
             results = [ImageResult(encoded=encoded, metadata=out["metadata"]) for encoded in out["images"]]
             return results[0] if len(results) == 1 and single else results
 
-        return self._task(contract, model, values, result)
+        return self._task(contract, model, values, result, progress)
 
 
 class Client(TaskMethods):
@@ -255,7 +296,34 @@ class Client(TaskMethods):
             raise unavailable(self.url, self.protocol, error) from None
         return {name: result.as_numpy(name) for name in outputs}
 
+    def stream_infer(self, model: str, inputs: dict[str, np.ndarray], on_progress: Callable[[dict[str, np.ndarray]], None]) -> dict[str, np.ndarray]:
+        """One request to a streaming (decoupled) model over a gRPC stream: ``on_progress`` gets every
+        response before the result, which is returned. The client's timeout is the stream's deadline;
+        an error or interrupt on this side cancels the request on the server."""
+        import queue
+
+        if self.protocol != "grpc":
+            raise RequestError(f"{model} streams its answer: that takes gRPC, not {self.protocol}", retriable=False)
+        responses: queue.SimpleQueue = queue.SimpleQueue()
+        self._client.start_stream(callback=lambda result, error: responses.put((result, error)), stream_timeout=self.timeout_s)
+        finished = False
+        try:
+            self._client.async_stream_infer(model, triton_inputs(self._triton, inputs))
+            while True:
+                result, error = responses.get()
+                if error is not None:
+                    raise request_error(error, self.url, self.protocol)
+                arrays = {output.name: result.as_numpy(output.name) for output in result.get_response().outputs}
+                if is_final(arrays):
+                    finished = True
+                    return arrays
+                on_progress(arrays)
+        finally:
+            self._client.stop_stream(cancel_requests=not finished)
+
     def _run(self, call: Call) -> Any:
+        if call.on_progress is not None:
+            return call.parse(self.stream_infer(call.model, call.inputs, call.on_progress))
         return call.parse(self.infer(call.model, call.inputs, call.outputs))
 
 

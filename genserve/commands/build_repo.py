@@ -20,7 +20,13 @@ def register(subparsers) -> None:
     parser.add_argument("--tensorrt", action="store_true", help="gpu: serve the export's TensorRT engines")
     parser.add_argument("--max-size", type=int, default=2048, help="largest width/height a request may ask for")
     parser.add_argument("--max-images", type=int, default=4, help="most images per request")
-    parser.add_argument("--pipeline-instances", type=int, default=1, help="instances of each pipeline model")
+    parser.add_argument("--pipeline-instances", type=int, default=1,
+                        help="instances of each plain pipeline model (each runs one request at a time; default 1)")
+    parser.add_argument("--no-stream", dest="stream", action="store_false",
+                        help="leave out the streaming pipeline models (<task model>_stream: progress per step, "
+                        "concurrent requests in one instance)")
+    parser.add_argument("--stream-concurrency", type=int, default=4, metavar="N",
+                        help="requests a streaming pipeline model runs at once (default 4)")
     parser.set_defaults(handler=run)
 
 
@@ -29,7 +35,8 @@ def run(args: argparse.Namespace) -> int:
 
     report = build_repository(args.export_dir, args.repo_dir, BuildOptions(
         target=args.target, prefix=args.prefix, tensorrt=args.tensorrt, max_size=args.max_size,
-        max_images=args.max_images, pipeline_instances=args.pipeline_instances,
+        max_images=args.max_images, pipeline_instances=args.pipeline_instances, stream=args.stream,
+        stream_concurrency=args.stream_concurrency,
     ))
     print(report.summary())
     print(f"serve it with: genserve serve {args.repo_dir}")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from genserve.commands.fields import add_generation_arguments, generation_values, write_results
+from genserve.commands.fields import add_generation_arguments, generate, write_results
 from genserve.protocol import EDIT_TEXT
 
 
@@ -23,13 +23,11 @@ def register(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from genserve.client import Client
     from genserve.errors import InvalidInputError
 
     if not Path(args.image).is_file():
         raise InvalidInputError(f"{args.image}: no such file")
-    with Client(args.url, protocol=args.protocol) as client:
-        results = client.edit_text(args.image, args.instruction, model=args.model, **generation_values(args, EDIT_TEXT))
+    results = generate(args, EDIT_TEXT, lambda client, **kwargs: client.edit_text(args.image, args.instruction, **kwargs))
     code = write_results(args, results)
     meta = (results if isinstance(results, list) else [results])[0].metadata
     if not args.json:

@@ -51,11 +51,34 @@ def add_generation_arguments(parser: argparse.ArgumentParser, contract: Contract
     add_field_arguments(parser, contract, skip=("prompt", "image"))
     parser.add_argument("--url", help="server host:port (default: localhost:8001 for gRPC, localhost:8000 for HTTP)")
     parser.add_argument("--protocol", choices=("grpc", "http"), default="grpc")
+    parser.add_argument("--no-progress", action="store_true",
+                        help="no progress bar (it shows the denoising steps when the server has the model's _stream variant)")
     parser.add_argument("--json", action="store_true", help="print the server's metadata as JSON")
 
 
 def generation_values(args: argparse.Namespace, contract: Contract) -> dict:
     return field_values(args, contract, skip=("prompt", "image"))
+
+
+def generate(args: argparse.Namespace, contract: Contract, call):
+    """``call(client, **values)`` with the command's values, through the model's streaming variant with a
+    progress bar of the denoising steps when the server has one (gRPC), else the plain model."""
+    from genserve.client import Client
+    from genserve.protocol import STREAM_SUFFIX
+
+    values = generation_values(args, contract)
+    with Client(args.url, protocol=args.protocol) as client:
+        if args.no_progress or args.json or args.protocol != "grpc" or not client.is_ready(args.model + STREAM_SUFFIX):
+            return call(client, model=args.model, **values)
+        from tqdm import tqdm
+
+        with tqdm(total=values.get("steps"), unit="step", desc=args.model, leave=False, dynamic_ncols=True) as bar:
+
+            def progress(report: dict) -> None:
+                bar.total = report["steps"]
+                bar.update(report["step"] - bar.n)
+
+            return call(client, model=args.model, progress=progress, **values)
 
 
 def write_results(args: argparse.Namespace, results) -> int:

@@ -13,7 +13,8 @@ def register(subparsers) -> None:
         "to the server with bounded concurrency; write OUT/imgs/<index>.jpg, OUT/result.csv (utf-8-sig, "
         "index, gen_image) and OUT/submission.zip. Resumable: a rerun skips the rows already finished, and "
         "a killed run loses none. Rows that fail are retried when the failure may pass, then listed in "
-        "OUT/failures.csv while the others go on. Exits 1 when some row failed.",
+        "OUT/failures.csv while the others go on; OUT/quality.csv has each finished row's quality proxy "
+        "(identity, artifacts, OCR distance). Exits 1 when some row failed.",
     )
     parser.add_argument("tasks", metavar="TASK_CSV", help="the task file")
     parser.add_argument("--images", metavar="DIR", help="folder the image columns are relative to (default: the task file's folder)")
@@ -29,9 +30,15 @@ def register(subparsers) -> None:
         "(default: text_to_image, edit_image, edit_text, face_swap)",
     )  # fmt: skip
     parser.add_argument("--concurrency", type=int, default=4, help="rows in flight at once (default 4)")
+    parser.add_argument("--candidates", type=int, metavar="N",
+                        help="best of N for the task types that score their own results (vttie: OCR reading; deepfake: "
+                        "identity): N candidates per row, the best returned; scores in OUT/quality.csv")
     parser.add_argument("--retries", type=int, default=3, help="retries of a row whose failure may pass (default 3)")
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds one request may take (default 600)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--no-stream", dest="stream", action="store_false",
+                        help="send diffusion rows to the plain pipeline models even where the server has the streaming "
+                        "ones (those run several rows at once in one instance and report their steps)")
     parser.set_defaults(handler=run)
 
 
@@ -44,12 +51,19 @@ def run(args: argparse.Namespace) -> int:
 
     from genserve.client.tasks import parse_task_models
 
+    from genserve.protocol import TASKS
+
     request_options = {task: {"model": model} for task, model in parse_task_models(args.model).items()}
+    if args.candidates:
+        for task, contract in TASKS.items():
+            if any(field.name == "candidates" for field in contract.fields):
+                request_options.setdefault(task, {})["candidates"] = args.candidates
     tasks = read_tasks(args.tasks)
     images = Path(args.images) if args.images else Path(args.tasks).resolve().parent
     with ClientPool(args.urls, protocol=args.protocol, timeout_s=args.timeout, retries=args.retries) as pool:
         runner = BatchRunner(
-            pool, images, args.out, concurrency=args.concurrency, progress=not args.no_progress, request_options=request_options
+            pool, images, args.out, concurrency=args.concurrency, progress=not args.no_progress, request_options=request_options,
+            stream=args.stream,
         )
         summary = runner.run(tasks)
     print(summary.table())

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from genserve.commands.fields import add_generation_arguments, generation_values, write_results
+from genserve.commands.fields import add_generation_arguments, generate, write_results
 from genserve.protocol import TEXT_TO_IMAGE
 
 
@@ -20,8 +20,5 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from genserve.client import Client
-
-    with Client(args.url, protocol=args.protocol) as client:
-        results = client.text_to_image(args.prompt, model=args.model, **generation_values(args, TEXT_TO_IMAGE))
+    results = generate(args, TEXT_TO_IMAGE, lambda client, **kwargs: client.text_to_image(args.prompt, **kwargs))
     return write_results(args, results)

@@ -32,7 +32,7 @@ def build_demo_repository(out_dir: str | Path, *, pipeline_instances: int = 1, l
 
     out_dir = Path(out_dir)
     repo_dir = out_dir / "repository"
-    stamp = {"families": sorted(DEMO_FAMILIES.values()), "pipeline_instances": pipeline_instances, "format": FORMAT}
+    stamp = {"families": sorted(DEMO_FAMILIES.values()), "pipeline_instances": pipeline_instances, "format": FORMAT, "stream": True}
     if (repo_dir / STAMP).is_file() and json.loads((repo_dir / STAMP).read_text()) == stamp:
         return repo_dir
     for name, family in DEMO_FAMILIES.items():

@@ -34,12 +34,12 @@ from genserve.diffusion.service import ServiceSettings
 from genserve.errors import GenServeError
 from genserve.export.manifest import ComponentEntry, Manifest
 from genserve.families import EDIT_PIPELINES, TEXT_EDIT
-from genserve.protocol import TASKS, TRITON_TYPES
+from genserve.protocol import STREAMING_TASKS, TASKS, TRITON_TYPES, Contract
 from genserve.triton.model_config import ModelConfig, declare_contract, write_config
 
 TARGETS = ("cpu", "gpu")
 LEAF_MODEL_PY = "from genserve.triton.onnx_leaf import TritonPythonModel  # noqa: F401  (see config.pbtxt)\n"
-PIPELINE_MODEL_PY = "from genserve.triton.models import DiffusionModel as TritonPythonModel  # noqa: F401  (see config.pbtxt)\n"
+PIPELINE_MODEL_PY = "from genserve.triton.models import {cls} as TritonPythonModel  # noqa: F401  (see config.pbtxt)\n"
 # How long the denoiser's batcher waits for a second request: well under one step's time.
 QUEUE_DELAY_US = {"text_encoder": 500, "denoiser": 2000, "vae_decoder": 1000, "vae_encoder": 1000}
 
@@ -55,7 +55,9 @@ class BuildOptions:
     tensorrt: bool = False  # gpu: serve the export's TensorRT engines instead of the ONNX files
     max_size: int = 2048  # largest width/height a request may ask for
     max_images: int = 4  # images per request
-    pipeline_instances: int = 1  # instances of each pipeline model (concurrent requests)
+    pipeline_instances: int = 1  # instances of each plain pipeline model (one request at a time each)
+    stream: bool = True  # also the streaming (decoupled) pipeline models, <task model>_stream
+    stream_concurrency: int = 4  # requests one streaming pipeline model runs at once
     max_batch_size: int = 8  # leaves: the most samples one batched call may hold
 
 
@@ -153,25 +155,28 @@ def write_leaf(export_dir: Path, repo_dir: Path, entry: ComponentEntry, options:
 # --- pipeline models -----------------------------------------------------------------------------------
 
 
-def pipeline_config(name: str, task: str, options: BuildOptions) -> ModelConfig:
-    """A pipeline model's config: the task's contract, Python backend, CPU instances."""
-    config = declare_contract(ModelConfig(name=name, backend="python", max_batch_size=0), TASKS[task])
+def pipeline_config(name: str, contract: Contract, instances: int) -> ModelConfig:
+    """A pipeline model's config: the task's contract (decoupled when it streams), Python backend, CPU."""
+    config = declare_contract(ModelConfig(name=name, backend="python", max_batch_size=0), contract)
     # The pipeline's own work (scheduler, guidance arithmetic, image processing) is light: it runs on
     # CPU instances on both targets and reaches the GPU through the leaves.
-    group = config.instance_group.add(count=options.pipeline_instances)
+    group = config.instance_group.add(count=instances)
     group.kind = group.KIND_CPU
     return config
 
 
 def write_pipeline(export_dir: Path, repo_dir: Path, manifest: Manifest, task: str, pipeline_class: str,
-                   options: BuildOptions) -> str:
-    name = options.prefix + TASKS[task].model
+                   options: BuildOptions, stream: bool = False) -> str:
+    """The plain pipeline model of a task (one request at a time per instance), or its streaming variant
+    (one instance running ``stream_concurrency`` requests at once, progress per step)."""
+    contract = STREAMING_TASKS[task] if stream else TASKS[task]
+    name = options.prefix + contract.model
     model_dir = repo_dir / name
     shutil.rmtree(model_dir, ignore_errors=True)
     version = model_dir / "1"
     version.mkdir(parents=True)
-    write_config(pipeline_config(name, task, options), model_dir / "config.pbtxt")
-    (version / "model.py").write_text(PIPELINE_MODEL_PY)
+    write_config(pipeline_config(name, contract, 1 if stream else options.pipeline_instances), model_dir / "config.pbtxt")
+    (version / "model.py").write_text(PIPELINE_MODEL_PY.format(cls="DiffusionStreamModel" if stream else "DiffusionModel"))
     shutil.copytree(export_dir / manifest.pipeline_files, version / manifest.pipeline_files)
     manifest.write(version)
     ServiceSettings(
@@ -180,6 +185,7 @@ def write_pipeline(export_dir: Path, repo_dir: Path, manifest: Manifest, task: s
         models={component: options.prefix + component for component in manifest.components},
         max_size=options.max_size,
         max_images=options.max_images,
+        concurrency=options.stream_concurrency if stream else 1,
     ).write(version)
     return name
 
@@ -205,4 +211,7 @@ def build_repository(export_dir: str | Path, repo_dir: str | Path, options: Buil
     tasks = served_tasks(manifest.family, manifest.pipeline_class, manifest.tasks, manifest.components)
     for task, pipeline_class in tasks.items():
         report.pipeline_models.append(write_pipeline(export_dir, repo_dir, manifest, task, pipeline_class, options))
+    if options.stream:
+        for task, pipeline_class in tasks.items():
+            report.pipeline_models.append(write_pipeline(export_dir, repo_dir, manifest, task, pipeline_class, options, stream=True))
     return report

@@ -15,9 +15,11 @@ pipeline's light files: configs, tokenizers, scheduler).
 
 from __future__ import annotations
 
+import copy
 import inspect
 import io
 import json
+import queue
 import secrets
 import time
 from collections.abc import Callable, Mapping
@@ -25,7 +27,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from genserve.errors import InvalidInputError
+from genserve.errors import InvalidInputError, RequestCancelled
 from genserve.families import EDIT_CALL_KWARGS, FAMILIES, TEXT_EDIT, Family
 from genserve.protocol import TASKS
 
@@ -54,6 +56,8 @@ class GenerationRequest:
     strength: float | None = None
     true_cfg_scale: float | None = None
     max_sequence_length: int | None = None
+    keep_size: bool = False  # edits: the result at the input image's exact size
+    candidates: int = 1  # text edits: how many to make, the best OCR reading returned
 
     @classmethod
     def from_values(cls, values: Mapping[str, Any]) -> GenerationRequest:
@@ -76,6 +80,7 @@ class ServiceSettings:
     max_size: int = 2048  # largest width/height a request may ask for
     max_images: int = 4  # images per request
     ocr_model: str = "ocr"  # reads vttie results (served beside, from the stack's own repository)
+    concurrency: int = 1  # requests one instance runs at once (the streaming models run several)
 
     @classmethod
     def read(cls, version_dir: Path) -> ServiceSettings:
@@ -89,7 +94,12 @@ class ServiceSettings:
 
 
 class DiffusionService:
-    """One task (``t2i``, ``tie`` or ``vttie``) of one family, over one diffusers pipeline object."""
+    """One task (``t2i``, ``tie`` or ``vttie``) of one family, over one diffusers pipeline object.
+
+    ``concurrency`` requests may run at once (from as many threads): a diffusers pipeline keeps per-call
+    state (its scheduler's timesteps, guidance scale), so each running request takes a copy of the
+    pipeline with its own scheduler, sharing every module.
+    """
 
     def __init__(
         self,
@@ -101,8 +111,13 @@ class DiffusionService:
         max_size: int = 2048,
         max_images: int = 4,
         text_reader: TextReader | None = None,
+        concurrency: int = 1,
     ):
         self.pipeline = pipeline
+        self._idle: queue.SimpleQueue = queue.SimpleQueue()
+        for copy_ in [pipeline, *(_copy_pipeline(pipeline) for _ in range(concurrency - 1))]:
+            self._idle.put(copy_)
+        self.concurrency = concurrency
         self.task = task
         self.family = family
         self.pipeline_class = type(pipeline).__name__
@@ -127,6 +142,10 @@ class DiffusionService:
             raise InvalidInputError("the prompt is empty; this model needs one")
         if request.num_images > self.max_images:
             raise InvalidInputError(f"num_images must be between 1 and {self.max_images}, not {request.num_images}")
+        if request.num_images * request.candidates > self.max_images:
+            raise InvalidInputError(
+                f"num_images x candidates is {request.num_images * request.candidates}; this model makes at most {self.max_images} at once"
+            )
         for name in ("width", "height"):
             value = getattr(request, name)
             if value is None:
@@ -197,23 +216,43 @@ class DiffusionService:
 
     # --- running ----------------------------------------------------------------------------------
 
+    @property
+    def working_side(self) -> int:
+        """The side of the square the pipeline renders by default (Kontext 1024, SD 1.5 512): its working area."""
+        sample = getattr(self.pipeline, "default_sample_size", None) or self.pipeline.unet.config.sample_size
+        return int(sample) * int(self.pipeline.vae_scale_factor)
+
+    def working_size(self, width: int, height: int) -> tuple[int, int]:
+        """The size an edit's input image is rendered at: its own, scaled down (aspect kept) to the pipeline's
+        working area and this model's ``max_size`` a side, in multiples of the family's pixel multiple. This is
+        what diffusers' Kontext pipeline does with its preferred ~1 megapixel resolutions."""
+        scale = min(1.0, self.working_side / (width * height) ** 0.5, self.max_size / max(width, height))
+        multiple = self.pixel_multiple
+        return max(multiple, int(width * scale) // multiple * multiple), max(multiple, int(height * scale) // multiple * multiple)
+
     def input_image(self, request: GenerationRequest):
+        """The edit's input as the pipeline takes it, its size, and what was resized (None: nothing)."""
         from PIL import Image
 
         from genserve.imaging import decode_image
 
         image = Image.fromarray(decode_image(request.image, what="IMAGE"))
-        if request.width or request.height:
-            image = image.resize((request.width or image.width, request.height or image.height), Image.LANCZOS)
-        width, height = (image.width // self.pixel_multiple) * self.pixel_multiple, (image.height // self.pixel_multiple) * self.pixel_multiple
-        if width == 0 or height == 0:
-            raise InvalidInputError(f"IMAGE is {image.width}x{image.height}; at least {self.pixel_multiple} pixels a side are needed")
-        if max(width, height) > self.max_size:
-            raise InvalidInputError(f"IMAGE is {image.width}x{image.height}; this model's maximum is {self.max_size} a side")
-        return image, width, height
+        original = image.size
+        if request.width or request.height:  # the size asked for wins (and is refused above max_size)
+            width = (request.width or image.width) // self.pixel_multiple * self.pixel_multiple
+            height = (request.height or image.height) // self.pixel_multiple * self.pixel_multiple
+            if width == 0 or height == 0:
+                raise InvalidInputError(f"the size asked for is under {self.pixel_multiple} pixels a side")
+        else:
+            width, height = self.working_size(*image.size)
+        if (width, height) != image.size:
+            image = image.resize((width, height), Image.LANCZOS)
+        resized = None if (width, height) == original else {"input": list(original), "generated": [width, height]}
+        return image, width, height, resized
 
-    def call_kwargs(self, request: GenerationRequest) -> dict[str, Any]:
-        """The pipeline call for a request: exactly what a caller of the diffusers pipeline would pass."""
+    def call_kwargs(self, request: GenerationRequest) -> tuple[dict[str, Any], dict[str, Any] | None]:
+        """The pipeline call for a request (exactly what a caller of the diffusers pipeline would pass), and
+        what was resized of an edit's input (None: nothing)."""
         import torch
 
         kwargs: dict[str, Any] = {
@@ -221,23 +260,36 @@ class DiffusionService:
             "negative_prompt": request.negative_prompt,
             "num_inference_steps": request.steps,
             "guidance_scale": request.guidance,
-            "num_images_per_prompt": request.num_images,
+            # Text-edit candidates are one batch: their denoiser calls run together.
+            "num_images_per_prompt": request.num_images * request.candidates,
             "height": request.height,
             "width": request.width,
             "generator": torch.Generator("cpu").manual_seed(request.seed),
             **request.options,
             **self.fixed_kwargs,
         }
+        resized = None
         if self.task != "t2i":
-            kwargs["image"], kwargs["width"], kwargs["height"] = self.input_image(request)
+            kwargs["image"], kwargs["width"], kwargs["height"], resized = self.input_image(request)
         if "max_area" in self.call_parameters and kwargs.get("width") and kwargs.get("height"):
             # Kontext rescales its output to max_area (1 megapixel by default): the size asked for wins.
             kwargs["max_area"] = kwargs["width"] * kwargs["height"]
-        return {k: v for k, v in kwargs.items() if v is not None and k in self.call_parameters}
+        return {k: v for k, v in kwargs.items() if v is not None and k in self.call_parameters}, resized
 
-    def generate(self, values: Mapping[str, Any]) -> tuple[list[bytes], dict[str, Any]]:
+    def generate(
+        self,
+        values: Mapping[str, Any],
+        *,
+        on_step: Callable[[dict[str, Any]], None] | None = None,
+        cancelled: Callable[[], bool] | None = None,
+    ) -> tuple[list[bytes], dict[str, Any]]:
         """PNG images and metadata for one request: the task's field values (:data:`genserve.protocol.TASKS`),
-        checked here as the served model checks them."""
+        checked here as the served model checks them.
+
+        After every denoising step ``on_step`` gets ``{"step", "steps", "elapsed_ms"}``, and ``cancelled()``
+        is asked whether the caller gave up: then :class:`~genserve.errors.RequestCancelled` is raised and
+        no further step runs.
+        """
         import torch
 
         from genserve.diffusion.proxies import recording_calls
@@ -247,26 +299,39 @@ class DiffusionService:
             request.seed = secrets.randbelow(2**31)
         text_edit = self.text_edit(request) if self.task == "vttie" else {}
         warnings = self.validate(request)
-        kwargs = self.call_kwargs(request)
+        kwargs, resized = self.call_kwargs(request)
         step_ends: list[float] = []
+        started = time.perf_counter()
 
         def on_step_end(pipeline, step, timestep, callback_kwargs):
             step_ends.append(time.perf_counter())
+            if cancelled is not None and cancelled():
+                raise RequestCancelled(f"cancelled by the caller after {step + 1} of {pipeline.num_timesteps} steps")
+            if on_step is not None:
+                on_step({"step": step + 1, "steps": pipeline.num_timesteps, "elapsed_ms": round(1e3 * (step_ends[-1] - started), 1)})
             return callback_kwargs
 
-        started = time.perf_counter()
-        with recording_calls() as stats, torch.inference_mode():
-            result = self.pipeline(**kwargs, output_type="pil", callback_on_step_end=on_step_end)
+        pipeline = self._idle.get()  # one of the copies: at most `concurrency` requests run at once
+        try:
+            with recording_calls() as stats, torch.inference_mode():
+                result = pipeline(**kwargs, output_type="pil", callback_on_step_end=on_step_end)
+        finally:
+            self._idle.put(pipeline)
         total = time.perf_counter() - started
-        images = []
-        for image in result.images:
-            buffer = io.BytesIO()
-            image.save(buffer, format="PNG")
-            images.append(buffer.getvalue())
-        size = result.images[0].size if result.images else (None, None)
+        pictures = result.images
+        size = pictures[0].size if pictures else (None, None)
+        if request.keep_size and resized:
+            from PIL import Image
+
+            pictures = [picture.resize(tuple(resized["input"]), Image.LANCZOS) for picture in pictures]
+        images = [_png(picture) for picture in pictures]
         metadata = self.metadata(request, kwargs, stats, total, step_ends, warnings, size) | text_edit
+        if resized:
+            metadata["resized"] = resized | {"returned": list(pictures[0].size)}
         if text_edit:  # what the contest's OCR will read, checked before it does
-            metadata["text_check"] = self.check_text(images[0], text_edit["instruction"])
+            checks = [self.check_text(image, text_edit["instruction"]) for image in images]
+            images, metadata["text_check"], picked = choose_text_edits(images, checks, request.candidates)
+            metadata |= picked
         return images, metadata
 
     def metadata(self, request, kwargs, stats, total, step_ends, warnings, size) -> dict[str, Any]:
@@ -302,10 +367,39 @@ class DiffusionService:
         }
 
 
+def choose_text_edits(images: list[bytes], checks: list[dict[str, Any]], candidates: int):
+    """Of every ``candidates`` consecutive text edits, the one whose OCR check (``text_edit_report``) reads
+    closest to the new text, then farthest from the old one. Returns the chosen images, the first one's
+    check, and for the metadata every candidate's scores and the indexes chosen (nothing when one each)."""
+    if candidates == 1:
+        return images, checks[0], {}
+
+    def rank(index: int) -> tuple[float, float]:
+        return checks[index].get("new_text_distance", 1.0), -checks[index].get("old_text_distance", 0.0)
+
+    chosen = [min(range(start, start + candidates), key=rank) for start in range(0, len(images), candidates)]
+    keys = ("new_text_distance", "old_text_distance", "ocr_text", "skipped")
+    scores = [{"candidate": i, **{k: check[k] for k in keys if k in check}} for i, check in enumerate(checks)]
+    return [images[i] for i in chosen], checks[chosen[0]], {"candidates": scores, "chosen": chosen}
+
+
+def _png(image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _copy_pipeline(pipeline):
+    """Another pipeline object over the same modules, with its own scheduler."""
+    clone = type(pipeline)(**{**pipeline.components, "scheduler": copy.deepcopy(pipeline.scheduler)})
+    clone.set_progress_bar_config(disable=True)
+    return clone
+
+
 # --- building the served pipeline -------------------------------------------------------------------
 
 
-def served_service(version_dir: Path, runner, text_reader: TextReader | None = None) -> DiffusionService:
+def served_service(version_dir: Path, runner, text_reader: TextReader | None = None, concurrency: int = 1) -> DiffusionService:
     """The service of a pipeline model's version folder, its modules calling the leaves through ``runner``
     (``runner(model, inputs, output_names) -> outputs``, tensors as torch)."""
     from genserve.diffusion.proxies import build_proxies, load_pipeline
@@ -325,6 +419,7 @@ def served_service(version_dir: Path, runner, text_reader: TextReader | None = N
         max_size=settings.max_size,
         max_images=settings.max_images,
         text_reader=text_reader,
+        concurrency=concurrency,
     )
 
 

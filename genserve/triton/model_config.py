@@ -55,7 +55,10 @@ def declared_tensors(config: ModelConfig, kind: str) -> list[Tensor]:
 
 
 def declare_contract(config: ModelConfig, contract: Contract) -> ModelConfig:
-    """Add the contract's input and output tensors to a (non-batching) model config."""
+    """Add the contract's input and output tensors to a (non-batching) model config; a streaming
+    contract makes the model decoupled."""
+    if contract.streaming:
+        config.model_transaction_policy.decoupled = True
     for tensor in contract.inputs:
         config.input.add(name=tensor.name, data_type=tensor.triton_type, dims=list(tensor.dims), optional=tensor.optional)
     for output in contract.outputs:
@@ -74,6 +77,8 @@ def contract_mismatches(config: ModelConfig, contract: Contract) -> list[str]:
                 problems.append(f"{kind} {name}: config {declared.get(name)}, contract {wanted.get(name)}")
     if config.max_batch_size:
         problems.append(f"max_batch_size {config.max_batch_size}: the contract's tensors are per request (0)")
+    if config.model_transaction_policy.decoupled != contract.streaming:
+        problems.append(f"decoupled {config.model_transaction_policy.decoupled}: the contract {'streams' if contract.streaming else 'does not stream'}")
     return problems
 
 

@@ -17,10 +17,15 @@ import json
 from pathlib import Path
 from typing import Any
 
-from genserve.protocol import FACE_SWAP, OCR, TASKS, Contract
+from genserve.protocol import FACE_SWAP, OCR, STREAMING_TASKS, TASKS, Contract
 from genserve.triton import bls
 from genserve.triton.model_config import model_parameters
-from genserve.triton.requests import input_array, output_tensors, respond_each
+from genserve.triton.requests import error_response, input_array, output_tensors, respond_each
+
+try:  # present only inside Triton's Python backend stub
+    import triton_python_backend_utils as pb_utils
+except ImportError:
+    pb_utils = None
 
 
 class ServiceModel:
@@ -94,24 +99,78 @@ class OcrModel(ServiceModel):
 class DiffusionModel(ServiceModel):
     """``text_to_image``, ``edit_image`` or ``edit_text`` over one export, as ``1/serving.json`` says:
     diffusers' pipeline with its heavy modules calling the leaf models over BLS; ``edit_text`` reads its
-    result with the served ``ocr`` model."""
+    result with the served ``ocr`` model. A request the client cancelled (or whose deadline passed)
+    stops between two denoising steps with CANCELLED."""
 
     def setup(self, args):
         from genserve.diffusion.service import ServiceSettings, served_service
 
         settings = ServiceSettings.read(self.version_dir)
-        self.contract = TASKS[settings.task]
+        self.contract = self.task_contract(settings.task)
         self.service = served_service(
             self.version_dir,
             runner=lambda model, inputs, outputs: bls.infer(model, inputs, outputs, as_torch=True),
             text_reader=lambda image: self._read_text(settings.ocr_model, image),
+            concurrency=settings.concurrency,
         )
+
+    @staticmethod
+    def task_contract(task: str) -> Contract:
+        return TASKS[task]
 
     @staticmethod
     def _read_text(ocr_model: str, image: bytes) -> list[str]:
         outputs = bls.infer(ocr_model, OCR.encode_request(image=image), OCR.output_names)
         return OCR.decode_response(outputs)["texts"]
 
-    def handle(self, values):
-        images, metadata = self.service.generate(values)
-        return {"images": images, "metadata": metadata | {"model": self.model_name}}
+    def _answer(self, request) -> list:
+        values = self.contract.decode_request(lambda name: input_array(request, name))
+        images, metadata = self.service.generate(values, cancelled=request.is_cancelled)
+        return output_tensors(self.contract.encode_response({"images": images, "metadata": metadata | {"model": self.model_name}}))
+
+
+class DiffusionStreamModel(DiffusionModel):
+    """The streaming (decoupled) variant, ``<task model>_stream``: a progress response after every
+    denoising step, then the result. Each request runs on a worker thread, so one instance serves up to
+    ``concurrency`` requests at once (``1/serving.json``), their denoiser calls meeting in the leaf's
+    dynamic batcher; the instance is free for the next request as soon as one is handed over."""
+
+    def setup(self, args):
+        from concurrent.futures import ThreadPoolExecutor
+
+        super().setup(args)
+        self.workers = ThreadPoolExecutor(max_workers=self.service.concurrency, thread_name_prefix=self.model_name)
+
+    @staticmethod
+    def task_contract(task: str) -> Contract:
+        return STREAMING_TASKS[task]
+
+    def execute(self, requests) -> None:
+        for request in requests:
+            sender = request.get_response_sender()
+            try:
+                values = self.contract.decode_request(lambda name, request=request: input_array(request, name))
+            except Exception as error:  # noqa: BLE001 - this request fails alone
+                sender.send(error_response(error, self.model_name), flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+                continue
+            self.workers.submit(self._stream, values, sender)
+        return None
+
+    def _stream(self, values: dict[str, Any], sender) -> None:
+        def progress(report: dict[str, Any]) -> None:
+            sender.send(pb_utils.InferenceResponse(output_tensors(self._encode(progress=report))))
+
+        try:
+            images, metadata = self.service.generate(values, on_step=progress, cancelled=sender.is_cancelled)
+            response = pb_utils.InferenceResponse(output_tensors(self._encode(images=images, metadata=metadata | {"model": self.model_name})))
+        except Exception as error:  # noqa: BLE001 - this request fails alone, the model keeps serving
+            response = error_response(error, self.model_name)
+        sender.send(response, flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+
+    def _encode(self, **values: Any) -> dict[str, Any]:
+        """Only the outputs given: a progress response carries PROGRESS alone, the last IMAGES and METADATA."""
+        return {output.name: output.encode(values[output.key]) for output in self.contract.outputs if output.key in values}
+
+    def finalize(self) -> None:
+        self.workers.shutdown(wait=True)
+        super().finalize()

@@ -19,7 +19,7 @@ from collections.abc import Callable, Mapping
 
 import numpy as np
 
-from genserve.errors import InvalidInputError
+from genserve.errors import InvalidInputError, RequestCancelled
 from genserve.protocol import INVALID_INPUT
 
 try:  # present only inside Triton's Python backend stub
@@ -41,10 +41,13 @@ def output_tensors(arrays: Mapping[str, np.ndarray]) -> list:
 
 
 def error_response(error: BaseException, model_name: str):
-    """The error response for one request: INVALID_ARG for bad input (its message as it is), else INTERNAL."""
+    """The error response for one request: INVALID_ARG for bad input, CANCELLED for work the caller gave
+    up on, else INTERNAL."""
     if isinstance(error, InvalidInputError):
         message = str(error) if str(error).startswith(INVALID_INPUT) else INVALID_INPUT + str(error)
         return pb_utils.InferenceResponse(error=pb_utils.TritonError(message, pb_utils.TritonError.INVALID_ARG))
+    if isinstance(error, RequestCancelled):
+        return pb_utils.InferenceResponse(error=pb_utils.TritonError(str(error), pb_utils.TritonError.CANCELLED))
     logger.error("%s failed on a request: %s: %s", model_name, type(error).__name__, error)
     message = f"{model_name} failed: {type(error).__name__}: {error}"
     return pb_utils.InferenceResponse(error=pb_utils.TritonError(message, pb_utils.TritonError.INTERNAL))
