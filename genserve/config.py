@@ -13,6 +13,10 @@ DEFAULT_HOST = "localhost"
 # Where the server listens: every interface, as Triton does; tests and benchmarks use loopback only.
 DEFAULT_BIND_ADDRESS = "0.0.0.0"
 
+# Set in the server's environment when it runs a response cache (genserve serve --cache-size): a
+# pipeline model with response_cache enabled then refuses an unseeded request, which must not be cached.
+RESPONSE_CACHE_ENV = "GENSERVE_RESPONSE_CACHE_BYTES"
+
 # Seconds `genserve serve` waits for every model to load before giving up.
 SERVER_START_TIMEOUT_S = float(os.environ.get("GENSERVE_SERVER_START_TIMEOUT", "300"))
 

@@ -50,6 +50,7 @@ class TritonInstallation:
     binary: Path
     backend_dir: Path | None  # None: the binary's built-in default (the container's /opt/tritonserver/backends)
     env: dict[str, str] = field(default_factory=dict)  # variables added to the server's environment
+    cache_dir: Path | None = None  # response cache implementations; None: the default (/opt/tritonserver/caches)
 
 
 def find_installation() -> TritonInstallation:
@@ -91,7 +92,7 @@ def _pytriton_installation() -> TritonInstallation:
         # environment, a virtual environment's pyvenv.cfg and site-packages (.pth files) included.
         "PATH": os.pathsep.join(p for p in (str(Path(sys.executable).parent), os.environ.get("PATH")) if p),
     }
-    return TritonInstallation(binary=dist / "bin" / "tritonserver", backend_dir=backend_dir, env=env)
+    return TritonInstallation(binary=dist / "bin" / "tritonserver", backend_dir=backend_dir, env=env, cache_dir=dist / "caches")
 
 
 def _prepare_backend_dir(dist: Path, stub: Path, python_version: str) -> Path:
@@ -154,6 +155,7 @@ class TritonServer:
         log_path: str | os.PathLike | None = None,
         start_timeout_s: float = config.SERVER_START_TIMEOUT_S,
         strict: bool = True,
+        cache_size: int = 0,
         extra_args: list[str] | None = None,
     ):
         repositories = repository if isinstance(repository, (list, tuple)) else [repository]
@@ -173,6 +175,7 @@ class TritonServer:
         self.log_path = Path(log_path) if log_path else config.CACHE_DIR / "logs" / f"tritonserver-{grpc_port}.log"
         self.start_timeout_s = start_timeout_s
         self.strict = strict
+        self.cache_size = cache_size  # bytes of Triton's local response cache; 0: none
         self.extra_args = list(extra_args or [])
         self.failed_models: dict[str, str] = {}
         self._process: subprocess.Popen | None = None
@@ -213,6 +216,11 @@ class TritonServer:
         ]
         if installation.backend_dir is not None:
             args.append(f"--backend-directory={installation.backend_dir}")
+        if self.cache_size:
+            # Models with `response_cache { enable: true }` answer repeated requests from it.
+            args.append(f"--cache-config=local,size={self.cache_size}")
+            if installation.cache_dir is not None:
+                args.append(f"--cache-directory={installation.cache_dir}")
         return args + self.extra_args
 
     def start(self) -> TritonServer:
@@ -220,6 +228,8 @@ class TritonServer:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self._log_file = open(self.log_path, "wb")
         env = {**os.environ, **installation.env}
+        if self.cache_size:  # the models learn it here: a cached model then refuses requests it must not cache
+            env[config.RESPONSE_CACHE_ENV] = str(self.cache_size)
         command = self.command(installation)
         logger.debug("starting %s", " ".join(command))
         self._process = subprocess.Popen(

@@ -252,11 +252,11 @@ def _model_stats(server, model: str = "sd_unet") -> dict:
     return stats
 
 
-# family -> (pipeline model, denoiser model, denoiser calls per request of 3 steps)
 def _queue_ns(stats: dict) -> int:
     return int(stats["inference_stats"]["queue"].get("ns", 0))  # absent while zero
 
 
+# family -> (pipeline model, denoiser model, denoiser calls per request of 3 steps)
 CONCURRENCY = {
     "sd": ("sd_text_to_image", "sd_unet", 4),  # PNDM: 3 steps = 4 UNet calls
     "flux": ("flux_text_to_image", "flux_transformer", 3),  # flow-match Euler: one call per step
@@ -386,3 +386,41 @@ def test_bls_overhead_per_step(diffusion_server, dclient):
         f"{ms('compute_input'):.2f}, output {ms('compute_output'):.2f}); request wall {wall * 1e3:.0f} ms for {steps} steps"
     )
     assert 0 < overhead < 100
+
+
+def test_response_cache_answers_a_repeated_seeded_request(export_family, tmp_path):
+    """With a response cache (genserve serve --cache-size), a repeated seeded request is a cache hit: the
+    same bytes, sooner, counted in Triton's statistics. A request without a seed is never cached: raw ones
+    are refused, and genserve's clients draw a seed for each, so each is computed."""
+    import tritonclient.grpc as grpcclient
+
+    from genserve.diffusion.repository import BuildOptions, build_repository
+    from genserve.server import TritonServer, free_ports
+
+    _, export_dir = export_family("sd")
+    repo = tmp_path / "repo"
+    build_repository(export_dir, repo, BuildOptions(prefix="sd_", max_size=256, stream=False))
+    http, grpc, metrics = free_ports(3)
+    models = ["sd_text_encoder", "sd_unet", "sd_vae_decoder", "sd_vae_encoder", "sd_text_to_image"]
+    with TritonServer(repo, models=models, http_port=http, grpc_port=grpc, metrics_port=metrics, address="127.0.0.1",
+                      log_path=tmp_path / "triton.log", cache_size=64 * 2**20) as server, Client(server.grpc_url) as client:
+        request = {"model": "sd_text_to_image", "steps": 3, "seed": 7, "width": SIZE, "height": SIZE}
+        started = time.perf_counter()
+        first = client.text_to_image(PROMPT, **request)
+        computed_s = time.perf_counter() - started
+        started = time.perf_counter()
+        again = client.text_to_image(PROMPT, **request)
+        cached_s = time.perf_counter() - started
+        stats = _model_stats(server, "sd_text_to_image")
+        assert again.encoded == first.encoded and again.metadata == first.metadata
+        assert int(stats["inference_stats"]["cache_hit"]["count"]) == 1 and cached_s < computed_s
+        print(f"\ncomputed in {1e3 * computed_s:.0f} ms, answered from the cache in {1e3 * cached_s:.1f} ms")
+
+        fresh = [client.text_to_image(PROMPT, model="sd_text_to_image", steps=2, width=SIZE, height=SIZE) for _ in range(2)]
+        assert fresh[0].metadata["seed"] != fresh[1].metadata["seed"] and fresh[0].encoded != fresh[1].encoded
+        assert int(_model_stats(server, "sd_text_to_image")["inference_stats"]["cache_hit"]["count"]) == 1
+
+        raw = grpcclient.InferInput("PROMPT", [1], "BYTES")
+        raw.set_data_from_numpy(np.array([PROMPT.encode()], dtype=object))
+        with pytest.raises(Exception, match="SEED is missing"):
+            client._client.infer("sd_text_to_image", [raw])

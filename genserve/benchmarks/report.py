@@ -118,17 +118,31 @@ def markdown_report(report: dict[str, Any]) -> str:
             "## Per-model breakdown (Triton statistics, served runs)",
             "",
             "Per request of each model during the level: mean time queued before an execution, and mean compute "
-            "time (input + infer + output). Pipeline models (BLS) include the time they wait for their leaves.",
+            "time (input + infer + output). Plain pipeline models (BLS) include the time they wait for their leaves; a "
+            "streaming model's compute is only the hand-over to its worker, so its own time per request (request ms, from "
+            "the responses) and the queue's share of it are given beside. BLS overhead: the pipeline's wait per denoiser "
+            "call beyond the denoiser's compute (concurrency 1).",
             "",
-            "| task | concurrency | model | requests | executions | requests / execution | queue ms | compute ms |",
-            "|---|---:|---|---:|---:|---:|---:|---:|",
+            "| task | concurrency | model | requests | executions | requests / execution | queue ms | compute ms | request ms | queue share | BLS overhead ms/step |",
+            "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|",
         ]
         for run, name, s in breakdown_rows:
+            extra = (_fmt(s.get("request_ms"), 1), _percent(s.get("queue_share")),
+                     _fmt(s.get("bls_overhead_ms_per_step"), 2) + _bracketed(_percent(s.get("bls_overhead_share"))))
             lines.append(
-                f"| {run['task']} | {run['concurrency']} | {name} | {s['requests']} | {s['executions']} | "
-                f"{_fmt(s['requests_per_execution'], 2)} | {s['queue_ms']:.2f} | {s['compute_ms']:.2f} |"
+                f"| {run['task']} | {run['concurrency']} | {name} | {s.get('requests', 0)} | {s.get('executions', 0)} | "
+                f"{_fmt(s.get('requests_per_execution'), 2)} | {s.get('queue_ms', 0):.2f} | {s.get('compute_ms', 0):.2f} | "
+                + " | ".join(extra) + " |"
             )
     return "\n".join(lines) + "\n"
+
+
+def _percent(share: float | None) -> str:
+    return "" if share is None else f"{100 * share:.2f} %"
+
+
+def _bracketed(text: str) -> str:
+    return f" ({text})" if text else ""
 
 
 # --- PNG plots ----------------------------------------------------------------------------------------

@@ -17,13 +17,13 @@ target and bf16 when CUDA is there).
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import io
 import json
 import logging
 import os
 import platform
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -34,11 +34,12 @@ from genserve.benchmarks.load import TABLE_HEADER, Run, drive, table_row
 
 logger = logging.getLogger("genserve.bench")
 
-from genserve.protocol import DIFFUSION_TASKS, PRECISION_DTYPES, TASKS
+from genserve.protocol import DIFFUSION_TASKS, PRECISION_DTYPES, STREAM_SUFFIX, TASKS
 
 # Demo repository: family per task (FLUX Kontext is the family that edits by instruction).
 DEMO_TASK_FAMILY = {"t2i": "sd", "tie": "flux", "vttie": "flux"}
 DEMO_PIPELINE_DIRS = {"sd": "sd", "flux": "flux-kontext", "cogview4": "cogview4"}
+DEMO_SIZES = ("tiny", "medium")
 PROMPTS = ["a lighthouse on a cliff at dusk", "a red bicycle leaning on a brick wall", "a bowl of ramen, studio light"]
 EDITS = ["make it night, with stars", "turn it into a watercolour painting"]
 TEXT_EDITS = ['change "OPEN" to "CLOSED"', 'change "OPEN" to "SALE"']
@@ -60,6 +61,8 @@ class Settings:
     warmup: int = 1  # untimed passes over the payloads, per mode
     faces_dir: Path | None = None
     work_dir: Path | None = None  # caches (demo repository, --pipeline exports); default CACHE_DIR
+    demo_size: str = "tiny"  # which demo pipelines to serve without --pipeline: tiny or medium
+    stream: bool = True  # served diffusion requests to the streaming models, where the server has them
 
     def requests_for(self, concurrency: int) -> int:
         return self.requests or max(8, 3 * concurrency)
@@ -115,9 +118,11 @@ class FaceSwapTask:
 class DiffusionTask:
     """t2i, tie or vttie on one served pipeline model, and the same service in-process.
 
-    In-process, each thread has its own :class:`~genserve.diffusion.service.DiffusionService` over a
-    pipeline object sharing the torch modules, with its own scheduler (a diffusers scheduler keeps
-    per-call state). Both modes get the same request values, seeds included.
+    Served, the requests go to the model's streaming variant when the server has it (``stream``): one
+    instance runs several at once, which is the fast path under concurrency; else to the plain model.
+    In-process, one :class:`~genserve.diffusion.service.DiffusionService` over the torch pipeline runs the
+    same requests from as many threads (each on its own copy of the pipeline, sharing the modules). Both
+    modes get the same request values, seeds included.
     """
 
     def __init__(self, task: str, settings: Settings, model: str, pipeline_dir: Path | None, precision: str):
@@ -127,6 +132,8 @@ class DiffusionTask:
 
         self.name, self.model, self.pipeline_dir, self.precision = task, model, pipeline_dir, precision
         self.size, self.steps = settings.size, settings.steps
+        self.stream = settings.stream
+        self.levels = settings.levels
         self.in_process_label = f"DiffusionService over diffusers from {pipeline_dir}, torch eager" if pipeline_dir else None
         common = {"steps": self.steps}
         if task == "t2i":
@@ -142,14 +149,48 @@ class DiffusionTask:
             image = _png(sign_image(size=self.size))
             self.payloads = [{"prompt": p, "image": image, "seed": s, **common} for s, p in enumerate(TEXT_EDITS)]
         self.in_process_payloads = self.payloads
-        self._services: list = []
+        self.served_metadata: list[dict] = []  # of the level being run
+        self._service = None
+
+    @property
+    def served_model(self) -> str:
+        return self.model + STREAM_SUFFIX if self.stream else self.model
 
     def served_worker(self, client) -> Callable[[Any], Any]:
-        return lambda payload: client.request(TASKS[self.name], model=self.model, **payload)
+        progress = (lambda report: None) if self.stream else None
+
+        def work(payload):
+            out = client.request(TASKS[self.name], model=self.model, progress=progress, **payload)
+            self.served_metadata.append(out["metadata"])
+            return out
+
+        return work
 
     def warm_served(self, client) -> None:
         """One request per payload: its metadata say which pipeline class serves the task."""
         self.metadata = [self.served_worker(client)(payload)["metadata"] for payload in self.payloads]
+
+    def level_stats(self, models: dict[str, dict]) -> None:
+        """Add to the level's statistics what Triton's cannot say: the pipeline's own time per request (a
+        streaming model's Triton compute is only the hand-over to its worker) and the queue's share of it,
+        and at concurrency 1 the BLS overhead per denoising step (the pipeline's wait per denoiser call
+        beyond the denoiser's own compute)."""
+        import statistics
+
+        from genserve.families import FAMILIES
+
+        served = models.setdefault(self.served_model, {})
+        totals = [meta["timings_ms"]["total"] for meta in self.served_metadata]
+        if totals:
+            served["request_ms"] = round(statistics.fmean(totals), 3)
+            served["queue_share"] = round(served.get("queue_ms", 0.0) / served["request_ms"], 5)
+        denoiser = self.model.removesuffix(TASKS[self.name].model) + FAMILIES[self.metadata[0]["family"]].denoiser.name
+        waits = [ms for meta in self.served_metadata for ms in meta["denoiser_ms_per_call"]]
+        leaf = models.get(denoiser, {})
+        if waits and leaf.get("requests") and leaf.get("requests") == leaf.get("executions"):  # unbatched: one call each
+            overhead = statistics.fmean(waits) - leaf["compute_ms"]
+            served["bls_overhead_ms_per_step"] = round(overhead, 3)
+            served["bls_overhead_share"] = round(overhead / leaf["compute_ms"], 5)
 
     def prepare_in_process(self) -> None:
         import diffusers
@@ -158,7 +199,7 @@ class DiffusionTask:
         from genserve.diffusion.service import DiffusionService
         from genserve.families import family_of_class, read_configs
 
-        diffusers.utils.logging.set_verbosity_error()  # no loading bars, no safety-checker notice per clone
+        diffusers.utils.logging.set_verbosity_error()  # no loading bars, no safety-checker notice per copy
         diffusers.utils.logging.disable_progress_bar()
         try:
             import transformers
@@ -172,9 +213,10 @@ class DiffusionTask:
         pipeline = getattr(diffusers, pipeline_class).from_pretrained(self.pipeline_dir, dtype=dtype).to(device)
         pipeline.set_progress_bar_config(disable=True)
         family = family_of_class(pipeline_class)
-        pixel_multiple = family.pixel_multiple(read_configs(self.pipeline_dir, family))
-        self.service_settings = {"task": self.name, "family": family, "pixel_multiple": pixel_multiple, "max_size": 4096}
-        self._services = [DiffusionService(pipeline, text_reader=self._text_reader(), **self.service_settings)]
+        self._service = DiffusionService(
+            pipeline, task=self.name, family=family, pixel_multiple=family.pixel_multiple(read_configs(self.pipeline_dir, family)),
+            max_size=4096, text_reader=self._text_reader(), concurrency=max(self.levels),
+        )  # fmt: skip
         self.device = device
 
     def _text_reader(self):
@@ -183,18 +225,16 @@ class DiffusionTask:
         from genserve.ocr.engine import create_engine, recognize
 
         engine = create_engine()
-        return lambda image: recognize(engine, image).texts
+        lock = threading.Lock()  # one rapidocr engine, as the served OCR model has one per instance
+
+        def read(image: bytes) -> list[str]:
+            with lock:
+                return recognize(engine, image).texts
+
+        return read
 
     def in_process_workers(self, count: int) -> list[Callable[[Any], Any]]:
-        from genserve.diffusion.service import DiffusionService
-
-        while len(self._services) < count:
-            base = self._services[0].pipeline
-            components = {**base.components, "scheduler": copy.deepcopy(base.scheduler)}
-            clone = type(base)(**components)
-            clone.set_progress_bar_config(disable=True)
-            self._services.append(DiffusionService(clone, text_reader=self._text_reader(), **self.service_settings))
-        return [lambda payload, s=service: s.generate(dict(payload)) for service in self._services[:count]]
+        return [lambda payload: self._service.generate(payload)] * count
 
 
 # --- server and repositories ---------------------------------------------------------------------------
@@ -246,8 +286,11 @@ class Bench:
         if unknown:
             raise ValueError(f"unknown task(s) {', '.join(unknown)}; choose among {', '.join(TASKS)}")
         real = settings.pipeline is not None
-        settings.size = settings.size or (512 if real else 64)
-        settings.steps = settings.steps or (20 if real else 3)
+        if settings.demo_size not in DEMO_SIZES:
+            raise ValueError(f"demo size must be one of {', '.join(DEMO_SIZES)}, not {settings.demo_size!r}")
+        medium = settings.demo_size == "medium"
+        settings.size = settings.size or (512 if real else 256 if medium else 64)
+        settings.steps = settings.steps or (20 if real else 4 if medium else 3)
         self.precision = settings.precision or ("bf16" if real and _cuda() else "fp32")
         self.server = None
         self.repositories: list[Path] = []
@@ -281,11 +324,11 @@ class Bench:
                     continue
                 tasks.append(DiffusionTask(task, s, s.models.get(task, TASKS[task].model), s.pipeline, self.precision))
             return tasks
-        demo_dir = self.work_dir / "demo"
+        demo_dir = self.work_dir / ("demo" if s.demo_size == "tiny" else f"demo-{s.demo_size}")
         if not s.url:
             from genserve.demo.repository import build_demo_repository
 
-            repo_dir = build_demo_repository(demo_dir, log=self.log)
+            repo_dir = build_demo_repository(demo_dir, size=s.demo_size, log=self.log)
             self.repositories.append(repo_dir)
         families = set()
         for task in diffusion:
@@ -338,6 +381,9 @@ class Bench:
 
     def _run_task(self, task, clients, url, model_stats, stats_delta) -> list[Run]:
         s = self.settings
+        if isinstance(task, DiffusionTask) and task.stream and not clients[0].is_ready(task.served_model):
+            self.notes.append(f"{task.name}: the server has no {task.served_model}; the plain {task.model} was measured")
+            task.stream = False
         self.log(f"\n{task.name}: served model {task.model}; {len(task.payloads)} payloads; warming up")
         for _ in range(s.warmup):
             if isinstance(task, DiffusionTask):
@@ -359,10 +405,16 @@ class Bench:
         for level in s.levels:
             requests = s.requests_for(level)
             before = model_stats(url)
+            if isinstance(task, DiffusionTask):
+                task.served_metadata.clear()
             run = drive([task.served_worker(client) for client in clients[:level]], requests, task.payloads, "served")
-            run.extra.update(task=task.name, model=task.model, models=self._level_stats(task.model, run, before, url))
+            served_model = getattr(task, "served_model", task.model)
+            run.extra.update(task=task.name, model=served_model, models=self._level_stats(served_model, run, before, url))
             runs.append(run)
             self.log(table_row(run, f"{task.name} served"))
+            if isinstance(task, DiffusionTask):
+                task.level_stats(run.extra["models"])
+                self.log(_pipeline_line(run.extra["models"], served_model))
             if in_process:
                 run = drive(task.in_process_workers(level), requests, task.in_process_payloads, "in-process")
                 run.extra.update(task=task.name, model=task.in_process_label)
@@ -431,6 +483,19 @@ class Bench:
             "runs": [run.summary() for run in runs],
             "ratios": ratios,
         }
+
+
+def _pipeline_line(models: dict[str, dict], pipeline: str) -> str:
+    """What the level's statistics say of the pipeline model and its busiest leaf, in one line."""
+    stats = models.get(pipeline, {})
+    parts = [f"  {pipeline}: {stats.get('request_ms', 0):.0f} ms per request, queued {100 * stats.get('queue_share', 0):.2f} % of it"]
+    if "bls_overhead_ms_per_step" in stats:
+        parts.append(f"BLS overhead {stats['bls_overhead_ms_per_step']:.2f} ms/step ({100 * stats['bls_overhead_share']:.2f} % of the denoiser)")
+    busiest = max((item for item in models.items() if item[0] != pipeline), key=lambda item: item[1].get("requests", 0), default=None)
+    if busiest:
+        name, leaf = busiest
+        parts.append(f"{name}: {leaf.get('requests', 0)} requests in {leaf.get('executions', 0)} executions")
+    return "; ".join(parts)
 
 
 def _served_tasks(manifest) -> dict[str, str]:

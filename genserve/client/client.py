@@ -31,6 +31,7 @@ from genserve.protocol import (
     TASKS,
     TEXT_TO_IMAGE,
     Contract,
+    streaming,
 )
 
 Protocol = Literal["grpc", "http"]
@@ -161,10 +162,13 @@ class TaskMethods:
     def _run(self, call: Call) -> Any:
         raise NotImplementedError
 
-    def request(self, contract: Contract, *, model: str | None = None, **values: Any) -> Any:
+    def request(self, contract: Contract, *, model: str | None = None, progress: ProgressCallback | None = None, **values: Any) -> Any:
         """Any served model's request by its contract: the field values in, the decoded outputs out
-        (a dict keyed as the contract's outputs), e.g. ``client.request(OCR, image=data)["texts"]``."""
-        return self._task(contract, model, values, lambda out: out)
+        (a dict keyed as the contract's outputs), e.g. ``client.request(OCR, image=data)["texts"]``.
+        With ``progress`` a pipeline model's request goes to its streaming variant."""
+        if progress is not None:
+            contract, model = streaming(contract), (model or contract.model) + STREAM_SUFFIX
+        return self._task(contract, model, values, lambda out: out, progress)
 
     def _task(self, contract: Contract, model: str | None, values: dict[str, Any], result: Callable[[dict[str, Any]], Any],
               progress: ProgressCallback | None = None) -> Any:

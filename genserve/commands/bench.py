@@ -13,7 +13,7 @@ def register(subparsers) -> None:
         "p50/p90/p99 and, per served model, Triton's queue and compute time per request. Beside each served level "
         "the same work runs in this process (diffusers + torch eager, FaceSwapper) and the served/in-process ratio "
         "is printed. Writes OUT/bench.json, OUT/bench.md and OUT/<task>.png, OUT/<task>_models.png. Without "
-        "--pipeline the tiny demo diffusion repository is served (built and cached as `genserve demo` does); with "
+        "--pipeline the demo diffusion repository is served (tiny, or --demo-size medium; built and cached); with "
         "--pipeline DIR that diffusers folder is exported and built (cached) and benchmarked. See docs/benchmarks.md.",
     )
     parser.add_argument("--tasks", default="deepfake,t2i,tie,vttie", help="comma-separated, among deepfake,t2i,tie,vttie (default: all)")
@@ -27,8 +27,14 @@ def register(subparsers) -> None:
         help="served model for a task, e.g. t2i=cogview4_text_to_image (default: sd_text_to_image, flux_edit_image, "
         "flux_edit_text, face_swap; with --pipeline: text_to_image, edit_image, edit_text)",
     )  # fmt: skip
-    parser.add_argument("--size", type=int, help="diffusion width = height (default 64; 512 with --pipeline)")
-    parser.add_argument("--steps", type=int, help="diffusion steps (default 3; 20 with --pipeline)")
+    parser.add_argument("--demo-size", choices=("tiny", "medium"), default="tiny",
+                        help="without --pipeline, the demo pipelines served: tiny (default) or medium (large enough for "
+                        "the models' compute to dominate; built, exported and cached on first use)")
+    parser.add_argument("--size", type=int, help="diffusion width = height (default 64 tiny, 256 medium, 512 with --pipeline)")
+    parser.add_argument("--steps", type=int, help="diffusion steps (default 3 tiny, 4 medium, 20 with --pipeline)")
+    parser.add_argument("--no-stream", dest="stream", action="store_false",
+                        help="served diffusion requests to the plain pipeline models, not their streaming variants "
+                        "(which run concurrent requests in one instance)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed passes over the payloads per mode (default 1)")
     parser.add_argument("--no-in-process", action="store_true", help="skip the in-process baseline")
     parser.add_argument("--faces-dir", metavar="DIR", help="photos for the face swap pairs (default: shared/data/faces, else bundled)")
@@ -59,7 +65,8 @@ def run(args: argparse.Namespace) -> int:
     settings = Settings(
         tasks=tasks, levels=levels, requests=args.requests, url=args.url, pipeline=pipeline, precision=args.precision,
         out=Path(args.out), size=args.size, steps=args.steps, models=models, in_process=not args.no_in_process,
-        warmup=args.warmup, faces_dir=Path(args.faces_dir) if args.faces_dir else None,
+        warmup=args.warmup, faces_dir=Path(args.faces_dir) if args.faces_dir else None, demo_size=args.demo_size,
+        stream=args.stream,
     )  # fmt: skip
     report = run_bench(settings)
     return 1 if any(run["errors"] for run in report["runs"]) else 0

@@ -29,9 +29,26 @@ def register(subparsers) -> None:
     parser.add_argument("--model", action="append", dest="models", metavar="NAME", help="load only this model (repeatable)")
     parser.add_argument("--log-file", help="where Triton's log goes (default: under the genserve cache folder)")
     parser.add_argument(
+        "--cache-size", type=_byte_size, default=0, metavar="SIZE",
+        help="Triton's response cache, e.g. 512M or 2G: a repeated seeded diffusion request is answered from it "
+        "(then a request without a seed is refused by those models; genserve's clients always send one). Default: none",
+    )  # fmt: skip
+    parser.add_argument(
         "--keep-going", action="store_true", help="keep serving the models that loaded when another fails"
     )
     parser.set_defaults(handler=run)
+
+
+def _byte_size(text: str) -> int:
+    units = {"K": 2**10, "M": 2**20, "G": 2**30}
+    number, unit = (text[:-1], text[-1].upper()) if text and text[-1].upper() in units else (text, "")
+    try:
+        size = int(float(number) * units.get(unit, 1))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a size such as 512M, 2G or a number of bytes, not {text!r}") from None
+    if size < 0:
+        raise argparse.ArgumentTypeError("the size cannot be negative")
+    return size
 
 
 def _interrupt(signum, frame):
@@ -60,6 +77,7 @@ def run(args: argparse.Namespace) -> int:
         address=args.address,
         log_path=args.log_file,
         strict=not args.keep_going,
+        cache_size=args.cache_size,
     )
     # Ctrl-C, and SIGTERM from `docker stop` or a service manager, both stop Triton gracefully.
     signal.signal(signal.SIGINT, _interrupt)

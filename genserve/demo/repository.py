@@ -23,8 +23,9 @@ DEMO_STEPS = 3
 STAMP = ".genserve-demo.json"
 
 
-def build_demo_repository(out_dir: str | Path, *, pipeline_instances: int = 1, log=logger.info) -> Path:
-    """``out_dir/repository``, built (or reused) from ``out_dir/pipelines`` and ``out_dir/exports``."""
+def build_demo_repository(out_dir: str | Path, *, pipeline_instances: int = 1, size: str = "tiny", log=logger.info) -> Path:
+    """``out_dir/repository``, built (or reused) from ``out_dir/pipelines`` and ``out_dir/exports``, of
+    the ``tiny`` (default) or ``medium`` demo pipelines (see :mod:`genserve.demo.pipelines`)."""
     from genserve.demo.pipelines import build_demo_pipeline
     from genserve.diffusion.repository import BuildOptions, build_repository
     from genserve.export.manifest import FORMAT
@@ -32,14 +33,14 @@ def build_demo_repository(out_dir: str | Path, *, pipeline_instances: int = 1, l
 
     out_dir = Path(out_dir)
     repo_dir = out_dir / "repository"
-    stamp = {"families": sorted(DEMO_FAMILIES.values()), "pipeline_instances": pipeline_instances, "format": FORMAT, "stream": True}
+    stamp = {"families": sorted(DEMO_FAMILIES.values()), "pipeline_instances": pipeline_instances, "format": FORMAT, "stream": True, "size": size}
     if (repo_dir / STAMP).is_file() and json.loads((repo_dir / STAMP).read_text()) == stamp:
         return repo_dir
     for name, family in DEMO_FAMILIES.items():
         pipeline_dir = out_dir / "pipelines" / name
         if not (pipeline_dir / "model_index.json").is_file():
-            log(f"building the tiny {name} pipeline")
-            build_demo_pipeline(name, out_dir / "pipelines")
+            log(f"building the {size} {name} pipeline")
+            build_demo_pipeline(name, out_dir / "pipelines", size=size)
         export_dir = out_dir / "exports" / family
         log(f"exporting {name} to ONNX (the stages done before are reused)")
         # An export of an older format has no stages to reuse: it is redone whole.

@@ -158,6 +158,9 @@ def write_leaf(export_dir: Path, repo_dir: Path, entry: ComponentEntry, options:
 def pipeline_config(name: str, contract: Contract, instances: int) -> ModelConfig:
     """A pipeline model's config: the task's contract (decoupled when it streams), Python backend, CPU."""
     config = declare_contract(ModelConfig(name=name, backend="python", max_batch_size=0), contract)
+    # A seeded request always makes the same image: a server run with a response cache (genserve serve
+    # --cache-size) answers a repeated one from it. Triton caches no decoupled model's responses.
+    config.response_cache.enable = not contract.streaming
     # The pipeline's own work (scheduler, guidance arithmetic, image processing) is light: it runs on
     # CPU instances on both targets and reaches the GPU through the leaves.
     group = config.instance_group.add(count=instances)

@@ -14,9 +14,12 @@ The services are plain in-process objects (:class:`~genserve.faceswap.FaceSwappe
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
+from genserve.config import RESPONSE_CACHE_ENV
+from genserve.errors import InvalidInputError
 from genserve.protocol import FACE_SWAP, OCR, STREAMING_TASKS, TASKS, Contract
 from genserve.triton import bls
 from genserve.triton.model_config import model_parameters
@@ -107,6 +110,8 @@ class DiffusionModel(ServiceModel):
 
         settings = ServiceSettings.read(self.version_dir)
         self.contract = self.task_contract(settings.task)
+        # Cached responses are keyed by the inputs alone (Triton's response cache).
+        self.caching = bool(self.model_config.get("response_cache", {}).get("enable")) and bool(os.environ.get(RESPONSE_CACHE_ENV))
         self.service = served_service(
             self.version_dir,
             runner=lambda model, inputs, outputs: bls.infer(model, inputs, outputs, as_torch=True),
@@ -125,6 +130,11 @@ class DiffusionModel(ServiceModel):
 
     def _answer(self, request) -> list:
         values = self.contract.decode_request(lambda name: input_array(request, name))
+        if values["seed"] is None and self.caching:
+            raise InvalidInputError(
+                "SEED is missing: this server answers repeated requests from its response cache, so a request "
+                "without a seed would get an earlier one's image; send a seed (genserve's clients draw one)"
+            )
         images, metadata = self.service.generate(values, cancelled=request.is_cancelled)
         return output_tensors(self.contract.encode_response({"images": images, "metadata": metadata | {"model": self.model_name}}))
 
