@@ -139,6 +139,8 @@ class Family:
         lambda dims, request, configs: {}
     )
     default_text_len: int = 77
+    # The latent size a pipeline renders when no size is given (its "working size"), from the configs.
+    default_sample_size: Callable[[Mapping[str, Mapping[str, Any]]], int] = lambda configs: configs["unet"]["sample_size"]
 
     @property
     def modules(self) -> tuple[str, ...]:
@@ -161,6 +163,10 @@ class Family:
 
     def vae_scale_factor(self, configs: Mapping[str, Mapping[str, Any]]) -> int:
         return 2 ** (len(configs["vae"]["block_out_channels"]) - 1)
+
+    def default_side(self, configs: Mapping[str, Mapping[str, Any]]) -> int:
+        """The side in pixels of the square the pipeline renders by default (SD 1.5 512, FLUX 1024)."""
+        return int(self.default_sample_size(configs)) * self.vae_scale_factor(configs)
 
     def pixel_multiple(self, configs: Mapping[str, Mapping[str, Any]]) -> int:
         """Image heights and widths must be multiples of this."""
@@ -428,6 +434,7 @@ FLUX = Family(
     latent_multiple=_flux_multiple,
     extra_dims=_flux_dims,
     default_text_len=512,
+    default_sample_size=lambda configs: 128,  # FLUX pipelines fix it (the transformer has no sample size)
 )
 
 COGVIEW4 = Family(
@@ -439,6 +446,7 @@ COGVIEW4 = Family(
     scheduler="FlowMatchEulerDiscreteScheduler",
     latent_multiple=_transformer_patch,
     default_text_len=128,
+    default_sample_size=lambda configs: configs["transformer"]["sample_size"],
 )
 
 FAMILIES: dict[str, Family] = {family.name: family for family in (SD, SDXL, FLUX, COGVIEW4)}

@@ -128,6 +128,24 @@ def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
             sock.close()
 
 
+def dependent_models(models: list[str], configs: dict) -> list[list[str]]:
+    """The models to load after Triton's startup, in rounds (a round's models load together): those whose
+    config names, under ``load_after``, models loaded with them. They call them over BLS while they warm
+    up, and Triton refuses every inference until its startup loads are done."""
+    from genserve.triton.model_config import load_after
+
+    waits = {name: set(load_after(configs[name])) & set(models) if configs.get(name) else set() for name in models}
+    loaded = {name for name, deps in waits.items() if not deps}
+    rounds: list[list[str]] = []
+    while len(loaded) < len(models):
+        ready = sorted(name for name, deps in waits.items() if name not in loaded and deps <= loaded)
+        if not ready:
+            raise ServerError(f"models wait for each other ({', '.join(sorted(set(models) - loaded))}): check their load_after")
+        rounds.append(ready)
+        loaded |= set(ready)
+    return rounds
+
+
 def repository_models(repository: Path) -> list[str]:
     """The model folders of a Triton model repository: those holding a ``config.pbtxt``."""
     return sorted(p.name for p in repository.iterdir() if (p / "config.pbtxt").is_file())
@@ -178,6 +196,7 @@ class TritonServer:
         self.cache_size = cache_size  # bytes of Triton's local response cache; 0: none
         self.extra_args = list(extra_args or [])
         self.failed_models: dict[str, str] = {}
+        self._dependent: list[list[str]] = []  # loaded after the others, in rounds: see start()
         self._process: subprocess.Popen | None = None
         self._log_file = None
 
@@ -199,7 +218,7 @@ class TritonServer:
             str(installation.binary),
             *(f"--model-repository={path}" for path in self.repositories),
             "--model-control-mode=explicit",
-            *(f"--load-model={name}" for name in self.models),
+            *(f"--load-model={name}" for name in self.models if not any(name in round_ for round_ in self._dependent)),
             # Keep the models that load when one fails; start() reports the failure by name.
             "--exit-on-error=false",
             f"--http-address={self.address}",
@@ -225,6 +244,7 @@ class TritonServer:
 
     def start(self) -> TritonServer:
         installation = find_installation()
+        self._dependent = dependent_models(self.models, {name: self._model_config(name) for name in self.models})
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self._log_file = open(self.log_path, "wb")
         env = {**os.environ, **installation.env}
@@ -237,6 +257,7 @@ class TritonServer:
         )
         try:
             self._wait_until_live()
+            self._load_dependent_models()
             self._check_models()
         except BaseException:
             self.stop()
@@ -261,6 +282,33 @@ class TritonServer:
                 pass
             time.sleep(0.25)
         raise ServerError(f"tritonserver did not come up within {self.start_timeout_s:.0f} s; log: {self.log_path}")
+
+    def _model_config(self, name: str):
+        """The model's config, or None when no repository has it (Triton then reports it as not loaded)."""
+        from genserve.triton.model_config import read_config
+
+        folder = next((path / name for path in self.repositories if (path / name / "config.pbtxt").is_file()), None)
+        return read_config(folder) if folder else None
+
+    def _load_dependent_models(self) -> None:
+        """Load, through the model-control API, the models that must wait for others, a round at a time
+        (a round's models in parallel); their warm-up runs now, the server not ready (strict readiness)
+        until they are loaded. A failure is reported with the others' by _check_models."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        import tritonclient.http as httpclient
+        from tritonclient.utils import InferenceServerException
+
+        def load(name: str) -> None:
+            with httpclient.InferenceServerClient(self.http_url, network_timeout=self.start_timeout_s) as client:
+                try:
+                    client.load_model(name)
+                except InferenceServerException as error:
+                    logger.debug("loading %s failed: %s", name, error)
+
+        for round_ in self._dependent:
+            with ThreadPoolExecutor(max_workers=len(round_)) as pool:
+                list(pool.map(load, round_))
 
     def _check_models(self) -> None:
         import tritonclient.http as httpclient

@@ -36,7 +36,7 @@ def diffusion_server(export_family, tmp_path_factory):
         _, export_dir = export_family(family)
         # The streaming pipeline models run concurrent requests in one instance: they reach the denoiser's
         # dynamic batcher together.
-        options = BuildOptions(prefix=f"{family}_", max_size=256)
+        options = BuildOptions(prefix=f"{family}_", max_size=256, warmup_size=SIZE)
         build_repository(export_dir, repo, options)
     # FLUX's pipeline does more between its denoiser calls than SD's: on this 2-core host two pipelines
     # miss the default 2 ms window and alternate on the transformer. A 100 ms window lets them meet.
@@ -388,6 +388,25 @@ def test_bls_overhead_per_step(diffusion_server, dclient):
     assert 0 < overhead < 100
 
 
+def test_models_that_call_others_load_after_them():
+    from genserve.server import dependent_models
+    from genserve.triton.model_config import LOAD_AFTER, ModelConfig
+
+    def config(calls: str = "") -> ModelConfig:
+        config = ModelConfig()
+        if calls:
+            config.parameters[LOAD_AFTER].string_value = calls
+        return config
+
+    configs = {"unet": config(), "vae": config(), "t2i": config("unet,vae,ocr"), "stream": config("unet"), "ocr": config("det"),
+               "det": config(), "outer": config("t2i")}
+    assert dependent_models(list(configs), configs) == [["ocr", "stream"], ["t2i"], ["outer"]]  # t2i also waits for ocr
+    assert dependent_models(["unet", "t2i"], configs) == [["t2i"]]  # ocr, vae not served: nothing to wait for
+    configs["det"] = config("outer")
+    with pytest.raises(Exception, match="wait for each other"):
+        dependent_models(list(configs), configs)
+
+
 def test_response_cache_answers_a_repeated_seeded_request(export_family, tmp_path):
     """With a response cache (genserve serve --cache-size), a repeated seeded request is a cache hit: the
     same bytes, sooner, counted in Triton's statistics. A request without a seed is never cached: raw ones
@@ -399,11 +418,16 @@ def test_response_cache_answers_a_repeated_seeded_request(export_family, tmp_pat
 
     _, export_dir = export_family("sd")
     repo = tmp_path / "repo"
-    build_repository(export_dir, repo, BuildOptions(prefix="sd_", max_size=256, stream=False))
+    build_repository(export_dir, repo, BuildOptions(prefix="sd_", max_size=256, stream=False, warmup_size=SIZE))
     http, grpc, metrics = free_ports(3)
     models = ["sd_text_encoder", "sd_unet", "sd_vae_decoder", "sd_vae_encoder", "sd_text_to_image"]
     with TritonServer(repo, models=models, http_port=http, grpc_port=grpc, metrics_port=metrics, address="127.0.0.1",
                       log_path=tmp_path / "triton.log", cache_size=64 * 2**20) as server, Client(server.grpc_url) as client:
+        # Warm start: before any client request, the pipeline model's warm-up request ran through the leaves.
+        from genserve.diffusion.repository import WARMUP_STEPS
+
+        assert int(_model_stats(server, "sd_unet")["execution_count"]) >= WARMUP_STEPS
+        assert int(_model_stats(server, "sd_vae_decoder")["execution_count"]) >= 1
         request = {"model": "sd_text_to_image", "steps": 3, "seed": 7, "width": SIZE, "height": SIZE}
         started = time.perf_counter()
         first = client.text_to_image(PROMPT, **request)

@@ -213,9 +213,10 @@ class DiffusionTask:
         pipeline = getattr(diffusers, pipeline_class).from_pretrained(self.pipeline_dir, dtype=dtype).to(device)
         pipeline.set_progress_bar_config(disable=True)
         family = family_of_class(pipeline_class)
+        configs = read_configs(self.pipeline_dir, family)
         self._service = DiffusionService(
-            pipeline, task=self.name, family=family, pixel_multiple=family.pixel_multiple(read_configs(self.pipeline_dir, family)),
-            max_size=4096, text_reader=self._text_reader(), concurrency=max(self.levels),
+            pipeline, task=self.name, family=family, pixel_multiple=family.pixel_multiple(configs),
+            working_side=family.default_side(configs), max_size=4096, text_reader=self._text_reader(), concurrency=max(self.levels),
         )  # fmt: skip
         self.device = device
 
@@ -249,7 +250,7 @@ def _cuda() -> bool:
         return False
 
 
-def pipeline_repository(pipeline_dir: Path, work_dir: Path, precision: str, log=logger.info):
+def pipeline_repository(pipeline_dir: Path, work_dir: Path, precision: str, size: int, log=logger.info):
     """Export ``pipeline_dir`` and build its repository (no prefix) under ``work_dir``, both cached;
     returns the repository folder and the export's manifest."""
     from genserve.diffusion.repository import BuildOptions, build_repository
@@ -269,10 +270,11 @@ def pipeline_repository(pipeline_dir: Path, work_dir: Path, precision: str, log=
     target = "gpu" if _cuda() else "cpu"
     repo_dir = base / f"repository-{target}"
     stamp = repo_dir / ".genserve-bench.json"
-    if not stamp.is_file():
+    built = {"target": target, "export": str(export_dir), "warmup_size": size}
+    if not stamp.is_file() or json.loads(stamp.read_text()) != built:
         log(f"building the {target} repository {repo_dir}")
-        build_repository(export_dir, repo_dir, BuildOptions(target=target))
-        stamp.write_text(json.dumps({"target": target, "export": str(export_dir)}) + "\n")
+        build_repository(export_dir, repo_dir, BuildOptions(target=target, warmup_size=size))
+        stamp.write_text(json.dumps(built) + "\n")
     return repo_dir, manifest
 
 
@@ -314,7 +316,7 @@ class Bench:
         if s.pipeline is not None:
             manifest = None
             if not s.url:
-                repo_dir, manifest = pipeline_repository(s.pipeline, self.work_dir, self.precision, log=self.log)
+                repo_dir, manifest = pipeline_repository(s.pipeline, self.work_dir, self.precision, s.size, log=self.log)
                 self.repositories.append(repo_dir)
                 self.load_models += sorted(p.parent.name for p in repo_dir.glob("*/config.pbtxt"))
             served = set(_served_tasks(manifest)) if manifest else set(diffusion)
@@ -341,7 +343,7 @@ class Bench:
                 pipeline_dir = None
             tasks.append(DiffusionTask(task, s, model, pipeline_dir, "fp32"))
         if not s.url:
-            self.load_models += sorted(p.parent.name for p in repo_dir.glob("*/config.pbtxt") if p.parent.name.split("_", 1)[0] in families)
+            self.load_models += _models_for(repo_dir, families, [task.served_model for task in tasks if isinstance(task, DiffusionTask)])
         return tasks
 
     def run(self) -> dict[str, Any]:
@@ -483,6 +485,16 @@ class Bench:
             "runs": [run.summary() for run in runs],
             "ratios": ratios,
         }
+
+
+def _models_for(repo_dir: Path, families: set[str], pipelines: list[str]) -> list[str]:
+    """The leaf models of these families' exports in a demo repository, and the pipeline models asked for
+    (a demo repository prefixes every model with its family)."""
+    from genserve.diffusion.service import SERVING_FILE
+
+    names = [path.parent.name for path in repo_dir.glob("*/config.pbtxt") if path.parent.name.split("_", 1)[0] in families]
+    leaves = [name for name in names if not (repo_dir / name / "1" / SERVING_FILE).is_file()]
+    return sorted(set(leaves) | set(pipelines))
 
 
 def _pipeline_line(models: dict[str, dict], pipeline: str) -> str:

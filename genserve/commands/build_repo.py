@@ -27,6 +27,12 @@ def register(subparsers) -> None:
                         "concurrent requests in one instance)")
     parser.add_argument("--stream-concurrency", type=int, default=4, metavar="N",
                         help="requests a streaming pipeline model runs at once (default 4)")
+    parser.add_argument("--warmup-size", type=int, metavar="PIXELS",
+                        help="side of the square image the warm-up request renders: the size you serve most "
+                        "(default: the pipeline's working size, e.g. 1024 for FLUX, at most --max-size)")
+    parser.add_argument("--no-warmup", dest="warmup", action="store_false",
+                        help="no warm-up request at load (by default each pipeline model runs a short request through "
+                        "the leaves before it reports ready, so that the first request is as fast as the next)")
     parser.set_defaults(handler=run)
 
 
@@ -36,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
     report = build_repository(args.export_dir, args.repo_dir, BuildOptions(
         target=args.target, prefix=args.prefix, tensorrt=args.tensorrt, max_size=args.max_size,
         max_images=args.max_images, pipeline_instances=args.pipeline_instances, stream=args.stream,
-        stream_concurrency=args.stream_concurrency,
+        stream_concurrency=args.stream_concurrency, warmup=args.warmup, warmup_size=args.warmup_size,
     ))
     print(report.summary())
     print(f"serve it with: genserve serve {args.repo_dir}")

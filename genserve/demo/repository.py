@@ -19,6 +19,7 @@ logger = logging.getLogger(__name__)
 # Demo pipeline folder -> family (= model name prefix).
 DEMO_FAMILIES = {"sd": "sd", "flux-kontext": "flux", "cogview4": "cogview4"}
 DEMO_SIZE = 64
+MEDIUM_SIZE = 256  # what genserve bench --demo-size medium renders
 DEMO_STEPS = 3
 STAMP = ".genserve-demo.json"
 
@@ -33,7 +34,7 @@ def build_demo_repository(out_dir: str | Path, *, pipeline_instances: int = 1, s
 
     out_dir = Path(out_dir)
     repo_dir = out_dir / "repository"
-    stamp = {"families": sorted(DEMO_FAMILIES.values()), "pipeline_instances": pipeline_instances, "format": FORMAT, "stream": True, "size": size}
+    stamp = {"families": sorted(DEMO_FAMILIES.values()), "pipeline_instances": pipeline_instances, "format": FORMAT, "stream": True, "warmup": 2, "size": size}
     if (repo_dir / STAMP).is_file() and json.loads((repo_dir / STAMP).read_text()) == stamp:
         return repo_dir
     for name, family in DEMO_FAMILIES.items():
@@ -47,6 +48,7 @@ def build_demo_repository(out_dir: str | Path, *, pipeline_instances: int = 1, s
         export_pipeline(pipeline_dir, export_dir, ExportOptions(progress=False, force=not (export_dir / ".stages").is_dir()), log=log)
         build_repository(export_dir, repo_dir, BuildOptions(
             target="cpu", prefix=f"{family}_", max_size=256, pipeline_instances=pipeline_instances,
+            warmup_size=DEMO_SIZE if size == "tiny" else MEDIUM_SIZE,
         ))
     (repo_dir / STAMP).write_text(json.dumps(stamp) + "\n")
     return repo_dir

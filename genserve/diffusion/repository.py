@@ -33,9 +33,9 @@ from pathlib import Path
 from genserve.diffusion.service import ServiceSettings
 from genserve.errors import GenServeError
 from genserve.export.manifest import ComponentEntry, Manifest
-from genserve.families import EDIT_PIPELINES, TEXT_EDIT
-from genserve.protocol import STREAMING_TASKS, TASKS, TRITON_TYPES, Contract
-from genserve.triton.model_config import ModelConfig, declare_contract, write_config
+from genserve.families import EDIT_PIPELINES, FAMILIES, TEXT_EDIT, read_configs
+from genserve.protocol import BYTES, STREAMING_TASKS, TASKS, TRITON_TYPES, Contract
+from genserve.triton.model_config import LOAD_AFTER, ModelConfig, declare_contract, write_config
 
 TARGETS = ("cpu", "gpu")
 LEAF_MODEL_PY = "from genserve.triton.onnx_leaf import TritonPythonModel  # noqa: F401  (see config.pbtxt)\n"
@@ -58,6 +58,8 @@ class BuildOptions:
     pipeline_instances: int = 1  # instances of each plain pipeline model (one request at a time each)
     stream: bool = True  # also the streaming (decoupled) pipeline models, <task model>_stream
     stream_concurrency: int = 4  # requests one streaming pipeline model runs at once
+    warmup: bool = True  # pipeline models run a first request before they report ready
+    warmup_size: int | None = None  # its width = height; None: the pipeline's working size (up to max_size)
     max_batch_size: int = 8  # leaves: the most samples one batched call may hold
 
 
@@ -178,7 +180,11 @@ def write_pipeline(export_dir: Path, repo_dir: Path, manifest: Manifest, task: s
     shutil.rmtree(model_dir, ignore_errors=True)
     version = model_dir / "1"
     version.mkdir(parents=True)
-    write_config(pipeline_config(name, contract, 1 if stream else options.pipeline_instances), model_dir / "config.pbtxt")
+    config = pipeline_config(name, contract, 1 if stream else options.pipeline_instances)
+    if options.warmup:
+        calls = [options.prefix + component for component in manifest.components] + (["ocr"] if task == "vttie" else [])
+        add_warmup(config, model_dir, task, calls, options.warmup_size or warmup_side(export_dir, manifest, options.max_size))
+    write_config(config, model_dir / "config.pbtxt")
     (version / "model.py").write_text(PIPELINE_MODEL_PY.format(cls="DiffusionStreamModel" if stream else "DiffusionModel"))
     shutil.copytree(export_dir / manifest.pipeline_files, version / manifest.pipeline_files)
     manifest.write(version)
@@ -191,6 +197,50 @@ def write_pipeline(export_dir: Path, repo_dir: Path, manifest: Manifest, task: s
         concurrency=options.stream_concurrency if stream else 1,
     ).write(version)
     return name
+
+
+# --- warm start -----------------------------------------------------------------------------------------
+
+WARMUP_STEPS = 2
+WARMUP_PROMPTS = {"t2i": "a warm-up picture", "tie": "make it a little brighter", "vttie": 'change "A" to "B"'}
+
+
+def warmup_side(export_dir: Path, manifest: Manifest, max_size: int) -> int:
+    """The side of the square the pipeline renders by default (Family.default_side), at most ``max_size``:
+    what a request without a size, or with a large image, runs at."""
+    family = FAMILIES[manifest.family]
+    return min(max_size, family.default_side(read_configs(export_dir / manifest.pipeline_files, family)))
+
+
+def add_warmup(config: ModelConfig, model_dir: Path, task: str, calls: list[str], side: int) -> None:
+    """Triton's ``model_warmup``: a real request (a few steps, ``side`` pixels square) runs through
+    the leaves before the model reports ready, so that the first client request is as fast as the next.
+    It calls the leaves over BLS, so the model loads after them (``load_after``, genserve's launcher)."""
+    import io
+    import struct
+
+    from PIL import Image
+
+    config.parameters[LOAD_AFTER].string_value = ",".join(calls)
+    folder = model_dir / "warmup"
+    folder.mkdir(parents=True, exist_ok=True)
+    values = {"PROMPT": WARMUP_PROMPTS[task].encode()}
+    if task != "t2i":
+        image = io.BytesIO()
+        Image.new("RGB", (side, side), (128, 128, 128)).save(image, format="PNG")
+        values["IMAGE"] = image.getvalue()
+    warmup = config.model_warmup.add(name="a first request", batch_size=1)
+    numbers = {"STEPS": WARMUP_STEPS} | ({"WIDTH": side, "HEIGHT": side} if task == "t2i" else {})
+    for tensor, data in values.items():  # BYTES elements as Triton reads them: a 4-byte length, then the bytes
+        (folder / tensor).write_bytes(struct.pack("<I", len(data)) + data)
+        warmup.inputs[tensor].data_type = TRITON_TYPES[BYTES]
+        warmup.inputs[tensor].dims.append(1)
+        warmup.inputs[tensor].input_data_file = tensor
+    for tensor, number in numbers.items():
+        (folder / tensor).write_bytes(struct.pack("<i", number))
+        warmup.inputs[tensor].data_type = TRITON_TYPES["int32"]
+        warmup.inputs[tensor].dims.append(1)
+        warmup.inputs[tensor].input_data_file = tensor
 
 
 def build_repository(export_dir: str | Path, repo_dir: str | Path, options: BuildOptions | None = None) -> BuildReport:

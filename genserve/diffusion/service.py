@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from genserve.errors import InvalidInputError, RequestCancelled
-from genserve.families import EDIT_CALL_KWARGS, FAMILIES, TEXT_EDIT, Family
+from genserve.families import EDIT_CALL_KWARGS, FAMILIES, TEXT_EDIT, Family, read_configs
 from genserve.protocol import TASKS
 
 SERVING_FILE = "serving.json"
@@ -108,6 +108,7 @@ class DiffusionService:
         task: str,
         family: Family,
         pixel_multiple: int,
+        working_side: int,
         max_size: int = 2048,
         max_images: int = 4,
         text_reader: TextReader | None = None,
@@ -118,6 +119,7 @@ class DiffusionService:
         for copy_ in [pipeline, *(_copy_pipeline(pipeline) for _ in range(concurrency - 1))]:
             self._idle.put(copy_)
         self.concurrency = concurrency
+        self.working_side = working_side  # the square it renders by default (Family.default_side): its working area
         self.task = task
         self.family = family
         self.pipeline_class = type(pipeline).__name__
@@ -215,12 +217,6 @@ class DiffusionService:
         return text_edit_report(instruction, lines)
 
     # --- running ----------------------------------------------------------------------------------
-
-    @property
-    def working_side(self) -> int:
-        """The side of the square the pipeline renders by default (Kontext 1024, SD 1.5 512): its working area."""
-        sample = getattr(self.pipeline, "default_sample_size", None) or self.pipeline.unet.config.sample_size
-        return int(sample) * int(self.pipeline.vae_scale_factor)
 
     def working_size(self, width: int, height: int) -> tuple[int, int]:
         """The size an edit's input image is rendered at: its own, scaled down (aspect kept) to the pipeline's
@@ -411,11 +407,13 @@ def served_service(version_dir: Path, runner, text_reader: TextReader | None = N
     pipeline_dir = version_dir / manifest.pipeline_files
     proxies = build_proxies(FAMILIES[manifest.family], manifest, pipeline_dir, runner, settings.models)
     pipeline = load_pipeline(settings.pipeline_class, pipeline_dir, proxies)
+    family = FAMILIES[manifest.family]
     return DiffusionService(
         pipeline,
         task=settings.task,
-        family=FAMILIES[manifest.family],
+        family=family,
         pixel_multiple=manifest.pixel_multiple,
+        working_side=family.default_side(read_configs(pipeline_dir, family)),
         max_size=settings.max_size,
         max_images=settings.max_images,
         text_reader=text_reader,
@@ -439,4 +437,7 @@ def export_service(export_dir: Path, task: str, text_reader: TextReader | None =
     pipeline_dir = export_dir / manifest.pipeline_files
     proxies = build_proxies(family, manifest, pipeline_dir, OrtRunner(export_dir, manifest), triton=False)
     pipeline = load_pipeline(tasks[task], pipeline_dir, proxies)
-    return DiffusionService(pipeline, task=task, family=family, pixel_multiple=manifest.pixel_multiple, text_reader=text_reader)
+    return DiffusionService(
+        pipeline, task=task, family=family, pixel_multiple=manifest.pixel_multiple, text_reader=text_reader,
+        working_side=family.default_side(read_configs(pipeline_dir, family)),
+    )  # fmt: skip

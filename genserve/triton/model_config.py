@@ -43,6 +43,16 @@ def model_parameters(config: ModelConfig | Mapping[str, Any]) -> dict[str, str]:
     return {key: value.get("string_value", "") for key, value in (config.get("parameters") or {}).items()}
 
 
+# A model that calls others over BLS while it warms up (``model_warmup``) names them here: genserve's
+# launcher loads it once they are loaded (Triton refuses every inference while its startup loads run).
+LOAD_AFTER = "load_after"
+
+
+def load_after(config: ModelConfig) -> list[str]:
+    """The models ``config``'s model must be loaded after (its ``load_after`` parameter)."""
+    return [name for name in model_parameters(config).get(LOAD_AFTER, "").split(",") if name]
+
+
 def declared_tensors(config: ModelConfig, kind: str) -> list[Tensor]:
     """The ``input`` or ``output`` entries of a config as :class:`~genserve.protocol.Tensor`."""
     from genserve.protocol import TRITON_TYPES
