@@ -116,12 +116,14 @@ def test_classic_triangle_pasting_would_fail_the_seam_measure(photos):
 
 
 def test_metadata_reports_faces_identity_and_timings(swapper, photos):
-    encoded, metadata = swapper.swap(photos["2008_002506.jpg"], photos["2008_001009.jpg"])
+    encoded, metadata = swapper.swap(photos["2008_002506.jpg"], photos["2008_001009.jpg"], SwapOptions(ori_identity=True))
     assert decode_image(encoded).shape == decode_image(photos["2008_002506.jpg"]).shape
     assert metadata["faces_found"] == {"ori": 3, "target": 2}
     assert metadata["replaced"] == [0]
     (score,) = metadata["identity"]
     assert score["cosine"] > score["ori_cosine"] and score["distance"] < score["ori_distance"]
+    (artifacts,) = metadata["artifacts"]
+    assert artifacts["face"] == 0 and artifacts["share"] <= artifacts["ori_share"] + 0.003
     assert {"decode_ori", "target", "detect_ori", "swap", "identity", "encode", "total"} <= set(metadata["timings_ms"])
 
 

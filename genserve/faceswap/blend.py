@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import cv2
 import numpy as np
+from matplotlib.tri import Triangulation, TrapezoidMapTriFinder
 from scipy.spatial import Delaunay, QhullError
 from skimage.transform import SimilarityTransform
 
@@ -109,37 +110,53 @@ def face_outline(landmarks: np.ndarray) -> np.ndarray:
     return cv2.convexHull(np.round(landmarks).astype(np.int32)).reshape(-1, 2)
 
 
-def warp_region(
-    source: np.ndarray, source_points: np.ndarray, dest_points: np.ndarray, region: tuple[int, int, int, int]
-) -> np.ndarray:
-    """``source`` warped so that ``source_points`` land on ``dest_points``, for the ``region`` (x0, y0, x1, y1).
+def warp_region(source: np.ndarray, source_points: np.ndarray, dest_points: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """``source`` warped so that ``source_points`` land on ``dest_points``, as an image of ``size`` (height, width).
 
-    A piecewise affine map over the Delaunay triangles of the destination points, evaluated per
-    destination pixel (its barycentric coordinates in its triangle, applied to the same triangle in
-    the source), then sampled once with ``cv2.remap``: no gaps, no overlaps. Pixels outside the
-    triangles keep the nearest triangle's affine map; the blending mask is zero there anyway.
+    A piecewise affine map over the Delaunay triangles of the destination points: each destination
+    pixel is found in its triangle (matplotlib's trapezoid-map search, in C++), mapped by that
+    triangle's affine transform, and the source is sampled once with ``cv2.remap``: no gaps, no
+    overlaps. Pixels outside the triangles take the nearest triangle's map; the blending mask is zero
+    there anyway.
     """
     try:
         triangulation = Delaunay(dest_points)
     except QhullError:
         raise InvalidInputError("the face landmarks are degenerate (face too small or seen edge-on)") from None
-    x0, y0, x1, y1 = region
-    ys, xs = np.mgrid[y0:y1, x0:x1]
-    pixels = np.column_stack([xs.ravel(), ys.ravel()]).astype(np.float64)
-    simplex = triangulation.find_simplex(pixels)
-    outside = simplex < 0
-    if outside.any():  # nearest triangle by centroid, so the map stays continuous around the hull
-        centroids = dest_points[triangulation.simplices].mean(1)
-        nearest = np.argmin(((pixels[outside, None, :] - centroids[None]) ** 2).sum(-1), axis=1)
-        simplex[outside] = nearest
-    affine = triangulation.transform[simplex]  # (N, 3, 2): inverse of the triangle's basis, then its origin
-    weights = np.einsum("nij,nj->ni", affine[:, :2], pixels - affine[:, 2])
-    barycentric = np.column_stack([weights, 1.0 - weights.sum(1)])
-    corners = source_points[triangulation.simplices[simplex]]  # (N, 3, 2)
-    mapped = np.einsum("ni,nij->nj", barycentric, corners).astype(np.float32)
-    map_x = mapped[:, 0].reshape(y1 - y0, x1 - x0)
-    map_y = mapped[:, 1].reshape(y1 - y0, x1 - x0)
+    simplices = triangulation.simplices
+    linear, offset = _triangle_affines(dest_points[simplices], source_points[simplices])
+
+    height, width = size
+    ys, xs = np.mgrid[0:height, 0:width].astype(np.float64)
+    finder = TrapezoidMapTriFinder(Triangulation(dest_points[:, 0], dest_points[:, 1], simplices))
+    labels = finder(xs.ravel(), ys.ravel()).reshape(height, width).astype(np.int32)
+    outside = labels < 0
+    if outside.all():
+        raise InvalidInputError("the face landmarks are degenerate (face too small or seen edge-on)")
+    if outside.any():  # each outside pixel takes the label of the nearest inside pixel
+        _, nearest = cv2.distanceTransformWithLabels(outside.astype(np.uint8), cv2.DIST_L2, 5, labelType=cv2.DIST_LABEL_PIXEL)
+        labels[outside] = labels[~outside][nearest[outside] - 1]
+    a, b = linear[labels], offset[labels]
+    map_x = (a[..., 0, 0] * xs + a[..., 0, 1] * ys + b[..., 0]).astype(np.float32)
+    map_y = (a[..., 1, 0] * xs + a[..., 1, 1] * ys + b[..., 1]).astype(np.float32)
     return cv2.remap(source, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
+
+
+def _triangle_affines(dest: np.ndarray, source: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per triangle (corners ``(T, 3, 2)``), the affine map dest -> source as ``x -> linear @ x + offset``.
+
+    Written out for 2x2 matrices: scipy's ``Delaunay.transform`` takes hundreds of milliseconds here.
+    A degenerate triangle gets a zero map; no pixel centre falls inside it.
+    """
+    dest_edges = (dest[:, 1:] - dest[:, :1]).transpose(0, 2, 1)  # (T, 2, 2): columns d1-d0, d2-d0
+    source_edges = (source[:, 1:] - source[:, :1]).transpose(0, 2, 1)
+    (a, b), (c, d) = dest_edges[:, 0].T, dest_edges[:, 1].T
+    determinant = a * d - b * c
+    safe = np.where(np.abs(determinant) > 1e-9, determinant, np.inf)
+    inverse = np.stack([np.stack([d, -b], -1), np.stack([-c, a], -1)], 1) / safe[:, None, None]
+    linear = source_edges @ inverse
+    offset = source[:, 0] - np.einsum("tij,tj->ti", linear, dest[:, 0])
+    return linear, offset
 
 
 def feathered_mask(shape: tuple[int, int], outline: np.ndarray, feather_px: float) -> np.ndarray:
@@ -151,34 +168,120 @@ def feathered_mask(shape: tuple[int, int], outline: np.ndarray, feather_px: floa
     return (ramp * ramp * (3.0 - 2.0 * ramp)).astype(np.float32)  # smoothstep: no visible edge in the ramp
 
 
-def match_color(face: np.ndarray, reference: np.ndarray, weights: np.ndarray, light_sigma: float) -> np.ndarray:
-    """``face`` recoloured to match ``reference`` where ``weights`` > 0; both RGB uint8, returns RGB uint8.
+# The parts of a face that are not skin, as landmark polygons of dlib's 68 points: eyes, brows, nostrils, lips.
+FEATURES = (range(36, 42), range(42, 48), range(17, 22), range(22, 27), range(31, 36), range(48, 60))
 
-    Two steps in CIELAB: the mean and spread of each channel are transferred (skin tone, contrast),
-    then the low-frequency part of the lightness (how the light falls across the face) is taken from
-    the reference, while the face keeps its own detail: eyes, brows, mouth, skin texture.
+
+def feature_mask(shape: tuple[int, int], landmarks: np.ndarray, width: float) -> np.ndarray:
+    """1 on the eyes, brows, nostrils and lips of a face (each grown by ``width`` pixels), 0 elsewhere."""
+    mask = np.zeros(shape, np.uint8)
+    thickness = max(1, int(round(2 * width)))
+    for points in FEATURES:
+        polygon = np.round(landmarks[list(points)]).astype(np.int32)
+        cv2.fillConvexPoly(mask, cv2.convexHull(polygon), 1)
+        cv2.polylines(mask, [polygon], True, 1, thickness)
+    return mask
+
+
+def skin_weights(lightness: np.ndarray, weights: np.ndarray, features: np.ndarray) -> np.ndarray:
+    """``weights`` kept only on skin: off the features and off what is far darker or brighter than the face's skin.
+
+    Moustaches, beards, hair over the forehead and specular highlights are not in the landmarks'
+    features; a robust spread of the lightness (median and MAD over the weighted pixels) leaves them out.
+    """
+    candidates = (weights > 0.5) & (features == 0)
+    values = lightness[candidates]
+    if values.size < 20:
+        return weights * (features == 0)
+    median = float(np.median(values))
+    spread = 1.4826 * float(np.median(np.abs(values - median))) + 1.0
+    return weights * (features == 0) * (np.abs(lightness - median) < 2.5 * spread)
+
+
+def weighted_blur(channel: np.ndarray, weights: np.ndarray, sigma: float) -> np.ndarray:
+    """Normalized convolution: a Gaussian blur that only sees pixels with weight, each in proportion to it."""
+    blurred = cv2.GaussianBlur(channel * weights, (0, 0), sigma)
+    return blurred / (cv2.GaussianBlur(weights, (0, 0), sigma) + 1e-6)
+
+
+def match_color(
+    face: np.ndarray, reference: np.ndarray, face_skin: np.ndarray, reference_skin: np.ndarray, light_sigma: float
+) -> np.ndarray:
+    """``face`` recoloured to match ``reference``; both RGB uint8 of one shape, returns RGB uint8.
+
+    Both are measured on their own skin (``*_skin`` weights, see :func:`skin_weights`): features,
+    beards and highlights would bias a face's tone and put blotches where the two faces' features do
+    not coincide. Two steps in CIELAB: the mean and spread of each channel are transferred (skin tone,
+    contrast; the spread within bounds, so that highlights are not stretched into clipping), then the
+    low-frequency part of the lightness (how the light falls across the face) is taken from the
+    reference, while the face keeps its own detail: eyes, brows, mouth, skin texture.
     """
     face_lab = cv2.cvtColor(face.astype(np.float32) / 255.0, cv2.COLOR_RGB2LAB)
     ref_lab = cv2.cvtColor(reference.astype(np.float32) / 255.0, cv2.COLOR_RGB2LAB)
-    w = weights[..., None]
-    total = float(weights.sum()) + 1e-6
-    face_mean = (face_lab * w).sum((0, 1)) / total
-    ref_mean = (ref_lab * w).sum((0, 1)) / total
-    face_std = np.sqrt((((face_lab - face_mean) ** 2) * w).sum((0, 1)) / total) + 1e-3
-    ref_std = np.sqrt((((ref_lab - ref_mean) ** 2) * w).sum((0, 1)) / total) + 1e-3
-    matched = (face_lab - face_mean) * (ref_std / face_std) + ref_mean
+    face_mean, face_std = _weighted_stats(face_lab, face_skin)
+    ref_mean, ref_std = _weighted_stats(ref_lab, reference_skin)
+    gain = np.clip(ref_std / face_std, 1 / SPREAD_GAIN_LIMIT, SPREAD_GAIN_LIMIT)
+    matched = (face_lab - face_mean) * gain + ref_mean
 
     if light_sigma > 0:
-        # Weighted (normalized) blur: the light estimate only sees pixels inside the face.
-        def low_pass(channel: np.ndarray) -> np.ndarray:
-            blurred = cv2.GaussianBlur(channel * weights, (0, 0), light_sigma)
-            return blurred / (cv2.GaussianBlur(weights, (0, 0), light_sigma) + 1e-6)
+        light = weighted_blur(ref_lab[..., 0], reference_skin, light_sigma) - weighted_blur(matched[..., 0], face_skin, light_sigma)
+        matched[..., 0] += light
 
-        matched[..., 0] += low_pass(ref_lab[..., 0]) - low_pass(matched[..., 0])
-
-    matched[..., 0] = np.clip(matched[..., 0], 0.0, 100.0)
+    matched[..., 0] = soft_clip(matched[..., 0], 0.0, 100.0, knee=8.0)
     rgb = cv2.cvtColor(matched.astype(np.float32), cv2.COLOR_LAB2RGB)
     return np.clip(rgb * 255.0 + 0.5, 0, 255).astype(np.uint8)
+
+
+# How far the colour transfer may scale a channel's spread (target's contrast vs ori's), either way.
+SPREAD_GAIN_LIMIT = 1.5
+
+
+def _weighted_stats(lab: np.ndarray, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    w = weights[..., None]
+    total = float(weights.sum()) + 1e-6
+    mean = (lab * w).sum((0, 1)) / total
+    std = np.sqrt((((lab - mean) ** 2) * w).sum((0, 1)) / total) + 1e-3
+    return mean, std
+
+
+def soft_clip(values: np.ndarray, low: float, high: float, knee: float) -> np.ndarray:
+    """``values`` squeezed into [low, high] smoothly: unchanged inside the knees, rolled off towards the ends
+    (a hard clip flattens highlights into white patches)."""
+    top, bottom = high - knee, low + knee
+    out = values.copy()
+    above, below = values > top, values < bottom
+    out[above] = top + knee * np.tanh((values[above] - top) / knee)
+    out[below] = bottom - knee * np.tanh((bottom - values[below]) / knee)
+    return out
+
+
+def detail_level(grey: np.ndarray, weights: np.ndarray) -> float:
+    """Mean absolute fine detail (grey minus its 1-pixel Gaussian blur) over ``weights``: how sharp an area is."""
+    detail = np.abs(grey - cv2.GaussianBlur(grey, (0, 0), 1.0))
+    return float((detail * weights).sum() / (weights.sum() + 1e-6))
+
+
+def match_detail(face: np.ndarray, reference: np.ndarray, weights: np.ndarray, max_gain: float = 1.5) -> np.ndarray:
+    """``face`` blurred or sharpened so that its fine detail matches ``reference``'s over ``weights``.
+
+    A face pasted at a smaller scale than it was photographed at is sharper than the photo around it
+    (and speckled, where it had highlights); one enlarged from a small photo is blurrier. Blurring
+    picks the Gaussian whose result comes closest; sharpening is an unsharp mask, at most ``max_gain``.
+    """
+    face_grey = cv2.cvtColor(face, cv2.COLOR_RGB2GRAY).astype(np.float32)
+    wanted = detail_level(cv2.cvtColor(reference, cv2.COLOR_RGB2GRAY).astype(np.float32), weights)
+    have = detail_level(face_grey, weights)
+    if have > wanted * 1.1:
+        best = min(
+            (abs(detail_level(cv2.GaussianBlur(face_grey, (0, 0), sigma), weights) - wanted), sigma)
+            for sigma in (0.4, 0.6, 0.8, 1.0, 1.3, 1.6, 2.0)
+        )[1]
+        return cv2.GaussianBlur(face, (0, 0), best)
+    if have < wanted * 0.9 and have > 0:
+        smooth = cv2.GaussianBlur(face.astype(np.float32), (0, 0), 1.0)
+        gain = min(max_gain, (wanted - have) / have)
+        return np.clip(face + gain * (face - smooth) + 0.5, 0, 255).astype(np.uint8)
+    return face
 
 
 def alpha_blend(background: np.ndarray, foreground: np.ndarray, alpha: np.ndarray) -> np.ndarray:
