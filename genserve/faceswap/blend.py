@@ -18,6 +18,7 @@ from scipy.spatial import Delaunay, QhullError
 from skimage.transform import SimilarityTransform
 
 from genserve.errors import InvalidInputError
+from genserve.faceswap.measures import ARTIFACT_LEVEL, outlier_share
 
 
 # dlib's 68-point layout: 0-16 jaw line, 17-26 eyebrows, 27-35 nose, 36-47 eyes, 48-67 mouth.
@@ -25,6 +26,13 @@ JAW = slice(0, 17)
 BROWS = slice(17, 27)
 INNER = slice(17, 68)
 ALIGNMENT_POINTS = [27, 28, 29, 30, 31, 35, 36, 39, 42, 45, 48, 54]  # nose, eye and mouth corners: rigid
+
+
+# Each of the 68 points' mirror image across the face's midline (left jaw end <-> right jaw end, ...).
+MIRROR_68 = np.array(
+    [*range(16, -1, -1), *range(26, 16, -1), 27, 28, 29, 30, 35, 34, 33, 32, 31, 45, 44, 43, 42, 47, 46, 39, 38, 37, 36, 41, 40,
+     54, 53, 52, 51, 50, 49, 48, 59, 58, 57, 56, 55, 64, 63, 62, 61, 60, 67, 66, 65]
+)  # fmt: skip
 
 
 def forehead_up(landmarks: np.ndarray) -> np.ndarray:
@@ -40,25 +48,42 @@ def with_forehead(landmarks: np.ndarray, height: float) -> np.ndarray:
     return np.vstack([landmarks, landmarks[BROWS] + height * forehead_up(landmarks)])
 
 
+# The cheeks between the eyes' lower lids, the nose and the jaw: above the mouth, so no moustache or beard.
+CHEEKS = ([1, 2, 31, 40, 41], [15, 14, 35, 47, 46])
+
+
+def skin_colour(lab: np.ndarray, landmarks: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """Typical colour and spread of the face's skin in CIELAB (uint8 scale): the median and the MAD
+    (as a standard deviation) of the cheeks, robust to a stray highlight or shadow; None when too few pixels."""
+    cheeks = np.zeros(lab.shape[:2], np.uint8)
+    for points in CHEEKS:
+        cv2.fillConvexPoly(cheeks, face_outline(landmarks[points]), 1)
+    skin = lab[cheeks > 0].astype(np.float32)
+    if len(skin) < 20:
+        return None
+    median = np.median(skin, 0)
+    return median, 1.4826 * np.median(np.abs(skin - median), 0) + 2.0
+
+
 def skin_forehead_height(
     rgb: np.ndarray, landmarks: np.ndarray, heights: tuple[float, ...] = (0.2, 0.15), floor: float = 0.1
 ) -> float:
     """The tallest forehead band above the eyebrows that is skin rather than hair, as a fraction of the face axis.
 
-    Skin colour is measured on the cheeks and nose. A height passes when the top strip of its band
-    is mostly skin-coloured and not much darker than the cheeks (hair, hats and deep shadow are).
-    Below ``floor`` the forehead is always taken: it matters too much for identity to drop.
+    A height passes when the top strip of its band is mostly skin-coloured (see :func:`skin_colour`)
+    and not much darker than the cheeks (hair, hats and deep shadow are). Below ``floor`` the
+    forehead is always taken: it matters too much for identity to drop.
     """
-    cheeks = np.zeros(rgb.shape[:2], np.uint8)
-    cv2.fillConvexPoly(cheeks, face_outline(landmarks[[1, 2, 3, 31, 33, 35, 13, 14, 15, 29]]), 1)
-    lab = cv2.cvtColor(rgb, cv2.COLOR_RGB2LAB).astype(np.float32)
-    skin = lab[cheeks > 0]
-    if len(skin) < 20:
-        return floor
-    mean, std = skin.mean(0), skin.std(0) + 2.0
     up = forehead_up(landmarks)
+    x0, y0, x1, y1 = _bounds(np.vstack([landmarks, landmarks[BROWS] + max(heights) * up]), rgb.shape, margin=2)
+    lab = cv2.cvtColor(rgb[y0:y1, x0:x1], cv2.COLOR_RGB2LAB).astype(np.float32)
+    landmarks = landmarks - (x0, y0)
+    colour = skin_colour(lab, landmarks)
+    if colour is None:
+        return floor
+    mean, std = colour
     for height in heights:
-        strip = np.zeros(rgb.shape[:2], np.uint8)
+        strip = np.zeros(lab.shape[:2], np.uint8)
         lower, upper = landmarks[BROWS] + (height - 0.05) * up, landmarks[BROWS] + height * up
         cv2.fillPoly(strip, [np.round(np.vstack([lower, upper[::-1]])).astype(np.int32)], 1)
         pixels = lab[strip > 0]
@@ -68,6 +93,23 @@ def skin_forehead_height(
         if skin_share >= 0.85 and pixels[:, 0].mean() >= mean[0] - 12.0:
             return height
     return floor
+
+
+def skin_likelihood(rgb: np.ndarray, landmarks: np.ndarray) -> np.ndarray:
+    """Per pixel in [0, 1], how much its colour is the face's skin colour: 1 within 2.5 spreads of the
+    cheeks' mean in every CIELAB channel, falling to 0 at 4 (hair, background, hats)."""
+    lab = cv2.cvtColor(rgb, cv2.COLOR_RGB2LAB).astype(np.float32)
+    colour = skin_colour(lab, landmarks)
+    if colour is None:
+        return np.ones(rgb.shape[:2], np.float32)
+    mean, std = colour
+    distance = np.abs((lab - mean) / std).max(-1)
+    return np.clip((4.0 - distance) / 1.5, 0.0, 1.0).astype(np.float32)
+
+
+def _bounds(points: np.ndarray, shape: tuple[int, ...], margin: int) -> tuple[int, int, int, int]:
+    (x0, y0), (x1, y1) = np.floor(points.min(0)).astype(int) - margin, np.ceil(points.max(0)).astype(int) + margin + 1
+    return max(0, x0), max(0, y0), min(shape[1], x1), min(shape[0], y1)
 
 
 def target_geometry(ori: np.ndarray, target: np.ndarray, strength: float) -> np.ndarray:
@@ -103,6 +145,44 @@ def _folded_share(dest: np.ndarray, source: np.ndarray) -> float:
     dest_areas, source_areas = signed_areas(dest), signed_areas(source)
     folded = np.abs(dest_areas)[dest_areas * source_areas < 0].sum()
     return float(folded / (np.abs(dest_areas).sum() + 1e-9))
+
+
+def mirrored(image: np.ndarray, landmarks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The image flipped left-right, and its landmarks (68, or 68 + ten forehead points) renumbered so
+    that each point keeps its meaning: the flipped face's right eye corner is still point 45."""
+    order = np.concatenate([MIRROR_68, 68 + MIRROR_68[17:27] - 17])[: len(landmarks)]
+    flipped = landmarks.copy()
+    flipped[:, 0] = image.shape[1] - 1 - flipped[:, 0]
+    return cv2.flip(image, 1), flipped[order]
+
+
+def side_stretch(source: np.ndarray, dest: np.ndarray) -> float:
+    """How much more the warp widens the face's first half (jaw points 0-7, the image's left on a frontal
+    face) than its second: the ratio of the two halves' width ratios, dest over source. Far from 1 when
+    the source face is turned away and its far half, squeezed in the photo, would be stretched."""
+
+    def halves(points: np.ndarray) -> tuple[float, float]:
+        nose = points[30]
+        return float(np.linalg.norm(points[2] - nose)) + 1e-6, float(np.linalg.norm(points[14] - nose)) + 1e-6
+
+    (source_first, source_second), (dest_first, dest_second) = halves(source), halves(dest)
+    return (dest_first / source_first) / (dest_second / source_second)
+
+
+def midline_weight(shape: tuple[int, int], landmarks: np.ndarray, first_half: bool, band: float) -> np.ndarray:
+    """Weight in [0, 1]: 1 over one half of the face (the first: jaw points 0-7), 0 over the other,
+    a smooth ramp ``band`` pixels wide across the midline (nose bridge to chin)."""
+    top, bottom = landmarks[27], landmarks[8]
+    normal = np.array([bottom[1] - top[1], top[0] - bottom[0]], np.float64)
+    normal /= np.linalg.norm(normal) + 1e-9
+    if np.dot(landmarks[2] - top, normal) < 0:
+        normal = -normal  # positive towards the first half
+    if not first_half:
+        normal = -normal
+    ys, xs = np.mgrid[0 : shape[0], 0 : shape[1]]
+    distance = (xs - top[0]) * normal[0] + (ys - top[1]) * normal[1]
+    ramp = np.clip(distance / max(band, 1.0) + 0.5, 0.0, 1.0)
+    return (ramp * ramp * (3.0 - 2.0 * ramp)).astype(np.float32)
 
 
 def face_outline(landmarks: np.ndarray) -> np.ndarray:
@@ -161,11 +241,16 @@ def _triangle_affines(dest: np.ndarray, source: np.ndarray) -> tuple[np.ndarray,
 
 def feathered_mask(shape: tuple[int, int], outline: np.ndarray, feather_px: float) -> np.ndarray:
     """Alpha in [0, 1]: 0 on and outside the outline, rising smoothly to 1 over ``feather_px`` inside it."""
+    ramp = alpha_ramp(shape, outline, feather_px)
+    return ramp * ramp * (3.0 - 2.0 * ramp)  # smoothstep: no visible edge in the ramp
+
+
+def alpha_ramp(shape: tuple[int, int], outline: np.ndarray, width_px: float) -> np.ndarray:
+    """0 on and outside the outline, rising linearly to 1 at ``width_px`` inside it (float32)."""
     inside = np.zeros(shape, np.uint8)
     cv2.fillConvexPoly(inside, outline, 1)
     distance = cv2.distanceTransform(inside, cv2.DIST_L2, 5)
-    ramp = np.clip(distance / max(feather_px, 1.0), 0.0, 1.0)
-    return (ramp * ramp * (3.0 - 2.0 * ramp)).astype(np.float32)  # smoothstep: no visible edge in the ramp
+    return np.clip(distance / max(width_px, 1.0), 0.0, 1.0).astype(np.float32)
 
 
 # The parts of a face that are not skin, as landmark polygons of dlib's 68 points: eyes, brows, nostrils, lips.
@@ -261,32 +346,72 @@ def detail_level(grey: np.ndarray, weights: np.ndarray) -> float:
     return float((detail * weights).sum() / (weights.sum() + 1e-6))
 
 
-def match_detail(face: np.ndarray, reference: np.ndarray, weights: np.ndarray, max_gain: float = 1.5) -> np.ndarray:
+def match_detail(face: np.ndarray, reference: np.ndarray, weights: np.ndarray) -> np.ndarray:
     """``face`` blurred or sharpened so that its fine detail matches ``reference``'s over ``weights``.
 
-    A face pasted at a smaller scale than it was photographed at is sharper than the photo around it
-    (and speckled, where it had highlights); one enlarged from a small photo is blurrier. Blurring
-    picks the Gaussian whose result comes closest; sharpening is an unsharp mask, at most ``max_gain``.
+    A face pasted at a smaller scale than it was photographed at is sharper than the photo around it,
+    and speckled where it had highlights or crisp features that ori's optics or compression would have
+    softened; one enlarged from a small photo is blurrier. Blurring takes the lightest Gaussian that
+    brings both the detail level and the share of speckle (pixels far from their 5x5 median) down to
+    ori's; sharpening is the unsharp mask whose detail level comes closest to ori's without adding
+    speckle.
     """
-    face_grey = cv2.cvtColor(face, cv2.COLOR_RGB2GRAY).astype(np.float32)
-    wanted = detail_level(cv2.cvtColor(reference, cv2.COLOR_RGB2GRAY).astype(np.float32), weights)
-    have = detail_level(face_grey, weights)
-    if have > wanted * 1.1:
-        best = min(
-            (abs(detail_level(cv2.GaussianBlur(face_grey, (0, 0), sigma), weights) - wanted), sigma)
-            for sigma in (0.4, 0.6, 0.8, 1.0, 1.3, 1.6, 2.0)
-        )[1]
-        return cv2.GaussianBlur(face, (0, 0), best)
-    if have < wanted * 0.9 and have > 0:
+    core = weights > 0.5
+    if not core.any():
+        return face
+    reference_grey = cv2.cvtColor(reference, cv2.COLOR_RGB2GRAY).astype(np.float32)
+    wanted, speckle = detail_level(reference_grey, weights), outlier_share(reference, core) + SPECKLE_MARGIN
+
+    def fits(candidate: np.ndarray) -> tuple[float, bool]:
+        level = detail_level(cv2.cvtColor(candidate, cv2.COLOR_RGB2GRAY).astype(np.float32), weights)
+        return level, outlier_share(candidate, core) <= speckle
+
+    have, clean = fits(face)
+    if have > wanted * DETAIL_TOLERANCE or not clean:
+        for sigma in BLUR_SIGMAS:
+            blurred = cv2.GaussianBlur(face, (0, 0), sigma)
+            level, clean = fits(blurred)
+            if level <= wanted * DETAIL_TOLERANCE and clean:
+                break
+        return blurred
+    if have < wanted / DETAIL_TOLERANCE and have > 0:
         smooth = cv2.GaussianBlur(face.astype(np.float32), (0, 0), 1.0)
-        gain = min(max_gain, (wanted - have) / have)
-        return np.clip(face + gain * (face - smooth) + 0.5, 0, 255).astype(np.uint8)
+        best, best_gap = face, wanted - have
+        for gain in SHARPEN_GAINS:
+            sharpened = np.clip(face + gain * (face - smooth) + 0.5, 0, 255).astype(np.uint8)
+            level, clean = fits(sharpened)
+            if clean and abs(wanted - level) < best_gap:
+                best, best_gap = sharpened, abs(wanted - level)
+        return best
     return face
 
 
+# Detail levels within this factor of ori's are left alone; speckle may exceed ori's share by this much.
+DETAIL_TOLERANCE = 1.1
+SPECKLE_MARGIN = 0.001
+BLUR_SIGMAS = (0.4, 0.6, 0.8, 1.0, 1.3, 1.6, 2.0, 2.5)
+SHARPEN_GAINS = (0.25, 0.5, 0.75, 1.0, 1.5, 2.0)
+
+
 def alpha_blend(background: np.ndarray, foreground: np.ndarray, alpha: np.ndarray) -> np.ndarray:
+    """``foreground`` over ``background`` by ``alpha``; every pixel where alpha is 0 is the background's, bit for bit.
+
+    Along the feathered edge two photos mix: where ori has a hard edge just outside the face (a
+    sideburn, a shadow line), the mixed pixels beside it can stand out of their neighbourhood. Pixels
+    of the edge band that became outliers (over 40 grey levels from their 5x5 median) while ori's were
+    not take their 5x5 median instead.
+    """
     a = alpha[..., None]
     blended = foreground.astype(np.float32) * a + background.astype(np.float32) * (1.0 - a)
     out = np.clip(blended + 0.5, 0, 255).astype(np.uint8)
-    # Where alpha is 0 the background is kept bit for bit.
+    band = (alpha > 0) & (alpha < 1)
+    if band.any():
+        median = cv2.medianBlur(out, 5)
+        new_outliers = band & _outliers(out, median) & ~_outliers(background, cv2.medianBlur(background, 5))
+        out[new_outliers] = median[new_outliers]
     return np.where(a > 0, out, background)
+
+
+def _outliers(rgb: np.ndarray, median: np.ndarray) -> np.ndarray:
+    grey, median_grey = (cv2.cvtColor(image, cv2.COLOR_RGB2GRAY).astype(np.int16) for image in (rgb, median))
+    return np.abs(grey - median_grey) > ARTIFACT_LEVEL

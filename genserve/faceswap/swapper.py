@@ -21,12 +21,17 @@ import numpy as np
 from genserve.errors import InvalidInputError, NoFaceError
 from genserve.faceswap.blend import (
     alpha_blend,
+    alpha_ramp,
     face_outline,
     feathered_mask,
     feature_mask,
     match_color,
     match_detail,
+    midline_weight,
+    mirrored,
+    side_stretch,
     skin_forehead_height,
+    skin_likelihood,
     skin_weights,
     target_geometry,
     warp_region,
@@ -46,6 +51,12 @@ GEOMETRY_STRENGTH = 0.8
 FEATURE_MARGIN_FRACTION = 0.03
 # A target face is resampled to the destination's size first when the warp would shrink it below this.
 SHRINK_BELOW_SCALE = 0.9
+# A half of the face that the warp widens this much more than the other is drawn from the mirrored other
+# half; the two meet in a ramp this wide (fraction of the face's size) along the midline.
+MIRROR_ABOVE_STRETCH = 2.0
+MIRROR_BAND_FRACTION = 0.15
+# Within this fraction of the face's size from its outline, only skin is pasted (see _paste).
+SKIN_ONLY_BORDER_FRACTION = 0.2
 # The target's face is kept cropped with this margin (fraction of its box) around its landmarks.
 TARGET_CROP_MARGIN = 0.35
 # A candidate has visible artifacts when its artifact share exceeds ori's own face's by more than this
@@ -61,6 +72,7 @@ class Look:
     light_sigma_fraction: float = LIGHT_SIGMA_FRACTION  # scale of ori's lighting carried onto the face
     forehead: bool = True  # swap the forehead above the brows where it is skin
     match_detail: bool = True  # blur or sharpen the face to ori's level of fine detail
+    mirror: bool = True  # draw the half a turned target hides from the half it shows (see _paste)
 
     def as_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -288,7 +300,19 @@ class FaceSwapper:
         # Shrunk by the warp, the target would alias (highlights turn into specks): resample it first.
         crop, source = _at_scale(target.crop, source, _face_size(local_dest) / _face_size(source))
         warped = warp_region(crop, source, local_dest, shape)
+        stretch = side_stretch(source, local_dest)
+        if look.mirror and max(stretch, 1 / stretch) > MIRROR_ABOVE_STRETCH:
+            # The target is turned away from where ori's face looks: the half it hides would be smeared
+            # over ori's wider half. That half is drawn from the mirror image of the half it shows.
+            flipped, flipped_source = mirrored(crop, source)
+            weight = midline_weight(shape, local_dest, first_half=stretch > 1, band=MIRROR_BAND_FRACTION * size)[..., None]
+            from_mirror = warp_region(flipped, flipped_source, local_dest, shape)
+            warped = (warped * (1 - weight) + from_mirror * weight + 0.5).astype(np.uint8)
         background = image[y0:y1, x0:x1]
+        # Near the outline (temples, forehead, jaw) either face may show hair or background: paste skin only.
+        skin = np.minimum(skin_likelihood(warped, local_dest), skin_likelihood(background, ori_face.landmarks - (x0, y0)))
+        interior = alpha_ramp(shape, face_outline(local_dest), SKIN_ONLY_BORDER_FRACTION * size)
+        alpha = alpha * cv2.GaussianBlur(interior + (1 - interior) * skin, (0, 0), FEATHER_FRACTION * size / 3)
         if color_transfer:
             width = FEATURE_MARGIN_FRACTION * size
             features = feature_mask(shape, local_dest[:68], width) | feature_mask(shape, ori_face.landmarks - (x0, y0), width)
