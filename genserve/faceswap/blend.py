@@ -18,7 +18,7 @@ from scipy.spatial import Delaunay, QhullError
 from skimage.transform import SimilarityTransform
 
 from genserve.errors import InvalidInputError
-from genserve.faceswap.measures import ARTIFACT_LEVEL, outlier_share
+from genserve.faceswap.measures import ARTIFACT_LEVEL, clipped_share, outlier_share
 
 
 # dlib's 68-point layout: 0-16 jaw line, 17-26 eyebrows, 27-35 nose, 36-47 eyes, 48-67 mouth.
@@ -44,7 +44,10 @@ def with_forehead(landmarks: np.ndarray, height: float) -> np.ndarray:
     """The 68 landmarks plus ten forehead points: the eyebrows moved up by ``height`` of the chin-to-eyes axis.
 
     dlib's landmarks stop at the eyebrows, but the forehead carries much of a face's identity.
+    A height of 0 adds no points.
     """
+    if height <= 0:
+        return landmarks
     return np.vstack([landmarks, landmarks[BROWS] + height * forehead_up(landmarks)])
 
 
@@ -208,8 +211,12 @@ def warp_region(source: np.ndarray, source_points: np.ndarray, dest_points: np.n
 
     height, width = size
     ys, xs = np.mgrid[0:height, 0:width].astype(np.float64)
-    finder = TrapezoidMapTriFinder(Triangulation(dest_points[:, 0], dest_points[:, 1], simplices))
-    labels = finder(xs.ravel(), ys.ravel()).reshape(height, width).astype(np.int32)
+    try:
+        finder = TrapezoidMapTriFinder(Triangulation(dest_points[:, 0], dest_points[:, 1], simplices))
+        labels = finder(xs.ravel(), ys.ravel())
+    except (RuntimeError, ValueError):  # coincident landmarks (tiny faces): qhull's slower point location copes
+        labels = triangulation.find_simplex(np.column_stack([xs.ravel(), ys.ravel()]))
+    labels = labels.reshape(height, width).astype(np.int32)
     outside = labels < 0
     if outside.all():
         raise InvalidInputError("the face landmarks are degenerate (face too small or seen edge-on)")
@@ -354,17 +361,18 @@ def match_detail(face: np.ndarray, reference: np.ndarray, weights: np.ndarray) -
     softened; one enlarged from a small photo is blurrier. Blurring takes the lightest Gaussian that
     brings both the detail level and the share of speckle (pixels far from their 5x5 median) down to
     ori's; sharpening is the unsharp mask whose detail level comes closest to ori's without adding
-    speckle.
+    speckle or clipped (flat white or black) pixels.
     """
     core = weights > 0.5
     if not core.any():
         return face
     reference_grey = cv2.cvtColor(reference, cv2.COLOR_RGB2GRAY).astype(np.float32)
     wanted, speckle = detail_level(reference_grey, weights), outlier_share(reference, core) + SPECKLE_MARGIN
+    clipped = max(clipped_share(reference, core), clipped_share(face, core)) + SPECKLE_MARGIN
 
     def fits(candidate: np.ndarray) -> tuple[float, bool]:
         level = detail_level(cv2.cvtColor(candidate, cv2.COLOR_RGB2GRAY).astype(np.float32), weights)
-        return level, outlier_share(candidate, core) <= speckle
+        return level, outlier_share(candidate, core) <= speckle and clipped_share(candidate, core) <= clipped
 
     have, clean = fits(face)
     if have > wanted * DETAIL_TOLERANCE or not clean:

@@ -12,6 +12,7 @@ import cv2
 import numpy as np
 
 ARTIFACT_LEVEL = 40  # grey levels from the 5x5 median
+CLIPPED_LEVELS = (5, 250)  # a channel at or beyond these is clipped: flat black or white
 
 
 def face_region(shape: tuple[int, ...], landmarks: np.ndarray) -> np.ndarray:
@@ -35,3 +36,12 @@ def outlier_share(rgb: np.ndarray, region: np.ndarray, threshold: int = ARTIFACT
     grey = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
     deviation = np.abs(grey.astype(np.int16) - cv2.medianBlur(grey, 5).astype(np.int16))
     return float((deviation[region] > threshold).mean()) if region.any() else 0.0
+
+
+def clipped_share(rgb: np.ndarray, region: np.ndarray) -> float:
+    """Share of ``region``'s pixels with a channel clipped to white (>= 250) or all channels to black (<= 5)."""
+    pixels = rgb[region]
+    if not len(pixels):
+        return 0.0
+    low, high = CLIPPED_LEVELS
+    return float(((pixels.max(-1) >= high) | (pixels.max(-1) <= low)).mean())

@@ -70,9 +70,7 @@ class Look:
 
     geometry_strength: float = GEOMETRY_STRENGTH  # see blend.target_geometry
     light_sigma_fraction: float = LIGHT_SIGMA_FRACTION  # scale of ori's lighting carried onto the face
-    forehead: bool = True  # swap the forehead above the brows where it is skin
     match_detail: bool = True  # blur or sharpen the face to ori's level of fine detail
-    mirror: bool = True  # draw the half a turned target hides from the half it shows (see _paste)
 
     def as_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -83,9 +81,9 @@ VARIANTS = (
     Look(),
     Look(geometry_strength=1.0),
     Look(light_sigma_fraction=0.35),
-    Look(geometry_strength=0.5),
-    Look(forehead=False),
+    Look(geometry_strength=1.0, light_sigma_fraction=0.35),
     Look(match_detail=False),
+    Look(geometry_strength=0.5),
 )
 assert len(VARIANTS) == MAX_SWAP_CANDIDATES, "the contract's maximum of candidates is the number of variants"
 
@@ -289,7 +287,7 @@ class FaceSwapper:
 
     def _paste(self, image: np.ndarray, ori_face: Face, target: TargetFace, color_transfer: bool, look: Look) -> np.ndarray:
         # The same forehead height on both faces keeps the added points in correspondence.
-        forehead = min(target.forehead_height, skin_forehead_height(image, ori_face.landmarks)) if look.forehead else 0.0
+        forehead = min(target.forehead_height, skin_forehead_height(image, ori_face.landmarks))
         source = with_forehead(target.landmarks, forehead)
         dest = with_forehead(target_geometry(ori_face.landmarks, target.landmarks, look.geometry_strength), forehead)
         x0, y0, x1, y1 = _expand(dest, 0.02, image.shape)
@@ -301,7 +299,7 @@ class FaceSwapper:
         crop, source = _at_scale(target.crop, source, _face_size(local_dest) / _face_size(source))
         warped = warp_region(crop, source, local_dest, shape)
         stretch = side_stretch(source, local_dest)
-        if look.mirror and max(stretch, 1 / stretch) > MIRROR_ABOVE_STRETCH:
+        if max(stretch, 1 / stretch) > MIRROR_ABOVE_STRETCH:
             # The target is turned away from where ori's face looks: the half it hides would be smeared
             # over ori's wider half. That half is drawn from the mirror image of the half it shows.
             flipped, flipped_source = mirrored(crop, source)
