@@ -7,6 +7,13 @@ coordinate map (a piecewise affine transform evaluated per pixel, sampled once w
 so neighbouring triangles share their edges exactly; the face's colour statistics and low-frequency
 lighting are matched to the face it replaces; and an alpha mask that falls smoothly to zero at the
 face outline blends it in, leaving every pixel outside that outline untouched.
+
+At every scale (issue 13): a target shrunk by the warp is resampled to the destination size first,
+so its highlights do not alias into specks; colour and light are measured on skin only (no blotches
+where the two faces' features or beards do not coincide); the face's fine detail is blurred or
+sharpened to the level of the face it replaces, without adding speckle or clipped pixels; the half of
+a turned target that its photo hides is drawn from the mirrored half it shows; and near the outline
+only skin is pasted.
 """
 
 from __future__ import annotations

@@ -292,30 +292,21 @@ class FaceSwapper:
         dest = with_forehead(target_geometry(ori_face.landmarks, target.landmarks, look.geometry_strength), forehead)
         x0, y0, x1, y1 = _expand(dest, 0.02, image.shape)
         size = float(np.sqrt(max(1.0, (x1 - x0) * (y1 - y0))))
-        local_dest = dest - (x0, y0)
-        shape = (y1 - y0, x1 - x0)
-        alpha = feathered_mask(shape, face_outline(local_dest), FEATHER_FRACTION * size)
-        # Shrunk by the warp, the target would alias (highlights turn into specks): resample it first.
-        crop, source = _at_scale(target.crop, source, _face_size(local_dest) / _face_size(source))
-        warped = warp_region(crop, source, local_dest, shape)
-        stretch = side_stretch(source, local_dest)
-        if max(stretch, 1 / stretch) > MIRROR_ABOVE_STRETCH:
-            # The target is turned away from where ori's face looks: the half it hides would be smeared
-            # over ori's wider half. That half is drawn from the mirror image of the half it shows.
-            flipped, flipped_source = mirrored(crop, source)
-            weight = midline_weight(shape, local_dest, first_half=stretch > 1, band=MIRROR_BAND_FRACTION * size)[..., None]
-            from_mirror = warp_region(flipped, flipped_source, local_dest, shape)
-            warped = (warped * (1 - weight) + from_mirror * weight + 0.5).astype(np.uint8)
+        dest, ori_landmarks, shape = dest - (x0, y0), ori_face.landmarks - (x0, y0), (y1 - y0, x1 - x0)
         background = image[y0:y1, x0:x1]
+        warped = _warp_target(target.crop, source, dest, shape, size)
+
+        alpha = feathered_mask(shape, face_outline(dest), FEATHER_FRACTION * size)
         # Near the outline (temples, forehead, jaw) either face may show hair or background: paste skin only.
-        skin = np.minimum(skin_likelihood(warped, local_dest), skin_likelihood(background, ori_face.landmarks - (x0, y0)))
-        interior = alpha_ramp(shape, face_outline(local_dest), SKIN_ONLY_BORDER_FRACTION * size)
+        skin = np.minimum(skin_likelihood(warped, dest), skin_likelihood(background, ori_landmarks))
+        interior = alpha_ramp(shape, face_outline(dest), SKIN_ONLY_BORDER_FRACTION * size)
         alpha = alpha * cv2.GaussianBlur(interior + (1 - interior) * skin, (0, 0), FEATHER_FRACTION * size / 3)
         if color_transfer:
             width = FEATURE_MARGIN_FRACTION * size
-            features = feature_mask(shape, local_dest[:68], width) | feature_mask(shape, ori_face.landmarks - (x0, y0), width)
-            lightness = [cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY).astype(np.float32) for rgb in (warped, background)]
-            warped_skin, background_skin = (skin_weights(grey, alpha, features) for grey in lightness)
+            features = feature_mask(shape, dest[:68], width) | feature_mask(shape, ori_landmarks, width)
+            warped_skin, background_skin = (
+                skin_weights(cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY).astype(np.float32), alpha, features) for rgb in (warped, background)
+            )
             warped = match_color(warped, background, warped_skin, background_skin, look.light_sigma_fraction * size)
         if look.match_detail:
             warped = match_detail(warped, background, alpha)
@@ -349,6 +340,22 @@ def _expand(points: np.ndarray, margin: float, shape: tuple[int, ...]) -> tuple[
         min(width, int(np.ceil(x1 + dx)) + 1),
         min(height, int(np.ceil(y1 + dy)) + 1),
     )
+
+
+def _warp_target(crop: np.ndarray, source: np.ndarray, dest: np.ndarray, shape: tuple[int, int], size: float) -> np.ndarray:
+    """The target's face warped from its ``source`` points onto the ``dest`` points, as an image of ``shape``."""
+    # Shrunk by the warp, the target would alias (highlights turn into specks): resample it first.
+    crop, source = _at_scale(crop, source, _face_size(dest) / _face_size(source))
+    warped = warp_region(crop, source, dest, shape)
+    stretch = side_stretch(source, dest)
+    if max(stretch, 1 / stretch) <= MIRROR_ABOVE_STRETCH:
+        return warped
+    # The target is turned away from where ori's face looks: the half it hides, squeezed in its photo,
+    # would be smeared over ori's wider half. That half is drawn from the mirror image of the half it shows.
+    flipped, flipped_source = mirrored(crop, source)
+    from_mirror = warp_region(flipped, flipped_source, dest, shape)
+    weight = midline_weight(shape, dest, first_half=stretch > 1, band=MIRROR_BAND_FRACTION * size)[..., None]
+    return (warped * (1 - weight) + from_mirror * weight + 0.5).astype(np.uint8)
 
 
 def _face_size(landmarks: np.ndarray) -> float:
