@@ -346,6 +346,9 @@ class Contract:
 
 # --- The tasks ------------------------------------------------------------------------------------------
 
+# How many rendering variants the face swap has to choose among (genserve.faceswap.swapper.VARIANTS).
+MAX_SWAP_CANDIDATES = 6
+
 FACE_SWAP = Contract(
     model="face_swap",
     summary="deepfake: the face of TARGET_IMAGE put into ORI_IMAGE, keeping ORI_IMAGE's scene",
@@ -357,7 +360,10 @@ FACE_SWAP = Contract(
         Field("output_format", "text", "encoding of the result", default="jpeg", choices=("jpeg", "jpg", "png", "webp")),
         Field("jpeg_quality", "int", "JPEG/WebP quality of the result", default=95, minimum=1, maximum=100),
         Field("color_transfer", "bool", "match the target face's colour and light to ori's face", default=True),
-        Field("compute_identity", "bool", "report the identity score of the result", default=True),
+        Field("compute_identity", "bool", "report the identity score of the result (one face descriptor)", default=True),
+        Field("ori_identity", "bool", "also score ori's own face against the target (one more descriptor)", default=False),
+        Field("candidates", "int", "render this many variants and keep the one most like the target among those "
+              "without visible artifacts; every candidate's score is reported", default=1, minimum=1, maximum=MAX_SWAP_CANDIDATES),
     ),
     outputs=(
         Output("IMAGE", "image", BYTES, (1,), "the encoded result"),

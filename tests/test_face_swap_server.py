@@ -59,6 +59,10 @@ def test_every_kind_of_image_is_accepted(grpc_client, faces_dir, kind):
 def test_options_reach_the_model(grpc_client, faces_dir):
     result = grpc_client.swap_face(faces_dir / ORI, faces_dir / TARGET, all_faces=True, compute_identity=False)
     assert result.metadata["replaced"] == [0, 1, 2] and "identity" not in result.metadata
+    assert [entry["face"] for entry in result.metadata["artifacts"]] == [0, 1, 2]
+    result = grpc_client.swap_face(faces_dir / ORI, faces_dir / TARGET, candidates=2, ori_identity=True)
+    (entry,) = result.metadata["candidates"]
+    assert len(entry["tried"]) == 2 and "ori_cosine" in result.metadata["identity"][0]
 
 
 def test_result_saves_in_the_format_its_name_asks_for(grpc_client, faces_dir, tmp_path):
@@ -136,11 +140,11 @@ def test_cli_deepfake_writes_the_swapped_image(triton_server, faces_dir, tmp_pat
     output = tmp_path / "swapped.jpg"
     completed = subprocess.run(
         [sys.executable, "-m", "genserve.cli", "deepfake", str(faces_dir / ORI), str(faces_dir / TARGET),
-         "-o", str(output), "--url", triton_server.grpc_url],
+         "-o", str(output), "--url", triton_server.grpc_url, "--candidates", "2"],
         capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert completed.returncode == 0, completed.stderr
-    assert "identity cosine to target" in completed.stdout
+    assert "identity cosine to target" in completed.stdout and "of 2 (cosines" in completed.stdout
     assert Image.open(output).size == Image.open(faces_dir / ORI).size
 
 

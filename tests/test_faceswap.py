@@ -101,6 +101,101 @@ def test_swap_adds_no_outliers_beyond_the_photos_own(swapper, all_swaps):
         assert seam_share(result, region) <= baseline + 0.005, f"{ori_name} <- {target_name}"
 
 
+# Issue 13: pairs across scales. The photos whose largest face is 36-52 px wide, and the large-face
+# photos enlarged (bicubic) so that their faces are 150-270 px: a large, sharp, well-lit face shrunk
+# into a small one, and a small face enlarged into a large one.
+SMALL_FACES = ["2007_007763.jpg", "2008_002079.jpg", "2008_002470.jpg", "2008_004176.jpg", "2008_007676.jpg"]
+
+
+def enlarged(rgb: np.ndarray, factor: int) -> np.ndarray:
+    return cv2.resize(rgb, None, fx=factor, fy=factor, interpolation=cv2.INTER_CUBIC)
+
+
+@pytest.fixture(scope="module")
+def scale_swaps(swapper, photos):
+    """(direction, ori name, target name) -> (ori, result, ori face, target), for both directions of size."""
+    swaps = {}
+    for large in LARGE_FACES:
+        large_face = swapper.analyze_target(enlarged(decode_image(photos[large]), 3))
+        large_ori = enlarged(decode_image(photos[large]), 2)
+        for small in SMALL_FACES:
+            small_ori = decode_image(photos[small])
+            result, _ = swapper.swap_arrays(small_ori, large_face, SwapOptions(compute_identity=False))
+            swaps["large into small", small, large] = (small_ori, result, swapper.analyzer.detect(small_ori)[0], large_face)
+            small_face, _ = swapper.target_face(photos[small])
+            result, _ = swapper.swap_arrays(large_ori, small_face, SwapOptions(compute_identity=False))
+            swaps["small into large", large, small] = (large_ori, result, swapper.analyzer.detect(large_ori)[0], small_face)
+    return swaps
+
+
+def detail(rgb: np.ndarray, region: np.ndarray) -> float:
+    """Mean absolute difference of the grey image from its 1-pixel Gaussian blur, over the region: sharpness."""
+    grey = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY).astype(np.float32)
+    return float(np.abs(grey - cv2.GaussianBlur(grey, (0, 0), 1.0))[region].mean())
+
+
+def clipped(rgb: np.ndarray, region: np.ndarray) -> float:
+    """Share of the region's pixels with a channel at 250 or more, or every channel at 5 or less."""
+    pixels = rgb[region]
+    return float(((pixels.max(-1) >= 250) | (pixels.max(-1) <= 5)).mean())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("direction", ["large into small", "small into large"])
+def test_swaps_across_scales_add_no_speckle_and_keep_the_background(scale_swaps, direction):
+    for (kind, ori_name, target_name), (ori, result, face, target) in scale_swaps.items():
+        if kind != direction:
+            continue
+        region = hull_mask(ori.shape, face.landmarks)
+        share, own = seam_share(result, region), seam_share(ori, region)
+        assert share <= own + 0.003, f"{ori_name} <- {target_name}: {share:.2%} artifacts, ori's face {own:.2%}"
+        target_region = hull_mask(target.crop.shape, target.landmarks)
+        assert clipped(result, region) <= max(clipped(ori, region), clipped(target.crop, target_region)) + 0.005, (
+            f"{ori_name} <- {target_name}: highlights or shadows clipped"
+        )
+        psnr = psnr_outside(ori, result, region, int(np.sqrt(region.sum()) * 0.5))
+        assert psnr >= 40.0, f"{ori_name} <- {target_name}: background PSNR {psnr:.1f} dB"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("direction", ["large into small", "small into large"])
+def test_swaps_across_scales_take_the_target_identity(swapper, scale_swaps, direction):
+    closer = [
+        np.subtract(*identity_distances(swapper, *swap)) < 0 for (kind, _, _), swap in scale_swaps.items() if kind == direction
+    ]
+    assert np.mean(closer) >= 0.9, f"{direction}: closer to the target than to ori in only {np.mean(closer):.0%} of pairs"
+
+
+@pytest.mark.slow
+def test_small_faces_enlarged_are_not_blurrier_than_the_face_they_replace(scale_swaps):
+    ratios = [
+        detail(result, hull_mask(ori.shape, face.landmarks)) / detail(ori, hull_mask(ori.shape, face.landmarks))
+        for (kind, _, _), (ori, result, face, _) in scale_swaps.items()
+        if kind == "small into large"
+    ]
+    # Without detail matching (the swap of e61e30e) the median was 0.63.
+    assert np.median(ratios) >= 0.8 and min(ratios) >= 0.5, [round(r, 2) for r in ratios]
+
+
+def test_candidates_keep_the_best_rendering_without_artifacts(swapper, photos):
+    ori = decode_image(photos["2008_001322.jpg"])
+    target, _ = swapper.target_face(photos["2008_002506.jpg"])
+    result, metadata = swapper.swap_arrays(ori, target, SwapOptions(candidates=4, compute_identity=False))
+    (entry,) = metadata["candidates"]
+    tried = entry["tried"]
+    assert len(tried) == 4 and len({c["cosine"] for c in tried}) > 1  # the variants do differ
+    clean = [i for i, c in enumerate(tried) if c["clean"]]
+    assert entry["chosen"] == max(clean, key=lambda i: tried[i]["cosine"])
+    # The image returned is the chosen candidate: its identity and artifacts are the ones reported for it.
+    (score,) = metadata["identity"]
+    assert (score["cosine"], score["distance"]) == (tried[entry["chosen"]]["cosine"], tried[entry["chosen"]]["distance"])
+    face = swapper.analyzer.refit(ori, swapper.analyzer.detect(ori, landmarks=False, coarse=True)[0])
+    assert metadata["artifacts"][0]["share"] == pytest.approx(seam_share(result, hull_mask(ori.shape, face.landmarks)), abs=1e-5)
+    assert metadata["artifacts"][0]["share"] == tried[entry["chosen"]]["artifact_share"]
+    _, default = swapper.swap_arrays(ori, target, SwapOptions())  # candidate 0 is the default rendering
+    assert default["identity"][0]["cosine"] == tried[0]["cosine"]
+
+
 def test_classic_triangle_pasting_would_fail_the_seam_measure(photos):
     """The seam measure can fail: pasting triangles one by one leaves dark lines along their edges."""
     ori = decode_image(photos["2008_002506.jpg"])
@@ -116,12 +211,14 @@ def test_classic_triangle_pasting_would_fail_the_seam_measure(photos):
 
 
 def test_metadata_reports_faces_identity_and_timings(swapper, photos):
-    encoded, metadata = swapper.swap(photos["2008_002506.jpg"], photos["2008_001009.jpg"])
+    encoded, metadata = swapper.swap(photos["2008_002506.jpg"], photos["2008_001009.jpg"], SwapOptions(ori_identity=True))
     assert decode_image(encoded).shape == decode_image(photos["2008_002506.jpg"]).shape
     assert metadata["faces_found"] == {"ori": 3, "target": 2}
     assert metadata["replaced"] == [0]
     (score,) = metadata["identity"]
     assert score["cosine"] > score["ori_cosine"] and score["distance"] < score["ori_distance"]
+    (artifacts,) = metadata["artifacts"]
+    assert artifacts["face"] == 0 and artifacts["share"] <= artifacts["ori_share"] + 0.003
     assert {"decode_ori", "target", "detect_ori", "swap", "identity", "encode", "total"} <= set(metadata["timings_ms"])
 
 
@@ -202,6 +299,8 @@ def test_huge_image_is_refused_before_decoding(swapper, huge_jpeg, photos):
         ('{"output_format": 5}', "output_format must be text"),
         ('{"jpeg_quality": 0}', "jpeg_quality must be"),
         ('{"colour": true}', "unknown option"),
+        ('{"candidates": 0}', "candidates must be between 1 and 6"),
+        ('{"candidates": 7}', "candidates must be between 1 and 6"),
         ("[1, 2]", "must be a JSON object"),
         ("{not json", "not valid JSON"),
     ],

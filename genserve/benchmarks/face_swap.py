@@ -1,16 +1,24 @@
-"""Served face-swap latency and throughput under concurrency, beside the same swap called in-process.
+"""Served face swap against the classic dlib + OpenCV recipe in-process: latency, throughput, ratios.
 
-    python -m genserve.benchmarks.face_swap                        # starts Triton itself, 1 and 2 instances
+    python -m genserve.benchmarks.face_swap                        # starts Triton itself (face_swap, 2 instances)
     python -m genserve.benchmarks.face_swap --url localhost:8001   # a server already running, as configured
-    python -m genserve.benchmarks.face_swap --concurrency 1,4 --requests 24 --json face_swap.json
+    python -m genserve.benchmarks.face_swap --concurrency 1,2 --requests 24 --rounds 3 --json face_swap.json
 
-For each model instance count (a copy of ``model_repository/face_swap`` with its ``instance_group``
-changed) the real Triton server is started on loopback, and for each concurrency C, C threads send
-swaps back to back over gRPC (each thread its own client). The payloads cycle through ori/target pairs
-of the bundled photos with three distinct targets, so the target cache is exercised as in a task file.
-The in-process baseline calls :class:`~genserve.faceswap.FaceSwapper` from C threads of this process
-(one swapper, as an application embedding it would). Both modes time the whole swap of encoded bytes
-to encoded bytes. Prints a table and the served/in-process throughput ratio; ``--json`` writes all runs.
+Modes, each timed on the same ori/target pairs of the bundled photos (three targets, each repeated,
+so the target cache works as in a task file), whole swaps of encoded bytes to encoded bytes:
+
+* ``served``: the ``face_swap`` model over gRPC with ``compute_identity`` false (C threads, each its
+  own client); ``served+identity``: the default options (the identity score reported);
+* ``classic``: :class:`ClassicFaceSwap` called in this process: the well-known recipe (dlib HOG
+  detection and 68 landmarks on both images, per-triangle affine warps, ``cv2.seamlessClone``), no
+  scoring, no caching;
+* ``in-process``: :class:`~genserve.faceswap.FaceSwapper` in this process, ``compute_identity`` false
+  (``--no-in-process`` skips it).
+
+Other work on the host slows every mode alike only if they run interleaved: each concurrency level
+runs every mode in turn, ``--rounds`` times over, and the latencies of a mode's rounds are pooled.
+Prints a table, the ratios that issue 10 sets targets for, and the load average; ``--json`` writes
+everything.
 """
 
 from __future__ import annotations
@@ -21,10 +29,14 @@ import os
 import platform
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
-from genserve.config import FACES_DIR
+import cv2
+import numpy as np
+
 from genserve.benchmarks.load import TABLE_HEADER, Run, drive, parse_levels, table_row
+from genserve.config import FACES_DIR
 
 PAIRS = [  # (ori, target): three targets, each repeated
     ("2008_002506.jpg", "2008_001009.jpg"),
@@ -34,6 +46,82 @@ PAIRS = [  # (ori, target): three targets, each repeated
     ("2008_002506.jpg", "2008_001322.jpg"),
     ("2008_007676.jpg", "2008_001322.jpg"),
 ]
+# The classic recipe's detector upsamples once, as dlib's own examples and face_recognition do by
+# default: without it HOG misses faces under about 80 px, e.g. every face of 2008_007676.jpg.
+CLASSIC_UPSAMPLE = 1
+
+
+class ClassicFaceSwap:
+    """The classic face swap with dlib and OpenCV, as tutorials teach it, for a baseline.
+
+    Per call: decode both images; on each, dlib's HOG detector (``upsample`` times upsampled) and the
+    68-point shape predictor on the largest face; Delaunay triangles of the target's landmarks
+    (``cv2.Subdiv2D``); each triangle affine-warped from the target into ori's landmark triangle and
+    pasted into an empty canvas; the canvas cloned into ori over the hull of ori's landmarks with
+    ``cv2.seamlessClone``; JPEG-encoded. No scoring, no caching. Not thread-safe beyond dlib's own
+    calls (one instance per thread, as each sample program would be).
+    """
+
+    def __init__(self, upsample: int = CLASSIC_UPSAMPLE):
+        import dlib
+
+        from genserve.faceswap.faces import model_file
+
+        self.upsample = upsample
+        self.detector = dlib.get_frontal_face_detector()
+        self.predictor = dlib.shape_predictor(str(model_file("shape_predictor_68_face_landmarks.dat")))
+
+    def landmarks(self, bgr: np.ndarray) -> np.ndarray:
+        from genserve.errors import NoFaceError
+
+        grey = cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY)
+        faces = self.detector(grey, self.upsample)
+        if not faces:
+            raise NoFaceError("no face found")
+        face = max(faces, key=lambda rect: rect.area())
+        return np.array([(p.x, p.y) for p in self.predictor(grey, face).parts()], np.float32)
+
+    def swap(self, ori_bytes: bytes, target_bytes: bytes) -> bytes:
+        ori = cv2.imdecode(np.frombuffer(ori_bytes, np.uint8), cv2.IMREAD_COLOR)
+        target = cv2.imdecode(np.frombuffer(target_bytes, np.uint8), cv2.IMREAD_COLOR)
+        ori_points, target_points = self.landmarks(ori), self.landmarks(target)
+
+        canvas = np.zeros_like(ori)
+        for triangle in self.triangles(target_points):
+            self.paste_triangle(target, canvas, target_points[triangle], ori_points[triangle])
+
+        hull = cv2.convexHull(ori_points.astype(np.int32))
+        mask = np.zeros(ori.shape[:2], np.uint8)
+        cv2.fillConvexPoly(mask, hull, 255)
+        x, y, width, height = cv2.boundingRect(hull)
+        result = cv2.seamlessClone(canvas, ori, mask, (x + width // 2, y + height // 2), cv2.NORMAL_CLONE)
+        return cv2.imencode(".jpg", result, [cv2.IMWRITE_JPEG_QUALITY, 95])[1].tobytes()
+
+    @staticmethod
+    def triangles(points: np.ndarray) -> list[list[int]]:
+        """Delaunay triangles of the landmarks, as landmark indices."""
+        x, y, width, height = cv2.boundingRect(points)
+        subdiv = cv2.Subdiv2D((x - 1, y - 1, width + 2, height + 2))
+        subdiv.insert([(float(px), float(py)) for px, py in points])
+        triangles = []
+        for corners in subdiv.getTriangleList().reshape(-1, 3, 2):
+            indices = [int(np.argmin(((points - corner) ** 2).sum(1))) for corner in corners]
+            if len(set(indices)) == 3:
+                triangles.append(indices)
+        return triangles
+
+    @staticmethod
+    def paste_triangle(source: np.ndarray, canvas: np.ndarray, source_triangle: np.ndarray, dest_triangle: np.ndarray) -> None:
+        sx, sy, sw, sh = cv2.boundingRect(source_triangle)
+        dx, dy, dw, dh = cv2.boundingRect(dest_triangle)
+        if min(sw, sh, dw, dh) <= 0 or dx < 0 or dy < 0 or dx + dw > canvas.shape[1] or dy + dh > canvas.shape[0]:
+            return
+        matrix = cv2.getAffineTransform(np.float32(source_triangle - (sx, sy)), np.float32(dest_triangle - (dx, dy)))
+        warped = cv2.warpAffine(source[sy : sy + sh, sx : sx + sw], matrix, (dw, dh), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT_101)
+        mask = np.zeros((dh, dw), np.uint8)
+        cv2.fillConvexPoly(mask, np.int32(dest_triangle - (dx, dy)), 1)
+        area = canvas[dy : dy + dh, dx : dx + dw]
+        area[mask > 0] = warped[mask > 0]
 
 
 def load_pairs(faces_dir: Path) -> list[tuple[bytes, bytes]]:
@@ -43,97 +131,153 @@ def load_pairs(faces_dir: Path) -> list[tuple[bytes, bytes]]:
     return [((faces_dir / ori).read_bytes(), (faces_dir / target).read_bytes()) for ori, target in PAIRS]
 
 
-def served_runs(grpc_url: str, levels: list[int], requests: int, pairs, label: str) -> list[Run]:
+Workers = Callable[[int], list[Callable]]  # concurrency -> one worker per thread
+
+
+def served_modes(grpc_url: str, levels: list[int], pairs) -> tuple[dict[str, Workers], Callable[[], None]]:
+    """The served modes' worker factories (one client per thread), warmed up, and how to close them."""
     from genserve.client import Client
 
     clients = [Client(grpc_url) for _ in range(max(levels))]
-    try:
-        # One untimed request per pair: models loaded, target cache warm, as in steady serving.
-        for ori, target in pairs:
-            clients[0].swap_face(ori, target)
-        runs = []
-        for level in levels:
-            workers = [lambda pair, c=client: c.swap_face(*pair) for client in clients[:level]]
-            run = drive(workers, requests, pairs, label)
-            print(table_row(run), flush=True)
-            runs.append(run)
-        return runs
-    finally:
+    for ori, target in pairs:  # models loaded, target cache warm, as in steady serving
+        clients[0].swap_face(ori, target)
+
+    def workers(**options) -> Workers:
+        return lambda count: [lambda pair, c=client: c.swap_face(*pair, **options) for client in clients[:count]]
+
+    def close() -> None:
         for client in clients:
             client.close()
 
+    return {"served": workers(compute_identity=False), "served+identity": workers()}, close
 
-def in_process_runs(levels: list[int], requests: int, pairs) -> list[Run]:
-    from genserve.faceswap import FaceSwapper
 
-    swapper = FaceSwapper().load()
-    for ori, target in pairs:
-        swapper.swap(ori, target)
-    runs = []
-    for level in levels:
-        run = drive([lambda pair: swapper.swap(*pair)] * level, requests, pairs, "in-process")
+def in_process_modes(levels: list[int], pairs, with_swapper: bool, classic_upsample: int) -> dict[str, Workers]:
+    from genserve.faceswap import FaceSwapper, SwapOptions
+
+    classics = [ClassicFaceSwap(classic_upsample) for _ in range(max(levels))]
+    modes: dict[str, Workers] = {"classic": lambda count: [lambda pair, c=classic: c.swap(*pair) for classic in classics[:count]]}
+    if with_swapper:
+        swapper, options = FaceSwapper().load(), SwapOptions(compute_identity=False)
+        modes["in-process"] = lambda count: [lambda pair: swapper.swap(*pair, options)] * count
+    for ori, target in pairs:  # warm-up, as for the server
+        for make in modes.values():
+            make(1)[0]((ori, target))
+    return modes
+
+
+def interleaved_runs(modes: dict[str, Workers], levels: list[int], requests: int, rounds: int, pairs) -> list[Run]:
+    """Every mode at every level, in turn, ``rounds`` times; each (mode, level)'s rounds pooled into one Run."""
+    pooled: dict[tuple[str, int], Run] = {}
+    per_round = max(1, -(-requests // rounds))
+    for _ in range(rounds):
+        for level in levels:
+            for mode, make in modes.items():
+                run = drive(make(level), per_round, pairs, mode)
+                key = (mode, level)
+                if key in pooled:
+                    total = pooled[key]
+                    run = Run(mode, level, total.requests + run.requests, total.wall_s + run.wall_s,
+                              total.latencies_ms + run.latencies_ms, total.errors + run.errors)  # fmt: skip
+                pooled[key] = run
+    runs = [pooled[mode, level] for level in levels for mode in modes]
+    for run in runs:
         print(table_row(run), flush=True)
-        runs.append(run)
     return runs
 
 
-def serve_and_run(instances: int, levels, requests, pairs) -> list[Run]:
-    from genserve.model_repository import REPOSITORY_DIR
-    from genserve.triton.model_config import copy_model
-    from genserve.server import TritonServer, free_ports
+def ratios(runs: list[Run]) -> dict[str, float]:
+    """The figures issue 10 sets targets for, where the runs include them."""
+    by = {(run.mode, run.concurrency): run for run in runs}
+    classic = by.get(("classic", 1))
+    found = {}
+    if classic:
+        for mode in ("served", "served+identity"):
+            if (mode, 1) in by:
+                found[f"{mode} p50 / classic p50, concurrency 1"] = by[mode, 1].percentile(50) / classic.percentile(50)
+        for (mode, level), run in sorted(by.items(), key=lambda item: (item[0][1], item[0][0])):
+            if level > 1 and mode != "classic":
+                found[f"{mode} img/s at concurrency {level} / classic img/s at concurrency 1"] = run.per_s / classic.per_s
+    return found
 
-    with tempfile.TemporaryDirectory(prefix="genserve-bench-") as work:
-        repository = Path(work) / "repository"
-        copy_model(REPOSITORY_DIR / "face_swap", repository, instances=instances)
-        http, grpc, metrics = free_ports(3)
-        with TritonServer(
-            repository, http_port=http, grpc_port=grpc, metrics_port=metrics, address="127.0.0.1",
-            log_path=Path(work) / "triton.log",
-        ) as server:  # fmt: skip
-            return served_runs(server.grpc_url, levels, requests, pairs, f"triton x{instances} instance")
+
+TARGETS = {  # issue 10: (ratio name, comparison, bound)
+    "served p50 / classic p50, concurrency 1": ("<=", 0.6),
+    "served+identity p50 / classic p50, concurrency 1": ("<=", 1.5),
+    "served img/s at concurrency 2 / classic img/s at concurrency 1": (">=", 1.8),
+}
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m genserve.benchmarks.face_swap", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--url", help="gRPC host:port of a running server (default: start one per instance count)")
-    parser.add_argument("--instances", default="1,2", help="face_swap instance counts to start (default 1,2)")
-    parser.add_argument("--concurrency", default="1,2,4,8", help="client concurrency levels (default 1,2,4,8)")
-    parser.add_argument("--requests", type=int, default=24, help="requests per level (default 24)")
+    parser.add_argument("--url", help="gRPC host:port of a running server (default: start one on loopback)")
+    parser.add_argument("--instances", type=int, default=2, help="face_swap instances of the server started here (default 2)")
+    parser.add_argument("--concurrency", default="1,2", help="client concurrency levels (default 1,2)")
+    parser.add_argument("--requests", type=int, default=24, help="requests per mode and level (default 24)")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds the requests are split over (default 3)")
+    parser.add_argument("--classic-upsample", type=int, default=CLASSIC_UPSAMPLE,
+                        help=f"HOG upsampling of the classic recipe (default {CLASSIC_UPSAMPLE}, as dlib's examples)")  # fmt: skip
     parser.add_argument("--faces-dir", type=Path, default=FACES_DIR, help=f"photos of the pairs (default {FACES_DIR})")
-    parser.add_argument("--no-in-process", action="store_true", help="skip the in-process baseline")
+    parser.add_argument("--no-in-process", action="store_true", help="skip FaceSwapper in-process (the classic recipe always runs)")
     parser.add_argument("--json", type=Path, metavar="FILE", help="write every run as JSON")
     args = parser.parse_args(argv)
 
     levels, pairs = parse_levels(args.concurrency), load_pairs(args.faces_dir)
-    print(f"face swap: {args.requests} requests per level, {len(pairs)} ori/target pairs, {os.cpu_count()} CPU cores")
-    print(TABLE_HEADER)
-    runs: list[Run] = []
-    if args.url:
-        runs += served_runs(args.url, levels, args.requests, pairs, "triton (given url)")
-    else:
-        for instances in parse_levels(args.instances):
-            runs += serve_and_run(instances, levels, args.requests, pairs)
-    baseline = [] if args.no_in_process else in_process_runs(levels, args.requests, pairs)
-    runs += baseline
+    load_before = os.getloadavg()
+    print(f"face swap: {args.requests} requests per mode and level in {args.rounds} interleaved rounds, "
+          f"{len(pairs)} ori/target pairs, {os.cpu_count()} CPU cores, load average {load_before[0]:.2f}")  # fmt: skip
+    with tempfile.TemporaryDirectory(prefix="genserve-bench-") as work:
+        if args.url:
+            runs = measure(args.url, levels, pairs, args)
+        else:
+            from genserve.model_repository import REPOSITORY_DIR
+            from genserve.server import TritonServer, free_ports
+            from genserve.triton.model_config import copy_model
 
-    if baseline:
-        print("\nserved / in-process throughput")
-        by_level = {run.concurrency: run for run in baseline}
-        for run in runs:
-            if run.mode != "in-process" and run.concurrency in by_level:
-                ratio = run.per_s / by_level[run.concurrency].per_s
-                print(f"  {run.mode:<22} concurrency {run.concurrency}: {ratio:.2f}x")
+            repository = Path(work) / "repository"
+            copy_model(REPOSITORY_DIR / "face_swap", repository, instances=args.instances)
+            http, grpc, metrics = free_ports(3)
+            with TritonServer(
+                repository, http_port=http, grpc_port=grpc, metrics_port=metrics, address="127.0.0.1",
+                log_path=Path(work) / "triton.log",
+            ) as server:  # fmt: skip
+                runs = measure(server.grpc_url, levels, pairs, args)
+    load_after = os.getloadavg()
+
+    found = ratios(runs)
+    print(f"\nratios (load average {load_before[0]:.2f} at start, {load_after[0]:.2f} at end; "
+          f"classic recipe upsampling {args.classic_upsample}):")  # fmt: skip
+    for name, value in found.items():
+        target = TARGETS.get(name)
+        verdict = ""
+        if target:
+            comparison, bound = target
+            met = value <= bound if comparison == "<=" else value >= bound
+            verdict = f"   target {comparison} {bound}: {'met' if met else 'NOT met'}"
+        print(f"  {name}: {value:.2f}x{verdict}")
     if args.json:
         report = {
             "benchmark": "face_swap",
-            "host": {"cpus": os.cpu_count(), "machine": platform.machine(), "python": platform.python_version()},
-            "requests_per_level": args.requests,
+            "host": {"cpus": os.cpu_count(), "machine": platform.machine(), "python": platform.python_version(),
+                     "load_average_1m": {"start": round(load_before[0], 2), "end": round(load_after[0], 2)}},
+            "settings": {"requests": args.requests, "rounds": args.rounds, "instances": None if args.url else args.instances,
+                         "classic_upsample": args.classic_upsample, "pairs": PAIRS},
             "runs": [run.summary() for run in runs],
-        }
+            "ratios": {name: round(value, 3) for name, value in found.items()},
+        }  # fmt: skip
         args.json.write_text(json.dumps(report, indent=2))
         print(f"\nwrote {args.json}")
     return 1 if any(run.errors for run in runs) else 0
 
+
+def measure(grpc_url: str, levels: list[int], pairs, args) -> list[Run]:
+    modes, close = served_modes(grpc_url, levels, pairs)
+    try:
+        modes |= in_process_modes(levels, pairs, not args.no_in_process, args.classic_upsample)
+        print(TABLE_HEADER)
+        return interleaved_runs(modes, levels, args.requests, args.rounds, pairs)
+    finally:
+        close()
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ def register(subparsers) -> None:
         description="Send ORI and TARGET to the server's face_swap model: the face of TARGET replaces the "
         "largest face of ORI (or the one --face-index picks, or all of them), keeping ORI's background. "
         "Writes the result image and prints the identity score (cosine of dlib face descriptors of the "
-        "result and the target; higher is closer).",
+        "result and the target; higher is closer); with --candidates N, the score of every candidate tried.",
     )
     parser.add_argument("ori", metavar="ORI", help="the image whose scene is kept")
     parser.add_argument("target", metavar="TARGET", help="the image whose face is pasted")
@@ -50,9 +50,10 @@ def run(args: argparse.Namespace) -> int:
     meta = result.metadata
     print(f"wrote {path}: replaced face {', '.join(map(str, meta['replaced']))} of {meta['faces_found']['ori']} in ORI")
     for score in meta.get("identity", []):
-        print(
-            f"  face {score['face']}: identity cosine to target {score['cosine']:.3f} (dlib distance "
-            f"{score['distance']:.3f}; the original face had {score['ori_cosine']:.3f})"
-        )
+        ori = f"; the original face had {score['ori_cosine']:.3f}" if "ori_cosine" in score else ""
+        print(f"  face {score['face']}: identity cosine to target {score['cosine']:.3f} (dlib distance {score['distance']:.3f}{ori})")
+    for entry in meta.get("candidates", []):
+        tried = ", ".join(f"{c['cosine']:.3f}{'' if c['clean'] else ' (artifacts)'}" for c in entry["tried"])
+        print(f"  face {entry['face']}: kept candidate {entry['chosen']} of {len(entry['tried'])} (cosines {tried})")
     print(f"  server time {meta['timings_ms']['total']:.0f} ms")
     return 0

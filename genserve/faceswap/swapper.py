@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import threading
 import time
@@ -14,30 +15,77 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import cv2
 import numpy as np
 
 from genserve.errors import InvalidInputError, NoFaceError
 from genserve.faceswap.blend import (
     alpha_blend,
+    alpha_ramp,
     face_outline,
     feathered_mask,
+    feature_mask,
     match_color,
+    match_detail,
+    midline_weight,
+    mirrored,
+    side_stretch,
     skin_forehead_height,
+    skin_likelihood,
+    skin_weights,
     target_geometry,
     warp_region,
     with_forehead,
 )
 from genserve.faceswap.faces import Face, FaceAnalyzer, identity_similarity
 from genserve.imaging import decode_image, encode_image
-from genserve.protocol import FACE_SWAP
+from genserve.faceswap.measures import artifact_share
+from genserve.protocol import FACE_SWAP, MAX_SWAP_CANDIDATES
 
 # Feather width and light-matching blur, as fractions of the face's size (sqrt of its hull area).
 FEATHER_FRACTION = 0.1
+LIGHT_SIGMA_FRACTION = 0.2
 # How far the inner features move to the target's proportions (1: all the way); see target_geometry.
 GEOMETRY_STRENGTH = 0.8
-LIGHT_SIGMA_FRACTION = 0.2
+# Features (eyes, brows, nostrils, lips) are grown by this fraction of the face's size when left out of skin statistics.
+FEATURE_MARGIN_FRACTION = 0.03
+# A target face is resampled to the destination's size first when the warp would shrink it below this.
+SHRINK_BELOW_SCALE = 0.9
+# A half of the face that the warp widens this much more than the other is drawn from the mirrored other
+# half; the two meet in a ramp this wide (fraction of the face's size) along the midline.
+MIRROR_ABOVE_STRETCH = 2.0
+MIRROR_BAND_FRACTION = 0.15
+# Within this fraction of the face's size from its outline, only skin is pasted (see _paste).
+SKIN_ONLY_BORDER_FRACTION = 0.2
 # The target's face is kept cropped with this margin (fraction of its box) around its landmarks.
 TARGET_CROP_MARGIN = 0.35
+# A candidate has visible artifacts when its artifact share exceeds ori's own face's by more than this
+# (0.3 percentage points: the bound the tests hold the default rendering to).
+ARTIFACT_TOLERANCE = 0.003
+
+
+@dataclass(frozen=True)
+class Look:
+    """How a face is rendered: the settings that the candidates of a request vary."""
+
+    geometry_strength: float = GEOMETRY_STRENGTH  # see blend.target_geometry
+    light_sigma_fraction: float = LIGHT_SIGMA_FRACTION  # scale of ori's lighting carried onto the face
+    match_detail: bool = True  # blur or sharpen the face to ori's level of fine detail
+
+    def as_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+# The renderings tried for ``candidates: N``: the first N. The default rendering first.
+VARIANTS = (
+    Look(),
+    Look(geometry_strength=1.0),
+    Look(light_sigma_fraction=0.35),
+    Look(geometry_strength=1.0, light_sigma_fraction=0.35),
+    Look(match_detail=False),
+    Look(geometry_strength=0.5),
+)
+assert len(VARIANTS) == MAX_SWAP_CANDIDATES, "the contract's maximum of candidates is the number of variants"
 
 
 @dataclass(frozen=True)
@@ -51,6 +99,8 @@ class SwapOptions:
     jpeg_quality: int = 95
     color_transfer: bool = True  # match the target face's colour and lighting to ori's face
     compute_identity: bool = True  # report the identity score of the result
+    ori_identity: bool = False  # also score ori's own face against the target
+    candidates: int = 1  # render this many VARIANTS and keep the best (see FaceSwapper.swap_arrays)
 
     @classmethod
     def from_values(cls, values: Mapping[str, Any]) -> SwapOptions:
@@ -60,6 +110,11 @@ class SwapOptions:
     def validate(self) -> None:
         """InvalidInputError for a value the served model would refuse."""
         FACE_SWAP.check({name: getattr(self, name) for name in OPTION_NAMES}, partial=True)
+
+    @property
+    def single_face(self) -> bool:
+        """Only ori's largest face is replaced."""
+        return not self.all_faces and not self.face_index
 
 
 OPTION_NAMES = tuple(field.name for field in FACE_SWAP.option_fields)
@@ -123,32 +178,69 @@ class FaceSwapper:
     def swap_arrays(
         self, ori_rgb: np.ndarray, target: TargetFace, options: SwapOptions, timings: dict[str, float] | None = None
     ) -> tuple[np.ndarray, dict]:
-        """The swap on an RGB array; returns the RGB result and metadata (with ``timings_ms``)."""
+        """The swap on an RGB array; returns the RGB result and metadata (with ``timings_ms``).
+
+        Per replaced face the metadata reports the artifact share (``artifacts``), the identity score
+        (``identity``: when asked, or when candidates are scored) and, with ``candidates`` > 1, every
+        candidate's scores and which one was kept (``candidates``).
+        """
         timings = {} if timings is None else timings
         clock = time.perf_counter()
-        ori_faces = self.analyzer.detect(ori_rgb)
-        timings["detect_ori"] = _ms_since(clock)
+        # Only the faces that are replaced need landmarks; only the largest needs the coarse search.
+        ori_faces = self.analyzer.detect(ori_rgb, landmarks=False, coarse=options.single_face)
         if not ori_faces:
             raise NoFaceError("no face found in the ori image")
         chosen = self._choose(ori_faces, options)
+        faces = {index: self.analyzer.refit(ori_rgb, ori_faces[index]) for index in chosen}
+        timings["detect_ori"] = _ms_since(clock)
 
-        clock = time.perf_counter()
-        result = ori_rgb
-        for index in chosen:
-            result = self._paste(result, ori_faces[index], target, options.color_transfer)
-        timings["swap"] = _ms_since(clock)
-
-        metadata = {
+        metadata: dict[str, Any] = {
             "image_size": [int(ori_rgb.shape[1]), int(ori_rgb.shape[0])],
             "faces_found": {"ori": len(ori_faces), "target": target.faces_found},
             "ori_faces": [face.as_dict() for face in ori_faces],
             "replaced": chosen,
             "target_face": target.face.as_dict(),
+            "artifacts": [],
         }
-        if options.compute_identity:
-            clock = time.perf_counter()
-            metadata["identity"] = [self._identity(ori_rgb, result, ori_faces[i], i, target) for i in chosen]
-            timings["identity"] = _ms_since(clock)
+        scored = options.compute_identity or options.candidates > 1
+        if scored:
+            metadata["identity"] = []
+        if options.candidates > 1:
+            metadata["candidates"] = []
+        timings["swap"] = timings["identity"] = 0.0
+        result = ori_rgb
+        for index in chosen:
+            face = faces[index]
+            renders = []
+            for look in VARIANTS[: options.candidates]:
+                clock = time.perf_counter()
+                render = self._paste(result, face, target, options.color_transfer, look)
+                share = artifact_share(render, face.landmarks)
+                timings["swap"] += _ms_since(clock)
+                clock = time.perf_counter()
+                score = self._identity(render, face, target) if scored else {}
+                timings["identity"] += _ms_since(clock)
+                renders.append((render, share, score, look))
+            ori_share = artifact_share(ori_rgb, face.landmarks)
+            best = _best_candidate([(share, score) for _, share, score, _ in renders], ori_share)
+            result, share, score, _ = renders[best]
+            metadata["artifacts"].append({"face": index, "share": round(share, 5), "ori_share": round(ori_share, 5)})
+            if scored:
+                if options.ori_identity:
+                    clock = time.perf_counter()
+                    before = identity_similarity(self.analyzer.descriptor(ori_rgb, face), target.descriptor)
+                    score = score | {"ori_cosine": before["cosine"], "ori_distance": before["distance"]}
+                    timings["identity"] += _ms_since(clock)
+                metadata["identity"].append({"face": index, **score})
+            if options.candidates > 1:
+                tried = [
+                    {**look.as_dict(), **score, "artifact_share": round(share, 5), "clean": share <= ori_share + ARTIFACT_TOLERANCE}
+                    for _, share, score, look in renders
+                ]
+                metadata["candidates"].append({"face": index, "chosen": best, "tried": tried})
+        timings["swap"], timings["identity"] = round(timings["swap"], 2), round(timings["identity"], 2)
+        if not scored:
+            del timings["identity"]
         metadata["timings_ms"] = timings
         return result, metadata
 
@@ -167,10 +259,10 @@ class FaceSwapper:
         return target_face, False
 
     def analyze_target(self, rgb: np.ndarray) -> TargetFace:
-        faces = self.analyzer.detect(rgb)
+        faces = self.analyzer.detect(rgb, landmarks=False)
         if not faces:
             raise NoFaceError("no face found in the target image")
-        face = faces[0]
+        face = self.analyzer.refit(rgb, faces[0])
         descriptor = self.analyzer.descriptor(rgb, face)
         x0, y0, x1, y1 = _expand(face.landmarks, TARGET_CROP_MARGIN, rgb.shape)
         return TargetFace(
@@ -193,28 +285,48 @@ class FaceSwapper:
             raise InvalidInputError(f"face_index {index} asked for, but the ori image has {len(faces)} face(s) (0-{len(faces) - 1})")
         return [index]
 
-    def _paste(self, image: np.ndarray, ori_face: Face, target: TargetFace, color_transfer: bool) -> np.ndarray:
+    def _paste(self, image: np.ndarray, ori_face: Face, target: TargetFace, color_transfer: bool, look: Look) -> np.ndarray:
         # The same forehead height on both faces keeps the added points in correspondence.
         forehead = min(target.forehead_height, skin_forehead_height(image, ori_face.landmarks))
         source = with_forehead(target.landmarks, forehead)
-        dest = with_forehead(target_geometry(ori_face.landmarks, target.landmarks, GEOMETRY_STRENGTH), forehead)
+        dest = with_forehead(target_geometry(ori_face.landmarks, target.landmarks, look.geometry_strength), forehead)
         x0, y0, x1, y1 = _expand(dest, 0.02, image.shape)
         size = float(np.sqrt(max(1.0, (x1 - x0) * (y1 - y0))))
-        local_dest = dest - (x0, y0)
-        alpha = feathered_mask((y1 - y0, x1 - x0), face_outline(local_dest), FEATHER_FRACTION * size)
-        warped = warp_region(target.crop, source, local_dest, (0, 0, x1 - x0, y1 - y0))
+        dest, ori_landmarks, shape = dest - (x0, y0), ori_face.landmarks - (x0, y0), (y1 - y0, x1 - x0)
         background = image[y0:y1, x0:x1]
+        warped = _warp_target(target.crop, source, dest, shape, size)
+
+        alpha = feathered_mask(shape, face_outline(dest), FEATHER_FRACTION * size)
+        # Near the outline (temples, forehead, jaw) either face may show hair or background: paste skin only.
+        skin = np.minimum(skin_likelihood(warped, dest), skin_likelihood(background, ori_landmarks))
+        interior = alpha_ramp(shape, face_outline(dest), SKIN_ONLY_BORDER_FRACTION * size)
+        alpha = alpha * cv2.GaussianBlur(interior + (1 - interior) * skin, (0, 0), FEATHER_FRACTION * size / 3)
         if color_transfer:
-            warped = match_color(warped, background, alpha, LIGHT_SIGMA_FRACTION * size)
+            width = FEATURE_MARGIN_FRACTION * size
+            features = feature_mask(shape, dest[:68], width) | feature_mask(shape, ori_landmarks, width)
+            warped_skin, background_skin = (
+                skin_weights(cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY).astype(np.float32), alpha, features) for rgb in (warped, background)
+            )
+            warped = match_color(warped, background, warped_skin, background_skin, look.light_sigma_fraction * size)
+        if look.match_detail:
+            warped = match_detail(warped, background, alpha)
         result = image.copy()
         result[y0:y1, x0:x1] = alpha_blend(background, warped, alpha)
         return result
 
-    def _identity(self, ori_rgb: np.ndarray, result: np.ndarray, ori_face: Face, index: int, target: TargetFace) -> dict:
+    def _identity(self, result: np.ndarray, ori_face: Face, target: TargetFace) -> dict:
+        """Cosine and dlib distance of the result's face (landmarks fitted again on the result) to the target's."""
         swapped = self.analyzer.refit(result, ori_face)
-        after = identity_similarity(self.analyzer.descriptor(result, swapped), target.descriptor)
-        before = identity_similarity(self.analyzer.descriptor(ori_rgb, ori_face), target.descriptor)
-        return {"face": index, **after, "ori_cosine": before["cosine"], "ori_distance": before["distance"]}
+        return identity_similarity(self.analyzer.descriptor(result, swapped), target.descriptor)
+
+
+def _best_candidate(candidates: list[tuple[float, dict]], ori_share: float) -> int:
+    """Index of the (artifact share, identity score) with the best identity cosine among those without
+    visible artifacts; when every one has them, the one with the fewest."""
+    clean = [i for i, (share, _) in enumerate(candidates) if share <= ori_share + ARTIFACT_TOLERANCE]
+    if not clean:
+        return min(range(len(candidates)), key=lambda i: candidates[i][0])
+    return max(clean, key=lambda i: candidates[i][1].get("cosine", 0.0))
 
 
 def _expand(points: np.ndarray, margin: float, shape: tuple[int, ...]) -> tuple[int, int, int, int]:
@@ -228,6 +340,38 @@ def _expand(points: np.ndarray, margin: float, shape: tuple[int, ...]) -> tuple[
         min(width, int(np.ceil(x1 + dx)) + 1),
         min(height, int(np.ceil(y1 + dy)) + 1),
     )
+
+
+def _warp_target(crop: np.ndarray, source: np.ndarray, dest: np.ndarray, shape: tuple[int, int], size: float) -> np.ndarray:
+    """The target's face warped from its ``source`` points onto the ``dest`` points, as an image of ``shape``."""
+    # Shrunk by the warp, the target would alias (highlights turn into specks): resample it first.
+    crop, source = _at_scale(crop, source, _face_size(dest) / _face_size(source))
+    warped = warp_region(crop, source, dest, shape)
+    stretch = side_stretch(source, dest)
+    if max(stretch, 1 / stretch) <= MIRROR_ABOVE_STRETCH:
+        return warped
+    # The target is turned away from where ori's face looks: the half it hides, squeezed in its photo,
+    # would be smeared over ori's wider half. That half is drawn from the mirror image of the half it shows.
+    flipped, flipped_source = mirrored(crop, source)
+    from_mirror = warp_region(flipped, flipped_source, dest, shape)
+    weight = midline_weight(shape, dest, first_half=stretch > 1, band=MIRROR_BAND_FRACTION * size)[..., None]
+    return (warped * (1 - weight) + from_mirror * weight + 0.5).astype(np.uint8)
+
+
+def _face_size(landmarks: np.ndarray) -> float:
+    """A face's linear size: the square root of its landmarks' hull area."""
+    return float(np.sqrt(max(1.0, cv2.contourArea(landmarks.astype(np.float32)[cv2.convexHull(landmarks.astype(np.float32), returnPoints=False).ravel()]))))
+
+
+def _at_scale(image: np.ndarray, points: np.ndarray, scale: float) -> tuple[np.ndarray, np.ndarray]:
+    """``image`` and ``points`` on it resized by ``scale`` when that shrinks it (area averaging), else as they are."""
+    if scale >= SHRINK_BELOW_SCALE:
+        return image, points
+    height, width = image.shape[:2]
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    resized = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+    factors = np.array([size[0] / width, size[1] / height])
+    return resized, (points + 0.5) * factors - 0.5  # pixel centres map to pixel centres
 
 
 def _ms_since(start: float) -> float:
