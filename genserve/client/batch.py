@@ -93,30 +93,35 @@ def quality_proxies(task: Task, metadata: dict[str, Any]) -> dict[str, float]:
 
 # OUT/quality.csv: per finished row, the task's proxy of the contest's score, so weak rows show before submitting.
 QUALITY_COLUMNS = (
-    "index", "task_type", "identity_cosine", "identity_distance", "artifact_share",
+    "index", "task_type", "identity_cosine", "identity_distance", "artifact_share", "ori_artifact_share",
     "new_text_distance", "old_text_distance", "ocr_text", "candidates", "chosen_candidate", "seconds",
 )  # fmt: skip
 
 
 def quality_record(task: Task, metadata: dict[str, Any]) -> dict[str, Any]:
     """One row of quality.csv from a response's metadata: identity cosine/distance and artifact share
-    (deepfake, the first face replaced), OCR reading and edit distances (vttie), candidates made."""
+    (deepfake, the first face replaced, with ori's own share beside it), OCR reading and edit distances
+    (vttie), candidates made and the one chosen."""
     record: dict[str, Any] = {}
     identity = (metadata.get("identity") or [{}])[0]
     for key in ("cosine", "distance"):
         if identity.get(key) is not None:
             record[f"identity_{key}"] = identity[key]
-    if identity.get("artifact_share", metadata.get("artifact_share")) is not None:
-        record["artifact_share"] = identity.get("artifact_share", metadata.get("artifact_share"))
+    artifacts = (metadata.get("artifacts") or [{}])[0]
+    if artifacts.get("share") is not None:
+        record["artifact_share"], record["ori_artifact_share"] = artifacts["share"], artifacts.get("ori_share")
     text_check = metadata.get("text_check") or {}
     for key in ("new_text_distance", "old_text_distance"):
         if text_check.get(key) is not None:
             record[key] = round(float(text_check[key]), 4)
     if "ocr_text" in text_check:
         record["ocr_text"] = " | ".join(text_check["ocr_text"].splitlines())
-    if metadata.get("candidates"):
-        record["candidates"] = len(metadata["candidates"])
+    candidates = metadata.get("candidates") or []
+    if candidates and "tried" in candidates[0]:  # face swap: per replaced face, its variants
+        record["candidates"], record["chosen_candidate"] = len(candidates[0]["tried"]), candidates[0]["chosen"]
+    elif candidates:  # text edits: one list of seeds, the chosen index per image
         chosen = metadata.get("chosen")
+        record["candidates"] = len(candidates)
         record["chosen_candidate"] = chosen[0] if isinstance(chosen, list) else chosen
     return record
 

@@ -47,17 +47,15 @@ def run(args: argparse.Namespace) -> int:
 
     from genserve.client import ClientPool
     from genserve.client.batch import FAILURES, SUBMISSION, BatchRunner
-    from genserve.client.tasks import read_tasks
-
-    from genserve.client.tasks import parse_task_models
-
+    from genserve.client.tasks import parse_task_models, read_tasks
     from genserve.protocol import TASKS
 
     request_options = {task: {"model": model} for task, model in parse_task_models(args.model).items()}
     if args.candidates:
         for task, contract in TASKS.items():
-            if any(field.name == "candidates" for field in contract.fields):
-                request_options.setdefault(task, {})["candidates"] = args.candidates
+            field = next((field for field in contract.fields if field.name == "candidates"), None)
+            if field is not None:  # each task makes at most what its contract allows
+                request_options.setdefault(task, {})["candidates"] = int(min(args.candidates, field.maximum or args.candidates))
     tasks = read_tasks(args.tasks)
     images = Path(args.images) if args.images else Path(args.tasks).resolve().parent
     with ClientPool(args.urls, protocol=args.protocol, timeout_s=args.timeout, retries=args.retries) as pool:
