@@ -201,6 +201,9 @@ class WorkerWatchdog:
             self._give_up(f"could not replace the workers of model {model} ({why}): {error}")
             return
         tighten_shm_regions(self.shm_prefix, self.shm_dir)  # the new copy's, before it gets requests
+        # Watch the new copy's workers from now on (one dying before the next round is a death too).
+        fresh = python_workers(self.triton_pid) or []
+        self._known.update({w.pid: w for w in fresh if w.model == model and w.pid not in self._retiring})
         self.replacements.append((model, why))
 
     def _give_up(self, reason: str) -> None:
