@@ -97,10 +97,8 @@ def read_tasks(path: str | Path) -> list[Task]:
         raise InvalidInputError(f"{path}: no such task file")
     try:
         return _read_rows(path)
-    except UnicodeDecodeError as error:
-        raise InvalidInputError(
-            f"{path}: not UTF-8 text (byte 0x{error.object[error.start]:02x} at offset {error.start}); save it as UTF-8"
-        ) from None
+    except UnicodeDecodeError:
+        raise InvalidInputError(f"{path}: {_first_non_utf8(path.read_bytes())}; save it as UTF-8") from None
     except csv.Error as error:
         raise InvalidInputError(f"{path}: not a readable CSV file ({error})") from None
 
@@ -125,6 +123,15 @@ def _read_rows(path: Path) -> list[Task]:
             seen.add(index)
             tasks.append(Task(task_type=values["task_type"].lower(), line=line, **{k: v for k, v in values.items() if k != "task_type"}))
     return tasks
+
+
+def _first_non_utf8(data: bytes) -> str:
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        line = data[: error.start].count(b"\n") + 1
+        return f"not UTF-8 text (byte 0x{data[error.start]:02x} on line {line})"
+    return "not UTF-8 text"
 
 
 def write_csv(path: str | Path, header: tuple[str, ...] | list[str], rows) -> Path:
