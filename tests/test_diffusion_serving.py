@@ -296,3 +296,19 @@ def test_bls_overhead_per_step(diffusion_server, dclient):
         f"{ms('compute_input'):.2f}, output {ms('compute_output'):.2f}); request wall {wall * 1e3:.0f} ms for {steps} steps"
     )
     assert 0 < overhead < 100
+
+
+def test_a_leaf_refuses_what_no_pipeline_request_can_make(diffusion_server, dclient):
+    """The VAE decoder takes at most the latents of build-repo's --max-size (256 here) and batch; the
+    request of issue 11 (4 images of 256 px left 6.4 GB behind) fits, four times the side does not."""
+    import json
+
+    from genserve.triton.model_config import model_parameters, read_config
+
+    limit = json.loads(model_parameters(read_config(diffusion_server.repositories[0] / "sd_vae_decoder"))["max_input_shape"])["latents"]
+    too_large = np.zeros((1, limit[1], 4 * limit[2], 4 * limit[3]), np.float32)
+    with pytest.raises(RequestError, match="above this model's limit") as error:
+        dclient.infer("sd_vae_decoder", {"latents": too_large}, ["images"])
+    assert error.value.code == "INVALID_ARGUMENT"
+    images = dclient.infer("sd_vae_decoder", {"latents": np.zeros((1, *limit[1:]), np.float32)}, ["images"])["images"]
+    assert images.shape[0] == 1
