@@ -26,6 +26,7 @@ pytestmark = pytest.mark.server
 ORI, TARGET = "2008_002506.jpg", "2008_001009.jpg"
 EVIL_MODEL_PY = b"import pathlib\npathlib.Path('/tmp/genserve-pwned').touch()\nclass TritonPythonModel:\n    pass\n"
 EVIL_CONFIG = json.dumps({"name": "evil", "backend": "python", "max_batch_size": 0})
+EMPTY_PNG = base64.b64decode("iVBORw0KGgoAAAANSUhEUgAAAEAAAABACAAAAACPAi4CAAAAHklEQVR4nO3BAQEAAACCIP+vbkhAAQAAAAAAAAAA7wYQQAABBl8YvQAAAABJRU5ErkJggg==")
 
 
 def http(server, method: str, path: str, body: dict | None = None, headers: dict | None = None) -> int:
@@ -116,3 +117,31 @@ def test_a_worker_killed_mid_batch_is_replaced_and_the_batch_finishes(triton_ser
     with Client(triton_server.grpc_url, retry_policy=RetryPolicy(retries=0)) as client:
         for _ in range(4):
             client.swap_face(faces_dir / ORI, faces_dir / TARGET, compute_identity=False)
+
+
+@pytest.mark.slow
+def test_shared_memory_swollen_by_a_huge_request_is_given_back(triton_server):
+    """A 300 MB request is copied into a worker's shared memory before any code of ours sees it (Triton
+    2.51 has no request size limit to set); it is refused, and the watchdog reloads the model whose
+    region swelled, which returns the memory."""
+    import numpy as np
+    import tritonclient.grpc as grpcclient
+    from tritonclient.utils import InferenceServerException
+
+    def region_bytes(model: str) -> int:
+        workers = [w for w in python_workers(triton_server._process.pid) if w.model == model]
+        return max(os.stat(f"/dev/shm/{w.region}").st_size for w in workers)
+
+    assert region_bytes("ocr") <= config.WORKER_SHM_RECLAIM_BYTES
+    tensor = grpcclient.InferInput("IMAGE", [1], "BYTES")
+    tensor.set_data_from_numpy(np.array([b"\0" * (300 * 2**20)], dtype=object))
+    with grpcclient.InferenceServerClient(triton_server.grpc_url) as client, pytest.raises(InferenceServerException, match="at most 64 MiB"):
+        client.infer("ocr", [tensor])
+    deadline = time.monotonic() + 120
+    while not any(model == "ocr" for model, _ in triton_server.watchdog.replacements) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert ("ocr", "a worker's shared memory grew above 256 MiB") in triton_server.watchdog.replacements
+    time.sleep(3)  # the swollen copy retires
+    assert region_bytes("ocr") <= config.WORKER_SHM_RECLAIM_BYTES
+    with Client(triton_server.grpc_url) as client:
+        assert client.ocr(EMPTY_PNG) == []
