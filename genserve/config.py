@@ -10,8 +10,8 @@ DEFAULT_HTTP_PORT = 8000
 DEFAULT_GRPC_PORT = 8001
 DEFAULT_METRICS_PORT = 8002
 DEFAULT_HOST = "localhost"
-# Where the server listens: every interface, as Triton does; tests and benchmarks use loopback only.
-DEFAULT_BIND_ADDRESS = "0.0.0.0"
+# Where the server listens: this host only. Every interface (0.0.0.0) is an explicit choice.
+DEFAULT_BIND_ADDRESS = "127.0.0.1"
 
 # Set in the server's environment when it runs a response cache (genserve serve --cache-size): a
 # pipeline model with response_cache enabled then refuses an unseeded request, which must not be cached.
@@ -24,6 +24,50 @@ SERVER_START_TIMEOUT_S = float(os.environ.get("GENSERVE_SERVER_START_TIMEOUT", "
 MAX_IMAGE_BYTES = 64 * 1024 * 1024
 MAX_IMAGE_PIXELS = 50_000_000  # about 8660 x 5770; a 20000 x 20000 image (400 MP) is refused
 MAX_IMAGE_SIDE = 16_384
+# Face swap works on the whole photo (detection upsampled, a dense warp): a 50 MP photo took 43-48 s
+# and 2.8 GB per worker here. 12.5 MP takes a 4032 x 3024 phone photo (about 6 s on 2 cores).
+MAX_FACE_SWAP_PIXELS = 12_500_000
+
+# Triton's model-control, shared-memory, logging and trace APIs answer only requests that carry this
+# header with the server's admin key (Triton's --http-restricted-api / --grpc-restricted-protocol).
+RESTRICTED_APIS = ("model-repository", "shared-memory", "logging", "trace")
+ADMIN_KEY_HEADER = "genserve-admin-key"
+ADMIN_KEY_ENV = "GENSERVE_ADMIN_KEY"  # the key itself; or GENSERVE_ADMIN_KEY_FILE names a file holding it
+ADMIN_KEY_FILE_ENV = "GENSERVE_ADMIN_KEY_FILE"
+
+# Supervision of a running server (genserve.supervision): how often worker processes are checked, how
+# often one model's workers may be replaced before the server is declared unhealthy, and the size of
+# a worker's shared-memory region (grown by one large request, never shrunk) that gets it replaced.
+WATCH_INTERVAL_S = 1.0
+MAX_WORKER_RESTARTS = 5
+WORKER_RESTART_WINDOW_S = 300.0
+WORKER_SHM_RECLAIM_BYTES = 256 * 1024 * 1024
+# `genserve serve` on SIGTERM: keep serving this long (endpoints and clients learn that the replica is
+# going), then let in-flight requests finish within the drain timeout (Triton's --exit-timeout-secs).
+DRAIN_DELAY_S = 5.0
+DRAIN_TIMEOUT_S = 60.0
+
+# Leaf models (genserve.triton.onnx_leaf): after a call whose inputs exceed this many bytes, ONNX
+# Runtime's arena gives its unused memory back (a large request would otherwise keep it for good).
+ARENA_SHRINK_ABOVE_BYTES = 16 * 1024 * 1024
+
+# Bounded queues: a request waits at most this long in a model's queue before it is refused, and a
+# full queue refuses at once (UNAVAILABLE); per model in each config.pbtxt (see
+# genserve.triton.model_config.bound_queue). Requests may ask for less with their own timeout.
+PIPELINE_QUEUE = {"max_queue_size": 8, "timeout_s": 600.0}  # diffusion pipelines (build-repo)
+LEAF_QUEUE = {"max_queue_size": 64, "timeout_s": 600.0}  # leaves behind them: fed by the pipelines
+
+# Clients: the deadline of one call (retries included), and how failures that may pass are retried.
+CLIENT_TIMEOUT_S = 600.0
+CLIENT_RETRIES = 4
+CLIENT_BACKOFF_S = 0.5
+CLIENT_MAX_BACKOFF_S = 10.0
+# The largest request a client sends (gRPC buffers it to retry it on another replica): two images of
+# MAX_IMAGE_BYTES and some options.
+CLIENT_MAX_REQUEST_BYTES = 2 * MAX_IMAGE_BYTES + 1024 * 1024
+
+# Task files (genserve run): an index names an output file (imgs/<index>.jpg) and a cell of result.csv.
+MAX_INDEX_BYTES = 128  # UTF-8 bytes: file names are limited to 255
 
 # Where genserve keeps what it prepares at run time (server backends, demo pipelines, caches).
 CACHE_DIR = Path(os.environ.get("GENSERVE_CACHE_DIR", Path.home() / ".cache" / "genserve"))

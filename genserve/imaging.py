@@ -43,13 +43,33 @@ def checked_size(data: bytes, *, what: str = "image") -> tuple[int, int]:
     return width, height
 
 
+def check_pixel_limit(data: bytes, max_pixels: int, *, what: str = "image") -> None:
+    """Refuse an image with more than ``max_pixels`` (a task's own limit), read from its header. An
+    unreadable image passes: decoding it says what is wrong."""
+    try:
+        width, height = probe_size(data, what=what)
+    except InvalidInputError:
+        return
+    if width * height > max_pixels:
+        raise InvalidInputError(f"{what} is {width}x{height} pixels; at most {max_pixels / 1e6:.1f} megapixels are accepted here")
+
+
 def decode_image(data: bytes, *, what: str = "image") -> np.ndarray:
-    """RGB array of encoded image bytes; EXIF orientation applied, alpha dropped, grey expanded."""
+    """RGB array of encoded image bytes; EXIF orientation applied, alpha dropped, grey expanded. Formats
+    OpenCV does not read (GIF) are decoded by Pillow (a GIF's first frame)."""
     checked_size(data, what=what)
     bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
     if bgr is None:
-        raise InvalidInputError(f"{what} could not be decoded: the data is corrupt or truncated")
+        return _decode_with_pillow(data, what)
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+
+def _decode_with_pillow(data: bytes, what: str) -> np.ndarray:
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            return np.asarray(image.convert("RGB"))
+    except (OSError, SyntaxError, ValueError):
+        raise InvalidInputError(f"{what} could not be decoded: the data is corrupt or truncated") from None
 
 
 def encode_image(rgb: np.ndarray, format: str = "jpeg", *, quality: int = 95) -> bytes:

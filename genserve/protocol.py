@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from genserve import config
 from genserve.errors import InvalidInputError
 
 # Element types as numpy names ("BYTES": variable-length bytes, numpy object arrays), and Triton's
@@ -80,6 +81,7 @@ class Field:
     exclusive_minimum: bool = False
     choices: tuple[str, ...] = ()
     dtype: str | None = None  # the tensor's element type; default by type (int32, float32, BYTES, bool)
+    max_pixels: int | None = None  # images: the task's pixel limit (read from the header, not decoded)
 
     def __post_init__(self) -> None:
         if self.type not in FIELD_TYPES:
@@ -119,6 +121,10 @@ class Field:
         else:  # image
             if not isinstance(value, (bytes, bytearray)):
                 raise InvalidInputError(f"{self.label} must be encoded image bytes")
+            if self.max_pixels:
+                from genserve.imaging import check_pixel_limit
+
+                check_pixel_limit(value, self.max_pixels, what=self.label)
             return bytes(value)
         too_low = self.minimum is not None and (value <= self.minimum if self.exclusive_minimum else value < self.minimum)
         if too_low or (self.maximum is not None and value > self.maximum):
@@ -353,8 +359,10 @@ FACE_SWAP = Contract(
     model="face_swap",
     summary="deepfake: the face of TARGET_IMAGE put into ORI_IMAGE, keeping ORI_IMAGE's scene",
     fields=(
-        Field("ori_image", "image", "the image whose scene is kept (JPEG, PNG, WebP or BMP bytes)", tensor="ORI_IMAGE", required=True),
-        Field("target_image", "image", "the image whose face is pasted", tensor="TARGET_IMAGE", required=True),
+        Field("ori_image", "image", "the image whose scene is kept (JPEG, PNG, WebP or BMP bytes)", tensor="ORI_IMAGE", required=True,
+              max_pixels=config.MAX_FACE_SWAP_PIXELS),
+        Field("target_image", "image", "the image whose face is pasted", tensor="TARGET_IMAGE", required=True,
+              max_pixels=config.MAX_FACE_SWAP_PIXELS),
         Field("face_index", "int", "which face of ori to replace, largest first (default: the largest)", minimum=0),
         Field("all_faces", "bool", "replace every face of ori", default=False),
         Field("output_format", "text", "encoding of the result", default="jpeg", choices=("jpeg", "jpg", "png", "webp")),

@@ -12,11 +12,15 @@ Two kinds of host are supported:
   environment's site-packages by putting the running interpreter's folder first on ``PATH``.
 
 Models are loaded explicitly (``--model-control-mode=explicit``) so that a model that fails to load
-is reported by name, with Triton's reason, instead of a server that is merely "not ready".
+is reported by name, with Triton's reason, instead of a server that is merely "not ready". Model
+control and Triton's other control APIs answer only requests carrying the admin key
+(:mod:`genserve.admin`); :mod:`genserve.supervision` checks the ports first, replaces Python-backend
+workers that die, and makes Triton die with the process that started it.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -32,7 +36,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from genserve import config
+from genserve import admin, config, supervision
 from genserve.errors import ServerError
 
 logger = logging.getLogger(__name__)
@@ -175,6 +179,9 @@ class TritonServer:
         strict: bool = True,
         cache_size: int = 0,
         extra_args: list[str] | None = None,
+        admin_key: str | None = None,
+        exit_timeout_s: float = config.DRAIN_TIMEOUT_S,
+        watch_workers: bool = True,
     ):
         repositories = repository if isinstance(repository, (list, tuple)) else [repository]
         self.repositories = [Path(path).resolve() for path in repositories]
@@ -195,10 +202,17 @@ class TritonServer:
         self.strict = strict
         self.cache_size = cache_size  # bytes of Triton's local response cache; 0: none
         self.extra_args = list(extra_args or [])
+        self.admin_key = admin_key or admin.generate_key()
+        self.exit_timeout_s = exit_timeout_s
+        self.watch_workers = watch_workers
         self.failed_models: dict[str, str] = {}
         self._dependent: list[list[str]] = []  # loaded after the others, in rounds: see start()
+        self.failure: str | None = None  # why the server was stopped from inside (a model's workers keep dying)
+        self.shm_prefix = f"genserve{os.getpid()}p{grpc_port}_"  # unique: several servers share /dev/shm
+        self.watchdog: supervision.WorkerWatchdog | None = None
         self._process: subprocess.Popen | None = None
         self._log_file = None
+        self._reloads = 0
 
     @property
     def host(self) -> str:
@@ -227,11 +241,13 @@ class TritonServer:
             f"--grpc-port={self.grpc_port}",
             f"--metrics-address={self.address}",
             f"--metrics-port={self.metrics_port}",
-            # A unique prefix lets several servers (tests, benchmarks) share one host's /dev/shm.
-            f"--backend-config=python,shm-region-prefix-name=genserve{os.getpid()}p{self.grpc_port}_",
+            f"--backend-config=python,shm-region-prefix-name={self.shm_prefix}",
             f"--backend-config=python,shm-default-byte-size={PYTHON_SHM_BYTES}",
             f"--backend-config=python,shm-growth-byte-size={PYTHON_SHM_BYTES}",
             "--log-verbose=0",
+            # On SIGINT/SIGTERM, in-flight requests finish within this time (a drain).
+            f"--exit-timeout-secs={max(int(self.exit_timeout_s), 0)}",
+            *admin.restricted_api_args(self.admin_key),
         ]
         if installation.backend_dir is not None:
             args.append(f"--backend-directory={installation.backend_dir}")
@@ -244,6 +260,12 @@ class TritonServer:
 
     def start(self) -> TritonServer:
         installation = find_installation()
+        busy = supervision.busy_ports(self.address, (self.http_port, self.grpc_port, self.metrics_port))
+        if busy:
+            raise ServerError(
+                f"port(s) {', '.join(map(str, busy))} on {self.address} are in use (another genserve serve or "
+                f"Triton?): stop it, or choose other ports (--http-port, --grpc-port, --metrics-port)"
+            )
         self._dependent = dependent_models(self.models, {name: self._model_config(name) for name in self.models})
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self._log_file = open(self.log_path, "wb")
@@ -251,14 +273,20 @@ class TritonServer:
         if self.cache_size:  # the models learn it here: a cached model then refuses requests it must not cache
             env[config.RESPONSE_CACHE_ENV] = str(self.cache_size)
         command = self.command(installation)
-        logger.debug("starting %s", " ".join(command))
+        logger.debug("starting %s", " ".join(command).replace(self.admin_key, "***"))
         self._process = subprocess.Popen(
-            command, stdout=self._log_file, stderr=subprocess.STDOUT, env=env, start_new_session=True
-        )
+            command, stdout=self._log_file, stderr=subprocess.STDOUT, env=env, start_new_session=True, umask=0o077,
+            preexec_fn=supervision.die_with_parent,
+        )  # fmt: skip
         try:
             self._wait_until_live()
             self._load_dependent_models()
+            supervision.tighten_shm_regions(self.shm_prefix)
             self._check_models()
+            if self.watch_workers:
+                self.watchdog = supervision.WorkerWatchdog(
+                    self._process.pid, self.reload_model, self._stop_from_inside, shm_prefix=self.shm_prefix
+                ).start()
         except BaseException:
             self.stop()
             raise
@@ -302,7 +330,7 @@ class TritonServer:
         def load(name: str) -> None:
             with httpclient.InferenceServerClient(self.http_url, network_timeout=self.start_timeout_s) as client:
                 try:
-                    client.load_model(name)
+                    client.load_model(name, headers=self.admin_headers)
                 except InferenceServerException as error:
                     logger.debug("loading %s failed: %s", name, error)
 
@@ -314,13 +342,11 @@ class TritonServer:
         import tritonclient.http as httpclient
 
         with httpclient.InferenceServerClient(self.http_url) as client:
-            index = client.get_model_repository_index()
-        states = {entry["name"]: entry for entry in index}
-        self.failed_models = {
-            name: states.get(name, {}).get("reason") or "not loaded (see the log)"
-            for name in self.models
-            if states.get(name, {}).get("state") != "READY"
-        }
+            not_ready = [name for name in self.models if not client.is_model_ready(name)]
+            # Triton's reasons are in the repository index, one of the APIs that need the key.
+            index = client.get_model_repository_index(headers=self.admin_headers) if not_ready else []
+        reasons = {entry["name"]: entry.get("reason") for entry in index}
+        self.failed_models = {name: reasons.get(name) or "not loaded (see the log)" for name in not_ready}
         if self.failed_models:
             report = "\n".join(f"  {name}: {reason}" for name, reason in self.failed_models.items())
             message = f"models that failed to load:\n{report}\nFull log: {self.log_path}"
@@ -333,6 +359,36 @@ class TritonServer:
         errors = [line for line in lines if line.startswith("E") or "error" in line.lower()]
         return "\n".join((errors or lines)[-15:])
 
+    @property
+    def admin_headers(self) -> dict[str, str]:
+        return admin.admin_headers(self.admin_key)
+
+    def reload_model(self, name: str) -> None:
+        """Load a fresh copy of a loaded model (new worker processes); the running copy serves until the
+        new one is ready. Triton skips the load of an unchanged model, so the config it is given carries
+        a changed parameter."""
+        import tritonclient.http as httpclient
+
+        self._reloads += 1
+        with httpclient.InferenceServerClient(self.http_url, network_timeout=self.start_timeout_s) as client:
+            model_config = client.get_model_config(name)
+            model_config.setdefault("parameters", {})["genserve_reload"] = {"string_value": str(self._reloads)}
+            client.load_model(name, headers=self.admin_headers, config=json.dumps(model_config))
+
+    def _stop_from_inside(self, reason: str) -> None:
+        """The watchdog found a failure it cannot mend: stop Triton (gracefully) and say why."""
+        self.failure = reason
+        if self.is_running():
+            self._process.send_signal(signal.SIGINT)
+
+    def exit_reason(self) -> str:
+        """Why the server stopped without being asked to, for ``genserve serve``'s last words."""
+        if self.failure:
+            return self.failure
+        code = self._process.returncode if self._process is not None else None
+        how = f"was killed by signal {signal.Signals(-code).name}" if code is not None and code < 0 else f"exited with code {code}"
+        return f"tritonserver {how}.\n{self._failure_summary()}\nFull log: {self.log_path}"
+
     def is_running(self) -> bool:
         return self._process is not None and self._process.poll() is None
 
@@ -340,16 +396,22 @@ class TritonServer:
         """Block until the server exits (for ``genserve serve`` in the foreground)."""
         return self._process.wait()
 
-    def stop(self, timeout_s: float = 30.0) -> None:
-        """Stop gracefully (SIGINT lets Triton finish in-flight requests), then kill if it hangs."""
-        process, self._process = self._process, None
+    def stop(self, timeout_s: float | None = None) -> None:
+        """Stop gracefully (SIGINT: Triton lets in-flight requests finish within ``exit_timeout_s``), then
+        kill if it hangs; remove what a killed Triton leaves in /dev/shm."""
+        if self.watchdog is not None:
+            self.watchdog.stop()
+            self.watchdog = None
+        process = self._process
         if process is not None and process.poll() is None:
             process.send_signal(signal.SIGINT)
             try:
-                process.wait(timeout=timeout_s)
+                process.wait(timeout=timeout_s if timeout_s is not None else self.exit_timeout_s + 15)
             except subprocess.TimeoutExpired:
                 os.killpg(process.pid, signal.SIGKILL)
                 process.wait()
+        if process is not None:
+            supervision.remove_shm_regions(self.shm_prefix)
         if self._log_file is not None:
             self._log_file.close()
             self._log_file = None

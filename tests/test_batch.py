@@ -17,7 +17,7 @@ from PIL import Image
 from genserve.server import free_ports
 from genserve.client import ClientPool
 from genserve.client.batch import BatchRunner
-from genserve.client.tasks import read_tasks
+from genserve.client.tasks import read_tasks, write_results
 from genserve.errors import InvalidInputError
 
 TASK_HEADER = "index,task_type,prompt,ori_image,target_image\n"
@@ -66,6 +66,8 @@ def test_task_file_with_bom_and_every_task_type_is_read(tmp_path):
         (TASK_HEADER + "1,t2i,a,,\n1,t2i,b,,\n", "appears twice"),
         (TASK_HEADER + "../x,t2i,a,,\n", "cannot name an output file"),
         (TASK_HEADER + ",t2i,a,,\n", "empty index"),
+        (TASK_HEADER + "a\x00b,t2i,a,,\n", "control characters"),
+        (TASK_HEADER + "x" * 300 + ",t2i,a,,\n", "longer than 128 bytes"),
     ],
 )
 def test_a_broken_task_file_is_refused_whole(tmp_path, content, message):
@@ -191,3 +193,84 @@ def test_task_models_from_the_command_line():
     for bad in (["deepfake=face_swap"], ["t2i="], ["paint=x"]):
         with pytest.raises(InvalidInputError, match="expected TASK=MODEL"):
             parse_task_models(bad)
+
+
+# --- a task file from elsewhere ---------------------------------------------------------------------
+
+
+def test_a_task_file_that_is_not_utf8_is_one_clear_line(tmp_path):
+    task_file = tmp_path / "task.csv"
+    task_file.write_bytes((TASK_HEADER + "1,t2i,caf\xe9 au lait,,\n").encode("latin-1"))
+    completed = subprocess.run(
+        [sys.executable, "-m", "genserve.cli", "run", str(task_file), "--out", str(tmp_path / "out"), "--no-progress"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert completed.returncode == 1
+    assert completed.stderr.strip().splitlines() == [f"genserve run: error: {task_file}: not UTF-8 text (byte 0xe9 on line 2); save it as UTF-8"]
+
+
+def test_images_outside_the_images_folder_are_refused_alike(images, tmp_path):
+    (images / "link.jpg").symlink_to("/etc/hostname")
+    rows = ["p1,deepfake,,/etc/shadow,2008_001009.jpg", "p2,deepfake,,/no/such/file.jpg,2008_001009.jpg",
+            "p3,tie,x,../../x.jpg,", "p4,deepfake,,2008_002506.jpg,link.jpg", "p5,deepfake,,missing.jpg,2008_001009.jpg"]  # fmt: skip
+    tasks = read_tasks(write_tasks(images, rows))
+    (dead_port,) = free_ports(1)
+    with ClientPool([f"127.0.0.1:{dead_port}"], retries=0, timeout_s=5) as pool:
+        summary = BatchRunner(pool, images, tmp_path / "out", concurrency=1, progress=False).run(tasks)
+        failures = {o.task.index: o.error for o in summary.failed}
+        # Existing or not, inside the filesystem or not: the same answer, and nothing sent.
+        for index, name in (("p1", "/etc/shadow"), ("p2", "/no/such/file.jpg"), ("p3", "../../x.jpg"), ("p4", "link.jpg")):
+            assert failures[index] == f"image {name!r} is not under the images folder {images} (absolute paths and '..' are refused; --allow-outside-images allows them)"
+        assert failures["p5"].startswith("image file not found")  # inside the folder: said plainly
+        # Allowed on request: the file is read and sent (here: to a server that is not there).
+        allowed = BatchRunner(pool, images, tmp_path / "out2", progress=False, allow_outside_images=True).run(tasks[3:4])
+        assert "no genserve server answers" in allowed.failed[0].error
+
+
+def test_cells_a_spreadsheet_would_run_are_neutralized(images, tmp_path):
+    tasks = read_tasks(write_tasks(images, ["=1+2,painting,x,,", "@SUM(A1),=cmd|' /C calc'!A0,x,,", "-1,t2i,,,"]))
+    out = tmp_path / "out"
+    with ClientPool(["127.0.0.1:1"], retries=0) as pool:
+        BatchRunner(pool, images, out, progress=False).run(tasks)
+    with open(out / "failures.csv", encoding="utf-8-sig", newline="") as handle:
+        rows = list(csv.reader(handle))[1:]
+    assert [row[:2] for row in rows] == [["'=1+2", "painting"], ["'@SUM(A1)", "'=cmd|' /c calc'!a0"], ["-1", "t2i"]]
+    write_results(out / "result.csv", tasks, {"=1+2", "-1"})
+    assert read_result(out) == [["index", "gen_image"], ["'=1+2", "imgs/=1+2.jpg"], ["-1", "imgs/-1.jpg"]]
+
+
+@pytest.fixture
+def small_filesystem(tmp_path):
+    """A tmpfs of 64 KiB (or read-only) at a path, for a full or read-only output folder."""
+    mounted = []
+
+    def mount(options: str):
+        target = tmp_path / f"fs{len(mounted)}"
+        target.mkdir()
+        result = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(target)], capture_output=True, text=True)
+        if result.returncode:
+            pytest.skip(f"cannot mount a tmpfs here: {result.stderr.strip()}")
+        mounted.append(target)
+        return target
+
+    yield mount
+    for target in mounted:
+        subprocess.run(["umount", str(target)], check=False)
+
+
+@pytest.mark.server
+@pytest.mark.parametrize("kind, message", [("full", "No space left on device"), ("read-only", "Read-only file system")])
+def test_an_output_folder_that_fails_ends_the_run_in_one_line(triton_server, images, small_filesystem, kind, message):
+    folder = small_filesystem("size=64k" if kind == "full" else "ro,size=64k")
+    if kind == "full":
+        (folder / "filler").write_bytes(b"\0" * 40 * 1024)  # room for the journal, not for an image
+    task_file = write_tasks(images, ["d1,deepfake,,2008_002506.jpg,2008_001009.jpg"])
+    completed = subprocess.run(
+        [sys.executable, "-m", "genserve.cli", "run", str(task_file), "--out", str(folder / "out"),
+         "--url", triton_server.grpc_url, "--no-progress"],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert completed.returncode == 1, completed.stdout
+    (line,) = completed.stderr.strip().splitlines()
+    assert line.startswith("genserve run: error: cannot write ") and message in line
+    assert not [path for path in folder.rglob("*") if "partial" in path.name]

@@ -124,3 +124,27 @@ def test_refuses_what_is_no_export(tmp_path, export_family):
     _, export_dir = export_family("sd")
     with pytest.raises(GenServeError, match="target"):
         build_repository(export_dir, tmp_path / "repo", BuildOptions(target="tpu"))
+
+
+def test_every_model_has_a_bounded_queue_and_every_leaf_input_limits(built):
+    from genserve.triton.model_config import model_parameters, unbounded_queue
+
+    target, repo, reports = built
+    for report in reports.values():
+        for name in report.leaf_models + report.pipeline_models:
+            assert unbounded_queue(parse(repo / name / "config.pbtxt")) is None, name
+        for name in report.leaf_models:
+            config = parse(repo / name / "config.pbtxt")
+            limits = json.loads(model_parameters(config)["max_input_shape"])
+            batch = 1 if config.max_batch_size else 0
+            # As the model receives each input: its reshape (a per-sample [1] as []) after the batch.
+            dims = {t.name: list(t.reshape.shape if t.HasField("reshape") else t.dims) for t in config.input}
+            assert {k: len(v) + batch for k, v in dims.items()} == {k: len(v) for k, v in limits.items()}, name
+            for tensor, declared in dims.items():  # fixed sizes as declared; the free ones bounded
+                assert all(d in (-1, limit) for d, limit in zip(declared, limits[tensor][batch:])), name
+    # The largest request the pipelines accept (max_size 2048, max_batch_size 8): SD's VAE (scale 8 here
+    # too) decodes at most 8 latents of 2048/8 a side.
+    options = BuildOptions()
+    vae = json.loads(model_parameters(parse(repo / "sd_vae_decoder" / "config.pbtxt"))["max_input_shape"])["latents"]
+    scale = options.max_size // vae[2]
+    assert vae[0] == options.max_batch_size and vae[2] == vae[3] == options.max_size // scale and scale in (2, 4, 8)

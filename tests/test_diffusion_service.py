@@ -45,6 +45,9 @@ def test_export_service_refuses_what_the_served_model_refuses(export_family):
         service.generate({"prompt": "x", "steps": 0})
     with pytest.raises(InvalidInputError, match="multiple of"):
         service.generate({"prompt": "x", "width": 30, "height": 32})
+    # The contract's maximum is 1000; SD's PNDM (steps_offset 1) indexes past its timesteps there.
+    with pytest.raises(InvalidInputError, match=r"steps must be at most 999 for this model \(PNDMScheduler\)"):
+        service.generate({"prompt": "x", "steps": 1000})
     with pytest.raises(InvalidInputError, match="serves no vttie"):
         export_service(export_dir, "vttie")
 

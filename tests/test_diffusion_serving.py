@@ -448,3 +448,19 @@ def test_response_cache_answers_a_repeated_seeded_request(export_family, tmp_pat
         raw.set_data_from_numpy(np.array([PROMPT.encode()], dtype=object))
         with pytest.raises(Exception, match="SEED is missing"):
             client._client.infer("sd_text_to_image", [raw])
+
+
+def test_a_leaf_refuses_what_no_pipeline_request_can_make(diffusion_server, dclient):
+    """The VAE decoder takes at most the latents of build-repo's --max-size (256 here) and batch; the
+    request of issue 11 (4 images of 256 px left 6.4 GB behind) fits, four times the side does not."""
+    import json
+
+    from genserve.triton.model_config import model_parameters, read_config
+
+    limit = json.loads(model_parameters(read_config(diffusion_server.repositories[0] / "sd_vae_decoder"))["max_input_shape"])["latents"]
+    too_large = np.zeros((1, limit[1], 4 * limit[2], 4 * limit[3]), np.float32)
+    with pytest.raises(RequestError, match="above this model's limit") as error:
+        dclient.infer("sd_vae_decoder", {"latents": too_large}, ["images"])
+    assert error.value.code == "INVALID_ARGUMENT"
+    images = dclient.infer("sd_vae_decoder", {"latents": np.zeros((1, *limit[1:]), np.float32)}, ["images"])["images"]
+    assert images.shape[0] == 1

@@ -4,28 +4,33 @@
         results = await asyncio.gather(*(client.swap_face(ori, t) for t in targets))
 
 Many requests in flight from one event loop, without a thread each: what a web front end or an
-asyncio batch job wants. Built on ``tritonclient.grpc.aio``.
+asyncio batch job wants. Built on ``tritonclient.grpc.aio``; deadlines, retries and targets that
+resolve to several servers work as in :class:`~genserve.client.Client`.
 """
 
 from __future__ import annotations
 
+import asyncio
+import itertools
 from typing import Any
 
 import numpy as np
 
 from genserve import config
+from genserve.client import retry
 from genserve.client.client import Call, RequestError, TaskMethods, is_final, request_error, triton_inputs, unavailable
 
 
 class AsyncClient(TaskMethods):
-    def __init__(self, url: str | None = None, *, timeout_s: float | None = 600.0):
+    def __init__(self, url: str | None = None, *, timeout_s: float | None = config.CLIENT_TIMEOUT_S, retry_policy: retry.RetryPolicy | None = None):
         import tritonclient.grpc.aio as triton
 
         self.protocol = "grpc"
         self.url = url or config.grpc_url()
         self.timeout_s = timeout_s
+        self.retry_policy = retry_policy or retry.RetryPolicy()
         self._triton = triton
-        self._client = triton.InferenceServerClient(self.url)
+        self._client = triton.InferenceServerClient(self.url, channel_args=retry.grpc_channel_args(self.retry_policy))
 
     async def close(self) -> None:
         await self._client.close()
@@ -43,13 +48,25 @@ class AsyncClient(TaskMethods):
             return False
 
     async def infer(self, model: str, inputs: dict[str, np.ndarray], outputs: list[str]) -> dict[str, np.ndarray]:
+        deadline = retry.deadline_after(self.timeout_s)
+        for attempt in itertools.count():
+            try:
+                return await self._infer_once(model, inputs, outputs, deadline)
+            except RequestError as error:
+                # UNAVAILABLE was retried by gRPC's channel already (see genserve.client.retry).
+                delay = None if error.code == "UNAVAILABLE" else self.retry_policy.delay(error, attempt, deadline)
+                if delay is None:
+                    raise
+                await asyncio.sleep(delay)
+
+    async def _infer_once(self, model: str, inputs: dict[str, np.ndarray], outputs: list[str], deadline: float | None) -> dict[str, np.ndarray]:
         from tritonclient.utils import InferenceServerException
 
         requested = [self._triton.InferRequestedOutput(name) for name in outputs]
+        remaining = retry.remaining_s(deadline)
+        timeouts = {} if remaining is None else {"timeout": int(remaining * 1e6), "client_timeout": remaining}
         try:
-            result = await self._client.infer(
-                model, triton_inputs(self._triton, inputs), outputs=requested, client_timeout=self.timeout_s
-            )
+            result = await self._client.infer(model, triton_inputs(self._triton, inputs), outputs=requested, **timeouts)
         except InferenceServerException as error:
             raise request_error(error, self.url, self.protocol) from None
         except (ConnectionError, OSError) as error:

@@ -13,11 +13,15 @@ A row's image is written under a temporary name and renamed, then its journal li
 flushed: a run killed at any moment leaves only whole images and a journal naming exactly them, and a
 rerun redoes nothing that finished. A failed row is retried with backoff when the failure may pass
 (see :class:`~genserve.client.ClientPool`), then reported while the other rows go on.
+
+Image columns name files under the images folder only: absolute paths and ``..`` are refused (the same
+answer whether or not the file exists) unless ``allow_outside_images``. The output folder failing
+(disk full, no permission) stops the run with one :class:`OutputError` naming the path; its temporary
+files are removed and the finished rows stay for a rerun.
 """
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 import threading
@@ -31,9 +35,14 @@ from typing import Any
 
 from genserve.client.client import ImageResult
 from genserve.client.pool import ClientPool
-from genserve.client.tasks import IMAGES_FOLDER, Task, write_results
+from genserve.client.tasks import IMAGES_FOLDER, Task, write_csv, write_results
 from genserve.protocol import DIFFUSION_TASKS, STREAM_SUFFIX, TASK_TYPES, TASKS
 from genserve.errors import GenServeError, InvalidInputError
+
+
+class OutputError(GenServeError):
+    """The output folder cannot be written (disk full, no permission): the whole run stops."""
+
 
 JOURNAL = "progress.jsonl"
 FAILURES = "failures.csv"
@@ -137,9 +146,11 @@ class BatchRunner:
         progress: bool = True,
         request_options: dict[str, dict[str, Any]] | None = None,
         stream: bool = True,
+        allow_outside_images: bool = False,
     ):
         self.pool = pool
         self.images_dir = Path(images_dir)
+        self.allow_outside_images = allow_outside_images
         self.out_dir = Path(out_dir)
         self.concurrency = max(1, concurrency)
         self.progress = progress
@@ -154,8 +165,18 @@ class BatchRunner:
         self._lock = threading.Lock()
 
     def run(self, tasks: list[Task]) -> BatchSummary:
+        try:
+            return self._run(tasks)
+        except OSError as error:  # the output folder: one line, not a traceback
+            raise OutputError(f"cannot write {error.filename or self.out_dir}: {error.strerror or error} "
+                              "(finished rows are kept; fix it and run again to resume)") from None
+        finally:
+            self._remove_partial_files()
+
+    def _run(self, tasks: list[Task]) -> BatchSummary:
         started = time.perf_counter()
         (self.out_dir / IMAGES_FOLDER).mkdir(parents=True, exist_ok=True)
+        self._remove_partial_files()  # of a run that was killed
         journal = self._read_journal()
         done = {index for index in journal if (self.out_dir / IMAGES_FOLDER / f"{index}.jpg").is_file()}
         pending = [task for task in tasks if task.index not in done]
@@ -167,6 +188,8 @@ class BatchRunner:
             with ThreadPoolExecutor(max_workers=self.concurrency) as pool:
                 futures = [pool.submit(self._run_row, task) for task in pending]
                 for future in as_completed(futures):
+                    if future.exception() is not None:  # the output folder failed: stop sending rows
+                        pool.shutdown(wait=True, cancel_futures=True)
                     outcome = future.result()
                     outcomes.append(outcome)
                     if outcome.ok:
@@ -207,12 +230,13 @@ class BatchRunner:
             if problem:
                 raise InvalidInputError(problem)
             result = self._request(task)
-            self._save(task, result)
+            jpeg = result.as_jpeg()
         except (GenServeError, OSError) as error:
             return RowOutcome(task, ok=False, seconds=time.perf_counter() - started, error=_first_line(error))
         except Exception as error:  # noqa: BLE001 - one row's surprise must not cost the other rows
             message = f"internal error: {type(error).__name__}: {_first_line(error)}"
             return RowOutcome(task, ok=False, seconds=time.perf_counter() - started, error=message)
+        self._save(task, jpeg)  # an OSError here is the output folder's: it stops the run
         return RowOutcome(task, ok=True, seconds=time.perf_counter() - started, proxies=quality_proxies(task, result.metadata),
                           quality=quality_record(task, result.metadata))
 
@@ -257,14 +281,19 @@ class BatchRunner:
 
     def _image(self, name: str) -> bytes:
         path = self.images_dir / name
+        if not self.allow_outside_images and not _inside(path, self.images_dir):
+            raise InvalidInputError(
+                f"image {name!r} is not under the images folder {self.images_dir} (absolute paths and '..' are "
+                "refused; --allow-outside-images allows them)"
+            )
         if not path.is_file():
             raise InvalidInputError(f"image file not found: {path}")
         return path.read_bytes()
 
-    def _save(self, task: Task, result: ImageResult) -> None:
+    def _save(self, task: Task, jpeg: bytes) -> None:
         final = self.out_dir / task.output_name
-        partial = final.with_name(f".{task.index}.partial.jpg")  # the .jpg suffix makes save() write JPEG
-        result.save(partial)
+        partial = final.with_name(f".{task.index}.partial.jpg")
+        partial.write_bytes(jpeg)
         partial.replace(final)
 
     # --- bookkeeping ---------------------------------------------------------------------------------
@@ -293,16 +322,13 @@ class BatchRunner:
 
     def _write_quality(self, tasks: list[Task], journal: dict[str, dict], done: set[str]) -> None:
         """OUT/quality.csv: every finished row's quality record (earlier runs' rows from the journal)."""
-        partial = self.out_dir / f".{QUALITY}.partial"
-        with open(partial, "w", newline="", encoding="utf-8-sig") as handle:
-            writer = csv.DictWriter(handle, fieldnames=QUALITY_COLUMNS, extrasaction="ignore")
-            writer.writeheader()
-            for task in tasks:
-                if task.index in done:
-                    record = journal.get(task.index, {})
-                    writer.writerow({**record.get("quality", {}), "index": task.index, "task_type": task.task_type,
-                                     "seconds": record.get("seconds", "")})
-        partial.replace(self.out_dir / QUALITY)
+        rows = []
+        for task in tasks:
+            if task.index in done:
+                record = journal.get(task.index, {})
+                cells = {**record.get("quality", {}), "index": task.index, "task_type": task.task_type, "seconds": record.get("seconds", "")}
+                rows.append(["" if cells.get(column) is None else cells[column] for column in QUALITY_COLUMNS])
+        write_csv(self.out_dir / QUALITY, QUALITY_COLUMNS, rows)
 
     @staticmethod
     def _mean_proxies(tasks: list[Task], journal: dict[str, dict], done: set[str]) -> dict[str, dict[str, float]]:
@@ -318,11 +344,13 @@ class BatchRunner:
         if not failed:
             path.unlink(missing_ok=True)
             return
-        with open(path, "w", newline="", encoding="utf-8-sig") as handle:
-            writer = csv.writer(handle)
-            writer.writerow(["index", "task_type", "line", "error"])
-            for outcome in failed:
-                writer.writerow([outcome.task.index, outcome.task.task_type, outcome.task.line, outcome.error])
+        rows = ([o.task.index, o.task.task_type, o.task.line, o.error] for o in failed)
+        write_csv(path, ["index", "task_type", "line", "error"], rows)
+
+    def _remove_partial_files(self) -> None:
+        for pattern in (f"{IMAGES_FOLDER}/.*.partial.jpg", ".*.partial"):
+            for path in self.out_dir.glob(pattern):
+                path.unlink(missing_ok=True)
 
     def _write_submission(self, tasks: list[Task], done: set[str]) -> None:
         partial = self.out_dir / f".{SUBMISSION}.partial"
@@ -339,6 +367,11 @@ class BatchRunner:
         from tqdm import tqdm
 
         return tqdm(total=total, initial=initial, unit="row", desc="tasks", dynamic_ncols=True)
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    """Whether ``path`` (symbolic links followed) is within ``folder``."""
+    return path.resolve().is_relative_to(folder.resolve())
 
 
 def _first_line(error: Exception) -> str:

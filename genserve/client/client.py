@@ -2,12 +2,18 @@
 
 It wraps tritonclient, whose gRPC and HTTP clients share one interface, packs requests and unpacks
 responses with the tasks' contracts (:mod:`genserve.protocol`), and turns Triton's error responses
-into :class:`RequestError` with the server's message.
+into :class:`RequestError` with the server's message. Every call has one deadline, retries included,
+and failures that may pass are retried (:mod:`genserve.client.retry`). Over gRPC, the URL may be any
+gRPC target, also one that resolves to several servers (``dns:///genserve-headless:8001``,
+``ipv4:10.0.0.5:8001,10.0.0.6:8001``): calls are spread over them with gRPC's ``round_robin``.
 """
 
 from __future__ import annotations
 
+import io
+import itertools
 import secrets
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +23,7 @@ import numpy as np
 from PIL import Image
 
 from genserve import config
+from genserve.client import retry
 from genserve.client.images import ImageLike, decode_image, to_image_bytes
 from genserve.errors import GenServeError
 from genserve.protocol import (
@@ -40,13 +47,16 @@ Protocol = Literal["grpc", "http"]
 class RequestError(GenServeError):
     """The server refused or failed one request; ``str(error)`` is the server's message.
 
-    ``retriable`` is False when the request itself is wrong (gRPC INVALID_ARGUMENT, HTTP 400: sending
-    it again gives the same answer) and True for failures that may pass on another try.
+    ``code`` is the gRPC status name (HTTP statuses are mapped to them: 400 INVALID_ARGUMENT, 503
+    UNAVAILABLE...). ``retriable`` says whether another try may pass (:mod:`genserve.client.retry`):
+    False for a refused request (sending it again gives the same answer), an expired deadline and a
+    model's own failure.
     """
 
-    def __init__(self, message: str, *, retriable: bool = True):
+    def __init__(self, message: str, *, retriable: bool = True, code: str = "UNKNOWN"):
         super().__init__(message)
         self.retriable = retriable
+        self.code = code
 
 
 class ServerUnavailableError(RequestError):
@@ -68,14 +78,21 @@ class ImageResult:
         """Write the image; the file's extension picks the format (bytes as served when it matches)."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        served_format = self.image.format or ""
         wanted = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG", ".webp": "WEBP"}.get(path.suffix.lower())
-        if wanted is None or wanted == served_format:
-            path.write_bytes(self.encoded)
-        else:
-            image = self.image
-            image.convert("RGB" if wanted == "JPEG" else image.mode).save(path, format=wanted, quality=95)
+        path.write_bytes(self.encoded if wanted is None else self.encoded_as(wanted))
         return path
+
+    def as_jpeg(self) -> bytes:
+        return self.encoded_as("JPEG")
+
+    def encoded_as(self, image_format: str) -> bytes:
+        """The image's bytes in ``image_format`` (``JPEG``, ``PNG``, ``WEBP``): as served when it is that."""
+        image = self.image
+        if image.format == image_format:
+            return self.encoded
+        buffer = io.BytesIO()
+        image.convert("RGB" if image_format == "JPEG" else image.mode).save(buffer, format=image_format, quality=95)
+        return buffer.getvalue()
 
 
 @dataclass(frozen=True)
@@ -88,20 +105,27 @@ class OcrLine:
     score: float
 
 
+# HTTP statuses as the gRPC status names Triton maps them from.
+_HTTP_CODES = {"400": "INVALID_ARGUMENT", "403": "PERMISSION_DENIED", "404": "NOT_FOUND", "500": "INTERNAL", "503": "UNAVAILABLE"}
+
+
 def request_error(error, url: str, protocol: str) -> RequestError:
-    """tritonclient's exception as ours: the server's message, and whether a retry may help."""
-    if "UNAVAILABLE" in str(error.status()) or "failed to connect" in (error.message() or ""):
-        return unavailable(url, protocol)
-    refused = str(error.status()) in ("StatusCode.INVALID_ARGUMENT", "400", "StatusCode.NOT_FOUND", "404")
+    """tritonclient's exception as ours: the server's message, its code, and whether a retry may help."""
+    status = str(error.status() or "").removeprefix("StatusCode.")
+    code = _HTTP_CODES.get(status, status or "UNKNOWN")
     # The server marks invalid input in the message too (for its own BLS callers); the code says it here.
     message = (error.message() or str(error)).removeprefix(INVALID_INPUT)
-    return RequestError(message, retriable=not refused)
+    if code in ("UNAVAILABLE", "UNKNOWN") and retry.unreachable(message):
+        return unavailable(url, protocol, message)
+    retriable = code == "UNAVAILABLE" or (code in ("INTERNAL", "NOT_FOUND") and retry.transient(message))
+    return RequestError(message, retriable=retriable, code=code)
 
 
-def unavailable(url: str, protocol: str, cause: Exception | None = None) -> ServerUnavailableError:
+def unavailable(url: str, protocol: str, cause: object | None = None) -> ServerUnavailableError:
     detail = f" ({cause})" if cause else ""
     return ServerUnavailableError(
-        f"no genserve server answers at {url} over {protocol}{detail}; start one with `genserve serve` or point --url at it"
+        f"no genserve server answers at {url} over {protocol}{detail}; start one with `genserve serve` or point --url at it",
+        code="UNAVAILABLE",
     )
 
 
@@ -248,20 +272,30 @@ class TaskMethods:
 class Client(TaskMethods):
     """Talk to a genserve Triton server.
 
-    ``url`` is ``host:port`` of the gRPC endpoint (default ``localhost:8001``) or, with
-    ``protocol="http"``, of the HTTP endpoint (default ``localhost:8000``).
+    ``url`` is the gRPC target (default ``localhost:8001``; ``dns:///NAME:PORT`` or ``ipv4:A:P,B:P``
+    for several servers) or, with ``protocol="http"``, ``host:port`` of the HTTP endpoint (default
+    ``localhost:8000``). ``timeout_s`` is the deadline of one call, retries included; ``retry`` says
+    which failures are retried and how (:class:`~genserve.client.retry.RetryPolicy`).
     """
 
-    def __init__(self, url: str | None = None, *, protocol: Protocol = "grpc", timeout_s: float | None = 600.0):
+    def __init__(
+        self,
+        url: str | None = None,
+        *,
+        protocol: Protocol = "grpc",
+        timeout_s: float | None = config.CLIENT_TIMEOUT_S,
+        retry_policy: retry.RetryPolicy | None = None,
+    ):
         if protocol not in ("grpc", "http"):
             raise ValueError(f"protocol must be 'grpc' or 'http', not {protocol!r}")
         self.protocol = protocol
         self.url = url or (config.grpc_url() if protocol == "grpc" else config.http_url())
         self.timeout_s = timeout_s
+        self.retry_policy = retry_policy or retry.RetryPolicy()
         if protocol == "grpc":  # timeouts per call, see infer()
             import tritonclient.grpc as tritonclient
 
-            self._client = tritonclient.InferenceServerClient(self.url)
+            self._client = tritonclient.InferenceServerClient(self.url, channel_args=retry.grpc_channel_args(self.retry_policy))
         else:  # the HTTP client's timeouts are per connection
             import tritonclient.http as tritonclient
 
@@ -286,16 +320,37 @@ class Client(TaskMethods):
             return False
 
     def infer(self, model: str, inputs: dict[str, np.ndarray], outputs: list[str]) -> dict[str, np.ndarray]:
-        """One request to one model; numpy in, numpy out. Raises :class:`RequestError` on a refused request."""
+        """One request to one model, retried as :attr:`retry_policy` says within the call's deadline;
+        numpy in, numpy out. Raises :class:`RequestError` when it fails for good."""
+        deadline = retry.deadline_after(self.timeout_s)
+        for attempt in itertools.count():
+            try:
+                return self._infer_once(model, inputs, outputs, deadline)
+            except RequestError as error:
+                delay = self.retry_policy.delay(error, attempt, deadline) if self._retries_itself(error) else None
+                if delay is None:
+                    raise
+                time.sleep(delay)
+
+    def _retries_itself(self, error: RequestError) -> bool:
+        """gRPC's channel has retried UNAVAILABLE already (its retry policy); the rest is retried here."""
+        return not (self.protocol == "grpc" and error.code == "UNAVAILABLE")
+
+    def _infer_once(self, model: str, inputs: dict[str, np.ndarray], outputs: list[str], deadline: float | None) -> dict[str, np.ndarray]:
         from tritonclient.utils import InferenceServerException
 
         tensors = triton_inputs(self._triton, inputs)
         requested = [self._triton.InferRequestedOutput(name) for name in outputs]
-        kwargs = {"client_timeout": self.timeout_s} if self.protocol == "grpc" and self.timeout_s else {}
+        remaining = retry.remaining_s(deadline)
+        kwargs = {} if remaining is None else {"timeout": int(remaining * 1e6)}  # the server drops it when expired
+        if self.protocol == "grpc" and remaining is not None:
+            kwargs["client_timeout"] = remaining
         try:
             result = self._client.infer(model, tensors, outputs=requested, **kwargs)
         except InferenceServerException as error:
             raise request_error(error, self.url, self.protocol) from None
+        except TimeoutError as error:  # the HTTP client's network timeout
+            raise RequestError(f"no answer from {self.url} within the deadline ({error})", retriable=False, code="DEADLINE_EXCEEDED") from None
         except (ConnectionError, OSError) as error:  # the HTTP client's transport errors
             raise unavailable(self.url, self.protocol, error) from None
         return {name: result.as_numpy(name) for name in outputs}

@@ -1,11 +1,15 @@
-"""Several servers as one: requests spread over replicas, retried with backoff when one fails.
+"""Several servers by their URLs, as one: each call goes to the next in turn, and a failure that may
+pass is retried on the following one.
 
-A user scales out by running more Triton servers; :class:`ClientPool` takes their URLs and offers
-every task method of :class:`~genserve.client.Client` (``pool.swap_face(...)``, ``pool.ocr(...)``…).
-Each call goes to the next replica in turn; a failure that may pass on another try (server
-unavailable, timeout, internal error) is retried on the next replica after an exponential backoff,
-while a refused request (bad input) fails at once. Clients are kept per thread, so a pool can be
-shared by worker threads (tritonclient's HTTP client is not thread-safe).
+Over gRPC, one target that resolves to every replica does this with gRPC's own machinery: give
+:class:`~genserve.client.Client` ``dns:///genserve-headless:8001`` (a Kubernetes headless Service) or
+``ipv4:10.0.0.5:8001,10.0.0.6:8001`` and it spreads calls with ``round_robin`` and retries UNAVAILABLE
+on another replica. :class:`ClientPool` is for what gRPC does not cover: HTTP, and servers known by
+different names that no single gRPC target resolves to. It offers every task method of
+:class:`~genserve.client.Client` (``pool.swap_face(...)``, ``pool.ocr(...)``…), retries as
+:mod:`genserve.client.retry` says (refused requests and expired deadlines never; every attempt within
+the call's one deadline), and keeps clients per thread, so worker threads can share it (tritonclient's
+HTTP client is not thread-safe).
 """
 
 from __future__ import annotations
@@ -16,9 +20,13 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
+from genserve import config
+from genserve.client import retry
 from genserve.client.client import Client, Protocol, RequestError
 
 T = TypeVar("T")
+# The pool retries, on the next replica; its clients try once each.
+_ONCE = retry.RetryPolicy(retries=0)
 
 
 class ClientPool:
@@ -27,13 +35,13 @@ class ClientPool:
         urls: Sequence[str] | None = None,
         *,
         protocol: Protocol = "grpc",
-        timeout_s: float | None = 600.0,
-        retries: int = 3,
-        backoff_s: float = 1.0,
+        timeout_s: float | None = config.CLIENT_TIMEOUT_S,
+        retries: int = config.CLIENT_RETRIES,
+        backoff_s: float = config.CLIENT_BACKOFF_S,
     ):
         self.urls = list(urls or [None])
         self.protocol, self.timeout_s = protocol, timeout_s
-        self.retries, self.backoff_s = retries, backoff_s
+        self.retry_policy = retry.RetryPolicy(retries=retries, backoff_s=backoff_s)
         self._turn = itertools.count()
         self._turn_lock = threading.Lock()
         self._local = threading.local()
@@ -44,14 +52,17 @@ class ClientPool:
         """``request(client)`` on the next replica; retried on the following ones as described above."""
         with self._turn_lock:
             first = next(self._turn)
-        for attempt in range(self.retries + 1):
+        deadline = retry.deadline_after(self.timeout_s)
+        for attempt in itertools.count():
             client = self._client(self.urls[(first + attempt) % len(self.urls)])
             try:
-                return request(client)
+                with retry.call_deadline(deadline):
+                    return request(client)
             except RequestError as error:
-                if not error.retriable or attempt == self.retries:
+                delay = self.retry_policy.delay(error, attempt, deadline)
+                if delay is None:
                     raise
-                time.sleep(self.backoff_s * 2**attempt)
+                time.sleep(delay)
         raise AssertionError("unreachable")
 
     def __getattr__(self, name: str) -> Callable[..., Any]:
@@ -65,7 +76,7 @@ class ClientPool:
         if clients is None:
             clients = self._local.clients = {}
         if url not in clients:
-            clients[url] = Client(url, protocol=self.protocol, timeout_s=self.timeout_s)
+            clients[url] = Client(url, protocol=self.protocol, timeout_s=self.timeout_s, retry_policy=_ONCE)
             with self._clients_lock:
                 self._all_clients.append(clients[url])
         return clients[url]

@@ -5,16 +5,23 @@
 ``ori_image``) or ``deepfake`` (the face of ``target_image`` into ``ori_image``). Image columns name
 files relative to the images folder. ``result.csv`` is UTF-8 with a BOM (``utf-8-sig``), columns
 ``index, gen_image``, rows in task order.
+
+A task file is input from elsewhere: an index must be usable as a file name (no path separators,
+control characters or leading dot, at most :data:`~genserve.config.MAX_INDEX_BYTES` bytes), and every
+cell written to a CSV file is neutralized when a spreadsheet would run it as a formula.
 """
 
 from __future__ import annotations
 
 import csv
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from genserve import config
 from genserve.errors import InvalidInputError
 from genserve.protocol import DIFFUSION_TASKS, TASK_TYPES
+
 TASK_COLUMNS = ("index", "task_type", "prompt", "ori_image", "target_image")
 RESULT_COLUMNS = ("index", "gen_image")
 IMAGES_FOLDER = "imgs"
@@ -57,11 +64,46 @@ def parse_task_models(pairs: list[str], allowed: tuple[str, ...] = DIFFUSION_TAS
     return models
 
 
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_NUMBER = re.compile(r"^[+-]?\d+(\.\d+)?$")
+
+
+def index_problem(index: str) -> str | None:
+    """Why ``index`` cannot name an output file, or None."""
+    if not index:
+        return "empty index"
+    if _CONTROL.search(index):
+        return f"index {index!r} holds control characters"
+    if "/" in index or "\\" in index or index.startswith("."):
+        return f"index {index!r} cannot name an output file"
+    if len(index.encode("utf-8")) > config.MAX_INDEX_BYTES:
+        return f"index {index[:20]!r}… is longer than {config.MAX_INDEX_BYTES} bytes"
+    return None
+
+
+def csv_safe(cell: str) -> str:
+    """A cell a spreadsheet shows as text: one starting with = + - @ or a tab/CR (a formula, OWASP's CSV
+    injection) gets a leading apostrophe; numbers (-1, +3.5) stay as they are."""
+    if cell and cell[0] in "=+-@\t\r" and not _NUMBER.match(cell):
+        return "'" + cell
+    return cell
+
+
 def read_tasks(path: str | Path) -> list[Task]:
-    """Every row of a task file; the file's own problems (columns, duplicate or unsafe indexes) raise."""
+    """Every row of a task file; the file's own problems (columns, encoding, duplicate or unsafe
+    indexes) raise, before any work is sent."""
     path = Path(path)
     if not path.is_file():
         raise InvalidInputError(f"{path}: no such task file")
+    try:
+        return _read_rows(path)
+    except UnicodeDecodeError:
+        raise InvalidInputError(f"{path}: {_first_non_utf8(path.read_bytes())}; save it as UTF-8") from None
+    except csv.Error as error:
+        raise InvalidInputError(f"{path}: not a readable CSV file ({error})") from None
+
+
+def _read_rows(path: Path) -> list[Task]:
     with open(path, newline="", encoding="utf-8-sig") as handle:
         reader = csv.DictReader(handle)
         header = [name.strip() for name in reader.fieldnames or []]
@@ -73,10 +115,9 @@ def read_tasks(path: str | Path) -> list[Task]:
         for line, row in enumerate(reader, start=2):
             values = {name: (row.get(name) or "").strip() for name in TASK_COLUMNS}
             index = values["index"]
-            if not index:
-                raise InvalidInputError(f"{path}:{line}: empty index")
-            if "/" in index or "\\" in index or index.startswith("."):
-                raise InvalidInputError(f"{path}:{line}: index {index!r} cannot name an output file")
+            problem = index_problem(index)
+            if problem:
+                raise InvalidInputError(f"{path}:{line}: {problem}")
             if index in seen:
                 raise InvalidInputError(f"{path}:{line}: index {index!r} appears twice")
             seen.add(index)
@@ -84,15 +125,31 @@ def read_tasks(path: str | Path) -> list[Task]:
     return tasks
 
 
-def write_results(path: str | Path, tasks: list[Task], done: set[str]) -> Path:
-    """``result.csv``: one row per finished task, in task order (written whole, then renamed into place)."""
+def _first_non_utf8(data: bytes) -> str:
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        line = data[: error.start].count(b"\n") + 1
+        return f"not UTF-8 text (byte 0x{data[error.start]:02x} on line {line})"
+    return "not UTF-8 text"
+
+
+def write_csv(path: str | Path, header: tuple[str, ...] | list[str], rows) -> Path:
+    """A CSV file for people and spreadsheets (utf-8-sig, every cell :func:`csv_safe`), written whole
+    then renamed into place."""
     path = Path(path)
-    partial = path.with_suffix(".csv.partial")
-    with open(partial, "w", newline="", encoding="utf-8-sig") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(RESULT_COLUMNS)
-        for task in tasks:
-            if task.index in done:
-                writer.writerow([task.index, task.output_name])
-    partial.replace(path)
+    partial = path.with_name(f".{path.name}.partial")
+    try:
+        with open(partial, "w", newline="", encoding="utf-8-sig") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(header)
+            writer.writerows([csv_safe(str(cell)) for cell in row] for row in rows)
+        partial.replace(path)
+    finally:
+        partial.unlink(missing_ok=True)
     return path
+
+
+def write_results(path: str | Path, tasks: list[Task], done: set[str]) -> Path:
+    """``result.csv``: one row per finished task, in task order."""
+    return write_csv(path, RESULT_COLUMNS, ([task.index, task.output_name] for task in tasks if task.index in done))

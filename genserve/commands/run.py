@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from genserve import config
+
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
@@ -14,14 +16,22 @@ def register(subparsers) -> None:
         "index, gen_image) and OUT/submission.zip. Resumable: a rerun skips the rows already finished, and "
         "a killed run loses none. Rows that fail are retried when the failure may pass, then listed in "
         "OUT/failures.csv while the others go on; OUT/quality.csv has each finished row's quality proxy "
-        "(identity, artifacts, OCR distance). Exits 1 when some row failed.",
+        "(identity, artifacts, OCR distance). Exits 1 when some row failed. Image columns name files under "
+        "--images only.",
     )
     parser.add_argument("tasks", metavar="TASK_CSV", help="the task file")
     parser.add_argument("--images", metavar="DIR", help="folder the image columns are relative to (default: the task file's folder)")
+    parser.add_argument(
+        "--allow-outside-images", action="store_true",
+        help="let image columns name absolute paths and paths with '..' (refused by default: a task file "
+        "from elsewhere could make this command upload any file it can read)",
+    )  # fmt: skip
     parser.add_argument("--out", metavar="OUT", required=True, help="output folder (created; reused to resume)")
     parser.add_argument(
-        "--url", action="append", dest="urls", metavar="HOST:PORT",
-        help="server to use; repeat for several replicas (default localhost:8001 for gRPC)",
+        "--url", action="append", dest="urls", metavar="TARGET",
+        help="server to use (default localhost:8001 for gRPC). A gRPC target may name several servers, "
+        "balanced round-robin: dns:///genserve-headless:8001 or ipv4:10.0.0.5:8001,10.0.0.6:8001. Repeat "
+        "for servers no one target names (HTTP, or gRPC servers with different names)",
     )  # fmt: skip
     parser.add_argument("--protocol", choices=("grpc", "http"), default="grpc")
     parser.add_argument(
@@ -33,8 +43,15 @@ def register(subparsers) -> None:
     parser.add_argument("--candidates", type=int, metavar="N",
                         help="best of N for the task types that score their own results (vttie: OCR reading; deepfake: "
                         "identity): N candidates per row, the best returned; scores in OUT/quality.csv")
-    parser.add_argument("--retries", type=int, default=3, help="retries of a row whose failure may pass (default 3)")
-    parser.add_argument("--timeout", type=float, default=600.0, help="seconds one request may take (default 600)")
+    parser.add_argument(
+        "--retries", type=int, default=config.CLIENT_RETRIES,
+        help=f"retries of a row whose failure may pass: server unreachable or overloaded, a worker restarting "
+        f"(default {config.CLIENT_RETRIES}); refused rows and expired deadlines are not retried",
+    )  # fmt: skip
+    parser.add_argument(
+        "--timeout", type=float, default=config.CLIENT_TIMEOUT_S,
+        help=f"seconds one row may take, retries included (default {config.CLIENT_TIMEOUT_S:g})",
+    )  # fmt: skip
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--no-stream", dest="stream", action="store_false",
                         help="send diffusion rows to the plain pipeline models even where the server has the streaming "
@@ -61,8 +78,8 @@ def run(args: argparse.Namespace) -> int:
     with ClientPool(args.urls, protocol=args.protocol, timeout_s=args.timeout, retries=args.retries) as pool:
         runner = BatchRunner(
             pool, images, args.out, concurrency=args.concurrency, progress=not args.no_progress, request_options=request_options,
-            stream=args.stream,
-        )
+            stream=args.stream, allow_outside_images=args.allow_outside_images,
+        )  # fmt: skip
         summary = runner.run(tasks)
     print(summary.table())
     out = Path(args.out)

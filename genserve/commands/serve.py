@@ -1,4 +1,4 @@
-"""``genserve serve [REPO]``: run the real Triton server on a model repository until Ctrl-C."""
+"""``genserve serve [REPO]``: run the real Triton server on a model repository until Ctrl-C or SIGTERM."""
 
 from __future__ import annotations
 
@@ -13,7 +13,10 @@ def register(subparsers) -> None:
         help="start the Triton server on a model repository",
         description="Start the real Triton Inference Server and wait until every model is loaded. It serves the "
         "stack's own repository (face swap and OCR) and beside it each REPO given, e.g. one built by `genserve "
-        "build-repo` for the diffusion tasks. Stops cleanly on Ctrl-C and SIGTERM.",
+        "build-repo` for the diffusion tasks. Model control, shared-memory, logging and trace APIs answer only "
+        "requests carrying the admin key. Worker processes that die are replaced; if Triton dies, or a model's "
+        "workers keep dying, this command exits non-zero with the reason. Ctrl-C stops at once; SIGTERM drains "
+        "(serves --drain-delay seconds more, then lets in-flight requests finish within --drain-timeout).",
     )
     parser.add_argument(
         "repositories", nargs="*", metavar="REPO",
@@ -21,8 +24,10 @@ def register(subparsers) -> None:
     )  # fmt: skip
     parser.add_argument("--no-stack-models", action="store_true", help="serve only the REPOs given, not the stack's own repository")
     parser.add_argument(
-        "--address", default=config.DEFAULT_BIND_ADDRESS, help="interface to listen on (default: all; 127.0.0.1: this host only)"
-    )
+        "--address", default=config.DEFAULT_BIND_ADDRESS,
+        help=f"interface to listen on (default {config.DEFAULT_BIND_ADDRESS}: this host only; 0.0.0.0: every "
+        "interface, e.g. in a container)",
+    )  # fmt: skip
     parser.add_argument("--http-port", type=int, default=config.DEFAULT_HTTP_PORT)
     parser.add_argument("--grpc-port", type=int, default=config.DEFAULT_GRPC_PORT)
     parser.add_argument("--metrics-port", type=int, default=config.DEFAULT_METRICS_PORT)
@@ -36,6 +41,19 @@ def register(subparsers) -> None:
     parser.add_argument(
         "--keep-going", action="store_true", help="keep serving the models that loaded when another fails"
     )
+    parser.add_argument(
+        "--admin-key-file", metavar="FILE",
+        help=f"file holding the admin key (made, readable by you only, when missing). Default: ${config.ADMIN_KEY_ENV}, "
+        f"else the file ${config.ADMIN_KEY_FILE_ENV} names, else a new key in a file under the cache folder",
+    )  # fmt: skip
+    parser.add_argument(
+        "--drain-delay", type=float, default=config.DRAIN_DELAY_S, metavar="S",
+        help=f"on SIGTERM, keep serving this long first, while load balancers drop this replica (default {config.DRAIN_DELAY_S:g})",
+    )  # fmt: skip
+    parser.add_argument(
+        "--drain-timeout", type=float, default=config.DRAIN_TIMEOUT_S, metavar="S",
+        help=f"then wait this long at most for in-flight requests to finish (default {config.DRAIN_TIMEOUT_S:g})",
+    )  # fmt: skip
     parser.set_defaults(handler=run)
 
 
@@ -51,15 +69,28 @@ def _byte_size(text: str) -> int:
     return size
 
 
-def _interrupt(signum, frame):
-    raise KeyboardInterrupt
+class _Stop(KeyboardInterrupt):
+    """Raised by the signal handlers; ``drain`` for SIGTERM (orchestrators), not for Ctrl-C."""
+
+    def __init__(self, drain: bool):
+        super().__init__()
+        self.drain = drain
+
+
+def _on_signal(signum, frame):
+    import signal
+
+    raise _Stop(drain=signum == signal.SIGTERM)
 
 
 def run(args: argparse.Namespace) -> int:
     import signal
+    import sys
+    import time
     from pathlib import Path
 
-    from genserve.errors import InvalidInputError
+    from genserve import admin
+    from genserve.errors import InvalidInputError, ServerError
     from genserve.model_repository import REPOSITORY_DIR
     from genserve.server import TritonServer
 
@@ -68,6 +99,13 @@ def run(args: argparse.Namespace) -> int:
         repositories.insert(0, REPOSITORY_DIR)
     if not repositories:
         raise InvalidInputError("--no-stack-models needs at least one REPO")
+    if args.address not in ("127.0.0.1", "::1", "localhost"):
+        print(
+            f"warning: listening on {args.address}: every host that reaches these ports can send requests; keep "
+            "the admin key secret and put the server behind a firewall or a private network",
+            file=sys.stderr,
+        )
+    key, key_file = admin.resolve_key(args.admin_key_file, config.CACHE_DIR / "admin" / f"{args.grpc_port}.key")
     server = TritonServer(
         repositories,
         models=args.models,
@@ -78,18 +116,26 @@ def run(args: argparse.Namespace) -> int:
         log_path=args.log_file,
         strict=not args.keep_going,
         cache_size=args.cache_size,
+        admin_key=key,
+        exit_timeout_s=args.drain_timeout,
     )
-    # Ctrl-C, and SIGTERM from `docker stop` or a service manager, both stop Triton gracefully.
-    signal.signal(signal.SIGINT, _interrupt)
-    signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGINT, _on_signal)
+    signal.signal(signal.SIGTERM, _on_signal)
     with server:
         loaded = [name for name in server.models if name not in server.failed_models]
         print(f"Triton is serving {', '.join(loaded)} from {', '.join(map(str, server.repositories))}")
         print(f"  gRPC {server.grpc_url}   HTTP {server.http_url}   metrics {server.host}:{server.metrics_port}")
+        print(f"  admin key ({config.ADMIN_KEY_HEADER} header): {key_file or '$' + config.ADMIN_KEY_ENV}")
         print(f"  log: {server.log_path}\nPress Ctrl-C to stop.", flush=True)
         try:
-            return server.wait()
-        except KeyboardInterrupt:
+            server.wait()
+        except _Stop as stop:
+            if stop.drain:
+                print(f"\nSIGTERM: serving {args.drain_delay:g} s more, then finishing in-flight requests…", flush=True)
+                signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM changes nothing
+                time.sleep(max(args.drain_delay, 0.0))
             print("\nstopping Triton…", flush=True)
+        else:
+            raise ServerError(server.exit_reason())
     print("Triton stopped.")
     return 0

@@ -24,18 +24,20 @@ Every config is written as Triton's ``ModelConfig`` protobuf (:mod:`genserve.tri
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from genserve.config import LEAF_QUEUE, PIPELINE_QUEUE
 from genserve.diffusion.service import ServiceSettings
 from genserve.errors import GenServeError
 from genserve.export.manifest import ComponentEntry, Manifest
-from genserve.families import EDIT_PIPELINES, FAMILIES, TEXT_EDIT, read_configs
-from genserve.protocol import BYTES, STREAMING_TASKS, TASKS, TRITON_TYPES, Contract
-from genserve.triton.model_config import LOAD_AFTER, ModelConfig, declare_contract, write_config
+from genserve.families import EDIT_PIPELINES, FAMILIES, TEXT_EDIT, ShapeRequest, read_configs
+from genserve.protocol import BYTES, STREAMING_TASKS, TASKS, TEXT_TO_IMAGE, TRITON_TYPES, Contract
+from genserve.triton.model_config import LOAD_AFTER, ModelConfig, bound_queue, declare_contract, write_config
 
 TARGETS = ("cpu", "gpu")
 LEAF_MODEL_PY = "from genserve.triton.onnx_leaf import TritonPythonModel  # noqa: F401  (see config.pbtxt)\n"
@@ -96,7 +98,28 @@ def served_tasks(family: str, pipeline_class: str, tasks: Iterable[str], compone
 # --- leaf models ---------------------------------------------------------------------------------------
 
 
-def leaf_config(name: str, entry: ComponentEntry, options: BuildOptions) -> ModelConfig:
+def leaf_input_limits(export_dir: Path, manifest: Manifest, options: BuildOptions) -> dict[str, dict[str, list[int]]]:
+    """Component -> input -> the largest size of each dimension a served request can make it take:
+    its TensorRT profile's maximum when the export built engines, else the shape of the largest request
+    the pipelines accept (``max_batch_size`` samples of ``max_size`` x ``max_size``, with the edit image's
+    tokens, the longest ``max_sequence_length``). Written as the leaf's ``max_input_shape``."""
+    family = FAMILIES[manifest.family]
+    configs = read_configs(export_dir / manifest.pipeline_files, family)
+    side = options.max_size // manifest.pixel_multiple * manifest.pixel_multiple
+    largest = ShapeRequest(options.max_batch_size, side, side, int(TEXT_TO_IMAGE.field("max_sequence_length").maximum), with_image="tie" in manifest.tasks)
+    limits = {}
+    for name, entry in manifest.components.items():
+        profile = entry.tensorrt.get("profile")
+        if options.target == "gpu" and options.tensorrt and profile:  # the engine serves no more than this
+            limits[name] = {tensor: list(shapes[2]) for tensor, shapes in profile.items()}
+            continue
+        spec = family.component(name)
+        dims = spec.resolve(family.dims(largest, configs), configs[spec.module])
+        limits[name] = {t.name: [size if size != -1 else dims[d] for d, size in zip(t.dims, t.shape)] for t in entry.inputs}
+    return limits
+
+
+def leaf_config(name: str, entry: ComponentEntry, options: BuildOptions, max_input_shape: dict[str, list[int]] | None = None) -> ModelConfig:
     config = ModelConfig(name=name)
     batched = entry.batched
     config.max_batch_size = options.max_batch_size if batched else 0
@@ -112,6 +135,9 @@ def leaf_config(name: str, entry: ComponentEntry, options: BuildOptions) -> Mode
                 spec.dims.extend(tensor.shape[1:] if batched else tensor.shape)
     if batched:
         config.dynamic_batching.max_queue_delay_microseconds = QUEUE_DELAY_US[entry.kind]
+    bound_queue(config, **LEAF_QUEUE)
+    if max_input_shape:  # checked by the Python-backend leaf (cpu); TensorRT engines hold their profile
+        config.parameters["max_input_shape"].string_value = json.dumps(max_input_shape)
     group = config.instance_group.add(count=1)
     if options.target == "gpu":
         # Native backends on the GPU; one instance each (sizing: docs/diffusion-serving.md).
@@ -134,13 +160,13 @@ def _link_or_copy(source: Path, target: Path) -> None:
         shutil.copy2(source, target)
 
 
-def write_leaf(export_dir: Path, repo_dir: Path, entry: ComponentEntry, options: BuildOptions) -> str:
+def write_leaf(export_dir: Path, repo_dir: Path, entry: ComponentEntry, options: BuildOptions, max_input_shape: dict[str, list[int]]) -> str:
     name = options.prefix + entry.name
     model_dir = repo_dir / name
     shutil.rmtree(model_dir, ignore_errors=True)
     version = model_dir / "1"
     version.mkdir(parents=True)
-    write_config(leaf_config(name, entry, options), model_dir / "config.pbtxt")
+    write_config(leaf_config(name, entry, options, max_input_shape), model_dir / "config.pbtxt")
     plan = entry.tensorrt.get("path")
     if options.target == "gpu" and options.tensorrt and plan:
         _link_or_copy(export_dir / plan, version / "model.plan")
@@ -158,8 +184,9 @@ def write_leaf(export_dir: Path, repo_dir: Path, entry: ComponentEntry, options:
 
 
 def pipeline_config(name: str, contract: Contract, instances: int) -> ModelConfig:
-    """A pipeline model's config: the task's contract (decoupled when it streams), Python backend, CPU."""
-    config = declare_contract(ModelConfig(name=name, backend="python", max_batch_size=0), contract)
+    """A pipeline model's config: the task's contract (decoupled when it streams), Python backend, CPU,
+    a bounded queue."""
+    config = bound_queue(declare_contract(ModelConfig(name=name, backend="python", max_batch_size=0), contract), **PIPELINE_QUEUE)
     # A seeded request always makes the same image: a server run with a response cache (genserve serve
     # --cache-size) answers a repeated one from it. Triton caches no decoupled model's responses.
     config.response_cache.enable = not contract.streaming
@@ -258,8 +285,9 @@ def build_repository(export_dir: str | Path, repo_dir: str | Path, options: Buil
         raise RepositoryError(f"{export_dir} is a {manifest.precision} export; the cpu target serves fp32 exports")
     repo_dir.mkdir(parents=True, exist_ok=True)
     report = BuildReport(repo_dir, manifest.family, options.target)
+    limits = leaf_input_limits(export_dir, manifest, options)
     for entry in manifest.components.values():
-        report.leaf_models.append(write_leaf(export_dir, repo_dir, entry, options))
+        report.leaf_models.append(write_leaf(export_dir, repo_dir, entry, options, limits[entry.name]))
         report.weight_bytes += entry.weight_bytes
     tasks = served_tasks(manifest.family, manifest.pipeline_class, manifest.tasks, manifest.components)
     for task, pipeline_class in tasks.items():

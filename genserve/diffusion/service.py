@@ -148,6 +148,10 @@ class DiffusionService:
             raise InvalidInputError(
                 f"num_images x candidates is {request.num_images * request.candidates}; this model makes at most {self.max_images} at once"
             )
+        max_steps = self.max_steps()
+        if request.steps is not None and max_steps is not None and request.steps > max_steps:
+            scheduler = type(self.pipeline.scheduler).__name__
+            raise InvalidInputError(f"steps must be at most {max_steps} for this model ({scheduler}), not {request.steps}")
         for name in ("width", "height"):
             value = getattr(request, name)
             if value is None:
@@ -169,6 +173,13 @@ class DiffusionService:
         return self.truncation_warnings(request.prompt, request.options) + (
             self.truncation_warnings(request.negative_prompt, request.options, "negative prompt") if request.negative_prompt else []
         )
+
+    def max_steps(self) -> int | None:
+        """The most denoising steps the scheduler can take: one per training timestep, less its offset
+        (SD's PNDM with ``steps_offset`` 1 indexes past its 1000 timesteps at 1000 steps)."""
+        scheduler_config = getattr(self.pipeline.scheduler, "config", {})
+        timesteps = scheduler_config.get("num_train_timesteps")
+        return timesteps - int(scheduler_config.get("steps_offset") or 0) if timesteps else None
 
     def truncation_warnings(self, prompt: str, options: dict[str, Any], what: str = "prompt") -> list[str]:
         """What the pipeline's tokenizers will cut from the prompt (diffusers only logs it)."""

@@ -13,6 +13,7 @@ sessions compute (the same ONNX files on ONNX Runtime; the tests compare both).
 from __future__ import annotations
 
 import io
+import math
 from dataclasses import dataclass
 from typing import Callable
 
@@ -28,21 +29,35 @@ RAPIDOCR_REQUIREMENT = "rapidocr-onnxruntime==1.4.4"
 
 @dataclass(frozen=True)
 class LeafModel:
-    """One PP-OCR network as a Triton model: its name, its ONNX file and the graph's tensor names."""
+    """One PP-OCR network as a Triton model: its name, its ONNX file, the graph's tensor names, and the
+    largest input rapidocr sends it (the leaf's ``max_input_shape`` and ``max_input_elements``)."""
 
     name: str
     resource: str  # inside WEIGHTS_PACKAGE
     input: str
     output: str
+    max_shape: tuple[int, ...]
+    max_elements: int | None = None
 
     @property
     def onnx_reference(self) -> str:
         return f"{WEIGHTS_PACKAGE}:{self.resource}"
 
 
-DET = LeafModel("ocr_det", "models/ch_PP-OCRv4_det_infer.onnx", "x", "sigmoid_0.tmp_0")
-CLS = LeafModel("ocr_cls", "models/ch_ppocr_mobile_v2.0_cls_infer.onnx", "x", "save_infer_model/scale_0.tmp_1")
-REC = LeafModel("ocr_rec", "models/ch_PP-OCRv4_rec_infer.onnx", "x", "softmax_11.tmp_0")
+# The limits follow from rapidocr's config.yaml (1.4.4) and :func:`pad_to_aspect`: an image is at most
+# 2000 pixels a side (max_side_len) and 8:1 (width_height_ratio); the detector scales its short side up
+# to 736 (limit_side_len), so it gets at most 736 x 5888 (or 2016 x 2016: fewer pixels), one image per
+# call; crops go to the classifier at 3x48x192 and to the recogniser 48 pixels tall, 6 per call
+# (cls_batch_num, rec_batch_num). A recognised line is at most 250 times as long as tall (a full
+# 2000-pixel line of 8-pixel text): 12000 pixels at height 48. tests/test_ocr_limits.py checks these
+# against rapidocr's own preprocessing.
+DET_MAX_SIDE = 5888
+DET = LeafModel(
+    "ocr_det", "models/ch_PP-OCRv4_det_infer.onnx", "x", "sigmoid_0.tmp_0",
+    max_shape=(1, 3, DET_MAX_SIDE, DET_MAX_SIDE), max_elements=3 * 736 * DET_MAX_SIDE,
+)  # fmt: skip
+CLS = LeafModel("ocr_cls", "models/ch_ppocr_mobile_v2.0_cls_infer.onnx", "x", "save_infer_model/scale_0.tmp_1", max_shape=(6, 3, 48, 192))
+REC = LeafModel("ocr_rec", "models/ch_PP-OCRv4_rec_infer.onnx", "x", "softmax_11.tmp_0", max_shape=(6, 3, 48, 12000))
 LEAF_MODELS = (DET, CLS, REC)
 
 # rapidocr decodes with PIL and takes these modes as they are; others (palette, 16-bit, CMYK...) it
@@ -65,12 +80,19 @@ class OcrArrays:
 
 
 class _LeafCall:
-    """Stands in for one of rapidocr's ``OrtInferSession`` objects: ``session(x)[0]`` is the output."""
+    """Stands in for one of rapidocr's ``OrtInferSession`` objects: ``session(x)[0]`` is the output.
+
+    A recogniser batch wider than the leaf takes (a crop of a long thin line, not text) is squeezed to
+    the leaf's width, so one such crop does not fail the whole image.
+    """
 
     def __init__(self, leaf: LeafModel, runner: Runner):
         self.leaf, self.runner = leaf, runner
 
     def __call__(self, x: np.ndarray) -> list[np.ndarray]:
+        width = self.leaf.max_shape[-1]
+        if self.leaf is REC and x.shape[-1] > width:
+            x = x[..., np.linspace(0, x.shape[-1] - 1, width).round().astype(int)]
         return [self.runner(self.leaf, np.ascontiguousarray(x, dtype=np.float32))]
 
 
@@ -129,11 +151,27 @@ def load_image(data: bytes, *, what: str = "image") -> np.ndarray:
         raise InvalidInputError(f"{what} could not be decoded: the data is corrupt or truncated ({error})") from None
 
 
+def pad_to_aspect(bgr: np.ndarray, max_aspect: float) -> np.ndarray:
+    """The image padded with black on the right or at the bottom to at most ``max_aspect``:1.
+
+    rapidocr letterboxes images wider than its ``width_height_ratio`` (8) but not taller ones, whose
+    detector input then grows with the aspect ratio (a 30 x 2000 strip becomes 736 x 49056), and its
+    first resize fails on very thin images. Padded here instead, the detector never gets more than
+    736 x 5888; boxes keep their coordinates (nothing is added before them).
+    """
+    height, width = bgr.shape[:2]
+    pad_right = max(0, math.ceil(height / max_aspect) - width)
+    pad_bottom = max(0, math.ceil(width / max_aspect) - height)
+    if not (pad_right or pad_bottom):
+        return bgr
+    return np.pad(bgr, ((0, pad_bottom), (0, pad_right), (0, 0)))
+
+
 def recognize(engine, image: bytes | np.ndarray) -> OcrArrays:
     """OCR one image (encoded bytes, or a BGR array as rapidocr takes it) with an engine of
     :func:`create_engine`. An image without text gives zero lines."""
     bgr = load_image(image) if isinstance(image, (bytes, bytearray)) else image
-    result, _elapsed = engine(bgr)
+    result, _elapsed = engine(pad_to_aspect(bgr, engine.width_height_ratio))
     if not result:
         return OcrArrays(np.zeros((0, 4, 2), np.float32), [], np.zeros((0,), np.float64))
     boxes, texts, scores = zip(*result)

@@ -76,6 +76,32 @@ def declare_contract(config: ModelConfig, contract: Contract) -> ModelConfig:
     return config
 
 
+def bound_queue(config: ModelConfig, *, max_queue_size: int, timeout_s: float) -> ModelConfig:
+    """Give the model a bounded queue: at most ``max_queue_size`` requests wait (more are refused at once
+    with UNAVAILABLE), and one that waited ``timeout_s`` is refused before it runs. A request's own
+    ``timeout`` (the client's remaining deadline) replaces the default. Triton's queue policy lives in
+    the dynamic batcher, which a model that does not batch (``max_batch_size: 0``) may have too: it then
+    queues and schedules without batching."""
+    policy = config.dynamic_batching.default_queue_policy
+    policy.max_queue_size = max_queue_size
+    policy.default_timeout_microseconds = int(timeout_s * 1e6)
+    policy.timeout_action = policy.REJECT
+    policy.allow_timeout_override = True
+    return config
+
+
+def unbounded_queue(config: ModelConfig) -> str | None:
+    """Why a model's queue is not bounded as :func:`bound_queue` makes it, or None when it is."""
+    if not config.HasField("dynamic_batching"):
+        return "no dynamic_batching (no queue policy)"
+    policy = config.dynamic_batching.default_queue_policy
+    if policy.max_queue_size <= 0:
+        return "max_queue_size is not set (unbounded)"
+    if policy.default_timeout_microseconds <= 0 or policy.timeout_action != policy.REJECT:
+        return "no default timeout that rejects"
+    return None
+
+
 def contract_mismatches(config: ModelConfig, contract: Contract) -> list[str]:
     """How a model's config differs from the contract it serves; empty when it matches."""
     problems = []

@@ -18,12 +18,13 @@ import os
 from pathlib import Path
 from typing import Any
 
+from genserve import config
 from genserve.config import RESPONSE_CACHE_ENV
 from genserve.errors import InvalidInputError
 from genserve.protocol import FACE_SWAP, OCR, STREAMING_TASKS, TASKS, Contract
 from genserve.triton import bls
 from genserve.triton.model_config import model_parameters
-from genserve.triton.requests import error_response, input_array, output_tensors, respond_each
+from genserve.triton.requests import count_failure, error_response, input_array, output_tensors, respond_each
 
 try:  # present only inside Triton's Python backend stub
     import triton_python_backend_utils as pb_utils
@@ -146,10 +147,16 @@ class DiffusionStreamModel(DiffusionModel):
     dynamic batcher; the instance is free for the next request as soon as one is handed over."""
 
     def setup(self, args):
+        import threading
         from concurrent.futures import ThreadPoolExecutor
 
         super().setup(args)
         self.workers = ThreadPoolExecutor(max_workers=self.service.concurrency, thread_name_prefix=self.model_name)
+        # Triton's queue policy never sees a backlog here (execute hands requests over at once), so the
+        # bound is kept by hand: as many running as there are workers, as many waiting as a plain model's queue.
+        self.max_backlog = self.service.concurrency + config.PIPELINE_QUEUE["max_queue_size"]
+        self.backlog = 0
+        self.backlog_lock = threading.Lock()
 
     @staticmethod
     def task_contract(task: str) -> Contract:
@@ -163,6 +170,15 @@ class DiffusionStreamModel(DiffusionModel):
             except Exception as error:  # noqa: BLE001 - this request fails alone
                 sender.send(error_response(error, self.model_name), flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
                 continue
+            with self.backlog_lock:
+                admitted = self.backlog < self.max_backlog
+                self.backlog += admitted
+            if not admitted:  # refused at once, as a full queue is: the client may retry later or elsewhere
+                count_failure(self.model_name, "UNAVAILABLE")
+                message = f"{self.model_name} has {self.max_backlog} requests already (running and waiting); try again later"
+                sender.send(pb_utils.InferenceResponse(error=pb_utils.TritonError(message, pb_utils.TritonError.UNAVAILABLE)),
+                            flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+                continue
             self.workers.submit(self._stream, values, sender)
         return None
 
@@ -175,6 +191,9 @@ class DiffusionStreamModel(DiffusionModel):
             response = pb_utils.InferenceResponse(output_tensors(self._encode(images=images, metadata=metadata | {"model": self.model_name})))
         except Exception as error:  # noqa: BLE001 - this request fails alone, the model keeps serving
             response = error_response(error, self.model_name)
+        finally:
+            with self.backlog_lock:
+                self.backlog -= 1
         sender.send(response, flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
 
     def _encode(self, **values: Any) -> dict[str, Any]:

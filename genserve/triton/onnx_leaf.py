@@ -27,6 +27,13 @@ Other parameters (all optional, string values as Triton requires):
 - ``max_input_shape``: JSON, input name -> the largest size of each dimension the model takes, as the
   model receives it (the batch first when it batches; -1: no limit), e.g. ``{"x": [8, 3, 2048, 2048]}``.
   A larger request is refused with INVALID_ARG before ONNX Runtime sees it.
+- ``max_input_elements``: JSON, input name -> the most values one request's input may hold (an area
+  limit where each side alone may be long: a detector takes 736 x 5888 or 2016 x 2016, not 5888 x 5888).
+
+Memory: ONNX Runtime's CPU arena keeps what its largest call needed. After a call whose inputs exceed
+:data:`~genserve.config.ARENA_SHRINK_ABOVE_BYTES`, the arena gives back what it does not use
+(``memory.enable_memory_arena_shrinkage``), so one large request does not hold gigabytes for good;
+small calls keep their warm arena.
 
 Batching: with ``max_batch_size > 0`` (and ``dynamic_batching`` in the config), one ``execute`` call
 may carry several requests. Requests whose inputs agree on every dimension but the first are
@@ -47,6 +54,7 @@ from typing import Any
 
 import numpy as np
 
+from genserve import config
 from genserve.errors import InvalidInputError
 from genserve.protocol import BYTES, TRITON_TYPES, Tensor
 from genserve.triton.model_config import model_parameters
@@ -63,6 +71,7 @@ PARAM_INTRA_OP_THREADS = "intra_op_thread_count"
 PARAM_INTER_OP_THREADS = "inter_op_thread_count"
 PARAM_EXECUTION_PROVIDER = "execution_provider"
 PARAM_MAX_INPUT_SHAPE = "max_input_shape"
+PARAM_MAX_INPUT_ELEMENTS = "max_input_elements"
 
 # ONNX Runtime names element types "tensor(float)"...; these differ from numpy's names.
 _ORT_TYPE_NAMES = {"float": "float32", "double": "float64", "string": BYTES}
@@ -217,14 +226,33 @@ def group_for_batching(feeds: list[dict[str, np.ndarray] | None], batching: bool
     return list(groups.values())
 
 
-def run_group(session, output_names: list[str], feeds: list[dict[str, np.ndarray]]) -> list[dict[str, np.ndarray]]:
+def arena_devices(session) -> str:
+    """The devices whose ONNX Runtime arenas a session allocates from, as run options name them."""
+    for name, options in zip(session.get_providers(), session.get_provider_options().values()):
+        if name == "CUDAExecutionProvider":
+            return f"cpu:0;gpu:{options.get('device_id', 0)}"
+    return "cpu:0"
+
+
+def run_options(feed: dict[str, np.ndarray], devices: str = "cpu:0"):
+    """ONNX Runtime run options for one call: after a large one, the arenas give back unused memory."""
+    if sum(array.nbytes for array in feed.values()) <= config.ARENA_SHRINK_ABOVE_BYTES:
+        return None
+    import onnxruntime as ort
+
+    options = ort.RunOptions()
+    options.add_run_config_entry("memory.enable_memory_arena_shrinkage", devices)
+    return options
+
+
+def run_group(session, output_names: list[str], feeds: list[dict[str, np.ndarray]], devices: str = "cpu:0") -> list[dict[str, np.ndarray]]:
     """Run requests' feeds as one batch (concatenated along axis 0) and split the outputs back."""
     if len(feeds) == 1:
-        arrays = session.run(output_names, feeds[0])
+        arrays = session.run(output_names, feeds[0], run_options(feeds[0], devices))
         return [dict(zip(output_names, arrays))]
     sizes = [next(iter(feed.values())).shape[0] for feed in feeds]
     batch = {name: np.concatenate([feed[name] for feed in feeds], axis=0) for name in feeds[0]}
-    arrays = session.run(output_names, batch)
+    arrays = session.run(output_names, batch, run_options(batch, devices))
     bounds = np.cumsum(sizes)[:-1]
     for name, array in zip(output_names, arrays):
         if array.shape[:1] != (sum(sizes),):
@@ -256,7 +284,9 @@ class TritonPythonModel:
         )
         self.inputs, self.outputs = check_config_against_session(self.model_config, self.session)
         self.max_shapes = max_input_shapes(parameters.get(PARAM_MAX_INPUT_SHAPE), self.inputs, self.max_batch_size > 0)
+        self.max_elements = max_input_elements(parameters.get(PARAM_MAX_INPUT_ELEMENTS), self.inputs)
         self.output_names = [spec.name for spec in self.outputs]
+        self.arena_devices = arena_devices(self.session)
         _log(
             f"{self.model_name}: {self.onnx_file} on {self.session.get_providers()[0]}, "
             f"inputs {[s.name for s in self.inputs]}, outputs {self.output_names}, max_batch_size {self.max_batch_size}"
@@ -274,7 +304,7 @@ class TritonPythonModel:
 
         for group in group_for_batching(feeds, self.max_batch_size > 0):
             try:
-                results = run_group(self.session, self.output_names, [feeds[i] for i in group])
+                results = run_group(self.session, self.output_names, [feeds[i] for i in group], self.arena_devices)
             except Exception as error:  # noqa: BLE001
                 if len(group) == 1:
                     responses[group[0]] = error_response(OnnxRuntimeFailure(error), self.model_name)
@@ -283,7 +313,7 @@ class TritonPythonModel:
                 results = []
                 for i in group:
                     try:
-                        results.append(run_group(self.session, self.output_names, [feeds[i]])[0])
+                        results.append(run_group(self.session, self.output_names, [feeds[i]], self.arena_devices)[0])
                     except Exception as single_error:  # noqa: BLE001
                         results.append(single_error)
             for i, result in zip(group, results):
@@ -300,7 +330,9 @@ class TritonPythonModel:
             tensor = pb_utils.get_input_tensor_by_name(request, spec.name)
             if tensor is None:
                 raise InvalidInputError(f"{self.model_name}: input {spec.name!r} is missing")
-            feed[spec.name] = check_input(tensor.as_numpy(), spec, self.max_batch_size > 0, self.model_name, self.max_shapes.get(spec.name))
+            feed[spec.name] = check_input(
+                tensor.as_numpy(), spec, self.max_batch_size > 0, self.model_name, self.max_shapes.get(spec.name), self.max_elements.get(spec.name)
+            )  # fmt: skip
         return feed
 
     def finalize(self) -> None:
@@ -322,9 +354,26 @@ def max_input_shapes(text: str | None, inputs: list[Tensor], batched: bool) -> d
     return limits
 
 
-def check_input(array: np.ndarray, spec: Tensor, batched: bool, model_name: str, max_shape: tuple[int, ...] | None = None) -> np.ndarray:
+def max_input_elements(text: str | None, inputs: list[Tensor]) -> dict[str, int]:
+    """The ``max_input_elements`` parameter, checked against the input names."""
+    if not text:
+        return {}
+    try:
+        limits = {name: int(count) for name, count in json.loads(text).items()}
+    except (ValueError, TypeError, AttributeError) as error:
+        raise LeafModelError(f"{PARAM_MAX_INPUT_ELEMENTS} must be a JSON object of input name -> a count: {error}") from None
+    unknown = sorted(set(limits) - {spec.name for spec in inputs})
+    if unknown:
+        raise LeafModelError(f"{PARAM_MAX_INPUT_ELEMENTS}: {unknown} are no inputs of this model")
+    return limits
+
+
+def check_input(
+    array: np.ndarray, spec: Tensor, batched: bool, model_name: str, max_shape: tuple[int, ...] | None = None, max_elements: int | None = None
+) -> np.ndarray:
     """The array when it has the element type, rank and fixed sizes the config declares (after the batch
-    dimension of a batching model) and no size above ``max_shape``; InvalidInputError naming what differs."""
+    dimension of a batching model), no size above ``max_shape`` and at most ``max_elements`` values;
+    InvalidInputError naming what differs."""
     dims = ((-1,) if batched else ()) + spec.dims
     if array.dtype.name != spec.dtype and not (spec.dtype == BYTES and array.dtype == np.object_):
         raise InvalidInputError(f"{model_name}: input {spec.name!r} is {array.dtype.name}, not {spec.dtype}")
@@ -332,6 +381,8 @@ def check_input(array: np.ndarray, spec: Tensor, batched: bool, model_name: str,
         raise InvalidInputError(f"{model_name}: input {spec.name!r} has shape {list(array.shape)}, not {list(dims)} (-1: any)")
     if max_shape and any(limit >= 0 and got > limit for limit, got in zip(max_shape, array.shape)):
         raise InvalidInputError(f"{model_name}: input {spec.name!r} has shape {list(array.shape)}, above this model's limit {list(max_shape)}")
+    if max_elements and array.size > max_elements:
+        raise InvalidInputError(f"{model_name}: input {spec.name!r} has shape {list(array.shape)}: {array.size} values, above this model's limit of {max_elements}")
     return array
 
 

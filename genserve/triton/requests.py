@@ -10,6 +10,11 @@ HTTP 400), which clients do not retry; anything else is INTERNAL.
 An invalid-input message starts with :data:`INVALID_INPUT`: Triton 2.51's Python backend resets the
 code of every response a BLS caller receives to INTERNAL (triton-inference-server/server#7804), and
 the message is what survives, so :mod:`genserve.triton.bls` reads the verdict from it.
+
+Triton's own metrics count such an error response as a success (the Python backend r24.10 reports
+per ``execute`` call, not per response), so every error response also increments the counter
+``genserve_request_failure_total{model, code}`` on Triton's metrics endpoint: requests that really
+succeeded are ``nv_inference_request_success`` minus it.
 """
 
 from __future__ import annotations
@@ -28,6 +33,9 @@ except ImportError:
     pb_utils = None
 
 logger = logging.getLogger(__name__)
+FAILURE_METRIC = "genserve_request_failure_total"
+_failure_family = None
+_failure_counters: dict[tuple[str, str], object] = {}
 
 
 def input_array(request, name: str) -> np.ndarray | None:
@@ -44,13 +52,30 @@ def error_response(error: BaseException, model_name: str):
     """The error response for one request: INVALID_ARG for bad input, CANCELLED for work the caller gave
     up on, else INTERNAL."""
     if isinstance(error, InvalidInputError):
+        count_failure(model_name, "INVALID_ARG")
         message = str(error) if str(error).startswith(INVALID_INPUT) else INVALID_INPUT + str(error)
         return pb_utils.InferenceResponse(error=pb_utils.TritonError(message, pb_utils.TritonError.INVALID_ARG))
     if isinstance(error, RequestCancelled):
+        count_failure(model_name, "CANCELLED")
         return pb_utils.InferenceResponse(error=pb_utils.TritonError(str(error), pb_utils.TritonError.CANCELLED))
+    count_failure(model_name, "INTERNAL")
     logger.error("%s failed on a request: %s: %s", model_name, type(error).__name__, error)
     message = f"{model_name} failed: {type(error).__name__}: {error}"
     return pb_utils.InferenceResponse(error=pb_utils.TritonError(message, pb_utils.TritonError.INTERNAL))
+
+
+def count_failure(model_name: str, code: str) -> None:
+    """One more error response of ``model_name`` on Triton's metrics endpoint (see the module docstring)."""
+    global _failure_family
+    if getattr(pb_utils, "MetricFamily", None) is None:  # outside Triton
+        return
+    if _failure_family is None:  # one family per worker process, one counter per label set
+        description = "Error responses of genserve models (Triton counts them as successes)"
+        _failure_family = pb_utils.MetricFamily(FAILURE_METRIC, description, pb_utils.MetricFamily.COUNTER)
+    key = (model_name, code)
+    if key not in _failure_counters:
+        _failure_counters[key] = _failure_family.Metric(labels={"model": model_name, "code": code})
+    _failure_counters[key].increment(1)
 
 
 def respond_each(requests: list, answer: Callable, model_name: str) -> list:

@@ -1,0 +1,102 @@
+"""Bounded and abandoned work through the real server: a full queue refuses at once, a request whose
+deadline passed is dropped before it runs, and the client never sends an expired or refused request
+again. (The figures of a larger burst: ``python -m genserve.benchmarks.overload``.)"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+
+from genserve import metrics
+from genserve.client import Client, ClientPool, RequestError
+from genserve.client.retry import RetryPolicy
+from genserve.model_repository import REPOSITORY_DIR
+from genserve.triton.model_config import read_config, unbounded_queue
+
+pytestmark = pytest.mark.server
+ORI, TARGET = "2008_002506.jpg", "2008_001009.jpg"
+ONCE = RetryPolicy(retries=0)
+
+
+def executions(server, model: str = "face_swap") -> float:
+    return metrics.scrape(f"{server.host}:{server.metrics_port}").total("nv_inference_exec_count", model=model)
+
+
+def test_every_model_of_the_stack_has_a_bounded_queue():
+    for model_dir in sorted(p for p in REPOSITORY_DIR.iterdir() if (p / "config.pbtxt").is_file()):
+        assert unbounded_queue(read_config(model_dir)) is None, model_dir.name
+
+
+def test_a_burst_beyond_the_queue_is_refused_at_once(triton_server, faces_dir):
+    policy = read_config(REPOSITORY_DIR / "face_swap").dynamic_batching.default_queue_policy
+    capacity = policy.max_queue_size + 2  # two instances at work, the rest waiting
+    ori, target = (faces_dir / ORI).read_bytes(), (faces_dir / TARGET).read_bytes()
+    clients = [Client(triton_server.grpc_url, retry_policy=ONCE) for _ in range(capacity + 8)]
+
+    def swap(client):
+        try:
+            client.swap_face(ori, target, compute_identity=False)
+            return "ok"
+        except RequestError as error:
+            return error
+
+    with ThreadPoolExecutor(len(clients)) as pool:
+        outcomes = list(pool.map(swap, clients))
+    refused = [o for o in outcomes if o != "ok"]
+    assert len(refused) >= 8 - 2  # a couple may slip in as the first swaps finish
+    for error in refused:
+        assert error.code == "UNAVAILABLE" and "Exceeds maximum queue size" in str(error) and error.retriable
+    assert outcomes.count("ok") + len(refused) == len(clients)
+
+
+def test_a_request_whose_deadline_passed_is_dropped_before_it_runs(triton_server, faces_dir):
+    ori, target = (faces_dir / ORI).read_bytes(), (faces_dir / TARGET).read_bytes()
+    before = executions(triton_server)
+    busy = [threading.Thread(target=lambda: Client(triton_server.grpc_url).swap_face(ori, target, all_faces=True)) for _ in range(2)]
+    for thread in busy:  # both instances at work for a second or more
+        thread.start()
+    time.sleep(0.3)
+    late = []
+    for _ in range(3):  # queued behind them with a deadline they cannot meet
+        with Client(triton_server.grpc_url, timeout_s=0.2, retry_policy=ONCE) as client, pytest.raises(RequestError) as error:
+            client.swap_face(ori, target)
+        late.append(error.value.code)
+    for thread in busy:
+        thread.join()
+    time.sleep(0.5)
+    assert set(late) <= {"DEADLINE_EXCEEDED", "UNAVAILABLE"}
+    assert executions(triton_server) - before == 2  # the three expired requests never ran
+
+
+def test_an_expired_deadline_is_not_retried(triton_server, faces_dir):
+    before = executions(triton_server)
+    with ClientPool([triton_server.grpc_url], timeout_s=0.3, retries=3, backoff_s=0.05) as pool, pytest.raises(RequestError) as error:
+        pool.swap_face(faces_dir / ORI, faces_dir / TARGET, all_faces=True)  # takes over a second
+    assert error.value.code == "DEADLINE_EXCEEDED" and not error.value.retriable
+    # The swap that started runs to its end (stopping running work is another issue's), once, not
+    # once per retry.
+    deadline = time.monotonic() + 60
+    while executions(triton_server) == before and time.monotonic() < deadline:
+        time.sleep(0.2)
+    time.sleep(1)
+    assert executions(triton_server) - before == 1
+
+
+def test_a_bad_option_sent_raw_is_refused_not_retried(triton_server):
+    """``output_format: 5`` in the OPTIONS JSON, as a hand-made client would send it."""
+    import tritonclient.grpc as grpcclient
+    from tritonclient.utils import InferenceServerException
+
+    tensors = []
+    for name, value in (("ORI_IMAGE", b"x"), ("TARGET_IMAGE", b"y"), ("OPTIONS", json.dumps({"output_format": 5}).encode())):
+        tensor = grpcclient.InferInput(name, [1], "BYTES")
+        tensor.set_data_from_numpy(np.array([value], dtype=object))
+        tensors.append(tensor)
+    with grpcclient.InferenceServerClient(triton_server.grpc_url) as client, pytest.raises(InferenceServerException) as error:
+        client.infer("face_swap", tensors)
+    assert error.value.status() == "StatusCode.INVALID_ARGUMENT" and "output_format must be text, not 5" in error.value.message()

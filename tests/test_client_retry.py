@@ -1,0 +1,81 @@
+"""What the clients retry, for how long, and how they spread calls over several servers (gRPC's own
+round_robin and retry policy)."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+from tritonclient.utils import InferenceServerException
+
+from genserve.client import Client, ClientPool, RequestError, ServerUnavailableError
+from genserve.client.client import request_error
+from genserve.client.retry import RetryPolicy, grpc_channel_args
+from genserve.server import free_ports
+
+
+@pytest.mark.parametrize(
+    "status, message, retriable",
+    [
+        ("StatusCode.INVALID_ARGUMENT", "invalid input: face_index must be at least 0, not -2", False),
+        ("StatusCode.DEADLINE_EXCEEDED", "Deadline Exceeded", False),
+        ("StatusCode.INTERNAL", "face_swap failed: AttributeError: 'int' object has no attribute 'lower'", False),
+        ("StatusCode.INTERNAL", "Stub process 'face_swap_0_0' is not healthy.", True),
+        ("StatusCode.INTERNAL", "edit_text failed: BlsError: ocr_det failed: Exceeds maximum queue size", True),
+        ("StatusCode.UNAVAILABLE", "Exceeds maximum queue size", True),
+        ("StatusCode.UNAVAILABLE", "Request timeout expired", True),
+        ("StatusCode.NOT_FOUND", "Request for unknown model: 'face_swop' is not found", False),
+        ("StatusCode.NOT_FOUND", "Request for unknown model: 'face_swap' has no available versions", True),
+        ("400", "invalid input: output_format must be text, not 5", False),
+        ("503", "Exceeds maximum queue size", True),
+        ("500", "ocr failed: ValueError: x", False),
+    ],
+)
+def test_what_may_pass_on_another_try(status, message, retriable):
+    error = request_error(InferenceServerException(message, status=status), "h:1", "grpc")
+    assert error.retriable is retriable and str(error) == message.removeprefix("invalid input: ")
+    assert not isinstance(error, ServerUnavailableError)  # the server answered
+
+
+def test_a_server_that_cannot_be_reached_is_named():
+    error = request_error(InferenceServerException("failed to connect to all addresses", status="StatusCode.UNAVAILABLE"), "h:1", "grpc")
+    assert isinstance(error, ServerUnavailableError) and error.retriable and "no genserve server answers at h:1" in str(error)
+
+
+def test_backoff_stops_at_the_retry_count_and_the_deadline():
+    policy = RetryPolicy(retries=2, backoff_s=1.0, max_backoff_s=4.0)
+    may_pass, refused = RequestError("x", retriable=True), RequestError("x", retriable=False)
+    assert policy.delay(refused, 0, None) is None
+    assert 0.5 <= policy.delay(may_pass, 0, None) <= 1.0 and 1.0 <= policy.delay(may_pass, 1, None) <= 2.0
+    assert policy.delay(may_pass, 2, None) is None  # retries spent
+    assert policy.delay(may_pass, 0, time.monotonic() + 0.1) is None  # the deadline comes first
+
+
+def test_grpc_channel_balances_round_robin_and_retries_unavailable():
+    options = dict(grpc_channel_args(RetryPolicy(retries=9)))
+    service_config = json.loads(options["grpc.service_config"])
+    assert service_config["loadBalancingConfig"] == [{"round_robin": {}}]
+    (method,) = service_config["methodConfig"]
+    assert method["retryPolicy"]["retryableStatusCodes"] == ["UNAVAILABLE"] and method["retryPolicy"]["maxAttempts"] == 5
+    assert options["grpc.enable_retries"] == 1 and options["grpc.per_rpc_retry_buffer_size"] > 128 * 2**20
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+def test_retries_end_with_the_call_s_deadline(protocol):
+    (port,) = free_ports(1)
+    started = time.monotonic()
+    with Client(f"127.0.0.1:{port}", protocol=protocol, timeout_s=2.0, retry_policy=RetryPolicy(retries=100, backoff_s=0.2)) as client:
+        with pytest.raises(RequestError) as error:
+            client.swap_face(b"x", b"y")
+    # gRPC's channel retries until the deadline cuts it short; the HTTP client's loop stops before it.
+    assert error.value.code in ("UNAVAILABLE", "DEADLINE_EXCEEDED")
+    assert time.monotonic() - started < 2.0 + 1.5
+
+
+def test_a_pool_s_retries_share_one_deadline():
+    dead = [f"127.0.0.1:{port}" for port in free_ports(2)]
+    started = time.monotonic()
+    with ClientPool(dead, timeout_s=1.5, retries=100, backoff_s=0.1) as pool, pytest.raises(ServerUnavailableError):
+        pool.ocr(b"x")
+    assert time.monotonic() - started < 1.5 + 1.5

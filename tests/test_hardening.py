@@ -1,0 +1,147 @@
+"""The served stack as an attacker and an unlucky user meet it: control APIs behind the admin key,
+private shared memory, honest failure metrics, and a worker killed in the middle of a batch."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import shutil
+import signal
+import threading
+import time
+import urllib.error
+import urllib.request
+
+import pytest
+
+from genserve import config
+from genserve.client import Client, ClientPool, RequestError
+from genserve.client.batch import BatchRunner
+from genserve.client.retry import RetryPolicy
+from genserve.client.tasks import read_tasks
+from genserve.supervision import python_workers
+
+pytestmark = pytest.mark.server
+ORI, TARGET = "2008_002506.jpg", "2008_001009.jpg"
+EVIL_MODEL_PY = b"import pathlib\npathlib.Path('/tmp/genserve-pwned').touch()\nclass TritonPythonModel:\n    pass\n"
+EVIL_CONFIG = json.dumps({"name": "evil", "backend": "python", "max_batch_size": 0})
+EMPTY_PNG = base64.b64decode("iVBORw0KGgoAAAANSUhEUgAAAEAAAABACAAAAACPAi4CAAAAHklEQVR4nO3BAQEAAACCIP+vbkhAAQAAAAAAAAAA7wYQQAABBl8YvQAAAABJRU5ErkJggg==")
+
+
+def http(server, method: str, path: str, body: dict | None = None, headers: dict | None = None) -> int:
+    request = urllib.request.Request(
+        f"http://{server.http_url}{path}", data=None if body is None else json.dumps(body).encode(), method=method, headers=headers or {}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status
+    except urllib.error.HTTPError as error:
+        return error.code
+
+
+def test_loading_a_model_with_its_own_code_needs_the_admin_key(triton_server):
+    """The attack of issue 11: POST a config and a model.py to the model-control API, over HTTP and gRPC."""
+    import tritonclient.grpc as grpcclient
+    from tritonclient.utils import InferenceServerException
+
+    body = {"parameters": {"config": EVIL_CONFIG, "file:1/model.py": base64.b64encode(EVIL_MODEL_PY).decode()}}
+    assert http(triton_server, "POST", "/v2/repository/models/evil/load", body) == 403
+    assert http(triton_server, "POST", "/v2/repository/models/face_swap/unload", {}) == 403
+    assert http(triton_server, "POST", "/v2/logging", {"log_verbose_level": 1}) == 403
+    assert http(triton_server, "POST", "/v2/systemsharedmemory/region/x/register", {"key": "/x", "offset": 0, "byte_size": 1}) == 403
+
+    with grpcclient.InferenceServerClient(triton_server.grpc_url) as client:
+        for attempt in (
+            lambda: client.load_model("evil", config=EVIL_CONFIG, files={"file:1/model.py": EVIL_MODEL_PY}),
+            lambda: client.unload_model("face_swap"),
+            lambda: client.update_log_settings({"log_verbose_level": 1}),
+        ):
+            # Triton 2.51 answers a restricted gRPC call UNAVAILABLE (later releases: PERMISSION_DENIED).
+            with pytest.raises(InferenceServerException, match="restricted, expecting header"):
+                attempt()
+        assert not client.is_model_ready("evil") and client.is_model_ready("face_swap")
+    assert not os.path.exists("/tmp/genserve-pwned")
+
+    # Health, readiness and the model's config stay open; the key opens the rest.
+    assert http(triton_server, "GET", "/v2/health/ready") == 200
+    assert http(triton_server, "GET", "/v2/models/face_swap/ready") == 200
+    assert http(triton_server, "POST", "/v2/repository/index", {}, headers=triton_server.admin_headers) == 200
+    assert http(triton_server, "POST", "/v2/repository/index", {}, headers={config.ADMIN_KEY_HEADER: "wrong" * 4}) == 403
+
+
+def test_shared_memory_of_the_workers_is_private(triton_server):
+    regions = [name for name in os.listdir("/dev/shm") if name.startswith(triton_server.shm_prefix)]
+    assert regions
+    assert {oct(os.stat(f"/dev/shm/{name}").st_mode & 0o777) for name in regions} == {"0o600"}
+
+
+def test_error_replies_are_counted_as_failures(triton_server, grpc_client, faces_dir):
+    def failures() -> float:
+        text = urllib.request.urlopen(f"http://{triton_server.host}:{triton_server.metrics_port}/metrics", timeout=30).read().decode()
+        line = 'genserve_request_failure_total{code="INVALID_ARG",model="face_swap"}'
+        return sum(float(row.split()[-1]) for row in text.splitlines() if row.startswith(line))
+
+    before = failures()
+    with pytest.raises(RequestError, match="no face found"):
+        grpc_client.swap_face(faces_dir / "dogs.jpg", faces_dir / TARGET)
+    assert failures() == before + 1
+
+
+@pytest.mark.slow
+def test_a_worker_killed_mid_batch_is_replaced_and_the_batch_finishes(triton_server, faces_dir, tmp_path):
+    images = tmp_path / "images"
+    images.mkdir()
+    for name in (ORI, TARGET, "2008_001322.jpg"):
+        shutil.copy(faces_dir / name, images / name)
+    rows = [f"k{i},deepfake,,{ORI if i % 2 else '2008_001322.jpg'},{TARGET}" for i in range(8)]
+    (images / "task.csv").write_text("index,task_type,prompt,ori_image,target_image\n" + "\n".join(rows) + "\n")
+    out = tmp_path / "out"
+
+    def kill_a_worker_after_the_first_row():
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not (out / "progress.jsonl").is_file():
+            time.sleep(0.05)
+        (victim,) = [w for w in python_workers(triton_server._process.pid) if w.instance == "face_swap_0_0"][:1]
+        os.kill(victim.pid, signal.SIGKILL)
+
+    killer = threading.Thread(target=kill_a_worker_after_the_first_row)
+    killer.start()
+    with ClientPool([triton_server.grpc_url], retries=6, backoff_s=0.5) as pool:
+        summary = BatchRunner(pool, images, out, concurrency=2, progress=False).run(read_tasks(images / "task.csv"))
+    killer.join()
+    assert not summary.failed and summary.finished == 8
+    assert ("face_swap", "a worker process died") in triton_server.watchdog.replacements
+
+    # Healthy again: every instance answers (a dead one would fail every other request).
+    with Client(triton_server.grpc_url, retry_policy=RetryPolicy(retries=0)) as client:
+        for _ in range(4):
+            client.swap_face(faces_dir / ORI, faces_dir / TARGET, compute_identity=False)
+
+
+@pytest.mark.slow
+def test_shared_memory_swollen_by_a_huge_request_is_given_back(triton_server):
+    """A 300 MB request is copied into a worker's shared memory before any code of ours sees it (Triton
+    2.51 has no request size limit to set); it is refused, and the watchdog reloads the model whose
+    region swelled, which returns the memory."""
+    import numpy as np
+    import tritonclient.grpc as grpcclient
+    from tritonclient.utils import InferenceServerException
+
+    def region_bytes(model: str) -> int:
+        workers = [w for w in python_workers(triton_server._process.pid) if w.model == model]
+        return max(os.stat(f"/dev/shm/{w.region}").st_size for w in workers)
+
+    assert region_bytes("ocr") <= config.WORKER_SHM_RECLAIM_BYTES
+    tensor = grpcclient.InferInput("IMAGE", [1], "BYTES")
+    tensor.set_data_from_numpy(np.array([b"\0" * (300 * 2**20)], dtype=object))
+    with grpcclient.InferenceServerClient(triton_server.grpc_url) as client, pytest.raises(InferenceServerException, match="at most 64 MiB"):
+        client.infer("ocr", [tensor])
+    deadline = time.monotonic() + 120
+    while not any(model == "ocr" for model, _ in triton_server.watchdog.replacements) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert ("ocr", "a worker's shared memory grew above 256 MiB") in triton_server.watchdog.replacements
+    time.sleep(3)  # the swollen copy retires
+    assert region_bytes("ocr") <= config.WORKER_SHM_RECLAIM_BYTES
+    with Client(triton_server.grpc_url) as client:
+        assert client.ocr(EMPTY_PNG) == []

@@ -1,0 +1,213 @@
+"""Supervision of a running server: the worker watchdog, ports, and what `genserve serve` does when
+Triton dies, when it is killed itself, and on SIGTERM (drain)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from genserve.errors import ServerError
+from genserve.server import TritonServer, free_ports
+from genserve.supervision import STUB_BINARY, WorkerWatchdog, busy_ports, python_workers
+
+ORI, TARGET = "2008_002506.jpg", "2008_001009.jpg"
+
+
+# --- the watchdog's rules, on real processes named like Triton's workers ------------------------------
+
+
+class FakeTriton:
+    """This test process stands in for Triton: its children run under the worker binary's name, with
+    the worker's command line (``stub MODEL_PY REGION ... INSTANCE RUNTIME_DIR``): Python running a
+    model.py that sleeps."""
+
+    def __init__(self, tmp_path: Path):
+        self.tmp_path = tmp_path
+        self.children: list[subprocess.Popen] = []
+
+    def spawn(self, model: str, instance: str) -> subprocess.Popen:
+        model_py = self.tmp_path / model / "1" / "model.py"
+        model_py.parent.mkdir(parents=True, exist_ok=True)
+        model_py.write_text("import time\ntime.sleep(300)\n")
+        command = f"exec -a /opt/{STUB_BINARY} {sys.executable} {model_py} region_{instance} 1 1 1 x 1 {instance} DEFAULT"
+        child = subprocess.Popen(["bash", "-c", command])
+        self.children.append(child)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and not any(w.pid == child.pid for w in python_workers(os.getpid()) or []):
+            time.sleep(0.02)
+        return child
+
+    def kill(self, child: subprocess.Popen) -> None:
+        child.kill()
+        child.wait()
+
+    def close(self) -> None:
+        for child in self.children:
+            child.kill()
+            child.wait()
+
+
+@pytest.fixture
+def fake_triton(tmp_path):
+    triton = FakeTriton(tmp_path)
+    yield triton
+    triton.close()
+
+
+def test_watchdog_replaces_a_dead_worker_and_gives_up_on_a_model_that_keeps_dying(fake_triton, tmp_path):
+    reloads, failures = [], []
+
+    def reload(model):  # what Triton does: a fresh copy's workers start, the old ones end
+        reloads.append(model)
+        for child in [c for c in fake_triton.children if c.poll() is None and f"/{model}/" in " ".join(psutil.Process(c.pid).cmdline())]:
+            fake_triton.kill(child)
+        fake_triton.spawn(model, f"{model}_0_0")
+
+    watchdog = WorkerWatchdog(os.getpid(), reload, failures.append, shm_prefix="none_", max_restarts=2, window_s=60, shm_dir=tmp_path)
+    face = fake_triton.spawn("face_swap", "face_swap_0_0")
+    fake_triton.spawn("ocr", "ocr_0_0")
+    watchdog.check()
+    watchdog.check()
+    assert reloads == [] and failures == []  # healthy: nothing to do
+
+    fake_triton.kill(face)
+    watchdog.check()
+    assert reloads == ["face_swap"] and watchdog.replacements == [("face_swap", "a worker process died")]
+    watchdog.check()  # the retired copy's workers ending is expected, not another death
+    assert reloads == ["face_swap"]
+
+    for _ in range(2):  # two more deaths: the second is one too many within the window
+        fake_triton.kill(next(c for c in fake_triton.children if c.poll() is None and "face_swap" in str(psutil.Process(c.pid).cmdline())))
+        watchdog.check()
+    assert reloads == ["face_swap", "face_swap"]
+    assert failures == ["the workers of model face_swap died 3 times within 60 s"]
+
+
+def test_watchdog_reloads_a_model_whose_shared_memory_swelled(fake_triton, tmp_path):
+    reloads = []
+    watchdog = WorkerWatchdog(os.getpid(), reloads.append, pytest.fail, shm_prefix="region_", shm_limit_bytes=1000, shm_dir=tmp_path)
+    fake_triton.spawn("ocr", "ocr_0_0")
+    region = tmp_path / "region_ocr_0_0"
+    region.write_bytes(b"x" * 100)
+    region.chmod(0o644)
+    watchdog.check()
+    assert reloads == [] and region.stat().st_mode & 0o777 == 0o600  # made private on sight
+    region.write_bytes(b"x" * 5000)  # one large request grew it
+    watchdog.check()
+    assert reloads == ["ocr"] and "shared memory" in watchdog.replacements[0][1]
+
+
+def test_a_busy_port_is_refused_before_triton_starts(tmp_path):
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        port = listener.getsockname()[1]
+        assert busy_ports("127.0.0.1", [port]) == [port]
+        http, metrics = free_ports(2)
+        server = TritonServer(tmp_path, models=["x"], http_port=http, grpc_port=port, metrics_port=metrics, log_path=tmp_path / "t.log")
+        with pytest.raises(ServerError, match=rf"port\(s\) {port} on 127.0.0.1 are in use"):
+            server.start()
+    assert not server.is_running()
+
+
+# --- genserve serve -----------------------------------------------------------------------------------
+
+
+def start_serve(tmp_path: Path, *extra: str) -> tuple[subprocess.Popen, list[int], list[str]]:
+    http, grpc, metrics = free_ports(3)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "genserve.cli", "serve", "--model", "face_swap", "--http-port", str(http),
+         "--grpc-port", str(grpc), "--metrics-port", str(metrics), "--log-file", str(tmp_path / f"triton-{grpc}.log"),
+         "--admin-key-file", str(tmp_path / "admin.key"), *extra],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    lines: list[str] = []
+    while not lines or "Press Ctrl-C" not in lines[-1]:
+        line = process.stdout.readline()
+        if not line:
+            process.kill()
+            pytest.fail("genserve serve exited before it was ready:\n" + "".join(lines))
+        lines.append(line)
+    return process, [http, grpc, metrics], lines
+
+
+def triton_of(process: subprocess.Popen) -> psutil.Process:
+    (triton,) = [child for child in psutil.Process(process.pid).children() if child.name() == "tritonserver"]
+    return triton
+
+
+@pytest.mark.server
+@pytest.mark.slow
+def test_serve_refuses_busy_ports_and_exits_with_the_reason_when_triton_dies(tmp_path):
+    first, ports, _ = start_serve(tmp_path)
+    try:
+        # A second server on the same ports: a clear refusal, not "serving" (nor a Triton that binds
+        # gRPC's SO_REUSEPORT port beside the first).
+        second = subprocess.run(
+            [sys.executable, "-m", "genserve.cli", "serve", "--model", "face_swap", "--http-port", str(ports[0]),
+             "--grpc-port", str(ports[1]), "--metrics-port", str(ports[2]), "--admin-key-file", str(tmp_path / "admin.key")],
+            capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        assert second.returncode == 1 and "are in use" in second.stderr and "serving" not in second.stdout
+
+        triton = triton_of(first)
+        prefix = f"genserve{first.pid}p{ports[1]}_"
+        assert [name for name in os.listdir("/dev/shm") if name.startswith(prefix)]
+        triton.kill()  # what the OOM killer does
+        output = first.communicate(timeout=60)[0]
+    finally:
+        first.kill()
+    assert first.returncode == 1
+    assert "tritonserver was killed by signal SIGKILL" in output
+    assert not [name for name in os.listdir("/dev/shm") if name.startswith(prefix)]  # nothing left behind
+
+
+@pytest.mark.server
+@pytest.mark.slow
+def test_triton_dies_with_a_killed_serve(tmp_path):
+    serve, _, _ = start_serve(tmp_path)
+    triton = triton_of(serve)
+    serve.kill()
+    serve.wait()
+    triton.wait(timeout=60)  # SIGTERM from the kernel (parent death signal), then Triton's own exit
+    assert not triton.is_running()
+
+
+@pytest.mark.server
+@pytest.mark.slow
+def test_sigterm_drains_in_flight_requests(tmp_path, faces_dir):
+    from genserve.client import Client
+
+    serve, ports, _ = start_serve(tmp_path, "--drain-delay", "1", "--drain-timeout", "60")
+    results, errors = [], []
+
+    def swap():
+        try:
+            with Client(f"127.0.0.1:{ports[1]}", retry_policy=None) as client:
+                results.append(client.swap_face(faces_dir / ORI, faces_dir / TARGET, all_faces=True))
+        except Exception as error:  # noqa: BLE001 - collected for the assertion
+            errors.append(error)
+
+    try:
+        threads = [threading.Thread(target=swap) for _ in range(3)]
+        for thread in threads:
+            thread.start()
+        time.sleep(0.5)  # in flight (two instances busy, one queued)
+        serve.send_signal(signal.SIGTERM)
+        for thread in threads:
+            thread.join(timeout=120)
+        output = serve.communicate(timeout=120)[0]
+    finally:
+        serve.kill()
+    assert serve.returncode == 0, output
+    assert "SIGTERM: serving 1 s more" in output and "Triton stopped." in output
+    assert not errors and len(results) == 3
