@@ -240,33 +240,35 @@ def warmup_side(export_dir: Path, manifest: Manifest, max_size: int) -> int:
 
 
 def add_warmup(config: ModelConfig, model_dir: Path, task: str, calls: list[str], side: int) -> None:
-    """Triton's ``model_warmup``: a real request (a few steps, ``side`` pixels square) runs through
-    the leaves before the model reports ready, so that the first client request is as fast as the next.
-    It calls the leaves over BLS, so the model loads after them (``load_after``, genserve's launcher)."""
+    """Triton's ``model_warmup``: a real request (a few steps, ``side`` pixels square, a fixed seed, as
+    a cached model requires) runs through the leaves before the model reports ready, so that the first
+    client request is as fast as the next. The task's contract packs it, as a client's would be. It
+    calls the leaves over BLS, so the model loads after them (``load_after``, genserve's launcher)."""
     import io
     import struct
 
     from PIL import Image
 
     config.parameters[LOAD_AFTER].string_value = ",".join(calls)
-    folder = model_dir / "warmup"
-    folder.mkdir(parents=True, exist_ok=True)
-    values = {"PROMPT": WARMUP_PROMPTS[task].encode()}
-    if task != "t2i":
+    values = {"prompt": WARMUP_PROMPTS[task], "steps": WARMUP_STEPS, "seed": 0}
+    if task == "t2i":
+        values |= {"width": side, "height": side}
+    else:
         image = io.BytesIO()
         Image.new("RGB", (side, side), (128, 128, 128)).save(image, format="PNG")
-        values["IMAGE"] = image.getvalue()
+        values["image"] = image.getvalue()
+    folder = model_dir / "warmup"
+    folder.mkdir(parents=True, exist_ok=True)
     warmup = config.model_warmup.add(name="a first request", batch_size=1)
-    numbers = {"STEPS": WARMUP_STEPS} | ({"WIDTH": side, "HEIGHT": side} if task == "t2i" else {})
-    for tensor, data in values.items():  # BYTES elements as Triton reads them: a 4-byte length, then the bytes
-        (folder / tensor).write_bytes(struct.pack("<I", len(data)) + data)
-        warmup.inputs[tensor].data_type = TRITON_TYPES[BYTES]
-        warmup.inputs[tensor].dims.append(1)
-        warmup.inputs[tensor].input_data_file = tensor
-    for tensor, number in numbers.items():
-        (folder / tensor).write_bytes(struct.pack("<i", number))
-        warmup.inputs[tensor].data_type = TRITON_TYPES["int32"]
-        warmup.inputs[tensor].dims.append(1)
+    for tensor, array in TASKS[task].encode_request(**values).items():
+        if array.dtype == object:  # BYTES elements as Triton reads them: a 4-byte length, then the bytes
+            data = b"".join(struct.pack("<I", len(item)) + item for item in array.reshape(-1))
+            dtype = BYTES
+        else:
+            data, dtype = array.tobytes(), array.dtype.name
+        (folder / tensor).write_bytes(data)
+        warmup.inputs[tensor].data_type = TRITON_TYPES[dtype]
+        warmup.inputs[tensor].dims.extend(array.shape)
         warmup.inputs[tensor].input_data_file = tensor
 
 
