@@ -100,7 +100,15 @@ def test_bench_face_swap_and_t2i(demo_repository, tmp_path, capsys):
         assert not runs["t2i", "in-process", level].get("models")
     assert "bls_overhead_ms_per_step" in runs["t2i", "served", 1]["models"]["sd_text_to_image_stream"]
 
+    # The first request after the server's start, beside the steady p50 (issue 14: warm start).
+    for task in ("deepfake", "t2i"):
+        first = report["first_requests"][task]
+        assert first["first_ms"] > 0 and first["model_warmup"] is True
+        assert first["first_over_p50"] == pytest.approx(first["first_ms"] / runs[task, "served", 1]["latency_ms"]["p50"], rel=0.02)
+        assert f"first request after start (with model warm-up): {task} {first['first_ms']:.0f} ms" in printed
+
     markdown = (out / "bench.md").read_text()
+    assert re.search(r"^\| t2i \| yes \| \d+ \| \d+ \| [\d.]+x \|$", markdown, re.M)
     for task, mode, level in runs:
         assert re.search(rf"^\| {task} \| [^|]+ \| {mode} \| {level} \| {requests} \| 0 \|", markdown, re.M), (task, mode, level)
     assert re.search(r"^\| t2i \| 2 \| sd_unet \| \d+ \| \d+ \|", markdown, re.M)
@@ -125,4 +133,5 @@ def test_bench_against_a_running_server(tmp_path):
     served = next(run for run in report["runs"] if run["mode"] == "served")
     assert served["models"]["face_swap"]["requests"] == 2 and served["models"]["face_swap"]["compute_ms"] > 0
     assert [r["task"] for r in report["ratios"]] == ["deepfake"]
+    assert report["first_requests"] == {}  # a server running before the bench: no first request to time
     check_pngs(out, ["deepfake.png", "deepfake_models.png"])

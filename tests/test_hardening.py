@@ -111,6 +111,10 @@ def test_a_worker_killed_mid_batch_is_replaced_and_the_batch_finishes(triton_ser
         summary = BatchRunner(pool, images, out, concurrency=2, progress=False).run(read_tasks(images / "task.csv"))
     killer.join()
     assert not summary.failed and summary.finished == 8
+    # The other instance may finish the batch before the replacement copy has loaded: wait for it.
+    deadline = time.monotonic() + 180
+    while ("face_swap", "a worker process died") not in triton_server.watchdog.replacements and time.monotonic() < deadline:
+        time.sleep(0.5)
     assert ("face_swap", "a worker process died") in triton_server.watchdog.replacements
 
     # Healthy again: every instance answers (a dead one would fail every other request).

@@ -109,6 +109,17 @@ def markdown_report(report: dict[str, Any]) -> str:
                 f"| {r['task']} | {r['concurrency']} | {r['served_images_per_s']:.3f} | {r['in_process_images_per_s']:.3f} | "
                 f"{_fmt(r['throughput_ratio'], 2)}x | {_fmt(r['p50_latency_ratio'], 2)}x |"
             )
+    if report.get("first_requests"):
+        lines += [
+            "",
+            "## First request after the server's start",
+            "",
+            "| task | pipeline models warmed up at load | first request ms | steady p50 ms | first / p50 |",
+            "|---|---|---:|---:|---:|",
+        ]
+        for task, first in report["first_requests"].items():
+            lines.append(f"| {task} | {'yes' if first['model_warmup'] else 'no'} | {first['first_ms']:.0f} | "
+                         f"{_fmt(first.get('steady_p50_ms'), 0)} | {_fmt(first.get('first_over_p50'), 2)}x |")
     breakdown_rows = [
         (run, name, stats) for run in report.get("runs", []) if run["mode"] == "served" for name, stats in run.get("models", {}).items()
     ]

@@ -63,6 +63,7 @@ class Settings:
     work_dir: Path | None = None  # caches (demo repository, --pipeline exports); default CACHE_DIR
     demo_size: str = "tiny"  # which demo pipelines to serve without --pipeline: tiny or medium
     stream: bool = True  # served diffusion requests to the streaming models, where the server has them
+    model_warmup: bool = True  # pipeline models built with Triton's model_warmup (False: to see a cold start)
 
     def requests_for(self, concurrency: int) -> int:
         return self.requests or max(8, 3 * concurrency)
@@ -250,7 +251,7 @@ def _cuda() -> bool:
         return False
 
 
-def pipeline_repository(pipeline_dir: Path, work_dir: Path, precision: str, size: int, log=logger.info):
+def pipeline_repository(pipeline_dir: Path, work_dir: Path, precision: str, size: int, log=logger.info, warmup: bool = True):
     """Export ``pipeline_dir`` and build its repository (no prefix) under ``work_dir``, both cached;
     returns the repository folder and the export's manifest."""
     from genserve.diffusion.repository import BuildOptions, build_repository
@@ -268,12 +269,12 @@ def pipeline_repository(pipeline_dir: Path, work_dir: Path, precision: str, size
         export_pipeline(pipeline_dir, export_dir, ExportOptions(precision=precision, progress=False), log=log)
         manifest = Manifest.read(export_dir)
     target = "gpu" if _cuda() else "cpu"
-    repo_dir = base / f"repository-{target}"
+    repo_dir = base / f"repository-{target}{'' if warmup else '-no-warmup'}"
     stamp = repo_dir / ".genserve-bench.json"
-    built = {"target": target, "export": str(export_dir), "warmup_size": size}
+    built = {"target": target, "export": str(export_dir), "warmup_size": size, "warmup": warmup}
     if not stamp.is_file() or json.loads(stamp.read_text()) != built:
         log(f"building the {target} repository {repo_dir}")
-        build_repository(export_dir, repo_dir, BuildOptions(target=target, warmup_size=size))
+        build_repository(export_dir, repo_dir, BuildOptions(target=target, warmup_size=size, warmup=warmup))
         stamp.write_text(json.dumps(built) + "\n")
     return repo_dir, manifest
 
@@ -298,6 +299,7 @@ class Bench:
         self.repositories: list[Path] = []
         self.load_models: list[str] = []
         self.notes: list[str] = []
+        self.first_requests: dict[str, dict[str, float]] = {}  # task -> the first request after start
 
     # Which models are served, where the in-process pipelines come from.
     def _plan(self) -> list:
@@ -316,7 +318,8 @@ class Bench:
         if s.pipeline is not None:
             manifest = None
             if not s.url:
-                repo_dir, manifest = pipeline_repository(s.pipeline, self.work_dir, self.precision, s.size, log=self.log)
+                repo_dir, manifest = pipeline_repository(s.pipeline, self.work_dir, self.precision, s.size, log=self.log,
+                                                         warmup=s.model_warmup)
                 self.repositories.append(repo_dir)
                 self.load_models += sorted(p.parent.name for p in repo_dir.glob("*/config.pbtxt"))
             served = set(_served_tasks(manifest)) if manifest else set(diffusion)
@@ -330,7 +333,7 @@ class Bench:
         if not s.url:
             from genserve.demo.repository import build_demo_repository
 
-            repo_dir = build_demo_repository(demo_dir, size=s.demo_size, log=self.log)
+            repo_dir = build_demo_repository(demo_dir, size=s.demo_size, warmup=s.model_warmup, log=self.log)
             self.repositories.append(repo_dir)
         families = set()
         for task in diffusion:
@@ -387,6 +390,12 @@ class Bench:
             self.notes.append(f"{task.name}: the server has no {task.served_model}; the plain {task.model} was measured")
             task.stream = False
         self.log(f"\n{task.name}: served model {task.model}; {len(task.payloads)} payloads; warming up")
+        if not s.url:  # the server was started for this run: its first request is a first request after a start
+            started = time.perf_counter()
+            task.served_worker(clients[0])(task.payloads[0])
+            first_ms = 1e3 * (time.perf_counter() - started)
+            self.first_requests[task.name] = {"first_ms": round(first_ms, 1), "model_warmup": s.model_warmup}
+            self.log(f"  first request after the server's start: {first_ms:.0f} ms")
         for _ in range(s.warmup):
             if isinstance(task, DiffusionTask):
                 task.warm_served(clients[0])
@@ -423,6 +432,19 @@ class Bench:
                 runs.append(run)
                 self.log(table_row(run, f"{task.name} in-process"))
         return runs
+
+    def _first_requests(self, runs: list[Run]) -> dict[str, dict[str, float]]:
+        """Each task's first request after the server started, beside the steady p50 of the same requests
+        at the lowest concurrency (sequential requests, as the first one was)."""
+        report = {}
+        for task, first in self.first_requests.items():
+            steady = [run for run in runs if run.extra["task"] == task and run.mode == "served"]
+            entry = dict(first)
+            if steady:
+                p50 = min(steady, key=lambda run: run.concurrency).percentile(50)
+                entry |= {"steady_p50_ms": round(p50, 1), "first_over_p50": round(first["first_ms"] / p50, 2) if p50 else None}
+            report[task] = entry
+        return report
 
     @staticmethod
     def _level_stats(model: str, run: Run, before: dict, url: str) -> dict:
@@ -482,6 +504,7 @@ class Bench:
             },
             "tasks": {task.name: {"served_model": task.model, "in_process": task.in_process_label if s.in_process else None} for task in tasks},
             "notes": self.notes,
+            "first_requests": self._first_requests(runs),
             "runs": [run.summary() for run in runs],
             "ratios": ratios,
         }
@@ -530,6 +553,10 @@ def run_bench(settings: Settings, log: Callable[[str], None] = print) -> dict[st
         for r in report["ratios"]:
             log(f"  {r['task']:<9} concurrency {r['concurrency']:>3}: throughput {r['throughput_ratio']:.2f}x, "
                 f"p50 latency {r['p50_latency_ratio']:.2f}x")  # fmt: skip
+    for task, first in report["first_requests"].items():
+        warmup = "with" if first["model_warmup"] else "without"
+        log(f"first request after start ({warmup} model warm-up): {task} {first['first_ms']:.0f} ms, "
+            f"{first.get('first_over_p50', float('nan')):.2f}x the steady p50")
     for note in report["notes"]:
         log(f"note: {note}")
     log(f"\nwrote {out / 'bench.json'}, {out / 'bench.md'} and {len(report['plots'])} plots in {out}")

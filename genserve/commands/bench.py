@@ -36,6 +36,9 @@ def register(subparsers) -> None:
                         help="served diffusion requests to the plain pipeline models, not their streaming variants "
                         "(which run concurrent requests in one instance)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed passes over the payloads per mode (default 1)")
+    parser.add_argument("--no-model-warmup", dest="model_warmup", action="store_false",
+                        help="build the pipeline models without Triton's model_warmup, to compare the first request "
+                        "after a start with and without it (a separate cached repository)")
     parser.add_argument("--no-in-process", action="store_true", help="skip the in-process baseline")
     parser.add_argument("--faces-dir", metavar="DIR", help="photos for the face swap pairs (default: shared/data/faces, else bundled)")
     parser.add_argument("--out", metavar="OUT", default="bench", help="output folder (default: ./bench)")
@@ -66,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
         tasks=tasks, levels=levels, requests=args.requests, url=args.url, pipeline=pipeline, precision=args.precision,
         out=Path(args.out), size=args.size, steps=args.steps, models=models, in_process=not args.no_in_process,
         warmup=args.warmup, faces_dir=Path(args.faces_dir) if args.faces_dir else None, demo_size=args.demo_size,
-        stream=args.stream,
+        stream=args.stream, model_warmup=args.model_warmup,
     )  # fmt: skip
     report = run_bench(settings)
     return 1 if any(run["errors"] for run in report["runs"]) else 0

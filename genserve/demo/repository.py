@@ -24,17 +24,20 @@ DEMO_STEPS = 3
 STAMP = ".genserve-demo.json"
 
 
-def build_demo_repository(out_dir: str | Path, *, pipeline_instances: int = 1, size: str = "tiny", log=logger.info) -> Path:
+def build_demo_repository(out_dir: str | Path, *, pipeline_instances: int = 1, size: str = "tiny", warmup: bool = True,
+                          log=logger.info) -> Path:
     """``out_dir/repository``, built (or reused) from ``out_dir/pipelines`` and ``out_dir/exports``, of
-    the ``tiny`` (default) or ``medium`` demo pipelines (see :mod:`genserve.demo.pipelines`)."""
+    the ``tiny`` (default) or ``medium`` demo pipelines (see :mod:`genserve.demo.pipelines`); without
+    ``warmup``, ``out_dir/repository-no-warmup``, its pipeline models without Triton's model_warmup."""
     from genserve.demo.pipelines import build_demo_pipeline
     from genserve.diffusion.repository import BuildOptions, build_repository
     from genserve.export.manifest import FORMAT
     from genserve.export.pipeline import ExportOptions, export_pipeline
 
     out_dir = Path(out_dir)
-    repo_dir = out_dir / "repository"
-    stamp = {"families": sorted(DEMO_FAMILIES.values()), "pipeline_instances": pipeline_instances, "format": FORMAT, "stream": True, "warmup": 2, "size": size}
+    repo_dir = out_dir / ("repository" if warmup else "repository-no-warmup")
+    stamp = {"families": sorted(DEMO_FAMILIES.values()), "pipeline_instances": pipeline_instances, "format": FORMAT, "stream": True,
+             "warmup": 2 if warmup else 0, "size": size}
     if (repo_dir / STAMP).is_file() and json.loads((repo_dir / STAMP).read_text()) == stamp:
         return repo_dir
     for name, family in DEMO_FAMILIES.items():
@@ -48,7 +51,7 @@ def build_demo_repository(out_dir: str | Path, *, pipeline_instances: int = 1, s
         export_pipeline(pipeline_dir, export_dir, ExportOptions(progress=False, force=not (export_dir / ".stages").is_dir()), log=log)
         build_repository(export_dir, repo_dir, BuildOptions(
             target="cpu", prefix=f"{family}_", max_size=256, pipeline_instances=pipeline_instances,
-            warmup_size=DEMO_SIZE if size == "tiny" else MEDIUM_SIZE,
+            warmup=warmup, warmup_size=DEMO_SIZE if size == "tiny" else MEDIUM_SIZE,
         ))
     (repo_dir / STAMP).write_text(json.dumps(stamp) + "\n")
     return repo_dir
