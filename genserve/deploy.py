@@ -4,7 +4,7 @@ PyPI has no library that reads a ``kustomization.yaml`` (the ``kustomize`` packa
 manifests from Python code instead), so this is the small part of kustomize those manifests use:
 ``resources`` (files and folders with their own kustomization), ``images`` (``newName``, ``newTag``,
 ``digest``) and ``patches`` given as JSON patches (RFC 6902, applied with ``jsonpatch``) on a
-``target`` kind and name. Anything else in a kustomization is refused, so a manifest that needs more
+``target`` kind and name, or as a strategic-merge ``$patch: delete`` that removes a resource. Anything else in a kustomization is refused, so a manifest that needs more
 of kustomize fails the tests (``tests/test_kubernetes.py``, which also compares with ``kubectl
 kustomize`` where kubectl is installed) instead of being rendered wrongly.
 
@@ -59,6 +59,12 @@ def _apply_patch(objects: list[dict], patch: dict, folder: Path) -> None:
     if set(target) - {"kind", "name"} or set(patch) - {"target", "path", "patch"}:
         raise KustomizeError(f"{folder}: only JSON patches on a target kind and name are supported: {patch}")
     operations = yaml.safe_load(patch["patch"]) if "patch" in patch else load_yaml_documents(folder / patch["path"])[0]
+    if isinstance(operations, dict) and operations.get("$patch") == "delete" and not target:
+        kept = [obj for obj in objects if (obj["kind"], obj["metadata"]["name"]) != (operations["kind"], operations["metadata"]["name"])]
+        if len(kept) == len(objects):
+            raise KustomizeError(f"{folder}: nothing to delete for {operations['kind']}/{operations['metadata']['name']}")
+        objects[:] = kept
+        return
     if not isinstance(operations, list):
         raise KustomizeError(f"{folder}: {patch.get('path', 'an inline patch')} is not a JSON patch (a list of operations)")
     matched = [

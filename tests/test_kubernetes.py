@@ -15,9 +15,10 @@ import yaml
 from genserve import config, metrics
 from genserve.cli import build_parser
 from genserve.deploy import MANIFESTS_DIR, kustomizations, load_yaml_documents, render
+from genserve.server import is_remote
 
 KUBERNETES_VERSION = "1.37.0"
-OVERLAYS = ("cpu", "gpu")
+OVERLAYS = ("cpu", "gpu")  # with the repository on a volume; gpu-s3: in object storage
 ADAPTER_RULES = MANIFESTS_DIR / "monitoring" / "prometheus-adapter-rules.yaml"
 FOLDERS = kustomizations()
 
@@ -76,8 +77,10 @@ def test_every_object_is_valid_kubernetes(folder):
         else:  # strict: unknown fields are errors too
             kubernetes_validate.validate(obj, KUBERNETES_VERSION, strict=True)
     kinds = [obj["kind"] for obj in objects]
-    for kind in ("Deployment", "Service", "PersistentVolumeClaim", "PodDisruptionBudget", "PodMonitor", "HorizontalPodAutoscaler"):
+    for kind in ("Deployment", "Service", "PodDisruptionBudget", "PodMonitor", "HorizontalPodAutoscaler"):
         assert kind in kinds, kind
+    claims = [volume for volume in deployment["spec"]["template"]["spec"]["volumes"] if "persistentVolumeClaim" in volume]
+    assert ("PersistentVolumeClaim" in kinds) == bool(claims)  # the repository's volume, or object storage
 
 
 def test_an_invalid_object_is_caught():
@@ -196,3 +199,16 @@ def test_gpus_only_in_the_gpu_overlay_and_the_overlays_differ():
     assert images[0] != images[1] and all(":" in image for image in images)
     assert cpu["HorizontalPodAutoscaler"]["spec"] != gpu["HorizontalPodAutoscaler"]["spec"]
     assert pod_spec(cpu)["containers"][0]["resources"] != gpu_resources
+
+
+def test_the_object_storage_overlay_serves_a_bucket_instead_of_the_volume():
+    gpu, s3 = overlay("gpu"), overlay("gpu-s3")
+    args = serve_args(s3)
+    (remote,) = [path for path in args.repositories if is_remote(path)]
+    assert remote.startswith("s3://") and "/models" not in args.repositories
+    assert "PersistentVolumeClaim" not in s3 and "persistentVolumeClaim" not in yaml.safe_dump(s3["Deployment"])
+    (container,) = pod_spec(s3)["containers"]
+    assert container["envFrom"] == [{"secretRef": {"name": "genserve-s3"}}]
+    # The rest is the gpu overlay's.
+    assert container["resources"] == pod_spec(gpu)["containers"][0]["resources"]
+    assert vars(args) | {"repositories": ["/models"]} == vars(serve_args(gpu))
