@@ -150,6 +150,14 @@ def dependent_models(models: list[str], configs: dict) -> list[list[str]]:
     return rounds
 
 
+# Repositories Triton reads from object storage itself (its S3, GCS and Azure file systems).
+REMOTE_REPOSITORY_SCHEMES = ("s3://", "gs://", "as://")
+
+
+def is_remote(repository: str | os.PathLike) -> bool:
+    return str(repository).startswith(REMOTE_REPOSITORY_SCHEMES)
+
+
 def repository_models(repository: Path) -> list[str]:
     """The model folders of a Triton model repository: those holding a ``config.pbtxt``."""
     return sorted(p.name for p in repository.iterdir() if (p / "config.pbtxt").is_file())
@@ -162,7 +170,9 @@ class TritonServer:
     ...     print(server.grpc_url)
 
     ``repository`` may also be a list of repositories served together (Triton takes several
-    ``--model-repository`` flags); model names must then be unique across them.
+    ``--model-repository`` flags); model names must then be unique across them. An object-storage
+    repository (``s3://``, ``gs://``, ``as://``) goes to Triton as it is: Triton lists and loads it
+    (``--load-model=*`` unless ``models`` are named) and :attr:`models` is what it loaded.
     """
 
     def __init__(
@@ -184,16 +194,18 @@ class TritonServer:
         watch_workers: bool = True,
     ):
         repositories = repository if isinstance(repository, (list, tuple)) else [repository]
-        self.repositories = [Path(path).resolve() for path in repositories]
-        for path in self.repositories:
+        self.repositories = [str(path) if is_remote(path) else Path(path).resolve() for path in repositories]
+        local = [path for path in self.repositories if isinstance(path, Path)]
+        for path in local:
             if not path.is_dir():
                 raise ServerError(f"model repository {path} is not a folder")
-        found = [name for path in self.repositories for name in repository_models(path)]
+        found = [name for path in local for name in repository_models(path)]
         duplicates = sorted({name for name in found if found.count(name) > 1})
         if duplicates:
             raise ServerError(f"model name(s) {', '.join(duplicates)} appear in more than one repository")
         self.models = models if models is not None else sorted(found)
-        if not self.models:
+        self._load_all = models is None and len(local) < len(self.repositories)  # listed by Triton: see _check_models
+        if not self.models and not self._load_all:
             raise ServerError(f"model repository {', '.join(map(str, self.repositories))} holds no model (no */config.pbtxt)")
         self.http_port, self.grpc_port, self.metrics_port = http_port, grpc_port, metrics_port
         self.address = address
@@ -232,7 +244,8 @@ class TritonServer:
             str(installation.binary),
             *(f"--model-repository={path}" for path in self.repositories),
             "--model-control-mode=explicit",
-            *(f"--load-model={name}" for name in self.models if not any(name in round_ for round_ in self._dependent)),
+            *(["--load-model=*"] if self._load_all else
+              [f"--load-model={name}" for name in self.models if not any(name in round_ for round_ in self._dependent)]),
             # Keep the models that load when one fails; start() reports the failure by name.
             "--exit-on-error=false",
             f"--http-address={self.address}",
@@ -312,10 +325,12 @@ class TritonServer:
         raise ServerError(f"tritonserver did not come up within {self.start_timeout_s:.0f} s; log: {self.log_path}")
 
     def _model_config(self, name: str):
-        """The model's config, or None when no repository has it (Triton then reports it as not loaded)."""
+        """The model's config, or None when no local repository has it (Triton then reports it as not
+        loaded, or reads it from object storage itself)."""
         from genserve.triton.model_config import read_config
 
-        folder = next((path / name for path in self.repositories if (path / name / "config.pbtxt").is_file()), None)
+        local = [path for path in self.repositories if isinstance(path, Path)]
+        folder = next((path / name for path in local if (path / name / "config.pbtxt").is_file()), None)
         return read_config(folder) if folder else None
 
     def _load_dependent_models(self) -> None:
@@ -342,6 +357,8 @@ class TritonServer:
         import tritonclient.http as httpclient
 
         with httpclient.InferenceServerClient(self.http_url) as client:
+            if self._load_all:
+                self.models = sorted(entry["name"] for entry in client.get_model_repository_index(headers=self.admin_headers))
             not_ready = [name for name in self.models if not client.is_model_ready(name)]
             # Triton's reasons are in the repository index, one of the APIs that need the key.
             index = client.get_model_repository_index(headers=self.admin_headers) if not_ready else []

@@ -55,7 +55,7 @@ def test_backoff_stops_at_the_retry_count_and_the_deadline():
 def test_grpc_channel_balances_round_robin_and_retries_unavailable():
     options = dict(grpc_channel_args(RetryPolicy(retries=9)))
     service_config = json.loads(options["grpc.service_config"])
-    assert service_config["loadBalancingConfig"] == [{"round_robin": {}}]
+    assert service_config["loadBalancingConfig"] == [{"round_robin": {}}] and options["grpc.lb_policy_name"] == "round_robin"
     (method,) = service_config["methodConfig"]
     assert method["retryPolicy"]["retryableStatusCodes"] == ["UNAVAILABLE"] and method["retryPolicy"]["maxAttempts"] == 5
     assert options["grpc.enable_retries"] == 1 and options["grpc.per_rpc_retry_buffer_size"] > 128 * 2**20

@@ -88,6 +88,7 @@ def grpc_channel_args(policy: RetryPolicy) -> list[tuple[str, object]]:
         ("grpc.keepalive_timeout_ms", keepalive.keepalive_timeout_ms),
         ("grpc.keepalive_permit_without_calls", keepalive.keepalive_permit_without_calls),
         ("grpc.http2.max_pings_without_data", keepalive.http2_max_pings_without_data),
+        ("grpc.lb_policy_name", "round_robin"),  # every address a target resolves to, also without our service config
         ("grpc.service_config", json.dumps(policy.grpc_service_config())),
         ("grpc.service_config_disable_resolution", 1),  # ours, not one from DNS TXT records
         ("grpc.enable_retries", int(policy.retries > 0)),

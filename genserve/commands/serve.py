@@ -20,7 +20,9 @@ def register(subparsers) -> None:
     )
     parser.add_argument(
         "repositories", nargs="*", metavar="REPO",
-        help="model repository folder(s) served beside the stack's own (face_swap and OCR)",
+        help="model repository folder(s) served beside the stack's own (face_swap and OCR); or object storage "
+        "Triton reads itself: s3://BUCKET/PATH, gs://BUCKET/PATH, as://ACCOUNT/CONTAINER/PATH (credentials as "
+        "Triton takes them, e.g. AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY / AWS_DEFAULT_REGION)",
     )  # fmt: skip
     parser.add_argument("--no-stack-models", action="store_true", help="serve only the REPOs given, not the stack's own repository")
     parser.add_argument(
@@ -92,10 +94,10 @@ def run(args: argparse.Namespace) -> int:
     from genserve import admin
     from genserve.errors import InvalidInputError, ServerError
     from genserve.model_repository import REPOSITORY_DIR
-    from genserve.server import TritonServer
+    from genserve.server import TritonServer, is_remote
 
-    repositories = [Path(path) for path in args.repositories]
-    if not args.no_stack_models and REPOSITORY_DIR.resolve() not in {path.resolve() for path in repositories}:
+    repositories = [path if is_remote(path) else Path(path) for path in args.repositories]  # s3:// etc. as given
+    if not args.no_stack_models and REPOSITORY_DIR.resolve() not in {Path(path).resolve() for path in repositories}:
         repositories.insert(0, REPOSITORY_DIR)
     if not repositories:
         raise InvalidInputError("--no-stack-models needs at least one REPO")
