@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import time
 
 import numpy as np
 import pytest
@@ -78,7 +79,12 @@ def test_memory_returns_after_a_large_detector_call(triton_server, grpc_client):
 
     from genserve.supervision import python_workers
 
-    (worker,) = [w for w in python_workers(triton_server._process.pid) if w.model == DET.name]
+    # A copy the watchdog replaced (an earlier test's huge request) may still be retiring: wait for one.
+    deadline = time.monotonic() + 120
+    while len(workers := [w for w in python_workers(triton_server._process.pid) if w.model == DET.name]) != 1:
+        assert time.monotonic() < deadline, f"{len(workers)} {DET.name} workers"
+        time.sleep(0.5)
+    (worker,) = workers
     process = psutil.Process(worker.pid)
     small = np.zeros((1, 3, 64, 64), np.float32)
     grpc_client.infer(DET.name, {DET.input: small}, [DET.output])
