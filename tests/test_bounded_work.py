@@ -57,8 +57,11 @@ def test_a_burst_beyond_the_queue_is_refused_at_once(triton_server, faces_dir):
 def test_a_request_whose_deadline_passed_is_dropped_before_it_runs(triton_server, faces_dir):
     ori, target = (faces_dir / ORI).read_bytes(), (faces_dir / TARGET).read_bytes()
     before = executions(triton_server)
-    busy = [threading.Thread(target=lambda: Client(triton_server.grpc_url).swap_face(ori, target, all_faces=True)) for _ in range(2)]
-    for thread in busy:  # both instances at work for a second or more
+    # Six candidates for every face: both instances at work for a second or more (a plain swap is faster
+    # than the late requests' deadline).
+    busy = [threading.Thread(target=lambda: Client(triton_server.grpc_url).swap_face(ori, target, all_faces=True, candidates=6))
+            for _ in range(2)]
+    for thread in busy:
         thread.start()
     time.sleep(0.3)
     late = []
@@ -76,7 +79,7 @@ def test_a_request_whose_deadline_passed_is_dropped_before_it_runs(triton_server
 def test_an_expired_deadline_is_not_retried(triton_server, faces_dir):
     before = executions(triton_server)
     with ClientPool([triton_server.grpc_url], timeout_s=0.3, retries=3, backoff_s=0.05) as pool, pytest.raises(RequestError) as error:
-        pool.swap_face(faces_dir / ORI, faces_dir / TARGET, all_faces=True)  # takes over a second
+        pool.swap_face(faces_dir / ORI, faces_dir / TARGET, all_faces=True, candidates=6)  # takes over a second
     assert error.value.code == "DEADLINE_EXCEEDED" and not error.value.retriable
     # The swap that started runs to its end (stopping running work is another issue's), once, not
     # once per retry.
