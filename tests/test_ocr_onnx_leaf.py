@@ -3,6 +3,7 @@ the real Triton server from a model repository written here."""
 
 from __future__ import annotations
 
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -211,9 +212,16 @@ def test_concurrent_requests_of_mixed_shapes_each_get_their_own_result(leaf_serv
     rng = np.random.default_rng(2)
     inputs = [rng.random((1 + i % 3, 4 if i % 2 else 9), dtype=np.float32) for i in range(24)]
 
+    # One client per thread, reused: requests then arrive together (a new connection per request
+    # spreads them out on a busy host, and nothing meets in the batcher).
+    local = threading.local()
+    clients = []
+
     def one(x):
-        with Client(leaf_server.grpc_url) as client:
-            return client.infer("affine_default", {"INPUT": x}, ["OUTPUT", "TOTAL"])
+        if not hasattr(local, "client"):
+            local.client = Client(leaf_server.grpc_url)
+            clients.append(local.client)
+        return local.client.infer("affine_default", {"INPUT": x}, ["OUTPUT", "TOTAL"])
 
     def counts():
         import tritonclient.http as httpclient
@@ -225,6 +233,8 @@ def test_concurrent_requests_of_mixed_shapes_each_get_their_own_result(leaf_serv
     requests_before, runs_before = counts()
     with ThreadPoolExecutor(max_workers=8) as pool:
         results = list(pool.map(one, inputs))
+    for client in clients:
+        client.close()
     for x, out in zip(inputs, results):
         np.testing.assert_array_equal(out["OUTPUT"], x * 2 + 1)
         np.testing.assert_allclose(out["TOTAL"], x.sum(axis=1, keepdims=True), rtol=1e-6)
