@@ -139,7 +139,10 @@ def test_a_killed_run_resumes_without_redoing_or_losing_rows(triton_server, imag
     assert 3 <= len(finished) < len(rows), "the kill should land mid-run"
     before = {index: (out / "imgs" / f"{index}.jpg").stat().st_mtime_ns for index in finished}
     assert all((out / "imgs" / f"{index}.jpg").is_file() for index in finished)
-    assert [row[0] for row in read_result(out)[1:]] == sorted(finished, key=lambda i: int(i[1:]))
+    # result.csv is rewritten just after each journal line: a kill in between leaves it one row behind,
+    # never with a row the journal lacks; the rerun below completes it.
+    listed = [row[0] for row in read_result(out)[1:]] if (out / "result.csv").exists() else []
+    assert listed == sorted(listed, key=lambda i: int(i[1:])) and set(listed) <= finished and len(listed) >= len(finished) - 1
 
     completed = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert completed.returncode == 0, completed.stdout + completed.stderr

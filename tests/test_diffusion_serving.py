@@ -284,15 +284,17 @@ def test_concurrent_requests_share_the_denoiser(family, diffusion_server, dclien
             errors.append(error)
 
     threads = [threading.Thread(target=one, args=(seed,)) for seed in seeds]
+    started = time.perf_counter()
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
+    wall_ms = 1e3 * (time.perf_counter() - started)
     assert not errors
     for seed in seeds:  # batched or not, the same image: ONNX Runtime's kernels at another batch size round
-        # differently, and the random-weight model amplifies that in a few pixels, never in the image as a whole
-        difference = np.abs(pixels(results[seed]) - pixels(sequential[seed]))
-        assert np.percentile(difference, 99) <= 2 and difference.mean() < 0.5, (seed, difference.max(), difference.mean())
+        # differently, and the random-weight model amplifies that in a few grey levels, never into another image
+        mse = np.mean((pixels(results[seed]).astype(np.float64) - pixels(sequential[seed])) ** 2)
+        assert 10 * np.log10(255**2 / max(mse, 1e-12)) > 35, (seed, mse)  # PSNR in dB
     after = _model_stats(diffusion_server, denoiser)
     requests = int(after["inference_stats"]["success"]["count"]) - int(before["inference_stats"]["success"]["count"])
     executions = int(after["execution_count"]) - int(before["execution_count"])
@@ -302,7 +304,9 @@ def test_concurrent_requests_share_the_denoiser(family, diffusion_server, dclien
           f"{pipeline_model}_stream queued {queued_ms:.2f} ms per request")
     assert requests == 4 * calls
     assert executions < requests  # merged across requests: they ran at the same time
-    assert queued_ms < 50  # handed to a worker at once, not queued behind each other (a request takes seconds)
+    # Handed to a worker at once: queued one after another, a request would wait for 1.5 others on
+    # average, about 40 % of the whole run; the hand-over is a small fraction of it.
+    assert queued_ms < 0.1 * wall_ms, (queued_ms, wall_ms)
 
 
 def test_streaming_reports_every_step(dclient):

@@ -397,8 +397,12 @@ def _png(image) -> bytes:
 
 
 def _copy_pipeline(pipeline):
-    """Another pipeline object over the same modules, with its own scheduler."""
-    clone = type(pipeline)(**{**pipeline.components, "scheduler": copy.deepcopy(pipeline.scheduler)})
+    """Another pipeline object over the same modules, with its own scheduler and tokenizers: both keep
+    per-call state (a fast tokenizer's padding and truncation settings live in its Rust backend, so two
+    threads sharing one pad each other's prompts to the wrong length)."""
+    own = {name: copy.deepcopy(component) for name, component in pipeline.components.items()
+           if name == "scheduler" or name.startswith("tokenizer")}
+    clone = type(pipeline)(**{**pipeline.components, **own})
     clone.set_progress_bar_config(disable=True)
     return clone
 
