@@ -21,6 +21,11 @@ class RequestCancelled(GenServeError):
     """The caller gave up on a request (cancelled it, or its deadline passed): the work stopped."""
 
 
+class Overloaded(GenServeError):
+    """A model has as much work as it takes (running and waiting): refused at once, UNAVAILABLE, so that
+    the client retries later or on another replica."""
+
+
 class ServerError(GenServeError, RuntimeError):
     """The Triton server could not be started, or a model in it failed to load."""
 

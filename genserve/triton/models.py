@@ -20,11 +20,11 @@ from typing import Any
 
 from genserve import config
 from genserve.config import RESPONSE_CACHE_ENV
-from genserve.errors import InvalidInputError
+from genserve.errors import InvalidInputError, Overloaded
 from genserve.protocol import FACE_SWAP, OCR, STREAMING_TASKS, TASKS, Contract
 from genserve.triton import bls
 from genserve.triton.model_config import model_parameters
-from genserve.triton.requests import count_failure, error_response, input_array, output_tensors, respond_each
+from genserve.triton.requests import error_response, input_array, output_tensors, respond_each
 
 try:  # present only inside Triton's Python backend stub
     import triton_python_backend_utils as pb_utils
@@ -174,10 +174,8 @@ class DiffusionStreamModel(DiffusionModel):
                 admitted = self.backlog < self.max_backlog
                 self.backlog += admitted
             if not admitted:  # refused at once, as a full queue is: the client may retry later or elsewhere
-                count_failure(self.model_name, "UNAVAILABLE")
-                message = f"{self.model_name} has {self.max_backlog} requests already (running and waiting); try again later"
-                sender.send(pb_utils.InferenceResponse(error=pb_utils.TritonError(message, pb_utils.TritonError.UNAVAILABLE)),
-                            flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+                busy = Overloaded(f"{self.model_name} has {self.max_backlog} requests already (running and waiting); try again later")
+                sender.send(error_response(busy, self.model_name), flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
                 continue
             self.workers.submit(self._stream, values, sender)
         return None

@@ -24,7 +24,7 @@ from collections.abc import Callable, Mapping
 
 import numpy as np
 
-from genserve.errors import InvalidInputError, RequestCancelled
+from genserve.errors import InvalidInputError, Overloaded, RequestCancelled
 from genserve.protocol import INVALID_INPUT
 
 try:  # present only inside Triton's Python backend stub
@@ -49,12 +49,15 @@ def output_tensors(arrays: Mapping[str, np.ndarray]) -> list:
 
 
 def error_response(error: BaseException, model_name: str):
-    """The error response for one request: INVALID_ARG for bad input, CANCELLED for work the caller gave
-    up on, else INTERNAL."""
+    """The error response for one request: INVALID_ARG for bad input, UNAVAILABLE for a model with all the
+    work it takes, CANCELLED for work the caller gave up on, else INTERNAL."""
     if isinstance(error, InvalidInputError):
         count_failure(model_name, "INVALID_ARG")
         message = str(error) if str(error).startswith(INVALID_INPUT) else INVALID_INPUT + str(error)
         return pb_utils.InferenceResponse(error=pb_utils.TritonError(message, pb_utils.TritonError.INVALID_ARG))
+    if isinstance(error, Overloaded):
+        count_failure(model_name, "UNAVAILABLE")
+        return pb_utils.InferenceResponse(error=pb_utils.TritonError(str(error), pb_utils.TritonError.UNAVAILABLE))
     if isinstance(error, RequestCancelled):
         count_failure(model_name, "CANCELLED")
         return pb_utils.InferenceResponse(error=pb_utils.TritonError(str(error), pb_utils.TritonError.CANCELLED))
