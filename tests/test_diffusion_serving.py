@@ -305,8 +305,9 @@ def test_concurrent_requests_share_the_denoiser(family, diffusion_server, dclien
     assert requests == 4 * calls
     assert executions < requests  # merged across requests: they ran at the same time
     # Handed to a worker at once: queued one after another, a request would wait for 1.5 others on
-    # average, about 40 % of the whole run; the hand-over is a small fraction of it.
-    assert queued_ms < 0.1 * wall_ms, (queued_ms, wall_ms)
+    # average, about 40 % of the whole run; the hand-over stays well under half of that even when the
+    # two cores are busy with the other requests' denoiser calls (measured 0.1-11 % on CI).
+    assert queued_ms < 0.2 * wall_ms, (queued_ms, wall_ms)
 
 
 def test_streaming_reports_every_step(dclient):
