@@ -7,6 +7,7 @@ with the original torch weights, the same seed and steps.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import threading
 import time
@@ -367,6 +368,44 @@ def test_a_request_given_up_stops_the_denoiser(how, diffusion_server, dclient):
     after = _model_stats(diffusion_server, "sd_text_to_image")
     queued_s = (_queue_ns(after) - _queue_ns(before)) / 1e9
     assert queued_s < 2.0, f"the next request waited {queued_s:.1f} s behind the abandoned one"
+
+
+def test_a_streaming_model_refuses_work_beyond_its_backlog(diffusion_server, dclient):
+    """The streaming model hands requests to its workers at once, so Triton's queue bound never sees a
+    backlog: the model keeps its own (workers plus a plain model's queue) and refuses the next request
+    at once with UNAVAILABLE, which clients may retry later or elsewhere; the others are not harmed."""
+    import queue
+
+    import tritonclient.grpc as grpcclient
+
+    from genserve import config, metrics
+    from genserve.client.client import triton_inputs
+    from genserve.protocol import STREAMING_TASKS
+    from genserve.triton.requests import FAILURE_METRIC
+
+    bound = 4 + config.PIPELINE_QUEUE["max_queue_size"]  # stream_concurrency of the built repository + queue
+    inputs = STREAMING_TASKS["t2i"].encode_request(prompt=PROMPT, steps=400, seed=1, width=SIZE, height=SIZE)  # ~10 s each
+    replies: queue.SimpleQueue = queue.SimpleQueue()
+    triton = grpcclient.InferenceServerClient(diffusion_server.grpc_url)
+    triton.start_stream(callback=lambda result, error: replies.put(error))
+    try:
+        for _ in range(bound + 1):  # paced, so that each is handed over before the next (else Triton's own queue refuses)
+            triton.async_stream_infer("sd_text_to_image_stream", triton_inputs(grpcclient, inputs))
+            time.sleep(0.25)
+        refusal = None
+        deadline = time.monotonic() + 30
+        while refusal is None and time.monotonic() < deadline:  # progress replies (None) until the refusal
+            with contextlib.suppress(queue.Empty):
+                refusal = replies.get(timeout=1)
+    finally:
+        triton.stop_stream(cancel_requests=True)  # the admitted ones stop between two steps
+        triton.close()
+    assert refusal is not None, "no request was refused"
+    assert f"has {bound} requests already" in str(refusal)
+    failures = metrics.scrape(f"{diffusion_server.host}:{diffusion_server.metrics_port}")
+    assert failures.total(FAILURE_METRIC, model="sd_text_to_image_stream", code="UNAVAILABLE") >= 1, "the refusal is not counted"
+    result = dclient.text_to_image(PROMPT, model="sd_text_to_image", steps=2, seed=1, width=SIZE, height=SIZE)
+    assert result.image.size == (SIZE, SIZE)
 
 
 def test_bls_overhead_per_step(diffusion_server, dclient):
