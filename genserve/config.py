@@ -57,6 +57,13 @@ ARENA_SHRINK_ABOVE_BYTES = 16 * 1024 * 1024
 PIPELINE_QUEUE = {"max_queue_size": 8, "timeout_s": 600.0}  # diffusion pipelines (build-repo)
 LEAF_QUEUE = {"max_queue_size": 64, "timeout_s": 600.0}  # leaves behind them: fed by the pipelines
 
+
+def stream_backlog(concurrency: int) -> int:
+    """How many requests a streaming pipeline model holds (running and waiting) before it refuses the
+    next: its workers, plus as many waiting as a plain pipeline model's queue. Its Triton queue is as
+    large, so that a burst reaches the model, which keeps the bound (genserve.triton.models)."""
+    return concurrency + PIPELINE_QUEUE["max_queue_size"]
+
 # Clients: the deadline of one call (retries included), and how failures that may pass are retried.
 CLIENT_TIMEOUT_S = 600.0
 CLIENT_RETRIES = 4

@@ -31,7 +31,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from genserve.config import LEAF_QUEUE, PIPELINE_QUEUE
+from genserve.config import LEAF_QUEUE, PIPELINE_QUEUE, stream_backlog
 from genserve.diffusion.service import ServiceSettings
 from genserve.errors import GenServeError
 from genserve.export.manifest import ComponentEntry, Manifest
@@ -183,10 +183,12 @@ def write_leaf(export_dir: Path, repo_dir: Path, entry: ComponentEntry, options:
 # --- pipeline models -----------------------------------------------------------------------------------
 
 
-def pipeline_config(name: str, contract: Contract, instances: int) -> ModelConfig:
+def pipeline_config(name: str, contract: Contract, instances: int, concurrency: int = 1) -> ModelConfig:
     """A pipeline model's config: the task's contract (decoupled when it streams), Python backend, CPU,
-    a bounded queue."""
-    config = bound_queue(declare_contract(ModelConfig(name=name, backend="python", max_batch_size=0), contract), **PIPELINE_QUEUE)
+    a bounded queue. A streaming instance hands each request to one of ``concurrency`` workers at once
+    and bounds its backlog itself; its queue holds that many, so a burst is not refused before it."""
+    queue = PIPELINE_QUEUE | ({"max_queue_size": stream_backlog(concurrency)} if contract.streaming else {})
+    config = bound_queue(declare_contract(ModelConfig(name=name, backend="python", max_batch_size=0), contract), **queue)
     # A seeded request always makes the same image: a server run with a response cache (genserve serve
     # --cache-size) answers a repeated one from it. Triton caches no decoupled model's responses.
     config.response_cache.enable = not contract.streaming
@@ -207,7 +209,7 @@ def write_pipeline(export_dir: Path, repo_dir: Path, manifest: Manifest, task: s
     shutil.rmtree(model_dir, ignore_errors=True)
     version = model_dir / "1"
     version.mkdir(parents=True)
-    config = pipeline_config(name, contract, 1 if stream else options.pipeline_instances)
+    config = pipeline_config(name, contract, 1 if stream else options.pipeline_instances, options.stream_concurrency)
     if options.warmup:
         calls = [options.prefix + component for component in manifest.components] + (["ocr"] if task == "vttie" else [])
         add_warmup(config, model_dir, task, calls, options.warmup_size or warmup_side(export_dir, manifest, options.max_size))

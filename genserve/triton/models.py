@@ -154,7 +154,7 @@ class DiffusionStreamModel(DiffusionModel):
         self.workers = ThreadPoolExecutor(max_workers=self.service.concurrency, thread_name_prefix=self.model_name)
         # Triton's queue policy never sees a backlog here (execute hands requests over at once), so the
         # bound is kept by hand: as many running as there are workers, as many waiting as a plain model's queue.
-        self.max_backlog = self.service.concurrency + config.PIPELINE_QUEUE["max_queue_size"]
+        self.max_backlog = config.stream_backlog(self.service.concurrency)
         self.backlog = 0
         self.backlog_lock = threading.Lock()
 
