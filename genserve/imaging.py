@@ -81,3 +81,10 @@ def encode_image(rgb: np.ndarray, format: str = "jpeg", *, quality: int = 95) ->
     if not ok:
         raise RuntimeError(f"OpenCV failed to encode a {rgb.shape} image as {format}")
     return encoded.tobytes()
+
+
+def png_bytes(image: Image.Image) -> bytes:
+    """A Pillow image (what diffusers pipelines return) as PNG bytes."""
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()

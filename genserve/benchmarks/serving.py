@@ -18,7 +18,6 @@ target and bf16 when CUDA is there).
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import logging
 import os
@@ -31,10 +30,10 @@ from pathlib import Path
 from typing import Any
 
 from genserve.benchmarks.load import TABLE_HEADER, Run, drive, table_row
+from genserve.imaging import png_bytes
+from genserve.protocol import DIFFUSION_TASKS, PRECISION_DTYPES, STREAM_SUFFIX, TASKS
 
 logger = logging.getLogger("genserve.bench")
-
-from genserve.protocol import DIFFUSION_TASKS, PRECISION_DTYPES, STREAM_SUFFIX, TASKS
 
 # Demo repository: family per task (FLUX Kontext is the family that edits by instruction).
 DEMO_TASK_FAMILY = {"t2i": "sd", "tie": "flux", "vttie": "flux"}
@@ -67,12 +66,6 @@ class Settings:
 
     def requests_for(self, concurrency: int) -> int:
         return self.requests or max(8, 3 * concurrency)
-
-
-def _png(image) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return buffer.getvalue()
 
 
 # --- tasks ---------------------------------------------------------------------------------------------
@@ -144,10 +137,10 @@ class DiffusionTask:
 
             y, x = np.mgrid[0 : self.size, 0 : self.size]
             field_ = np.stack([x * 255 // self.size, y * 255 // self.size, (x + y) * 127 // self.size], axis=-1).astype(np.uint8)
-            image = _png(Image.fromarray(field_))
+            image = png_bytes(Image.fromarray(field_))
             self.payloads = [{"prompt": p, "image": image, "seed": s, **common} for s, p in enumerate(EDITS)]
         else:
-            image = _png(sign_image(size=self.size))
+            image = png_bytes(sign_image(size=self.size))
             self.payloads = [{"prompt": p, "image": image, "seed": s, **common} for s, p in enumerate(TEXT_EDITS)]
         self.in_process_payloads = self.payloads
         self.served_metadata: list[dict] = []  # of the level being run

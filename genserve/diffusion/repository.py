@@ -246,26 +246,23 @@ def add_warmup(config: ModelConfig, model_dir: Path, task: str, calls: list[str]
     a cached model requires) runs through the leaves before the model reports ready, so that the first
     client request is as fast as the next. The task's contract packs it, as a client's would be. It
     calls the leaves over BLS, so the model loads after them (``load_after``, genserve's launcher)."""
-    import io
-    import struct
-
     from PIL import Image
+    from tritonclient.utils import serialize_byte_tensor
+
+    from genserve.imaging import png_bytes
 
     config.parameters[LOAD_AFTER].string_value = ",".join(calls)
     values = {"prompt": WARMUP_PROMPTS[task], "steps": WARMUP_STEPS, "seed": 0}
     if task == "t2i":
         values |= {"width": side, "height": side}
     else:
-        image = io.BytesIO()
-        Image.new("RGB", (side, side), (128, 128, 128)).save(image, format="PNG")
-        values["image"] = image.getvalue()
+        values["image"] = png_bytes(Image.new("RGB", (side, side), (128, 128, 128)))
     folder = model_dir / "warmup"
     folder.mkdir(parents=True, exist_ok=True)
     warmup = config.model_warmup.add(name="a first request", batch_size=1)
     for tensor, array in TASKS[task].encode_request(**values).items():
-        if array.dtype == object:  # BYTES elements as Triton reads them: a 4-byte length, then the bytes
-            data = b"".join(struct.pack("<I", len(item)) + item for item in array.reshape(-1))
-            dtype = BYTES
+        if array.dtype == object:  # BYTES elements as Triton reads them (each a 4-byte length, then the bytes)
+            data, dtype = serialize_byte_tensor(array).item(), BYTES
         else:
             data, dtype = array.tobytes(), array.dtype.name
         (folder / tensor).write_bytes(data)

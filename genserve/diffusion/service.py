@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import copy
 import inspect
-import io
 import json
 import queue
 import secrets
@@ -300,6 +299,7 @@ class DiffusionService:
         import torch
 
         from genserve.diffusion.proxies import recording_calls
+        from genserve.imaging import png_bytes
 
         request = GenerationRequest.from_values(TASKS[self.task].check(values))
         if request.seed is None:
@@ -331,7 +331,7 @@ class DiffusionService:
             from PIL import Image
 
             pictures = [picture.resize(tuple(resized["input"]), Image.LANCZOS) for picture in pictures]
-        images = [_png(picture) for picture in pictures]
+        images = [png_bytes(picture) for picture in pictures]
         metadata = self.metadata(request, kwargs, stats, total, step_ends, warnings, size) | text_edit
         if resized:
             metadata["resized"] = resized | {"returned": list(pictures[0].size)}
@@ -388,12 +388,6 @@ def choose_text_edits(images: list[bytes], checks: list[dict[str, Any]], candida
     keys = ("new_text_distance", "old_text_distance", "ocr_text", "skipped")
     scores = [{"candidate": i, **{k: check[k] for k in keys if k in check}} for i, check in enumerate(checks)]
     return [images[i] for i in chosen], checks[chosen[0]], {"candidates": scores, "chosen": chosen}
-
-
-def _png(image) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return buffer.getvalue()
 
 
 def _copy_pipeline(pipeline):
