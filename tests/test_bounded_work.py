@@ -37,10 +37,14 @@ def test_a_burst_beyond_the_queue_is_refused_at_once(triton_server, faces_dir):
     capacity = policy.max_queue_size + 2  # two instances at work, the rest waiting
     ori, target = (faces_dir / ORI).read_bytes(), (faces_dir / TARGET).read_bytes()
     clients = [Client(triton_server.grpc_url, retry_policy=ONCE) for _ in range(capacity + 8)]
+    for client in clients:  # connected before the burst, so that the requests arrive together
+        assert client.is_ready("face_swap")
+    start = threading.Barrier(len(clients))
 
     def swap(client):
-        try:
-            client.swap_face(ori, target, compute_identity=False)
+        start.wait()
+        try:  # six candidates for every face: long enough that none finishes while the burst arrives
+            client.swap_face(ori, target, compute_identity=False, all_faces=True, candidates=6)
             return "ok"
         except RequestError as error:
             return error
