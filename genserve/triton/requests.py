@@ -20,6 +20,7 @@ succeeded are ``nv_inference_request_success`` minus it.
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable, Mapping
 
 import numpy as np
@@ -36,6 +37,10 @@ logger = logging.getLogger(__name__)
 FAILURE_METRIC = "genserve_request_failure_total"
 _failure_family = None
 _failure_counters: dict[tuple[str, str], object] = {}
+# The streaming models answer from several threads at once, and r24.10's custom-metric calls are not
+# safe to make concurrently: a metric created twice and dropped, or two calls in flight together, have
+# aborted the whole server (boost lock_exception in the backend's Metric handling). One at a time.
+_metrics_lock = threading.Lock()
 
 
 def input_array(request, name: str) -> np.ndarray | None:
@@ -72,13 +77,14 @@ def count_failure(model_name: str, code: str) -> None:
     global _failure_family
     if getattr(pb_utils, "MetricFamily", None) is None:  # outside Triton
         return
-    if _failure_family is None:  # one family per worker process, one counter per label set
-        description = "Error responses of genserve models (Triton counts them as successes)"
-        _failure_family = pb_utils.MetricFamily(FAILURE_METRIC, description, pb_utils.MetricFamily.COUNTER)
-    key = (model_name, code)
-    if key not in _failure_counters:
-        _failure_counters[key] = _failure_family.Metric(labels={"model": model_name, "code": code})
-    _failure_counters[key].increment(1)
+    with _metrics_lock:
+        if _failure_family is None:  # one family per worker process, one counter per label set, kept for good
+            description = "Error responses of genserve models (Triton counts them as successes)"
+            _failure_family = pb_utils.MetricFamily(FAILURE_METRIC, description, pb_utils.MetricFamily.COUNTER)
+        key = (model_name, code)
+        if key not in _failure_counters:
+            _failure_counters[key] = _failure_family.Metric(labels={"model": model_name, "code": code})
+        _failure_counters[key].increment(1)
 
 
 def respond_each(requests: list, answer: Callable, model_name: str) -> list:
