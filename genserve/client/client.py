@@ -34,8 +34,6 @@ from genserve.protocol import (
     OCR,
     PROGRESS,
     STREAM_SUFFIX,
-    STREAMING_TASKS,
-    TASKS,
     TEXT_TO_IMAGE,
     Contract,
     streaming,
@@ -190,12 +188,12 @@ class TaskMethods:
         """Any served model's request by its contract: the field values in, the decoded outputs out
         (a dict keyed as the contract's outputs), e.g. ``client.request(OCR, image=data)["texts"]``.
         With ``progress`` a pipeline model's request goes to its streaming variant."""
-        if progress is not None:
-            contract, model = streaming(contract), (model or contract.model) + STREAM_SUFFIX
         return self._task(contract, model, values, lambda out: out, progress)
 
     def _task(self, contract: Contract, model: str | None, values: dict[str, Any], result: Callable[[dict[str, Any]], Any],
               progress: ProgressCallback | None = None) -> Any:
+        if progress is not None:  # the streaming variant of the model: progress responses, then the result
+            contract, model = streaming(contract), (model or contract.model) + STREAM_SUFFIX
         inputs = contract.encode_request(**values)
         on_progress = None if progress is None else (lambda arrays: progress(contract.decode_response(arrays)["progress"]))
         call = Call(model or contract.model, inputs, contract.output_names, lambda out: result(contract.decode_response(out)), on_progress)
@@ -235,14 +233,14 @@ class TaskMethods:
         With ``progress``, the request goes to the model's streaming variant (``<model>_stream``, gRPC)
         and ``progress({"step", "steps", "elapsed_ms"})`` is called after every denoising step. A seed
         is drawn here when none is given (and reported), so every request is reproducible."""
-        return self._diffusion("t2i", model, {"prompt": prompt, **parameters}, progress)
+        return self._diffusion(TEXT_TO_IMAGE, model, {"prompt": prompt, **parameters}, progress)
 
     @_document_fields(EDIT_IMAGE, skip=("prompt", "image"))
     def edit_image(self, image: ImageLike, prompt: str, *, model: str | None = None, progress: ProgressCallback | None = None,
                    **parameters: Any) -> ImageResult | list[ImageResult]:
         """Edit ``image`` as ``prompt`` says (FLUX Kontext; SD runs img2img). Same parameters as
         :meth:`text_to_image`; the result has the image's size unless ``width``/``height`` are given."""
-        return self._diffusion("tie", model, {"prompt": prompt, "image": to_image_bytes(image), **parameters}, progress)
+        return self._diffusion(EDIT_IMAGE, model, {"prompt": prompt, "image": to_image_bytes(image), **parameters}, progress)
 
     @_document_fields(EDIT_TEXT, skip=("prompt", "image"))
     def edit_text(self, image: ImageLike, instruction: str, *, model: str | None = None, progress: ProgressCallback | None = None,
@@ -250,17 +248,14 @@ class TaskMethods:
         """Change the text shown in ``image``: ``instruction`` quotes the old and the new text
         (``change "OPEN" to "CLOSED"``, ``把“开”改成“关”``). The metadata reports both, the prompt used
         and the served OCR's reading of the result."""
-        return self._diffusion("vttie", model, {"prompt": instruction, "image": to_image_bytes(image), **parameters}, progress)
+        return self._diffusion(EDIT_TEXT, model, {"prompt": instruction, "image": to_image_bytes(image), **parameters}, progress)
 
-    def _diffusion(self, task: str, model: str | None, values: dict[str, Any], progress: ProgressCallback | None):
+    def _diffusion(self, contract: Contract, model: str | None, values: dict[str, Any], progress: ProgressCallback | None):
         options = values.pop("options", None) or {}
         values = {**values, **options}
         if values.get("seed") is None:  # drawn here: the same request twice is then two requests
             values["seed"] = secrets.randbelow(2**31)
         single = not (values.get("num_images") or 1) > 1
-        contract, model = TASKS[task], model or TASKS[task].model
-        if progress is not None:
-            contract, model = STREAMING_TASKS[task], model + STREAM_SUFFIX
 
         def result(out: dict[str, Any]) -> ImageResult | list[ImageResult]:
             results = [ImageResult(encoded=encoded, metadata=out["metadata"]) for encoded in out["images"]]

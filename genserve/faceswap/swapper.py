@@ -234,7 +234,7 @@ class FaceSwapper:
                 metadata["identity"].append({"face": index, **score})
             if options.candidates > 1:
                 tried = [
-                    {**look.as_dict(), **score, "artifact_share": round(share, 5), "clean": share <= ori_share + ARTIFACT_TOLERANCE}
+                    {**look.as_dict(), **score, "artifact_share": round(share, 5), "clean": _is_clean(share, ori_share)}
                     for _, share, score, look in renders
                 ]
                 metadata["candidates"].append({"face": index, "chosen": best, "tried": tried})
@@ -320,10 +320,15 @@ class FaceSwapper:
         return identity_similarity(self.analyzer.descriptor(result, swapped), target.descriptor)
 
 
+def _is_clean(share: float, ori_share: float) -> bool:
+    """A rendering without visible artifacts: no more specks than ori's own face, within the tolerance."""
+    return share <= ori_share + ARTIFACT_TOLERANCE
+
+
 def _best_candidate(candidates: list[tuple[float, dict]], ori_share: float) -> int:
     """Index of the (artifact share, identity score) with the best identity cosine among those without
     visible artifacts; when every one has them, the one with the fewest."""
-    clean = [i for i, (share, _) in enumerate(candidates) if share <= ori_share + ARTIFACT_TOLERANCE]
+    clean = [i for i, (share, _) in enumerate(candidates) if _is_clean(share, ori_share)]
     if not clean:
         return min(range(len(candidates)), key=lambda i: candidates[i][0])
     return max(clean, key=lambda i: candidates[i][1].get("cosine", 0.0))
