@@ -25,7 +25,7 @@ from scipy.spatial import Delaunay, QhullError
 from skimage.transform import SimilarityTransform
 
 from genserve.errors import InvalidInputError
-from genserve.faceswap.measures import ARTIFACT_LEVEL, clipped_share, outlier_share
+from genserve.faceswap.measures import clipped_share, outlier_share, outliers
 
 
 # dlib's 68-point layout: 0-16 jaw line, 17-26 eyebrows, 27-35 nose, 36-47 eyes, 48-67 mouth.
@@ -421,12 +421,6 @@ def alpha_blend(background: np.ndarray, foreground: np.ndarray, alpha: np.ndarra
     out = np.clip(blended + 0.5, 0, 255).astype(np.uint8)
     band = (alpha > 0) & (alpha < 1)
     if band.any():
-        median = cv2.medianBlur(out, 5)
-        new_outliers = band & _outliers(out, median) & ~_outliers(background, cv2.medianBlur(background, 5))
-        out[new_outliers] = median[new_outliers]
+        new_outliers = band & outliers(out) & ~outliers(background)
+        out[new_outliers] = cv2.medianBlur(out, 5)[new_outliers]
     return np.where(a > 0, out, background)
-
-
-def _outliers(rgb: np.ndarray, median: np.ndarray) -> np.ndarray:
-    grey, median_grey = (cv2.cvtColor(image, cv2.COLOR_RGB2GRAY).astype(np.int16) for image in (rgb, median))
-    return np.abs(grey - median_grey) > ARTIFACT_LEVEL

@@ -31,11 +31,15 @@ def artifact_share(rgb: np.ndarray, landmarks: np.ndarray) -> float:
     return outlier_share(crop, face_region(crop.shape, landmarks - (x0, y0)))
 
 
+def outliers(rgb: np.ndarray, threshold: int = ARTIFACT_LEVEL) -> np.ndarray:
+    """Boolean mask of the pixels whose grey level is more than ``threshold`` from their 5x5 median."""
+    grey = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
+    return np.abs(grey.astype(np.int16) - cv2.medianBlur(grey, 5).astype(np.int16)) > threshold
+
+
 def outlier_share(rgb: np.ndarray, region: np.ndarray, threshold: int = ARTIFACT_LEVEL) -> float:
     """Share of ``region``'s pixels whose grey level is more than ``threshold`` from their 5x5 median."""
-    grey = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
-    deviation = np.abs(grey.astype(np.int16) - cv2.medianBlur(grey, 5).astype(np.int16))
-    return float((deviation[region] > threshold).mean()) if region.any() else 0.0
+    return float(outliers(rgb, threshold)[region].mean()) if region.any() else 0.0
 
 
 def clipped_share(rgb: np.ndarray, region: np.ndarray) -> float:
