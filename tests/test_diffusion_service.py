@@ -52,6 +52,24 @@ def test_export_service_refuses_what_the_served_model_refuses(export_family):
         export_service(export_dir, "vttie")
 
 
+def test_a_cancelled_request_stops_before_it_starts_or_between_steps(export_family):
+    """``cancelled()`` is asked before any work (a request given up while it waited for a worker) and
+    after every step; the answer stops the request there."""
+    from genserve.diffusion.service import export_service
+    from genserve.errors import RequestCancelled
+
+    service = export_service(export_family("sd")[1], "t2i")
+    request = {"prompt": "a lighthouse at dusk", "steps": 4, "seed": 3, "width": 32, "height": 32}
+    asked, steps = [], []
+    with pytest.raises(RequestCancelled, match="before it started"):
+        service.generate(request, on_step=steps.append, cancelled=lambda: asked.append(1) or True)
+    assert len(asked) == 1 and not steps
+    asked.clear()
+    with pytest.raises(RequestCancelled, match="after 2 of"):
+        service.generate(request, on_step=steps.append, cancelled=lambda: asked.append(1) or len(asked) > 2)
+    assert [report["step"] for report in steps] == [1]  # step 2 ran, then the request stopped
+
+
 def _photo(width: int, height: int) -> bytes:
     y, x = np.mgrid[0:height, 0:width]
     array = np.stack([x * 255 // width, y * 255 // height, (x + y) * 127 // (width + height)], axis=-1).astype(np.uint8)

@@ -292,9 +292,9 @@ class DiffusionService:
         """PNG images and metadata for one request: the task's field values (:data:`genserve.protocol.TASKS`),
         checked here as the served model checks them.
 
-        After every denoising step ``on_step`` gets ``{"step", "steps", "elapsed_ms"}``, and ``cancelled()``
-        is asked whether the caller gave up: then :class:`~genserve.errors.RequestCancelled` is raised and
-        no further step runs.
+        Before any work, and after every denoising step, ``cancelled()`` is asked whether the caller gave
+        up: then :class:`~genserve.errors.RequestCancelled` is raised and no further step runs. After every
+        step ``on_step`` gets ``{"step", "steps", "elapsed_ms"}``.
         """
         import torch
 
@@ -302,6 +302,8 @@ class DiffusionService:
         from genserve.imaging import png_bytes
 
         request = GenerationRequest.from_values(TASKS[self.task].check(values))
+        if cancelled is not None and cancelled():  # given up while it waited (for a worker, in a queue)
+            raise RequestCancelled("cancelled by the caller before it started")
         if request.seed is None:
             request.seed = secrets.randbelow(2**31)
         text_edit = self.text_edit(request) if self.task == "vttie" else {}

@@ -20,7 +20,7 @@ from typing import Any
 
 from genserve import config
 from genserve.config import RESPONSE_CACHE_ENV
-from genserve.errors import InvalidInputError, Overloaded, RequestCancelled
+from genserve.errors import InvalidInputError, Overloaded
 from genserve.protocol import FACE_SWAP, OCR, STREAMING_TASKS, TASKS, Contract
 from genserve.triton import bls
 from genserve.triton.model_config import model_parameters
@@ -185,8 +185,6 @@ class DiffusionStreamModel(DiffusionModel):
             sender.send(pb_utils.InferenceResponse(output_tensors(self._encode(progress=report))))
 
         try:
-            if sender.is_cancelled():
-                raise RequestCancelled("cancelled by the caller before it started")
             images, metadata = self.service.generate(values, on_step=progress, cancelled=sender.is_cancelled)
             response = pb_utils.InferenceResponse(output_tensors(self._encode(images=images, metadata=metadata | {"model": self.model_name})))
         except Exception as error:  # noqa: BLE001 - this request fails alone, the model keeps serving
