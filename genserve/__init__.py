@@ -6,7 +6,8 @@ The distribution's parts:
 - ``genserve.faceswap``: the face swap (dlib landmarks + OpenCV), served by ``model_repository/face_swap``.
 - ``genserve.client``: gRPC/HTTP client library for every task (top-level folder ``client/``).
 - ``genserve.export``: diffusers pipelines to ONNX / TensorRT (top-level folder ``export/``).
-- ``genserve.model_repository``: the Triton model repository (top-level folder ``model_repository/``).
+- ``model_repository/``: the stack's Triton model repository, installed as data beside this package
+  (``genserve.config.STACK_REPOSITORY_DIR``).
 - ``genserve.benchmarks``: latency and throughput benchmarks (top-level folder ``benchmarks/``).
 """
 

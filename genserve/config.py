@@ -79,6 +79,21 @@ MAX_INDEX_BYTES = 128  # UTF-8 bytes: file names are limited to 255
 # Where genserve keeps what it prepares at run time (server backends, demo pipelines, caches).
 CACHE_DIR = Path(os.environ.get("GENSERVE_CACHE_DIR", Path.home() / ".cache" / "genserve"))
 
+
+
+def _stack_repository() -> Path:
+    # A wheel installs the top-level model_repository/ as data beside the package
+    # (site-packages/genserve/model_repository); a checkout (editable install) has it at its root. It holds
+    # no Python package of its own: Triton, given the folder, would try to load a __pycache__ as a model.
+    package = Path(__file__).resolve().parent
+    installed = package / "model_repository"
+    return installed if installed.is_dir() else package.parent / "model_repository"
+
+
+# The stack's own Triton model repository (face swap, OCR): `genserve serve` loads it, and so does
+# `tritonserver --model-repository model_repository` in the NGC container.
+STACK_REPOSITORY_DIR = _stack_repository()
+
 # Photos with faces for the face-swap tests and benchmarks: the checkout's sibling shared/data/faces
 # (where this project keeps them), or GENSERVE_FACES_DIR. The demo brings two of its own.
 FACES_DIR = Path(os.environ.get("GENSERVE_FACES_DIR", Path(__file__).resolve().parents[2] / "shared" / "data" / "faces"))

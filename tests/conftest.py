@@ -21,13 +21,13 @@ def faces_dir() -> Path:
 @pytest.fixture(scope="session")
 def triton_server(tmp_path_factory):
     """The real tritonserver serving the stack's default model repository, once per test session."""
-    from genserve.model_repository import REPOSITORY_DIR
+    from genserve.config import STACK_REPOSITORY_DIR
     from genserve.server import TritonServer
 
     http_port, grpc_port, metrics_port = free_ports(3)
     log_path = tmp_path_factory.mktemp("triton") / "tritonserver.log"
     with TritonServer(
-        REPOSITORY_DIR,
+        STACK_REPOSITORY_DIR,
         http_port=http_port,
         grpc_port=grpc_port,
         metrics_port=metrics_port,

@@ -118,11 +118,11 @@ def test_bench_face_swap_and_t2i(demo_repository, tmp_path, capsys):
 @pytest.mark.server
 @pytest.mark.slow
 def test_bench_against_a_running_server(tmp_path):
-    from genserve.model_repository import REPOSITORY_DIR
+    from genserve.config import STACK_REPOSITORY_DIR
     from genserve.server import TritonServer, free_ports
 
     http, grpc, metrics = free_ports(3)
-    with TritonServer(REPOSITORY_DIR, models=["face_swap"], http_port=http, grpc_port=grpc, metrics_port=metrics,
+    with TritonServer(STACK_REPOSITORY_DIR, models=["face_swap"], http_port=http, grpc_port=grpc, metrics_port=metrics,
                       address="127.0.0.1", log_path=tmp_path / "triton.log") as server:  # fmt: skip
         out = tmp_path / "bench"
         assert main(["bench", "--url", server.grpc_url, "--tasks", "deepfake", "--concurrency", "1", "--requests", "2",

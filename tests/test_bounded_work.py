@@ -15,7 +15,7 @@ import pytest
 from genserve import metrics
 from genserve.client import Client, ClientPool, RequestError
 from genserve.client.retry import RetryPolicy
-from genserve.model_repository import REPOSITORY_DIR
+from genserve.config import STACK_REPOSITORY_DIR
 from genserve.triton.model_config import read_config, unbounded_queue
 
 pytestmark = pytest.mark.server
@@ -28,12 +28,12 @@ def executions(server, model: str = "face_swap") -> float:
 
 
 def test_every_model_of_the_stack_has_a_bounded_queue():
-    for model_dir in sorted(p for p in REPOSITORY_DIR.iterdir() if (p / "config.pbtxt").is_file()):
+    for model_dir in sorted(p for p in STACK_REPOSITORY_DIR.iterdir() if (p / "config.pbtxt").is_file()):
         assert unbounded_queue(read_config(model_dir)) is None, model_dir.name
 
 
 def test_a_burst_beyond_the_queue_is_refused_at_once(triton_server, faces_dir):
-    policy = read_config(REPOSITORY_DIR / "face_swap").dynamic_batching.default_queue_policy
+    policy = read_config(STACK_REPOSITORY_DIR / "face_swap").dynamic_batching.default_queue_policy
     capacity = policy.max_queue_size + 2  # two instances at work, the rest waiting
     ori, target = (faces_dir / ORI).read_bytes(), (faces_dir / TARGET).read_bytes()
     clients = [Client(triton_server.grpc_url, retry_policy=ONCE) for _ in range(capacity + 8)]

@@ -198,13 +198,13 @@ def test_a_leaf_refusal_reaches_the_client_as_invalid_input(images, tmp_path):
     its max_input_shape parameter) answers INVALID_ARG; the ``ocr`` model's BLS call keeps that code and
     the leaf's message, so the client gets a refusal it does not retry, not an internal error. A small
     enough image still passes."""
-    from genserve.model_repository import REPOSITORY_DIR
+    from genserve.config import STACK_REPOSITORY_DIR
     from genserve.server import TritonServer, free_ports
     from genserve.triton.model_config import copy_model, read_config, write_config
 
     repository = tmp_path / "repository"
     for name in ("ocr", "ocr_det", "ocr_cls", "ocr_rec"):
-        copy_model(REPOSITORY_DIR / name, repository, instances=1)
+        copy_model(STACK_REPOSITORY_DIR / name, repository, instances=1)
     config = read_config(repository / "ocr_det")
     config.parameters["max_input_shape"].string_value = '{"x": [-1, 3, 1024, 1024]}'
     write_config(config, repository / "ocr_det")

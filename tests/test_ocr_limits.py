@@ -12,14 +12,14 @@ import pytest
 from PIL import Image
 
 from genserve.client import RequestError
-from genserve.model_repository import REPOSITORY_DIR
+from genserve.config import STACK_REPOSITORY_DIR
 from genserve.ocr.engine import CLS, DET, DET_MAX_SIDE, LEAF_MODELS, REC, _LeafCall, create_engine, pad_to_aspect
 from genserve.triton.model_config import model_parameters, read_config
 
 
 def test_leaf_configs_hold_the_engine_s_limits():
     for leaf in LEAF_MODELS:
-        parameters = model_parameters(read_config(REPOSITORY_DIR / leaf.name))
+        parameters = model_parameters(read_config(STACK_REPOSITORY_DIR / leaf.name))
         assert json.loads(parameters["max_input_shape"]) == {leaf.input: list(leaf.max_shape)}, leaf.name
         elements = json.loads(parameters.get("max_input_elements") or "{}")
         assert elements == ({leaf.input: leaf.max_elements} if leaf.max_elements else {}), leaf.name

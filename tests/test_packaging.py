@@ -2,27 +2,75 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+import time
 import zipfile
 from pathlib import Path
 
 import pytest
 
 from genserve.cli import COMMANDS, build_parser
+from genserve.server import free_ports
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
+# The design card's parts at the repository root, and the import package each installs as.
+PARTS = {"genserve": "genserve", "client": "genserve.client", "export": "genserve.export", "benchmarks": "genserve.benchmarks"}
+
+
+def _pyproject() -> dict:
+    import tomllib
+
+    return tomllib.loads((ROOT / "pyproject.toml").read_text())
+
+
 @pytest.fixture(scope="module")
-def wheel(tmp_path_factory) -> zipfile.ZipFile:
+def wheel_path(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("wheel")
     subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(out), str(ROOT)],
         check=True, capture_output=True, timeout=300,
     )  # fmt: skip
     (path,) = out.glob("genserve-*.whl")
-    return zipfile.ZipFile(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def wheel(wheel_path) -> zipfile.ZipFile:
+    return zipfile.ZipFile(wheel_path)
+
+
+def test_the_design_cards_parts_stand_at_the_root():
+    for part in ("model_repository", "export", "client", "benchmarks", "tests", "docker"):
+        assert (ROOT / part).is_dir() and not (ROOT / part).is_symlink(), part
+    assert (ROOT / "README.md").is_file()
+    # Real code, not a stub: each Python part is a package with modules of its own.
+    for part in ("export", "client", "benchmarks"):
+        assert len(list((ROOT / part).glob("*.py"))) > 3, part
+    # The stack's repository is a plain Triton repository: model folders only, nothing Triton would
+    # try to load as a model (a Python package there grows a __pycache__ folder).
+    assert not (ROOT / "model_repository" / "__init__.py").exists()
+    assert {p.name for p in (ROOT / "model_repository").iterdir() if p.is_dir()} >= {"face_swap", "ocr"}
+
+
+def test_the_package_map_covers_every_source_package():
+    """pyproject.toml's package list and package-dir are the tree: no package left out of the wheel."""
+    setuptools = _pyproject()["tool"]["setuptools"]
+    assert setuptools["package-dir"] == {**{name: folder for folder, name in PARTS.items()}, "genserve.model_repository": "model_repository"}
+    found = {"genserve.model_repository"}
+    for folder, name in PARTS.items():
+        for init in (ROOT / folder).rglob("__init__.py"):
+            found.add(".".join([name, *init.parent.relative_to(ROOT / folder).parts]))
+    assert set(setuptools["packages"]) == found
+
+
+def test_the_image_copies_every_part():
+    dockerfile = (ROOT / "docker" / "Dockerfile").read_text()
+    for folder in _pyproject()["tool"]["setuptools"]["package-dir"].values():
+        assert f"COPY {folder} ./{folder}" in dockerfile, folder
 
 
 def test_wheel_installs_one_top_level_package(wheel):
@@ -30,22 +78,70 @@ def test_wheel_installs_one_top_level_package(wheel):
     assert top_level == {"genserve"}
 
 
-def test_wheel_carries_every_source_package(wheel):
-    """Every source file under genserve/ is installed, the model repository's one-line model.py files too."""
+def test_wheel_carries_every_source_module(wheel):
+    """Every module of every part is installed under its import name, the one-line model.py files too."""
     names = set(wheel.namelist())
-    for source in (ROOT / "genserve").rglob("*.py"):
-        if "__pycache__" not in source.parts:
-            relative = source.relative_to(ROOT).as_posix()
-            assert relative in names, f"{relative} is not in the wheel"
+    for folder, name in PARTS.items():
+        for source in (ROOT / folder).rglob("*.py"):
+            if "__pycache__" not in source.parts:
+                installed = "/".join([*name.split("."), *source.relative_to(ROOT / folder).parts])
+                assert installed in names, f"{source.relative_to(ROOT)} is not in the wheel (as {installed})"
 
 
 def test_wheel_carries_the_model_repository_and_demo_photos(wheel):
     names = set(wheel.namelist())
-    for model in ("face_swap", "ocr", "ocr_det", "ocr_cls", "ocr_rec"):
+    for config_path in (ROOT / "model_repository").glob("*/config.pbtxt"):
+        model = config_path.parent.name
         assert f"genserve/model_repository/{model}/config.pbtxt" in names
         assert f"genserve/model_repository/{model}/1/model.py" in names
-    assert {"genserve/client/client.py", "genserve/export/__init__.py", "genserve/benchmarks/load.py"} <= names
     assert {"genserve/demo/data/faces/2008_002506.jpg", "genserve/demo/data/faces/LICENSE-dlib.txt"} <= names
+
+
+@pytest.mark.server
+@pytest.mark.slow
+def test_the_built_wheel_installs_and_serves(wheel_path, tmp_path, faces_dir):
+    """The wheel, not the checkout: installed in a fresh virtual environment (its dependencies lent from
+    this one through a path entry, which does not activate this checkout's editable install), its own
+    `genserve serve` starts Triton on the repository it installed and swaps a face."""
+    import site
+
+    from genserve.client import Client
+
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
+    python = venv / "bin" / "python"
+    purelib = Path(subprocess.run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                                  check=True, capture_output=True, text=True).stdout.strip())  # fmt: skip
+    (purelib / "dependencies.pth").write_text("\n".join(site.getsitepackages()) + "\n")
+    subprocess.run(
+        [sys.executable, "-m", "pip", "--python", str(python), "install", "--no-deps", "--no-index", "-q", str(wheel_path)],
+        check=True, capture_output=True, timeout=300,
+    )  # fmt: skip
+    where = subprocess.run([python, "-c", "import genserve.client, genserve.config as c; print(genserve.client.__file__); print(c.STACK_REPOSITORY_DIR)"],
+                           check=True, capture_output=True, text=True, cwd=tmp_path).stdout.split()  # fmt: skip
+    assert all(path.startswith(str(purelib)) for path in where), where
+
+    http, grpc, metrics = free_ports(3)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env["GENSERVE_CACHE_DIR"] = str(tmp_path / "cache")
+    server = subprocess.Popen(
+        [venv / "bin" / "genserve", "serve", "--http-port", str(http), "--grpc-port", str(grpc), "--metrics-port", str(metrics),
+         "--model", "face_swap", "--log-file", str(tmp_path / "triton.log")],
+        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    try:
+        with Client(f"127.0.0.1:{grpc}", timeout_s=120) as client:
+            deadline = time.monotonic() + 240
+            while not client.is_ready() and server.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.5)
+            assert client.is_ready(), "the wheel's genserve serve did not become ready"
+            result = client.swap_face(faces_dir / "2007_007763.jpg", faces_dir / "2008_002506.jpg")
+        assert result.metadata["replaced"] == [0] and result.metadata["identity"][0]["cosine"] > 0.5
+    finally:
+        server.terminate()
+        output = server.communicate(timeout=120)[0]
+    # It served the repository the wheel installed, not the checkout's.
+    assert f"from {purelib / 'genserve' / 'model_repository'}" in output, output
 
 
 def test_console_script_is_genserve(wheel):
@@ -62,10 +158,10 @@ def test_every_command_has_help(command, capsys):
 
 
 def test_every_repository_config_parses_as_triton_model_config():
-    from genserve.model_repository import REPOSITORY_DIR
+    from genserve.config import STACK_REPOSITORY_DIR
     from genserve.triton.model_config import read_config
 
-    for config_path in sorted(REPOSITORY_DIR.glob("*/config.pbtxt")):
+    for config_path in sorted(STACK_REPOSITORY_DIR.glob("*/config.pbtxt")):
         config = read_config(config_path)
         assert config.name == config_path.parent.name
         assert (config_path.parent / "1" / "model.py").is_file()
@@ -77,8 +173,9 @@ def test_serving_code_imports_no_demo_code():
 
     allowed = ("demo", "commands", "benchmarks")  # the demo itself, its commands, the benchmarks' payloads
     offenders = []
-    for source in (ROOT / "genserve").rglob("*.py"):
-        relative = source.relative_to(ROOT / "genserve")
+    sources = [(folder, source) for folder in PARTS for source in (ROOT / folder).rglob("*.py")]
+    for folder, source in sources:
+        relative = source.relative_to(ROOT / "genserve") if folder == "genserve" else source.relative_to(ROOT)
         if relative.parts[0] in allowed:
             continue
         for node in ast.walk(ast.parse(source.read_text())):

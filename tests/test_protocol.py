@@ -13,11 +13,11 @@ from genserve.protocol import CONTRACTS, EDIT_IMAGE, FACE_SWAP, OCR, TASKS, TEXT
 
 
 def test_the_stack_repository_configs_match_their_contracts():
-    from genserve.model_repository import REPOSITORY_DIR
+    from genserve.config import STACK_REPOSITORY_DIR
     from genserve.triton.model_config import contract_mismatches, read_config
 
     checked = 0
-    for config_path in sorted(REPOSITORY_DIR.glob("*/config.pbtxt")):
+    for config_path in sorted(STACK_REPOSITORY_DIR.glob("*/config.pbtxt")):
         contract = CONTRACTS.get(config_path.parent.name)
         if contract is None:  # leaf models: their tensors are the ONNX graph's own
             continue
@@ -27,10 +27,10 @@ def test_the_stack_repository_configs_match_their_contracts():
 
 
 def test_a_config_that_drifts_from_its_contract_is_caught():
-    from genserve.model_repository import REPOSITORY_DIR
+    from genserve.config import STACK_REPOSITORY_DIR
     from genserve.triton.model_config import contract_mismatches, read_config
 
-    config = read_config(REPOSITORY_DIR / "face_swap")
+    config = read_config(STACK_REPOSITORY_DIR / "face_swap")
     config.input[1].optional = True
     del config.output[1]
     problems = contract_mismatches(config, FACE_SWAP)

@@ -20,7 +20,7 @@ import pytest
 
 from genserve import metrics
 from genserve.client import AsyncClient, Client
-from genserve.model_repository import REPOSITORY_DIR
+from genserve.config import STACK_REPOSITORY_DIR
 from genserve.errors import ServerError
 from genserve.server import TritonServer, find_installation, free_ports
 from genserve.triton.model_config import copy_model
@@ -33,7 +33,7 @@ ROWS = 18
 def replicas(tmp_path):
     """Three Triton servers, each with one face_swap worker (2 cores for all three)."""
     repository = tmp_path / "repository"
-    copy_model(REPOSITORY_DIR / "face_swap", repository, instances=1)
+    copy_model(STACK_REPOSITORY_DIR / "face_swap", repository, instances=1)
     servers = []
     try:
         for replica in range(3):  # from this thread: a server dies with the thread that started it

@@ -93,12 +93,12 @@ def run(args: argparse.Namespace) -> int:
 
     from genserve import admin
     from genserve.errors import InvalidInputError, ServerError
-    from genserve.model_repository import REPOSITORY_DIR
+    from genserve.config import STACK_REPOSITORY_DIR
     from genserve.server import TritonServer, is_remote
 
     repositories = [path if is_remote(path) else Path(path) for path in args.repositories]  # s3:// etc. as given
-    if not args.no_stack_models and REPOSITORY_DIR.resolve() not in {Path(path).resolve() for path in repositories}:
-        repositories.insert(0, REPOSITORY_DIR)
+    if not args.no_stack_models and STACK_REPOSITORY_DIR.resolve() not in {Path(path).resolve() for path in repositories}:
+        repositories.insert(0, STACK_REPOSITORY_DIR)
     if not repositories:
         raise InvalidInputError("--no-stack-models needs at least one REPO")
     if args.address not in ("127.0.0.1", "::1", "localhost"):

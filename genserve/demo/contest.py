@@ -70,7 +70,7 @@ def run_demo(out_dir: str | Path, *, concurrency: int = 2, progress: bool = True
     from genserve.client.batch import BatchRunner
     from genserve.client.tasks import read_tasks
     from genserve.demo.repository import build_demo_repository
-    from genserve.model_repository import REPOSITORY_DIR
+    from genserve.config import STACK_REPOSITORY_DIR
     from genserve.server import TritonServer, free_ports
 
     out_dir = Path(out_dir)
@@ -78,9 +78,9 @@ def run_demo(out_dir: str | Path, *, concurrency: int = 2, progress: bool = True
     print("== building the tiny diffusion pipelines' model repository (cached after the first run)", flush=True)
     diffusion_repository = build_demo_repository(config.CACHE_DIR / "demo")
     http, grpc, metrics = free_ports(3)
-    print(f"== starting Triton on 127.0.0.1 (gRPC {grpc}) with {REPOSITORY_DIR} and {diffusion_repository}", flush=True)
+    print(f"== starting Triton on 127.0.0.1 (gRPC {grpc}) with {STACK_REPOSITORY_DIR} and {diffusion_repository}", flush=True)
     with TritonServer(
-        [REPOSITORY_DIR, diffusion_repository],
+        [STACK_REPOSITORY_DIR, diffusion_repository],
         http_port=http, grpc_port=grpc, metrics_port=metrics, address="127.0.0.1",
         log_path=out_dir / "tritonserver.log",
     ) as server:  # fmt: skip

@@ -143,12 +143,12 @@ def main(argv: list[str] | None = None) -> int:
         if args.url:
             grpc_url, http_url = args.url, args.http_url
         else:
-            from genserve.model_repository import REPOSITORY_DIR
+            from genserve.config import STACK_REPOSITORY_DIR
             from genserve.server import TritonServer, free_ports
 
             ports = free_ports(3)
             server = TritonServer(
-                REPOSITORY_DIR, models=OCR_MODELS, http_port=ports[0], grpc_port=ports[1], metrics_port=ports[2], address="127.0.0.1"
+                STACK_REPOSITORY_DIR, models=OCR_MODELS, http_port=ports[0], grpc_port=ports[1], metrics_port=ports[2], address="127.0.0.1"
             )
             server.start()
             grpc_url, http_url = server.grpc_url, server.http_url

@@ -230,12 +230,12 @@ def main(argv: list[str] | None = None) -> int:
         if args.url:
             runs = measure(args.url, levels, pairs, args)
         else:
-            from genserve.model_repository import REPOSITORY_DIR
+            from genserve.config import STACK_REPOSITORY_DIR
             from genserve.server import TritonServer, free_ports
             from genserve.triton.model_config import copy_model
 
             repository = Path(work) / "repository"
-            copy_model(REPOSITORY_DIR / "face_swap", repository, instances=args.instances)
+            copy_model(STACK_REPOSITORY_DIR / "face_swap", repository, instances=args.instances)
             http, grpc, metrics = free_ports(3)
             with TritonServer(
                 repository, http_port=http, grpc_port=grpc, metrics_port=metrics, address="127.0.0.1",

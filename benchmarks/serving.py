@@ -302,9 +302,9 @@ class Bench:
         if "deepfake" in s.tasks:
             tasks.append(FaceSwapTask(s, s.models.get("deepfake", "face_swap")))
             if not s.url:
-                from genserve.model_repository import REPOSITORY_DIR
+                from genserve.config import STACK_REPOSITORY_DIR
 
-                self.repositories.append(Path(REPOSITORY_DIR))
+                self.repositories.append(Path(STACK_REPOSITORY_DIR))
                 self.load_models.append("face_swap")
         if not diffusion:
             return tasks

@@ -97,13 +97,13 @@ def burst(grpc_url: str, metrics_url: str, requests: int, timeout_s: float, mode
 
 
 def serve_and_burst(bounded: bool, requests: int, timeout_s: float, faces_dir: Path) -> Burst:
-    from genserve.model_repository import REPOSITORY_DIR
+    from genserve.config import STACK_REPOSITORY_DIR
     from genserve.server import TritonServer, free_ports
     from genserve.triton.model_config import copy_model, read_config, write_config
 
     with tempfile.TemporaryDirectory(prefix="genserve-overload-") as work:
         repository = Path(work) / "repository"
-        model_dir = copy_model(REPOSITORY_DIR / "face_swap", repository)
+        model_dir = copy_model(STACK_REPOSITORY_DIR / "face_swap", repository)
         if not bounded:  # as before issue 11: no queue policy
             model_config = read_config(model_dir)
             model_config.ClearField("dynamic_batching")
