@@ -442,7 +442,7 @@ COGVIEW4 = Family(
     description="CogView4: CogView4Transformer2DModel, GLM text encoder",
     pipeline_classes=("CogView4Pipeline",),
     tasks=("t2i",),
-    components=(glm_text_encoder(), cogview4_transformer(), vae_decoder(), vae_encoder()),
+    components=(glm_text_encoder(), cogview4_transformer(), vae_decoder()),  # t2i only: no image to encode
     scheduler="FlowMatchEulerDiscreteScheduler",
     latent_multiple=_transformer_patch,
     default_text_len=128,
@@ -503,6 +503,7 @@ def read_configs(pipeline_dir: str | Path, family: Family) -> dict[str, dict[str
 # keyword arguments (Kontext: keep the input image's size instead of resizing to ~1 megapixel).
 EDIT_PIPELINES: dict[str, str] = {
     "StableDiffusionPipeline": "StableDiffusionImg2ImgPipeline",
+    "StableDiffusionXLPipeline": "StableDiffusionXLImg2ImgPipeline",
     "FluxPipeline": "FluxImg2ImgPipeline",
     "FluxKontextPipeline": "FluxKontextPipeline",
 }

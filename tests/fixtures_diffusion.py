@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 # Family name -> demo pipeline folder name.
-DEMO_FOR_FAMILY = {"sd": "sd", "flux": "flux-kontext", "cogview4": "cogview4"}
+DEMO_FOR_FAMILY = {"sd": "sd", "sdxl": "sdxl", "flux": "flux-kontext", "cogview4": "cogview4"}
 
 
 @pytest.fixture(scope="session")
@@ -30,7 +30,7 @@ def demo_dir(tmp_path_factory, offline) -> Path:
     from genserve.demo.pipelines import build_demo_pipelines
 
     out = tmp_path_factory.mktemp("demo")
-    build_demo_pipelines(out)
+    build_demo_pipelines(out, names=tuple(DEMO_FOR_FAMILY.values()))
     return out
 
 

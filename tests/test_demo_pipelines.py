@@ -9,7 +9,7 @@ import pytest
 
 from fixtures_diffusion import DEMO_FOR_FAMILY, run_cli
 
-EXPECTED_CLASS = {"sd": "StableDiffusionPipeline", "flux-kontext": "FluxKontextPipeline", "cogview4": "CogView4Pipeline"}
+EXPECTED_CLASS = {"sd": "StableDiffusionPipeline", "sdxl": "StableDiffusionXLPipeline", "flux-kontext": "FluxKontextPipeline", "cogview4": "CogView4Pipeline"}
 
 
 @pytest.mark.parametrize("name", DEMO_FOR_FAMILY.values())

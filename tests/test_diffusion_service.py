@@ -141,3 +141,31 @@ def test_text_edit_candidates_through_the_pipeline(export_family):
     assert metadata["candidates"][metadata["chosen"][0]]["new_text_distance"] == metadata["candidates"][best]["new_text_distance"]
     with pytest.raises(InvalidInputError, match="at most 4 at once"):
         service.generate({"prompt": 'change "OPEN" to "CLOSED"', "image": _sign("OPEN"), "candidates": 3, "num_images": 2})
+
+
+@pytest.mark.parametrize("task", ["t2i", "tie"])
+def test_sdxl_export_serves_text_to_image_and_edits_as_diffusers(export_family, demo_dir, task):
+    """SDXL's second text encoder answers text_embeds first, and its UNet takes added conditions in a dict:
+    both through the proxies, the served images equal diffusers' (an SDXL export served no edit before)."""
+    import diffusers
+    import torch
+
+    from genserve.diffusion.service import export_service
+
+    _, export_dir = export_family("sdxl")
+    service = export_service(export_dir, task)
+    rng = np.random.default_rng(0)
+    source = Image.fromarray((rng.random((32, 32, 3)) * 255).astype(np.uint8))
+    buffer = io.BytesIO()
+    source.save(buffer, "PNG")
+    request = {"prompt": "make it winter", "steps": 2, "seed": 3, "width": 32, "height": 32}
+    reference_class, extra = diffusers.StableDiffusionXLPipeline, {"width": 32, "height": 32}
+    if task == "tie":
+        request = {"prompt": "make it winter", "steps": 2, "seed": 3, "image": buffer.getvalue(), "strength": 0.8}
+        reference_class, extra = diffusers.StableDiffusionXLImg2ImgPipeline, {"image": source, "strength": 0.8}
+    images, _ = service.generate(request)
+
+    reference = reference_class.from_pretrained(demo_dir / "sdxl")
+    reference.set_progress_bar_config(disable=True)
+    expected = reference("make it winter", num_inference_steps=2, generator=torch.Generator("cpu").manual_seed(3), **extra).images[0]
+    assert np.abs(pixels(images[0]) - np.asarray(expected).astype(np.int16)).max() <= 2

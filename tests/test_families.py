@@ -23,7 +23,7 @@ def test_description_is_consistent(family):
     names = [c.name for c in family.components]
     assert len(names) == len(set(names))
     kinds = {c.kind for c in family.components}
-    assert {"denoiser", "vae_decoder", "vae_encoder", "text_encoder"} <= kinds
+    assert {"denoiser", "vae_decoder", "text_encoder"} <= kinds
     for component in family.components:
         static = {dim for dim, _ in component.config_dims}
         assert not static & DYNAMIC_DIMS
@@ -36,6 +36,24 @@ def test_description_is_consistent(family):
             assert tensor.argument, f"{component.name}.{tensor.name} feeds no argument"
         for tensor in component.outputs:
             assert tensor.path, f"{component.name}.{tensor.name} has no path into torch's result"
+
+
+@pytest.mark.parametrize("family", FAMILIES.values(), ids=lambda f: f.name)
+def test_every_component_serves_a_task(family):
+    """Nothing is exported and served that no task calls: the VAE encoder exists for edits only."""
+    kinds = {c.kind for c in family.components}
+    assert ("vae_encoder" in kinds) == ("tie" in family.tasks)
+
+
+@pytest.mark.parametrize("family", FAMILIES.values(), ids=lambda f: f.name)
+def test_every_declared_task_is_served(family):
+    """Each task a family declares is served by an export of one of its pipeline classes (SDXL declared
+    edits while no SDXL export served one)."""
+    from genserve.diffusion.repository import served_tasks
+
+    components = [c.name for c in family.components]
+    served = {task for cls in family.pipeline_classes for task in served_tasks(family.name, cls, family.tasks, components)}
+    assert served == set(family.tasks)
 
 
 def test_pipeline_classes_map_to_families():

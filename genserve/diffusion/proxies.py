@@ -21,6 +21,7 @@ import json
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
+from types import SimpleNamespace
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -99,6 +100,9 @@ class ModuleProxy:
         self._components = {component.method: component for component in components}
         self._runner = runner
         cls = getattr(importlib.import_module(self._library), self._class_name)
+        if "projection_class_embeddings_input_dim" in config:
+            # An SDXL UNet: its pipelines check the added-condition width on the real module's layer.
+            self.add_embedding = SimpleNamespace(linear_1=SimpleNamespace(in_features=config["projection_class_embeddings_input_dim"]))
         # The original signatures, to bind positional arguments as the real module would.
         self._signatures = {method: inspect.signature(getattr(cls, method)) for method in self._components}
 
@@ -155,7 +159,7 @@ class ModuleProxy:
         return self._result(component, outputs, return_dict)
 
     def _inputs(self, component: Component, arguments: dict[str, Any]) -> dict[str, torch.Tensor]:
-        taken = {entry.argument for entry in component.inputs}
+        taken = {entry.argument.split(".")[0] for entry in component.inputs}
         for name, value in arguments.items():
             # Unset options (attention kwargs, ControlNet residuals...) are what the graphs were
             # exported with; a set one would be silently dropped, so it is refused.
@@ -169,7 +173,7 @@ class ModuleProxy:
         batch = None
         tensors: dict[str, torch.Tensor] = {}
         for entry in component.inputs:
-            value = arguments.get(entry.argument)
+            value = _argument(arguments, entry.argument)
             if value is None:
                 raise UnsupportedCallError(f"{component.name}: input {entry.argument!r} is missing")
             tensor = torch.as_tensor(value)
@@ -202,6 +206,7 @@ class ModuleProxy:
             return AutoencoderKLOutput(latent_dist=distribution) if return_dict else (distribution,)
         if component.kind == "text_encoder":
             from transformers.modeling_outputs import BaseModelOutputWithPooling
+            from transformers.models.clip.modeling_clip import CLIPTextModelOutput
 
             fields: dict[str, Any] = {}
             for spec in component.outputs:
@@ -210,7 +215,10 @@ class ModuleProxy:
                     fields["hidden_states"] = (outputs[spec.name], outputs.get("last_hidden_state"))
                 else:
                     fields[spec.path[0]] = outputs[spec.name]
-            return BaseModelOutputWithPooling(**fields)
+            # CLIPTextModelWithProjection (SDXL's second encoder) answers text_embeds first: SDXL pipelines
+            # read the pooled embedding as output[0].
+            output_class = CLIPTextModelOutput if "text_embeds" in fields else BaseModelOutputWithPooling
+            return output_class(**fields)
         # Denoisers and the VAE decoder: a tuple, as with return_dict=False; diffusers' output class otherwise.
         result = tuple(outputs[spec.name] for spec in component.outputs)
         if return_dict:
@@ -218,6 +226,15 @@ class ModuleProxy:
 
             return Transformer2DModelOutput(sample=result[0])
         return result
+
+
+def _argument(arguments: Mapping[str, Any], path: str) -> Any:
+    """A call's argument by its export path: ``sample``, or ``added_cond_kwargs.text_embeds`` (SDXL's UNet
+    takes its added conditions in a dict)."""
+    value: Any = arguments
+    for key in path.split("."):
+        value = value.get(key) if isinstance(value, Mapping) else None
+    return value
 
 
 # --- building the proxies of an export ----------------------------------------------------------------
