@@ -315,7 +315,7 @@ class Bench:
                                                          warmup=s.model_warmup)
                 self.repositories.append(repo_dir)
                 self.load_models += sorted(p.parent.name for p in repo_dir.glob("*/config.pbtxt"))
-            served = set(_served_tasks(manifest)) if manifest else set(diffusion)
+            served = set(manifest.served_tasks) if manifest else set(diffusion)
             for task in diffusion:
                 if task not in served:
                     self.notes.append(f"{task}: {s.pipeline} serves no {task} model (its tasks: {', '.join(sorted(served))}); skipped")
@@ -506,7 +506,7 @@ class Bench:
 def _models_for(repo_dir: Path, families: set[str], pipelines: list[str]) -> list[str]:
     """The leaf models of these families' exports in a demo repository, and the pipeline models asked for
     (a demo repository prefixes every model with its family)."""
-    from genserve.diffusion.service import SERVING_FILE
+    from genserve.diffusion.settings import SERVING_FILE
 
     names = [path.parent.name for path in repo_dir.glob("*/config.pbtxt") if path.parent.name.split("_", 1)[0] in families]
     leaves = [name for name in names if not (repo_dir / name / "1" / SERVING_FILE).is_file()]
@@ -524,12 +524,6 @@ def _pipeline_line(models: dict[str, dict], pipeline: str) -> str:
         name, leaf = busiest
         parts.append(f"{name}: {leaf.get('requests', 0)} requests in {leaf.get('executions', 0)} executions")
     return "; ".join(parts)
-
-
-def _served_tasks(manifest) -> dict[str, str]:
-    from genserve.diffusion.repository import served_tasks
-
-    return served_tasks(manifest.family, manifest.pipeline_class, manifest.tasks, manifest.components)
 
 
 def run_bench(settings: Settings, log: Callable[[str], None] = print) -> dict[str, Any]:

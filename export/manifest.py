@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from genserve.errors import ExportError
-from genserve.families import FAMILIES, ShapeRequest
+from genserve.families import FAMILIES, ShapeRequest, served_tasks
 
 MANIFEST = "manifest.json"
 # 1: the first. 2: FLUX's position ids lead with the batch dimension (per_request inputs).
@@ -169,6 +169,11 @@ class Manifest:
     peak_host_memory_bytes: int = 0
     seconds: float = 0.0
     format: str = FORMAT
+
+    @property
+    def served_tasks(self) -> dict[str, str]:
+        """Task -> the diffusers pipeline class that serves it (:func:`genserve.families.served_tasks`)."""
+        return served_tasks(self.family, self.pipeline_class, self.tasks, self.components)
 
     @property
     def parity_results(self) -> list[ParityResult]:

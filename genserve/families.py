@@ -16,7 +16,7 @@ sizes: read from the module's config through ``ComponentSpec.config_dims``).
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -508,6 +508,20 @@ EDIT_PIPELINES: dict[str, str] = {
     "FluxKontextPipeline": "FluxKontextPipeline",
 }
 EDIT_CALL_KWARGS: dict[str, dict[str, Any]] = {"FluxKontextPipeline": {"_auto_resize": False}}
+
+
+def served_tasks(family: str, pipeline_class: str, tasks: Iterable[str], components: Iterable[str]) -> dict[str, str]:
+    """Task -> diffusers pipeline class, for an export of ``pipeline_class`` with these components. Text
+    edits need a checkpoint that edits by instruction (its own class is its edit class, as Kontext's);
+    an img2img class cannot follow "change X to Y"."""
+    tasks, components = set(tasks), set(components)
+    served = {"t2i": pipeline_class}
+    edit_class = EDIT_PIPELINES.get(pipeline_class)
+    if edit_class and "tie" in tasks and "vae_encoder" in components:
+        served["tie"] = edit_class
+        if "vttie" in tasks and family in TEXT_EDIT and edit_class == pipeline_class:
+            served["vttie"] = edit_class
+    return served
 
 # vttie (text edits) per family: the prompt the instruction's old/new text is put into, and defaults.
 TEXT_EDIT: dict[str, dict[str, Any]] = {

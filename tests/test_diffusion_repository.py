@@ -12,7 +12,8 @@ import pytest
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
-from genserve.diffusion.repository import BuildOptions, RepositoryError, build_repository, served_tasks
+from genserve.diffusion.repository import BuildOptions, RepositoryError, build_repository
+from genserve.families import served_tasks
 from genserve.errors import GenServeError
 
 FAMILIES = ("sd", "flux", "cogview4")
@@ -96,7 +97,7 @@ def test_pipeline_models_per_family(built):
 
 
 def test_pipeline_configs_match_their_task_contracts(built):
-    from genserve.diffusion.service import ServiceSettings
+    from genserve.diffusion.settings import ServiceSettings
     from genserve.protocol import STREAMING_TASKS, TASKS
     from genserve.triton.model_config import contract_mismatches, read_config
 

@@ -49,7 +49,7 @@ def test_every_component_serves_a_task(family):
 def test_every_declared_task_is_served(family):
     """Each task a family declares is served by an export of one of its pipeline classes (SDXL declared
     edits while no SDXL export served one)."""
-    from genserve.diffusion.repository import served_tasks
+    from genserve.families import served_tasks
 
     components = [c.name for c in family.components]
     served = {task for cls in family.pipeline_classes for task in served_tasks(family.name, cls, family.tasks, components)}

@@ -182,3 +182,54 @@ def test_serving_code_imports_no_demo_code():
             names = [node.module or ""] if isinstance(node, ast.ImportFrom) else [a.name for a in getattr(node, "names", [])] if isinstance(node, ast.Import) else []
             offenders += [f"{relative}: {name}" for name in names if name == "genserve.demo" or name.startswith("genserve.demo.")]
     assert offenders == []
+
+
+def _import_graph() -> dict[str, set[str]]:
+    """genserve module -> the genserve modules it imports (at module level or inside functions);
+    ``from package import module`` counts as importing that module."""
+    import ast
+
+    modules: dict[str, Path] = {}
+    for folder, name in PARTS.items():
+        for source in (ROOT / folder).rglob("*.py"):
+            parts = [p for p in source.relative_to(ROOT / folder).with_suffix("").parts if p != "__init__"]
+            modules[".".join([name, *parts])] = source
+    graph = {}
+    for module, source in modules.items():
+        imported = set()
+        for node in ast.walk(ast.parse(source.read_text())):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("genserve"):
+                submodules = {f"{node.module}.{alias.name}" for alias in node.names} & modules.keys()
+                imported |= submodules or {node.module}
+            elif isinstance(node, ast.Import):
+                imported |= {alias.name for alias in node.names if alias.name.startswith("genserve")}
+        graph[module] = imported & modules.keys()
+    return graph
+
+
+def test_no_import_cycles():
+    """Layers stay layers: no module reaches itself through its imports (a package's __init__ re-exporting
+    its modules is no cycle as long as those modules import each other, not the package)."""
+    graph = _import_graph()
+
+    def reaches(start: str) -> set[str]:
+        seen, todo = set(), list(graph[start])
+        while todo:
+            module = todo.pop()
+            if module not in seen:
+                seen.add(module)
+                todo += graph[module]
+        return seen
+
+    assert sorted(module for module in graph if module in reaches(module)) == []
+
+
+def test_pipeline_model_code_imports_no_build_time_code():
+    """What runs inside every pipeline model (the service and its settings) needs neither the repository
+    writer nor tritonclient."""
+    code = (
+        "import sys, genserve.diffusion.service, genserve.diffusion.settings; "
+        "print(sorted(m for m in sys.modules if m in ('genserve.diffusion.repository', 'tritonclient')))"
+    )
+    loaded = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True, timeout=120).stdout
+    assert loaded.strip() == "[]"

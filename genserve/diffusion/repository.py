@@ -27,15 +27,14 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from genserve.config import LEAF_QUEUE, PIPELINE_QUEUE, stream_backlog
-from genserve.diffusion.service import ServiceSettings
+from genserve.diffusion.settings import ServiceSettings
 from genserve.errors import GenServeError
 from genserve.export.manifest import ComponentEntry, Manifest
-from genserve.families import EDIT_PIPELINES, FAMILIES, TEXT_EDIT, ShapeRequest, read_configs
+from genserve.families import FAMILIES, ShapeRequest, read_configs
 from genserve.protocol import BYTES, STREAMING_TASKS, TASKS, TEXT_TO_IMAGE, TRITON_TYPES, Contract
 from genserve.triton.model_config import LOAD_AFTER, ModelConfig, bound_queue, declare_contract, write_config
 
@@ -79,20 +78,6 @@ class BuildReport:
             f"{self.family} ({self.target}) -> {self.repo_dir}: leaf models {', '.join(self.leaf_models)}; "
             f"pipelines {', '.join(self.pipeline_models)}; weights {self.weight_bytes / 2**30:.2f} GiB"
         )
-
-
-def served_tasks(family: str, pipeline_class: str, tasks: Iterable[str], components: Iterable[str]) -> dict[str, str]:
-    """Task -> diffusers pipeline class, for an export of ``pipeline_class`` with these components. Text
-    edits need a checkpoint that edits by instruction (its own class is its edit class, as Kontext's);
-    an img2img class cannot follow "change X to Y"."""
-    tasks, components = set(tasks), set(components)
-    served = {"t2i": pipeline_class}
-    edit_class = EDIT_PIPELINES.get(pipeline_class)
-    if edit_class and "tie" in tasks and "vae_encoder" in components:
-        served["tie"] = edit_class
-        if "vttie" in tasks and family in TEXT_EDIT and edit_class == pipeline_class:
-            served["vttie"] = edit_class
-    return served
 
 
 # --- leaf models ---------------------------------------------------------------------------------------
@@ -290,7 +275,7 @@ def build_repository(export_dir: str | Path, repo_dir: str | Path, options: Buil
     for entry in manifest.components.values():
         report.leaf_models.append(write_leaf(export_dir, repo_dir, entry, options, limits[entry.name]))
         report.weight_bytes += entry.weight_bytes
-    tasks = served_tasks(manifest.family, manifest.pipeline_class, manifest.tasks, manifest.components)
+    tasks = manifest.served_tasks
     for task, pipeline_class in tasks.items():
         report.pipeline_models.append(write_pipeline(export_dir, repo_dir, manifest, task, pipeline_class, options))
     if options.stream:

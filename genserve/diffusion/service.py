@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import copy
 import inspect
-import json
 import queue
 import secrets
 import time
@@ -27,10 +26,10 @@ from pathlib import Path
 from typing import Any
 
 from genserve.errors import InvalidInputError, RequestCancelled
+from genserve.diffusion.settings import ServiceSettings
 from genserve.families import EDIT_CALL_KWARGS, FAMILIES, TEXT_EDIT, Family, read_configs
 from genserve.protocol import TASKS
 
-SERVING_FILE = "serving.json"
 # Extras some pipeline classes take and others do not (a request naming one its class lacks is refused).
 EXTRA_OPTIONS = ("strength", "true_cfg_scale", "max_sequence_length")
 
@@ -67,29 +66,6 @@ class GenerationRequest:
     def options(self) -> dict[str, Any]:
         """The family extras the request sets."""
         return {name: getattr(self, name) for name in EXTRA_OPTIONS if getattr(self, name) is not None}
-
-
-@dataclass(frozen=True)
-class ServiceSettings:
-    """One served task over one export, as ``serving.json`` says."""
-
-    task: str  # t2i, tie or vttie
-    pipeline_class: str  # the diffusers class that runs it
-    models: dict[str, str]  # component -> the leaf model serving it
-    max_size: int = 2048  # largest width/height a request may ask for
-    max_images: int = 4  # images per request
-    ocr_model: str = "ocr"  # reads vttie results (served beside, from the stack's own repository)
-    concurrency: int = 1  # requests one instance runs at once (the streaming models run several)
-
-    @classmethod
-    def read(cls, version_dir: Path) -> ServiceSettings:
-        settings = json.loads((Path(version_dir) / SERVING_FILE).read_text())
-        names = {f.name for f in fields(cls)}
-        return cls(**{key: value for key, value in settings.items() if key in names})
-
-    def write(self, version_dir: Path) -> None:
-        values = {f.name: getattr(self, f.name) for f in fields(self)}
-        (Path(version_dir) / SERVING_FILE).write_text(json.dumps(values, indent=2) + "\n")
 
 
 class DiffusionService:
@@ -436,13 +412,12 @@ def export_service(export_dir: Path, task: str, text_reader: TextReader | None =
     """The service of one task over an export's graphs in ONNX Runtime, in this process: no server
     (checks, debugging, and what an application without Triton embeds)."""
     from genserve.diffusion.proxies import OrtRunner, build_proxies, load_pipeline
-    from genserve.diffusion.repository import served_tasks
     from genserve.export.manifest import Manifest
 
     export_dir = Path(export_dir)
     manifest = Manifest.read(export_dir)
     family = FAMILIES[manifest.family]
-    tasks = served_tasks(manifest.family, manifest.pipeline_class, manifest.tasks, manifest.components)
+    tasks = manifest.served_tasks
     if task not in tasks:
         raise InvalidInputError(f"{export_dir} serves no {task} (it serves {', '.join(tasks)})")
     pipeline_dir = export_dir / manifest.pipeline_files

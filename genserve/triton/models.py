@@ -107,7 +107,8 @@ class DiffusionModel(ServiceModel):
     stops between two denoising steps with CANCELLED."""
 
     def setup(self, args):
-        from genserve.diffusion.service import ServiceSettings, served_service
+        from genserve.diffusion.service import served_service
+        from genserve.diffusion.settings import ServiceSettings
 
         settings = ServiceSettings.read(self.version_dir)
         self.contract = self.task_contract(settings.task)

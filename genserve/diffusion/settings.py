@@ -1,0 +1,37 @@
+"""What one served pipeline model is: its task, pipeline class, leaf models and limits (``serving.json``).
+
+``genserve build-repo`` writes it into each pipeline model's version folder; the model reads it at load.
+Its own module, so that the code that runs inside a pipeline model does not import the build-time
+config writer, and the writer does not import the service.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+SERVING_FILE = "serving.json"
+
+
+@dataclass(frozen=True)
+class ServiceSettings:
+    """One served task over one export, as ``serving.json`` says."""
+
+    task: str  # t2i, tie or vttie
+    pipeline_class: str  # the diffusers class that runs it
+    models: dict[str, str]  # component -> the leaf model serving it
+    max_size: int = 2048  # largest width/height a request may ask for
+    max_images: int = 4  # images per request
+    ocr_model: str = "ocr"  # reads vttie results (served beside, from the stack's own repository)
+    concurrency: int = 1  # requests one instance runs at once (the streaming models run several)
+
+    @classmethod
+    def read(cls, version_dir: Path) -> ServiceSettings:
+        settings = json.loads((Path(version_dir) / SERVING_FILE).read_text())
+        names = {f.name for f in fields(cls)}
+        return cls(**{key: value for key, value in settings.items() if key in names})
+
+    def write(self, version_dir: Path) -> None:
+        values = {f.name: getattr(self, f.name) for f in fields(self)}
+        (Path(version_dir) / SERVING_FILE).write_text(json.dumps(values, indent=2) + "\n")
