@@ -45,6 +45,8 @@ from genserve.protocol import PRECISION_DTYPES
 logger = logging.getLogger(__name__)
 
 STAGES = ("onnx", "tensorrt", "optimize", "parity")
+# ONNX element type of each export precision's floats.
+PRECISION_ONNX_TYPES = {"fp32": "FLOAT", "fp16": "FLOAT16", "bf16": "BFLOAT16"}
 
 
 @dataclass
@@ -401,6 +403,15 @@ class _Export:
         entry.latency_plain_s, entry.latency_fused_s = result["latency_plain_s"], result["latency_fused_s"]
 
     def _fuse(self, spec: ComponentSpec) -> dict[str, Any]:
+        result: dict[str, Any] = {"fusions": {}, "fused": False, "latency_plain_s": None, "latency_fused_s": None}
+        try:
+            return self._try_fuse(spec, result)
+        except Exception as error:  # noqa: BLE001 - no kernels for this precision here: the plain graph is served
+            logger.warning("%s: ONNX Runtime cannot run the graph here (%s); not fused", spec.name, str(error).splitlines()[0])
+            shutil.rmtree(self._graph_dir(spec.name, "fused.partial"), ignore_errors=True)
+            return result | {"fused": False}
+
+    def _try_fuse(self, spec: ComponentSpec, result: dict[str, Any]) -> dict[str, Any]:
         from genserve.export import optimize, ort_session, parity
 
         config = self.configs[spec.module]
@@ -408,12 +419,7 @@ class _Export:
         names = [t.name for t in spec.active_inputs(config)]
         timing_inputs = references[0].inputs
         plain = self._graph_dir(spec.name, "plain") / "model.onnx"
-        result: dict[str, Any] = {"fusions": {}, "fused": False, "latency_plain_s": None, "latency_fused_s": None}
-        try:
-            session = ort_session.open_session(plain)
-        except Exception as error:  # noqa: BLE001 - no kernels for this precision here: the parity stage says so
-            logger.warning("%s: ONNX Runtime cannot open the plain graph (%s); not fused", spec.name, str(error).splitlines()[0])
-            return result
+        session = ort_session.open_session(plain)
         result["latency_plain_s"] = ort_session.latency(lambda s=session: ort_session.run(s, names, timing_inputs))
         del session  # one graph's weights in ONNX Runtime at a time
         final, partial = self.store.output_dir(spec.name, "fused")
@@ -448,22 +454,36 @@ class _Export:
         result = self._stage(spec, "parity", key, check)
         entry.parity = [ParityResult.from_dict(spec.name, r) for r in result["parity"]]
         entry.parity_skipped, entry.ort_peak_bytes = result.get("parity_skipped"), result["ort_peak_bytes"]
+        entry.parity_method = result.get("parity_method")
         self._enforce_parity(entry)
 
     def _check_parity(self, spec: ComponentSpec) -> dict[str, Any]:
         from genserve.export import ort_session, parity
 
+        graph = self._served_graph(spec.name)
         try:
-            session = ort_session.open_session(self._served_graph(spec.name))
+            session = ort_session.open_session(graph)
             results = parity.check(session, spec, self.configs[spec.module], self._references(spec))
+            return {"parity": [result.to_dict() for result in results]}
         except Exception as error:
             if self.options.precision == "fp32":
                 raise ExportError(f"{spec.name}: ONNX Runtime cannot run the exported graph: {error}") from error
-            # ONNX Runtime's CPU provider lacks fp16/bf16 kernels for many ops: the graph may still be
-            # right for a GPU provider or TensorRT.
-            why = f"ONNX Runtime ({', '.join(ort_session.providers())}) cannot run it: {str(error).splitlines()[0][:200]}"
-            return {"parity": [], "parity_skipped": why}
-        return {"parity": [result.to_dict() for result in results]}
+            # ONNX Runtime's CPU provider lacks fp16/bf16 kernels for most ops: measure the same graph
+            # widened to fp32 (its weights exactly, its arithmetic in fp32), which checks the export.
+            why = f"ONNX Runtime ({', '.join(ort_session.providers())}) has no {self.options.precision} kernels for it: {str(error).splitlines()[0][:160]}"
+        from genserve.export.retype import retype_file
+
+        final, partial = self.store.output_dir(spec.name, "widened")
+        try:
+            retype_file(graph, partial / "model.onnx", PRECISION_ONNX_TYPES[self.options.precision], "FLOAT")
+            session = ort_session.open_session(partial / "model.onnx")
+            results = parity.check(session, spec, self.configs[spec.module], self._references(spec))
+        except Exception as error:  # noqa: BLE001 - reported, not fatal: the graph may still run on a GPU
+            return {"parity": [], "parity_skipped": f"{why}; widened to fp32 it fails too: {str(error).splitlines()[0][:160]}"}
+        finally:
+            shutil.rmtree(partial, ignore_errors=True)
+        method = f"widened to fp32 ({self.options.precision} weights, fp32 arithmetic): {why}"
+        return {"parity": [result.to_dict() for result in results], "parity_method": method}
 
     def _enforce_parity(self, entry: ComponentEntry) -> None:
         from genserve.export import parity
@@ -526,6 +546,8 @@ def format_report(report: ExportReport) -> str:
     for c in report.components:
         if c.parity_skipped:
             lines.append(f"parity of {c.name} not checked: {c.parity_skipped}")
+        if c.parity_method:
+            lines.append(f"parity of {c.name} {c.parity_method}")
         if c.tensorrt.get("path"):
             lines.append(f"TensorRT engine: {c.tensorrt['path']}")
     if report.tensorrt_skipped:
