@@ -25,6 +25,15 @@ def providers() -> list[str]:
     return [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
 
 
+def runtime() -> dict[str, object]:
+    """What an ONNX Runtime figure depends on besides the graph: its version and the execution providers
+    here (parity on a CPU host says nothing of the CUDA provider). Part of the optimize and parity
+    stages' keys."""
+    import onnxruntime as ort
+
+    return {"onnxruntime": ort.__version__, "providers": providers()}
+
+
 def open_session(path: Path, optimization: str = "all", threads: int | None = None):
     """An InferenceSession on the best provider here. ``optimization``: "all" (what serving uses) or
     "basic"."""

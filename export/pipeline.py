@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from genserve.config import LEAF_MAX_BATCH_SIZE
 from genserve.errors import ExportError
 from genserve.export.manifest import FORMAT, MANIFEST, ComponentEntry, Manifest, ParityResult, TensorEntry
 from genserve.export.stages import StageStore, folder_fingerprint, stage_key
@@ -58,9 +59,10 @@ class ExportOptions:
     parity: bool = True
     # TensorRT profiles: component batch sizes, image sizes and text lengths to serve; the first of
     # each is the optimum. Empty: the family's defaults.
-    batch_sizes: tuple[int, ...] = (1, 4)
+    batch_sizes: tuple[int, ...] = (1, LEAF_MAX_BATCH_SIZE)
     resolutions: tuple[tuple[int, int], ...] = ()
     text_lengths: tuple[int, ...] = ()
+    workspace_gb: float = 8.0  # TensorRT builder's workspace (scratch memory per layer tactic)
     force: bool = False  # redo every stage
     components: tuple[str, ...] = ()  # only these (default: all of the family's)
     external_data_threshold: int | None = None  # bytes; None: the 2 GB rule
@@ -178,14 +180,6 @@ def _tensor_entries(tensors, dims: dict[str, int], precision: str) -> tuple[Tens
 # --- The export --------------------------------------------------------------------------------------
 
 
-def _default_resolutions(family: Family, configs) -> tuple[tuple[int, int], ...]:
-    """The VAE's native sample size, rounded to what the family accepts."""
-    multiple = family.pixel_multiple(configs)
-    size = int(configs["vae"].get("sample_size") or 512)
-    size = max(multiple, size // multiple * multiple)
-    return ((size, size),)
-
-
 class _Progress:
     """A tqdm bar over (component, stage) steps; silent when disabled."""
 
@@ -227,8 +221,8 @@ class _Export:
         if self.tensorrt_skipped:
             log(f"TensorRT engines skipped: {self.tensorrt_skipped}")
         self.build_engines = options.tensorrt and self.tensorrt_skipped is None
-        self.resolutions = options.resolutions or _default_resolutions(self.family, self.configs)
-        self.text_lengths = options.text_lengths or (self.family.default_text_len,)
+        self.resolutions = options.resolutions or tensorrt.default_resolutions(self.family, self.configs)
+        self.text_lengths = options.text_lengths or tensorrt.default_text_lengths(self.family)
         multiple = self.family.pixel_multiple(self.configs)
         for height, width in self.resolutions:
             if height % multiple or width % multiple:
@@ -381,13 +375,20 @@ class _Export:
         profile = tensorrt.compute_profile(self.family, spec, self.configs, requests, requests[0])
         plan = self.out_dir / f"{spec.name}_trt" / "1" / "model.plan"
         shapes = {name: [list(shape) for shape in value] for name, value in profile.shapes.items()}
-        key = stage_key(onnx=self.keys[spec.name], profile=shapes)
+        target = tensorrt.build_target()
+        key = stage_key(onnx=self.keys[spec.name], profile=shapes, target=target, workspace_gb=self.options.workspace_gb)
 
         def build() -> dict[str, Any]:
             partial = plan.with_name(f".{plan.name}.partial")
-            tensorrt.build_engine(self._graph_dir(spec.name, "plain") / "model.onnx", partial, profile, self.options.precision)
+            _, narrowed = self.store.output_dir(spec.name, "tensorrt-graph")
+            graph = tensorrt.tensorrt_graph(self._graph_dir(spec.name, "plain") / "model.onnx", narrowed)
+            cache = self.store.root / "tensorrt-timing-{tensorrt}-sm{compute_capability}.cache".format(**target)
+            tensorrt.build_engine(graph, partial, profile, self.options.precision, self.options.workspace_gb, cache)
+            shutil.rmtree(narrowed, ignore_errors=True)
             partial.replace(plan)
-            return {"path": str(plan.relative_to(self.out_dir)), "profile": shapes}
+            # Any request up to this side, either way round, is inside the profile.
+            max_side = min(max(h for h, _ in self.resolutions), max(w for _, w in self.resolutions))
+            return {"path": str(plan.relative_to(self.out_dir)), "profile": shapes, "built_for": target, "max_side": max_side}
 
         entry.tensorrt = self._stage(spec, "tensorrt", key, build)
 
@@ -396,7 +397,9 @@ class _Export:
     def _optimize_stage(self, spec: ComponentSpec) -> None:
         if not self.options.optimize:
             return
-        key = stage_key(onnx=self.keys[spec.name], parity=self.options.parity)
+        from genserve.export import ort_session
+
+        key = stage_key(onnx=self.keys[spec.name], parity=self.options.parity, runtime=ort_session.runtime())
         result = self._stage(spec, "optimize", key, lambda: self._fuse(spec))
         entry = self.entries[spec.name]
         entry.fusions, entry.fused = result["fusions"], result["fused"]
@@ -441,10 +444,12 @@ class _Export:
     def _parity_stage(self, spec: ComponentSpec) -> None:
         from genserve.export.memory import PeakMemory
 
+        from genserve.export import ort_session
+
         if not self.options.parity:
             return
         entry = self.entries[spec.name]
-        key = stage_key(onnx=self.keys[spec.name], fused=entry.fused, precision=self.options.precision)
+        key = stage_key(onnx=self.keys[spec.name], fused=entry.fused, precision=self.options.precision, runtime=ort_session.runtime())
 
         def check() -> dict[str, Any]:
             with PeakMemory() as ort_stage:

@@ -55,6 +55,10 @@ ARENA_SHRINK_ABOVE_BYTES = 16 * 1024 * 1024
 # full queue refuses at once (UNAVAILABLE); per model in each config.pbtxt (see
 # genserve.triton.model_config.bound_queue). Requests may ask for less with their own timeout.
 PIPELINE_QUEUE = {"max_queue_size": 8, "timeout_s": 600.0}  # diffusion pipelines (build-repo)
+# The most samples one batched leaf call holds (build-repo's max_batch_size) and the largest side a request
+# may ask for: TensorRT profiles (genserve export) cover both, so the engines serve what the configs accept.
+LEAF_MAX_BATCH_SIZE = 8
+MAX_GENERATED_SIDE = 2048
 LEAF_QUEUE = {"max_queue_size": 64, "timeout_s": 600.0}  # leaves behind them: fed by the pipelines
 
 

@@ -31,7 +31,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from genserve.config import LEAF_QUEUE, PIPELINE_QUEUE, stream_backlog
+from genserve.config import LEAF_MAX_BATCH_SIZE, LEAF_QUEUE, MAX_GENERATED_SIDE, PIPELINE_QUEUE, stream_backlog
 from genserve.diffusion.service import ServiceSettings
 from genserve.errors import GenServeError
 from genserve.export.manifest import ComponentEntry, Manifest
@@ -55,14 +55,14 @@ class BuildOptions:
     target: str = "cpu"
     prefix: str = ""  # model name prefix, so that several families share one repository
     tensorrt: bool = False  # gpu: serve the export's TensorRT engines instead of the ONNX files
-    max_size: int = 2048  # largest width/height a request may ask for
+    max_size: int = MAX_GENERATED_SIDE  # largest width/height a request may ask for
     max_images: int = 4  # images per request
     pipeline_instances: int = 1  # instances of each plain pipeline model (one request at a time each)
     stream: bool = True  # also the streaming (decoupled) pipeline models, <task model>_stream
     stream_concurrency: int = 4  # requests one streaming pipeline model runs at once
     warmup: bool = True  # pipeline models run a first request before they report ready
     warmup_size: int | None = None  # its width = height; None: the pipeline's working size (up to max_size)
-    max_batch_size: int = 8  # leaves: the most samples one batched call may hold
+    max_batch_size: int = LEAF_MAX_BATCH_SIZE  # leaves: the most samples one batched call may hold
 
 
 @dataclass
@@ -119,10 +119,19 @@ def leaf_input_limits(export_dir: Path, manifest: Manifest, options: BuildOption
     return limits
 
 
+def engine_max_batch(entry: ComponentEntry, options: BuildOptions) -> int:
+    """The largest batch the served engine takes: its profile's (a TensorRT engine refuses a batch past
+    it), else no limit of its own."""
+    profile = entry.tensorrt.get("profile") if options.target == "gpu" and options.tensorrt else None
+    if not profile:
+        return options.max_batch_size
+    return min(shapes[2][0] for shapes in profile.values())
+
+
 def leaf_config(name: str, entry: ComponentEntry, options: BuildOptions, max_input_shape: dict[str, list[int]] | None = None) -> ModelConfig:
     config = ModelConfig(name=name)
     batched = entry.batched
-    config.max_batch_size = options.max_batch_size if batched else 0
+    config.max_batch_size = min(options.max_batch_size, engine_max_batch(entry, options)) if batched else 0
     for kind, tensors in (("input", entry.inputs), ("output", entry.outputs)):
         for tensor in tensors:
             spec = getattr(config, kind).add(name=tensor.name, data_type=TRITON_TYPES[tensor.dtype])
@@ -284,6 +293,13 @@ def build_repository(export_dir: str | Path, repo_dir: str | Path, options: Buil
     if options.target == "cpu" and manifest.precision != "fp32":
         # ONNX Runtime's CPU provider lacks fp16/bf16 kernels for much of these graphs.
         raise RepositoryError(f"{export_dir} is a {manifest.precision} export; the cpu target serves fp32 exports")
+    if options.target == "gpu" and options.tensorrt:
+        sides = {name: e.tensorrt["max_side"] for name, e in manifest.components.items() if "max_side" in e.tensorrt}
+        if sides and options.max_size > min(sides.values()):
+            raise RepositoryError(
+                f"the export's TensorRT engines serve sizes up to {min(sides.values())} px; --max-size {options.max_size} "
+                "would accept requests they refuse: lower --max-size, or export again with larger --resolutions"
+            )
     repo_dir.mkdir(parents=True, exist_ok=True)
     report = BuildReport(repo_dir, manifest.family, options.target)
     limits = leaf_input_limits(export_dir, manifest, options)
