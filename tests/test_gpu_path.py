@@ -200,3 +200,45 @@ def test_gpu_configs_and_graphs_fit_the_supported_release(demo_dir, tmp_path):
         opset = next(o.version for o in graph.opset_import if o.domain in ("", "ai.onnx"))
         assert opset <= release.highest_opset, (name, opset)
     assert "TYPE_BF16" in json.dumps([(repo / n / "config.pbtxt").read_text() for n in report.leaf_models])
+
+
+# --- GPU settings -----------------------------------------------------------------------------------
+
+
+def test_gpu_leaves_carry_cuda_settings():
+    """Every ONNX Runtime leaf on the gpu target gets the CUDA arena and cuDNN settings (and the memory
+    cap when asked), and the Python-backend leaf turns the same parameters into provider options."""
+    from genserve.config import ORT_CUDA_PARAMETERS
+    from genserve.diffusion.repository import BuildOptions, leaf_config
+    from genserve.export.manifest import ComponentEntry, TensorEntry
+    from genserve.triton.model_config import model_parameters
+    from genserve.triton.onnx_leaf import cuda_provider_options
+
+    entry = ComponentEntry(
+        "vae_decoder", "vae", "vae_decoder", "decode", "x.onnx",
+        inputs=(TensorEntry("latents", ("batch", "c", "h", "w"), (-1, 4, -1, -1), "bfloat16"),),
+        outputs=(TensorEntry("images", ("batch", "c", "h", "w"), (-1, 3, -1, -1), "bfloat16"),),
+    )
+    config = leaf_config("vae_decoder", entry, BuildOptions(target="gpu", gpu_memory_limit_gb=12))
+    parameters = model_parameters(config)
+    assert parameters["gpu_mem_limit"] == str(12 * 2**30)
+    assert {k: parameters[k] for k in ORT_CUDA_PARAMETERS} == ORT_CUDA_PARAMETERS
+    assert cuda_provider_options(parameters, device_id=1) == {
+        "device_id": "1", "arena_extend_strategy": "kSameAsRequested", "cudnn_conv_algo_search": "HEURISTIC",
+        "gpu_mem_limit": str(12 * 2**30),
+    }
+    assert "gpu_mem_limit" not in model_parameters(leaf_config("vae_decoder", entry, BuildOptions(target="gpu")))
+
+
+def test_export_cli_defaults_are_the_export_defaults():
+    """The CLI's TensorRT batch sizes are the ones the leaf configs accept (it once said 1,4 against 8)."""
+    import argparse
+
+    from genserve.commands import export as export_command
+    from genserve.export.pipeline import ExportOptions
+
+    parser = argparse.ArgumentParser()
+    export_command.register(parser.add_subparsers())
+    args = parser.parse_args(["export", "in", "out", "--tensorrt-workspace-gb", "3"])
+    assert args.batch_sizes == ExportOptions().batch_sizes
+    assert args.tensorrt_workspace_gb == 3.0

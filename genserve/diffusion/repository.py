@@ -31,7 +31,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from genserve.config import LEAF_MAX_BATCH_SIZE, LEAF_QUEUE, MAX_GENERATED_SIDE, PIPELINE_QUEUE, stream_backlog
+from genserve.config import LEAF_MAX_BATCH_SIZE, LEAF_QUEUE, MAX_GENERATED_SIDE, ORT_CUDA_PARAMETERS, PIPELINE_QUEUE, stream_backlog
 from genserve.diffusion.service import ServiceSettings
 from genserve.errors import GenServeError
 from genserve.export.manifest import ComponentEntry, Manifest
@@ -63,6 +63,7 @@ class BuildOptions:
     warmup: bool = True  # pipeline models run a first request before they report ready
     warmup_size: int | None = None  # its width = height; None: the pipeline's working size (up to max_size)
     max_batch_size: int = LEAF_MAX_BATCH_SIZE  # leaves: the most samples one batched call may hold
+    gpu_memory_limit_gb: float | None = None  # gpu: each ONNX Runtime leaf's CUDA arena cap (None: none)
 
 
 @dataclass
@@ -128,6 +129,14 @@ def engine_max_batch(entry: ComponentEntry, options: BuildOptions) -> int:
     return min(shapes[2][0] for shapes in profile.values())
 
 
+def ort_gpu_parameters(options: BuildOptions) -> dict[str, str]:
+    """ONNX Runtime's CUDA settings for a leaf (genserve.config.ORT_CUDA_PARAMETERS, plus the memory cap)."""
+    parameters = dict(ORT_CUDA_PARAMETERS)
+    if options.gpu_memory_limit_gb:
+        parameters["gpu_mem_limit"] = str(int(options.gpu_memory_limit_gb * 2**30))
+    return parameters
+
+
 def leaf_config(name: str, entry: ComponentEntry, options: BuildOptions, max_input_shape: dict[str, list[int]] | None = None) -> ModelConfig:
     config = ModelConfig(name=name)
     batched = entry.batched
@@ -154,6 +163,9 @@ def leaf_config(name: str, entry: ComponentEntry, options: BuildOptions, max_inp
         config.platform = "tensorrt_plan" if use_plan else "onnxruntime_onnx"
         group.kind = group.KIND_GPU
         group.gpus.append(0)
+        if not use_plan:
+            for key, value in ort_gpu_parameters(options).items():
+                config.parameters[key].string_value = value
     else:
         config.backend = "python"
         group.kind = group.KIND_CPU
