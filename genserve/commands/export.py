@@ -38,7 +38,7 @@ def register(subparsers) -> None:
     parser.add_argument(
         "--resolutions", type=lambda s: tuple(_resolution(p) for p in s.split(",")), default=(),
         metavar="HxW[,HxW...]", help="image sizes the TensorRT profiles cover; the first is the optimum "
-        "(default: the VAE's sample size)",
+        f"(default: the VAE's sample size, 256 and {MAX_GENERATED_SIDE}: every size build-repo serves)",
     )
     parser.add_argument(
         "--batch-sizes", type=_ints, default=(1, LEAF_MAX_BATCH_SIZE), metavar="N[,N...]",
