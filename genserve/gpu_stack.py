@@ -66,3 +66,26 @@ def markdown_table() -> str:
             f"{'yes' if r.bf16_io else 'no'} | {tensorrt} |"
         )
     return "\n".join(lines)
+
+
+# --- how long a GPU replica takes to become ready (the gpu overlay's startup probe) -------------------
+
+
+@dataclass(frozen=True)
+class StartupBasis:
+    """A computed load time: no GPU was available to measure one (docs/scale-out.md, "Startup")."""
+
+    weight_gb: float = 34.0  # FLUX.1 Kontext or CogView4 in bf16 (docs/diffusion-serving.md, "GPU sizing")
+    read_gb_per_s: float = 0.25  # a network volume's sustained read (cloud block storage baselines: 0.125-1 GB/s)
+    copies: int = 2  # gpu-s3: the bucket is copied to local disk, then read; a volume is read once
+    session_s: float = 60.0  # ONNX Runtime's graph optimization and CUDA upload of six leaves, TensorRT deserialization
+    warmups: int = 6  # t2i, tie, vttie and their streaming variants (build-repo's model_warmup)
+    warmup_s: float = 20.0  # 2 steps at 1024 px on a data-centre GPU, the first call's cuDNN/arena set-up included
+    margin: float = 1.5  # slower disks, a busy node
+
+    def seconds(self) -> float:
+        loading = self.weight_gb / self.read_gb_per_s * self.copies
+        return (loading + self.session_s + self.warmups * self.warmup_s) * self.margin
+
+
+STARTUP = StartupBasis()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import tracemalloc
 import types
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,6 +17,7 @@ import pytest
 from genserve import gpu_stack
 from genserve.families import FAMILIES
 
+ROOT = Path(__file__).resolve().parents[1]
 FAMILY_DEMOS = {"sd": "sd", "flux": "flux-kontext", "cogview4": "cogview4"}
 
 
@@ -242,3 +244,19 @@ def test_export_cli_defaults_are_the_export_defaults():
     args = parser.parse_args(["export", "in", "out", "--tensorrt-workspace-gb", "3"])
     assert args.batch_sizes == ExportOptions().batch_sizes
     assert args.tensorrt_workspace_gb == 3.0
+
+
+# --- startup ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["gpu", "gpu-s3"])
+def test_gpu_startup_probe_covers_the_computed_load(name):
+    from genserve.deploy import MANIFESTS_DIR, render
+    from genserve.gpu_stack import STARTUP
+
+    (deployment,) = [o for o in render(MANIFESTS_DIR / "overlays" / name) if o["kind"] == "Deployment"]
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    probe = container["startupProbe"]
+    assert probe["periodSeconds"] * probe["failureThreshold"] >= STARTUP.seconds()
+    docs = (ROOT / "docs" / "scale-out.md").read_text()
+    assert f"{STARTUP.seconds():.0f} s" in docs and "StartupBasis" in docs, "docs/scale-out.md gives the basis"
