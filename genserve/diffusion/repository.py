@@ -64,6 +64,9 @@ class BuildOptions:
     warmup_size: int | None = None  # its width = height; None: the pipeline's working size (up to max_size)
     max_batch_size: int = LEAF_MAX_BATCH_SIZE  # leaves: the most samples one batched call may hold
     gpu_memory_limit_gb: float | None = None  # gpu: each ONNX Runtime leaf's CUDA arena cap (None: none)
+    # gpu: leaves as Python-backend models running ONNX Runtime's CUDA provider (a plain pip host, whose
+    # tritonserver has no onnxruntime backend) instead of the container's native backends.
+    python_leaves: bool = False
 
 
 @dataclass
@@ -158,9 +161,13 @@ def leaf_config(name: str, entry: ComponentEntry, options: BuildOptions, max_inp
         config.parameters["max_input_shape"].string_value = json.dumps(max_input_shape)
     group = config.instance_group.add(count=1)
     if options.target == "gpu":
-        # Native backends on the GPU; one instance each (sizing: docs/diffusion-serving.md).
-        use_plan = options.tensorrt and entry.tensorrt.get("path")
-        config.platform = "tensorrt_plan" if use_plan else "onnxruntime_onnx"
+        # Native backends on the GPU (or Python-backend leaves on it); one instance each (sizing:
+        # docs/diffusion-serving.md).
+        use_plan = options.tensorrt and entry.tensorrt.get("path") and not options.python_leaves
+        if options.python_leaves:
+            config.backend = "python"
+        else:
+            config.platform = "tensorrt_plan" if use_plan else "onnxruntime_onnx"
         group.kind = group.KIND_GPU
         group.gpus.append(0)
         if not use_plan:
@@ -189,14 +196,14 @@ def write_leaf(export_dir: Path, repo_dir: Path, entry: ComponentEntry, options:
     version.mkdir(parents=True)
     write_config(leaf_config(name, entry, options, max_input_shape), model_dir / "config.pbtxt")
     plan = entry.tensorrt.get("path")
-    if options.target == "gpu" and options.tensorrt and plan:
+    if options.target == "gpu" and options.tensorrt and plan and not options.python_leaves:
         _link_or_copy(export_dir / plan, version / "model.plan")
     else:
         onnx_file = export_dir / entry.path
         for source in onnx_file.parent.iterdir():  # the graph and its external data files
             if source.is_file():
                 _link_or_copy(source, version / source.name)
-    if options.target == "cpu":
+    if options.target == "cpu" or options.python_leaves:
         (version / "model.py").write_text(LEAF_MODEL_PY)
     return name
 
@@ -305,6 +312,9 @@ def build_repository(export_dir: str | Path, repo_dir: str | Path, options: Buil
     if options.target == "cpu" and manifest.precision != "fp32":
         # ONNX Runtime's CPU provider lacks fp16/bf16 kernels for much of these graphs.
         raise RepositoryError(f"{export_dir} is a {manifest.precision} export; the cpu target serves fp32 exports")
+    if options.python_leaves and manifest.precision == "bf16":
+        # The Python-backend leaf hands ONNX Runtime's outputs over as numpy arrays, which have no bf16.
+        raise RepositoryError(f"{export_dir} is a bf16 export; Python-backend leaves serve fp32 and fp16 (bf16: the container's native backends)")
     if options.target == "gpu" and options.tensorrt:
         sides = {name: e.tensorrt["max_side"] for name, e in manifest.components.items() if "max_side" in e.tensorrt}
         if sides and options.max_size > min(sides.values()):
