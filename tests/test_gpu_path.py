@@ -260,3 +260,27 @@ def test_gpu_startup_probe_covers_the_computed_load(name):
     assert probe["periodSeconds"] * probe["failureThreshold"] >= STARTUP.seconds()
     docs = (ROOT / "docs" / "scale-out.md").read_text()
     assert f"{STARTUP.seconds():.0f} s" in docs and "StartupBasis" in docs, "docs/scale-out.md gives the basis"
+
+
+@pytest.mark.slow
+def test_build_repo_refuses_sizes_the_engines_do_not_cover(export_family, tmp_path):
+    """Engines built for up to 512 px: a repository that would accept 2048 px requests is refused,
+    with what to do; one within the engines is built."""
+    import shutil
+
+    from genserve.diffusion.repository import BuildOptions, RepositoryError, build_repository
+
+    _, out_dir = export_family("sd")
+    export = tmp_path / "export"
+    shutil.copytree(out_dir, export, ignore=shutil.ignore_patterns(".stages"))
+    manifest = json.loads((export / "manifest.json").read_text())
+    for name, component in manifest["components"].items():
+        plan = export / f"{name}_trt" / "1" / "model.plan"
+        plan.parent.mkdir(parents=True)
+        plan.write_bytes(b"plan")
+        component["tensorrt"] = {"path": str(plan.relative_to(export)), "profile": {}, "max_side": 512}
+    (export / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(RepositoryError, match="serve sizes up to 512 px; --max-size 2048"):
+        build_repository(export, tmp_path / "repo", BuildOptions(target="gpu", tensorrt=True, warmup=False))
+    report = build_repository(export, tmp_path / "repo", BuildOptions(target="gpu", tensorrt=True, max_size=512, warmup=False))
+    assert (tmp_path / "repo" / report.leaf_models[0] / "1" / "model.plan").is_file()
