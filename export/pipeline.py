@@ -478,7 +478,7 @@ class _Export:
             why = f"ONNX Runtime ({', '.join(ort_session.providers())}) has no {self.options.precision} kernels for it: {str(error).splitlines()[0][:160]}"
         from genserve.export.retype import retype_file
 
-        final, partial = self.store.output_dir(spec.name, "widened")
+        _, partial = self.store.output_dir(spec.name, "widened")
         try:
             retype_file(graph, partial / "model.onnx", PRECISION_ONNX_TYPES[self.options.precision], "FLOAT")
             session = ort_session.open_session(partial / "model.onnx")

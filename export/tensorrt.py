@@ -91,7 +91,7 @@ def tensorrt_unavailable() -> str | None:
     try:
         import tensorrt  # noqa: F401
     except ImportError:
-        return "the tensorrt package is not installed (pip install 'genserve[gpu]')"
+        return "the tensorrt package is not installed (docker/Dockerfile installs the one of the container's TensorRT)"
     try:
         import torch
 
