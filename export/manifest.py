@@ -90,6 +90,8 @@ class ComponentEntry:
     latency_fused_s: float | None = None
     parity: list[ParityResult] = field(default_factory=list)
     parity_skipped: str | None = None
+    # How parity ran: None natively; else how (a bf16 graph widened to fp32 on a provider without bf16 kernels).
+    parity_method: str | None = None
     tensorrt: dict[str, Any] = field(default_factory=dict)  # {"path", "profile"} or {"skipped": why}
     export_s: float = 0.0
     torch_peak_bytes: int = 0  # peak host memory while its module was loaded and exported
@@ -118,6 +120,7 @@ class ComponentEntry:
             "latency_s": {"plain": self.latency_plain_s, "fused": self.latency_fused_s},
             "parity": [result.to_dict() for result in self.parity],
             **({"parity_skipped": self.parity_skipped} if self.parity_skipped else {}),
+            **({"parity_method": self.parity_method} if self.parity_method else {}),
             "tensorrt": self.tensorrt,
             "export_s": round(self.export_s, 2),
             "peak_host_memory_bytes": {"torch": self.torch_peak_bytes, "onnxruntime": self.ort_peak_bytes},
@@ -145,6 +148,7 @@ class ComponentEntry:
             latency_fused_s=latency.get("fused"),
             parity=[ParityResult.from_dict(name, r) for r in entry.get("parity", [])],
             parity_skipped=entry.get("parity_skipped"),
+            parity_method=entry.get("parity_method"),
             tensorrt=dict(entry.get("tensorrt") or {}),
             export_s=float(entry.get("export_s", 0.0)),
             torch_peak_bytes=int(peak.get("torch", 0)),

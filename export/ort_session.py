@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import ctypes
+import math
 import statistics
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -13,11 +15,23 @@ import torch
 from genserve.export.components import to_numpy
 
 
+FLOAT_TYPES = {"tensor(float)": torch.float32, "tensor(float16)": torch.float16, "tensor(bfloat16)": torch.bfloat16}
+
+
 def providers() -> list[str]:
     import onnxruntime as ort
 
     available = ort.get_available_providers()
     return [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
+
+
+def runtime() -> dict[str, object]:
+    """What an ONNX Runtime figure depends on besides the graph: its version and the execution providers
+    here (parity on a CPU host says nothing of the CUDA provider). Part of the optimize and parity
+    stages' keys."""
+    import onnxruntime as ort
+
+    return {"onnxruntime": ort.__version__, "providers": providers()}
 
 
 def open_session(path: Path, optimization: str = "all", threads: int | None = None):
@@ -35,7 +49,6 @@ def open_session(path: Path, optimization: str = "all", threads: int | None = No
     return ort.InferenceSession(str(path), options, providers=providers())
 
 
-
 def _ort_value(array: np.ndarray):
     """numpy -> OrtValue; bf16 (ml_dtypes) is passed as its bits, typed bfloat16."""
     import onnxruntime as ort
@@ -47,20 +60,34 @@ def _ort_value(array: np.ndarray):
     return ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(array))
 
 
-def _to_float32(value) -> np.ndarray:
-    if value.data_type() == "tensor(bfloat16)":
-        import ml_dtypes
+def to_torch(value) -> torch.Tensor:
+    """An ONNX Runtime output (host memory) as a torch tensor of its own element type.
 
-        bits = np.frombuffer(bytes(value.numpy().tobytes()), dtype=np.uint16).reshape(value.shape())
-        return bits.view(ml_dtypes.bfloat16).astype(np.float32)
-    return value.numpy().astype(np.float32)
+    ``OrtValue.numpy()`` refuses bfloat16 ("No corresponding Numpy type"): a bf16 output is read as
+    its raw 16-bit words from the value's buffer and reinterpreted by torch, which has the type.
+    """
+    if value.data_type() == "tensor(bfloat16)":
+        shape = value.shape()
+        words = (ctypes.c_uint16 * math.prod(shape)).from_address(value.data_ptr())
+        return torch.from_numpy(np.frombuffer(words, dtype=np.uint16).reshape(shape).copy()).view(torch.bfloat16)
+    return torch.from_numpy(value.numpy())
+
+
+def run_torch(session, inputs: Mapping[str, torch.Tensor], output_names: Sequence[str] | None = None) -> list[torch.Tensor]:
+    """Run the session on named torch tensors (bf16 included); outputs as torch tensors of their own types.
+    Float inputs are cast to the graph's float type (a bf16 graph widened to fp32 takes the same inputs)."""
+    graph_types = {i.name: FLOAT_TYPES.get(i.type) for i in session.get_inputs()}
+    feeds = {
+        name: _ort_value(to_numpy(tensor.to(graph_types[name]) if tensor.is_floating_point() and graph_types.get(name) else tensor))
+        for name, tensor in inputs.items()
+    }
+    return [to_torch(value) for value in session.run_with_ort_values(output_names, feeds)]
 
 
 def run(session, names: Sequence[str], tensors: Sequence[torch.Tensor]) -> list[np.ndarray]:
-    """Run the session on torch tensors; outputs as fp32 numpy arrays."""
-    feeds = {name: _ort_value(to_numpy(tensor)) for name, tensor in zip(names, tensors, strict=True)}
-    outputs = session.run_with_ort_values(None, feeds)
-    return [_to_float32(value) for value in outputs]
+    """Run the session on torch tensors; outputs as fp32 numpy arrays (what parity compares)."""
+    outputs = run_torch(session, dict(zip(names, tensors, strict=True)))
+    return [output.float().numpy() for output in outputs]
 
 
 def latency(call, warmup: int = 1, runs: int = 3, budget_s: float = 20.0) -> float:

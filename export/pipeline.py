@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from genserve.config import LEAF_MAX_BATCH_SIZE
 from genserve.errors import ExportError
 from genserve.export.manifest import FORMAT, MANIFEST, ComponentEntry, Manifest, ParityResult, TensorEntry
 from genserve.export.stages import StageStore, folder_fingerprint, stage_key
@@ -45,6 +46,8 @@ from genserve.protocol import PRECISION_DTYPES
 logger = logging.getLogger(__name__)
 
 STAGES = ("onnx", "tensorrt", "optimize", "parity")
+# ONNX element type of each export precision's floats.
+PRECISION_ONNX_TYPES = {"fp32": "FLOAT", "fp16": "FLOAT16", "bf16": "BFLOAT16"}
 
 
 @dataclass
@@ -56,9 +59,10 @@ class ExportOptions:
     parity: bool = True
     # TensorRT profiles: component batch sizes, image sizes and text lengths to serve; the first of
     # each is the optimum. Empty: the family's defaults.
-    batch_sizes: tuple[int, ...] = (1, 4)
+    batch_sizes: tuple[int, ...] = (1, LEAF_MAX_BATCH_SIZE)
     resolutions: tuple[tuple[int, int], ...] = ()
     text_lengths: tuple[int, ...] = ()
+    workspace_gb: float = 8.0  # TensorRT builder's workspace (scratch memory per layer tactic)
     force: bool = False  # redo every stage
     components: tuple[str, ...] = ()  # only these (default: all of the family's)
     external_data_threshold: int | None = None  # bytes; None: the 2 GB rule
@@ -176,14 +180,6 @@ def _tensor_entries(tensors, dims: dict[str, int], precision: str) -> tuple[Tens
 # --- The export --------------------------------------------------------------------------------------
 
 
-def _default_resolutions(family: Family, configs) -> tuple[tuple[int, int], ...]:
-    """The VAE's native sample size, rounded to what the family accepts."""
-    multiple = family.pixel_multiple(configs)
-    size = int(configs["vae"].get("sample_size") or 512)
-    size = max(multiple, size // multiple * multiple)
-    return ((size, size),)
-
-
 class _Progress:
     """A tqdm bar over (component, stage) steps; silent when disabled."""
 
@@ -225,8 +221,8 @@ class _Export:
         if self.tensorrt_skipped:
             log(f"TensorRT engines skipped: {self.tensorrt_skipped}")
         self.build_engines = options.tensorrt and self.tensorrt_skipped is None
-        self.resolutions = options.resolutions or _default_resolutions(self.family, self.configs)
-        self.text_lengths = options.text_lengths or (self.family.default_text_len,)
+        self.resolutions = options.resolutions or tensorrt.default_resolutions(self.family, self.configs)
+        self.text_lengths = options.text_lengths or tensorrt.default_text_lengths(self.family)
         multiple = self.family.pixel_multiple(self.configs)
         for height, width in self.resolutions:
             if height % multiple or width % multiple:
@@ -379,13 +375,20 @@ class _Export:
         profile = tensorrt.compute_profile(self.family, spec, self.configs, requests, requests[0])
         plan = self.out_dir / f"{spec.name}_trt" / "1" / "model.plan"
         shapes = {name: [list(shape) for shape in value] for name, value in profile.shapes.items()}
-        key = stage_key(onnx=self.keys[spec.name], profile=shapes)
+        target = tensorrt.build_target()
+        key = stage_key(onnx=self.keys[spec.name], profile=shapes, target=target, workspace_gb=self.options.workspace_gb)
 
         def build() -> dict[str, Any]:
             partial = plan.with_name(f".{plan.name}.partial")
-            tensorrt.build_engine(self._graph_dir(spec.name, "plain") / "model.onnx", partial, profile, self.options.precision)
+            _, narrowed = self.store.output_dir(spec.name, "tensorrt-graph")
+            graph = tensorrt.tensorrt_graph(self._graph_dir(spec.name, "plain") / "model.onnx", narrowed)
+            cache = self.store.root / "tensorrt-timing-{tensorrt}-sm{compute_capability}.cache".format(**target)
+            tensorrt.build_engine(graph, partial, profile, self.options.precision, self.options.workspace_gb, cache)
+            shutil.rmtree(narrowed, ignore_errors=True)
             partial.replace(plan)
-            return {"path": str(plan.relative_to(self.out_dir)), "profile": shapes}
+            # Any request up to this side, either way round, is inside the profile.
+            max_side = min(max(h for h, _ in self.resolutions), max(w for _, w in self.resolutions))
+            return {"path": str(plan.relative_to(self.out_dir)), "profile": shapes, "built_for": target, "max_side": max_side}
 
         entry.tensorrt = self._stage(spec, "tensorrt", key, build)
 
@@ -394,13 +397,24 @@ class _Export:
     def _optimize_stage(self, spec: ComponentSpec) -> None:
         if not self.options.optimize:
             return
-        key = stage_key(onnx=self.keys[spec.name], parity=self.options.parity)
+        from genserve.export import ort_session
+
+        key = stage_key(onnx=self.keys[spec.name], parity=self.options.parity, runtime=ort_session.runtime())
         result = self._stage(spec, "optimize", key, lambda: self._fuse(spec))
         entry = self.entries[spec.name]
         entry.fusions, entry.fused = result["fusions"], result["fused"]
         entry.latency_plain_s, entry.latency_fused_s = result["latency_plain_s"], result["latency_fused_s"]
 
     def _fuse(self, spec: ComponentSpec) -> dict[str, Any]:
+        result: dict[str, Any] = {"fusions": {}, "fused": False, "latency_plain_s": None, "latency_fused_s": None}
+        try:
+            return self._try_fuse(spec, result)
+        except Exception as error:  # noqa: BLE001 - no kernels for this precision here: the plain graph is served
+            logger.warning("%s: ONNX Runtime cannot run the graph here (%s); not fused", spec.name, str(error).splitlines()[0])
+            shutil.rmtree(self._graph_dir(spec.name, "fused.partial"), ignore_errors=True)
+            return result | {"fused": False}
+
+    def _try_fuse(self, spec: ComponentSpec, result: dict[str, Any]) -> dict[str, Any]:
         from genserve.export import optimize, ort_session, parity
 
         config = self.configs[spec.module]
@@ -408,12 +422,7 @@ class _Export:
         names = [t.name for t in spec.active_inputs(config)]
         timing_inputs = references[0].inputs
         plain = self._graph_dir(spec.name, "plain") / "model.onnx"
-        result: dict[str, Any] = {"fusions": {}, "fused": False, "latency_plain_s": None, "latency_fused_s": None}
-        try:
-            session = ort_session.open_session(plain)
-        except Exception as error:  # noqa: BLE001 - no kernels for this precision here: the parity stage says so
-            logger.warning("%s: ONNX Runtime cannot open the plain graph (%s); not fused", spec.name, str(error).splitlines()[0])
-            return result
+        session = ort_session.open_session(plain)
         result["latency_plain_s"] = ort_session.latency(lambda s=session: ort_session.run(s, names, timing_inputs))
         del session  # one graph's weights in ONNX Runtime at a time
         final, partial = self.store.output_dir(spec.name, "fused")
@@ -435,10 +444,12 @@ class _Export:
     def _parity_stage(self, spec: ComponentSpec) -> None:
         from genserve.export.memory import PeakMemory
 
+        from genserve.export import ort_session
+
         if not self.options.parity:
             return
         entry = self.entries[spec.name]
-        key = stage_key(onnx=self.keys[spec.name], fused=entry.fused, precision=self.options.precision)
+        key = stage_key(onnx=self.keys[spec.name], fused=entry.fused, precision=self.options.precision, runtime=ort_session.runtime())
 
         def check() -> dict[str, Any]:
             with PeakMemory() as ort_stage:
@@ -448,22 +459,36 @@ class _Export:
         result = self._stage(spec, "parity", key, check)
         entry.parity = [ParityResult.from_dict(spec.name, r) for r in result["parity"]]
         entry.parity_skipped, entry.ort_peak_bytes = result.get("parity_skipped"), result["ort_peak_bytes"]
+        entry.parity_method = result.get("parity_method")
         self._enforce_parity(entry)
 
     def _check_parity(self, spec: ComponentSpec) -> dict[str, Any]:
         from genserve.export import ort_session, parity
 
+        graph = self._served_graph(spec.name)
         try:
-            session = ort_session.open_session(self._served_graph(spec.name))
+            session = ort_session.open_session(graph)
             results = parity.check(session, spec, self.configs[spec.module], self._references(spec))
+            return {"parity": [result.to_dict() for result in results]}
         except Exception as error:
             if self.options.precision == "fp32":
                 raise ExportError(f"{spec.name}: ONNX Runtime cannot run the exported graph: {error}") from error
-            # ONNX Runtime's CPU provider lacks fp16/bf16 kernels for many ops: the graph may still be
-            # right for a GPU provider or TensorRT.
-            why = f"ONNX Runtime ({', '.join(ort_session.providers())}) cannot run it: {str(error).splitlines()[0][:200]}"
-            return {"parity": [], "parity_skipped": why}
-        return {"parity": [result.to_dict() for result in results]}
+            # ONNX Runtime's CPU provider lacks fp16/bf16 kernels for most ops: measure the same graph
+            # widened to fp32 (its weights exactly, its arithmetic in fp32), which checks the export.
+            why = f"ONNX Runtime ({', '.join(ort_session.providers())}) has no {self.options.precision} kernels for it: {str(error).splitlines()[0][:160]}"
+        from genserve.export.retype import retype_file
+
+        _, partial = self.store.output_dir(spec.name, "widened")
+        try:
+            retype_file(graph, partial / "model.onnx", PRECISION_ONNX_TYPES[self.options.precision], "FLOAT")
+            session = ort_session.open_session(partial / "model.onnx")
+            results = parity.check(session, spec, self.configs[spec.module], self._references(spec))
+        except Exception as error:  # noqa: BLE001 - reported, not fatal: the graph may still run on a GPU
+            return {"parity": [], "parity_skipped": f"{why}; widened to fp32 it fails too: {str(error).splitlines()[0][:160]}"}
+        finally:
+            shutil.rmtree(partial, ignore_errors=True)
+        method = f"widened to fp32 ({self.options.precision} weights, fp32 arithmetic): {why}"
+        return {"parity": [result.to_dict() for result in results], "parity_method": method}
 
     def _enforce_parity(self, entry: ComponentEntry) -> None:
         from genserve.export import parity
@@ -526,6 +551,8 @@ def format_report(report: ExportReport) -> str:
     for c in report.components:
         if c.parity_skipped:
             lines.append(f"parity of {c.name} not checked: {c.parity_skipped}")
+        if c.parity_method:
+            lines.append(f"parity of {c.name} {c.parity_method}")
         if c.tensorrt.get("path"):
             lines.append(f"TensorRT engine: {c.tensorrt['path']}")
     if report.tensorrt_skipped:

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from genserve.config import MAX_GENERATED_SIDE
 from genserve.families import ComponentSpec, Family, ShapeRequest
 
 logger = logging.getLogger(__name__)
@@ -49,6 +50,22 @@ def profile_requests(
     ]
 
 
+def default_resolutions(family: Family, configs: Mapping[str, Mapping[str, Any]]) -> tuple[tuple[int, int], ...]:
+    """The VAE's native sample size first (the profile's optimum), then the smallest and the largest
+    square the service accepts: min and max are per dimension, so every size between is covered."""
+    multiple = family.pixel_multiple(configs)
+    size = int(configs["vae"].get("sample_size") or 512)
+    size = max(multiple, size // multiple * multiple)
+    smallest = max(multiple, 256 // multiple * multiple)
+    largest = MAX_GENERATED_SIDE // multiple * multiple
+    return ((size, size), (smallest, smallest), (largest, largest))
+
+
+def default_text_lengths(family: Family) -> tuple[int, ...]:
+    """The family's usual text length first (the optimum), then the range its pipelines pad to."""
+    return (family.default_text_len, *family.text_len_range)
+
+
 def compute_profile(
     family: Family,
     spec: ComponentSpec,
@@ -74,7 +91,7 @@ def tensorrt_unavailable() -> str | None:
     try:
         import tensorrt  # noqa: F401
     except ImportError:
-        return "the tensorrt package is not installed (pip install 'genserve[gpu]')"
+        return "the tensorrt package is not installed (docker/Dockerfile installs the one of the container's TensorRT)"
     try:
         import torch
 
@@ -85,13 +102,45 @@ def tensorrt_unavailable() -> str | None:
     return None
 
 
+def build_target() -> dict[str, str]:
+    """What a plan is valid for: the TensorRT that builds it and the GPU's compute capability (a plan
+    loads only there). Part of the tensorrt stage's key, so a plan built elsewhere is rebuilt."""
+    import tensorrt as trt
+    import torch
+
+    major, minor = torch.cuda.get_device_capability()
+    return {"tensorrt": trt.__version__, "compute_capability": f"{major}.{minor}", "gpu": torch.cuda.get_device_name()}
+
+
+def tensorrt_graph(plain: Path, folder: Path) -> Path:
+    """The graph TensorRT parses: the plain graph, its float64 values narrowed to float32 (TensorRT has
+    no float64; FLUX's rotary embedding computes in it). A graph without float64 is used as it is."""
+    from genserve.export.retype import element_types, retype_file
+
+    if "DOUBLE" not in element_types(plain):
+        return plain
+    target = folder / plain.name
+    retype_file(plain, target, "DOUBLE", "FLOAT")
+    return target
+
+
+def write_plan(plan, path: Path) -> None:
+    """Write a serialized engine from its own buffer: ``bytes(plan)`` would hold a second whole copy in
+    host memory (about 24 GB for FLUX's transformer) while the builder is still alive."""
+    with open(path, "wb") as file:
+        file.write(memoryview(plan))
+
+
 def build_engine(
-    onnx_path: Path, plan_path: Path, profile: Profile, precision: str, workspace_gb: float = 8.0
+    onnx_path: Path, plan_path: Path, profile: Profile, precision: str, workspace_gb: float = 8.0,
+    timing_cache: Path | None = None,
 ) -> Path:
     """Parse the ONNX graph (external data included), add the profile, build and serialize the engine.
 
     The network is strongly typed: layer precisions follow the ONNX graph's types (an fp16 export gives
-    an fp16 engine), instead of TensorRT's per-layer precision guesses.
+    an fp16 engine), instead of TensorRT's per-layer precision guesses. ``timing_cache`` (a file, read
+    when present and written back) keeps the tactic timings, so a rebuild on the same GPU and TensorRT
+    skips most of the autotuning.
     """
     import tensorrt as trt
 
@@ -104,6 +153,9 @@ def build_engine(
         raise RuntimeError(f"TensorRT could not parse {onnx_path}: {errors}")
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gb * 2**30))
+    if timing_cache is not None:
+        cache = config.create_timing_cache(timing_cache.read_bytes() if timing_cache.is_file() else b"")
+        config.set_timing_cache(cache, ignore_mismatch=False)
     optimization_profile = builder.create_optimization_profile()
     for name, (low, opt, high) in profile.shapes.items():
         optimization_profile.set_shape(name, low, opt, high)
@@ -112,6 +164,9 @@ def build_engine(
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
         raise RuntimeError(f"TensorRT failed to build an engine from {onnx_path}")
+    del parser, network, builder  # the builder's memory goes before the plan is written
     plan_path.parent.mkdir(parents=True, exist_ok=True)
-    plan_path.write_bytes(bytes(serialized))
+    write_plan(serialized, plan_path)
+    if timing_cache is not None:
+        write_plan(config.get_timing_cache().serialize(), timing_cache)
     return plan_path

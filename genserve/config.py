@@ -55,6 +55,16 @@ ARENA_SHRINK_ABOVE_BYTES = 16 * 1024 * 1024
 # full queue refuses at once (UNAVAILABLE); per model in each config.pbtxt (see
 # genserve.triton.model_config.bound_queue). Requests may ask for less with their own timeout.
 PIPELINE_QUEUE = {"max_queue_size": 8, "timeout_s": 600.0}  # diffusion pipelines (build-repo)
+# The most samples one batched leaf call holds (build-repo's max_batch_size) and the largest side a request
+# may ask for: TensorRT profiles (genserve export) cover both, so the engines serve what the configs accept.
+LEAF_MAX_BATCH_SIZE = 8
+MAX_GENERATED_SIDE = 2048
+# ONNX Runtime's CUDA provider in every diffusion leaf on a GPU, as the onnxruntime backend's config
+# parameters spell them (the Python-backend leaf reads the same keys; docs/diffusion-serving.md, "GPU
+# settings"). Arena growth as requested (1), not to the next power of two (0), which can reserve up to
+# twice a multi-GB activation; cuDNN convolution algorithms by heuristic (1), not by exhaustive timing
+# (0), which stalls the first request at every new image size and allocates large trial workspaces.
+ORT_CUDA_PARAMETERS = {"arena_extend_strategy": "1", "cudnn_conv_algo_search": "1"}
 LEAF_QUEUE = {"max_queue_size": 64, "timeout_s": 600.0}  # leaves behind them: fed by the pipelines
 
 

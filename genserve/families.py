@@ -139,6 +139,10 @@ class Family:
         lambda dims, request, configs: {}
     )
     default_text_len: int = 77
+    # Text lengths the served pipelines hand the text encoders (shortest, longest): SD pads CLIP to 77;
+    # FLUX pads T5 to max_sequence_length (up to 512); CogView4 pads GLM to multiples of 16, up to its
+    # max_sequence_length (1024 by default). TensorRT profiles cover this range.
+    text_len_range: tuple[int, int] = (77, 77)
     # The latent size a pipeline renders when no size is given (its "working size"), from the configs.
     default_sample_size: Callable[[Mapping[str, Mapping[str, Any]]], int] = lambda configs: configs["unet"]["sample_size"]
 
@@ -434,6 +438,7 @@ FLUX = Family(
     latent_multiple=_flux_multiple,
     extra_dims=_flux_dims,
     default_text_len=512,
+    text_len_range=(1, 512),
     default_sample_size=lambda configs: 128,  # FLUX pipelines fix it (the transformer has no sample size)
 )
 
@@ -446,6 +451,7 @@ COGVIEW4 = Family(
     scheduler="FlowMatchEulerDiscreteScheduler",
     latent_multiple=_transformer_patch,
     default_text_len=128,
+    text_len_range=(16, 1024),
     default_sample_size=lambda configs: configs["transformer"]["sample_size"],
 )
 

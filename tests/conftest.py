@@ -2,12 +2,66 @@
 
 from __future__ import annotations
 
+import inspect
+import re
 from pathlib import Path
 
+import psutil
 import pytest
 
 from genserve.config import FACES_DIR
 from genserve.server import free_ports
+
+# --- the `server` marker: every test that starts a Triton server carries it --------------------------
+# Marked at collection when the test or a fixture it uses starts one (TritonServer(...) or a
+# `genserve serve` process); checked while it runs: a test whose setup or call started a tritonserver
+# without the marker fails, so `-m "not server"` really starts none.
+STARTS_A_SERVER = re.compile(r"TritonServer\(|[\"']serve[\"'], [\"']--")
+
+
+def _starts_a_server(function) -> bool:
+    try:
+        return bool(STARTS_A_SERVER.search(inspect.getsource(function)))
+    except (OSError, TypeError):  # built-in fixtures
+        return False
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        info = getattr(item, "_fixtureinfo", None)
+        fixtures = [definition.func for definitions in (info.name2fixturedefs.values() if info else ()) for definition in definitions]
+        if any(_starts_a_server(function) for function in [getattr(item, "function", None), *fixtures]):
+            item.add_marker(pytest.mark.server)
+
+
+def _tritonservers() -> set[int]:
+    return {p.pid for p in psutil.Process().children(recursive=True) if p.is_running() and _name(p) == "tritonserver"}
+
+
+def _name(process) -> str:
+    try:
+        return process.name()
+    except psutil.Error:
+        return ""
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_setup(item):
+    return (yield from _unmarked_servers_fail(item))
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item):
+    return (yield from _unmarked_servers_fail(item))
+
+
+def _unmarked_servers_fail(item):
+    before = _tritonservers()
+    result = yield
+    started = _tritonservers() - before
+    if started and item.get_closest_marker("server") is None:
+        pytest.fail(f"{item.nodeid} started a Triton server (pid {sorted(started)}) without @pytest.mark.server", pytrace=False)
+    return result
 
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from genserve.config import MAX_GENERATED_SIDE
+
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
@@ -18,7 +20,12 @@ def register(subparsers) -> None:
                         "cpu: ONNX Runtime in Python-backend leaves (pip-installed server). Default cpu")
     parser.add_argument("--prefix", default="", help="model name prefix, so several families share a repository (e.g. flux_)")
     parser.add_argument("--tensorrt", action="store_true", help="gpu: serve the export's TensorRT engines")
-    parser.add_argument("--max-size", type=int, default=2048, help="largest width/height a request may ask for")
+    parser.add_argument("--max-size", type=int, default=MAX_GENERATED_SIDE, help="largest width/height a request may ask for")
+    parser.add_argument("--python-leaves", action="store_true",
+                        help="gpu: leaves as Python-backend models on ONNX Runtime's CUDA provider (a pip host without "
+                        "the container's onnxruntime backend; fp32/fp16 exports)")
+    parser.add_argument("--gpu-memory-limit", type=float, metavar="GB",
+                        help="gpu: cap each ONNX Runtime leaf's CUDA memory arena (gpu_mem_limit; default: no cap)")
     parser.add_argument("--max-images", type=int, default=4, help="most images per request")
     parser.add_argument("--pipeline-instances", type=int, default=1,
                         help="instances of each plain pipeline model (each runs one request at a time; default 1)")
@@ -43,6 +50,7 @@ def run(args: argparse.Namespace) -> int:
         target=args.target, prefix=args.prefix, tensorrt=args.tensorrt, max_size=args.max_size,
         max_images=args.max_images, pipeline_instances=args.pipeline_instances, stream=args.stream,
         stream_concurrency=args.stream_concurrency, warmup=args.warmup, warmup_size=args.warmup_size,
+        gpu_memory_limit_gb=args.gpu_memory_limit, python_leaves=args.python_leaves,
     ))
     print(report.summary())
     print(f"serve it with: genserve serve {args.repo_dir}")

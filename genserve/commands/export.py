@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from genserve.config import LEAF_MAX_BATCH_SIZE, MAX_GENERATED_SIDE
+
 
 def _resolution(text: str) -> tuple[int, int]:
     height, _, width = text.lower().partition("x")
@@ -36,14 +38,21 @@ def register(subparsers) -> None:
     parser.add_argument(
         "--resolutions", type=lambda s: tuple(_resolution(p) for p in s.split(",")), default=(),
         metavar="HxW[,HxW...]", help="image sizes the TensorRT profiles cover; the first is the optimum "
-        "(default: the VAE's sample size)",
+        f"(default: the VAE's sample size, 256 and {MAX_GENERATED_SIDE}: every size build-repo serves)",
     )
     parser.add_argument(
-        "--batch-sizes", type=_ints, default=(1, 4), metavar="N[,N...]",
+        "--batch-sizes", type=_ints, default=(1, LEAF_MAX_BATCH_SIZE), metavar="N[,N...]",
         help="component batch sizes the TensorRT profiles cover (classifier-free guidance doubles the "
-        "denoiser's); the first is the optimum (default: 1,4)",
+        f"denoiser's); the first is the optimum (default: 1,{LEAF_MAX_BATCH_SIZE}: build-repo's leaf max batch)",
     )
-    parser.add_argument("--text-lengths", type=_ints, default=(), metavar="N[,N...]", help="token counts the profiles cover")
+    parser.add_argument(
+        "--text-lengths", type=_ints, default=(), metavar="N[,N...]",
+        help="token counts the profiles cover (default: the family's usual length and the range its pipelines pad to)",
+    )
+    parser.add_argument(
+        "--tensorrt-workspace-gb", type=float, default=8.0, metavar="GB",
+        help="TensorRT builder's workspace: scratch GPU memory a layer's tactics may use (default: 8)",
+    )
     parser.add_argument("--component", action="append", dest="components", metavar="NAME", help="export only this component (repeatable)")
     parser.add_argument("--no-optimize", action="store_true", help="skip ONNX Runtime's fusions")
     parser.add_argument("--no-parity", action="store_true", help="skip the comparison with torch")
@@ -74,6 +83,7 @@ def run(args: argparse.Namespace) -> int:
         batch_sizes=args.batch_sizes,
         resolutions=args.resolutions,
         text_lengths=args.text_lengths,
+        workspace_gb=args.tensorrt_workspace_gb,
         force=args.force,
         components=tuple(args.components or ()),
         progress=not args.no_progress,

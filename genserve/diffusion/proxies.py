@@ -304,7 +304,9 @@ class OrtRunner:
         self.lock = threading.Lock()
 
     def __call__(self, model: str, inputs: dict[str, torch.Tensor], outputs: list[str]) -> dict[str, torch.Tensor]:
+        from genserve.export.ort_session import run_torch
+
         session = self.sessions[model]
         with self.lock:
-            arrays = session.run(outputs, {name: tensor.numpy() for name, tensor in inputs.items()})
-        return {name: torch.from_numpy(array) for name, array in zip(outputs, arrays)}
+            results = run_torch(session, inputs, outputs)
+        return dict(zip(outputs, results, strict=True))

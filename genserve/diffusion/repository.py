@@ -30,7 +30,7 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from genserve.config import LEAF_QUEUE, PIPELINE_QUEUE, stream_backlog
+from genserve.config import LEAF_MAX_BATCH_SIZE, LEAF_QUEUE, MAX_GENERATED_SIDE, ORT_CUDA_PARAMETERS, PIPELINE_QUEUE, stream_backlog
 from genserve.diffusion.settings import ServiceSettings
 from genserve.errors import GenServeError
 from genserve.export.manifest import ComponentEntry, Manifest
@@ -54,14 +54,18 @@ class BuildOptions:
     target: str = "cpu"
     prefix: str = ""  # model name prefix, so that several families share one repository
     tensorrt: bool = False  # gpu: serve the export's TensorRT engines instead of the ONNX files
-    max_size: int = 2048  # largest width/height a request may ask for
+    max_size: int = MAX_GENERATED_SIDE  # largest width/height a request may ask for
     max_images: int = 4  # images per request
     pipeline_instances: int = 1  # instances of each plain pipeline model (one request at a time each)
     stream: bool = True  # also the streaming (decoupled) pipeline models, <task model>_stream
     stream_concurrency: int = 4  # requests one streaming pipeline model runs at once
     warmup: bool = True  # pipeline models run a first request before they report ready
     warmup_size: int | None = None  # its width = height; None: the pipeline's working size (up to max_size)
-    max_batch_size: int = 8  # leaves: the most samples one batched call may hold
+    max_batch_size: int = LEAF_MAX_BATCH_SIZE  # leaves: the most samples one batched call may hold
+    gpu_memory_limit_gb: float | None = None  # gpu: each ONNX Runtime leaf's CUDA arena cap (None: none)
+    # gpu: leaves as Python-backend models running ONNX Runtime's CUDA provider (a plain pip host, whose
+    # tritonserver has no onnxruntime backend) instead of the container's native backends.
+    python_leaves: bool = False
 
 
 @dataclass
@@ -104,10 +108,27 @@ def leaf_input_limits(export_dir: Path, manifest: Manifest, options: BuildOption
     return limits
 
 
+def engine_max_batch(entry: ComponentEntry, options: BuildOptions) -> int:
+    """The largest batch the served engine takes: its profile's (a TensorRT engine refuses a batch past
+    it), else no limit of its own."""
+    profile = entry.tensorrt.get("profile") if options.target == "gpu" and options.tensorrt else None
+    if not profile:
+        return options.max_batch_size
+    return min(shapes[2][0] for shapes in profile.values())
+
+
+def ort_gpu_parameters(options: BuildOptions) -> dict[str, str]:
+    """ONNX Runtime's CUDA settings for a leaf (genserve.config.ORT_CUDA_PARAMETERS, plus the memory cap)."""
+    parameters = dict(ORT_CUDA_PARAMETERS)
+    if options.gpu_memory_limit_gb:
+        parameters["gpu_mem_limit"] = str(int(options.gpu_memory_limit_gb * 2**30))
+    return parameters
+
+
 def leaf_config(name: str, entry: ComponentEntry, options: BuildOptions, max_input_shape: dict[str, list[int]] | None = None) -> ModelConfig:
     config = ModelConfig(name=name)
     batched = entry.batched
-    config.max_batch_size = options.max_batch_size if batched else 0
+    config.max_batch_size = min(options.max_batch_size, engine_max_batch(entry, options)) if batched else 0
     for kind, tensors in (("input", entry.inputs), ("output", entry.outputs)):
         for tensor in tensors:
             spec = getattr(config, kind).add(name=tensor.name, data_type=TRITON_TYPES[tensor.dtype])
@@ -125,11 +146,18 @@ def leaf_config(name: str, entry: ComponentEntry, options: BuildOptions, max_inp
         config.parameters["max_input_shape"].string_value = json.dumps(max_input_shape)
     group = config.instance_group.add(count=1)
     if options.target == "gpu":
-        # Native backends on the GPU; one instance each (sizing: docs/diffusion-serving.md).
-        use_plan = options.tensorrt and entry.tensorrt.get("path")
-        config.platform = "tensorrt_plan" if use_plan else "onnxruntime_onnx"
+        # Native backends on the GPU (or Python-backend leaves on it); one instance each (sizing:
+        # docs/diffusion-serving.md).
+        use_plan = options.tensorrt and entry.tensorrt.get("path") and not options.python_leaves
+        if options.python_leaves:
+            config.backend = "python"
+        else:
+            config.platform = "tensorrt_plan" if use_plan else "onnxruntime_onnx"
         group.kind = group.KIND_GPU
         group.gpus.append(0)
+        if not use_plan:
+            for key, value in ort_gpu_parameters(options).items():
+                config.parameters[key].string_value = value
     else:
         config.backend = "python"
         group.kind = group.KIND_CPU
@@ -153,14 +181,14 @@ def write_leaf(export_dir: Path, repo_dir: Path, entry: ComponentEntry, options:
     version.mkdir(parents=True)
     write_config(leaf_config(name, entry, options, max_input_shape), model_dir / "config.pbtxt")
     plan = entry.tensorrt.get("path")
-    if options.target == "gpu" and options.tensorrt and plan:
+    if options.target == "gpu" and options.tensorrt and plan and not options.python_leaves:
         _link_or_copy(export_dir / plan, version / "model.plan")
     else:
         onnx_file = export_dir / entry.path
         for source in onnx_file.parent.iterdir():  # the graph and its external data files
             if source.is_file():
                 _link_or_copy(source, version / source.name)
-    if options.target == "cpu":
+    if options.target == "cpu" or options.python_leaves:
         (version / "model.py").write_text(LEAF_MODEL_PY)
     return name
 
@@ -269,6 +297,16 @@ def build_repository(export_dir: str | Path, repo_dir: str | Path, options: Buil
     if options.target == "cpu" and manifest.precision != "fp32":
         # ONNX Runtime's CPU provider lacks fp16/bf16 kernels for much of these graphs.
         raise RepositoryError(f"{export_dir} is a {manifest.precision} export; the cpu target serves fp32 exports")
+    if options.python_leaves and manifest.precision == "bf16":
+        # The Python-backend leaf hands ONNX Runtime's outputs over as numpy arrays, which have no bf16.
+        raise RepositoryError(f"{export_dir} is a bf16 export; Python-backend leaves serve fp32 and fp16 (bf16: the container's native backends)")
+    if options.target == "gpu" and options.tensorrt:
+        sides = {name: e.tensorrt["max_side"] for name, e in manifest.components.items() if "max_side" in e.tensorrt}
+        if sides and options.max_size > min(sides.values()):
+            raise RepositoryError(
+                f"the export's TensorRT engines serve sizes up to {min(sides.values())} px; --max-size {options.max_size} "
+                "would accept requests they refuse: lower --max-size, or export again with larger --resolutions"
+            )
     repo_dir.mkdir(parents=True, exist_ok=True)
     report = BuildReport(repo_dir, manifest.family, options.target)
     limits = leaf_input_limits(export_dir, manifest, options)

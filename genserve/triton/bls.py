@@ -32,9 +32,7 @@ def infer(model: str, inputs: Mapping[str, Any], outputs: Sequence[str], *, as_t
     """One request to ``model``; inputs are numpy arrays or torch tensors, outputs come back as numpy
     arrays, or as torch tensors with ``as_torch``. Torch tensors cross by DLPack both ways (so bf16
     passes, and nothing is copied on the way in)."""
-    request = pb_utils.InferenceRequest(
-        model_name=model, requested_output_names=list(outputs), inputs=[_tensor(name, value) for name, value in inputs.items()]
-    )
+    request = build_request(model, inputs, outputs)
     response = request.exec()
     if response.has_error():
         error = response.error()
@@ -56,6 +54,18 @@ def infer(model: str, inputs: Mapping[str, Any], outputs: Sequence[str], *, as_t
         else:
             result[name] = np.array(tensor.as_numpy())
     return result
+
+
+def build_request(model: str, inputs: Mapping[str, Any], outputs: Sequence[str]):
+    """The BLS request, outputs asked for in host memory: the callers (diffusers pipelines, face swap,
+    OCR) run on the CPU, and a leaf on a GPU instance would otherwise answer with CUDA tensors, which
+    the pipeline's scheduler step and ``torch.cat`` would mix with its CPU tensors."""
+    return pb_utils.InferenceRequest(
+        model_name=model,
+        requested_output_names=list(outputs),
+        inputs=[_tensor(name, value) for name, value in inputs.items()],
+        preferred_memory=pb_utils.PreferredMemory(pb_utils.TRITONSERVER_MEMORY_CPU, 0),
+    )
 
 
 def _tensor(name: str, value: Any):

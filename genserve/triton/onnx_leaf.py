@@ -140,6 +140,28 @@ def find_onnx_file(model_dir: str | os.PathLike, version: str | int, parameters:
 # --- the ONNX Runtime session -------------------------------------------------------------------------
 
 
+# The onnxruntime backend's CUDA config parameters (codes) as ONNX Runtime's CUDA provider options (names).
+CUDA_PARAMETER_NAMES = {
+    "arena_extend_strategy": ("kNextPowerOfTwo", "kSameAsRequested"),
+    "cudnn_conv_algo_search": ("EXHAUSTIVE", "HEURISTIC", "DEFAULT"),
+}
+
+
+def cuda_provider_options(parameters: dict[str, str], device_id: int = 0) -> dict[str, str]:
+    """CUDA provider options from a config's parameters, read as the native onnxruntime backend reads
+    them (``arena_extend_strategy``, ``cudnn_conv_algo_search`` as codes; ``gpu_mem_limit`` in bytes)."""
+    options = {"device_id": str(device_id)}
+    for key, names in CUDA_PARAMETER_NAMES.items():
+        if parameters.get(key):
+            try:
+                options[key] = names[int(parameters[key])]
+            except (ValueError, IndexError):
+                raise LeafModelError(f"{key} must be one of 0..{len(names) - 1}, not {parameters[key]!r}") from None
+    if parameters.get("gpu_mem_limit"):
+        options["gpu_mem_limit"] = str(int(parameters["gpu_mem_limit"]))
+    return options
+
+
 def create_session(
     onnx_file: str | os.PathLike,
     *,
@@ -148,9 +170,10 @@ def create_session(
     execution_provider: str = "auto",
     gpu: bool = False,
     device_id: int = 0,
+    cuda_parameters: dict[str, str] | None = None,
 ):
     """An ONNX Runtime session on CUDA (when asked for or, with ``auto``, on a GPU instance that has it)
-    or on the CPU."""
+    or on the CPU. ``cuda_parameters``: the config's CUDA settings, as the native backend reads them."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -169,7 +192,7 @@ def create_session(
     use_cuda = provider == "cuda" or (provider == "auto" and gpu and "CUDAExecutionProvider" in available)
     providers: list[Any] = ["CPUExecutionProvider"]
     if use_cuda:
-        providers.insert(0, ("CUDAExecutionProvider", {"device_id": device_id}))
+        providers.insert(0, ("CUDAExecutionProvider", cuda_provider_options(cuda_parameters or {}, device_id)))
     return ort.InferenceSession(str(onnx_file), sess_options=options, providers=providers)
 
 
@@ -281,6 +304,7 @@ class TritonPythonModel:
             execution_provider=parameters.get(PARAM_EXECUTION_PROVIDER) or "auto",
             gpu=args.get("model_instance_kind") == "GPU",
             device_id=int(args.get("model_instance_device_id") or 0),
+            cuda_parameters=parameters,
         )
         self.inputs, self.outputs = check_config_against_session(self.model_config, self.session)
         self.max_shapes = max_input_shapes(parameters.get(PARAM_MAX_INPUT_SHAPE), self.inputs, self.max_batch_size > 0)
