@@ -130,30 +130,20 @@ def demo_server(out_dir: Path):
     )  # fmt: skip
 
 
-def run_demo(out_dir: str | Path, *, concurrency: int = 2, progress: bool = True) -> DemoResult:
+def run_demo(out_dir: str | Path, *, concurrency: int = 2, progress: bool = True, team: str = "demo") -> DemoResult:
     from genserve.client import Client, ClientPool
     from genserve.client.batch import BatchRunner
     from genserve.client.tasks import read_tasks
-    from genserve.demo.repository import build_demo_repository
-    from genserve.config import STACK_REPOSITORY_DIR
-    from genserve.server import TritonServer, free_ports
 
     out_dir = Path(out_dir)
     task_file = write_inputs(out_dir)
     print("== building the tiny diffusion pipelines' model repository (cached after the first run)", flush=True)
-    diffusion_repository = build_demo_repository(config.CACHE_DIR / "demo")
-    http, grpc, metrics = free_ports(3)
-    print(f"== starting Triton on 127.0.0.1 (gRPC {grpc}) with {STACK_REPOSITORY_DIR} and {diffusion_repository}", flush=True)
-    with TritonServer(
-        [STACK_REPOSITORY_DIR, diffusion_repository],
-        http_port=http, grpc_port=grpc, metrics_port=metrics, address="127.0.0.1",
-        log_path=out_dir / "tritonserver.log",
-    ) as server:  # fmt: skip
-        print(f"== serving {', '.join(server.models)}", flush=True)
+    with demo_server(out_dir) as server:
+        print(f"== serving {', '.join(server.models)} on 127.0.0.1 (gRPC {server.grpc_url})", flush=True)
         with ClientPool([server.grpc_url]) as pool:
             runner = BatchRunner(
                 pool, task_file.parent, out_dir / "results", concurrency=concurrency, progress=progress,
-                request_options=REQUEST_OPTIONS,
+                request_options=REQUEST_OPTIONS, team=team,
             )  # fmt: skip
             summary = runner.run(read_tasks(task_file))
         vttie_image = out_dir / "results" / "imgs" / "3.jpg"
