@@ -34,7 +34,7 @@ def journal_rows(journal: Path) -> int:
 
 def run_watched(command: list[str], journal: Path, kill_at: int | None, total: int) -> dict:
     """Run ``command``, sampling its RSS against the journal's rows; SIGKILL it once the journal has
-    ``kill_at`` lines. CPU time and peak RSS come from the kernel's accounting of the waited child."""
+    ``kill_at`` lines. CPU time comes from the kernel's accounting of the waited child."""
     import psutil
 
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -112,7 +112,6 @@ def measure(out: Path, rows_per_task: int = 250, kill_at: int | None = None, con
         "rows_per_s": {task: counts[task] / (seconds[task] / concurrency) for task in counts},
         "mean_row_s": {task: seconds[task] / counts[task] for task in counts},
         "runner_cpu_ms_per_row": 1000 * (first["cpu_s"] + second["cpu_s"]) / total,
-        "kernel_peak_rss_mib_of_any_child": round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024, 1),
         "rows_redone": redone,
         "rows_failed": sum(bool(record.get("fallback")) for record in records.values()),
         "rows_in_submission": total - sum("missing from result.csv" in str(f) for f in findings),
