@@ -136,6 +136,7 @@ def quality_proxies(task: Task, metadata: dict[str, Any]) -> dict[str, float]:
 QUALITY_COLUMNS = (
     "index", "task_type", "identity_cosine", "identity_distance", "artifact_share", "ori_artifact_share",
     "new_text_distance", "old_text_distance", "ocr_text", "candidates", "chosen_candidate", "seconds",
+    "fallback", "fallback_reason",  # a stand-in: what it is, and why the row failed
 )  # fmt: skip
 
 
@@ -433,8 +434,6 @@ class BatchRunner:
         self._save(task, jpeg)
         return kind
 
-    FALLBACK_COLUMNS = ("fallback", "fallback_reason")
-
     def _write_quality(self, tasks: list[Task], journal: dict[str, dict], listed: set[str]) -> None:
         """OUT/quality.csv: every listed row's quality record (earlier runs' rows from the journal), stand-ins marked."""
         rows = []
@@ -444,8 +443,8 @@ class BatchRunner:
                 cells = {**record.get("quality", {}), "index": task.index, "task_type": task.task_type, "seconds": record.get("seconds", "")}
                 if record.get("fallback"):
                     cells.update(fallback=record["fallback"], fallback_reason=record.get("error", ""))
-                rows.append(["" if cells.get(column) is None else cells[column] for column in (*QUALITY_COLUMNS, *self.FALLBACK_COLUMNS)])
-        write_csv(self.out_dir / QUALITY, (*QUALITY_COLUMNS, *self.FALLBACK_COLUMNS), rows)
+                rows.append(["" if cells.get(column) is None else cells[column] for column in QUALITY_COLUMNS])
+        write_csv(self.out_dir / QUALITY, QUALITY_COLUMNS, rows)
 
     @staticmethod
     def _mean_proxies(tasks: list[Task], journal: dict[str, dict], done: set[str]) -> dict[str, dict[str, float]]:
