@@ -2,12 +2,22 @@
 
 Layout of the output folder::
 
-    OUT/imgs/<index>.jpg     one image per finished row
-    OUT/result.csv           index, gen_image (utf-8-sig, task order), rewritten after every row
-    OUT/progress.jsonl       one line per finished row (its metadata summary): what a rerun skips
-    OUT/failures.csv         rows that failed, with the reason (only when some did)
-    OUT/quality.csv          per finished row, the task's quality proxy (identity, artifacts, OCR distance)
-    OUT/submission.zip       result.csv + imgs/, ready to submit
+    OUT/imgs/<index>.jpg     one image per row: the result, or a stand-in where the row failed
+    OUT/result.csv           index, gen_image (the contest's rules, see genserve.client.submission)
+    OUT/progress.jsonl       one line per row written (its metadata summary, settings, stand-in or not)
+    OUT/settings.json        the generation settings per task type of the latest run
+    OUT/failures.csv         rows that failed in the latest run, with the reason and their stand-in
+    OUT/quality.csv          per row, the task's quality proxy (identity, artifacts, OCR distance) or stand-in
+    OUT/<team>_图片生成_result.zip   result.csv + imgs/, ready to upload
+
+A row that still fails after its retries gets a stand-in image, so that the upload is complete (one
+missing row makes the organizers refuse it): ori re-encoded as JPEG for tie, vttie and deepfake, a
+neutral grey image for t2i (and where ori cannot be read). A rerun retries exactly the rows with
+stand-ins and replaces each one that now succeeds. ``fallback=False`` leaves failed rows out and then
+writes no zip.
+
+Rows are journaled with the settings they were made with: a rerun with other settings refuses to mix
+them (:class:`SettingsChanged`) unless ``redo``, which regenerates those rows.
 
 A row's image is written under a temporary name and renamed, then its journal line is appended and
 flushed: a run killed at any moment leaves only whole images and a journal naming exactly them, and a
@@ -26,16 +36,18 @@ import json
 import os
 import threading
 import time
-import zipfile
 from collections import Counter, defaultdict
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from genserve import config
 from genserve.client.client import ImageResult
 from genserve.client.pool import ClientPool
-from genserve.client.tasks import IMAGES_FOLDER, Task, write_csv, write_results
+from genserve.client.settings import describe_changes
+from genserve.client.submission import ZIP_SUFFIX, SubmissionTooLarge, write_result_csv, write_zip, zip_name
+from genserve.client.tasks import IMAGES_FOLDER, Task, write_csv
 from genserve.protocol import DIFFUSION_TASKS, STREAM_SUFFIX, TASK_TYPES, TASKS
 from genserve.errors import GenServeError, InvalidInputError
 
@@ -44,10 +56,18 @@ class OutputError(GenServeError):
     """The output folder cannot be written (disk full, no permission): the whole run stops."""
 
 
+class SettingsChanged(GenServeError):
+    """The output folder holds rows made with other settings, and no ``redo`` was asked for."""
+
+
 JOURNAL = "progress.jsonl"
 FAILURES = "failures.csv"
 QUALITY = "quality.csv"
-SUBMISSION = "submission.zip"
+SETTINGS = "settings.json"
+RESULT = "result.csv"
+# A stand-in where ori cannot serve: mid-grey, at the task's width/height setting or this size.
+NEUTRAL_SIZE, NEUTRAL_GREY = 1024, 128
+ORI_STAND_IN = "ori_image re-encoded"
 
 
 @dataclass
@@ -58,6 +78,7 @@ class RowOutcome:
     error: str = ""
     proxies: dict[str, float] = field(default_factory=dict)  # local quality proxies, see quality_proxies()
     quality: dict[str, Any] = field(default_factory=dict)  # its row of quality.csv, see quality_record()
+    fallback: str = ""  # a failed row's stand-in: what it is ("" when none was written)
 
 
 @dataclass
@@ -68,6 +89,10 @@ class BatchSummary:
     outcomes: list[RowOutcome]
     seconds: float
     proxies: dict[str, dict[str, float]]  # task type -> proxy -> mean over every finished row
+    stand_ins: list[str] = field(default_factory=list)  # rows whose image is a stand-in, task order
+    missing: list[str] = field(default_factory=list)  # rows with no image at all (fallback off)
+    submission: Path | None = None  # the zip, when one was written
+    submission_problem: str = ""  # why none was written
 
     @property
     def failed(self) -> list[RowOutcome]:
@@ -77,18 +102,25 @@ class BatchSummary:
     def finished(self) -> int:
         return self.resumed + sum(o.ok for o in self.outcomes)
 
+    @property
+    def complete(self) -> bool:
+        """Every row generated and the zip written: nothing left to redo."""
+        return not self.failed and not self.stand_ins and not self.missing and self.submission is not None
+
     def table(self) -> str:
         counts: dict[str, Counter] = defaultdict(Counter)
         for outcome in self.outcomes:
             counts[outcome.task.task_type]["done" if outcome.ok else "failed"] += 1
-        lines = [f"{'task':<9} {'done':>5} {'failed':>6}  quality proxies (mean over finished rows)"]
+            counts[outcome.task.task_type]["stand-in"] += bool(outcome.fallback)
+        lines = [f"{'task':<9} {'done':>5} {'failed':>6} {'stand-in':>8}  quality proxies (mean over finished rows)"]
         for task_type in [*TASK_TYPES, *sorted(set(counts) - set(TASK_TYPES))]:
             if task_type in counts or task_type in self.proxies:
                 proxies = ", ".join(f"{k} {v:.3f}" for k, v in self.proxies.get(task_type, {}).items()) or "-"
-                lines.append(f"{task_type:<9} {counts[task_type]['done']:>5} {counts[task_type]['failed']:>6}  {proxies}")
+                row = counts[task_type]
+                lines.append(f"{task_type:<9} {row['done']:>5} {row['failed']:>6} {row['stand-in']:>8}  {proxies}")
         lines.append(
             f"{self.finished}/{self.total} rows finished ({self.resumed} from an earlier run), "
-            f"{len(self.failed)} failed, in {self.seconds:.1f} s"
+            f"{len(self.failed)} failed, {len(self.stand_ins)} stand-ins in the submission, in {self.seconds:.1f} s"
         )
         return "\n".join(lines)
 
@@ -104,6 +136,7 @@ def quality_proxies(task: Task, metadata: dict[str, Any]) -> dict[str, float]:
 QUALITY_COLUMNS = (
     "index", "task_type", "identity_cosine", "identity_distance", "artifact_share", "ori_artifact_share",
     "new_text_distance", "old_text_distance", "ocr_text", "candidates", "chosen_candidate", "seconds",
+    "fallback", "fallback_reason",  # a stand-in: what it is, and why the row failed
 )  # fmt: skip
 
 
@@ -147,6 +180,10 @@ class BatchRunner:
         request_options: dict[str, dict[str, Any]] | None = None,
         stream: bool = True,
         allow_outside_images: bool = False,
+        team: str | None = None,
+        fallback: bool = True,
+        redo: bool = False,
+        max_zip_bytes: int = config.MAX_SUBMISSION_BYTES,
     ):
         self.pool = pool
         self.images_dir = Path(images_dir)
@@ -154,7 +191,13 @@ class BatchRunner:
         self.out_dir = Path(out_dir)
         self.concurrency = max(1, concurrency)
         self.progress = progress
-        self.request_options = request_options or {}  # task type -> extra keyword arguments
+        # Task type -> request options (the run's settings, see genserve.client.settings): JSON-shaped, as
+        # they are journaled and compared with a rerun's.
+        self.request_options = {task: options for task, options in _as_json(request_options or {}).items() if options}
+        self.team = team
+        self.fallback = fallback
+        self.redo = redo
+        self.max_zip_bytes = max_zip_bytes
         # Diffusion rows go to the streaming pipeline models where the server has them: one instance runs
         # several rows at once, and their denoising steps show on the progress bar.
         self.stream = stream
@@ -163,6 +206,13 @@ class BatchRunner:
         self._bar = None
         self._failed = 0
         self._lock = threading.Lock()
+
+    @property
+    def zip_path(self) -> Path:
+        return self.out_dir / zip_name(self.team)
+
+    def settings(self, task_type: str) -> dict[str, Any]:
+        return self.request_options.get(task_type, {})
 
     def run(self, tasks: list[Task]) -> BatchSummary:
         try:
@@ -177,41 +227,57 @@ class BatchRunner:
         started = time.perf_counter()
         (self.out_dir / IMAGES_FOLDER).mkdir(parents=True, exist_ok=True)
         self._remove_partial_files()  # of a run that was killed
-        journal = self._read_journal()
-        done = {index for index in journal if (self.out_dir / IMAGES_FOLDER / f"{index}.jpg").is_file()}
+        journal = {index: record for index, record in self._read_journal().items()
+                   if (self.out_dir / IMAGES_FOLDER / f"{index}.jpg").is_file()}  # fmt: skip
+        self._check_settings(tasks, journal)
+        (self.out_dir / SETTINGS).write_text(json.dumps(self.request_options, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        done = {task.index for task in tasks if self._made_here(task, journal.get(task.index))}
+        stand_ins = {task.index for task in tasks if (journal.get(task.index) or {}).get("fallback")}
         pending = [task for task in tasks if task.index not in done]
         resumed = len(tasks) - len(pending)
+
+        def listed() -> set[str]:
+            return done | stand_ins if self.fallback else done
 
         outcomes: list[RowOutcome] = []
         bar = self._bar = self._progress_bar(len(tasks), resumed)
         with open(self.out_dir / JOURNAL, "a", encoding="utf-8") as journal_file:
             with ThreadPoolExecutor(max_workers=self.concurrency) as pool:
                 futures = [pool.submit(self._run_row, task) for task in pending]
-                for future in as_completed(futures):
-                    if future.exception() is not None:  # the output folder failed: stop sending rows
-                        pool.shutdown(wait=True, cancel_futures=True)
-                    outcome = future.result()
-                    outcomes.append(outcome)
-                    if outcome.ok:
-                        done.add(outcome.task.index)
-                        journal[outcome.task.index] = self._record(outcome)
-                        journal_file.write(json.dumps(journal[outcome.task.index], ensure_ascii=False) + "\n")
-                        journal_file.flush()
-                        os.fsync(journal_file.fileno())
-                        write_results(self.out_dir / "result.csv", tasks, done)
-                    if bar is not None:
-                        self._failed = sum(not o.ok for o in outcomes)
-                        bar.update(1)
-                        self._update_postfix()
+                try:
+                    for future in as_completed(futures):
+                        outcome = future.result()  # raises when the output folder failed
+                        if not outcome.ok and self.fallback:
+                            outcome.fallback = self._write_stand_in(outcome.task)
+                        outcomes.append(outcome)
+                        if outcome.ok or outcome.fallback:
+                            index = outcome.task.index
+                            journal[index] = self._record(outcome)
+                            journal_file.write(json.dumps(journal[index], ensure_ascii=False) + "\n")
+                            journal_file.flush()
+                            os.fsync(journal_file.fileno())
+                            (done.add if outcome.ok else stand_ins.add)(index)
+                            if outcome.ok:
+                                stand_ins.discard(index)
+                            write_result_csv(self.out_dir / RESULT, [task.index for task in tasks if task.index in listed()])
+                        if bar is not None:
+                            self._failed = sum(not o.ok for o in outcomes)
+                            bar.update(1)
+                            self._update_postfix()
+                except BaseException:  # the output folder failed, or an interrupt: send no more rows
+                    pool.shutdown(wait=True, cancel_futures=True)
+                    raise
         if bar is not None:
             bar.close()
 
-        write_results(self.out_dir / "result.csv", tasks, done)
+        rows = [task.index for task in tasks if task.index in listed()]
+        write_result_csv(self.out_dir / RESULT, rows)
         order = {task.index: i for i, task in enumerate(tasks)}
         outcomes.sort(key=lambda outcome: order[outcome.task.index])
         self._write_failures([o for o in outcomes if not o.ok])
-        self._write_quality(tasks, journal, done)
-        self._write_submission(tasks, done)
+        self._write_quality(tasks, journal, listed())
+        missing = [task.index for task in tasks if task.index not in listed()]
+        submission, problem = self._write_submission(tasks, missing)
         return BatchSummary(
             out_dir=self.out_dir,
             total=len(tasks),
@@ -219,6 +285,32 @@ class BatchRunner:
             outcomes=outcomes,
             seconds=time.perf_counter() - started,
             proxies=self._mean_proxies(tasks, journal, done),
+            stand_ins=[index for index in rows if index in stand_ins],
+            missing=missing,
+            submission=submission,
+            submission_problem=problem,
+        )
+
+    # --- settings ------------------------------------------------------------------------------------
+
+    def _made_here(self, task: Task, record: dict | None) -> bool:
+        """Whether the row's image is a result made with this run's settings (not a stand-in)."""
+        return bool(record) and not record.get("fallback") and record.get("settings", {}) == self.settings(task.task_type)
+
+    def _check_settings(self, tasks: list[Task], journal: dict[str, dict]) -> None:
+        """Refuse to mix settings: rows made with others are redone with ``redo``, else the run stops here."""
+        other: dict[tuple[str, str], int] = Counter()
+        for task in tasks:
+            record = journal.get(task.index)
+            if record and not record.get("fallback") and not self._made_here(task, record):
+                other[task.task_type, json.dumps(record.get("settings", {}), sort_keys=True)] += 1
+        if not other or self.redo:
+            return
+        changes = "; ".join(f"{task_type}: {count} rows ({describe_changes(json.loads(before), self.settings(task_type))})"
+                            for (task_type, before), count in sorted(other.items()))  # fmt: skip
+        raise SettingsChanged(
+            f"{self.out_dir} holds rows made with other settings: {changes}. Nothing was redone: run again with "
+            "--redo to regenerate them with the new settings, or with the old settings, or into another --out"
         )
 
     # --- one row -------------------------------------------------------------------------------------
@@ -310,23 +402,47 @@ class BatchRunner:
                 records[str(record["index"])] = record
         return records
 
-    @staticmethod
-    def _record(outcome: RowOutcome) -> dict:
-        return {
+    def _record(self, outcome: RowOutcome) -> dict:
+        record = {
             "index": outcome.task.index,
             "task_type": outcome.task.task_type,
             "seconds": round(outcome.seconds, 3),
+            "settings": self.settings(outcome.task.task_type),
             "proxies": outcome.proxies,
             "quality": outcome.quality,
         }
+        if outcome.fallback:
+            record.update(fallback=outcome.fallback, error=outcome.error)
+        return record
 
-    def _write_quality(self, tasks: list[Task], journal: dict[str, dict], done: set[str]) -> None:
-        """OUT/quality.csv: every finished row's quality record (earlier runs' rows from the journal)."""
+    def _write_stand_in(self, task: Task) -> str:
+        """A failed row's stand-in image, written like a result; what it is (for the reports)."""
+        from genserve.imaging import decode_image, encode_image
+
+        kind, jpeg = "neutral grey image", None
+        if task.task_type in ("tie", "vttie", "deepfake") and task.ori_image:
+            try:
+                jpeg, kind = encode_image(decode_image(self._image(task.ori_image), what="ori_image")), ORI_STAND_IN
+            except (GenServeError, OSError) as error:  # reading ori: an input problem, not the output folder's
+                kind = f"neutral grey image (ori_image unusable: {_first_line(error)})"
+        if jpeg is None:
+            import numpy as np
+
+            options = self.settings(task.task_type)
+            shape = (options.get("height") or NEUTRAL_SIZE, options.get("width") or NEUTRAL_SIZE, 3)
+            jpeg = encode_image(np.full(shape, NEUTRAL_GREY, np.uint8))
+        self._save(task, jpeg)
+        return kind
+
+    def _write_quality(self, tasks: list[Task], journal: dict[str, dict], listed: set[str]) -> None:
+        """OUT/quality.csv: every listed row's quality record (earlier runs' rows from the journal), stand-ins marked."""
         rows = []
         for task in tasks:
-            if task.index in done:
+            if task.index in listed:
                 record = journal.get(task.index, {})
                 cells = {**record.get("quality", {}), "index": task.index, "task_type": task.task_type, "seconds": record.get("seconds", "")}
+                if record.get("fallback"):
+                    cells.update(fallback=record["fallback"], fallback_reason=record.get("error", ""))
                 rows.append(["" if cells.get(column) is None else cells[column] for column in QUALITY_COLUMNS])
         write_csv(self.out_dir / QUALITY, QUALITY_COLUMNS, rows)
 
@@ -344,22 +460,32 @@ class BatchRunner:
         if not failed:
             path.unlink(missing_ok=True)
             return
-        rows = ([o.task.index, o.task.task_type, o.task.line, o.error] for o in failed)
-        write_csv(path, ["index", "task_type", "line", "error"], rows)
+        rows = ([o.task.index, o.task.task_type, o.task.line, o.error, o.fallback or "none: the row is missing"] for o in failed)
+        write_csv(path, ["index", "task_type", "line", "error", "fallback"], rows)
 
     def _remove_partial_files(self) -> None:
         for pattern in (f"{IMAGES_FOLDER}/.*.partial.jpg", ".*.partial"):
             for path in self.out_dir.glob(pattern):
                 path.unlink(missing_ok=True)
 
-    def _write_submission(self, tasks: list[Task], done: set[str]) -> None:
-        partial = self.out_dir / f".{SUBMISSION}.partial"
-        with zipfile.ZipFile(partial, "w", compression=zipfile.ZIP_STORED) as archive:  # JPEGs don't deflate
-            archive.write(self.out_dir / "result.csv", "result.csv")
-            for task in tasks:
-                if task.index in done:
-                    archive.write(self.out_dir / task.output_name, task.output_name)
-        partial.replace(self.out_dir / SUBMISSION)
+    def _write_submission(self, tasks: list[Task], missing: list[str]) -> tuple[Path | None, str]:
+        """The zip when every row has an image and it fits the contest's limit; else no zip (none of an
+        earlier run either) and why. Zips of other team names in OUT are earlier runs': removed."""
+        for stale in self.out_dir.glob(f"*{ZIP_SUFFIX}"):
+            if stale != self.zip_path:
+                stale.unlink()
+        if missing:
+            self.zip_path.unlink(missing_ok=True)
+            shown = ", ".join(missing[:10]) + (f" and {len(missing) - 10} more" if len(missing) > 10 else "")
+            return None, (f"no zip written: {len(missing)} row(s) have no image ({shown}); run again to retry them, "
+                          "or without --no-fallback to submit stand-ins for them")  # fmt: skip
+        images = [self.out_dir / task.output_name for task in tasks]
+        try:
+            write_zip(self.zip_path, self.out_dir / RESULT, images, max_bytes=self.max_zip_bytes)
+        except SubmissionTooLarge as error:
+            self.zip_path.unlink(missing_ok=True)
+            return None, f"no zip written: {error}"
+        return self.zip_path, ""
 
     def _progress_bar(self, total: int, initial: int):
         if not self.progress:
@@ -367,6 +493,11 @@ class BatchRunner:
         from tqdm import tqdm
 
         return tqdm(total=total, initial=initial, unit="row", desc="tasks", dynamic_ncols=True)
+
+
+def _as_json(value: Any) -> Any:
+    """``value`` as JSON gives it back (tuples as lists): what a journal line compares equal to."""
+    return json.loads(json.dumps(value, sort_keys=True))
 
 
 def _inside(path: Path, folder: Path) -> bool:

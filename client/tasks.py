@@ -3,12 +3,13 @@
 ``task.csv`` has the columns ``index, task_type, prompt, ori_image, target_image``; ``task_type`` is
 ``t2i`` (prompt only), ``tie`` (edit ``ori_image`` by the prompt), ``vttie`` (edit the text written in
 ``ori_image``) or ``deepfake`` (the face of ``target_image`` into ``ori_image``). Image columns name
-files relative to the images folder. ``result.csv`` is UTF-8 with a BOM (``utf-8-sig``), columns
-``index, gen_image``, rows in task order.
+files relative to the images folder. ``result.csv`` and the zip follow the contest's rules
+(:mod:`genserve.client.submission`).
 
 A task file is input from elsewhere: an index must be usable as a file name (no path separators,
 control characters or leading dot, at most :data:`~genserve.config.MAX_INDEX_BYTES` bytes), and every
-cell written to a CSV file is neutralized when a spreadsheet would run it as a formula.
+cell of the reports written here (failures, quality) is neutralized when a spreadsheet would run it as
+a formula. ``result.csv`` is not: the organizers match its ``index`` with the task file's, exactly.
 """
 
 from __future__ import annotations
@@ -148,8 +149,3 @@ def write_csv(path: str | Path, header: tuple[str, ...] | list[str], rows) -> Pa
     finally:
         partial.unlink(missing_ok=True)
     return path
-
-
-def write_results(path: str | Path, tasks: list[Task], done: set[str]) -> Path:
-    """``result.csv``: one row per finished task, in task order."""
-    return write_csv(path, RESULT_COLUMNS, ([task.index, task.output_name] for task in tasks if task.index in done))

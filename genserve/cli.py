@@ -16,7 +16,7 @@ from genserve import __version__
 from genserve.errors import GenServeError
 
 # Order is the order shown by `genserve --help`.
-COMMANDS = ("demo", "serve", "run", "deepfake", "ocr", "t2i", "edit", "edit-text", "export", "build-repo", "demo-pipelines", "demo-repo", "bench")
+COMMANDS = ("demo", "serve", "run", "check-submission", "deepfake", "ocr", "t2i", "edit", "edit-text", "export", "build-repo", "demo-pipelines", "demo-repo", "bench")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -85,6 +85,8 @@ CLIENT_MAX_REQUEST_BYTES = 2 * MAX_IMAGE_BYTES + 1024 * 1024
 
 # Task files (genserve run): an index names an output file (imgs/<index>.jpg) and a cell of result.csv.
 MAX_INDEX_BYTES = 128  # UTF-8 bytes: file names are limited to 255
+# The contest's upload limit ("at most 2 GB"), read as 2·10⁹ bytes: the stricter of GB and GiB.
+MAX_SUBMISSION_BYTES = 2 * 1000**3
 
 # Where genserve keeps what it prepares at run time (server backends, demo pipelines, caches).
 CACHE_DIR = Path(os.environ.get("GENSERVE_CACHE_DIR", Path.home() / ".cache" / "genserve"))

@@ -17,7 +17,8 @@ from PIL import Image
 from genserve.server import free_ports
 from genserve.client import ClientPool
 from genserve.client.batch import BatchRunner
-from genserve.client.tasks import read_tasks, write_results
+from genserve.client.submission import check_submission
+from genserve.client.tasks import read_tasks
 from genserve.errors import InvalidInputError
 
 TASK_HEADER = "index,task_type,prompt,ori_image,target_image\n"
@@ -86,35 +87,83 @@ def test_missing_task_file_is_refused(tmp_path):
 
 
 
+def read_csv(path):
+    with open(path, encoding="utf-8-sig", newline="") as handle:
+        return {row["index"]: row for row in csv.DictReader(handle)}
+
+
 @pytest.mark.server
-def test_bad_rows_are_reported_and_the_rest_complete(triton_server, images, tmp_path):
-    tasks = read_tasks(write_tasks(images, [
+def test_failed_rows_get_stand_ins_and_a_rerun_retries_exactly_them(triton_server, images, tmp_path):
+    rows = [
         "a1,deepfake,,2008_002506.jpg,2008_001009.jpg",
         "a2,deepfake,,missing.jpg,2008_001009.jpg",
         "a3,painting,a cat,,",
         "a4,t2i,,,",
         "a5,deepfake,,dogs.jpg,2008_001009.jpg",
         "a6,deepfake,,2008_001322.jpg,2008_001009.jpg",
-    ]))  # fmt: skip
+    ]  # fmt: skip
+    tasks = read_tasks(write_tasks(images, rows))
     out = tmp_path / "out"
     with ClientPool([triton_server.grpc_url], retries=1, backoff_s=0.1) as pool:
-        summary = BatchRunner(pool, images, out, concurrency=2, progress=False).run(tasks)
+        summary = BatchRunner(pool, images, out, concurrency=2, progress=False, team="TeamX").run(tasks)
 
-    assert read_result(out) == [["index", "gen_image"], ["a1", "imgs/a1.jpg"], ["a6", "imgs/a6.jpg"]]
+    # Every row, in order, gen_image the file name: the organizers accept nothing less.
+    assert read_result(out) == [["index", "gen_image"]] + [[f"a{i}", f"a{i}.jpg"] for i in range(1, 7)]
     assert (out / "result.csv").read_bytes().startswith(b"\xef\xbb\xbf")  # utf-8-sig
-    assert Image.open(out / "imgs" / "a1.jpg").format == "JPEG"
+    assert summary.submission == out / "TeamX_图片生成_result.zip" and check_submission(summary.submission, tasks) == []
+    with zipfile.ZipFile(summary.submission) as archive:
+        assert sorted(archive.namelist()) == ["imgs/" + f"a{i}.jpg" for i in range(1, 7)] + ["result.csv"]
     failures = {o.task.index: o.error for o in summary.failed}
-    assert set(failures) == {"a2", "a3", "a4", "a5"}
-    assert "image file not found" in failures["a2"]
-    assert "unknown task_type 'painting'" in failures["a3"]
-    assert "t2i needs a prompt" in failures["a4"]
-    assert "no face found in the ori image" in failures["a5"]
-    with open(out / "failures.csv", encoding="utf-8-sig") as handle:
-        assert {row["index"] for row in csv.DictReader(handle)} == set(failures)
-    with zipfile.ZipFile(out / "submission.zip") as archive:
-        assert sorted(archive.namelist()) == ["imgs/a1.jpg", "imgs/a6.jpg", "result.csv"]
+    assert set(failures) == {"a2", "a3", "a4", "a5"} and summary.stand_ins == ["a2", "a3", "a4", "a5"] and not summary.complete
+    assert "image file not found" in failures["a2"] and "unknown task_type 'painting'" in failures["a3"]
+    assert "t2i needs a prompt" in failures["a4"] and "no face found in the ori image" in failures["a5"]
+    # The stand-ins: ori re-encoded where ori can serve (JPEG, ori's size), else a neutral image.
+    stand_in = Image.open(out / "imgs" / "a5.jpg")
+    assert stand_in.format == "JPEG" and stand_in.size == Image.open(images / "dogs.jpg").size
+    assert all(abs(v - 128) <= 2 for band in Image.open(out / "imgs" / "a4.jpg").getextrema() for v in band)
+    marked = read_csv(out / "failures.csv")
+    assert marked["a5"]["fallback"] == "ori_image re-encoded" and marked["a3"]["fallback"] == "neutral grey image"
+    assert marked["a2"]["fallback"].startswith("neutral grey image (ori_image unusable: image file not found")
+    quality = read_csv(out / "quality.csv")
+    assert list(quality) == [f"a{i}" for i in range(1, 7)]
+    assert quality["a5"]["fallback"] == "ori_image re-encoded" and "no face found" in quality["a5"]["fallback_reason"]
+    assert quality["a1"]["fallback"] == "" and float(quality["a1"]["identity_cosine"]) > 0.9
     assert summary.proxies["deepfake"]["identity_cosine"] > 0.9
-    assert "deepfake" in summary.table()
+    assert "stand-in" in summary.table() and "4 stand-ins in the submission" in summary.table()
+
+    # The missing photo arrives: the rerun retries exactly the stand-in rows and replaces the one that now succeeds.
+    shutil.copy(images / "2008_002079.jpg", images / "missing.jpg")
+    finished = {index: (out / "imgs" / f"{index}.jpg").stat().st_mtime_ns for index in ("a1", "a6")}
+    with ClientPool([triton_server.grpc_url], retries=1, backoff_s=0.1) as pool:
+        again = BatchRunner(pool, images, out, concurrency=2, progress=False, team="TeamX").run(tasks)
+    assert sorted(o.task.index for o in again.outcomes) == ["a2", "a3", "a4", "a5"]
+    assert [o.task.index for o in again.outcomes if o.ok] == ["a2"] and again.stand_ins == ["a3", "a4", "a5"]
+    assert {index: (out / "imgs" / f"{index}.jpg").stat().st_mtime_ns for index in finished} == finished
+    assert read_csv(out / "quality.csv")["a2"]["fallback"] == "" and "a2" not in read_csv(out / "failures.csv")
+    assert check_submission(again.submission, tasks) == []
+
+
+def test_without_fallback_failed_rows_are_left_out_and_no_zip_is_written(images, tmp_path):
+    tasks = read_tasks(write_tasks(images, ["n1,t2i,a cat,,", "n2,tie,make it night,2008_002506.jpg,"]))
+    out = tmp_path / "out"
+    (dead_port,) = free_ports(1)
+    with ClientPool([f"127.0.0.1:{dead_port}"], retries=0) as pool:
+        complete = BatchRunner(pool, images, out, progress=False).run(tasks)  # stand-ins: a zip to upload
+        assert complete.submission == out / "team_图片生成_result.zip" and complete.submission.is_file()
+        summary = BatchRunner(pool, images, out, progress=False, fallback=False).run(tasks)
+    assert read_result(out) == [["index", "gen_image"]]
+    assert summary.submission is None and not (out / "team_图片生成_result.zip").exists()  # none of the earlier run either
+    assert summary.missing == ["n1", "n2"] and "2 row(s) have no image (n1, n2)" in summary.submission_problem
+    assert {row["fallback"] for row in read_csv(out / "failures.csv").values()} == {"none: the row is missing"}
+
+
+def test_a_zip_over_the_size_limit_is_refused_with_its_size(images, tmp_path):
+    tasks = read_tasks(write_tasks(images, ["z1,tie,x,2008_002506.jpg,", "z2,tie,x,2008_001009.jpg,"]))
+    (dead_port,) = free_ports(1)
+    with ClientPool([f"127.0.0.1:{dead_port}"], retries=0) as pool:
+        summary = BatchRunner(pool, images, tmp_path / "out", progress=False, team="t", max_zip_bytes=50_000).run(tasks)
+    assert summary.submission is None and not list((tmp_path / "out").glob("*.zip*"))
+    assert "over the contest's limit of 0.00 GB" in summary.submission_problem and "make the images smaller" in summary.submission_problem
 
 
 @pytest.mark.server
@@ -230,16 +279,17 @@ def test_images_outside_the_images_folder_are_refused_alike(images, tmp_path):
         assert "no genserve server answers" in allowed.failed[0].error
 
 
-def test_cells_a_spreadsheet_would_run_are_neutralized(images, tmp_path):
+def test_reports_neutralize_formulas_but_result_csv_keeps_the_index_exactly(images, tmp_path):
     tasks = read_tasks(write_tasks(images, ["=1+2,painting,x,,", "@SUM(A1),=cmd|' /C calc'!A0,x,,", "-1,t2i,,,"]))
     out = tmp_path / "out"
     with ClientPool(["127.0.0.1:1"], retries=0) as pool:
-        BatchRunner(pool, images, out, progress=False).run(tasks)
+        summary = BatchRunner(pool, images, out, progress=False).run(tasks)
     with open(out / "failures.csv", encoding="utf-8-sig", newline="") as handle:
         rows = list(csv.reader(handle))[1:]
     assert [row[:2] for row in rows] == [["'=1+2", "painting"], ["'@SUM(A1)", "'=cmd|' /c calc'!a0"], ["-1", "t2i"]]
-    write_results(out / "result.csv", tasks, {"=1+2", "-1"})
-    assert read_result(out) == [["index", "gen_image"], ["'=1+2", "imgs/=1+2.jpg"], ["-1", "imgs/-1.jpg"]]
+    # The organizers match rows on index: it is the task file's, byte for byte.
+    assert read_result(out) == [["index", "gen_image"], ["=1+2", "=1+2.jpg"], ["@SUM(A1)", "@SUM(A1).jpg"], ["-1", "-1.jpg"]]
+    assert check_submission(summary.submission, tasks) == []
 
 
 @pytest.fixture

@@ -12,6 +12,8 @@ pytestmark = [pytest.mark.server, pytest.mark.slow]
 
 
 def test_demo_runs_every_task_type_through_the_server(tmp_path):
+    from genserve.client.submission import check_submission
+    from genserve.client.tasks import read_tasks
     from genserve.demo.contest import DEMO_TASKS, run_demo
 
     result = run_demo(tmp_path / "demo", progress=False)
@@ -23,12 +25,14 @@ def test_demo_runs_every_task_type_through_the_server(tmp_path):
     results = tmp_path / "demo" / "results"
     with open(results / "result.csv", encoding="utf-8-sig", newline="") as handle:
         rows = list(csv.reader(handle))
-    assert rows == [["index", "gen_image"]] + [[task[0], f"imgs/{task[0]}.jpg"] for task in DEMO_TASKS]
+    assert rows == [["index", "gen_image"]] + [[task[0], f"{task[0]}.jpg"] for task in DEMO_TASKS]
     sizes = {index: Image.open(results / "imgs" / f"{index}.jpg").size for index, *_ in DEMO_TASKS}
     assert sizes["1"] == sizes["2"] == sizes["3"] == (64, 64)  # the tiny pipelines' demo size
     assert sizes["4"] == Image.open(tmp_path / "demo" / "inputs" / "scene.jpg").size  # ori's scene kept
-    with zipfile.ZipFile(results / "submission.zip") as archive:
+    assert summary.submission == results / "demo_图片生成_result.zip" and summary.complete
+    with zipfile.ZipFile(summary.submission) as archive:
         assert len(archive.namelist()) == 5
+    assert check_submission(summary.submission, read_tasks(tmp_path / "demo" / "inputs" / "task.csv")) == []
 
     assert summary.proxies["deepfake"]["identity_cosine"] > 0.9
     assert result.ocr_of_sign == ["OPEN"]  # the real PP-OCR model reads the vttie input

@@ -13,11 +13,15 @@ def register(subparsers) -> None:
         help="run a contest task file (t2i, tie, vttie, deepfake rows) through the server",
         description="Send every row of TASK_CSV (columns index, task_type, prompt, ori_image, target_image) "
         "to the server with bounded concurrency; write OUT/imgs/<index>.jpg, OUT/result.csv (utf-8-sig, "
-        "index, gen_image) and OUT/submission.zip. Resumable: a rerun skips the rows already finished, and "
-        "a killed run loses none. Rows that fail are retried when the failure may pass, then listed in "
-        "OUT/failures.csv while the others go on; OUT/quality.csv has each finished row's quality proxy "
-        "(identity, artifacts, OCR distance). Exits 1 when some row failed. Image columns name files under "
-        "--images only.",
+        "index, gen_image = <index>.jpg, every row in task order) and the upload OUT/<team>_图片生成_result.zip, "
+        "checked against the contest's rules (see genserve check-submission). Resumable: a rerun skips the rows "
+        "already finished, and a killed run loses none. Rows that fail are retried when the failure may pass; "
+        "a row that still fails gets a stand-in image (ori re-encoded as JPEG; a neutral grey image for t2i), "
+        "listed in OUT/failures.csv and marked in OUT/quality.csv, and a rerun retries exactly those rows. "
+        "Generation settings per task type come from --settings and --param, are checked against each task's "
+        "contract and recorded in OUT/settings.json; a rerun with other settings stops unless --redo. Exits 1 "
+        "while any row failed or has a stand-in, or when no zip could be written. Image columns name files "
+        "under --images only.",
     )
     parser.add_argument("tasks", metavar="TASK_CSV", help="the task file")
     parser.add_argument("--images", metavar="DIR", help="folder the image columns are relative to (default: the task file's folder)")
@@ -39,6 +43,23 @@ def register(subparsers) -> None:
         help="served model for a task type, e.g. t2i=cogview4_text_to_image or tie=flux_edit_image "
         "(default: text_to_image, edit_image, edit_text, face_swap)",
     )  # fmt: skip
+    parser.add_argument("--team", metavar="NAME",
+                        help="team name: the zip is OUT/NAME_图片生成_result.zip, as the contest asks "
+                        "(default: team_图片生成_result.zip, to be renamed before upload)")
+    parser.add_argument(
+        "--settings", metavar="TOML",
+        help="generation settings per task type: a table per task type ([t2i] steps = 50, width = 1024 ...; "
+        "[tie] steps = 28, guidance = 2.5; model = ... too), each key a field of the task's contract",
+    )  # fmt: skip
+    parser.add_argument(
+        "--param", action="append", default=[], metavar="TASK.KEY=VALUE",
+        help="one setting, e.g. t2i.steps=50 or tie.guidance=2.5 (repeatable; over --settings)",
+    )  # fmt: skip
+    parser.add_argument("--redo", action="store_true",
+                        help="regenerate the rows OUT holds that were made with other settings (without it, such a "
+                        "rerun stops and says what changed)")
+    parser.add_argument("--no-fallback", dest="fallback", action="store_false",
+                        help="no stand-in images for failed rows: they are left out, and no zip is written while any is missing")
     parser.add_argument("--concurrency", type=int, default=4, help="rows in flight at once (default 4)")
     parser.add_argument("--candidates", type=int, metavar="N",
                         help="best of N for the task types that score their own results (vttie: OCR reading; deepfake: "
@@ -63,32 +84,41 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from genserve.client import ClientPool
-    from genserve.client.batch import FAILURES, SUBMISSION, BatchRunner
+    from genserve.client.batch import FAILURES, QUALITY, BatchRunner
+    from genserve.client.settings import load_settings
     from genserve.client.tasks import parse_task_models, read_tasks
     from genserve.protocol import TASKS
 
-    request_options = {task: {"model": model} for task, model in parse_task_models(args.model).items()}
+    base = {task: {"model": model} for task, model in parse_task_models(args.model).items()}
     if args.candidates:
         for task, contract in TASKS.items():
             field = next((field for field in contract.fields if field.name == "candidates"), None)
             if field is not None:  # each task makes at most what its contract allows
-                request_options.setdefault(task, {})["candidates"] = int(min(args.candidates, field.maximum or args.candidates))
+                base.setdefault(task, {})["candidates"] = int(min(args.candidates, field.maximum or args.candidates))
+    settings = load_settings(args.settings, args.param, base=base)
     tasks = read_tasks(args.tasks)
     images = Path(args.images) if args.images else Path(args.tasks).resolve().parent
     with ClientPool(args.urls, protocol=args.protocol, timeout_s=args.timeout, retries=args.retries) as pool:
         runner = BatchRunner(
-            pool, images, args.out, concurrency=args.concurrency, progress=not args.no_progress, request_options=request_options,
-            stream=args.stream, allow_outside_images=args.allow_outside_images,
+            pool, images, args.out, concurrency=args.concurrency, progress=not args.no_progress, request_options=settings,
+            stream=args.stream, allow_outside_images=args.allow_outside_images, team=args.team, fallback=args.fallback,
+            redo=args.redo,
         )  # fmt: skip
         summary = runner.run(tasks)
     print(summary.table())
     out = Path(args.out)
-    print(f"results: {out / 'result.csv'}   submission: {out / SUBMISSION}")
+    print(f"results: {out / 'result.csv'}   quality: {out / QUALITY}")
+    if summary.submission is not None:
+        print(f"submission: {summary.submission}" + ("" if args.team else "  (no --team: rename it to <team>_图片生成_result.zip)"))
+    else:
+        print(summary.submission_problem)
     if summary.failed:
         print(f"failed rows ({out / FAILURES}):")
         for outcome in summary.failed[:20]:
-            print(f"  {outcome.task.index} ({outcome.task.task_type}): {outcome.error}")
+            stand_in = f"  [stand-in: {outcome.fallback}]" if outcome.fallback else ""
+            print(f"  {outcome.task.index} ({outcome.task.task_type}): {outcome.error}{stand_in}")
         if len(summary.failed) > 20:
             print(f"  … and {len(summary.failed) - 20} more")
-        return 1
-    return 0
+    if summary.stand_ins:
+        print(f"{len(summary.stand_ins)} stand-in(s) in the submission: run the same command again to retry those rows")
+    return 0 if summary.complete else 1

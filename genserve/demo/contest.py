@@ -65,30 +65,85 @@ def write_inputs(out_dir: Path) -> Path:
     return task_file
 
 
-def run_demo(out_dir: str | Path, *, concurrency: int = 2, progress: bool = True) -> DemoResult:
+# Settings of a contest-scale run on the demo stack (genserve run --settings): REQUEST_OPTIONS as TOML.
+def settings_toml() -> str:
+    import json  # its strings, numbers and true/false are TOML's too
+
+    return "".join(f"[{task}]\n" + "".join(f"{key} = {json.dumps(value)}\n" for key, value in options.items()) + "\n"
+                   for task, options in REQUEST_OPTIONS.items())  # fmt: skip
+
+
+CONTEST_PROMPTS = ["a lighthouse on a cliff at sunset, oil painting", "a red fox in fresh snow, photo", "一只在竹林里的熊猫，水墨画"]
+CONTEST_EDITS = ["make it a snowy winter evening", "turn the photo into a watercolour", "把背景换成海边"]
+CONTEST_TEXT_EDITS = ['change "OPEN" to "CLOSED"', '把 "OPEN" 改成 "SALE"']
+
+
+def write_contest_inputs(folder: Path, rows_per_task: int = 250) -> Path:
+    """A task file with the contest's mix, ``rows_per_task`` rows of each task type (interleaved), and its
+    images: the bundled photos to edit, a rendered sign, deepfake pairs of LFW-framed 250x250 face crops
+    (:mod:`genserve.demo.lfw`) of the photos in ``FACES_DIR`` (every ordered pair in turn)."""
+    import itertools
+
+    from genserve.demo.lfw import lfw_crops
+    from genserve.demo.samples import render_text
+
+    folder.mkdir(parents=True, exist_ok=True)
+    photos = sorted(config.FACES_DIR.glob("*.jpg"))
+    for photo in photos:
+        shutil.copy(photo, folder / photo.name)
+    render_text(SIGN_TEXT, font_size=64).save(folder / "sign.png")
+    crops = lfw_crops(photos)
+    for name, jpeg in crops.items():
+        (folder / name).write_bytes(jpeg)
+    pairs = itertools.cycle(itertools.permutations(sorted(crops), 2))
+    scenes = itertools.cycle(photo.name for photo in photos)
+    rows = []
+    for i in range(rows_per_task):
+        ori, target = next(pairs)
+        rows += [
+            (f"{4 * i + 1}", "t2i", CONTEST_PROMPTS[i % len(CONTEST_PROMPTS)], "", ""),
+            (f"{4 * i + 2}", "tie", CONTEST_EDITS[i % len(CONTEST_EDITS)], next(scenes), ""),
+            (f"{4 * i + 3}", "vttie", CONTEST_TEXT_EDITS[i % len(CONTEST_TEXT_EDITS)], "sign.png", ""),
+            (f"{4 * i + 4}", "deepfake", "", ori, target),
+        ]
+    task_file = folder / "task.csv"
+    with open(task_file, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["index", "task_type", "prompt", "ori_image", "target_image"])
+        writer.writerows(rows)
+    (folder / "settings.toml").write_text(settings_toml(), encoding="utf-8")
+    return task_file
+
+
+def demo_server(out_dir: Path):
+    """Triton on loopback with the stack's repository and the tiny diffusion pipelines' (built once)."""
+    from genserve.config import STACK_REPOSITORY_DIR
+    from genserve.demo.repository import build_demo_repository
+    from genserve.server import TritonServer, free_ports
+
+    diffusion_repository = build_demo_repository(config.CACHE_DIR / "demo")
+    http, grpc, metrics = free_ports(3)
+    return TritonServer(
+        [STACK_REPOSITORY_DIR, diffusion_repository],
+        http_port=http, grpc_port=grpc, metrics_port=metrics, address="127.0.0.1",
+        log_path=out_dir / "tritonserver.log",
+    )  # fmt: skip
+
+
+def run_demo(out_dir: str | Path, *, concurrency: int = 2, progress: bool = True, team: str = "demo") -> DemoResult:
     from genserve.client import Client, ClientPool
     from genserve.client.batch import BatchRunner
     from genserve.client.tasks import read_tasks
-    from genserve.demo.repository import build_demo_repository
-    from genserve.config import STACK_REPOSITORY_DIR
-    from genserve.server import TritonServer, free_ports
 
     out_dir = Path(out_dir)
     task_file = write_inputs(out_dir)
     print("== building the tiny diffusion pipelines' model repository (cached after the first run)", flush=True)
-    diffusion_repository = build_demo_repository(config.CACHE_DIR / "demo")
-    http, grpc, metrics = free_ports(3)
-    print(f"== starting Triton on 127.0.0.1 (gRPC {grpc}) with {STACK_REPOSITORY_DIR} and {diffusion_repository}", flush=True)
-    with TritonServer(
-        [STACK_REPOSITORY_DIR, diffusion_repository],
-        http_port=http, grpc_port=grpc, metrics_port=metrics, address="127.0.0.1",
-        log_path=out_dir / "tritonserver.log",
-    ) as server:  # fmt: skip
-        print(f"== serving {', '.join(server.models)}", flush=True)
+    with demo_server(out_dir) as server:
+        print(f"== serving {', '.join(server.models)} on 127.0.0.1 (gRPC {server.grpc_url})", flush=True)
         with ClientPool([server.grpc_url]) as pool:
             runner = BatchRunner(
                 pool, task_file.parent, out_dir / "results", concurrency=concurrency, progress=progress,
-                request_options=REQUEST_OPTIONS,
+                request_options=REQUEST_OPTIONS, team=team,
             )  # fmt: skip
             summary = runner.run(read_tasks(task_file))
         vttie_image = out_dir / "results" / "imgs" / "3.jpg"

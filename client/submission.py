@@ -1,0 +1,272 @@
+"""The contest's submission, written and checked by the same rules.
+
+The rules (the contest's "任务提交说明"): one ZIP named ``<team>_图片生成_result.zip``, at most 2 GB
+(:data:`~genserve.config.MAX_SUBMISSION_BYTES`), holding ``result.csv`` and the folder ``imgs/``.
+``result.csv`` is UTF-8 with a BOM (``utf-8-sig``), header ``index,gen_image``, one row per row of the
+task file in its order and number; ``gen_image`` is the image's file name ``<index>.jpg`` (no folder);
+every image is a JPEG in ``imgs/``. The organizers match rows on ``index``: it is written exactly as the
+task file has it (no spreadsheet escaping, unlike the runner's reports).
+
+:func:`check_submission` holds any ZIP, made here or by hand, to these rules; :func:`check_quality`
+adds checks that need a server (identity of face swaps, OCR of text edits) and the input images
+(edits returned unchanged).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import re
+import zipfile
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from genserve import config
+from genserve.client.tasks import IMAGES_FOLDER, RESULT_COLUMNS, Task
+from genserve.errors import GenServeError
+
+ZIP_SUFFIX = "_图片生成_result.zip"
+DEFAULT_TEAM = "team"  # the zip's name without --team: team_图片生成_result.zip, to be renamed
+RESULT_CSV = "result.csv"
+BOM = b"\xef\xbb\xbf"
+# Identity cosine (dlib descriptors) under which a face swap is reported: dlib's "same person" is a
+# distance under 0.6, about a cosine of 0.9 for its unit-length-ish descriptors.
+MIN_IDENTITY_COSINE = 0.9
+# OCR distance to the new text (0: it is there) above which a text edit is reported.
+MAX_NEW_TEXT_DISTANCE = 0.5
+# An edit counts as its input unchanged when no 8x8 patch's grey level differs from the input's by this
+# much on average: re-encoding a photo as JPEG moved a patch by at most 1.8 levels (quality 95) or 6.4
+# (quality 75), a face swap of one 52 px face in a 500x334 photo by 27.
+UNCHANGED_PATCH, UNCHANGED_LEVELS = 8, 8.0
+
+
+class SubmissionTooLarge(GenServeError):
+    """The ZIP would pass the contest's size limit."""
+
+
+def zip_name(team: str | None) -> str:
+    return f"{team or DEFAULT_TEAM}{ZIP_SUFFIX}"
+
+
+def image_name(index: str) -> str:
+    """``gen_image`` of a row: the file name, as the rules ask (``imgs/`` is the zip's folder)."""
+    return f"{index}.jpg"
+
+
+def write_result_csv(path: str | Path, indexes: Iterable[str]) -> Path:
+    """``result.csv`` for the organizers (utf-8-sig, index exactly as given), written whole then renamed."""
+    path = Path(path)
+    partial = path.with_name(f".{path.name}.partial")
+    try:
+        with open(partial, "w", newline="", encoding="utf-8-sig") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(RESULT_COLUMNS)
+            writer.writerows([index, image_name(index)] for index in indexes)
+        partial.replace(path)
+    finally:
+        partial.unlink(missing_ok=True)
+    return path
+
+
+def write_zip(path: str | Path, result_csv: Path, images: list[Path], *, max_bytes: int = config.MAX_SUBMISSION_BYTES) -> int:
+    """The submission ZIP of ``result.csv`` and ``images`` (as ``imgs/<name>``), written whole then
+    renamed; its size in bytes. :class:`SubmissionTooLarge` before anything is written when the files
+    alone pass ``max_bytes``, and after writing (nothing left behind) when the ZIP does."""
+    path = Path(path)
+    members = [(result_csv, RESULT_CSV), *((image, f"{IMAGES_FOLDER}/{image.name}") for image in images)]
+    payload = sum(source.stat().st_size for source, _ in members)
+    if payload > max_bytes:
+        raise _too_large(payload, max_bytes, len(images))
+    partial = path.with_name(f".{path.name}.partial")
+    try:
+        with zipfile.ZipFile(partial, "w", compression=zipfile.ZIP_STORED) as archive:  # JPEGs don't deflate
+            for source, name in members:
+                archive.write(source, name)
+        size = partial.stat().st_size
+        if size > max_bytes:
+            raise _too_large(size, max_bytes, len(images))
+        partial.replace(path)
+    finally:
+        partial.unlink(missing_ok=True)
+    return size
+
+
+def _too_large(size: int, max_bytes: int, images: int) -> SubmissionTooLarge:
+    return SubmissionTooLarge(
+        f"the submission would be {size / 1e9:.2f} GB ({images} images), over the contest's limit of "
+        f"{max_bytes / 1e9:.2f} GB: make the images smaller (e.g. --param t2i.width=... --param t2i.height=..., "
+        "or jpeg_quality for deepfake) and run again with --redo"
+    )
+
+
+# --- checking a zip ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One broken rule (``rule``) or quality warning, with the row it concerns (None: the whole zip)."""
+
+    message: str
+    index: str | None = None
+    line: int | None = None  # in result.csv
+    rule: bool = True
+
+    def __str__(self) -> str:
+        where = "" if self.index is None else f"row {self.index!r}" + (f" (result.csv line {self.line})" if self.line else "") + ": "
+        return f"{'RULE' if self.rule else 'quality'}: {where}{self.message}"
+
+
+def check_submission(zip_path: str | Path, tasks: list[Task], *, max_bytes: int = config.MAX_SUBMISSION_BYTES) -> list[Finding]:
+    """Every broken rule of the submission ``zip_path`` for the task file's ``tasks``; empty when none."""
+    zip_path = Path(zip_path)
+    findings: list[Finding] = []
+    if not re.fullmatch(r".+" + re.escape(ZIP_SUFFIX), zip_path.name):
+        findings.append(Finding(f"the file is named {zip_path.name!r}; the rules ask for <team>{ZIP_SUFFIX}"))
+    size = zip_path.stat().st_size
+    if size > max_bytes:
+        findings.append(Finding(f"the zip is {size / 1e9:.2f} GB; at most {max_bytes / 1e9:.2f} GB is accepted"))
+    if not zipfile.is_zipfile(zip_path):
+        return [*findings, Finding("not a ZIP file")]
+    with zipfile.ZipFile(zip_path) as archive:
+        names = [info.filename for info in archive.infolist() if not info.is_dir()]
+        findings += _check_members(names)
+        if RESULT_CSV not in names:
+            return [*findings, Finding(f"no {RESULT_CSV} at the zip's root")]
+        rows, problems = _read_result(archive.read(RESULT_CSV))
+        findings += problems
+        if rows is None:
+            return findings
+        findings += _check_rows(rows, tasks)
+        for line, (index, _) in enumerate(rows, start=2):
+            member = f"{IMAGES_FOLDER}/{image_name(index)}"  # where the rules put it, whatever gen_image says
+            if member not in names:
+                findings.append(Finding(f"{member} is not in the zip", index, line))
+            elif problem := _jpeg_problem(archive.read(member)):
+                findings.append(Finding(f"{member} {problem}", index, line))
+    return findings
+
+
+def _check_members(names: list[str]) -> list[Finding]:
+    findings = []
+    for name in names:
+        if name != RESULT_CSV and not (name.startswith(f"{IMAGES_FOLDER}/") and "/" not in name[len(IMAGES_FOLDER) + 1:]):
+            hint = " (result.csv and imgs/ must sit at the zip's root)" if name.endswith(f"/{RESULT_CSV}") or f"/{IMAGES_FOLDER}/" in name else ""
+            findings.append(Finding(f"unexpected member {name!r}{hint}"))
+    return findings
+
+
+def _read_result(data: bytes) -> tuple[list[tuple[str, str]] | None, list[Finding]]:
+    """result.csv's rows (index, gen_image), None when they cannot be read; and what is wrong with it."""
+    findings = [] if data.startswith(BOM) else [Finding(f"{RESULT_CSV} has no BOM: save it as utf-8-sig")]
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        return None, [*findings, Finding(f"{RESULT_CSV} is not UTF-8 (byte {error.start})")]
+    rows = list(csv.reader(io.StringIO(text, newline="")))
+    if not rows or rows[0] != list(RESULT_COLUMNS):
+        return None, [*findings, Finding(f"{RESULT_CSV}'s header is {rows[0] if rows else 'missing'}; the rules ask for {list(RESULT_COLUMNS)}")]
+    return [(row[0] if row else "", row[1] if len(row) > 1 else "") for row in rows[1:]], findings
+
+
+def _check_rows(rows: list[tuple[str, str]], tasks: list[Task]) -> list[Finding]:
+    findings = []
+    if len(rows) != len(tasks):
+        findings.append(Finding(f"{RESULT_CSV} has {len(rows)} rows; the task file has {len(tasks)}"))
+    listed = {index for index, _ in rows}
+    findings += [Finding("missing from result.csv", task.index) for task in tasks if task.index not in listed]
+    expected = {task.index for task in tasks}
+    seen = set()
+    for position, (index, gen_image) in enumerate(rows):
+        line = position + 2
+        if index in seen:
+            findings.append(Finding("listed twice", index, line))
+        elif index not in expected:
+            findings.append(Finding("not in the task file", index, line))
+        elif position >= len(tasks) or tasks[position].index != index:
+            here = repr(tasks[position].index) if position < len(tasks) else "no row"
+            findings.append(Finding(f"out of order: the task file has {here} here", index, line))
+        seen.add(index)
+        if gen_image != image_name(index):
+            findings.append(Finding(f"gen_image is {gen_image!r}; the rules ask for {image_name(index)!r}", index, line))
+    return findings
+
+
+def _jpeg_problem(data: bytes) -> str | None:
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            kind = image.format
+            image.load()
+    except Exception as error:  # noqa: BLE001 - whatever the decoder says, the image is unusable
+        return f"cannot be decoded ({type(error).__name__}: {error})"
+    return None if kind == "JPEG" else f"is {kind}, not JPEG"
+
+
+# --- deeper checks, with a server ---------------------------------------------------------------------
+
+
+def check_quality(zip_path: str | Path, tasks: list[Task], images_dir: str | Path, client, *,
+                  min_identity: float = MIN_IDENTITY_COSINE, max_text_distance: float = MAX_NEW_TEXT_DISTANCE) -> list[Finding]:  # fmt: skip
+    """Quality warnings: deepfake results whose identity cosine to their target is under ``min_identity``
+    (the contest's SC, measured by the served face swap's descriptors), edits (tie, vttie, deepfake)
+    returned as their input unchanged (a stand-in or a no-op edit), and text edits whose OCR reading is
+    further than ``max_text_distance`` from the new text. ``client``: a :class:`~genserve.client.Client`."""
+    from genserve.ocr.textedit import closest_text_distance, extract_text_edit
+
+    images_dir = Path(images_dir)
+    findings = []
+    with zipfile.ZipFile(zip_path) as archive:
+        names = set(archive.namelist())
+        for task in tasks:
+            member = f"{IMAGES_FOLDER}/{image_name(task.index)}"
+            if member not in names:
+                continue  # a broken rule, reported by check_submission
+            result = archive.read(member)
+            ori = images_dir / task.ori_image if task.ori_image else None
+            if ori is not None and ori.is_file() and task.task_type in ("tie", "vttie", "deepfake") and _unchanged(result, ori.read_bytes()):
+                findings.append(Finding(f"the image is its input {task.ori_image!r} unchanged (a stand-in or a no-op edit)", task.index, rule=False))
+                continue
+            try:
+                if task.task_type == "deepfake" and task.target_image and (images_dir / task.target_image).is_file():
+                    cosine = _identity_cosine(client, result, (images_dir / task.target_image).read_bytes())
+                    if cosine < min_identity:
+                        findings.append(Finding(f"identity cosine to the target {cosine:.3f} < {min_identity:g}", task.index, rule=False))
+                elif task.task_type == "vttie":
+                    edit = extract_text_edit(task.prompt)
+                    if edit is not None:
+                        lines = [line.text for line in client.ocr(result)]
+                        distance = closest_text_distance(lines, edit.new)
+                        if distance > max_text_distance:
+                            findings.append(Finding(f"OCR reads {' | '.join(lines) or 'nothing'!r}, not the new text {edit.new!r} "
+                                                    f"(distance {distance:.2f})", task.index, rule=False))  # fmt: skip
+            except GenServeError as error:
+                findings.append(Finding(f"could not be checked: {error}", task.index, rule=False))
+    return findings
+
+
+def _identity_cosine(client, result: bytes, target: bytes) -> float:
+    """Cosine of the result's face to the target's, by the served face swap's own descriptors: the
+    result is sent as ``ori`` with ``ori_identity``, which scores ori's face against the target."""
+    swapped = client.swap_face(result, target, ori_identity=True)
+    return float(swapped.metadata["identity"][0]["ori_cosine"])
+
+
+def _unchanged(result: bytes, ori: bytes) -> bool:
+    import cv2
+    import numpy as np
+
+    from genserve.imaging import decode_image
+
+    if result == ori:
+        return True
+    try:
+        a, b = decode_image(result), decode_image(ori)
+    except GenServeError:
+        return False
+    if a.shape != b.shape:
+        return False
+    grey = [cv2.cvtColor(image, cv2.COLOR_RGB2GRAY).astype(np.float32) for image in (a, b)]
+    difference = np.abs(grey[0] - grey[1])
+    return float(cv2.blur(difference, (UNCHANGED_PATCH, UNCHANGED_PATCH)).max()) < UNCHANGED_LEVELS

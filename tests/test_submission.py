@@ -1,0 +1,232 @@
+"""The contest's submission rules (check-submission) and the per-task settings of a batch run."""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+import subprocess
+import sys
+import zipfile
+
+import pytest
+from PIL import Image
+
+from genserve.client import ClientPool
+from genserve.client.batch import BatchRunner, SettingsChanged
+from genserve.client.settings import load_settings, parse_param
+from genserve.client.submission import check_quality, check_submission
+from genserve.client.tasks import read_tasks
+from genserve.errors import InvalidInputError
+
+TASK_HEADER = "index,task_type,prompt,ori_image,target_image\n"
+BOM = "\ufeff"
+
+
+def jpeg(colour=(90, 120, 150), size=(32, 32), image_format="JPEG") -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", size, colour).save(buffer, format=image_format)
+    return buffer.getvalue()
+
+
+def task_file(folder, indexes=("1", "2", "3")):
+    path = folder / "task.csv"
+    path.write_text(TASK_HEADER + "".join(f"{index},t2i,a cat,,\n" for index in indexes), encoding="utf-8")
+    return path
+
+
+def make_zip(path, members: dict[str, bytes | str]):
+    with zipfile.ZipFile(path, "w") as archive:
+        for name, data in members.items():
+            archive.writestr(name, data)
+    return path
+
+
+def result_csv(rows, bom=True, header="index,gen_image") -> str:
+    return (BOM if bom else "") + header + "\r\n" + "".join(f"{index},{name}\r\n" for index, name in rows)
+
+
+def good_members(indexes=("1", "2", "3")):
+    return {"result.csv": result_csv([(i, f"{i}.jpg") for i in indexes]), **{f"imgs/{i}.jpg": jpeg() for i in indexes}}
+
+
+def run_check(zip_path, tasks_path, *extra):
+    return subprocess.run([sys.executable, "-m", "genserve.cli", "check-submission", str(zip_path), "--tasks", str(tasks_path), *extra],
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+
+
+# --- check-submission -----------------------------------------------------------------------------------
+
+
+def test_a_zip_by_the_rules_passes(tmp_path):
+    tasks = task_file(tmp_path)
+    archive = make_zip(tmp_path / "TeamX_图片生成_result.zip", good_members())
+    assert check_submission(archive, read_tasks(tasks)) == []
+    completed = run_check(archive, tasks)
+    assert completed.returncode == 0, completed.stdout + completed.stderr
+    assert "follows the rules (3 rows)" in completed.stdout
+
+
+@pytest.mark.parametrize(
+    "name, change, expected",
+    [
+        ("submission.zip", {}, "the file is named 'submission.zip'; the rules ask for <team>_图片生成_result.zip"),
+        (None, {"result.csv": result_csv([("1", "imgs/1.jpg"), ("2", "2.jpg"), ("3", "3.jpg")])},
+         "RULE: row '1' (result.csv line 2): gen_image is 'imgs/1.jpg'; the rules ask for '1.jpg'"),
+        (None, {"result.csv": result_csv([(i, f"{i}.jpg") for i in "123"], bom=False)}, "result.csv has no BOM: save it as utf-8-sig"),
+        (None, {"result.csv": result_csv([(i, f"{i}.jpg") for i in "123"], header="id,image")}, "header is ['id', 'image']"),
+        (None, {"result.csv": result_csv([("1", "1.jpg"), ("3", "3.jpg"), ("2", "2.jpg")])},
+         "row '3' (result.csv line 3): out of order: the task file has '2' here"),
+        (None, {"result.csv": result_csv([("1", "1.jpg"), ("3", "3.jpg")])}, "result.csv has 2 rows; the task file has 3"),
+        (None, {"result.csv": result_csv([("1", "1.jpg"), ("3", "3.jpg")])}, "row '2': missing from result.csv"),
+        (None, {"result.csv": result_csv([(i, f"{i}.jpg") for i in "1234"])}, "row '4' (result.csv line 5): not in the task file"),
+        (None, {"imgs/2.jpg": None}, "row '2' (result.csv line 3): imgs/2.jpg is not in the zip"),
+        (None, {"imgs/2.jpg": jpeg(image_format="PNG")}, "imgs/2.jpg is PNG, not JPEG"),
+        (None, {"imgs/2.jpg": jpeg()[:200]}, "imgs/2.jpg cannot be decoded"),
+        (None, {"out/imgs/9.jpg": jpeg()}, "unexpected member 'out/imgs/9.jpg' (result.csv and imgs/ must sit at the zip's root)"),
+        (None, {"result.csv": None}, "no result.csv at the zip's root"),
+    ],
+)  # fmt: skip
+def test_each_broken_rule_is_one_line_with_its_row(tmp_path, name, change, expected):
+    members = {k: v for k, v in {**good_members(), **change}.items() if v is not None}
+    archive = make_zip(tmp_path / (name or "t_图片生成_result.zip"), members)
+    tasks = task_file(tmp_path)
+    lines = [str(finding) for finding in check_submission(archive, read_tasks(tasks))]
+    assert any(expected in line for line in lines), lines
+    completed = run_check(archive, tasks)
+    assert completed.returncode == 1 and expected in completed.stdout
+    assert "the organizers would refuse it" in completed.stdout
+
+
+def test_a_zip_over_the_limit_and_a_file_that_is_no_zip_are_named(tmp_path):
+    tasks = read_tasks(task_file(tmp_path))
+    archive = make_zip(tmp_path / "t_图片生成_result.zip", good_members())
+    assert [str(f) for f in check_submission(archive, tasks, max_bytes=100)][0].startswith("RULE: the zip is 0.00 GB; at most 0.00 GB")
+    not_zip = tmp_path / "u_图片生成_result.zip"
+    not_zip.write_bytes(b"not a zip")
+    assert [str(f) for f in check_submission(not_zip, tasks)] == ["RULE: not a ZIP file"]
+
+
+@pytest.mark.server
+def test_quality_checks_with_the_server(triton_server, faces_dir, tmp_path):
+    """Identity of face swaps, edits returned unchanged, and text edits OCR does not confirm, each named by row."""
+    from genserve.client import Client
+    from genserve.demo.samples import render_text
+
+    images = tmp_path / "images"
+    images.mkdir()
+    for name in ("2008_002506.jpg", "2008_001009.jpg", "2008_001322.jpg"):
+        shutil.copy(faces_dir / name, images / name)
+    render_text(["OPEN"], font_size=64).save(images / "sign.png")
+    tasks_path = images / "task.csv"
+    tasks_path.write_text(TASK_HEADER + "d1,deepfake,,2008_002506.jpg,2008_001009.jpg\nd2,deepfake,,2008_002506.jpg,2008_001009.jpg\n"
+                          "e1,tie,make it night,2008_001322.jpg,\nv1,vttie,\"change \"\"OPEN\"\" to \"\"CLOSED\"\"\",2008_001322.jpg,\n")  # fmt: skip
+    tasks = read_tasks(tasks_path)
+    with Client(triton_server.grpc_url) as client:
+        swapped = client.swap_face(images / "2008_002506.jpg", images / "2008_001009.jpg").as_jpeg()
+        sign = io.BytesIO()
+        render_text(["OPEN"], font_size=64).convert("RGB").save(sign, format="JPEG")
+        archive = make_zip(tmp_path / "t_图片生成_result.zip", {
+            "result.csv": result_csv([(t.index, f"{t.index}.jpg") for t in tasks]),
+            "imgs/d1.jpg": swapped,  # the target's face: fine
+            "imgs/d2.jpg": (images / "2008_001322.jpg").read_bytes(),  # someone else's face
+            "imgs/e1.jpg": _reencoded(images / "2008_001322.jpg"),  # its input, unchanged
+            "imgs/v1.jpg": sign.getvalue(),  # still reads OPEN
+        })  # fmt: skip
+        assert check_submission(archive, tasks) == []
+        findings = {f.index: str(f) for f in check_quality(archive, tasks, images, client)}
+    assert set(findings) == {"d2", "e1", "v1"}, findings
+    assert findings["d2"].startswith("quality: row 'd2': identity cosine to the target")
+    assert "unchanged (a stand-in or a no-op edit)" in findings["e1"]
+    assert "OCR reads 'OPEN', not the new text 'CLOSED'" in findings["v1"]
+    completed = run_check(archive, tasks_path, "--url", triton_server.grpc_url)
+    assert completed.returncode == 0 and "3 quality warning(s)" in completed.stdout, completed.stdout + completed.stderr
+
+
+def _reencoded(path) -> bytes:
+    buffer = io.BytesIO()
+    Image.open(path).convert("RGB").save(buffer, format="JPEG", quality=95)
+    return buffer.getvalue()
+
+
+# --- settings per task type -----------------------------------------------------------------------------
+
+
+def test_settings_from_a_file_and_params_are_checked_by_the_contracts(tmp_path):
+    path = tmp_path / "run.toml"
+    path.write_text('[t2i]\nmodel = "cogview4_text_to_image"\nsteps = 50\nwidth = 1024\nheight = 1024\n\n[tie]\nsteps = 28\nguidance = 2\n'
+                    '\n[deepfake]\ncandidates = 4\n')  # fmt: skip
+    settings = load_settings(path, ["tie.guidance=2.5", "tie.keep_size=true", "vttie.model=flux_edit_text", "t2i.seed=7"])
+    assert settings == {
+        "t2i": {"model": "cogview4_text_to_image", "steps": 50, "width": 1024, "height": 1024, "seed": 7},
+        "tie": {"steps": 28, "guidance": 2.5, "keep_size": True},
+        "deepfake": {"candidates": 4},
+        "vttie": {"model": "flux_edit_text"},
+    }
+    assert isinstance(load_settings(path)["tie"]["guidance"], float)  # as the contract reads it
+    assert parse_param('t2i.negative_prompt="blurry, low quality"') == ("t2i", "negative_prompt", "blurry, low quality")
+
+
+@pytest.mark.parametrize(
+    "toml, params, message",
+    [
+        ("", ["t2i.stepz=5"], "--param t2i.stepz=5: t2i.stepz: no such setting; t2i takes model, guidance, height"),
+        ("", ["t2i.steps=0"], "t2i.steps: steps must be between 1 and 1000, not 0"),
+        ("", ["tie.guidance=much"], "tie.guidance: guidance must be a number, not 'much'"),
+        ("", ["deepfake.candidates=9"], "deepfake.candidates: candidates must be between 1 and 6, not 9"),
+        ("", ["t2i.prompt=x"], "t2i.prompt: set per row by the task file"),
+        ("", ["t2i.num_images=2"], "t2i.num_images: set per row by the task file (or one image per row)"),
+        ("", ["paint.steps=3"], "paint.steps: no task type 'paint'"),
+        ("", ["steps=3"], "expected TASK.KEY=VALUE"),
+        ("[vttie]\nstrength = 2\n", [], "run.toml: vttie.strength: strength must be above 0 and at most 1, not 2.0"),
+        ("steps = 3\n", [], "settings go in a table per task type"),
+        ("[t2i\n", [], "not a readable TOML file"),
+    ],
+)
+def test_a_bad_setting_is_refused_naming_its_key(tmp_path, toml, params, message):
+    path = tmp_path / "run.toml"
+    path.write_text(toml)
+    with pytest.raises(InvalidInputError) as error:
+        load_settings(path if toml else None, params)
+    assert message in str(error.value)
+
+
+def test_cli_refuses_a_bad_setting_before_any_work(tmp_path):
+    tasks = task_file(tmp_path)
+    completed = subprocess.run(
+        [sys.executable, "-m", "genserve.cli", "run", str(tasks), "--out", str(tmp_path / "out"), "--no-progress",
+         "--param", "t2i.steps=50", "--param", "tie.stepz=28"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert completed.returncode == 1
+    assert completed.stderr.strip().startswith("genserve run: error: --param tie.stepz=28: tie.stepz: no such setting")
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.server
+def test_a_rerun_with_other_settings_says_so_and_redoes_only_with_redo(triton_server, faces_dir, tmp_path):
+    images = tmp_path / "images"
+    images.mkdir()
+    for name in ("2008_002506.jpg", "2008_001009.jpg"):
+        shutil.copy(faces_dir / name, images / name)
+    tasks_path = images / "task.csv"
+    tasks_path.write_text(TASK_HEADER + "s1,deepfake,,2008_002506.jpg,2008_001009.jpg\ns2,deepfake,,2008_001009.jpg,2008_002506.jpg\n")
+    tasks = read_tasks(tasks_path)
+    out = tmp_path / "out"
+
+    def run(settings, **options):
+        with ClientPool([triton_server.grpc_url]) as pool:
+            return BatchRunner(pool, images, out, progress=False, request_options=settings, **options).run(tasks)
+
+    first = run({"deepfake": {"jpeg_quality": 90}})
+    assert first.complete and json.loads((out / "settings.json").read_text()) == {"deepfake": {"jpeg_quality": 90}}
+    made = {index: (out / "imgs" / f"{index}.jpg").stat().st_mtime_ns for index in ("s1", "s2")}
+    assert run({"deepfake": {"jpeg_quality": 90}}).resumed == 2  # same settings: nothing to do
+    with pytest.raises(SettingsChanged, match=r"deepfake: 2 rows \(jpeg_quality 90 -> 60\)\. Nothing was redone: run again with --redo"):
+        run({"deepfake": {"jpeg_quality": 60}})
+    assert {index: (out / "imgs" / f"{index}.jpg").stat().st_mtime_ns for index in made} == made
+    redone = run({"deepfake": {"jpeg_quality": 60}}, redo=True)
+    assert redone.complete and redone.resumed == 0 and sorted(o.task.index for o in redone.outcomes if o.ok) == ["s1", "s2"]
+    assert all((out / "imgs" / f"{index}.jpg").stat().st_mtime_ns != mtime for index, mtime in made.items())
+    assert json.loads((out / "settings.json").read_text()) == {"deepfake": {"jpeg_quality": 60}}
+    assert run({"deepfake": {"jpeg_quality": 60}}).resumed == 2
