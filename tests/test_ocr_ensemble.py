@@ -119,7 +119,8 @@ def test_served_ensemble_refuses_bad_images_and_keeps_serving(client, images):
     for data, message in ((b"not an image", "not a readable image"), (b"", "empty"), (images["english"][:300], "corrupt or truncated")):
         with pytest.raises(RequestError, match=message) as error:
             client.ocr(data, model=OTHER)
-        assert error.value.retriable is False
+        assert error.value.retriable is False and error.value.code == "INVALID_ARGUMENT"
+        assert "ensemble" not in str(error.value)  # the client says what was wrong, not where
     assert [line.text for line in client.ocr(images["english"], model=OTHER)] == ["OPEN24HOURS", "Fresh Coffee and", "Bagels"]
 
 
@@ -136,3 +137,36 @@ def test_concurrent_ensemble_requests_equal_sequential_ones(triton_server, image
     with ThreadPoolExecutor(max_workers=len(order)) as pool:
         for name, lines in zip(order, pool.map(one, order)):
             assert lines == sequential[name], name
+
+
+def test_the_native_repository_runs_the_leaves_on_onnx_runtime_s_backend(tmp_path):
+    """For the NGC container: the leaves become platform onnxruntime_onnx with their file at 1/model.onnx,
+    tensors unchanged (still the graph's own), the ensemble and its steps as they are."""
+    from google.protobuf.json_format import MessageToDict
+
+    from genserve.triton.native import write_native_repository
+    from genserve.triton.onnx_leaf import check_config_against_session, create_session, resolve_onnx_file
+
+    leaves = write_native_repository(STACK_REPOSITORY_DIR, tmp_path / "native")
+    assert set(leaves) == {leaf.name for leaf in LEAF_MODELS}
+    for leaf in LEAF_MODELS:
+        folder = tmp_path / "native" / leaf.name
+        config = read_config(folder)
+        assert config.platform == "onnxruntime_onnx" and not config.backend
+        assert [group.kind for group in config.instance_group] == [config.instance_group[0].KIND_GPU]
+        assert not (folder / "1" / "model.py").exists()
+        assert (folder / "1" / "model.onnx").read_bytes() == resolve_onnx_file(leaf.onnx_reference).read_bytes()
+        session = create_session(folder / "1" / "model.onnx")
+        check_config_against_session(MessageToDict(config, preserving_proto_field_name=True), session)
+        assert config.max_batch_size == read_config(STACK_REPOSITORY_DIR / leaf.name).max_batch_size
+    for name in ("ocr_ensemble", "ocr_prepare", "ocr", "face_swap"):
+        if (STACK_REPOSITORY_DIR / name).is_dir():
+            assert read_config(tmp_path / "native" / name) == read_config(STACK_REPOSITORY_DIR / name), name
+
+
+def test_copying_an_ensemble_with_an_instance_count_leaves_it_without_instances(tmp_path):
+    """An ensemble has no instance_group (Triton refuses to load one that has)."""
+    from genserve.triton.model_config import copy_model
+
+    copied = copy_model(STACK_REPOSITORY_DIR / ENSEMBLE, tmp_path, instances=1)
+    assert not read_config(copied).instance_group
