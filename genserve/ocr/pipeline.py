@@ -17,6 +17,8 @@ with more, padding changes the recogniser's attention context slightly (docs/ocr
 Shapes: one request is one image; the lines are the batch dimension of the classifier's and the
 recogniser's inputs (at most :data:`~genserve.ocr.engine.MAX_LINES`). An image without text still
 sends one blank crop to each network (an ensemble runs every step), and its result has no lines.
+``upright`` cuts the crops from the page again rather than receiving them: N images of different sizes
+are no tensor, and a perspective crop costs far less than a network call.
 """
 
 from __future__ import annotations
