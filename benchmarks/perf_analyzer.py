@@ -34,11 +34,13 @@ MODEL_ANALYZER_CONFIG = "model-analyzer.yaml"
 
 
 def contract_of(config: ModelConfig) -> Contract | None:
-    """The task contract whose tensors a model's config declares, or None (a leaf model, a step)."""
-    for contract in CONTRACTS.values():
-        if not contract_mismatches(config, contract):
-            return contract
-    return None
+    """The task contract whose tensors a model's config declares, or None (a leaf model, a step). Where
+    several declare the same tensors (edit_image and edit_text differ only in an OPTIONS key), the one
+    the model is named after (``genserve build-repo`` names models ``<prefix><contract model>``)."""
+    matching = [contract for contract in CONTRACTS.values() if not contract_mismatches(config, contract)]
+    if len(matching) > 1:
+        matching = [contract for contract in matching if config.name.endswith(contract.model)]
+    return matching[0] if len(matching) == 1 else None
 
 
 def repository_configs(repositories: Iterable[Path]) -> dict[str, ModelConfig]:
@@ -47,12 +49,13 @@ def repository_configs(repositories: Iterable[Path]) -> dict[str, ModelConfig]:
 
 
 def server_configs(grpc_url: str) -> dict[str, ModelConfig]:
-    """Every ready model's config on a running server (gRPC), by model name."""
+    """Every loaded model's config on a running server (gRPC), by model name. The statistics name them:
+    the repository index, which would too, needs the admin key (:mod:`genserve.admin`)."""
     import tritonclient.grpc as grpcclient
 
     client = grpcclient.InferenceServerClient(grpc_url)
     try:
-        names = [model.name for model in client.get_model_repository_index().models if model.state == "READY"]
+        names = sorted({stats.name for stats in client.get_inference_statistics().model_stats})
         return {name: client.get_model_config(name).config for name in names}
     finally:
         client.close()

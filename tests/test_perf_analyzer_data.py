@@ -64,6 +64,18 @@ def test_every_contract_has_real_requests():
         assert requests and all(contract.check(request) for request in requests), contract.model
 
 
+def test_each_model_gets_its_own_contract_s_requests():
+    """edit_image and edit_text declare the same tensors: the model's name tells them apart."""
+    from genserve.protocol import EDIT_IMAGE, EDIT_TEXT
+    from genserve.triton.model_config import ModelConfig, declare_contract
+
+    for contract in (EDIT_IMAGE, EDIT_TEXT, STREAMING_TASKS["vttie"], OCR):
+        config = declare_contract(ModelConfig(name=f"flux_{contract.model}", max_batch_size=0), contract)
+        assert perf_analyzer.contract_of(config) == contract
+    unnamed = declare_contract(ModelConfig(name="editor", max_batch_size=0), EDIT_TEXT)
+    assert perf_analyzer.contract_of(unnamed) is None
+
+
 def test_a_document_that_breaks_the_format_is_refused():
     from genserve.config import STACK_REPOSITORY_DIR
     from genserve.triton.model_config import read_config
