@@ -59,10 +59,11 @@ DET = LeafModel(
 )  # fmt: skip
 MAX_LINES = 256
 REC_MAX_WIDTH = 12000
+REC_BATCH = 6  # rapidocr's rec_batch_num
 CLS = LeafModel("ocr_cls", "models/ch_ppocr_mobile_v2.0_cls_infer.onnx", "x", "save_infer_model/scale_0.tmp_1", max_shape=(MAX_LINES, 3, 48, 192))
 REC = LeafModel(
     "ocr_rec", "models/ch_PP-OCRv4_rec_infer.onnx", "x", "softmax_11.tmp_0",
-    max_shape=(MAX_LINES, 3, 48, REC_MAX_WIDTH), max_elements=6 * 3 * 48 * REC_MAX_WIDTH,
+    max_shape=(MAX_LINES, 3, 48, REC_MAX_WIDTH), max_elements=REC_BATCH * 3 * 48 * REC_MAX_WIDTH,
 )  # fmt: skip
 LEAF_MODELS = (DET, CLS, REC)
 
@@ -86,11 +87,8 @@ class OcrArrays:
 
 
 class _LeafCall:
-    """Stands in for one of rapidocr's ``OrtInferSession`` objects: ``session(x)[0]`` is the output.
-
-    A recogniser batch wider than the leaf takes (a crop of a long thin line, not text) is squeezed to
-    the leaf's width, so one such crop does not fail the whole image.
-    """
+    """Stands in for one of rapidocr's ``OrtInferSession`` objects: ``session(x)[0]`` is the output
+    (a recogniser batch wider than the leaf takes is squeezed: :func:`squeeze_to_recognizer_width`)."""
 
     def __init__(self, leaf: LeafModel, runner: Runner):
         self.leaf, self.runner = leaf, runner
