@@ -222,14 +222,14 @@ def _script(written: Mapping[str, Path], streaming: set[str], others: list[str])
 
 def _model_analyzer_config(written: Mapping[str, Path], streaming: set[str]) -> str:
     lines = [
-        "# model-analyzer profile -f model-analyzer.yaml (written by genserve bench --perf-analyzer-data)",
+        "# model-analyzer profile -f model-analyzer.yaml (written by genserve bench --perf-analyzer-data). The",
+        "# streaming (decoupled) variants are left to perf_analyzer --streaming: their plain models are here.",
         "triton_launch_mode: remote",
         "client_protocol: grpc",
-        "model_repository: /models  # unused in remote mode, but required",
+        "model_repository: /models  # required by the tool; remote mode changes no config",
         "profile_models:",
     ]
     for name, path in written.items():
-        lines += [f"  {name}:", "    perf_analyzer_flags:", f"      input-data: {path.name}"]
-        if name in streaming:
-            lines.append("      streaming: true")
+        if name not in streaming:
+            lines += [f"  {name}:", "    perf_analyzer_flags:", f"      input-data: {path.name}"]
     return "\n".join(lines) + "\n"

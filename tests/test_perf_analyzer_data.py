@@ -146,6 +146,13 @@ def test_every_served_task_model_gets_data_the_server_accepts(stack_and_demo_ser
         assert f"perf_analyzer -m {name} " in script
         assert (f"-m {name} -i grpc -u \"$URL\" --streaming" in script) == name.endswith("_stream")
     assert "model-analyzer profile -f model-analyzer.yaml" in script
+    import yaml
+
+    analyzer = yaml.safe_load((out / perf_analyzer.MODEL_ANALYZER_CONFIG).read_text())
+    assert analyzer["triton_launch_mode"] == "remote"
+    assert set(analyzer["profile_models"]) == {name for name in written if not name.endswith("_stream")}
+    for name, settings in analyzer["profile_models"].items():
+        assert (out / settings["perf_analyzer_flags"]["input-data"]).is_file(), name
 
     for name in sorted(written):
         document = json.loads((out / f"{name}.json").read_text())
