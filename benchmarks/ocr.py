@@ -1,16 +1,19 @@
-"""Served OCR throughput and latency under concurrency, beside rapidocr in-process.
+"""Served OCR throughput and latency under concurrency: the BLS model, the ensemble, rapidocr in-process.
 
     python -m genserve.benchmarks.ocr                       # starts Triton with the OCR models itself
     python -m genserve.benchmarks.ocr --url localhost:8001  # a server already running
-    python -m genserve.benchmarks.ocr --concurrency 1,4 --requests 32 --json ocr.json
+    python -m genserve.benchmarks.ocr --concurrency 1,4,1,4 --requests 32 --json ocr.json
+    python -m genserve.benchmarks.ocr --models ocr,ocr_bls --skip-in-process
 
 For each concurrency C, C client threads send requests back to back (each its own gRPC client) until
-``--requests`` are done; the images cycle through the rendered English, Chinese and mixed signs. The
-same sweep runs rapidocr in this process with C threads, each with its own ``RapidOCR`` (ONNX Runtime
-releases the GIL while it computes); the two modes alternate level by level, so that other load on the
-host affects both alike. Clients and engines are made before the clock starts. Reported: latency p50/p90/p99 per request, images/s, and for the
-served runs how many requests each leaf model's dynamic batcher merged per run on average (Triton's
-statistics: successful requests / executions; 1.00 means no merging).
+``--requests`` are done; the images cycle through the rendered English, Chinese and mixed signs. Each
+served model of ``--models`` runs the level in turn, then rapidocr in this process with C threads, each
+with its own ``RapidOCR`` (ONNX Runtime releases the GIL while it computes); the modes alternate level
+by level (repeat levels, e.g. 1,4,1,4, for a second round), so that other load on the host affects all
+alike. Clients and engines are made before the clock starts. Reported: latency p50/p90/p99 per request,
+images/s, and for the served runs, per model that answered requests during the level (the served one,
+its steps and leaves), Triton's statistics: requests, requests merged per execution, mean queue and
+compute ms per request.
 """
 
 from __future__ import annotations
@@ -21,12 +24,14 @@ import json
 import os
 import platform
 import sys
+import time
 from pathlib import Path
 
 from genserve.benchmarks.load import TABLE_HEADER, Run, drive, parse_levels, table_row
 
-OCR_MODELS = ["ocr", "ocr_det", "ocr_cls", "ocr_rec"]
 LEAVES = ["ocr_det", "ocr_cls", "ocr_rec"]
+ENSEMBLE_STEPS = ["ocr_prepare", "ocr_crop", "ocr_upright", "ocr_read"]
+SERVED = ["ocr", "ocr_bls", "ocr_ensemble"]
 
 
 def sample_images() -> list[bytes]:
@@ -40,47 +45,33 @@ def sample_images() -> list[bytes]:
     return encoded
 
 
-def leaf_counts(http_url: str) -> dict[str, tuple[int, int]]:
-    import tritonclient.http as httpclient
-
-    with httpclient.InferenceServerClient(http_url) as client:
-        stats = client.get_inference_statistics()["model_stats"]
-    # Requests answered and executions run: their ratio is how many requests the batcher merged per run.
-    return {
-        s["name"]: (int(s["inference_stats"]["success"]["count"]), int(s.get("execution_count", 0)))
-        for s in stats
-        if s["name"] in LEAVES
-    }
-
-
 class TritonBench:
-    """Requests to the served ``ocr`` model, one gRPC client per thread."""
+    """Requests to one served OCR model, one gRPC client per thread."""
 
-    mode = "triton"
-
-    def __init__(self, grpc_url: str, http_url: str | None):
+    def __init__(self, grpc_url: str, model: str):
         from genserve.client import Client
 
-        self.grpc_url, self.http_url = grpc_url, http_url
+        self.grpc_url, self.model = grpc_url, model
+        self.mode = f"triton {model}"
         self.clients = [Client(grpc_url)]
 
     def workers(self, count: int) -> list:
+        from functools import partial
+
         from genserve.client import Client
 
         while len(self.clients) < count:
             self.clients.append(Client(self.grpc_url))
-        return [client.ocr for client in self.clients[:count]]
+        return [partial(client.ocr, model=self.model) for client in self.clients[:count]]
 
     def run(self, concurrency: int, requests: int, images: list[bytes]) -> Run:
+        from genserve.benchmarks.report import model_stats, stats_delta
+
         workers = self.workers(concurrency)
-        before = leaf_counts(self.http_url) if self.http_url else {}
+        before = model_stats(self.grpc_url)
         run = drive(workers, requests, images, self.mode)
-        after = leaf_counts(self.http_url) if self.http_url else {}
-        run.extra["leaf_requests_per_run"] = {
-            name: round((after[name][0] - before[name][0]) / max(1, after[name][1] - before[name][1]), 2)
-            for name in after
-            if name in before
-        }
+        time.sleep(0.2)  # Triton counts a request just after answering it
+        run.extra["models"] = stats_delta(before, model_stats(self.grpc_url))
         return run
 
     def close(self) -> None:
@@ -111,18 +102,19 @@ class InProcessBench:
         self.engines.clear()
 
 
-HEADER = f"{TABLE_HEADER}  requests per leaf run (det/cls/rec)"
+HEADER = f"{TABLE_HEADER}  per model: queue/compute ms per request (requests per execution)"
 
 
 def format_row(run: Run) -> str:
-    batch = run.extra.get("leaf_requests_per_run", {})
-    return f"{table_row(run)}  {'/'.join(f'{batch[name]:.2f}' for name in LEAVES if name in batch) or '-'}"
+    models = run.extra.get("models", {})
+    parts = [f"{name} {m['queue_ms']:.0f}/{m['compute_ms']:.0f} ({m['requests_per_execution']})" for name, m in models.items()]
+    return f"{table_row(run)}  {', '.join(parts) or '-'}"
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m genserve.benchmarks.ocr", description=__doc__.split("\n\n")[0])
     parser.add_argument("--url", help="gRPC host:port of a running server (default: start one on free ports)")
-    parser.add_argument("--http-url", help="HTTP host:port of that server, for the batching statistics")
+    parser.add_argument("--models", default="ocr,ocr_ensemble", help="served OCR models to compare, comma-separated (default %(default)s)")
     parser.add_argument("--concurrency", default="1,2,4,8", help="comma-separated levels (default 1,2,4,8)")
     parser.add_argument("--requests", type=int, default=0, help="requests per level (default: max(12, 3 x concurrency))")
     parser.add_argument("--warmup", type=int, default=1, help="passes over the images before measuring")
@@ -141,18 +133,18 @@ def main(argv: list[str] | None = None) -> int:
     runs: list[Run] = []
     try:
         if args.url:
-            grpc_url, http_url = args.url, args.http_url
+            grpc_url = args.url
         else:
             from genserve.config import STACK_REPOSITORY_DIR
             from genserve.server import TritonServer, free_ports
 
             ports = free_ports(3)
             server = TritonServer(
-                STACK_REPOSITORY_DIR, models=OCR_MODELS, http_port=ports[0], grpc_port=ports[1], metrics_port=ports[2], address="127.0.0.1"
+                STACK_REPOSITORY_DIR, models=[m for m in SERVED if (STACK_REPOSITORY_DIR / m).is_dir()] + ENSEMBLE_STEPS + LEAVES, http_port=ports[0], grpc_port=ports[1], metrics_port=ports[2], address="127.0.0.1"
             )
             server.start()
-            grpc_url, http_url = server.grpc_url, server.http_url
-        benches.append(TritonBench(grpc_url, http_url))
+            grpc_url = server.grpc_url
+        benches.extend(TritonBench(grpc_url, model.strip()) for model in args.models.split(",") if model.strip())
         if not args.skip_in_process:
             benches.append(InProcessBench())
         for bench in benches:  # warm-up: first runs of ONNX Runtime allocate and optimise

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import io
 import itertools
+import re
 import secrets
 import time
 from collections.abc import Callable
@@ -107,12 +108,16 @@ class OcrLine:
 _HTTP_CODES = {"400": "INVALID_ARGUMENT", "403": "PERMISSION_DENIED", "404": "NOT_FOUND", "500": "INTERNAL", "503": "UNAVAILABLE"}
 
 
+_ENSEMBLE_PREFIX = re.compile(r"^in ensemble '[^']*', ")
+
+
 def request_error(error, url: str, protocol: str) -> RequestError:
     """tritonclient's exception as ours: the server's message, its code, and whether a retry may help."""
     status = str(error.status() or "").removeprefix("StatusCode.")
     code = _HTTP_CODES.get(status, status or "UNKNOWN")
     # The server marks invalid input in the message too (for its own BLS callers); the code says it here.
-    message = (error.message() or str(error)).removeprefix(INVALID_INPUT)
+    # An ensemble's step prefixes its own error with the ensemble's name, which says nothing to the caller.
+    message = _ENSEMBLE_PREFIX.sub("", error.message() or str(error)).removeprefix(INVALID_INPUT)
     if code in ("UNAVAILABLE", "UNKNOWN") and retry.unreachable(message):
         return unavailable(url, protocol, message)
     retriable = code == "UNAVAILABLE" or (code in ("INTERNAL", "NOT_FOUND") and retry.transient(message))

@@ -64,6 +64,39 @@ def _unmarked_servers_fail(item):
     return result
 
 
+def pytest_addoption(parser):
+    parser.addoption(
+        "--swap-ocr", action="store_true",
+        help="serve the stack's other OCR model (the ensemble, or the BLS model when the ensemble is ocr) as ocr, "
+        "so that the OCR tests hold it: pytest tests/test_ocr*.py --swap-ocr",
+    )  # fmt: skip
+
+
+def pytest_configure(config):
+    if config.getoption("--swap-ocr"):
+        import genserve.config
+
+        genserve.config.STACK_REPOSITORY_DIR = _ocr_swapped(genserve.config.STACK_REPOSITORY_DIR)
+
+
+def _ocr_swapped(repository: Path) -> Path:
+    """A copy of the stack repository with the two OCR models' names exchanged."""
+    import re
+    import shutil
+    import tempfile
+
+    from genserve.triton.model_config import read_config
+
+    other = "ocr_bls" if read_config(repository / "ocr").platform == "ensemble" else "ocr_ensemble"
+    copy = Path(tempfile.mkdtemp(prefix="genserve-swap-ocr-")) / "model_repository"
+    shutil.copytree(repository, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    for old, new in (("ocr", "ocr_swapping"), (other, "ocr"), ("ocr_swapping", "ocr_ensemble" if other == "ocr_bls" else "ocr_bls")):
+        (copy / old).rename(copy / new)
+        config = copy / new / "config.pbtxt"
+        config.write_text(re.sub(r'^name: ".*"$', f'name: "{new}"', config.read_text(), count=1, flags=re.M))
+    return copy
+
+
 
 @pytest.fixture(scope="session")
 def faces_dir() -> Path:

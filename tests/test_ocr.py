@@ -195,28 +195,32 @@ def test_a_request_the_leaf_model_cannot_run_fails_alone(triton_server):
 
 def test_a_leaf_refusal_reaches_the_client_as_invalid_input(images, tmp_path):
     """A leaf model that refuses the OCR pipeline's call (here a detector limited to 1024-pixel inputs by
-    its max_input_shape parameter) answers INVALID_ARG; the ``ocr`` model's BLS call keeps that code and
-    the leaf's message, so the client gets a refusal it does not retry, not an internal error. A small
-    enough image still passes."""
+    its max_input_shape parameter) answers INVALID_ARG; the BLS model's call and the ensemble keep that
+    code and the leaf's message, so the client gets a refusal it does not retry, not an internal error. A
+    small enough image still passes."""
     from genserve.config import STACK_REPOSITORY_DIR
     from genserve.server import TritonServer, free_ports
-    from genserve.triton.model_config import copy_model, read_config, write_config
+    from genserve.protocol import OCR
+    from genserve.triton.model_config import contract_mismatches, copy_model, read_config, write_config
 
     repository = tmp_path / "repository"
-    for name in ("ocr", "ocr_det", "ocr_cls", "ocr_rec"):
-        copy_model(STACK_REPOSITORY_DIR / name, repository, instances=1)
+    for model_dir in STACK_REPOSITORY_DIR.glob("ocr*"):  # the OCR models, the ensemble's steps among them
+        copy_model(model_dir, repository, instances=1)
     config = read_config(repository / "ocr_det")
     config.parameters["max_input_shape"].string_value = '{"x": [-1, 3, 1024, 1024]}'
     write_config(config, repository / "ocr_det")
     http, grpc, metrics = free_ports(3)
     with TritonServer(repository, http_port=http, grpc_port=grpc, metrics_port=metrics, address="127.0.0.1",
                       log_path=tmp_path / "triton.log") as server, Client(server.grpc_url) as client:
-        with pytest.raises(RequestError) as error:
-            client.ocr(images["english"])
         small = png(samples.render_text(["OK"], font_size=40))
-        assert [line.text for line in client.ocr(small)] == ["OK"]
-    assert error.value.retriable is False
-    assert str(error.value).startswith("ocr_det: ") and "above this model's limit" in str(error.value)
+        for model in sorted(path.name for path in repository.iterdir()):
+            if contract_mismatches(read_config(repository / model), OCR):
+                continue  # a leaf or an ensemble step
+            with pytest.raises(RequestError) as error:
+                client.ocr(images["english"], model=model)
+            assert [line.text for line in client.ocr(small, model=model)] == ["OK"]
+            assert error.value.retriable is False, model
+            assert str(error.value).startswith("ocr_det: ") and "above this model's limit" in str(error.value), model
 
 
 def test_cli_prints_the_lines(triton_server, images, tmp_path, capsys):
@@ -255,10 +259,12 @@ def test_benchmark_runs_against_the_live_server(triton_server, tmp_path, capsys)
     from genserve.benchmarks import ocr as benchmark
 
     out = tmp_path / "ocr.json"
-    argv = ["--url", triton_server.grpc_url, "--http-url", triton_server.http_url, "--concurrency", "2"]
+    argv = ["--url", triton_server.grpc_url, "--models", "ocr", "--concurrency", "2"]
     assert benchmark.main([*argv, "--requests", "2", "--warmup", "0", "--skip-in-process", "--json", str(out)]) == 0
     (run,) = json.loads(out.read_text())["runs"]
-    assert run["mode"] == "triton" and run["requests"] == 2 and run["errors"] == 0
+    assert run["mode"] == "triton ocr" and run["requests"] == 2 and run["errors"] == 0
     assert run["images_per_s"] > 0 and run["latency_ms"]["p50"] <= run["latency_ms"]["p99"]
-    assert set(run["leaf_requests_per_run"]) == {"ocr_det", "ocr_cls", "ocr_rec"}
-    assert "triton" in capsys.readouterr().out
+    # Triton's statistics per model that answered: the served one and the leaves it calls.
+    assert {"ocr", "ocr_det", "ocr_cls", "ocr_rec"} <= set(run["models"])
+    assert run["models"]["ocr"]["requests"] == 2 and run["models"]["ocr_det"]["compute_ms"] > 0
+    assert "triton ocr" in capsys.readouterr().out

@@ -13,7 +13,7 @@ from PIL import Image
 
 from genserve.client import RequestError
 from genserve.config import STACK_REPOSITORY_DIR
-from genserve.ocr.engine import CLS, DET, DET_MAX_SIDE, LEAF_MODELS, REC, _LeafCall, create_engine, pad_to_aspect
+from genserve.ocr.engine import CLS, DET, DET_MAX_SIDE, LEAF_MODELS, MAX_LINES, REC, _LeafCall, create_engine, pad_to_aspect
 from genserve.triton.model_config import model_parameters, read_config
 
 
@@ -29,8 +29,10 @@ def test_limits_follow_rapidocr_s_configuration():
     engine = create_engine()
     side, ratio = engine.text_det.limit_side_len, engine.width_height_ratio
     assert DET_MAX_SIDE == side * ratio and DET.max_elements == 3 * side * DET_MAX_SIDE
-    assert CLS.max_shape == (engine.text_cls.cls_batch_num, *engine.text_cls.cls_image_shape)
-    assert REC.max_shape[:3] == (engine.text_rec.rec_batch_num, *engine.text_rec.rec_image_shape[:2])
+    # rapidocr sends 6 crops per call; the ensemble all the lines of an image, up to MAX_LINES.
+    assert CLS.max_shape == (MAX_LINES, *engine.text_cls.cls_image_shape) and MAX_LINES >= engine.text_cls.cls_batch_num
+    assert REC.max_shape[:3] == (MAX_LINES, *engine.text_rec.rec_image_shape[:2])
+    assert REC.max_elements == engine.text_rec.rec_batch_num * 3 * 48 * REC.max_shape[3]  # 6 full-width lines
 
 
 @pytest.mark.parametrize(

@@ -42,6 +42,10 @@ def register(subparsers) -> None:
     parser.add_argument("--no-in-process", action="store_true", help="skip the in-process baseline")
     parser.add_argument("--faces-dir", metavar="DIR", help="photos for the face swap pairs (default: shared/data/faces, else bundled)")
     parser.add_argument("--out", metavar="OUT", default="bench", help="output folder (default: ./bench)")
+    parser.add_argument("--perf-analyzer-data", metavar="DIR",
+                        help="instead of benchmarking, write perf_analyzer input data (DIR/<model>.json: real requests) for "
+                        "every task model of the server at --url (default: the stack's and the demo diffusion models), "
+                        "and DIR/perf_analyzer.sh with the perf_analyzer and model-analyzer commands for the NGC SDK container")
     parser.set_defaults(handler=run)
 
 
@@ -53,6 +57,8 @@ def run(args: argparse.Namespace) -> int:
     from genserve.client.tasks import parse_task_models
     from genserve.errors import InvalidInputError
 
+    if args.perf_analyzer_data:
+        return write_perf_analyzer_data(args)
     tasks = [task.strip() for task in args.tasks.split(",") if task.strip()]
     unknown = [task for task in tasks if task not in TASKS]
     if not tasks or unknown:
@@ -73,3 +79,23 @@ def run(args: argparse.Namespace) -> int:
     )  # fmt: skip
     report = run_bench(settings)
     return 1 if any(run["errors"] for run in report["runs"]) else 0
+
+
+def write_perf_analyzer_data(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from genserve.benchmarks import perf_analyzer
+
+    if args.url:
+        configs = perf_analyzer.server_configs(args.url)
+    else:
+        from genserve.config import CACHE_DIR, STACK_REPOSITORY_DIR
+        from genserve.demo.repository import build_demo_repository
+
+        configs = perf_analyzer.repository_configs([STACK_REPOSITORY_DIR, build_demo_repository(CACHE_DIR / "demo")])
+    out = Path(args.perf_analyzer_data)
+    written = perf_analyzer.write_perf_analyzer_data(
+        out, configs, size=args.size or 64, steps=args.steps or 3, faces_dir=Path(args.faces_dir) if args.faces_dir else None
+    )
+    print(f"wrote perf_analyzer input data for {len(written)} models ({', '.join(written)}) and {out / perf_analyzer.SCRIPT}")
+    return 0

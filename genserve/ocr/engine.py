@@ -50,14 +50,21 @@ class LeafModel:
 # call; crops go to the classifier at 3x48x192 and to the recogniser 48 pixels tall, 6 per call
 # (cls_batch_num, rec_batch_num). A recognised line is at most 250 times as long as tall (a full
 # 2000-pixel line of 8-pixel text): 12000 pixels at height 48. tests/test_ocr_limits.py checks these
-# against rapidocr's own preprocessing.
+# against rapidocr's own preprocessing. The ensemble (genserve.ocr.pipeline) sends all the lines of an
+# image in one call, up to MAX_LINES, and no more recogniser values than 6 full-width lines hold.
 DET_MAX_SIDE = 5888
 DET = LeafModel(
     "ocr_det", "models/ch_PP-OCRv4_det_infer.onnx", "x", "sigmoid_0.tmp_0",
     max_shape=(1, 3, DET_MAX_SIDE, DET_MAX_SIDE), max_elements=3 * 736 * DET_MAX_SIDE,
 )  # fmt: skip
-CLS = LeafModel("ocr_cls", "models/ch_ppocr_mobile_v2.0_cls_infer.onnx", "x", "save_infer_model/scale_0.tmp_1", max_shape=(6, 3, 48, 192))
-REC = LeafModel("ocr_rec", "models/ch_PP-OCRv4_rec_infer.onnx", "x", "softmax_11.tmp_0", max_shape=(6, 3, 48, 12000))
+MAX_LINES = 256
+REC_MAX_WIDTH = 12000
+REC_BATCH = 6  # rapidocr's rec_batch_num
+CLS = LeafModel("ocr_cls", "models/ch_ppocr_mobile_v2.0_cls_infer.onnx", "x", "save_infer_model/scale_0.tmp_1", max_shape=(MAX_LINES, 3, 48, 192))
+REC = LeafModel(
+    "ocr_rec", "models/ch_PP-OCRv4_rec_infer.onnx", "x", "softmax_11.tmp_0",
+    max_shape=(MAX_LINES, 3, 48, REC_MAX_WIDTH), max_elements=REC_BATCH * 3 * 48 * REC_MAX_WIDTH,
+)  # fmt: skip
 LEAF_MODELS = (DET, CLS, REC)
 
 # rapidocr decodes with PIL and takes these modes as they are; others (palette, 16-bit, CMYK...) it
@@ -80,20 +87,25 @@ class OcrArrays:
 
 
 class _LeafCall:
-    """Stands in for one of rapidocr's ``OrtInferSession`` objects: ``session(x)[0]`` is the output.
-
-    A recogniser batch wider than the leaf takes (a crop of a long thin line, not text) is squeezed to
-    the leaf's width, so one such crop does not fail the whole image.
-    """
+    """Stands in for one of rapidocr's ``OrtInferSession`` objects: ``session(x)[0]`` is the output
+    (a recogniser batch wider than the leaf takes is squeezed: :func:`squeeze_to_recognizer_width`)."""
 
     def __init__(self, leaf: LeafModel, runner: Runner):
         self.leaf, self.runner = leaf, runner
 
     def __call__(self, x: np.ndarray) -> list[np.ndarray]:
-        width = self.leaf.max_shape[-1]
-        if self.leaf is REC and x.shape[-1] > width:
-            x = x[..., np.linspace(0, x.shape[-1] - 1, width).round().astype(int)]
+        if self.leaf is REC:
+            x = squeeze_to_recognizer_width(x)
         return [self.runner(self.leaf, np.ascontiguousarray(x, dtype=np.float32))]
+
+
+def squeeze_to_recognizer_width(x: np.ndarray) -> np.ndarray:
+    """A recogniser batch at most ``REC.max_shape[-1]`` wide: wider ones (a crop of a long thin line,
+    not text) are squeezed to it, so that one such crop does not fail the whole image."""
+    width = REC.max_shape[-1]
+    if x.shape[-1] <= width:
+        return x
+    return x[..., np.linspace(0, x.shape[-1] - 1, width).round().astype(int)]
 
 
 def import_rapidocr():
@@ -172,6 +184,11 @@ def recognize(engine, image: bytes | np.ndarray) -> OcrArrays:
     :func:`create_engine`. An image without text gives zero lines."""
     bgr = load_image(image) if isinstance(image, (bytes, bytearray)) else image
     result, _elapsed = engine(pad_to_aspect(bgr, engine.width_height_ratio))
+    return ocr_arrays(result)
+
+
+def ocr_arrays(result: list | None) -> OcrArrays:
+    """rapidocr's result (``[[box, text, score], ...]`` or None) as :class:`OcrArrays`."""
     if not result:
         return OcrArrays(np.zeros((0, 4, 2), np.float32), [], np.zeros((0,), np.float64))
     boxes, texts, scores = zip(*result)

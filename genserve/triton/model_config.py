@@ -123,7 +123,7 @@ def copy_model(model_dir: str | Path, repository: str | Path, *, instances: int 
     model_dir = Path(model_dir)
     destination = Path(repository) / model_dir.name
     shutil.copytree(model_dir, destination, ignore=shutil.ignore_patterns("__pycache__"), dirs_exist_ok=True)
-    if instances is not None:
+    if instances is not None and read_config(destination).platform != "ensemble":  # an ensemble has no instances
         config = read_config(destination)
         if not config.instance_group:
             config.instance_group.add()

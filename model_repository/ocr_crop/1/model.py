@@ -1,0 +1,1 @@
+from genserve.triton.ocr_steps import CropStep as TritonPythonModel  # noqa: F401  (a step of ocr_ensemble, see its config.pbtxt)
