@@ -63,15 +63,19 @@ class ServiceModel:
 
 
 class FaceSwapModel(ServiceModel):
-    """``face_swap``: :class:`~genserve.faceswap.FaceSwapper`. Parameter ``target_cache_size``."""
+    """``face_swap``: :class:`~genserve.faceswap.FaceSwapper`. Parameters ``target_cache_size`` and
+    ``embedding_model``: the leaf computing face descriptors over BLS (empty: in this process)."""
 
     contract = FACE_SWAP
 
     def setup(self, args):
-        from genserve.faceswap import FaceSwapper
+        from genserve.faceswap import FaceAnalyzer, FaceSwapper
+        from genserve.faceswap.embedding import INPUT_NAME, OUTPUT_NAME
 
+        leaf = self.parameters.get("embedding_model")
+        embed = (lambda chips: bls.infer(leaf, {INPUT_NAME: chips}, [OUTPUT_NAME])[OUTPUT_NAME]) if leaf else None
         # dlib's models load now, so that the first request does not pay for it.
-        self.service = FaceSwapper(target_cache_size=int(self.parameters.get("target_cache_size") or 64)).load()
+        self.service = FaceSwapper(FaceAnalyzer(embed), target_cache_size=int(self.parameters.get("target_cache_size") or 64)).load()
 
     def handle(self, values):
         from genserve.faceswap import SwapOptions
