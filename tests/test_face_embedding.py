@@ -112,3 +112,13 @@ def test_the_served_leaf_batches_and_matches_in_process(triton_server, faces, em
         tensor.set_data_from_numpy(chips)
         served = client.infer("face_embedding", [tensor]).as_numpy(OUTPUT_NAME)
     np.testing.assert_allclose(served, embedder(chips), atol=1e-5)
+
+
+def test_copying_face_swap_brings_the_leaf_it_calls(tmp_path):
+    from genserve.config import STACK_REPOSITORY_DIR
+    from genserve.triton.model_config import copy_model, read_config
+
+    copy_model(STACK_REPOSITORY_DIR / "face_swap", tmp_path, instances=1)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["face_embedding", "face_swap"]
+    assert read_config(tmp_path / "face_embedding").instance_group[0].count == 1
+    assert read_config(tmp_path / "face_swap").instance_group[0].count == 1
