@@ -109,6 +109,19 @@ def markdown_report(report: dict[str, Any]) -> str:
                 f"| {r['task']} | {r['concurrency']} | {r['served_images_per_s']:.3f} | {r['in_process_images_per_s']:.3f} | "
                 f"{_fmt(r['throughput_ratio'], 2)}x | {_fmt(r['p50_latency_ratio'], 2)}x |"
             )
+    if report.get("floor_ratios"):
+        lines += [
+            "",
+            "## Served / floor",
+            "",
+            "The floor: the same export's graphs in ONNX Runtime in this process, one request at a time (no Triton, no BLS).",
+            "",
+            "| task | concurrency | served images/s | floor images/s | served / floor |",
+            "|---|---:|---:|---:|---:|",
+        ]
+        for r in report["floor_ratios"]:
+            lines.append(f"| {r['task']} | {r['concurrency']} | {r['served_images_per_s']:.3f} | {r['floor_images_per_s']:.3f} | "
+                         f"{_fmt(r['served_over_floor'], 2)}x |")
     if report.get("first_requests"):
         lines += [
             "",

@@ -5,8 +5,11 @@ to back to the Triton server (one gRPC client each, :func:`genserve.benchmarks.l
 threads run the same work in this process with the same service code the served model runs:
 :class:`~genserve.faceswap.FaceSwapper` for face swap, :class:`~genserve.diffusion.service.DiffusionService`
 over the diffusers pipeline with the original torch weights (eager) for t2i/tie/vttie (vttie's OCR
-check by rapidocr in-process), with the same request values and seeds. The modes alternate level by level, so
-that other load on the host hits both alike. Around each served level Triton's statistics are read, and
+check by rapidocr in-process), with the same request values and seeds. A third mode, ``floor``, runs the
+served export's own ONNX graphs in this process with ONNX Runtime (:func:`~genserve.diffusion.service.export_service`:
+no Triton, no BLS, a plain loop of one request at a time; its sessions take ONNX Runtime's default
+threads, as the served leaves do, whose configs set none): what the serving layer costs is served/floor.
+The modes alternate level by level, so that other load on the host hits them alike. Around each served level Triton's statistics are read, and
 their difference gives per model the requests, executions and mean queue and compute ms per request.
 
 The server is the one at ``--url``, or one started here on loopback with the stack's ``face_swap`` model
@@ -57,6 +60,7 @@ class Settings:
     steps: int | None = None  # None: 3 (demo) or 20 (--pipeline)
     models: dict[str, str] = field(default_factory=dict)  # task -> served model name
     in_process: bool = True
+    floor: bool = True  # diffusion: also the export's graphs in ONNX Runtime in this process (see the module docstring)
     warmup: int = 1  # untimed passes over the payloads, per mode
     faces_dir: Path | None = None
     work_dir: Path | None = None  # caches (demo repository, --pipeline exports); default CACHE_DIR
@@ -119,7 +123,8 @@ class DiffusionTask:
     modes get the same request values, seeds included.
     """
 
-    def __init__(self, task: str, settings: Settings, model: str, pipeline_dir: Path | None, precision: str):
+    def __init__(self, task: str, settings: Settings, model: str, pipeline_dir: Path | None, precision: str,
+                 export_dir: Path | None = None):
         from PIL import Image
 
         from genserve.demo.samples import sign_image
@@ -129,6 +134,8 @@ class DiffusionTask:
         self.stream = settings.stream
         self.levels = settings.levels
         self.in_process_label = f"DiffusionService over diffusers from {pipeline_dir}, torch eager" if pipeline_dir else None
+        self.floor_label = f"export_service over {export_dir}, ONNX Runtime in-process" if export_dir and settings.floor else None
+        self.export_dir = export_dir
         common = {"steps": self.steps}
         if task == "t2i":
             self.payloads = [{"prompt": p, "seed": s, "width": self.size, "height": self.size, **common} for s, p in enumerate(PROMPTS)]
@@ -231,6 +238,15 @@ class DiffusionTask:
     def in_process_workers(self, count: int) -> list[Callable[[Any], Any]]:
         return [lambda payload: self._service.generate(payload)] * count
 
+    def prepare_floor(self) -> None:
+        from genserve.diffusion.service import export_service
+
+        self._floor = export_service(self.export_dir, self.name, text_reader=self._text_reader())
+
+    def floor_workers(self, count: int) -> list[Callable[[Any], Any]]:
+        # One pipeline: concurrent threads take turns (the floor is a plain loop, no batching).
+        return [lambda payload: self._floor.generate(payload)] * count
+
 
 # --- server and repositories ---------------------------------------------------------------------------
 
@@ -293,6 +309,7 @@ class Bench:
         self.load_models: list[str] = []
         self.notes: list[str] = []
         self.first_requests: dict[str, dict[str, float]] = {}  # task -> the first request after start
+        self.floor_ratios: list[dict[str, Any]] = []  # served / floor (the export in ONNX Runtime in-process)
 
     # Which models are served, where the in-process pipelines come from.
     def _plan(self) -> list:
@@ -320,7 +337,8 @@ class Bench:
                 if task not in served:
                     self.notes.append(f"{task}: {s.pipeline} serves no {task} model (its tasks: {', '.join(sorted(served))}); skipped")
                     continue
-                tasks.append(DiffusionTask(task, s, s.models.get(task, TASKS[task].model), s.pipeline, self.precision))
+                export_dir = repo_dir.parent / "export" if manifest else None
+                tasks.append(DiffusionTask(task, s, s.models.get(task, TASKS[task].model), s.pipeline, self.precision, export_dir))
             return tasks
         demo_dir = self.work_dir / ("demo" if s.demo_size == "tiny" else f"demo-{s.demo_size}")
         if not s.url:
@@ -337,7 +355,8 @@ class Bench:
             if not (pipeline_dir / "model_index.json").is_file():
                 self.notes.append(f"{task}: no pipeline folder {pipeline_dir} for the in-process baseline")
                 pipeline_dir = None
-            tasks.append(DiffusionTask(task, s, model, pipeline_dir, "fp32"))
+            export_dir = demo_dir / "exports" / family
+            tasks.append(DiffusionTask(task, s, model, pipeline_dir, "fp32", export_dir if (export_dir / "manifest.json").is_file() else None))
         if not s.url:
             self.load_models += _models_for(repo_dir, families, [task.served_model for task in tasks if isinstance(task, DiffusionTask)])
         return tasks
@@ -403,6 +422,12 @@ class Bench:
             for _ in range(s.warmup):
                 for payload in task.in_process_payloads:
                     task.in_process_workers(1)[0](payload)
+        floor = getattr(task, "floor_label", None) is not None
+        if floor:
+            task.prepare_floor()
+            for _ in range(s.warmup):
+                for payload in task.payloads:
+                    task.floor_workers(1)[0](payload)
         self.log(TABLE_HEADER)
         runs = []
         # Levels alternate between the modes, so that other load on the host hits both alike.
@@ -424,6 +449,11 @@ class Bench:
                 run.extra.update(task=task.name, model=task.in_process_label)
                 runs.append(run)
                 self.log(table_row(run, f"{task.name} in-process"))
+            if floor:
+                run = drive(task.floor_workers(level), requests, task.payloads, "floor")
+                run.extra.update(task=task.name, model=task.floor_label)
+                runs.append(run)
+                self.log(table_row(run, f"{task.name} floor"))
         return runs
 
     def _first_requests(self, runs: list[Run]) -> dict[str, dict[str, float]]:
@@ -464,7 +494,18 @@ class Bench:
         by_key = {(run.extra["task"], run.mode, run.concurrency): run for run in runs}
         for (task, mode, level), served in by_key.items():
             local = by_key.get((task, "in-process", level))
-            if mode != "served" or local is None:
+            floor = by_key.get((task, "floor", level))
+            if mode != "served":
+                continue
+            if floor is not None:
+                self.floor_ratios.append({
+                    "task": task,
+                    "concurrency": level,
+                    "served_images_per_s": round(served.per_s, 3),
+                    "floor_images_per_s": round(floor.per_s, 3),
+                    "served_over_floor": round(served.per_s / floor.per_s, 3) if floor.per_s else None,
+                })  # fmt: skip
+            if local is None:
                 continue
             ratios.append({
                 "task": task,
@@ -500,6 +541,7 @@ class Bench:
             "first_requests": self._first_requests(runs),
             "runs": [run.summary() for run in runs],
             "ratios": ratios,
+            "floor_ratios": self.floor_ratios,
         }
 
 
@@ -540,6 +582,10 @@ def run_bench(settings: Settings, log: Callable[[str], None] = print) -> dict[st
         for r in report["ratios"]:
             log(f"  {r['task']:<9} concurrency {r['concurrency']:>3}: throughput {r['throughput_ratio']:.2f}x, "
                 f"p50 latency {r['p50_latency_ratio']:.2f}x")  # fmt: skip
+    if report["floor_ratios"]:
+        log("\nserved / floor (the export in ONNX Runtime in-process, one request at a time)")
+        for r in report["floor_ratios"]:
+            log(f"  {r['task']:<9} concurrency {r['concurrency']:>3}: throughput {r['served_over_floor']:.2f}x")
     for task, first in report["first_requests"].items():
         warmup = "with" if first["model_warmup"] else "without"
         log(f"first request after start ({warmup} model warm-up): {task} {first['first_ms']:.0f} ms, "

@@ -132,6 +132,21 @@ def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
             sock.close()
 
 
+def with_callees(models: list[str], config_of) -> list[str]:
+    """``models`` and, after them, the models they call that a local repository holds (their
+    ``load_after``, transitively): naming ``face_swap`` alone serves the leaf it calls too."""
+    from genserve.triton.model_config import load_after
+
+    result, pending = list(models), list(models)
+    while pending:
+        model_config = config_of(pending.pop())
+        for callee in load_after(model_config) if model_config else []:
+            if callee not in result and config_of(callee) is not None:
+                result.append(callee)
+                pending.append(callee)
+    return result
+
+
 def dependent_models(models: list[str], configs: dict) -> list[list[str]]:
     """The models to load after Triton's startup, in rounds (a round's models load together): those whose
     config names, under ``load_after``, models loaded with them. They call them over BLS while they warm
@@ -279,6 +294,7 @@ class TritonServer:
                 f"port(s) {', '.join(map(str, busy))} on {self.address} are in use (another genserve serve or "
                 f"Triton?): stop it, or choose other ports (--http-port, --grpc-port, --metrics-port)"
             )
+        self.models = with_callees(self.models, self._model_config)
         self._dependent = dependent_models(self.models, {name: self._model_config(name) for name in self.models})
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self._log_file = open(self.log_path, "wb")

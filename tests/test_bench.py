@@ -67,7 +67,8 @@ def test_bench_face_swap_and_t2i(demo_repository, tmp_path, capsys):
     assert report["host"]["cpus"] >= 1 and "loadavg_start" in report["host"]
     assert report["server"]["started_by"] == "genserve bench"
     runs = {(run["task"], run["mode"], run["concurrency"]): run for run in report["runs"]}
-    assert set(runs) == {(task, mode, level) for task in ("deepfake", "t2i") for mode in ("served", "in-process") for level in levels}
+    modes = {"deepfake": ("served", "in-process"), "t2i": ("served", "in-process", "floor")}
+    assert set(runs) == {(task, mode, level) for task in modes for mode in modes[task] for level in levels}
     for run in runs.values():
         assert run["requests"] == requests and run["errors"] == 0
         assert run["images_per_s"] > 0
@@ -81,10 +82,18 @@ def test_bench_face_swap_and_t2i(demo_repository, tmp_path, capsys):
         assert ratio["throughput_ratio"] == pytest.approx(served["images_per_s"] / local["images_per_s"], rel=0.01)
         assert f"{task:<9} concurrency {level:>3}: throughput {ratio['throughput_ratio']:.2f}x" in printed
 
+    # The floor (issue 22): the served export's graphs in ONNX Runtime in-process, served / floor per level.
+    floors = {r["concurrency"]: r for r in report["floor_ratios"]}
+    assert set(floors) == set(levels) and all(r["task"] == "t2i" for r in floors.values())
+    for level, ratio in floors.items():
+        assert ratio["served_over_floor"] == pytest.approx(runs["t2i", "served", level]["images_per_s"] / runs["t2i", "floor", level]["images_per_s"], rel=0.01)
+        assert f"t2i       concurrency {level:>3}: throughput {ratio['served_over_floor']:.2f}x" in printed
+    assert "export_service over" in runs["t2i", "floor", 1]["model"]
+
     # Per-model breakdown from Triton's statistics: every request of the level counted, with times.
     for level in levels:
         face = runs["deepfake", "served", level]["models"]
-        assert face["face_swap"]["requests"] == requests and face["face_swap"]["compute_ms"] > 100
+        assert face["face_swap"]["requests"] == requests and face["face_swap"]["compute_ms"] > 20
         assert face["face_swap"]["queue_ms"] >= 0
         t2i = runs["t2i", "served", level]["models"]
         assert set(T2I_MODELS) <= set(t2i)
@@ -112,6 +121,7 @@ def test_bench_face_swap_and_t2i(demo_repository, tmp_path, capsys):
     for task, mode, level in runs:
         assert re.search(rf"^\| {task} \| [^|]+ \| {mode} \| {level} \| {requests} \| 0 \|", markdown, re.M), (task, mode, level)
     assert re.search(r"^\| t2i \| 2 \| sd_unet \| \d+ \| \d+ \|", markdown, re.M)
+    assert re.search(r"^\| t2i \| 2 \| [\d.]+ \| [\d.]+ \| [\d.]+x \|$", markdown.split("## Served / floor")[1], re.M)
     check_pngs(out, ["deepfake.png", "t2i.png", "deepfake_models.png", "t2i_models.png"])
 
 

@@ -94,6 +94,16 @@ def test_pipeline_models_per_family(built):
     assert (repo / "flux_edit_text" / "1" / "pipeline" / "tokenizer_2").is_dir()
     config = parse(repo / "sd_edit_image" / "config.pbtxt")
     assert {t.name: t.optional for t in config.input}["IMAGE"] is False
+    # Plain and streaming models alike run several requests per instance (issue 22, item 3), and their
+    # queue holds a burst of that many plus the waiting ones, for the model to bound itself.
+    from genserve.config import stream_backlog
+
+    options = BuildOptions()
+    for name, concurrency in (("sd_text_to_image", options.pipeline_concurrency), ("sd_text_to_image_stream", options.stream_concurrency)):
+        assert json.loads((repo / name / "1" / "serving.json").read_text())["concurrency"] == concurrency > 1
+        config = parse(repo / name / "config.pbtxt")
+        assert config.dynamic_batching.default_queue_policy.max_queue_size == stream_backlog(concurrency)
+        assert [group.count for group in config.instance_group] == [options.pipeline_instances if name == "sd_text_to_image" else 1]
 
 
 def test_pipeline_configs_match_their_task_contracts(built):

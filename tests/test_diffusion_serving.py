@@ -264,23 +264,26 @@ CONCURRENCY = {
 }
 
 
+@pytest.mark.parametrize("streamed", [True, False], ids=["streamed", "unary"])
 @pytest.mark.parametrize("family", sorted(CONCURRENCY))
-def test_concurrent_requests_share_the_denoiser(family, diffusion_server, dclient):
-    """Four requests at once to the streaming pipeline model: one instance runs them together, their
-    denoiser calls meet in its dynamic batcher, and each still gets the image it gets alone."""
+def test_concurrent_requests_share_the_denoiser(family, streamed, diffusion_server, dclient):
+    """Four requests at once to the streaming pipeline model, or unary to the plain one (as third-party
+    gRPC clients and perf_analyzer send them): one instance runs them together, their denoiser calls
+    meet in its dynamic batcher, and each still gets the image it gets alone."""
     pipeline_model, denoiser, calls = CONCURRENCY[family]
+    served_model = pipeline_model + ("_stream" if streamed else "")
     seeds = (21, 22, 23, 24)
     sequential = {seed: dclient.text_to_image(PROMPT, model=pipeline_model, steps=3, seed=seed, width=SIZE, height=SIZE)
                   for seed in seeds}
     before = _model_stats(diffusion_server, denoiser)
-    before_pipeline = _model_stats(diffusion_server, pipeline_model + "_stream")
+    before_pipeline = _model_stats(diffusion_server, served_model)
     results, errors = {}, []
 
     def one(seed):
         try:
             with Client(diffusion_server.grpc_url) as client:
                 results[seed] = client.text_to_image(PROMPT, model=pipeline_model, steps=3, seed=seed, width=SIZE, height=SIZE,
-                                                     progress=lambda report: None)
+                                                     progress=(lambda report: None) if streamed else None)
         except Exception as error:  # noqa: BLE001
             errors.append(error)
 
@@ -299,12 +302,12 @@ def test_concurrent_requests_share_the_denoiser(family, diffusion_server, dclien
     after = _model_stats(diffusion_server, denoiser)
     requests = int(after["inference_stats"]["success"]["count"]) - int(before["inference_stats"]["success"]["count"])
     executions = int(after["execution_count"]) - int(before["execution_count"])
-    pipeline = _model_stats(diffusion_server, pipeline_model + "_stream")
+    pipeline = _model_stats(diffusion_server, served_model)
     queued_ms = (_queue_ns(pipeline) - _queue_ns(before_pipeline)) / 4e6
     # The hand-over time is a figure to read, not to assert: on a busy 2-core host the instance's main
     # thread waits for the GIL behind the workers (0.1-27 % of the run measured on CI).
     print(f"\n{denoiser} under 4 concurrent requests: {requests} requests ran in {executions} executions; "
-          f"{pipeline_model}_stream queued {queued_ms:.2f} ms per request ({100 * queued_ms / wall_ms:.1f} % of the run)")
+          f"{served_model} queued {queued_ms:.2f} ms per request ({100 * queued_ms / wall_ms:.1f} % of the run)")
     assert requests == 4 * calls
     assert executions < requests  # merged across requests: they were in the model at the same time
 

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from genserve.config import FACES_DIR
 from genserve.server import free_ports
 from genserve.client import Client, RequestError, ServerUnavailableError
 from genserve.errors import ServerError
@@ -182,6 +183,9 @@ def test_serve_command_starts_and_stops_on_ctrl_c(tmp_path):
             lines.append(line)
         with Client(f"127.0.0.1:{grpc}") as client:
             assert client.is_ready("face_swap")
+            # The leaf it calls for the identity score came with it, and a default swap reports one.
+            assert client.is_ready("face_embedding")
+            assert client.swap_face(FACES_DIR / ORI, FACES_DIR / TARGET).metadata["identity"][0]["cosine"] > 0.9
         process.send_signal(signal.SIGINT)
         output = "".join(lines) + process.communicate(timeout=60)[0]
     finally:

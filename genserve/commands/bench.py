@@ -12,7 +12,8 @@ def register(subparsers) -> None:
         description="Start Triton (or use --url), sweep client concurrency per task, and report images/s, latency "
         "p50/p90/p99 and, per served model, Triton's queue and compute time per request. Beside each served level "
         "the same work runs in this process (diffusers + torch eager, FaceSwapper) and the served/in-process ratio "
-        "is printed. Writes OUT/bench.json, OUT/bench.md and OUT/<task>.png, OUT/<task>_models.png. Without "
+        "is printed; for diffusion also the floor, the served export's ONNX graphs run by ONNX Runtime in this process "
+        "(no Triton, no BLS), and the served/floor ratio. Writes OUT/bench.json, OUT/bench.md and OUT/<task>.png, OUT/<task>_models.png. Without "
         "--pipeline the demo diffusion repository is served (tiny, or --demo-size medium; built and cached); with "
         "--pipeline DIR that diffusers folder is exported and built (cached) and benchmarked. See docs/benchmarks.md.",
     )
@@ -40,6 +41,8 @@ def register(subparsers) -> None:
                         help="build the pipeline models without Triton's model_warmup, to compare the first request "
                         "after a start with and without it (a separate cached repository)")
     parser.add_argument("--no-in-process", action="store_true", help="skip the in-process baseline")
+    parser.add_argument("--no-floor", dest="floor", action="store_false",
+                        help="skip the floor: the served export's ONNX graphs run by ONNX Runtime in this process")
     parser.add_argument("--faces-dir", metavar="DIR", help="photos for the face swap pairs (default: shared/data/faces, else bundled)")
     parser.add_argument("--out", metavar="OUT", default="bench", help="output folder (default: ./bench)")
     parser.add_argument("--perf-analyzer-data", metavar="DIR",
@@ -73,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
         raise InvalidInputError(f"--pipeline {pipeline}: not a diffusers pipeline folder (no model_index.json)")
     settings = Settings(
         tasks=tasks, levels=levels, requests=args.requests, url=args.url, pipeline=pipeline, precision=args.precision,
-        out=Path(args.out), size=args.size, steps=args.steps, models=models, in_process=not args.no_in_process,
+        out=Path(args.out), size=args.size, steps=args.steps, models=models, in_process=not args.no_in_process, floor=args.floor,
         warmup=args.warmup, faces_dir=Path(args.faces_dir) if args.faces_dir else None, demo_size=args.demo_size,
         stream=args.stream, model_warmup=args.model_warmup,
     )  # fmt: skip

@@ -28,7 +28,10 @@ def register(subparsers) -> None:
                         help="gpu: cap each ONNX Runtime leaf's CUDA memory arena (gpu_mem_limit; default: no cap)")
     parser.add_argument("--max-images", type=int, default=4, help="most images per request")
     parser.add_argument("--pipeline-instances", type=int, default=1,
-                        help="instances of each plain pipeline model (each runs one request at a time; default 1)")
+                        help="instances of each plain pipeline model (each a process of its own; default 1)")
+    parser.add_argument("--pipeline-concurrency", type=int, default=4, metavar="N",
+                        help="requests one plain pipeline model instance runs at once (worker threads whose "
+                        "denoiser calls meet in its batcher; default 4)")
     parser.add_argument("--no-stream", dest="stream", action="store_false",
                         help="leave out the streaming pipeline models (<task model>_stream: progress per step, "
                         "concurrent requests in one instance)")
@@ -48,7 +51,8 @@ def run(args: argparse.Namespace) -> int:
 
     report = build_repository(args.export_dir, args.repo_dir, BuildOptions(
         target=args.target, prefix=args.prefix, tensorrt=args.tensorrt, max_size=args.max_size,
-        max_images=args.max_images, pipeline_instances=args.pipeline_instances, stream=args.stream,
+        max_images=args.max_images, pipeline_instances=args.pipeline_instances,
+        pipeline_concurrency=args.pipeline_concurrency, stream=args.stream,
         stream_concurrency=args.stream_concurrency, warmup=args.warmup, warmup_size=args.warmup_size,
         gpu_memory_limit_gb=args.gpu_memory_limit, python_leaves=args.python_leaves,
     ))

@@ -37,6 +37,7 @@ def build_demo_repository(out_dir: str | Path, *, pipeline_instances: int = 1, s
     out_dir = Path(out_dir)
     repo_dir = out_dir / ("repository" if warmup else "repository-no-warmup")
     stamp = {"families": sorted(DEMO_FAMILIES.values()), "pipeline_instances": pipeline_instances, "format": FORMAT, "stream": True,
+             "pipeline_concurrency": BuildOptions.pipeline_concurrency,
              "warmup": 2 if warmup else 0, "size": size}
     if (repo_dir / STAMP).is_file() and json.loads((repo_dir / STAMP).read_text()) == stamp:
         return repo_dir

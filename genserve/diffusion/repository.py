@@ -56,7 +56,8 @@ class BuildOptions:
     tensorrt: bool = False  # gpu: serve the export's TensorRT engines instead of the ONNX files
     max_size: int = MAX_GENERATED_SIDE  # largest width/height a request may ask for
     max_images: int = 4  # images per request
-    pipeline_instances: int = 1  # instances of each plain pipeline model (one request at a time each)
+    pipeline_instances: int = 1  # instances of each plain pipeline model (each a process)
+    pipeline_concurrency: int = 4  # requests one plain pipeline model instance runs at once (threads)
     stream: bool = True  # also the streaming (decoupled) pipeline models, <task model>_stream
     stream_concurrency: int = 4  # requests one streaming pipeline model runs at once
     warmup: bool = True  # pipeline models run a first request before they report ready
@@ -198,9 +199,9 @@ def write_leaf(export_dir: Path, repo_dir: Path, entry: ComponentEntry, options:
 
 def pipeline_config(name: str, contract: Contract, instances: int, concurrency: int = 1) -> ModelConfig:
     """A pipeline model's config: the task's contract (decoupled when it streams), Python backend, CPU,
-    a bounded queue. A streaming instance hands each request to one of ``concurrency`` workers at once
-    and bounds its backlog itself; its queue holds that many, so a burst is not refused before it."""
-    queue = PIPELINE_QUEUE | ({"max_queue_size": stream_backlog(concurrency)} if contract.streaming else {})
+    a bounded queue. An instance hands each request to one of ``concurrency`` workers at once and
+    bounds its backlog itself; its queue holds that many, so a burst is not refused before it."""
+    queue = PIPELINE_QUEUE | {"max_queue_size": stream_backlog(concurrency)}
     config = bound_queue(declare_contract(ModelConfig(name=name, backend="python", max_batch_size=0), contract), **queue)
     # A seeded request always makes the same image: a server run with a response cache (genserve serve
     # --cache-size) answers a repeated one from it. Triton caches no decoupled model's responses.
@@ -214,15 +215,17 @@ def pipeline_config(name: str, contract: Contract, instances: int, concurrency: 
 
 def write_pipeline(export_dir: Path, repo_dir: Path, manifest: Manifest, task: str, pipeline_class: str,
                    options: BuildOptions, stream: bool = False) -> str:
-    """The plain pipeline model of a task (one request at a time per instance), or its streaming variant
-    (one instance running ``stream_concurrency`` requests at once, progress per step)."""
+    """The plain pipeline model of a task (each instance running ``pipeline_concurrency`` requests at
+    once, unary), or its streaming variant (one instance running ``stream_concurrency`` requests at once,
+    progress per step)."""
     contract = STREAMING_TASKS[task] if stream else TASKS[task]
     name = options.prefix + contract.model
     model_dir = repo_dir / name
     shutil.rmtree(model_dir, ignore_errors=True)
     version = model_dir / "1"
     version.mkdir(parents=True)
-    config = pipeline_config(name, contract, 1 if stream else options.pipeline_instances, options.stream_concurrency)
+    concurrency = options.stream_concurrency if stream else options.pipeline_concurrency
+    config = pipeline_config(name, contract, 1 if stream else options.pipeline_instances, concurrency)
     if options.warmup:
         calls = [options.prefix + component for component in manifest.components] + (["ocr"] if task == "vttie" else [])
         add_warmup(config, model_dir, task, calls, options.warmup_size or warmup_side(export_dir, manifest, options.max_size))
@@ -236,7 +239,7 @@ def write_pipeline(export_dir: Path, repo_dir: Path, manifest: Manifest, task: s
         models={component: options.prefix + component for component in manifest.components},
         max_size=options.max_size,
         max_images=options.max_images,
-        concurrency=options.stream_concurrency if stream else 1,
+        concurrency=concurrency,
     ).write(version)
     return name
 

@@ -24,7 +24,7 @@ class ServiceSettings:
     max_size: int = 2048  # largest width/height a request may ask for
     max_images: int = 4  # images per request
     ocr_model: str = "ocr"  # reads vttie results (served beside, from the stack's own repository)
-    concurrency: int = 1  # requests one instance runs at once (the streaming models run several)
+    concurrency: int = 1  # requests one instance runs at once (on worker threads)
 
     @classmethod
     def read(cls, version_dir: Path) -> ServiceSettings:

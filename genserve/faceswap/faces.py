@@ -2,19 +2,22 @@
 
 The weights are dlib's own, shipped by the ``face_recognition_models`` wheel. We locate its files
 without importing it: its ``__init__`` imports ``pkg_resources``, which newer setuptools no longer has.
+The descriptor is dlib's network run by ONNX Runtime (:mod:`genserve.faceswap.embedding`), in this
+process or, when served, in the ``face_embedding`` leaf model.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
-from pathlib import Path
 
 import cv2
 import dlib
 import numpy as np
+
+from genserve.faceswap.dlib_files import model_file
 
 # Detection runs on a copy no larger than this (longer side); landmarks use the full image.
 DETECTION_MAX_SIDE = 1024
@@ -26,16 +29,6 @@ SMALL_IMAGE_PIXELS = 800 * 800
 # this many pixels (detection image): the faces only upsampling finds are smaller (boxes of 73 px and
 # less without upsampling, where a face of 50 px comes out as a loose 73 px box).
 COARSE_MIN_FACE_PX = 85
-
-
-def model_file(name: str) -> Path:
-    spec = importlib.util.find_spec("face_recognition_models")
-    if spec is None or not spec.submodule_search_locations:
-        raise RuntimeError("face_recognition_models is not installed; it ships dlib's face models")
-    path = Path(list(spec.submodule_search_locations)[0]) / "models" / name
-    if not path.is_file():
-        raise RuntimeError(f"dlib model file missing: {path}")
-    return path
 
 
 @dataclass
@@ -56,15 +49,23 @@ class Face:
         return {"box": list(self.box), "score": round(self.score, 3), "upsample": self.upsample}
 
 
+# Chips (N, 150, 150, 3) uint8 in, descriptors (N, 128) out: see genserve.faceswap.embedding.
+Embedder = Callable[[np.ndarray], np.ndarray]
+
+
 class FaceAnalyzer:
-    """dlib's HOG detector, 68-point shape predictor and ResNet face descriptor, loaded once.
+    """dlib's HOG detector and 68-point shape predictor, loaded once, and dlib's ResNet face descriptor.
+
+    ``embed`` computes descriptors from aligned chips; by default dlib's network in ONNX Runtime in
+    this process (the ``face_swap`` model passes one that calls the ``face_embedding`` leaf).
 
     dlib's objects are not documented as thread-safe; one lock serializes their use within a process
     (Triton runs one process per model instance, so instances still work in parallel).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, embed: Embedder | None = None) -> None:
         self._lock = threading.Lock()
+        self._embed = embed
 
     @cached_property
     def _detector(self):
@@ -75,12 +76,16 @@ class FaceAnalyzer:
         return dlib.shape_predictor(str(model_file("shape_predictor_68_face_landmarks.dat")))
 
     @cached_property
-    def _recognizer(self):
-        return dlib.face_recognition_model_v1(str(model_file("dlib_face_recognition_resnet_model_v1.dat")))
+    def _embedder(self) -> Embedder:
+        if self._embed is not None:
+            return self._embed
+        from genserve.faceswap.embedding import FaceEmbedder
+
+        return FaceEmbedder()
 
     def load(self) -> FaceAnalyzer:
         """Load every model now rather than on the first request."""
-        self._detector, self._predictor, self._recognizer  # noqa: B018 (cached_property access loads)
+        self._detector, self._predictor, self._embedder  # noqa: B018 (cached_property access loads)
         return self
 
     def detect(self, rgb: np.ndarray, *, landmarks: bool = True, coarse: bool = False) -> list[Face]:
@@ -124,12 +129,12 @@ class FaceAnalyzer:
         return Face(box=face.box, landmarks=landmarks, score=face.score, upsample=face.upsample)
 
     def descriptor(self, rgb: np.ndarray, face: Face) -> np.ndarray:
-        """dlib's 128-d face descriptor (Euclidean distance < 0.6 means the same person)."""
-        shape = dlib.full_object_detection(
-            dlib.rectangle(*face.box), [dlib.point(round(x), round(y)) for x, y in face.landmarks]
-        )
-        with self._lock:
-            return np.asarray(self._recognizer.compute_face_descriptor(np.ascontiguousarray(rgb), shape), dtype=np.float64)
+        """dlib's 128-d face descriptor (Euclidean distance < 0.6 means the same person), as dlib's
+        ``compute_face_descriptor`` gives it (cosine >= 0.999: tests/test_face_embedding.py)."""
+        from genserve.faceswap.embedding import face_chip
+
+        chip = face_chip(rgb, face.box, face.landmarks)
+        return np.asarray(self._embedder(chip[None])[0], dtype=np.float64)
 
     def _landmarks(self, rgb: np.ndarray, box: dlib.rectangle) -> np.ndarray:
         shape = self._predictor(rgb, box)

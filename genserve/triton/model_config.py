@@ -119,9 +119,13 @@ def contract_mismatches(config: ModelConfig, contract: Contract) -> list[str]:
 
 
 def copy_model(model_dir: str | Path, repository: str | Path, *, instances: int | None = None) -> Path:
-    """Copy a model folder into ``repository``, optionally with its instance count changed."""
+    """Copy a model folder into ``repository``, optionally with its instance count changed, with the
+    models it calls (its ``load_after``) that sit beside it (copied as they are)."""
     model_dir = Path(model_dir)
     destination = Path(repository) / model_dir.name
+    for callee in load_after(read_config(model_dir)):
+        if (model_dir.parent / callee / "config.pbtxt").is_file() and not (Path(repository) / callee).exists():
+            copy_model(model_dir.parent / callee, repository)
     shutil.copytree(model_dir, destination, ignore=shutil.ignore_patterns("__pycache__"), dirs_exist_ok=True)
     if instances is not None and read_config(destination).platform != "ensemble":  # an ensemble has no instances
         config = read_config(destination)

@@ -63,15 +63,19 @@ class ServiceModel:
 
 
 class FaceSwapModel(ServiceModel):
-    """``face_swap``: :class:`~genserve.faceswap.FaceSwapper`. Parameter ``target_cache_size``."""
+    """``face_swap``: :class:`~genserve.faceswap.FaceSwapper`. Parameters ``target_cache_size`` and
+    ``embedding_model``: the leaf computing face descriptors over BLS (empty: in this process)."""
 
     contract = FACE_SWAP
 
     def setup(self, args):
-        from genserve.faceswap import FaceSwapper
+        from genserve.faceswap import FaceAnalyzer, FaceSwapper
+        from genserve.faceswap.embedding import INPUT_NAME, OUTPUT_NAME
 
+        leaf = self.parameters.get("embedding_model")
+        embed = (lambda chips: bls.infer(leaf, {INPUT_NAME: chips}, [OUTPUT_NAME])[OUTPUT_NAME]) if leaf else None
         # dlib's models load now, so that the first request does not pay for it.
-        self.service = FaceSwapper(target_cache_size=int(self.parameters.get("target_cache_size") or 64)).load()
+        self.service = FaceSwapper(FaceAnalyzer(embed), target_cache_size=int(self.parameters.get("target_cache_size") or 64)).load()
 
     def handle(self, values):
         from genserve.faceswap import SwapOptions
@@ -104,9 +108,19 @@ class DiffusionModel(ServiceModel):
     """``text_to_image``, ``edit_image`` or ``edit_text`` over one export, as ``1/serving.json`` says:
     diffusers' pipeline with its heavy modules calling the leaf models over BLS; ``edit_text`` reads its
     result with the served ``ocr`` model. A request the client cancelled (or whose deadline passed)
-    stops between two denoising steps with CANCELLED."""
+    stops between two denoising steps with CANCELLED.
+
+    Each request runs on a worker thread and is answered through its response sender (Triton 24.07+
+    allows that for plain, unary models too), so one instance serves up to ``concurrency`` requests at
+    once (``1/serving.json``), their denoiser calls meeting in the leaf's dynamic batcher; ``execute``
+    only hands requests over, and the instance is free for the next one at once."""
+
+    streams = False  # a progress response after every step (the decoupled variant below)
 
     def setup(self, args):
+        import threading
+        from concurrent.futures import ThreadPoolExecutor
+
         from genserve.diffusion.service import served_service
         from genserve.diffusion.settings import ServiceSettings
 
@@ -120,6 +134,12 @@ class DiffusionModel(ServiceModel):
             text_reader=lambda image: self._read_text(settings.ocr_model, image),
             concurrency=settings.concurrency,
         )
+        self.workers = ThreadPoolExecutor(max_workers=self.service.concurrency, thread_name_prefix=self.model_name)
+        # Triton's queue policy never sees a backlog here (execute hands requests over at once), so the
+        # bound is kept by hand: as many running as there are workers, as many waiting as a plain model's queue.
+        self.max_backlog = config.stream_backlog(self.service.concurrency)
+        self.backlog = 0
+        self.backlog_lock = threading.Lock()
 
     @staticmethod
     def task_contract(task: str) -> Contract:
@@ -130,44 +150,11 @@ class DiffusionModel(ServiceModel):
         outputs = bls.infer(ocr_model, OCR.encode_request(image=image), OCR.output_names)
         return OCR.decode_response(outputs)["texts"]
 
-    def _answer(self, request) -> list:
-        values = self.contract.decode_request(lambda name: input_array(request, name))
-        if values["seed"] is None and self.caching:
-            raise InvalidInputError(
-                "SEED is missing: this server answers repeated requests from its response cache, so a request "
-                "without a seed would get an earlier one's image; send a seed (genserve's clients draw one)"
-            )
-        images, metadata = self.service.generate(values, cancelled=request.is_cancelled)
-        return output_tensors(self.contract.encode_response({"images": images, "metadata": metadata | {"model": self.model_name}}))
-
-
-class DiffusionStreamModel(DiffusionModel):
-    """The streaming (decoupled) variant, ``<task model>_stream``: a progress response after every
-    denoising step, then the result. Each request runs on a worker thread, so one instance serves up to
-    ``concurrency`` requests at once (``1/serving.json``), their denoiser calls meeting in the leaf's
-    dynamic batcher; the instance is free for the next request as soon as one is handed over."""
-
-    def setup(self, args):
-        import threading
-        from concurrent.futures import ThreadPoolExecutor
-
-        super().setup(args)
-        self.workers = ThreadPoolExecutor(max_workers=self.service.concurrency, thread_name_prefix=self.model_name)
-        # Triton's queue policy never sees a backlog here (execute hands requests over at once), so the
-        # bound is kept by hand: as many running as there are workers, as many waiting as a plain model's queue.
-        self.max_backlog = config.stream_backlog(self.service.concurrency)
-        self.backlog = 0
-        self.backlog_lock = threading.Lock()
-
-    @staticmethod
-    def task_contract(task: str) -> Contract:
-        return STREAMING_TASKS[task]
-
     def execute(self, requests) -> None:
         for request in requests:
             sender = request.get_response_sender()
             try:
-                values = self.contract.decode_request(lambda name, request=request: input_array(request, name))
+                values = self._values(request)
             except Exception as error:  # noqa: BLE001 - this request fails alone
                 sender.send(error_response(error, self.model_name), flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
                 continue
@@ -178,15 +165,24 @@ class DiffusionStreamModel(DiffusionModel):
                 busy = Overloaded(f"{self.model_name} has {self.max_backlog} requests already (running and waiting); try again later")
                 sender.send(error_response(busy, self.model_name), flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
                 continue
-            self.workers.submit(self._stream, values, sender)
+            self.workers.submit(self._run, values, sender)
         return None
 
-    def _stream(self, values: dict[str, Any], sender) -> None:
+    def _values(self, request) -> dict[str, Any]:
+        values = self.contract.decode_request(lambda name: input_array(request, name))
+        if not self.contract.streaming and values["seed"] is None and self.caching:
+            raise InvalidInputError(
+                "SEED is missing: this server answers repeated requests from its response cache, so a request "
+                "without a seed would get an earlier one's image; send a seed (genserve's clients draw one)"
+            )
+        return values
+
+    def _run(self, values: dict[str, Any], sender) -> None:
         def progress(report: dict[str, Any]) -> None:
             sender.send(pb_utils.InferenceResponse(output_tensors(self._encode(progress=report))))
 
         try:
-            images, metadata = self.service.generate(values, on_step=progress, cancelled=sender.is_cancelled)
+            images, metadata = self.service.generate(values, on_step=progress if self.streams else None, cancelled=sender.is_cancelled)
             response = pb_utils.InferenceResponse(output_tensors(self._encode(images=images, metadata=metadata | {"model": self.model_name})))
         except Exception as error:  # noqa: BLE001 - this request fails alone, the model keeps serving
             response = error_response(error, self.model_name)
@@ -202,3 +198,14 @@ class DiffusionStreamModel(DiffusionModel):
     def finalize(self) -> None:
         self.workers.shutdown(wait=True)
         super().finalize()
+
+
+class DiffusionStreamModel(DiffusionModel):
+    """The streaming (decoupled) variant, ``<task model>_stream``: a progress response after every
+    denoising step, then the result."""
+
+    streams = True
+
+    @staticmethod
+    def task_contract(task: str) -> Contract:
+        return STREAMING_TASKS[task]

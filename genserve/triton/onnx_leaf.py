@@ -295,7 +295,7 @@ class TritonPythonModel:
         self.model_name = args.get("model_name", self.model_config.get("name", "?"))
         parameters = model_parameters(self.model_config)
         model_dir = args["model_repository"]  # the backend passes this model's own folder
-        self.onnx_file = find_onnx_file(model_dir, args.get("model_version", "1"), parameters)
+        self.onnx_file = self.find_onnx_file(model_dir, args.get("model_version", "1"), parameters)
         self.max_batch_size = int(self.model_config.get("max_batch_size", 0))
         self.session = create_session(
             self.onnx_file,
@@ -315,6 +315,10 @@ class TritonPythonModel:
             f"{self.model_name}: {self.onnx_file} on {self.session.get_providers()[0]}, "
             f"inputs {[s.name for s in self.inputs]}, outputs {self.output_names}, max_batch_size {self.max_batch_size}"
         )
+
+    def find_onnx_file(self, model_dir: str, version: str, parameters: dict[str, str]) -> Path:
+        """The ONNX file to run (see the module docstring); a subclass may make it on first use."""
+        return find_onnx_file(model_dir, version, parameters)
 
     def execute(self, requests) -> list:
         responses: list[Any] = [None] * len(requests)

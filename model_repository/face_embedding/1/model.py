@@ -1,0 +1,1 @@
+from genserve.faceswap.embedding import FaceEmbeddingLeaf as TritonPythonModel  # noqa: F401  (an ONNX leaf: see config.pbtxt)
