@@ -59,7 +59,7 @@ class ClientPool:
                 with retry.call_deadline(deadline):
                     return request(client)
             except RequestError as error:
-                delay = self.retry_policy.delay(error, attempt, deadline)
+                delay = self.retry_policy.delay(error, attempt, deadline, other_replica=len(self.urls) > 1)
                 if delay is None:
                     raise
                 time.sleep(delay)

@@ -27,6 +27,15 @@ MAX_IMAGE_SIDE = 16_384
 # Face swap works on the whole photo (detection upsampled, a dense warp): a 50 MP photo took 43-48 s
 # and 2.8 GB per worker here. 12.5 MP takes a 4032 x 3024 phone photo (about 6 s on 2 cores).
 MAX_FACE_SWAP_PIXELS = 12_500_000
+# Request fields other than images: a request's OPTIONS (one flat JSON object) is bounded before it is
+# parsed (bytes, nesting, keys, digits of a number), text fields by length; and an error message names
+# the field and the limit without echoing the input (gRPC carries it in size-limited metadata).
+MAX_OPTIONS_BYTES = 64 * 1024
+MAX_OPTIONS_DEPTH = 4
+MAX_OPTIONS_KEYS = 64
+MAX_NUMBER_DIGITS = 32
+MAX_TEXT_CHARS = 64 * 1024
+MAX_ERROR_MESSAGE_CHARS = 1000
 
 # Triton's model-control, shared-memory, logging and trace APIs answer only requests that carry this
 # header with the server's admin key (Triton's --http-restricted-api / --grpc-restricted-protocol).

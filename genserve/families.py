@@ -139,6 +139,9 @@ class Family:
         lambda dims, request, configs: {}
     )
     default_text_len: int = 77
+    # The most text tokens its pipelines take for the long text encoder (``max_sequence_length``; FLUX's
+    # refuse more than 512 for T5); None: the contract's own bound.
+    max_sequence_length: int | None = None
     # The latent size a pipeline renders when no size is given (its "working size"), from the configs.
     default_sample_size: Callable[[Mapping[str, Mapping[str, Any]]], int] = lambda configs: configs["unet"]["sample_size"]
 
@@ -434,6 +437,7 @@ FLUX = Family(
     latent_multiple=_flux_multiple,
     extra_dims=_flux_dims,
     default_text_len=512,
+    max_sequence_length=512,
     default_sample_size=lambda configs: 128,  # FLUX pipelines fix it (the transformer has no sample size)
 )
 

@@ -70,6 +70,36 @@ def test_loading_a_model_with_its_own_code_needs_the_admin_key(triton_server):
     assert http(triton_server, "POST", "/v2/repository/index", {}, headers={config.ADMIN_KEY_HEADER: "wrong" * 4}) == 403
 
 
+def test_malformed_options_are_invalid_argument_with_a_short_message(triton_server, faces_dir):
+    """Sent raw, as an attacker would: deep nesting, a 5000-digit number, a 20 MB value, 200k keys. Each
+    one was INTERNAL (RecursionError, Python's digit limit) or came back echoed inside the message, which
+    gRPC then failed as RESOURCE_EXHAUSTED (issue 23)."""
+    import numpy as np
+    import tritonclient.grpc as grpcclient
+    from tritonclient.utils import InferenceServerException
+
+    image = (faces_dir / ORI).read_bytes()
+    bad = {
+        "nested": '{"face_index": ' + "[" * 30_000 + "]" * 30_000 + "}",
+        "digits": '{"face_index": ' + "9" * 5000 + "}",
+        "20 MB value": json.dumps({"output_format": "x" * (20 * 2**20)}),
+        "15 KB value": json.dumps({"output_format": "x" * 15_000}),
+        "200k keys": json.dumps({f"k{i}": 1 for i in range(200_000)}),
+    }
+    with grpcclient.InferenceServerClient(triton_server.grpc_url) as client:
+        for what, options in bad.items():
+            tensors = []
+            for name, value in (("ORI_IMAGE", image), ("TARGET_IMAGE", image), ("OPTIONS", options.encode())):
+                tensors.append(grpcclient.InferInput(name, [1], "BYTES"))
+                tensors[-1].set_data_from_numpy(np.array([value], dtype=object))
+            with pytest.raises(InferenceServerException) as error:
+                client.infer("face_swap", tensors)
+            assert error.value.status() == "StatusCode.INVALID_ARGUMENT", (what, error.value.status())
+            assert len(error.value.message()) < 1024 and ("OPTIONS" in error.value.message() or "output_format" in error.value.message())
+    log = triton_server.log_path.read_text(errors="replace")
+    assert "xxxxxxxxxx" * 100 not in log  # nothing echoed into the log either
+
+
 def test_shared_memory_of_the_workers_is_private(triton_server):
     regions = [name for name in os.listdir("/dev/shm") if name.startswith(triton_server.shm_prefix)]
     assert regions

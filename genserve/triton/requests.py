@@ -25,8 +25,9 @@ from collections.abc import Callable, Mapping
 
 import numpy as np
 
+from genserve import config
 from genserve.errors import InvalidInputError, Overloaded, RequestCancelled
-from genserve.protocol import INVALID_INPUT
+from genserve.protocol import INVALID_INPUT, OVERLOADED
 
 try:  # present only inside Triton's Python backend stub
     import triton_python_backend_utils as pb_utils
@@ -55,21 +56,32 @@ def output_tensors(arrays: Mapping[str, np.ndarray]) -> list:
 
 def error_response(error: BaseException, model_name: str):
     """The error response for one request: INVALID_ARG for bad input, UNAVAILABLE for a model with all the
-    work it takes, CANCELLED for work the caller gave up on, else INTERNAL."""
+    work it takes, CANCELLED for work the caller gave up on, else INTERNAL. The message is cut to
+    ``MAX_ERROR_MESSAGE_CHARS``: gRPC carries it in metadata, whose size limit would turn a long one
+    into RESOURCE_EXHAUSTED."""
     if isinstance(error, InvalidInputError):
         count_failure(model_name, "INVALID_ARG")
         message = str(error) if str(error).startswith(INVALID_INPUT) else INVALID_INPUT + str(error)
-        return pb_utils.InferenceResponse(error=pb_utils.TritonError(message, pb_utils.TritonError.INVALID_ARG))
+        return _error(message, pb_utils.TritonError.INVALID_ARG)
     if isinstance(error, Overloaded):
         count_failure(model_name, "UNAVAILABLE")
-        return pb_utils.InferenceResponse(error=pb_utils.TritonError(str(error), pb_utils.TritonError.UNAVAILABLE))
+        message = str(error) if str(error).startswith(OVERLOADED) else OVERLOADED + str(error)
+        return _error(message, pb_utils.TritonError.UNAVAILABLE)
     if isinstance(error, RequestCancelled):
         count_failure(model_name, "CANCELLED")
-        return pb_utils.InferenceResponse(error=pb_utils.TritonError(str(error), pb_utils.TritonError.CANCELLED))
+        return _error(str(error), pb_utils.TritonError.CANCELLED)
     count_failure(model_name, "INTERNAL")
-    logger.error("%s failed on a request: %s: %s", model_name, type(error).__name__, error)
-    message = f"{model_name} failed: {type(error).__name__}: {error}"
-    return pb_utils.InferenceResponse(error=pb_utils.TritonError(message, pb_utils.TritonError.INTERNAL))
+    message = bounded(f"{model_name} failed: {type(error).__name__}: {error}")
+    logger.error("%s", message)
+    return _error(message, pb_utils.TritonError.INTERNAL)
+
+
+def bounded(message: str, limit: int = config.MAX_ERROR_MESSAGE_CHARS) -> str:
+    return message if len(message) <= limit else message[: limit - 25] + f"… ({len(message)} characters)"
+
+
+def _error(message: str, code):
+    return pb_utils.InferenceResponse(error=pb_utils.TritonError(bounded(message), code))
 
 
 def count_failure(model_name: str, code: str) -> None:
