@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from genserve.client.client import ImageResult
+from genserve.client.images import to_image_bytes
 from genserve.client.pool import ClientPool
 from genserve.client.tasks import IMAGES_FOLDER, Task, write_csv, write_results
 from genserve.protocol import DIFFUSION_TASKS, STREAM_SUFFIX, TASK_TYPES, TASKS
@@ -288,7 +289,7 @@ class BatchRunner:
             )
         if not path.is_file():
             raise InvalidInputError(f"image file not found: {path}")
-        return path.read_bytes()
+        return to_image_bytes(path)  # its size checked before it is read
 
     def _save(self, task: Task, jpeg: bytes) -> None:
         final = self.out_dir / task.output_name

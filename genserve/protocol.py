@@ -429,7 +429,7 @@ FACE_SWAP = Contract(
     model="face_swap",
     summary="deepfake: the face of TARGET_IMAGE put into ORI_IMAGE, keeping ORI_IMAGE's scene",
     fields=(
-        Field("ori_image", "image", "the image whose scene is kept (JPEG, PNG, WebP or BMP bytes)", tensor="ORI_IMAGE", required=True,
+        Field("ori_image", "image", f"the image whose scene is kept ({config.image_formats_text()} bytes)", tensor="ORI_IMAGE", required=True,
               max_pixels=config.MAX_FACE_SWAP_PIXELS),
         Field("target_image", "image", "the image whose face is pasted", tensor="TARGET_IMAGE", required=True,
               max_pixels=config.MAX_FACE_SWAP_PIXELS),
@@ -452,7 +452,7 @@ FACE_SWAP = Contract(
 OCR = Contract(
     model="ocr",
     summary="PP-OCRv4: the lines of text in an image, top to bottom then left to right",
-    fields=(Field("image", "image", "encoded image bytes", tensor="IMAGE", required=True),),
+    fields=(Field("image", "image", f"encoded image bytes ({config.image_formats_text()})", tensor="IMAGE", required=True),),
     outputs=(
         Output("BOXES", "boxes", "float32", (-1, 4, 2), "each line's corners, clockwise from top-left, in pixels"),
         Output("TEXTS", "texts", BYTES, (-1,), "each line's text", encoding="utf-8"),
@@ -466,7 +466,7 @@ MAX_STEPS = 1000
 def _generation_fields(prompt_help: str, image: bool, extra: tuple[Field, ...] = ()) -> tuple[Field, ...]:
     fields = [Field("prompt", "text", prompt_help, tensor="PROMPT", required=True)]
     if image:
-        fields.append(Field("image", "image", "the image to edit (PNG, JPEG, WebP or BMP bytes); one larger than the "
+        fields.append(Field("image", "image", f"the image to edit ({config.image_formats_text()} bytes); one larger than the "
                             "pipeline's working size is resized to it, aspect kept", tensor="IMAGE", required=True))
         extra = (Field("keep_size", "bool", "return the result at the input image's exact size", default=False), *extra)
     return (

@@ -88,3 +88,74 @@ def _png() -> bytes:
     buffer = io.BytesIO()
     Image.new("RGB", (32, 32), (200, 30, 30)).save(buffer, format="PNG")
     return buffer.getvalue()
+
+
+# --- smaller items (issue 23, item 7) and files read before their size was checked (item 6) ----------
+
+
+def _encoded(image_format: str) -> bytes:
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (16, 16), (10, 120, 200)).save(buffer, format=image_format)
+    return buffer.getvalue()
+
+
+def test_the_image_formats_accepted_are_the_ones_named():
+    from genserve.imaging import decode_image
+
+    for image_format in config.IMAGE_FORMATS:  # GIF included: read as its first frame
+        assert decode_image(_encoded(image_format)).shape == (16, 16, 3), image_format
+    for image_format in ("TIFF", "ICO", "PPM"):  # readable, but not what the contract says
+        with pytest.raises(InvalidInputError, match=f"is {image_format}; accepted are JPEG, PNG, WebP, BMP or GIF"):
+            decode_image(_encoded(image_format))
+    for field in (FACE_SWAP.field("ori_image"), TEXT_TO_IMAGE.field("prompt")):
+        if field.type == "image":
+            assert "JPEG, PNG, WebP, BMP or GIF" in field.help
+
+
+def test_a_huge_file_named_by_a_task_row_is_refused_before_it_is_read(tmp_path):
+    """A 500 MB file (sparse: it costs no disk) was read whole, 556 MiB of memory, before the 64 MiB
+    limit refused it."""
+    import resource
+
+    from genserve.client import ClientPool
+    from genserve.client.batch import BatchRunner
+    from genserve.client.tasks import read_tasks
+    from genserve.server import free_ports
+
+    images = tmp_path / "images"
+    images.mkdir()
+    with open(images / "huge.jpg", "wb") as file:
+        file.truncate(500 * 2**20)
+    (images / "small.jpg").write_bytes(_encoded("JPEG"))
+    (images / "task.csv").write_text("index,task_type,prompt,ori_image,target_image\nh1,deepfake,,huge.jpg,small.jpg\n")
+    peak_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB
+    (dead_port,) = free_ports(1)
+    with ClientPool([f"127.0.0.1:{dead_port}"], retries=0, timeout_s=5) as pool:
+        summary = BatchRunner(pool, images, tmp_path / "out", concurrency=1, progress=False).run(read_tasks(images / "task.csv"))
+    (failure,) = summary.failed
+    assert "is 500 MiB; the server takes images of at most 64 MiB" in failure.error
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - peak_before < 100 * 1024
+
+
+@pytest.mark.server
+def test_the_triton_log_is_readable_by_its_owner_only(triton_server):
+    assert oct(triton_server.log_path.stat().st_mode & 0o777) == "0o600"
+
+
+@pytest.mark.slow  # uses the session's exports
+def test_text_to_image_without_a_size_renders_what_the_model_serves(export_family):
+    """The README's `genserve t2i ... --model flux_text_to_image` asked the demo repository for the
+    pipeline's own 1024x1024, above the model's maximum, and failed; the model's largest size is used."""
+    from PIL import Image
+
+    from genserve.diffusion.service import export_service
+
+    _, sd_dir = export_family("sd")
+    service = export_service(sd_dir, "t2i")
+    service.max_size = service.working_side // 2  # as build-repo --max-size below the pipeline's default
+    images, metadata = service.generate({"prompt": "a lighthouse", "steps": 1, "seed": 1})
+    assert Image.open(io.BytesIO(images[0])).size == (service.max_size, service.max_size)
+    images, _ = service.generate({"prompt": "a lighthouse", "steps": 1, "seed": 1, "width": service.pixel_multiple * 2})
+    assert Image.open(io.BytesIO(images[0])).size == (service.pixel_multiple * 2, service.max_size)

@@ -179,3 +179,12 @@ def test_shared_memory_swollen_by_a_huge_request_is_given_back(triton_server):
     assert region_bytes("ocr") <= config.WORKER_SHM_RECLAIM_BYTES
     with Client(triton_server.grpc_url) as client:
         assert client.ocr(EMPTY_PNG) == []
+
+
+def test_the_probe_list_passes_on_the_stack(triton_server, capsys):
+    """benchmarks/probe.py: issue 23's probes against the live server, as an operator runs them."""
+    from genserve.benchmarks.probe import main
+
+    assert main(["--url", triton_server.grpc_url]) == 0, capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "8 of 8 probes passed" in out and "skipped (model not served)" in out

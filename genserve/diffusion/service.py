@@ -298,6 +298,9 @@ class DiffusionService:
         resized = None
         if self.task != "t2i":
             kwargs["image"], kwargs["width"], kwargs["height"], resized = self.input_image(request)
+        elif self.working_side > self.max_size:  # the pipeline's own default is larger than this model serves
+            side = self.max_size // self.pixel_multiple * self.pixel_multiple
+            kwargs["width"], kwargs["height"] = request.width or side, request.height or side
         if "max_area" in self.call_parameters and kwargs.get("width") and kwargs.get("height"):
             # Kontext rescales its output to max_area (1 megapixel by default): the size asked for wins.
             kwargs["max_area"] = kwargs["width"] * kwargs["height"]

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from genserve import config
 from genserve.errors import GenServeError, InvalidInputError
 from genserve.protocol import INVALID_INPUT
 
@@ -33,7 +34,8 @@ def infer(model: str, inputs: Mapping[str, Any], outputs: Sequence[str], *, as_t
     arrays, or as torch tensors with ``as_torch``. Torch tensors cross by DLPack both ways (so bf16
     passes, and nothing is copied on the way in)."""
     request = pb_utils.InferenceRequest(
-        model_name=model, requested_output_names=list(outputs), inputs=[_tensor(name, value) for name, value in inputs.items()]
+        model_name=model, requested_output_names=list(outputs), inputs=[_tensor(name, value) for name, value in inputs.items()],
+        request_id=config.BLS_REQUEST_ID,  # work of a running request: served also while the server drains
     )
     response = request.exec()
     if response.has_error():
