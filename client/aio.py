@@ -56,7 +56,7 @@ class AsyncClient(TaskMethods):
             try:
                 return await attempt_once(deadline)
             except RequestError as error:
-                delay = self.retry_policy.delay(error, attempt, deadline)
+                delay = self.retry_policy.delay(error, attempt, deadline, other_replica=self.url.startswith("dns:") or "," in self.url)
                 if delay is None:
                     raise
                 await asyncio.sleep(delay)

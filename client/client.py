@@ -340,10 +340,15 @@ class Client(TaskMethods):
             try:
                 return attempt_once(deadline)
             except RequestError as error:
-                delay = self.retry_policy.delay(error, attempt, deadline)
+                delay = self.retry_policy.delay(error, attempt, deadline, other_replica=self.several_servers)
                 if delay is None:
                     raise
                 time.sleep(delay)
+
+    @property
+    def several_servers(self) -> bool:
+        """The gRPC target may name several servers (a DNS name, an address list): a retry goes to the next."""
+        return self.protocol == "grpc" and (self.url.startswith("dns:") or "," in self.url)
 
     def _infer_once(self, model: str, inputs: dict[str, np.ndarray], outputs: list[str], deadline: float | None) -> dict[str, np.ndarray]:
         from tritonclient.utils import InferenceServerException

@@ -59,6 +59,8 @@ def test_an_overloaded_server_is_not_asked_again_only_another_one():
     busy = request_error(InferenceServerException("Exceeds maximum queue size", status="StatusCode.UNAVAILABLE"), "h:1", "grpc")
     assert policy.delay(busy, 0, None) is None
     assert policy.delay(busy, 0, None, other_replica=True) is not None
+    with Client("127.0.0.1:1") as one, Client("ipv4:127.0.0.1:1,127.0.0.1:2") as several:
+        assert not one.several_servers and several.several_servers
 
 
 def test_a_server_that_cannot_be_reached_is_named():
