@@ -260,6 +260,7 @@ class TritonServer:
             f"--backend-config=python,shm-default-byte-size={PYTHON_SHM_BYTES}",
             f"--backend-config=python,shm-growth-byte-size={PYTHON_SHM_BYTES}",
             "--log-verbose=0",
+            f"--grpc-infer-allocation-pool-size={config.GRPC_INFER_ALLOCATION_POOL_SIZE}",
             # On SIGINT/SIGTERM, in-flight requests finish within this time (a drain).
             f"--exit-timeout-secs={max(int(self.exit_timeout_s), 0)}",
             *admin.restricted_api_args(self.admin_key),
@@ -286,7 +287,7 @@ class TritonServer:
         # The log names models, requests' failures and paths: readable by the owner only.
         self._log_file = os.fdopen(os.open(self.log_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb")
         os.chmod(self.log_path, 0o600)  # a file that was there keeps its mode otherwise
-        env = {**os.environ, **installation.env}
+        env = {"MALLOC_TRIM_THRESHOLD_": str(config.MALLOC_TRIM_THRESHOLD_BYTES), **os.environ, **installation.env}
         if self.cache_size:  # the models learn it here: a cached model then refuses requests it must not cache
             env[config.RESPONSE_CACHE_ENV] = str(self.cache_size)
         self.drain_file.parent.mkdir(parents=True, exist_ok=True, mode=0o700)

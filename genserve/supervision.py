@@ -25,6 +25,7 @@ they are seen: at start before the server is reported up, then on every watchdog
 from __future__ import annotations
 
 import logging
+import re
 import socket
 import sys
 import threading
@@ -112,7 +113,11 @@ class Worker:
 def python_workers(triton_pid: int) -> list[Worker] | None:
     """The live Python-backend workers of a Triton process, read from their command lines
     (``stub MODEL_PY REGION ... INSTANCE RUNTIME_DIR``; the model is MODEL_PY's model folder); None
-    when Triton itself is gone."""
+    when Triton itself is gone.
+
+    Only model instances (``face_swap_0_1``: the model, the group, the index) count: while a model
+    loads, the backend runs a short-lived stub named as the model alone to complete its config, whose
+    exit was taken for a death (a reload, and a restart counted towards the limit that stops the server)."""
     import psutil
 
     try:
@@ -131,7 +136,9 @@ def python_workers(triton_pid: int) -> list[Worker] | None:
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             continue
         if len(args) >= 4 and Path(args[0]).name == STUB_BINARY:
-            workers.append(Worker(child.pid, Path(args[1]).parent.parent.name, args[-2], args[2]))
+            model, instance = Path(args[1]).parent.parent.name, args[-2]
+            if re.fullmatch(re.escape(model) + r"_\d+_\d+", instance):
+                workers.append(Worker(child.pid, model, instance, args[2]))
     return workers
 
 

@@ -42,7 +42,7 @@ class FakeTriton:
         child = subprocess.Popen(["bash", "-c", command])
         self.children.append(child)
         deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and not any(w.pid == child.pid for w in python_workers(os.getpid()) or []):
+        while time.monotonic() < deadline and not _runs_as_stub(child.pid):
             time.sleep(0.02)
         return child
 
@@ -54,6 +54,13 @@ class FakeTriton:
         for child in self.children:
             child.kill()
             child.wait()
+
+
+def _runs_as_stub(pid: int) -> bool:
+    try:
+        return Path(psutil.Process(pid).cmdline()[0]).name == STUB_BINARY
+    except (psutil.NoSuchProcess, IndexError):
+        return False
 
 
 @pytest.fixture
@@ -90,6 +97,20 @@ def test_watchdog_replaces_a_dead_worker_and_gives_up_on_a_model_that_keeps_dyin
         watchdog.check()
     assert reloads == ["face_swap", "face_swap"]
     assert failures == ["the workers of model face_swap died 3 times within 60 s"]
+
+
+def test_the_stub_that_completes_a_config_is_no_worker(fake_triton, tmp_path):
+    """While a model loads, the backend runs a stub named as the model alone (auto-complete), which
+    exits soon after: its exit was taken for a worker's death (issue 23)."""
+    reloads = []
+    watchdog = WorkerWatchdog(os.getpid(), reloads.append, pytest.fail, shm_prefix="none_", shm_dir=tmp_path)
+    fake_triton.spawn("ocr_det", "ocr_det_0_0")
+    auto_complete = fake_triton.spawn("ocr_det", "ocr_det")
+    watchdog.check()
+    assert [w.instance for w in python_workers(os.getpid())] == ["ocr_det_0_0"]
+    fake_triton.kill(auto_complete)
+    watchdog.check()
+    assert reloads == [] and watchdog.replacements == []
 
 
 def test_watchdog_reloads_a_model_whose_shared_memory_swelled(fake_triton, tmp_path):
