@@ -65,6 +65,9 @@ WATCH_INTERVAL_S = 1.0
 MAX_WORKER_RESTARTS = 5
 WORKER_RESTART_WINDOW_S = 300.0
 WORKER_SHM_RECLAIM_BYTES = 256 * 1024 * 1024
+# The other workers of a copy replaced because one of its workers died are ended after this long (that
+# copy never unloads): time enough to finish the requests they run.
+RETIRED_WORKER_GRACE_S = 30.0
 # Triton's gRPC front end keeps request objects for reuse (8 by default), each holding the buffer of the
 # largest request it carried: three refused 432 MB tensors left tritonserver 1.6 GB larger for good.
 # None kept; and glibc gives freed heap back above 1 MiB (instead of its dynamic threshold, up to 64 MiB).

@@ -232,3 +232,56 @@ def test_sigterm_drains_in_flight_requests(tmp_path, faces_dir):
     assert serve.returncode == 0, output
     assert "SIGTERM: serving 1 s more" in output and "Triton stopped." in output
     assert not errors and len(results) == 3
+
+
+@pytest.mark.server
+@pytest.mark.slow
+def test_killed_workers_leave_no_stale_copy(tmp_path):
+    """Three kill -9 of a face_swap worker under load, each after the last replacement: the model ends with
+    its two configured workers (there were 5: each replaced copy kept its live worker, since Triton never
+    finishes unloading a copy whose worker died mid-request), and the client loses no request (issue 23,
+    item 4)."""
+    from genserve import config
+    from genserve.config import STACK_REPOSITORY_DIR
+
+    http, grpc, metrics = free_ports(3)
+    with TritonServer(STACK_REPOSITORY_DIR, models=["face_swap"], http_port=http, grpc_port=grpc, metrics_port=metrics,
+                      address="127.0.0.1", log_path=tmp_path / "triton.log") as server:  # fmt: skip
+
+        def face_swap_workers():
+            return [w for w in python_workers(server._process.pid) or [] if w.model == "face_swap"]
+
+        from genserve.client import Client, RequestError
+        from genserve.config import FACES_DIR
+
+        stop, failures = threading.Event(), []
+
+        def load():  # requests in flight while the workers die, as in a batch
+            with Client(server.grpc_url) as client:
+                while not stop.is_set():
+                    try:
+                        client.swap_face(FACES_DIR / ORI, FACES_DIR / TARGET, compute_identity=False)
+                    except RequestError as error:
+                        failures.append(f"{error.code}: {error}")
+
+        senders = [threading.Thread(target=load) for _ in range(2)]
+        for sender in senders:
+            sender.start()
+        for kill in range(3):
+            time.sleep(1.0)
+            (victim,) = [w for w in face_swap_workers() if w.instance == "face_swap_0_0"][:1]
+            os.kill(victim.pid, signal.SIGKILL)
+            deadline = time.monotonic() + 120
+            while len(server.watchdog.replacements) <= kill and time.monotonic() < deadline:
+                time.sleep(0.2)
+            assert len(server.watchdog.replacements) == kill + 1, server.watchdog.replacements
+        stop.set()
+        for sender in senders:
+            sender.join()
+        deadline = time.monotonic() + config.RETIRED_WORKER_GRACE_S + 60
+        while len(face_swap_workers()) != 2 and time.monotonic() < deadline:
+            time.sleep(0.5)
+        workers = face_swap_workers()
+        assert sorted(w.instance for w in workers) == ["face_swap_0_0", "face_swap_0_1"], workers
+        assert server.watchdog.replacements == [("face_swap", "a worker process died")] * 3
+        assert not failures, failures  # the client retried what the dead workers failed
