@@ -172,7 +172,6 @@ class DiffusionService:
             raise InvalidInputError(
                 f"max_sequence_length must be at most {limit} for {self.family.name} (its long text encoder), not {request.max_sequence_length}"
             )
-        self.check_denoising_steps(request)
         if self.task == "t2i" and request.image is not None:
             raise InvalidInputError("text_to_image takes no IMAGE; use edit_image")
         if self.task != "t2i" and request.image is None:
@@ -332,7 +331,8 @@ class DiffusionService:
             request.seed = secrets.randbelow(2**31)
         text_edit = self.text_edit(request) if self.task == "vttie" else {}
         warnings = self.validate(request)
-        kwargs, resized = self.call_kwargs(request)
+        kwargs, resized = self.call_kwargs(request)  # an edit's image is read (and refused when bad) first
+        self.check_denoising_steps(request)
         step_ends: list[float] = []
         started = time.perf_counter()
 
