@@ -47,6 +47,7 @@ class ServiceModel:
         self.parameters = model_parameters(self.model_config)
         self.version_dir = Path(args["model_repository"]) / args.get("model_version", "1")
         self.setup(args)
+        count_in_flight(self.model_name, 0)
 
     def setup(self, args: dict[str, str]) -> None:
         raise NotImplementedError

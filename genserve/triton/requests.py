@@ -109,9 +109,10 @@ def count_failure(model_name: str, code: str) -> None:
 
 
 def count_in_flight(model_name: str, change: int) -> None:
-    """``change`` more requests of ``model_name`` taken (positive) or answered (negative)."""
+    """``change`` more requests of ``model_name`` taken (positive) or answered (negative); 0 creates the
+    gauge (at load, so that the first requests do not wait for it)."""
     global _in_flight_family
-    if getattr(pb_utils, "MetricFamily", None) is None or not change:  # outside Triton
+    if getattr(pb_utils, "MetricFamily", None) is None:  # outside Triton
         return
     with _metrics_lock:
         if _in_flight_family is None:
@@ -119,7 +120,8 @@ def count_in_flight(model_name: str, change: int) -> None:
             _in_flight_family = pb_utils.MetricFamily(IN_FLIGHT_METRIC, description, pb_utils.MetricFamily.GAUGE)
         if model_name not in _in_flight_gauges:
             _in_flight_gauges[model_name] = _in_flight_family.Metric(labels={"model": model_name})
-        _in_flight_gauges[model_name].increment(change)
+        if change:
+            _in_flight_gauges[model_name].increment(change)
 
 
 def draining() -> bool:
