@@ -448,16 +448,24 @@ class TritonServer:
         from genserve import metrics
         from genserve.triton.requests import IN_FLIGHT_METRIC
 
-        scrape = metrics.scrape(f"{self.host}:{self.metrics_port}")
-        return scrape.total(IN_FLIGHT_METRIC) + scrape.total("nv_inference_pending_request_count")
+        import psutil
 
-    def stop(self, timeout_s: float | None = None) -> None:
-        """Stop gracefully (SIGINT: Triton lets in-flight requests finish within ``exit_timeout_s``), then
-        kill if it hangs; remove what a killed Triton leaves in /dev/shm."""
+        scrape = metrics.scrape(f"{self.host}:{self.metrics_port}")
+        # Each worker process counts its own; a worker that died (killed mid-request) left its count behind.
+        taken = sum(value for (name, labels), value in scrape.samples.items()
+                    if name == IN_FLIGHT_METRIC and psutil.pid_exists(int(dict(labels).get("worker", 0))))  # fmt: skip
+        return taken + scrape.total("nv_inference_pending_request_count")
+
+    def stop(self, timeout_s: float | None = None, *, drain: bool = True) -> None:
+        """Stop gracefully: :meth:`drain` first (within ``exit_timeout_s``; ``drain=False`` skips it), then
+        SIGINT (Triton unloads the models), then kill if it hangs; remove what a killed Triton leaves in
+        /dev/shm. Unloading models under running requests left streaming models that never unloaded."""
         if self.watchdog is not None:
             self.watchdog.stop()
             self.watchdog = None
         process = self._process
+        if drain and self.is_running():
+            self.drain(self.exit_timeout_s)
         if process is not None and process.poll() is None:
             process.send_signal(signal.SIGINT)
             try:

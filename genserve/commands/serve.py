@@ -139,7 +139,7 @@ def run(args: argparse.Namespace) -> int:
                 time.sleep(max(args.drain_delay, 0.0))
                 if not server.drain(max(args.drain_timeout, 0.0)):
                     print(f"requests still running after {args.drain_timeout:g} s: stopping them", flush=True)
-                    server.stop(timeout_s=5.0)  # the drain timeout is spent: Triton's own exit timeout is not waited out
+                    server.stop(timeout_s=5.0, drain=False)  # the drain timeout is spent: Triton's own exit timeout is not waited out
             print("\nstopping Triton…", flush=True)
         else:
             raise ServerError(server.exit_reason())
