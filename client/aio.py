@@ -48,13 +48,15 @@ class AsyncClient(TaskMethods):
             return False
 
     async def infer(self, model: str, inputs: dict[str, np.ndarray], outputs: list[str]) -> dict[str, np.ndarray]:
+        return await self._retrying(lambda deadline: self._infer_once(model, inputs, outputs, deadline))
+
+    async def _retrying(self, attempt_once) -> dict[str, np.ndarray]:
         deadline = retry.deadline_after(self.timeout_s)
         for attempt in itertools.count():
             try:
-                return await self._infer_once(model, inputs, outputs, deadline)
+                return await attempt_once(deadline)
             except RequestError as error:
-                # UNAVAILABLE was retried by gRPC's channel already (see genserve.client.retry).
-                delay = None if error.code == "UNAVAILABLE" else self.retry_policy.delay(error, attempt, deadline)
+                delay = self.retry_policy.delay(error, attempt, deadline, other_replica=self.url.startswith("dns:") or "," in self.url)
                 if delay is None:
                     raise
                 await asyncio.sleep(delay)
@@ -74,13 +76,17 @@ class AsyncClient(TaskMethods):
         return {name: result.as_numpy(name) for name in outputs}
 
     async def stream_infer(self, model: str, inputs: dict[str, np.ndarray], on_progress) -> dict[str, np.ndarray]:
-        """One request to a streaming model; ``on_progress`` gets every response before the result."""
+        """One request to a streaming model; ``on_progress`` gets every response before the result.
+        Retried as a unary request is."""
+        return await self._retrying(lambda deadline: self._stream_once(model, inputs, on_progress, deadline))
+
+    async def _stream_once(self, model: str, inputs: dict[str, np.ndarray], on_progress, deadline) -> dict[str, np.ndarray]:
         from tritonclient.utils import InferenceServerException
 
         async def requests():
             yield {"model_name": model, "inputs": triton_inputs(self._triton, inputs)}
 
-        stream = self._client.stream_infer(requests(), stream_timeout=self.timeout_s)
+        stream = self._client.stream_infer(requests(), stream_timeout=retry.remaining_s(deadline))
         try:
             async for result, error in stream:
                 if error is not None:

@@ -44,6 +44,7 @@ from typing import Any
 
 from genserve import config
 from genserve.client.client import ImageResult
+from genserve.client.images import to_image_bytes
 from genserve.client.pool import ClientPool
 from genserve.client.settings import describe_changes
 from genserve.client.submission import ZIP_SUFFIX, SubmissionTooLarge, write_result_csv, write_zip, zip_name
@@ -380,7 +381,7 @@ class BatchRunner:
             )
         if not path.is_file():
             raise InvalidInputError(f"image file not found: {path}")
-        return path.read_bytes()
+        return to_image_bytes(path)  # its size checked before it is read
 
     def _save(self, task: Task, jpeg: bytes) -> None:
         final = self.out_dir / task.output_name

@@ -62,6 +62,17 @@ class ServerUnavailableError(RequestError):
     """No server answers at the URL (not started, wrong port, or gone)."""
 
 
+class OverloadedError(RequestError):
+    """The server has all the work it takes (its queue or backlog is full): UNAVAILABLE, reported at once.
+    Retriable, but only elsewhere: a :class:`~genserve.client.ClientPool` of several URLs tries the next
+    one; one server is not asked again while it says so (see :mod:`genserve.client.retry`)."""
+
+    overloaded = True
+
+    def __init__(self, message: str):
+        super().__init__(message, retriable=True, code="UNAVAILABLE")
+
+
 @dataclass
 class ImageResult:
     """An image the server made, with the metadata it reported."""
@@ -114,12 +125,16 @@ _ENSEMBLE_PREFIX = re.compile(r"^in ensemble '[^']*', ")
 def request_error(error, url: str, protocol: str) -> RequestError:
     """tritonclient's exception as ours: the server's message, its code, and whether a retry may help."""
     status = str(error.status() or "").removeprefix("StatusCode.")
-    code = _HTTP_CODES.get(status, status or "UNKNOWN")
+    raw = error.message() or str(error)
+    # A streamed error carries no code: the server's message marks invalid input and overload.
+    code = retry.status_of(_HTTP_CODES.get(status, status or "UNKNOWN"), raw)
     # The server marks invalid input in the message too (for its own BLS callers); the code says it here.
     # An ensemble's step prefixes its own error with the ensemble's name, which says nothing to the caller.
-    message = _ENSEMBLE_PREFIX.sub("", error.message() or str(error)).removeprefix(INVALID_INPUT)
+    message = _ENSEMBLE_PREFIX.sub("", raw).removeprefix(INVALID_INPUT)
     if code in ("UNAVAILABLE", "UNKNOWN") and retry.unreachable(message):
         return unavailable(url, protocol, message)
+    if code == "UNAVAILABLE" and retry.overloaded(message):
+        return OverloadedError(message)
     retriable = code == "UNAVAILABLE" or (code in ("INTERNAL", "NOT_FOUND") and retry.transient(message))
     return RequestError(message, retriable=retriable, code=code)
 
@@ -322,19 +337,23 @@ class Client(TaskMethods):
     def infer(self, model: str, inputs: dict[str, np.ndarray], outputs: list[str]) -> dict[str, np.ndarray]:
         """One request to one model, retried as :attr:`retry_policy` says within the call's deadline;
         numpy in, numpy out. Raises :class:`RequestError` when it fails for good."""
+        return self._retrying(lambda deadline: self._infer_once(model, inputs, outputs, deadline))
+
+    def _retrying(self, attempt_once: Callable[[float | None], Any]) -> Any:
         deadline = retry.deadline_after(self.timeout_s)
         for attempt in itertools.count():
             try:
-                return self._infer_once(model, inputs, outputs, deadline)
+                return attempt_once(deadline)
             except RequestError as error:
-                delay = self.retry_policy.delay(error, attempt, deadline) if self._retries_itself(error) else None
+                delay = self.retry_policy.delay(error, attempt, deadline, other_replica=self.several_servers)
                 if delay is None:
                     raise
                 time.sleep(delay)
 
-    def _retries_itself(self, error: RequestError) -> bool:
-        """gRPC's channel has retried UNAVAILABLE already (its retry policy); the rest is retried here."""
-        return not (self.protocol == "grpc" and error.code == "UNAVAILABLE")
+    @property
+    def several_servers(self) -> bool:
+        """The gRPC target may name several servers (a DNS name, an address list): a retry goes to the next."""
+        return self.protocol == "grpc" and (self.url.startswith("dns:") or "," in self.url)
 
     def _infer_once(self, model: str, inputs: dict[str, np.ndarray], outputs: list[str], deadline: float | None) -> dict[str, np.ndarray]:
         from tritonclient.utils import InferenceServerException
@@ -357,14 +376,18 @@ class Client(TaskMethods):
 
     def stream_infer(self, model: str, inputs: dict[str, np.ndarray], on_progress: Callable[[dict[str, np.ndarray]], None]) -> dict[str, np.ndarray]:
         """One request to a streaming (decoupled) model over a gRPC stream: ``on_progress`` gets every
-        response before the result, which is returned. The client's timeout is the stream's deadline;
-        an error or interrupt on this side cancels the request on the server."""
-        import queue
-
+        response before the result, which is returned. The client's timeout is the stream's deadline,
+        retries included: a request the server refused or failed in a way that may pass is retried as
+        a unary one is; an error or interrupt on this side cancels the request on the server."""
         if self.protocol != "grpc":
             raise RequestError(f"{model} streams its answer: that takes gRPC, not {self.protocol}", retriable=False)
+        return self._retrying(lambda deadline: self._stream_once(model, inputs, on_progress, deadline))
+
+    def _stream_once(self, model: str, inputs: dict[str, np.ndarray], on_progress, deadline: float | None) -> dict[str, np.ndarray]:
+        import queue
+
         responses: queue.SimpleQueue = queue.SimpleQueue()
-        self._client.start_stream(callback=lambda result, error: responses.put((result, error)), stream_timeout=self.timeout_s)
+        self._client.start_stream(callback=lambda result, error: responses.put((result, error)), stream_timeout=retry.remaining_s(deadline))
         finished = False
         try:
             self._client.async_stream_infer(model, triton_inputs(self._triton, inputs))

@@ -3,8 +3,8 @@ pass is retried on the following one.
 
 Over gRPC, one target that resolves to every replica does this with gRPC's own machinery: give
 :class:`~genserve.client.Client` ``dns:///genserve-headless:8001`` (a Kubernetes headless Service) or
-``ipv4:10.0.0.5:8001,10.0.0.6:8001`` and it spreads calls with ``round_robin`` and retries UNAVAILABLE
-on another replica. :class:`ClientPool` is for what gRPC does not cover: HTTP, and servers known by
+``ipv4:10.0.0.5:8001,10.0.0.6:8001`` and it spreads calls with ``round_robin`` (each retry goes to the next
+replica). :class:`ClientPool` is for what gRPC does not cover: HTTP, and servers known by
 different names that no single gRPC target resolves to. It offers every task method of
 :class:`~genserve.client.Client` (``pool.swap_face(...)``, ``pool.ocr(...)``…), retries as
 :mod:`genserve.client.retry` says (refused requests and expired deadlines never; every attempt within
@@ -59,7 +59,7 @@ class ClientPool:
                 with retry.call_deadline(deadline):
                     return request(client)
             except RequestError as error:
-                delay = self.retry_policy.delay(error, attempt, deadline)
+                delay = self.retry_policy.delay(error, attempt, deadline, other_replica=len(self.urls) > 1)
                 if delay is None:
                     raise
                 time.sleep(delay)

@@ -6,15 +6,20 @@ model's queue when its client has given up is dropped there instead of run (the 
 :func:`genserve.triton.model_config.bound_queue`).
 
 Retried, with exponential backoff and jitter: failures that may pass on another try. The server
-unreachable, restarting or draining, or its queue full (UNAVAILABLE); a worker process that died
-("Stub process ... is not healthy", replaced by the server's watchdog); a model being reloaded
-("has no available versions"). Never retried: a refused request (INVALID_ARGUMENT: the same request
-fails the same way), DEADLINE_EXCEEDED (the time is spent; sending again would only add work to a
-loaded server) and a model's own failure (INTERNAL with the model's message).
+unreachable, restarting or draining (UNAVAILABLE); a worker process that died ("Stub process ... is
+not healthy", replaced by the server's watchdog); a model being reloaded ("has no available
+versions"). Never retried: a refused request (INVALID_ARGUMENT: the same request fails the same way),
+DEADLINE_EXCEEDED (the time is spent; sending again would only add work to a loaded server) and a
+model's own failure (INTERNAL with the model's message).
 
-Over gRPC the channel itself retries UNAVAILABLE (gRPC's retry policy, :func:`grpc_channel_args`), on
-another replica when the target resolves to several (``round_robin``); the client's loop covers the
-rest, and everything over HTTP.
+Overload (a full queue or backlog: UNAVAILABLE, "Exceeds maximum queue size" or "overloaded: ...") is
+the caller's to know at once: a server is not retried while it says so, only another replica is (a
+:class:`~genserve.client.ClientPool` of several URLs). Streamed responses carry no status code, so the
+code is read back from the message (:func:`status_of`).
+
+The retries are the client's own loop, over gRPC and HTTP alike: gRPC's channel retry policy cannot
+tell a full queue from a server going away, and retried a full queue until the call's deadline. Over
+gRPC each attempt goes to the next address the target resolves to (``round_robin``).
 """
 
 from __future__ import annotations
@@ -28,14 +33,15 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from genserve import config
+from genserve.protocol import INVALID_INPUT, OVERLOADED
 
 # Messages of failures that may pass although their code says INTERNAL or NOT_FOUND (Triton hands a
 # BLS caller every error as INTERNAL, so an overloaded or restarting leaf reaches the client so).
 TRANSIENT_MESSAGES = ("is not healthy", "Stub process", "has no available versions", "Exceeds maximum queue size", "Request timeout expired")
+# Refusals for want of capacity (Triton's full queue, a streaming model's full backlog).
+OVERLOAD_MESSAGES = ("Exceeds maximum queue size", OVERLOADED)
 # How gRPC and tritonclient describe a server they cannot reach (rather than one that answered).
 UNREACHABLE_MESSAGES = ("failed to connect", "connection refused", "connection reset", "socket closed", "dns resolution failed", "name resolution")
-GRPC_INFER_METHOD = {"service": "inference.GRPCInferenceService", "method": "ModelInfer"}
-_GRPC_MAX_ATTEMPTS = 5  # gRPC's own cap on maxAttempts
 
 _deadline: contextvars.ContextVar[float | None] = contextvars.ContextVar("genserve_deadline", default=None)
 
@@ -46,10 +52,13 @@ class RetryPolicy:
     backoff_s: float = config.CLIENT_BACKOFF_S
     max_backoff_s: float = config.CLIENT_MAX_BACKOFF_S
 
-    def delay(self, error, attempt: int, deadline: float | None) -> float | None:
+    def delay(self, error, attempt: int, deadline: float | None, *, other_replica: bool = False) -> float | None:
         """Seconds to wait before retry ``attempt`` (0: the first retry) of a failed call, or None when
-        it is not retried: not retriable, no retries left, or the deadline comes first."""
+        it is not retried: not retriable, no retries left, the deadline comes first, or an overloaded
+        server that only ``other_replica`` (the next try goes elsewhere) would retry."""
         if not getattr(error, "retriable", False) or attempt >= self.retries:
+            return None
+        if getattr(error, "overloaded", False) and not other_replica:
             return None
         delay = random.uniform(0.5, 1.0) * min(self.max_backoff_s, self.backoff_s * 2**attempt)
         if deadline is not None and time.monotonic() + delay >= deadline:
@@ -57,27 +66,14 @@ class RetryPolicy:
         return delay
 
     def grpc_service_config(self) -> dict:
-        """gRPC's service config: round_robin over every address the target resolves to, and UNAVAILABLE
-        retried on ModelInfer with this policy's backoff (jittered by gRPC)."""
-        config_ = {"loadBalancingConfig": [{"round_robin": {}}]}
-        if self.retries > 0:
-            config_["methodConfig"] = [{
-                "name": [GRPC_INFER_METHOD],
-                "retryPolicy": {
-                    "maxAttempts": min(self.retries + 1, _GRPC_MAX_ATTEMPTS),
-                    "initialBackoff": f"{self.backoff_s}s",
-                    "maxBackoff": f"{self.max_backoff_s}s",
-                    "backoffMultiplier": 2,
-                    "retryableStatusCodes": ["UNAVAILABLE"],
-                },
-            }]  # fmt: skip
-        return config_
+        """gRPC's service config: round_robin over every address the target resolves to, and no retry
+        policy (the client's loop retries; see the module docstring)."""
+        return {"loadBalancingConfig": [{"round_robin": {}}]}
 
 
 def grpc_channel_args(policy: RetryPolicy) -> list[tuple[str, object]]:
     """Channel options for tritonclient's gRPC clients: its own defaults (message sizes, keepalive) plus
-    the policy's service config. A retried request must fit gRPC's retry buffer, so that holds the
-    largest request a client sends."""
+    the policy's service config."""
     from tritonclient.grpc import MAX_GRPC_MESSAGE_SIZE, KeepAliveOptions
 
     keepalive = KeepAliveOptions()
@@ -91,9 +87,6 @@ def grpc_channel_args(policy: RetryPolicy) -> list[tuple[str, object]]:
         ("grpc.lb_policy_name", "round_robin"),  # every address a target resolves to, also without our service config
         ("grpc.service_config", json.dumps(policy.grpc_service_config())),
         ("grpc.service_config_disable_resolution", 1),  # ours, not one from DNS TXT records
-        ("grpc.enable_retries", int(policy.retries > 0)),
-        ("grpc.per_rpc_retry_buffer_size", config.CLIENT_MAX_REQUEST_BYTES),
-        ("grpc.retry_buffer_size", 4 * config.CLIENT_MAX_REQUEST_BYTES),
     ]
 
 
@@ -117,6 +110,22 @@ def call_deadline(deadline: float | None) -> Iterator[None]:
         yield
     finally:
         _deadline.reset(token)
+
+
+def status_of(code: str, message: str) -> str:
+    """The status of a failure whose code did not travel (UNKNOWN: an error in a gRPC stream), read from
+    the message the stack's models write."""
+    if code != "UNKNOWN":
+        return code
+    if message.startswith(INVALID_INPUT):
+        return "INVALID_ARGUMENT"
+    if overloaded(message):
+        return "UNAVAILABLE"
+    return code
+
+
+def overloaded(message: str) -> bool:
+    return any(words in message for words in OVERLOAD_MESSAGES)
 
 
 def transient(message: str) -> bool:

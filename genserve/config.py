@@ -24,9 +24,32 @@ SERVER_START_TIMEOUT_S = float(os.environ.get("GENSERVE_SERVER_START_TIMEOUT", "
 MAX_IMAGE_BYTES = 64 * 1024 * 1024
 MAX_IMAGE_PIXELS = 50_000_000  # about 8660 x 5770; a 20000 x 20000 image (400 MP) is refused
 MAX_IMAGE_SIDE = 16_384
+# The image formats accepted (as Pillow names them; MPO is the multi-picture JPEG of many cameras). A
+# GIF is read as its first frame. Anything else (TIFF, ICO, PPM...) is refused from its header.
+IMAGE_FORMATS = ("JPEG", "PNG", "WebP", "BMP", "GIF")
+_PILLOW_FORMATS = {"MPO": "JPEG"}
+
+
+def image_format(pillow_format: str | None) -> str | None:
+    """The accepted format Pillow's name stands for, or None when it is not accepted."""
+    name = _PILLOW_FORMATS.get(pillow_format or "", pillow_format or "")
+    return next((known for known in IMAGE_FORMATS if known.upper() == name.upper()), None)
+
+
+def image_formats_text() -> str:
+    return ", ".join(IMAGE_FORMATS[:-1]) + " or " + IMAGE_FORMATS[-1]
 # Face swap works on the whole photo (detection upsampled, a dense warp): a 50 MP photo took 43-48 s
 # and 2.8 GB per worker here. 12.5 MP takes a 4032 x 3024 phone photo (about 6 s on 2 cores).
 MAX_FACE_SWAP_PIXELS = 12_500_000
+# Request fields other than images: a request's OPTIONS (one flat JSON object) is bounded before it is
+# parsed (bytes, nesting, keys, digits of a number), text fields by length; and an error message names
+# the field and the limit without echoing the input (gRPC carries it in size-limited metadata).
+MAX_OPTIONS_BYTES = 64 * 1024
+MAX_OPTIONS_DEPTH = 4
+MAX_OPTIONS_KEYS = 64
+MAX_NUMBER_DIGITS = 32
+MAX_TEXT_CHARS = 64 * 1024
+MAX_ERROR_MESSAGE_CHARS = 1000
 
 # Triton's model-control, shared-memory, logging and trace APIs answer only requests that carry this
 # header with the server's admin key (Triton's --http-restricted-api / --grpc-restricted-protocol).
@@ -42,10 +65,23 @@ WATCH_INTERVAL_S = 1.0
 MAX_WORKER_RESTARTS = 5
 WORKER_RESTART_WINDOW_S = 300.0
 WORKER_SHM_RECLAIM_BYTES = 256 * 1024 * 1024
+# The other workers of a copy replaced because one of its workers died are ended after this long (that
+# copy never unloads): time enough to finish the requests they run.
+RETIRED_WORKER_GRACE_S = 30.0
+# Triton's gRPC front end keeps request objects for reuse (8 by default), each holding the buffer of the
+# largest request it carried: three refused 432 MB tensors left tritonserver 1.6 GB larger for good.
+# None kept; and glibc gives freed heap back above 1 MiB (instead of its dynamic threshold, up to 64 MiB).
+GRPC_INFER_ALLOCATION_POOL_SIZE = 0
+MALLOC_TRIM_THRESHOLD_BYTES = 1024 * 1024
 # `genserve serve` on SIGTERM: keep serving this long (endpoints and clients learn that the replica is
 # going), then let in-flight requests finish within the drain timeout (Triton's --exit-timeout-secs).
 DRAIN_DELAY_S = 5.0
 DRAIN_TIMEOUT_S = 60.0
+# How the server tells its models that it drains (genserve.triton.requests): this variable names a file
+# that exists while it does. Calls between models (BLS) carry this request id, so that a draining model
+# still answers the work of requests already running.
+DRAIN_FILE_ENV = "GENSERVE_DRAIN_FILE"
+BLS_REQUEST_ID = "genserve-bls"
 
 # Leaf models (genserve.triton.onnx_leaf): after a call whose inputs exceed this many bytes, ONNX
 # Runtime's arena gives its unused memory back (a large request would otherwise keep it for good).

@@ -26,6 +26,11 @@ class Overloaded(GenServeError):
     the client retries later or on another replica."""
 
 
+class ShuttingDown(GenServeError):
+    """The server drains before it stops: it finishes what it runs and takes nothing new (UNAVAILABLE, so
+    that the client retries, on another replica or after the restart)."""
+
+
 class ServerError(GenServeError, RuntimeError):
     """The Triton server could not be started, or a model in it failed to load."""
 

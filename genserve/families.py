@@ -141,7 +141,8 @@ class Family:
     default_text_len: int = 77
     # Text lengths the served pipelines hand the text encoders (shortest, longest): SD pads CLIP to 77;
     # FLUX pads T5 to max_sequence_length (up to 512); CogView4 pads GLM to multiples of 16, up to its
-    # max_sequence_length (1024 by default). TensorRT profiles cover this range.
+    # max_sequence_length (1024 by default). TensorRT profiles cover this range, and requests asking
+    # for a longer max_sequence_length are refused (FLUX's pipelines refuse more than 512 for T5).
     text_len_range: tuple[int, int] = (77, 77)
     # The latent size a pipeline renders when no size is given (its "working size"), from the configs.
     default_sample_size: Callable[[Mapping[str, Mapping[str, Any]]], int] = lambda configs: configs["unet"]["sample_size"]
@@ -150,6 +151,11 @@ class Family:
     def modules(self) -> tuple[str, ...]:
         """Pipeline modules the export reads (each once, even when two components share it)."""
         return tuple(dict.fromkeys(component.module for component in self.components))
+
+    @property
+    def max_sequence_length(self) -> int:
+        """The most text tokens a request may ask its pipelines to take (``max_sequence_length``)."""
+        return self.text_len_range[1]
 
     @property
     def text_encoders(self) -> tuple[str, ...]:

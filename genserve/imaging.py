@@ -25,11 +25,14 @@ def probe_size(data: bytes, *, what: str = "image") -> tuple[int, int]:
         raise InvalidInputError(f"{what} is {len(data) / 2**20:.0f} MiB; at most {config.MAX_IMAGE_BYTES // 2**20} MiB")
     try:
         with Image.open(io.BytesIO(data)) as image:
-            return image.size
+            accepted, size = config.image_format(image.format), image.size
     except Image.DecompressionBombError:
         raise InvalidInputError(f"{what} has more pixels than are accepted ({config.MAX_IMAGE_PIXELS / 1e6:.0f} megapixels)") from None
     except (UnidentifiedImageError, OSError):
-        raise InvalidInputError(f"{what} is not a readable image: expected JPEG, PNG, WebP or BMP data") from None
+        raise InvalidInputError(f"{what} is not a readable image: expected {config.image_formats_text()} data") from None
+    if accepted is None:
+        raise InvalidInputError(f"{what} is {image.format}; accepted are {config.image_formats_text()}")
+    return size
 
 
 def checked_size(data: bytes, *, what: str = "image") -> tuple[int, int]:
@@ -55,8 +58,8 @@ def check_pixel_limit(data: bytes, max_pixels: int, *, what: str = "image") -> N
 
 
 def decode_image(data: bytes, *, what: str = "image") -> np.ndarray:
-    """RGB array of encoded image bytes; EXIF orientation applied, alpha dropped, grey expanded. Formats
-    OpenCV does not read (GIF) are decoded by Pillow (a GIF's first frame)."""
+    """RGB array of encoded image bytes (one of ``config.IMAGE_FORMATS``); EXIF orientation applied, alpha
+    dropped, grey expanded. Formats OpenCV does not read (GIF) are decoded by Pillow (a GIF's first frame)."""
     checked_size(data, what=what)
     bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
     if bgr is None:

@@ -55,9 +55,25 @@ OPTIONS_TENSOR = "OPTIONS"
 # How an error message for a refused request begins (see genserve.triton.requests: the one sign of it
 # that survives a BLS hop in Triton 2.51); clients strip it.
 INVALID_INPUT = "invalid input: "
+# How the message of a request refused for want of capacity begins (a full backlog; Triton's own full
+# queue says "Exceeds maximum queue size"): streamed responses carry no status code, so clients read it.
+OVERLOADED = "overloaded: "
 # Field types: how a value is written in a tensor, and which Python values are accepted for it.
 FIELD_TYPES = ("image", "text", "int", "float", "bool")
 _DEFAULT_DTYPES = {"image": BYTES, "text": BYTES, "int": "int32", "float": "float32", "bool": "bool"}
+
+
+def shown(value: Any, limit: int = 60) -> str:
+    """A value as an error message quotes it: its repr, cut to ``limit`` characters (a message must not
+    echo a huge input: gRPC carries it in metadata, and a log line would hold it)."""
+    text = repr(value) if not isinstance(value, (bytes, bytearray)) or len(value) <= limit else f"<{len(value)} bytes>"
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def named(names: list[str], limit: int = 8) -> str:
+    """Names for a message: at most ``limit`` of them, each cut short, and how many more there are."""
+    listed = ", ".join(shown(name, 40).strip("'") for name in names[:limit])
+    return listed + (f" and {len(names) - limit} more" if len(names) > limit else "")
 
 
 @dataclass(frozen=True)
@@ -100,23 +116,25 @@ class Field:
         """The value as the server uses it; :class:`InvalidInputError` when it is not acceptable."""
         if self.type == "bool":
             if not isinstance(value, (bool, np.bool_)):
-                raise InvalidInputError(f"{self.label} must be true or false, not {value!r}")
+                raise InvalidInputError(f"{self.label} must be true or false, not {shown(value)}")
             return bool(value)
         if self.type == "int":
             if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
-                raise InvalidInputError(f"{self.label} must be an integer, not {value!r}")
+                raise InvalidInputError(f"{self.label} must be an integer, not {shown(value)}")
             value = int(value)
         elif self.type == "float":
             if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
-                raise InvalidInputError(f"{self.label} must be a number, not {value!r}")
+                raise InvalidInputError(f"{self.label} must be a number, not {shown(value)}")
             value = float(value)
             if not math.isfinite(value):
                 raise InvalidInputError(f"{self.label} must be a finite number, not {value}")
         elif self.type == "text":
             if not isinstance(value, str):
-                raise InvalidInputError(f"{self.label} must be text, not {value!r}")
+                raise InvalidInputError(f"{self.label} must be text, not {shown(value)}")
+            if len(value) > config.MAX_TEXT_CHARS:
+                raise InvalidInputError(f"{self.label} is {len(value)} characters long; at most {config.MAX_TEXT_CHARS} are accepted")
             if self.choices and value.lower() not in self.choices:
-                raise InvalidInputError(f"{self.label} must be one of {', '.join(self.choices)}, not {value!r}")
+                raise InvalidInputError(f"{self.label} must be one of {', '.join(self.choices)}, not {shown(value)}")
             return value.lower() if self.choices else value
         else:  # image
             if not isinstance(value, (bytes, bytearray)):
@@ -128,7 +146,7 @@ class Field:
             return bytes(value)
         too_low = self.minimum is not None and (value <= self.minimum if self.exclusive_minimum else value < self.minimum)
         if too_low or (self.maximum is not None and value > self.maximum):
-            raise InvalidInputError(f"{self.label} must be {self._range()}, not {value}")
+            raise InvalidInputError(f"{self.label} must be {self._range()}, not {shown(value)}")
         return value
 
     def _range(self) -> str:
@@ -271,7 +289,7 @@ class Contract:
         known = {f.name for f in self.fields}
         unknown = sorted(set(values) - known)
         if unknown:
-            raise InvalidInputError(f"{self.model} takes no {', '.join(unknown)}; it takes {', '.join(sorted(known))}")
+            raise InvalidInputError(f"{self.model} takes no {named(unknown)}; it takes {', '.join(sorted(known))}")
         checked = {}
         for field in self.fields:
             value = values.get(field.name)
@@ -331,23 +349,75 @@ class Contract:
         return self.check(values)
 
     def _options(self, array: np.ndarray) -> dict[str, Any]:
+        values = np.asarray(array).reshape(-1)
+        if values.size == 1 and isinstance(values[0], (bytes, np.bytes_)) and len(values[0]) > config.MAX_OPTIONS_BYTES:
+            raise InvalidInputError(f"{OPTIONS_TENSOR} is {len(values[0])} bytes; at most {config.MAX_OPTIONS_BYTES} are accepted")
         text = Field(OPTIONS_TENSOR, "text", "", tensor=OPTIONS_TENSOR).decode(array)
         if not text.strip():
             return {}
-        try:
-            options = json.loads(text)
-        except json.JSONDecodeError as error:
-            raise InvalidInputError(f"{OPTIONS_TENSOR} is not valid JSON: {error}") from None
-        if not isinstance(options, dict):
-            raise InvalidInputError(f"{OPTIONS_TENSOR} must be a JSON object")
+        options = parse_options(text)
         allowed = {f.name for f in self.option_fields}
         unknown = sorted(set(options) - allowed)
         if unknown:
-            raise InvalidInputError(f"unknown option(s) {', '.join(unknown)}; known: {', '.join(sorted(allowed))}")
+            raise InvalidInputError(f"unknown option(s) {named(unknown)}; known: {', '.join(sorted(allowed))}")
         return {name: value for name, value in options.items() if value is not None}
 
     def encode_response(self, values: Mapping[str, Any]) -> dict[str, np.ndarray]:
         return {output.name: output.encode(values[output.key]) for output in self.outputs}
+
+
+def parse_options(text: str) -> dict[str, Any]:
+    """An ``OPTIONS`` JSON object, bounded before and while it is parsed: its size, its nesting (Python's
+    parser recurses, so a deep one would raise RecursionError), its key count and the digits of each
+    number (Python refuses to convert an integer of more than 4300 digits)."""
+    if len(text) > config.MAX_OPTIONS_BYTES:
+        raise InvalidInputError(f"{OPTIONS_TENSOR} is {len(text)} characters; at most {config.MAX_OPTIONS_BYTES} are accepted")
+    depth = _nesting_depth(text)
+    if depth > config.MAX_OPTIONS_DEPTH:
+        raise InvalidInputError(f"{OPTIONS_TENSOR} is nested {depth} deep; at most {config.MAX_OPTIONS_DEPTH} levels are accepted")
+
+    def number(kind: Callable[[str], Any]) -> Callable[[str], Any]:
+        def parse(digits: str) -> Any:
+            if len(digits) > config.MAX_NUMBER_DIGITS:
+                raise InvalidInputError(f"{OPTIONS_TENSOR} holds a number of {len(digits)} characters; at most {config.MAX_NUMBER_DIGITS} are accepted")
+            return kind(digits)
+
+        return parse
+
+    def bounded_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        if len(pairs) > config.MAX_OPTIONS_KEYS:
+            raise InvalidInputError(f"{OPTIONS_TENSOR} has an object of {len(pairs)} keys; at most {config.MAX_OPTIONS_KEYS} are accepted")
+        return dict(pairs)
+
+    try:
+        options = json.loads(text, parse_int=number(int), parse_float=number(float), object_pairs_hook=bounded_object)
+    except json.JSONDecodeError as error:
+        raise InvalidInputError(f"{OPTIONS_TENSOR} is not valid JSON: {error}") from None
+    if not isinstance(options, dict):
+        raise InvalidInputError(f"{OPTIONS_TENSOR} must be a JSON object")
+    return options
+
+
+def _nesting_depth(text: str) -> int:
+    """How deep JSON text nests arrays and objects (brackets inside strings not counted)."""
+    depth = deepest = 0
+    in_string = escaped = False
+    for char in text:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif char == "\\":
+                escaped = True
+            elif char == '"':
+                in_string = False
+        elif char == '"':
+            in_string = True
+        elif char in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif char in "]}":
+            depth -= 1
+    return deepest
 
 
 # --- The tasks ------------------------------------------------------------------------------------------
@@ -359,7 +429,7 @@ FACE_SWAP = Contract(
     model="face_swap",
     summary="deepfake: the face of TARGET_IMAGE put into ORI_IMAGE, keeping ORI_IMAGE's scene",
     fields=(
-        Field("ori_image", "image", "the image whose scene is kept (JPEG, PNG, WebP or BMP bytes)", tensor="ORI_IMAGE", required=True,
+        Field("ori_image", "image", f"the image whose scene is kept ({config.image_formats_text()} bytes)", tensor="ORI_IMAGE", required=True,
               max_pixels=config.MAX_FACE_SWAP_PIXELS),
         Field("target_image", "image", "the image whose face is pasted", tensor="TARGET_IMAGE", required=True,
               max_pixels=config.MAX_FACE_SWAP_PIXELS),
@@ -382,7 +452,7 @@ FACE_SWAP = Contract(
 OCR = Contract(
     model="ocr",
     summary="PP-OCRv4: the lines of text in an image, top to bottom then left to right",
-    fields=(Field("image", "image", "encoded image bytes", tensor="IMAGE", required=True),),
+    fields=(Field("image", "image", f"encoded image bytes ({config.image_formats_text()})", tensor="IMAGE", required=True),),
     outputs=(
         Output("BOXES", "boxes", "float32", (-1, 4, 2), "each line's corners, clockwise from top-left, in pixels"),
         Output("TEXTS", "texts", BYTES, (-1,), "each line's text", encoding="utf-8"),
@@ -396,7 +466,7 @@ MAX_STEPS = 1000
 def _generation_fields(prompt_help: str, image: bool, extra: tuple[Field, ...] = ()) -> tuple[Field, ...]:
     fields = [Field("prompt", "text", prompt_help, tensor="PROMPT", required=True)]
     if image:
-        fields.append(Field("image", "image", "the image to edit (PNG, JPEG, WebP or BMP bytes); one larger than the "
+        fields.append(Field("image", "image", f"the image to edit ({config.image_formats_text()} bytes); one larger than the "
                             "pipeline's working size is resized to it, aspect kept", tensor="IMAGE", required=True))
         extra = (Field("keep_size", "bool", "return the result at the input image's exact size", default=False), *extra)
     return (

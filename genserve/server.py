@@ -236,6 +236,8 @@ class TritonServer:
         self._dependent: list[list[str]] = []  # loaded after the others, in rounds: see start()
         self.failure: str | None = None  # why the server was stopped from inside (a model's workers keep dying)
         self.shm_prefix = f"genserve{os.getpid()}p{grpc_port}_"  # unique: several servers share /dev/shm
+        # Exists while the server drains (see drain()); in a folder only this user can write to.
+        self.drain_file = config.CACHE_DIR / "run" / f"{self.shm_prefix}draining"
         self.watchdog: supervision.WorkerWatchdog | None = None
         self._process: subprocess.Popen | None = None
         self._log_file = None
@@ -273,6 +275,7 @@ class TritonServer:
             f"--backend-config=python,shm-default-byte-size={PYTHON_SHM_BYTES}",
             f"--backend-config=python,shm-growth-byte-size={PYTHON_SHM_BYTES}",
             "--log-verbose=0",
+            f"--grpc-infer-allocation-pool-size={config.GRPC_INFER_ALLOCATION_POOL_SIZE}",
             # On SIGINT/SIGTERM, in-flight requests finish within this time (a drain).
             f"--exit-timeout-secs={max(int(self.exit_timeout_s), 0)}",
             *admin.restricted_api_args(self.admin_key),
@@ -296,11 +299,16 @@ class TritonServer:
             )
         self.models = with_callees(self.models, self._model_config)
         self._dependent = dependent_models(self.models, {name: self._model_config(name) for name in self.models})
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        self._log_file = open(self.log_path, "wb")
-        env = {**os.environ, **installation.env}
+        self.log_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        # The log names models, requests' failures and paths: readable by the owner only.
+        self._log_file = os.fdopen(os.open(self.log_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb")
+        os.chmod(self.log_path, 0o600)  # a file that was there keeps its mode otherwise
+        env = {"MALLOC_TRIM_THRESHOLD_": str(config.MALLOC_TRIM_THRESHOLD_BYTES), **os.environ, **installation.env}
         if self.cache_size:  # the models learn it here: a cached model then refuses requests it must not cache
             env[config.RESPONSE_CACHE_ENV] = str(self.cache_size)
+        self.drain_file.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.drain_file.unlink(missing_ok=True)
+        env[config.DRAIN_FILE_ENV] = str(self.drain_file)
         command = self.command(installation)
         logger.debug("starting %s", " ".join(command).replace(self.admin_key, "***"))
         self._process = subprocess.Popen(
@@ -429,13 +437,51 @@ class TritonServer:
         """Block until the server exits (for ``genserve serve`` in the foreground)."""
         return self._process.wait()
 
-    def stop(self, timeout_s: float | None = None) -> None:
-        """Stop gracefully (SIGINT: Triton lets in-flight requests finish within ``exit_timeout_s``), then
-        kill if it hangs; remove what a killed Triton leaves in /dev/shm."""
+    def drain(self, timeout_s: float) -> bool:
+        """Take no new request and wait, ``timeout_s`` at most, until every request taken is answered;
+        True when they all were. Then :meth:`stop`.
+
+        Triton's own drain (on SIGINT/SIGTERM, within ``--exit-timeout-secs``) refuses every new request
+        at once, also the calls a running request makes to other models (BLS: "Server not ready"), so
+        only models that call none (the face swap) finished their work. Here the stack's models refuse
+        new requests themselves (UNAVAILABLE) and keep answering those calls; what they hold is read from
+        the metrics endpoint (``genserve_requests_in_flight`` and Triton's queued requests)."""
+        self.drain_file.touch()
+        deadline = time.monotonic() + timeout_s
+        while self.is_running():
+            try:
+                if self.requests_in_flight() == 0:
+                    return True
+            except OSError as error:  # the metrics endpoint did not answer: try again
+                logger.debug("reading the metrics failed: %s", error)
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.2)
+        return False
+
+    def requests_in_flight(self) -> float:
+        """Requests the models hold now: taken by a genserve model and not answered, or waiting in a queue."""
+        from genserve import metrics
+        from genserve.triton.requests import IN_FLIGHT_METRIC
+
+        import psutil
+
+        scrape = metrics.scrape(f"{self.host}:{self.metrics_port}")
+        # Each worker process counts its own; a worker that died (killed mid-request) left its count behind.
+        taken = sum(value for (name, labels), value in scrape.samples.items()
+                    if name == IN_FLIGHT_METRIC and psutil.pid_exists(int(dict(labels).get("worker", 0))))  # fmt: skip
+        return taken + scrape.total("nv_inference_pending_request_count")
+
+    def stop(self, timeout_s: float | None = None, *, drain: bool = True) -> None:
+        """Stop gracefully: :meth:`drain` first (within ``exit_timeout_s``; ``drain=False`` skips it), then
+        SIGINT (Triton unloads the models), then kill if it hangs; remove what a killed Triton leaves in
+        /dev/shm. Unloading models under running requests left streaming models that never unloaded."""
         if self.watchdog is not None:
             self.watchdog.stop()
             self.watchdog = None
         process = self._process
+        if drain and self.is_running():
+            self.drain(self.exit_timeout_s)
         if process is not None and process.poll() is None:
             process.send_signal(signal.SIGINT)
             try:
@@ -445,6 +491,7 @@ class TritonServer:
                 process.wait()
         if process is not None:
             supervision.remove_shm_regions(self.shm_prefix)
+            self.drain_file.unlink(missing_ok=True)
         if self._log_file is not None:
             self._log_file.close()
             self._log_file = None

@@ -25,6 +25,7 @@ they are seen: at start before the server is reported up, then on every watchdog
 from __future__ import annotations
 
 import logging
+import re
 import socket
 import sys
 import threading
@@ -112,7 +113,11 @@ class Worker:
 def python_workers(triton_pid: int) -> list[Worker] | None:
     """The live Python-backend workers of a Triton process, read from their command lines
     (``stub MODEL_PY REGION ... INSTANCE RUNTIME_DIR``; the model is MODEL_PY's model folder); None
-    when Triton itself is gone."""
+    when Triton itself is gone.
+
+    Only model instances (``face_swap_0_1``: the model, the group, the index) count: while a model
+    loads, the backend runs a short-lived stub named as the model alone to complete its config, whose
+    exit was taken for a death (a reload, and a restart counted towards the limit that stops the server)."""
     import psutil
 
     try:
@@ -131,7 +136,9 @@ def python_workers(triton_pid: int) -> list[Worker] | None:
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             continue
         if len(args) >= 4 and Path(args[0]).name == STUB_BINARY:
-            workers.append(Worker(child.pid, Path(args[1]).parent.parent.name, args[-2], args[2]))
+            model, instance = Path(args[1]).parent.parent.name, args[-2]
+            if re.fullmatch(re.escape(model) + r"_\d+_\d+", instance):
+                workers.append(Worker(child.pid, model, instance, args[2]))
     return workers
 
 
@@ -155,13 +162,19 @@ class WorkerWatchdog:
         window_s: float = config.WORKER_RESTART_WINDOW_S,
         shm_limit_bytes: int = config.WORKER_SHM_RECLAIM_BYTES,
         shm_dir: Path = SHM_DIR,
+        retired_grace_s: float = config.RETIRED_WORKER_GRACE_S,
     ):
+        self.retired_grace_s = retired_grace_s
         self.triton_pid, self.reload, self.fail = triton_pid, reload, fail
         self.interval_s, self.max_restarts, self.window_s = interval_s, max_restarts, window_s
         self.shm_prefix, self.shm_limit_bytes, self.shm_dir = shm_prefix, shm_limit_bytes, shm_dir
         self.replacements: list[tuple[str, str]] = []  # (model, why), in order
         self._known: dict[int, Worker] = {}  # live workers of the current copy of each model
         self._retiring: set[int] = set()  # workers of copies being replaced: their exit is expected
+        # Live workers of a copy replaced because one of its workers died, and when they are ended: Triton
+        # never finishes unloading such a copy (the dead worker's request never completes), so its
+        # other workers stayed for good, one more per death. They get retired_grace_s to finish what they run.
+        self._stranded: dict[int, float] = {}
         self._restarts: dict[str, deque[float]] = defaultdict(deque)
         self._failed = False
         self._stop = threading.Event()
@@ -177,6 +190,7 @@ class WorkerWatchdog:
         swollen = sorted({w.model for w in live.values() if self._region_bytes(w.region) > self.shm_limit_bytes} - set(died))
         self._retiring &= set(live)
         self._known = {pid: worker for pid, worker in live.items() if pid not in self._retiring}
+        self._end_stranded(live)
         for model in died:
             self._replace(model, "a worker process died", counts=True)
         for model in swollen:
@@ -194,7 +208,10 @@ class WorkerWatchdog:
                 return
             restarts.append(now)
         logger.warning("replacing the workers of %s: %s", model, why)
-        self._retiring |= {pid for pid, worker in self._known.items() if worker.model == model}
+        retired = {pid for pid, worker in self._known.items() if worker.model == model}
+        self._retiring |= retired
+        if counts:  # a worker died: the copy's others are stranded (see __init__)
+            self._stranded.update({pid: time.monotonic() + self.retired_grace_s for pid in retired})
         try:
             self.reload(model)
         except Exception as error:  # noqa: BLE001 - any failure to reload is the server's failure
@@ -205,6 +222,22 @@ class WorkerWatchdog:
         fresh = python_workers(self.triton_pid) or []
         self._known.update({w.pid: w for w in fresh if w.model == model and w.pid not in self._retiring})
         self.replacements.append((model, why))
+
+    def _end_stranded(self, live: dict[int, Worker]) -> None:
+        import os
+        import signal
+
+        now = time.monotonic()
+        for pid, due in list(self._stranded.items()):
+            if pid not in live:
+                del self._stranded[pid]
+            elif now >= due:
+                logger.warning("ending worker %s of a replaced copy of %s (its copy cannot unload)", live[pid].instance, live[pid].model)
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except OSError:
+                    pass
+                del self._stranded[pid]
 
     def _give_up(self, reason: str) -> None:
         self._failed = True

@@ -62,6 +62,49 @@ def test_a_burst_beyond_the_queue_is_refused_at_once(triton_server, faces_dir):
     assert outcomes.count("ok") + len(refused) == len(clients)
 
 
+def test_overload_reaches_the_genserve_client_within_a_second(triton_server, faces_dir):
+    """The client as users make it (default retries, a 5 s deadline): a full queue is reported at once,
+    not retried by gRPC's channel until the deadline (issue 23, item 5)."""
+    policy = read_config(STACK_REPOSITORY_DIR / "face_swap").dynamic_batching.default_queue_policy
+    ori, target = (faces_dir / ORI).read_bytes(), (faces_dir / TARGET).read_bytes()
+    clients = [Client(triton_server.grpc_url, timeout_s=5.0) for _ in range(policy.max_queue_size + 2 + 8)]
+    for client in clients:
+        assert client.is_ready("face_swap")
+    start = threading.Barrier(len(clients))
+
+    def swap(client):
+        start.wait()
+        began = time.monotonic()
+        try:
+            client.swap_face(ori, target, compute_identity=False, all_faces=True, candidates=6)
+            return "ok", time.monotonic() - began
+        except RequestError as error:
+            return error, time.monotonic() - began
+
+    with ThreadPoolExecutor(len(clients)) as pool:
+        outcomes = list(pool.map(swap, clients))
+    for client in clients:
+        client.close()
+    # The requests beyond the queue: refused as overloaded within a second. (Those queued may pass their
+    # 5 s deadline waiting: DEADLINE_EXCEEDED, which is not the point here.)
+    refused = [(error, seconds) for error, seconds in outcomes if error != "ok" and error.code != "DEADLINE_EXCEEDED"]
+    fast = [error for error, seconds in refused if getattr(error, "overloaded", False) and error.code == "UNAVAILABLE" and seconds < 1.0]
+    assert len(fast) >= 8 - 2, [(error.code, str(error)[:80], round(seconds, 2)) for error, seconds in outcomes if error != "ok"]
+    _wait_until_idle(triton_server)  # the queued swaps run on after their clients gave up
+
+
+def _wait_until_idle(server, model: str = "face_swap") -> None:
+    """Nothing queued, and no execution finished for longer than a six-candidate swap takes."""
+    url = f"{server.host}:{server.metrics_port}"
+    done, deadline = executions(server, model), time.monotonic() + 120
+    while time.monotonic() < deadline:
+        time.sleep(6)
+        pending = metrics.scrape(url).total("nv_inference_pending_request_count", model=model)
+        done, before = executions(server, model), done
+        if done == before and not pending:
+            return
+
+
 def test_a_request_whose_deadline_passed_is_dropped_before_it_runs(triton_server, faces_dir):
     ori, target = (faces_dir / ORI).read_bytes(), (faces_dir / TARGET).read_bytes()
     before = executions(triton_server)

@@ -9,7 +9,7 @@ import time
 import pytest
 from tritonclient.utils import InferenceServerException
 
-from genserve.client import Client, ClientPool, RequestError, ServerUnavailableError
+from genserve.client import Client, ClientPool, OverloadedError, RequestError, ServerUnavailableError
 from genserve.client.client import request_error
 from genserve.client.retry import RetryPolicy, grpc_channel_args
 from genserve.server import free_ports
@@ -38,6 +38,31 @@ def test_what_may_pass_on_another_try(status, message, retriable):
     assert not isinstance(error, ServerUnavailableError)  # the server answered
 
 
+@pytest.mark.parametrize(
+    "status, message, code, overloaded",
+    [
+        # A streamed response's error carries no status: the stack's message says it (issue 23, item 5).
+        (None, "overloaded: sd_text_to_image_stream has 12 requests already (running and waiting); try again later", "UNAVAILABLE", True),
+        (None, "invalid input: steps must be between 1 and 1000, not 0", "INVALID_ARGUMENT", False),
+        ("StatusCode.UNAVAILABLE", "Exceeds maximum queue size", "UNAVAILABLE", True),
+        ("StatusCode.UNAVAILABLE", "Server not ready", "UNAVAILABLE", False),
+    ],
+)
+def test_overload_is_known_by_its_message_also_in_a_stream(status, message, code, overloaded):
+    error = request_error(InferenceServerException(message, status=status), "h:1", "grpc")
+    assert error.code == code and isinstance(error, OverloadedError) is overloaded
+    assert error.retriable is (code == "UNAVAILABLE")
+
+
+def test_an_overloaded_server_is_not_asked_again_only_another_one():
+    policy = RetryPolicy(retries=3)
+    busy = request_error(InferenceServerException("Exceeds maximum queue size", status="StatusCode.UNAVAILABLE"), "h:1", "grpc")
+    assert policy.delay(busy, 0, None) is None
+    assert policy.delay(busy, 0, None, other_replica=True) is not None
+    with Client("127.0.0.1:1") as one, Client("ipv4:127.0.0.1:1,127.0.0.1:2") as several:
+        assert not one.several_servers and several.several_servers
+
+
 def test_a_server_that_cannot_be_reached_is_named():
     error = request_error(InferenceServerException("failed to connect to all addresses", status="StatusCode.UNAVAILABLE"), "h:1", "grpc")
     assert isinstance(error, ServerUnavailableError) and error.retriable and "no genserve server answers at h:1" in str(error)
@@ -52,13 +77,12 @@ def test_backoff_stops_at_the_retry_count_and_the_deadline():
     assert policy.delay(may_pass, 0, time.monotonic() + 0.1) is None  # the deadline comes first
 
 
-def test_grpc_channel_balances_round_robin_and_retries_unavailable():
+def test_grpc_channel_balances_round_robin_and_leaves_retries_to_the_client():
+    """gRPC's retry policy retried a full queue until the deadline (issue 23): the client's loop retries."""
     options = dict(grpc_channel_args(RetryPolicy(retries=9)))
     service_config = json.loads(options["grpc.service_config"])
     assert service_config["loadBalancingConfig"] == [{"round_robin": {}}] and options["grpc.lb_policy_name"] == "round_robin"
-    (method,) = service_config["methodConfig"]
-    assert method["retryPolicy"]["retryableStatusCodes"] == ["UNAVAILABLE"] and method["retryPolicy"]["maxAttempts"] == 5
-    assert options["grpc.enable_retries"] == 1 and options["grpc.per_rpc_retry_buffer_size"] > 128 * 2**20
+    assert "methodConfig" not in service_config
 
 
 @pytest.mark.parametrize("protocol", ["grpc", "http"])

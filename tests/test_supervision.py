@@ -42,7 +42,7 @@ class FakeTriton:
         child = subprocess.Popen(["bash", "-c", command])
         self.children.append(child)
         deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and not any(w.pid == child.pid for w in python_workers(os.getpid()) or []):
+        while time.monotonic() < deadline and not _runs_as_stub(child.pid):
             time.sleep(0.02)
         return child
 
@@ -54,6 +54,13 @@ class FakeTriton:
         for child in self.children:
             child.kill()
             child.wait()
+
+
+def _runs_as_stub(pid: int) -> bool:
+    try:
+        return Path(psutil.Process(pid).cmdline()[0]).name == STUB_BINARY
+    except (psutil.NoSuchProcess, IndexError):
+        return False
 
 
 @pytest.fixture
@@ -90,6 +97,20 @@ def test_watchdog_replaces_a_dead_worker_and_gives_up_on_a_model_that_keeps_dyin
         watchdog.check()
     assert reloads == ["face_swap", "face_swap"]
     assert failures == ["the workers of model face_swap died 3 times within 60 s"]
+
+
+def test_the_stub_that_completes_a_config_is_no_worker(fake_triton, tmp_path):
+    """While a model loads, the backend runs a stub named as the model alone (auto-complete), which
+    exits soon after: its exit was taken for a worker's death (issue 23)."""
+    reloads = []
+    watchdog = WorkerWatchdog(os.getpid(), reloads.append, pytest.fail, shm_prefix="none_", shm_dir=tmp_path)
+    fake_triton.spawn("ocr_det", "ocr_det_0_0")
+    auto_complete = fake_triton.spawn("ocr_det", "ocr_det")
+    watchdog.check()
+    assert [w.instance for w in python_workers(os.getpid())] == ["ocr_det_0_0"]
+    fake_triton.kill(auto_complete)
+    watchdog.check()
+    assert reloads == [] and watchdog.replacements == []
 
 
 def test_watchdog_reloads_a_model_whose_shared_memory_swelled(fake_triton, tmp_path):
@@ -211,3 +232,56 @@ def test_sigterm_drains_in_flight_requests(tmp_path, faces_dir):
     assert serve.returncode == 0, output
     assert "SIGTERM: serving 1 s more" in output and "Triton stopped." in output
     assert not errors and len(results) == 3
+
+
+@pytest.mark.server
+@pytest.mark.slow
+def test_killed_workers_leave_no_stale_copy(tmp_path):
+    """Three kill -9 of a face_swap worker under load, each after the last replacement: the model ends with
+    its two configured workers (there were 5: each replaced copy kept its live worker, since Triton never
+    finishes unloading a copy whose worker died mid-request), and the client loses no request (issue 23,
+    item 4)."""
+    from genserve import config
+    from genserve.config import STACK_REPOSITORY_DIR
+
+    http, grpc, metrics = free_ports(3)
+    with TritonServer(STACK_REPOSITORY_DIR, models=["face_swap"], http_port=http, grpc_port=grpc, metrics_port=metrics,
+                      address="127.0.0.1", log_path=tmp_path / "triton.log") as server:  # fmt: skip
+
+        def face_swap_workers():
+            return [w for w in python_workers(server._process.pid) or [] if w.model == "face_swap"]
+
+        from genserve.client import Client, RequestError
+        from genserve.config import FACES_DIR
+
+        stop, failures = threading.Event(), []
+
+        def load():  # requests in flight while the workers die, as in a batch
+            with Client(server.grpc_url) as client:
+                while not stop.is_set():
+                    try:
+                        client.swap_face(FACES_DIR / ORI, FACES_DIR / TARGET, compute_identity=False)
+                    except RequestError as error:
+                        failures.append(f"{error.code}: {error}")
+
+        senders = [threading.Thread(target=load) for _ in range(2)]
+        for sender in senders:
+            sender.start()
+        for kill in range(3):
+            time.sleep(1.0)
+            (victim,) = [w for w in face_swap_workers() if w.instance == "face_swap_0_0"][:1]
+            os.kill(victim.pid, signal.SIGKILL)
+            deadline = time.monotonic() + 120
+            while len(server.watchdog.replacements) <= kill and time.monotonic() < deadline:
+                time.sleep(0.2)
+            assert len(server.watchdog.replacements) == kill + 1, server.watchdog.replacements
+        stop.set()
+        for sender in senders:
+            sender.join()
+        deadline = time.monotonic() + config.RETIRED_WORKER_GRACE_S + 60
+        while len(face_swap_workers()) != 2 and time.monotonic() < deadline:
+            time.sleep(0.5)
+        workers = face_swap_workers()
+        assert sorted(w.instance for w in workers) == ["face_swap_0_0", "face_swap_0_1"], workers
+        assert server.watchdog.replacements == [("face_swap", "a worker process died")] * 3
+        assert not failures, failures  # the client retried what the dead workers failed

@@ -13,7 +13,7 @@ def register(subparsers) -> None:
         "the score, the text and the box (4 corners x,y clockwise from top-left). Prints nothing for an "
         "image without text.",
     )
-    parser.add_argument("image", metavar="IMAGE", help="image file (PNG, JPEG, WebP, BMP...), or - for stdin")
+    parser.add_argument("image", metavar="IMAGE", help="image file (JPEG, PNG, WebP, BMP or GIF), or - for stdin")
     parser.add_argument("--url", help="server host:port (default: localhost:8001 for gRPC, localhost:8000 for HTTP)")
     parser.add_argument("--protocol", choices=("grpc", "http"), default="grpc")
     parser.add_argument("--json", action="store_true", help="print a JSON list of {box, text, score} instead")
@@ -31,16 +31,17 @@ def run(args: argparse.Namespace) -> int:
     import sys
     from pathlib import Path
 
-    from genserve.client import Client
+    from genserve import config
+    from genserve.client import Client, to_image_bytes
     from genserve.errors import InvalidInputError
 
     if args.image == "-":
-        data = sys.stdin.buffer.read()
+        data = to_image_bytes(sys.stdin.buffer.read(config.MAX_IMAGE_BYTES + 1))  # no more than the limit read
     else:
         path = Path(args.image)
         if not path.is_file():
             raise InvalidInputError(f"{path}: no such file")
-        data = path.read_bytes()
+        data = to_image_bytes(path)  # its size checked before it is read
     with Client(args.url, protocol=args.protocol) as client:
         lines = client.ocr(data)
     report = None

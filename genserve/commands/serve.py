@@ -16,7 +16,8 @@ def register(subparsers) -> None:
         "build-repo` for the diffusion tasks. Model control, shared-memory, logging and trace APIs answer only "
         "requests carrying the admin key. Worker processes that die are replaced; if Triton dies, or a model's "
         "workers keep dying, this command exits non-zero with the reason. Ctrl-C stops at once; SIGTERM drains "
-        "(serves --drain-delay seconds more, then lets in-flight requests finish within --drain-timeout).",
+        "(serves --drain-delay seconds more, then refuses new requests with UNAVAILABLE and lets every request "
+        "taken finish within --drain-timeout, whatever model runs it).",
     )
     parser.add_argument(
         "repositories", nargs="*", metavar="REPO",
@@ -54,7 +55,7 @@ def register(subparsers) -> None:
     )  # fmt: skip
     parser.add_argument(
         "--drain-timeout", type=float, default=config.DRAIN_TIMEOUT_S, metavar="S",
-        help=f"then wait this long at most for in-flight requests to finish (default {config.DRAIN_TIMEOUT_S:g})",
+        help=f"then refuse new requests and wait this long at most for those taken to finish (default {config.DRAIN_TIMEOUT_S:g})",
     )  # fmt: skip
     parser.set_defaults(handler=run)
 
@@ -136,6 +137,9 @@ def run(args: argparse.Namespace) -> int:
                 print(f"\nSIGTERM: serving {args.drain_delay:g} s more, then finishing in-flight requests…", flush=True)
                 signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM changes nothing
                 time.sleep(max(args.drain_delay, 0.0))
+                if not server.drain(max(args.drain_timeout, 0.0)):
+                    print(f"requests still running after {args.drain_timeout:g} s: stopping them", flush=True)
+                    server.stop(timeout_s=5.0, drain=False)  # the drain timeout is spent: Triton's own exit timeout is not waited out
             print("\nstopping Triton…", flush=True)
         else:
             raise ServerError(server.exit_reason())

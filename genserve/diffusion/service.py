@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import copy
 import inspect
+import logging
+import math
 import queue
 import secrets
 import time
@@ -141,6 +143,11 @@ class DiffusionService:
         unsupported = [name for name in request.options if name not in self.call_parameters]
         if unsupported:
             raise InvalidInputError(f"{self.pipeline_class} takes no {', '.join(unsupported)}")
+        limit = self.family.max_sequence_length
+        if request.max_sequence_length is not None and limit is not None and request.max_sequence_length > limit:
+            raise InvalidInputError(
+                f"max_sequence_length must be at most {limit} for {self.family.name} (its long text encoder), not {request.max_sequence_length}"
+            )
         if self.task == "t2i" and request.image is not None:
             raise InvalidInputError("text_to_image takes no IMAGE; use edit_image")
         if self.task != "t2i" and request.image is None:
@@ -148,6 +155,19 @@ class DiffusionService:
         return self.truncation_warnings(request.prompt, request.options) + (
             self.truncation_warnings(request.negative_prompt, request.options, "negative prompt") if request.negative_prompt else []
         )
+
+    def check_denoising_steps(self, request: GenerationRequest) -> None:
+        """An img2img edit runs ``int(steps * strength)`` of its steps (diffusers' ``get_timesteps``): refuse
+        one that would run none (its VAE decoder would get an empty batch)."""
+        if self.task == "t2i" or "strength" not in self.call_parameters:
+            return
+        strength = request.strength if request.strength is not None else self._default("strength")
+        steps = request.steps if request.steps is not None else self._default("num_inference_steps")
+        if strength is not None and steps and int(steps * strength) < 1:
+            raise InvalidInputError(
+                f"strength {strength:g} with {steps} steps runs no denoising step (steps x strength must be at least 1): "
+                f"ask for at least {math.ceil(1 / strength)} steps or a strength of at least {1 / steps:g}"
+            )
 
     def max_steps(self) -> int | None:
         """The most denoising steps the scheduler can take: one per training timestep, less its offset
@@ -253,6 +273,9 @@ class DiffusionService:
         resized = None
         if self.task != "t2i":
             kwargs["image"], kwargs["width"], kwargs["height"], resized = self.input_image(request)
+        elif self.working_side > self.max_size:  # the pipeline's own default is larger than this model serves
+            side = self.max_size // self.pixel_multiple * self.pixel_multiple
+            kwargs["width"], kwargs["height"] = request.width or side, request.height or side
         if "max_area" in self.call_parameters and kwargs.get("width") and kwargs.get("height"):
             # Kontext rescales its output to max_area (1 megapixel by default): the size asked for wins.
             kwargs["max_area"] = kwargs["width"] * kwargs["height"]
@@ -284,7 +307,8 @@ class DiffusionService:
             request.seed = secrets.randbelow(2**31)
         text_edit = self.text_edit(request) if self.task == "vttie" else {}
         warnings = self.validate(request)
-        kwargs, resized = self.call_kwargs(request)
+        kwargs, resized = self.call_kwargs(request)  # an edit's image is read (and refused when bad) first
+        self.check_denoising_steps(request)
         step_ends: list[float] = []
         started = time.perf_counter()
 
@@ -382,11 +406,40 @@ def _copy_pipeline(pipeline):
 # --- building the served pipeline -------------------------------------------------------------------
 
 
+class BoundedMessages(logging.Filter):
+    """Cuts every log record's message to ``limit`` characters: diffusers logs the part of a prompt its
+    tokenizer cut off, which a long prompt makes as long as itself."""
+
+    def __init__(self, limit: int = 500):
+        super().__init__()
+        self.limit = limit
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if len(message) > self.limit:
+            record.msg, record.args = message[: self.limit] + f"… ({len(message)} characters)", None
+        return True
+
+
+def bound_library_logs(limit: int = 500) -> None:
+    """Bound the messages diffusers and transformers log (through their own handlers) to ``limit`` characters."""
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    for library, name in ((diffusers_logging, "diffusers"), (transformers_logging, "transformers")):
+        library.get_logger(name)  # sets up the library's own handler
+        for handler in logging.getLogger(name).handlers:
+            if not any(isinstance(f, BoundedMessages) for f in handler.filters):
+                handler.addFilter(BoundedMessages(limit))
+
+
 def served_service(version_dir: Path, runner, text_reader: TextReader | None = None, concurrency: int = 1) -> DiffusionService:
     """The service of a pipeline model's version folder, its modules calling the leaves through ``runner``
     (``runner(model, inputs, output_names) -> outputs``, tensors as torch)."""
     from genserve.diffusion.proxies import build_proxies, load_pipeline
     from genserve.export.manifest import Manifest
+
+    bound_library_logs()
 
     version_dir = Path(version_dir)
     settings = ServiceSettings.read(version_dir)

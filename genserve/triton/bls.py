@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from genserve import config
 from genserve.errors import GenServeError, InvalidInputError
 from genserve.protocol import INVALID_INPUT
 
@@ -65,6 +66,7 @@ def build_request(model: str, inputs: Mapping[str, Any], outputs: Sequence[str])
         requested_output_names=list(outputs),
         inputs=[_tensor(name, value) for name, value in inputs.items()],
         preferred_memory=pb_utils.PreferredMemory(pb_utils.TRITONSERVER_MEMORY_CPU, 0),
+        request_id=config.BLS_REQUEST_ID,  # work of a running request: served also while the server drains
     )
 
 

@@ -14,6 +14,7 @@ The services are plain in-process objects (:class:`~genserve.faceswap.FaceSwappe
 from __future__ import annotations
 
 import json
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -24,12 +25,14 @@ from genserve.errors import InvalidInputError, Overloaded
 from genserve.protocol import FACE_SWAP, OCR, STREAMING_TASKS, TASKS, Contract
 from genserve.triton import bls
 from genserve.triton.model_config import model_parameters
-from genserve.triton.requests import error_response, input_array, output_tensors, respond_each
+from genserve.triton.requests import count_in_flight, error_response, input_array, output_tensors, refuse_if_draining, respond_each
 
 try:  # present only inside Triton's Python backend stub
     import triton_python_backend_utils as pb_utils
 except ImportError:
     pb_utils = None
+
+logger = logging.getLogger(__name__)
 
 
 class ServiceModel:
@@ -44,6 +47,7 @@ class ServiceModel:
         self.parameters = model_parameters(self.model_config)
         self.version_dir = Path(args["model_repository"]) / args.get("model_version", "1")
         self.setup(args)
+        count_in_flight(self.model_name, 0)
 
     def setup(self, args: dict[str, str]) -> None:
         raise NotImplementedError
@@ -151,25 +155,26 @@ class DiffusionModel(ServiceModel):
         return OCR.decode_response(outputs)["texts"]
 
     def execute(self, requests) -> None:
+        # Every request gets its final response whatever happens to the others: one left without it is
+        # never released, and the model then never unloads (every shutdown waited out its exit timeout).
         for request in requests:
             sender = request.get_response_sender()
+            count_in_flight(self.model_name, 1)
             try:
+                refuse_if_draining(request, self.model_name)
                 values = self._values(request)
+                with self.backlog_lock:
+                    admitted = self.backlog < self.max_backlog
+                    self.backlog += admitted
+                if not admitted:  # refused at once, as a full queue is: the client may retry later or elsewhere
+                    raise Overloaded(f"{self.model_name} has {self.max_backlog} requests already (running and waiting); try again later")
+                self.workers.submit(self._run, values, sender)
             except Exception as error:  # noqa: BLE001 - this request fails alone
-                sender.send(error_response(error, self.model_name), flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
-                continue
-            with self.backlog_lock:
-                admitted = self.backlog < self.max_backlog
-                self.backlog += admitted
-            if not admitted:  # refused at once, as a full queue is: the client may retry later or elsewhere
-                busy = Overloaded(f"{self.model_name} has {self.max_backlog} requests already (running and waiting); try again later")
-                sender.send(error_response(busy, self.model_name), flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
-                continue
-            self.workers.submit(self._run, values, sender)
+                self._finish(sender, error_response(error, self.model_name))
         return None
 
     def _values(self, request) -> dict[str, Any]:
-        values = self.contract.decode_request(lambda name: input_array(request, name))
+        values = self.contract.decode_request(lambda name, request=request: input_array(request, name))
         if not self.contract.streaming and values["seed"] is None and self.caching:
             raise InvalidInputError(
                 "SEED is missing: this server answers repeated requests from its response cache, so a request "
@@ -189,7 +194,21 @@ class DiffusionModel(ServiceModel):
         finally:
             with self.backlog_lock:
                 self.backlog -= 1
-        sender.send(response, flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+        self._finish(sender, response)
+
+    def _finish(self, sender, response) -> None:
+        """The request's last response. A client that left makes the send fail: the request is then only
+        closed (a final flag without a response), which releases it all the same."""
+        try:
+            sender.send(response, flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+        except Exception as error:  # noqa: BLE001 - the client is gone; the request must still end
+            logger.warning("%s: could not send a final response (%s); closing the request", self.model_name, error)
+            try:
+                sender.send(flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+            except Exception:  # noqa: BLE001 - already closed
+                pass
+        finally:
+            count_in_flight(self.model_name, -1)
 
     def _encode(self, **values: Any) -> dict[str, Any]:
         """Only the outputs given: a progress response carries PROGRESS alone, the last IMAGES and METADATA."""

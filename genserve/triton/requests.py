@@ -20,13 +20,15 @@ succeeded are ``nv_inference_request_success`` minus it.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from collections.abc import Callable, Mapping
 
 import numpy as np
 
-from genserve.errors import InvalidInputError, Overloaded, RequestCancelled
-from genserve.protocol import INVALID_INPUT
+from genserve import config
+from genserve.errors import InvalidInputError, Overloaded, RequestCancelled, ShuttingDown
+from genserve.protocol import INVALID_INPUT, OVERLOADED
 
 try:  # present only inside Triton's Python backend stub
     import triton_python_backend_utils as pb_utils
@@ -35,8 +37,13 @@ except ImportError:
 
 logger = logging.getLogger(__name__)
 FAILURE_METRIC = "genserve_request_failure_total"
+# Requests a genserve model has taken and not answered yet (streamed ones until their last response):
+# what a draining server waits for (genserve.server.TritonServer.drain).
+IN_FLIGHT_METRIC = "genserve_requests_in_flight"
 _failure_family = None
 _failure_counters: dict[tuple[str, str], object] = {}
+_in_flight_family = None
+_in_flight_gauges: dict[str, object] = {}
 # The streaming models answer from several threads at once, and r24.10's custom-metric calls are not
 # safe to make concurrently: a metric created twice and dropped, or two calls in flight together, have
 # aborted the whole server (boost lock_exception in the backend's Metric handling). One at a time.
@@ -55,21 +62,35 @@ def output_tensors(arrays: Mapping[str, np.ndarray]) -> list:
 
 def error_response(error: BaseException, model_name: str):
     """The error response for one request: INVALID_ARG for bad input, UNAVAILABLE for a model with all the
-    work it takes, CANCELLED for work the caller gave up on, else INTERNAL."""
+    work it takes, CANCELLED for work the caller gave up on, else INTERNAL. The message is cut to
+    ``MAX_ERROR_MESSAGE_CHARS``: gRPC carries it in metadata, whose size limit would turn a long one
+    into RESOURCE_EXHAUSTED."""
     if isinstance(error, InvalidInputError):
         count_failure(model_name, "INVALID_ARG")
         message = str(error) if str(error).startswith(INVALID_INPUT) else INVALID_INPUT + str(error)
-        return pb_utils.InferenceResponse(error=pb_utils.TritonError(message, pb_utils.TritonError.INVALID_ARG))
+        return _error(message, pb_utils.TritonError.INVALID_ARG)
+    if isinstance(error, ShuttingDown):
+        count_failure(model_name, "UNAVAILABLE")
+        return _error(str(error), pb_utils.TritonError.UNAVAILABLE)
     if isinstance(error, Overloaded):
         count_failure(model_name, "UNAVAILABLE")
-        return pb_utils.InferenceResponse(error=pb_utils.TritonError(str(error), pb_utils.TritonError.UNAVAILABLE))
+        message = str(error) if str(error).startswith(OVERLOADED) else OVERLOADED + str(error)
+        return _error(message, pb_utils.TritonError.UNAVAILABLE)
     if isinstance(error, RequestCancelled):
         count_failure(model_name, "CANCELLED")
-        return pb_utils.InferenceResponse(error=pb_utils.TritonError(str(error), pb_utils.TritonError.CANCELLED))
+        return _error(str(error), pb_utils.TritonError.CANCELLED)
     count_failure(model_name, "INTERNAL")
-    logger.error("%s failed on a request: %s: %s", model_name, type(error).__name__, error)
-    message = f"{model_name} failed: {type(error).__name__}: {error}"
-    return pb_utils.InferenceResponse(error=pb_utils.TritonError(message, pb_utils.TritonError.INTERNAL))
+    message = bounded(f"{model_name} failed: {type(error).__name__}: {error}")
+    logger.error("%s", message)
+    return _error(message, pb_utils.TritonError.INTERNAL)
+
+
+def bounded(message: str, limit: int = config.MAX_ERROR_MESSAGE_CHARS) -> str:
+    return message if len(message) <= limit else message[: limit - 25] + f"… ({len(message)} characters)"
+
+
+def _error(message: str, code):
+    return pb_utils.InferenceResponse(error=pb_utils.TritonError(bounded(message), code))
 
 
 def count_failure(model_name: str, code: str) -> None:
@@ -87,12 +108,46 @@ def count_failure(model_name: str, code: str) -> None:
         _failure_counters[key].increment(1)
 
 
+def count_in_flight(model_name: str, change: int) -> None:
+    """``change`` more requests of ``model_name`` taken (positive) or answered (negative); 0 creates the
+    gauge (at load, so that the first requests do not wait for it)."""
+    global _in_flight_family
+    if getattr(pb_utils, "MetricFamily", None) is None:  # outside Triton
+        return
+    with _metrics_lock:
+        if _in_flight_family is None:
+            description = "Requests a genserve model has taken and not answered yet"
+            _in_flight_family = pb_utils.MetricFamily(IN_FLIGHT_METRIC, description, pb_utils.MetricFamily.GAUGE)
+        if model_name not in _in_flight_gauges:  # per worker process: a dead one's count is left out (server.py)
+            _in_flight_gauges[model_name] = _in_flight_family.Metric(labels={"model": model_name, "worker": str(os.getpid())})
+        if change:
+            _in_flight_gauges[model_name].increment(change)
+
+
+def draining() -> bool:
+    """Whether the server drains (the file the server named in the environment exists)."""
+    path = os.environ.get(config.DRAIN_FILE_ENV)
+    return bool(path) and os.path.exists(path)
+
+
+def refuse_if_draining(request, model_name: str) -> None:
+    """A draining server takes no new request; the calls of the requests it runs (BLS) pass."""
+    if draining() and request.request_id() != config.BLS_REQUEST_ID:
+        raise ShuttingDown(f"{model_name}: the server is shutting down and takes no new requests; retry on another replica or later")
+
+
 def respond_each(requests: list, answer: Callable, model_name: str) -> list:
-    """One response per request: ``answer(request)`` returns output tensors, or an error response is made."""
+    """One response per request: ``answer(request)`` returns output tensors, or an error response is made.
+    While the server drains, a new request is refused (:func:`refuse_if_draining`)."""
     responses = []
-    for request in requests:
-        try:
-            responses.append(pb_utils.InferenceResponse(output_tensors=answer(request)))
-        except Exception as error:  # noqa: BLE001 - this request fails, the model keeps serving
-            responses.append(error_response(error, model_name))
+    count_in_flight(model_name, len(requests))
+    try:
+        for request in requests:
+            try:
+                refuse_if_draining(request, model_name)
+                responses.append(pb_utils.InferenceResponse(output_tensors=answer(request)))
+            except Exception as error:  # noqa: BLE001 - this request fails, the model keeps serving
+                responses.append(error_response(error, model_name))
+    finally:
+        count_in_flight(model_name, -len(requests))
     return responses

@@ -1,0 +1,196 @@
+"""Probe a running server as an attacker and an unlucky user would, and print what it answered.
+
+    python -m genserve.benchmarks.probe --url localhost:8001
+    python -m genserve.benchmarks.probe --url localhost:8001 --json probe.json
+
+Each probe sends one kind of bad or oversized request (the list of issue 23: OPTIONS nested 30k deep,
+a 5000-digit number, a 20 MB value, 200k keys; a 1 MB prompt; FLUX's max_sequence_length 4096; an SD
+edit that would run no denoising step; a TIFF; a 400-megapixel JPEG; a burst beyond the face swap's
+queue through the genserve client) to the models the server has, skipping those it lacks, and checks
+the answer: its status, how long it took and how long the message is (gRPC fails a long one as
+RESOURCE_EXHAUSTED). A table, one row per probe, ends with the count of failures; the exit status is 1
+when any probe failed, so that a regression is seen before it ships. Loopback use: it sends a few
+hundred megabytes in all.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import sys
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from genserve.config import FACES_DIR
+
+ORI, TARGET = "2008_002506.jpg", "2008_001009.jpg"
+MAX_MESSAGE = 1024
+
+
+@dataclass
+class Outcome:
+    probe: str
+    model: str
+    expected: str
+    got: str
+    seconds: float
+    message_chars: int
+    passed: bool
+    message: str
+
+
+@dataclass(frozen=True)
+class Probe:
+    name: str
+    model: str
+    expected: str  # the status the answer must have
+    send: Callable[[str, str], None]  # (url, model): raises InferenceServerException / RequestError
+    within_s: float = 30.0
+
+
+def raw(tensors: dict[str, bytes | np.ndarray]) -> Callable[[str, str], None]:
+    """One request, sent with plain tritonclient (no genserve client checks): bytes as BYTES tensors."""
+
+    def send(url: str, model: str) -> None:
+        import tritonclient.grpc as grpcclient
+        from tritonclient.utils import np_to_triton_dtype
+
+        inputs = []
+        for name, value in tensors.items():
+            array = value if isinstance(value, np.ndarray) else np.array([value], dtype=object)
+            inputs.append(grpcclient.InferInput(name, list(array.shape), np_to_triton_dtype(array.dtype)))
+            inputs[-1].set_data_from_numpy(array)
+        with grpcclient.InferenceServerClient(url) as client:
+            client.infer(model, inputs)
+
+    return send
+
+
+def _image(image_format: str, size: tuple[int, int] = (64, 64)) -> bytes:
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB" if image_format != "JPEG" or size[0] < 10_000 else "L", size, 128).save(buffer, format=image_format, quality=50)
+    return buffer.getvalue()
+
+
+def probes(faces_dir: Path) -> list[Probe]:
+    ori, target = (faces_dir / ORI).read_bytes(), (faces_dir / TARGET).read_bytes()
+
+    def swap_options(options: str) -> Callable[[str, str], None]:
+        return raw({"ORI_IMAGE": ori, "TARGET_IMAGE": target, "OPTIONS": options.encode()})
+
+    def prompt(text: str, options: dict | None = None, **tensors) -> Callable[[str, str], None]:
+        return raw({"PROMPT": text.encode(), **tensors} | ({"OPTIONS": json.dumps(options).encode()} if options else {}))
+
+    png = _image("PNG")
+    return [
+        Probe("OPTIONS nested 30k deep", "face_swap", "INVALID_ARGUMENT", swap_options('{"face_index": ' + "[" * 30_000 + "]" * 30_000 + "}")),
+        Probe("OPTIONS 5000-digit integer", "face_swap", "INVALID_ARGUMENT", swap_options('{"face_index": ' + "9" * 5000 + "}")),
+        Probe("OPTIONS 20 MB value", "face_swap", "INVALID_ARGUMENT", swap_options(json.dumps({"output_format": "x" * 20 * 2**20}))),
+        Probe("OPTIONS 15 KB value", "face_swap", "INVALID_ARGUMENT", swap_options(json.dumps({"output_format": "x" * 15_000}))),
+        Probe("OPTIONS 200k keys", "face_swap", "INVALID_ARGUMENT", swap_options(json.dumps({f"k{i}": 1 for i in range(200_000)}))),
+        Probe("TIFF image", "face_swap", "INVALID_ARGUMENT", raw({"ORI_IMAGE": _image("TIFF"), "TARGET_IMAGE": target})),
+        Probe("400-megapixel JPEG", "ocr", "INVALID_ARGUMENT", raw({"IMAGE": _image("JPEG", (20_000, 20_000))}), within_s=5.0),
+        Probe("1 MB prompt", "sd_text_to_image", "INVALID_ARGUMENT", prompt("a lighthouse " * 80_000)),
+        Probe("1 MB prompt", "flux_text_to_image", "INVALID_ARGUMENT", prompt("a lighthouse " * 80_000)),
+        Probe("max_sequence_length 4096", "flux_text_to_image", "INVALID_ARGUMENT", prompt("x", {"max_sequence_length": 4096})),
+        Probe("edit with 0 effective steps", "sd_edit_image", "INVALID_ARGUMENT",
+              prompt("x", {"strength": 0.01}, IMAGE=png, STEPS=np.array([1], np.int32))),
+        Probe("face swap burst, 5 s deadline", "face_swap", "UNAVAILABLE", burst(ori, target), within_s=1.0),
+    ]
+
+
+def burst(ori: bytes, target: bytes, count: int = 24) -> Callable[[str, str], None]:
+    """``count`` slow swaps at once through the genserve client (default retries, 5 s deadline): raises
+    the first refusal, which must be overload, reported within a second of sending."""
+
+    def send(url: str, model: str) -> None:
+        from genserve.client import Client, RequestError
+
+        clients = [Client(url, timeout_s=5.0) for _ in range(count)]
+        start = threading.Barrier(count)
+
+        def swap(client):
+            start.wait()
+            began = time.monotonic()
+            try:
+                client.swap_face(ori, target, model=model, compute_identity=False, all_faces=True, candidates=6)
+            except RequestError as error:
+                return error, time.monotonic() - began
+            return None, time.monotonic() - began
+
+        with ThreadPoolExecutor(count) as pool:
+            outcomes = list(pool.map(swap, clients))
+        for client in clients:
+            client.close()
+        refusals = sorted(((seconds, error) for error, seconds in outcomes if error is not None and error.code != "DEADLINE_EXCEEDED"),
+                          key=lambda refusal: refusal[0])
+        if refusals:
+            seconds, error = refusals[0]
+            error.probe_seconds = seconds  # what counts: the time to the first refusal, not the burst's
+            raise error
+
+    return send
+
+
+def run_probe(url: str, probe: Probe) -> Outcome:
+    from tritonclient.utils import InferenceServerException
+
+    from genserve.client import RequestError
+
+    started = time.monotonic()
+    try:
+        probe.send(url, probe.model)
+        got, message = "OK", ""
+    except InferenceServerException as error:
+        got, message = str(error.status() or "UNKNOWN").removeprefix("StatusCode."), error.message() or ""
+    except RequestError as error:
+        got, message = error.code, str(error)
+        started = time.monotonic() - getattr(error, "probe_seconds", time.monotonic() - started)
+    seconds = time.monotonic() - started
+    passed = got == probe.expected and len(message) < MAX_MESSAGE and seconds <= probe.within_s
+    return Outcome(probe.name, probe.model, probe.expected, got, round(seconds, 2), len(message), passed, message[:120])
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m genserve.benchmarks.probe", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--url", required=True, help="gRPC host:port of the running server")
+    parser.add_argument("--faces-dir", type=Path, default=FACES_DIR)
+    parser.add_argument("--only", metavar="TEXT", help="run only the probes whose name contains TEXT")
+    parser.add_argument("--json", type=Path, metavar="FILE", help="also write the outcomes as JSON")
+    args = parser.parse_args(argv)
+
+    import tritonclient.grpc as grpcclient
+
+    with grpcclient.InferenceServerClient(args.url) as client:
+        ready = {probe.model for probe in probes(args.faces_dir) if client.is_model_ready(probe.model)}
+    outcomes, skipped = [], []
+    for probe in probes(args.faces_dir):
+        if args.only and args.only not in probe.name:
+            continue
+        if probe.model not in ready:
+            skipped.append(f"{probe.name} ({probe.model})")
+            continue
+        outcomes.append(run_probe(args.url, probe))
+        row = outcomes[-1]
+        print(f"{'ok  ' if row.passed else 'FAIL'} {row.probe:<32} {row.model:<20} expected {row.expected:<17} got {row.got:<17} "
+              f"{row.seconds:>6.2f} s  message {row.message_chars} chars", flush=True)
+    failed = [row for row in outcomes if not row.passed]
+    print(f"\n{len(outcomes) - len(failed)} of {len(outcomes)} probes passed" + (f"; skipped (model not served): {', '.join(skipped)}" if skipped else ""))
+    for row in failed:
+        print(f"  {row.probe}: {row.got}: {row.message}")
+    if args.json:
+        args.json.write_text(json.dumps([asdict(row) for row in outcomes], indent=2) + "\n")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
