@@ -63,12 +63,15 @@ def run_watched(command: list[str], journal: Path, kill_at: int | None, total: i
         if reached:
             at_share[f"{share:.0%}"] = round(reached[0] / 2**20, 1)
     return {
-        "seconds": time.perf_counter() - started, "returncode": process.returncode, "killed": killed, "output": output,
+        "seconds": time.perf_counter() - started,
+        "returncode": process.returncode,
+        "killed": killed,
+        "output": output,
         "rows_added": journal_rows(journal) - start_rows,
         "peak_rss_mib": round(max((rss for _, rss in samples), default=0) / 2**20, 1),
         "rss_mib_at_rows_share": at_share,
         "cpu_s": (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime),
-    }  # fmt: skip
+    }
 
 
 def measure(out: Path, rows_per_task: int = 250, kill_at: int | None = None, concurrency: int = 4) -> dict:
@@ -84,11 +87,28 @@ def measure(out: Path, rows_per_task: int = 250, kill_at: int | None = None, con
     results = out / "results"
     journal = results / "progress.jsonl"
     with demo_server(out) as server:
-        command = [sys.executable, "-m", "genserve.cli", "run", str(task_file), "--out", str(results), "--url", server.grpc_url,
-                   "--settings", str(task_file.parent / "settings.toml"), "--concurrency", str(concurrency), "--no-progress",
-                   "--team", "demo"]  # fmt: skip
+        command = [
+            sys.executable,
+            "-m",
+            "genserve.cli",
+            "run",
+            str(task_file),
+            "--out",
+            str(results),
+            "--url",
+            server.grpc_url,
+            "--settings",
+            str(task_file.parent / "settings.toml"),
+            "--concurrency",
+            str(concurrency),
+            "--no-progress",
+            "--team",
+            "demo",
+        ]
         first = run_watched(command, journal, kill_at, total)
-        finished = {json.loads(line)["index"] for line in journal.read_text().splitlines() if line.strip().endswith("}")}
+        finished = {
+            json.loads(line)["index"] for line in journal.read_text().splitlines() if line.strip().endswith("}")
+        }
         before = {index: (results / "imgs" / f"{index}.jpg").stat().st_mtime_ns for index in finished}
         second = run_watched(command, journal, None, total)
     records = {}

@@ -71,18 +71,21 @@ def benchmark_family(family_name: str, size: str, work: Path, runs: int = 5) -> 
         wrapper = ComponentModule(module, spec, config)
         inputs = random_inputs(spec, config, dims, torch.float32, seed=0)
         with torch.no_grad():
-            torch_s = ort_session.latency(lambda w=wrapper: w(*inputs), runs=runs)
+            torch_s = ort_session.latency(lambda w=wrapper, x=inputs: w(*x), runs=runs)
         del wrapper, module
         session = ort_session.open_session(out_dir / component.path)
         names = [t.name for t in spec.active_inputs(config)]
-        ort_s = ort_session.latency(lambda: ort_session.run(session, names, inputs), runs=runs)
+        ort_s = ort_session.latency(lambda s=session, n=names, x=inputs: ort_session.run(s, n, x), runs=runs)
         resolved = spec.resolve(dims, config)
         first = spec.active_inputs(config)[0]
         rows.append(
             Row(
-                family_name, size, component.name,
+                family_name,
+                size,
+                component.name,
                 f"{first.name}{list(spec.shape(first, resolved))}",
-                torch_s * 1e3, ort_s * 1e3,
+                torch_s * 1e3,
+                ort_s * 1e3,
                 component.latency_plain_s * 1e3 if component.latency_plain_s else None,
                 sum(component.fusions.values()) if component.fused else 0,
             )
@@ -111,7 +114,9 @@ def format_rows(rows: list[Row]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m genserve.benchmarks.export_latency", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m genserve.benchmarks.export_latency", description=__doc__.split("\n\n")[0]
+    )
     parser.add_argument("--sizes", default="tiny,medium")
     parser.add_argument("--families", default=",".join(DEMO_FOR_FAMILY))
     parser.add_argument("--runs", type=int, default=5)
@@ -142,7 +147,9 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(f"{'family':<9} {'size':<7} {'export s':>9} {'weights MiB':>12} {'peak RSS MiB':>13} {'worst rel. L2':>14}")
     for e in exports:
-        print(f"{e['family']:<9} {e['size']:<7} {e['export_s']:>9} {e['weights_mib']:>12} {e['peak_host_memory_mib']:>13} {e['worst_parity']:>14.2e}")
+        print(
+            f"{e['family']:<9} {e['size']:<7} {e['export_s']:>9} {e['weights_mib']:>12} {e['peak_host_memory_mib']:>13} {e['worst_parity']:>14.2e}"
+        )
     if args.json_path:
         payload = {"rows": [asdict(r) | {"speedup": r.speedup} for r in rows], "exports": exports}
         Path(args.json_path).write_text(json.dumps(payload, indent=2) + "\n")

@@ -116,13 +116,21 @@ class ClassicFaceSwap:
         return triangles
 
     @staticmethod
-    def paste_triangle(source: np.ndarray, canvas: np.ndarray, source_triangle: np.ndarray, dest_triangle: np.ndarray) -> None:
+    def paste_triangle(
+        source: np.ndarray, canvas: np.ndarray, source_triangle: np.ndarray, dest_triangle: np.ndarray
+    ) -> None:
         sx, sy, sw, sh = cv2.boundingRect(source_triangle)
         dx, dy, dw, dh = cv2.boundingRect(dest_triangle)
         if min(sw, sh, dw, dh) <= 0 or dx < 0 or dy < 0 or dx + dw > canvas.shape[1] or dy + dh > canvas.shape[0]:
             return
         matrix = cv2.getAffineTransform(np.float32(source_triangle - (sx, sy)), np.float32(dest_triangle - (dx, dy)))
-        warped = cv2.warpAffine(source[sy : sy + sh, sx : sx + sw], matrix, (dw, dh), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT_101)
+        warped = cv2.warpAffine(
+            source[sy : sy + sh, sx : sx + sw],
+            matrix,
+            (dw, dh),
+            flags=cv2.INTER_LINEAR,
+            borderMode=cv2.BORDER_REFLECT_101,
+        )
         mask = np.zeros((dh, dw), np.uint8)
         cv2.fillConvexPoly(mask, np.int32(dest_triangle - (dx, dy)), 1)
         area = canvas[dy : dy + dh, dx : dx + dw]
@@ -133,7 +141,11 @@ def load_pairs(faces_dir: Path, frame: str = "photo") -> list[tuple[bytes, bytes
     missing = [name for pair in PAIRS for name in pair if not (faces_dir / name).is_file()]
     if missing:
         sys.exit(f"photos not found in {faces_dir}: {', '.join(sorted(set(missing)))} (use --faces-dir)")
-    read = (lambda name: (faces_dir / name).read_bytes()) if frame == "photo" else (lambda name: lfw_framed((faces_dir / name).read_bytes()))
+    read = (
+        (lambda name: (faces_dir / name).read_bytes())
+        if frame == "photo"
+        else (lambda name: lfw_framed((faces_dir / name).read_bytes()))
+    )
     return [(read(ori), read(target)) for ori, target in PAIRS]
 
 
@@ -143,13 +155,17 @@ def lfw_framed(data: bytes) -> bytes:
     import dlib
 
     image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
-    face = max(dlib.get_frontal_face_detector()(cv2.cvtColor(image, cv2.COLOR_BGR2GRAY), 1), key=lambda rect: rect.area())
+    face = max(
+        dlib.get_frontal_face_detector()(cv2.cvtColor(image, cv2.COLOR_BGR2GRAY), 1), key=lambda rect: rect.area()
+    )
     half = face.width() * LFW_SIDE / LFW_FACE_WIDTH / 2
     cx, cy = face.center().x, face.center().y
     # An affine map of the square around the face onto LFW_SIDE pixels.
     scale = LFW_SIDE / (2 * half)
     matrix = np.float32([[scale, 0, (half - cx) * scale], [0, scale, (half - cy) * scale]])
-    framed = cv2.warpAffine(image, matrix, (LFW_SIDE, LFW_SIDE), flags=cv2.INTER_AREA, borderMode=cv2.BORDER_REFLECT_101)
+    framed = cv2.warpAffine(
+        image, matrix, (LFW_SIDE, LFW_SIDE), flags=cv2.INTER_AREA, borderMode=cv2.BORDER_REFLECT_101
+    )
     return cv2.imencode(".jpg", framed, [cv2.IMWRITE_JPEG_QUALITY, 95])[1].tobytes()
 
 
@@ -178,7 +194,9 @@ def in_process_modes(levels: list[int], pairs, with_swapper: bool, classic_upsam
     from genserve.faceswap import FaceSwapper, SwapOptions
 
     classics = [ClassicFaceSwap(classic_upsample) for _ in range(max(levels))]
-    modes: dict[str, Workers] = {"classic": lambda count: [lambda pair, c=classic: c.swap(*pair) for classic in classics[:count]]}
+    modes: dict[str, Workers] = {
+        "classic": lambda count: [lambda pair, c=classic: c.swap(*pair) for classic in classics[:count]]
+    }
     if with_swapper:
         swapper, options = FaceSwapper().load(), SwapOptions(compute_identity=False)
         modes["in-process"] = lambda count: [lambda pair: swapper.swap(*pair, options)] * count
@@ -199,8 +217,14 @@ def interleaved_runs(modes: dict[str, Workers], levels: list[int], requests: int
                 key = (mode, level)
                 if key in pooled:
                     total = pooled[key]
-                    run = Run(mode, level, total.requests + run.requests, total.wall_s + run.wall_s,
-                              total.latencies_ms + run.latencies_ms, total.errors + run.errors)  # fmt: skip
+                    run = Run(
+                        mode,
+                        level,
+                        total.requests + run.requests,
+                        total.wall_s + run.wall_s,
+                        total.latencies_ms + run.latencies_ms,
+                        total.errors + run.errors,
+                    )
                 pooled[key] = run
     runs = [pooled[mode, level] for level in levels for mode in modes]
     for run in runs:
@@ -219,7 +243,9 @@ def ratios(runs: list[Run]) -> dict[str, float]:
                 found[f"{mode} p50 / classic p50, concurrency 1"] = by[mode, 1].percentile(50) / classic.percentile(50)
         for (mode, level), run in sorted(by.items(), key=lambda item: (item[0][1], item[0][0])):
             if level > 1 and mode != "classic":
-                found[f"{mode} img/s at concurrency {level} / classic img/s at concurrency 1"] = run.per_s / classic.per_s
+                found[f"{mode} img/s at concurrency {level} / classic img/s at concurrency 1"] = (
+                    run.per_s / classic.per_s
+                )
     return found
 
 
@@ -234,25 +260,43 @@ TARGETS = {  # issues 10 and 22, per framing: (ratio name, comparison, bound)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m genserve.benchmarks.face_swap", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m genserve.benchmarks.face_swap", description=__doc__.split("\n\n")[0]
+    )
     parser.add_argument("--url", help="gRPC host:port of a running server (default: start one on loopback)")
-    parser.add_argument("--instances", type=int, default=2, help="face_swap instances of the server started here (default 2)")
+    parser.add_argument(
+        "--instances", type=int, default=2, help="face_swap instances of the server started here (default 2)"
+    )
     parser.add_argument("--concurrency", default="1,2", help="client concurrency levels (default 1,2)")
     parser.add_argument("--requests", type=int, default=24, help="requests per mode and level (default 24)")
-    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds the requests are split over (default 3)")
-    parser.add_argument("--classic-upsample", type=int, default=CLASSIC_UPSAMPLE,
-                        help=f"HOG upsampling of the classic recipe (default {CLASSIC_UPSAMPLE}, as dlib's examples)")  # fmt: skip
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="interleaved rounds the requests are split over (default 3)"
+    )
+    parser.add_argument(
+        "--classic-upsample",
+        type=int,
+        default=CLASSIC_UPSAMPLE,
+        help=f"HOG upsampling of the classic recipe (default {CLASSIC_UPSAMPLE}, as dlib's examples)",
+    )
     parser.add_argument("--faces-dir", type=Path, default=FACES_DIR, help=f"photos of the pairs (default {FACES_DIR})")
-    parser.add_argument("--frame", choices=["photo", "lfw"], default="photo",
-                        help=f"the photos as they are (500x375, default) or framed as LFW's ({LFW_SIDE}x{LFW_SIDE}, one centred face)")  # fmt: skip
-    parser.add_argument("--no-in-process", action="store_true", help="skip FaceSwapper in-process (the classic recipe always runs)")
+    parser.add_argument(
+        "--frame",
+        choices=["photo", "lfw"],
+        default="photo",
+        help=f"the photos as they are (500x375, default) or framed as LFW's ({LFW_SIDE}x{LFW_SIDE}, one centred face)",
+    )
+    parser.add_argument(
+        "--no-in-process", action="store_true", help="skip FaceSwapper in-process (the classic recipe always runs)"
+    )
     parser.add_argument("--json", type=Path, metavar="FILE", help="write every run as JSON")
     args = parser.parse_args(argv)
 
     levels, pairs = parse_levels(args.concurrency), load_pairs(args.faces_dir, args.frame)
     load_before = os.getloadavg()
-    print(f"face swap: {args.requests} requests per mode and level in {args.rounds} interleaved rounds, "
-          f"{len(pairs)} ori/target pairs ({args.frame}), {os.cpu_count()} CPU cores, load average {load_before[0]:.2f}")  # fmt: skip
+    print(
+        f"face swap: {args.requests} requests per mode and level in {args.rounds} interleaved rounds, "
+        f"{len(pairs)} ori/target pairs ({args.frame}), {os.cpu_count()} CPU cores, load average {load_before[0]:.2f}"
+    )
     with tempfile.TemporaryDirectory(prefix="genserve-bench-") as work:
         if args.url:
             runs = measure(args.url, levels, pairs, args)
@@ -265,15 +309,21 @@ def main(argv: list[str] | None = None) -> int:
             copy_model(STACK_REPOSITORY_DIR / "face_swap", repository, instances=args.instances)
             http, grpc, metrics = free_ports(3)
             with TritonServer(
-                repository, http_port=http, grpc_port=grpc, metrics_port=metrics, address="127.0.0.1",
+                repository,
+                http_port=http,
+                grpc_port=grpc,
+                metrics_port=metrics,
+                address="127.0.0.1",
                 log_path=Path(work) / "triton.log",
-            ) as server:  # fmt: skip
+            ) as server:
                 runs = measure(server.grpc_url, levels, pairs, args)
     load_after = os.getloadavg()
 
     found = ratios(runs)
-    print(f"\nratios (load average {load_before[0]:.2f} at start, {load_after[0]:.2f} at end; "
-          f"classic recipe upsampling {args.classic_upsample}):")  # fmt: skip
+    print(
+        f"\nratios (load average {load_before[0]:.2f} at start, {load_after[0]:.2f} at end; "
+        f"classic recipe upsampling {args.classic_upsample}):"
+    )
     for name, value in found.items():
         target = TARGETS[args.frame].get(name)
         verdict = ""
@@ -285,13 +335,23 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         report = {
             "benchmark": "face_swap",
-            "host": {"cpus": os.cpu_count(), "machine": platform.machine(), "python": platform.python_version(),
-                     "load_average_1m": {"start": round(load_before[0], 2), "end": round(load_after[0], 2)}},
-            "settings": {"requests": args.requests, "rounds": args.rounds, "instances": None if args.url else args.instances,
-                         "classic_upsample": args.classic_upsample, "pairs": PAIRS, "frame": args.frame},
+            "host": {
+                "cpus": os.cpu_count(),
+                "machine": platform.machine(),
+                "python": platform.python_version(),
+                "load_average_1m": {"start": round(load_before[0], 2), "end": round(load_after[0], 2)},
+            },
+            "settings": {
+                "requests": args.requests,
+                "rounds": args.rounds,
+                "instances": None if args.url else args.instances,
+                "classic_upsample": args.classic_upsample,
+                "pairs": PAIRS,
+                "frame": args.frame,
+            },
             "runs": [run.summary() for run in runs],
             "ratios": {name: round(value, 3) for name, value in found.items()},
-        }  # fmt: skip
+        }
         args.json.write_text(json.dumps(report, indent=2))
         print(f"\nwrote {args.json}")
     return 1 if any(run.errors for run in runs) else 0

@@ -72,17 +72,23 @@ class Plan:
     def for_host(cls, host: dict[str, Any]) -> Plan:
         container = host["mode"] == "container"
         return cls(
-            mode=host["mode"], precision="bf16" if container else "fp16", tensorrt=container and bool(host.get("tensorrt")),
-            python_leaves=not container, gpu=bool(host.get("gpu")),
-        )  # fmt: skip
+            mode=host["mode"],
+            precision="bf16" if container else "fp16",
+            tensorrt=container and bool(host.get("tensorrt")),
+            python_leaves=not container,
+            gpu=bool(host.get("gpu")),
+        )
 
 
 def host_facts() -> dict[str, Any]:
     """GPU, driver, compute capability, host kind and the versions that decide what runs."""
     facts: dict[str, Any] = {
-        "hostname": platform.node(), "python": platform.python_version(), "cpus": os.cpu_count(),
-        "mode": "container" if CONTAINER_TRITON.is_file() else "pip", "gpu": None,
-    }  # fmt: skip
+        "hostname": platform.node(),
+        "python": platform.python_version(),
+        "cpus": os.cpu_count(),
+        "mode": "container" if CONTAINER_TRITON.is_file() else "pip",
+        "gpu": None,
+    }
     try:
         import torch
 
@@ -110,8 +116,11 @@ def host_facts() -> dict[str, Any]:
     if shutil.which("nvidia-smi"):
         result = subprocess.run(
             ["nvidia-smi", "--query-gpu=name,driver_version,memory.total", "--format=csv,noheader"],
-            capture_output=True, text=True, timeout=30, check=False,
-        )  # fmt: skip
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
         facts["nvidia_smi"] = result.stdout.strip() or result.stderr.strip()
     return facts
 
@@ -144,7 +153,9 @@ class GpuCheck:
                 step.status = "ok"
             except Exception as error:  # noqa: BLE001 - every failure is reported, and later steps say why they skip
                 step.status = "failed"
-                step.detail = f"{type(error).__name__}: {str(error).strip().splitlines()[0][:300] if str(error).strip() else ''}"
+                step.detail = (
+                    f"{type(error).__name__}: {str(error).strip().splitlines()[0][:300] if str(error).strip() else ''}"
+                )
                 step.data = {"traceback": traceback.format_exc(limit=6)}
             step.seconds = round(time.perf_counter() - started, 2)
             self.log(f"[gpu-check] {name}: {step.status} in {step.seconds:.1f} s {step.detail}")
@@ -160,9 +171,12 @@ class GpuCheck:
     def report(self) -> dict[str, Any]:
         could_not = [f"{s.name}: {s.status} ({s.detail})" for s in self.steps if s.status != "ok"]
         return {
-            "host": self.host, "plan": asdict(self.plan), "seconds": round(time.time() - self.started, 1),
-            "steps": [asdict(s) for s in self.steps], "could_not": could_not,
-        }  # fmt: skip
+            "host": self.host,
+            "plan": asdict(self.plan),
+            "seconds": round(time.time() - self.started, 1),
+            "steps": [asdict(s) for s in self.steps],
+            "could_not": could_not,
+        }
 
     def write(self) -> None:
         self.out.mkdir(parents=True, exist_ok=True)
@@ -197,7 +211,9 @@ class GpuCheck:
         if not self.host.get("gpu"):
             raise RuntimeError("no CUDA GPU visible to torch: nothing on the GPU path can run here")
         if "CUDAExecutionProvider" not in (self.host.get("ort_providers") or []):
-            raise RuntimeError(f"ONNX Runtime {self.host.get('onnxruntime')} has no CUDA provider (install genserve[gpu])")
+            raise RuntimeError(
+                f"ONNX Runtime {self.host.get('onnxruntime')} has no CUDA provider (install genserve[gpu])"
+            )
         return {"gpu": self.host["gpu"], "compute_capability": self.host.get("compute_capability")}
 
     def _pipeline(self, name: str) -> dict[str, Any]:
@@ -212,21 +228,31 @@ class GpuCheck:
 
         out = self.work / "exports" / f"{name}-{self.plan.precision}"
         options = ExportOptions(
-            precision=self.plan.precision, tensorrt=self.plan.tensorrt, progress=False,
-            resolutions=((self.plan.size, self.plan.size), (self.plan.size, self.plan.size), (2 * self.plan.size, 2 * self.plan.size)),  # what the check serves: quick engines
-        )  # fmt: skip
+            precision=self.plan.precision,
+            tensorrt=self.plan.tensorrt,
+            progress=False,
+            resolutions=(
+                (self.plan.size, self.plan.size),
+                (self.plan.size, self.plan.size),
+                (2 * self.plan.size, 2 * self.plan.size),
+            ),  # what the check serves: quick engines
+        )
         report = export_pipeline(self.results[f"pipeline {name}"], out, options, log=self.log)
         self.results[f"export {name}"] = out
         return {
-            "seconds": round(report.seconds, 1), "tensorrt_skipped": report.tensorrt_skipped,
+            "seconds": round(report.seconds, 1),
+            "tensorrt_skipped": report.tensorrt_skipped,
             "components": {
                 c.name: {
-                    "parity_worst": max((r.worst for r in c.parity), default=None), "parity_method": c.parity_method,
-                    "parity_skipped": c.parity_skipped, "fused": c.fused, "tensorrt": c.tensorrt.get("path") or c.tensorrt.get("skipped"),
+                    "parity_worst": max((r.worst for r in c.parity), default=None),
+                    "parity_method": c.parity_method,
+                    "parity_skipped": c.parity_skipped,
+                    "fused": c.fused,
+                    "tensorrt": c.tensorrt.get("path") or c.tensorrt.get("skipped"),
                 }
                 for c in report.components
             },
-        }  # fmt: skip
+        }
 
     def _build(self) -> dict[str, Any]:
         from genserve.diffusion.repository import BuildOptions, build_repository
@@ -236,9 +262,13 @@ class GpuCheck:
         built = {}
         for name, (prefix, _) in FAMILIES.items():
             options = BuildOptions(
-                target=self.plan.target, prefix=f"{prefix}_", tensorrt=self.plan.tensorrt, python_leaves=self.plan.python_leaves,
-                max_size=2 * self.plan.size, warmup_size=self.plan.size,
-            )  # fmt: skip
+                target=self.plan.target,
+                prefix=f"{prefix}_",
+                tensorrt=self.plan.tensorrt,
+                python_leaves=self.plan.python_leaves,
+                max_size=2 * self.plan.size,
+                warmup_size=self.plan.size,
+            )
             built[name] = build_repository(self.results[f"export {name}"], repo, options).summary()
         self.results["repository"] = repo
         return built
@@ -249,9 +279,13 @@ class GpuCheck:
         http, grpc, metrics = free_ports(3)
         started = time.perf_counter()
         server = TritonServer(
-            self.results["repository"], http_port=http, grpc_port=grpc, metrics_port=metrics, address="127.0.0.1",
+            self.results["repository"],
+            http_port=http,
+            grpc_port=grpc,
+            metrics_port=metrics,
+            address="127.0.0.1",
             log_path=self.out / "tritonserver.log",
-        ).start()  # fmt: skip
+        ).start()
         self.results["server"] = server
         return {"load_s": round(time.perf_counter() - started, 1), "grpc": server.grpc_url}
 
@@ -264,14 +298,26 @@ class GpuCheck:
         from genserve.diffusion.service import export_service
 
         prefix, task = FAMILIES[name]
-        values: dict[str, Any] = {"prompt": "a red bicycle by a lake", "seed": SEED, "steps": STEPS, "width": self.plan.size, "height": self.plan.size}
+        values: dict[str, Any] = {
+            "prompt": "a red bicycle by a lake",
+            "seed": SEED,
+            "steps": STEPS,
+            "width": self.plan.size,
+            "height": self.plan.size,
+        }
         if task == "tie":
             values = {"prompt": "make it autumn", "seed": SEED, "steps": STEPS, "image": _field_png(self.plan.size)}
         with Client(self.results["server"].grpc_url) as client:
             if task == "t2i":
-                served = client.text_to_image(values["prompt"], model=f"{prefix}_text_to_image", **{k: v for k, v in values.items() if k != "prompt"})
+                served = client.text_to_image(
+                    values["prompt"],
+                    model=f"{prefix}_text_to_image",
+                    **{k: v for k, v in values.items() if k != "prompt"},
+                )
             else:
-                served = client.edit_image(values["image"], values["prompt"], model=f"{prefix}_edit_image", seed=SEED, steps=STEPS)
+                served = client.edit_image(
+                    values["image"], values["prompt"], model=f"{prefix}_edit_image", seed=SEED, steps=STEPS
+                )
         images, _ = export_service(self.results[f"export {name}"], task).generate(values)
         a = np.asarray(Image.open(io.BytesIO(served.encoded)).convert("RGB")).astype(np.int16)
         b = np.asarray(Image.open(io.BytesIO(images[0])).convert("RGB")).astype(np.int16)
@@ -286,14 +332,25 @@ class GpuCheck:
         prefix, task = FAMILIES[name]
         model = {"t2i": "text_to_image", "tie": "edit_image"}[task]
         settings = Settings(
-            tasks=[task], levels=list(self.plan.levels), requests=self.plan.requests, url=self.results["server"].grpc_url,
-            pipeline=self.results[f"pipeline {name}"], precision=self.plan.precision, out=self.out / f"bench-{name}",
-            size=self.plan.size, steps=STEPS, models={task: f"{prefix}_{model}"},
-        )  # fmt: skip
+            tasks=[task],
+            levels=list(self.plan.levels),
+            requests=self.plan.requests,
+            url=self.results["server"].grpc_url,
+            pipeline=self.results[f"pipeline {name}"],
+            precision=self.plan.precision,
+            out=self.out / f"bench-{name}",
+            size=self.plan.size,
+            steps=STEPS,
+            models={task: f"{prefix}_{model}"},
+        )
         report = run_bench(settings, log=self.log)
-        return {"ratios": report.get("ratios", []), "runs": [
-            {k: run.get(k) for k in ("task", "mode", "concurrency", "images_per_s", "p50_ms")} for run in report.get("runs", [])
-        ]}  # fmt: skip
+        return {
+            "ratios": report.get("ratios", []),
+            "runs": [
+                {k: run.get(k) for k in ("task", "mode", "concurrency", "images_per_s", "p50_ms")}
+                for run in report.get("runs", [])
+            ],
+        }
 
 
 def _field_png(size: int) -> bytes:
@@ -303,7 +360,9 @@ def _field_png(size: int) -> bytes:
     from genserve.imaging import png_bytes
 
     y, x = np.mgrid[0:size, 0:size]
-    return png_bytes(Image.fromarray(np.stack([x * 255 // size, y * 255 // size, (x + y) * 127 // size], axis=-1).astype(np.uint8)))
+    return png_bytes(
+        Image.fromarray(np.stack([x * 255 // size, y * 255 // size, (x + y) * 127 // size], axis=-1).astype(np.uint8))
+    )
 
 
 def markdown(report: dict[str, Any]) -> str:
@@ -322,7 +381,9 @@ def markdown(report: dict[str, Any]) -> str:
         "|---|---|---:|---|",
     ]
     for step in report["steps"]:
-        detail = step["detail"] or ", ".join(f"{k} {v}" for k, v in step["data"].items() if k not in ("traceback", "components", "runs", "ratios"))
+        detail = step["detail"] or ", ".join(
+            f"{k} {v}" for k, v in step["data"].items() if k not in ("traceback", "components", "runs", "ratios")
+        )
         lines.append(f"| {step['name']} | {step['status']} | {step['seconds']} | {detail.replace('|', '/')} |")
     for step in report["steps"]:
         for ratio in step["data"].get("ratios", []):
@@ -330,7 +391,9 @@ def markdown(report: dict[str, Any]) -> str:
                 f"\n{step['name']} concurrency {ratio['concurrency']}: served/in-process throughput "
                 f"{ratio['throughput_ratio']:.2f}x, p50 latency {ratio['p50_latency_ratio']:.2f}x"
             )
-    lines += ["", "## Could not do", ""] + ([f"- {line}" for line in report["could_not"]] or ["- nothing: every step ran"])
+    lines += ["", "## Could not do", ""] + (
+        [f"- {line}" for line in report["could_not"]] or ["- nothing: every step ran"]
+    )
     return "\n".join(lines) + "\n"
 
 

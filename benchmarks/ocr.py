@@ -107,19 +107,30 @@ HEADER = f"{TABLE_HEADER}  per model: queue/compute ms per request (requests per
 
 def format_row(run: Run) -> str:
     models = run.extra.get("models", {})
-    parts = [f"{name} {m['queue_ms']:.0f}/{m['compute_ms']:.0f} ({m['requests_per_execution']})" for name, m in models.items()]
+    parts = [
+        f"{name} {m['queue_ms']:.0f}/{m['compute_ms']:.0f} ({m['requests_per_execution']})"
+        for name, m in models.items()
+    ]
     return f"{table_row(run)}  {', '.join(parts) or '-'}"
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m genserve.benchmarks.ocr", description=__doc__.split("\n\n")[0])
     parser.add_argument("--url", help="gRPC host:port of a running server (default: start one on free ports)")
-    parser.add_argument("--models", default="ocr,ocr_ensemble", help="served OCR models to compare, comma-separated (default %(default)s)")
+    parser.add_argument(
+        "--models",
+        default="ocr,ocr_ensemble",
+        help="served OCR models to compare, comma-separated (default %(default)s)",
+    )
     parser.add_argument("--concurrency", default="1,2,4,8", help="comma-separated levels (default 1,2,4,8)")
-    parser.add_argument("--requests", type=int, default=0, help="requests per level (default: max(12, 3 x concurrency))")
+    parser.add_argument(
+        "--requests", type=int, default=0, help="requests per level (default: max(12, 3 x concurrency))"
+    )
     parser.add_argument("--warmup", type=int, default=1, help="passes over the images before measuring")
     parser.add_argument("--skip-in-process", action="store_true", help="do not run rapidocr in-process")
-    parser.add_argument("--json", default="ocr-benchmark.json", help="where to write the results (default: %(default)s)")
+    parser.add_argument(
+        "--json", default="ocr-benchmark.json", help="where to write the results (default: %(default)s)"
+    )
     args = parser.parse_args(argv)
 
     levels = parse_levels(args.concurrency)
@@ -140,7 +151,12 @@ def main(argv: list[str] | None = None) -> int:
 
             ports = free_ports(3)
             server = TritonServer(
-                STACK_REPOSITORY_DIR, models=[m for m in SERVED if (STACK_REPOSITORY_DIR / m).is_dir()] + ENSEMBLE_STEPS + LEAVES, http_port=ports[0], grpc_port=ports[1], metrics_port=ports[2], address="127.0.0.1"
+                STACK_REPOSITORY_DIR,
+                models=[m for m in SERVED if (STACK_REPOSITORY_DIR / m).is_dir()] + ENSEMBLE_STEPS + LEAVES,
+                http_port=ports[0],
+                grpc_port=ports[1],
+                metrics_port=ports[2],
+                address="127.0.0.1",
             )
             server.start()
             grpc_url = server.grpc_url
@@ -177,6 +193,7 @@ def main(argv: list[str] | None = None) -> int:
     Path(args.json).write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n")
     print(f"results written to {args.json}")
     return 1 if any(run.errors for run in runs) else 0
+
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -41,7 +41,12 @@ class Burst:
 
     def summary(self) -> dict:
         def percentiles(values):
-            return {f"p{q}": round(float(np.percentile(values, q)), 1) for q in (50, 90, 99)} | {"max": round(max(values), 1)} if values else {}
+            return (
+                {f"p{q}": round(float(np.percentile(values, q)), 1) for q in (50, 90, 99)}
+                | {"max": round(max(values), 1)}
+                if values
+                else {}
+            )
 
         return {
             "mode": self.mode,
@@ -50,7 +55,9 @@ class Burst:
             "other_errors": self.other,
             "accepted_latency_ms": percentiles(self.accepted_ms),
             "time_to_refusal_ms": percentiles(self.refused_ms),
-            "queue_ms_per_request": None if self.queue_us_per_request is None else round(self.queue_us_per_request / 1000, 1),
+            "queue_ms_per_request": None
+            if self.queue_us_per_request is None
+            else round(self.queue_us_per_request / 1000, 1),
         }
 
     def row(self) -> str:
@@ -89,7 +96,9 @@ def burst(grpc_url: str, metrics_url: str, requests: int, timeout_s: float, mode
     with ThreadPoolExecutor(max_workers=requests) as pool:
         outcomes = list(pool.map(one, clients))
     for outcome, ms in outcomes:
-        {"ok": result.accepted_ms, "refused": result.refused_ms}.get(outcome, result.other).append(ms if outcome in ("ok", "refused") else outcome)
+        {"ok": result.accepted_ms, "refused": result.refused_ms}.get(outcome, result.other).append(
+            ms if outcome in ("ok", "refused") else outcome
+        )
     result.queue_us_per_request = metrics.queue_time_per_request(before, metrics.scrape(metrics_url), model="face_swap")
     for client in clients:
         client.close()
@@ -109,12 +118,23 @@ def serve_and_burst(bounded: bool, requests: int, timeout_s: float, faces_dir: P
             model_config.ClearField("dynamic_batching")
             write_config(model_config, model_dir)
         http, grpc, metrics_port = free_ports(3)
-        with TritonServer(repository, http_port=http, grpc_port=grpc, metrics_port=metrics_port, log_path=Path(work) / "triton.log") as server:
-            return burst(server.grpc_url, f"127.0.0.1:{metrics_port}", requests, timeout_s, "bounded" if bounded else "unbounded", faces_dir)
+        with TritonServer(
+            repository, http_port=http, grpc_port=grpc, metrics_port=metrics_port, log_path=Path(work) / "triton.log"
+        ) as server:
+            return burst(
+                server.grpc_url,
+                f"127.0.0.1:{metrics_port}",
+                requests,
+                timeout_s,
+                "bounded" if bounded else "unbounded",
+                faces_dir,
+            )
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m genserve.benchmarks.overload", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m genserve.benchmarks.overload", description=__doc__.split("\n\n")[0]
+    )
     parser.add_argument("--requests", type=int, default=40, help="swaps sent at once (default 40)")
     parser.add_argument("--timeout", type=float, default=120.0, help="each request's deadline in seconds (default 120)")
     parser.add_argument("--url", help="gRPC host:port of a running server (default: start one per mode)")
@@ -129,13 +149,20 @@ def main(argv: list[str] | None = None) -> int:
     if args.url:
         runs = [burst(args.url, args.metrics_url, args.requests, args.timeout, "given url", args.faces_dir)]
     else:
-        runs = [serve_and_burst(bounded, args.requests, args.timeout, args.faces_dir) for bounded in ((True,) if args.no_unbounded else (True, False))]
+        runs = [
+            serve_and_burst(bounded, args.requests, args.timeout, args.faces_dir)
+            for bounded in ((True,) if args.no_unbounded else (True, False))
+        ]
     for run in runs:
         print(run.row(), flush=True)
         for error in sorted(set(run.other)):
             print(f"  other error: {error}")
     if args.json:
-        args.json.write_text(json.dumps({"benchmark": "overload", "requests": args.requests, "runs": [r.summary() for r in runs]}, indent=2))
+        args.json.write_text(
+            json.dumps(
+                {"benchmark": "overload", "requests": args.requests, "runs": [r.summary() for r in runs]}, indent=2
+            )
+        )
         print(f"wrote {args.json}")
     return 0
 

@@ -45,7 +45,11 @@ def contract_of(config: ModelConfig) -> Contract | None:
 
 def repository_configs(repositories: Iterable[Path]) -> dict[str, ModelConfig]:
     """Every model config of the given repository folders, by model name."""
-    return {path.parent.name: read_config(path) for repository in repositories for path in sorted(Path(repository).glob("*/config.pbtxt"))}
+    return {
+        path.parent.name: read_config(path)
+        for repository in repositories
+        for path in sorted(Path(repository).glob("*/config.pbtxt"))
+    }
 
 
 def server_configs(grpc_url: str) -> dict[str, ModelConfig]:
@@ -70,13 +74,18 @@ def _png(image) -> bytes:
     return buffer.getvalue()
 
 
-def sample_requests(contract: Contract, *, size: int = 64, steps: int = 3, faces_dir: Path | None = None) -> list[dict[str, Any]]:
+def sample_requests(
+    contract: Contract, *, size: int = 64, steps: int = 3, faces_dir: Path | None = None
+) -> list[dict[str, Any]]:
     """Real request values for a contract: the benchmarks' photos, signs, prompts and parameters."""
     from genserve.benchmarks.serving import EDITS, PROMPTS, TEXT_EDITS, FaceSwapTask
 
     task = contract.model.removesuffix("_stream")
     if task == "face_swap":
-        return [{"ori_image": ori, "target_image": target, "candidates": 1} for ori, target in FaceSwapTask._pairs(faces_dir)]
+        return [
+            {"ori_image": ori, "target_image": target, "candidates": 1}
+            for ori, target in FaceSwapTask._pairs(faces_dir)
+        ]
     if task == "ocr":
         from genserve.benchmarks.ocr import sample_images
 
@@ -90,7 +99,11 @@ def sample_requests(contract: Contract, *, size: int = 64, steps: int = 3, faces
 
     if task == "edit_image":
         y, x = np.mgrid[0:size, 0:size]
-        image = _png(Image.fromarray(np.stack([x * 255 // size, y * 255 // size, (x + y) * 127 // size], axis=-1).astype(np.uint8)))
+        image = _png(
+            Image.fromarray(
+                np.stack([x * 255 // size, y * 255 // size, (x + y) * 127 // size], axis=-1).astype(np.uint8)
+            )
+        )
         return [{"prompt": prompt, "image": image, "seed": seed, **common} for seed, prompt in enumerate(EDITS)]
     if task == "edit_text":
         image = _png(sign_image(size=size))
@@ -116,7 +129,12 @@ def tensor_entry(array: np.ndarray) -> dict[str, Any]:
 def input_data(contract: Contract, requests: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
     """perf_analyzer's input-data document: one ``data`` entry per request, its tensors as the contract
     encodes them."""
-    return {"data": [{name: tensor_entry(array) for name, array in contract.encode_request(**request).items()} for request in requests]}
+    return {
+        "data": [
+            {name: tensor_entry(array) for name, array in contract.encode_request(**request).items()}
+            for request in requests
+        ]
+    }
 
 
 def read_input_data(document: Mapping[str, Any], config: ModelConfig) -> list[dict[str, np.ndarray]]:
@@ -163,7 +181,9 @@ def _triton_name(dtype: str) -> str:
 # --- the files ------------------------------------------------------------------------------------------
 
 
-def write_perf_analyzer_data(out_dir: Path, configs: Mapping[str, ModelConfig], **sample_options: Any) -> dict[str, Path]:
+def write_perf_analyzer_data(
+    out_dir: Path, configs: Mapping[str, ModelConfig], **sample_options: Any
+) -> dict[str, Path]:
     """``out_dir/<model>.json`` for every model of ``configs`` that serves a contract, and the script;
     returns model name -> file."""
     out_dir = Path(out_dir)
@@ -190,7 +210,7 @@ def _script(written: Mapping[str, Path], streaming: set[str], others: list[str])
         "#!/usr/bin/env bash",
         "# perf_analyzer and Model Analyzer on the genserve models, with real requests (written by",
         "# `genserve bench --perf-analyzer-data`). Run it in the NGC SDK container beside a running server:",
-        "#   docker run --rm -it --net host -v \"$PWD\":/data -w /data nvcr.io/nvidia/tritonserver:<yy.mm>-py3-sdk ./perf_analyzer.sh",
+        '#   docker run --rm -it --net host -v "$PWD":/data -w /data nvcr.io/nvidia/tritonserver:<yy.mm>-py3-sdk ./perf_analyzer.sh',
         "# TRITON_GRPC (default localhost:8001) is the server; CONCURRENCY (default 1:4) the client concurrency range.",
         "set -euo pipefail",
         'cd "$(dirname "$0")"',
@@ -201,20 +221,20 @@ def _script(written: Mapping[str, Path], streaming: set[str], others: list[str])
     for name in written:
         stream = " --streaming" if name in streaming else ""  # decoupled: answered over a gRPC stream
         lines.append(
-            f"perf_analyzer -m {shlex.quote(name)} -i grpc -u \"$URL\"{stream} --input-data {shlex.quote(name + '.json')} "
-            f"--concurrency-range \"$CONCURRENCY\" --measurement-mode count_windows --measurement-request-count 20 "
+            f'perf_analyzer -m {shlex.quote(name)} -i grpc -u "$URL"{stream} --input-data {shlex.quote(name + ".json")} '
+            f'--concurrency-range "$CONCURRENCY" --measurement-mode count_windows --measurement-request-count 20 '
             f"-f {shlex.quote(name + '.csv')}"
         )
     lines += [
         "",
         "# Model Analyzer over the same data against the running server (remote mode: configs are not changed):",
-        f"model-analyzer profile -f {MODEL_ANALYZER_CONFIG} --triton-grpc-endpoint \"$URL\"",
+        f'model-analyzer profile -f {MODEL_ANALYZER_CONFIG} --triton-grpc-endpoint "$URL"',
     ]
     if others:
         lines += [
             "",
             "# Models without a task contract (ONNX leaves, ensemble steps) take perf_analyzer's random data; give",
-            "# their variable dimensions, e.g.: perf_analyzer -m ocr_det -i grpc -u \"$URL\" --shape x:3,736,1440",
+            '# their variable dimensions, e.g.: perf_analyzer -m ocr_det -i grpc -u "$URL" --shape x:3,736,1440',
             "# " + ", ".join(others),
         ]
     return "\n".join(lines) + "\n"

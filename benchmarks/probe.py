@@ -77,7 +77,9 @@ def _image(image_format: str, size: tuple[int, int] = (64, 64)) -> bytes:
     from PIL import Image
 
     buffer = io.BytesIO()
-    Image.new("RGB" if image_format != "JPEG" or size[0] < 10_000 else "L", size, 128).save(buffer, format=image_format, quality=50)
+    Image.new("RGB" if image_format != "JPEG" or size[0] < 10_000 else "L", size, 128).save(
+        buffer, format=image_format, quality=50
+    )
     return buffer.getvalue()
 
 
@@ -88,22 +90,66 @@ def probes(faces_dir: Path) -> list[Probe]:
         return raw({"ORI_IMAGE": ori, "TARGET_IMAGE": target, "OPTIONS": options.encode()})
 
     def prompt(text: str, options: dict | None = None, **tensors) -> Callable[[str, str], None]:
-        return raw({"PROMPT": text.encode(), **tensors} | ({"OPTIONS": json.dumps(options).encode()} if options else {}))
+        return raw(
+            {"PROMPT": text.encode(), **tensors} | ({"OPTIONS": json.dumps(options).encode()} if options else {})
+        )
 
     png = _image("PNG")
     return [
-        Probe("OPTIONS nested 30k deep", "face_swap", "INVALID_ARGUMENT", swap_options('{"face_index": ' + "[" * 30_000 + "]" * 30_000 + "}")),
-        Probe("OPTIONS 5000-digit integer", "face_swap", "INVALID_ARGUMENT", swap_options('{"face_index": ' + "9" * 5000 + "}")),
-        Probe("OPTIONS 20 MB value", "face_swap", "INVALID_ARGUMENT", swap_options(json.dumps({"output_format": "x" * 20 * 2**20}))),
-        Probe("OPTIONS 15 KB value", "face_swap", "INVALID_ARGUMENT", swap_options(json.dumps({"output_format": "x" * 15_000}))),
-        Probe("OPTIONS 200k keys", "face_swap", "INVALID_ARGUMENT", swap_options(json.dumps({f"k{i}": 1 for i in range(200_000)}))),
-        Probe("TIFF image", "face_swap", "INVALID_ARGUMENT", raw({"ORI_IMAGE": _image("TIFF"), "TARGET_IMAGE": target})),
-        Probe("400-megapixel JPEG", "ocr", "INVALID_ARGUMENT", raw({"IMAGE": _image("JPEG", (20_000, 20_000))}), within_s=5.0),
+        Probe(
+            "OPTIONS nested 30k deep",
+            "face_swap",
+            "INVALID_ARGUMENT",
+            swap_options('{"face_index": ' + "[" * 30_000 + "]" * 30_000 + "}"),
+        ),
+        Probe(
+            "OPTIONS 5000-digit integer",
+            "face_swap",
+            "INVALID_ARGUMENT",
+            swap_options('{"face_index": ' + "9" * 5000 + "}"),
+        ),
+        Probe(
+            "OPTIONS 20 MB value",
+            "face_swap",
+            "INVALID_ARGUMENT",
+            swap_options(json.dumps({"output_format": "x" * 20 * 2**20})),
+        ),
+        Probe(
+            "OPTIONS 15 KB value",
+            "face_swap",
+            "INVALID_ARGUMENT",
+            swap_options(json.dumps({"output_format": "x" * 15_000})),
+        ),
+        Probe(
+            "OPTIONS 200k keys",
+            "face_swap",
+            "INVALID_ARGUMENT",
+            swap_options(json.dumps({f"k{i}": 1 for i in range(200_000)})),
+        ),
+        Probe(
+            "TIFF image", "face_swap", "INVALID_ARGUMENT", raw({"ORI_IMAGE": _image("TIFF"), "TARGET_IMAGE": target})
+        ),
+        Probe(
+            "400-megapixel JPEG",
+            "ocr",
+            "INVALID_ARGUMENT",
+            raw({"IMAGE": _image("JPEG", (20_000, 20_000))}),
+            within_s=5.0,
+        ),
         Probe("1 MB prompt", "sd_text_to_image", "INVALID_ARGUMENT", prompt("a lighthouse " * 80_000)),
         Probe("1 MB prompt", "flux_text_to_image", "INVALID_ARGUMENT", prompt("a lighthouse " * 80_000)),
-        Probe("max_sequence_length 4096", "flux_text_to_image", "INVALID_ARGUMENT", prompt("x", {"max_sequence_length": 4096})),
-        Probe("edit with 0 effective steps", "sd_edit_image", "INVALID_ARGUMENT",
-              prompt("x", {"strength": 0.01}, IMAGE=png, STEPS=np.array([1], np.int32))),
+        Probe(
+            "max_sequence_length 4096",
+            "flux_text_to_image",
+            "INVALID_ARGUMENT",
+            prompt("x", {"max_sequence_length": 4096}),
+        ),
+        Probe(
+            "edit with 0 effective steps",
+            "sd_edit_image",
+            "INVALID_ARGUMENT",
+            prompt("x", {"strength": 0.01}, IMAGE=png, STEPS=np.array([1], np.int32)),
+        ),
         Probe("face swap burst, 5 s deadline", "face_swap", "UNAVAILABLE", burst(ori, target), within_s=1.0),
     ]
 
@@ -131,8 +177,14 @@ def burst(ori: bytes, target: bytes, count: int = 24) -> Callable[[str, str], No
             outcomes = list(pool.map(swap, clients))
         for client in clients:
             client.close()
-        refusals = sorted(((seconds, error) for error, seconds in outcomes if error is not None and error.code != "DEADLINE_EXCEEDED"),
-                          key=lambda refusal: refusal[0])
+        refusals = sorted(
+            (
+                (seconds, error)
+                for error, seconds in outcomes
+                if error is not None and error.code != "DEADLINE_EXCEEDED"
+            ),
+            key=lambda refusal: refusal[0],
+        )
         if refusals:
             seconds, error = refusals[0]
             error.probe_seconds = seconds  # what counts: the time to the first refusal, not the burst's
@@ -181,10 +233,16 @@ def main(argv: list[str] | None = None) -> int:
             continue
         outcomes.append(run_probe(args.url, probe))
         row = outcomes[-1]
-        print(f"{'ok  ' if row.passed else 'FAIL'} {row.probe:<32} {row.model:<20} expected {row.expected:<17} got {row.got:<17} "
-              f"{row.seconds:>6.2f} s  message {row.message_chars} chars", flush=True)
+        print(
+            f"{'ok  ' if row.passed else 'FAIL'} {row.probe:<32} {row.model:<20} expected {row.expected:<17} got {row.got:<17} "
+            f"{row.seconds:>6.2f} s  message {row.message_chars} chars",
+            flush=True,
+        )
     failed = [row for row in outcomes if not row.passed]
-    print(f"\n{len(outcomes) - len(failed)} of {len(outcomes)} probes passed" + (f"; skipped (model not served): {', '.join(skipped)}" if skipped else ""))
+    print(
+        f"\n{len(outcomes) - len(failed)} of {len(outcomes)} probes passed"
+        + (f"; skipped (model not served): {', '.join(skipped)}" if skipped else "")
+    )
     for row in failed:
         print(f"  {row.probe}: {row.got}: {row.message}")
     if args.json:

@@ -29,7 +29,7 @@ def model_stats(grpc_url: str) -> dict[str, dict[str, int]]:
     for entry in stats:
         inference = entry.get("inference_stats", {})
         # Protobuf's JSON leaves out zero fields and writes 64-bit counters as strings.
-        part = lambda key, field: int(inference.get(key, {}).get(field, 0))  # noqa: E731
+        part = lambda key, field, stats=inference: int(stats.get(key, {}).get(field, 0))  # noqa: E731
         counters = {
             "requests": part("success", "count"),
             "failures": part("fail", "count"),
@@ -120,8 +120,10 @@ def markdown_report(report: dict[str, Any]) -> str:
             "|---|---:|---:|---:|---:|",
         ]
         for r in report["floor_ratios"]:
-            lines.append(f"| {r['task']} | {r['concurrency']} | {r['served_images_per_s']:.3f} | {r['floor_images_per_s']:.3f} | "
-                         f"{_fmt(r['served_over_floor'], 2)}x |")
+            lines.append(
+                f"| {r['task']} | {r['concurrency']} | {r['served_images_per_s']:.3f} | {r['floor_images_per_s']:.3f} | "
+                f"{_fmt(r['served_over_floor'], 2)}x |"
+            )
     if report.get("first_requests"):
         lines += [
             "",
@@ -131,10 +133,15 @@ def markdown_report(report: dict[str, Any]) -> str:
             "|---|---|---:|---:|---:|",
         ]
         for task, first in report["first_requests"].items():
-            lines.append(f"| {task} | {'yes' if first['model_warmup'] else 'no'} | {first['first_ms']:.0f} | "
-                         f"{_fmt(first.get('steady_p50_ms'), 0)} | {_fmt(first.get('first_over_p50'), 2)}x |")
+            lines.append(
+                f"| {task} | {'yes' if first['model_warmup'] else 'no'} | {first['first_ms']:.0f} | "
+                f"{_fmt(first.get('steady_p50_ms'), 0)} | {_fmt(first.get('first_over_p50'), 2)}x |"
+            )
     breakdown_rows = [
-        (run, name, stats) for run in report.get("runs", []) if run["mode"] == "served" for name, stats in run.get("models", {}).items()
+        (run, name, stats)
+        for run in report.get("runs", [])
+        if run["mode"] == "served"
+        for name, stats in run.get("models", {}).items()
     ]
     if breakdown_rows:
         lines += [
@@ -151,12 +158,16 @@ def markdown_report(report: dict[str, Any]) -> str:
             "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|",
         ]
         for run, name, s in breakdown_rows:
-            extra = (_fmt(s.get("request_ms"), 1), _percent(s.get("queue_share")),
-                     _fmt(s.get("bls_overhead_ms_per_step"), 2) + _bracketed(_percent(s.get("bls_overhead_share"))))
+            extra = (
+                _fmt(s.get("request_ms"), 1),
+                _percent(s.get("queue_share")),
+                _fmt(s.get("bls_overhead_ms_per_step"), 2) + _bracketed(_percent(s.get("bls_overhead_share"))),
+            )
             lines.append(
                 f"| {run['task']} | {run['concurrency']} | {name} | {s.get('requests', 0)} | {s.get('executions', 0)} | "
                 f"{_fmt(s.get('requests_per_execution'), 2)} | {s.get('queue_ms', 0):.2f} | {s.get('compute_ms', 0):.2f} | "
-                + " | ".join(extra) + " |"
+                + " | ".join(extra)
+                + " |"
             )
     return "\n".join(lines) + "\n"
 
@@ -207,7 +218,9 @@ def write_plots(report: dict[str, Any], out_dir: str | Path) -> list[Path]:
         plt.close(figure)
         written.append(path)
 
-        served = sorted((run for run in runs if run["mode"] == "served" and run.get("models")), key=lambda run: run["concurrency"])
+        served = sorted(
+            (run for run in runs if run["mode"] == "served" and run.get("models")), key=lambda run: run["concurrency"]
+        )
         if not served:
             continue
         models = sorted({name for run in served for name in run["models"]})
@@ -218,8 +231,16 @@ def write_plots(report: dict[str, Any], out_dir: str | Path) -> list[Path]:
             compute = [run["models"].get(name, {}).get("compute_ms", 0) for name in models]
             queue = [run["models"].get(name, {}).get("queue_ms", 0) for name in models]
             bars = axis.bar(xs, compute, width, label=f"compute, concurrency {run['concurrency']}")
-            axis.bar(xs, queue, width, bottom=compute, color=bars.patches[0].get_facecolor(), alpha=0.35, hatch="//",
-                     label=f"queue, concurrency {run['concurrency']}")
+            axis.bar(
+                xs,
+                queue,
+                width,
+                bottom=compute,
+                color=bars.patches[0].get_facecolor(),
+                alpha=0.35,
+                hatch="//",
+                label=f"queue, concurrency {run['concurrency']}",
+            )
         axis.set_xticks([m + 0.4 - width / 2 for m in range(len(models))], models, rotation=20, ha="right", fontsize=8)
         axis.set(title=f"{task}: per-model time per request (Triton statistics)", ylabel="ms")
         axis.grid(axis="y", alpha=0.3)

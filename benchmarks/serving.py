@@ -90,7 +90,6 @@ class FaceSwapTask:
     @staticmethod
     def _pairs(faces_dir: Path | None) -> list[tuple[bytes, bytes]]:
         from genserve.benchmarks.face_swap import PAIRS
-
         from genserve.config import FACES_DIR
         from genserve.demo import FACES_DIR as DEMO_FACES_DIR
 
@@ -123,8 +122,15 @@ class DiffusionTask:
     modes get the same request values, seeds included.
     """
 
-    def __init__(self, task: str, settings: Settings, model: str, pipeline_dir: Path | None, precision: str,
-                 export_dir: Path | None = None):
+    def __init__(
+        self,
+        task: str,
+        settings: Settings,
+        model: str,
+        pipeline_dir: Path | None,
+        precision: str,
+        export_dir: Path | None = None,
+    ):
         from PIL import Image
 
         from genserve.demo.samples import sign_image
@@ -133,17 +139,26 @@ class DiffusionTask:
         self.size, self.steps = settings.size, settings.steps
         self.stream = settings.stream
         self.levels = settings.levels
-        self.in_process_label = f"DiffusionService over diffusers from {pipeline_dir}, torch eager" if pipeline_dir else None
-        self.floor_label = f"export_service over {export_dir}, ONNX Runtime in-process" if export_dir and settings.floor else None
+        self.in_process_label = (
+            f"DiffusionService over diffusers from {pipeline_dir}, torch eager" if pipeline_dir else None
+        )
+        self.floor_label = (
+            f"export_service over {export_dir}, ONNX Runtime in-process" if export_dir and settings.floor else None
+        )
         self.export_dir = export_dir
         common = {"steps": self.steps}
         if task == "t2i":
-            self.payloads = [{"prompt": p, "seed": s, "width": self.size, "height": self.size, **common} for s, p in enumerate(PROMPTS)]
+            self.payloads = [
+                {"prompt": p, "seed": s, "width": self.size, "height": self.size, **common}
+                for s, p in enumerate(PROMPTS)
+            ]
         elif task == "tie":
             import numpy as np
 
             y, x = np.mgrid[0 : self.size, 0 : self.size]
-            field_ = np.stack([x * 255 // self.size, y * 255 // self.size, (x + y) * 127 // self.size], axis=-1).astype(np.uint8)
+            field_ = np.stack([x * 255 // self.size, y * 255 // self.size, (x + y) * 127 // self.size], axis=-1).astype(
+                np.uint8
+            )
             image = png_bytes(Image.fromarray(field_))
             self.payloads = [{"prompt": p, "image": image, "seed": s, **common} for s, p in enumerate(EDITS)]
         else:
@@ -188,7 +203,9 @@ class DiffusionTask:
         denoiser = self.model.removesuffix(TASKS[self.name].model) + FAMILIES[self.metadata[0]["family"]].denoiser.name
         waits = [ms for meta in self.served_metadata for ms in meta["denoiser_ms_per_call"]]
         leaf = models.get(denoiser, {})
-        if waits and leaf.get("requests") and leaf.get("requests") == leaf.get("executions"):  # unbatched: one call each
+        if (
+            waits and leaf.get("requests") and leaf.get("requests") == leaf.get("executions")
+        ):  # unbatched: one call each
             overhead = statistics.fmean(waits) - leaf["compute_ms"]
             served["bls_overhead_ms_per_step"] = round(overhead, 3)
             served["bls_overhead_share"] = round(overhead / leaf["compute_ms"], 5)
@@ -216,9 +233,15 @@ class DiffusionTask:
         family = family_of_class(pipeline_class)
         configs = read_configs(self.pipeline_dir, family)
         self._service = DiffusionService(
-            pipeline, task=self.name, family=family, pixel_multiple=family.pixel_multiple(configs),
-            working_side=family.default_side(configs), max_size=4096, text_reader=self._text_reader(), concurrency=max(self.levels),
-        )  # fmt: skip
+            pipeline,
+            task=self.name,
+            family=family,
+            pixel_multiple=family.pixel_multiple(configs),
+            working_side=family.default_side(configs),
+            max_size=4096,
+            text_reader=self._text_reader(),
+            concurrency=max(self.levels),
+        )
         self.device = device
 
     def _text_reader(self):
@@ -260,7 +283,9 @@ def _cuda() -> bool:
         return False
 
 
-def pipeline_repository(pipeline_dir: Path, work_dir: Path, precision: str, size: int, log=logger.info, warmup: bool = True):
+def pipeline_repository(
+    pipeline_dir: Path, work_dir: Path, precision: str, size: int, log=logger.info, warmup: bool = True
+):
     """Export ``pipeline_dir`` and build its repository (no prefix) under ``work_dir``, both cached;
     returns the repository folder and the export's manifest."""
     from genserve.diffusion.repository import BuildOptions, build_repository
@@ -328,17 +353,24 @@ class Bench:
         if s.pipeline is not None:
             manifest = None
             if not s.url:
-                repo_dir, manifest = pipeline_repository(s.pipeline, self.work_dir, self.precision, s.size, log=self.log,
-                                                         warmup=s.model_warmup)
+                repo_dir, manifest = pipeline_repository(
+                    s.pipeline, self.work_dir, self.precision, s.size, log=self.log, warmup=s.model_warmup
+                )
                 self.repositories.append(repo_dir)
                 self.load_models += sorted(p.parent.name for p in repo_dir.glob("*/config.pbtxt"))
             served = set(manifest.served_tasks) if manifest else set(diffusion)
             for task in diffusion:
                 if task not in served:
-                    self.notes.append(f"{task}: {s.pipeline} serves no {task} model (its tasks: {', '.join(sorted(served))}); skipped")
+                    self.notes.append(
+                        f"{task}: {s.pipeline} serves no {task} model (its tasks: {', '.join(sorted(served))}); skipped"
+                    )
                     continue
                 export_dir = repo_dir.parent / "export" if manifest else None
-                tasks.append(DiffusionTask(task, s, s.models.get(task, TASKS[task].model), s.pipeline, self.precision, export_dir))
+                tasks.append(
+                    DiffusionTask(
+                        task, s, s.models.get(task, TASKS[task].model), s.pipeline, self.precision, export_dir
+                    )
+                )
             return tasks
         demo_dir = self.work_dir / ("demo" if s.demo_size == "tiny" else f"demo-{s.demo_size}")
         if not s.url:
@@ -356,16 +388,26 @@ class Bench:
                 self.notes.append(f"{task}: no pipeline folder {pipeline_dir} for the in-process baseline")
                 pipeline_dir = None
             export_dir = demo_dir / "exports" / family
-            tasks.append(DiffusionTask(task, s, model, pipeline_dir, "fp32", export_dir if (export_dir / "manifest.json").is_file() else None))
+            tasks.append(
+                DiffusionTask(
+                    task,
+                    s,
+                    model,
+                    pipeline_dir,
+                    "fp32",
+                    export_dir if (export_dir / "manifest.json").is_file() else None,
+                )
+            )
         if not s.url:
-            self.load_models += _models_for(repo_dir, families, [task.served_model for task in tasks if isinstance(task, DiffusionTask)])
+            self.load_models += _models_for(
+                repo_dir, families, [task.served_model for task in tasks if isinstance(task, DiffusionTask)]
+            )
         return tasks
 
     def run(self) -> dict[str, Any]:
+        from genserve.benchmarks.report import model_stats, stats_delta
         from genserve.client import Client
         from genserve.server import TritonServer, free_ports
-
-        from genserve.benchmarks.report import model_stats, stats_delta
 
         s = self.settings
         load_start = round(os.getloadavg()[0], 2)
@@ -380,9 +422,14 @@ class Bench:
                 http, grpc, metrics = free_ports(3)
                 self.log(f"starting Triton with {len(self.load_models)} models ({', '.join(self.load_models)})")
                 self.server = TritonServer(
-                    self.repositories, models=self.load_models, http_port=http, grpc_port=grpc, metrics_port=metrics,
-                    address="127.0.0.1", log_path=s.out / "tritonserver.log",
-                ).start()  # fmt: skip
+                    self.repositories,
+                    models=self.load_models,
+                    http_port=http,
+                    grpc_port=grpc,
+                    metrics_port=metrics,
+                    address="127.0.0.1",
+                    log_path=s.out / "tritonserver.log",
+                ).start()
                 url = self.server.grpc_url
             clients = [Client(url) for _ in range(max(s.levels))]
             try:
@@ -399,7 +446,9 @@ class Bench:
     def _run_task(self, task, clients, url, model_stats, stats_delta) -> list[Run]:
         s = self.settings
         if isinstance(task, DiffusionTask) and task.stream and not clients[0].is_ready(task.served_model):
-            self.notes.append(f"{task.name}: the server has no {task.served_model}; the plain {task.model} was measured")
+            self.notes.append(
+                f"{task.name}: the server has no {task.served_model}; the plain {task.model} was measured"
+            )
             task.stream = False
         self.log(f"\n{task.name}: served model {task.model}; {len(task.payloads)} payloads; warming up")
         if not s.url:  # the server was started for this run: its first request is a first request after a start
@@ -438,7 +487,9 @@ class Bench:
                 task.served_metadata.clear()
             run = drive([task.served_worker(client) for client in clients[:level]], requests, task.payloads, "served")
             served_model = getattr(task, "served_model", task.model)
-            run.extra.update(task=task.name, model=served_model, models=self._level_stats(served_model, run, before, url))
+            run.extra.update(
+                task=task.name, model=served_model, models=self._level_stats(served_model, run, before, url)
+            )
             runs.append(run)
             self.log(table_row(run, f"{task.name} served"))
             if isinstance(task, DiffusionTask):
@@ -465,7 +516,10 @@ class Bench:
             entry = dict(first)
             if steady:
                 p50 = min(steady, key=lambda run: run.concurrency).percentile(50)
-                entry |= {"steady_p50_ms": round(p50, 1), "first_over_p50": round(first["first_ms"] / p50, 2) if p50 else None}
+                entry |= {
+                    "steady_p50_ms": round(p50, 1),
+                    "first_over_p50": round(first["first_ms"] / p50, 2) if p50 else None,
+                }
             report[task] = entry
         return report
 
@@ -498,23 +552,29 @@ class Bench:
             if mode != "served":
                 continue
             if floor is not None:
-                self.floor_ratios.append({
+                self.floor_ratios.append(
+                    {
+                        "task": task,
+                        "concurrency": level,
+                        "served_images_per_s": round(served.per_s, 3),
+                        "floor_images_per_s": round(floor.per_s, 3),
+                        "served_over_floor": round(served.per_s / floor.per_s, 3) if floor.per_s else None,
+                    }
+                )
+            if local is None:
+                continue
+            ratios.append(
+                {
                     "task": task,
                     "concurrency": level,
                     "served_images_per_s": round(served.per_s, 3),
-                    "floor_images_per_s": round(floor.per_s, 3),
-                    "served_over_floor": round(served.per_s / floor.per_s, 3) if floor.per_s else None,
-                })  # fmt: skip
-            if local is None:
-                continue
-            ratios.append({
-                "task": task,
-                "concurrency": level,
-                "served_images_per_s": round(served.per_s, 3),
-                "in_process_images_per_s": round(local.per_s, 3),
-                "throughput_ratio": round(served.per_s / local.per_s, 3) if local.per_s else None,
-                "p50_latency_ratio": round(served.percentile(50) / local.percentile(50), 3) if local.latencies_ms else None,
-            })  # fmt: skip
+                    "in_process_images_per_s": round(local.per_s, 3),
+                    "throughput_ratio": round(served.per_s / local.per_s, 3) if local.per_s else None,
+                    "p50_latency_ratio": round(served.percentile(50) / local.percentile(50), 3)
+                    if local.latencies_ms
+                    else None,
+                }
+            )
         return {
             "benchmark": "genserve bench",
             "host": {
@@ -536,7 +596,10 @@ class Bench:
                 "pipeline": str(s.pipeline) if s.pipeline else None,
                 "precision": self.precision,
             },
-            "tasks": {task.name: {"served_model": task.model, "in_process": task.in_process_label if s.in_process else None} for task in tasks},
+            "tasks": {
+                task.name: {"served_model": task.model, "in_process": task.in_process_label if s.in_process else None}
+                for task in tasks
+            },
             "notes": self.notes,
             "first_requests": self._first_requests(runs),
             "runs": [run.summary() for run in runs],
@@ -550,7 +613,9 @@ def _models_for(repo_dir: Path, families: set[str], pipelines: list[str]) -> lis
     (a demo repository prefixes every model with its family)."""
     from genserve.diffusion.settings import SERVING_FILE
 
-    names = [path.parent.name for path in repo_dir.glob("*/config.pbtxt") if path.parent.name.split("_", 1)[0] in families]
+    names = [
+        path.parent.name for path in repo_dir.glob("*/config.pbtxt") if path.parent.name.split("_", 1)[0] in families
+    ]
     leaves = [name for name in names if not (repo_dir / name / "1" / SERVING_FILE).is_file()]
     return sorted(set(leaves) | set(pipelines))
 
@@ -558,10 +623,18 @@ def _models_for(repo_dir: Path, families: set[str], pipelines: list[str]) -> lis
 def _pipeline_line(models: dict[str, dict], pipeline: str) -> str:
     """What the level's statistics say of the pipeline model and its busiest leaf, in one line."""
     stats = models.get(pipeline, {})
-    parts = [f"  {pipeline}: {stats.get('request_ms', 0):.0f} ms per request, queued {100 * stats.get('queue_share', 0):.2f} % of it"]
+    parts = [
+        f"  {pipeline}: {stats.get('request_ms', 0):.0f} ms per request, queued {100 * stats.get('queue_share', 0):.2f} % of it"
+    ]
     if "bls_overhead_ms_per_step" in stats:
-        parts.append(f"BLS overhead {stats['bls_overhead_ms_per_step']:.2f} ms/step ({100 * stats['bls_overhead_share']:.2f} % of the denoiser)")
-    busiest = max((item for item in models.items() if item[0] != pipeline), key=lambda item: item[1].get("requests", 0), default=None)
+        parts.append(
+            f"BLS overhead {stats['bls_overhead_ms_per_step']:.2f} ms/step ({100 * stats['bls_overhead_share']:.2f} % of the denoiser)"
+        )
+    busiest = max(
+        (item for item in models.items() if item[0] != pipeline),
+        key=lambda item: item[1].get("requests", 0),
+        default=None,
+    )
     if busiest:
         name, leaf = busiest
         parts.append(f"{name}: {leaf.get('requests', 0)} requests in {leaf.get('executions', 0)} executions")
@@ -580,16 +653,20 @@ def run_bench(settings: Settings, log: Callable[[str], None] = print) -> dict[st
     if report["ratios"]:
         log("\nserved / in-process")
         for r in report["ratios"]:
-            log(f"  {r['task']:<9} concurrency {r['concurrency']:>3}: throughput {r['throughput_ratio']:.2f}x, "
-                f"p50 latency {r['p50_latency_ratio']:.2f}x")  # fmt: skip
+            log(
+                f"  {r['task']:<9} concurrency {r['concurrency']:>3}: throughput {r['throughput_ratio']:.2f}x, "
+                f"p50 latency {r['p50_latency_ratio']:.2f}x"
+            )
     if report["floor_ratios"]:
         log("\nserved / floor (the export in ONNX Runtime in-process, one request at a time)")
         for r in report["floor_ratios"]:
             log(f"  {r['task']:<9} concurrency {r['concurrency']:>3}: throughput {r['served_over_floor']:.2f}x")
     for task, first in report["first_requests"].items():
         warmup = "with" if first["model_warmup"] else "without"
-        log(f"first request after start ({warmup} model warm-up): {task} {first['first_ms']:.0f} ms, "
-            f"{first.get('first_over_p50', float('nan')):.2f}x the steady p50")
+        log(
+            f"first request after start ({warmup} model warm-up): {task} {first['first_ms']:.0f} ms, "
+            f"{first.get('first_over_p50', float('nan')):.2f}x the steady p50"
+        )
     for note in report["notes"]:
         log(f"note: {note}")
     log(f"\nwrote {out / 'bench.json'}, {out / 'bench.md'} and {len(report['plots'])} plots in {out}")

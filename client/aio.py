@@ -22,7 +22,13 @@ from genserve.client.client import Call, RequestError, TaskMethods, is_final, re
 
 
 class AsyncClient(TaskMethods):
-    def __init__(self, url: str | None = None, *, timeout_s: float | None = config.CLIENT_TIMEOUT_S, retry_policy: retry.RetryPolicy | None = None):
+    def __init__(
+        self,
+        url: str | None = None,
+        *,
+        timeout_s: float | None = config.CLIENT_TIMEOUT_S,
+        retry_policy: retry.RetryPolicy | None = None,
+    ):
         import tritonclient.grpc.aio as triton
 
         self.protocol = "grpc"
@@ -56,12 +62,16 @@ class AsyncClient(TaskMethods):
             try:
                 return await attempt_once(deadline)
             except RequestError as error:
-                delay = self.retry_policy.delay(error, attempt, deadline, other_replica=self.url.startswith("dns:") or "," in self.url)
+                delay = self.retry_policy.delay(
+                    error, attempt, deadline, other_replica=self.url.startswith("dns:") or "," in self.url
+                )
                 if delay is None:
                     raise
                 await asyncio.sleep(delay)
 
-    async def _infer_once(self, model: str, inputs: dict[str, np.ndarray], outputs: list[str], deadline: float | None) -> dict[str, np.ndarray]:
+    async def _infer_once(
+        self, model: str, inputs: dict[str, np.ndarray], outputs: list[str], deadline: float | None
+    ) -> dict[str, np.ndarray]:
         from tritonclient.utils import InferenceServerException
 
         requested = [self._triton.InferRequestedOutput(name) for name in outputs]
@@ -80,7 +90,9 @@ class AsyncClient(TaskMethods):
         Retried as a unary request is."""
         return await self._retrying(lambda deadline: self._stream_once(model, inputs, on_progress, deadline))
 
-    async def _stream_once(self, model: str, inputs: dict[str, np.ndarray], on_progress, deadline) -> dict[str, np.ndarray]:
+    async def _stream_once(
+        self, model: str, inputs: dict[str, np.ndarray], on_progress, deadline
+    ) -> dict[str, np.ndarray]:
         from tritonclient.utils import InferenceServerException
 
         async def requests():

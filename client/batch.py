@@ -49,8 +49,8 @@ from genserve.client.pool import ClientPool
 from genserve.client.settings import describe_changes
 from genserve.client.submission import ZIP_SUFFIX, SubmissionTooLarge, write_result_csv, write_zip, zip_name
 from genserve.client.tasks import IMAGES_FOLDER, Task, write_csv
-from genserve.protocol import DIFFUSION_TASKS, STREAM_SUFFIX, TASK_TYPES, TASKS
 from genserve.errors import GenServeError, InvalidInputError
+from genserve.protocol import DIFFUSION_TASKS, STREAM_SUFFIX, TASK_TYPES, TASKS
 
 
 class OutputError(GenServeError):
@@ -135,10 +135,21 @@ def quality_proxies(task: Task, metadata: dict[str, Any]) -> dict[str, float]:
 
 # OUT/quality.csv: per finished row, the task's proxy of the contest's score, so weak rows show before submitting.
 QUALITY_COLUMNS = (
-    "index", "task_type", "identity_cosine", "identity_distance", "artifact_share", "ori_artifact_share",
-    "new_text_distance", "old_text_distance", "ocr_text", "candidates", "chosen_candidate", "seconds",
-    "fallback", "fallback_reason",  # a stand-in: what it is, and why the row failed
-)  # fmt: skip
+    "index",
+    "task_type",
+    "identity_cosine",
+    "identity_distance",
+    "artifact_share",
+    "ori_artifact_share",
+    "new_text_distance",
+    "old_text_distance",
+    "ocr_text",
+    "candidates",
+    "chosen_candidate",
+    "seconds",
+    "fallback",
+    "fallback_reason",  # a stand-in: what it is, and why the row failed
+)
 
 
 def quality_record(task: Task, metadata: dict[str, Any]) -> dict[str, Any]:
@@ -219,8 +230,10 @@ class BatchRunner:
         try:
             return self._run(tasks)
         except OSError as error:  # the output folder: one line, not a traceback
-            raise OutputError(f"cannot write {error.filename or self.out_dir}: {error.strerror or error} "
-                              "(finished rows are kept; fix it and run again to resume)") from None
+            raise OutputError(
+                f"cannot write {error.filename or self.out_dir}: {error.strerror or error} "
+                "(finished rows are kept; fix it and run again to resume)"
+            ) from None
         finally:
             self._remove_partial_files()
 
@@ -228,10 +241,15 @@ class BatchRunner:
         started = time.perf_counter()
         (self.out_dir / IMAGES_FOLDER).mkdir(parents=True, exist_ok=True)
         self._remove_partial_files()  # of a run that was killed
-        journal = {index: record for index, record in self._read_journal().items()
-                   if (self.out_dir / IMAGES_FOLDER / f"{index}.jpg").is_file()}  # fmt: skip
+        journal = {
+            index: record
+            for index, record in self._read_journal().items()
+            if (self.out_dir / IMAGES_FOLDER / f"{index}.jpg").is_file()
+        }
         self._check_settings(tasks, journal)
-        (self.out_dir / SETTINGS).write_text(json.dumps(self.request_options, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        (self.out_dir / SETTINGS).write_text(
+            json.dumps(self.request_options, indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
+        )
         done = {task.index for task in tasks if self._made_here(task, journal.get(task.index))}
         stand_ins = {task.index for task in tasks if (journal.get(task.index) or {}).get("fallback")}
         pending = [task for task in tasks if task.index not in done]
@@ -260,7 +278,9 @@ class BatchRunner:
                             (done.add if outcome.ok else stand_ins.add)(index)
                             if outcome.ok:
                                 stand_ins.discard(index)
-                            write_result_csv(self.out_dir / RESULT, [task.index for task in tasks if task.index in listed()])
+                            write_result_csv(
+                                self.out_dir / RESULT, [task.index for task in tasks if task.index in listed()]
+                            )
                         if bar is not None:
                             self._failed = sum(not o.ok for o in outcomes)
                             bar.update(1)
@@ -296,7 +316,9 @@ class BatchRunner:
 
     def _made_here(self, task: Task, record: dict | None) -> bool:
         """Whether the row's image is a result made with this run's settings (not a stand-in)."""
-        return bool(record) and not record.get("fallback") and record.get("settings", {}) == self.settings(task.task_type)
+        return (
+            bool(record) and not record.get("fallback") and record.get("settings", {}) == self.settings(task.task_type)
+        )
 
     def _check_settings(self, tasks: list[Task], journal: dict[str, dict]) -> None:
         """Refuse to mix settings: rows made with others are redone with ``redo``, else the run stops here."""
@@ -307,8 +329,10 @@ class BatchRunner:
                 other[task.task_type, json.dumps(record.get("settings", {}), sort_keys=True)] += 1
         if not other or self.redo:
             return
-        changes = "; ".join(f"{task_type}: {count} rows ({describe_changes(json.loads(before), self.settings(task_type))})"
-                            for (task_type, before), count in sorted(other.items()))  # fmt: skip
+        changes = "; ".join(
+            f"{task_type}: {count} rows ({describe_changes(json.loads(before), self.settings(task_type))})"
+            for (task_type, before), count in sorted(other.items())
+        )
         raise SettingsChanged(
             f"{self.out_dir} holds rows made with other settings: {changes}. Nothing was redone: run again with "
             "--redo to regenerate them with the new settings, or with the old settings, or into another --out"
@@ -330,8 +354,13 @@ class BatchRunner:
             message = f"internal error: {type(error).__name__}: {_first_line(error)}"
             return RowOutcome(task, ok=False, seconds=time.perf_counter() - started, error=message)
         self._save(task, jpeg)  # an OSError here is the output folder's: it stops the run
-        return RowOutcome(task, ok=True, seconds=time.perf_counter() - started, proxies=quality_proxies(task, result.metadata),
-                          quality=quality_record(task, result.metadata))
+        return RowOutcome(
+            task,
+            ok=True,
+            seconds=time.perf_counter() - started,
+            proxies=quality_proxies(task, result.metadata),
+            quality=quality_record(task, result.metadata),
+        )
 
     def _request(self, task: Task) -> ImageResult:
         options = dict(self.request_options.get(task.task_type, {}))
@@ -347,7 +376,9 @@ class BatchRunner:
         """Whether the server has the model's streaming variant (asked once per model)."""
         with self._lock:
             if model not in self._streaming:
-                self._streaming[model] = self.stream and self.pool.protocol == "grpc" and self.pool.is_ready(model + STREAM_SUFFIX)
+                self._streaming[model] = (
+                    self.stream and self.pool.protocol == "grpc" and self.pool.is_ready(model + STREAM_SUFFIX)
+                )
             return self._streaming[model]
 
     def _show_steps(self, index: str, report: dict[str, Any]) -> None:
@@ -441,7 +472,12 @@ class BatchRunner:
         for task in tasks:
             if task.index in listed:
                 record = journal.get(task.index, {})
-                cells = {**record.get("quality", {}), "index": task.index, "task_type": task.task_type, "seconds": record.get("seconds", "")}
+                cells = {
+                    **record.get("quality", {}),
+                    "index": task.index,
+                    "task_type": task.task_type,
+                    "seconds": record.get("seconds", ""),
+                }
                 if record.get("fallback"):
                     cells.update(fallback=record["fallback"], fallback_reason=record.get("error", ""))
                 rows.append(["" if cells.get(column) is None else cells[column] for column in QUALITY_COLUMNS])
@@ -461,7 +497,10 @@ class BatchRunner:
         if not failed:
             path.unlink(missing_ok=True)
             return
-        rows = ([o.task.index, o.task.task_type, o.task.line, o.error, o.fallback or "none: the row is missing"] for o in failed)
+        rows = (
+            [o.task.index, o.task.task_type, o.task.line, o.error, o.fallback or "none: the row is missing"]
+            for o in failed
+        )
         write_csv(path, ["index", "task_type", "line", "error", "fallback"], rows)
 
     def _remove_partial_files(self) -> None:
@@ -478,8 +517,10 @@ class BatchRunner:
         if missing:
             self.zip_path.unlink(missing_ok=True)
             shown = ", ".join(missing[:10]) + (f" and {len(missing) - 10} more" if len(missing) > 10 else "")
-            return None, (f"no zip written: {len(missing)} row(s) have no image ({shown}); run again to retry them, "
-                          "or without --no-fallback to submit stand-ins for them")  # fmt: skip
+            return None, (
+                f"no zip written: {len(missing)} row(s) have no image ({shown}); run again to retry them, "
+                "or without --no-fallback to submit stand-ins for them"
+            )
         images = [self.out_dir / task.output_name for task in tasks]
         try:
             write_zip(self.zip_path, self.out_dir / RESULT, images, max_bytes=self.max_zip_bytes)

@@ -116,7 +116,13 @@ class OcrLine:
 
 
 # HTTP statuses as the gRPC status names Triton maps them from.
-_HTTP_CODES = {"400": "INVALID_ARGUMENT", "403": "PERMISSION_DENIED", "404": "NOT_FOUND", "500": "INTERNAL", "503": "UNAVAILABLE"}
+_HTTP_CODES = {
+    "400": "INVALID_ARGUMENT",
+    "403": "PERMISSION_DENIED",
+    "404": "NOT_FOUND",
+    "500": "INTERNAL",
+    "503": "UNAVAILABLE",
+}
 
 
 _ENSEMBLE_PREFIX = re.compile(r"^in ensemble '[^']*', ")
@@ -187,7 +193,10 @@ def _document_fields(contract: Contract, skip: tuple[str, ...]) -> Callable:
 
     def decorate(method):
         lines = [f"    ``{f.name}`` ({f.type}): {f.help}" for f in contract.fields if f.name not in skip]
-        method.__doc__ = f"{method.__doc__}\n\n    Keyword parameters ({contract.model} fields, :mod:`genserve.protocol`):\n\n" + "\n".join(lines)
+        method.__doc__ = (
+            f"{method.__doc__}\n\n    Keyword parameters ({contract.model} fields, :mod:`genserve.protocol`):\n\n"
+            + "\n".join(lines)
+        )
         return method
 
     return decorate
@@ -204,19 +213,35 @@ class TaskMethods:
     def _run(self, call: Call) -> Any:
         raise NotImplementedError
 
-    def request(self, contract: Contract, *, model: str | None = None, progress: ProgressCallback | None = None, **values: Any) -> Any:
+    def request(
+        self, contract: Contract, *, model: str | None = None, progress: ProgressCallback | None = None, **values: Any
+    ) -> Any:
         """Any served model's request by its contract: the field values in, the decoded outputs out
         (a dict keyed as the contract's outputs), e.g. ``client.request(OCR, image=data)["texts"]``.
         With ``progress`` a pipeline model's request goes to its streaming variant."""
         return self._task(contract, model, values, lambda out: out, progress)
 
-    def _task(self, contract: Contract, model: str | None, values: dict[str, Any], result: Callable[[dict[str, Any]], Any],
-              progress: ProgressCallback | None = None) -> Any:
+    def _task(
+        self,
+        contract: Contract,
+        model: str | None,
+        values: dict[str, Any],
+        result: Callable[[dict[str, Any]], Any],
+        progress: ProgressCallback | None = None,
+    ) -> Any:
         if progress is not None:  # the streaming variant of the model: progress responses, then the result
             contract, model = streaming(contract), (model or contract.model) + STREAM_SUFFIX
         inputs = contract.encode_request(**values)
-        on_progress = None if progress is None else (lambda arrays: progress(contract.decode_response(arrays)["progress"]))
-        call = Call(model or contract.model, inputs, contract.output_names, lambda out: result(contract.decode_response(out)), on_progress)
+        on_progress = (
+            None if progress is None else (lambda arrays: progress(contract.decode_response(arrays)["progress"]))
+        )
+        call = Call(
+            model or contract.model,
+            inputs,
+            contract.output_names,
+            lambda out: result(contract.decode_response(out)),
+            on_progress,
+        )
         return self._run(call)
 
     # --- tasks -------------------------------------------------------------------------------------
@@ -229,7 +254,9 @@ class TaskMethods:
         ordered largest first) and ``all_faces`` replaces every one. The metadata reports the faces
         found, which were replaced, the identity score and per-stage timings."""
         values = {"ori_image": to_image_bytes(ori), "target_image": to_image_bytes(target), **options}
-        return self._task(FACE_SWAP, model, values, lambda out: ImageResult(encoded=out["image"], metadata=out["metadata"]))
+        return self._task(
+            FACE_SWAP, model, values, lambda out: ImageResult(encoded=out["image"], metadata=out["metadata"])
+        )
 
     def ocr(self, image: ImageLike, *, model: str | None = None) -> list[OcrLine]:
         """Read the text in ``image`` with PP-OCRv4 (the ``ocr`` model): one :class:`OcrLine` per line
@@ -242,8 +269,9 @@ class TaskMethods:
     # --- diffusion (docs/diffusion-serving.md) ------------------------------------------------------
 
     @_document_fields(TEXT_TO_IMAGE, skip=("prompt",))
-    def text_to_image(self, prompt: str, *, model: str | None = None, progress: ProgressCallback | None = None,
-                      **parameters: Any) -> ImageResult | list[ImageResult]:
+    def text_to_image(
+        self, prompt: str, *, model: str | None = None, progress: ProgressCallback | None = None, **parameters: Any
+    ) -> ImageResult | list[ImageResult]:
         """Generate an image from ``prompt`` (the ``text_to_image`` model, or ``model``, e.g. ``flux_text_to_image``).
 
         Every parameter is optional (the pipeline's defaults otherwise); ``options={...}`` is accepted as
@@ -256,21 +284,41 @@ class TaskMethods:
         return self._diffusion(TEXT_TO_IMAGE, model, {"prompt": prompt, **parameters}, progress)
 
     @_document_fields(EDIT_IMAGE, skip=("prompt", "image"))
-    def edit_image(self, image: ImageLike, prompt: str, *, model: str | None = None, progress: ProgressCallback | None = None,
-                   **parameters: Any) -> ImageResult | list[ImageResult]:
+    def edit_image(
+        self,
+        image: ImageLike,
+        prompt: str,
+        *,
+        model: str | None = None,
+        progress: ProgressCallback | None = None,
+        **parameters: Any,
+    ) -> ImageResult | list[ImageResult]:
         """Edit ``image`` as ``prompt`` says (FLUX Kontext; SD runs img2img). Same parameters as
         :meth:`text_to_image`; the result has the image's size unless ``width``/``height`` are given."""
-        return self._diffusion(EDIT_IMAGE, model, {"prompt": prompt, "image": to_image_bytes(image), **parameters}, progress)
+        return self._diffusion(
+            EDIT_IMAGE, model, {"prompt": prompt, "image": to_image_bytes(image), **parameters}, progress
+        )
 
     @_document_fields(EDIT_TEXT, skip=("prompt", "image"))
-    def edit_text(self, image: ImageLike, instruction: str, *, model: str | None = None, progress: ProgressCallback | None = None,
-                  **parameters: Any) -> ImageResult | list[ImageResult]:
+    def edit_text(
+        self,
+        image: ImageLike,
+        instruction: str,
+        *,
+        model: str | None = None,
+        progress: ProgressCallback | None = None,
+        **parameters: Any,
+    ) -> ImageResult | list[ImageResult]:
         """Change the text shown in ``image``: ``instruction`` quotes the old and the new text
         (``change "OPEN" to "CLOSED"``, ``把“开”改成“关”``). The metadata reports both, the prompt used
         and the served OCR's reading of the result."""
-        return self._diffusion(EDIT_TEXT, model, {"prompt": instruction, "image": to_image_bytes(image), **parameters}, progress)
+        return self._diffusion(
+            EDIT_TEXT, model, {"prompt": instruction, "image": to_image_bytes(image), **parameters}, progress
+        )
 
-    def _diffusion(self, contract: Contract, model: str | None, values: dict[str, Any], progress: ProgressCallback | None):
+    def _diffusion(
+        self, contract: Contract, model: str | None, values: dict[str, Any], progress: ProgressCallback | None
+    ):
         options = values.pop("options", None) or {}
         values = {**values, **options}
         if values.get("seed") is None:  # drawn here: the same request twice is then two requests
@@ -310,7 +358,9 @@ class Client(TaskMethods):
         if protocol == "grpc":  # timeouts per call, see infer()
             import tritonclient.grpc as tritonclient
 
-            self._client = tritonclient.InferenceServerClient(self.url, channel_args=retry.grpc_channel_args(self.retry_policy))
+            self._client = tritonclient.InferenceServerClient(
+                self.url, channel_args=retry.grpc_channel_args(self.retry_policy)
+            )
         else:  # the HTTP client's timeouts are per connection
             import tritonclient.http as tritonclient
 
@@ -355,7 +405,9 @@ class Client(TaskMethods):
         """The gRPC target may name several servers (a DNS name, an address list): a retry goes to the next."""
         return self.protocol == "grpc" and (self.url.startswith("dns:") or "," in self.url)
 
-    def _infer_once(self, model: str, inputs: dict[str, np.ndarray], outputs: list[str], deadline: float | None) -> dict[str, np.ndarray]:
+    def _infer_once(
+        self, model: str, inputs: dict[str, np.ndarray], outputs: list[str], deadline: float | None
+    ) -> dict[str, np.ndarray]:
         from tritonclient.utils import InferenceServerException
 
         tensors = triton_inputs(self._triton, inputs)
@@ -369,12 +421,16 @@ class Client(TaskMethods):
         except InferenceServerException as error:
             raise request_error(error, self.url, self.protocol) from None
         except TimeoutError as error:  # the HTTP client's network timeout
-            raise RequestError(f"no answer from {self.url} within the deadline ({error})", retriable=False, code="DEADLINE_EXCEEDED") from None
+            raise RequestError(
+                f"no answer from {self.url} within the deadline ({error})", retriable=False, code="DEADLINE_EXCEEDED"
+            ) from None
         except (ConnectionError, OSError) as error:  # the HTTP client's transport errors
             raise unavailable(self.url, self.protocol, error) from None
         return {name: result.as_numpy(name) for name in outputs}
 
-    def stream_infer(self, model: str, inputs: dict[str, np.ndarray], on_progress: Callable[[dict[str, np.ndarray]], None]) -> dict[str, np.ndarray]:
+    def stream_infer(
+        self, model: str, inputs: dict[str, np.ndarray], on_progress: Callable[[dict[str, np.ndarray]], None]
+    ) -> dict[str, np.ndarray]:
         """One request to a streaming (decoupled) model over a gRPC stream: ``on_progress`` gets every
         response before the result, which is returned. The client's timeout is the stream's deadline,
         retries included: a request the server refused or failed in a way that may pass is retried as
@@ -383,11 +439,15 @@ class Client(TaskMethods):
             raise RequestError(f"{model} streams its answer: that takes gRPC, not {self.protocol}", retriable=False)
         return self._retrying(lambda deadline: self._stream_once(model, inputs, on_progress, deadline))
 
-    def _stream_once(self, model: str, inputs: dict[str, np.ndarray], on_progress, deadline: float | None) -> dict[str, np.ndarray]:
+    def _stream_once(
+        self, model: str, inputs: dict[str, np.ndarray], on_progress, deadline: float | None
+    ) -> dict[str, np.ndarray]:
         import queue
 
         responses: queue.SimpleQueue = queue.SimpleQueue()
-        self._client.start_stream(callback=lambda result, error: responses.put((result, error)), stream_timeout=retry.remaining_s(deadline))
+        self._client.start_stream(
+            callback=lambda result, error: responses.put((result, error)), stream_timeout=retry.remaining_s(deadline)
+        )
         finished = False
         try:
             self._client.async_stream_infer(model, triton_inputs(self._triton, inputs))

@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import os
 from pathlib import Path
-from typing import Union
 
 import numpy as np
 from PIL import Image
@@ -13,7 +12,7 @@ from PIL import Image
 from genserve import config
 from genserve.errors import InvalidInputError
 
-ImageLike = Union[str, os.PathLike, bytes, bytearray, np.ndarray, Image.Image]
+ImageLike = str | os.PathLike | bytes | bytearray | np.ndarray | Image.Image
 
 
 def to_image_bytes(image: ImageLike, *, format: str = "PNG") -> bytes:
@@ -43,7 +42,9 @@ def to_image_bytes(image: ImageLike, *, format: str = "PNG") -> bytes:
 
 def _check_size(size: int, what: str) -> None:
     if size > config.MAX_IMAGE_BYTES:
-        raise InvalidInputError(f"{what} is {size / 2**20:.0f} MiB; the server takes images of at most {config.MAX_IMAGE_BYTES // 2**20} MiB")
+        raise InvalidInputError(
+            f"{what} is {size / 2**20:.0f} MiB; the server takes images of at most {config.MAX_IMAGE_BYTES // 2**20} MiB"
+        )
 
 
 def decode_image(data: bytes) -> Image.Image:

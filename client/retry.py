@@ -37,11 +37,24 @@ from genserve.protocol import INVALID_INPUT, OVERLOADED
 
 # Messages of failures that may pass although their code says INTERNAL or NOT_FOUND (Triton hands a
 # BLS caller every error as INTERNAL, so an overloaded or restarting leaf reaches the client so).
-TRANSIENT_MESSAGES = ("is not healthy", "Stub process", "has no available versions", "Exceeds maximum queue size", "Request timeout expired")
+TRANSIENT_MESSAGES = (
+    "is not healthy",
+    "Stub process",
+    "has no available versions",
+    "Exceeds maximum queue size",
+    "Request timeout expired",
+)
 # Refusals for want of capacity (Triton's full queue, a streaming model's full backlog).
 OVERLOAD_MESSAGES = ("Exceeds maximum queue size", OVERLOADED)
 # How gRPC and tritonclient describe a server they cannot reach (rather than one that answered).
-UNREACHABLE_MESSAGES = ("failed to connect", "connection refused", "connection reset", "socket closed", "dns resolution failed", "name resolution")
+UNREACHABLE_MESSAGES = (
+    "failed to connect",
+    "connection refused",
+    "connection reset",
+    "socket closed",
+    "dns resolution failed",
+    "name resolution",
+)
 
 _deadline: contextvars.ContextVar[float | None] = contextvars.ContextVar("genserve_deadline", default=None)
 

@@ -56,7 +56,9 @@ def _read_toml(path: Path) -> dict[str, dict[str, Any]]:
         raise InvalidInputError(f"{path}: not a readable TOML file ({error})") from None
     for task, options in data.items():
         if not isinstance(options, dict):
-            raise InvalidInputError(f"{path}: {task} = {options!r}: settings go in a table per task type, e.g. [t2i] then steps = 50")
+            raise InvalidInputError(
+                f"{path}: {task} = {options!r}: settings go in a table per task type, e.g. [t2i] then steps = 50"
+            )
     return data
 
 
@@ -98,6 +100,9 @@ def check_setting(task: str, key: str, value: Any, *, where: str) -> Any:
 def describe_changes(before: dict[str, Any], after: dict[str, Any]) -> str:
     """``steps 28 -> 50, guidance 2.5 -> (default)``: what differs between two tasks' settings."""
     default = "(default)"
-    changes = [f"{key} {before.get(key, default)} -> {after.get(key, default)}"
-               for key in sorted(set(before) | set(after)) if before.get(key) != after.get(key)]  # fmt: skip
+    changes = [
+        f"{key} {before.get(key, default)} -> {after.get(key, default)}"
+        for key in sorted(set(before) | set(after))
+        if before.get(key) != after.get(key)
+    ]
     return ", ".join(changes)

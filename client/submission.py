@@ -69,7 +69,9 @@ def write_result_csv(path: str | Path, indexes: Iterable[str]) -> Path:
     return path
 
 
-def write_zip(path: str | Path, result_csv: Path, images: list[Path], *, max_bytes: int = config.MAX_SUBMISSION_BYTES) -> int:
+def write_zip(
+    path: str | Path, result_csv: Path, images: list[Path], *, max_bytes: int = config.MAX_SUBMISSION_BYTES
+) -> int:
     """The submission ZIP of ``result.csv`` and ``images`` (as ``imgs/<name>``), written whole then
     renamed; its size in bytes. :class:`SubmissionTooLarge` before anything is written when the files
     alone pass ``max_bytes``, and after writing (nothing left behind) when the ZIP does."""
@@ -113,11 +115,17 @@ class Finding:
     rule: bool = True
 
     def __str__(self) -> str:
-        where = "" if self.index is None else f"row {self.index!r}" + (f" (result.csv line {self.line})" if self.line else "") + ": "
+        where = (
+            ""
+            if self.index is None
+            else f"row {self.index!r}" + (f" (result.csv line {self.line})" if self.line else "") + ": "
+        )
         return f"{'RULE' if self.rule else 'quality'}: {where}{self.message}"
 
 
-def check_submission(zip_path: str | Path, tasks: list[Task], *, max_bytes: int = config.MAX_SUBMISSION_BYTES) -> list[Finding]:
+def check_submission(
+    zip_path: str | Path, tasks: list[Task], *, max_bytes: int = config.MAX_SUBMISSION_BYTES
+) -> list[Finding]:
     """Every broken rule of the submission ``zip_path`` for the task file's ``tasks``; empty when none."""
     zip_path = Path(zip_path)
     findings: list[Finding] = []
@@ -150,8 +158,14 @@ def check_submission(zip_path: str | Path, tasks: list[Task], *, max_bytes: int 
 def _check_members(names: list[str]) -> list[Finding]:
     findings = []
     for name in names:
-        if name != RESULT_CSV and not (name.startswith(f"{IMAGES_FOLDER}/") and "/" not in name[len(IMAGES_FOLDER) + 1:]):
-            hint = " (result.csv and imgs/ must sit at the zip's root)" if name.endswith(f"/{RESULT_CSV}") or f"/{IMAGES_FOLDER}/" in name else ""
+        if name != RESULT_CSV and not (
+            name.startswith(f"{IMAGES_FOLDER}/") and "/" not in name[len(IMAGES_FOLDER) + 1 :]
+        ):
+            hint = (
+                " (result.csv and imgs/ must sit at the zip's root)"
+                if name.endswith(f"/{RESULT_CSV}") or f"/{IMAGES_FOLDER}/" in name
+                else ""
+            )
             findings.append(Finding(f"unexpected member {name!r}{hint}"))
     return findings
 
@@ -165,7 +179,12 @@ def _read_result(data: bytes) -> tuple[list[tuple[str, str]] | None, list[Findin
         return None, [*findings, Finding(f"{RESULT_CSV} is not UTF-8 (byte {error.start})")]
     rows = list(csv.reader(io.StringIO(text, newline="")))
     if not rows or rows[0] != list(RESULT_COLUMNS):
-        return None, [*findings, Finding(f"{RESULT_CSV}'s header is {rows[0] if rows else 'missing'}; the rules ask for {list(RESULT_COLUMNS)}")]
+        return None, [
+            *findings,
+            Finding(
+                f"{RESULT_CSV}'s header is {rows[0] if rows else 'missing'}; the rules ask for {list(RESULT_COLUMNS)}"
+            ),
+        ]
     return [(row[0] if row else "", row[1] if len(row) > 1 else "") for row in rows[1:]], findings
 
 
@@ -188,7 +207,9 @@ def _check_rows(rows: list[tuple[str, str]], tasks: list[Task]) -> list[Finding]
             findings.append(Finding(f"out of order: the task file has {here} here", index, line))
         seen.add(index)
         if gen_image != image_name(index):
-            findings.append(Finding(f"gen_image is {gen_image!r}; the rules ask for {image_name(index)!r}", index, line))
+            findings.append(
+                Finding(f"gen_image is {gen_image!r}; the rules ask for {image_name(index)!r}", index, line)
+            )
     return findings
 
 
@@ -207,8 +228,15 @@ def _jpeg_problem(data: bytes) -> str | None:
 # --- deeper checks, with a server ---------------------------------------------------------------------
 
 
-def check_quality(zip_path: str | Path, tasks: list[Task], images_dir: str | Path, client, *,
-                  min_identity: float = MIN_IDENTITY_COSINE, max_text_distance: float = MAX_NEW_TEXT_DISTANCE) -> list[Finding]:  # fmt: skip
+def check_quality(
+    zip_path: str | Path,
+    tasks: list[Task],
+    images_dir: str | Path,
+    client,
+    *,
+    min_identity: float = MIN_IDENTITY_COSINE,
+    max_text_distance: float = MAX_NEW_TEXT_DISTANCE,
+) -> list[Finding]:
     """Quality warnings: deepfake results whose identity cosine to their target is under ``min_identity``
     (the contest's SC, measured by the served face swap's descriptors), edits (tie, vttie, deepfake)
     returned as their input unchanged (a stand-in or a no-op edit), and text edits whose OCR reading is
@@ -225,22 +253,43 @@ def check_quality(zip_path: str | Path, tasks: list[Task], images_dir: str | Pat
                 continue  # a broken rule, reported by check_submission
             result = archive.read(member)
             ori = images_dir / task.ori_image if task.ori_image else None
-            if ori is not None and ori.is_file() and task.task_type in ("tie", "vttie", "deepfake") and _unchanged(result, ori.read_bytes()):
-                findings.append(Finding(f"the image is its input {task.ori_image!r} unchanged (a stand-in or a no-op edit)", task.index, rule=False))
+            if (
+                ori is not None
+                and ori.is_file()
+                and task.task_type in ("tie", "vttie", "deepfake")
+                and _unchanged(result, ori.read_bytes())
+            ):
+                findings.append(
+                    Finding(
+                        f"the image is its input {task.ori_image!r} unchanged (a stand-in or a no-op edit)",
+                        task.index,
+                        rule=False,
+                    )
+                )
                 continue
             try:
                 if task.task_type == "deepfake" and task.target_image and (images_dir / task.target_image).is_file():
                     cosine = _identity_cosine(client, result, (images_dir / task.target_image).read_bytes())
                     if cosine < min_identity:
-                        findings.append(Finding(f"identity cosine to the target {cosine:.3f} < {min_identity:g}", task.index, rule=False))
+                        findings.append(
+                            Finding(
+                                f"identity cosine to the target {cosine:.3f} < {min_identity:g}", task.index, rule=False
+                            )
+                        )
                 elif task.task_type == "vttie":
                     edit = extract_text_edit(task.prompt)
                     if edit is not None:
                         lines = [line.text for line in client.ocr(result)]
                         distance = closest_text_distance(lines, edit.new)
                         if distance > max_text_distance:
-                            findings.append(Finding(f"OCR reads {' | '.join(lines) or 'nothing'!r}, not the new text {edit.new!r} "
-                                                    f"(distance {distance:.2f})", task.index, rule=False))  # fmt: skip
+                            findings.append(
+                                Finding(
+                                    f"OCR reads {' | '.join(lines) or 'nothing'!r}, not the new text {edit.new!r} "
+                                    f"(distance {distance:.2f})",
+                                    task.index,
+                                    rule=False,
+                                )
+                            )
             except GenServeError as error:
                 findings.append(Finding(f"could not be checked: {error}", task.index, rule=False))
     return findings

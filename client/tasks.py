@@ -110,7 +110,9 @@ def _read_rows(path: Path) -> list[Task]:
         header = [name.strip() for name in reader.fieldnames or []]
         missing = [name for name in TASK_COLUMNS if name not in header]
         if missing:
-            raise InvalidInputError(f"{path}: missing column(s) {', '.join(missing)}; expected {', '.join(TASK_COLUMNS)}")
+            raise InvalidInputError(
+                f"{path}: missing column(s) {', '.join(missing)}; expected {', '.join(TASK_COLUMNS)}"
+            )
         reader.fieldnames = header
         tasks, seen = [], set()
         for line, row in enumerate(reader, start=2):
@@ -122,7 +124,13 @@ def _read_rows(path: Path) -> list[Task]:
             if index in seen:
                 raise InvalidInputError(f"{path}:{line}: index {index!r} appears twice")
             seen.add(index)
-            tasks.append(Task(task_type=values["task_type"].lower(), line=line, **{k: v for k, v in values.items() if k != "task_type"}))
+            tasks.append(
+                Task(
+                    task_type=values["task_type"].lower(),
+                    line=line,
+                    **{k: v for k, v in values.items() if k != "task_type"},
+                )
+            )
     return tasks
 
 

@@ -83,7 +83,9 @@ def _bound(value: float | str, dims: Mapping[str, int]) -> float:
     return float(dims[value]) if isinstance(value, str) else float(value)
 
 
-def random_input(spec: TensorSpec, shape: tuple[int, ...], dims: Mapping[str, int], generator: torch.Generator) -> torch.Tensor:
+def random_input(
+    spec: TensorSpec, shape: tuple[int, ...], dims: Mapping[str, int], generator: torch.Generator
+) -> torch.Tensor:
     """Fresh random values for one input, in fp32/int64 (cast to the export precision by the caller)."""
     low, high = _bound(spec.low, dims), _bound(spec.high, dims)
     if spec.dtype == INT64:

@@ -66,7 +66,9 @@ class ParityResult:
 
     @classmethod
     def from_dict(cls, component: str, entry: dict[str, Any]) -> ParityResult:
-        request = ShapeRequest(entry["batch"], entry["height"], entry["width"], entry["text_len"], entry.get("with_image", False))
+        request = ShapeRequest(
+            entry["batch"], entry["height"], entry["width"], entry["text_len"], entry.get("with_image", False)
+        )
         return cls(component, request, dict(entry["relative_l2"]))
 
 
@@ -216,11 +218,15 @@ class Manifest:
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
         except FileNotFoundError:
-            raise ExportError(f"{folder} holds no complete export (no {MANIFEST}; an interrupted `genserve export` resumes when run again)") from None
+            raise ExportError(
+                f"{folder} holds no complete export (no {MANIFEST}; an interrupted `genserve export` resumes when run again)"
+            ) from None
         except json.JSONDecodeError as error:
             raise ExportError(f"{path} is not valid JSON: {error}") from None
         if data.get("format") not in READABLE_FORMATS:
-            raise ExportError(f"{path}: format {data.get('format')!r} is not one this genserve reads ({', '.join(READABLE_FORMATS)})")
+            raise ExportError(
+                f"{path}: format {data.get('format')!r} is not one this genserve reads ({', '.join(READABLE_FORMATS)})"
+            )
         if not data.get("complete"):
             raise ExportError(f"{folder}: the export is incomplete")
         try:

@@ -88,7 +88,12 @@ def _rename_dimensions(model, spec: ComponentSpec, config: Mapping[str, Any], di
 
     def rename(shape):
         return ir.Shape(
-            [ir.SymbolicDim(pattern.sub(lambda m: symbols[m.group(1)], str(d.value))) if isinstance(d, ir.SymbolicDim) and d.value else d for d in shape]
+            [
+                ir.SymbolicDim(pattern.sub(lambda m: symbols[m.group(1)], str(d.value)))
+                if isinstance(d, ir.SymbolicDim) and d.value
+                else d
+                for d in shape
+            ]
         )
 
     for node in graph.all_nodes():

@@ -14,7 +14,6 @@ import torch
 
 from genserve.export.components import to_numpy
 
-
 FLOAT_TYPES = {"tensor(float)": torch.float32, "tensor(float16)": torch.float16, "tensor(bfloat16)": torch.bfloat16}
 
 
@@ -41,7 +40,9 @@ def open_session(path: Path, optimization: str = "all", threads: int | None = No
 
     options = ort.SessionOptions()
     options.graph_optimization_level = (
-        ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimization == "all" else ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+        ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if optimization == "all"
+        else ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
     )
     options.log_severity_level = 3  # errors only: ORT warns about every unused initializer
     if threads:
@@ -56,7 +57,9 @@ def _ort_value(array: np.ndarray):
     if array.dtype.name == "bfloat16":
         from onnx import TensorProto
 
-        return ort.OrtValue.ortvalue_from_numpy_with_onnx_type(np.ascontiguousarray(array).view(np.uint16), TensorProto.BFLOAT16)
+        return ort.OrtValue.ortvalue_from_numpy_with_onnx_type(
+            np.ascontiguousarray(array).view(np.uint16), TensorProto.BFLOAT16
+        )
     return ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(array))
 
 
@@ -73,12 +76,16 @@ def to_torch(value) -> torch.Tensor:
     return torch.from_numpy(value.numpy())
 
 
-def run_torch(session, inputs: Mapping[str, torch.Tensor], output_names: Sequence[str] | None = None) -> list[torch.Tensor]:
+def run_torch(
+    session, inputs: Mapping[str, torch.Tensor], output_names: Sequence[str] | None = None
+) -> list[torch.Tensor]:
     """Run the session on named torch tensors (bf16 included); outputs as torch tensors of their own types.
     Float inputs are cast to the graph's float type (a bf16 graph widened to fp32 takes the same inputs)."""
     graph_types = {i.name: FLOAT_TYPES.get(i.type) for i in session.get_inputs()}
     feeds = {
-        name: _ort_value(to_numpy(tensor.to(graph_types[name]) if tensor.is_floating_point() and graph_types.get(name) else tensor))
+        name: _ort_value(
+            to_numpy(tensor.to(graph_types[name]) if tensor.is_floating_point() and graph_types.get(name) else tensor)
+        )
         for name, tensor in inputs.items()
     }
     return [to_torch(value) for value in session.run_with_ort_values(output_names, feeds)]

@@ -74,7 +74,14 @@ def torch_references(
 def save_references(references: Sequence[Reference], path: Path) -> None:
     """Keep torch's outputs beside the export, so that later stages need not load the module again."""
     torch.save(
-        [{"request": asdict(r.request), "inputs": list(r.inputs), "outputs": [torch.from_numpy(o) for o in r.outputs]} for r in references],
+        [
+            {
+                "request": asdict(r.request),
+                "inputs": list(r.inputs),
+                "outputs": [torch.from_numpy(o) for o in r.outputs],
+            }
+            for r in references
+        ],
         path,
     )
 
@@ -82,11 +89,14 @@ def save_references(references: Sequence[Reference], path: Path) -> None:
 def load_references(path: Path) -> list[Reference]:
     entries = torch.load(path, weights_only=True)
     return [
-        Reference(ShapeRequest(**e["request"]), tuple(e["inputs"]), tuple(o.numpy() for o in e["outputs"])) for e in entries
+        Reference(ShapeRequest(**e["request"]), tuple(e["inputs"]), tuple(o.numpy() for o in e["outputs"]))
+        for e in entries
     ]
 
 
-def check(session, spec: ComponentSpec, config: Mapping[str, Any], references: Sequence[Reference]) -> list[ParityResult]:
+def check(
+    session, spec: ComponentSpec, config: Mapping[str, Any], references: Sequence[Reference]
+) -> list[ParityResult]:
     from genserve.export.ort_session import run
 
     names = [t.name for t in spec.active_inputs(config)]
@@ -100,10 +110,14 @@ def check(session, spec: ComponentSpec, config: Mapping[str, Any], references: S
 
 def format_table(results: Sequence[ParityResult], precision: str) -> str:
     tolerance = TOLERANCES[precision]
-    lines = [f"{'component':<16} {'shape (batch x HxW, text)':<28} {'output':<26} {'rel. L2':>9}  ok (<= {tolerance:g})"]
+    lines = [
+        f"{'component':<16} {'shape (batch x HxW, text)':<28} {'output':<26} {'rel. L2':>9}  ok (<= {tolerance:g})"
+    ]
     for result in results:
         r = result.request
         shape = f"{r.batch} x {r.height}x{r.width}, {r.text_len}" + (" +image" if r.with_image else "")
         for name, error in result.errors.items():
-            lines.append(f"{result.component:<16} {shape:<28} {name:<26} {error:>9.2e}  {'yes' if error <= tolerance else 'NO'}")
+            lines.append(
+                f"{result.component:<16} {shape:<28} {name:<26} {error:>9.2e}  {'yes' if error <= tolerance else 'NO'}"
+            )
     return "\n".join(lines)

@@ -40,7 +40,16 @@ from genserve.config import LEAF_MAX_BATCH_SIZE
 from genserve.errors import ExportError
 from genserve.export.manifest import FORMAT, MANIFEST, ComponentEntry, Manifest, ParityResult, TensorEntry
 from genserve.export.stages import StageStore, folder_fingerprint, stage_key
-from genserve.families import FAMILIES, FAMILY_ALIASES, DYNAMIC_DIMS, ComponentSpec, Family, family_of_class, read_configs, read_model_index
+from genserve.families import (
+    DYNAMIC_DIMS,
+    FAMILIES,
+    FAMILY_ALIASES,
+    ComponentSpec,
+    Family,
+    family_of_class,
+    read_configs,
+    read_model_index,
+)
 from genserve.protocol import PRECISION_DTYPES
 
 logger = logging.getLogger(__name__)
@@ -121,7 +130,9 @@ def check_pipeline(pipeline_dir: Path, family: Family, model_index: dict[str, An
     for module in family.modules:
         entry = model_index.get(module)
         if not entry or entry[0] is None:
-            raise ExportError(f"{pipeline_dir}/model_index.json names no {module!r}, which a {family.name} pipeline needs")
+            raise ExportError(
+                f"{pipeline_dir}/model_index.json names no {module!r}, which a {family.name} pipeline needs"
+            )
         check_module_folder(pipeline_dir, module)
 
 
@@ -129,7 +140,9 @@ def _prepare_output(out_dir: Path, store: StageStore, force: bool) -> None:
     """Make ``out_dir`` an export in progress: new, or an export (complete or not) to resume or redo."""
     is_export = (out_dir / MANIFEST).is_file() or store.exists()
     if out_dir.exists() and any(out_dir.iterdir()) and not is_export:
-        raise ExportError(f"{out_dir} is not empty and is no export (no {MANIFEST}, no {store.root.name}/); refusing to write into it")
+        raise ExportError(
+            f"{out_dir} is not empty and is no export (no {MANIFEST}, no {store.root.name}/); refusing to write into it"
+        )
     if force and is_export:
         for path in out_dir.iterdir():
             shutil.rmtree(path) if path.is_dir() else path.unlink()
@@ -232,9 +245,13 @@ class _Export:
         self.threshold = onnx_export.EXTERNAL_DATA_THRESHOLD if threshold is None else threshold
         self.store = StageStore(out_dir)
         self.report = ExportReport(
-            self.family.name, self.model_index.get("_class_name", "?"), options.precision, out_dir, [],
+            self.family.name,
+            self.model_index.get("_class_name", "?"),
+            options.precision,
+            out_dir,
+            [],
             tensorrt_skipped=self.tensorrt_skipped,
-        )  # fmt: skip
+        )
         self.entries: dict[str, ComponentEntry] = {}
         self.keys: dict[str, str] = {}
         steps_per_component = 1 + int(self.build_engines) + int(options.optimize) + int(options.parity)
@@ -298,9 +315,14 @@ class _Export:
         }
         for spec in module_specs:
             self.keys[spec.name] = stage_key(
-                format=FORMAT, component=spec.name, family=self.family.name, precision=self.options.precision,
-                opset=self.opset, external_data_threshold=self.threshold, source=source,
-            )  # fmt: skip
+                format=FORMAT,
+                component=spec.name,
+                family=self.family.name,
+                precision=self.options.precision,
+                opset=self.opset,
+                external_data_threshold=self.threshold,
+                source=source,
+            )
         pending = [spec for spec in module_specs if self.store.done(spec.name, "onnx", self.keys[spec.name]) is None]
         if pending:
             from genserve.export import components as torch_side
@@ -327,13 +349,19 @@ class _Export:
             config = self.configs[spec.module]
             static = spec.static_dims(config)
             self.entries[spec.name] = ComponentEntry(
-                name=spec.name, module=spec.module, kind=spec.kind, method=spec.method,
+                name=spec.name,
+                module=spec.module,
+                kind=spec.kind,
+                method=spec.method,
                 path=f"{spec.name}/1/model.onnx",
                 inputs=_tensor_entries(spec.active_inputs(config), static, self.options.precision),
                 outputs=_tensor_entries(spec.outputs, static, self.options.precision),
-                external_data=result["external_data"], weight_bytes=result["weight_bytes"],
-                dim_limits=spec.limits(config), export_s=result["export_s"], torch_peak_bytes=result["torch_peak_bytes"],
-            )  # fmt: skip
+                external_data=result["external_data"],
+                weight_bytes=result["weight_bytes"],
+                dim_limits=spec.limits(config),
+                export_s=result["export_s"],
+                torch_peak_bytes=result["torch_peak_bytes"],
+            )
             self.report.largest_module_bytes = max(self.report.largest_module_bytes, result["module_bytes"])
 
     def _export_graph(self, module, spec: ComponentSpec) -> dict[str, Any]:
@@ -347,13 +375,23 @@ class _Export:
         example_dims = self.family.dims(onnx_export.example_request(self.family, self.configs), self.configs)
         inputs = torch_side.random_inputs(spec, config, example_dims, self.dtype, seed=0)
         info = onnx_export.export_onnx(
-            wrapper, spec, config, inputs, example_dims, partial / "model.onnx", opset=self.opset,
+            wrapper,
+            spec,
+            config,
+            inputs,
+            example_dims,
+            partial / "model.onnx",
+            opset=self.opset,
             external_data_threshold=self.threshold,
-        )  # fmt: skip
+        )
         references = parity.torch_references(wrapper, self.family, spec, self.configs, self.parity_requests, self.dtype)
         parity.save_references(references, partial / "references.pt")
         self.store.commit(final, partial)
-        return {"weight_bytes": info["weight_bytes"], "external_data": info["external_data"], "export_s": time.perf_counter() - started}
+        return {
+            "weight_bytes": info["weight_bytes"],
+            "external_data": info["external_data"],
+            "export_s": time.perf_counter() - started,
+        }
 
     def _references(self, spec: ComponentSpec):
         from genserve.export import parity
@@ -376,7 +414,9 @@ class _Export:
         plan = self.out_dir / f"{spec.name}_trt" / "1" / "model.plan"
         shapes = {name: [list(shape) for shape in value] for name, value in profile.shapes.items()}
         target = tensorrt.build_target()
-        key = stage_key(onnx=self.keys[spec.name], profile=shapes, target=target, workspace_gb=self.options.workspace_gb)
+        key = stage_key(
+            onnx=self.keys[spec.name], profile=shapes, target=target, workspace_gb=self.options.workspace_gb
+        )
 
         def build() -> dict[str, Any]:
             partial = plan.with_name(f".{plan.name}.partial")
@@ -388,7 +428,12 @@ class _Export:
             partial.replace(plan)
             # Any request up to this side, either way round, is inside the profile.
             max_side = min(max(h for h, _ in self.resolutions), max(w for _, w in self.resolutions))
-            return {"path": str(plan.relative_to(self.out_dir)), "profile": shapes, "built_for": target, "max_side": max_side}
+            return {
+                "path": str(plan.relative_to(self.out_dir)),
+                "profile": shapes,
+                "built_for": target,
+                "max_side": max_side,
+            }
 
         entry.tensorrt = self._stage(spec, "tensorrt", key, build)
 
@@ -410,7 +455,9 @@ class _Export:
         try:
             return self._try_fuse(spec, result)
         except Exception as error:  # noqa: BLE001 - no kernels for this precision here: the plain graph is served
-            logger.warning("%s: ONNX Runtime cannot run the graph here (%s); not fused", spec.name, str(error).splitlines()[0])
+            logger.warning(
+                "%s: ONNX Runtime cannot run the graph here (%s); not fused", spec.name, str(error).splitlines()[0]
+            )
             shutil.rmtree(self._graph_dir(spec.name, "fused.partial"), ignore_errors=True)
             return result | {"fused": False}
 
@@ -428,7 +475,9 @@ class _Export:
         final, partial = self.store.output_dir(spec.name, "fused")
         result["fusions"] = optimize.fuse_for_ort(plain, partial / "model.onnx")
         fused_session = ort_session.open_session(partial / "model.onnx")
-        result["latency_fused_s"] = ort_session.latency(lambda s=fused_session: ort_session.run(s, names, timing_inputs))
+        result["latency_fused_s"] = ort_session.latency(
+            lambda s=fused_session: ort_session.run(s, names, timing_inputs)
+        )
         checks = parity.check(fused_session, spec, config, references) if self.options.parity else []
         del fused_session
         if all(r.worst <= parity.TOLERANCES[self.options.precision] for r in checks):
@@ -442,14 +491,18 @@ class _Export:
     # --- 4. parity: the served graph against torch ---------------------------------------------------
 
     def _parity_stage(self, spec: ComponentSpec) -> None:
-        from genserve.export.memory import PeakMemory
-
         from genserve.export import ort_session
+        from genserve.export.memory import PeakMemory
 
         if not self.options.parity:
             return
         entry = self.entries[spec.name]
-        key = stage_key(onnx=self.keys[spec.name], fused=entry.fused, precision=self.options.precision, runtime=ort_session.runtime())
+        key = stage_key(
+            onnx=self.keys[spec.name],
+            fused=entry.fused,
+            precision=self.options.precision,
+            runtime=ort_session.runtime(),
+        )
 
         def check() -> dict[str, Any]:
             with PeakMemory() as ort_stage:
@@ -484,7 +537,10 @@ class _Export:
             session = ort_session.open_session(partial / "model.onnx")
             results = parity.check(session, spec, self.configs[spec.module], self._references(spec))
         except Exception as error:  # noqa: BLE001 - reported, not fatal: the graph may still run on a GPU
-            return {"parity": [], "parity_skipped": f"{why}; widened to fp32 it fails too: {str(error).splitlines()[0][:160]}"}
+            return {
+                "parity": [],
+                "parity_skipped": f"{why}; widened to fp32 it fails too: {str(error).splitlines()[0][:160]}",
+            }
         finally:
             shutil.rmtree(partial, ignore_errors=True)
         method = f"widened to fp32 ({self.options.precision} weights, fp32 arithmetic): {why}"
@@ -535,7 +591,9 @@ def format_report(report: ExportReport) -> str:
     from genserve.export.memory import gigabytes
     from genserve.export.parity import format_table
 
-    lines = [f"Exported {report.pipeline_class} ({report.family}, {report.precision}) to {report.out_dir} in {report.seconds:.1f} s"]
+    lines = [
+        f"Exported {report.pipeline_class} ({report.family}, {report.precision}) to {report.out_dir} in {report.seconds:.1f} s"
+    ]
     lines.append(
         f"{'component':<16} {'export s':>8} {'weights':>10} {'peak torch':>11} {'peak ORT':>9} "
         f"{'ORT ms plain':>13} {'ORT ms fused':>13}  fusions"

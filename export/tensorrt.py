@@ -132,7 +132,11 @@ def write_plan(plan, path: Path) -> None:
 
 
 def build_engine(
-    onnx_path: Path, plan_path: Path, profile: Profile, precision: str, workspace_gb: float = 8.0,
+    onnx_path: Path,
+    plan_path: Path,
+    profile: Profile,
+    precision: str,
+    workspace_gb: float = 8.0,
     timing_cache: Path | None = None,
 ) -> Path:
     """Parse the ONNX graph (external data included), add the profile, build and serialize the engine.

@@ -16,7 +16,22 @@ from genserve import __version__
 from genserve.errors import GenServeError
 
 # Order is the order shown by `genserve --help`.
-COMMANDS = ("demo", "serve", "run", "check-submission", "deepfake", "ocr", "t2i", "edit", "edit-text", "export", "build-repo", "demo-pipelines", "demo-repo", "bench")
+COMMANDS = (
+    "demo",
+    "serve",
+    "run",
+    "check-submission",
+    "deepfake",
+    "ocr",
+    "t2i",
+    "edit",
+    "edit-text",
+    "export",
+    "build-repo",
+    "demo-pipelines",
+    "demo-repo",
+    "bench",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -36,7 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     # Our own progress at INFO; libraries (onnxscript, diffusers…) only warn unless --verbose.
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+    )
     logging.getLogger("genserve").setLevel(logging.DEBUG if args.verbose else logging.INFO)
     try:
         return args.handler(args) or 0

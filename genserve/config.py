@@ -38,6 +38,8 @@ def image_format(pillow_format: str | None) -> str | None:
 
 def image_formats_text() -> str:
     return ", ".join(IMAGE_FORMATS[:-1]) + " or " + IMAGE_FORMATS[-1]
+
+
 # Face swap works on the whole photo (detection upsampled, a dense warp): a 50 MP photo took 43-48 s
 # and 2.8 GB per worker here. 12.5 MP takes a 4032 x 3024 phone photo (about 6 s on 2 cores).
 MAX_FACE_SWAP_PIXELS = 12_500_000
@@ -110,6 +112,7 @@ def stream_backlog(concurrency: int) -> int:
     large, so that a burst reaches the model, which keeps the bound (genserve.triton.models)."""
     return concurrency + PIPELINE_QUEUE["max_queue_size"]
 
+
 # Clients: the deadline of one call (retries included), and how failures that may pass are retried.
 CLIENT_TIMEOUT_S = 600.0
 CLIENT_RETRIES = 4
@@ -128,7 +131,6 @@ MAX_SUBMISSION_BYTES = 2 * 1000**3
 CACHE_DIR = Path(os.environ.get("GENSERVE_CACHE_DIR", Path.home() / ".cache" / "genserve"))
 
 
-
 def _stack_repository() -> Path:
     # A wheel installs the top-level model_repository/ as data beside the package
     # (site-packages/genserve/model_repository); a checkout (editable install) has it at its root. It holds
@@ -144,7 +146,9 @@ STACK_REPOSITORY_DIR = _stack_repository()
 
 # Photos with faces for the face-swap tests and benchmarks: the checkout's sibling shared/data/faces
 # (where this project keeps them), or GENSERVE_FACES_DIR. The demo brings two of its own.
-FACES_DIR = Path(os.environ.get("GENSERVE_FACES_DIR", Path(__file__).resolve().parents[2] / "shared" / "data" / "faces"))
+FACES_DIR = Path(
+    os.environ.get("GENSERVE_FACES_DIR", Path(__file__).resolve().parents[2] / "shared" / "data" / "faces")
+)
 
 
 def grpc_url(host: str = DEFAULT_HOST, port: int = DEFAULT_GRPC_PORT) -> str:

@@ -60,17 +60,27 @@ def _apply_patch(objects: list[dict], patch: dict, folder: Path) -> None:
         raise KustomizeError(f"{folder}: only JSON patches on a target kind and name are supported: {patch}")
     operations = yaml.safe_load(patch["patch"]) if "patch" in patch else load_yaml_documents(folder / patch["path"])[0]
     if isinstance(operations, dict) and operations.get("$patch") == "delete" and not target:
-        kept = [obj for obj in objects if (obj["kind"], obj["metadata"]["name"]) != (operations["kind"], operations["metadata"]["name"])]
+        kept = [
+            obj
+            for obj in objects
+            if (obj["kind"], obj["metadata"]["name"]) != (operations["kind"], operations["metadata"]["name"])
+        ]
         if len(kept) == len(objects):
-            raise KustomizeError(f"{folder}: nothing to delete for {operations['kind']}/{operations['metadata']['name']}")
+            raise KustomizeError(
+                f"{folder}: nothing to delete for {operations['kind']}/{operations['metadata']['name']}"
+            )
         objects[:] = kept
         return
     if not isinstance(operations, list):
-        raise KustomizeError(f"{folder}: {patch.get('path', 'an inline patch')} is not a JSON patch (a list of operations)")
+        raise KustomizeError(
+            f"{folder}: {patch.get('path', 'an inline patch')} is not a JSON patch (a list of operations)"
+        )
     matched = [
-        index for index, obj in enumerate(objects)
-        if obj.get("kind") == target.get("kind", obj.get("kind")) and obj["metadata"]["name"] == target.get("name", obj["metadata"]["name"])
-    ]  # fmt: skip
+        index
+        for index, obj in enumerate(objects)
+        if obj.get("kind") == target.get("kind", obj.get("kind"))
+        and obj["metadata"]["name"] == target.get("name", obj["metadata"]["name"])
+    ]
     if not matched:
         raise KustomizeError(f"{folder}: patch target {target} matches no resource")
     for index in matched:

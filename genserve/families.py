@@ -26,9 +26,7 @@ FLOAT = "float"
 INT64 = "int64"
 
 # Dimensions free in every exported graph. Everything else is fixed by the module's config.
-DYNAMIC_DIMS = frozenset(
-    {"batch", "height", "width", "latent_height", "latent_width", "text_len", "image_seq"}
-)
+DYNAMIC_DIMS = frozenset({"batch", "height", "width", "latent_height", "latent_width", "text_len", "image_seq"})
 
 
 @dataclass(frozen=True)
@@ -145,7 +143,9 @@ class Family:
     # for a longer max_sequence_length are refused (FLUX's pipelines refuse more than 512 for T5).
     text_len_range: tuple[int, int] = (77, 77)
     # The latent size a pipeline renders when no size is given (its "working size"), from the configs.
-    default_sample_size: Callable[[Mapping[str, Mapping[str, Any]]], int] = lambda configs: configs["unet"]["sample_size"]
+    default_sample_size: Callable[[Mapping[str, Mapping[str, Any]]], int] = lambda configs: configs["unet"][
+        "sample_size"
+    ]
 
     @property
     def modules(self) -> tuple[str, ...]:
@@ -206,7 +206,9 @@ class Family:
 # Each builder returns one ComponentSpec; families differ only in the arguments.
 
 
-def clip_text_encoder(name: str = "text_encoder", module: str = "text_encoder", projection: bool = False) -> ComponentSpec:
+def clip_text_encoder(
+    name: str = "text_encoder", module: str = "text_encoder", projection: bool = False
+) -> ComponentSpec:
     """CLIPTextModel (SD, FLUX) or CLIPTextModelWithProjection (SDXL's second encoder).
 
     The penultimate layer's hidden states are exported too: SDXL conditions on them, and SD uses them
@@ -270,7 +272,11 @@ def vae_decoder() -> ComponentSpec:
         module="vae",
         kind="vae_decoder",
         method="decode",
-        inputs=(TensorSpec("latents", ("batch", "latent_channels", "latent_height", "latent_width"), argument="z", normal=True),),
+        inputs=(
+            TensorSpec(
+                "latents", ("batch", "latent_channels", "latent_height", "latent_width"), argument="z", normal=True
+            ),
+        ),
         outputs=(TensorSpec("images", ("batch", "out_channels", "height", "width"), path=(0,)),),
         call_kwargs=(("return_dict", False),),
         config_dims=(("latent_channels", "latent_channels"), ("out_channels", "out_channels")),
@@ -306,10 +312,17 @@ def unet(added_conditions: bool = False) -> ComponentSpec:
         TensorSpec("sample", ("batch", "in_channels", "latent_height", "latent_width"), argument="sample", normal=True),
         TensorSpec("timestep", ("batch",), argument="timestep", high=1000.0),
         TensorSpec(
-            "encoder_hidden_states", ("batch", "text_len", "cross_attention_dim"), argument="encoder_hidden_states", normal=True
+            "encoder_hidden_states",
+            ("batch", "text_len", "cross_attention_dim"),
+            argument="encoder_hidden_states",
+            normal=True,
         ),
     )
-    config_dims = (("in_channels", "in_channels"), ("out_channels", "out_channels"), ("cross_attention_dim", "cross_attention_dim"))
+    config_dims = (
+        ("in_channels", "in_channels"),
+        ("out_channels", "out_channels"),
+        ("cross_attention_dim", "cross_attention_dim"),
+    )
     if added_conditions:
         inputs += (
             TensorSpec("text_embeds", ("batch", "pooled_dim"), argument="added_cond_kwargs.text_embeds", normal=True),
@@ -338,9 +351,14 @@ def flux_transformer() -> ComponentSpec:
         inputs=(
             TensorSpec("hidden_states", ("batch", "image_seq", "in_channels"), argument="hidden_states", normal=True),
             TensorSpec(
-                "encoder_hidden_states", ("batch", "text_len", "joint_attention_dim"), argument="encoder_hidden_states", normal=True
+                "encoder_hidden_states",
+                ("batch", "text_len", "joint_attention_dim"),
+                argument="encoder_hidden_states",
+                normal=True,
             ),
-            TensorSpec("pooled_projections", ("batch", "pooled_projection_dim"), argument="pooled_projections", normal=True),
+            TensorSpec(
+                "pooled_projections", ("batch", "pooled_projection_dim"), argument="pooled_projections", normal=True
+            ),
             TensorSpec("timestep", ("batch",), argument="timestep"),  # the pipeline passes t / 1000
             # The same for every sample: a batch dimension only so that Triton can batch the model.
             TensorSpec("img_ids", ("batch", "image_seq", "rope_axes"), argument="img_ids", high=64.0, per_request=True),
@@ -367,8 +385,18 @@ def cogview4_transformer() -> ComponentSpec:
         kind="denoiser",
         method="forward",
         inputs=(
-            TensorSpec("hidden_states", ("batch", "in_channels", "latent_height", "latent_width"), argument="hidden_states", normal=True),
-            TensorSpec("encoder_hidden_states", ("batch", "text_len", "text_embed_dim"), argument="encoder_hidden_states", normal=True),
+            TensorSpec(
+                "hidden_states",
+                ("batch", "in_channels", "latent_height", "latent_width"),
+                argument="hidden_states",
+                normal=True,
+            ),
+            TensorSpec(
+                "encoder_hidden_states",
+                ("batch", "text_len", "text_embed_dim"),
+                argument="encoder_hidden_states",
+                normal=True,
+            ),
             TensorSpec("timestep", ("batch",), argument="timestep", high=1000.0),
             TensorSpec("original_size", ("batch", "two"), argument="original_size", low=256.0, high=2048.0),
             TensorSpec("target_size", ("batch", "two"), argument="target_size", low=256.0, high=2048.0),
@@ -496,7 +524,9 @@ def component_config(module: str, config: Mapping[str, Any]) -> dict[str, Any]:
         # Six size/crop ids, each embedded to addition_time_embed_dim, sit beside the pooled text
         # embedding in the added-condition projection's input.
         config["time_ids_len"] = 6
-        config["text_embeds_dim"] = config["projection_class_embeddings_input_dim"] - 6 * config["addition_time_embed_dim"]
+        config["text_embeds_dim"] = (
+            config["projection_class_embeddings_input_dim"] - 6 * config["addition_time_embed_dim"]
+        )
     return config
 
 
@@ -534,6 +564,7 @@ def served_tasks(family: str, pipeline_class: str, tasks: Iterable[str], compone
         if "vttie" in tasks and family in TEXT_EDIT and edit_class == pipeline_class:
             served["vttie"] = edit_class
     return served
+
 
 # vttie (text edits) per family: the prompt the instruction's old/new text is put into, and defaults.
 TEXT_EDIT: dict[str, dict[str, Any]] = {

@@ -27,9 +27,13 @@ def probe_size(data: bytes, *, what: str = "image") -> tuple[int, int]:
         with Image.open(io.BytesIO(data)) as image:
             accepted, size = config.image_format(image.format), image.size
     except Image.DecompressionBombError:
-        raise InvalidInputError(f"{what} has more pixels than are accepted ({config.MAX_IMAGE_PIXELS / 1e6:.0f} megapixels)") from None
+        raise InvalidInputError(
+            f"{what} has more pixels than are accepted ({config.MAX_IMAGE_PIXELS / 1e6:.0f} megapixels)"
+        ) from None
     except (UnidentifiedImageError, OSError):
-        raise InvalidInputError(f"{what} is not a readable image: expected {config.image_formats_text()} data") from None
+        raise InvalidInputError(
+            f"{what} is not a readable image: expected {config.image_formats_text()} data"
+        ) from None
     if accepted is None:
         raise InvalidInputError(f"{what} is {image.format}; accepted are {config.image_formats_text()}")
     return size
@@ -54,7 +58,9 @@ def check_pixel_limit(data: bytes, max_pixels: int, *, what: str = "image") -> N
     except InvalidInputError:
         return
     if width * height > max_pixels:
-        raise InvalidInputError(f"{what} is {width}x{height} pixels; at most {max_pixels / 1e6:.1f} megapixels are accepted here")
+        raise InvalidInputError(
+            f"{what} is {width}x{height} pixels; at most {max_pixels / 1e6:.1f} megapixels are accepted here"
+        )
 
 
 def decode_image(data: bytes, *, what: str = "image") -> np.ndarray:
@@ -79,7 +85,9 @@ def encode_image(rgb: np.ndarray, format: str = "jpeg", *, quality: int = 95) ->
     extension = ENCODINGS.get(format.lower())
     if extension is None:
         raise InvalidInputError(f"unknown output format {format!r}; choose one of {', '.join(sorted(ENCODINGS))}")
-    params = {".jpg": [cv2.IMWRITE_JPEG_QUALITY, quality], ".webp": [cv2.IMWRITE_WEBP_QUALITY, quality]}.get(extension, [])
+    params = {".jpg": [cv2.IMWRITE_JPEG_QUALITY, quality], ".webp": [cv2.IMWRITE_WEBP_QUALITY, quality]}.get(
+        extension, []
+    )
     ok, encoded = cv2.imencode(extension, cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), params)
     if not ok:
         raise RuntimeError(f"OpenCV failed to encode a {rgb.shape} image as {format}")

@@ -132,7 +132,9 @@ class Field:
             if not isinstance(value, str):
                 raise InvalidInputError(f"{self.label} must be text, not {shown(value)}")
             if len(value) > config.MAX_TEXT_CHARS:
-                raise InvalidInputError(f"{self.label} is {len(value)} characters long; at most {config.MAX_TEXT_CHARS} are accepted")
+                raise InvalidInputError(
+                    f"{self.label} is {len(value)} characters long; at most {config.MAX_TEXT_CHARS} are accepted"
+                )
             if self.choices and value.lower() not in self.choices:
                 raise InvalidInputError(f"{self.label} must be one of {', '.join(self.choices)}, not {shown(value)}")
             return value.lower() if self.choices else value
@@ -144,7 +146,9 @@ class Field:
 
                 check_pixel_limit(value, self.max_pixels, what=self.label)
             return bytes(value)
-        too_low = self.minimum is not None and (value <= self.minimum if self.exclusive_minimum else value < self.minimum)
+        too_low = self.minimum is not None and (
+            value <= self.minimum if self.exclusive_minimum else value < self.minimum
+        )
         if too_low or (self.maximum is not None and value > self.maximum):
             raise InvalidInputError(f"{self.label} must be {self._range()}, not {shown(value)}")
         return value
@@ -298,7 +302,9 @@ class Contract:
             elif partial:
                 continue
             elif field.required:
-                raise InvalidInputError(f"{field.name} ({field.tensor or OPTIONS_TENSOR}) is missing; {self.model} needs it")
+                raise InvalidInputError(
+                    f"{field.name} ({field.tensor or OPTIONS_TENSOR}) is missing; {self.model} needs it"
+                )
             else:
                 checked[field.name] = field.default
         return checked
@@ -351,7 +357,9 @@ class Contract:
     def _options(self, array: np.ndarray) -> dict[str, Any]:
         values = np.asarray(array).reshape(-1)
         if values.size == 1 and isinstance(values[0], (bytes, np.bytes_)) and len(values[0]) > config.MAX_OPTIONS_BYTES:
-            raise InvalidInputError(f"{OPTIONS_TENSOR} is {len(values[0])} bytes; at most {config.MAX_OPTIONS_BYTES} are accepted")
+            raise InvalidInputError(
+                f"{OPTIONS_TENSOR} is {len(values[0])} bytes; at most {config.MAX_OPTIONS_BYTES} are accepted"
+            )
         text = Field(OPTIONS_TENSOR, "text", "", tensor=OPTIONS_TENSOR).decode(array)
         if not text.strip():
             return {}
@@ -371,22 +379,30 @@ def parse_options(text: str) -> dict[str, Any]:
     parser recurses, so a deep one would raise RecursionError), its key count and the digits of each
     number (Python refuses to convert an integer of more than 4300 digits)."""
     if len(text) > config.MAX_OPTIONS_BYTES:
-        raise InvalidInputError(f"{OPTIONS_TENSOR} is {len(text)} characters; at most {config.MAX_OPTIONS_BYTES} are accepted")
+        raise InvalidInputError(
+            f"{OPTIONS_TENSOR} is {len(text)} characters; at most {config.MAX_OPTIONS_BYTES} are accepted"
+        )
     depth = _nesting_depth(text)
     if depth > config.MAX_OPTIONS_DEPTH:
-        raise InvalidInputError(f"{OPTIONS_TENSOR} is nested {depth} deep; at most {config.MAX_OPTIONS_DEPTH} levels are accepted")
+        raise InvalidInputError(
+            f"{OPTIONS_TENSOR} is nested {depth} deep; at most {config.MAX_OPTIONS_DEPTH} levels are accepted"
+        )
 
     def number(kind: Callable[[str], Any]) -> Callable[[str], Any]:
         def parse(digits: str) -> Any:
             if len(digits) > config.MAX_NUMBER_DIGITS:
-                raise InvalidInputError(f"{OPTIONS_TENSOR} holds a number of {len(digits)} characters; at most {config.MAX_NUMBER_DIGITS} are accepted")
+                raise InvalidInputError(
+                    f"{OPTIONS_TENSOR} holds a number of {len(digits)} characters; at most {config.MAX_NUMBER_DIGITS} are accepted"
+                )
             return kind(digits)
 
         return parse
 
     def bounded_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
         if len(pairs) > config.MAX_OPTIONS_KEYS:
-            raise InvalidInputError(f"{OPTIONS_TENSOR} has an object of {len(pairs)} keys; at most {config.MAX_OPTIONS_KEYS} are accepted")
+            raise InvalidInputError(
+                f"{OPTIONS_TENSOR} has an object of {len(pairs)} keys; at most {config.MAX_OPTIONS_KEYS} are accepted"
+            )
         return dict(pairs)
 
     try:
@@ -429,30 +445,59 @@ FACE_SWAP = Contract(
     model="face_swap",
     summary="deepfake: the face of TARGET_IMAGE put into ORI_IMAGE, keeping ORI_IMAGE's scene",
     fields=(
-        Field("ori_image", "image", f"the image whose scene is kept ({config.image_formats_text()} bytes)", tensor="ORI_IMAGE", required=True,
-              max_pixels=config.MAX_FACE_SWAP_PIXELS),
-        Field("target_image", "image", "the image whose face is pasted", tensor="TARGET_IMAGE", required=True,
-              max_pixels=config.MAX_FACE_SWAP_PIXELS),
+        Field(
+            "ori_image",
+            "image",
+            f"the image whose scene is kept ({config.image_formats_text()} bytes)",
+            tensor="ORI_IMAGE",
+            required=True,
+            max_pixels=config.MAX_FACE_SWAP_PIXELS,
+        ),
+        Field(
+            "target_image",
+            "image",
+            "the image whose face is pasted",
+            tensor="TARGET_IMAGE",
+            required=True,
+            max_pixels=config.MAX_FACE_SWAP_PIXELS,
+        ),
         Field("face_index", "int", "which face of ori to replace, largest first (default: the largest)", minimum=0),
         Field("all_faces", "bool", "replace every face of ori", default=False),
-        Field("output_format", "text", "encoding of the result", default="jpeg", choices=("jpeg", "jpg", "png", "webp")),
+        Field(
+            "output_format", "text", "encoding of the result", default="jpeg", choices=("jpeg", "jpg", "png", "webp")
+        ),
         Field("jpeg_quality", "int", "JPEG/WebP quality of the result", default=95, minimum=1, maximum=100),
         Field("color_transfer", "bool", "match the target face's colour and light to ori's face", default=True),
-        Field("compute_identity", "bool", "report the identity score of the result (one face descriptor)", default=True),
-        Field("ori_identity", "bool", "also score ori's own face against the target (one more descriptor)", default=False),
-        Field("candidates", "int", "render this many variants and keep the one most like the target among those "
-              "without visible artifacts; every candidate's score is reported", default=1, minimum=1, maximum=MAX_SWAP_CANDIDATES),
+        Field(
+            "compute_identity", "bool", "report the identity score of the result (one face descriptor)", default=True
+        ),
+        Field(
+            "ori_identity", "bool", "also score ori's own face against the target (one more descriptor)", default=False
+        ),
+        Field(
+            "candidates",
+            "int",
+            "render this many variants and keep the one most like the target among those "
+            "without visible artifacts; every candidate's score is reported",
+            default=1,
+            minimum=1,
+            maximum=MAX_SWAP_CANDIDATES,
+        ),
     ),
     outputs=(
         Output("IMAGE", "image", BYTES, (1,), "the encoded result"),
-        Output("METADATA", "metadata", BYTES, (1,), "JSON: faces found, replaced, identity score, timings", encoding="json"),
+        Output(
+            "METADATA", "metadata", BYTES, (1,), "JSON: faces found, replaced, identity score, timings", encoding="json"
+        ),
     ),
 )
 
 OCR = Contract(
     model="ocr",
     summary="PP-OCRv4: the lines of text in an image, top to bottom then left to right",
-    fields=(Field("image", "image", f"encoded image bytes ({config.image_formats_text()})", tensor="IMAGE", required=True),),
+    fields=(
+        Field("image", "image", f"encoded image bytes ({config.image_formats_text()})", tensor="IMAGE", required=True),
+    ),
     outputs=(
         Output("BOXES", "boxes", "float32", (-1, 4, 2), "each line's corners, clockwise from top-left, in pixels"),
         Output("TEXTS", "texts", BYTES, (-1,), "each line's text", encoding="utf-8"),
@@ -466,20 +511,49 @@ MAX_STEPS = 1000
 def _generation_fields(prompt_help: str, image: bool, extra: tuple[Field, ...] = ()) -> tuple[Field, ...]:
     fields = [Field("prompt", "text", prompt_help, tensor="PROMPT", required=True)]
     if image:
-        fields.append(Field("image", "image", f"the image to edit ({config.image_formats_text()} bytes); one larger than the "
-                            "pipeline's working size is resized to it, aspect kept", tensor="IMAGE", required=True))
+        fields.append(
+            Field(
+                "image",
+                "image",
+                f"the image to edit ({config.image_formats_text()} bytes); one larger than the "
+                "pipeline's working size is resized to it, aspect kept",
+                tensor="IMAGE",
+                required=True,
+            )
+        )
         extra = (Field("keep_size", "bool", "return the result at the input image's exact size", default=False), *extra)
     return (
         *fields,
-        Field("negative_prompt", "text", "what to steer away from (SD; FLUX with true_cfg_scale > 1)", tensor="NEGATIVE_PROMPT"),
-        Field("steps", "int", "denoising steps (default: the pipeline's)", tensor="STEPS", minimum=1, maximum=MAX_STEPS),
+        Field(
+            "negative_prompt",
+            "text",
+            "what to steer away from (SD; FLUX with true_cfg_scale > 1)",
+            tensor="NEGATIVE_PROMPT",
+        ),
+        Field(
+            "steps", "int", "denoising steps (default: the pipeline's)", tensor="STEPS", minimum=1, maximum=MAX_STEPS
+        ),
         Field("guidance", "float", "guidance scale (default: the pipeline's)", tensor="GUIDANCE", minimum=0),
-        Field("seed", "int", "random seed (default: drawn by the server and reported)", tensor="SEED", minimum=0,
-              maximum=2**63 - 1, dtype="int64"),
+        Field(
+            "seed",
+            "int",
+            "random seed (default: drawn by the server and reported)",
+            tensor="SEED",
+            minimum=0,
+            maximum=2**63 - 1,
+            dtype="int64",
+        ),
         Field("width", "int", "image width in pixels (edits: the input's, resized)", tensor="WIDTH", minimum=1),
         Field("height", "int", "image height in pixels", tensor="HEIGHT", minimum=1),
         Field("num_images", "int", "images per request", tensor="NUM_IMAGES", default=1, minimum=1),
-        Field("strength", "float", "img2img: how far from the input image to go", minimum=0, maximum=1, exclusive_minimum=True),
+        Field(
+            "strength",
+            "float",
+            "img2img: how far from the input image to go",
+            minimum=0,
+            maximum=1,
+            exclusive_minimum=True,
+        ),
         Field("true_cfg_scale", "float", "FLUX: classifier-free guidance with the negative prompt when > 1", minimum=0),
         Field("max_sequence_length", "int", "text tokens of the long text encoder (T5, GLM)", minimum=1, maximum=4096),
         *extra,
@@ -494,15 +568,20 @@ _GENERATION_OUTPUTS = (
 # The streaming variant of a pipeline model (``<model>_stream``) adds one output: a progress report per
 # denoising step, sent before the result.
 STREAM_SUFFIX = "_stream"
-PROGRESS = Output("PROGRESS", "progress", BYTES, (1,), "JSON per denoising step: step, steps, elapsed_ms", encoding="json")
+PROGRESS = Output(
+    "PROGRESS", "progress", BYTES, (1,), "JSON per denoising step: step, steps, elapsed_ms", encoding="json"
+)
 
 
 def streaming(contract: Contract) -> Contract:
     """The streaming variant of a pipeline model's contract."""
     return replace(
-        contract, model=contract.model + STREAM_SUFFIX, summary=contract.summary + " (streamed: progress, then the result)",
-        outputs=(*contract.outputs, PROGRESS), streaming=True,
-    )  # fmt: skip
+        contract,
+        model=contract.model + STREAM_SUFFIX,
+        summary=contract.summary + " (streamed: progress, then the result)",
+        outputs=(*contract.outputs, PROGRESS),
+        streaming=True,
+    )
 
 
 TEXT_TO_IMAGE = Contract(
@@ -520,10 +599,21 @@ EDIT_IMAGE = Contract(
 EDIT_TEXT = Contract(
     model="edit_text",
     summary="vttie: the text written in an image changed, the instruction quoting old and new text",
-    fields=_generation_fields('the instruction, quoting the new text: change "OPEN" to "CLOSED"', image=True, extra=(
-        Field("candidates", "int", "edits to make (one denoising batch); the one whose OCR reading is closest to the "
-              "new text is returned, every candidate's scores reported", default=1, minimum=1, maximum=8),
-    )),
+    fields=_generation_fields(
+        'the instruction, quoting the new text: change "OPEN" to "CLOSED"',
+        image=True,
+        extra=(
+            Field(
+                "candidates",
+                "int",
+                "edits to make (one denoising batch); the one whose OCR reading is closest to the "
+                "new text is returned, every candidate's scores reported",
+                default=1,
+                minimum=1,
+                maximum=8,
+            ),
+        ),
+    ),
     outputs=_GENERATION_OUTPUTS,
 )
 

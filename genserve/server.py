@@ -96,7 +96,9 @@ def _pytriton_installation() -> TritonInstallation:
         # environment, a virtual environment's pyvenv.cfg and site-packages (.pth files) included.
         "PATH": os.pathsep.join(p for p in (str(Path(sys.executable).parent), os.environ.get("PATH")) if p),
     }
-    return TritonInstallation(binary=dist / "bin" / "tritonserver", backend_dir=backend_dir, env=env, cache_dir=dist / "caches")
+    return TritonInstallation(
+        binary=dist / "bin" / "tritonserver", backend_dir=backend_dir, env=env, cache_dir=dist / "caches"
+    )
 
 
 def _prepare_backend_dir(dist: Path, stub: Path, python_version: str) -> Path:
@@ -159,7 +161,9 @@ def dependent_models(models: list[str], configs: dict) -> list[list[str]]:
     while len(loaded) < len(models):
         ready = sorted(name for name, deps in waits.items() if name not in loaded and deps <= loaded)
         if not ready:
-            raise ServerError(f"models wait for each other ({', '.join(sorted(set(models) - loaded))}): check their load_after")
+            raise ServerError(
+                f"models wait for each other ({', '.join(sorted(set(models) - loaded))}): check their load_after"
+            )
         rounds.append(ready)
         loaded |= set(ready)
     return rounds
@@ -221,7 +225,9 @@ class TritonServer:
         self.models = models if models is not None else sorted(found)
         self._load_all = models is None and len(local) < len(self.repositories)  # listed by Triton: see _check_models
         if not self.models and not self._load_all:
-            raise ServerError(f"model repository {', '.join(map(str, self.repositories))} holds no model (no */config.pbtxt)")
+            raise ServerError(
+                f"model repository {', '.join(map(str, self.repositories))} holds no model (no */config.pbtxt)"
+            )
         self.http_port, self.grpc_port, self.metrics_port = http_port, grpc_port, metrics_port
         self.address = address
         self.log_path = Path(log_path) if log_path else config.CACHE_DIR / "logs" / f"tritonserver-{grpc_port}.log"
@@ -261,8 +267,15 @@ class TritonServer:
             str(installation.binary),
             *(f"--model-repository={path}" for path in self.repositories),
             "--model-control-mode=explicit",
-            *(["--load-model=*"] if self._load_all else
-              [f"--load-model={name}" for name in self.models if not any(name in round_ for round_ in self._dependent)]),
+            *(
+                ["--load-model=*"]
+                if self._load_all
+                else [
+                    f"--load-model={name}"
+                    for name in self.models
+                    if not any(name in round_ for round_ in self._dependent)
+                ]
+            ),
             # Keep the models that load when one fails; start() reports the failure by name.
             "--exit-on-error=false",
             f"--http-address={self.address}",
@@ -312,9 +325,14 @@ class TritonServer:
         command = self.command(installation)
         logger.debug("starting %s", " ".join(command).replace(self.admin_key, "***"))
         self._process = subprocess.Popen(
-            command, stdout=self._log_file, stderr=subprocess.STDOUT, env=env, start_new_session=True, umask=0o077,
+            command,
+            stdout=self._log_file,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+            umask=0o077,
             preexec_fn=supervision.die_with_parent,
-        )  # fmt: skip
+        )
         try:
             self._wait_until_live()
             self._load_dependent_models()
@@ -382,7 +400,9 @@ class TritonServer:
 
         with httpclient.InferenceServerClient(self.http_url) as client:
             if self._load_all:
-                self.models = sorted(entry["name"] for entry in client.get_model_repository_index(headers=self.admin_headers))
+                self.models = sorted(
+                    entry["name"] for entry in client.get_model_repository_index(headers=self.admin_headers)
+                )
             not_ready = [name for name in self.models if not client.is_model_ready(name)]
             # Triton's reasons are in the repository index, one of the APIs that need the key.
             index = client.get_model_repository_index(headers=self.admin_headers) if not_ready else []
@@ -427,7 +447,11 @@ class TritonServer:
         if self.failure:
             return self.failure
         code = self._process.returncode if self._process is not None else None
-        how = f"was killed by signal {signal.Signals(-code).name}" if code is not None and code < 0 else f"exited with code {code}"
+        how = (
+            f"was killed by signal {signal.Signals(-code).name}"
+            if code is not None and code < 0
+            else f"exited with code {code}"
+        )
         return f"tritonserver {how}.\n{self._failure_summary()}\nFull log: {self.log_path}"
 
     def is_running(self) -> bool:
@@ -461,15 +485,18 @@ class TritonServer:
 
     def requests_in_flight(self) -> float:
         """Requests the models hold now: taken by a genserve model and not answered, or waiting in a queue."""
+        import psutil
+
         from genserve import metrics
         from genserve.triton.requests import IN_FLIGHT_METRIC
 
-        import psutil
-
         scrape = metrics.scrape(f"{self.host}:{self.metrics_port}")
         # Each worker process counts its own; a worker that died (killed mid-request) left its count behind.
-        taken = sum(value for (name, labels), value in scrape.samples.items()
-                    if name == IN_FLIGHT_METRIC and psutil.pid_exists(int(dict(labels).get("worker", 0))))  # fmt: skip
+        taken = sum(
+            value
+            for (name, labels), value in scrape.samples.items()
+            if name == IN_FLIGHT_METRIC and psutil.pid_exists(int(dict(labels).get("worker", 0)))
+        )
         return taken + scrape.total("nv_inference_pending_request_count")
 
     def stop(self, timeout_s: float | None = None, *, drain: bool = True) -> None:

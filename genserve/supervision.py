@@ -187,14 +187,18 @@ class WorkerWatchdog:
         tighten_shm_regions(self.shm_prefix, self.shm_dir)
         live = {worker.pid: worker for worker in workers}
         died = sorted({worker.model for pid, worker in self._known.items() if pid not in live})
-        swollen = sorted({w.model for w in live.values() if self._region_bytes(w.region) > self.shm_limit_bytes} - set(died))
+        swollen = sorted(
+            {w.model for w in live.values() if self._region_bytes(w.region) > self.shm_limit_bytes} - set(died)
+        )
         self._retiring &= set(live)
         self._known = {pid: worker for pid, worker in live.items() if pid not in self._retiring}
         self._end_stranded(live)
         for model in died:
             self._replace(model, "a worker process died", counts=True)
         for model in swollen:
-            self._replace(model, f"a worker's shared memory grew above {self.shm_limit_bytes // 2**20} MiB", counts=False)
+            self._replace(
+                model, f"a worker's shared memory grew above {self.shm_limit_bytes // 2**20} MiB", counts=False
+            )
 
     def _replace(self, model: str, why: str, *, counts: bool) -> None:
         if self._failed:
@@ -204,7 +208,9 @@ class WorkerWatchdog:
             while restarts and now - restarts[0] > self.window_s:
                 restarts.popleft()
             if len(restarts) >= self.max_restarts:
-                self._give_up(f"the workers of model {model} died {len(restarts) + 1} times within {self.window_s:.0f} s")
+                self._give_up(
+                    f"the workers of model {model} died {len(restarts) + 1} times within {self.window_s:.0f} s"
+                )
                 return
             restarts.append(now)
         logger.warning("replacing the workers of %s: %s", model, why)
@@ -232,7 +238,11 @@ class WorkerWatchdog:
             if pid not in live:
                 del self._stranded[pid]
             elif now >= due:
-                logger.warning("ending worker %s of a replaced copy of %s (its copy cannot unload)", live[pid].instance, live[pid].model)
+                logger.warning(
+                    "ending worker %s of a replaced copy of %s (its copy cannot unload)",
+                    live[pid].instance,
+                    live[pid].model,
+                )
                 try:
                     os.kill(pid, signal.SIGKILL)
                 except OSError:

@@ -29,7 +29,11 @@ def _starts_a_server(function) -> bool:
 def pytest_collection_modifyitems(items):
     for item in items:
         info = getattr(item, "_fixtureinfo", None)
-        fixtures = [definition.func for definitions in (info.name2fixturedefs.values() if info else ()) for definition in definitions]
+        fixtures = [
+            definition.func
+            for definitions in (info.name2fixturedefs.values() if info else ())
+            for definition in definitions
+        ]
         if any(_starts_a_server(function) for function in [getattr(item, "function", None), *fixtures]):
             item.add_marker(pytest.mark.server)
 
@@ -60,16 +64,19 @@ def _unmarked_servers_fail(item):
     result = yield
     started = _tritonservers() - before
     if started and item.get_closest_marker("server") is None:
-        pytest.fail(f"{item.nodeid} started a Triton server (pid {sorted(started)}) without @pytest.mark.server", pytrace=False)
+        pytest.fail(
+            f"{item.nodeid} started a Triton server (pid {sorted(started)}) without @pytest.mark.server", pytrace=False
+        )
     return result
 
 
 def pytest_addoption(parser):
     parser.addoption(
-        "--swap-ocr", action="store_true",
+        "--swap-ocr",
+        action="store_true",
         help="serve the stack's other OCR model (the ensemble, or the BLS model when the ensemble is ocr) as ocr, "
         "so that the OCR tests hold it: pytest tests/test_ocr*.py --swap-ocr",
-    )  # fmt: skip
+    )
 
 
 def pytest_configure(config):
@@ -90,12 +97,15 @@ def _ocr_swapped(repository: Path) -> Path:
     other = "ocr_bls" if read_config(repository / "ocr").platform == "ensemble" else "ocr_ensemble"
     copy = Path(tempfile.mkdtemp(prefix="genserve-swap-ocr-")) / "model_repository"
     shutil.copytree(repository, copy, ignore=shutil.ignore_patterns("__pycache__"))
-    for old, new in (("ocr", "ocr_swapping"), (other, "ocr"), ("ocr_swapping", "ocr_ensemble" if other == "ocr_bls" else "ocr_bls")):
+    for old, new in (
+        ("ocr", "ocr_swapping"),
+        (other, "ocr"),
+        ("ocr_swapping", "ocr_ensemble" if other == "ocr_bls" else "ocr_bls"),
+    ):
         (copy / old).rename(copy / new)
         config = copy / new / "config.pbtxt"
         config.write_text(re.sub(r'^name: ".*"$', f'name: "{new}"', config.read_text(), count=1, flags=re.M))
     return copy
-
 
 
 @pytest.fixture(scope="session")

@@ -44,7 +44,9 @@ def export_family(demo_dir, tmp_path_factory):
     def get(family: str):
         if family not in cache:
             out_dir = tmp_path_factory.mktemp("export") / family
-            report = export_pipeline(demo_dir / DEMO_FOR_FAMILY[family], out_dir, ExportOptions(progress=False), log=lambda _: None)
+            report = export_pipeline(
+                demo_dir / DEMO_FOR_FAMILY[family], out_dir, ExportOptions(progress=False), log=lambda _: None
+            )
             cache[family] = (report, out_dir)
         return cache[family]
 
@@ -56,4 +58,3 @@ def run_cli(*argv: str) -> int:
     from genserve.cli import main
 
     return main(list(argv))
-

@@ -24,7 +24,10 @@ BAD_OPTIONS = {
     "5000-digit integer": ('{"face_index": ' + "7" * 5000 + "}", "number of 5000 characters; at most 32"),
     "5000-digit float": ('{"face_index": 1.' + "7" * 5000 + "}", "number of 5002 characters"),
     "20 MB value": (json.dumps({"output_format": "x" * HUGE}), "at most 65536 are accepted"),
-    "40 KB value": (json.dumps({"output_format": "x" * 40_000}), "output_format must be one of jpeg, jpg, png, webp, not 'xxx"),
+    "40 KB value": (
+        json.dumps({"output_format": "x" * 40_000}),
+        "output_format must be one of jpeg, jpg, png, webp, not 'xxx",
+    ),
     "200k keys": (json.dumps({f"k{i}": 1 for i in range(200_000)}), "at most 65536 are accepted"),
     "5k keys": (json.dumps({f"k{i}": 1 for i in range(5_000)}), "object of 5000 keys; at most 64"),
     "50 unknown keys": (json.dumps({f"key{i}" * 20: 1 for i in range(50)}), "unknown option\\(s\\) key0"),
@@ -42,7 +45,9 @@ def test_malformed_options_are_refused_with_the_limit_named(options):
 
 def test_a_huge_prompt_is_refused_without_being_echoed():
     tensors = {"PROMPT": np.array([b"a lighthouse " * 100_000], object)}
-    with pytest.raises(InvalidInputError, match=f"prompt is 1300000 characters long; at most {config.MAX_TEXT_CHARS}") as refusal:
+    with pytest.raises(
+        InvalidInputError, match=f"prompt is 1300000 characters long; at most {config.MAX_TEXT_CHARS}"
+    ) as refusal:
         TEXT_TO_IMAGE.decode_request(tensors.get)
     assert len(str(refusal.value)) < 1000
 
@@ -78,7 +83,9 @@ def test_family_limits_and_empty_edits_are_refused(export_family):
         edit.generate({"prompt": "x", "image": _png(), "strength": 0.01, "steps": 1, "width": 32, "height": 32})
     with pytest.raises(InvalidInputError, match="strength 0.8 with 1 steps"):  # the pipeline's default strength
         edit.generate({"prompt": "x", "image": _png(), "steps": 1, "width": 32, "height": 32})
-    images, metadata = edit.generate({"prompt": "x", "image": _png(), "strength": 0.5, "steps": 2, "width": 32, "height": 32, "seed": 1})
+    images, metadata = edit.generate(
+        {"prompt": "x", "image": _png(), "strength": 0.5, "steps": 2, "width": 32, "height": 32, "seed": 1}
+    )
     assert len(images) == 1 and metadata["denoising_steps_run"] >= 1
 
 
@@ -133,7 +140,9 @@ def test_a_huge_file_named_by_a_task_row_is_refused_before_it_is_read(tmp_path):
     peak_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB
     (dead_port,) = free_ports(1)
     with ClientPool([f"127.0.0.1:{dead_port}"], retries=0, timeout_s=5) as pool:
-        summary = BatchRunner(pool, images, tmp_path / "out", concurrency=1, progress=False).run(read_tasks(images / "task.csv"))
+        summary = BatchRunner(pool, images, tmp_path / "out", concurrency=1, progress=False).run(
+            read_tasks(images / "task.csv")
+        )
     (failure,) = summary.failed
     assert "is 500 MiB; the server takes images of at most 64 MiB" in failure.error
     assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - peak_before < 100 * 1024

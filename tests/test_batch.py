@@ -14,12 +14,12 @@ import zipfile
 import pytest
 from PIL import Image
 
-from genserve.server import free_ports
 from genserve.client import ClientPool
 from genserve.client.batch import BatchRunner
 from genserve.client.submission import check_submission
 from genserve.client.tasks import read_tasks
 from genserve.errors import InvalidInputError
+from genserve.server import free_ports
 
 TASK_HEADER = "index,task_type,prompt,ori_image,target_image\n"
 PHOTOS = ["2008_002506.jpg", "2008_001009.jpg", "2008_001322.jpg", "2008_002079.jpg", "2008_007676.jpg", "dogs.jpg"]
@@ -51,7 +51,8 @@ def read_result(out):
 def test_task_file_with_bom_and_every_task_type_is_read(tmp_path):
     path = tmp_path / "task.csv"
     path.write_text(
-        TASK_HEADER + '1,t2i,"a red fox, in snow",,\n2,TIE,make it night,a.jpg,\n3,vttie,把“开”改成“关”,b.png,\n4,deepfake,,c.jpg,d.jpg\n',
+        TASK_HEADER
+        + '1,t2i,"a red fox, in snow",,\n2,TIE,make it night,a.jpg,\n3,vttie,把“开”改成“关”,b.png,\n4,deepfake,,c.jpg,d.jpg\n',
         encoding="utf-8-sig",
     )
     tasks = read_tasks(path)
@@ -86,7 +87,6 @@ def test_missing_task_file_is_refused(tmp_path):
 # --- runs through the server --------------------------------------------------------------------------
 
 
-
 def read_csv(path):
     with open(path, encoding="utf-8-sig", newline="") as handle:
         return {row["index"]: row for row in csv.DictReader(handle)}
@@ -101,7 +101,7 @@ def test_failed_rows_get_stand_ins_and_a_rerun_retries_exactly_them(triton_serve
         "a4,t2i,,,",
         "a5,deepfake,,dogs.jpg,2008_001009.jpg",
         "a6,deepfake,,2008_001322.jpg,2008_001009.jpg",
-    ]  # fmt: skip
+    ]
     tasks = read_tasks(write_tasks(images, rows))
     out = tmp_path / "out"
     with ClientPool([triton_server.grpc_url], retries=1, backoff_s=0.1) as pool:
@@ -114,7 +114,11 @@ def test_failed_rows_get_stand_ins_and_a_rerun_retries_exactly_them(triton_serve
     with zipfile.ZipFile(summary.submission) as archive:
         assert sorted(archive.namelist()) == ["imgs/" + f"a{i}.jpg" for i in range(1, 7)] + ["result.csv"]
     failures = {o.task.index: o.error for o in summary.failed}
-    assert set(failures) == {"a2", "a3", "a4", "a5"} and summary.stand_ins == ["a2", "a3", "a4", "a5"] and not summary.complete
+    assert (
+        set(failures) == {"a2", "a3", "a4", "a5"}
+        and summary.stand_ins == ["a2", "a3", "a4", "a5"]
+        and not summary.complete
+    )
     assert "image file not found" in failures["a2"] and "unknown task_type 'painting'" in failures["a3"]
     assert "t2i needs a prompt" in failures["a4"] and "no face found in the ori image" in failures["a5"]
     # The stand-ins: ori re-encoded where ori can serve (JPEG, ori's size), else a neutral image.
@@ -152,7 +156,9 @@ def test_without_fallback_failed_rows_are_left_out_and_no_zip_is_written(images,
         assert complete.submission == out / "team_图片生成_result.zip" and complete.submission.is_file()
         summary = BatchRunner(pool, images, out, progress=False, fallback=False).run(tasks)
     assert read_result(out) == [["index", "gen_image"]]
-    assert summary.submission is None and not (out / "team_图片生成_result.zip").exists()  # none of the earlier run either
+    assert (
+        summary.submission is None and not (out / "team_图片生成_result.zip").exists()
+    )  # none of the earlier run either
     assert summary.missing == ["n1", "n2"] and "2 row(s) have no image (n1, n2)" in summary.submission_problem
     assert {row["fallback"] for row in read_csv(out / "failures.csv").values()} == {"none: the row is missing"}
 
@@ -163,19 +169,38 @@ def test_a_zip_over_the_size_limit_is_refused_with_its_size(images, tmp_path):
     with ClientPool([f"127.0.0.1:{dead_port}"], retries=0) as pool:
         summary = BatchRunner(pool, images, tmp_path / "out", progress=False, team="t", max_zip_bytes=50_000).run(tasks)
     assert summary.submission is None and not list((tmp_path / "out").glob("*.zip*"))
-    assert "over the contest's limit of 0.00 GB" in summary.submission_problem and "make the images smaller" in summary.submission_problem
+    assert (
+        "over the contest's limit of 0.00 GB" in summary.submission_problem
+        and "make the images smaller" in summary.submission_problem
+    )
 
 
 @pytest.mark.server
 @pytest.mark.slow
 def test_a_killed_run_resumes_without_redoing_or_losing_rows(triton_server, images, tmp_path):
-    pairs = [("2008_002506.jpg", "2008_001009.jpg"), ("2008_001322.jpg", "2008_001009.jpg"),
-             ("2008_002079.jpg", "2008_002506.jpg"), ("2008_007676.jpg", "2008_001322.jpg")]  # fmt: skip
+    pairs = [
+        ("2008_002506.jpg", "2008_001009.jpg"),
+        ("2008_001322.jpg", "2008_001009.jpg"),
+        ("2008_002079.jpg", "2008_002506.jpg"),
+        ("2008_007676.jpg", "2008_001322.jpg"),
+    ]
     rows = [f"r{i},deepfake,,{ori},{target}" for i, (ori, target) in enumerate(pairs * 3)]
     task_file = write_tasks(images, rows)
     out = tmp_path / "out"
-    command = [sys.executable, "-m", "genserve.cli", "run", str(task_file), "--out", str(out),
-               "--url", triton_server.grpc_url, "--concurrency", "1", "--no-progress"]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "genserve.cli",
+        "run",
+        str(task_file),
+        "--out",
+        str(out),
+        "--url",
+        triton_server.grpc_url,
+        "--concurrency",
+        "1",
+        "--no-progress",
+    ]
 
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     journal = out / "progress.jsonl"
@@ -191,7 +216,11 @@ def test_a_killed_run_resumes_without_redoing_or_losing_rows(triton_server, imag
     # result.csv is rewritten just after each journal line: a kill in between leaves it one row behind,
     # never with a row the journal lacks; the rerun below completes it.
     listed = [row[0] for row in read_result(out)[1:]] if (out / "result.csv").exists() else []
-    assert listed == sorted(listed, key=lambda i: int(i[1:])) and set(listed) <= finished and len(listed) >= len(finished) - 1
+    assert (
+        listed == sorted(listed, key=lambda i: int(i[1:]))
+        and set(listed) <= finished
+        and len(listed) >= len(finished) - 1
+    )
 
     completed = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert completed.returncode == 0, completed.stdout + completed.stderr
@@ -225,12 +254,26 @@ def test_a_refused_request_is_not_retried(triton_server, faces_dir):
 
 @pytest.mark.server
 def test_cli_run_reports_failures_with_exit_code_1(triton_server, images, tmp_path):
-    task_file = write_tasks(images, ["ok,deepfake,,2008_002506.jpg,2008_001009.jpg", "bad,deepfake,,dogs.jpg,2008_001009.jpg"])
+    task_file = write_tasks(
+        images, ["ok,deepfake,,2008_002506.jpg,2008_001009.jpg", "bad,deepfake,,dogs.jpg,2008_001009.jpg"]
+    )
     completed = subprocess.run(
-        [sys.executable, "-m", "genserve.cli", "run", str(task_file), "--out", str(tmp_path / "out"),
-         "--url", triton_server.grpc_url, "--no-progress"],
-        capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "genserve.cli",
+            "run",
+            str(task_file),
+            "--out",
+            str(tmp_path / "out"),
+            "--url",
+            triton_server.grpc_url,
+            "--no-progress",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert completed.returncode == 1
     assert "bad (deepfake): no face found in the ori image" in completed.stdout
     assert "1/2 rows finished" in completed.stdout
@@ -240,8 +283,9 @@ def test_task_models_from_the_command_line():
     from genserve.client.tasks import parse_task_models
 
     assert parse_task_models(["t2i=cogview4_text_to_image", "tie=flux_edit_image"]) == {
-        "t2i": "cogview4_text_to_image", "tie": "flux_edit_image",
-    }  # fmt: skip
+        "t2i": "cogview4_text_to_image",
+        "tie": "flux_edit_image",
+    }
     for bad in (["deepfake=face_swap"], ["t2i="], ["paint=x"]):
         with pytest.raises(InvalidInputError, match="expected TASK=MODEL"):
             parse_task_models(bad)
@@ -255,27 +299,46 @@ def test_a_task_file_that_is_not_utf8_is_one_clear_line(tmp_path):
     task_file.write_bytes((TASK_HEADER + "1,t2i,caf\xe9 au lait,,\n").encode("latin-1"))
     completed = subprocess.run(
         [sys.executable, "-m", "genserve.cli", "run", str(task_file), "--out", str(tmp_path / "out"), "--no-progress"],
-        capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert completed.returncode == 1
-    assert completed.stderr.strip().splitlines() == [f"genserve run: error: {task_file}: not UTF-8 text (byte 0xe9 on line 2); save it as UTF-8"]
+    assert completed.stderr.strip().splitlines() == [
+        f"genserve run: error: {task_file}: not UTF-8 text (byte 0xe9 on line 2); save it as UTF-8"
+    ]
 
 
 def test_images_outside_the_images_folder_are_refused_alike(images, tmp_path):
     (images / "link.jpg").symlink_to("/etc/hostname")
-    rows = ["p1,deepfake,,/etc/shadow,2008_001009.jpg", "p2,deepfake,,/no/such/file.jpg,2008_001009.jpg",
-            "p3,tie,x,../../x.jpg,", "p4,deepfake,,2008_002506.jpg,link.jpg", "p5,deepfake,,missing.jpg,2008_001009.jpg"]  # fmt: skip
+    rows = [
+        "p1,deepfake,,/etc/shadow,2008_001009.jpg",
+        "p2,deepfake,,/no/such/file.jpg,2008_001009.jpg",
+        "p3,tie,x,../../x.jpg,",
+        "p4,deepfake,,2008_002506.jpg,link.jpg",
+        "p5,deepfake,,missing.jpg,2008_001009.jpg",
+    ]
     tasks = read_tasks(write_tasks(images, rows))
     (dead_port,) = free_ports(1)
     with ClientPool([f"127.0.0.1:{dead_port}"], retries=0, timeout_s=5) as pool:
         summary = BatchRunner(pool, images, tmp_path / "out", concurrency=1, progress=False).run(tasks)
         failures = {o.task.index: o.error for o in summary.failed}
         # Existing or not, inside the filesystem or not: the same answer, and nothing sent.
-        for index, name in (("p1", "/etc/shadow"), ("p2", "/no/such/file.jpg"), ("p3", "../../x.jpg"), ("p4", "link.jpg")):
-            assert failures[index] == f"image {name!r} is not under the images folder {images} (absolute paths and '..' are refused; --allow-outside-images allows them)"
+        for index, name in (
+            ("p1", "/etc/shadow"),
+            ("p2", "/no/such/file.jpg"),
+            ("p3", "../../x.jpg"),
+            ("p4", "link.jpg"),
+        ):
+            assert (
+                failures[index]
+                == f"image {name!r} is not under the images folder {images} (absolute paths and '..' are refused; --allow-outside-images allows them)"
+            )
         assert failures["p5"].startswith("image file not found")  # inside the folder: said plainly
         # Allowed on request: the file is read and sent (here: to a server that is not there).
-        allowed = BatchRunner(pool, images, tmp_path / "out2", progress=False, allow_outside_images=True).run(tasks[3:4])
+        allowed = BatchRunner(pool, images, tmp_path / "out2", progress=False, allow_outside_images=True).run(
+            tasks[3:4]
+        )
         assert "no genserve server answers" in allowed.failed[0].error
 
 
@@ -288,7 +351,12 @@ def test_reports_neutralize_formulas_but_result_csv_keeps_the_index_exactly(imag
         rows = list(csv.reader(handle))[1:]
     assert [row[:2] for row in rows] == [["'=1+2", "painting"], ["'@SUM(A1)", "'=cmd|' /c calc'!a0"], ["-1", "t2i"]]
     # The organizers match rows on index: it is the task file's, byte for byte.
-    assert read_result(out) == [["index", "gen_image"], ["=1+2", "=1+2.jpg"], ["@SUM(A1)", "@SUM(A1).jpg"], ["-1", "-1.jpg"]]
+    assert read_result(out) == [
+        ["index", "gen_image"],
+        ["=1+2", "=1+2.jpg"],
+        ["@SUM(A1)", "@SUM(A1).jpg"],
+        ["-1", "-1.jpg"],
+    ]
     assert check_submission(summary.submission, tasks) == []
 
 
@@ -300,7 +368,9 @@ def small_filesystem(tmp_path):
     def mount(options: str):
         target = tmp_path / f"fs{len(mounted)}"
         target.mkdir()
-        result = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(target)], capture_output=True, text=True)
+        result = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(target)], capture_output=True, text=True
+        )
         if result.returncode:
             pytest.skip(f"cannot mount a tmpfs here: {result.stderr.strip()}")
         mounted.append(target)
@@ -319,10 +389,22 @@ def test_an_output_folder_that_fails_ends_the_run_in_one_line(triton_server, ima
         (folder / "filler").write_bytes(b"\0" * 40 * 1024)  # room for the journal, not for an image
     task_file = write_tasks(images, ["d1,deepfake,,2008_002506.jpg,2008_001009.jpg"])
     completed = subprocess.run(
-        [sys.executable, "-m", "genserve.cli", "run", str(task_file), "--out", str(folder / "out"),
-         "--url", triton_server.grpc_url, "--no-progress"],
-        capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "genserve.cli",
+            "run",
+            str(task_file),
+            "--out",
+            str(folder / "out"),
+            "--url",
+            triton_server.grpc_url,
+            "--no-progress",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert completed.returncode == 1, completed.stdout
     (line,) = completed.stderr.strip().splitlines()
     assert line.startswith("genserve run: error: cannot write ") and message in line

@@ -16,7 +16,12 @@ from PIL import Image
 
 from genserve.cli import main
 
-T2I_MODELS = ("sd_text_to_image_stream", "sd_text_encoder", "sd_unet", "sd_vae_decoder")  # streamed: the concurrent path
+T2I_MODELS = (
+    "sd_text_to_image_stream",
+    "sd_text_encoder",
+    "sd_unet",
+    "sd_vae_decoder",
+)  # streamed: the concurrent path
 
 
 @pytest.fixture(scope="session")
@@ -41,7 +46,10 @@ def test_stats_delta_means_per_request():
 
     zero = {"requests": 0, "failures": 0, "executions": 0, "queue_ns": 0, "compute_ns": 0}
     before = {"a": {**zero, "requests": 2, "executions": 2, "queue_ns": 10**6, "compute_ns": 4 * 10**6}, "idle": zero}
-    after = {"a": {**zero, "requests": 6, "executions": 4, "queue_ns": 9 * 10**6, "compute_ns": 24 * 10**6}, "idle": zero}
+    after = {
+        "a": {**zero, "requests": 6, "executions": 4, "queue_ns": 9 * 10**6, "compute_ns": 24 * 10**6},
+        "idle": zero,
+    }
     assert stats_delta(before, after) == {
         "a": {"requests": 4, "executions": 2, "requests_per_execution": 2.0, "queue_ms": 2.0, "compute_ms": 5.0}
     }
@@ -60,7 +68,12 @@ def test_bad_arguments_are_refused(tmp_path, capsys):
 def test_bench_face_swap_and_t2i(demo_repository, tmp_path, capsys):
     out = tmp_path / "bench"
     levels, requests = (1, 2), 3
-    assert main(["bench", "--tasks", "deepfake,t2i", "--concurrency", "1,2", "--requests", str(requests), "--out", str(out)]) == 0
+    assert (
+        main(
+            ["bench", "--tasks", "deepfake,t2i", "--concurrency", "1,2", "--requests", str(requests), "--out", str(out)]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     report = json.loads((out / "bench.json").read_text())
 
@@ -86,7 +99,9 @@ def test_bench_face_swap_and_t2i(demo_repository, tmp_path, capsys):
     floors = {r["concurrency"]: r for r in report["floor_ratios"]}
     assert set(floors) == set(levels) and all(r["task"] == "t2i" for r in floors.values())
     for level, ratio in floors.items():
-        assert ratio["served_over_floor"] == pytest.approx(runs["t2i", "served", level]["images_per_s"] / runs["t2i", "floor", level]["images_per_s"], rel=0.01)
+        assert ratio["served_over_floor"] == pytest.approx(
+            runs["t2i", "served", level]["images_per_s"] / runs["t2i", "floor", level]["images_per_s"], rel=0.01
+        )
         assert f"t2i       concurrency {level:>3}: throughput {ratio['served_over_floor']:.2f}x" in printed
     assert "export_service over" in runs["t2i", "floor", 1]["model"]
 
@@ -113,13 +128,19 @@ def test_bench_face_swap_and_t2i(demo_repository, tmp_path, capsys):
     for task in ("deepfake", "t2i"):
         first = report["first_requests"][task]
         assert first["first_ms"] > 0 and first["model_warmup"] is True
-        assert first["first_over_p50"] == pytest.approx(first["first_ms"] / runs[task, "served", 1]["latency_ms"]["p50"], rel=0.02)
+        assert first["first_over_p50"] == pytest.approx(
+            first["first_ms"] / runs[task, "served", 1]["latency_ms"]["p50"], rel=0.02
+        )
         assert f"first request after start (with model warm-up): {task} {first['first_ms']:.0f} ms" in printed
 
     markdown = (out / "bench.md").read_text()
     assert re.search(r"^\| t2i \| yes \| \d+ \| \d+ \| [\d.]+x \|$", markdown, re.M)
     for task, mode, level in runs:
-        assert re.search(rf"^\| {task} \| [^|]+ \| {mode} \| {level} \| {requests} \| 0 \|", markdown, re.M), (task, mode, level)
+        assert re.search(rf"^\| {task} \| [^|]+ \| {mode} \| {level} \| {requests} \| 0 \|", markdown, re.M), (
+            task,
+            mode,
+            level,
+        )
     assert re.search(r"^\| t2i \| 2 \| sd_unet \| \d+ \| \d+ \|", markdown, re.M)
     assert re.search(r"^\| t2i \| 2 \| [\d.]+ \| [\d.]+ \| [\d.]+x \|$", markdown.split("## Served / floor")[1], re.M)
     check_pngs(out, ["deepfake.png", "t2i.png", "deepfake_models.png", "t2i_models.png"])
@@ -132,11 +153,34 @@ def test_bench_against_a_running_server(tmp_path):
     from genserve.server import TritonServer, free_ports
 
     http, grpc, metrics = free_ports(3)
-    with TritonServer(STACK_REPOSITORY_DIR, models=["face_swap"], http_port=http, grpc_port=grpc, metrics_port=metrics,
-                      address="127.0.0.1", log_path=tmp_path / "triton.log") as server:  # fmt: skip
+    with TritonServer(
+        STACK_REPOSITORY_DIR,
+        models=["face_swap"],
+        http_port=http,
+        grpc_port=grpc,
+        metrics_port=metrics,
+        address="127.0.0.1",
+        log_path=tmp_path / "triton.log",
+    ) as server:
         out = tmp_path / "bench"
-        assert main(["bench", "--url", server.grpc_url, "--tasks", "deepfake", "--concurrency", "1", "--requests", "2",
-                     "--out", str(out)]) == 0  # fmt: skip
+        assert (
+            main(
+                [
+                    "bench",
+                    "--url",
+                    server.grpc_url,
+                    "--tasks",
+                    "deepfake",
+                    "--concurrency",
+                    "1",
+                    "--requests",
+                    "2",
+                    "--out",
+                    str(out),
+                ]
+            )
+            == 0
+        )
         assert server.is_running()  # a given server is used, not stopped
     report = json.loads((out / "bench.json").read_text())
     assert report["server"] == {"url": server.grpc_url, "started_by": "given --url", "models_loaded": None}

@@ -31,7 +31,10 @@ def test_every_model_of_the_stack_has_a_bounded_queue():
     for model_dir in sorted(p for p in STACK_REPOSITORY_DIR.iterdir() if (p / "config.pbtxt").is_file()):
         config = read_config(model_dir)
         if config.platform == "ensemble":  # no queue of its own: its requests wait in its steps' queues
-            assert all(unbounded_queue(read_config(STACK_REPOSITORY_DIR / step.model_name)) is None for step in config.ensemble_scheduling.step)
+            assert all(
+                unbounded_queue(read_config(STACK_REPOSITORY_DIR / step.model_name)) is None
+                for step in config.ensemble_scheduling.step
+            )
             continue
         assert unbounded_queue(config) is None, model_dir.name
 
@@ -88,8 +91,14 @@ def test_overload_reaches_the_genserve_client_within_a_second(triton_server, fac
     # The requests beyond the queue: refused as overloaded within a second. (Those queued may pass their
     # 5 s deadline waiting: DEADLINE_EXCEEDED, which is not the point here.)
     refused = [(error, seconds) for error, seconds in outcomes if error != "ok" and error.code != "DEADLINE_EXCEEDED"]
-    fast = [error for error, seconds in refused if getattr(error, "overloaded", False) and error.code == "UNAVAILABLE" and seconds < 1.0]
-    assert len(fast) >= 8 - 2, [(error.code, str(error)[:80], round(seconds, 2)) for error, seconds in outcomes if error != "ok"]
+    fast = [
+        error
+        for error, seconds in refused
+        if getattr(error, "overloaded", False) and error.code == "UNAVAILABLE" and seconds < 1.0
+    ]
+    assert len(fast) >= 8 - 2, [
+        (error.code, str(error)[:80], round(seconds, 2)) for error, seconds in outcomes if error != "ok"
+    ]
     _wait_until_idle(triton_server)  # the queued swaps run on after their clients gave up
 
 
@@ -110,14 +119,21 @@ def test_a_request_whose_deadline_passed_is_dropped_before_it_runs(triton_server
     before = executions(triton_server)
     # Six candidates for every face: both instances at work for a second or more (a plain swap is faster
     # than the late requests' deadline).
-    busy = [threading.Thread(target=lambda: Client(triton_server.grpc_url).swap_face(ori, target, all_faces=True, candidates=6))
-            for _ in range(2)]
+    busy = [
+        threading.Thread(
+            target=lambda: Client(triton_server.grpc_url).swap_face(ori, target, all_faces=True, candidates=6)
+        )
+        for _ in range(2)
+    ]
     for thread in busy:
         thread.start()
     time.sleep(0.3)
     late = []
     for _ in range(3):  # queued behind them with a deadline they cannot meet
-        with Client(triton_server.grpc_url, timeout_s=0.2, retry_policy=ONCE) as client, pytest.raises(RequestError) as error:
+        with (
+            Client(triton_server.grpc_url, timeout_s=0.2, retry_policy=ONCE) as client,
+            pytest.raises(RequestError) as error,
+        ):
             client.swap_face(ori, target)
         late.append(error.value.code)
     for thread in busy:
@@ -129,7 +145,10 @@ def test_a_request_whose_deadline_passed_is_dropped_before_it_runs(triton_server
 
 def test_an_expired_deadline_is_not_retried(triton_server, faces_dir):
     before = executions(triton_server)
-    with ClientPool([triton_server.grpc_url], timeout_s=0.3, retries=3, backoff_s=0.05) as pool, pytest.raises(RequestError) as error:
+    with (
+        ClientPool([triton_server.grpc_url], timeout_s=0.3, retries=3, backoff_s=0.05) as pool,
+        pytest.raises(RequestError) as error,
+    ):
         pool.swap_face(faces_dir / ORI, faces_dir / TARGET, all_faces=True, candidates=6)  # takes over a second
     assert error.value.code == "DEADLINE_EXCEEDED" and not error.value.retriable
     # The swap that started runs to its end (stopping running work is another issue's), once, not
@@ -147,10 +166,20 @@ def test_a_bad_option_sent_raw_is_refused_not_retried(triton_server):
     from tritonclient.utils import InferenceServerException
 
     tensors = []
-    for name, value in (("ORI_IMAGE", b"x"), ("TARGET_IMAGE", b"y"), ("OPTIONS", json.dumps({"output_format": 5}).encode())):
+    for name, value in (
+        ("ORI_IMAGE", b"x"),
+        ("TARGET_IMAGE", b"y"),
+        ("OPTIONS", json.dumps({"output_format": 5}).encode()),
+    ):
         tensor = grpcclient.InferInput(name, [1], "BYTES")
         tensor.set_data_from_numpy(np.array([value], dtype=object))
         tensors.append(tensor)
-    with grpcclient.InferenceServerClient(triton_server.grpc_url) as client, pytest.raises(InferenceServerException) as error:
+    with (
+        grpcclient.InferenceServerClient(triton_server.grpc_url) as client,
+        pytest.raises(InferenceServerException) as error,
+    ):
         client.infer("face_swap", tensors)
-    assert error.value.status() == "StatusCode.INVALID_ARGUMENT" and "output_format must be text, not 5" in error.value.message()
+    assert (
+        error.value.status() == "StatusCode.INVALID_ARGUMENT"
+        and "output_format must be text, not 5" in error.value.message()
+    )

@@ -42,7 +42,12 @@ def test_what_may_pass_on_another_try(status, message, retriable):
     "status, message, code, overloaded",
     [
         # A streamed response's error carries no status: the stack's message says it (issue 23, item 5).
-        (None, "overloaded: sd_text_to_image_stream has 12 requests already (running and waiting); try again later", "UNAVAILABLE", True),
+        (
+            None,
+            "overloaded: sd_text_to_image_stream has 12 requests already (running and waiting); try again later",
+            "UNAVAILABLE",
+            True,
+        ),
         (None, "invalid input: steps must be between 1 and 1000, not 0", "INVALID_ARGUMENT", False),
         ("StatusCode.UNAVAILABLE", "Exceeds maximum queue size", "UNAVAILABLE", True),
         ("StatusCode.UNAVAILABLE", "Server not ready", "UNAVAILABLE", False),
@@ -56,7 +61,9 @@ def test_overload_is_known_by_its_message_also_in_a_stream(status, message, code
 
 def test_an_overloaded_server_is_not_asked_again_only_another_one():
     policy = RetryPolicy(retries=3)
-    busy = request_error(InferenceServerException("Exceeds maximum queue size", status="StatusCode.UNAVAILABLE"), "h:1", "grpc")
+    busy = request_error(
+        InferenceServerException("Exceeds maximum queue size", status="StatusCode.UNAVAILABLE"), "h:1", "grpc"
+    )
     assert policy.delay(busy, 0, None) is None
     assert policy.delay(busy, 0, None, other_replica=True) is not None
     with Client("127.0.0.1:1") as one, Client("ipv4:127.0.0.1:1,127.0.0.1:2") as several:
@@ -64,8 +71,14 @@ def test_an_overloaded_server_is_not_asked_again_only_another_one():
 
 
 def test_a_server_that_cannot_be_reached_is_named():
-    error = request_error(InferenceServerException("failed to connect to all addresses", status="StatusCode.UNAVAILABLE"), "h:1", "grpc")
-    assert isinstance(error, ServerUnavailableError) and error.retriable and "no genserve server answers at h:1" in str(error)
+    error = request_error(
+        InferenceServerException("failed to connect to all addresses", status="StatusCode.UNAVAILABLE"), "h:1", "grpc"
+    )
+    assert (
+        isinstance(error, ServerUnavailableError)
+        and error.retriable
+        and "no genserve server answers at h:1" in str(error)
+    )
 
 
 def test_backoff_stops_at_the_retry_count_and_the_deadline():
@@ -81,7 +94,10 @@ def test_grpc_channel_balances_round_robin_and_leaves_retries_to_the_client():
     """gRPC's retry policy retried a full queue until the deadline (issue 23): the client's loop retries."""
     options = dict(grpc_channel_args(RetryPolicy(retries=9)))
     service_config = json.loads(options["grpc.service_config"])
-    assert service_config["loadBalancingConfig"] == [{"round_robin": {}}] and options["grpc.lb_policy_name"] == "round_robin"
+    assert (
+        service_config["loadBalancingConfig"] == [{"round_robin": {}}]
+        and options["grpc.lb_policy_name"] == "round_robin"
+    )
     assert "methodConfig" not in service_config
 
 
@@ -89,7 +105,9 @@ def test_grpc_channel_balances_round_robin_and_leaves_retries_to_the_client():
 def test_retries_end_with_the_call_s_deadline(protocol):
     (port,) = free_ports(1)
     started = time.monotonic()
-    with Client(f"127.0.0.1:{port}", protocol=protocol, timeout_s=2.0, retry_policy=RetryPolicy(retries=100, backoff_s=0.2)) as client:
+    with Client(
+        f"127.0.0.1:{port}", protocol=protocol, timeout_s=2.0, retry_policy=RetryPolicy(retries=100, backoff_s=0.2)
+    ) as client:
         with pytest.raises(RequestError) as error:
             client.swap_face(b"x", b"y")
     # gRPC's channel retries until the deadline cuts it short; the HTTP client's loop stops before it.

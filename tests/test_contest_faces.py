@@ -78,11 +78,13 @@ def test_every_pair_is_swapped_without_artifacts(swaps):
 
 def test_identity_is_better_than_the_classic_recipes_on_the_same_pairs(swaps, swapper, crops):
     ours, classic = [], []
-    for (ori, target), ((result, _), theirs) in swaps.items():
+    for (_ori, target), ((result, _), theirs) in swaps.items():
         ours.append(identity_cosine(swapper, result, crops[target]))
         classic.append(0.0 if theirs is None else identity_cosine(swapper, theirs, crops[target]))
     ours, classic = np.array(ours), np.array(classic)
-    print(f"identity cosine on {len(ours)} LFW-framed pairs: ours mean {ours.mean():.4f} (min {ours.min():.4f}), "
-          f"classic mean {classic.mean():.4f} (min {classic.min():.4f}); ours better in {np.mean(ours > classic):.0%}")  # fmt: skip
+    print(
+        f"identity cosine on {len(ours)} LFW-framed pairs: ours mean {ours.mean():.4f} (min {ours.min():.4f}), "
+        f"classic mean {classic.mean():.4f} (min {classic.min():.4f}); ours better in {np.mean(ours > classic):.0%}"
+    )
     assert ours.mean() > classic.mean()
     assert np.mean(ours > classic) >= 0.75

@@ -6,10 +6,14 @@ import json
 
 import numpy as np
 import pytest
-
 from fixtures_diffusion import DEMO_FOR_FAMILY, run_cli
 
-EXPECTED_CLASS = {"sd": "StableDiffusionPipeline", "sdxl": "StableDiffusionXLPipeline", "flux-kontext": "FluxKontextPipeline", "cogview4": "CogView4Pipeline"}
+EXPECTED_CLASS = {
+    "sd": "StableDiffusionPipeline",
+    "sdxl": "StableDiffusionXLPipeline",
+    "flux-kontext": "FluxKontextPipeline",
+    "cogview4": "CogView4Pipeline",
+}
 
 
 @pytest.mark.parametrize("name", DEMO_FOR_FAMILY.values())
@@ -23,10 +27,21 @@ def test_demo_pipeline_loads_and_runs(name, demo_dir):
     pipeline = DiffusionPipeline.from_pretrained(folder)
     assert type(pipeline).__name__ == EXPECTED_CLASS[name]
     pipeline.set_progress_bar_config(disable=True)
-    kwargs = dict(prompt="a red fox", num_inference_steps=2, height=32, width=48, output_type="np",
-                  generator=torch.Generator().manual_seed(0))
+    kwargs = dict(
+        prompt="a red fox",
+        num_inference_steps=2,
+        height=32,
+        width=48,
+        output_type="np",
+        generator=torch.Generator().manual_seed(0),
+    )
     if name == "flux-kontext":  # editing: an input image, kept at its size
-        kwargs.update(image=PIL.Image.new("RGB", (48, 32), (200, 30, 30)), _auto_resize=False, max_area=32 * 48, max_sequence_length=32)
+        kwargs.update(
+            image=PIL.Image.new("RGB", (48, 32), (200, 30, 30)),
+            _auto_resize=False,
+            max_area=32 * 48,
+            max_sequence_length=32,
+        )
     images = pipeline(**kwargs).images
     assert images.shape == (1, 32, 48, 3)
     assert np.isfinite(images).all() and images.std() > 0

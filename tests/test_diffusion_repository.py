@@ -13,8 +13,8 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
 from genserve.diffusion.repository import BuildOptions, RepositoryError, build_repository
-from genserve.families import served_tasks
 from genserve.errors import GenServeError
+from genserve.families import served_tasks
 
 FAMILIES = ("sd", "flux", "cogview4")
 
@@ -99,11 +99,16 @@ def test_pipeline_models_per_family(built):
     from genserve.config import stream_backlog
 
     options = BuildOptions()
-    for name, concurrency in (("sd_text_to_image", options.pipeline_concurrency), ("sd_text_to_image_stream", options.stream_concurrency)):
+    for name, concurrency in (
+        ("sd_text_to_image", options.pipeline_concurrency),
+        ("sd_text_to_image_stream", options.stream_concurrency),
+    ):
         assert json.loads((repo / name / "1" / "serving.json").read_text())["concurrency"] == concurrency > 1
         config = parse(repo / name / "config.pbtxt")
         assert config.dynamic_batching.default_queue_policy.max_queue_size == stream_backlog(concurrency)
-        assert [group.count for group in config.instance_group] == [options.pipeline_instances if name == "sd_text_to_image" else 1]
+        assert [group.count for group in config.instance_group] == [
+            options.pipeline_instances if name == "sd_text_to_image" else 1
+        ]
 
 
 def test_pipeline_configs_match_their_task_contracts(built):
@@ -123,10 +128,15 @@ def test_pipeline_configs_match_their_task_contracts(built):
 def test_served_tasks_by_checkpoint_class():
     tasks, components = ("t2i", "tie", "vttie"), ("vae_encoder",)
     assert served_tasks("flux", "FluxKontextPipeline", tasks, components) == {
-        "t2i": "FluxKontextPipeline", "tie": "FluxKontextPipeline", "vttie": "FluxKontextPipeline"
+        "t2i": "FluxKontextPipeline",
+        "tie": "FluxKontextPipeline",
+        "vttie": "FluxKontextPipeline",
     }
     # FLUX.1-dev cannot follow edit instructions: img2img for tie, no vttie.
-    assert served_tasks("flux", "FluxPipeline", tasks, components) == {"t2i": "FluxPipeline", "tie": "FluxImg2ImgPipeline"}
+    assert served_tasks("flux", "FluxPipeline", tasks, components) == {
+        "t2i": "FluxPipeline",
+        "tie": "FluxImg2ImgPipeline",
+    }
 
 
 def test_refuses_what_is_no_export(tmp_path, export_family):

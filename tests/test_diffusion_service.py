@@ -26,13 +26,21 @@ def test_export_service_equals_diffusers(export_family, demo_dir):
 
     _, export_dir = export_family("sd")
     service = export_service(export_dir, "t2i")
-    images, metadata = service.generate({"prompt": "a lighthouse at dusk", "steps": 2, "seed": 3, "width": 32, "height": 32})
+    images, metadata = service.generate(
+        {"prompt": "a lighthouse at dusk", "steps": 2, "seed": 3, "width": 32, "height": 32}
+    )
     assert metadata["calls"]["unet"] >= 2 and metadata["seed"] == 3  # PNDM may call the UNet once more than its steps
 
     reference = diffusers.StableDiffusionPipeline.from_pretrained(demo_dir / "sd")
     reference.set_progress_bar_config(disable=True)
-    expected = reference("a lighthouse at dusk", num_inference_steps=2, width=32, height=32,
-                         generator=torch.Generator("cpu").manual_seed(3), output_type="pil").images[0]
+    expected = reference(
+        "a lighthouse at dusk",
+        num_inference_steps=2,
+        width=32,
+        height=32,
+        generator=torch.Generator("cpu").manual_seed(3),
+        output_type="pil",
+    ).images[0]
     assert np.abs(pixels(images[0]) - np.asarray(expected).astype(np.int16)).max() <= 2
 
 
@@ -94,7 +102,9 @@ def test_an_edit_input_larger_than_the_working_size_is_resized_not_refused(expor
     assert width * height <= side * side and abs(width / height - 0.8) < 0.05
     assert Image.open(io.BytesIO(images[0])).size == (width, height)
 
-    images, metadata = service.generate({"prompt": "make it night", "image": _photo(1000, 1250), "steps": 1, "seed": 1, "keep_size": True})
+    images, metadata = service.generate(
+        {"prompt": "make it night", "image": _photo(1000, 1250), "steps": 1, "seed": 1, "keep_size": True}
+    )
     assert Image.open(io.BytesIO(images[0])).size == (1000, 1250) and metadata["resized"]["returned"] == [1000, 1250]
 
     small = _photo(multiple * 8, multiple * 6)
@@ -134,13 +144,27 @@ def test_text_edit_candidates_through_the_pipeline(export_family):
     _, export_dir = export_family("flux")
     engine = create_engine()
     service = export_service(export_dir, "vttie", text_reader=lambda image: recognize(engine, image).texts)
-    images, metadata = service.generate({"prompt": 'change "OPEN" to "CLOSED"', "image": _sign("OPEN"), "steps": 1, "seed": 2,
-                                         "candidates": 3, "width": 64, "height": 32})
+    images, metadata = service.generate(
+        {
+            "prompt": 'change "OPEN" to "CLOSED"',
+            "image": _sign("OPEN"),
+            "steps": 1,
+            "seed": 2,
+            "candidates": 3,
+            "width": 64,
+            "height": 32,
+        }
+    )
     assert len(images) == 1 and len(metadata["candidates"]) == 3
     best = min(range(3), key=lambda i: metadata["candidates"][i]["new_text_distance"])
-    assert metadata["candidates"][metadata["chosen"][0]]["new_text_distance"] == metadata["candidates"][best]["new_text_distance"]
+    assert (
+        metadata["candidates"][metadata["chosen"][0]]["new_text_distance"]
+        == metadata["candidates"][best]["new_text_distance"]
+    )
     with pytest.raises(InvalidInputError, match="at most 4 at once"):
-        service.generate({"prompt": 'change "OPEN" to "CLOSED"', "image": _sign("OPEN"), "candidates": 3, "num_images": 2})
+        service.generate(
+            {"prompt": 'change "OPEN" to "CLOSED"', "image": _sign("OPEN"), "candidates": 3, "num_images": 2}
+        )
 
 
 @pytest.mark.parametrize("task", ["t2i", "tie"])
@@ -167,5 +191,7 @@ def test_sdxl_export_serves_text_to_image_and_edits_as_diffusers(export_family, 
 
     reference = reference_class.from_pretrained(demo_dir / "sdxl")
     reference.set_progress_bar_config(disable=True)
-    expected = reference("make it winter", num_inference_steps=2, generator=torch.Generator("cpu").manual_seed(3), **extra).images[0]
+    expected = reference(
+        "make it winter", num_inference_steps=2, generator=torch.Generator("cpu").manual_seed(3), **extra
+    ).images[0]
     assert np.abs(pixels(images[0]) - np.asarray(expected).astype(np.int16)).max() <= 2

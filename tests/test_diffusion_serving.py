@@ -47,8 +47,14 @@ def diffusion_server(export_family, tmp_path_factory):
     config.write_text(text.replace("max_queue_delay_microseconds: 2000\n", "max_queue_delay_microseconds: 100000\n"))
     http_port, grpc_port, metrics_port = free_ports(3)
     log_path = tmp_path_factory.mktemp("diffusion_triton") / "tritonserver.log"
-    with TritonServer(repo, http_port=http_port, grpc_port=grpc_port, metrics_port=metrics_port,
-                      address="127.0.0.1", log_path=log_path) as server:
+    with TritonServer(
+        repo,
+        http_port=http_port,
+        grpc_port=grpc_port,
+        metrics_port=metrics_port,
+        address="127.0.0.1",
+        log_path=log_path,
+    ) as server:
         yield server
 
 
@@ -109,12 +115,16 @@ def assert_parity(served: list, expected: list[np.ndarray]) -> int:
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_text_to_image_parity(family, dclient, reference):
-    result = dclient.text_to_image(PROMPT, model=f"{family}_text_to_image", steps=STEPS, seed=11, width=SIZE, height=SIZE)
+    result = dclient.text_to_image(
+        PROMPT, model=f"{family}_text_to_image", steps=STEPS, seed=11, width=SIZE, height=SIZE
+    )
     meta = result.metadata
     assert (meta["seed"], meta["steps"], meta["width"], meta["height"]) == (11, STEPS, SIZE, SIZE)
     pipeline = reference(family, meta["pipeline"])
     extra = {"max_area": SIZE * SIZE} if family == "flux" else {}  # Kontext renders max_area pixels otherwise
-    worst = assert_parity([result], in_process(pipeline, 11, prompt=PROMPT, num_inference_steps=STEPS, width=SIZE, height=SIZE, **extra))
+    worst = assert_parity(
+        [result], in_process(pipeline, 11, prompt=PROMPT, num_inference_steps=STEPS, width=SIZE, height=SIZE, **extra)
+    )
     print(f"\n{family} t2i: max pixel difference {worst}/255; timings {meta['timings_ms']}")
     assert meta["calls"][f"{'unet' if family == 'sd' else 'transformer'}"] >= STEPS
 
@@ -126,7 +136,9 @@ def test_edit_image_parity(family, dclient, reference):
     meta = result.metadata
     pipeline = reference(family, meta["pipeline"])
     extra = {"_auto_resize": False, "max_area": SIZE * SIZE, "width": SIZE, "height": SIZE} if family == "flux" else {}
-    worst = assert_parity([result], in_process(pipeline, 5, image=image, prompt="make it night", num_inference_steps=STEPS + 1, **extra))
+    worst = assert_parity(
+        [result], in_process(pipeline, 5, image=image, prompt="make it night", num_inference_steps=STEPS + 1, **extra)
+    )
     assert meta["calls"]["vae_encoder"] >= 1 and (meta["width"], meta["height"]) == (SIZE, SIZE)
     print(f"\n{family} tie ({meta['pipeline']}): max pixel difference {worst}/255")
 
@@ -141,30 +153,80 @@ def test_edit_text_parity(dclient, reference):
     assert meta["guidance"] == TEXT_EDIT["flux"]["guidance"] and '"CLOSED"' in meta["prompt"]
     # This server has no OCR model: the edit is returned, and the check says why it did not run.
     assert "skipped" in meta["text_check"] and "ocr" in meta["text_check"]["skipped"]
-    worst = assert_parity([result], in_process(
-        reference("flux", "FluxKontextPipeline"), 3, image=image, prompt=meta["prompt"], num_inference_steps=STEPS,
-        guidance_scale=meta["guidance"], _auto_resize=False, max_area=SIZE * SIZE, width=SIZE, height=SIZE,
-    ))
+    worst = assert_parity(
+        [result],
+        in_process(
+            reference("flux", "FluxKontextPipeline"),
+            3,
+            image=image,
+            prompt=meta["prompt"],
+            num_inference_steps=STEPS,
+            guidance_scale=meta["guidance"],
+            _auto_resize=False,
+            max_area=SIZE * SIZE,
+            width=SIZE,
+            height=SIZE,
+        ),
+    )
     print(f"\nflux vttie: max pixel difference {worst}/255")
 
 
 def test_several_images_and_negative_prompt(dclient, reference):
-    results = dclient.text_to_image(PROMPT, model="sd_text_to_image", negative_prompt="blurry", steps=STEPS, seed=2,
-                                    width=SIZE, height=SIZE, num_images=2)
+    results = dclient.text_to_image(
+        PROMPT,
+        model="sd_text_to_image",
+        negative_prompt="blurry",
+        steps=STEPS,
+        seed=2,
+        width=SIZE,
+        height=SIZE,
+        num_images=2,
+    )
     assert isinstance(results, list) and len(results) == 2
-    assert_parity(results, in_process(reference("sd", "StableDiffusionPipeline"), 2, prompt=PROMPT, negative_prompt="blurry",
-                                      num_inference_steps=STEPS, width=SIZE, height=SIZE, num_images_per_prompt=2))
+    assert_parity(
+        results,
+        in_process(
+            reference("sd", "StableDiffusionPipeline"),
+            2,
+            prompt=PROMPT,
+            negative_prompt="blurry",
+            num_inference_steps=STEPS,
+            width=SIZE,
+            height=SIZE,
+            num_images_per_prompt=2,
+        ),
+    )
     assert not np.array_equal(pixels(results[0]), pixels(results[1]))
 
 
 def test_http_and_cli(diffusion_server, tmp_path):
     with Client(diffusion_server.http_url, protocol="http") as client:
-        over_http = client.text_to_image(PROMPT, model="cogview4_text_to_image", steps=STEPS, seed=1, width=SIZE, height=SIZE)
+        over_http = client.text_to_image(
+            PROMPT, model="cogview4_text_to_image", steps=STEPS, seed=1, width=SIZE, height=SIZE
+        )
     from genserve.cli import main
 
     out = tmp_path / "t2i.png"
-    code = main(["t2i", PROMPT, "-o", str(out), "--model", "cogview4_text_to_image", "--url", diffusion_server.grpc_url,
-                 "--steps", str(STEPS), "--seed", "1", "--width", str(SIZE), "--height", str(SIZE)])
+    code = main(
+        [
+            "t2i",
+            PROMPT,
+            "-o",
+            str(out),
+            "--model",
+            "cogview4_text_to_image",
+            "--url",
+            diffusion_server.grpc_url,
+            "--steps",
+            str(STEPS),
+            "--seed",
+            "1",
+            "--width",
+            str(SIZE),
+            "--height",
+            str(SIZE),
+        ]
+    )
     assert code == 0 and out.is_file()
     assert out.read_bytes() == over_http.encoded  # same request, same PNG over either protocol
 
@@ -185,7 +247,9 @@ def test_http_and_cli(diffusion_server, tmp_path):
 )
 def test_bad_parameters(dclient, parameters, message):
     with pytest.raises(RequestError, match=message):
-        dclient.text_to_image(PROMPT, model="sd_text_to_image", **{"steps": STEPS, "width": SIZE, "height": SIZE, **parameters})
+        dclient.text_to_image(
+            PROMPT, model="sd_text_to_image", **{"steps": STEPS, "width": SIZE, "height": SIZE, **parameters}
+        )
 
 
 def test_bad_prompts_and_images(dclient):
@@ -208,7 +272,11 @@ def test_a_large_edit_input_is_resized_not_refused(dclient):
     result = dclient.edit_image(photo, "make it night", model="flux_edit_image", steps=1, seed=3)
     width, height = result.image.size
     assert max(width, height) <= 256 and abs(width / height - 0.8) < 0.05
-    assert result.metadata["resized"] == {"input": [400, 500], "generated": [width, height], "returned": [width, height]}
+    assert result.metadata["resized"] == {
+        "input": [400, 500],
+        "generated": [width, height],
+        "returned": [width, height],
+    }
     kept = dclient.edit_image(photo, "make it night", model="flux_edit_image", steps=1, seed=3, keep_size=True)
     assert kept.image.size == (400, 500)
 
@@ -216,7 +284,9 @@ def test_a_large_edit_input_is_resized_not_refused(dclient):
 def test_text_edit_candidates(dclient):
     """Three edits in one batch, one returned, every candidate's check reported (this server has no OCR
     model beside: each says so; tests/test_diffusion_service.py checks the choosing with the real OCR)."""
-    result = dclient.edit_text(input_image(), 'change "OPEN" to "CLOSED"', model="flux_edit_text", steps=1, seed=4, candidates=3)
+    result = dclient.edit_text(
+        input_image(), 'change "OPEN" to "CLOSED"', model="flux_edit_text", steps=1, seed=4, candidates=3
+    )
     scores = result.metadata["candidates"]
     assert [score["candidate"] for score in scores] == [0, 1, 2] and all("skipped" in score for score in scores)
     assert result.metadata["chosen"] == [0] and result.image.size == (SIZE, SIZE)
@@ -237,8 +307,17 @@ def test_server_keeps_serving_after_bad_requests(dclient, reference):
         with pytest.raises(RequestError):
             dclient.text_to_image(PROMPT, model="sd_text_to_image", **bad)
     result = dclient.text_to_image(PROMPT, model="sd_text_to_image", steps=STEPS, seed=11, width=SIZE, height=SIZE)
-    assert_parity([result], in_process(reference("sd", "StableDiffusionPipeline"), 11, prompt=PROMPT,
-                                       num_inference_steps=STEPS, width=SIZE, height=SIZE))
+    assert_parity(
+        [result],
+        in_process(
+            reference("sd", "StableDiffusionPipeline"),
+            11,
+            prompt=PROMPT,
+            num_inference_steps=STEPS,
+            width=SIZE,
+            height=SIZE,
+        ),
+    )
 
 
 # --- concurrency and BLS overhead -------------------------------------------------------------------------
@@ -273,8 +352,10 @@ def test_concurrent_requests_share_the_denoiser(family, streamed, diffusion_serv
     pipeline_model, denoiser, calls = CONCURRENCY[family]
     served_model = pipeline_model + ("_stream" if streamed else "")
     seeds = (21, 22, 23, 24)
-    sequential = {seed: dclient.text_to_image(PROMPT, model=pipeline_model, steps=3, seed=seed, width=SIZE, height=SIZE)
-                  for seed in seeds}
+    sequential = {
+        seed: dclient.text_to_image(PROMPT, model=pipeline_model, steps=3, seed=seed, width=SIZE, height=SIZE)
+        for seed in seeds
+    }
     before = _model_stats(diffusion_server, denoiser)
     before_pipeline = _model_stats(diffusion_server, served_model)
     results, errors = {}, []
@@ -282,8 +363,15 @@ def test_concurrent_requests_share_the_denoiser(family, streamed, diffusion_serv
     def one(seed):
         try:
             with Client(diffusion_server.grpc_url) as client:
-                results[seed] = client.text_to_image(PROMPT, model=pipeline_model, steps=3, seed=seed, width=SIZE, height=SIZE,
-                                                     progress=(lambda report: None) if streamed else None)
+                results[seed] = client.text_to_image(
+                    PROMPT,
+                    model=pipeline_model,
+                    steps=3,
+                    seed=seed,
+                    width=SIZE,
+                    height=SIZE,
+                    progress=(lambda report: None) if streamed else None,
+                )
         except Exception as error:  # noqa: BLE001
             errors.append(error)
 
@@ -306,15 +394,19 @@ def test_concurrent_requests_share_the_denoiser(family, streamed, diffusion_serv
     queued_ms = (_queue_ns(pipeline) - _queue_ns(before_pipeline)) / 4e6
     # The hand-over time is a figure to read, not to assert: on a busy 2-core host the instance's main
     # thread waits for the GIL behind the workers (0.1-27 % of the run measured on CI).
-    print(f"\n{denoiser} under 4 concurrent requests: {requests} requests ran in {executions} executions; "
-          f"{served_model} queued {queued_ms:.2f} ms per request ({100 * queued_ms / wall_ms:.1f} % of the run)")
+    print(
+        f"\n{denoiser} under 4 concurrent requests: {requests} requests ran in {executions} executions; "
+        f"{served_model} queued {queued_ms:.2f} ms per request ({100 * queued_ms / wall_ms:.1f} % of the run)"
+    )
     assert requests == 4 * calls
     assert executions < requests  # merged across requests: they were in the model at the same time
 
 
 def test_streaming_reports_every_step(dclient):
     reports = []
-    streamed = dclient.text_to_image(PROMPT, model="sd_text_to_image", steps=3, seed=5, width=SIZE, height=SIZE, progress=reports.append)
+    streamed = dclient.text_to_image(
+        PROMPT, model="sd_text_to_image", steps=3, seed=5, width=SIZE, height=SIZE, progress=reports.append
+    )
     plain = dclient.text_to_image(PROMPT, model="sd_text_to_image", steps=3, seed=5, width=SIZE, height=SIZE)
     assert [r["step"] for r in reports] == list(range(1, streamed.metadata["denoising_steps_run"] + 1))
     assert {r["steps"] for r in reports} == {len(reports)}
@@ -330,8 +422,14 @@ def test_async_client_streams_a_text_edit(diffusion_server):
     async def edit():
         async with AsyncClient(diffusion_server.grpc_url) as client:
             reports = []
-            result = await client.edit_text(input_image(), 'change "OPEN" to "CLOSED"', model="flux_edit_text", steps=2, seed=1,
-                                            progress=reports.append)
+            result = await client.edit_text(
+                input_image(),
+                'change "OPEN" to "CLOSED"',
+                model="flux_edit_text",
+                steps=2,
+                seed=1,
+                progress=reports.append,
+            )
             return result, reports
 
     result, reports = asyncio.run(edit())
@@ -359,7 +457,9 @@ def test_a_request_given_up_stops_the_denoiser(how, diffusion_server, dclient):
                 client.text_to_image(PROMPT, progress=_stop_after_three_steps, **long_request)
         else:
             with pytest.raises(RequestError, match="Deadline Exceeded"):
-                client.text_to_image(PROMPT, progress=(lambda report: None) if how == "stream deadline" else None, **long_request)
+                client.text_to_image(
+                    PROMPT, progress=(lambda report: None) if how == "stream deadline" else None, **long_request
+                )
     time.sleep(0.5)
     settled = executions()
     time.sleep(1.5)
@@ -388,7 +488,9 @@ def test_a_streaming_model_refuses_work_beyond_its_backlog(diffusion_server, dcl
     metrics_url = f"{diffusion_server.host}:{diffusion_server.metrics_port}"
     counted = lambda code: metrics.scrape(metrics_url).total(FAILURE_METRIC, model="sd_text_to_image_stream", code=code)  # noqa: E731
     cancelled_before = counted("CANCELLED")
-    inputs = STREAMING_TASKS["t2i"].encode_request(prompt=PROMPT, steps=400, seed=1, width=SIZE, height=SIZE)  # ~10 s each
+    inputs = STREAMING_TASKS["t2i"].encode_request(
+        prompt=PROMPT, steps=400, seed=1, width=SIZE, height=SIZE
+    )  # ~10 s each
     replies: queue.SimpleQueue = queue.SimpleQueue()
     triton = grpcclient.InferenceServerClient(diffusion_server.grpc_url)
     triton.start_stream(callback=lambda result, error: replies.put(error))
@@ -452,8 +554,15 @@ def test_models_that_call_others_load_after_them():
             config.parameters[LOAD_AFTER].string_value = calls
         return config
 
-    configs = {"unet": config(), "vae": config(), "t2i": config("unet,vae,ocr"), "stream": config("unet"), "ocr": config("det"),
-               "det": config(), "outer": config("t2i")}
+    configs = {
+        "unet": config(),
+        "vae": config(),
+        "t2i": config("unet,vae,ocr"),
+        "stream": config("unet"),
+        "ocr": config("det"),
+        "det": config(),
+        "outer": config("t2i"),
+    }
     assert dependent_models(list(configs), configs) == [["ocr", "stream"], ["t2i"], ["outer"]]  # t2i also waits for ocr
     assert dependent_models(["unet", "t2i"], configs) == [["t2i"]]  # ocr, vae not served: nothing to wait for
     configs["det"] = config("outer")
@@ -475,8 +584,19 @@ def test_response_cache_answers_a_repeated_seeded_request(export_family, tmp_pat
     build_repository(export_dir, repo, BuildOptions(prefix="sd_", max_size=256, stream=False, warmup_size=SIZE))
     http, grpc, metrics = free_ports(3)
     models = ["sd_text_encoder", "sd_unet", "sd_vae_decoder", "sd_vae_encoder", "sd_text_to_image"]
-    with TritonServer(repo, models=models, http_port=http, grpc_port=grpc, metrics_port=metrics, address="127.0.0.1",
-                      log_path=tmp_path / "triton.log", cache_size=64 * 2**20) as server, Client(server.grpc_url) as client:
+    with (
+        TritonServer(
+            repo,
+            models=models,
+            http_port=http,
+            grpc_port=grpc,
+            metrics_port=metrics,
+            address="127.0.0.1",
+            log_path=tmp_path / "triton.log",
+            cache_size=64 * 2**20,
+        ) as server,
+        Client(server.grpc_url) as client,
+    ):
         # Warm start: before any client request, the pipeline model's warm-up request ran through the leaves.
         from genserve.diffusion.repository import WARMUP_STEPS
 
@@ -494,7 +614,9 @@ def test_response_cache_answers_a_repeated_seeded_request(export_family, tmp_pat
         assert int(stats["inference_stats"]["cache_hit"]["count"]) == 1 and cached_s < computed_s
         print(f"\ncomputed in {1e3 * computed_s:.0f} ms, answered from the cache in {1e3 * cached_s:.1f} ms")
 
-        fresh = [client.text_to_image(PROMPT, model="sd_text_to_image", steps=2, width=SIZE, height=SIZE) for _ in range(2)]
+        fresh = [
+            client.text_to_image(PROMPT, model="sd_text_to_image", steps=2, width=SIZE, height=SIZE) for _ in range(2)
+        ]
         assert fresh[0].metadata["seed"] != fresh[1].metadata["seed"] and fresh[0].encoded != fresh[1].encoded
         assert int(_model_stats(server, "sd_text_to_image")["inference_stats"]["cache_hit"]["count"]) == 1
 
@@ -511,7 +633,9 @@ def test_a_leaf_refuses_what_no_pipeline_request_can_make(diffusion_server, dcli
 
     from genserve.triton.model_config import model_parameters, read_config
 
-    limit = json.loads(model_parameters(read_config(diffusion_server.repositories[0] / "sd_vae_decoder"))["max_input_shape"])["latents"]
+    limit = json.loads(
+        model_parameters(read_config(diffusion_server.repositories[0] / "sd_vae_decoder"))["max_input_shape"]
+    )["latents"]
     too_large = np.zeros((1, limit[1], 4 * limit[2], 4 * limit[3]), np.float32)
     with pytest.raises(RequestError, match="above this model's limit") as error:
         dclient.infer("sd_vae_decoder", {"latents": too_large}, ["images"])

@@ -34,8 +34,15 @@ def serve(repositories, tmp_path, **kwargs):
     from genserve.server import TritonServer, free_ports
 
     http_port, grpc_port, metrics_port = free_ports(3)
-    return TritonServer(repositories, http_port=http_port, grpc_port=grpc_port, metrics_port=metrics_port,
-                        address="127.0.0.1", log_path=tmp_path / f"triton-{grpc_port}.log", **kwargs).start()  # fmt: skip
+    return TritonServer(
+        repositories,
+        http_port=http_port,
+        grpc_port=grpc_port,
+        metrics_port=metrics_port,
+        address="127.0.0.1",
+        log_path=tmp_path / f"triton-{grpc_port}.log",
+        **kwargs,
+    ).start()
 
 
 def timed_stop(server) -> float:
@@ -44,8 +51,11 @@ def timed_stop(server) -> float:
     return time.monotonic() - started
 
 
-@pytest.mark.xfail(reason="open (issue 23, item 3): after a refused and expired burst the streaming model still does not "
-                   "unload in some runs, though every request got its final response", strict=False)
+@pytest.mark.xfail(
+    reason="open (issue 23, item 3): after a refused and expired burst the streaming model still does not "
+    "unload in some runs, though every request got its final response",
+    strict=False,
+)
 def test_a_streaming_model_unloads_after_its_requests_were_refused_and_expired(sd_repo, tmp_path):
     """A burst of streamed requests beyond the backlog, each with a 1 s deadline: some refused, the rest
     given up by their clients. Stopping the server then took the whole exit timeout (the streaming model
@@ -54,7 +64,9 @@ def test_a_streaming_model_unloads_after_its_requests_were_refused_and_expired(s
     models = [m for m in models if (sd_repo / m).is_dir()]
     server = serve(sd_repo, tmp_path, models=models, exit_timeout_s=30)
     with Client(server.grpc_url, retry_policy=ONCE) as client:
-        client.text_to_image("a lighthouse", model="sd_text_to_image", steps=2, width=SIZE, height=SIZE, progress=lambda _: None)
+        client.text_to_image(
+            "a lighthouse", model="sd_text_to_image", steps=2, width=SIZE, height=SIZE, progress=lambda _: None
+        )
     quiet = timed_stop(server)
 
     server = serve(sd_repo, tmp_path, models=models, exit_timeout_s=30)
@@ -65,7 +77,14 @@ def test_a_streaming_model_unloads_after_its_requests_were_refused_and_expired(s
         with Client(server.grpc_url, timeout_s=1.0, retry_policy=ONCE) as client:
             start.wait()
             try:
-                client.text_to_image("a lighthouse", model="sd_text_to_image", steps=200, width=SIZE, height=SIZE, progress=lambda _: None)
+                client.text_to_image(
+                    "a lighthouse",
+                    model="sd_text_to_image",
+                    steps=200,
+                    width=SIZE,
+                    height=SIZE,
+                    progress=lambda _: None,
+                )
                 return "ok"
             except RequestError as error:
                 return error.code
@@ -75,7 +94,9 @@ def test_a_streaming_model_unloads_after_its_requests_were_refused_and_expired(s
     assert "UNAVAILABLE" in outcomes and "DEADLINE_EXCEEDED" in outcomes, outcomes
     time.sleep(2)
     after_burst = timed_stop(server)
-    print(f"\nshutdown: {quiet:.1f} s after a quiet run, {after_burst:.1f} s after a refused and expired burst ({outcomes})")
+    print(
+        f"\nshutdown: {quiet:.1f} s after a quiet run, {after_burst:.1f} s after a refused and expired burst ({outcomes})"
+    )
     assert after_burst < quiet + 5, (quiet, after_burst)
 
 
@@ -108,11 +129,31 @@ def test_sigterm_drains_every_kind_of_model(sd_repo, tmp_path, faces_dir):
 
     http, grpc, metrics_port = free_ports(3)
     serve = subprocess.Popen(
-        [sys.executable, "-m", "genserve.cli", "serve", str(sd_repo), "--http-port", str(http), "--grpc-port", str(grpc),
-         "--metrics-port", str(metrics_port), "--log-file", str(tmp_path / "triton.log"), "--admin-key-file",
-         str(tmp_path / "admin.key"), "--drain-delay", "0", "--drain-timeout", "120"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "genserve.cli",
+            "serve",
+            str(sd_repo),
+            "--http-port",
+            str(http),
+            "--grpc-port",
+            str(grpc),
+            "--metrics-port",
+            str(metrics_port),
+            "--log-file",
+            str(tmp_path / "triton.log"),
+            "--admin-key-file",
+            str(tmp_path / "admin.key"),
+            "--drain-delay",
+            "0",
+            "--drain-timeout",
+            "120",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     url = f"127.0.0.1:{grpc}"
     try:
         lines: list[str] = []
@@ -121,14 +162,21 @@ def test_sigterm_drains_every_kind_of_model(sd_repo, tmp_path, faces_dir):
             if not line:
                 pytest.fail("genserve serve exited before it was ready:\n" + "".join(lines))
             lines.append(line)
-        ori, target, text = (faces_dir / "2008_002506.jpg").read_bytes(), (faces_dir / "2008_001009.jpg").read_bytes(), _text_image()
+        ori, target, text = (
+            (faces_dir / "2008_002506.jpg").read_bytes(),
+            (faces_dir / "2008_001009.jpg").read_bytes(),
+            _text_image(),
+        )
         kinds = {
-            "sd_text_to_image": lambda c: c.text_to_image("a lighthouse", model="sd_text_to_image", steps=150, width=SIZE, height=SIZE),
-            "sd_text_to_image_stream": lambda c: c.text_to_image("a lighthouse", model="sd_text_to_image", steps=150, width=SIZE,
-                                                                 height=SIZE, progress=lambda _: None),
+            "sd_text_to_image": lambda c: c.text_to_image(
+                "a lighthouse", model="sd_text_to_image", steps=150, width=SIZE, height=SIZE
+            ),
+            "sd_text_to_image_stream": lambda c: c.text_to_image(
+                "a lighthouse", model="sd_text_to_image", steps=150, width=SIZE, height=SIZE, progress=lambda _: None
+            ),
             "ocr": lambda c: c.ocr(text),
             "face_swap": lambda c: c.swap_face(ori, target, all_faces=True, candidates=6),
-        }  # fmt: skip
+        }
         outcomes: dict[str, object] = {}
 
         def run(model):

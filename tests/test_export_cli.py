@@ -7,7 +7,6 @@ import json
 import shutil
 
 import pytest
-
 from fixtures_diffusion import run_cli
 
 
@@ -69,7 +68,17 @@ def test_failure_midway_keeps_finished_stages_and_a_rerun_resumes(demo_dir, tmp_
     for name in good_vae:
         (source / "vae" / name).write_bytes(b"not safetensors")
     out = tmp_path / "out"
-    args = ["export", str(source), str(out), "--no-progress", "--no-optimize", "--component", "text_encoder", "--component", "vae_decoder"]
+    args = [
+        "export",
+        str(source),
+        str(out),
+        "--no-progress",
+        "--no-optimize",
+        "--component",
+        "text_encoder",
+        "--component",
+        "vae_decoder",
+    ]
     assert run_cli(*args) != 0
     assert "could not load vae" in capsys.readouterr().err
     with pytest.raises(ExportError, match="no complete export"):
@@ -86,7 +95,9 @@ def test_failure_midway_keeps_finished_stages_and_a_rerun_resumes(demo_dir, tmp_
     assert manifest["complete"] is True and set(manifest["components"]) == {"text_encoder", "vae_decoder"}
 
     assert run_cli(*args) == 0
-    assert "reused from an earlier run: text_encoder (onnx, parity); vae_decoder (onnx, parity)" in capsys.readouterr().out
+    assert (
+        "reused from an earlier run: text_encoder (onnx, parity); vae_decoder (onnx, parity)" in capsys.readouterr().out
+    )
     assert run_cli(*args, "--force") == 0
     assert "reused" not in capsys.readouterr().out
     assert Manifest.read(out).components["vae_decoder"].parity
@@ -106,7 +117,19 @@ def test_tensorrt_is_skipped_with_a_message_without_gpu(demo_dir, tmp_path, caps
     if reason is None:
         pytest.skip("this host can build TensorRT engines")
     out = tmp_path / "out"
-    assert run_cli("export", str(demo_dir / "sd"), str(out), "--tensorrt", "--no-progress", "--no-optimize", "--component", "text_encoder") == 0
+    assert (
+        run_cli(
+            "export",
+            str(demo_dir / "sd"),
+            str(out),
+            "--tensorrt",
+            "--no-progress",
+            "--no-optimize",
+            "--component",
+            "text_encoder",
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     assert f"TensorRT engines skipped: {reason}" in printed
     manifest = json.loads((out / "manifest.json").read_text())

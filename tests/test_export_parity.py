@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from fixtures_diffusion import DEMO_FOR_FAMILY
 
 pytestmark = pytest.mark.slow  # one export per family, about a minute each on 2 cores
@@ -57,9 +56,9 @@ def test_exported_graphs_match_torch_on_fresh_inputs(family_name, export_family,
 
 @pytest.mark.parametrize("family_name", DEMO_FOR_FAMILY)
 def test_manifest_names_dynamic_dimensions(family_name, export_family):
-    import onnx
-
     import json
+
+    import onnx
 
     from genserve.export.manifest import FORMAT, Manifest
 

@@ -11,13 +11,14 @@ import pytest
 def test_low_precision_export(precision, demo_dir, tmp_path):
     import onnx
 
-    from genserve.export.parity import TOLERANCES
     from genserve.export.manifest import Manifest
+    from genserve.export.parity import TOLERANCES
     from genserve.export.pipeline import ExportOptions, export_pipeline
 
     out = tmp_path / precision
     report = export_pipeline(
-        demo_dir / "sd", out,
+        demo_dir / "sd",
+        out,
         ExportOptions(precision=precision, components=("text_encoder", "vae_decoder"), optimize=False, progress=False),
         log=lambda _: None,
     )
@@ -54,7 +55,8 @@ def test_external_data(demo_dir, tmp_path):
 
     out = tmp_path / "external"
     report = export_pipeline(
-        demo_dir / "cogview4", out,
+        demo_dir / "cogview4",
+        out,
         ExportOptions(components=("text_encoder",), external_data_threshold=0, progress=False),
         log=lambda _: None,
     )

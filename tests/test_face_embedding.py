@@ -47,7 +47,9 @@ def test_descriptors_match_dlibs_own_on_every_test_face(faces, embedder):
     recognizer = dlib.face_recognition_model_v1(str(weights_file()))
     worst_cosine, worst_gap = 1.0, 0.0
     for rgb, face in faces:
-        shape = dlib.full_object_detection(dlib.rectangle(*face.box), [dlib.point(round(x), round(y)) for x, y in face.landmarks])
+        shape = dlib.full_object_detection(
+            dlib.rectangle(*face.box), [dlib.point(round(x), round(y)) for x, y in face.landmarks]
+        )
         reference = np.asarray(recognizer.compute_face_descriptor(np.ascontiguousarray(rgb), shape))
         ours = embedder(face_chip(rgb, face.box, face.landmarks)[None])[0]
         worst_cosine = min(worst_cosine, _cosine(ours, reference))

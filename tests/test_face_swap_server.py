@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from genserve.config import FACES_DIR
-from genserve.server import free_ports
 from genserve.client import Client, RequestError, ServerUnavailableError
+from genserve.config import FACES_DIR
 from genserve.errors import ServerError
 from genserve.faceswap import FaceAnalyzer
 from genserve.imaging import decode_image
+from genserve.server import free_ports
 
 ORI, TARGET = "2008_002506.jpg", "2008_001009.jpg"
 pytestmark = pytest.mark.server
@@ -101,12 +101,16 @@ def bad_requests(faces_dir, huge_jpeg):
         ("face index too high", lambda c: c.swap_face(ori, target, face_index=9), "has 3 face(s)"),
         (
             "wrong dtype",
-            lambda c: _raw_infer(c, {"ORI_IMAGE": np.zeros((1,), np.int32), "TARGET_IMAGE": np.array([target], object)}),
+            lambda c: _raw_infer(
+                c, {"ORI_IMAGE": np.zeros((1,), np.int32), "TARGET_IMAGE": np.array([target], object)}
+            ),
             "ORI_IMAGE",
         ),
         (
             "wrong shape",
-            lambda c: _raw_infer(c, {"ORI_IMAGE": np.array([ori, ori], object), "TARGET_IMAGE": np.array([target], object)}),
+            lambda c: _raw_infer(
+                c, {"ORI_IMAGE": np.array([ori, ori], object), "TARGET_IMAGE": np.array([target], object)}
+            ),
             "ORI_IMAGE",
         ),
         ("missing input", lambda c: _raw_infer(c, {"ORI_IMAGE": np.array([ori], object)}), "TARGET_IMAGE"),
@@ -140,10 +144,24 @@ def test_server_keeps_serving_after_50_bad_requests(grpc_client, triton_server, 
 def test_cli_deepfake_writes_the_swapped_image(triton_server, faces_dir, tmp_path):
     output = tmp_path / "swapped.jpg"
     completed = subprocess.run(
-        [sys.executable, "-m", "genserve.cli", "deepfake", str(faces_dir / ORI), str(faces_dir / TARGET),
-         "-o", str(output), "--url", triton_server.grpc_url, "--candidates", "2"],
-        capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "genserve.cli",
+            "deepfake",
+            str(faces_dir / ORI),
+            str(faces_dir / TARGET),
+            "-o",
+            str(output),
+            "--url",
+            triton_server.grpc_url,
+            "--candidates",
+            "2",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert completed.returncode == 0, completed.stderr
     assert "identity cosine to target" in completed.stdout and "of 2 (cosines" in completed.stdout
     assert Image.open(output).size == Image.open(faces_dir / ORI).size
@@ -151,10 +169,24 @@ def test_cli_deepfake_writes_the_swapped_image(triton_server, faces_dir, tmp_pat
 
 def test_cli_deepfake_reports_a_refused_request(triton_server, faces_dir, tmp_path):
     completed = subprocess.run(
-        [sys.executable, "-m", "genserve.cli", "deepfake", str(faces_dir / "dogs.jpg"), str(faces_dir / TARGET),
-         "-o", str(tmp_path / "x.jpg"), "--url", triton_server.http_url, "--protocol", "http"],
-        capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "genserve.cli",
+            "deepfake",
+            str(faces_dir / "dogs.jpg"),
+            str(faces_dir / TARGET),
+            "-o",
+            str(tmp_path / "x.jpg"),
+            "--url",
+            triton_server.http_url,
+            "--protocol",
+            "http",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert completed.returncode == 1
     assert "no face found in the ori image" in completed.stderr
     assert not (tmp_path / "x.jpg").exists()
@@ -169,11 +201,28 @@ def test_client_names_an_unreachable_server():
 def test_serve_command_starts_and_stops_on_ctrl_c(tmp_path):
     http, grpc, metrics = free_ports(3)
     process = subprocess.Popen(
-        [sys.executable, "-m", "genserve.cli", "serve", "--model", "face_swap", "--address", "127.0.0.1",
-         "--http-port", str(http), "--grpc-port", str(grpc), "--metrics-port", str(metrics),
-         "--log-file", str(tmp_path / "triton.log")],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "genserve.cli",
+            "serve",
+            "--model",
+            "face_swap",
+            "--address",
+            "127.0.0.1",
+            "--http-port",
+            str(http),
+            "--grpc-port",
+            str(grpc),
+            "--metrics-port",
+            str(metrics),
+            "--log-file",
+            str(tmp_path / "triton.log"),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
         lines = []
         while not lines or "Press Ctrl-C" not in lines[-1]:
@@ -204,9 +253,14 @@ def test_a_model_that_fails_to_load_is_reported_with_its_reason(tmp_path):
     (model / "1" / "model.py").write_text("raise RuntimeError('weights missing: /models/broken.onnx')\n")
     http, grpc, metrics = free_ports(3)
     server = TritonServer(
-        tmp_path / "repo", http_port=http, grpc_port=grpc, metrics_port=metrics, address="127.0.0.1",
-        log_path=tmp_path / "triton.log", start_timeout_s=120,
-    )  # fmt: skip
+        tmp_path / "repo",
+        http_port=http,
+        grpc_port=grpc,
+        metrics_port=metrics,
+        address="127.0.0.1",
+        log_path=tmp_path / "triton.log",
+        start_timeout_s=120,
+    )
     with pytest.raises(ServerError, match=r"broken: .*weights missing: /models/broken.onnx"):
         server.start()
     assert not server.is_running()
@@ -226,7 +280,10 @@ def test_asyncio_client_runs_requests_concurrently(triton_server, faces_dir):
     async def main():
         async with AsyncClient(triton_server.grpc_url) as client:
             assert await client.is_ready("face_swap")
-            swaps = [client.swap_face(faces_dir / ori, faces_dir / TARGET, compute_identity=False) for ori in (ORI, "2008_001322.jpg")]
+            swaps = [
+                client.swap_face(faces_dir / ori, faces_dir / TARGET, compute_identity=False)
+                for ori in (ORI, "2008_001322.jpg")
+            ]
             results = await asyncio.gather(*swaps, return_exceptions=True)
             with pytest.raises(RequestError, match="no face found"):
                 await client.swap_face(faces_dir / "dogs.jpg", faces_dir / TARGET)

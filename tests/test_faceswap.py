@@ -9,11 +9,11 @@ import cv2
 import numpy as np
 import pytest
 from PIL import Image
+from swap_quality import hull_mask, psnr_outside, seam_share
 
 from genserve.errors import InvalidInputError, NoFaceError
 from genserve.faceswap import FaceSwapper, SwapOptions
 from genserve.imaging import decode_image, encode_image
-from swap_quality import hull_mask, psnr_outside, seam_share
 
 # Photos whose largest face is at least 80 px wide; the others' faces are 36-52 px.
 LARGE_FACES = ["2008_001009.jpg", "2008_002506.jpg", "2008_001322.jpg"]
@@ -95,7 +95,9 @@ def test_swap_adds_no_outliers_beyond_the_photos_own(swapper, all_swaps):
     for (ori_name, target_name), (ori, result, face, target) in all_swaps.items():
         region = hull_mask(ori.shape, face.landmarks)
         scale = np.sqrt(region.sum() / hull_mask(target.crop.shape, target.landmarks).sum())
-        resized = cv2.resize(target.crop, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
+        resized = cv2.resize(
+            target.crop, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
+        )
         target_region = hull_mask(resized.shape, target.landmarks * scale)
         baseline = max(seam_share(ori, region), seam_share(resized, target_region))
         assert seam_share(result, region) <= baseline + 0.005, f"{ori_name} <- {target_name}"
@@ -121,10 +123,20 @@ def scale_swaps(swapper, photos):
         for small in SMALL_FACES:
             small_ori = decode_image(photos[small])
             result, _ = swapper.swap_arrays(small_ori, large_face, SwapOptions(compute_identity=False))
-            swaps["large into small", small, large] = (small_ori, result, swapper.analyzer.detect(small_ori)[0], large_face)
+            swaps["large into small", small, large] = (
+                small_ori,
+                result,
+                swapper.analyzer.detect(small_ori)[0],
+                large_face,
+            )
             small_face, _ = swapper.target_face(photos[small])
             result, _ = swapper.swap_arrays(large_ori, small_face, SwapOptions(compute_identity=False))
-            swaps["small into large", large, small] = (large_ori, result, swapper.analyzer.detect(large_ori)[0], small_face)
+            swaps["small into large", large, small] = (
+                large_ori,
+                result,
+                swapper.analyzer.detect(large_ori)[0],
+                small_face,
+            )
     return swaps
 
 
@@ -161,9 +173,13 @@ def test_swaps_across_scales_add_no_speckle_and_keep_the_background(scale_swaps,
 @pytest.mark.parametrize("direction", ["large into small", "small into large"])
 def test_swaps_across_scales_take_the_target_identity(swapper, scale_swaps, direction):
     closer = [
-        np.subtract(*identity_distances(swapper, *swap)) < 0 for (kind, _, _), swap in scale_swaps.items() if kind == direction
+        np.subtract(*identity_distances(swapper, *swap)) < 0
+        for (kind, _, _), swap in scale_swaps.items()
+        if kind == direction
     ]
-    assert np.mean(closer) >= 0.9, f"{direction}: closer to the target than to ori in only {np.mean(closer):.0%} of pairs"
+    assert np.mean(closer) >= 0.9, (
+        f"{direction}: closer to the target than to ori in only {np.mean(closer):.0%} of pairs"
+    )
 
 
 @pytest.mark.slow
@@ -188,9 +204,14 @@ def test_candidates_keep_the_best_rendering_without_artifacts(swapper, photos):
     assert entry["chosen"] == max(clean, key=lambda i: tried[i]["cosine"])
     # The image returned is the chosen candidate: its identity and artifacts are the ones reported for it.
     (score,) = metadata["identity"]
-    assert (score["cosine"], score["distance"]) == (tried[entry["chosen"]]["cosine"], tried[entry["chosen"]]["distance"])
+    assert (score["cosine"], score["distance"]) == (
+        tried[entry["chosen"]]["cosine"],
+        tried[entry["chosen"]]["distance"],
+    )
     face = swapper.analyzer.refit(ori, swapper.analyzer.detect(ori, landmarks=False, coarse=True)[0])
-    assert metadata["artifacts"][0]["share"] == pytest.approx(seam_share(result, hull_mask(ori.shape, face.landmarks)), abs=1e-5)
+    assert metadata["artifacts"][0]["share"] == pytest.approx(
+        seam_share(result, hull_mask(ori.shape, face.landmarks)), abs=1e-5
+    )
     assert metadata["artifacts"][0]["share"] == tried[entry["chosen"]]["artifact_share"]
     _, default = swapper.swap_arrays(ori, target, SwapOptions())  # candidate 0 is the default rendering
     assert default["identity"][0]["cosine"] == tried[0]["cosine"]
@@ -211,7 +232,9 @@ def test_classic_triangle_pasting_would_fail_the_seam_measure(photos):
 
 
 def test_metadata_reports_faces_identity_and_timings(swapper, photos):
-    encoded, metadata = swapper.swap(photos["2008_002506.jpg"], photos["2008_001009.jpg"], SwapOptions(ori_identity=True))
+    encoded, metadata = swapper.swap(
+        photos["2008_002506.jpg"], photos["2008_001009.jpg"], SwapOptions(ori_identity=True)
+    )
     assert decode_image(encoded).shape == decode_image(photos["2008_002506.jpg"]).shape
     assert metadata["faces_found"] == {"ori": 3, "target": 2}
     assert metadata["replaced"] == [0]
@@ -238,7 +261,10 @@ def test_face_index_and_all_faces_choose_which_faces_change(swapper, photos):
     target, _ = swapper.target_face(photos["2008_001009.jpg"])
 
     def changed(result):
-        return [bool((result[hull_mask(ori.shape, f.landmarks)] != ori[hull_mask(ori.shape, f.landmarks)]).any()) for f in faces]
+        return [
+            bool((result[hull_mask(ori.shape, f.landmarks)] != ori[hull_mask(ori.shape, f.landmarks)]).any())
+            for f in faces
+        ]
 
     second, metadata = swapper.swap_arrays(ori, target, SwapOptions(face_index=1, compute_identity=False))
     assert metadata["replaced"] == [1] and changed(second) == [False, True, False]
@@ -309,7 +335,11 @@ def test_bad_options_are_refused(options, message):
     """As the served model decodes a request: the contract's checks, before any work."""
     from genserve.protocol import FACE_SWAP
 
-    tensors = {"ORI_IMAGE": np.array([b"x"], object), "TARGET_IMAGE": np.array([b"x"], object), "OPTIONS": np.array([options.encode()], object)}
+    tensors = {
+        "ORI_IMAGE": np.array([b"x"], object),
+        "TARGET_IMAGE": np.array([b"x"], object),
+        "OPTIONS": np.array([options.encode()], object),
+    }
     with pytest.raises(InvalidInputError, match=message):
         FACE_SWAP.decode_request(tensors.get)
 
@@ -322,7 +352,9 @@ def test_in_process_options_are_checked_like_served_ones(swapper, photos):
 def test_output_formats(swapper, photos):
     for output_format, magic in [("png", b"\x89PNG"), ("jpeg", b"\xff\xd8"), ("webp", b"RIFF")]:
         encoded, _ = swapper.swap(
-            photos["2008_002506.jpg"], photos["2008_001009.jpg"], SwapOptions(output_format=output_format, compute_identity=False)
+            photos["2008_002506.jpg"],
+            photos["2008_001009.jpg"],
+            SwapOptions(output_format=output_format, compute_identity=False),
         )
         assert encoded.startswith(magic)
 

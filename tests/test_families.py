@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from fixtures_diffusion import DEMO_FOR_FAMILY
 
 from genserve.families import (
     DYNAMIC_DIMS,
@@ -15,7 +16,6 @@ from genserve.families import (
     read_configs,
     read_model_index,
 )
-from fixtures_diffusion import DEMO_FOR_FAMILY
 
 
 @pytest.mark.parametrize("family", FAMILIES.values(), ids=lambda f: f.name)
@@ -52,7 +52,9 @@ def test_every_declared_task_is_served(family):
     from genserve.families import served_tasks
 
     components = [c.name for c in family.components]
-    served = {task for cls in family.pipeline_classes for task in served_tasks(family.name, cls, family.tasks, components)}
+    served = {
+        task for cls in family.pipeline_classes for task in served_tasks(family.name, cls, family.tasks, components)
+    }
     assert served == set(family.tasks)
 
 
@@ -78,7 +80,11 @@ def test_kontext_appends_the_image_tokens():
 def test_sdxl_unet_conditions_are_derived_from_its_config():
     config = component_config(
         "unet",
-        {"addition_embed_type": "text_time", "projection_class_embeddings_input_dim": 2816, "addition_time_embed_dim": 256},
+        {
+            "addition_embed_type": "text_time",
+            "projection_class_embeddings_input_dim": 2816,
+            "addition_time_embed_dim": 256,
+        },
     )
     assert (config["text_embeds_dim"], config["time_ids_len"]) == (1280, 6)  # SDXL base's numbers
 
@@ -89,7 +95,9 @@ def test_static_dims_resolve_from_demo_configs(family_name, demo_dir):
     family = family_of_class(read_model_index(folder)["_class_name"])
     assert family.name == family_name
     configs = read_configs(folder, family)
-    dims = family.dims(ShapeRequest(1, 4 * family.pixel_multiple(configs), 4 * family.pixel_multiple(configs), 8), configs)
+    dims = family.dims(
+        ShapeRequest(1, 4 * family.pixel_multiple(configs), 4 * family.pixel_multiple(configs), 8), configs
+    )
     for component in family.components:
         resolved = component.resolve(dims, configs[component.module])
         for tensor in component.active_inputs(configs[component.module]) + component.outputs:

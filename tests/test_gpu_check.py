@@ -21,7 +21,14 @@ def test_without_a_gpu_every_gpu_step_says_why(tmp_path, offline):
     steps = {step["name"]: step for step in report["steps"]}
     assert steps["gpu"]["status"] == "failed" and "no CUDA GPU" in steps["gpu"]["detail"]
     assert steps["pipeline sd"]["status"] == "ok"  # what needs no GPU still runs
-    for name in ("export sd", "export flux-kontext", "build-repo", "serve", "served vs in-process sd", "bench flux-kontext"):
+    for name in (
+        "export sd",
+        "export flux-kontext",
+        "build-repo",
+        "serve",
+        "served vs in-process sd",
+        "bench flux-kontext",
+    ):
         assert steps[name]["status"] == "skipped" and steps[name]["detail"], name
     assert "gpu failed: RuntimeError: no CUDA GPU" in steps["export sd"]["detail"]
     written = json.loads((tmp_path / "out" / "gpu-check.json").read_text())
@@ -40,8 +47,18 @@ def test_main_fails_when_something_could_not_run(tmp_path, monkeypatch):
 @pytest.mark.slow
 @pytest.mark.server
 def test_the_whole_check_runs_on_the_cpu_target(tmp_path, offline):
-    plan = Plan(mode="pip", precision="fp32", tensorrt=False, python_leaves=False, gpu=False, target="cpu",
-                pipeline_size="tiny", levels=(1,), requests=2, size=64)  # fmt: skip
+    plan = Plan(
+        mode="pip",
+        precision="fp32",
+        tensorrt=False,
+        python_leaves=False,
+        gpu=False,
+        target="cpu",
+        pipeline_size="tiny",
+        levels=(1,),
+        requests=2,
+        size=64,
+    )
     report = GpuCheck(tmp_path / "out", tmp_path / "work", log=lambda _: None, plan=plan).run()
     steps = {step["name"]: step for step in report["steps"]}
     assert report["could_not"] == [], report["could_not"]

@@ -40,7 +40,10 @@ def test_bls_requests_ask_for_host_memory(monkeypatch):
         return kwargs
 
     fake = types.SimpleNamespace(
-        InferenceRequest=inference_request, PreferredMemory=PreferredMemory, TRITONSERVER_MEMORY_CPU=0, TRITONSERVER_MEMORY_GPU=2,
+        InferenceRequest=inference_request,
+        PreferredMemory=PreferredMemory,
+        TRITONSERVER_MEMORY_CPU=0,
+        TRITONSERVER_MEMORY_GPU=2,
         Tensor=lambda name, array: (name, array),
     )
     monkeypatch.setattr(bls, "pb_utils", fake)
@@ -70,22 +73,40 @@ def test_default_profiles_cover_served_requests(family_name, family_configs):
 
     family, configs = FAMILIES[family_name], family_configs[family_name]
     build = BuildOptions(target="gpu", tensorrt=True)
-    requests = profile_requests(ExportOptions().batch_sizes, default_resolutions(family, configs), default_text_lengths(family), "vttie" in family.tasks)
+    requests = profile_requests(
+        ExportOptions().batch_sizes,
+        default_resolutions(family, configs),
+        default_text_lengths(family),
+        "vttie" in family.tasks,
+    )
     scale = family.vae_scale_factor(configs)
     for spec in family.components:
         profile = compute_profile(family, spec, configs, requests, requests[0])
         # The batch the leaf config accepts is the batch the engine takes.
         assert {shapes[2][0] for shapes in profile.shapes.values()} == {build.max_batch_size}, spec.name
         entry = ComponentEntry(
-            spec.name, spec.module, spec.kind, spec.method, "x.onnx",
-            inputs=tuple(TensorEntry(t.name, t.dims, (-1,) * len(t.dims), "float32") for t in spec.active_inputs(configs[spec.module])),
-            outputs=(), tensorrt={"path": "x.plan", "profile": {k: [list(s) for s in v] for k, v in profile.shapes.items()}},
+            spec.name,
+            spec.module,
+            spec.kind,
+            spec.method,
+            "x.onnx",
+            inputs=tuple(
+                TensorEntry(t.name, t.dims, (-1,) * len(t.dims), "float32")
+                for t in spec.active_inputs(configs[spec.module])
+            ),
+            outputs=(),
+            tensorrt={"path": "x.plan", "profile": {k: [list(s) for s in v] for k, v in profile.shapes.items()}},
         )
         assert leaf_config(spec.name, entry, build).max_batch_size == build.max_batch_size
         for tensor in spec.active_inputs(configs[spec.module]):
             low, _, high = profile.shapes[tensor.name]
             for axis, dim in enumerate(tensor.dims):
-                if dim == "text_len" and spec.kind != "text_encoder" or dim == "text_len" and "max_position_embeddings" not in configs[spec.module]:
+                if (
+                    dim == "text_len"
+                    and spec.kind != "text_encoder"
+                    or dim == "text_len"
+                    and "max_position_embeddings" not in configs[spec.module]
+                ):
                     shortest, longest = family.text_len_range
                     assert low[axis] <= shortest and high[axis] >= longest, (spec.name, tensor.name, low, high)
                 if dim in ("height", "latent_height"):  # 256 px to the largest side served
@@ -99,7 +120,11 @@ def test_leaf_batch_follows_an_engine_that_takes_less():
     from genserve.export.manifest import ComponentEntry, TensorEntry
 
     entry = ComponentEntry(
-        "unet", "unet", "denoiser", "forward", "x.onnx",
+        "unet",
+        "unet",
+        "denoiser",
+        "forward",
+        "x.onnx",
         inputs=(TensorEntry("sample", ("batch", "c", "h", "w"), (-1, 4, -1, -1), "float32"),),
         outputs=(TensorEntry("noise_pred", ("batch", "c", "h", "w"), (-1, 4, -1, -1), "float32"),),
         tensorrt={"path": "unet_trt/1/model.plan", "profile": {"sample": [[1, 4, 8, 8], [1, 4, 8, 8], [4, 4, 64, 64]]}},
@@ -167,7 +192,9 @@ def test_stage_keys_follow_the_runtime(demo_dir, tmp_path, monkeypatch):
     again = export_pipeline(demo_dir / "sd", tmp_path, options, log=lambda _: None)
     assert not again.stages_run
     real = ort_session.runtime()
-    monkeypatch.setattr(ort_session, "runtime", lambda: real | {"providers": ["CUDAExecutionProvider", "CPUExecutionProvider"]})
+    monkeypatch.setattr(
+        ort_session, "runtime", lambda: real | {"providers": ["CUDAExecutionProvider", "CPUExecutionProvider"]}
+    )
     on_gpu = export_pipeline(demo_dir / "sd", tmp_path, options, log=lambda _: None)
     assert set(on_gpu.stages_run) == {("text_encoder", "optimize"), ("text_encoder", "parity")}
     assert ("text_encoder", "onnx") in on_gpu.stages_reused
@@ -182,15 +209,20 @@ def test_gpu_configs_and_graphs_fit_the_supported_release(demo_dir, tmp_path):
     every exported graph's opset is one its ONNX Runtime opens (a bf16 export included)."""
     import onnx
     from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2
 
     from genserve.diffusion.repository import BuildOptions, build_repository
     from genserve.export.pipeline import ExportOptions, export_pipeline
-    from tritonclient.grpc import model_config_pb2
 
     release = gpu_stack.SUPPORTED
     allowed = {"TYPE_FP32", "TYPE_FP16", "TYPE_INT64"} | ({"TYPE_BF16"} if release.bf16_io else set())
     export = tmp_path / "bf16"
-    export_pipeline(demo_dir / "sd", export, ExportOptions(precision="bf16", optimize=False, parity=False, progress=False), log=lambda _: None)
+    export_pipeline(
+        demo_dir / "sd",
+        export,
+        ExportOptions(precision="bf16", optimize=False, parity=False, progress=False),
+        log=lambda _: None,
+    )
     repo = tmp_path / "repo"
     report = build_repository(export, repo, BuildOptions(target="gpu", warmup=False, stream=False))
     for name in report.leaf_models:
@@ -217,7 +249,11 @@ def test_gpu_leaves_carry_cuda_settings():
     from genserve.triton.onnx_leaf import cuda_provider_options
 
     entry = ComponentEntry(
-        "vae_decoder", "vae", "vae_decoder", "decode", "x.onnx",
+        "vae_decoder",
+        "vae",
+        "vae_decoder",
+        "decode",
+        "x.onnx",
         inputs=(TensorEntry("latents", ("batch", "c", "h", "w"), (-1, 4, -1, -1), "bfloat16"),),
         outputs=(TensorEntry("images", ("batch", "c", "h", "w"), (-1, 3, -1, -1), "bfloat16"),),
     )
@@ -226,7 +262,9 @@ def test_gpu_leaves_carry_cuda_settings():
     assert parameters["gpu_mem_limit"] == str(12 * 2**30)
     assert {k: parameters[k] for k in ORT_CUDA_PARAMETERS} == ORT_CUDA_PARAMETERS
     assert cuda_provider_options(parameters, device_id=1) == {
-        "device_id": "1", "arena_extend_strategy": "kSameAsRequested", "cudnn_conv_algo_search": "HEURISTIC",
+        "device_id": "1",
+        "arena_extend_strategy": "kSameAsRequested",
+        "cudnn_conv_algo_search": "HEURISTIC",
         "gpu_mem_limit": str(12 * 2**30),
     }
     assert "gpu_mem_limit" not in model_parameters(leaf_config("vae_decoder", entry, BuildOptions(target="gpu")))
@@ -282,5 +320,7 @@ def test_build_repo_refuses_sizes_the_engines_do_not_cover(export_family, tmp_pa
     (export / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(RepositoryError, match="serve sizes up to 512 px; --max-size 2048"):
         build_repository(export, tmp_path / "repo", BuildOptions(target="gpu", tensorrt=True, warmup=False))
-    report = build_repository(export, tmp_path / "repo", BuildOptions(target="gpu", tensorrt=True, max_size=512, warmup=False))
+    report = build_repository(
+        export, tmp_path / "repo", BuildOptions(target="gpu", tensorrt=True, max_size=512, warmup=False)
+    )
     assert (tmp_path / "repo" / report.leaf_models[0] / "1" / "model.plan").is_file()

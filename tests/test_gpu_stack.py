@@ -25,12 +25,18 @@ from genserve import gpu_stack
 ROOT = Path(__file__).resolve().parents[1]
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
 # Ubuntu 24.04 (the 25.x/26.x containers): glibc 2.39, x86_64.
-CONTAINER_PLATFORMS = [f"manylinux_2_{minor}_x86_64" for minor in range(39, 4, -1)] + ["manylinux2014_x86_64", "manylinux2010_x86_64", "manylinux1_x86_64"]
+CONTAINER_PLATFORMS = [f"manylinux_2_{minor}_x86_64" for minor in range(39, 4, -1)] + [
+    "manylinux2014_x86_64",
+    "manylinux2010_x86_64",
+    "manylinux1_x86_64",
+]
 
 
 def container_tags(python: str) -> set:
     version = tuple(int(part) for part in python.split("."))
-    return set(cpython_tags(version, platforms=CONTAINER_PLATFORMS)) | set(compatible_tags(version, f"cp{version[0]}{version[1]}", CONTAINER_PLATFORMS))
+    return set(cpython_tags(version, platforms=CONTAINER_PLATFORMS)) | set(
+        compatible_tags(version, f"cp{version[0]}{version[1]}", CONTAINER_PLATFORMS)
+    )
 
 
 def pinned_requirements() -> list[Requirement]:
@@ -39,7 +45,9 @@ def pinned_requirements() -> list[Requirement]:
 
 
 def registry_files(name: str) -> list[dict]:
-    request = urllib.request.Request(f"https://pypi.org/simple/{canonicalize_name(name)}/", headers={"Accept": "application/vnd.pypi.simple.v1+json"})
+    request = urllib.request.Request(
+        f"https://pypi.org/simple/{canonicalize_name(name)}/", headers={"Accept": "application/vnd.pypi.simple.v1+json"}
+    )
     with urllib.request.urlopen(request, timeout=20) as response:
         return json.load(response)["files"]
 
@@ -86,10 +94,17 @@ def test_every_pin_installs_on_the_containers_python():
             files = registry_files(requirement.name)
         except (urllib.error.URLError, TimeoutError, OSError) as error:
             pytest.skip(f"PyPI is not reachable ({error}); the pins cannot be checked against the registry here")
-        failures += [f"{requirement} on {version}" for version in pythons if installable(requirement, files, version) is None]
+        failures += [
+            f"{requirement} on {version}" for version in pythons if installable(requirement, files, version) is None
+        ]
         for entry in files:  # the Requires-Python of the pinned version itself
             version = _file_version(entry["filename"])
-            if version is not None and version in requirement.specifier and entry.get("requires-python") and "==" in str(requirement.specifier):
+            if (
+                version is not None
+                and version in requirement.specifier
+                and entry.get("requires-python")
+                and "==" in str(requirement.specifier)
+            ):
                 floor = re.search(r">=\s*([\d.]+)", entry["requires-python"])
                 if floor:
                     lowest_required = max(lowest_required, Version(floor.group(1)))

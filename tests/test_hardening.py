@@ -26,12 +26,17 @@ pytestmark = pytest.mark.server
 ORI, TARGET = "2008_002506.jpg", "2008_001009.jpg"
 EVIL_MODEL_PY = b"import pathlib\npathlib.Path('/tmp/genserve-pwned').touch()\nclass TritonPythonModel:\n    pass\n"
 EVIL_CONFIG = json.dumps({"name": "evil", "backend": "python", "max_batch_size": 0})
-EMPTY_PNG = base64.b64decode("iVBORw0KGgoAAAANSUhEUgAAAEAAAABACAAAAACPAi4CAAAAHklEQVR4nO3BAQEAAACCIP+vbkhAAQAAAAAAAAAA7wYQQAABBl8YvQAAAABJRU5ErkJggg==")
+EMPTY_PNG = base64.b64decode(
+    "iVBORw0KGgoAAAANSUhEUgAAAEAAAABACAAAAACPAi4CAAAAHklEQVR4nO3BAQEAAACCIP+vbkhAAQAAAAAAAAAA7wYQQAABBl8YvQAAAABJRU5ErkJggg=="
+)
 
 
 def http(server, method: str, path: str, body: dict | None = None, headers: dict | None = None) -> int:
     request = urllib.request.Request(
-        f"http://{server.http_url}{path}", data=None if body is None else json.dumps(body).encode(), method=method, headers=headers or {}
+        f"http://{server.http_url}{path}",
+        data=None if body is None else json.dumps(body).encode(),
+        method=method,
+        headers=headers or {},
     )
     try:
         with urllib.request.urlopen(request, timeout=30) as response:
@@ -49,7 +54,15 @@ def test_loading_a_model_with_its_own_code_needs_the_admin_key(triton_server):
     assert http(triton_server, "POST", "/v2/repository/models/evil/load", body) == 403
     assert http(triton_server, "POST", "/v2/repository/models/face_swap/unload", {}) == 403
     assert http(triton_server, "POST", "/v2/logging", {"log_verbose_level": 1}) == 403
-    assert http(triton_server, "POST", "/v2/systemsharedmemory/region/x/register", {"key": "/x", "offset": 0, "byte_size": 1}) == 403
+    assert (
+        http(
+            triton_server,
+            "POST",
+            "/v2/systemsharedmemory/region/x/register",
+            {"key": "/x", "offset": 0, "byte_size": 1},
+        )
+        == 403
+    )
 
     with grpcclient.InferenceServerClient(triton_server.grpc_url) as client:
         for attempt in (
@@ -67,7 +80,9 @@ def test_loading_a_model_with_its_own_code_needs_the_admin_key(triton_server):
     assert http(triton_server, "GET", "/v2/health/ready") == 200
     assert http(triton_server, "GET", "/v2/models/face_swap/ready") == 200
     assert http(triton_server, "POST", "/v2/repository/index", {}, headers=triton_server.admin_headers) == 200
-    assert http(triton_server, "POST", "/v2/repository/index", {}, headers={config.ADMIN_KEY_HEADER: "wrong" * 4}) == 403
+    assert (
+        http(triton_server, "POST", "/v2/repository/index", {}, headers={config.ADMIN_KEY_HEADER: "wrong" * 4}) == 403
+    )
 
 
 def test_malformed_options_are_invalid_argument_with_a_short_message(triton_server, faces_dir):
@@ -95,7 +110,9 @@ def test_malformed_options_are_invalid_argument_with_a_short_message(triton_serv
             with pytest.raises(InferenceServerException) as error:
                 client.infer("face_swap", tensors)
             assert error.value.status() == "StatusCode.INVALID_ARGUMENT", (what, error.value.status())
-            assert len(error.value.message()) < 1024 and ("OPTIONS" in error.value.message() or "output_format" in error.value.message())
+            assert len(error.value.message()) < 1024 and (
+                "OPTIONS" in error.value.message() or "output_format" in error.value.message()
+            )
     log = triton_server.log_path.read_text(errors="replace")
     assert "xxxxxxxxxx" * 100 not in log  # nothing echoed into the log either
 
@@ -108,7 +125,11 @@ def test_shared_memory_of_the_workers_is_private(triton_server):
 
 def test_error_replies_are_counted_as_failures(triton_server, grpc_client, faces_dir):
     def failures() -> float:
-        text = urllib.request.urlopen(f"http://{triton_server.host}:{triton_server.metrics_port}/metrics", timeout=30).read().decode()
+        text = (
+            urllib.request.urlopen(f"http://{triton_server.host}:{triton_server.metrics_port}/metrics", timeout=30)
+            .read()
+            .decode()
+        )
         line = 'genserve_request_failure_total{code="INVALID_ARG",model="face_swap"}'
         return sum(float(row.split()[-1]) for row in text.splitlines() if row.startswith(line))
 
@@ -143,7 +164,10 @@ def test_a_worker_killed_mid_batch_is_replaced_and_the_batch_finishes(triton_ser
     assert not summary.failed and summary.finished == 8
     # The other instance may finish the batch before the replacement copy has loaded: wait for it.
     deadline = time.monotonic() + 180
-    while ("face_swap", "a worker process died") not in triton_server.watchdog.replacements and time.monotonic() < deadline:
+    while (
+        "face_swap",
+        "a worker process died",
+    ) not in triton_server.watchdog.replacements and time.monotonic() < deadline:
         time.sleep(0.5)
     assert ("face_swap", "a worker process died") in triton_server.watchdog.replacements
 
@@ -169,7 +193,10 @@ def test_shared_memory_swollen_by_a_huge_request_is_given_back(triton_server):
     assert region_bytes("ocr") <= config.WORKER_SHM_RECLAIM_BYTES
     tensor = grpcclient.InferInput("IMAGE", [1], "BYTES")
     tensor.set_data_from_numpy(np.array([b"\0" * (300 * 2**20)], dtype=object))
-    with grpcclient.InferenceServerClient(triton_server.grpc_url) as client, pytest.raises(InferenceServerException, match="at most 64 MiB"):
+    with (
+        grpcclient.InferenceServerClient(triton_server.grpc_url) as client,
+        pytest.raises(InferenceServerException, match="at most 64 MiB"),
+    ):
         client.infer("ocr", [tensor])
     deadline = time.monotonic() + 120
     while not any(model == "ocr" for model, _ in triton_server.watchdog.replacements) and time.monotonic() < deadline:

@@ -24,7 +24,11 @@ FOLDERS = kustomizations()
 
 
 def test_the_base_and_both_overlays_are_there():
-    assert {folder.relative_to(MANIFESTS_DIR).as_posix() for folder in FOLDERS} >= {"base", "overlays/cpu", "overlays/gpu"}
+    assert {folder.relative_to(MANIFESTS_DIR).as_posix() for folder in FOLDERS} >= {
+        "base",
+        "overlays/cpu",
+        "overlays/gpu",
+    }
 
 
 def overlay(name: str) -> dict[str, dict]:
@@ -60,7 +64,16 @@ def check_pod_monitor(obj: dict, labels: dict, port_names: set[str]) -> None:
     assert spec["selector"]["matchLabels"].items() <= labels.items()
     assert spec["podMetricsEndpoints"], "no endpoint to scrape"
     for endpoint in spec["podMetricsEndpoints"]:
-        assert set(endpoint) <= {"port", "path", "interval", "scrapeTimeout", "scheme", "honorLabels", "relabelings", "metricRelabelings"}
+        assert set(endpoint) <= {
+            "port",
+            "path",
+            "interval",
+            "scrapeTimeout",
+            "scheme",
+            "honorLabels",
+            "relabelings",
+            "metricRelabelings",
+        }
         assert endpoint["port"] in port_names and endpoint.get("path", "/metrics") == "/metrics"
 
 
@@ -79,7 +92,9 @@ def test_every_object_is_valid_kubernetes(folder):
     kinds = [obj["kind"] for obj in objects]
     for kind in ("Deployment", "Service", "PodDisruptionBudget", "PodMonitor", "HorizontalPodAutoscaler"):
         assert kind in kinds, kind
-    claims = [volume for volume in deployment["spec"]["template"]["spec"]["volumes"] if "persistentVolumeClaim" in volume]
+    claims = [
+        volume for volume in deployment["spec"]["template"]["spec"]["volumes"] if "persistentVolumeClaim" in volume
+    ]
     assert ("PersistentVolumeClaim" in kinds) == bool(claims)  # the repository's volume, or object storage
 
 
@@ -98,7 +113,9 @@ def test_an_invalid_object_is_caught():
 @pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl is not installed")
 @pytest.mark.parametrize("folder", FOLDERS, ids=lambda folder: folder.relative_to(MANIFESTS_DIR).as_posix())
 def test_rendered_as_kubectl_kustomize_renders(folder):
-    output = subprocess.run(["kubectl", "kustomize", str(folder)], capture_output=True, text=True, check=True, timeout=120).stdout
+    output = subprocess.run(
+        ["kubectl", "kustomize", str(folder)], capture_output=True, text=True, check=True, timeout=120
+    ).stdout
 
     def keyed(objects):
         return {(obj["kind"], obj["metadata"]["name"]): obj for obj in objects}
@@ -117,13 +134,17 @@ def test_probes_drain_and_serve_arguments(name):
     probes = {kind: container[kind] for kind in ("startupProbe", "readinessProbe", "livenessProbe")}
     for probe in probes.values():
         assert container_port(objects, probe["httpGet"]["port"]) == args.http_port
-    assert probes["startupProbe"]["httpGet"]["path"] == probes["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
+    assert (
+        probes["startupProbe"]["httpGet"]["path"] == probes["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
+    )
     assert probes["livenessProbe"]["httpGet"]["path"] == "/v2/health/live"
     startup = probes["startupProbe"]
     assert startup["periodSeconds"] * startup["failureThreshold"] >= 300
     assert {port["name"]: port["containerPort"] for port in container["ports"]} == {
-        "http": args.http_port, "grpc": args.grpc_port, "metrics": args.metrics_port
-    }  # fmt: skip
+        "http": args.http_port,
+        "grpc": args.grpc_port,
+        "metrics": args.metrics_port,
+    }
     # SIGTERM drains in genserve serve, within the grace period; no preStop hook needed.
     assert spec["terminationGracePeriodSeconds"] >= args.drain_delay + args.drain_timeout
     assert args.drain_delay > 0 and "lifecycle" not in container
@@ -169,7 +190,9 @@ def test_the_adapter_rule_is_the_tested_formula():
     query = " ".join(rule["metricsQuery"].split())
     numerator, denominator = query.split(" / ")
     assert numerator == f"sum(rate({metrics.QUEUE_TIME}{{<<.LabelMatchers>>}}[1m])) by (<<.GroupBy>>)"
-    assert denominator.startswith(f"clamp_min(sum(rate({metrics.SUCCESSES}{{<<.LabelMatchers>>}}[1m])) by (<<.GroupBy>>),")
+    assert denominator.startswith(
+        f"clamp_min(sum(rate({metrics.SUCCESSES}{{<<.LabelMatchers>>}}[1m])) by (<<.GroupBy>>),"
+    )
     assert metrics.QUEUE_TIME in rule["seriesQuery"]
     assert rule["resources"]["overrides"]["pod"] == {"resource": "pod"}
 
@@ -180,7 +203,11 @@ def test_the_autoscaler_scales_the_deployment_on_the_adapter_s_metric(name):
     hpa = objects["HorizontalPodAutoscaler"]
     assert hpa["apiVersion"] == "autoscaling/v2"
     target = hpa["spec"]["scaleTargetRef"]
-    assert (target["apiVersion"], target["kind"], target["name"]) == ("apps/v1", "Deployment", objects["Deployment"]["metadata"]["name"])
+    assert (target["apiVersion"], target["kind"], target["name"]) == (
+        "apps/v1",
+        "Deployment",
+        objects["Deployment"]["metadata"]["name"],
+    )
     (metric,) = hpa["spec"]["metrics"]
     assert metric["type"] == "Pods" and metric["pods"]["metric"]["name"] == adapter_rule()["name"]["as"]
     assert float(metric["pods"]["target"]["averageValue"]) > 0

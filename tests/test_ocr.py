@@ -199,8 +199,8 @@ def test_a_leaf_refusal_reaches_the_client_as_invalid_input(images, tmp_path):
     code and the leaf's message, so the client gets a refusal it does not retry, not an internal error. A
     small enough image still passes."""
     from genserve.config import STACK_REPOSITORY_DIR
-    from genserve.server import TritonServer, free_ports
     from genserve.protocol import OCR
+    from genserve.server import TritonServer, free_ports
     from genserve.triton.model_config import contract_mismatches, copy_model, read_config, write_config
 
     repository = tmp_path / "repository"
@@ -210,8 +210,17 @@ def test_a_leaf_refusal_reaches_the_client_as_invalid_input(images, tmp_path):
     config.parameters["max_input_shape"].string_value = '{"x": [-1, 3, 1024, 1024]}'
     write_config(config, repository / "ocr_det")
     http, grpc, metrics = free_ports(3)
-    with TritonServer(repository, http_port=http, grpc_port=grpc, metrics_port=metrics, address="127.0.0.1",
-                      log_path=tmp_path / "triton.log") as server, Client(server.grpc_url) as client:
+    with (
+        TritonServer(
+            repository,
+            http_port=http,
+            grpc_port=grpc,
+            metrics_port=metrics,
+            address="127.0.0.1",
+            log_path=tmp_path / "triton.log",
+        ) as server,
+        Client(server.grpc_url) as client,
+    ):
         small = png(samples.render_text(["OK"], font_size=40))
         for model in sorted(path.name for path in repository.iterdir()):
             if contract_mismatches(read_config(repository / model), OCR):

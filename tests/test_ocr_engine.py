@@ -45,7 +45,11 @@ def test_too_many_pixels_are_refused_before_decoding(monkeypatch):
 
 @pytest.mark.parametrize(
     "data, message",
-    [(b"", "empty"), (b"GIF89a-not-really", "not a readable image"), (b"\xff\xd8\xff\xe0" + b"\x00" * 20, "not a readable image")],
+    [
+        (b"", "empty"),
+        (b"GIF89a-not-really", "not a readable image"),
+        (b"\xff\xd8\xff\xe0" + b"\x00" * 20, "not a readable image"),
+    ],
 )
 def test_bad_bytes_are_refused_with_the_reason(data, message):
     with pytest.raises(InvalidInputError, match=message):

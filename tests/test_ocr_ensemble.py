@@ -42,7 +42,11 @@ def images() -> dict[str, bytes]:
         "upside_down": png(english.rotate(180)),
         "blank": png(samples.blank_image()),
         # More lines than rapidocr recognises at once (6): where the ensemble's padding differs.
-        "menu": png(samples.render_text([f"Item {i}: soup of the day {3 * i}.50" for i in range(9)], font_size=30, font_path=font)),
+        "menu": png(
+            samples.render_text(
+                [f"Item {i}: soup of the day {3 * i}.50" for i in range(9)], font_size=30, font_path=font
+            )
+        ),
     }
 
 
@@ -116,12 +120,20 @@ def test_served_ensemble_and_bls_model_agree(grpc_client, images, name):
 
 @pytest.mark.server
 def test_served_ensemble_refuses_bad_images_and_keeps_serving(client, images):
-    for data, message in ((b"not an image", "not a readable image"), (b"", "empty"), (images["english"][:300], "corrupt or truncated")):
+    for data, message in (
+        (b"not an image", "not a readable image"),
+        (b"", "empty"),
+        (images["english"][:300], "corrupt or truncated"),
+    ):
         with pytest.raises(RequestError, match=message) as error:
             client.ocr(data, model=OTHER)
         assert error.value.retriable is False and error.value.code == "INVALID_ARGUMENT"
         assert "ensemble" not in str(error.value)  # the client says what was wrong, not where
-    assert [line.text for line in client.ocr(images["english"], model=OTHER)] == ["OPEN24HOURS", "Fresh Coffee and", "Bagels"]
+    assert [line.text for line in client.ocr(images["english"], model=OTHER)] == [
+        "OPEN24HOURS",
+        "Fresh Coffee and",
+        "Bagels",
+    ]
 
 
 @pytest.mark.server

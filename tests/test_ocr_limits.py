@@ -13,7 +13,17 @@ from PIL import Image
 
 from genserve.client import RequestError
 from genserve.config import STACK_REPOSITORY_DIR
-from genserve.ocr.engine import CLS, DET, DET_MAX_SIDE, LEAF_MODELS, MAX_LINES, REC, _LeafCall, create_engine, pad_to_aspect
+from genserve.ocr.engine import (
+    CLS,
+    DET,
+    DET_MAX_SIDE,
+    LEAF_MODELS,
+    MAX_LINES,
+    REC,
+    _LeafCall,
+    create_engine,
+    pad_to_aspect,
+)
 from genserve.triton.model_config import model_parameters, read_config
 
 
@@ -37,7 +47,19 @@ def test_limits_follow_rapidocr_s_configuration():
 
 @pytest.mark.parametrize(
     "height, width",
-    [(8, 120), (120, 8), (30, 2000), (2000, 30), (12, 9000), (9000, 12), (2000, 2000), (2100, 2100), (250, 2000), (2000, 250), (736, 5000)],
+    [
+        (8, 120),
+        (120, 8),
+        (30, 2000),
+        (2000, 30),
+        (12, 9000),
+        (9000, 12),
+        (2000, 2000),
+        (2100, 2100),
+        (250, 2000),
+        (2000, 250),
+        (736, 5000),
+    ],
 )
 def test_rapidocr_s_detector_input_stays_within_the_limit(height, width):
     """rapidocr's own preprocessing (resize to its maximum side, letterbox, detector resize) of an image of
@@ -52,7 +74,9 @@ def test_rapidocr_s_detector_input_stays_within_the_limit(height, width):
 
 def test_a_line_too_long_for_the_recogniser_is_squeezed_to_its_width():
     sent = []
-    call = _LeafCall(REC, lambda leaf, x: sent.append(x.shape) or np.zeros((x.shape[0], x.shape[3] // 8, 6625), np.float32))
+    call = _LeafCall(
+        REC, lambda leaf, x: sent.append(x.shape) or np.zeros((x.shape[0], x.shape[3] // 8, 6625), np.float32)
+    )
     call(np.zeros((2, 3, 48, 20_000), np.float32))
     call(np.zeros((2, 3, 48, 320), np.float32))
     assert sent == [(2, 3, 48, REC.max_shape[3]), (2, 3, 48, 320)]
@@ -64,7 +88,10 @@ def test_a_line_too_long_for_the_recogniser_is_squeezed_to_its_width():
 @pytest.mark.server
 @pytest.mark.parametrize(
     "leaf, shape, words",
-    [(REC, (1, 3, 48, 100_000), "above this model's limit"), (DET, (1, 3, 4000, 4000), "values, above this model's limit")],
+    [
+        (REC, (1, 3, 48, 100_000), "above this model's limit"),
+        (DET, (1, 3, 4000, 4000), "values, above this model's limit"),
+    ],
 )
 def test_oversized_leaf_inputs_are_refused_before_onnx_runtime(grpc_client, leaf, shape, words):
     """The calls of issue 11: [1,3,48,100000] grew ocr_rec to 10 GB until the kernel killed it."""

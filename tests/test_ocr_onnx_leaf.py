@@ -54,7 +54,9 @@ def affine_model(path: Path) -> Path:
     return path
 
 
-def leaf_config(name: str, *, input_name: str = "INPUT", data_type: str = "TYPE_FP32", onnx_file: str | None = None) -> str:
+def leaf_config(
+    name: str, *, input_name: str = "INPUT", data_type: str = "TYPE_FP32", onnx_file: str | None = None
+) -> str:
     parameters = f'parameters {{ key: "onnx_file" value: {{ string_value: "{onnx_file}" }} }}' if onnx_file else ""
     return f"""
 name: "{name}"
@@ -159,13 +161,13 @@ def test_batching_groups_requests_by_shape_and_splits_results(tmp_path):
 
 @pytest.fixture(scope="module")
 def leaf_server(tmp_path_factory):
-    from genserve.server import free_ports
-
-    from genserve.server import TritonServer
+    from genserve.server import TritonServer, free_ports
 
     repository = tmp_path_factory.mktemp("leaf_repository")
     affine_model(write_leaf(repository, "affine_default", leaf_config("affine_default")) / "1" / "model.onnx")
-    folder = write_leaf(repository, "affine_parameter", leaf_config("affine_parameter", onnx_file="weights/affine.onnx"))
+    folder = write_leaf(
+        repository, "affine_parameter", leaf_config("affine_parameter", onnx_file="weights/affine.onnx")
+    )
     affine_model(folder / "weights" / "affine.onnx")
     write_leaf(repository, "det_from_package", leaf_config("det_from_package", input_name="x", onnx_file=DET_REFERENCE))
     folder = write_leaf(repository, "wrong_type", leaf_config("wrong_type", data_type="TYPE_FP16", onnx_file="a.onnx"))
@@ -251,7 +253,9 @@ def test_requests_that_do_not_match_the_config_are_refused(leaf_server):
             client.infer("affine_default", {"INPUT": np.zeros((2, 3), np.float64)}, ["OUTPUT"])  # FP64, not FP32
         with pytest.raises(RequestError):
             client.infer("affine_default", {"WRONG": np.zeros((2, 3), np.float32)}, ["OUTPUT"])
-        assert client.infer("affine_default", {"INPUT": np.ones((1, 2), np.float32)}, ["OUTPUT"])["OUTPUT"].tolist() == [[3, 3]]
+        assert client.infer("affine_default", {"INPUT": np.ones((1, 2), np.float32)}, ["OUTPUT"])[
+            "OUTPUT"
+        ].tolist() == [[3, 3]]
 
 
 def test_module_is_importable_outside_triton():

@@ -28,7 +28,7 @@ from genserve.ocr.textedit import (
         ("Replace the word 'don't' with 'do'", "don't", "do"),
         ('"SALE" -> "SOLD OUT"', "SALE", "SOLD OUT"),
         ("Use 'SALE' instead of 'NEW'", "NEW", "SALE"),
-        ("use \"B\" to replace \"A\"", "A", "B"),
+        ('use "B" to replace "A"', "A", "B"),
         # Chinese quoting styles
         ("把“开”改成“关”", "开", "关"),
         ("将「開」改為「關」", "開", "關"),

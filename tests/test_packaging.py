@@ -18,7 +18,12 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 # The design card's parts at the repository root, and the import package each installs as.
-PARTS = {"genserve": "genserve", "client": "genserve.client", "export": "genserve.export", "benchmarks": "genserve.benchmarks"}
+PARTS = {
+    "genserve": "genserve",
+    "client": "genserve.client",
+    "export": "genserve.export",
+    "benchmarks": "genserve.benchmarks",
+}
 
 
 def _pyproject() -> dict:
@@ -32,8 +37,10 @@ def wheel_path(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("wheel")
     subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(out), str(ROOT)],
-        check=True, capture_output=True, timeout=300,
-    )  # fmt: skip
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
     (path,) = out.glob("genserve-*.whl")
     return path
 
@@ -59,7 +66,10 @@ def test_the_design_cards_parts_stand_at_the_root():
 def test_the_package_map_covers_every_source_package():
     """pyproject.toml's package list and package-dir are the tree: no package left out of the wheel."""
     setuptools = _pyproject()["tool"]["setuptools"]
-    assert setuptools["package-dir"] == {**{name: folder for folder, name in PARTS.items()}, "genserve.model_repository": "model_repository"}
+    assert setuptools["package-dir"] == {
+        **{name: folder for folder, name in PARTS.items()},
+        "genserve.model_repository": "model_repository",
+    }
     found = {"genserve.model_repository"}
     for folder, name in PARTS.items():
         for init in (ROOT / folder).rglob("__init__.py"):
@@ -74,7 +84,9 @@ def test_the_image_copies_every_part():
 
 
 def test_wheel_installs_one_top_level_package(wheel):
-    top_level = {name.split("/")[0] for name in wheel.namelist() if not name.split("/")[0].endswith((".dist-info", ".data"))}
+    top_level = {
+        name.split("/")[0] for name in wheel.namelist() if not name.split("/")[0].endswith((".dist-info", ".data"))
+    }
     assert top_level == {"genserve"}
 
 
@@ -94,7 +106,7 @@ def test_wheel_carries_the_model_repository_and_demo_photos(wheel):
         model = config_path.parent.name
         assert f"genserve/model_repository/{model}/config.pbtxt" in names
         # An ensemble's version folder holds no code, only a note (Triton needs the folder).
-        version_file = "README.md" if "platform: \"ensemble\"" in config_path.read_text() else "model.py"
+        version_file = "README.md" if 'platform: "ensemble"' in config_path.read_text() else "model.py"
         assert f"genserve/model_repository/{model}/1/{version_file}" in names
     assert {"genserve/demo/data/faces/2008_002506.jpg", "genserve/demo/data/faces/LICENSE-dlib.txt"} <= names
 
@@ -112,25 +124,69 @@ def test_the_built_wheel_installs_and_serves(wheel_path, tmp_path, faces_dir):
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
     python = venv / "bin" / "python"
-    purelib = Path(subprocess.run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                                  check=True, capture_output=True, text=True).stdout.strip())  # fmt: skip
+    purelib = Path(
+        subprocess.run(
+            [python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
+    )
     (purelib / "dependencies.pth").write_text("\n".join(site.getsitepackages()) + "\n")
     subprocess.run(
-        [sys.executable, "-m", "pip", "--python", str(python), "install", "--no-deps", "--no-index", "-q", str(wheel_path)],
-        check=True, capture_output=True, timeout=300,
-    )  # fmt: skip
-    where = subprocess.run([python, "-c", "import genserve.client, genserve.config as c; print(genserve.client.__file__); print(c.STACK_REPOSITORY_DIR)"],
-                           check=True, capture_output=True, text=True, cwd=tmp_path).stdout.split()  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "--python",
+            str(python),
+            "install",
+            "--no-deps",
+            "--no-index",
+            "-q",
+            str(wheel_path),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
+    where = subprocess.run(
+        [
+            python,
+            "-c",
+            "import genserve.client, genserve.config as c; print(genserve.client.__file__); print(c.STACK_REPOSITORY_DIR)",
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    ).stdout.split()
     assert all(path.startswith(str(purelib)) for path in where), where
 
     http, grpc, metrics = free_ports(3)
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     env["GENSERVE_CACHE_DIR"] = str(tmp_path / "cache")
     server = subprocess.Popen(
-        [venv / "bin" / "genserve", "serve", "--http-port", str(http), "--grpc-port", str(grpc), "--metrics-port", str(metrics),
-         "--model", "face_swap", "--log-file", str(tmp_path / "triton.log")],
-        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )  # fmt: skip
+        [
+            venv / "bin" / "genserve",
+            "serve",
+            "--http-port",
+            str(http),
+            "--grpc-port",
+            str(grpc),
+            "--metrics-port",
+            str(metrics),
+            "--model",
+            "face_swap",
+            "--log-file",
+            str(tmp_path / "triton.log"),
+        ],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
         with Client(f"127.0.0.1:{grpc}", timeout_s=120) as client:
             deadline = time.monotonic() + 240
@@ -181,8 +237,16 @@ def test_serving_code_imports_no_demo_code():
         if relative.parts[0] in allowed:
             continue
         for node in ast.walk(ast.parse(source.read_text())):
-            names = [node.module or ""] if isinstance(node, ast.ImportFrom) else [a.name for a in getattr(node, "names", [])] if isinstance(node, ast.Import) else []
-            offenders += [f"{relative}: {name}" for name in names if name == "genserve.demo" or name.startswith("genserve.demo.")]
+            names = (
+                [node.module or ""]
+                if isinstance(node, ast.ImportFrom)
+                else [a.name for a in getattr(node, "names", [])]
+                if isinstance(node, ast.Import)
+                else []
+            )
+            offenders += [
+                f"{relative}: {name}" for name in names if name == "genserve.demo" or name.startswith("genserve.demo.")
+            ]
     assert offenders == []
 
 
@@ -233,5 +297,7 @@ def test_pipeline_model_code_imports_no_build_time_code():
         "import sys, genserve.diffusion.service, genserve.diffusion.settings; "
         "print(sorted(m for m in sys.modules if m in ('genserve.diffusion.repository', 'tritonclient')))"
     )
-    loaded = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True, timeout=120).stdout
+    loaded = subprocess.run(
+        [sys.executable, "-c", code], check=True, capture_output=True, text=True, timeout=120
+    ).stdout
     assert loaded.strip() == "[]"

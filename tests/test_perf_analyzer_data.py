@@ -11,11 +11,11 @@ import struct
 
 import numpy as np
 import pytest
+from fixtures_diffusion import run_cli
 
 from genserve.benchmarks import perf_analyzer
-from genserve.protocol import FACE_SWAP, OCR, TEXT_TO_IMAGE, STREAMING_TASKS
+from genserve.protocol import FACE_SWAP, OCR, STREAMING_TASKS, TEXT_TO_IMAGE
 from genserve.server import free_ports
-from fixtures_diffusion import run_cli
 
 
 def split_bytes_elements(data: bytes) -> list[bytes]:
@@ -83,7 +83,11 @@ def test_a_document_that_breaks_the_format_is_refused():
     config = read_config(STACK_REPOSITORY_DIR / "ocr")
     good = perf_analyzer.input_data(OCR, [{"image": b"\x89PNG"}])
     assert perf_analyzer.read_input_data(good, config)[0]["IMAGE"].shape == (1,)
-    for bad in ({"data": []}, {"data": [{"PICTURE": good["data"][0]["IMAGE"]}]}, {"data": [{"IMAGE": {"content": {"b64": "AAAA"}}}]}):
+    for bad in (
+        {"data": []},
+        {"data": [{"PICTURE": good["data"][0]["IMAGE"]}]},
+        {"data": [{"IMAGE": {"content": {"b64": "AAAA"}}}]},
+    ):
         with pytest.raises(ValueError):
             perf_analyzer.read_input_data(bad, config)
 
@@ -97,7 +101,14 @@ def stack_and_demo_server(tmp_path_factory):
     demo = build_demo_repository(CACHE_DIR / "demo", log=lambda _: None)
     http, grpc, metrics = free_ports(3)
     log = tmp_path_factory.mktemp("perf-analyzer") / "triton.log"
-    with TritonServer([STACK_REPOSITORY_DIR, demo], http_port=http, grpc_port=grpc, metrics_port=metrics, address="127.0.0.1", log_path=log) as server:
+    with TritonServer(
+        [STACK_REPOSITORY_DIR, demo],
+        http_port=http,
+        grpc_port=grpc,
+        metrics_port=metrics,
+        address="127.0.0.1",
+        log_path=log,
+    ) as server:
         yield server
 
 
@@ -108,7 +119,9 @@ def send(grpc_url: str, model: str, inputs: dict[str, np.ndarray], streaming: bo
 
     tensors = []
     for name, array in inputs.items():
-        tensor = grpcclient.InferInput(name, list(array.shape), np_to_triton_dtype(array.dtype) if array.dtype != np.object_ else "BYTES")
+        tensor = grpcclient.InferInput(
+            name, list(array.shape), np_to_triton_dtype(array.dtype) if array.dtype != np.object_ else "BYTES"
+        )
         tensor.set_data_from_numpy(array)
         tensors.append(tensor)
     client = grpcclient.InferenceServerClient(grpc_url)
@@ -144,7 +157,7 @@ def test_every_served_task_model_gets_data_the_server_accepts(stack_and_demo_ser
     script = (out / perf_analyzer.SCRIPT).read_text()
     for name in written:
         assert f"perf_analyzer -m {name} " in script
-        assert (f"-m {name} -i grpc -u \"$URL\" --streaming" in script) == name.endswith("_stream")
+        assert (f'-m {name} -i grpc -u "$URL" --streaming' in script) == name.endswith("_stream")
     assert "model-analyzer profile -f model-analyzer.yaml" in script
     import yaml
 

@@ -56,9 +56,15 @@ def test_request_round_trip_fills_defaults():
         ({"PROMPT": np.array([b"a", b"b"], object)}, "exactly one value"),
         ({"PROMPT": np.array([b"a"], object), "STEPS": np.array([0], np.int32)}, "steps must be between 1 and 1000"),
         ({"PROMPT": np.array([b"a"], object), "GUIDANCE": np.array([np.nan], np.float32)}, "finite"),
-        ({"PROMPT": np.array([b"a"], object), "OPTIONS": np.array([b'{"strength": 0}'], object)}, "strength must be above 0"),
+        (
+            {"PROMPT": np.array([b"a"], object), "OPTIONS": np.array([b'{"strength": 0}'], object)},
+            "strength must be above 0",
+        ),
         ({"PROMPT": np.array([b"a"], object), "OPTIONS": np.array([b'{"stength": 1}'], object)}, "unknown option"),
-        ({"PROMPT": np.array([b"a"], object), "OPTIONS": np.array([b'{"max_sequence_length": 1.5}'], object)}, "must be an integer"),
+        (
+            {"PROMPT": np.array([b"a"], object), "OPTIONS": np.array([b'{"max_sequence_length": 1.5}'], object)},
+            "must be an integer",
+        ),
     ],
 )
 def test_bad_requests_are_refused_with_the_field_named(tensors, message):
@@ -85,11 +91,14 @@ def test_in_process_objects_take_the_contract_fields():
         assert {f.name for f in contract.fields} <= {f.name for f in dataclasses.fields(GenerationRequest)}
 
 
-@pytest.mark.parametrize("command, contract, skip", [
-    ("t2i", TEXT_TO_IMAGE, ("prompt",)),
-    ("edit", EDIT_IMAGE, ("prompt", "image")),
-    ("deepfake", FACE_SWAP, ("ori_image", "target_image", "output_format")),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "command, contract, skip",
+    [
+        ("t2i", TEXT_TO_IMAGE, ("prompt",)),
+        ("edit", EDIT_IMAGE, ("prompt", "image")),
+        ("deepfake", FACE_SWAP, ("ori_image", "target_image", "output_format")),
+    ],
+)
 def test_every_field_is_a_command_line_option(command, contract, skip, capsys):
     from genserve.cli import build_parser
 

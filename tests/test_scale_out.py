@@ -39,7 +39,11 @@ def replicas(tmp_path):
         for replica in range(3):  # from this thread: a server dies with the thread that started it
             http, grpc, metrics_port = free_ports(3)
             log_path = tmp_path / f"triton-{replica}.log"
-            servers.append(TritonServer(repository, http_port=http, grpc_port=grpc, metrics_port=metrics_port, log_path=log_path).start())
+            servers.append(
+                TritonServer(
+                    repository, http_port=http, grpc_port=grpc, metrics_port=metrics_port, log_path=log_path
+                ).start()
+            )
         yield servers
     finally:
         for server in servers:
@@ -72,10 +76,27 @@ def test_one_round_robin_target_over_three_replicas_survives_a_killed_one(replic
     target = target_of(replicas)
     out = tmp_path / "out"
     run = subprocess.Popen(
-        [sys.executable, "-m", "genserve.cli", "run", str(tmp_path / "task.csv"), "--out", str(out), "--url", target,
-         "--allow-outside-images", "--concurrency", "3", "--no-progress", "--timeout", "300"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "genserve.cli",
+            "run",
+            str(tmp_path / "task.csv"),
+            "--out",
+            str(out),
+            "--url",
+            target,
+            "--allow-outside-images",
+            "--concurrency",
+            "3",
+            "--no-progress",
+            "--timeout",
+            "300",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     journal = out / "progress.jsonl"
     deadline = time.monotonic() + 240
     killed, survivors = replicas[0], replicas[1:]
@@ -99,7 +120,10 @@ def test_one_round_robin_target_over_three_replicas_survives_a_killed_one(replic
     assert all((out / "imgs" / f"{index}.jpg").stat().st_size > 0 for index in indexes)
     # Both survivors served rows, also after the kill: the balancing spread them.
     served_after = [successes(server) for server in survivors]
-    assert all(after > before for before, after in zip(served_before_kill, served_after)), (served_before_kill, served_after)
+    assert all(after > before for before, after in zip(served_before_kill, served_after)), (
+        served_before_kill,
+        served_after,
+    )
 
 
 def test_the_autoscaling_signal_from_two_scrapes_under_load(triton_server, faces_dir):
@@ -148,15 +172,26 @@ class DenyingObjectStore(BaseHTTPRequestHandler):
 def test_an_object_storage_repository_goes_to_triton_as_it_is(tmp_path, monkeypatch):
     """s3:// reaches Triton's own S3 file system: Triton asks the endpoint for the bucket (refused here),
     and Triton lists the models itself (--load-model=*)."""
-    for name, value in {"AWS_ACCESS_KEY_ID": "genserve", "AWS_SECRET_ACCESS_KEY": "genserve-test", "AWS_DEFAULT_REGION": "us-east-1",
-                        "AWS_EC2_METADATA_DISABLED": "true"}.items():  # fmt: skip
+    for name, value in {
+        "AWS_ACCESS_KEY_ID": "genserve",
+        "AWS_SECRET_ACCESS_KEY": "genserve-test",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_EC2_METADATA_DISABLED": "true",
+    }.items():
         monkeypatch.setenv(name, value)
     store = ThreadingHTTPServer(("127.0.0.1", 0), DenyingObjectStore)
     threading.Thread(target=store.serve_forever, daemon=True).start()
     remote = f"s3://http://127.0.0.1:{store.server_address[1]}/models/repository"
     http, grpc, metrics_port = free_ports(3)
-    server = TritonServer([remote], http_port=http, grpc_port=grpc, metrics_port=metrics_port, log_path=tmp_path / "t.log",
-                          start_timeout_s=8, exit_timeout_s=0)  # fmt: skip
+    server = TritonServer(
+        [remote],
+        http_port=http,
+        grpc_port=grpc,
+        metrics_port=metrics_port,
+        log_path=tmp_path / "t.log",
+        start_timeout_s=8,
+        exit_timeout_s=0,
+    )
     assert server.repositories == [remote] and "--load-model=*" in server.command(find_installation())
     try:
         with pytest.raises(ServerError):

@@ -51,8 +51,12 @@ def good_members(indexes=("1", "2", "3")):
 
 
 def run_check(zip_path, tasks_path, *extra):
-    return subprocess.run([sys.executable, "-m", "genserve.cli", "check-submission", str(zip_path), "--tasks", str(tasks_path), *extra],
-                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", "genserve.cli", "check-submission", str(zip_path), "--tasks", str(tasks_path), *extra],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 # --- check-submission -----------------------------------------------------------------------------------
@@ -71,22 +75,48 @@ def test_a_zip_by_the_rules_passes(tmp_path):
     "name, change, expected",
     [
         ("submission.zip", {}, "the file is named 'submission.zip'; the rules ask for <team>_图片生成_result.zip"),
-        (None, {"result.csv": result_csv([("1", "imgs/1.jpg"), ("2", "2.jpg"), ("3", "3.jpg")])},
-         "RULE: row '1' (result.csv line 2): gen_image is 'imgs/1.jpg'; the rules ask for '1.jpg'"),
-        (None, {"result.csv": result_csv([(i, f"{i}.jpg") for i in "123"], bom=False)}, "result.csv has no BOM: save it as utf-8-sig"),
-        (None, {"result.csv": result_csv([(i, f"{i}.jpg") for i in "123"], header="id,image")}, "header is ['id', 'image']"),
-        (None, {"result.csv": result_csv([("1", "1.jpg"), ("3", "3.jpg"), ("2", "2.jpg")])},
-         "row '3' (result.csv line 3): out of order: the task file has '2' here"),
-        (None, {"result.csv": result_csv([("1", "1.jpg"), ("3", "3.jpg")])}, "result.csv has 2 rows; the task file has 3"),
+        (
+            None,
+            {"result.csv": result_csv([("1", "imgs/1.jpg"), ("2", "2.jpg"), ("3", "3.jpg")])},
+            "RULE: row '1' (result.csv line 2): gen_image is 'imgs/1.jpg'; the rules ask for '1.jpg'",
+        ),
+        (
+            None,
+            {"result.csv": result_csv([(i, f"{i}.jpg") for i in "123"], bom=False)},
+            "result.csv has no BOM: save it as utf-8-sig",
+        ),
+        (
+            None,
+            {"result.csv": result_csv([(i, f"{i}.jpg") for i in "123"], header="id,image")},
+            "header is ['id', 'image']",
+        ),
+        (
+            None,
+            {"result.csv": result_csv([("1", "1.jpg"), ("3", "3.jpg"), ("2", "2.jpg")])},
+            "row '3' (result.csv line 3): out of order: the task file has '2' here",
+        ),
+        (
+            None,
+            {"result.csv": result_csv([("1", "1.jpg"), ("3", "3.jpg")])},
+            "result.csv has 2 rows; the task file has 3",
+        ),
         (None, {"result.csv": result_csv([("1", "1.jpg"), ("3", "3.jpg")])}, "row '2': missing from result.csv"),
-        (None, {"result.csv": result_csv([(i, f"{i}.jpg") for i in "1234"])}, "row '4' (result.csv line 5): not in the task file"),
+        (
+            None,
+            {"result.csv": result_csv([(i, f"{i}.jpg") for i in "1234"])},
+            "row '4' (result.csv line 5): not in the task file",
+        ),
         (None, {"imgs/2.jpg": None}, "row '2' (result.csv line 3): imgs/2.jpg is not in the zip"),
         (None, {"imgs/2.jpg": jpeg(image_format="PNG")}, "imgs/2.jpg is PNG, not JPEG"),
         (None, {"imgs/2.jpg": jpeg()[:200]}, "imgs/2.jpg cannot be decoded"),
-        (None, {"out/imgs/9.jpg": jpeg()}, "unexpected member 'out/imgs/9.jpg' (result.csv and imgs/ must sit at the zip's root)"),
+        (
+            None,
+            {"out/imgs/9.jpg": jpeg()},
+            "unexpected member 'out/imgs/9.jpg' (result.csv and imgs/ must sit at the zip's root)",
+        ),
         (None, {"result.csv": None}, "no result.csv at the zip's root"),
     ],
-)  # fmt: skip
+)
 def test_each_broken_rule_is_one_line_with_its_row(tmp_path, name, change, expected):
     members = {k: v for k, v in {**good_members(), **change}.items() if v is not None}
     archive = make_zip(tmp_path / (name or "t_图片生成_result.zip"), members)
@@ -101,7 +131,9 @@ def test_each_broken_rule_is_one_line_with_its_row(tmp_path, name, change, expec
 def test_a_zip_over_the_limit_and_a_file_that_is_no_zip_are_named(tmp_path):
     tasks = read_tasks(task_file(tmp_path))
     archive = make_zip(tmp_path / "t_图片生成_result.zip", good_members())
-    assert [str(f) for f in check_submission(archive, tasks, max_bytes=100)][0].startswith("RULE: the zip is 0.00 GB; at most 0.00 GB")
+    assert [str(f) for f in check_submission(archive, tasks, max_bytes=100)][0].startswith(
+        "RULE: the zip is 0.00 GB; at most 0.00 GB"
+    )
     not_zip = tmp_path / "u_图片生成_result.zip"
     not_zip.write_bytes(b"not a zip")
     assert [str(f) for f in check_submission(not_zip, tasks)] == ["RULE: not a ZIP file"]
@@ -119,20 +151,25 @@ def test_quality_checks_with_the_server(triton_server, faces_dir, tmp_path):
         shutil.copy(faces_dir / name, images / name)
     render_text(["OPEN"], font_size=64).save(images / "sign.png")
     tasks_path = images / "task.csv"
-    tasks_path.write_text(TASK_HEADER + "d1,deepfake,,2008_002506.jpg,2008_001009.jpg\nd2,deepfake,,2008_002506.jpg,2008_001009.jpg\n"
-                          "e1,tie,make it night,2008_001322.jpg,\nv1,vttie,\"change \"\"OPEN\"\" to \"\"CLOSED\"\"\",2008_001322.jpg,\n")  # fmt: skip
+    tasks_path.write_text(
+        TASK_HEADER + "d1,deepfake,,2008_002506.jpg,2008_001009.jpg\nd2,deepfake,,2008_002506.jpg,2008_001009.jpg\n"
+        'e1,tie,make it night,2008_001322.jpg,\nv1,vttie,"change ""OPEN"" to ""CLOSED""",2008_001322.jpg,\n'
+    )
     tasks = read_tasks(tasks_path)
     with Client(triton_server.grpc_url) as client:
         swapped = client.swap_face(images / "2008_002506.jpg", images / "2008_001009.jpg").as_jpeg()
         sign = io.BytesIO()
         render_text(["OPEN"], font_size=64).convert("RGB").save(sign, format="JPEG")
-        archive = make_zip(tmp_path / "t_图片生成_result.zip", {
-            "result.csv": result_csv([(t.index, f"{t.index}.jpg") for t in tasks]),
-            "imgs/d1.jpg": swapped,  # the target's face: fine
-            "imgs/d2.jpg": (images / "2008_001322.jpg").read_bytes(),  # someone else's face
-            "imgs/e1.jpg": _reencoded(images / "2008_001322.jpg"),  # its input, unchanged
-            "imgs/v1.jpg": sign.getvalue(),  # still reads OPEN
-        })  # fmt: skip
+        archive = make_zip(
+            tmp_path / "t_图片生成_result.zip",
+            {
+                "result.csv": result_csv([(t.index, f"{t.index}.jpg") for t in tasks]),
+                "imgs/d1.jpg": swapped,  # the target's face: fine
+                "imgs/d2.jpg": (images / "2008_001322.jpg").read_bytes(),  # someone else's face
+                "imgs/e1.jpg": _reencoded(images / "2008_001322.jpg"),  # its input, unchanged
+                "imgs/v1.jpg": sign.getvalue(),  # still reads OPEN
+            },
+        )
         assert check_submission(archive, tasks) == []
         findings = {f.index: str(f) for f in check_quality(archive, tasks, images, client)}
     assert set(findings) == {"d2", "e1", "v1"}, findings
@@ -154,9 +191,13 @@ def _reencoded(path) -> bytes:
 
 def test_settings_from_a_file_and_params_are_checked_by_the_contracts(tmp_path):
     path = tmp_path / "run.toml"
-    path.write_text('[t2i]\nmodel = "cogview4_text_to_image"\nsteps = 50\nwidth = 1024\nheight = 1024\n\n[tie]\nsteps = 28\nguidance = 2\n'
-                    '\n[deepfake]\ncandidates = 4\n')  # fmt: skip
-    settings = load_settings(path, ["tie.guidance=2.5", "tie.keep_size=true", "vttie.model=flux_edit_text", "t2i.seed=7"])
+    path.write_text(
+        '[t2i]\nmodel = "cogview4_text_to_image"\nsteps = 50\nwidth = 1024\nheight = 1024\n\n[tie]\nsteps = 28\nguidance = 2\n'
+        "\n[deepfake]\ncandidates = 4\n"
+    )
+    settings = load_settings(
+        path, ["tie.guidance=2.5", "tie.keep_size=true", "vttie.model=flux_edit_text", "t2i.seed=7"]
+    )
     assert settings == {
         "t2i": {"model": "cogview4_text_to_image", "steps": 50, "width": 1024, "height": 1024, "seed": 7},
         "tie": {"steps": 28, "guidance": 2.5, "keep_size": True},
@@ -194,10 +235,24 @@ def test_a_bad_setting_is_refused_naming_its_key(tmp_path, toml, params, message
 def test_cli_refuses_a_bad_setting_before_any_work(tmp_path):
     tasks = task_file(tmp_path)
     completed = subprocess.run(
-        [sys.executable, "-m", "genserve.cli", "run", str(tasks), "--out", str(tmp_path / "out"), "--no-progress",
-         "--param", "t2i.steps=50", "--param", "tie.stepz=28"],
-        capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "genserve.cli",
+            "run",
+            str(tasks),
+            "--out",
+            str(tmp_path / "out"),
+            "--no-progress",
+            "--param",
+            "t2i.steps=50",
+            "--param",
+            "tie.stepz=28",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert completed.returncode == 1
     assert completed.stderr.strip().startswith("genserve run: error: --param tie.stepz=28: tie.stepz: no such setting")
     assert not (tmp_path / "out").exists()
@@ -210,7 +265,9 @@ def test_a_rerun_with_other_settings_says_so_and_redoes_only_with_redo(triton_se
     for name in ("2008_002506.jpg", "2008_001009.jpg"):
         shutil.copy(faces_dir / name, images / name)
     tasks_path = images / "task.csv"
-    tasks_path.write_text(TASK_HEADER + "s1,deepfake,,2008_002506.jpg,2008_001009.jpg\ns2,deepfake,,2008_001009.jpg,2008_002506.jpg\n")
+    tasks_path.write_text(
+        TASK_HEADER + "s1,deepfake,,2008_002506.jpg,2008_001009.jpg\ns2,deepfake,,2008_001009.jpg,2008_002506.jpg\n"
+    )
     tasks = read_tasks(tasks_path)
     out = tmp_path / "out"
 
@@ -222,11 +279,17 @@ def test_a_rerun_with_other_settings_says_so_and_redoes_only_with_redo(triton_se
     assert first.complete and json.loads((out / "settings.json").read_text()) == {"deepfake": {"jpeg_quality": 90}}
     made = {index: (out / "imgs" / f"{index}.jpg").stat().st_mtime_ns for index in ("s1", "s2")}
     assert run({"deepfake": {"jpeg_quality": 90}}).resumed == 2  # same settings: nothing to do
-    with pytest.raises(SettingsChanged, match=r"deepfake: 2 rows \(jpeg_quality 90 -> 60\)\. Nothing was redone: run again with --redo"):
+    with pytest.raises(
+        SettingsChanged, match=r"deepfake: 2 rows \(jpeg_quality 90 -> 60\)\. Nothing was redone: run again with --redo"
+    ):
         run({"deepfake": {"jpeg_quality": 60}})
     assert {index: (out / "imgs" / f"{index}.jpg").stat().st_mtime_ns for index in made} == made
     redone = run({"deepfake": {"jpeg_quality": 60}}, redo=True)
-    assert redone.complete and redone.resumed == 0 and sorted(o.task.index for o in redone.outcomes if o.ok) == ["s1", "s2"]
+    assert (
+        redone.complete
+        and redone.resumed == 0
+        and sorted(o.task.index for o in redone.outcomes if o.ok) == ["s1", "s2"]
+    )
     assert all((out / "imgs" / f"{index}.jpg").stat().st_mtime_ns != mtime for index, mtime in made.items())
     assert json.loads((out / "settings.json").read_text()) == {"deepfake": {"jpeg_quality": 60}}
     assert run({"deepfake": {"jpeg_quality": 60}}).resumed == 2

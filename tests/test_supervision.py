@@ -38,7 +38,9 @@ class FakeTriton:
         model_py = self.tmp_path / model / "1" / "model.py"
         model_py.parent.mkdir(parents=True, exist_ok=True)
         model_py.write_text("import time\ntime.sleep(300)\n")
-        command = f"exec -a /opt/{STUB_BINARY} {sys.executable} {model_py} region_{instance} 1 1 1 x 1 {instance} DEFAULT"
+        command = (
+            f"exec -a /opt/{STUB_BINARY} {sys.executable} {model_py} region_{instance} 1 1 1 x 1 {instance} DEFAULT"
+        )
         child = subprocess.Popen(["bash", "-c", command])
         self.children.append(child)
         deadline = time.monotonic() + 10
@@ -75,11 +77,17 @@ def test_watchdog_replaces_a_dead_worker_and_gives_up_on_a_model_that_keeps_dyin
 
     def reload(model):  # what Triton does: a fresh copy's workers start, the old ones end
         reloads.append(model)
-        for child in [c for c in fake_triton.children if c.poll() is None and f"/{model}/" in " ".join(psutil.Process(c.pid).cmdline())]:
+        for child in [
+            c
+            for c in fake_triton.children
+            if c.poll() is None and f"/{model}/" in " ".join(psutil.Process(c.pid).cmdline())
+        ]:
             fake_triton.kill(child)
         fake_triton.spawn(model, f"{model}_0_0")
 
-    watchdog = WorkerWatchdog(os.getpid(), reload, failures.append, shm_prefix="none_", max_restarts=2, window_s=60, shm_dir=tmp_path)
+    watchdog = WorkerWatchdog(
+        os.getpid(), reload, failures.append, shm_prefix="none_", max_restarts=2, window_s=60, shm_dir=tmp_path
+    )
     face = fake_triton.spawn("face_swap", "face_swap_0_0")
     fake_triton.spawn("ocr", "ocr_0_0")
     watchdog.check()
@@ -93,7 +101,13 @@ def test_watchdog_replaces_a_dead_worker_and_gives_up_on_a_model_that_keeps_dyin
     assert reloads == ["face_swap"]
 
     for _ in range(2):  # two more deaths: the second is one too many within the window
-        fake_triton.kill(next(c for c in fake_triton.children if c.poll() is None and "face_swap" in str(psutil.Process(c.pid).cmdline())))
+        fake_triton.kill(
+            next(
+                c
+                for c in fake_triton.children
+                if c.poll() is None and "face_swap" in str(psutil.Process(c.pid).cmdline())
+            )
+        )
         watchdog.check()
     assert reloads == ["face_swap", "face_swap"]
     assert failures == ["the workers of model face_swap died 3 times within 60 s"]
@@ -115,7 +129,9 @@ def test_the_stub_that_completes_a_config_is_no_worker(fake_triton, tmp_path):
 
 def test_watchdog_reloads_a_model_whose_shared_memory_swelled(fake_triton, tmp_path):
     reloads = []
-    watchdog = WorkerWatchdog(os.getpid(), reloads.append, pytest.fail, shm_prefix="region_", shm_limit_bytes=1000, shm_dir=tmp_path)
+    watchdog = WorkerWatchdog(
+        os.getpid(), reloads.append, pytest.fail, shm_prefix="region_", shm_limit_bytes=1000, shm_dir=tmp_path
+    )
     fake_triton.spawn("ocr", "ocr_0_0")
     region = tmp_path / "region_ocr_0_0"
     region.write_bytes(b"x" * 100)
@@ -134,7 +150,9 @@ def test_a_busy_port_is_refused_before_triton_starts(tmp_path):
         port = listener.getsockname()[1]
         assert busy_ports("127.0.0.1", [port]) == [port]
         http, metrics = free_ports(2)
-        server = TritonServer(tmp_path, models=["x"], http_port=http, grpc_port=port, metrics_port=metrics, log_path=tmp_path / "t.log")
+        server = TritonServer(
+            tmp_path, models=["x"], http_port=http, grpc_port=port, metrics_port=metrics, log_path=tmp_path / "t.log"
+        )
         with pytest.raises(ServerError, match=rf"port\(s\) {port} on 127.0.0.1 are in use"):
             server.start()
     assert not server.is_running()
@@ -146,11 +164,29 @@ def test_a_busy_port_is_refused_before_triton_starts(tmp_path):
 def start_serve(tmp_path: Path, *extra: str) -> tuple[subprocess.Popen, list[int], list[str]]:
     http, grpc, metrics = free_ports(3)
     process = subprocess.Popen(
-        [sys.executable, "-m", "genserve.cli", "serve", "--model", "face_swap", "--http-port", str(http),
-         "--grpc-port", str(grpc), "--metrics-port", str(metrics), "--log-file", str(tmp_path / f"triton-{grpc}.log"),
-         "--admin-key-file", str(tmp_path / "admin.key"), *extra],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "genserve.cli",
+            "serve",
+            "--model",
+            "face_swap",
+            "--http-port",
+            str(http),
+            "--grpc-port",
+            str(grpc),
+            "--metrics-port",
+            str(metrics),
+            "--log-file",
+            str(tmp_path / f"triton-{grpc}.log"),
+            "--admin-key-file",
+            str(tmp_path / "admin.key"),
+            *extra,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     lines: list[str] = []
     while not lines or "Press Ctrl-C" not in lines[-1]:
         line = process.stdout.readline()
@@ -174,10 +210,26 @@ def test_serve_refuses_busy_ports_and_exits_with_the_reason_when_triton_dies(tmp
         # A second server on the same ports: a clear refusal, not "serving" (nor a Triton that binds
         # gRPC's SO_REUSEPORT port beside the first).
         second = subprocess.run(
-            [sys.executable, "-m", "genserve.cli", "serve", "--model", "face_swap", "--http-port", str(ports[0]),
-             "--grpc-port", str(ports[1]), "--metrics-port", str(ports[2]), "--admin-key-file", str(tmp_path / "admin.key")],
-            capture_output=True, text=True, timeout=120,
-        )  # fmt: skip
+            [
+                sys.executable,
+                "-m",
+                "genserve.cli",
+                "serve",
+                "--model",
+                "face_swap",
+                "--http-port",
+                str(ports[0]),
+                "--grpc-port",
+                str(ports[1]),
+                "--metrics-port",
+                str(ports[2]),
+                "--admin-key-file",
+                str(tmp_path / "admin.key"),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert second.returncode == 1 and "are in use" in second.stderr and "serving" not in second.stdout
 
         triton = triton_of(first)
@@ -245,8 +297,15 @@ def test_killed_workers_leave_no_stale_copy(tmp_path):
     from genserve.config import STACK_REPOSITORY_DIR
 
     http, grpc, metrics = free_ports(3)
-    with TritonServer(STACK_REPOSITORY_DIR, models=["face_swap"], http_port=http, grpc_port=grpc, metrics_port=metrics,
-                      address="127.0.0.1", log_path=tmp_path / "triton.log") as server:  # fmt: skip
+    with TritonServer(
+        STACK_REPOSITORY_DIR,
+        models=["face_swap"],
+        http_port=http,
+        grpc_port=grpc,
+        metrics_port=metrics,
+        address="127.0.0.1",
+        log_path=tmp_path / "triton.log",
+    ) as server:
 
         def face_swap_workers():
             return [w for w in python_workers(server._process.pid) or [] if w.model == "face_swap"]

@@ -9,8 +9,21 @@ from genserve.families import COGVIEW4, FLUX, SD
 
 # FLUX.1's real module sizes (only what the descriptions read).
 FLUX_CONFIGS = {
-    "vae": {"block_out_channels": [128, 256, 512, 512], "latent_channels": 16, "latent_parameter_channels": 32, "in_channels": 3, "out_channels": 3},
-    "transformer": {"in_channels": 64, "out_channels": None, "joint_attention_dim": 4096, "pooled_projection_dim": 768, "rope_axes": 3, "guidance_embeds": True},
+    "vae": {
+        "block_out_channels": [128, 256, 512, 512],
+        "latent_channels": 16,
+        "latent_parameter_channels": 32,
+        "in_channels": 3,
+        "out_channels": 3,
+    },
+    "transformer": {
+        "in_channels": 64,
+        "out_channels": None,
+        "joint_attention_dim": 4096,
+        "pooled_projection_dim": 768,
+        "rope_axes": 3,
+        "guidance_embeds": True,
+    },
     "text_encoder": {"hidden_size": 768, "vocab_size": 49408, "max_position_embeddings": 77},
     "text_encoder_2": {"d_model": 4096, "vocab_size": 32128},
 }
@@ -37,7 +50,10 @@ def test_clip_sequence_is_capped_by_its_positions():
 
 
 def test_opt_outside_the_requests_is_clamped():
-    configs = {"vae": {"block_out_channels": [1, 2, 3, 4], "latent_channels": 4, "out_channels": 3}, "unet": {"block_out_channels": [1, 2, 3, 4]}}
+    configs = {
+        "vae": {"block_out_channels": [1, 2, 3, 4], "latent_channels": 4, "out_channels": 3},
+        "unet": {"block_out_channels": [1, 2, 3, 4]},
+    }
     requests = profile_requests((1, 8), ((512, 512), (768, 768)), (77,), with_image=False)
     from genserve.families import ShapeRequest
 
@@ -52,7 +68,14 @@ def test_cogview4_denoiser_profile_covers_every_input():
     }
     requests = profile_requests((2,), ((1024, 1024), (2048, 1024)), (16, 1024), with_image=False)
     profile = compute_profile(COGVIEW4, COGVIEW4.component("transformer"), configs, requests, opt=requests[0])
-    assert set(profile.shapes) == {"hidden_states", "encoder_hidden_states", "timestep", "original_size", "target_size", "crop_coords"}
+    assert set(profile.shapes) == {
+        "hidden_states",
+        "encoder_hidden_states",
+        "timestep",
+        "original_size",
+        "target_size",
+        "crop_coords",
+    }
     assert profile.shapes["hidden_states"] == ((2, 16, 128, 128), (2, 16, 128, 128), (2, 16, 256, 128))
     assert profile.shapes["encoder_hidden_states"] == ((2, 16, 4096), (2, 16, 4096), (2, 1024, 4096))
 

@@ -9,53 +9,107 @@ from genserve.config import MAX_GENERATED_SIDE
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
-        "build-repo", help="build a Triton model repository from an export (leaf and pipeline models)",
+        "build-repo",
+        help="build a Triton model repository from an export (leaf and pipeline models)",
         description="Write a Triton model for each exported component and the family's pipeline models "
         "(text_to_image, edit_image, edit_text) into REPO_DIR; other models there stay. See docs/diffusion-serving.md.",
     )
     parser.add_argument("export_dir", metavar="EXPORT_DIR", help="output of `genserve export`")
     parser.add_argument("repo_dir", metavar="REPO_DIR")
-    parser.add_argument("--target", choices=("cpu", "gpu"), default="cpu",
-                        help="gpu: native onnxruntime_onnx/tensorrt_plan leaves on GPU instances (NGC container); "
-                        "cpu: ONNX Runtime in Python-backend leaves (pip-installed server). Default cpu")
-    parser.add_argument("--prefix", default="", help="model name prefix, so several families share a repository (e.g. flux_)")
+    parser.add_argument(
+        "--target",
+        choices=("cpu", "gpu"),
+        default="cpu",
+        help="gpu: native onnxruntime_onnx/tensorrt_plan leaves on GPU instances (NGC container); "
+        "cpu: ONNX Runtime in Python-backend leaves (pip-installed server). Default cpu",
+    )
+    parser.add_argument(
+        "--prefix", default="", help="model name prefix, so several families share a repository (e.g. flux_)"
+    )
     parser.add_argument("--tensorrt", action="store_true", help="gpu: serve the export's TensorRT engines")
-    parser.add_argument("--max-size", type=int, default=MAX_GENERATED_SIDE, help="largest width/height a request may ask for")
-    parser.add_argument("--python-leaves", action="store_true",
-                        help="gpu: leaves as Python-backend models on ONNX Runtime's CUDA provider (a pip host without "
-                        "the container's onnxruntime backend; fp32/fp16 exports)")
-    parser.add_argument("--gpu-memory-limit", type=float, metavar="GB",
-                        help="gpu: cap each ONNX Runtime leaf's CUDA memory arena (gpu_mem_limit; default: no cap)")
+    parser.add_argument(
+        "--max-size", type=int, default=MAX_GENERATED_SIDE, help="largest width/height a request may ask for"
+    )
+    parser.add_argument(
+        "--python-leaves",
+        action="store_true",
+        help="gpu: leaves as Python-backend models on ONNX Runtime's CUDA provider (a pip host without "
+        "the container's onnxruntime backend; fp32/fp16 exports)",
+    )
+    parser.add_argument(
+        "--gpu-memory-limit",
+        type=float,
+        metavar="GB",
+        help="gpu: cap each ONNX Runtime leaf's CUDA memory arena (gpu_mem_limit; default: no cap)",
+    )
     parser.add_argument("--max-images", type=int, default=4, help="most images per request")
-    parser.add_argument("--pipeline-instances", type=int, default=1,
-                        help="instances of each plain pipeline model (each a process of its own; default 1)")
-    parser.add_argument("--pipeline-concurrency", type=int, default=4, metavar="N",
-                        help="requests one plain pipeline model instance runs at once (worker threads whose "
-                        "denoiser calls meet in its batcher; default 4)")
-    parser.add_argument("--no-stream", dest="stream", action="store_false",
-                        help="leave out the streaming pipeline models (<task model>_stream: progress per step, "
-                        "concurrent requests in one instance)")
-    parser.add_argument("--stream-concurrency", type=int, default=4, metavar="N",
-                        help="requests a streaming pipeline model runs at once (default 4)")
-    parser.add_argument("--warmup-size", type=int, metavar="PIXELS",
-                        help="side of the square image the warm-up request renders: the size you serve most "
-                        "(default: the pipeline's working size, e.g. 1024 for FLUX, at most --max-size)")
-    parser.add_argument("--no-warmup", dest="warmup", action="store_false",
-                        help="no warm-up request at load (by default each pipeline model runs a short request through "
-                        "the leaves before it reports ready, so that the first request is as fast as the next)")
+    parser.add_argument(
+        "--pipeline-instances",
+        type=int,
+        default=1,
+        help="instances of each plain pipeline model (each a process of its own; default 1)",
+    )
+    parser.add_argument(
+        "--pipeline-concurrency",
+        type=int,
+        default=4,
+        metavar="N",
+        help="requests one plain pipeline model instance runs at once (worker threads whose "
+        "denoiser calls meet in its batcher; default 4)",
+    )
+    parser.add_argument(
+        "--no-stream",
+        dest="stream",
+        action="store_false",
+        help="leave out the streaming pipeline models (<task model>_stream: progress per step, "
+        "concurrent requests in one instance)",
+    )
+    parser.add_argument(
+        "--stream-concurrency",
+        type=int,
+        default=4,
+        metavar="N",
+        help="requests a streaming pipeline model runs at once (default 4)",
+    )
+    parser.add_argument(
+        "--warmup-size",
+        type=int,
+        metavar="PIXELS",
+        help="side of the square image the warm-up request renders: the size you serve most "
+        "(default: the pipeline's working size, e.g. 1024 for FLUX, at most --max-size)",
+    )
+    parser.add_argument(
+        "--no-warmup",
+        dest="warmup",
+        action="store_false",
+        help="no warm-up request at load (by default each pipeline model runs a short request through "
+        "the leaves before it reports ready, so that the first request is as fast as the next)",
+    )
     parser.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from genserve.diffusion.repository import BuildOptions, build_repository
 
-    report = build_repository(args.export_dir, args.repo_dir, BuildOptions(
-        target=args.target, prefix=args.prefix, tensorrt=args.tensorrt, max_size=args.max_size,
-        max_images=args.max_images, pipeline_instances=args.pipeline_instances,
-        pipeline_concurrency=args.pipeline_concurrency, stream=args.stream,
-        stream_concurrency=args.stream_concurrency, warmup=args.warmup, warmup_size=args.warmup_size,
-        gpu_memory_limit_gb=args.gpu_memory_limit, python_leaves=args.python_leaves,
-    ))
+    report = build_repository(
+        args.export_dir,
+        args.repo_dir,
+        BuildOptions(
+            target=args.target,
+            prefix=args.prefix,
+            tensorrt=args.tensorrt,
+            max_size=args.max_size,
+            max_images=args.max_images,
+            pipeline_instances=args.pipeline_instances,
+            pipeline_concurrency=args.pipeline_concurrency,
+            stream=args.stream,
+            stream_concurrency=args.stream_concurrency,
+            warmup=args.warmup,
+            warmup_size=args.warmup_size,
+            gpu_memory_limit_gb=args.gpu_memory_limit,
+            python_leaves=args.python_leaves,
+        ),
+    )
     print(report.summary())
     print(f"serve it with: genserve serve {args.repo_dir}")
     return 0

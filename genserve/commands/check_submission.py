@@ -20,11 +20,18 @@ def register(subparsers) -> None:
     )
     parser.add_argument("zip", metavar="ZIP", help="the submission zip")
     parser.add_argument("--tasks", metavar="TASK_CSV", required=True, help="the task file the submission answers")
-    parser.add_argument("--images", metavar="DIR", help="folder of the task file's images, for --url's checks "
-                        "(default: the task file's folder)")
+    parser.add_argument(
+        "--images",
+        metavar="DIR",
+        help="folder of the task file's images, for --url's checks (default: the task file's folder)",
+    )
     parser.add_argument("--url", help="a genserve server (gRPC host:port) for the quality checks")
-    parser.add_argument("--min-identity", type=float, metavar="COSINE",
-                        help="deepfake identity cosine under which a row is reported (default 0.9)")
+    parser.add_argument(
+        "--min-identity",
+        type=float,
+        metavar="COSINE",
+        help="deepfake identity cosine under which a row is reported (default 0.9)",
+    )
     parser.set_defaults(handler=run)
 
 
@@ -46,12 +53,16 @@ def run(args: argparse.Namespace) -> int:
 
         images = Path(args.images) if args.images else Path(args.tasks).resolve().parent
         with Client(args.url) as client:
-            findings += check_quality(path, tasks, images, client, min_identity=args.min_identity or MIN_IDENTITY_COSINE)
+            findings += check_quality(
+                path, tasks, images, client, min_identity=args.min_identity or MIN_IDENTITY_COSINE
+            )
     for finding in findings:
         print(finding)
     warnings = len(findings) - broken
     if broken:
         print(f"{path.name}: {broken} broken rule(s) for {len(tasks)} task rows: the organizers would refuse it")
         return 1
-    print(f"{path.name}: follows the rules ({len(tasks)} rows)" + (f"; {warnings} quality warning(s)" if args.url else ""))
+    print(
+        f"{path.name}: follows the rules ({len(tasks)} rows)" + (f"; {warnings} quality warning(s)" if args.url else "")
+    )
     return 0

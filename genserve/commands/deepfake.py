@@ -42,7 +42,9 @@ def run(args: argparse.Namespace) -> int:
             raise InvalidInputError(f"{path}: no such file")
     output_format = "png" if Path(args.output).suffix.lower() == ".png" else "jpeg"
     with Client(args.url, protocol=args.protocol) as client:
-        result = client.swap_face(args.ori, args.target, output_format=output_format, **field_values(args, FACE_SWAP, skip=SKIPPED))
+        result = client.swap_face(
+            args.ori, args.target, output_format=output_format, **field_values(args, FACE_SWAP, skip=SKIPPED)
+        )
     path = result.save(args.output)
     if args.json:
         print(json.dumps(result.metadata, indent=2))
@@ -51,7 +53,9 @@ def run(args: argparse.Namespace) -> int:
     print(f"wrote {path}: replaced face {', '.join(map(str, meta['replaced']))} of {meta['faces_found']['ori']} in ORI")
     for score in meta.get("identity", []):
         ori = f"; the original face had {score['ori_cosine']:.3f}" if "ori_cosine" in score else ""
-        print(f"  face {score['face']}: identity cosine to target {score['cosine']:.3f} (dlib distance {score['distance']:.3f}{ori})")
+        print(
+            f"  face {score['face']}: identity cosine to target {score['cosine']:.3f} (dlib distance {score['distance']:.3f}{ori})"
+        )
     for entry in meta.get("candidates", []):
         tried = ", ".join(f"{c['cosine']:.3f}{'' if c['clean'] else ' (artifacts)'}" for c in entry["tried"])
         print(f"  face {entry['face']}: kept candidate {entry['chosen']} of {len(entry['tried'])} (cosines {tried})")

@@ -28,7 +28,9 @@ def run(args: argparse.Namespace) -> int:
     for outcome in summary.failed:
         print(f"  failed: {outcome.task.index} ({outcome.task.task_type}): {outcome.error}")
     print(f"OCR of the vttie input sign: {' | '.join(result.ocr_of_sign) or '(no text found)'}")
-    print(f"OCR of the vttie result:     {' | '.join(result.ocr_of_vttie) or '(no text found: random-weight pipeline)'}")
+    print(
+        f"OCR of the vttie result:     {' | '.join(result.ocr_of_vttie) or '(no text found: random-weight pipeline)'}"
+    )
     print(f"images: {result.out_dir / 'results' / 'imgs'}   results: {result.out_dir / 'results' / 'result.csv'}")
     print(f"submission: {summary.submission or summary.submission_problem}")
     return 0 if summary.complete else 1

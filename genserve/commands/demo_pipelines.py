@@ -17,8 +17,12 @@ def register(subparsers) -> None:
         "with their diffusers pipeline class and run end to end.",
     )
     parser.add_argument("out_dir", metavar="OUT")
-    parser.add_argument("--only", action="append", choices=NAMES, metavar="NAME", help=f"build only this one ({', '.join(NAMES)})")
-    parser.add_argument("--size", choices=("tiny", "medium"), default="tiny", help="tiny (default) or medium (benchmarks)")
+    parser.add_argument(
+        "--only", action="append", choices=NAMES, metavar="NAME", help=f"build only this one ({', '.join(NAMES)})"
+    )
+    parser.add_argument(
+        "--size", choices=("tiny", "medium"), default="tiny", help="tiny (default) or medium (benchmarks)"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.set_defaults(handler=run)
 

@@ -7,7 +7,8 @@ import argparse
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
-        "demo-repo", help="build the tiny SD, FLUX Kontext and CogView4 pipelines into a Triton repository",
+        "demo-repo",
+        help="build the tiny SD, FLUX Kontext and CogView4 pipelines into a Triton repository",
         description="Build tiny random-weight pipelines, export them and build one cpu repository "
         "(OUT/repository; models prefixed sd_, flux_, cogview4_), each stage cached in OUT. With --run, serve "
         "it and write one image per family and task (t2i, tie, vttie) to OUT/images.",

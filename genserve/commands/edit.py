@@ -10,7 +10,8 @@ from genserve.protocol import EDIT_IMAGE
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
-        "edit", help="edit an image as a prompt says (edit_image on the server)",
+        "edit",
+        help="edit an image as a prompt says (edit_image on the server)",
         description="Send IMAGE and PROMPT to an edit_image model (FLUX Kontext edits by instruction; SD runs "
         "img2img, --strength 0.6) and write the result, by default at IMAGE's size.",
     )

@@ -10,7 +10,8 @@ from genserve.protocol import EDIT_TEXT
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
-        "edit-text", help="change the text shown in an image (edit_text on the server)",
+        "edit-text",
+        help="change the text shown in an image (edit_text on the server)",
         description='INSTRUCTION quotes the old and new text: change "OPEN" to "CLOSED", replace \'A\' with '
         "'B', 把“开”改成“关”. The server turns it into an edit prompt with text-edit defaults.",
     )
@@ -27,7 +28,9 @@ def run(args: argparse.Namespace) -> int:
 
     if not Path(args.image).is_file():
         raise InvalidInputError(f"{args.image}: no such file")
-    results = generate(args, EDIT_TEXT, lambda client, **kwargs: client.edit_text(args.image, args.instruction, **kwargs))
+    results = generate(
+        args, EDIT_TEXT, lambda client, **kwargs: client.edit_text(args.image, args.instruction, **kwargs)
+    )
     code = write_results(args, results)
     meta = (results if isinstance(results, list) else [results])[0].metadata
     if not args.json:

@@ -30,30 +30,50 @@ def register(subparsers) -> None:
         "encoder, text encoders) to ONNX with dynamic batch, image size and sequence length; check every "
         "graph against torch in ONNX Runtime; optionally build TensorRT engines. See docs/export.md.",
     )
-    parser.add_argument("pipeline_dir", metavar="PIPELINE_DIR", help="diffusers pipeline folder (with model_index.json)")
+    parser.add_argument(
+        "pipeline_dir", metavar="PIPELINE_DIR", help="diffusers pipeline folder (with model_index.json)"
+    )
     parser.add_argument("out_dir", metavar="OUT_DIR", help="where the models go (written whole at the end)")
     parser.add_argument("--family", default="auto", choices=("auto", "sd", "flux", "cogview4"))
     parser.add_argument("--precision", default="fp32", choices=("fp32", "fp16", "bf16"))
     parser.add_argument("--tensorrt", action="store_true", help="also build TensorRT engines (GPU host with tensorrt)")
     parser.add_argument(
-        "--resolutions", type=lambda s: tuple(_resolution(p) for p in s.split(",")), default=(),
-        metavar="HxW[,HxW...]", help="image sizes the TensorRT profiles cover; the first is the optimum "
+        "--resolutions",
+        type=lambda s: tuple(_resolution(p) for p in s.split(",")),
+        default=(),
+        metavar="HxW[,HxW...]",
+        help="image sizes the TensorRT profiles cover; the first is the optimum "
         f"(default: the VAE's sample size, 256 and {MAX_GENERATED_SIDE}: every size build-repo serves)",
     )
     parser.add_argument(
-        "--batch-sizes", type=_ints, default=(1, LEAF_MAX_BATCH_SIZE), metavar="N[,N...]",
+        "--batch-sizes",
+        type=_ints,
+        default=(1, LEAF_MAX_BATCH_SIZE),
+        metavar="N[,N...]",
         help="component batch sizes the TensorRT profiles cover (classifier-free guidance doubles the "
         f"denoiser's); the first is the optimum (default: 1,{LEAF_MAX_BATCH_SIZE}: build-repo's leaf max batch)",
     )
     parser.add_argument(
-        "--text-lengths", type=_ints, default=(), metavar="N[,N...]",
+        "--text-lengths",
+        type=_ints,
+        default=(),
+        metavar="N[,N...]",
         help="token counts the profiles cover (default: the family's usual length and the range its pipelines pad to)",
     )
     parser.add_argument(
-        "--tensorrt-workspace-gb", type=float, default=8.0, metavar="GB",
+        "--tensorrt-workspace-gb",
+        type=float,
+        default=8.0,
+        metavar="GB",
         help="TensorRT builder's workspace: scratch GPU memory a layer's tactics may use (default: 8)",
     )
-    parser.add_argument("--component", action="append", dest="components", metavar="NAME", help="export only this component (repeatable)")
+    parser.add_argument(
+        "--component",
+        action="append",
+        dest="components",
+        metavar="NAME",
+        help="export only this component (repeatable)",
+    )
     parser.add_argument("--no-optimize", action="store_true", help="skip ONNX Runtime's fusions")
     parser.add_argument("--no-parity", action="store_true", help="skip the comparison with torch")
     parser.add_argument("--force", action="store_true", help="replace an existing export in OUT_DIR")

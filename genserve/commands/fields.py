@@ -24,15 +24,25 @@ def add_field_arguments(parser: argparse.ArgumentParser, contract: Contract, ski
         flag = "--" + field.name.replace("_", "-")
         if field.type == "bool":
             if field.default:
-                parser.add_argument(f"--no-{flag[2:]}", dest=field.name, action="store_false", default=None, help=f"do not: {field.help}")
+                parser.add_argument(
+                    f"--no-{flag[2:]}",
+                    dest=field.name,
+                    action="store_false",
+                    default=None,
+                    help=f"do not: {field.help}",
+                )
             else:
                 parser.add_argument(flag, dest=field.name, action="store_true", default=None, help=field.help)
             continue
         default = f" (default {field.default})" if field.default is not None else ""
         parser.add_argument(
-            flag, dest=field.name, type=_TYPES[field.type], choices=field.choices or None, metavar=None if field.choices else _METAVARS[field.type],
+            flag,
+            dest=field.name,
+            type=_TYPES[field.type],
+            choices=field.choices or None,
+            metavar=None if field.choices else _METAVARS[field.type],
             help=field.help + default,
-        )  # fmt: skip
+        )
 
 
 def field_values(args: argparse.Namespace, contract: Contract, skip: tuple[str, ...] = ()) -> dict:
@@ -45,14 +55,26 @@ def field_values(args: argparse.Namespace, contract: Contract, skip: tuple[str, 
 
 
 def add_generation_arguments(parser: argparse.ArgumentParser, contract: Contract) -> None:
-    parser.add_argument("-o", "--output", required=True, metavar="OUT",
-                        help="result image (.png, .jpg, .webp); with --num-images N > 1, OUT gets _0.._N-1 suffixes")
-    parser.add_argument("--model", default=contract.model, help=f"served model (default {contract.model}; e.g. flux_{contract.model} in the demo repository)")
+    parser.add_argument(
+        "-o",
+        "--output",
+        required=True,
+        metavar="OUT",
+        help="result image (.png, .jpg, .webp); with --num-images N > 1, OUT gets _0.._N-1 suffixes",
+    )
+    parser.add_argument(
+        "--model",
+        default=contract.model,
+        help=f"served model (default {contract.model}; e.g. flux_{contract.model} in the demo repository)",
+    )
     add_field_arguments(parser, contract, skip=("prompt", "image"))
     parser.add_argument("--url", help="server host:port (default: localhost:8001 for gRPC, localhost:8000 for HTTP)")
     parser.add_argument("--protocol", choices=("grpc", "http"), default="grpc")
-    parser.add_argument("--no-progress", action="store_true",
-                        help="no progress bar (it shows the denoising steps when the server has the model's _stream variant)")
+    parser.add_argument(
+        "--no-progress",
+        action="store_true",
+        help="no progress bar (it shows the denoising steps when the server has the model's _stream variant)",
+    )
     parser.add_argument("--json", action="store_true", help="print the server's metadata as JSON")
 
 
@@ -95,8 +117,10 @@ def write_results(args: argparse.Namespace, results) -> int:
         print(json.dumps(meta, indent=2))
         return 0
     timings = meta.get("timings_ms", {})
-    print(f"wrote {', '.join(map(str, paths))}: {meta.get('width')}x{meta.get('height')}, seed {meta.get('seed')}, "
-          f"{meta.get('steps')} steps, guidance {meta.get('guidance')}, server {timings.get('total', 0):.0f} ms")
+    print(
+        f"wrote {', '.join(map(str, paths))}: {meta.get('width')}x{meta.get('height')}, seed {meta.get('seed')}, "
+        f"{meta.get('steps')} steps, guidance {meta.get('guidance')}, server {timings.get('total', 0):.0f} ms"
+    )
     stages = ", ".join(f"{k} {v:.0f} ms" for k, v in timings.items() if k != "total")
     print(f"  stages: {stages}")
     for warning in meta.get("warnings", []):

@@ -50,7 +50,9 @@ def run(args: argparse.Namespace) -> int:
 
         report = text_edit_report(args.instruction, [line.text for line in lines])
     if args.json:
-        payload = [{"box": [list(point) for point in line.box], "text": line.text, "score": line.score} for line in lines]
+        payload = [
+            {"box": [list(point) for point in line.box], "text": line.text, "score": line.score} for line in lines
+        ]
         print(json.dumps(payload if report is None else {"lines": payload, "edit": report}, ensure_ascii=False))
         return 0
     for line in lines:

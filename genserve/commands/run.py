@@ -24,59 +24,94 @@ def register(subparsers) -> None:
         "under --images only.",
     )
     parser.add_argument("tasks", metavar="TASK_CSV", help="the task file")
-    parser.add_argument("--images", metavar="DIR", help="folder the image columns are relative to (default: the task file's folder)")
     parser.add_argument(
-        "--allow-outside-images", action="store_true",
+        "--images", metavar="DIR", help="folder the image columns are relative to (default: the task file's folder)"
+    )
+    parser.add_argument(
+        "--allow-outside-images",
+        action="store_true",
         help="let image columns name absolute paths and paths with '..' (refused by default: a task file "
         "from elsewhere could make this command upload any file it can read)",
-    )  # fmt: skip
+    )
     parser.add_argument("--out", metavar="OUT", required=True, help="output folder (created; reused to resume)")
     parser.add_argument(
-        "--url", action="append", dest="urls", metavar="TARGET",
+        "--url",
+        action="append",
+        dest="urls",
+        metavar="TARGET",
         help="server to use (default localhost:8001 for gRPC). A gRPC target may name several servers, "
         "balanced round-robin: dns:///genserve-headless:8001 or ipv4:10.0.0.5:8001,10.0.0.6:8001. Repeat "
         "for servers no one target names (HTTP, or gRPC servers with different names)",
-    )  # fmt: skip
+    )
     parser.add_argument("--protocol", choices=("grpc", "http"), default="grpc")
     parser.add_argument(
-        "--model", action="append", default=[], metavar="TASK=MODEL",
+        "--model",
+        action="append",
+        default=[],
+        metavar="TASK=MODEL",
         help="served model for a task type, e.g. t2i=cogview4_text_to_image or tie=flux_edit_image "
         "(default: text_to_image, edit_image, edit_text, face_swap)",
-    )  # fmt: skip
-    parser.add_argument("--team", metavar="NAME",
-                        help="team name: the zip is OUT/NAME_图片生成_result.zip, as the contest asks "
-                        "(default: team_图片生成_result.zip, to be renamed before upload)")
+    )
     parser.add_argument(
-        "--settings", metavar="TOML",
+        "--team",
+        metavar="NAME",
+        help="team name: the zip is OUT/NAME_图片生成_result.zip, as the contest asks "
+        "(default: team_图片生成_result.zip, to be renamed before upload)",
+    )
+    parser.add_argument(
+        "--settings",
+        metavar="TOML",
         help="generation settings per task type: a table per task type ([t2i] steps = 50, width = 1024 ...; "
         "[tie] steps = 28, guidance = 2.5; model = ... too), each key a field of the task's contract",
-    )  # fmt: skip
+    )
     parser.add_argument(
-        "--param", action="append", default=[], metavar="TASK.KEY=VALUE",
+        "--param",
+        action="append",
+        default=[],
+        metavar="TASK.KEY=VALUE",
         help="one setting, e.g. t2i.steps=50 or tie.guidance=2.5 (repeatable; over --settings)",
-    )  # fmt: skip
-    parser.add_argument("--redo", action="store_true",
-                        help="regenerate the rows OUT holds that were made with other settings (without it, such a "
-                        "rerun stops and says what changed)")
-    parser.add_argument("--no-fallback", dest="fallback", action="store_false",
-                        help="no stand-in images for failed rows: they are left out, and no zip is written while any is missing")
-    parser.add_argument("--concurrency", type=int, default=4, help="rows in flight at once (default 4)")
-    parser.add_argument("--candidates", type=int, metavar="N",
-                        help="best of N for the task types that score their own results (vttie: OCR reading; deepfake: "
-                        "identity): N candidates per row, the best returned; scores in OUT/quality.csv")
+    )
     parser.add_argument(
-        "--retries", type=int, default=config.CLIENT_RETRIES,
+        "--redo",
+        action="store_true",
+        help="regenerate the rows OUT holds that were made with other settings (without it, such a "
+        "rerun stops and says what changed)",
+    )
+    parser.add_argument(
+        "--no-fallback",
+        dest="fallback",
+        action="store_false",
+        help="no stand-in images for failed rows: they are left out, and no zip is written while any is missing",
+    )
+    parser.add_argument("--concurrency", type=int, default=4, help="rows in flight at once (default 4)")
+    parser.add_argument(
+        "--candidates",
+        type=int,
+        metavar="N",
+        help="best of N for the task types that score their own results (vttie: OCR reading; deepfake: "
+        "identity): N candidates per row, the best returned; scores in OUT/quality.csv",
+    )
+    parser.add_argument(
+        "--retries",
+        type=int,
+        default=config.CLIENT_RETRIES,
         help=f"retries of a row whose failure may pass: server unreachable or overloaded, a worker restarting "
         f"(default {config.CLIENT_RETRIES}); refused rows and expired deadlines are not retried",
-    )  # fmt: skip
+    )
     parser.add_argument(
-        "--timeout", type=float, default=config.CLIENT_TIMEOUT_S,
+        "--timeout",
+        type=float,
+        default=config.CLIENT_TIMEOUT_S,
         help=f"seconds one row may take, retries included (default {config.CLIENT_TIMEOUT_S:g})",
-    )  # fmt: skip
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    parser.add_argument("--no-stream", dest="stream", action="store_false",
-                        help="send diffusion rows to the plain pipeline models even where the server has the streaming "
-                        "ones (those run several rows at once in one instance and report their steps)")
+    parser.add_argument(
+        "--no-stream",
+        dest="stream",
+        action="store_false",
+        help="send diffusion rows to the plain pipeline models even where the server has the streaming "
+        "ones (those run several rows at once in one instance and report their steps)",
+    )
     parser.set_defaults(handler=run)
 
 
@@ -100,16 +135,27 @@ def run(args: argparse.Namespace) -> int:
     images = Path(args.images) if args.images else Path(args.tasks).resolve().parent
     with ClientPool(args.urls, protocol=args.protocol, timeout_s=args.timeout, retries=args.retries) as pool:
         runner = BatchRunner(
-            pool, images, args.out, concurrency=args.concurrency, progress=not args.no_progress, request_options=settings,
-            stream=args.stream, allow_outside_images=args.allow_outside_images, team=args.team, fallback=args.fallback,
+            pool,
+            images,
+            args.out,
+            concurrency=args.concurrency,
+            progress=not args.no_progress,
+            request_options=settings,
+            stream=args.stream,
+            allow_outside_images=args.allow_outside_images,
+            team=args.team,
+            fallback=args.fallback,
             redo=args.redo,
-        )  # fmt: skip
+        )
         summary = runner.run(tasks)
     print(summary.table())
     out = Path(args.out)
     print(f"results: {out / 'result.csv'}   quality: {out / QUALITY}")
     if summary.submission is not None:
-        print(f"submission: {summary.submission}" + ("" if args.team else "  (no --team: rename it to <team>_图片生成_result.zip)"))
+        print(
+            f"submission: {summary.submission}"
+            + ("" if args.team else "  (no --team: rename it to <team>_图片生成_result.zip)")
+        )
     else:
         print(summary.submission_problem)
     if summary.failed:

@@ -20,43 +20,60 @@ def register(subparsers) -> None:
         "taken finish within --drain-timeout, whatever model runs it).",
     )
     parser.add_argument(
-        "repositories", nargs="*", metavar="REPO",
+        "repositories",
+        nargs="*",
+        metavar="REPO",
         help="model repository folder(s) served beside the stack's own (face_swap and OCR); or object storage "
         "Triton reads itself: s3://BUCKET/PATH, gs://BUCKET/PATH, as://ACCOUNT/CONTAINER/PATH (credentials as "
         "Triton takes them, e.g. AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY / AWS_DEFAULT_REGION)",
-    )  # fmt: skip
-    parser.add_argument("--no-stack-models", action="store_true", help="serve only the REPOs given, not the stack's own repository")
+    )
     parser.add_argument(
-        "--address", default=config.DEFAULT_BIND_ADDRESS,
+        "--no-stack-models", action="store_true", help="serve only the REPOs given, not the stack's own repository"
+    )
+    parser.add_argument(
+        "--address",
+        default=config.DEFAULT_BIND_ADDRESS,
         help=f"interface to listen on (default {config.DEFAULT_BIND_ADDRESS}: this host only; 0.0.0.0: every "
         "interface, e.g. in a container)",
-    )  # fmt: skip
+    )
     parser.add_argument("--http-port", type=int, default=config.DEFAULT_HTTP_PORT)
     parser.add_argument("--grpc-port", type=int, default=config.DEFAULT_GRPC_PORT)
     parser.add_argument("--metrics-port", type=int, default=config.DEFAULT_METRICS_PORT)
-    parser.add_argument("--model", action="append", dest="models", metavar="NAME", help="load only this model (repeatable)")
+    parser.add_argument(
+        "--model", action="append", dest="models", metavar="NAME", help="load only this model (repeatable)"
+    )
     parser.add_argument("--log-file", help="where Triton's log goes (default: under the genserve cache folder)")
     parser.add_argument(
-        "--cache-size", type=_byte_size, default=0, metavar="SIZE",
+        "--cache-size",
+        type=_byte_size,
+        default=0,
+        metavar="SIZE",
         help="Triton's response cache, e.g. 512M or 2G: a repeated seeded diffusion request is answered from it "
         "(then a request without a seed is refused by those models; genserve's clients always send one). Default: none",
-    )  # fmt: skip
+    )
     parser.add_argument(
         "--keep-going", action="store_true", help="keep serving the models that loaded when another fails"
     )
     parser.add_argument(
-        "--admin-key-file", metavar="FILE",
+        "--admin-key-file",
+        metavar="FILE",
         help=f"file holding the admin key (made, readable by you only, when missing). Default: ${config.ADMIN_KEY_ENV}, "
         f"else the file ${config.ADMIN_KEY_FILE_ENV} names, else a new key in a file under the cache folder",
-    )  # fmt: skip
+    )
     parser.add_argument(
-        "--drain-delay", type=float, default=config.DRAIN_DELAY_S, metavar="S",
+        "--drain-delay",
+        type=float,
+        default=config.DRAIN_DELAY_S,
+        metavar="S",
         help=f"on SIGTERM, keep serving this long first, while load balancers drop this replica (default {config.DRAIN_DELAY_S:g})",
-    )  # fmt: skip
+    )
     parser.add_argument(
-        "--drain-timeout", type=float, default=config.DRAIN_TIMEOUT_S, metavar="S",
+        "--drain-timeout",
+        type=float,
+        default=config.DRAIN_TIMEOUT_S,
+        metavar="S",
         help=f"then refuse new requests and wait this long at most for those taken to finish (default {config.DRAIN_TIMEOUT_S:g})",
-    )  # fmt: skip
+    )
     parser.set_defaults(handler=run)
 
 
@@ -66,7 +83,9 @@ def _byte_size(text: str) -> int:
     try:
         size = int(float(number) * units.get(unit, 1))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a size such as 512M, 2G or a number of bytes, not {text!r}") from None
+        raise argparse.ArgumentTypeError(
+            f"expected a size such as 512M, 2G or a number of bytes, not {text!r}"
+        ) from None
     if size < 0:
         raise argparse.ArgumentTypeError("the size cannot be negative")
     return size
@@ -93,12 +112,14 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from genserve import admin
-    from genserve.errors import InvalidInputError, ServerError
     from genserve.config import STACK_REPOSITORY_DIR
+    from genserve.errors import InvalidInputError, ServerError
     from genserve.server import TritonServer, is_remote
 
     repositories = [path if is_remote(path) else Path(path) for path in args.repositories]  # s3:// etc. as given
-    if not args.no_stack_models and STACK_REPOSITORY_DIR.resolve() not in {Path(path).resolve() for path in repositories}:
+    if not args.no_stack_models and STACK_REPOSITORY_DIR.resolve() not in {
+        Path(path).resolve() for path in repositories
+    }:
         repositories.insert(0, STACK_REPOSITORY_DIR)
     if not repositories:
         raise InvalidInputError("--no-stack-models needs at least one REPO")
@@ -139,7 +160,9 @@ def run(args: argparse.Namespace) -> int:
                 time.sleep(max(args.drain_delay, 0.0))
                 if not server.drain(max(args.drain_timeout, 0.0)):
                     print(f"requests still running after {args.drain_timeout:g} s: stopping them", flush=True)
-                    server.stop(timeout_s=5.0, drain=False)  # the drain timeout is spent: Triton's own exit timeout is not waited out
+                    server.stop(
+                        timeout_s=5.0, drain=False
+                    )  # the drain timeout is spent: Triton's own exit timeout is not waited out
             print("\nstopping Triton…", flush=True)
         else:
             raise ServerError(server.exit_reason())

@@ -10,7 +10,8 @@ from genserve.protocol import TEXT_TO_IMAGE
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
-        "t2i", help="generate an image from a prompt (text_to_image on the server)",
+        "t2i",
+        help="generate an image from a prompt (text_to_image on the server)",
         description="Send PROMPT to a text_to_image model of a repository built by `genserve build-repo` "
         "(docs/diffusion-serving.md) and write the image.",
     )

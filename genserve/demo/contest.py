@@ -69,11 +69,17 @@ def write_inputs(out_dir: Path) -> Path:
 def settings_toml() -> str:
     import json  # its strings, numbers and true/false are TOML's too
 
-    return "".join(f"[{task}]\n" + "".join(f"{key} = {json.dumps(value)}\n" for key, value in options.items()) + "\n"
-                   for task, options in REQUEST_OPTIONS.items())  # fmt: skip
+    return "".join(
+        f"[{task}]\n" + "".join(f"{key} = {json.dumps(value)}\n" for key, value in options.items()) + "\n"
+        for task, options in REQUEST_OPTIONS.items()
+    )
 
 
-CONTEST_PROMPTS = ["a lighthouse on a cliff at sunset, oil painting", "a red fox in fresh snow, photo", "一只在竹林里的熊猫，水墨画"]
+CONTEST_PROMPTS = [
+    "a lighthouse on a cliff at sunset, oil painting",
+    "a red fox in fresh snow, photo",
+    "一只在竹林里的熊猫，水墨画",
+]
 CONTEST_EDITS = ["make it a snowy winter evening", "turn the photo into a watercolour", "把背景换成海边"]
 CONTEST_TEXT_EDITS = ['change "OPEN" to "CLOSED"', '把 "OPEN" 改成 "SALE"']
 
@@ -125,9 +131,12 @@ def demo_server(out_dir: Path):
     http, grpc, metrics = free_ports(3)
     return TritonServer(
         [STACK_REPOSITORY_DIR, diffusion_repository],
-        http_port=http, grpc_port=grpc, metrics_port=metrics, address="127.0.0.1",
+        http_port=http,
+        grpc_port=grpc,
+        metrics_port=metrics,
+        address="127.0.0.1",
         log_path=out_dir / "tritonserver.log",
-    )  # fmt: skip
+    )
 
 
 def run_demo(out_dir: str | Path, *, concurrency: int = 2, progress: bool = True, team: str = "demo") -> DemoResult:
@@ -142,9 +151,14 @@ def run_demo(out_dir: str | Path, *, concurrency: int = 2, progress: bool = True
         print(f"== serving {', '.join(server.models)} on 127.0.0.1 (gRPC {server.grpc_url})", flush=True)
         with ClientPool([server.grpc_url]) as pool:
             runner = BatchRunner(
-                pool, task_file.parent, out_dir / "results", concurrency=concurrency, progress=progress,
-                request_options=REQUEST_OPTIONS, team=team,
-            )  # fmt: skip
+                pool,
+                task_file.parent,
+                out_dir / "results",
+                concurrency=concurrency,
+                progress=progress,
+                request_options=REQUEST_OPTIONS,
+                team=team,
+            )
             summary = runner.run(read_tasks(task_file))
         vttie_image = out_dir / "results" / "imgs" / "3.jpg"
         with Client(server.grpc_url) as client:

@@ -20,7 +20,9 @@ LFW_FACE_PX = 110
 MIN_FACE_PX = 60
 
 
-def lfw_crops(photos: Iterable[Path], *, size: int = LFW_SIZE, face_px: int = LFW_FACE_PX, min_face_px: int = MIN_FACE_PX) -> dict[str, bytes]:
+def lfw_crops(
+    photos: Iterable[Path], *, size: int = LFW_SIZE, face_px: int = LFW_FACE_PX, min_face_px: int = MIN_FACE_PX
+) -> dict[str, bytes]:
     """``{"<photo stem>_<face number>.jpg": JPEG bytes}``: one crop per face of ``min_face_px`` or more."""
     from genserve.faceswap.faces import FaceAnalyzer
     from genserve.imaging import decode_image, encode_image
@@ -34,9 +36,13 @@ def lfw_crops(photos: Iterable[Path], *, size: int = LFW_SIZE, face_px: int = LF
             if right - left < min_face_px:
                 continue
             scale = face_px / (right - left)
-            scaled = cv2.resize(rgb, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_CUBIC)
+            scaled = cv2.resize(
+                rgb, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_CUBIC
+            )
             padded = cv2.copyMakeBorder(scaled, size, size, size, size, cv2.BORDER_REFLECT_101)
             cx, cy = round((left + right) / 2 * scale) + size, round((top + bottom) / 2 * scale) + size
-            crop = np.ascontiguousarray(padded[cy - size // 2 : cy - size // 2 + size, cx - size // 2 : cx - size // 2 + size])
+            crop = np.ascontiguousarray(
+                padded[cy - size // 2 : cy - size // 2 + size, cx - size // 2 : cx - size // 2 + size]
+            )
             crops[f"{Path(photo).stem}_{number}.jpg"] = encode_image(crop, quality=95)
     return crops

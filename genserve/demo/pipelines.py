@@ -112,7 +112,9 @@ def build_sd(scale: Scale, seed: int = 0):
         text_encoder=_clip_text_encoder(scale, vocab_size=len(tokenizer)),
         tokenizer=tokenizer,
         unet=_unet(scale, cross_attention_dim=scale.width),
-        scheduler=PNDMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, skip_prk_steps=True, steps_offset=1),
+        scheduler=PNDMScheduler(
+            beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, skip_prk_steps=True, steps_offset=1
+        ),
         safety_checker=None,
         feature_extractor=None,
         image_encoder=None,
@@ -191,7 +193,14 @@ def build_flux_kontext(scale: Scale, seed: int = 0):
         scheduler=FlowMatchEulerDiscreteScheduler(
             base_image_seq_len=256, max_image_seq_len=4096, base_shift=0.5, max_shift=1.15, use_dynamic_shifting=True
         ),
-        vae=_vae(scale, latent_channels, use_quant_conv=False, use_post_quant_conv=False, shift_factor=0.1159, scaling_factor=0.3611),
+        vae=_vae(
+            scale,
+            latent_channels,
+            use_quant_conv=False,
+            use_post_quant_conv=False,
+            shift_factor=0.1159,
+            scaling_factor=0.3611,
+        ),
         text_encoder=_clip_text_encoder(scale, vocab_size=len(tokenizer)),
         tokenizer=tokenizer,
         text_encoder_2=text_encoder_2,

@@ -24,8 +24,9 @@ DEMO_STEPS = 3
 STAMP = ".genserve-demo.json"
 
 
-def build_demo_repository(out_dir: str | Path, *, pipeline_instances: int = 1, size: str = "tiny", warmup: bool = True,
-                          log=logger.info) -> Path:
+def build_demo_repository(
+    out_dir: str | Path, *, pipeline_instances: int = 1, size: str = "tiny", warmup: bool = True, log=logger.info
+) -> Path:
     """``out_dir/repository``, built (or reused) from ``out_dir/pipelines`` and ``out_dir/exports``, of
     the ``tiny`` (default) or ``medium`` demo pipelines (see :mod:`genserve.demo.pipelines`); without
     ``warmup``, ``out_dir/repository-no-warmup``, its pipeline models without Triton's model_warmup."""
@@ -36,9 +37,15 @@ def build_demo_repository(out_dir: str | Path, *, pipeline_instances: int = 1, s
 
     out_dir = Path(out_dir)
     repo_dir = out_dir / ("repository" if warmup else "repository-no-warmup")
-    stamp = {"families": sorted(DEMO_FAMILIES.values()), "pipeline_instances": pipeline_instances, "format": FORMAT, "stream": True,
-             "pipeline_concurrency": BuildOptions.pipeline_concurrency,
-             "warmup": 2 if warmup else 0, "size": size}
+    stamp = {
+        "families": sorted(DEMO_FAMILIES.values()),
+        "pipeline_instances": pipeline_instances,
+        "format": FORMAT,
+        "stream": True,
+        "pipeline_concurrency": BuildOptions.pipeline_concurrency,
+        "warmup": 2 if warmup else 0,
+        "size": size,
+    }
     if (repo_dir / STAMP).is_file() and json.loads((repo_dir / STAMP).read_text()) == stamp:
         return repo_dir
     for name, family in DEMO_FAMILIES.items():
@@ -49,11 +56,24 @@ def build_demo_repository(out_dir: str | Path, *, pipeline_instances: int = 1, s
         export_dir = out_dir / "exports" / family
         log(f"exporting {name} to ONNX (the stages done before are reused)")
         # An export of an older format has no stages to reuse: it is redone whole.
-        export_pipeline(pipeline_dir, export_dir, ExportOptions(progress=False, force=not (export_dir / ".stages").is_dir()), log=log)
-        build_repository(export_dir, repo_dir, BuildOptions(
-            target="cpu", prefix=f"{family}_", max_size=256, pipeline_instances=pipeline_instances,
-            warmup=warmup, warmup_size=DEMO_SIZE if size == "tiny" else MEDIUM_SIZE,
-        ))
+        export_pipeline(
+            pipeline_dir,
+            export_dir,
+            ExportOptions(progress=False, force=not (export_dir / ".stages").is_dir()),
+            log=log,
+        )
+        build_repository(
+            export_dir,
+            repo_dir,
+            BuildOptions(
+                target="cpu",
+                prefix=f"{family}_",
+                max_size=256,
+                pipeline_instances=pipeline_instances,
+                warmup=warmup,
+                warmup_size=DEMO_SIZE if size == "tiny" else MEDIUM_SIZE,
+            ),
+        )
     (repo_dir / STAMP).write_text(json.dumps(stamp) + "\n")
     return repo_dir
 
@@ -71,17 +91,30 @@ def run_demo(out_dir: str | Path, *, log=print) -> dict[str, Path]:
     written: dict[str, Path] = {}
     common = {"steps": DEMO_STEPS, "seed": 0}
     http_port, grpc_port, metrics_port = free_ports(3)
-    with TritonServer(repo_dir, http_port=http_port, grpc_port=grpc_port, metrics_port=metrics_port,
-                      address="127.0.0.1", log_path=out_dir / "tritonserver.log") as server:
+    with TritonServer(
+        repo_dir,
+        http_port=http_port,
+        grpc_port=grpc_port,
+        metrics_port=metrics_port,
+        address="127.0.0.1",
+        log_path=out_dir / "tritonserver.log",
+    ) as server:
         with Client(server.grpc_url) as client:
             sign = sign_image()
             sign.save(images_dir / "sign.png")
             for family in DEMO_FAMILIES.values():
-                result = client.text_to_image("a lighthouse on a cliff at dusk", model=f"{family}_text_to_image",
-                                              width=DEMO_SIZE, height=DEMO_SIZE, **common)
+                result = client.text_to_image(
+                    "a lighthouse on a cliff at dusk",
+                    model=f"{family}_text_to_image",
+                    width=DEMO_SIZE,
+                    height=DEMO_SIZE,
+                    **common,
+                )
                 written[f"{family}_t2i"] = _save(result, images_dir / f"{family}_t2i.png", log)
                 if client.is_ready(f"{family}_edit_image"):
-                    edited = client.edit_image(result.encoded, "make it night, with stars", model=f"{family}_edit_image", **common)
+                    edited = client.edit_image(
+                        result.encoded, "make it night, with stars", model=f"{family}_edit_image", **common
+                    )
                     written[f"{family}_tie"] = _save(edited, images_dir / f"{family}_tie.png", log)
                 if client.is_ready(f"{family}_edit_text"):
                     edited = client.edit_text(sign, 'change "OPEN" to "CLOSED"', model=f"{family}_edit_text", **common)
@@ -89,11 +122,11 @@ def run_demo(out_dir: str | Path, *, log=print) -> dict[str, Path]:
     return written
 
 
-
-
 def _save(result, path: Path, log) -> Path:
     result.save(path)
     meta = result.metadata
-    log(f"{path}: {meta['pipeline']} {meta['width']}x{meta['height']}, {meta['steps']} steps, "
-        f"{meta['timings_ms']['total']:.0f} ms on the server")
+    log(
+        f"{path}: {meta['pipeline']} {meta['width']}x{meta['height']}, {meta['steps']} steps, "
+        f"{meta['timings_ms']['total']:.0f} ms on the server"
+    )
     return path

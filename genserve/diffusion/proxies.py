@@ -21,9 +21,9 @@ import json
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
-from types import SimpleNamespace
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import torch
@@ -88,8 +88,15 @@ class Component:
 class ModuleProxy:
     """A pipeline module (``unet``, ``vae``, ``text_encoder``...) whose methods call exported models."""
 
-    def __init__(self, module: str, class_ref: tuple[str, str], config: Mapping[str, Any], components: list[Component],
-                 runner: Runner, dtype: torch.dtype):
+    def __init__(
+        self,
+        module: str,
+        class_ref: tuple[str, str],
+        config: Mapping[str, Any],
+        components: list[Component],
+        runner: Runner,
+        dtype: torch.dtype,
+    ):
         from diffusers.configuration_utils import FrozenDict
 
         self._module = module
@@ -102,7 +109,9 @@ class ModuleProxy:
         cls = getattr(importlib.import_module(self._library), self._class_name)
         if "projection_class_embeddings_input_dim" in config:
             # An SDXL UNet: its pipelines check the added-condition width on the real module's layer.
-            self.add_embedding = SimpleNamespace(linear_1=SimpleNamespace(in_features=config["projection_class_embeddings_input_dim"]))
+            self.add_embedding = SimpleNamespace(
+                linear_1=SimpleNamespace(in_features=config["projection_class_embeddings_input_dim"])
+            )
         # The original signatures, to bind positional arguments as the real module would.
         self._signatures = {method: inspect.signature(getattr(cls, method)) for method in self._components}
 
@@ -146,7 +155,10 @@ class ModuleProxy:
         bound = self._signatures[method].bind(None, *args, **kwargs).arguments
         bound.pop(next(iter(bound)))  # self
         for name, value in list(bound.items()):  # flatten **kwargs
-            if isinstance(value, dict) and self._signatures[method].parameters[name].kind is inspect.Parameter.VAR_KEYWORD:
+            if (
+                isinstance(value, dict)
+                and self._signatures[method].parameters[name].kind is inspect.Parameter.VAR_KEYWORD
+            ):
                 bound.pop(name)
                 bound.update(value)
         return_dict = bound.pop("return_dict", True)
@@ -169,7 +181,9 @@ class ModuleProxy:
                 continue
             if name == "attention_mask" and isinstance(value, torch.Tensor) and bool(value.all()):
                 continue  # an all-ones mask is the same as none
-            raise UnsupportedCallError(f"{self._module}.{component.method}: the exported {component.name} does not take {name!r}")
+            raise UnsupportedCallError(
+                f"{self._module}.{component.method}: the exported {component.name} does not take {name!r}"
+            )
         batch = None
         tensors: dict[str, torch.Tensor] = {}
         for entry in component.inputs:
@@ -186,7 +200,9 @@ class ModuleProxy:
             tensor = tensors[entry.name]
             if entry.batched and tensor.ndim == len(entry.dims) - 1 >= 1:
                 if batch is None:
-                    raise UnsupportedCallError(f"{component.name}: no input gives the batch size for {entry.argument!r}")
+                    raise UnsupportedCallError(
+                        f"{component.name}: no input gives the batch size for {entry.argument!r}"
+                    )
                 tensors[entry.name] = tensor.unsqueeze(0).expand(batch, *tensor.shape)
             elif entry.dims == ("batch",):
                 if batch is not None and tensor.numel() == 1:
@@ -240,8 +256,14 @@ def _argument(arguments: Mapping[str, Any], path: str) -> Any:
 # --- building the proxies of an export ----------------------------------------------------------------
 
 
-def build_proxies(family: Family, manifest: Manifest, pipeline_dir: Path, runner: Runner,
-                  model_names: Mapping[str, str] | None = None, triton: bool = True) -> dict[str, ModuleProxy]:
+def build_proxies(
+    family: Family,
+    manifest: Manifest,
+    pipeline_dir: Path,
+    runner: Runner,
+    model_names: Mapping[str, str] | None = None,
+    triton: bool = True,
+) -> dict[str, ModuleProxy]:
     """One proxy per exported pipeline module, keyed by the pipeline's attribute name; ``model_names``
     maps a component to the model serving it (default: the component's name). ``triton``: the runner
     calls Triton models, whose batching ones take one-value-per-sample inputs as [batch, 1]."""
@@ -260,9 +282,14 @@ def build_proxies(family: Family, manifest: Manifest, pipeline_dir: Path, runner
 
 def _component(family: Family, entry: ComponentEntry, model: str, batched: bool) -> Component:
     return Component(
-        name=entry.name, model=model, batched=batched, kind=entry.kind, method=entry.method,
-        inputs=entry.inputs, outputs=family.component(entry.name).outputs,
-    )  # fmt: skip
+        name=entry.name,
+        model=model,
+        batched=batched,
+        kind=entry.kind,
+        method=entry.method,
+        inputs=entry.inputs,
+        outputs=family.component(entry.name).outputs,
+    )
 
 
 def load_pipeline(pipeline_class: str, pipeline_dir: Path, proxies: Mapping[str, ModuleProxy]):
@@ -300,7 +327,9 @@ class OrtRunner:
     def __init__(self, export_dir: Path, manifest: Manifest):
         from genserve.export.ort_session import open_session
 
-        self.sessions = {name: open_session(Path(export_dir) / entry.path) for name, entry in manifest.components.items()}
+        self.sessions = {
+            name: open_session(Path(export_dir) / entry.path) for name, entry in manifest.components.items()
+        }
         self.lock = threading.Lock()
 
     def __call__(self, model: str, inputs: dict[str, torch.Tensor], outputs: list[str]) -> dict[str, torch.Tensor]:

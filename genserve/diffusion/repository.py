@@ -30,7 +30,14 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from genserve.config import LEAF_MAX_BATCH_SIZE, LEAF_QUEUE, MAX_GENERATED_SIDE, ORT_CUDA_PARAMETERS, PIPELINE_QUEUE, stream_backlog
+from genserve.config import (
+    LEAF_MAX_BATCH_SIZE,
+    LEAF_QUEUE,
+    MAX_GENERATED_SIDE,
+    ORT_CUDA_PARAMETERS,
+    PIPELINE_QUEUE,
+    stream_backlog,
+)
 from genserve.diffusion.settings import ServiceSettings
 from genserve.errors import GenServeError
 from genserve.export.manifest import ComponentEntry, Manifest
@@ -96,7 +103,13 @@ def leaf_input_limits(export_dir: Path, manifest: Manifest, options: BuildOption
     family = FAMILIES[manifest.family]
     configs = read_configs(export_dir / manifest.pipeline_files, family)
     side = options.max_size // manifest.pixel_multiple * manifest.pixel_multiple
-    largest = ShapeRequest(options.max_batch_size, side, side, int(TEXT_TO_IMAGE.field("max_sequence_length").maximum), with_image="tie" in manifest.tasks)
+    largest = ShapeRequest(
+        options.max_batch_size,
+        side,
+        side,
+        int(TEXT_TO_IMAGE.field("max_sequence_length").maximum),
+        with_image="tie" in manifest.tasks,
+    )
     limits = {}
     for name, entry in manifest.components.items():
         profile = entry.tensorrt.get("profile")
@@ -105,7 +118,9 @@ def leaf_input_limits(export_dir: Path, manifest: Manifest, options: BuildOption
             continue
         spec = family.component(name)
         dims = spec.resolve(family.dims(largest, configs), configs[spec.module])
-        limits[name] = {t.name: [size if size != -1 else dims[d] for d, size in zip(t.dims, t.shape)] for t in entry.inputs}
+        limits[name] = {
+            t.name: [size if size != -1 else dims[d] for d, size in zip(t.dims, t.shape)] for t in entry.inputs
+        }
     return limits
 
 
@@ -126,7 +141,9 @@ def ort_gpu_parameters(options: BuildOptions) -> dict[str, str]:
     return parameters
 
 
-def leaf_config(name: str, entry: ComponentEntry, options: BuildOptions, max_input_shape: dict[str, list[int]] | None = None) -> ModelConfig:
+def leaf_config(
+    name: str, entry: ComponentEntry, options: BuildOptions, max_input_shape: dict[str, list[int]] | None = None
+) -> ModelConfig:
     config = ModelConfig(name=name)
     batched = entry.batched
     config.max_batch_size = min(options.max_batch_size, engine_max_batch(entry, options)) if batched else 0
@@ -174,7 +191,13 @@ def _link_or_copy(source: Path, target: Path) -> None:
         shutil.copy2(source, target)
 
 
-def write_leaf(export_dir: Path, repo_dir: Path, entry: ComponentEntry, options: BuildOptions, max_input_shape: dict[str, list[int]]) -> str:
+def write_leaf(
+    export_dir: Path,
+    repo_dir: Path,
+    entry: ComponentEntry,
+    options: BuildOptions,
+    max_input_shape: dict[str, list[int]],
+) -> str:
     name = options.prefix + entry.name
     model_dir = repo_dir / name
     shutil.rmtree(model_dir, ignore_errors=True)
@@ -202,7 +225,9 @@ def pipeline_config(name: str, contract: Contract, instances: int, concurrency: 
     a bounded queue. An instance hands each request to one of ``concurrency`` workers at once and
     bounds its backlog itself; its queue holds that many, so a burst is not refused before it."""
     queue = PIPELINE_QUEUE | {"max_queue_size": stream_backlog(concurrency)}
-    config = bound_queue(declare_contract(ModelConfig(name=name, backend="python", max_batch_size=0), contract), **queue)
+    config = bound_queue(
+        declare_contract(ModelConfig(name=name, backend="python", max_batch_size=0), contract), **queue
+    )
     # A seeded request always makes the same image: a server run with a response cache (genserve serve
     # --cache-size) answers a repeated one from it. Triton caches no decoupled model's responses.
     config.response_cache.enable = not contract.streaming
@@ -213,8 +238,15 @@ def pipeline_config(name: str, contract: Contract, instances: int, concurrency: 
     return config
 
 
-def write_pipeline(export_dir: Path, repo_dir: Path, manifest: Manifest, task: str, pipeline_class: str,
-                   options: BuildOptions, stream: bool = False) -> str:
+def write_pipeline(
+    export_dir: Path,
+    repo_dir: Path,
+    manifest: Manifest,
+    task: str,
+    pipeline_class: str,
+    options: BuildOptions,
+    stream: bool = False,
+) -> str:
     """The plain pipeline model of a task (each instance running ``pipeline_concurrency`` requests at
     once, unary), or its streaming variant (one instance running ``stream_concurrency`` requests at once,
     progress per step)."""
@@ -228,9 +260,13 @@ def write_pipeline(export_dir: Path, repo_dir: Path, manifest: Manifest, task: s
     config = pipeline_config(name, contract, 1 if stream else options.pipeline_instances, concurrency)
     if options.warmup:
         calls = [options.prefix + component for component in manifest.components] + (["ocr"] if task == "vttie" else [])
-        add_warmup(config, model_dir, task, calls, options.warmup_size or warmup_side(export_dir, manifest, options.max_size))
+        add_warmup(
+            config, model_dir, task, calls, options.warmup_size or warmup_side(export_dir, manifest, options.max_size)
+        )
     write_config(config, model_dir / "config.pbtxt")
-    (version / "model.py").write_text(PIPELINE_MODEL_PY.format(cls="DiffusionStreamModel" if stream else "DiffusionModel"))
+    (version / "model.py").write_text(
+        PIPELINE_MODEL_PY.format(cls="DiffusionStreamModel" if stream else "DiffusionModel")
+    )
     shutil.copytree(export_dir / manifest.pipeline_files, version / manifest.pipeline_files)
     manifest.write(version)
     ServiceSettings(
@@ -302,7 +338,9 @@ def build_repository(export_dir: str | Path, repo_dir: str | Path, options: Buil
         raise RepositoryError(f"{export_dir} is a {manifest.precision} export; the cpu target serves fp32 exports")
     if options.python_leaves and manifest.precision == "bf16":
         # The Python-backend leaf hands ONNX Runtime's outputs over as numpy arrays, which have no bf16.
-        raise RepositoryError(f"{export_dir} is a bf16 export; Python-backend leaves serve fp32 and fp16 (bf16: the container's native backends)")
+        raise RepositoryError(
+            f"{export_dir} is a bf16 export; Python-backend leaves serve fp32 and fp16 (bf16: the container's native backends)"
+        )
     if options.target == "gpu" and options.tensorrt:
         sides = {name: e.tensorrt["max_side"] for name, e in manifest.components.items() if "max_side" in e.tensorrt}
         if sides and options.max_size > min(sides.values()):
@@ -321,5 +359,7 @@ def build_repository(export_dir: str | Path, repo_dir: str | Path, options: Buil
         report.pipeline_models.append(write_pipeline(export_dir, repo_dir, manifest, task, pipeline_class, options))
     if options.stream:
         for task, pipeline_class in tasks.items():
-            report.pipeline_models.append(write_pipeline(export_dir, repo_dir, manifest, task, pipeline_class, options, stream=True))
+            report.pipeline_models.append(
+                write_pipeline(export_dir, repo_dir, manifest, task, pipeline_class, options, stream=True)
+            )
     return report

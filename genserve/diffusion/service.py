@@ -27,8 +27,8 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from genserve.errors import InvalidInputError, RequestCancelled
 from genserve.diffusion.settings import ServiceSettings
+from genserve.errors import InvalidInputError, RequestCancelled
 from genserve.families import EDIT_CALL_KWARGS, FAMILIES, TEXT_EDIT, Family, read_configs
 from genserve.protocol import TASKS
 
@@ -128,7 +128,9 @@ class DiffusionService:
         max_steps = self.max_steps()
         if request.steps is not None and max_steps is not None and request.steps > max_steps:
             scheduler = type(self.pipeline.scheduler).__name__
-            raise InvalidInputError(f"steps must be at most {max_steps} for this model ({scheduler}), not {request.steps}")
+            raise InvalidInputError(
+                f"steps must be at most {max_steps} for this model ({scheduler}), not {request.steps}"
+            )
         for name in ("width", "height"):
             value = getattr(request, name)
             if value is None:
@@ -153,7 +155,9 @@ class DiffusionService:
         if self.task != "t2i" and request.image is None:
             raise InvalidInputError("this edit model needs an IMAGE")
         return self.truncation_warnings(request.prompt, request.options) + (
-            self.truncation_warnings(request.negative_prompt, request.options, "negative prompt") if request.negative_prompt else []
+            self.truncation_warnings(request.negative_prompt, request.options, "negative prompt")
+            if request.negative_prompt
+            else []
         )
 
     def check_denoising_steps(self, request: GenerationRequest) -> None:
@@ -202,7 +206,7 @@ class DiffusionService:
         edit = extract_text_edit(request.prompt or "")
         if edit is None:
             raise InvalidInputError(
-                "the instruction names no new text: quote it, e.g. change \"OPEN\" to \"CLOSED\" or 把“开”改成“关”"
+                'the instruction names no new text: quote it, e.g. change "OPEN" to "CLOSED" or 把“开”改成“关”'
             )
         instruction = request.prompt
         request.prompt = settings["prompt" if edit.old else "prompt_new_only"].format(old=edit.old, new=edit.new)
@@ -230,7 +234,9 @@ class DiffusionService:
         what diffusers' Kontext pipeline does with its preferred ~1 megapixel resolutions."""
         scale = min(1.0, self.working_side / (width * height) ** 0.5, self.max_size / max(width, height))
         multiple = self.pixel_multiple
-        return max(multiple, int(width * scale) // multiple * multiple), max(multiple, int(height * scale) // multiple * multiple)
+        return max(multiple, int(width * scale) // multiple * multiple), max(
+            multiple, int(height * scale) // multiple * multiple
+        )
 
     def input_image(self, request: GenerationRequest):
         """The edit's input as the pipeline takes it, its size, and what was resized (None: nothing)."""
@@ -317,7 +323,13 @@ class DiffusionService:
             if cancelled is not None and cancelled():
                 raise RequestCancelled(f"cancelled by the caller after {step + 1} of {pipeline.num_timesteps} steps")
             if on_step is not None:
-                on_step({"step": step + 1, "steps": pipeline.num_timesteps, "elapsed_ms": round(1e3 * (step_ends[-1] - started), 1)})
+                on_step(
+                    {
+                        "step": step + 1,
+                        "steps": pipeline.num_timesteps,
+                        "elapsed_ms": round(1e3 * (step_ends[-1] - started), 1),
+                    }
+                )
             return callback_kwargs
 
         pipeline = self._idle.get()  # one of the copies: at most `concurrency` requests run at once
@@ -396,8 +408,11 @@ def _copy_pipeline(pipeline):
     """Another pipeline object over the same modules, with its own scheduler and tokenizers: both keep
     per-call state (a fast tokenizer's padding and truncation settings live in its Rust backend, so two
     threads sharing one pad each other's prompts to the wrong length)."""
-    own = {name: copy.deepcopy(component) for name, component in pipeline.components.items()
-           if name == "scheduler" or name.startswith("tokenizer")}
+    own = {
+        name: copy.deepcopy(component)
+        for name, component in pipeline.components.items()
+        if name == "scheduler" or name.startswith("tokenizer")
+    }
     clone = type(pipeline)(**{**pipeline.components, **own})
     clone.set_progress_bar_config(disable=True)
     return clone
@@ -433,7 +448,9 @@ def bound_library_logs(limit: int = 500) -> None:
                 handler.addFilter(BoundedMessages(limit))
 
 
-def served_service(version_dir: Path, runner, text_reader: TextReader | None = None, concurrency: int = 1) -> DiffusionService:
+def served_service(
+    version_dir: Path, runner, text_reader: TextReader | None = None, concurrency: int = 1
+) -> DiffusionService:
     """The service of a pipeline model's version folder, its modules calling the leaves through ``runner``
     (``runner(model, inputs, output_names) -> outputs``, tensors as torch)."""
     from genserve.diffusion.proxies import build_proxies, load_pipeline
@@ -477,6 +494,10 @@ def export_service(export_dir: Path, task: str, text_reader: TextReader | None =
     proxies = build_proxies(family, manifest, pipeline_dir, OrtRunner(export_dir, manifest), triton=False)
     pipeline = load_pipeline(tasks[task], pipeline_dir, proxies)
     return DiffusionService(
-        pipeline, task=task, family=family, pixel_multiple=manifest.pixel_multiple, text_reader=text_reader,
+        pipeline,
+        task=task,
+        family=family,
+        pixel_multiple=manifest.pixel_multiple,
+        text_reader=text_reader,
         working_side=family.default_side(read_configs(pipeline_dir, family)),
-    )  # fmt: skip
+    )

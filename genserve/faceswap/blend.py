@@ -20,13 +20,12 @@ from __future__ import annotations
 
 import cv2
 import numpy as np
-from matplotlib.tri import Triangulation, TrapezoidMapTriFinder
+from matplotlib.tri import TrapezoidMapTriFinder, Triangulation
 from scipy.spatial import Delaunay, QhullError
 from skimage.transform import SimilarityTransform
 
 from genserve.errors import InvalidInputError
 from genserve.faceswap.measures import clipped_share, outlier_share, outliers
-
 
 # dlib's 68-point layout: 0-16 jaw line, 17-26 eyebrows, 27-35 nose, 36-47 eyes, 48-67 mouth.
 JAW = slice(0, 17)
@@ -37,9 +36,52 @@ ALIGNMENT_POINTS = [27, 28, 29, 30, 31, 35, 36, 39, 42, 45, 48, 54]  # nose, eye
 
 # Each of the 68 points' mirror image across the face's midline (left jaw end <-> right jaw end, ...).
 MIRROR_68 = np.array(
-    [*range(16, -1, -1), *range(26, 16, -1), 27, 28, 29, 30, 35, 34, 33, 32, 31, 45, 44, 43, 42, 47, 46, 39, 38, 37, 36, 41, 40,
-     54, 53, 52, 51, 50, 49, 48, 59, 58, 57, 56, 55, 64, 63, 62, 61, 60, 67, 66, 65]
-)  # fmt: skip
+    [
+        *range(16, -1, -1),
+        *range(26, 16, -1),
+        27,
+        28,
+        29,
+        30,
+        35,
+        34,
+        33,
+        32,
+        31,
+        45,
+        44,
+        43,
+        42,
+        47,
+        46,
+        39,
+        38,
+        37,
+        36,
+        41,
+        40,
+        54,
+        53,
+        52,
+        51,
+        50,
+        49,
+        48,
+        59,
+        58,
+        57,
+        56,
+        55,
+        64,
+        63,
+        62,
+        61,
+        60,
+        67,
+        66,
+        65,
+    ]
+)
 
 
 def forehead_up(landmarks: np.ndarray) -> np.ndarray:
@@ -200,7 +242,9 @@ def face_outline(landmarks: np.ndarray) -> np.ndarray:
     return cv2.convexHull(np.round(landmarks).astype(np.int32)).reshape(-1, 2)
 
 
-def warp_region(source: np.ndarray, source_points: np.ndarray, dest_points: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+def warp_region(
+    source: np.ndarray, source_points: np.ndarray, dest_points: np.ndarray, size: tuple[int, int]
+) -> np.ndarray:
     """``source`` warped so that ``source_points`` land on ``dest_points``, as an image of ``size`` (height, width).
 
     A piecewise affine map over the Delaunay triangles of the destination points: each destination
@@ -228,7 +272,9 @@ def warp_region(source: np.ndarray, source_points: np.ndarray, dest_points: np.n
     if outside.all():
         raise InvalidInputError("the face landmarks are degenerate (face too small or seen edge-on)")
     if outside.any():  # each outside pixel takes the label of the nearest inside pixel
-        _, nearest = cv2.distanceTransformWithLabels(outside.astype(np.uint8), cv2.DIST_L2, 5, labelType=cv2.DIST_LABEL_PIXEL)
+        _, nearest = cv2.distanceTransformWithLabels(
+            outside.astype(np.uint8), cv2.DIST_L2, 5, labelType=cv2.DIST_LABEL_PIXEL
+        )
         labels[outside] = labels[~outside][nearest[outside] - 1]
     a, b = linear[labels], offset[labels]
     map_x = (a[..., 0, 0] * xs + a[..., 0, 1] * ys + b[..., 0]).astype(np.float32)
@@ -323,7 +369,9 @@ def match_color(
     matched = (face_lab - face_mean) * gain + ref_mean
 
     if light_sigma > 0:
-        light = weighted_blur(ref_lab[..., 0], reference_skin, light_sigma) - weighted_blur(matched[..., 0], face_skin, light_sigma)
+        light = weighted_blur(ref_lab[..., 0], reference_skin, light_sigma) - weighted_blur(
+            matched[..., 0], face_skin, light_sigma
+        )
         matched[..., 0] += light
 
     matched[..., 0] = soft_clip(matched[..., 0], 0.0, 100.0, knee=8.0)

@@ -276,7 +276,10 @@ def _build_graph(layers: list[Layer]):
     # uint8 NHWC RGB chips -> dlib's input tensor: (value - channel mean) / 256, NCHW.
     pixels = graph.node("Transpose", [graph.node("Cast", [INPUT_NAME], to=TensorProto.FLOAT)], perm=[0, 3, 1, 2])
     means = np.array(layers[0].values["means"], dtype=np.float32).reshape(1, 3, 1, 1)
-    scaled = graph.node("Mul", [graph.node("Sub", [pixels, graph.constant("mean", means)]), graph.constant("scale", np.float32(1 / 256))])
+    scaled = graph.node(
+        "Mul",
+        [graph.node("Sub", [pixels, graph.constant("mean", means)]), graph.constant("scale", np.float32(1 / 256))],
+    )
     current = _Value(scaled, (3, rows, cols))
     tag1 = tag2 = None
     index = 1
@@ -342,20 +345,39 @@ def _convolution(graph: _GraphBuilder, below: _Value, values: dict, following: L
         # affine(conv(x)) = gamma * (W x + b) + beta: one convolution with scaled filters.
         gamma, beta = following.values["gamma"].reshape(-1), following.values["beta"].reshape(-1)
         filters, biases = filters * gamma[:, None, None, None], biases * gamma + beta
-    (kernel_rows, kernel_cols), (stride_rows, stride_cols), (pad_rows, pad_cols) = values["kernel"], values["stride"], values["padding"]
+    (kernel_rows, kernel_cols), (stride_rows, stride_cols), (pad_rows, pad_cols) = (
+        values["kernel"],
+        values["stride"],
+        values["padding"],
+    )
     output = graph.node(
         "Conv",
-        [below.name, graph.constant("filters", filters.astype(np.float32)), graph.constant("biases", biases.astype(np.float32))],
+        [
+            below.name,
+            graph.constant("filters", filters.astype(np.float32)),
+            graph.constant("biases", biases.astype(np.float32)),
+        ],
         kernel_shape=[kernel_rows, kernel_cols],
         strides=[stride_rows, stride_cols],
         pads=[pad_rows, pad_cols, pad_rows, pad_cols],
     )
     _, rows, cols = below.shape
-    return _Value(output, (filters.shape[0], 1 + (rows + 2 * pad_rows - kernel_rows) // stride_rows, 1 + (cols + 2 * pad_cols - kernel_cols) // stride_cols))
+    return _Value(
+        output,
+        (
+            filters.shape[0],
+            1 + (rows + 2 * pad_rows - kernel_rows) // stride_rows,
+            1 + (cols + 2 * pad_cols - kernel_cols) // stride_cols,
+        ),
+    )
 
 
 def _pool(graph: _GraphBuilder, below: _Value, kind: str, values: dict) -> _Value:
-    (window_rows, window_cols), (stride_rows, stride_cols), (pad_rows, pad_cols) = values["window"], values["stride"], values["padding"]
+    (window_rows, window_cols), (stride_rows, stride_cols), (pad_rows, pad_cols) = (
+        values["window"],
+        values["stride"],
+        values["padding"],
+    )
     channels, rows, cols = below.shape
     if window_rows == 0 and window_cols == 0 and kind == "avg_pool":  # dlib's avg_pool_everything
         return _Value(graph.node("GlobalAveragePool", [below.name]), (channels, 1, 1))

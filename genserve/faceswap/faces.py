@@ -98,12 +98,21 @@ class FaceAnalyzer:
         """
         height, width = rgb.shape[:2]
         scale = min(1.0, DETECTION_MAX_SIDE / max(height, width))
-        small = cv2.resize(rgb, (round(width * scale), round(height * scale)), interpolation=cv2.INTER_AREA) if scale < 1 else rgb
+        small = (
+            cv2.resize(rgb, (round(width * scale), round(height * scale)), interpolation=cv2.INTER_AREA)
+            if scale < 1
+            else rgb
+        )
         with self._lock:
             found = self._search(small, coarse)
             faces = []
             for upsample, rect, score in found:
-                box = (round(rect.left() / scale), round(rect.top() / scale), round(rect.right() / scale), round(rect.bottom() / scale))
+                box = (
+                    round(rect.left() / scale),
+                    round(rect.top() / scale),
+                    round(rect.right() / scale),
+                    round(rect.bottom() / scale),
+                )
                 fitted = self._landmarks(rgb, dlib.rectangle(*box)) if landmarks else None
                 faces.append(Face(box=box, landmarks=fitted, score=float(score), upsample=upsample))
         return sorted(faces, key=lambda face: face.area, reverse=True)

@@ -38,8 +38,8 @@ from genserve.faceswap.blend import (
     with_forehead,
 )
 from genserve.faceswap.faces import Face, FaceAnalyzer, identity_similarity
-from genserve.imaging import decode_image, encode_image
 from genserve.faceswap.measures import artifact_share
+from genserve.imaging import decode_image, encode_image
 from genserve.protocol import FACE_SWAP, MAX_SWAP_CANDIDATES
 
 # Feather width and light-matching blur, as fractions of the face's size (sqrt of its hull area).
@@ -282,10 +282,14 @@ class FaceSwapper:
             return list(range(len(faces)))
         index = options.face_index or 0
         if index >= len(faces):
-            raise InvalidInputError(f"face_index {index} asked for, but the ori image has {len(faces)} face(s) (0-{len(faces) - 1})")
+            raise InvalidInputError(
+                f"face_index {index} asked for, but the ori image has {len(faces)} face(s) (0-{len(faces) - 1})"
+            )
         return [index]
 
-    def _paste(self, image: np.ndarray, ori_face: Face, target: TargetFace, color_transfer: bool, look: Look) -> np.ndarray:
+    def _paste(
+        self, image: np.ndarray, ori_face: Face, target: TargetFace, color_transfer: bool, look: Look
+    ) -> np.ndarray:
         # The same forehead height on both faces keeps the added points in correspondence.
         forehead = min(target.forehead_height, skin_forehead_height(image, ori_face.landmarks))
         source = with_forehead(target.landmarks, forehead)
@@ -305,7 +309,8 @@ class FaceSwapper:
             width = FEATURE_MARGIN_FRACTION * size
             features = feature_mask(shape, dest[:68], width) | feature_mask(shape, ori_landmarks, width)
             warped_skin, background_skin = (
-                skin_weights(cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY).astype(np.float32), alpha, features) for rgb in (warped, background)
+                skin_weights(cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY).astype(np.float32), alpha, features)
+                for rgb in (warped, background)
             )
             warped = match_color(warped, background, warped_skin, background_skin, look.light_sigma_fraction * size)
         if look.match_detail:
@@ -347,7 +352,9 @@ def _expand(points: np.ndarray, margin: float, shape: tuple[int, ...]) -> tuple[
     )
 
 
-def _warp_target(crop: np.ndarray, source: np.ndarray, dest: np.ndarray, shape: tuple[int, int], size: float) -> np.ndarray:
+def _warp_target(
+    crop: np.ndarray, source: np.ndarray, dest: np.ndarray, shape: tuple[int, int], size: float
+) -> np.ndarray:
     """The target's face warped from its ``source`` points onto the ``dest`` points, as an image of ``shape``."""
     # Shrunk by the warp, the target would alias (highlights turn into specks): resample it first.
     crop, source = _at_scale(crop, source, _face_size(dest) / _face_size(source))
@@ -365,7 +372,18 @@ def _warp_target(crop: np.ndarray, source: np.ndarray, dest: np.ndarray, shape: 
 
 def _face_size(landmarks: np.ndarray) -> float:
     """A face's linear size: the square root of its landmarks' hull area."""
-    return float(np.sqrt(max(1.0, cv2.contourArea(landmarks.astype(np.float32)[cv2.convexHull(landmarks.astype(np.float32), returnPoints=False).ravel()]))))
+    return float(
+        np.sqrt(
+            max(
+                1.0,
+                cv2.contourArea(
+                    landmarks.astype(np.float32)[
+                        cv2.convexHull(landmarks.astype(np.float32), returnPoints=False).ravel()
+                    ]
+                ),
+            )
+        )
+    )
 
 
 def _at_scale(image: np.ndarray, points: np.ndarray, scale: float) -> tuple[np.ndarray, np.ndarray]:

@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import io
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 
@@ -54,17 +54,31 @@ class LeafModel:
 # image in one call, up to MAX_LINES, and no more recogniser values than 6 full-width lines hold.
 DET_MAX_SIDE = 5888
 DET = LeafModel(
-    "ocr_det", "models/ch_PP-OCRv4_det_infer.onnx", "x", "sigmoid_0.tmp_0",
-    max_shape=(1, 3, DET_MAX_SIDE, DET_MAX_SIDE), max_elements=3 * 736 * DET_MAX_SIDE,
-)  # fmt: skip
+    "ocr_det",
+    "models/ch_PP-OCRv4_det_infer.onnx",
+    "x",
+    "sigmoid_0.tmp_0",
+    max_shape=(1, 3, DET_MAX_SIDE, DET_MAX_SIDE),
+    max_elements=3 * 736 * DET_MAX_SIDE,
+)
 MAX_LINES = 256
 REC_MAX_WIDTH = 12000
 REC_BATCH = 6  # rapidocr's rec_batch_num
-CLS = LeafModel("ocr_cls", "models/ch_ppocr_mobile_v2.0_cls_infer.onnx", "x", "save_infer_model/scale_0.tmp_1", max_shape=(MAX_LINES, 3, 48, 192))
+CLS = LeafModel(
+    "ocr_cls",
+    "models/ch_ppocr_mobile_v2.0_cls_infer.onnx",
+    "x",
+    "save_infer_model/scale_0.tmp_1",
+    max_shape=(MAX_LINES, 3, 48, 192),
+)
 REC = LeafModel(
-    "ocr_rec", "models/ch_PP-OCRv4_rec_infer.onnx", "x", "softmax_11.tmp_0",
-    max_shape=(MAX_LINES, 3, 48, REC_MAX_WIDTH), max_elements=REC_BATCH * 3 * 48 * REC_MAX_WIDTH,
-)  # fmt: skip
+    "ocr_rec",
+    "models/ch_PP-OCRv4_rec_infer.onnx",
+    "x",
+    "softmax_11.tmp_0",
+    max_shape=(MAX_LINES, 3, 48, REC_MAX_WIDTH),
+    max_elements=REC_BATCH * 3 * 48 * REC_MAX_WIDTH,
+)
 LEAF_MODELS = (DET, CLS, REC)
 
 # rapidocr decodes with PIL and takes these modes as they are; others (palette, 16-bit, CMYK...) it

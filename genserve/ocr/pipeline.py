@@ -27,7 +27,16 @@ import cv2
 import numpy as np
 
 from genserve.errors import InvalidInputError
-from genserve.ocr.engine import MAX_LINES, REC, OcrArrays, create_engine, load_image, ocr_arrays, pad_to_aspect, squeeze_to_recognizer_width
+from genserve.ocr.engine import (
+    MAX_LINES,
+    REC,
+    OcrArrays,
+    create_engine,
+    load_image,
+    ocr_arrays,
+    pad_to_aspect,
+    squeeze_to_recognizer_width,
+)
 
 # The geometry that maps boxes on the detector's page back to the image sent (rapidocr's op_record).
 GEOMETRY_FIELDS = ("raw_height", "raw_width", "ratio_h", "ratio_w", "top", "left")
@@ -70,9 +79,14 @@ class OcrSteps:
         boxes, _scores = det.postprocess_op(det_map, page.shape[:2])
         boxes = det.filter_tag_det_res(boxes, page.shape[:2])
         if len(boxes) == 0:
-            return {"boxes": np.zeros((0, 4, 2), np.float32), "cls_input": np.zeros((1, *cls.cls_image_shape), np.float32)}
+            return {
+                "boxes": np.zeros((0, 4, 2), np.float32),
+                "cls_input": np.zeros((1, *cls.cls_image_shape), np.float32),
+            }
         if len(boxes) > MAX_LINES:
-            raise InvalidInputError(f"image has {len(boxes)} text lines; the ensemble reads at most {MAX_LINES} per image")
+            raise InvalidInputError(
+                f"image has {len(boxes)} text lines; the ensemble reads at most {MAX_LINES} per image"
+            )
         boxes = np.array(engine.sorted_boxes(boxes), np.float32)
         crops = engine.get_crop_img_list(page, list(boxes))
         cls_input = np.stack([cls.resize_norm_img(crops[i]) for i in aspect_order(crops)]).astype(np.float32)
@@ -91,7 +105,9 @@ class OcrSteps:
                 crops[index] = cv2.rotate(crops[index], cv2.ROTATE_180)
         order = aspect_order(crops)
         widest = max([width / height] + [crop.shape[1] / float(crop.shape[0]) for crop in crops])
-        rec_input = squeeze_to_recognizer_width(np.stack([rec.resize_norm_img(crops[i], widest) for i in order]).astype(np.float32))
+        rec_input = squeeze_to_recognizer_width(
+            np.stack([rec.resize_norm_img(crops[i], widest) for i in order]).astype(np.float32)
+        )
         if rec_input.size > REC.max_elements:
             raise InvalidInputError(
                 f"image has {len(crops)} text lines up to {rec_input.shape[-1]} pixels wide at height {height}: more than "
@@ -110,7 +126,10 @@ class OcrSteps:
         for rank, index in enumerate(order):
             lines[index] = decoded[rank]
         raw_height, raw_width, ratio_h, ratio_w, top, left = (float(value) for value in geometry)
-        record = {"preprocess": {"ratio_h": ratio_h, "ratio_w": ratio_w}, "padding_1": {"top": int(top), "left": int(left)}}
+        record = {
+            "preprocess": {"ratio_h": ratio_h, "ratio_w": ratio_w},
+            "padding_1": {"top": int(top), "left": int(left)},
+        }
         boxes = engine._get_origin_points(list(boxes), record, int(raw_height), int(raw_width))
         result, _elapsed = engine.get_final_res(boxes, None, lines, 0.0, 0.0, 0.0)
         return ocr_arrays(result)

@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import re
 import unicodedata
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable
 
 from rapidfuzz.distance import Levenshtein
 
@@ -32,7 +32,10 @@ _QUOTED = re.compile(
             r'"(?P<dq>[^"]+)"',
             # A single quote opens and closes only outside words, so 'don't' is one quoted text.
             r"(?<![\w'])'(?P<sq>(?:[^'\n]|'(?=\w))+?)'(?!\w)",
-            *(f"{re.escape(o)}(?P<p{i}>[^{re.escape(c)}]+){re.escape(c)}" for i, (o, c) in enumerate(_PAIRED_QUOTES.items())),
+            *(
+                f"{re.escape(o)}(?P<p{i}>[^{re.escape(c)}]+){re.escape(c)}"
+                for i, (o, c) in enumerate(_PAIRED_QUOTES.items())
+            ),
         ]
     )
 )

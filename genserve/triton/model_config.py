@@ -59,7 +59,12 @@ def declared_tensors(config: ModelConfig, kind: str) -> list[Tensor]:
 
     dtype_of = {triton: name for name, triton in TRITON_TYPES.items()}
     return [
-        Tensor(entry.name, dtype_of[model_config_pb2.DataType.Name(entry.data_type)], tuple(entry.dims), kind == "input" and entry.optional)
+        Tensor(
+            entry.name,
+            dtype_of[model_config_pb2.DataType.Name(entry.data_type)],
+            tuple(entry.dims),
+            kind == "input" and entry.optional,
+        )
         for entry in getattr(config, kind)
     ]
 
@@ -70,7 +75,9 @@ def declare_contract(config: ModelConfig, contract: Contract) -> ModelConfig:
     if contract.streaming:
         config.model_transaction_policy.decoupled = True
     for tensor in contract.inputs:
-        config.input.add(name=tensor.name, data_type=tensor.triton_type, dims=list(tensor.dims), optional=tensor.optional)
+        config.input.add(
+            name=tensor.name, data_type=tensor.triton_type, dims=list(tensor.dims), optional=tensor.optional
+        )
     for output in contract.outputs:
         config.output.add(name=output.name, data_type=output.tensor.triton_type, dims=list(output.dims))
     return config
@@ -114,7 +121,9 @@ def contract_mismatches(config: ModelConfig, contract: Contract) -> list[str]:
     if config.max_batch_size:
         problems.append(f"max_batch_size {config.max_batch_size}: the contract's tensors are per request (0)")
     if config.model_transaction_policy.decoupled != contract.streaming:
-        problems.append(f"decoupled {config.model_transaction_policy.decoupled}: the contract {'streams' if contract.streaming else 'does not stream'}")
+        problems.append(
+            f"decoupled {config.model_transaction_policy.decoupled}: the contract {'streams' if contract.streaming else 'does not stream'}"
+        )
     return problems
 
 

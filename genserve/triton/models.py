@@ -25,7 +25,14 @@ from genserve.errors import InvalidInputError, Overloaded
 from genserve.protocol import FACE_SWAP, OCR, STREAMING_TASKS, TASKS, Contract
 from genserve.triton import bls
 from genserve.triton.model_config import model_parameters
-from genserve.triton.requests import count_in_flight, error_response, input_array, output_tensors, refuse_if_draining, respond_each
+from genserve.triton.requests import (
+    count_in_flight,
+    error_response,
+    input_array,
+    output_tensors,
+    refuse_if_draining,
+    respond_each,
+)
 
 try:  # present only inside Triton's Python backend stub
     import triton_python_backend_utils as pb_utils
@@ -79,12 +86,16 @@ class FaceSwapModel(ServiceModel):
         leaf = self.parameters.get("embedding_model")
         embed = (lambda chips: bls.infer(leaf, {INPUT_NAME: chips}, [OUTPUT_NAME])[OUTPUT_NAME]) if leaf else None
         # dlib's models load now, so that the first request does not pay for it.
-        self.service = FaceSwapper(FaceAnalyzer(embed), target_cache_size=int(self.parameters.get("target_cache_size") or 64)).load()
+        self.service = FaceSwapper(
+            FaceAnalyzer(embed), target_cache_size=int(self.parameters.get("target_cache_size") or 64)
+        ).load()
 
     def handle(self, values):
         from genserve.faceswap import SwapOptions
 
-        image, metadata = self.service.swap(values["ori_image"], values["target_image"], SwapOptions.from_values(values))
+        image, metadata = self.service.swap(
+            values["ori_image"], values["target_image"], SwapOptions.from_values(values)
+        )
         return {"image": image, "metadata": metadata}
 
 
@@ -98,8 +109,13 @@ class OcrModel(ServiceModel):
     def setup(self, args):
         from genserve.ocr.engine import CLS, DET, REC, create_engine
 
-        names = {leaf: self.parameters.get(key) or leaf.name for leaf, key in ((DET, "det_model"), (CLS, "cls_model"), (REC, "rec_model"))}
-        self.service = create_engine(lambda leaf, x: bls.infer(names[leaf], {leaf.input: x}, [leaf.output])[leaf.output])
+        names = {
+            leaf: self.parameters.get(key) or leaf.name
+            for leaf, key in ((DET, "det_model"), (CLS, "cls_model"), (REC, "rec_model"))
+        }
+        self.service = create_engine(
+            lambda leaf, x: bls.infer(names[leaf], {leaf.input: x}, [leaf.output])[leaf.output]
+        )
 
     def handle(self, values):
         from genserve.ocr.engine import recognize
@@ -131,7 +147,9 @@ class DiffusionModel(ServiceModel):
         settings = ServiceSettings.read(self.version_dir)
         self.contract = self.task_contract(settings.task)
         # Cached responses are keyed by the inputs alone (Triton's response cache).
-        self.caching = bool(self.model_config.get("response_cache", {}).get("enable")) and bool(os.environ.get(RESPONSE_CACHE_ENV))
+        self.caching = bool(self.model_config.get("response_cache", {}).get("enable")) and bool(
+            os.environ.get(RESPONSE_CACHE_ENV)
+        )
         self.service = served_service(
             self.version_dir,
             runner=lambda model, inputs, outputs: bls.infer(model, inputs, outputs, as_torch=True),
@@ -167,7 +185,9 @@ class DiffusionModel(ServiceModel):
                     admitted = self.backlog < self.max_backlog
                     self.backlog += admitted
                 if not admitted:  # refused at once, as a full queue is: the client may retry later or elsewhere
-                    raise Overloaded(f"{self.model_name} has {self.max_backlog} requests already (running and waiting); try again later")
+                    raise Overloaded(
+                        f"{self.model_name} has {self.max_backlog} requests already (running and waiting); try again later"
+                    )
                 self.workers.submit(self._run, values, sender)
             except Exception as error:  # noqa: BLE001 - this request fails alone
                 self._finish(sender, error_response(error, self.model_name))
@@ -187,8 +207,12 @@ class DiffusionModel(ServiceModel):
             sender.send(pb_utils.InferenceResponse(output_tensors(self._encode(progress=report))))
 
         try:
-            images, metadata = self.service.generate(values, on_step=progress if self.streams else None, cancelled=sender.is_cancelled)
-            response = pb_utils.InferenceResponse(output_tensors(self._encode(images=images, metadata=metadata | {"model": self.model_name})))
+            images, metadata = self.service.generate(
+                values, on_step=progress if self.streams else None, cancelled=sender.is_cancelled
+            )
+            response = pb_utils.InferenceResponse(
+                output_tensors(self._encode(images=images, metadata=metadata | {"model": self.model_name}))
+            )
         except Exception as error:  # noqa: BLE001 - this request fails alone, the model keeps serving
             response = error_response(error, self.model_name)
         finally:
@@ -212,7 +236,9 @@ class DiffusionModel(ServiceModel):
 
     def _encode(self, **values: Any) -> dict[str, Any]:
         """Only the outputs given: a progress response carries PROGRESS alone, the last IMAGES and METADATA."""
-        return {output.name: output.encode(values[output.key]) for output in self.contract.outputs if output.key in values}
+        return {
+            output.name: output.encode(values[output.key]) for output in self.contract.outputs if output.key in values
+        }
 
     def finalize(self) -> None:
         self.workers.shutdown(wait=True)

@@ -83,6 +83,7 @@ def ort_dtype(ort_type: str) -> str:
     inner = ort_type.removeprefix("tensor(").removesuffix(")")
     return _ORT_TYPE_NAMES.get(inner, inner)
 
+
 _PACKAGE_REFERENCE = re.compile(r"^(?P<package>[A-Za-z_][\w]*(?:\.[A-Za-z_][\w]*)*):(?P<resource>[^:]+)$")
 
 
@@ -213,7 +214,9 @@ def check_config_against_session(model_config: dict[str, Any], session) -> tuple
                 continue
             expected = TRITON_TYPES.get(ort_dtype(node.type))
             if expected != data_type:
-                problems.append(f"{kind} {name!r} is {data_type} in the config but {node.type} ({expected}) in the graph")
+                problems.append(
+                    f"{kind} {name!r} is {data_type} in the config but {node.type} ({expected}) in the graph"
+                )
             # A reshaped input reaches the model in its reshape's shape (a [1] per sample as [], say).
             dims = entry["reshape"].get("shape", []) if "reshape" in entry else entry.get("dims", [])
             result.append(Tensor(name, _DTYPE_OF_TRITON.get(data_type, data_type), tuple(int(d) for d in dims)))
@@ -268,7 +271,9 @@ def run_options(feed: dict[str, np.ndarray], devices: str = "cpu:0"):
     return options
 
 
-def run_group(session, output_names: list[str], feeds: list[dict[str, np.ndarray]], devices: str = "cpu:0") -> list[dict[str, np.ndarray]]:
+def run_group(
+    session, output_names: list[str], feeds: list[dict[str, np.ndarray]], devices: str = "cpu:0"
+) -> list[dict[str, np.ndarray]]:
     """Run requests' feeds as one batch (concatenated along axis 0) and split the outputs back."""
     if len(feeds) == 1:
         arrays = session.run(output_names, feeds[0], run_options(feeds[0], devices))
@@ -359,8 +364,13 @@ class TritonPythonModel:
             if tensor is None:
                 raise InvalidInputError(f"{self.model_name}: input {spec.name!r} is missing")
             feed[spec.name] = check_input(
-                tensor.as_numpy(), spec, self.max_batch_size > 0, self.model_name, self.max_shapes.get(spec.name), self.max_elements.get(spec.name)
-            )  # fmt: skip
+                tensor.as_numpy(),
+                spec,
+                self.max_batch_size > 0,
+                self.model_name,
+                self.max_shapes.get(spec.name),
+                self.max_elements.get(spec.name),
+            )
         return feed
 
     def finalize(self) -> None:
@@ -374,11 +384,15 @@ def max_input_shapes(text: str | None, inputs: list[Tensor], batched: bool) -> d
     try:
         limits = {name: tuple(int(size) for size in shape) for name, shape in json.loads(text).items()}
     except (ValueError, TypeError, AttributeError) as error:
-        raise LeafModelError(f"{PARAM_MAX_INPUT_SHAPE} must be a JSON object of input name -> list of sizes: {error}") from None
+        raise LeafModelError(
+            f"{PARAM_MAX_INPUT_SHAPE} must be a JSON object of input name -> list of sizes: {error}"
+        ) from None
     ranks = {spec.name: len(spec.dims) + int(batched) for spec in inputs}
     for name, shape in limits.items():
         if ranks.get(name) != len(shape):
-            raise LeafModelError(f"{PARAM_MAX_INPUT_SHAPE}: {name!r} is no input of rank {len(shape)} (inputs: {ranks})")
+            raise LeafModelError(
+                f"{PARAM_MAX_INPUT_SHAPE}: {name!r} is no input of rank {len(shape)} (inputs: {ranks})"
+            )
     return limits
 
 
@@ -389,7 +403,9 @@ def max_input_elements(text: str | None, inputs: list[Tensor]) -> dict[str, int]
     try:
         limits = {name: int(count) for name, count in json.loads(text).items()}
     except (ValueError, TypeError, AttributeError) as error:
-        raise LeafModelError(f"{PARAM_MAX_INPUT_ELEMENTS} must be a JSON object of input name -> a count: {error}") from None
+        raise LeafModelError(
+            f"{PARAM_MAX_INPUT_ELEMENTS} must be a JSON object of input name -> a count: {error}"
+        ) from None
     unknown = sorted(set(limits) - {spec.name for spec in inputs})
     if unknown:
         raise LeafModelError(f"{PARAM_MAX_INPUT_ELEMENTS}: {unknown} are no inputs of this model")
@@ -397,7 +413,12 @@ def max_input_elements(text: str | None, inputs: list[Tensor]) -> dict[str, int]
 
 
 def check_input(
-    array: np.ndarray, spec: Tensor, batched: bool, model_name: str, max_shape: tuple[int, ...] | None = None, max_elements: int | None = None
+    array: np.ndarray,
+    spec: Tensor,
+    batched: bool,
+    model_name: str,
+    max_shape: tuple[int, ...] | None = None,
+    max_elements: int | None = None,
 ) -> np.ndarray:
     """The array when it has the element type, rank and fixed sizes the config declares (after the batch
     dimension of a batching model), no size above ``max_shape`` and at most ``max_elements`` values;
@@ -406,11 +427,17 @@ def check_input(
     if array.dtype.name != spec.dtype and not (spec.dtype == BYTES and array.dtype == np.object_):
         raise InvalidInputError(f"{model_name}: input {spec.name!r} is {array.dtype.name}, not {spec.dtype}")
     if array.ndim != len(dims) or any(want not in (-1, got) for want, got in zip(dims, array.shape)):
-        raise InvalidInputError(f"{model_name}: input {spec.name!r} has shape {list(array.shape)}, not {list(dims)} (-1: any)")
+        raise InvalidInputError(
+            f"{model_name}: input {spec.name!r} has shape {list(array.shape)}, not {list(dims)} (-1: any)"
+        )
     if max_shape and any(limit >= 0 and got > limit for limit, got in zip(max_shape, array.shape)):
-        raise InvalidInputError(f"{model_name}: input {spec.name!r} has shape {list(array.shape)}, above this model's limit {list(max_shape)}")
+        raise InvalidInputError(
+            f"{model_name}: input {spec.name!r} has shape {list(array.shape)}, above this model's limit {list(max_shape)}"
+        )
     if max_elements and array.size > max_elements:
-        raise InvalidInputError(f"{model_name}: input {spec.name!r} has shape {list(array.shape)}: {array.size} values, above this model's limit of {max_elements}")
+        raise InvalidInputError(
+            f"{model_name}: input {spec.name!r} has shape {list(array.shape)}: {array.size} values, above this model's limit of {max_elements}"
+        )
     return array
 
 

@@ -119,7 +119,9 @@ def count_in_flight(model_name: str, change: int) -> None:
             description = "Requests a genserve model has taken and not answered yet"
             _in_flight_family = pb_utils.MetricFamily(IN_FLIGHT_METRIC, description, pb_utils.MetricFamily.GAUGE)
         if model_name not in _in_flight_gauges:  # per worker process: a dead one's count is left out (server.py)
-            _in_flight_gauges[model_name] = _in_flight_family.Metric(labels={"model": model_name, "worker": str(os.getpid())})
+            _in_flight_gauges[model_name] = _in_flight_family.Metric(
+                labels={"model": model_name, "worker": str(os.getpid())}
+            )
         if change:
             _in_flight_gauges[model_name].increment(change)
 
@@ -133,7 +135,9 @@ def draining() -> bool:
 def refuse_if_draining(request, model_name: str) -> None:
     """A draining server takes no new request; the calls of the requests it runs (BLS) pass."""
     if draining() and request.request_id() != config.BLS_REQUEST_ID:
-        raise ShuttingDown(f"{model_name}: the server is shutting down and takes no new requests; retry on another replica or later")
+        raise ShuttingDown(
+            f"{model_name}: the server is shutting down and takes no new requests; retry on another replica or later"
+        )
 
 
 def respond_each(requests: list, answer: Callable, model_name: str) -> list:
