@@ -104,11 +104,13 @@ def benchmark_family(family_name: str, size: str, work: Path, runs: int = 5) -> 
 
 def format_rows(rows: list[Row]) -> str:
     lines = [
-        f"{'family':<9} {'size':<7} {'component':<15} {'first input shape':<40} {'torch ms':>9} {'ORT ms':>9} {'speedup':>8}"
+        f"{'family':<9} {'size':<7} {'component':<15} {'first input shape':<40} "
+        f"{'torch ms':>9} {'ORT ms':>9} {'speedup':>8}"
     ]
     for r in rows:
         lines.append(
-            f"{r.family:<9} {r.size:<7} {r.component:<15} {r.shape:<40} {r.torch_ms:>9.2f} {r.ort_ms:>9.2f} {r.speedup:>7.2f}x"
+            f"{r.family:<9} {r.size:<7} {r.component:<15} {r.shape:<40} "
+            f"{r.torch_ms:>9.2f} {r.ort_ms:>9.2f} {r.speedup:>7.2f}x"
         )
     return "\n".join(lines)
 
@@ -148,7 +150,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'family':<9} {'size':<7} {'export s':>9} {'weights MiB':>12} {'peak RSS MiB':>13} {'worst rel. L2':>14}")
     for e in exports:
         print(
-            f"{e['family']:<9} {e['size']:<7} {e['export_s']:>9} {e['weights_mib']:>12} {e['peak_host_memory_mib']:>13} {e['worst_parity']:>14.2e}"
+            f"{e['family']:<9} {e['size']:<7} {e['export_s']:>9} {e['weights_mib']:>12} "
+            f"{e['peak_host_memory_mib']:>13} {e['worst_parity']:>14.2e}"
         )
     if args.json_path:
         payload = {"rows": [asdict(r) | {"speedup": r.speedup} for r in rows], "exports": exports}

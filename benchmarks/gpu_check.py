@@ -1,4 +1,5 @@
-"""The GPU path end to end on one host, one report: ``scripts/gpu-check.sh`` (``python -m genserve.benchmarks.gpu_check``).
+"""The GPU path end to end on one host, one report: ``scripts/gpu-check.sh``
+(``python -m genserve.benchmarks.gpu_check``).
 
 Two kinds of host, found by looking:
 
@@ -375,7 +376,8 @@ def markdown(report: dict[str, Any]) -> str:
         f"{host.get('torch')}, ONNX Runtime {host.get('onnxruntime')} ({', '.join(host.get('ort_providers') or [])}), "
         f"TensorRT {host.get('tensorrt') or 'not installed'}.",
         f"Plan: {plan['precision']} exports, TensorRT engines {'yes' if plan['tensorrt'] else 'no'}, leaves "
-        f"{'Python backend on ONNX Runtime CUDA' if plan['python_leaves'] else 'native backends'}. Total {report['seconds']} s.",
+        f"{'Python backend on ONNX Runtime CUDA' if plan['python_leaves'] else 'native backends'}. "
+        f"Total {report['seconds']} s.",
         "",
         "| step | status | s | detail |",
         "|---|---|---:|---|",

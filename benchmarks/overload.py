@@ -65,12 +65,16 @@ class Burst:
         accepted, refused = s["accepted_latency_ms"], s["time_to_refusal_ms"]
         queue = f"{s['queue_ms_per_request']:.0f}" if s["queue_ms_per_request"] is not None else "-"
         return (
-            f"{self.mode:<10} {s['accepted']:>8} {s['refused']:>7} {accepted.get('p50', 0):>8.0f} {accepted.get('p99', 0):>8.0f} "
+            f"{self.mode:<10} {s['accepted']:>8} {s['refused']:>7} "
+            f"{accepted.get('p50', 0):>8.0f} {accepted.get('p99', 0):>8.0f} "
             f"{accepted.get('max', 0):>8.0f} {refused.get('p99', 0):>10.0f} {queue:>10}"
         )
 
 
-HEADER = f"{'mode':<10} {'accepted':>8} {'refused':>7} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8} {'refuse p99':>10} {'queue ms':>10}"
+HEADER = (
+    f"{'mode':<10} {'accepted':>8} {'refused':>7} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8} "
+    f"{'refuse p99':>10} {'queue ms':>10}"
+)
 
 
 def burst(grpc_url: str, metrics_url: str, requests: int, timeout_s: float, mode: str, faces_dir: Path) -> Burst:

@@ -210,7 +210,8 @@ def _script(written: Mapping[str, Path], streaming: set[str], others: list[str])
         "#!/usr/bin/env bash",
         "# perf_analyzer and Model Analyzer on the genserve models, with real requests (written by",
         "# `genserve bench --perf-analyzer-data`). Run it in the NGC SDK container beside a running server:",
-        '#   docker run --rm -it --net host -v "$PWD":/data -w /data nvcr.io/nvidia/tritonserver:<yy.mm>-py3-sdk ./perf_analyzer.sh',
+        '#   docker run --rm -it --net host -v "$PWD":/data -w /data '
+        "nvcr.io/nvidia/tritonserver:<yy.mm>-py3-sdk ./perf_analyzer.sh",
         "# TRITON_GRPC (default localhost:8001) is the server; CONCURRENCY (default 1:4) the client concurrency range.",
         "set -euo pipefail",
         'cd "$(dirname "$0")"',
@@ -221,7 +222,8 @@ def _script(written: Mapping[str, Path], streaming: set[str], others: list[str])
     for name in written:
         stream = " --streaming" if name in streaming else ""  # decoupled: answered over a gRPC stream
         lines.append(
-            f'perf_analyzer -m {shlex.quote(name)} -i grpc -u "$URL"{stream} --input-data {shlex.quote(name + ".json")} '
+            f'perf_analyzer -m {shlex.quote(name)} -i grpc -u "$URL"{stream} '
+            f"--input-data {shlex.quote(name + '.json')} "
             f'--concurrency-range "$CONCURRENCY" --measurement-mode count_windows --measurement-request-count 20 '
             f"-f {shlex.quote(name + '.csv')}"
         )

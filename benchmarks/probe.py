@@ -234,7 +234,8 @@ def main(argv: list[str] | None = None) -> int:
         outcomes.append(run_probe(args.url, probe))
         row = outcomes[-1]
         print(
-            f"{'ok  ' if row.passed else 'FAIL'} {row.probe:<32} {row.model:<20} expected {row.expected:<17} got {row.got:<17} "
+            f"{'ok  ' if row.passed else 'FAIL'} {row.probe:<32} {row.model:<20} "
+            f"expected {row.expected:<17} got {row.got:<17} "
             f"{row.seconds:>6.2f} s  message {row.message_chars} chars",
             flush=True,
         )

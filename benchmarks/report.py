@@ -82,7 +82,8 @@ def markdown_report(report: dict[str, Any]) -> str:
         "",
         "## Throughput and latency",
         "",
-        "| task | model | mode | concurrency | requests | errors | images/s | p50 ms | p90 ms | p99 ms | served / in-process |",
+        "| task | model | mode | concurrency | requests | errors | images/s | p50 ms | p90 ms | p99 ms | "
+        "served / in-process |",
         "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     ratios = {(r["task"], r["concurrency"]): r for r in report.get("ratios", [])}
@@ -106,7 +107,8 @@ def markdown_report(report: dict[str, Any]) -> str:
         ]
         for r in report["ratios"]:
             lines.append(
-                f"| {r['task']} | {r['concurrency']} | {r['served_images_per_s']:.3f} | {r['in_process_images_per_s']:.3f} | "
+                f"| {r['task']} | {r['concurrency']} | {r['served_images_per_s']:.3f} | "
+                f"{r['in_process_images_per_s']:.3f} | "
                 f"{_fmt(r['throughput_ratio'], 2)}x | {_fmt(r['p50_latency_ratio'], 2)}x |"
             )
     if report.get("floor_ratios"):
@@ -114,14 +116,16 @@ def markdown_report(report: dict[str, Any]) -> str:
             "",
             "## Served / floor",
             "",
-            "The floor: the same export's graphs in ONNX Runtime in this process, one request at a time (no Triton, no BLS).",
+            "The floor: the same export's graphs in ONNX Runtime in this process, one request at a time "
+            "(no Triton, no BLS).",
             "",
             "| task | concurrency | served images/s | floor images/s | served / floor |",
             "|---|---:|---:|---:|---:|",
         ]
         for r in report["floor_ratios"]:
             lines.append(
-                f"| {r['task']} | {r['concurrency']} | {r['served_images_per_s']:.3f} | {r['floor_images_per_s']:.3f} | "
+                f"| {r['task']} | {r['concurrency']} | {r['served_images_per_s']:.3f} | "
+                f"{r['floor_images_per_s']:.3f} | "
                 f"{_fmt(r['served_over_floor'], 2)}x |"
             )
     if report.get("first_requests"):
@@ -150,11 +154,12 @@ def markdown_report(report: dict[str, Any]) -> str:
             "",
             "Per request of each model during the level: mean time queued before an execution, and mean compute "
             "time (input + infer + output). Plain pipeline models (BLS) include the time they wait for their leaves; a "
-            "streaming model's compute is only the hand-over to its worker, so its own time per request (request ms, from "
-            "the responses) and the queue's share of it are given beside. BLS overhead: the pipeline's wait per denoiser "
-            "call beyond the denoiser's compute (concurrency 1).",
+            "streaming model's compute is only the hand-over to its worker, so its own time per request (request ms, "
+            "from the responses) and the queue's share of it are given beside. BLS overhead: the pipeline's wait per "
+            "denoiser call beyond the denoiser's compute (concurrency 1).",
             "",
-            "| task | concurrency | model | requests | executions | requests / execution | queue ms | compute ms | request ms | queue share | BLS overhead ms/step |",
+            "| task | concurrency | model | requests | executions | requests / execution | queue ms | compute ms | "
+            "request ms | queue share | BLS overhead ms/step |",
             "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|",
         ]
         for run, name, s in breakdown_rows:
@@ -164,10 +169,9 @@ def markdown_report(report: dict[str, Any]) -> str:
                 _fmt(s.get("bls_overhead_ms_per_step"), 2) + _bracketed(_percent(s.get("bls_overhead_share"))),
             )
             lines.append(
-                f"| {run['task']} | {run['concurrency']} | {name} | {s.get('requests', 0)} | {s.get('executions', 0)} | "
-                f"{_fmt(s.get('requests_per_execution'), 2)} | {s.get('queue_ms', 0):.2f} | {s.get('compute_ms', 0):.2f} | "
-                + " | ".join(extra)
-                + " |"
+                f"| {run['task']} | {run['concurrency']} | {name} | {s.get('requests', 0)} | "
+                f"{s.get('executions', 0)} | {_fmt(s.get('requests_per_execution'), 2)} | "
+                f"{s.get('queue_ms', 0):.2f} | {s.get('compute_ms', 0):.2f} | " + " | ".join(extra) + " |"
             )
     return "\n".join(lines) + "\n"
 

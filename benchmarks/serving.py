@@ -9,8 +9,9 @@ check by rapidocr in-process), with the same request values and seeds. A third m
 served export's own ONNX graphs in this process with ONNX Runtime (:func:`~genserve.diffusion.service.export_service`:
 no Triton, no BLS, a plain loop of one request at a time; its sessions take ONNX Runtime's default
 threads, as the served leaves do, whose configs set none): what the serving layer costs is served/floor.
-The modes alternate level by level, so that other load on the host hits them alike. Around each served level Triton's statistics are read, and
-their difference gives per model the requests, executions and mean queue and compute ms per request.
+The modes alternate level by level, so that other load on the host hits them alike. Around each served level
+Triton's statistics are read, and their difference gives per model the requests, executions and mean queue and
+compute ms per request.
 
 The server is the one at ``--url``, or one started here on loopback with the stack's ``face_swap`` model
 and the tiny demo diffusion repository (``genserve demo``'s, cached), or, with ``--pipeline DIR``, the
@@ -624,11 +625,13 @@ def _pipeline_line(models: dict[str, dict], pipeline: str) -> str:
     """What the level's statistics say of the pipeline model and its busiest leaf, in one line."""
     stats = models.get(pipeline, {})
     parts = [
-        f"  {pipeline}: {stats.get('request_ms', 0):.0f} ms per request, queued {100 * stats.get('queue_share', 0):.2f} % of it"
+        f"  {pipeline}: {stats.get('request_ms', 0):.0f} ms per request, "
+        f"queued {100 * stats.get('queue_share', 0):.2f} % of it"
     ]
     if "bls_overhead_ms_per_step" in stats:
         parts.append(
-            f"BLS overhead {stats['bls_overhead_ms_per_step']:.2f} ms/step ({100 * stats['bls_overhead_share']:.2f} % of the denoiser)"
+            f"BLS overhead {stats['bls_overhead_ms_per_step']:.2f} ms/step "
+            f"({100 * stats['bls_overhead_share']:.2f} % of the denoiser)"
         )
     busiest = max(
         (item for item in models.items() if item[0] != pipeline),

@@ -467,7 +467,8 @@ class BatchRunner:
         return kind
 
     def _write_quality(self, tasks: list[Task], journal: dict[str, dict], listed: set[str]) -> None:
-        """OUT/quality.csv: every listed row's quality record (earlier runs' rows from the journal), stand-ins marked."""
+        """OUT/quality.csv: every listed row's quality record (earlier runs' rows from the journal),
+        stand-ins marked."""
         rows = []
         for task in tasks:
             if task.index in listed:

@@ -148,7 +148,8 @@ def request_error(error, url: str, protocol: str) -> RequestError:
 def unavailable(url: str, protocol: str, cause: object | None = None) -> ServerUnavailableError:
     detail = f" ({cause})" if cause else ""
     return ServerUnavailableError(
-        f"no genserve server answers at {url} over {protocol}{detail}; start one with `genserve serve` or point --url at it",
+        f"no genserve server answers at {url} over {protocol}{detail}; "
+        "start one with `genserve serve` or point --url at it",
         code="UNAVAILABLE",
     )
 

@@ -43,7 +43,8 @@ def to_image_bytes(image: ImageLike, *, format: str = "PNG") -> bytes:
 def _check_size(size: int, what: str) -> None:
     if size > config.MAX_IMAGE_BYTES:
         raise InvalidInputError(
-            f"{what} is {size / 2**20:.0f} MiB; the server takes images of at most {config.MAX_IMAGE_BYTES // 2**20} MiB"
+            f"{what} is {size / 2**20:.0f} MiB; "
+            f"the server takes images of at most {config.MAX_IMAGE_BYTES // 2**20} MiB"
         )
 
 

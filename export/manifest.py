@@ -219,7 +219,8 @@ class Manifest:
             data = json.loads(path.read_text(encoding="utf-8"))
         except FileNotFoundError:
             raise ExportError(
-                f"{folder} holds no complete export (no {MANIFEST}; an interrupted `genserve export` resumes when run again)"
+                f"{folder} holds no complete export (no {MANIFEST}; "
+                "an interrupted `genserve export` resumes when run again)"
             ) from None
         except json.JSONDecodeError as error:
             raise ExportError(f"{path} is not valid JSON: {error}") from None

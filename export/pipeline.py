@@ -528,7 +528,10 @@ class _Export:
                 raise ExportError(f"{spec.name}: ONNX Runtime cannot run the exported graph: {error}") from error
             # ONNX Runtime's CPU provider lacks fp16/bf16 kernels for most ops: measure the same graph
             # widened to fp32 (its weights exactly, its arithmetic in fp32), which checks the export.
-            why = f"ONNX Runtime ({', '.join(ort_session.providers())}) has no {self.options.precision} kernels for it: {str(error).splitlines()[0][:160]}"
+            why = (
+                f"ONNX Runtime ({', '.join(ort_session.providers())}) has no {self.options.precision} kernels for it: "
+                f"{str(error).splitlines()[0][:160]}"
+            )
         from genserve.export.retype import retype_file
 
         _, partial = self.store.output_dir(spec.name, "widened")
@@ -592,7 +595,8 @@ def format_report(report: ExportReport) -> str:
     from genserve.export.parity import format_table
 
     lines = [
-        f"Exported {report.pipeline_class} ({report.family}, {report.precision}) to {report.out_dir} in {report.seconds:.1f} s"
+        f"Exported {report.pipeline_class} ({report.family}, {report.precision}) to {report.out_dir} "
+        f"in {report.seconds:.1f} s"
     ]
     lines.append(
         f"{'component':<16} {'export s':>8} {'weights':>10} {'peak torch':>11} {'peak ORT':>9} "

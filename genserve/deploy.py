@@ -4,9 +4,9 @@ PyPI has no library that reads a ``kustomization.yaml`` (the ``kustomize`` packa
 manifests from Python code instead), so this is the small part of kustomize those manifests use:
 ``resources`` (files and folders with their own kustomization), ``images`` (``newName``, ``newTag``,
 ``digest``) and ``patches`` given as JSON patches (RFC 6902, applied with ``jsonpatch``) on a
-``target`` kind and name, or as a strategic-merge ``$patch: delete`` that removes a resource. Anything else in a kustomization is refused, so a manifest that needs more
-of kustomize fails the tests (``tests/test_kubernetes.py``, which also compares with ``kubectl
-kustomize`` where kubectl is installed) instead of being rendered wrongly.
+``target`` kind and name, or as a strategic-merge ``$patch: delete`` that removes a resource. Anything else in a
+kustomization is refused, so a manifest that needs more of kustomize fails the tests (``tests/test_kubernetes.py``,
+which also compares with ``kubectl kustomize`` where kubectl is installed) instead of being rendered wrongly.
 
     python -m genserve.deploy docker/kubernetes/overlays/cpu     # the YAML `kubectl apply -k` applies
 """

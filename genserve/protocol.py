@@ -392,7 +392,8 @@ def parse_options(text: str) -> dict[str, Any]:
         def parse(digits: str) -> Any:
             if len(digits) > config.MAX_NUMBER_DIGITS:
                 raise InvalidInputError(
-                    f"{OPTIONS_TENSOR} holds a number of {len(digits)} characters; at most {config.MAX_NUMBER_DIGITS} are accepted"
+                    f"{OPTIONS_TENSOR} holds a number of {len(digits)} characters; "
+                    f"at most {config.MAX_NUMBER_DIGITS} are accepted"
                 )
             return kind(digits)
 

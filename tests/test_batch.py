@@ -51,8 +51,8 @@ def read_result(out):
 def test_task_file_with_bom_and_every_task_type_is_read(tmp_path):
     path = tmp_path / "task.csv"
     path.write_text(
-        TASK_HEADER
-        + '1,t2i,"a red fox, in snow",,\n2,TIE,make it night,a.jpg,\n3,vttie,把“开”改成“关”,b.png,\n4,deepfake,,c.jpg,d.jpg\n',
+        TASK_HEADER + '1,t2i,"a red fox, in snow",,\n2,TIE,make it night,a.jpg,\n'
+        "3,vttie,把“开”改成“关”,b.png,\n4,deepfake,,c.jpg,d.jpg\n",
         encoding="utf-8-sig",
     )
     tasks = read_tasks(path)
@@ -331,8 +331,8 @@ def test_images_outside_the_images_folder_are_refused_alike(images, tmp_path):
             ("p4", "link.jpg"),
         ):
             assert (
-                failures[index]
-                == f"image {name!r} is not under the images folder {images} (absolute paths and '..' are refused; --allow-outside-images allows them)"
+                failures[index] == f"image {name!r} is not under the images folder {images} "
+                "(absolute paths and '..' are refused; --allow-outside-images allows them)"
             )
         assert failures["p5"].startswith("image file not found")  # inside the folder: said plainly
         # Allowed on request: the file is read and sent (here: to a server that is not there).

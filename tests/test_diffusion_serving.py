@@ -539,7 +539,8 @@ def test_bls_overhead_per_step(diffusion_server, dclient):
     print(
         f"\nBLS per denoiser call (sd_unet, {SIZE}x{SIZE}, batch 2): {bls:.2f} ms seen by the pipeline; leaf compute "
         f"{ms('compute_infer'):.2f} ms; overhead {overhead:.2f} ms (queue {ms('queue'):.2f}, input "
-        f"{ms('compute_input'):.2f}, output {ms('compute_output'):.2f}); request wall {wall * 1e3:.0f} ms for {steps} steps"
+        f"{ms('compute_input'):.2f}, output {ms('compute_output'):.2f}); "
+        f"request wall {wall * 1e3:.0f} ms for {steps} steps"
     )
     assert 0 < overhead < 100
 

@@ -95,7 +95,8 @@ def test_a_streaming_model_unloads_after_its_requests_were_refused_and_expired(s
     time.sleep(2)
     after_burst = timed_stop(server)
     print(
-        f"\nshutdown: {quiet:.1f} s after a quiet run, {after_burst:.1f} s after a refused and expired burst ({outcomes})"
+        f"\nshutdown: {quiet:.1f} s after a quiet run, "
+        f"{after_burst:.1f} s after a refused and expired burst ({outcomes})"
     )
     assert after_burst < quiet + 5, (quiet, after_burst)
 

@@ -154,7 +154,8 @@ def test_the_built_wheel_installs_and_serves(wheel_path, tmp_path, faces_dir):
         [
             python,
             "-c",
-            "import genserve.client, genserve.config as c; print(genserve.client.__file__); print(c.STACK_REPOSITORY_DIR)",
+            "import genserve.client, genserve.config as c; "
+            "print(genserve.client.__file__); print(c.STACK_REPOSITORY_DIR)",
         ],
         check=True,
         capture_output=True,

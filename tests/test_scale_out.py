@@ -155,7 +155,10 @@ class DenyingObjectStore(BaseHTTPRequestHandler):
 
     def refuse(self):
         self.requests.append((self.command, self.path))
-        body = b"<?xml version='1.0' encoding='UTF-8'?><Error><Code>AccessDenied</Code><Message>Access Denied</Message></Error>"
+        body = (
+            b"<?xml version='1.0' encoding='UTF-8'?><Error><Code>AccessDenied</Code>"
+            b"<Message>Access Denied</Message></Error>"
+        )
         self.send_response(403)
         self.send_header("Content-Type", "application/xml")
         self.send_header("Content-Length", str(len(body)))

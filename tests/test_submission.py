@@ -192,7 +192,8 @@ def _reencoded(path) -> bytes:
 def test_settings_from_a_file_and_params_are_checked_by_the_contracts(tmp_path):
     path = tmp_path / "run.toml"
     path.write_text(
-        '[t2i]\nmodel = "cogview4_text_to_image"\nsteps = 50\nwidth = 1024\nheight = 1024\n\n[tie]\nsteps = 28\nguidance = 2\n'
+        '[t2i]\nmodel = "cogview4_text_to_image"\nsteps = 50\nwidth = 1024\nheight = 1024\n\n'
+        "[tie]\nsteps = 28\nguidance = 2\n"
         "\n[deepfake]\ncandidates = 4\n"
     )
     settings = load_settings(

@@ -13,7 +13,8 @@ def register(subparsers) -> None:
         "p50/p90/p99 and, per served model, Triton's queue and compute time per request. Beside each served level "
         "the same work runs in this process (diffusers + torch eager, FaceSwapper) and the served/in-process ratio "
         "is printed; for diffusion also the floor, the served export's ONNX graphs run by ONNX Runtime in this process "
-        "(no Triton, no BLS), and the served/floor ratio. Writes OUT/bench.json, OUT/bench.md and OUT/<task>.png, OUT/<task>_models.png. Without "
+        "(no Triton, no BLS), and the served/floor ratio. Writes OUT/bench.json, OUT/bench.md and OUT/<task>.png, "
+        "OUT/<task>_models.png. Without "
         "--pipeline the demo diffusion repository is served (tiny, or --demo-size medium; built and cached); with "
         "--pipeline DIR that diffusers folder is exported and built (cached) and benchmarked. See docs/benchmarks.md.",
     )
@@ -160,6 +161,7 @@ def write_perf_analyzer_data(args: argparse.Namespace) -> int:
         faces_dir=Path(args.faces_dir) if args.faces_dir else None,
     )
     print(
-        f"wrote perf_analyzer input data for {len(written)} models ({', '.join(written)}) and {out / perf_analyzer.SCRIPT}"
+        f"wrote perf_analyzer input data for {len(written)} models ({', '.join(written)}) "
+        f"and {out / perf_analyzer.SCRIPT}"
     )
     return 0

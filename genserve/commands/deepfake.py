@@ -54,7 +54,8 @@ def run(args: argparse.Namespace) -> int:
     for score in meta.get("identity", []):
         ori = f"; the original face had {score['ori_cosine']:.3f}" if "ori_cosine" in score else ""
         print(
-            f"  face {score['face']}: identity cosine to target {score['cosine']:.3f} (dlib distance {score['distance']:.3f}{ori})"
+            f"  face {score['face']}: identity cosine to target {score['cosine']:.3f} "
+            f"(dlib distance {score['distance']:.3f}{ori})"
         )
     for entry in meta.get("candidates", []):
         tried = ", ".join(f"{c['cosine']:.3f}{'' if c['clean'] else ' (artifacts)'}" for c in entry["tried"])

@@ -57,7 +57,8 @@ def register(subparsers) -> None:
     parser.add_argument(
         "--admin-key-file",
         metavar="FILE",
-        help=f"file holding the admin key (made, readable by you only, when missing). Default: ${config.ADMIN_KEY_ENV}, "
+        help="file holding the admin key (made, readable by you only, when missing). "
+        f"Default: ${config.ADMIN_KEY_ENV}, "
         f"else the file ${config.ADMIN_KEY_FILE_ENV} names, else a new key in a file under the cache folder",
     )
     parser.add_argument(
@@ -65,14 +66,16 @@ def register(subparsers) -> None:
         type=float,
         default=config.DRAIN_DELAY_S,
         metavar="S",
-        help=f"on SIGTERM, keep serving this long first, while load balancers drop this replica (default {config.DRAIN_DELAY_S:g})",
+        help="on SIGTERM, keep serving this long first, while load balancers drop this replica "
+        f"(default {config.DRAIN_DELAY_S:g})",
     )
     parser.add_argument(
         "--drain-timeout",
         type=float,
         default=config.DRAIN_TIMEOUT_S,
         metavar="S",
-        help=f"then refuse new requests and wait this long at most for those taken to finish (default {config.DRAIN_TIMEOUT_S:g})",
+        help="then refuse new requests and wait this long at most for those taken to finish "
+        f"(default {config.DRAIN_TIMEOUT_S:g})",
     )
     parser.set_defaults(handler=run)
 

@@ -339,13 +339,15 @@ def build_repository(export_dir: str | Path, repo_dir: str | Path, options: Buil
     if options.python_leaves and manifest.precision == "bf16":
         # The Python-backend leaf hands ONNX Runtime's outputs over as numpy arrays, which have no bf16.
         raise RepositoryError(
-            f"{export_dir} is a bf16 export; Python-backend leaves serve fp32 and fp16 (bf16: the container's native backends)"
+            f"{export_dir} is a bf16 export; "
+            "Python-backend leaves serve fp32 and fp16 (bf16: the container's native backends)"
         )
     if options.target == "gpu" and options.tensorrt:
         sides = {name: e.tensorrt["max_side"] for name, e in manifest.components.items() if "max_side" in e.tensorrt}
         if sides and options.max_size > min(sides.values()):
             raise RepositoryError(
-                f"the export's TensorRT engines serve sizes up to {min(sides.values())} px; --max-size {options.max_size} "
+                f"the export's TensorRT engines serve sizes up to {min(sides.values())} px; "
+                f"--max-size {options.max_size} "
                 "would accept requests they refuse: lower --max-size, or export again with larger --resolutions"
             )
     repo_dir.mkdir(parents=True, exist_ok=True)

@@ -123,7 +123,8 @@ class DiffusionService:
             raise InvalidInputError(f"num_images must be between 1 and {self.max_images}, not {request.num_images}")
         if request.num_images * request.candidates > self.max_images:
             raise InvalidInputError(
-                f"num_images x candidates is {request.num_images * request.candidates}; this model makes at most {self.max_images} at once"
+                f"num_images x candidates is {request.num_images * request.candidates}; "
+                f"this model makes at most {self.max_images} at once"
             )
         max_steps = self.max_steps()
         if request.steps is not None and max_steps is not None and request.steps > max_steps:
@@ -148,7 +149,8 @@ class DiffusionService:
         limit = self.family.max_sequence_length
         if request.max_sequence_length is not None and limit is not None and request.max_sequence_length > limit:
             raise InvalidInputError(
-                f"max_sequence_length must be at most {limit} for {self.family.name} (its long text encoder), not {request.max_sequence_length}"
+                f"max_sequence_length must be at most {limit} for {self.family.name} (its long text encoder), "
+                f"not {request.max_sequence_length}"
             )
         if self.task == "t2i" and request.image is not None:
             raise InvalidInputError("text_to_image takes no IMAGE; use edit_image")
@@ -169,7 +171,8 @@ class DiffusionService:
         steps = request.steps if request.steps is not None else self._default("num_inference_steps")
         if strength is not None and steps and int(steps * strength) < 1:
             raise InvalidInputError(
-                f"strength {strength:g} with {steps} steps runs no denoising step (steps x strength must be at least 1): "
+                f"strength {strength:g} with {steps} steps runs no denoising step "
+                "(steps x strength must be at least 1): "
                 f"ask for at least {math.ceil(1 / strength)} steps or a strength of at least {1 / steps:g}"
             )
 

@@ -110,8 +110,9 @@ class OcrSteps:
         )
         if rec_input.size > REC.max_elements:
             raise InvalidInputError(
-                f"image has {len(crops)} text lines up to {rec_input.shape[-1]} pixels wide at height {height}: more than "
-                f"the ensemble's recogniser takes at once ({REC.max_elements} values); the model ocr_bls reads them 6 at a time"
+                f"image has {len(crops)} text lines up to {rec_input.shape[-1]} pixels wide at height {height}: "
+                f"more than the ensemble's recogniser takes at once ({REC.max_elements} values); "
+                "the model ocr_bls reads them 6 at a time"
             )
         return {"rec_input": np.ascontiguousarray(rec_input), "order": order.astype(np.int64)}
 

@@ -122,7 +122,8 @@ def contract_mismatches(config: ModelConfig, contract: Contract) -> list[str]:
         problems.append(f"max_batch_size {config.max_batch_size}: the contract's tensors are per request (0)")
     if config.model_transaction_policy.decoupled != contract.streaming:
         problems.append(
-            f"decoupled {config.model_transaction_policy.decoupled}: the contract {'streams' if contract.streaming else 'does not stream'}"
+            f"decoupled {config.model_transaction_policy.decoupled}: "
+            f"the contract {'streams' if contract.streaming else 'does not stream'}"
         )
     return problems
 

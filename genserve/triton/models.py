@@ -186,7 +186,8 @@ class DiffusionModel(ServiceModel):
                     self.backlog += admitted
                 if not admitted:  # refused at once, as a full queue is: the client may retry later or elsewhere
                     raise Overloaded(
-                        f"{self.model_name} has {self.max_backlog} requests already (running and waiting); try again later"
+                        f"{self.model_name} has {self.max_backlog} requests already (running and waiting); "
+                        "try again later"
                     )
                 self.workers.submit(self._run, values, sender)
             except Exception as error:  # noqa: BLE001 - this request fails alone

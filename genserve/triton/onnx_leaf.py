@@ -432,11 +432,13 @@ def check_input(
         )
     if max_shape and any(limit >= 0 and got > limit for limit, got in zip(max_shape, array.shape)):
         raise InvalidInputError(
-            f"{model_name}: input {spec.name!r} has shape {list(array.shape)}, above this model's limit {list(max_shape)}"
+            f"{model_name}: input {spec.name!r} has shape {list(array.shape)}, "
+            f"above this model's limit {list(max_shape)}"
         )
     if max_elements and array.size > max_elements:
         raise InvalidInputError(
-            f"{model_name}: input {spec.name!r} has shape {list(array.shape)}: {array.size} values, above this model's limit of {max_elements}"
+            f"{model_name}: input {spec.name!r} has shape {list(array.shape)}: {array.size} values, "
+            f"above this model's limit of {max_elements}"
         )
     return array
 
