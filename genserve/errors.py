@@ -59,10 +59,10 @@ class ExportError(GenServeError, RuntimeError):
 class ErrorKind:
     name: str
     exception: type[Exception] | None  # what a served model raises for it (None: Triton's or the network's own)
+    triton_code: str | None  # pb_utils.TritonError's name for it (None: no served model answers it)
     grpc_status: str
     http_status: int | None  # None: never an HTTP answer (the client's own verdict)
     retriable: bool  # another try may pass
-    triton_code: str | None = None  # pb_utils.TritonError's name for it, when a served model answers it
     marker: str = ""  # how its message starts, where the code may not travel
     elsewhere_only: bool = False  # retried only on another server (overload: this one just said no)
 
@@ -76,22 +76,25 @@ class ErrorKind:
         return message if message.startswith(self.marker) else self.marker + message
 
 
+# Columns: name, raised by, Triton code, gRPC status, HTTP status, retriable (then marker, elsewhere only).
 INVALID_INPUT = ErrorKind(
-    "invalid input", InvalidInputError, "INVALID_ARGUMENT", 400, False, "INVALID_ARG", marker="invalid input: "
+    "invalid input", InvalidInputError, "INVALID_ARG", "INVALID_ARGUMENT", 400, False, marker="invalid input: "
 )
-UNAVAILABLE = ErrorKind("unavailable", ShuttingDown, "UNAVAILABLE", 503, True, "UNAVAILABLE")
+# Every UNAVAILABLE that says no more: a draining server, one not ready yet, a queued request's timeout.
+UNAVAILABLE = ErrorKind("unavailable", ShuttingDown, "UNAVAILABLE", "UNAVAILABLE", 503, True)
 OVERLOADED = ErrorKind(
-    "overloaded", Overloaded, "UNAVAILABLE", 503, True, "UNAVAILABLE", marker="overloaded: ", elsewhere_only=True
+    "overloaded", Overloaded, "UNAVAILABLE", "UNAVAILABLE", 503, True, marker="overloaded: ", elsewhere_only=True
 )
-UNREACHABLE = ErrorKind("unreachable", None, "UNAVAILABLE", None, True)
-CANCELLED = ErrorKind("cancelled", RequestCancelled, "CANCELLED", 400, False, "CANCELLED")
-FAILED = ErrorKind("failed", None, "INTERNAL", 500, False, "INTERNAL")  # a model's own failure: any other exception
-RESTARTING = ErrorKind("restarting", None, "INTERNAL", 500, True)  # see TRANSIENT_MESSAGES
-NOT_FOUND = ErrorKind("not found", None, "NOT_FOUND", 404, False)
-RELOADING = ErrorKind("reloading", None, "NOT_FOUND", 404, True)  # see TRANSIENT_MESSAGES
-PERMISSION_DENIED = ErrorKind("permission denied", None, "PERMISSION_DENIED", 403, False)
-DEADLINE_EXCEEDED = ErrorKind("deadline exceeded", None, "DEADLINE_EXCEEDED", None, False)
-UNKNOWN = ErrorKind("unknown", None, "UNKNOWN", None, False)
+UNREACHABLE = ErrorKind("unreachable", None, None, "UNAVAILABLE", None, True)  # see UNREACHABLE_MESSAGES
+# Triton's HTTP front end answers CANCELLED with 400, as it does INVALID_ARG: neither is retried.
+CANCELLED = ErrorKind("cancelled", RequestCancelled, "CANCELLED", "CANCELLED", 400, False)
+FAILED = ErrorKind("failed", None, "INTERNAL", "INTERNAL", 500, False)  # a model's own failure: any other exception
+RESTARTING = ErrorKind("restarting", None, None, "INTERNAL", 500, True)  # see TRANSIENT_MESSAGES
+NOT_FOUND = ErrorKind("not found", None, None, "NOT_FOUND", 404, False)
+RELOADING = ErrorKind("reloading", None, None, "NOT_FOUND", 404, True)  # see TRANSIENT_MESSAGES
+PERMISSION_DENIED = ErrorKind("permission denied", None, None, "PERMISSION_DENIED", 403, False)
+DEADLINE_EXCEEDED = ErrorKind("deadline exceeded", None, None, "DEADLINE_EXCEEDED", None, False)
+UNKNOWN = ErrorKind("unknown", None, None, "UNKNOWN", None, False)
 # The first row of a status is what that status alone means; the others need a marker or a message.
 KINDS = (
     INVALID_INPUT,
