@@ -94,7 +94,7 @@ def burst(grpc_url: str, metrics_url: str, requests: int, timeout_s: float, mode
             client.swap_face(ori, target, compute_identity=False)
             return "ok", (time.perf_counter() - started) * 1000
         except RequestError as error:
-            refused = error.code == "UNAVAILABLE" and "queue" in str(error)
+            refused = error.overloaded
             return ("refused" if refused else str(error)[:80]), (time.perf_counter() - started) * 1000
 
     with ThreadPoolExecutor(max_workers=requests) as pool:

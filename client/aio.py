@@ -10,13 +10,11 @@ resolve to several servers work as in :class:`~genserve.client.Client`.
 
 from __future__ import annotations
 
-import asyncio
-import itertools
 from typing import Any
 
 import numpy as np
 
-from genserve import config
+from genserve import config, errors
 from genserve.client import retry
 from genserve.client.client import Call, RequestError, TaskMethods, is_final, request_error, triton_inputs, unavailable
 
@@ -57,17 +55,11 @@ class AsyncClient(TaskMethods):
         return await self._retrying(lambda deadline: self._infer_once(model, inputs, outputs, deadline))
 
     async def _retrying(self, attempt_once) -> dict[str, np.ndarray]:
-        deadline = retry.deadline_after(self.timeout_s)
-        for attempt in itertools.count():
-            try:
-                return await attempt_once(deadline)
-            except RequestError as error:
-                delay = self.retry_policy.delay(
-                    error, attempt, deadline, other_replica=self.url.startswith("dns:") or "," in self.url
-                )
-                if delay is None:
-                    raise
-                await asyncio.sleep(delay)
+        return await self.retry_policy.call_async(
+            lambda _, deadline: attempt_once(deadline),
+            self.timeout_s,
+            other_replica=retry.several_servers(self.protocol, self.url),
+        )
 
     async def _infer_once(
         self, model: str, inputs: dict[str, np.ndarray], outputs: list[str], deadline: float | None
@@ -111,7 +103,7 @@ class AsyncClient(TaskMethods):
             raise request_error(error, self.url, self.protocol) from None
         finally:
             stream.cancel()  # the result is in, or this side gave up: the server stops either way
-        raise RequestError(f"{model} closed the stream without a result")
+        raise RequestError(f"{model} closed the stream without a result", errors.UNAVAILABLE)
 
     async def _run(self, call: Call) -> Any:
         if call.on_progress is not None:

@@ -11,10 +11,7 @@ gRPC target, also one that resolves to several servers (``dns:///genserve-headle
 from __future__ import annotations
 
 import io
-import itertools
-import re
 import secrets
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +20,7 @@ from typing import Any, Literal
 import numpy as np
 from PIL import Image
 
-from genserve import config
+from genserve import config, errors
 from genserve.client import retry
 from genserve.client.images import ImageLike, decode_image, to_image_bytes
 from genserve.errors import GenServeError
@@ -31,7 +28,6 @@ from genserve.protocol import (
     EDIT_IMAGE,
     EDIT_TEXT,
     FACE_SWAP,
-    INVALID_INPUT,
     OCR,
     PROGRESS,
     STREAM_SUFFIX,
@@ -46,16 +42,24 @@ Protocol = Literal["grpc", "http"]
 class RequestError(GenServeError):
     """The server refused or failed one request; ``str(error)`` is the server's message.
 
-    ``code`` is the gRPC status name (HTTP statuses are mapped to them: 400 INVALID_ARGUMENT, 503
-    UNAVAILABLE...). ``retriable`` says whether another try may pass (:mod:`genserve.client.retry`):
-    False for a refused request (sending it again gives the same answer), an expired deadline and a
-    model's own failure.
+    ``kind`` is its row in the error table (:mod:`genserve.errors`), which says whether another try may
+    pass (``retriable``): not for a refused request (sending it again gives the same answer), an
+    expired deadline or a model's own failure. ``code`` is the gRPC status name (HTTP statuses are
+    mapped to them: 400 INVALID_ARGUMENT, 503 UNAVAILABLE...; one the table does not know is kept).
     """
 
-    def __init__(self, message: str, *, retriable: bool = True, code: str = "UNKNOWN"):
+    def __init__(self, message: str, kind: errors.ErrorKind = errors.UNKNOWN, *, code: str | None = None):
         super().__init__(message)
-        self.retriable = retriable
-        self.code = code
+        self.kind = kind
+        self.code = code or kind.grpc_status
+
+    @property
+    def retriable(self) -> bool:
+        return self.kind.retriable
+
+    @property
+    def overloaded(self) -> bool:
+        return self.kind.elsewhere_only
 
 
 class ServerUnavailableError(RequestError):
@@ -67,10 +71,8 @@ class OverloadedError(RequestError):
     Retriable, but only elsewhere: a :class:`~genserve.client.ClientPool` of several URLs tries the next
     one; one server is not asked again while it says so (see :mod:`genserve.client.retry`)."""
 
-    overloaded = True
-
     def __init__(self, message: str):
-        super().__init__(message, retriable=True, code="UNAVAILABLE")
+        super().__init__(message, errors.OVERLOADED)
 
 
 @dataclass
@@ -115,34 +117,15 @@ class OcrLine:
     score: float
 
 
-# HTTP statuses as the gRPC status names Triton maps them from.
-_HTTP_CODES = {
-    "400": "INVALID_ARGUMENT",
-    "403": "PERMISSION_DENIED",
-    "404": "NOT_FOUND",
-    "500": "INTERNAL",
-    "503": "UNAVAILABLE",
-}
-
-
-_ENSEMBLE_PREFIX = re.compile(r"^in ensemble '[^']*', ")
-
-
 def request_error(error, url: str, protocol: str) -> RequestError:
-    """tritonclient's exception as ours: the server's message, its code, and whether a retry may help."""
-    status = str(error.status() or "").removeprefix("StatusCode.")
-    raw = error.message() or str(error)
-    # A streamed error carries no code: the server's message marks invalid input and overload.
-    code = retry.status_of(_HTTP_CODES.get(status, status or "UNKNOWN"), raw)
-    # The server marks invalid input in the message too (for its own BLS callers); the code says it here.
-    # An ensemble's step prefixes its own error with the ensemble's name, which says nothing to the caller.
-    message = _ENSEMBLE_PREFIX.sub("", raw).removeprefix(INVALID_INPUT)
-    if code in ("UNAVAILABLE", "UNKNOWN") and retry.unreachable(message):
+    """tritonclient's exception as ours: the server's message and its kind (:func:`genserve.errors.decode`)."""
+    status = str(error.status() or "").removeprefix("StatusCode.") or None
+    kind, message = errors.decode(status, error.message() or str(error))
+    if kind is errors.UNREACHABLE:
         return unavailable(url, protocol, message)
-    if code == "UNAVAILABLE" and retry.overloaded(message):
+    if kind is errors.OVERLOADED:
         return OverloadedError(message)
-    retriable = code == "UNAVAILABLE" or (code in ("INTERNAL", "NOT_FOUND") and retry.transient(message))
-    return RequestError(message, retriable=retriable, code=code)
+    return RequestError(message, kind, code=status if kind is errors.UNKNOWN else None)
 
 
 def unavailable(url: str, protocol: str, cause: object | None = None) -> ServerUnavailableError:
@@ -150,7 +133,7 @@ def unavailable(url: str, protocol: str, cause: object | None = None) -> ServerU
     return ServerUnavailableError(
         f"no genserve server answers at {url} over {protocol}{detail}; "
         "start one with `genserve serve` or point --url at it",
-        code="UNAVAILABLE",
+        errors.UNREACHABLE,
     )
 
 
@@ -391,20 +374,14 @@ class Client(TaskMethods):
         return self._retrying(lambda deadline: self._infer_once(model, inputs, outputs, deadline))
 
     def _retrying(self, attempt_once: Callable[[float | None], Any]) -> Any:
-        deadline = retry.deadline_after(self.timeout_s)
-        for attempt in itertools.count():
-            try:
-                return attempt_once(deadline)
-            except RequestError as error:
-                delay = self.retry_policy.delay(error, attempt, deadline, other_replica=self.several_servers)
-                if delay is None:
-                    raise
-                time.sleep(delay)
+        return self.retry_policy.call(
+            lambda _, deadline: attempt_once(deadline), self.timeout_s, other_replica=self.several_servers
+        )
 
     @property
     def several_servers(self) -> bool:
         """The gRPC target may name several servers (a DNS name, an address list): a retry goes to the next."""
-        return self.protocol == "grpc" and (self.url.startswith("dns:") or "," in self.url)
+        return retry.several_servers(self.protocol, self.url)
 
     def _infer_once(
         self, model: str, inputs: dict[str, np.ndarray], outputs: list[str], deadline: float | None
@@ -423,7 +400,7 @@ class Client(TaskMethods):
             raise request_error(error, self.url, self.protocol) from None
         except TimeoutError as error:  # the HTTP client's network timeout
             raise RequestError(
-                f"no answer from {self.url} within the deadline ({error})", retriable=False, code="DEADLINE_EXCEEDED"
+                f"no answer from {self.url} within the deadline ({error})", errors.DEADLINE_EXCEEDED
             ) from None
         except (ConnectionError, OSError) as error:  # the HTTP client's transport errors
             raise unavailable(self.url, self.protocol, error) from None
@@ -437,7 +414,7 @@ class Client(TaskMethods):
         retries included: a request the server refused or failed in a way that may pass is retried as
         a unary one is; an error or interrupt on this side cancels the request on the server."""
         if self.protocol != "grpc":
-            raise RequestError(f"{model} streams its answer: that takes gRPC, not {self.protocol}", retriable=False)
+            raise RequestError(f"{model} streams its answer: that takes gRPC, not {self.protocol}")
         return self._retrying(lambda deadline: self._stream_once(model, inputs, on_progress, deadline))
 
     def _stream_once(

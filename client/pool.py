@@ -16,13 +16,12 @@ from __future__ import annotations
 
 import itertools
 import threading
-import time
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 from genserve import config
 from genserve.client import retry
-from genserve.client.client import Client, Protocol, RequestError
+from genserve.client.client import Client, Protocol
 
 T = TypeVar("T")
 # The pool retries, on the next replica; its clients try once each.
@@ -52,18 +51,12 @@ class ClientPool:
         """``request(client)`` on the next replica; retried on the following ones as described above."""
         with self._turn_lock:
             first = next(self._turn)
-        deadline = retry.deadline_after(self.timeout_s)
-        for attempt in itertools.count():
-            client = self._client(self.urls[(first + attempt) % len(self.urls)])
-            try:
-                with retry.call_deadline(deadline):
-                    return request(client)
-            except RequestError as error:
-                delay = self.retry_policy.delay(error, attempt, deadline, other_replica=len(self.urls) > 1)
-                if delay is None:
-                    raise
-                time.sleep(delay)
-        raise AssertionError("unreachable")
+
+        def attempt(number: int, deadline: float | None) -> T:
+            with retry.call_deadline(deadline):
+                return request(self._client(self.urls[(first + number) % len(self.urls)]))
+
+        return self.retry_policy.call(attempt, self.timeout_s, other_replica=len(self.urls) > 1)
 
     def __getattr__(self, name: str) -> Callable[..., Any]:
         method = getattr(Client, name, None)

@@ -5,17 +5,17 @@ left of it, and so does the server, as the request's own timeout: a request stil
 model's queue when its client has given up is dropped there instead of run (the queue policy of
 :func:`genserve.triton.model_config.bound_queue`).
 
-Retried, with exponential backoff and jitter: failures that may pass on another try. The server
-unreachable, restarting or draining (UNAVAILABLE); a worker process that died ("Stub process ... is
-not healthy", replaced by the server's watchdog); a model being reloaded ("has no available
-versions"). Never retried: a refused request (INVALID_ARGUMENT: the same request fails the same way),
-DEADLINE_EXCEEDED (the time is spent; sending again would only add work to a loaded server) and a
-model's own failure (INTERNAL with the model's message).
+What is retried is the error table's to say (:mod:`genserve.errors`: ``retriable``), with exponential
+backoff and jitter: the server unreachable, restarting or draining (UNAVAILABLE); a worker process that
+died, replaced by the server's watchdog; a model being reloaded. Never retried: a refused request
+(INVALID_ARGUMENT: the same request fails the same way), DEADLINE_EXCEEDED (the time is spent; sending
+again would only add work to a loaded server) and a model's own failure (INTERNAL with the model's
+message). Overload (a full queue or backlog) is the caller's to know at once: a server is not retried
+while it says so, only another replica is (a :class:`~genserve.client.ClientPool` of several URLs, or a
+gRPC target that names several servers).
 
-Overload (a full queue or backlog: UNAVAILABLE, "Exceeds maximum queue size" or "overloaded: ...") is
-the caller's to know at once: a server is not retried while it says so, only another replica is (a
-:class:`~genserve.client.ClientPool` of several URLs). Streamed responses carry no status code, so the
-code is read back from the message (:func:`status_of`).
+One driver runs every call's attempts (:meth:`RetryPolicy.call`, :meth:`RetryPolicy.call_async`): the
+blocking client, the asyncio client and the pool's fail-over.
 
 The retries are the client's own loop, over gRPC and HTTP alike: gRPC's channel retry policy cannot
 tell a full queue from a server going away, and retried a full queue until the call's deadline. Over
@@ -24,37 +24,20 @@ gRPC each attempt goes to the next address the target resolves to (``round_robin
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import contextvars
 import json
 import random
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
+from typing import TypeVar
 
 from genserve import config
-from genserve.protocol import INVALID_INPUT, OVERLOADED
+from genserve.errors import GenServeError, kind_of
 
-# Messages of failures that may pass although their code says INTERNAL or NOT_FOUND (Triton hands a
-# BLS caller every error as INTERNAL, so an overloaded or restarting leaf reaches the client so).
-TRANSIENT_MESSAGES = (
-    "is not healthy",
-    "Stub process",
-    "has no available versions",
-    "Exceeds maximum queue size",
-    "Request timeout expired",
-)
-# Refusals for want of capacity (Triton's full queue, a streaming model's full backlog).
-OVERLOAD_MESSAGES = ("Exceeds maximum queue size", OVERLOADED)
-# How gRPC and tritonclient describe a server they cannot reach (rather than one that answered).
-UNREACHABLE_MESSAGES = (
-    "failed to connect",
-    "connection refused",
-    "connection reset",
-    "socket closed",
-    "dns resolution failed",
-    "name resolution",
-)
+T = TypeVar("T")
 
 _deadline: contextvars.ContextVar[float | None] = contextvars.ContextVar("genserve_deadline", default=None)
 
@@ -69,19 +52,65 @@ class RetryPolicy:
         """Seconds to wait before retry ``attempt`` (0: the first retry) of a failed call, or None when
         it is not retried: not retriable, no retries left, the deadline comes first, or an overloaded
         server that only ``other_replica`` (the next try goes elsewhere) would retry."""
-        if not getattr(error, "retriable", False) or attempt >= self.retries:
-            return None
-        if getattr(error, "overloaded", False) and not other_replica:
+        kind = kind_of(error)
+        if not kind.retriable or attempt >= self.retries or (kind.elsewhere_only and not other_replica):
             return None
         delay = random.uniform(0.5, 1.0) * min(self.max_backoff_s, self.backoff_s * 2**attempt)
         if deadline is not None and time.monotonic() + delay >= deadline:
             return None
         return delay
 
+    def call(self, attempt: Callable[[int, float | None], T], timeout_s: float | None, *, other_replica=False) -> T:
+        """``attempt(number, deadline)`` until it returns or fails for good; ``number`` counts from 0, and
+        ``deadline`` (monotonic) ends the call, retries included. ``other_replica``: see :meth:`delay`."""
+        attempts = _Attempts(self, timeout_s, other_replica)
+        while True:
+            try:
+                return attempt(attempts.number, attempts.deadline)
+            except GenServeError as error:
+                delay = attempts.after(error)
+                if delay is None:
+                    raise
+                time.sleep(delay)
+
+    async def call_async(
+        self, attempt: Callable[[int, float | None], Awaitable[T]], timeout_s: float | None, *, other_replica=False
+    ) -> T:
+        """:meth:`call` for an asyncio ``attempt``."""
+        attempts = _Attempts(self, timeout_s, other_replica)
+        while True:
+            try:
+                return await attempt(attempts.number, attempts.deadline)
+            except GenServeError as error:
+                delay = attempts.after(error)
+                if delay is None:
+                    raise
+                await asyncio.sleep(delay)
+
     def grpc_service_config(self) -> dict:
         """gRPC's service config: round_robin over every address the target resolves to, and no retry
         policy (the client's loop retries; see the module docstring)."""
         return {"loadBalancingConfig": [{"round_robin": {}}]}
+
+
+class _Attempts:
+    """The attempts of one call so far: its one deadline and how many failed."""
+
+    def __init__(self, policy: RetryPolicy, timeout_s: float | None, other_replica: bool):
+        self.policy, self.other_replica = policy, other_replica
+        self.deadline = deadline_after(timeout_s)
+        self.number = 0
+
+    def after(self, error: BaseException) -> float | None:
+        """Seconds to wait before the next attempt, after ``error``; None: the call fails with it."""
+        delay = self.policy.delay(error, self.number, self.deadline, other_replica=self.other_replica)
+        self.number += 1
+        return delay
+
+
+def several_servers(protocol: str, url: str) -> bool:
+    """The gRPC target may name several servers (a DNS name, an address list): a retry goes to the next."""
+    return protocol == "grpc" and (url.startswith("dns:") or "," in url)
 
 
 def grpc_channel_args(policy: RetryPolicy) -> list[tuple[str, object]]:
@@ -123,28 +152,3 @@ def call_deadline(deadline: float | None) -> Iterator[None]:
         yield
     finally:
         _deadline.reset(token)
-
-
-def status_of(code: str, message: str) -> str:
-    """The status of a failure whose code did not travel (UNKNOWN: an error in a gRPC stream), read from
-    the message the stack's models write."""
-    if code != "UNKNOWN":
-        return code
-    if message.startswith(INVALID_INPUT):
-        return "INVALID_ARGUMENT"
-    if overloaded(message):
-        return "UNAVAILABLE"
-    return code
-
-
-def overloaded(message: str) -> bool:
-    return any(words in message for words in OVERLOAD_MESSAGES)
-
-
-def transient(message: str) -> bool:
-    return any(words in message for words in TRANSIENT_MESSAGES)
-
-
-def unreachable(message: str) -> bool:
-    message = message.lower()
-    return any(words in message for words in UNREACHABLE_MESSAGES)

@@ -52,12 +52,6 @@ TRITON_TYPES = {
 PRECISION_DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
 
 OPTIONS_TENSOR = "OPTIONS"
-# How an error message for a refused request begins (see genserve.triton.requests: the one sign of it
-# that survives a BLS hop in Triton 2.51); clients strip it.
-INVALID_INPUT = "invalid input: "
-# How the message of a request refused for want of capacity begins (a full backlog; Triton's own full
-# queue says "Exceeds maximum queue size"): streamed responses carry no status code, so clients read it.
-OVERLOADED = "overloaded: "
 # Field types: how a value is written in a tensor, and which Python values are accepted for it.
 FIELD_TYPES = ("image", "text", "int", "float", "bool")
 _DEFAULT_DTYPES = {"image": BYTES, "text": BYTES, "int": "int32", "float": "float32", "bool": "bool"}

@@ -9,6 +9,7 @@ import time
 import pytest
 from tritonclient.utils import InferenceServerException
 
+from genserve import errors
 from genserve.client import Client, ClientPool, OverloadedError, RequestError, ServerUnavailableError
 from genserve.client.client import request_error
 from genserve.client.retry import RetryPolicy, grpc_channel_args
@@ -83,7 +84,7 @@ def test_a_server_that_cannot_be_reached_is_named():
 
 def test_backoff_stops_at_the_retry_count_and_the_deadline():
     policy = RetryPolicy(retries=2, backoff_s=1.0, max_backoff_s=4.0)
-    may_pass, refused = RequestError("x", retriable=True), RequestError("x", retriable=False)
+    may_pass, refused = RequestError("x", errors.UNAVAILABLE), RequestError("x", errors.INVALID_INPUT)
     assert policy.delay(refused, 0, None) is None
     assert 0.5 <= policy.delay(may_pass, 0, None) <= 1.0 and 1.0 <= policy.delay(may_pass, 1, None) <= 2.0
     assert policy.delay(may_pass, 2, None) is None  # retries spent

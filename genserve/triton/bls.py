@@ -1,11 +1,10 @@
 """Calls from one served model to another in the same Triton server (BLS): the one helper for them.
 
-The called model's error keeps its meaning on the way back: a request it refused as invalid
-(INVALID_ARG) raises :class:`~genserve.errors.InvalidInputError` with its message, so the calling
-model's client gets INVALID_ARG too and does not retry; any other failure raises :class:`BlsError`.
-Triton 2.51 hands BLS callers every error as INTERNAL (triton-inference-server/server#7804), so the
-stack's models also mark invalid input in the message (:data:`~genserve.protocol.INVALID_INPUT`)
-and either sign is taken.
+The called model's error keeps its meaning on the way back: a request it refused as invalid raises
+:class:`~genserve.errors.InvalidInputError` with its message, so the calling model's client gets
+INVALID_ARG too and does not retry; any other failure raises :class:`BlsError`. Triton 2.51 hands BLS
+callers every error as INTERNAL (triton-inference-server/server#7804), so the kind is read with the
+error table's :func:`~genserve.errors.decode`, which also reads the stack's own message marker.
 """
 
 from __future__ import annotations
@@ -15,9 +14,9 @@ from typing import Any
 
 import numpy as np
 
-from genserve import config
+from genserve import config, errors
 from genserve.errors import GenServeError, InvalidInputError
-from genserve.protocol import INVALID_INPUT
+from genserve.triton.requests import triton_code_name
 
 try:  # present only inside Triton's Python backend stub
     import triton_python_backend_utils as pb_utils
@@ -37,11 +36,10 @@ def infer(model: str, inputs: Mapping[str, Any], outputs: Sequence[str], *, as_t
     response = request.exec()
     if response.has_error():
         error = response.error()
-        message = error.message()
-        if error.code() == pb_utils.TritonError.INVALID_ARG or message.startswith(INVALID_INPUT):
-            message = message.removeprefix(INVALID_INPUT)
+        kind, message = errors.decode(triton_code_name(error.code()), error.message())
+        if kind is errors.INVALID_INPUT:
             raise InvalidInputError(message if message.startswith(model) else f"{model}: {message}")
-        raise BlsError(f"{model} failed: {message}")
+        raise BlsError(f"{model} failed: {error.message()}")
     result = {}
     for name in outputs:
         tensor = pb_utils.get_output_tensor_by_name(response, name)

@@ -2,14 +2,13 @@
 
 A model's ``execute`` gets a list of requests; :func:`respond_each` answers every one with the
 model's function and turns an exception into an error response for that request alone, so a bad
-request never fails its neighbours nor the model. The error's code says who is at fault:
-:class:`~genserve.errors.InvalidInputError` (the request itself is wrong; BLS calls that a leaf
-model refused as invalid raise it too) reaches the client as INVALID_ARG (gRPC INVALID_ARGUMENT,
-HTTP 400), which clients do not retry; anything else is INTERNAL.
-
-An invalid-input message starts with :data:`INVALID_INPUT`: Triton 2.51's Python backend resets the
-code of every response a BLS caller receives to INTERNAL (triton-inference-server/server#7804), and
-the message is what survives, so :mod:`genserve.triton.bls` reads the verdict from it.
+request never fails its neighbours nor the model. The error's code says who is at fault, as the error
+table says (:mod:`genserve.errors`): :class:`~genserve.errors.InvalidInputError` (the request itself
+is wrong; BLS calls that a leaf model refused as invalid raise it too) reaches the client as
+INVALID_ARG (gRPC INVALID_ARGUMENT, HTTP 400), which clients do not retry; a full backlog or a
+draining server UNAVAILABLE; a cancelled request CANCELLED; anything else INTERNAL. The kinds whose
+code may be lost on the way start their message with the table's marker (``invalid input: ``,
+``overloaded: ``).
 
 Triton's own metrics count such an error response as a success (the Python backend r24.10 reports
 per ``execute`` call, not per response), so every error response also increments the counter
@@ -26,9 +25,8 @@ from collections.abc import Callable, Mapping
 
 import numpy as np
 
-from genserve import config
-from genserve.errors import InvalidInputError, Overloaded, RequestCancelled, ShuttingDown
-from genserve.protocol import INVALID_INPUT, OVERLOADED
+from genserve import config, errors
+from genserve.errors import ShuttingDown
 
 try:  # present only inside Triton's Python backend stub
     import triton_python_backend_utils as pb_utils
@@ -61,36 +59,36 @@ def output_tensors(arrays: Mapping[str, np.ndarray]) -> list:
 
 
 def error_response(error: BaseException, model_name: str):
-    """The error response for one request: INVALID_ARG for bad input, UNAVAILABLE for a model with all the
-    work it takes, CANCELLED for work the caller gave up on, else INTERNAL. The message is cut to
+    """The error response for one request, with the code and marker of its kind in the error table
+    (:func:`genserve.errors.kind_of`), counted (:func:`count_failure`). A model's own failure (any
+    exception the table does not name) is logged and named with the model. The message is cut to
     ``MAX_ERROR_MESSAGE_CHARS``: gRPC carries it in metadata, whose size limit would turn a long one
     into RESOURCE_EXHAUSTED."""
-    if isinstance(error, InvalidInputError):
-        count_failure(model_name, "INVALID_ARG")
-        message = str(error) if str(error).startswith(INVALID_INPUT) else INVALID_INPUT + str(error)
-        return _error(message, pb_utils.TritonError.INVALID_ARG)
-    if isinstance(error, ShuttingDown):
-        count_failure(model_name, "UNAVAILABLE")
-        return _error(str(error), pb_utils.TritonError.UNAVAILABLE)
-    if isinstance(error, Overloaded):
-        count_failure(model_name, "UNAVAILABLE")
-        message = str(error) if str(error).startswith(OVERLOADED) else OVERLOADED + str(error)
-        return _error(message, pb_utils.TritonError.UNAVAILABLE)
-    if isinstance(error, RequestCancelled):
-        count_failure(model_name, "CANCELLED")
-        return _error(str(error), pb_utils.TritonError.CANCELLED)
-    count_failure(model_name, "INTERNAL")
-    message = bounded(f"{model_name} failed: {type(error).__name__}: {error}")
-    logger.error("%s", message)
-    return _error(message, pb_utils.TritonError.INTERNAL)
+    kind = errors.kind_of(error)
+    if kind.triton_code is None:  # a kind only clients meet (a client's error inside a model): its failure
+        kind = errors.FAILED
+    count_failure(model_name, kind.metric_label)
+    if kind is errors.FAILED:
+        message = bounded(f"{model_name} failed: {type(error).__name__}: {error}")
+        logger.error("%s", message)
+    else:
+        message = kind.marked(str(error))
+    return pb_utils.InferenceResponse(error=pb_utils.TritonError(bounded(message), triton_code(kind)))
+
+
+def triton_code(kind: errors.ErrorKind):
+    """The Python backend's code of ``kind``."""
+    return getattr(pb_utils.TritonError, kind.triton_code)
+
+
+def triton_code_name(code) -> str:
+    """The name of a Python-backend error code (``INVALID_ARG``...), as the error table spells it."""
+    names = {kind.triton_code for kind in errors.KINDS if kind.triton_code}
+    return next((name for name in names if getattr(pb_utils.TritonError, name) == code), "UNKNOWN")
 
 
 def bounded(message: str, limit: int = config.MAX_ERROR_MESSAGE_CHARS) -> str:
     return message if len(message) <= limit else message[: limit - 25] + f"… ({len(message)} characters)"
-
-
-def _error(message: str, code):
-    return pb_utils.InferenceResponse(error=pb_utils.TritonError(bounded(message), code))
 
 
 def count_failure(model_name: str, code: str) -> None:
