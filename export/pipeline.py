@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from genserve.config import LEAF_MAX_BATCH_SIZE
+from genserve.config import EXPORT_BATCH_SIZES, TENSORRT_WORKSPACE_GB
 from genserve.errors import ExportError
 from genserve.export.manifest import FORMAT, MANIFEST, ComponentEntry, Manifest, ParityResult, TensorEntry
 from genserve.export.stages import StageStore, folder_fingerprint, stage_key
@@ -68,10 +68,10 @@ class ExportOptions:
     parity: bool = True
     # TensorRT profiles: component batch sizes, image sizes and text lengths to serve; the first of
     # each is the optimum. Empty: the family's defaults.
-    batch_sizes: tuple[int, ...] = (1, LEAF_MAX_BATCH_SIZE)
+    batch_sizes: tuple[int, ...] = EXPORT_BATCH_SIZES
     resolutions: tuple[tuple[int, int], ...] = ()
     text_lengths: tuple[int, ...] = ()
-    workspace_gb: float = 8.0  # TensorRT builder's workspace (scratch memory per layer tactic)
+    workspace_gb: float = TENSORRT_WORKSPACE_GB  # TensorRT builder's workspace (scratch memory per layer tactic)
     force: bool = False  # redo every stage
     components: tuple[str, ...] = ()  # only these (default: all of the family's)
     external_data_threshold: int | None = None  # bytes; None: the 2 GB rule

@@ -83,7 +83,12 @@ def register(subparsers) -> None:
         action="store_false",
         help="no stand-in images for failed rows: they are left out, and no zip is written while any is missing",
     )
-    parser.add_argument("--concurrency", type=int, default=4, help="rows in flight at once (default 4)")
+    parser.add_argument(
+        "--concurrency",
+        type=int,
+        default=config.RUN_CONCURRENCY,
+        help=f"rows in flight at once (default {config.RUN_CONCURRENCY})",
+    )
     parser.add_argument(
         "--candidates",
         type=int,

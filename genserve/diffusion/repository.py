@@ -34,7 +34,9 @@ from genserve.config import (
     LEAF_MAX_BATCH_SIZE,
     LEAF_QUEUE,
     MAX_GENERATED_SIDE,
+    MAX_IMAGES,
     ORT_CUDA_PARAMETERS,
+    PIPELINE_CONCURRENCY,
     PIPELINE_QUEUE,
     stream_backlog,
 )
@@ -62,11 +64,13 @@ class BuildOptions:
     prefix: str = ""  # model name prefix, so that several families share one repository
     tensorrt: bool = False  # gpu: serve the export's TensorRT engines instead of the ONNX files
     max_size: int = MAX_GENERATED_SIDE  # largest width/height a request may ask for
-    max_images: int = 4  # images per request
+    max_images: int = MAX_IMAGES  # images per request
     pipeline_instances: int = 1  # instances of each plain pipeline model (each a process)
-    pipeline_concurrency: int = 4  # requests one plain pipeline model instance runs at once (threads)
+    pipeline_concurrency: int = (
+        PIPELINE_CONCURRENCY  # requests one plain pipeline model instance runs at once (threads)
+    )
     stream: bool = True  # also the streaming (decoupled) pipeline models, <task model>_stream
-    stream_concurrency: int = 4  # requests one streaming pipeline model runs at once
+    stream_concurrency: int = PIPELINE_CONCURRENCY  # requests one streaming pipeline model runs at once
     warmup: bool = True  # pipeline models run a first request before they report ready
     warmup_size: int | None = None  # its width = height; None: the pipeline's working size (up to max_size)
     max_batch_size: int = LEAF_MAX_BATCH_SIZE  # leaves: the most samples one batched call may hold
