@@ -17,11 +17,11 @@ import pytest
 from PIL import Image
 
 from genserve.client import Client, RequestError
+from genserve.demo.pipelines import DEMO_FOR_FAMILY
 
 pytestmark = [pytest.mark.server, pytest.mark.slow]
 
 FAMILIES = ("sd", "flux", "cogview4")
-DEMO = {"sd": "sd", "flux": "flux-kontext", "cogview4": "cogview4"}
 SIZE = 32
 STEPS = 2
 PROMPT = "a lighthouse on a cliff at dusk"
@@ -73,7 +73,7 @@ def reference(demo_dir):
 
     def get(family: str, pipeline_class: str):
         if (family, pipeline_class) not in cache:
-            pipeline = getattr(diffusers, pipeline_class).from_pretrained(demo_dir / DEMO[family])
+            pipeline = getattr(diffusers, pipeline_class).from_pretrained(demo_dir / DEMO_FOR_FAMILY[family])
             pipeline.set_progress_bar_config(disable=True)
             cache[family, pipeline_class] = pipeline
         return cache[family, pipeline_class]

@@ -14,10 +14,12 @@ import json
 import logging
 from pathlib import Path
 
+from genserve.demo.pipelines import DEFAULT_DEMO_FOR_FAMILY
+
 logger = logging.getLogger(__name__)
 
 # Demo pipeline folder -> family (= model name prefix).
-DEMO_FAMILIES = {"sd": "sd", "flux-kontext": "flux", "cogview4": "cogview4"}
+DEMO_FAMILIES = {name: family for family, name in DEFAULT_DEMO_FOR_FAMILY.items()}
 DEMO_SIZE = 64
 MEDIUM_SIZE = 256  # what genserve bench --demo-size medium renders
 DEMO_STEPS = 3
