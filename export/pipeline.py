@@ -28,7 +28,6 @@ from __future__ import annotations
 import gc
 import json
 import logging
-import os
 import shutil
 import time
 from collections.abc import Callable
@@ -50,6 +49,7 @@ from genserve.families import (
     read_configs,
     read_model_index,
 )
+from genserve.files import link_or_copy
 from genserve.protocol import PRECISION_DTYPES
 
 logger = logging.getLogger(__name__)
@@ -171,10 +171,7 @@ def _link_graph(graph: Path, target_dir: Path) -> None:
     shutil.rmtree(target_dir, ignore_errors=True)
     target_dir.mkdir(parents=True)
     for source in graph.parent.glob(f"{graph.name}*"):
-        try:
-            os.link(source, target_dir / source.name)
-        except OSError:
-            shutil.copy2(source, target_dir / source.name)
+        link_or_copy(source, target_dir / source.name)
 
 
 def _tensor_entries(tensors, dims: dict[str, int], precision: str) -> tuple[TensorEntry, ...]:
