@@ -147,16 +147,11 @@ def main(argv: list[str] | None = None) -> int:
             grpc_url = args.url
         else:
             from genserve.config import STACK_REPOSITORY_DIR
-            from genserve.server import TritonServer, free_ports
+            from genserve.server import TritonServer
 
-            ports = free_ports(3)
-            server = TritonServer(
+            server = TritonServer.on_loopback(
                 STACK_REPOSITORY_DIR,
                 models=[m for m in SERVED if (STACK_REPOSITORY_DIR / m).is_dir()] + ENSEMBLE_STEPS + LEAVES,
-                http_port=ports[0],
-                grpc_port=ports[1],
-                metrics_port=ports[2],
-                address="127.0.0.1",
             )
             server.start()
             grpc_url = server.grpc_url

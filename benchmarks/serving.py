@@ -408,7 +408,7 @@ class Bench:
     def run(self) -> dict[str, Any]:
         from genserve.benchmarks.report import model_stats, stats_delta
         from genserve.client import Client
-        from genserve.server import TritonServer, free_ports
+        from genserve.server import TritonServer
 
         s = self.settings
         load_start = round(os.getloadavg()[0], 2)
@@ -420,15 +420,10 @@ class Bench:
             if s.url:
                 url = s.url
             else:
-                http, grpc, metrics = free_ports(3)
                 self.log(f"starting Triton with {len(self.load_models)} models ({', '.join(self.load_models)})")
-                self.server = TritonServer(
+                self.server = TritonServer.on_loopback(
                     self.repositories,
                     models=self.load_models,
-                    http_port=http,
-                    grpc_port=grpc,
-                    metrics_port=metrics,
-                    address="127.0.0.1",
                     log_path=s.out / "tritonserver.log",
                 ).start()
                 url = self.server.grpc_url

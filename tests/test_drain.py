@@ -31,18 +31,11 @@ def sd_repo(export_family, tmp_path_factory):
 
 
 def serve(repositories, tmp_path, **kwargs):
-    from genserve.server import TritonServer, free_ports
+    """A started server on loopback, with a log of its own in ``tmp_path`` (a test may start several)."""
+    from genserve.server import TritonServer
 
-    http_port, grpc_port, metrics_port = free_ports(3)
-    return TritonServer(
-        repositories,
-        http_port=http_port,
-        grpc_port=grpc_port,
-        metrics_port=metrics_port,
-        address="127.0.0.1",
-        log_path=tmp_path / f"triton-{grpc_port}.log",
-        **kwargs,
-    ).start()
+    log_path = tmp_path / f"triton-{len(list(tmp_path.glob('triton-*.log')))}.log"
+    return TritonServer.on_loopback(repositories, log_path=log_path, **kwargs).start()
 
 
 def timed_stop(server) -> float:

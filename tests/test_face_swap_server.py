@@ -251,13 +251,8 @@ def test_a_model_that_fails_to_load_is_reported_with_its_reason(tmp_path):
     (model / "1").mkdir(parents=True)
     (model / "config.pbtxt").write_text('name: "broken"\nbackend: "python"\nmax_batch_size: 0\n')
     (model / "1" / "model.py").write_text("raise RuntimeError('weights missing: /models/broken.onnx')\n")
-    http, grpc, metrics = free_ports(3)
-    server = TritonServer(
+    server = TritonServer.on_loopback(
         tmp_path / "repo",
-        http_port=http,
-        grpc_port=grpc,
-        metrics_port=metrics,
-        address="127.0.0.1",
         log_path=tmp_path / "triton.log",
         start_timeout_s=120,
     )

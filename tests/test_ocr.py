@@ -200,7 +200,7 @@ def test_a_leaf_refusal_reaches_the_client_as_invalid_input(images, tmp_path):
     small enough image still passes."""
     from genserve.config import STACK_REPOSITORY_DIR
     from genserve.protocol import OCR
-    from genserve.server import TritonServer, free_ports
+    from genserve.server import TritonServer
     from genserve.triton.model_config import contract_mismatches, copy_model, read_config, write_config
 
     repository = tmp_path / "repository"
@@ -209,14 +209,9 @@ def test_a_leaf_refusal_reaches_the_client_as_invalid_input(images, tmp_path):
     config = read_config(repository / "ocr_det")
     config.parameters["max_input_shape"].string_value = '{"x": [-1, 3, 1024, 1024]}'
     write_config(config, repository / "ocr_det")
-    http, grpc, metrics = free_ports(3)
     with (
-        TritonServer(
+        TritonServer.on_loopback(
             repository,
-            http_port=http,
-            grpc_port=grpc,
-            metrics_port=metrics,
-            address="127.0.0.1",
             log_path=tmp_path / "triton.log",
         ) as server,
         Client(server.grpc_url) as client,

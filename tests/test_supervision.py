@@ -296,14 +296,9 @@ def test_killed_workers_leave_no_stale_copy(tmp_path):
     from genserve import config
     from genserve.config import STACK_REPOSITORY_DIR
 
-    http, grpc, metrics = free_ports(3)
-    with TritonServer(
+    with TritonServer.on_loopback(
         STACK_REPOSITORY_DIR,
         models=["face_swap"],
-        http_port=http,
-        grpc_port=grpc,
-        metrics_port=metrics,
-        address="127.0.0.1",
         log_path=tmp_path / "triton.log",
     ) as server:
 

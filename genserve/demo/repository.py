@@ -84,7 +84,7 @@ def run_demo(out_dir: str | Path, *, log=print) -> dict[str, Path]:
     """Build (or reuse) the demo repository, serve it, and write ``out_dir/images/<family>_<task>.png``."""
     from genserve.client import Client
     from genserve.demo.samples import sign_image
-    from genserve.server import TritonServer, free_ports
+    from genserve.server import TritonServer
 
     out_dir = Path(out_dir)
     repo_dir = build_demo_repository(out_dir, log=log)
@@ -92,13 +92,8 @@ def run_demo(out_dir: str | Path, *, log=print) -> dict[str, Path]:
     images_dir.mkdir(parents=True, exist_ok=True)
     written: dict[str, Path] = {}
     common = {"steps": DEMO_STEPS, "seed": 0}
-    http_port, grpc_port, metrics_port = free_ports(3)
-    with TritonServer(
+    with TritonServer.on_loopback(
         repo_dir,
-        http_port=http_port,
-        grpc_port=grpc_port,
-        metrics_port=metrics_port,
-        address="127.0.0.1",
         log_path=out_dir / "tritonserver.log",
     ) as server:
         with Client(server.grpc_url) as client:
