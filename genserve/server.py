@@ -278,7 +278,7 @@ class TritonServer:
 
     @property
     def metrics_url(self) -> str:
-        return self.metrics_url
+        return f"{self.host}:{self.metrics_port}"
 
     def command(self, installation: TritonInstallation) -> list[str]:
         args = [
