@@ -12,10 +12,11 @@ import pytest
 from genserve.config import FACES_DIR
 
 # --- the `server` marker: every test that starts a Triton server carries it --------------------------
-# Marked at collection when the test or a fixture it uses starts one (TritonServer(...) or
-# TritonServer.on_loopback(...), or a `genserve serve` process); checked while it runs: a test whose
-# setup or call started a tritonserver without the marker fails, so `-m "not server"` really starts none.
-STARTS_A_SERVER = re.compile(r"TritonServer(\.on_loopback)?\(|[\"']serve[\"'], [\"']--")
+# Marked at collection when the test or a fixture it uses starts one (TritonServer(...),
+# TritonServer.on_loopback(...), or a `genserve serve` process, e.g. by fixtures_server.start_serve);
+# checked while it runs: a test whose setup or call started a tritonserver without the marker fails, so
+# `-m "not server"` really starts none.
+STARTS_A_SERVER = re.compile(r"TritonServer(\.on_loopback)?\(|start_serve\(|[\"']serve[\"'], [\"']--")
 
 
 def _starts_a_server(function) -> bool:
