@@ -19,7 +19,6 @@ compute ms per request.
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
 import platform
@@ -36,13 +35,9 @@ SERVED = ["ocr", "ocr_bls", "ocr_ensemble"]
 
 def sample_images() -> list[bytes]:
     from genserve.demo import samples
+    from genserve.imaging import png_bytes
 
-    encoded = []
-    for lines, size in ((samples.ENGLISH_SIGN, 44), (samples.CHINESE_SIGN, 44), (samples.MIXED_SIGN, 36)):
-        buffer = io.BytesIO()
-        samples.render_text(lines, font_size=size).save(buffer, format="PNG")
-        encoded.append(buffer.getvalue())
-    return encoded
+    return [png_bytes(sign) for sign in samples.render_signs().values()]
 
 
 class TritonBench:
