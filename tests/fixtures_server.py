@@ -11,6 +11,20 @@ import pytest
 from genserve.server import free_ports
 
 
+def port_arguments(http: int, grpc: int, metrics: int, log_file: Path) -> list[str]:
+    """``genserve serve``'s ports and Triton log flags."""
+    return [
+        "--http-port",
+        str(http),
+        "--grpc-port",
+        str(grpc),
+        "--metrics-port",
+        str(metrics),
+        "--log-file",
+        str(log_file),
+    ]
+
+
 def start_serve(
     tmp_path: Path, *args: str, log_file: Path | None = None
 ) -> tuple[subprocess.Popen, list[int], list[str]]:
@@ -24,14 +38,7 @@ def start_serve(
             "genserve.cli",
             "serve",
             *args,
-            "--http-port",
-            str(http),
-            "--grpc-port",
-            str(grpc),
-            "--metrics-port",
-            str(metrics),
-            "--log-file",
-            str(log_file or tmp_path / f"triton-{grpc}.log"),
+            *port_arguments(http, grpc, metrics, log_file or tmp_path / f"triton-{grpc}.log"),
             "--admin-key-file",
             str(tmp_path / "admin.key"),
         ],
