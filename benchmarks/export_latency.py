@@ -19,7 +19,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-DEMO_FOR_FAMILY = {"sd": "sd", "flux": "flux-kontext", "cogview4": "cogview4"}
+from genserve.demo.pipelines import DEFAULT_DEMO_FOR_FAMILY
 
 
 @dataclass
@@ -57,7 +57,7 @@ def benchmark_family(family_name: str, size: str, work: Path, runs: int = 5) -> 
     from genserve.families import FAMILIES, read_configs, read_model_index
 
     family = FAMILIES[family_name]
-    pipeline_dir = build_demo_pipeline(DEMO_FOR_FAMILY[family_name], work / size, size=size)
+    pipeline_dir = build_demo_pipeline(DEFAULT_DEMO_FOR_FAMILY[family_name], work / size, size=size)
     out_dir = work / size / f"{family_name}-onnx"
     report = export_pipeline(pipeline_dir, out_dir, ExportOptions(force=True, progress=False), log=lambda _: None)
     configs, model_index = read_configs(pipeline_dir, family), read_model_index(pipeline_dir)
@@ -120,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m genserve.benchmarks.export_latency", description=__doc__.split("\n\n")[0]
     )
     parser.add_argument("--sizes", default="tiny,medium")
-    parser.add_argument("--families", default=",".join(DEMO_FOR_FAMILY))
+    parser.add_argument("--families", default=",".join(DEFAULT_DEMO_FOR_FAMILY))
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--json", dest="json_path", help="also write the results here")
     parser.add_argument("--work", help="folder for the pipelines and exports (default: a temporary one)")

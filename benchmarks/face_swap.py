@@ -302,18 +302,13 @@ def main(argv: list[str] | None = None) -> int:
             runs = measure(args.url, levels, pairs, args)
         else:
             from genserve.config import STACK_REPOSITORY_DIR
-            from genserve.server import TritonServer, free_ports
+            from genserve.server import TritonServer
             from genserve.triton.model_config import copy_model
 
             repository = Path(work) / "repository"
             copy_model(STACK_REPOSITORY_DIR / "face_swap", repository, instances=args.instances)
-            http, grpc, metrics = free_ports(3)
-            with TritonServer(
+            with TritonServer.on_loopback(
                 repository,
-                http_port=http,
-                grpc_port=grpc,
-                metrics_port=metrics,
-                address="127.0.0.1",
                 log_path=Path(work) / "triton.log",
             ) as server:
                 runs = measure(server.grpc_url, levels, pairs, args)

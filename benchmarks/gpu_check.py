@@ -275,16 +275,11 @@ class GpuCheck:
         return built
 
     def _serve(self) -> dict[str, Any]:
-        from genserve.server import TritonServer, free_ports
+        from genserve.server import TritonServer
 
-        http, grpc, metrics = free_ports(3)
         started = time.perf_counter()
-        server = TritonServer(
+        server = TritonServer.on_loopback(
             self.results["repository"],
-            http_port=http,
-            grpc_port=grpc,
-            metrics_port=metrics,
-            address="127.0.0.1",
             log_path=self.out / "tritonserver.log",
         ).start()
         self.results["server"] = server

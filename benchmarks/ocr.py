@@ -19,7 +19,6 @@ compute ms per request.
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
 import platform
@@ -36,13 +35,9 @@ SERVED = ["ocr", "ocr_bls", "ocr_ensemble"]
 
 def sample_images() -> list[bytes]:
     from genserve.demo import samples
+    from genserve.imaging import png_bytes
 
-    encoded = []
-    for lines, size in ((samples.ENGLISH_SIGN, 44), (samples.CHINESE_SIGN, 44), (samples.MIXED_SIGN, 36)):
-        buffer = io.BytesIO()
-        samples.render_text(lines, font_size=size).save(buffer, format="PNG")
-        encoded.append(buffer.getvalue())
-    return encoded
+    return [png_bytes(sign) for sign in samples.render_signs().values()]
 
 
 class TritonBench:
@@ -147,16 +142,11 @@ def main(argv: list[str] | None = None) -> int:
             grpc_url = args.url
         else:
             from genserve.config import STACK_REPOSITORY_DIR
-            from genserve.server import TritonServer, free_ports
+            from genserve.server import TritonServer
 
-            ports = free_ports(3)
-            server = TritonServer(
+            server = TritonServer.on_loopback(
                 STACK_REPOSITORY_DIR,
                 models=[m for m in SERVED if (STACK_REPOSITORY_DIR / m).is_dir()] + ENSEMBLE_STEPS + LEAVES,
-                http_port=ports[0],
-                grpc_port=ports[1],
-                metrics_port=ports[2],
-                address="127.0.0.1",
             )
             server.start()
             grpc_url = server.grpc_url

@@ -111,7 +111,7 @@ def burst(grpc_url: str, metrics_url: str, requests: int, timeout_s: float, mode
 
 def serve_and_burst(bounded: bool, requests: int, timeout_s: float, faces_dir: Path) -> Burst:
     from genserve.config import STACK_REPOSITORY_DIR
-    from genserve.server import TritonServer, free_ports
+    from genserve.server import TritonServer
     from genserve.triton.model_config import copy_model, read_config, write_config
 
     with tempfile.TemporaryDirectory(prefix="genserve-overload-") as work:
@@ -121,13 +121,10 @@ def serve_and_burst(bounded: bool, requests: int, timeout_s: float, faces_dir: P
             model_config = read_config(model_dir)
             model_config.ClearField("dynamic_batching")
             write_config(model_config, model_dir)
-        http, grpc, metrics_port = free_ports(3)
-        with TritonServer(
-            repository, http_port=http, grpc_port=grpc, metrics_port=metrics_port, log_path=Path(work) / "triton.log"
-        ) as server:
+        with TritonServer.on_loopback(repository, log_path=Path(work) / "triton.log") as server:
             return burst(
                 server.grpc_url,
-                f"127.0.0.1:{metrics_port}",
+                server.metrics_url,
                 requests,
                 timeout_s,
                 "bounded" if bounded else "unbounded",

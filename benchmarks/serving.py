@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from genserve.benchmarks.load import TABLE_HEADER, Run, drive, table_row
+from genserve.demo.pipelines import DEMO_FOR_FAMILY
 from genserve.imaging import png_bytes
 from genserve.protocol import DIFFUSION_TASKS, PRECISION_DTYPES, STREAM_SUFFIX, TASKS
 
@@ -41,7 +42,6 @@ logger = logging.getLogger("genserve.bench")
 
 # Demo repository: family per task (FLUX Kontext is the family that edits by instruction).
 DEMO_TASK_FAMILY = {"t2i": "sd", "tie": "flux", "vttie": "flux"}
-DEMO_PIPELINE_DIRS = {"sd": "sd", "flux": "flux-kontext", "cogview4": "cogview4"}
 DEMO_SIZES = ("tiny", "medium")
 PROMPTS = ["a lighthouse on a cliff at dusk", "a red bicycle leaning on a brick wall", "a bowl of ramen, studio light"]
 EDITS = ["make it night, with stars", "turn it into a watercolour painting"]
@@ -384,7 +384,7 @@ class Bench:
             model = s.models.get(task, f"{DEMO_TASK_FAMILY[task]}_{TASKS[task].model}")
             family = model.split("_", 1)[0]
             families.add(family)
-            pipeline_dir = demo_dir / "pipelines" / DEMO_PIPELINE_DIRS.get(family, family)
+            pipeline_dir = demo_dir / "pipelines" / DEMO_FOR_FAMILY.get(family, family)
             if not (pipeline_dir / "model_index.json").is_file():
                 self.notes.append(f"{task}: no pipeline folder {pipeline_dir} for the in-process baseline")
                 pipeline_dir = None
@@ -408,7 +408,7 @@ class Bench:
     def run(self) -> dict[str, Any]:
         from genserve.benchmarks.report import model_stats, stats_delta
         from genserve.client import Client
-        from genserve.server import TritonServer, free_ports
+        from genserve.server import TritonServer
 
         s = self.settings
         load_start = round(os.getloadavg()[0], 2)
@@ -420,15 +420,10 @@ class Bench:
             if s.url:
                 url = s.url
             else:
-                http, grpc, metrics = free_ports(3)
                 self.log(f"starting Triton with {len(self.load_models)} models ({', '.join(self.load_models)})")
-                self.server = TritonServer(
+                self.server = TritonServer.on_loopback(
                     self.repositories,
                     models=self.load_models,
-                    http_port=http,
-                    grpc_port=grpc,
-                    metrics_port=metrics,
-                    address="127.0.0.1",
                     log_path=s.out / "tritonserver.log",
                 ).start()
                 url = self.server.grpc_url

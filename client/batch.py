@@ -187,7 +187,7 @@ class BatchRunner:
         images_dir: str | Path,
         out_dir: str | Path,
         *,
-        concurrency: int = 4,
+        concurrency: int = config.RUN_CONCURRENCY,
         progress: bool = True,
         request_options: dict[str, dict[str, Any]] | None = None,
         stream: bool = True,

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from genserve import config
-from genserve.client.tasks import IMAGES_FOLDER, RESULT_COLUMNS, Task
+from genserve.client.tasks import IMAGES_FOLDER, RESULT_COLUMNS, Task, write_csv
 from genserve.errors import GenServeError
 
 ZIP_SUFFIX = "_图片生成_result.zip"
@@ -56,17 +56,7 @@ def image_name(index: str) -> str:
 
 def write_result_csv(path: str | Path, indexes: Iterable[str]) -> Path:
     """``result.csv`` for the organizers (utf-8-sig, index exactly as given), written whole then renamed."""
-    path = Path(path)
-    partial = path.with_name(f".{path.name}.partial")
-    try:
-        with open(partial, "w", newline="", encoding="utf-8-sig") as handle:
-            writer = csv.writer(handle)
-            writer.writerow(RESULT_COLUMNS)
-            writer.writerows([index, image_name(index)] for index in indexes)
-        partial.replace(path)
-    finally:
-        partial.unlink(missing_ok=True)
-    return path
+    return write_csv(path, RESULT_COLUMNS, ([index, image_name(index)] for index in indexes), spreadsheet_safe=False)
 
 
 def write_zip(

@@ -143,16 +143,17 @@ def _first_non_utf8(data: bytes) -> str:
     return "not UTF-8 text"
 
 
-def write_csv(path: str | Path, header: tuple[str, ...] | list[str], rows) -> Path:
-    """A CSV file for people and spreadsheets (utf-8-sig, every cell :func:`csv_safe`), written whole
-    then renamed into place."""
+def write_csv(path: str | Path, header: tuple[str, ...] | list[str], rows, *, spreadsheet_safe: bool = True) -> Path:
+    """A CSV file for people and spreadsheets (utf-8-sig, every cell :func:`csv_safe` unless
+    ``spreadsheet_safe`` is off: cells exactly as given), written whole then renamed into place."""
     path = Path(path)
     partial = path.with_name(f".{path.name}.partial")
     try:
         with open(partial, "w", newline="", encoding="utf-8-sig") as handle:
             writer = csv.writer(handle)
             writer.writerow(header)
-            writer.writerows([csv_safe(str(cell)) for cell in row] for row in rows)
+            cell_text = (lambda cell: csv_safe(str(cell))) if spreadsheet_safe else str
+            writer.writerows([cell_text(cell) for cell in row] for row in rows)
         partial.replace(path)
     finally:
         partial.unlink(missing_ok=True)

@@ -34,20 +34,18 @@ def runtime() -> dict[str, object]:
 
 
 def open_session(path: Path, optimization: str = "all", threads: int | None = None):
-    """An InferenceSession on the best provider here. ``optimization``: "all" (what serving uses) or
-    "basic"."""
-    import onnxruntime as ort
+    """An InferenceSession on the best provider here (CUDA when ONNX Runtime has it), made by the leaf
+    models' factory; feed it with :func:`run_torch`, which handles bf16. ``optimization``: "all" (what
+    serving uses) or "basic"."""
+    from genserve.triton.onnx_leaf import create_session
 
-    options = ort.SessionOptions()
-    options.graph_optimization_level = (
-        ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        if optimization == "all"
-        else ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    return create_session(
+        path,
+        intra_op_threads=threads or 0,
+        gpu=True,  # CUDA where this ONNX Runtime offers it, as before; else the CPU
+        optimization=optimization,
+        log_severity=3,  # errors only: ORT warns about every unused initializer
     )
-    options.log_severity_level = 3  # errors only: ORT warns about every unused initializer
-    if threads:
-        options.intra_op_num_threads = threads
-    return ort.InferenceSession(str(path), options, providers=providers())
 
 
 def _ort_value(array: np.ndarray):

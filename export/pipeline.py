@@ -28,7 +28,6 @@ from __future__ import annotations
 import gc
 import json
 import logging
-import os
 import shutil
 import time
 from collections.abc import Callable
@@ -36,7 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from genserve.config import LEAF_MAX_BATCH_SIZE
+from genserve.config import EXPORT_BATCH_SIZES, TENSORRT_WORKSPACE_GB
 from genserve.errors import ExportError
 from genserve.export.manifest import FORMAT, MANIFEST, ComponentEntry, Manifest, ParityResult, TensorEntry
 from genserve.export.stages import StageStore, folder_fingerprint, stage_key
@@ -50,6 +49,7 @@ from genserve.families import (
     read_configs,
     read_model_index,
 )
+from genserve.files import link_or_copy
 from genserve.protocol import PRECISION_DTYPES
 
 logger = logging.getLogger(__name__)
@@ -68,10 +68,10 @@ class ExportOptions:
     parity: bool = True
     # TensorRT profiles: component batch sizes, image sizes and text lengths to serve; the first of
     # each is the optimum. Empty: the family's defaults.
-    batch_sizes: tuple[int, ...] = (1, LEAF_MAX_BATCH_SIZE)
+    batch_sizes: tuple[int, ...] = EXPORT_BATCH_SIZES
     resolutions: tuple[tuple[int, int], ...] = ()
     text_lengths: tuple[int, ...] = ()
-    workspace_gb: float = 8.0  # TensorRT builder's workspace (scratch memory per layer tactic)
+    workspace_gb: float = TENSORRT_WORKSPACE_GB  # TensorRT builder's workspace (scratch memory per layer tactic)
     force: bool = False  # redo every stage
     components: tuple[str, ...] = ()  # only these (default: all of the family's)
     external_data_threshold: int | None = None  # bytes; None: the 2 GB rule
@@ -171,10 +171,7 @@ def _link_graph(graph: Path, target_dir: Path) -> None:
     shutil.rmtree(target_dir, ignore_errors=True)
     target_dir.mkdir(parents=True)
     for source in graph.parent.glob(f"{graph.name}*"):
-        try:
-            os.link(source, target_dir / source.name)
-        except OSError:
-            shutil.copy2(source, target_dir / source.name)
+        link_or_copy(source, target_dir / source.name)
 
 
 def _tensor_entries(tensors, dims: dict[str, int], precision: str) -> tuple[TensorEntry, ...]:

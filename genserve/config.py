@@ -97,6 +97,16 @@ PIPELINE_QUEUE = {"max_queue_size": 8, "timeout_s": 600.0}  # diffusion pipeline
 # may ask for: TensorRT profiles (genserve export) cover both, so the engines serve what the configs accept.
 LEAF_MAX_BATCH_SIZE = 8
 MAX_GENERATED_SIDE = 2048
+# What `genserve export`'s TensorRT profiles cover unless told: component batch sizes (the first the
+# optimum; up to build-repo's leaf max batch) and the builder's scratch memory per layer tactic.
+EXPORT_BATCH_SIZES = (1, LEAF_MAX_BATCH_SIZE)
+TENSORRT_WORKSPACE_GB = 8.0
+# What each pipeline model serves unless build-repo says otherwise (BuildOptions, serving.json and the
+# service read these): images per request, and requests one instance runs at once (plain and streaming).
+MAX_IMAGES = 4
+PIPELINE_CONCURRENCY = 4
+# Rows the batch runner (`genserve run`) keeps in flight at once.
+RUN_CONCURRENCY = 4
 # ONNX Runtime's CUDA provider in every diffusion leaf on a GPU, as the onnxruntime backend's config
 # parameters spell them (the Python-backend leaf reads the same keys; docs/diffusion-serving.md, "GPU
 # settings"). Arena growth as requested (1), not to the next power of two (0), which can reserve up to

@@ -10,13 +10,13 @@ import psutil
 import pytest
 
 from genserve.config import FACES_DIR
-from genserve.server import free_ports
 
 # --- the `server` marker: every test that starts a Triton server carries it --------------------------
-# Marked at collection when the test or a fixture it uses starts one (TritonServer(...) or a
-# `genserve serve` process); checked while it runs: a test whose setup or call started a tritonserver
-# without the marker fails, so `-m "not server"` really starts none.
-STARTS_A_SERVER = re.compile(r"TritonServer\(|[\"']serve[\"'], [\"']--")
+# Marked at collection when the test or a fixture it uses starts one (TritonServer(...),
+# TritonServer.on_loopback(...), or a `genserve serve` process, e.g. by fixtures_server.start_serve);
+# checked while it runs: a test whose setup or call started a tritonserver without the marker fails, so
+# `-m "not server"` really starts none.
+STARTS_A_SERVER = re.compile(r"TritonServer(\.on_loopback)?\(|start_serve\(|[\"']serve[\"'], [\"']--")
 
 
 def _starts_a_server(function) -> bool:
@@ -121,14 +121,9 @@ def triton_server(tmp_path_factory):
     from genserve.config import STACK_REPOSITORY_DIR
     from genserve.server import TritonServer
 
-    http_port, grpc_port, metrics_port = free_ports(3)
     log_path = tmp_path_factory.mktemp("triton") / "tritonserver.log"
-    with TritonServer(
+    with TritonServer.on_loopback(
         STACK_REPOSITORY_DIR,
-        http_port=http_port,
-        grpc_port=grpc_port,
-        metrics_port=metrics_port,
-        address="127.0.0.1",
         log_path=log_path,
     ) as server:
         yield server

@@ -7,8 +7,7 @@ from pathlib import Path
 
 import pytest
 
-# Family name -> demo pipeline folder name.
-DEMO_FOR_FAMILY = {"sd": "sd", "sdxl": "sdxl", "flux": "flux-kontext", "cogview4": "cogview4"}
+from genserve.demo.pipelines import DEMO_FOR_FAMILY
 
 
 @pytest.fixture(scope="session")

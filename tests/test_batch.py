@@ -34,6 +34,11 @@ def images(tmp_path, faces_dir):
     return folder
 
 
+def run_command(task_file, out, *args: str) -> list[str]:
+    """``genserve run TASK_FILE --out OUT ARGS --no-progress`` as a user types it (in a child process)."""
+    return [sys.executable, "-m", "genserve.cli", "run", str(task_file), "--out", str(out), *args, "--no-progress"]
+
+
 def write_tasks(folder, rows: list[str]):
     path = folder / "task.csv"
     path.write_text(TASK_HEADER + "".join(row + "\n" for row in rows), encoding="utf-8")
@@ -187,20 +192,7 @@ def test_a_killed_run_resumes_without_redoing_or_losing_rows(triton_server, imag
     rows = [f"r{i},deepfake,,{ori},{target}" for i, (ori, target) in enumerate(pairs * 3)]
     task_file = write_tasks(images, rows)
     out = tmp_path / "out"
-    command = [
-        sys.executable,
-        "-m",
-        "genserve.cli",
-        "run",
-        str(task_file),
-        "--out",
-        str(out),
-        "--url",
-        triton_server.grpc_url,
-        "--concurrency",
-        "1",
-        "--no-progress",
-    ]
+    command = run_command(task_file, out, "--url", triton_server.grpc_url, "--concurrency", "1")
 
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     journal = out / "progress.jsonl"
@@ -258,18 +250,7 @@ def test_cli_run_reports_failures_with_exit_code_1(triton_server, images, tmp_pa
         images, ["ok,deepfake,,2008_002506.jpg,2008_001009.jpg", "bad,deepfake,,dogs.jpg,2008_001009.jpg"]
     )
     completed = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "genserve.cli",
-            "run",
-            str(task_file),
-            "--out",
-            str(tmp_path / "out"),
-            "--url",
-            triton_server.grpc_url,
-            "--no-progress",
-        ],
+        run_command(task_file, tmp_path / "out", "--url", triton_server.grpc_url),
         capture_output=True,
         text=True,
         timeout=300,
@@ -298,7 +279,7 @@ def test_a_task_file_that_is_not_utf8_is_one_clear_line(tmp_path):
     task_file = tmp_path / "task.csv"
     task_file.write_bytes((TASK_HEADER + "1,t2i,caf\xe9 au lait,,\n").encode("latin-1"))
     completed = subprocess.run(
-        [sys.executable, "-m", "genserve.cli", "run", str(task_file), "--out", str(tmp_path / "out"), "--no-progress"],
+        run_command(task_file, tmp_path / "out"),
         capture_output=True,
         text=True,
         timeout=120,
@@ -389,18 +370,7 @@ def test_an_output_folder_that_fails_ends_the_run_in_one_line(triton_server, ima
         (folder / "filler").write_bytes(b"\0" * 40 * 1024)  # room for the journal, not for an image
     task_file = write_tasks(images, ["d1,deepfake,,2008_002506.jpg,2008_001009.jpg"])
     completed = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "genserve.cli",
-            "run",
-            str(task_file),
-            "--out",
-            str(folder / "out"),
-            "--url",
-            triton_server.grpc_url,
-            "--no-progress",
-        ],
+        run_command(task_file, folder / "out", "--url", triton_server.grpc_url),
         capture_output=True,
         text=True,
         timeout=300,

@@ -150,16 +150,11 @@ def test_bench_face_swap_and_t2i(demo_repository, tmp_path, capsys):
 @pytest.mark.slow
 def test_bench_against_a_running_server(tmp_path):
     from genserve.config import STACK_REPOSITORY_DIR
-    from genserve.server import TritonServer, free_ports
+    from genserve.server import TritonServer
 
-    http, grpc, metrics = free_ports(3)
-    with TritonServer(
+    with TritonServer.on_loopback(
         STACK_REPOSITORY_DIR,
         models=["face_swap"],
-        http_port=http,
-        grpc_port=grpc,
-        metrics_port=metrics,
-        address="127.0.0.1",
         log_path=tmp_path / "triton.log",
     ) as server:
         out = tmp_path / "bench"

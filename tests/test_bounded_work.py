@@ -24,7 +24,7 @@ ONCE = RetryPolicy(retries=0)
 
 
 def executions(server, model: str = "face_swap") -> float:
-    return metrics.scrape(f"{server.host}:{server.metrics_port}").total("nv_inference_exec_count", model=model)
+    return metrics.scrape(server.metrics_url).total("nv_inference_exec_count", model=model)
 
 
 def test_every_model_of_the_stack_has_a_bounded_queue():
@@ -104,7 +104,7 @@ def test_overload_reaches_the_genserve_client_within_a_second(triton_server, fac
 
 def _wait_until_idle(server, model: str = "face_swap") -> None:
     """Nothing queued, and no execution finished for longer than a six-candidate swap takes."""
-    url = f"{server.host}:{server.metrics_port}"
+    url = server.metrics_url
     done, deadline = executions(server, model), time.monotonic() + 120
     while time.monotonic() < deadline:
         time.sleep(6)

@@ -8,12 +8,7 @@ import numpy as np
 import pytest
 from fixtures_diffusion import DEMO_FOR_FAMILY, run_cli
 
-EXPECTED_CLASS = {
-    "sd": "StableDiffusionPipeline",
-    "sdxl": "StableDiffusionXLPipeline",
-    "flux-kontext": "FluxKontextPipeline",
-    "cogview4": "CogView4Pipeline",
-}
+from genserve.demo.pipelines import DEMOS
 
 
 @pytest.mark.parametrize("name", DEMO_FOR_FAMILY.values())
@@ -23,9 +18,9 @@ def test_demo_pipeline_loads_and_runs(name, demo_dir):
     from diffusers import DiffusionPipeline
 
     folder = demo_dir / name
-    assert json.loads((folder / "model_index.json").read_text())["_class_name"] == EXPECTED_CLASS[name]
+    assert json.loads((folder / "model_index.json").read_text())["_class_name"] == DEMOS[name].pipeline_class
     pipeline = DiffusionPipeline.from_pretrained(folder)
-    assert type(pipeline).__name__ == EXPECTED_CLASS[name]
+    assert type(pipeline).__name__ == DEMOS[name].pipeline_class
     pipeline.set_progress_bar_config(disable=True)
     kwargs = dict(
         prompt="a red fox",

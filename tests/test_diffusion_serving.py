@@ -17,11 +17,11 @@ import pytest
 from PIL import Image
 
 from genserve.client import Client, RequestError
+from genserve.demo.pipelines import DEMO_FOR_FAMILY
 
 pytestmark = [pytest.mark.server, pytest.mark.slow]
 
 FAMILIES = ("sd", "flux", "cogview4")
-DEMO = {"sd": "sd", "flux": "flux-kontext", "cogview4": "cogview4"}
 SIZE = 32
 STEPS = 2
 PROMPT = "a lighthouse on a cliff at dusk"
@@ -30,7 +30,7 @@ PROMPT = "a lighthouse on a cliff at dusk"
 @pytest.fixture(scope="module")
 def diffusion_server(export_family, tmp_path_factory):
     from genserve.diffusion.repository import BuildOptions, build_repository
-    from genserve.server import TritonServer, free_ports
+    from genserve.server import TritonServer
 
     repo = tmp_path_factory.mktemp("diffusion_repo")
     for family in FAMILIES:
@@ -45,14 +45,9 @@ def diffusion_server(export_family, tmp_path_factory):
     text = config.read_text()
     assert "max_queue_delay_microseconds: 2000\n" in text
     config.write_text(text.replace("max_queue_delay_microseconds: 2000\n", "max_queue_delay_microseconds: 100000\n"))
-    http_port, grpc_port, metrics_port = free_ports(3)
     log_path = tmp_path_factory.mktemp("diffusion_triton") / "tritonserver.log"
-    with TritonServer(
+    with TritonServer.on_loopback(
         repo,
-        http_port=http_port,
-        grpc_port=grpc_port,
-        metrics_port=metrics_port,
-        address="127.0.0.1",
         log_path=log_path,
     ) as server:
         yield server
@@ -73,7 +68,7 @@ def reference(demo_dir):
 
     def get(family: str, pipeline_class: str):
         if (family, pipeline_class) not in cache:
-            pipeline = getattr(diffusers, pipeline_class).from_pretrained(demo_dir / DEMO[family])
+            pipeline = getattr(diffusers, pipeline_class).from_pretrained(demo_dir / DEMO_FOR_FAMILY[family])
             pipeline.set_progress_bar_config(disable=True)
             cache[family, pipeline_class] = pipeline
         return cache[family, pipeline_class]
@@ -485,7 +480,7 @@ def test_a_streaming_model_refuses_work_beyond_its_backlog(diffusion_server, dcl
     from genserve.triton.requests import FAILURE_METRIC
 
     bound = config.stream_backlog(4)  # the built repository's stream_concurrency
-    metrics_url = f"{diffusion_server.host}:{diffusion_server.metrics_port}"
+    metrics_url = diffusion_server.metrics_url
     counted = lambda code: metrics.scrape(metrics_url).total(FAILURE_METRIC, model="sd_text_to_image_stream", code=code)  # noqa: E731
     cancelled_before = counted("CANCELLED")
     inputs = STREAMING_TASKS["t2i"].encode_request(
@@ -578,21 +573,16 @@ def test_response_cache_answers_a_repeated_seeded_request(export_family, tmp_pat
     import tritonclient.grpc as grpcclient
 
     from genserve.diffusion.repository import BuildOptions, build_repository
-    from genserve.server import TritonServer, free_ports
+    from genserve.server import TritonServer
 
     _, export_dir = export_family("sd")
     repo = tmp_path / "repo"
     build_repository(export_dir, repo, BuildOptions(prefix="sd_", max_size=256, stream=False, warmup_size=SIZE))
-    http, grpc, metrics = free_ports(3)
     models = ["sd_text_encoder", "sd_unet", "sd_vae_decoder", "sd_vae_encoder", "sd_text_to_image"]
     with (
-        TritonServer(
+        TritonServer.on_loopback(
             repo,
             models=models,
-            http_port=http,
-            grpc_port=grpc,
-            metrics_port=metrics,
-            address="127.0.0.1",
             log_path=tmp_path / "triton.log",
             cache_size=64 * 2**20,
         ) as server,

@@ -10,6 +10,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+from fixtures_server import start_serve
 
 from genserve import config
 from genserve.client import Client, RequestError
@@ -31,18 +32,11 @@ def sd_repo(export_family, tmp_path_factory):
 
 
 def serve(repositories, tmp_path, **kwargs):
-    from genserve.server import TritonServer, free_ports
+    """A started server on loopback, with a log of its own in ``tmp_path`` (a test may start several)."""
+    from genserve.server import TritonServer
 
-    http_port, grpc_port, metrics_port = free_ports(3)
-    return TritonServer(
-        repositories,
-        http_port=http_port,
-        grpc_port=grpc_port,
-        metrics_port=metrics_port,
-        address="127.0.0.1",
-        log_path=tmp_path / f"triton-{grpc_port}.log",
-        **kwargs,
-    ).start()
+    log_path = tmp_path / f"triton-{len(list(tmp_path.glob('triton-*.log')))}.log"
+    return TritonServer.on_loopback(repositories, log_path=log_path, **kwargs).start()
 
 
 def timed_stop(server) -> float:
@@ -121,48 +115,15 @@ def test_sigterm_drains_every_kind_of_model(sd_repo, tmp_path, faces_dir):
     finishes (diffusion, streams and OCR failed with "Server not ready": their calls to other models were
     refused), a request sent after it is refused with UNAVAILABLE, and the server exits within the
     drain timeout."""
-    import subprocess
-    import sys
 
     from genserve import metrics
-    from genserve.server import free_ports
     from genserve.triton.requests import IN_FLIGHT_METRIC
 
-    http, grpc, metrics_port = free_ports(3)
-    serve = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "genserve.cli",
-            "serve",
-            str(sd_repo),
-            "--http-port",
-            str(http),
-            "--grpc-port",
-            str(grpc),
-            "--metrics-port",
-            str(metrics_port),
-            "--log-file",
-            str(tmp_path / "triton.log"),
-            "--admin-key-file",
-            str(tmp_path / "admin.key"),
-            "--drain-delay",
-            "0",
-            "--drain-timeout",
-            "120",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
+    serve, (_, grpc, metrics_port), _ = start_serve(
+        tmp_path, str(sd_repo), "--drain-delay", "0", "--drain-timeout", "120", log_file=tmp_path / "triton.log"
     )
     url = f"127.0.0.1:{grpc}"
     try:
-        lines: list[str] = []
-        while not lines or "Press Ctrl-C" not in lines[-1]:
-            line = serve.stdout.readline()
-            if not line:
-                pytest.fail("genserve serve exited before it was ready:\n" + "".join(lines))
-            lines.append(line)
         ori, target, text = (
             (faces_dir / "2008_002506.jpg").read_bytes(),
             (faces_dir / "2008_001009.jpg").read_bytes(),

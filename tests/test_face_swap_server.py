@@ -8,6 +8,7 @@ import sys
 
 import numpy as np
 import pytest
+from fixtures_server import start_serve
 from PIL import Image
 
 from genserve.client import Client, RequestError, ServerUnavailableError
@@ -199,37 +200,10 @@ def test_client_names_an_unreachable_server():
 
 
 def test_serve_command_starts_and_stops_on_ctrl_c(tmp_path):
-    http, grpc, metrics = free_ports(3)
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "genserve.cli",
-            "serve",
-            "--model",
-            "face_swap",
-            "--address",
-            "127.0.0.1",
-            "--http-port",
-            str(http),
-            "--grpc-port",
-            str(grpc),
-            "--metrics-port",
-            str(metrics),
-            "--log-file",
-            str(tmp_path / "triton.log"),
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
+    process, (_, grpc, _), lines = start_serve(
+        tmp_path, "--model", "face_swap", "--address", "127.0.0.1", log_file=tmp_path / "triton.log"
     )
     try:
-        lines = []
-        while not lines or "Press Ctrl-C" not in lines[-1]:
-            line = process.stdout.readline()
-            if not line:
-                pytest.fail("genserve serve exited before it was ready:\n" + "".join(lines))
-            lines.append(line)
         with Client(f"127.0.0.1:{grpc}") as client:
             assert client.is_ready("face_swap")
             # The leaf it calls for the identity score came with it, and a default swap reports one.
@@ -251,13 +225,8 @@ def test_a_model_that_fails_to_load_is_reported_with_its_reason(tmp_path):
     (model / "1").mkdir(parents=True)
     (model / "config.pbtxt").write_text('name: "broken"\nbackend: "python"\nmax_batch_size: 0\n')
     (model / "1" / "model.py").write_text("raise RuntimeError('weights missing: /models/broken.onnx')\n")
-    http, grpc, metrics = free_ports(3)
-    server = TritonServer(
+    server = TritonServer.on_loopback(
         tmp_path / "repo",
-        http_port=http,
-        grpc_port=grpc,
-        metrics_port=metrics,
-        address="127.0.0.1",
         log_path=tmp_path / "triton.log",
         start_timeout_s=120,
     )

@@ -15,10 +15,11 @@ import numpy as np
 import pytest
 
 from genserve import gpu_stack
+from genserve.demo.pipelines import DEFAULT_DEMO_FOR_FAMILY
 from genserve.families import FAMILIES
 
 ROOT = Path(__file__).resolve().parents[1]
-FAMILY_DEMOS = {"sd": "sd", "flux": "flux-kontext", "cogview4": "cogview4"}
+FAMILY_DEMOS = DEFAULT_DEMO_FOR_FAMILY
 
 
 # --- tensors on the right device --------------------------------------------------------------------

@@ -125,11 +125,7 @@ def test_shared_memory_of_the_workers_is_private(triton_server):
 
 def test_error_replies_are_counted_as_failures(triton_server, grpc_client, faces_dir):
     def failures() -> float:
-        text = (
-            urllib.request.urlopen(f"http://{triton_server.host}:{triton_server.metrics_port}/metrics", timeout=30)
-            .read()
-            .decode()
-        )
+        text = urllib.request.urlopen(f"http://{triton_server.metrics_url}/metrics", timeout=30).read().decode()
         line = 'genserve_request_failure_total{code="INVALID_ARG",model="face_swap"}'
         return sum(float(row.split()[-1]) for row in text.splitlines() if row.startswith(line))
 

@@ -13,15 +13,10 @@ from PIL import Image
 
 from genserve.client import Client, OcrLine, RequestError
 from genserve.demo import samples
+from genserve.imaging import png_bytes as png
 from genserve.ocr.textedit import closest_text_distance
 
 pytestmark = pytest.mark.server
-
-
-def png(image: Image.Image) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return buffer.getvalue()
 
 
 @pytest.fixture(scope="module")
@@ -34,13 +29,11 @@ def font():
 
 @pytest.fixture(scope="module")
 def images(font) -> dict[str, bytes]:
-    english = samples.render_text(samples.ENGLISH_SIGN, font_size=44, font_path=font)
+    signs = samples.render_signs(font)
     return {
-        "english": png(english),
-        "chinese": png(samples.render_text(samples.CHINESE_SIGN, font_size=44, font_path=font)),
-        "mixed": png(samples.render_text(samples.MIXED_SIGN, font_size=36, font_path=font)),
+        **{name: png(sign) for name, sign in signs.items()},
         # Upside down: the direction classifier must turn the crops before recognition.
-        "upside_down": png(english.rotate(180)),
+        "upside_down": png(signs["english"].rotate(180)),
         "jpeg": _jpeg(samples.render_text(["SALE 50% OFF"], font_size=56, font_path=font)),
     }
 
@@ -200,7 +193,7 @@ def test_a_leaf_refusal_reaches_the_client_as_invalid_input(images, tmp_path):
     small enough image still passes."""
     from genserve.config import STACK_REPOSITORY_DIR
     from genserve.protocol import OCR
-    from genserve.server import TritonServer, free_ports
+    from genserve.server import TritonServer
     from genserve.triton.model_config import contract_mismatches, copy_model, read_config, write_config
 
     repository = tmp_path / "repository"
@@ -209,14 +202,9 @@ def test_a_leaf_refusal_reaches_the_client_as_invalid_input(images, tmp_path):
     config = read_config(repository / "ocr_det")
     config.parameters["max_input_shape"].string_value = '{"x": [-1, 3, 1024, 1024]}'
     write_config(config, repository / "ocr_det")
-    http, grpc, metrics = free_ports(3)
     with (
-        TritonServer(
+        TritonServer.on_loopback(
             repository,
-            http_port=http,
-            grpc_port=grpc,
-            metrics_port=metrics,
-            address="127.0.0.1",
             log_path=tmp_path / "triton.log",
         ) as server,
         Client(server.grpc_url) as client,

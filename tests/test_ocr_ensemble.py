@@ -6,7 +6,6 @@ rapidocr, and these hold the other to it."""
 
 from __future__ import annotations
 
-import io
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -15,6 +14,7 @@ import pytest
 from genserve.client import Client, RequestError
 from genserve.config import STACK_REPOSITORY_DIR
 from genserve.demo import samples
+from genserve.imaging import png_bytes as png
 from genserve.ocr.engine import CLS, DET, LEAF_MODELS, REC, create_engine, recognize
 from genserve.ocr.pipeline import OcrSteps, run_in_process
 from genserve.triton.model_config import read_config
@@ -25,21 +25,13 @@ BLS = "ocr_bls" if ENSEMBLE == "ocr" else "ocr"
 OTHER = "ocr_bls" if ENSEMBLE == "ocr" else "ocr_ensemble"
 
 
-def png(image) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
 @pytest.fixture(scope="module")
 def images() -> dict[str, bytes]:
     font = samples.find_font()
-    english = samples.render_text(samples.ENGLISH_SIGN, font_size=44, font_path=font)
+    signs = samples.render_signs(font)
     return {
-        "english": png(english),
-        "chinese": png(samples.render_text(samples.CHINESE_SIGN, font_size=44, font_path=font)),
-        "mixed": png(samples.render_text(samples.MIXED_SIGN, font_size=36, font_path=font)),
-        "upside_down": png(english.rotate(180)),
+        **{name: png(sign) for name, sign in signs.items()},
+        "upside_down": png(signs["english"].rotate(180)),
         "blank": png(samples.blank_image()),
         # More lines than rapidocr recognises at once (6): where the ensemble's padding differs.
         "menu": png(

@@ -161,7 +161,7 @@ def test_batching_groups_requests_by_shape_and_splits_results(tmp_path):
 
 @pytest.fixture(scope="module")
 def leaf_server(tmp_path_factory):
-    from genserve.server import TritonServer, free_ports
+    from genserve.server import TritonServer
 
     repository = tmp_path_factory.mktemp("leaf_repository")
     affine_model(write_leaf(repository, "affine_default", leaf_config("affine_default")) / "1" / "model.onnx")
@@ -173,13 +173,8 @@ def leaf_server(tmp_path_factory):
     folder = write_leaf(repository, "wrong_type", leaf_config("wrong_type", data_type="TYPE_FP16", onnx_file="a.onnx"))
     affine_model(folder / "a.onnx")
 
-    http_port, grpc_port, metrics_port = free_ports(3)
-    server = TritonServer(
+    server = TritonServer.on_loopback(
         repository,
-        http_port=http_port,
-        grpc_port=grpc_port,
-        metrics_port=metrics_port,
-        address="127.0.0.1",
         log_path=repository.parent / "tritonserver.log",
         strict=False,
     )

@@ -10,6 +10,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
+from fixtures_server import port_arguments
 
 from genserve.cli import COMMANDS, build_parser
 from genserve.server import free_ports
@@ -171,16 +172,9 @@ def test_the_built_wheel_installs_and_serves(wheel_path, tmp_path, faces_dir):
         [
             venv / "bin" / "genserve",
             "serve",
-            "--http-port",
-            str(http),
-            "--grpc-port",
-            str(grpc),
-            "--metrics-port",
-            str(metrics),
             "--model",
             "face_swap",
-            "--log-file",
-            str(tmp_path / "triton.log"),
+            *port_arguments(http, grpc, metrics, tmp_path / "triton.log"),
         ],
         cwd=tmp_path,
         env=env,

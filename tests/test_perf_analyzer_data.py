@@ -15,7 +15,6 @@ from fixtures_diffusion import run_cli
 
 from genserve.benchmarks import perf_analyzer
 from genserve.protocol import FACE_SWAP, OCR, STREAMING_TASKS, TEXT_TO_IMAGE
-from genserve.server import free_ports
 
 
 def split_bytes_elements(data: bytes) -> list[bytes]:
@@ -99,14 +98,9 @@ def stack_and_demo_server(tmp_path_factory):
     from genserve.server import TritonServer
 
     demo = build_demo_repository(CACHE_DIR / "demo", log=lambda _: None)
-    http, grpc, metrics = free_ports(3)
     log = tmp_path_factory.mktemp("perf-analyzer") / "triton.log"
-    with TritonServer(
+    with TritonServer.on_loopback(
         [STACK_REPOSITORY_DIR, demo],
-        http_port=http,
-        grpc_port=grpc,
-        metrics_port=metrics,
-        address="127.0.0.1",
         log_path=log,
     ) as server:
         yield server

@@ -22,7 +22,7 @@ from genserve import metrics
 from genserve.client import AsyncClient, Client
 from genserve.config import STACK_REPOSITORY_DIR
 from genserve.errors import ServerError
-from genserve.server import TritonServer, find_installation, free_ports
+from genserve.server import TritonServer, find_installation
 from genserve.triton.model_config import copy_model
 
 PHOTOS = ["2008_002506.jpg", "2008_001009.jpg", "2008_001322.jpg", "2008_002079.jpg", "2008_007676.jpg"]
@@ -37,13 +37,8 @@ def replicas(tmp_path):
     servers = []
     try:
         for replica in range(3):  # from this thread: a server dies with the thread that started it
-            http, grpc, metrics_port = free_ports(3)
             log_path = tmp_path / f"triton-{replica}.log"
-            servers.append(
-                TritonServer(
-                    repository, http_port=http, grpc_port=grpc, metrics_port=metrics_port, log_path=log_path
-                ).start()
-            )
+            servers.append(TritonServer.on_loopback(repository, log_path=log_path).start())
         yield servers
     finally:
         for server in servers:
@@ -51,7 +46,7 @@ def replicas(tmp_path):
 
 
 def successes(server: TritonServer) -> float:
-    return metrics.scrape(f"{server.host}:{server.metrics_port}").total(metrics.SUCCESSES, model="face_swap")
+    return metrics.scrape(server.metrics_url).total(metrics.SUCCESSES, model="face_swap")
 
 
 def target_of(servers: list[TritonServer]) -> str:
@@ -130,7 +125,7 @@ def test_the_autoscaling_signal_from_two_scrapes_under_load(triton_server, faces
     """Queue time per request (the adapter's formula, genserve.metrics) over a burst that must queue:
     six swaps at once on a model with two instances."""
     ori, target = (faces_dir / PHOTOS[0]).read_bytes(), (faces_dir / PHOTOS[1]).read_bytes()
-    metrics_url = f"{triton_server.host}:{triton_server.metrics_port}"
+    metrics_url = triton_server.metrics_url
     with Client(triton_server.grpc_url) as client:
         client.swap_face(ori, target, compute_identity=False)  # warm
         before = metrics.scrape(metrics_url)
@@ -185,12 +180,8 @@ def test_an_object_storage_repository_goes_to_triton_as_it_is(tmp_path, monkeypa
     store = ThreadingHTTPServer(("127.0.0.1", 0), DenyingObjectStore)
     threading.Thread(target=store.serve_forever, daemon=True).start()
     remote = f"s3://http://127.0.0.1:{store.server_address[1]}/models/repository"
-    http, grpc, metrics_port = free_ports(3)
-    server = TritonServer(
+    server = TritonServer.on_loopback(
         [remote],
-        http_port=http,
-        grpc_port=grpc,
-        metrics_port=metrics_port,
         log_path=tmp_path / "t.log",
         start_timeout_s=8,
         exit_timeout_s=0,

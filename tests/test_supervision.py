@@ -14,6 +14,7 @@ from pathlib import Path
 
 import psutil
 import pytest
+from fixtures_server import start_serve
 
 from genserve.errors import ServerError
 from genserve.server import TritonServer, free_ports
@@ -161,42 +162,6 @@ def test_a_busy_port_is_refused_before_triton_starts(tmp_path):
 # --- genserve serve -----------------------------------------------------------------------------------
 
 
-def start_serve(tmp_path: Path, *extra: str) -> tuple[subprocess.Popen, list[int], list[str]]:
-    http, grpc, metrics = free_ports(3)
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "genserve.cli",
-            "serve",
-            "--model",
-            "face_swap",
-            "--http-port",
-            str(http),
-            "--grpc-port",
-            str(grpc),
-            "--metrics-port",
-            str(metrics),
-            "--log-file",
-            str(tmp_path / f"triton-{grpc}.log"),
-            "--admin-key-file",
-            str(tmp_path / "admin.key"),
-            *extra,
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    lines: list[str] = []
-    while not lines or "Press Ctrl-C" not in lines[-1]:
-        line = process.stdout.readline()
-        if not line:
-            process.kill()
-            pytest.fail("genserve serve exited before it was ready:\n" + "".join(lines))
-        lines.append(line)
-    return process, [http, grpc, metrics], lines
-
-
 def triton_of(process: subprocess.Popen) -> psutil.Process:
     (triton,) = [child for child in psutil.Process(process.pid).children() if child.name() == "tritonserver"]
     return triton
@@ -205,7 +170,7 @@ def triton_of(process: subprocess.Popen) -> psutil.Process:
 @pytest.mark.server
 @pytest.mark.slow
 def test_serve_refuses_busy_ports_and_exits_with_the_reason_when_triton_dies(tmp_path):
-    first, ports, _ = start_serve(tmp_path)
+    first, ports, _ = start_serve(tmp_path, "--model", "face_swap")
     try:
         # A second server on the same ports: a clear refusal, not "serving" (nor a Triton that binds
         # gRPC's SO_REUSEPORT port beside the first).
@@ -247,7 +212,7 @@ def test_serve_refuses_busy_ports_and_exits_with_the_reason_when_triton_dies(tmp
 @pytest.mark.server
 @pytest.mark.slow
 def test_triton_dies_with_a_killed_serve(tmp_path):
-    serve, _, _ = start_serve(tmp_path)
+    serve, _, _ = start_serve(tmp_path, "--model", "face_swap")
     triton = triton_of(serve)
     serve.kill()
     serve.wait()
@@ -260,7 +225,7 @@ def test_triton_dies_with_a_killed_serve(tmp_path):
 def test_sigterm_drains_in_flight_requests(tmp_path, faces_dir):
     from genserve.client import Client
 
-    serve, ports, _ = start_serve(tmp_path, "--drain-delay", "1", "--drain-timeout", "60")
+    serve, ports, _ = start_serve(tmp_path, "--model", "face_swap", "--drain-delay", "1", "--drain-timeout", "60")
     results, errors = [], []
 
     def swap():
@@ -296,14 +261,9 @@ def test_killed_workers_leave_no_stale_copy(tmp_path):
     from genserve import config
     from genserve.config import STACK_REPOSITORY_DIR
 
-    http, grpc, metrics = free_ports(3)
-    with TritonServer(
+    with TritonServer.on_loopback(
         STACK_REPOSITORY_DIR,
         models=["face_swap"],
-        http_port=http,
-        grpc_port=grpc,
-        metrics_port=metrics,
-        address="127.0.0.1",
         log_path=tmp_path / "triton.log",
     ) as server:
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from genserve.config import MAX_GENERATED_SIDE
+from genserve.config import MAX_GENERATED_SIDE, MAX_IMAGES, PIPELINE_CONCURRENCY
 
 
 def register(subparsers) -> None:
@@ -28,7 +28,10 @@ def register(subparsers) -> None:
     )
     parser.add_argument("--tensorrt", action="store_true", help="gpu: serve the export's TensorRT engines")
     parser.add_argument(
-        "--max-size", type=int, default=MAX_GENERATED_SIDE, help="largest width/height a request may ask for"
+        "--max-size",
+        type=int,
+        default=MAX_GENERATED_SIDE,
+        help=f"largest width/height a request may ask for (default {MAX_GENERATED_SIDE})",
     )
     parser.add_argument(
         "--python-leaves",
@@ -42,7 +45,9 @@ def register(subparsers) -> None:
         metavar="GB",
         help="gpu: cap each ONNX Runtime leaf's CUDA memory arena (gpu_mem_limit; default: no cap)",
     )
-    parser.add_argument("--max-images", type=int, default=4, help="most images per request")
+    parser.add_argument(
+        "--max-images", type=int, default=MAX_IMAGES, help=f"most images per request (default {MAX_IMAGES})"
+    )
     parser.add_argument(
         "--pipeline-instances",
         type=int,
@@ -52,10 +57,10 @@ def register(subparsers) -> None:
     parser.add_argument(
         "--pipeline-concurrency",
         type=int,
-        default=4,
+        default=PIPELINE_CONCURRENCY,
         metavar="N",
         help="requests one plain pipeline model instance runs at once (worker threads whose "
-        "denoiser calls meet in its batcher; default 4)",
+        f"denoiser calls meet in its batcher; default {PIPELINE_CONCURRENCY})",
     )
     parser.add_argument(
         "--no-stream",
@@ -67,9 +72,9 @@ def register(subparsers) -> None:
     parser.add_argument(
         "--stream-concurrency",
         type=int,
-        default=4,
+        default=PIPELINE_CONCURRENCY,
         metavar="N",
-        help="requests a streaming pipeline model runs at once (default 4)",
+        help=f"requests a streaming pipeline model runs at once (default {PIPELINE_CONCURRENCY})",
     )
     parser.add_argument(
         "--warmup-size",

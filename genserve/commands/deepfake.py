@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from genserve.commands.fields import add_field_arguments, field_values
+from genserve.commands.fields import add_field_arguments, add_server_arguments, field_values
 from genserve.protocol import FACE_SWAP
 
 # The images are the positional arguments; the format follows OUT's extension.
@@ -23,8 +23,7 @@ def register(subparsers) -> None:
     parser.add_argument("ori", metavar="ORI", help="the image whose scene is kept")
     parser.add_argument("target", metavar="TARGET", help="the image whose face is pasted")
     parser.add_argument("-o", "--output", required=True, metavar="OUT", help="result image (.jpg, .png or .webp)")
-    parser.add_argument("--url", help="server host:port (default: localhost:8001 for gRPC, localhost:8000 for HTTP)")
-    parser.add_argument("--protocol", choices=("grpc", "http"), default="grpc")
+    add_server_arguments(parser)
     add_field_arguments(parser, FACE_SWAP, skip=SKIPPED)
     parser.add_argument("--json", action="store_true", help="print the server's full metadata as JSON")
     parser.set_defaults(handler=run)

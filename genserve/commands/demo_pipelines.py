@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-NAMES = ("sd", "sdxl", "flux-kontext", "cogview4")
-DEFAULT_NAMES = ("sd", "flux-kontext", "cogview4")
+from genserve.demo.pipelines import DEFAULT_DEMO_PIPELINES, DEMO_PIPELINES
 
 
 def register(subparsers) -> None:
@@ -18,7 +17,11 @@ def register(subparsers) -> None:
     )
     parser.add_argument("out_dir", metavar="OUT")
     parser.add_argument(
-        "--only", action="append", choices=NAMES, metavar="NAME", help=f"build only this one ({', '.join(NAMES)})"
+        "--only",
+        action="append",
+        choices=DEMO_PIPELINES,
+        metavar="NAME",
+        help=f"build only this one ({', '.join(DEMO_PIPELINES)}; default {', '.join(DEFAULT_DEMO_PIPELINES)})",
     )
     parser.add_argument(
         "--size", choices=("tiny", "medium"), default="tiny", help="tiny (default) or medium (benchmarks)"
@@ -30,7 +33,9 @@ def register(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     from genserve.demo.pipelines import build_demo_pipelines
 
-    built = build_demo_pipelines(args.out_dir, tuple(args.only or DEFAULT_NAMES), size=args.size, seed=args.seed)
+    built = build_demo_pipelines(
+        args.out_dir, tuple(args.only or DEFAULT_DEMO_PIPELINES), size=args.size, seed=args.seed
+    )
     for name, path in built.items():
         print(f"{name:<14} {path}")
     return 0

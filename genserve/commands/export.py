@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from genserve.config import LEAF_MAX_BATCH_SIZE, MAX_GENERATED_SIDE
+from genserve.config import EXPORT_BATCH_SIZES, MAX_GENERATED_SIDE, TENSORRT_WORKSPACE_GB
 
 
 def _resolution(text: str) -> tuple[int, int]:
@@ -48,10 +48,11 @@ def register(subparsers) -> None:
     parser.add_argument(
         "--batch-sizes",
         type=_ints,
-        default=(1, LEAF_MAX_BATCH_SIZE),
+        default=EXPORT_BATCH_SIZES,
         metavar="N[,N...]",
         help="component batch sizes the TensorRT profiles cover (classifier-free guidance doubles the "
-        f"denoiser's); the first is the optimum (default: 1,{LEAF_MAX_BATCH_SIZE}: build-repo's leaf max batch)",
+        "denoiser's); the first is the optimum (default: "
+        f"{','.join(map(str, EXPORT_BATCH_SIZES))}: up to build-repo's leaf max batch)",
     )
     parser.add_argument(
         "--text-lengths",
@@ -63,9 +64,10 @@ def register(subparsers) -> None:
     parser.add_argument(
         "--tensorrt-workspace-gb",
         type=float,
-        default=8.0,
+        default=TENSORRT_WORKSPACE_GB,
         metavar="GB",
-        help="TensorRT builder's workspace: scratch GPU memory a layer's tactics may use (default: 8)",
+        help="TensorRT builder's workspace: scratch GPU memory a layer's tactics may use "
+        f"(default: {TENSORRT_WORKSPACE_GB:g})",
     )
     parser.add_argument(
         "--component",

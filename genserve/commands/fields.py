@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 
+from genserve import config
 from genserve.protocol import Contract
 
 _TYPES = {"int": int, "float": float, "text": str}
@@ -54,6 +55,15 @@ def field_values(args: argparse.Namespace, contract: Contract, skip: tuple[str, 
 # --- t2i, edit, edit-text ------------------------------------------------------------------------------
 
 
+def add_server_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--url`` and ``--protocol``: which server a one-request command talks to."""
+    parser.add_argument(
+        "--url",
+        help=f"server host:port (default: {config.grpc_url()} for gRPC, {config.http_url()} for HTTP)",
+    )
+    parser.add_argument("--protocol", choices=("grpc", "http"), default="grpc")
+
+
 def add_generation_arguments(parser: argparse.ArgumentParser, contract: Contract) -> None:
     parser.add_argument(
         "-o",
@@ -68,8 +78,7 @@ def add_generation_arguments(parser: argparse.ArgumentParser, contract: Contract
         help=f"served model (default {contract.model}; e.g. flux_{contract.model} in the demo repository)",
     )
     add_field_arguments(parser, contract, skip=("prompt", "image"))
-    parser.add_argument("--url", help="server host:port (default: localhost:8001 for gRPC, localhost:8000 for HTTP)")
-    parser.add_argument("--protocol", choices=("grpc", "http"), default="grpc")
+    add_server_arguments(parser)
     parser.add_argument(
         "--no-progress",
         action="store_true",

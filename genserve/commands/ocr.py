@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from genserve.commands.fields import add_server_arguments
+
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
@@ -14,8 +16,7 @@ def register(subparsers) -> None:
         "image without text.",
     )
     parser.add_argument("image", metavar="IMAGE", help="image file (JPEG, PNG, WebP, BMP or GIF), or - for stdin")
-    parser.add_argument("--url", help="server host:port (default: localhost:8001 for gRPC, localhost:8000 for HTTP)")
-    parser.add_argument("--protocol", choices=("grpc", "http"), default="grpc")
+    add_server_arguments(parser)
     parser.add_argument("--json", action="store_true", help="print a JSON list of {box, text, score} instead")
     parser.add_argument(
         "--instruction",

@@ -39,7 +39,7 @@ def register(subparsers) -> None:
         action="append",
         dest="urls",
         metavar="TARGET",
-        help="server to use (default localhost:8001 for gRPC). A gRPC target may name several servers, "
+        help=f"server to use (default {config.grpc_url()} for gRPC). A gRPC target may name several servers, "
         "balanced round-robin: dns:///genserve-headless:8001 or ipv4:10.0.0.5:8001,10.0.0.6:8001. Repeat "
         "for servers no one target names (HTTP, or gRPC servers with different names)",
     )
@@ -83,7 +83,12 @@ def register(subparsers) -> None:
         action="store_false",
         help="no stand-in images for failed rows: they are left out, and no zip is written while any is missing",
     )
-    parser.add_argument("--concurrency", type=int, default=4, help="rows in flight at once (default 4)")
+    parser.add_argument(
+        "--concurrency",
+        type=int,
+        default=config.RUN_CONCURRENCY,
+        help=f"rows in flight at once (default {config.RUN_CONCURRENCY})",
+    )
     parser.add_argument(
         "--candidates",
         type=int,

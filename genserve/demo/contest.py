@@ -125,16 +125,11 @@ def demo_server(out_dir: Path):
     """Triton on loopback with the stack's repository and the tiny diffusion pipelines' (built once)."""
     from genserve.config import STACK_REPOSITORY_DIR
     from genserve.demo.repository import build_demo_repository
-    from genserve.server import TritonServer, free_ports
+    from genserve.server import TritonServer
 
     diffusion_repository = build_demo_repository(config.CACHE_DIR / "demo")
-    http, grpc, metrics = free_ports(3)
-    return TritonServer(
+    return TritonServer.on_loopback(
         [STACK_REPOSITORY_DIR, diffusion_repository],
-        http_port=http,
-        grpc_port=grpc,
-        metrics_port=metrics,
-        address="127.0.0.1",
         log_path=out_dir / "tritonserver.log",
     )
 

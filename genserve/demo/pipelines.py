@@ -20,9 +20,28 @@ from pathlib import Path
 
 logger = logging.getLogger(__name__)
 
-# Folder names under the output directory, in build order.
-DEMO_PIPELINES = ("sd", "sdxl", "flux-kontext", "cogview4")
-DEFAULT_DEMO_PIPELINES = ("sd", "flux-kontext", "cogview4")
+
+@dataclass(frozen=True)
+class Demo:
+    """What one demo pipeline stands in for."""
+
+    family: str  # its genserve.families key (and model name prefix in the demo repository)
+    pipeline_class: str  # the diffusers class it is saved as
+    default: bool = True  # built when no names are given (SDXL only on request: the demo serves three)
+
+
+# Folder name under the output directory -> what it is, in build order: the one table the CLI, the demo,
+# the benchmarks and the tests read.
+DEMOS = {
+    "sd": Demo("sd", "StableDiffusionPipeline"),
+    "sdxl": Demo("sdxl", "StableDiffusionXLPipeline", default=False),
+    "flux-kontext": Demo("flux", "FluxKontextPipeline"),
+    "cogview4": Demo("cogview4", "CogView4Pipeline"),
+}
+DEMO_PIPELINES = tuple(DEMOS)
+DEFAULT_DEMO_PIPELINES = tuple(name for name, demo in DEMOS.items() if demo.default)
+DEMO_FOR_FAMILY = {demo.family: name for name, demo in DEMOS.items()}  # family -> its demo folder
+DEFAULT_DEMO_FOR_FAMILY = {DEMOS[name].family: name for name in DEFAULT_DEMO_PIPELINES}
 
 
 @dataclass(frozen=True)

@@ -14,10 +14,12 @@ import json
 import logging
 from pathlib import Path
 
+from genserve.demo.pipelines import DEFAULT_DEMO_FOR_FAMILY
+
 logger = logging.getLogger(__name__)
 
 # Demo pipeline folder -> family (= model name prefix).
-DEMO_FAMILIES = {"sd": "sd", "flux-kontext": "flux", "cogview4": "cogview4"}
+DEMO_FAMILIES = {name: family for family, name in DEFAULT_DEMO_FOR_FAMILY.items()}
 DEMO_SIZE = 64
 MEDIUM_SIZE = 256  # what genserve bench --demo-size medium renders
 DEMO_STEPS = 3
@@ -82,7 +84,7 @@ def run_demo(out_dir: str | Path, *, log=print) -> dict[str, Path]:
     """Build (or reuse) the demo repository, serve it, and write ``out_dir/images/<family>_<task>.png``."""
     from genserve.client import Client
     from genserve.demo.samples import sign_image
-    from genserve.server import TritonServer, free_ports
+    from genserve.server import TritonServer
 
     out_dir = Path(out_dir)
     repo_dir = build_demo_repository(out_dir, log=log)
@@ -90,13 +92,8 @@ def run_demo(out_dir: str | Path, *, log=print) -> dict[str, Path]:
     images_dir.mkdir(parents=True, exist_ok=True)
     written: dict[str, Path] = {}
     common = {"steps": DEMO_STEPS, "seed": 0}
-    http_port, grpc_port, metrics_port = free_ports(3)
-    with TritonServer(
+    with TritonServer.on_loopback(
         repo_dir,
-        http_port=http_port,
-        grpc_port=grpc_port,
-        metrics_port=metrics_port,
-        address="127.0.0.1",
         log_path=out_dir / "tritonserver.log",
     ) as server:
         with Client(server.grpc_url) as client:

@@ -73,6 +73,12 @@ def render_text(
     return image
 
 
+def render_signs(font_path: str | os.PathLike | None = None) -> dict[str, Image.Image]:
+    """The English, Chinese and mixed sample signs, rendered (what the OCR tests and benchmark read)."""
+    sizes = {"english": (ENGLISH_SIGN, 44), "chinese": (CHINESE_SIGN, 44), "mixed": (MIXED_SIGN, 36)}
+    return {name: render_text(lines, font_size=size, font_path=font_path) for name, (lines, size) in sizes.items()}
+
+
 def blank_image(size: tuple[int, int] = (640, 480), color: tuple[int, int, int] = (235, 240, 245)) -> Image.Image:
     """An image without any text."""
     return Image.new("RGB", size, color)

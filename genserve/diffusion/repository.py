@@ -25,7 +25,6 @@ Every config is written as Triton's ``ModelConfig`` protobuf (:mod:`genserve.tri
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,7 +33,9 @@ from genserve.config import (
     LEAF_MAX_BATCH_SIZE,
     LEAF_QUEUE,
     MAX_GENERATED_SIDE,
+    MAX_IMAGES,
     ORT_CUDA_PARAMETERS,
+    PIPELINE_CONCURRENCY,
     PIPELINE_QUEUE,
     stream_backlog,
 )
@@ -42,6 +43,7 @@ from genserve.diffusion.settings import ServiceSettings
 from genserve.errors import GenServeError
 from genserve.export.manifest import ComponentEntry, Manifest
 from genserve.families import FAMILIES, ShapeRequest, read_configs
+from genserve.files import link_or_copy
 from genserve.protocol import BYTES, STREAMING_TASKS, TASKS, TEXT_TO_IMAGE, TRITON_TYPES, Contract
 from genserve.triton.model_config import LOAD_AFTER, ModelConfig, bound_queue, declare_contract, write_config
 
@@ -62,11 +64,13 @@ class BuildOptions:
     prefix: str = ""  # model name prefix, so that several families share one repository
     tensorrt: bool = False  # gpu: serve the export's TensorRT engines instead of the ONNX files
     max_size: int = MAX_GENERATED_SIDE  # largest width/height a request may ask for
-    max_images: int = 4  # images per request
+    max_images: int = MAX_IMAGES  # images per request
     pipeline_instances: int = 1  # instances of each plain pipeline model (each a process)
-    pipeline_concurrency: int = 4  # requests one plain pipeline model instance runs at once (threads)
+    pipeline_concurrency: int = (
+        PIPELINE_CONCURRENCY  # requests one plain pipeline model instance runs at once (threads)
+    )
     stream: bool = True  # also the streaming (decoupled) pipeline models, <task model>_stream
-    stream_concurrency: int = 4  # requests one streaming pipeline model runs at once
+    stream_concurrency: int = PIPELINE_CONCURRENCY  # requests one streaming pipeline model runs at once
     warmup: bool = True  # pipeline models run a first request before they report ready
     warmup_size: int | None = None  # its width = height; None: the pipeline's working size (up to max_size)
     max_batch_size: int = LEAF_MAX_BATCH_SIZE  # leaves: the most samples one batched call may hold
@@ -182,15 +186,6 @@ def leaf_config(
     return config
 
 
-def _link_or_copy(source: Path, target: Path) -> None:
-    """A hard link when the export is on the same file system (no second copy of the weights)."""
-    target.unlink(missing_ok=True)
-    try:
-        os.link(source, target)
-    except OSError:
-        shutil.copy2(source, target)
-
-
 def write_leaf(
     export_dir: Path,
     repo_dir: Path,
@@ -206,12 +201,12 @@ def write_leaf(
     write_config(leaf_config(name, entry, options, max_input_shape), model_dir / "config.pbtxt")
     plan = entry.tensorrt.get("path")
     if options.target == "gpu" and options.tensorrt and plan and not options.python_leaves:
-        _link_or_copy(export_dir / plan, version / "model.plan")
+        link_or_copy(export_dir / plan, version / "model.plan")
     else:
         onnx_file = export_dir / entry.path
         for source in onnx_file.parent.iterdir():  # the graph and its external data files
             if source.is_file():
-                _link_or_copy(source, version / source.name)
+                link_or_copy(source, version / source.name)
     if options.target == "cpu" or options.python_leaves:
         (version / "model.py").write_text(LEAF_MODEL_PY)
     return name

@@ -27,6 +27,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from genserve.config import MAX_GENERATED_SIDE, MAX_IMAGES
 from genserve.diffusion.settings import ServiceSettings
 from genserve.errors import InvalidInputError, RequestCancelled
 from genserve.families import EDIT_CALL_KWARGS, FAMILIES, TEXT_EDIT, Family, read_configs
@@ -86,8 +87,8 @@ class DiffusionService:
         family: Family,
         pixel_multiple: int,
         working_side: int,
-        max_size: int = 2048,
-        max_images: int = 4,
+        max_size: int = MAX_GENERATED_SIDE,
+        max_images: int = MAX_IMAGES,
         text_reader: TextReader | None = None,
         concurrency: int = 1,
     ):

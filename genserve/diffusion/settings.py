@@ -11,6 +11,8 @@ import json
 from dataclasses import dataclass, fields
 from pathlib import Path
 
+from genserve.config import MAX_GENERATED_SIDE, MAX_IMAGES
+
 SERVING_FILE = "serving.json"
 
 
@@ -21,8 +23,8 @@ class ServiceSettings:
     task: str  # t2i, tie or vttie
     pipeline_class: str  # the diffusers class that runs it
     models: dict[str, str]  # component -> the leaf model serving it
-    max_size: int = 2048  # largest width/height a request may ask for
-    max_images: int = 4  # images per request
+    max_size: int = MAX_GENERATED_SIDE  # largest width/height a request may ask for
+    max_images: int = MAX_IMAGES  # images per request
     ocr_model: str = "ocr"  # reads vttie results (served beside, from the stack's own repository)
     concurrency: int = 1  # requests one instance runs at once (on worker threads)
 

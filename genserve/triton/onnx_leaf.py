@@ -172,13 +172,25 @@ def create_session(
     gpu: bool = False,
     device_id: int = 0,
     cuda_parameters: dict[str, str] | None = None,
+    optimization: str = "all",
+    log_severity: int | None = None,
 ):
     """An ONNX Runtime session on CUDA (when asked for or, with ``auto``, on a GPU instance that has it)
-    or on the CPU. ``cuda_parameters``: the config's CUDA settings, as the native backend reads them."""
+    or on the CPU: the one session factory of the leaves, the export stages and the in-process services.
+    ``cuda_parameters``: the config's CUDA settings, as the native backend reads them. ``optimization``:
+    "all" (what serving uses) or "basic". ``log_severity``: ONNX Runtime's level (None: its default)."""
     import onnxruntime as ort
 
+    if optimization not in ("all", "basic"):
+        raise ValueError(f"optimization must be all or basic, not {optimization!r}")
     options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.graph_optimization_level = (
+        ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if optimization == "all"
+        else ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    )
+    if log_severity is not None:
+        options.log_severity_level = log_severity
     if intra_op_threads > 0:
         options.intra_op_num_threads = intra_op_threads
     if inter_op_threads > 0:

@@ -1,0 +1,56 @@
+"""`genserve serve` as a child process, the way an operator starts it, for the tests of the command."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from genserve.server import free_ports
+
+
+def port_arguments(http: int, grpc: int, metrics: int, log_file: Path) -> list[str]:
+    """``genserve serve``'s ports and Triton log flags."""
+    return [
+        "--http-port",
+        str(http),
+        "--grpc-port",
+        str(grpc),
+        "--metrics-port",
+        str(metrics),
+        "--log-file",
+        str(log_file),
+    ]
+
+
+def start_serve(
+    tmp_path: Path, *args: str, log_file: Path | None = None
+) -> tuple[subprocess.Popen, list[int], list[str]]:
+    """``genserve serve ARGS`` on three free ports (http, grpc, metrics), its admin key and (by default)
+    Triton's log in ``tmp_path``; returns once it says it is ready, with its ports and the lines it printed."""
+    http, grpc, metrics = free_ports(3)
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "genserve.cli",
+            "serve",
+            *args,
+            *port_arguments(http, grpc, metrics, log_file or tmp_path / f"triton-{grpc}.log"),
+            "--admin-key-file",
+            str(tmp_path / "admin.key"),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    lines: list[str] = []
+    while not lines or "Press Ctrl-C" not in lines[-1]:
+        line = process.stdout.readline()
+        if not line:
+            process.kill()
+            pytest.fail("genserve serve exited before it was ready:\n" + "".join(lines))
+        lines.append(line)
+    return process, [http, grpc, metrics], lines
