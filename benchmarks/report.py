@@ -70,6 +70,16 @@ def _fmt(value, digits: int = 1) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
 
+def _table(title: str, intro: str, columns: list[tuple[str, str]], rows: list[list[Any]]) -> list[str]:
+    """A Markdown section: its title, an optional sentence, and a table of ``columns`` (header, alignment
+    "---" or "---:") over ``rows`` (cells already formatted)."""
+    lines = ["", f"## {title}", ""] + ([intro, ""] if intro else [])
+    lines.append("| " + " | ".join(header for header, _ in columns) + " |")
+    lines.append("|" + "|".join(align for _, align in columns) + "|")
+    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
+    return lines
+
+
 def markdown_report(report: dict[str, Any]) -> str:
     """``report`` as written to bench.json: its runs, ratios and per-model breakdown as Markdown tables."""
     host = report.get("host", {})
@@ -95,52 +105,76 @@ def markdown_report(report: dict[str, Any]) -> str:
             f"{run['errors']} | {run['images_per_s']:.3f} | {_fmt(latency['p50'], 0)} | {_fmt(latency['p90'], 0)} | "
             f"{_fmt(latency['p99'], 0)} | {_fmt(ratio and ratio['throughput_ratio'], 2) + 'x' if ratio else ''} |"
         )
+    num, text = "---:", "---"
     if ratios:
-        lines += [
-            "",
-            "## Served / in-process",
-            "",
+        lines += _table(
+            "Served / in-process",
             "Throughput ratio > 1: the server is faster; p50 latency ratio > 1: a served request takes longer.",
-            "",
-            "| task | concurrency | served images/s | in-process images/s | throughput ratio | p50 latency ratio |",
-            "|---|---:|---:|---:|---:|---:|",
-        ]
-        for r in report["ratios"]:
-            lines.append(
-                f"| {r['task']} | {r['concurrency']} | {r['served_images_per_s']:.3f} | "
-                f"{r['in_process_images_per_s']:.3f} | "
-                f"{_fmt(r['throughput_ratio'], 2)}x | {_fmt(r['p50_latency_ratio'], 2)}x |"
-            )
+            [
+                ("task", text),
+                ("concurrency", num),
+                ("served images/s", num),
+                ("in-process images/s", num),
+                ("throughput ratio", num),
+                ("p50 latency ratio", num),
+            ],
+            [
+                [
+                    r["task"],
+                    r["concurrency"],
+                    f"{r['served_images_per_s']:.3f}",
+                    f"{r['in_process_images_per_s']:.3f}",
+                    _fmt(r["throughput_ratio"], 2) + "x",
+                    _fmt(r["p50_latency_ratio"], 2) + "x",
+                ]
+                for r in report["ratios"]
+            ],
+        )
     if report.get("floor_ratios"):
-        lines += [
-            "",
-            "## Served / floor",
-            "",
+        lines += _table(
+            "Served / floor",
             "The floor: the same export's graphs in ONNX Runtime in this process, one request at a time "
             "(no Triton, no BLS).",
-            "",
-            "| task | concurrency | served images/s | floor images/s | served / floor |",
-            "|---|---:|---:|---:|---:|",
-        ]
-        for r in report["floor_ratios"]:
-            lines.append(
-                f"| {r['task']} | {r['concurrency']} | {r['served_images_per_s']:.3f} | "
-                f"{r['floor_images_per_s']:.3f} | "
-                f"{_fmt(r['served_over_floor'], 2)}x |"
-            )
+            [
+                ("task", text),
+                ("concurrency", num),
+                ("served images/s", num),
+                ("floor images/s", num),
+                ("served / floor", num),
+            ],
+            [
+                [
+                    r["task"],
+                    r["concurrency"],
+                    f"{r['served_images_per_s']:.3f}",
+                    f"{r['floor_images_per_s']:.3f}",
+                    _fmt(r["served_over_floor"], 2) + "x",
+                ]
+                for r in report["floor_ratios"]
+            ],
+        )
     if report.get("first_requests"):
-        lines += [
+        lines += _table(
+            "First request after the server's start",
             "",
-            "## First request after the server's start",
-            "",
-            "| task | pipeline models warmed up at load | first request ms | steady p50 ms | first / p50 |",
-            "|---|---|---:|---:|---:|",
-        ]
-        for task, first in report["first_requests"].items():
-            lines.append(
-                f"| {task} | {'yes' if first['model_warmup'] else 'no'} | {first['first_ms']:.0f} | "
-                f"{_fmt(first.get('steady_p50_ms'), 0)} | {_fmt(first.get('first_over_p50'), 2)}x |"
-            )
+            [
+                ("task", text),
+                ("pipeline models warmed up at load", text),
+                ("first request ms", num),
+                ("steady p50 ms", num),
+                ("first / p50", num),
+            ],
+            [
+                [
+                    task,
+                    "yes" if first["model_warmup"] else "no",
+                    f"{first['first_ms']:.0f}",
+                    _fmt(first.get("steady_p50_ms"), 0),
+                    _fmt(first.get("first_over_p50"), 2) + "x",
+                ]
+                for task, first in report["first_requests"].items()
+            ],
+        )
     breakdown_rows = [
         (run, name, stats)
         for run in report.get("runs", [])
@@ -148,31 +182,44 @@ def markdown_report(report: dict[str, Any]) -> str:
         for name, stats in run.get("models", {}).items()
     ]
     if breakdown_rows:
-        lines += [
-            "",
-            "## Per-model breakdown (Triton statistics, served runs)",
-            "",
+        lines += _table(
+            "Per-model breakdown (Triton statistics, served runs)",
             "Per request of each model during the level: mean time queued before an execution, and mean compute "
             "time (input + infer + output). Plain pipeline models (BLS) include the time they wait for their leaves; a "
             "streaming model's compute is only the hand-over to its worker, so its own time per request (request ms, "
             "from the responses) and the queue's share of it are given beside. BLS overhead: the pipeline's wait per "
             "denoiser call beyond the denoiser's compute (concurrency 1).",
-            "",
-            "| task | concurrency | model | requests | executions | requests / execution | queue ms | compute ms | "
-            "request ms | queue share | BLS overhead ms/step |",
-            "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|",
-        ]
-        for run, name, s in breakdown_rows:
-            extra = (
-                _fmt(s.get("request_ms"), 1),
-                _percent(s.get("queue_share")),
-                _fmt(s.get("bls_overhead_ms_per_step"), 2) + _bracketed(_percent(s.get("bls_overhead_share"))),
-            )
-            lines.append(
-                f"| {run['task']} | {run['concurrency']} | {name} | {s.get('requests', 0)} | "
-                f"{s.get('executions', 0)} | {_fmt(s.get('requests_per_execution'), 2)} | "
-                f"{s.get('queue_ms', 0):.2f} | {s.get('compute_ms', 0):.2f} | " + " | ".join(extra) + " |"
-            )
+            [("task", text), ("concurrency", num), ("model", text)]
+            + [
+                (header, num)
+                for header in (
+                    "requests",
+                    "executions",
+                    "requests / execution",
+                    "queue ms",
+                    "compute ms",
+                    "request ms",
+                    "queue share",
+                    "BLS overhead ms/step",
+                )
+            ],
+            [
+                [
+                    run["task"],
+                    run["concurrency"],
+                    name,
+                    s.get("requests", 0),
+                    s.get("executions", 0),
+                    _fmt(s.get("requests_per_execution"), 2),
+                    f"{s.get('queue_ms', 0):.2f}",
+                    f"{s.get('compute_ms', 0):.2f}",
+                    _fmt(s.get("request_ms"), 1),
+                    _percent(s.get("queue_share")),
+                    _fmt(s.get("bls_overhead_ms_per_step"), 2) + _bracketed(_percent(s.get("bls_overhead_share"))),
+                ]
+                for run, name, s in breakdown_rows
+            ],
+        )
     return "\n".join(lines) + "\n"
 
 
