@@ -40,6 +40,7 @@ import numpy as np
 
 from genserve.benchmarks.load import TABLE_HEADER, Run, drive, parse_levels, table_row
 from genserve.config import FACES_DIR
+from genserve.demo.lfw import LFW_SIZE, lfw_framed
 
 PAIRS = [  # (ori, target): three targets, each repeated
     ("2008_002506.jpg", "2008_001009.jpg"),
@@ -49,8 +50,6 @@ PAIRS = [  # (ori, target): three targets, each repeated
     ("2008_002506.jpg", "2008_001322.jpg"),
     ("2008_007676.jpg", "2008_001322.jpg"),
 ]
-# The contest's deepfake photos (LFW): this side, one centred face about this wide.
-LFW_SIDE, LFW_FACE_WIDTH = 250, 110
 # The classic recipe's detector upsamples once, as dlib's own examples and face_recognition do by
 # default: without it HOG misses faces under about 80 px, e.g. every face of 2008_007676.jpg.
 CLASSIC_UPSAMPLE = 1
@@ -147,26 +146,6 @@ def load_pairs(faces_dir: Path, frame: str = "photo") -> list[tuple[bytes, bytes
         else (lambda name: lfw_framed((faces_dir / name).read_bytes()))
     )
     return [(read(ori), read(target)) for ori, target in PAIRS]
-
-
-def lfw_framed(data: bytes) -> bytes:
-    """The photo as an LFW photo frames a face: LFW_SIDE square, its largest face centred and about
-    LFW_FACE_WIDTH wide (dlib's box; edges beyond the photo mirrored), JPEG."""
-    import dlib
-
-    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
-    face = max(
-        dlib.get_frontal_face_detector()(cv2.cvtColor(image, cv2.COLOR_BGR2GRAY), 1), key=lambda rect: rect.area()
-    )
-    half = face.width() * LFW_SIDE / LFW_FACE_WIDTH / 2
-    cx, cy = face.center().x, face.center().y
-    # An affine map of the square around the face onto LFW_SIDE pixels.
-    scale = LFW_SIDE / (2 * half)
-    matrix = np.float32([[scale, 0, (half - cx) * scale], [0, scale, (half - cy) * scale]])
-    framed = cv2.warpAffine(
-        image, matrix, (LFW_SIDE, LFW_SIDE), flags=cv2.INTER_AREA, borderMode=cv2.BORDER_REFLECT_101
-    )
-    return cv2.imencode(".jpg", framed, [cv2.IMWRITE_JPEG_QUALITY, 95])[1].tobytes()
 
 
 Workers = Callable[[int], list[Callable]]  # concurrency -> one worker per thread
@@ -283,7 +262,7 @@ def main(argv: list[str] | None = None) -> int:
         "--frame",
         choices=["photo", "lfw"],
         default="photo",
-        help=f"the photos as they are (500x375, default) or framed as LFW's ({LFW_SIDE}x{LFW_SIDE}, one centred face)",
+        help=f"the photos as they are (500x375, default) or framed as LFW's ({LFW_SIZE}x{LFW_SIZE}, one centred face)",
     )
     parser.add_argument(
         "--no-in-process", action="store_true", help="skip FaceSwapper in-process (the classic recipe always runs)"
