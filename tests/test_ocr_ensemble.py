@@ -148,6 +148,7 @@ def test_the_native_repository_runs_the_leaves_on_onnx_runtime_s_backend(tmp_pat
     tensors unchanged (still the graph's own), the ensemble and its steps as they are."""
     from google.protobuf.json_format import MessageToDict
 
+    from genserve.config import ORT_CUDA_PARAMETERS
     from genserve.triton.native import write_native_repository
     from genserve.triton.onnx_leaf import check_config_against_session, create_session, resolve_onnx_file
 
@@ -158,6 +159,7 @@ def test_the_native_repository_runs_the_leaves_on_onnx_runtime_s_backend(tmp_pat
         config = read_config(folder)
         assert config.platform == "onnxruntime_onnx" and not config.backend
         assert [group.kind for group in config.instance_group] == [config.instance_group[0].KIND_GPU]
+        assert {key: config.parameters[key].string_value for key in ORT_CUDA_PARAMETERS} == ORT_CUDA_PARAMETERS
         assert not (folder / "1" / "model.py").exists()
         assert (folder / "1" / "model.onnx").read_bytes() == resolve_onnx_file(leaf.onnx_reference).read_bytes()
         session = create_session(folder / "1" / "model.onnx")

@@ -5,7 +5,8 @@
 
 Every ONNX leaf model (a Python-backend model running :mod:`genserve.triton.onnx_leaf`) is written with
 the same config but ``platform: "onnxruntime_onnx"`` instead of ``backend: "python"``, its ONNX file at
-``<model>/1/model.onnx`` and, for the GPU, ``KIND_GPU`` instances: the switch ``genserve build-repo
+``<model>/1/model.onnx`` and, for the GPU, ``KIND_GPU`` instances with ONNX Runtime's CUDA settings
+(``genserve.config.ORT_CUDA_PARAMETERS``): the switch ``genserve build-repo
 --target gpu`` makes for the diffusion leaves. Tensor names, types, dims and batching stay as they are
 (they are the graph's own), so callers see no difference: the OCR ensemble then runs its networks with
 no Python in between. Other models are copied unchanged.
@@ -18,6 +19,7 @@ import shutil
 import sys
 from pathlib import Path
 
+from genserve.config import ORT_CUDA_PARAMETERS
 from genserve.triton.model_config import ModelConfig, model_parameters, read_config, write_config
 from genserve.triton.onnx_leaf import DEFAULT_FILE_NAME, find_onnx_file
 
@@ -44,6 +46,9 @@ def native_leaf_config(config: ModelConfig, *, gpu: bool = True) -> ModelConfig:
         native.instance_group.add(count=1)
     for group in native.instance_group:
         group.kind = group.KIND_GPU if gpu else group.KIND_CPU
+    if gpu:  # the same CUDA settings as the diffusion leaves (docs/diffusion-serving.md, "GPU settings")
+        for key, value in ORT_CUDA_PARAMETERS.items():
+            native.parameters[key].string_value = value
     return native
 
 
