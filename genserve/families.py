@@ -206,6 +206,23 @@ class Family:
 # Each builder returns one ComponentSpec; families differ only in the arguments.
 
 
+# Every text encoder takes token ids and runs forward; they differ in what they return.
+_TOKEN_IDS = TensorSpec("input_ids", ("batch", "text_len"), INT64, "input_ids", high="vocab_size")
+_PENULTIMATE = TensorSpec("penultimate_hidden_state", ("batch", "text_len", "hidden_size"), path=("hidden_states", -2))
+
+
+def _text_encoder(name: str, module: str, outputs: tuple[TensorSpec, ...], **details: Any) -> ComponentSpec:
+    return ComponentSpec(
+        name=name,
+        module=module,
+        kind="text_encoder",
+        method="forward",
+        inputs=(_TOKEN_IDS,),
+        outputs=outputs,
+        **details,
+    )
+
+
 def clip_text_encoder(
     name: str = "text_encoder", module: str = "text_encoder", projection: bool = False
 ) -> ComponentSpec:
@@ -219,16 +236,13 @@ def clip_text_encoder(
         if projection
         else TensorSpec("pooler_output", ("batch", "hidden_size"), path=("pooler_output",))
     )
-    return ComponentSpec(
-        name=name,
-        module=module,
-        kind="text_encoder",
-        method="forward",
-        inputs=(TensorSpec("input_ids", ("batch", "text_len"), INT64, "input_ids", high="vocab_size"),),
+    return _text_encoder(
+        name,
+        module,
         outputs=(
             TensorSpec("last_hidden_state", ("batch", "text_len", "hidden_size"), path=("last_hidden_state",)),
             pooled,
-            TensorSpec("penultimate_hidden_state", ("batch", "text_len", "hidden_size"), path=("hidden_states", -2)),
+            _PENULTIMATE,
         ),
         call_kwargs=(("output_hidden_states", True),),
         config_dims=(("hidden_size", "hidden_size"), ("vocab_size", "vocab_size"))
@@ -238,12 +252,9 @@ def clip_text_encoder(
 
 
 def t5_text_encoder(name: str = "text_encoder_2", module: str = "text_encoder_2") -> ComponentSpec:
-    return ComponentSpec(
-        name=name,
-        module=module,
-        kind="text_encoder",
-        method="forward",
-        inputs=(TensorSpec("input_ids", ("batch", "text_len"), INT64, "input_ids", high="vocab_size"),),
+    return _text_encoder(
+        name,
+        module,
         outputs=(TensorSpec("last_hidden_state", ("batch", "text_len", "d_model"), path=("last_hidden_state",)),),
         config_dims=(("d_model", "d_model"), ("vocab_size", "vocab_size")),
     )
@@ -251,15 +262,10 @@ def t5_text_encoder(name: str = "text_encoder_2", module: str = "text_encoder_2"
 
 def glm_text_encoder(name: str = "text_encoder", module: str = "text_encoder") -> ComponentSpec:
     """GlmModel: CogView4 conditions on the penultimate layer's hidden states."""
-    return ComponentSpec(
-        name=name,
-        module=module,
-        kind="text_encoder",
-        method="forward",
-        inputs=(TensorSpec("input_ids", ("batch", "text_len"), INT64, "input_ids", high="vocab_size"),),
-        outputs=(
-            TensorSpec("penultimate_hidden_state", ("batch", "text_len", "hidden_size"), path=("hidden_states", -2)),
-        ),
+    return _text_encoder(
+        name,
+        module,
+        outputs=(_PENULTIMATE,),
         call_kwargs=(("output_hidden_states", True),),
         config_dims=(("hidden_size", "hidden_size"), ("vocab_size", "vocab_size")),
     )
@@ -306,17 +312,43 @@ def vae_encoder() -> ComponentSpec:
     )
 
 
+def _denoiser(
+    name: str,
+    inputs: tuple[TensorSpec, ...],
+    output_dims: tuple[str, ...],
+    config_dims: tuple[tuple[str, str], ...],
+) -> ComponentSpec:
+    """A denoiser: the module of that name called forward (``return_dict=False``), predicting noise of
+    its latents' shape from the latents, the timestep and the text states."""
+    return ComponentSpec(
+        name=name,
+        module=name,
+        kind="denoiser",
+        method="forward",
+        inputs=inputs,
+        outputs=(TensorSpec("noise_pred", output_dims, path=(0,)),),
+        call_kwargs=(("return_dict", False),),
+        config_dims=config_dims,
+    )
+
+
+def _text_states(width_dim: str) -> TensorSpec:
+    """The text encoder's hidden states as every denoiser takes them; only the width's config name differs."""
+    return TensorSpec(
+        "encoder_hidden_states", ("batch", "text_len", width_dim), argument="encoder_hidden_states", normal=True
+    )
+
+
+_IMAGE_LATENTS = ("batch", "in_channels", "latent_height", "latent_width")
+_NOISE_LATENTS = ("batch", "out_channels", "latent_height", "latent_width")
+
+
 def unet(added_conditions: bool = False) -> ComponentSpec:
     """UNet2DConditionModel; SDXL adds pooled text embeddings and size/crop ids (``added_cond_kwargs``)."""
     inputs = (
-        TensorSpec("sample", ("batch", "in_channels", "latent_height", "latent_width"), argument="sample", normal=True),
+        TensorSpec("sample", _IMAGE_LATENTS, argument="sample", normal=True),
         TensorSpec("timestep", ("batch",), argument="timestep", high=1000.0),
-        TensorSpec(
-            "encoder_hidden_states",
-            ("batch", "text_len", "cross_attention_dim"),
-            argument="encoder_hidden_states",
-            normal=True,
-        ),
+        _text_states("cross_attention_dim"),
     )
     config_dims = (
         ("in_channels", "in_channels"),
@@ -329,33 +361,16 @@ def unet(added_conditions: bool = False) -> ComponentSpec:
             TensorSpec("time_ids", ("batch", "time_ids_len"), argument="added_cond_kwargs.time_ids", high=1024.0),
         )
         config_dims += (("pooled_dim", "text_embeds_dim"), ("time_ids_len", "time_ids_len"))
-    return ComponentSpec(
-        name="unet",
-        module="unet",
-        kind="denoiser",
-        method="forward",
-        inputs=inputs,
-        outputs=(TensorSpec("noise_pred", ("batch", "out_channels", "latent_height", "latent_width"), path=(0,)),),
-        call_kwargs=(("return_dict", False),),
-        config_dims=config_dims,
-    )
+    return _denoiser("unet", inputs, _NOISE_LATENTS, config_dims)
 
 
 def flux_transformer() -> ComponentSpec:
     """FluxTransformer2DModel on packed latent tokens; Kontext appends the reference image's tokens."""
-    return ComponentSpec(
-        name="transformer",
-        module="transformer",
-        kind="denoiser",
-        method="forward",
+    return _denoiser(
+        "transformer",
         inputs=(
             TensorSpec("hidden_states", ("batch", "image_seq", "in_channels"), argument="hidden_states", normal=True),
-            TensorSpec(
-                "encoder_hidden_states",
-                ("batch", "text_len", "joint_attention_dim"),
-                argument="encoder_hidden_states",
-                normal=True,
-            ),
+            _text_states("joint_attention_dim"),
             TensorSpec(
                 "pooled_projections", ("batch", "pooled_projection_dim"), argument="pooled_projections", normal=True
             ),
@@ -365,8 +380,7 @@ def flux_transformer() -> ComponentSpec:
             TensorSpec("txt_ids", ("batch", "text_len", "rope_axes"), argument="txt_ids", high=1.0, per_request=True),
             TensorSpec("guidance", ("batch",), argument="guidance", low=1.0, high=5.0, when="guidance_embeds"),
         ),
-        outputs=(TensorSpec("noise_pred", ("batch", "image_seq", "out_channels"), path=(0,)),),
-        call_kwargs=(("return_dict", False),),
+        output_dims=("batch", "image_seq", "out_channels"),
         config_dims=(
             ("in_channels", "in_channels"),
             ("out_channels", "out_channels|in_channels"),
@@ -379,31 +393,17 @@ def flux_transformer() -> ComponentSpec:
 
 def cogview4_transformer() -> ComponentSpec:
     """CogView4Transformer2DModel: latents in, patched inside; SDXL-like size and crop conditions."""
-    return ComponentSpec(
-        name="transformer",
-        module="transformer",
-        kind="denoiser",
-        method="forward",
+    return _denoiser(
+        "transformer",
         inputs=(
-            TensorSpec(
-                "hidden_states",
-                ("batch", "in_channels", "latent_height", "latent_width"),
-                argument="hidden_states",
-                normal=True,
-            ),
-            TensorSpec(
-                "encoder_hidden_states",
-                ("batch", "text_len", "text_embed_dim"),
-                argument="encoder_hidden_states",
-                normal=True,
-            ),
+            TensorSpec("hidden_states", _IMAGE_LATENTS, argument="hidden_states", normal=True),
+            _text_states("text_embed_dim"),
             TensorSpec("timestep", ("batch",), argument="timestep", high=1000.0),
             TensorSpec("original_size", ("batch", "two"), argument="original_size", low=256.0, high=2048.0),
             TensorSpec("target_size", ("batch", "two"), argument="target_size", low=256.0, high=2048.0),
             TensorSpec("crop_coords", ("batch", "two"), argument="crop_coords", high=64.0),
         ),
-        outputs=(TensorSpec("noise_pred", ("batch", "out_channels", "latent_height", "latent_width"), path=(0,)),),
-        call_kwargs=(("return_dict", False),),
+        output_dims=_NOISE_LATENTS,
         config_dims=(
             ("in_channels", "in_channels"),
             ("out_channels", "out_channels"),

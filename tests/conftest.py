@@ -13,10 +13,11 @@ from genserve.config import FACES_DIR
 
 # --- the `server` marker: every test that starts a Triton server carries it --------------------------
 # Marked at collection when the test or a fixture it uses starts one (TritonServer(...),
-# TritonServer.on_loopback(...), or a `genserve serve` process, e.g. by fixtures_server.start_serve);
+# TritonServer.on_loopback(...), fixtures_server.loopback_server(...), or a `genserve serve` process, e.g.
+# by fixtures_server.start_serve);
 # checked while it runs: a test whose setup or call started a tritonserver without the marker fails, so
 # `-m "not server"` really starts none.
-STARTS_A_SERVER = re.compile(r"TritonServer(\.on_loopback)?\(|start_serve\(|[\"']serve[\"'], [\"']--")
+STARTS_A_SERVER = re.compile(r"TritonServer(\.on_loopback)?\(|loopback_server\(|start_serve\(|[\"']serve[\"'], [\"']--")
 
 
 def _starts_a_server(function) -> bool:
@@ -118,14 +119,11 @@ def faces_dir() -> Path:
 @pytest.fixture(scope="session")
 def triton_server(tmp_path_factory):
     """The real tritonserver serving the stack's default model repository, once per test session."""
-    from genserve.config import STACK_REPOSITORY_DIR
-    from genserve.server import TritonServer
+    from fixtures_server import loopback_server
 
-    log_path = tmp_path_factory.mktemp("triton") / "tritonserver.log"
-    with TritonServer.on_loopback(
-        STACK_REPOSITORY_DIR,
-        log_path=log_path,
-    ) as server:
+    from genserve.config import STACK_REPOSITORY_DIR
+
+    with loopback_server(tmp_path_factory, STACK_REPOSITORY_DIR) as server:
         yield server
 
 

@@ -1,7 +1,9 @@
-"""`genserve serve` as a child process, the way an operator starts it, for the tests of the command."""
+"""Starting servers for tests: the real Triton server on loopback, and `genserve serve` as a child process,
+the way an operator starts it, for the tests of the command."""
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import sys
 from pathlib import Path
@@ -9,6 +11,16 @@ from pathlib import Path
 import pytest
 
 from genserve.server import free_ports
+
+
+@contextlib.contextmanager
+def loopback_server(tmp_path_factory, repositories, **options):
+    """The real tritonserver serving ``repositories`` on loopback, its log in a new temporary folder."""
+    from genserve.server import TritonServer
+
+    log_path = tmp_path_factory.mktemp("triton") / "tritonserver.log"
+    with TritonServer.on_loopback(repositories, log_path=log_path, **options) as server:
+        yield server
 
 
 def port_arguments(http: int, grpc: int, metrics: int, log_file: Path) -> list[str]:

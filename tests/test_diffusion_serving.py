@@ -14,6 +14,7 @@ import time
 
 import numpy as np
 import pytest
+from fixtures_server import loopback_server
 from PIL import Image
 
 from genserve.client import Client, RequestError
@@ -30,7 +31,6 @@ PROMPT = "a lighthouse on a cliff at dusk"
 @pytest.fixture(scope="module")
 def diffusion_server(export_family, tmp_path_factory):
     from genserve.diffusion.repository import BuildOptions, build_repository
-    from genserve.server import TritonServer
 
     repo = tmp_path_factory.mktemp("diffusion_repo")
     for family in FAMILIES:
@@ -45,11 +45,7 @@ def diffusion_server(export_family, tmp_path_factory):
     text = config.read_text()
     assert "max_queue_delay_microseconds: 2000\n" in text
     config.write_text(text.replace("max_queue_delay_microseconds: 2000\n", "max_queue_delay_microseconds: 100000\n"))
-    log_path = tmp_path_factory.mktemp("diffusion_triton") / "tritonserver.log"
-    with TritonServer.on_loopback(
-        repo,
-        log_path=log_path,
-    ) as server:
+    with loopback_server(tmp_path_factory, repo) as server:
         yield server
 
 

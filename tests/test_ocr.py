@@ -9,6 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
+from bad_images import UNREADABLE_IMAGES
 from PIL import Image
 
 from genserve.client import Client, OcrLine, RequestError
@@ -107,14 +108,7 @@ def test_image_without_text_gives_an_empty_result(grpc_client):
     assert grpc_client.ocr(noise) == []
 
 
-@pytest.mark.parametrize(
-    "data, message",
-    [
-        (b"this is not an image", "not a readable image"),
-        (b"", "empty"),
-        (b"\x89PNG\r\n\x1a\n" + b"\x00" * 64, "not a readable image"),
-    ],
-)
+@UNREADABLE_IMAGES
 def test_corrupt_bytes_get_a_clear_error_and_the_server_keeps_serving(client, images, data, message):
     with pytest.raises(RequestError, match=message):
         client.ocr(data)

@@ -6,6 +6,7 @@ import io
 
 import numpy as np
 import pytest
+from bad_images import UNREADABLE_IMAGES
 from PIL import Image
 
 from genserve import config
@@ -44,14 +45,7 @@ def test_too_many_pixels_are_refused_before_decoding(monkeypatch):
         load_image(encode(Image.new("RGB", (20, 20))))
 
 
-@pytest.mark.parametrize(
-    "data, message",
-    [
-        (b"", "empty"),
-        (b"GIF89a-not-really", "not a readable image"),
-        (b"\xff\xd8\xff\xe0" + b"\x00" * 20, "not a readable image"),
-    ],
-)
+@UNREADABLE_IMAGES
 def test_bad_bytes_are_refused_with_the_reason(data, message):
     with pytest.raises(InvalidInputError, match=message):
         load_image(data)

@@ -12,6 +12,7 @@ import struct
 import numpy as np
 import pytest
 from fixtures_diffusion import run_cli
+from fixtures_server import loopback_server
 
 from genserve.benchmarks import perf_analyzer
 from genserve.protocol import FACE_SWAP, OCR, STREAMING_TASKS, TEXT_TO_IMAGE
@@ -95,14 +96,9 @@ def test_a_document_that_breaks_the_format_is_refused():
 def stack_and_demo_server(tmp_path_factory):
     from genserve.config import CACHE_DIR, STACK_REPOSITORY_DIR
     from genserve.demo.repository import build_demo_repository
-    from genserve.server import TritonServer
 
     demo = build_demo_repository(CACHE_DIR / "demo", log=lambda _: None)
-    log = tmp_path_factory.mktemp("perf-analyzer") / "triton.log"
-    with TritonServer.on_loopback(
-        [STACK_REPOSITORY_DIR, demo],
-        log_path=log,
-    ) as server:
+    with loopback_server(tmp_path_factory, [STACK_REPOSITORY_DIR, demo]) as server:
         yield server
 
 

@@ -186,6 +186,16 @@ def leaf_config(
     return config
 
 
+def _fresh_model_dir(repo_dir: Path, name: str) -> tuple[Path, Path]:
+    """An empty folder for model ``name`` and its version 1 folder in it: a rebuild leaves nothing of the
+    model's former files (a plan that is no longer served, a former graph's external data)."""
+    model_dir = repo_dir / name
+    shutil.rmtree(model_dir, ignore_errors=True)
+    version = model_dir / "1"
+    version.mkdir(parents=True)
+    return model_dir, version
+
+
 def write_leaf(
     export_dir: Path,
     repo_dir: Path,
@@ -194,10 +204,7 @@ def write_leaf(
     max_input_shape: dict[str, list[int]],
 ) -> str:
     name = options.prefix + entry.name
-    model_dir = repo_dir / name
-    shutil.rmtree(model_dir, ignore_errors=True)
-    version = model_dir / "1"
-    version.mkdir(parents=True)
+    model_dir, version = _fresh_model_dir(repo_dir, name)
     write_config(leaf_config(name, entry, options, max_input_shape), model_dir / "config.pbtxt")
     plan = entry.tensorrt.get("path")
     if options.target == "gpu" and options.tensorrt and plan and not options.python_leaves:
@@ -247,10 +254,7 @@ def write_pipeline(
     progress per step)."""
     contract = STREAMING_TASKS[task] if stream else TASKS[task]
     name = options.prefix + contract.model
-    model_dir = repo_dir / name
-    shutil.rmtree(model_dir, ignore_errors=True)
-    version = model_dir / "1"
-    version.mkdir(parents=True)
+    model_dir, version = _fresh_model_dir(repo_dir, name)
     concurrency = options.stream_concurrency if stream else options.pipeline_concurrency
     config = pipeline_config(name, contract, 1 if stream else options.pipeline_instances, concurrency)
     if options.warmup:
