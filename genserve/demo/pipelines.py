@@ -118,14 +118,12 @@ def _unet(scale: Scale, cross_attention_dim: int, **kwargs):
     )
 
 
-def build_sd(scale: Scale, seed: int = 0):
-    import torch
+def build_sd(scale: Scale):
     from diffusers import PNDMScheduler, StableDiffusionPipeline
 
     from genserve.demo.tokenizers import build_clip_tokenizer
 
     tokenizer = build_clip_tokenizer()
-    torch.manual_seed(seed)
     return StableDiffusionPipeline(
         vae=_vae(scale, latent_channels=4),
         text_encoder=_clip_text_encoder(scale, vocab_size=len(tokenizer)),
@@ -141,14 +139,12 @@ def build_sd(scale: Scale, seed: int = 0):
     )
 
 
-def build_sdxl(scale: Scale, seed: int = 0):
-    import torch
+def build_sdxl(scale: Scale):
     from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline
 
     from genserve.demo.tokenizers import build_clip_tokenizer
 
     tokenizer = build_clip_tokenizer()
-    torch.manual_seed(seed)
     # The UNet sees both encoders' hidden states side by side, and the second's pooled projection
     # plus six size/crop ids, each embedded to `addition_time_embed_dim`.
     addition_time_embed_dim = 8
@@ -169,15 +165,13 @@ def build_sdxl(scale: Scale, seed: int = 0):
     )
 
 
-def build_flux_kontext(scale: Scale, seed: int = 0):
-    import torch
+def build_flux_kontext(scale: Scale):
     from diffusers import FlowMatchEulerDiscreteScheduler, FluxKontextPipeline, FluxTransformer2DModel
     from transformers import T5Config, T5EncoderModel
 
     from genserve.demo.tokenizers import build_clip_tokenizer, build_t5_tokenizer
 
     tokenizer, tokenizer_2 = build_clip_tokenizer(), build_t5_tokenizer()
-    torch.manual_seed(seed)
     latent_channels = 4
     head_dim = scale.width // scale.heads
     # Rope axes (index, row, column) must add up to the head size, each even.
@@ -228,15 +222,13 @@ def build_flux_kontext(scale: Scale, seed: int = 0):
     )
 
 
-def build_cogview4(scale: Scale, seed: int = 0):
-    import torch
+def build_cogview4(scale: Scale):
     from diffusers import CogView4Pipeline, CogView4Transformer2DModel, FlowMatchEulerDiscreteScheduler
     from transformers import GlmConfig, GlmModel
 
     from genserve.demo.tokenizers import build_glm_tokenizer
 
     tokenizer = build_glm_tokenizer()
-    torch.manual_seed(seed)
     head_dim = scale.width // scale.heads
     text_encoder = GlmModel(
         GlmConfig(
@@ -280,8 +272,11 @@ def build_demo_pipeline(name: str, out_dir: str | Path, size: str = "tiny", seed
     """Build one demo pipeline and save it to ``out_dir/name``; returns that folder."""
     if name not in BUILDERS:
         raise KeyError(f"unknown demo pipeline {name!r}; known: {', '.join(DEMO_PIPELINES)}")
+    import torch
+
     target = Path(out_dir) / name
-    pipeline = BUILDERS[name](SCALES[size], seed=seed)
+    torch.manual_seed(seed)  # every builder draws its weights from torch's generator: one seed, one pipeline
+    pipeline = BUILDERS[name](SCALES[size])
     # Save beside the target and rename, so a folder that exists is always complete.
     partial = target.with_name(target.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
