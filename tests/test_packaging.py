@@ -210,6 +210,35 @@ def test_every_command_has_help(command, capsys):
     assert command in capsys.readouterr().out
 
 
+# Every command that reads an input file, with a missing one in each such place; no server listens at
+# {url}, so a command that connected before it looked would fail otherwise.
+MISSING_INPUTS = {
+    "edit": "edit {missing} night -o {out} --url {url}",
+    "edit-text": "edit-text {missing} A->B -o {out} --url {url}",
+    "deepfake ori": "deepfake {missing} {present} -o {out} --url {url}",
+    "deepfake target": "deepfake {present} {missing} -o {out} --url {url}",
+    "ocr": "ocr {missing} --url {url}",
+    "check-submission": "check-submission {missing} --tasks {present}",
+}
+
+
+@pytest.mark.parametrize("command_line", MISSING_INPUTS.values(), ids=MISSING_INPUTS.keys())
+def test_a_missing_input_file_is_named_before_any_server_is_asked(command_line, tmp_path, capsys):
+    from genserve.cli import main
+
+    present, missing = tmp_path / "present.png", tmp_path / "missing.png"
+    present.write_bytes(b"\x89PNG")
+    values = {
+        "missing": missing,
+        "present": present,
+        "out": tmp_path / "out.png",
+        "url": f"127.0.0.1:{free_ports(1)[0]}",
+    }
+    argv = command_line.format(**values).split()
+    assert main(argv) == 1
+    assert f"genserve {argv[0]}: error: {missing}: no such file" in capsys.readouterr().err
+
+
 def test_every_repository_config_parses_as_triton_model_config():
     from genserve.config import STACK_REPOSITORY_DIR
     from genserve.triton.model_config import read_config

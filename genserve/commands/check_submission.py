@@ -40,11 +40,10 @@ def run(args: argparse.Namespace) -> int:
 
     from genserve.client.submission import MIN_IDENTITY_COSINE, check_quality, check_submission
     from genserve.client.tasks import read_tasks
-    from genserve.errors import InvalidInputError
+    from genserve.commands.fields import require_files
 
+    require_files(args.zip)
     path = Path(args.zip)
-    if not path.is_file():
-        raise InvalidInputError(f"{path}: no such file")
     tasks = read_tasks(args.tasks)
     findings = check_submission(path, tasks)
     broken = len(findings)

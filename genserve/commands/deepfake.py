@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from genserve.commands.fields import add_field_arguments, add_server_arguments, field_values
+from genserve.commands.fields import add_field_arguments, add_server_arguments, field_values, require_files
 from genserve.protocol import FACE_SWAP
 
 # The images are the positional arguments; the format follows OUT's extension.
@@ -34,11 +34,8 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from genserve.client import Client
-    from genserve.errors import InvalidInputError
 
-    for path in (args.ori, args.target):
-        if not Path(path).is_file():
-            raise InvalidInputError(f"{path}: no such file")
+    require_files(args.ori, args.target)
     output_format = "png" if Path(args.output).suffix.lower() == ".png" else "jpeg"
     with Client(args.url, protocol=args.protocol) as client:
         result = client.swap_face(

@@ -4,30 +4,25 @@ from __future__ import annotations
 
 import argparse
 
-from genserve.commands.fields import add_generation_arguments, generate, write_results
+from genserve.commands.fields import add_generation_command, generate, require_files, write_results
 from genserve.protocol import EDIT_TEXT
 
 
 def register(subparsers) -> None:
-    parser = subparsers.add_parser(
+    parser = add_generation_command(
+        subparsers,
         "edit-text",
+        EDIT_TEXT,
+        ("image", "instruction"),
         help="change the text shown in an image (edit_text on the server)",
         description='INSTRUCTION quotes the old and new text: change "OPEN" to "CLOSED", replace \'A\' with '
         "'B', 把“开”改成“关”. The server turns it into an edit prompt with text-edit defaults.",
     )
-    parser.add_argument("image", metavar="IMAGE")
-    parser.add_argument("instruction", metavar="INSTRUCTION")
-    add_generation_arguments(parser, EDIT_TEXT)
     parser.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from genserve.errors import InvalidInputError
-
-    if not Path(args.image).is_file():
-        raise InvalidInputError(f"{args.image}: no such file")
+    require_files(args.image)
     results = generate(
         args, EDIT_TEXT, lambda client, **kwargs: client.edit_text(args.image, args.instruction, **kwargs)
     )

@@ -1,5 +1,5 @@
-"""Command-line options made from a task's contract (:mod:`genserve.protocol`), and what the
-diffusion commands (``t2i``, ``edit``, ``edit-text``) share.
+"""Command-line options made from a task's contract (:mod:`genserve.protocol`), what the diffusion
+commands (``t2i``, ``edit``, ``edit-text``) share, and the input-file check of every command that reads one.
 
 Every request field becomes an option (``steps`` -> ``--steps``, a true-by-default ``color_transfer``
 -> ``--no-color-transfer``) with the contract's help text, so a new field reaches the command line
@@ -52,6 +52,17 @@ def field_values(args: argparse.Namespace, contract: Contract, skip: tuple[str, 
     return {name: value for name, value in values.items() if value is not None}
 
 
+def require_files(*paths: str) -> None:
+    """Refuse a missing input file here, before a connection is made, with its name."""
+    from pathlib import Path
+
+    from genserve.errors import InvalidInputError
+
+    for path in paths:
+        if not Path(path).is_file():
+            raise InvalidInputError(f"{path}: no such file")
+
+
 # --- t2i, edit, edit-text ------------------------------------------------------------------------------
 
 
@@ -62,6 +73,18 @@ def add_server_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"server host:port (default: {config.grpc_url()} for gRPC, {config.http_url()} for HTTP)",
     )
     parser.add_argument("--protocol", choices=("grpc", "http"), default="grpc")
+
+
+def add_generation_command(
+    subparsers, name: str, contract: Contract, positionals: tuple[str, ...], **texts: str
+) -> argparse.ArgumentParser:
+    """The parser of a diffusion command: its positional arguments (``image`` -> IMAGE) in order, then the
+    options all of them take; ``texts`` are the parser's help and description."""
+    parser = subparsers.add_parser(name, **texts)
+    for positional in positionals:
+        parser.add_argument(positional, metavar=positional.upper())
+    add_generation_arguments(parser, contract)
+    return parser
 
 
 def add_generation_arguments(parser: argparse.ArgumentParser, contract: Contract) -> None:

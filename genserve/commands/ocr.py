@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from genserve.commands.fields import add_server_arguments
+from genserve.commands.fields import add_server_arguments, require_files
 
 
 def register(subparsers) -> None:
@@ -34,15 +34,12 @@ def run(args: argparse.Namespace) -> int:
 
     from genserve import config
     from genserve.client import Client, to_image_bytes
-    from genserve.errors import InvalidInputError
 
     if args.image == "-":
         data = to_image_bytes(sys.stdin.buffer.read(config.MAX_IMAGE_BYTES + 1))  # no more than the limit read
     else:
-        path = Path(args.image)
-        if not path.is_file():
-            raise InvalidInputError(f"{path}: no such file")
-        data = to_image_bytes(path)  # its size checked before it is read
+        require_files(args.image)
+        data = to_image_bytes(Path(args.image))  # its size checked before it is read
     with Client(args.url, protocol=args.protocol) as client:
         lines = client.ocr(data)
     report = None

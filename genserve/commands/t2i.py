@@ -4,19 +4,20 @@ from __future__ import annotations
 
 import argparse
 
-from genserve.commands.fields import add_generation_arguments, generate, write_results
+from genserve.commands.fields import add_generation_command, generate, write_results
 from genserve.protocol import TEXT_TO_IMAGE
 
 
 def register(subparsers) -> None:
-    parser = subparsers.add_parser(
+    parser = add_generation_command(
+        subparsers,
         "t2i",
+        TEXT_TO_IMAGE,
+        ("prompt",),
         help="generate an image from a prompt (text_to_image on the server)",
         description="Send PROMPT to a text_to_image model of a repository built by `genserve build-repo` "
         "(docs/diffusion-serving.md) and write the image.",
     )
-    parser.add_argument("prompt", metavar="PROMPT")
-    add_generation_arguments(parser, TEXT_TO_IMAGE)
     parser.set_defaults(handler=run)
 
 
