@@ -36,8 +36,8 @@ MIN_IDENTITY_COSINE = 0.9
 # OCR distance to the new text (0: it is there) above which a text edit is reported.
 MAX_NEW_TEXT_DISTANCE = 0.5
 # An edit counts as its input unchanged when no 8x8 patch's grey level differs from the input's by this
-# much on average: re-encoding a photo as JPEG moved a patch by at most 1.8 levels (quality 95) or 6.4
-# (quality 75), a face swap of one 52 px face in a 500x334 photo by 27.
+# much on average: more than JPEG re-encoding moves a patch, far less than swapping one small face does
+# (the levels measured: docs/contest.md, "check-submission").
 UNCHANGED_PATCH, UNCHANGED_LEVELS = 8, 8.0
 
 

@@ -40,8 +40,8 @@ def image_formats_text() -> str:
     return ", ".join(IMAGE_FORMATS[:-1]) + " or " + IMAGE_FORMATS[-1]
 
 
-# Face swap works on the whole photo (detection upsampled, a dense warp): a 50 MP photo took 43-48 s
-# and 2.8 GB per worker here. 12.5 MP takes a 4032 x 3024 phone photo (about 6 s on 2 cores).
+# Face swap works on the whole photo (detection upsampled, a dense warp): its time and memory grow with
+# the pixels (figures: docs/hardening.md, "Bounded work"). 12.5 MP takes a 4032 x 3024 phone photo.
 MAX_FACE_SWAP_PIXELS = 12_500_000
 # Request fields other than images: a request's OPTIONS (one flat JSON object) is bounded before it is
 # parsed (bytes, nesting, keys, digits of a number), text fields by length; and an error message names
@@ -71,7 +71,7 @@ WORKER_SHM_RECLAIM_BYTES = 256 * 1024 * 1024
 # copy never unloads): time enough to finish the requests they run.
 RETIRED_WORKER_GRACE_S = 30.0
 # Triton's gRPC front end keeps request objects for reuse (8 by default), each holding the buffer of the
-# largest request it carried: three refused 432 MB tensors left tritonserver 1.6 GB larger for good.
+# largest request it carried, for good (what refused large tensors left behind: docs/hardening.md).
 # None kept; and glibc gives freed heap back above 1 MiB (instead of its dynamic threshold, up to 64 MiB).
 GRPC_INFER_ALLOCATION_POOL_SIZE = 0
 MALLOC_TRIM_THRESHOLD_BYTES = 1024 * 1024

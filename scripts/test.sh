@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Set up (scripts/setup.sh) and run the whole test suite against the real Triton server.
-#   bash scripts/test.sh                 # everything (about 23 minutes on 2 CPU cores, 540 tests; setup adds a few minutes the first time)
+#   bash scripts/test.sh                 # everything (how long: README.md; setup adds a few minutes the first time)
 #   bash scripts/test.sh -m "not slow"   # extra arguments go to pytest
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -451,8 +451,8 @@ def match_detail(face: np.ndarray, reference: np.ndarray, weights: np.ndarray) -
 
 
 # Detail levels within this factor of ori's are left alone; speckle may exceed ori's share by this much,
-# and never pass MAX_SPECKLE: a crisp, noisy ori (LFW crops reach 1.8 %) must not license visible specks
-# in the face pasted into it (the contest-shaped swaps keep their artifact share under 0.5 %).
+# and never pass MAX_SPECKLE: a crisp, noisy ori (an LFW-framed crop) must not license visible specks in
+# the face pasted into it (the shares measured: docs/contest.md, "Contest-shaped deepfakes").
 DETAIL_TOLERANCE = 1.1
 SPECKLE_MARGIN = 0.001
 MAX_SPECKLE = 0.004

