@@ -339,14 +339,15 @@ def _text_states(width_dim: str) -> TensorSpec:
     )
 
 
-_IMAGE_LATENTS = ("batch", "in_channels", "latent_height", "latent_width")
-_NOISE_LATENTS = ("batch", "out_channels", "latent_height", "latent_width")
+# Latents as a UNet or CogView4's transformer takes them, and the noise it predicts (FLUX packs them).
+_LATENTS_IN = ("batch", "in_channels", "latent_height", "latent_width")
+_LATENTS_OUT = ("batch", "out_channels", "latent_height", "latent_width")
 
 
 def unet(added_conditions: bool = False) -> ComponentSpec:
     """UNet2DConditionModel; SDXL adds pooled text embeddings and size/crop ids (``added_cond_kwargs``)."""
     inputs = (
-        TensorSpec("sample", _IMAGE_LATENTS, argument="sample", normal=True),
+        TensorSpec("sample", _LATENTS_IN, argument="sample", normal=True),
         TensorSpec("timestep", ("batch",), argument="timestep", high=1000.0),
         _text_states("cross_attention_dim"),
     )
@@ -361,7 +362,7 @@ def unet(added_conditions: bool = False) -> ComponentSpec:
             TensorSpec("time_ids", ("batch", "time_ids_len"), argument="added_cond_kwargs.time_ids", high=1024.0),
         )
         config_dims += (("pooled_dim", "text_embeds_dim"), ("time_ids_len", "time_ids_len"))
-    return _denoiser("unet", inputs, _NOISE_LATENTS, config_dims)
+    return _denoiser("unet", inputs, _LATENTS_OUT, config_dims)
 
 
 def flux_transformer() -> ComponentSpec:
@@ -396,14 +397,14 @@ def cogview4_transformer() -> ComponentSpec:
     return _denoiser(
         "transformer",
         inputs=(
-            TensorSpec("hidden_states", _IMAGE_LATENTS, argument="hidden_states", normal=True),
+            TensorSpec("hidden_states", _LATENTS_IN, argument="hidden_states", normal=True),
             _text_states("text_embed_dim"),
             TensorSpec("timestep", ("batch",), argument="timestep", high=1000.0),
             TensorSpec("original_size", ("batch", "two"), argument="original_size", low=256.0, high=2048.0),
             TensorSpec("target_size", ("batch", "two"), argument="target_size", low=256.0, high=2048.0),
             TensorSpec("crop_coords", ("batch", "two"), argument="crop_coords", high=64.0),
         ),
-        output_dims=_NOISE_LATENTS,
+        output_dims=_LATENTS_OUT,
         config_dims=(
             ("in_channels", "in_channels"),
             ("out_channels", "out_channels"),
