@@ -70,6 +70,20 @@ def test_same_tensors_on_both_targets(export_family, tmp_path):
         assert list(cpu.input) == list(gpu.input) and list(cpu.output) == list(gpu.output), model
 
 
+def test_cpu_leaf_threads_and_denoiser_instances(export_family, tmp_path):
+    from genserve.triton.onnx_leaf import PARAM_INTRA_OP_THREADS
+
+    _, export_dir = export_family("sd")
+    build_repository(export_dir, tmp_path / "tuned", BuildOptions(leaf_threads=1, denoiser_instances=2))
+    build_repository(export_dir, tmp_path / "default", BuildOptions())
+    for model in ("text_encoder", "unet", "vae_decoder", "vae_encoder"):
+        tuned, default = (parse(tmp_path / kind / model / "config.pbtxt") for kind in ("tuned", "default"))
+        assert tuned.parameters[PARAM_INTRA_OP_THREADS].string_value == "1", model
+        assert PARAM_INTRA_OP_THREADS not in default.parameters, model  # ONNX Runtime decides
+        assert [g.count for g in tuned.instance_group] == [2 if model == "unet" else 1], model
+        assert [g.count for g in default.instance_group] == [1], model
+
+
 def test_denoiser_batching(built):
     _, repo, _ = built
     for name in ("sd_unet", "cogview4_transformer", "flux_transformer"):

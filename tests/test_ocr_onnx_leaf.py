@@ -138,6 +138,15 @@ def test_execution_provider_choice(tmp_path):
         create_session(path, execution_provider="tpu")
 
 
+def test_idle_threads_sleep_unless_spinning_is_asked_for(tmp_path):
+    # Spinning pools in several leaf processes burn the cores the pipeline's next step needs.
+    path = affine_model(tmp_path / "affine.onnx")
+    for spinning, expected in ((False, "0"), (True, "1")):
+        options = create_session(path, spinning=spinning).get_session_options()
+        for pool in ("intra_op", "inter_op"):
+            assert options.get_session_config_entry(f"session.{pool}.allow_spinning") == expected
+
+
 def test_batching_groups_requests_by_shape_and_splits_results(tmp_path):
     session = create_session(affine_model(tmp_path / "affine.onnx"))
     rng = np.random.default_rng(0)

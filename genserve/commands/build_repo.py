@@ -63,6 +63,20 @@ def register(subparsers) -> None:
         f"denoiser calls meet in its batcher; default {PIPELINE_CONCURRENCY})",
     )
     parser.add_argument(
+        "--leaf-threads",
+        type=int,
+        default=0,
+        metavar="N",
+        help="cpu: ONNX Runtime intra-op threads per leaf model (default 0: one per core)",
+    )
+    parser.add_argument(
+        "--denoiser-instances",
+        type=int,
+        default=1,
+        metavar="N",
+        help="cpu: instances of the denoiser leaf (each a process holding its own copy of the weights; default 1)",
+    )
+    parser.add_argument(
         "--no-stream",
         dest="stream",
         action="store_false",
@@ -113,6 +127,8 @@ def run(args: argparse.Namespace) -> int:
             warmup_size=args.warmup_size,
             gpu_memory_limit_gb=args.gpu_memory_limit,
             python_leaves=args.python_leaves,
+            leaf_threads=args.leaf_threads,
+            denoiser_instances=args.denoiser_instances,
         ),
     )
     print(report.summary())

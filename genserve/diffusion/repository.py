@@ -46,6 +46,7 @@ from genserve.families import FAMILIES, ShapeRequest, read_configs
 from genserve.files import link_or_copy
 from genserve.protocol import BYTES, STREAMING_TASKS, TASKS, TEXT_TO_IMAGE, TRITON_TYPES, Contract
 from genserve.triton.model_config import LOAD_AFTER, ModelConfig, bound_queue, declare_contract, write_config
+from genserve.triton.onnx_leaf import PARAM_INTRA_OP_THREADS
 
 TARGETS = ("cpu", "gpu")
 LEAF_MODEL_PY = "from genserve.triton.onnx_leaf import TritonPythonModel  # noqa: F401  (see config.pbtxt)\n"
@@ -74,6 +75,10 @@ class BuildOptions:
     warmup: bool = True  # pipeline models run a first request before they report ready
     warmup_size: int | None = None  # its width = height; None: the pipeline's working size (up to max_size)
     max_batch_size: int = LEAF_MAX_BATCH_SIZE  # leaves: the most samples one batched call may hold
+    # ONNX Runtime leaves on the CPU: intra-op threads per session (0: one per core) and the denoiser's
+    # instances (each a process with its own copy of the weights); docs/benchmarks.md weighs them.
+    leaf_threads: int = 0
+    denoiser_instances: int = 1
     gpu_memory_limit_gb: float | None = None  # gpu: each ONNX Runtime leaf's CUDA arena cap (None: none)
     # gpu: leaves as Python-backend models running ONNX Runtime's CUDA provider (a plain pip host, whose
     # tritonserver has no onnxruntime backend) instead of the container's native backends.
@@ -167,6 +172,8 @@ def leaf_config(
     if max_input_shape:  # checked by the Python-backend leaf (cpu); TensorRT engines hold their profile
         config.parameters["max_input_shape"].string_value = json.dumps(max_input_shape)
     group = config.instance_group.add(count=1)
+    if options.leaf_threads and (options.target == "cpu" or options.python_leaves):
+        config.parameters[PARAM_INTRA_OP_THREADS].string_value = str(options.leaf_threads)
     if options.target == "gpu":
         # Native backends on the GPU (or Python-backend leaves on it); one instance each (sizing:
         # docs/diffusion-serving.md).
@@ -183,6 +190,8 @@ def leaf_config(
     else:
         config.backend = "python"
         group.kind = group.KIND_CPU
+        if entry.kind == "denoiser":
+            group.count = options.denoiser_instances
     return config
 
 

@@ -22,6 +22,8 @@ Other parameters (all optional, string values as Triton requires):
 
 - ``intra_op_thread_count`` / ``inter_op_thread_count``: ONNX Runtime thread pools (the native
   backend's names); ``0`` or absent lets ONNX Runtime decide.
+- ``session.intra_op.allow_spinning``: ``1`` lets the pool's idle threads spin for work (ONNX Runtime's
+  own default); absent or ``0``, they sleep (:func:`create_session` says why that is the default here).
 - ``execution_provider``: ``auto`` (default: CUDA on a GPU instance when ONNX Runtime has it, else CPU),
   ``cuda`` (fail to load without it) or ``cpu``.
 - ``max_input_shape``: JSON, input name -> the largest size of each dimension the model takes, as the
@@ -69,6 +71,7 @@ DEFAULT_FILE_NAME = "model.onnx"
 PARAM_ONNX_FILE = "onnx_file"
 PARAM_INTRA_OP_THREADS = "intra_op_thread_count"
 PARAM_INTER_OP_THREADS = "inter_op_thread_count"
+PARAM_SPINNING = "session.intra_op.allow_spinning"  # ONNX Runtime's own key; the native backend has none
 PARAM_EXECUTION_PROVIDER = "execution_provider"
 PARAM_MAX_INPUT_SHAPE = "max_input_shape"
 PARAM_MAX_INPUT_ELEMENTS = "max_input_elements"
@@ -174,11 +177,17 @@ def create_session(
     cuda_parameters: dict[str, str] | None = None,
     optimization: str = "all",
     log_severity: int | None = None,
+    spinning: bool = False,
 ):
     """An ONNX Runtime session on CUDA (when asked for or, with ``auto``, on a GPU instance that has it)
     or on the CPU: the one session factory of the leaves, the export stages and the in-process services.
     ``cuda_parameters``: the config's CUDA settings, as the native backend reads them. ``optimization``:
-    "all" (what serving uses) or "basic". ``log_severity``: ONNX Runtime's level (None: its default)."""
+    "all" (what serving uses) or "basic". ``log_severity``: ONNX Runtime's level (None: its default).
+
+    ``spinning``: whether idle pool threads spin for work between and within calls (ONNX Runtime's
+    default) instead of sleeping. Off here: a served pipeline is several sessions, each in its own
+    process, taking turns on the same cores with the pipeline's Python; a spinning pool burns the cores
+    that the next step needs (CPU time per image about tripled, docs/benchmarks.md)."""
     import onnxruntime as ort
 
     if optimization not in ("all", "basic"):
@@ -195,6 +204,8 @@ def create_session(
         options.intra_op_num_threads = intra_op_threads
     if inter_op_threads > 0:
         options.inter_op_num_threads = inter_op_threads
+    for pool in ("intra_op", "inter_op"):
+        options.add_session_config_entry(f"session.{pool}.allow_spinning", "1" if spinning else "0")
 
     available = ort.get_available_providers()
     provider = execution_provider.lower()
@@ -322,6 +333,7 @@ class TritonPythonModel:
             gpu=args.get("model_instance_kind") == "GPU",
             device_id=int(args.get("model_instance_device_id") or 0),
             cuda_parameters=parameters,
+            spinning=parameters.get(PARAM_SPINNING, "0") == "1",
         )
         self.inputs, self.outputs = check_config_against_session(self.model_config, self.session)
         self.max_shapes = max_input_shapes(parameters.get(PARAM_MAX_INPUT_SHAPE), self.inputs, self.max_batch_size > 0)
