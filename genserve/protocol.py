@@ -21,7 +21,8 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, make_dataclass, replace
+from dataclasses import field as dataclass_field
 from typing import Any
 
 import numpy as np
@@ -55,6 +56,7 @@ OPTIONS_TENSOR = "OPTIONS"
 # Field types: how a value is written in a tensor, and which Python values are accepted for it.
 FIELD_TYPES = ("image", "text", "int", "float", "bool")
 _DEFAULT_DTYPES = {"image": BYTES, "text": BYTES, "int": "int32", "float": "float32", "bool": "bool"}
+_PYTHON_TYPES = {"image": bytes, "text": str, "int": int, "float": float, "bool": bool}
 
 
 def shown(value: Any, limit: int = 60) -> str:
@@ -100,6 +102,12 @@ class Field:
     @property
     def element_type(self) -> str:
         return self.dtype or _DEFAULT_DTYPES[self.type]
+
+    @property
+    def python_type(self) -> Any:
+        """The attribute type of the field in a :func:`values_class`: ``None`` allowed where it is the default."""
+        kind = _PYTHON_TYPES[self.type]
+        return kind if self.required or self.default is not None else kind | None
 
     @property
     def label(self) -> str:
@@ -366,6 +374,37 @@ class Contract:
 
     def encode_response(self, values: Mapping[str, Any]) -> dict[str, np.ndarray]:
         return {output.name: output.encode(values[output.key]) for output in self.outputs}
+
+
+def values_class(
+    name: str, fields: tuple[Field, ...], *, bases: tuple[type, ...] = (), frozen: bool = False, module: str
+) -> type:
+    """A dataclass with one attribute per field, typed and defaulted as the field is (required fields
+    first, without a default): the in-process form of a request's checked values, written by nobody but
+    the contract. ``bases`` bring its methods."""
+    ordered = sorted(fields, key=lambda f: not f.required)
+    made = make_dataclass(
+        name,
+        [
+            (f.name, f.python_type) if f.required else (f.name, f.python_type, dataclass_field(default=f.default))
+            for f in ordered
+        ],
+        bases=bases,
+        frozen=frozen,
+    )
+    made.__module__ = module  # where it is defined, for its repr in tracebacks and pickling
+    return made
+
+
+def merged_fields(*contracts: Contract) -> tuple[Field, ...]:
+    """The fields of several contracts, each name once (its first spelling), required only where every
+    contract requires it: what one in-process request class serving all of them holds."""
+    merged: dict[str, Field] = {}
+    for contract in contracts:
+        for f in contract.fields:
+            merged.setdefault(f.name, f)
+    required = {name for name in merged if all(any(f.name == name and f.required for f in c.fields) for c in contracts)}
+    return tuple(f if (f.name in required) == f.required else replace(f, required=False) for f in merged.values())
 
 
 def parse_options(text: str) -> dict[str, Any]:

@@ -23,7 +23,7 @@ import queue
 import secrets
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, fields
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +31,7 @@ from genserve.config import MAX_GENERATED_SIDE, MAX_IMAGES
 from genserve.diffusion.settings import ServiceSettings
 from genserve.errors import InvalidInputError, RequestCancelled
 from genserve.families import EDIT_CALL_KWARGS, FAMILIES, TEXT_EDIT, Family, read_configs
-from genserve.protocol import TASKS
+from genserve.protocol import DIFFUSION_TASKS, TASKS, merged_fields, values_class
 
 # Extras some pipeline classes take and others do not (a request naming one its class lacks is refused).
 EXTRA_OPTIONS = ("strength", "true_cfg_scale", "max_sequence_length")
@@ -40,26 +40,7 @@ EXTRA_OPTIONS = ("strength", "true_cfg_scale", "max_sequence_length")
 TextReader = Callable[[bytes], list[str]]
 
 
-@dataclass
-class GenerationRequest:
-    """A request's checked values (``TASKS[task].decode_request``); None: the pipeline's default (or
-    the image's size, for edits)."""
-
-    prompt: str
-    image: bytes | None = None
-    negative_prompt: str | None = None
-    steps: int | None = None
-    guidance: float | None = None
-    seed: int | None = None
-    width: int | None = None
-    height: int | None = None
-    num_images: int = 1
-    strength: float | None = None
-    true_cfg_scale: float | None = None
-    max_sequence_length: int | None = None
-    keep_size: bool = False  # edits: the result at the input image's exact size
-    candidates: int = 1  # text edits: how many to make, the best OCR reading returned
-
+class _GenerationRequestMethods:
     @classmethod
     def from_values(cls, values: Mapping[str, Any]) -> GenerationRequest:
         names = {f.name for f in fields(cls)}
@@ -69,6 +50,17 @@ class GenerationRequest:
     def options(self) -> dict[str, Any]:
         """The family extras the request sets."""
         return {name: getattr(self, name) for name in EXTRA_OPTIONS if getattr(self, name) is not None}
+
+
+# A request's checked values (``TASKS[task].decode_request``): one attribute per field of the generation
+# contracts, typed and defaulted there (None: the pipeline's default, or the image's size for edits).
+# Mutable: a text edit rewrites its prompt and guidance, and a seed is drawn when none was asked.
+GenerationRequest = values_class(
+    "GenerationRequest",
+    merged_fields(*(TASKS[task] for task in DIFFUSION_TASKS)),
+    bases=(_GenerationRequestMethods,),
+    module=__name__,
+)
 
 
 class DiffusionService:

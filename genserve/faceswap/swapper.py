@@ -40,7 +40,7 @@ from genserve.faceswap.blend import (
 from genserve.faceswap.faces import Face, FaceAnalyzer, identity_similarity
 from genserve.faceswap.measures import artifact_share
 from genserve.imaging import decode_image, encode_image
-from genserve.protocol import FACE_SWAP, MAX_SWAP_CANDIDATES
+from genserve.protocol import FACE_SWAP, MAX_SWAP_CANDIDATES, values_class
 
 # Feather width and light-matching blur, as fractions of the face's size (sqrt of its hull area).
 FEATHER_FRACTION = 0.1
@@ -88,20 +88,7 @@ VARIANTS = (
 assert len(VARIANTS) == MAX_SWAP_CANDIDATES, "the contract's maximum of candidates is the number of variants"
 
 
-@dataclass(frozen=True)
-class SwapOptions:
-    """What a swap may ask for beyond the two images: the option fields of the served contract
-    (:data:`genserve.protocol.FACE_SWAP`), whose defaults and checks these are."""
-
-    face_index: int | None = None  # which face of ori to replace, largest first; None: the largest
-    all_faces: bool = False  # replace every face of ori
-    output_format: str = "jpeg"  # jpeg, png or webp
-    jpeg_quality: int = 95
-    color_transfer: bool = True  # match the target face's colour and lighting to ori's face
-    compute_identity: bool = True  # report the identity score of the result
-    ori_identity: bool = False  # also score ori's own face against the target
-    candidates: int = 1  # render this many VARIANTS and keep the best (see FaceSwapper.swap_arrays)
-
+class _SwapOptionsMethods:
     @classmethod
     def from_values(cls, values: Mapping[str, Any]) -> SwapOptions:
         """The options among a request's checked values (see ``FACE_SWAP.decode_request``)."""
@@ -118,6 +105,11 @@ class SwapOptions:
 
 
 OPTION_NAMES = tuple(field.name for field in FACE_SWAP.option_fields)
+# What a swap may ask for beyond the two images: one attribute per option field of the served contract
+# (genserve.protocol.FACE_SWAP), typed and defaulted there; `candidates` renders that many VARIANTS.
+SwapOptions = values_class(
+    "SwapOptions", FACE_SWAP.option_fields, bases=(_SwapOptionsMethods,), frozen=True, module=__name__
+)
 
 
 @dataclass
