@@ -4,8 +4,9 @@ One :class:`Contract` per served model says what travels: the request's *fields*
 default, the tensor it travels in) and the response's *outputs* (tensor name, element type, shape,
 how the bytes are encoded). Everything that speaks to the server reads it: the client packs requests
 and unpacks responses with it, the command line builds its options from it, ``genserve build-repo``
-writes the pipeline models' ``config.pbtxt`` from it, the served models decode and check requests
-with it, and a test checks every served model's configuration against it. Changing a parameter is
+writes the pipeline models' ``config.pbtxt`` from it, the stack's own models declare their tensors from
+it when Triton loads them (auto-complete), the served models decode and check requests with it, and the
+in-process request classes are built from its fields (:func:`values_class`). Changing a parameter is
 one edit here.
 
 A field travels either in its own input tensor (``PROMPT``, ``IMAGE``, ``STEPS``: shape [1]) or as a
