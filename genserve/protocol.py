@@ -30,6 +30,7 @@ import numpy as np
 
 from genserve import config
 from genserve.errors import InvalidInputError
+from genserve.metadata import GenerationMetadata, Metadata, SwapMetadata
 
 # Element types as numpy names ("BYTES": variable-length bytes, numpy object arrays), and Triton's
 # spelling of each in config.pbtxt. The one map of element types in the stack.
@@ -210,7 +211,8 @@ class Output:
     """One output tensor of a response, and the key its value gets in the decoded response.
 
     ``encoding`` says how BYTES elements are read: ``raw`` (image bytes), ``utf-8`` (text) or
-    ``json`` (one JSON document: the tensor holds one element).
+    ``json`` (one JSON document: the tensor holds one element). ``schema``: the class a JSON document
+    is decoded to and encoded from (:mod:`genserve.metadata`); None: plain JSON values.
     """
 
     name: str
@@ -219,6 +221,7 @@ class Output:
     dims: tuple[int, ...]
     help: str
     encoding: str = "raw"
+    schema: type[Metadata] | None = None
 
     @property
     def tensor(self) -> Tensor:
@@ -228,7 +231,8 @@ class Output:
         if self.dtype != BYTES:
             return np.ascontiguousarray(np.asarray(value, dtype=self.dtype))
         if self.encoding == "json":
-            return np.array([json.dumps(value, ensure_ascii=False).encode("utf-8")], dtype=np.object_)
+            document = value.to_json() if self.schema is not None and isinstance(value, self.schema) else value
+            return np.array([json.dumps(document, ensure_ascii=False).encode("utf-8")], dtype=np.object_)
         items = list(value) if self.dims == (-1,) else [value]
         encoded = [item.encode("utf-8") if isinstance(item, str) else bytes(item) for item in items]
         return np.array(encoded, dtype=np.object_).reshape(-1 if self.dims == (-1,) else self.dims)
@@ -237,6 +241,8 @@ class Output:
         if self.dtype != BYTES:
             return np.asarray(array)
         items = [] if array is None else [bytes(item) for item in np.asarray(array).reshape(-1)]
+        if self.encoding == "json" and self.schema is not None:
+            return self.schema.from_json(json.loads(items[0])) if items else None
         if self.encoding == "json":
             return json.loads(items[0]) if items else {}
         if self.encoding == "utf-8":
@@ -522,7 +528,13 @@ FACE_SWAP = Contract(
     outputs=(
         Output("IMAGE", "image", BYTES, (1,), "the encoded result"),
         Output(
-            "METADATA", "metadata", BYTES, (1,), "JSON: faces found, replaced, identity score, timings", encoding="json"
+            "METADATA",
+            "metadata",
+            BYTES,
+            (1,),
+            "JSON: faces found, replaced, identity score, timings",
+            encoding="json",
+            schema=SwapMetadata,
         ),
     ),
 )
@@ -597,7 +609,15 @@ def _generation_fields(prompt_help: str, image: bool, extra: tuple[Field, ...] =
 
 _GENERATION_OUTPUTS = (
     Output("IMAGES", "images", BYTES, (-1,), "the images, PNG"),
-    Output("METADATA", "metadata", BYTES, (1,), "JSON: seed, steps, sizes, warnings, timings", encoding="json"),
+    Output(
+        "METADATA",
+        "metadata",
+        BYTES,
+        (1,),
+        "JSON: seed, steps, sizes, warnings, timings",
+        encoding="json",
+        schema=GenerationMetadata,
+    ),
 )
 
 # The streaming variant of a pipeline model (``<model>_stream``) adds one output: a progress report per

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from genserve.errors import InvalidInputError
+from genserve.metadata import Choice, GenerationMetadata, SwapMetadata
 from genserve.protocol import CONTRACTS, EDIT_IMAGE, FACE_SWAP, OCR, TASKS, TEXT_TO_IMAGE
 
 
@@ -125,8 +126,35 @@ def test_response_round_trip():
     assert arrays["BOXES"].dtype == np.float32 and arrays["SCORES"].dtype == np.float64
     out = OCR.decode_response(arrays)
     assert out["texts"] == ["营业"] and out["boxes"].shape == (1, 4, 2)
-    out = FACE_SWAP.decode_response(FACE_SWAP.encode_response({"image": b"jpeg", "metadata": {"replaced": [0]}}))
-    assert out == {"image": b"jpeg", "metadata": {"replaced": [0]}}
+    metadata = SwapMetadata([500, 375], {"ori": 1, "target": 1}, [], [0], {}, identity=None)
+    out = FACE_SWAP.decode_response(FACE_SWAP.encode_response({"image": b"jpeg", "metadata": metadata}))
+    assert out == {"image": b"jpeg", "metadata": metadata}
+
+
+def test_metadata_is_typed_on_both_sides_and_its_json_keys_are_the_attributes():
+    """The server fills a dataclass, the wire carries its attributes as JSON keys (None left out), the
+    client decodes the same dataclass; keys it does not know (a newer server's) are kept, not lost."""
+    metadata = GenerationMetadata("flux", "vttie", "FluxKontextPipeline", 7, 4, 4, 2.5, 64, 32, 1, new_text="CLOSED")
+    document = json.loads(TEXT_TO_IMAGE.encode_response({"images": [], "metadata": metadata})["METADATA"][0])
+    assert document["seed"] == 7 and document["new_text"] == "CLOSED" and "old_text" not in document
+    document["added_later"] = {"x": 1}
+    decoded = GenerationMetadata.from_json(document)
+    assert decoded.seed == 7 and decoded.extra == {"added_later": {"x": 1}} and decoded.to_json() == document
+
+
+def test_candidates_have_one_shape_for_every_task():
+    """A face swap's renderings of each face and a text edit's edits of each image are both one Choice per
+    output (index, chosen, tried): the batch runner's quality columns read them alike."""
+    from genserve.client.batch import quality_record
+    from genserve.client.tasks import Task
+
+    swap = SwapMetadata([1, 1], {"ori": 1, "target": 1}, [], [0], {}, candidates=[Choice(0, 1, [{}, {"cosine": 1}])])
+    edit = GenerationMetadata("flux", "vttie", "P", 1, 1, 1, 1.0, 8, 8, 1, candidates=[Choice(0, 1, [{}, {}])])
+    for metadata, task_type in ((swap, "deepfake"), (edit, "vttie")):
+        (choice,) = type(metadata).from_json(json.loads(json.dumps(metadata.to_json()))).candidates
+        assert choice == Choice(index=0, chosen=1, tried=choice.tried) and len(choice.tried) == 2
+        record = quality_record(Task("1", task_type, "", "", "", line=2), metadata)
+        assert (record["candidates"], record["chosen_candidate"]) == (2, 1)
 
 
 def test_in_process_objects_take_the_contract_fields():

@@ -40,6 +40,7 @@ from genserve.faceswap.blend import (
 from genserve.faceswap.faces import Face, FaceAnalyzer, identity_similarity
 from genserve.faceswap.measures import artifact_share
 from genserve.imaging import decode_image, encode_image
+from genserve.metadata import Choice, SwapMetadata
 from genserve.protocol import FACE_SWAP, MAX_SWAP_CANDIDATES, values_class
 
 # Feather width and light-matching blur, as fractions of the face's size (sqrt of its hull area).
@@ -143,7 +144,7 @@ class FaceSwapper:
 
     # --- the task ----------------------------------------------------------------------------------
 
-    def swap(self, ori: bytes, target: bytes, options: SwapOptions | None = None) -> tuple[bytes, dict]:
+    def swap(self, ori: bytes, target: bytes, options: SwapOptions | None = None) -> tuple[bytes, SwapMetadata]:
         """Encoded ori and target images in, the encoded result and its metadata out."""
         options = options or SwapOptions()
         options.validate()
@@ -159,7 +160,7 @@ class FaceSwapper:
         timings["target"] = _ms_since(clock)
 
         result, metadata = self.swap_arrays(ori_rgb, target_face, options, timings)
-        metadata["target_cache_hit"] = cache_hit
+        metadata.target_cache_hit = cache_hit
 
         clock = time.perf_counter()
         encoded = encode_image(result, options.output_format, quality=options.jpeg_quality)
@@ -169,7 +170,7 @@ class FaceSwapper:
 
     def swap_arrays(
         self, ori_rgb: np.ndarray, target: TargetFace, options: SwapOptions, timings: dict[str, float] | None = None
-    ) -> tuple[np.ndarray, dict]:
+    ) -> tuple[np.ndarray, SwapMetadata]:
         """The swap on an RGB array; returns the RGB result and metadata (with ``timings_ms``).
 
         Per replaced face the metadata reports the artifact share (``artifacts``), the identity score
@@ -186,19 +187,16 @@ class FaceSwapper:
         faces = {index: self.analyzer.refit(ori_rgb, ori_faces[index]) for index in chosen}
         timings["detect_ori"] = _ms_since(clock)
 
-        metadata: dict[str, Any] = {
-            "image_size": [int(ori_rgb.shape[1]), int(ori_rgb.shape[0])],
-            "faces_found": {"ori": len(ori_faces), "target": target.faces_found},
-            "ori_faces": [face.as_dict() for face in ori_faces],
-            "replaced": chosen,
-            "target_face": target.face.as_dict(),
-            "artifacts": [],
-        }
         scored = options.compute_identity or options.candidates > 1
-        if scored:
-            metadata["identity"] = []
-        if options.candidates > 1:
-            metadata["candidates"] = []
+        metadata = SwapMetadata(
+            image_size=[int(ori_rgb.shape[1]), int(ori_rgb.shape[0])],
+            faces_found={"ori": len(ori_faces), "target": target.faces_found},
+            ori_faces=[face.as_dict() for face in ori_faces],
+            replaced=chosen,
+            target_face=target.face.as_dict(),
+            identity=[] if scored else None,
+            candidates=[] if options.candidates > 1 else None,
+        )
         timings["swap"] = timings["identity"] = 0.0
         result = ori_rgb
         for index in chosen:
@@ -216,24 +214,24 @@ class FaceSwapper:
             ori_share = artifact_share(ori_rgb, face.landmarks)
             best = _best_candidate([(share, score) for _, share, score, _ in renders], ori_share)
             result, share, score, _ = renders[best]
-            metadata["artifacts"].append({"face": index, "share": round(share, 5), "ori_share": round(ori_share, 5)})
+            metadata.artifacts.append({"face": index, "share": round(share, 5), "ori_share": round(ori_share, 5)})
             if scored:
                 if options.ori_identity:
                     clock = time.perf_counter()
                     before = identity_similarity(self.analyzer.descriptor(ori_rgb, face), target.descriptor)
                     score = score | {"ori_cosine": before["cosine"], "ori_distance": before["distance"]}
                     timings["identity"] += _ms_since(clock)
-                metadata["identity"].append({"face": index, **score})
+                metadata.identity.append({"face": index, **score})
             if options.candidates > 1:
                 tried = [
                     {**look.as_dict(), **score, "artifact_share": round(share, 5), "clean": _is_clean(share, ori_share)}
                     for _, share, score, look in renders
                 ]
-                metadata["candidates"].append({"face": index, "chosen": best, "tried": tried})
+                metadata.candidates.append(Choice(index=index, chosen=best, tried=tried))
         timings["swap"], timings["identity"] = round(timings["swap"], 2), round(timings["identity"], 2)
         if not scored:
             del timings["identity"]
-        metadata["timings_ms"] = timings
+        metadata.timings_ms = timings
         return result, metadata
 
     def target_face(self, target: bytes) -> tuple[TargetFace, bool]:

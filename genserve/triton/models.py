@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -237,7 +238,7 @@ class DiffusionModel(ServiceModel):
                 values, on_step=progress if self.streams else None, cancelled=sender.is_cancelled
             )
             response = pb_utils.InferenceResponse(
-                output_tensors(self._encode(images=images, metadata=metadata | {"model": self.model_name}))
+                output_tensors(self._encode(images=images, metadata=replace(metadata, model=self.model_name)))
             )
         except Exception as error:  # noqa: BLE001 - this request fails alone, the model keeps serving
             response = error_response(error, self.model_name)
