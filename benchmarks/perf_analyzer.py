@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from genserve.protocol import BYTES, CONTRACTS, Contract
-from genserve.triton.model_config import ModelConfig, contract_mismatches, read_config
+from genserve.triton.model_config import ModelConfig, contract_mismatches, served_config
 
 SCRIPT = "perf_analyzer.sh"
 MODEL_ANALYZER_CONFIG = "model-analyzer.yaml"
@@ -46,7 +46,7 @@ def contract_of(config: ModelConfig) -> Contract | None:
 def repository_configs(repositories: Iterable[Path]) -> dict[str, ModelConfig]:
     """Every model config of the given repository folders, by model name."""
     return {
-        path.parent.name: read_config(path)
+        path.parent.name: served_config(path.parent)
         for repository in repositories
         for path in sorted(Path(repository).glob("*/config.pbtxt"))
     }

@@ -36,6 +36,7 @@ from typing import Any
 from genserve.benchmarks.load import TABLE_HEADER, Run, drive, table_row
 from genserve.demo.pipelines import DEMO_FOR_FAMILY
 from genserve.imaging import png_bytes
+from genserve.metadata import GenerationMetadata
 from genserve.protocol import DIFFUSION_TASKS, PRECISION_DTYPES, STREAM_SUFFIX, TASKS
 
 logger = logging.getLogger("genserve.bench")
@@ -166,7 +167,7 @@ class DiffusionTask:
             image = png_bytes(sign_image(size=self.size))
             self.payloads = [{"prompt": p, "image": image, "seed": s, **common} for s, p in enumerate(TEXT_EDITS)]
         self.in_process_payloads = self.payloads
-        self.served_metadata: list[dict] = []  # of the level being run
+        self.served_metadata: list[GenerationMetadata] = []  # of the level being run
         self._service = None
 
     @property
@@ -197,12 +198,12 @@ class DiffusionTask:
         from genserve.families import FAMILIES
 
         served = models.setdefault(self.served_model, {})
-        totals = [meta["timings_ms"]["total"] for meta in self.served_metadata]
+        totals = [meta.timings_ms["total"] for meta in self.served_metadata]
         if totals:
             served["request_ms"] = round(statistics.fmean(totals), 3)
             served["queue_share"] = round(served.get("queue_ms", 0.0) / served["request_ms"], 5)
-        denoiser = self.model.removesuffix(TASKS[self.name].model) + FAMILIES[self.metadata[0]["family"]].denoiser.name
-        waits = [ms for meta in self.served_metadata for ms in meta["denoiser_ms_per_call"]]
+        denoiser = self.model.removesuffix(TASKS[self.name].model) + FAMILIES[self.metadata[0].family].denoiser.name
+        waits = [ms for meta in self.served_metadata for ms in meta.denoiser_ms_per_call]
         leaf = models.get(denoiser, {})
         if (
             waits and leaf.get("requests") and leaf.get("requests") == leaf.get("executions")
@@ -226,7 +227,7 @@ class DiffusionTask:
             transformers.utils.logging.disable_progress_bar()
         except ImportError:  # pragma: no cover
             pass
-        pipeline_class = self.metadata[0]["pipeline"]
+        pipeline_class = self.metadata[0].pipeline
         device = "cuda" if torch.cuda.is_available() else "cpu"
         dtype = getattr(torch, PRECISION_DTYPES[self.precision if device == "cuda" else "fp32"])
         pipeline = getattr(diffusers, pipeline_class).from_pretrained(self.pipeline_dir, dtype=dtype).to(device)

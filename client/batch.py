@@ -50,6 +50,7 @@ from genserve.client.settings import describe_changes
 from genserve.client.submission import ZIP_SUFFIX, SubmissionTooLarge, write_result_csv, write_zip, zip_name
 from genserve.client.tasks import IMAGES_FOLDER, Task, write_csv
 from genserve.errors import GenServeError, InvalidInputError
+from genserve.metadata import GenerationMetadata, SwapMetadata
 from genserve.protocol import DIFFUSION_TASKS, STREAM_SUFFIX, TASK_TYPES, TASKS
 
 
@@ -126,7 +127,7 @@ class BatchSummary:
         return "\n".join(lines)
 
 
-def quality_proxies(task: Task, metadata: dict[str, Any]) -> dict[str, float]:
+def quality_proxies(task: Task, metadata: SwapMetadata | GenerationMetadata | None) -> dict[str, float]:
     """The local stand-ins for the contest's scores that a response's metadata carries (averaged per task)."""
     quality = quality_record(task, metadata)
     proxies = {"identity_cosine": quality.get("identity_cosine"), "ocr_edit_distance": quality.get("new_text_distance")}
@@ -152,31 +153,28 @@ QUALITY_COLUMNS = (
 )
 
 
-def quality_record(task: Task, metadata: dict[str, Any]) -> dict[str, Any]:
+def quality_record(task: Task, metadata: SwapMetadata | GenerationMetadata | None) -> dict[str, Any]:
     """One row of quality.csv from a response's metadata: identity cosine/distance and artifact share
     (deepfake, the first face replaced, with ori's own share beside it), OCR reading and edit distances
     (vttie), candidates made and the one chosen."""
     record: dict[str, Any] = {}
-    identity = (metadata.get("identity") or [{}])[0]
-    for key in ("cosine", "distance"):
-        if identity.get(key) is not None:
-            record[f"identity_{key}"] = identity[key]
-    artifacts = (metadata.get("artifacts") or [{}])[0]
-    if artifacts.get("share") is not None:
-        record["artifact_share"], record["ori_artifact_share"] = artifacts["share"], artifacts.get("ori_share")
-    text_check = metadata.get("text_check") or {}
-    for key in ("new_text_distance", "old_text_distance"):
-        if text_check.get(key) is not None:
-            record[key] = round(float(text_check[key]), 4)
-    if "ocr_text" in text_check:
-        record["ocr_text"] = " | ".join(text_check["ocr_text"].splitlines())
-    candidates = metadata.get("candidates") or []
-    if candidates and "tried" in candidates[0]:  # face swap: per replaced face, its variants
-        record["candidates"], record["chosen_candidate"] = len(candidates[0]["tried"]), candidates[0]["chosen"]
-    elif candidates:  # text edits: one list of seeds, the chosen index per image
-        chosen = metadata.get("chosen")
-        record["candidates"] = len(candidates)
-        record["chosen_candidate"] = chosen[0] if isinstance(chosen, list) else chosen
+    if isinstance(metadata, SwapMetadata):
+        identity = (metadata.identity or [{}])[0]
+        for key in ("cosine", "distance"):
+            if identity.get(key) is not None:
+                record[f"identity_{key}"] = identity[key]
+        artifacts = (metadata.artifacts or [{}])[0]
+        if artifacts.get("share") is not None:
+            record["artifact_share"], record["ori_artifact_share"] = artifacts["share"], artifacts.get("ori_share")
+    if isinstance(metadata, GenerationMetadata) and metadata.text_check:
+        for key in ("new_text_distance", "old_text_distance"):
+            if metadata.text_check.get(key) is not None:
+                record[key] = round(float(metadata.text_check[key]), 4)
+        if "ocr_text" in metadata.text_check:
+            record["ocr_text"] = " | ".join(metadata.text_check["ocr_text"].splitlines())
+    if metadata is not None and metadata.candidates:  # the first replaced face's renderings, or first image's edits
+        first = metadata.candidates[0]
+        record["candidates"], record["chosen_candidate"] = len(first.tried), first.chosen
     return record
 
 

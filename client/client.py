@@ -13,7 +13,7 @@ from __future__ import annotations
 import io
 import secrets
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -24,6 +24,7 @@ from genserve import config, errors
 from genserve.client import retry
 from genserve.client.images import ImageLike, decode_image, to_image_bytes
 from genserve.errors import GenServeError
+from genserve.metadata import GenerationMetadata, SwapMetadata
 from genserve.protocol import (
     EDIT_IMAGE,
     EDIT_TEXT,
@@ -80,7 +81,7 @@ class ImageResult:
     """An image the server made, with the metadata it reported."""
 
     encoded: bytes
-    metadata: dict[str, Any] = field(default_factory=dict)
+    metadata: SwapMetadata | GenerationMetadata | None = None  # the task's (genserve.metadata)
 
     @property
     def image(self) -> Image.Image:

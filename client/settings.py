@@ -24,12 +24,14 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
+from genserve.client.tasks import COLUMN_OF_FIELD
 from genserve.errors import InvalidInputError
 from genserve.protocol import TASKS
 
 Settings = dict[str, dict[str, Any]]  # task type -> request options
 
-ROW_FIELDS = ("prompt", "image", "ori_image", "target_image", "num_images")
+# Not settings: what each row gives (its columns) and one image per row.
+ROW_FIELDS = (*COLUMN_OF_FIELD, "num_images")
 MODEL_KEY = "model"
 
 

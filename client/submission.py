@@ -289,7 +289,7 @@ def _identity_cosine(client, result: bytes, target: bytes) -> float:
     """Cosine of the result's face to the target's, by the served face swap's own descriptors: the
     result is sent as ``ori`` with ``ori_identity``, which scores ori's face against the target."""
     swapped = client.swap_face(result, target, ori_identity=True)
-    return float(swapped.metadata["identity"][0]["ori_cosine"])
+    return float(swapped.metadata.identity[0]["ori_cosine"])
 
 
 def _unchanged(result: bytes, ori: bytes) -> bool:

@@ -21,11 +21,14 @@ from pathlib import Path
 
 from genserve import config
 from genserve.errors import InvalidInputError
-from genserve.protocol import DIFFUSION_TASKS, TASK_TYPES
+from genserve.protocol import DIFFUSION_TASKS, TASK_TYPES, TASKS
 
 TASK_COLUMNS = ("index", "task_type", "prompt", "ori_image", "target_image")
 RESULT_COLUMNS = ("index", "gen_image")
 IMAGES_FOLDER = "imgs"
+# The task file's column that gives each field of a task's contract (which fields a row needs is the
+# contract's to say: its required fields).
+COLUMN_OF_FIELD = {"prompt": "prompt", "image": "ori_image", "ori_image": "ori_image", "target_image": "target_image"}
 
 
 @dataclass(frozen=True)
@@ -45,12 +48,10 @@ class Task:
         """Why this row cannot be run, judged from the row alone; None when it can."""
         if self.task_type not in TASK_TYPES:
             return f"unknown task_type {self.task_type!r} (expected one of {', '.join(TASK_TYPES)})"
-        if self.task_type in ("t2i", "tie", "vttie") and not self.prompt.strip():
-            return f"{self.task_type} needs a prompt"
-        if self.task_type in ("tie", "vttie", "deepfake") and not self.ori_image.strip():
-            return f"{self.task_type} needs ori_image"
-        if self.task_type == "deepfake" and not self.target_image.strip():
-            return "deepfake needs target_image"
+        for field in TASKS[self.task_type].fields:
+            column = COLUMN_OF_FIELD.get(field.name)
+            if field.required and column and not getattr(self, column).strip():
+                return f"{self.task_type} needs {'a prompt' if column == 'prompt' else column}"
         return None
 
 

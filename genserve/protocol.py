@@ -4,8 +4,9 @@ One :class:`Contract` per served model says what travels: the request's *fields*
 default, the tensor it travels in) and the response's *outputs* (tensor name, element type, shape,
 how the bytes are encoded). Everything that speaks to the server reads it: the client packs requests
 and unpacks responses with it, the command line builds its options from it, ``genserve build-repo``
-writes the pipeline models' ``config.pbtxt`` from it, the served models decode and check requests
-with it, and a test checks every served model's configuration against it. Changing a parameter is
+writes the pipeline models' ``config.pbtxt`` from it, the stack's own models declare their tensors from
+it when Triton loads them (auto-complete), the served models decode and check requests with it, and the
+in-process request classes are built from its fields (:func:`values_class`). Changing a parameter is
 one edit here.
 
 A field travels either in its own input tensor (``PROMPT``, ``IMAGE``, ``STEPS``: shape [1]) or as a
@@ -21,13 +22,15 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, make_dataclass, replace
+from dataclasses import field as dataclass_field
 from typing import Any
 
 import numpy as np
 
 from genserve import config
 from genserve.errors import InvalidInputError
+from genserve.metadata import GenerationMetadata, Metadata, SwapMetadata
 
 # Element types as numpy names ("BYTES": variable-length bytes, numpy object arrays), and Triton's
 # spelling of each in config.pbtxt. The one map of element types in the stack.
@@ -55,6 +58,7 @@ OPTIONS_TENSOR = "OPTIONS"
 # Field types: how a value is written in a tensor, and which Python values are accepted for it.
 FIELD_TYPES = ("image", "text", "int", "float", "bool")
 _DEFAULT_DTYPES = {"image": BYTES, "text": BYTES, "int": "int32", "float": "float32", "bool": "bool"}
+_PYTHON_TYPES = {"image": bytes, "text": str, "int": int, "float": float, "bool": bool}
 
 
 def shown(value: Any, limit: int = 60) -> str:
@@ -100,6 +104,12 @@ class Field:
     @property
     def element_type(self) -> str:
         return self.dtype or _DEFAULT_DTYPES[self.type]
+
+    @property
+    def python_type(self) -> Any:
+        """The attribute type of the field in a :func:`values_class`: ``None`` allowed where it is the default."""
+        kind = _PYTHON_TYPES[self.type]
+        return kind if self.required or self.default is not None else kind | None
 
     @property
     def label(self) -> str:
@@ -201,7 +211,8 @@ class Output:
     """One output tensor of a response, and the key its value gets in the decoded response.
 
     ``encoding`` says how BYTES elements are read: ``raw`` (image bytes), ``utf-8`` (text) or
-    ``json`` (one JSON document: the tensor holds one element).
+    ``json`` (one JSON document: the tensor holds one element). ``schema``: the class a JSON document
+    is decoded to and encoded from (:mod:`genserve.metadata`); None: plain JSON values.
     """
 
     name: str
@@ -210,6 +221,7 @@ class Output:
     dims: tuple[int, ...]
     help: str
     encoding: str = "raw"
+    schema: type[Metadata] | None = None
 
     @property
     def tensor(self) -> Tensor:
@@ -219,7 +231,8 @@ class Output:
         if self.dtype != BYTES:
             return np.ascontiguousarray(np.asarray(value, dtype=self.dtype))
         if self.encoding == "json":
-            return np.array([json.dumps(value, ensure_ascii=False).encode("utf-8")], dtype=np.object_)
+            document = value.to_json() if self.schema is not None and isinstance(value, self.schema) else value
+            return np.array([json.dumps(document, ensure_ascii=False).encode("utf-8")], dtype=np.object_)
         items = list(value) if self.dims == (-1,) else [value]
         encoded = [item.encode("utf-8") if isinstance(item, str) else bytes(item) for item in items]
         return np.array(encoded, dtype=np.object_).reshape(-1 if self.dims == (-1,) else self.dims)
@@ -228,6 +241,8 @@ class Output:
         if self.dtype != BYTES:
             return np.asarray(array)
         items = [] if array is None else [bytes(item) for item in np.asarray(array).reshape(-1)]
+        if self.encoding == "json" and self.schema is not None:
+            return self.schema.from_json(json.loads(items[0])) if items else None
         if self.encoding == "json":
             return json.loads(items[0]) if items else {}
         if self.encoding == "utf-8":
@@ -368,6 +383,37 @@ class Contract:
         return {output.name: output.encode(values[output.key]) for output in self.outputs}
 
 
+def values_class(
+    name: str, fields: tuple[Field, ...], *, bases: tuple[type, ...] = (), frozen: bool = False, module: str
+) -> type:
+    """A dataclass with one attribute per field, typed and defaulted as the field is (required fields
+    first, without a default): the in-process form of a request's checked values, written by nobody but
+    the contract. ``bases`` bring its methods."""
+    ordered = sorted(fields, key=lambda f: not f.required)
+    made = make_dataclass(
+        name,
+        [
+            (f.name, f.python_type) if f.required else (f.name, f.python_type, dataclass_field(default=f.default))
+            for f in ordered
+        ],
+        bases=bases,
+        frozen=frozen,
+    )
+    made.__module__ = module  # where it is defined, for its repr in tracebacks and pickling
+    return made
+
+
+def merged_fields(*contracts: Contract) -> tuple[Field, ...]:
+    """The fields of several contracts, each name once (its first spelling), required only where every
+    contract requires it: what one in-process request class serving all of them holds."""
+    merged: dict[str, Field] = {}
+    for contract in contracts:
+        for f in contract.fields:
+            merged.setdefault(f.name, f)
+    required = {name for name in merged if all(any(f.name == name and f.required for f in c.fields) for c in contracts)}
+    return tuple(f if (f.name in required) == f.required else replace(f, required=False) for f in merged.values())
+
+
 def parse_options(text: str) -> dict[str, Any]:
     """An ``OPTIONS`` JSON object, bounded before and while it is parsed: its size, its nesting (Python's
     parser recurses, so a deep one would raise RecursionError), its key count and the digits of each
@@ -482,7 +528,13 @@ FACE_SWAP = Contract(
     outputs=(
         Output("IMAGE", "image", BYTES, (1,), "the encoded result"),
         Output(
-            "METADATA", "metadata", BYTES, (1,), "JSON: faces found, replaced, identity score, timings", encoding="json"
+            "METADATA",
+            "metadata",
+            BYTES,
+            (1,),
+            "JSON: faces found, replaced, identity score, timings",
+            encoding="json",
+            schema=SwapMetadata,
         ),
     ),
 )
@@ -557,7 +609,15 @@ def _generation_fields(prompt_help: str, image: bool, extra: tuple[Field, ...] =
 
 _GENERATION_OUTPUTS = (
     Output("IMAGES", "images", BYTES, (-1,), "the images, PNG"),
-    Output("METADATA", "metadata", BYTES, (1,), "JSON: seed, steps, sizes, warnings, timings", encoding="json"),
+    Output(
+        "METADATA",
+        "metadata",
+        BYTES,
+        (1,),
+        "JSON: seed, steps, sizes, warnings, timings",
+        encoding="json",
+        schema=GenerationMetadata,
+    ),
 )
 
 # The streaming variant of a pipeline model (``<model>_stream``) adds one output: a progress report per

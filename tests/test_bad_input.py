@@ -86,7 +86,7 @@ def test_family_limits_and_empty_edits_are_refused(export_family):
     images, metadata = edit.generate(
         {"prompt": "x", "image": _png(), "strength": 0.5, "steps": 2, "width": 32, "height": 32, "seed": 1}
     )
-    assert len(images) == 1 and metadata["denoising_steps_run"] >= 1
+    assert len(images) == 1 and metadata.denoising_steps_run >= 1
 
 
 def _png() -> bytes:

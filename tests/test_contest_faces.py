@@ -71,8 +71,8 @@ def test_crops_are_framed_like_lfw_and_the_face_is_found_in_each(crops, swapper)
 def test_every_pair_is_swapped_without_artifacts(swaps):
     assert len(swaps) >= 56
     for pair, ((_, metadata), _) in swaps.items():
-        assert metadata["replaced"], pair
-        share = metadata["artifacts"][0]["share"]
+        assert metadata.replaced, pair
+        share = metadata.artifacts[0]["share"]
         assert share < MAX_ARTIFACT_SHARE, f"{pair}: artifact share {share:.4f}"
 
 

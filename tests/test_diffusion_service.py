@@ -29,7 +29,7 @@ def test_export_service_equals_diffusers(export_family, demo_dir):
     images, metadata = service.generate(
         {"prompt": "a lighthouse at dusk", "steps": 2, "seed": 3, "width": 32, "height": 32}
     )
-    assert metadata["calls"]["unet"] >= 2 and metadata["seed"] == 3  # PNDM may call the UNet once more than its steps
+    assert metadata.calls["unet"] >= 2 and metadata.seed == 3  # PNDM may call the UNet once more than its steps
 
     reference = diffusers.StableDiffusionPipeline.from_pretrained(demo_dir / "sd")
     reference.set_progress_bar_config(disable=True)
@@ -96,8 +96,8 @@ def test_an_edit_input_larger_than_the_working_size_is_resized_not_refused(expor
     service.max_size = 256
     side, multiple = service.working_side, service.pixel_multiple
     images, metadata = service.generate({"prompt": "make it night", "image": _photo(1000, 1250), "steps": 1, "seed": 1})
-    width, height = metadata["resized"]["generated"]
-    assert metadata["resized"]["input"] == [1000, 1250] and metadata["resized"]["returned"] == [width, height]
+    width, height = metadata.resized["generated"]
+    assert metadata.resized["input"] == [1000, 1250] and metadata.resized["returned"] == [width, height]
     assert width % multiple == 0 and height % multiple == 0 and max(width, height) <= 256
     assert width * height <= side * side and abs(width / height - 0.8) < 0.05
     assert Image.open(io.BytesIO(images[0])).size == (width, height)
@@ -105,11 +105,11 @@ def test_an_edit_input_larger_than_the_working_size_is_resized_not_refused(expor
     images, metadata = service.generate(
         {"prompt": "make it night", "image": _photo(1000, 1250), "steps": 1, "seed": 1, "keep_size": True}
     )
-    assert Image.open(io.BytesIO(images[0])).size == (1000, 1250) and metadata["resized"]["returned"] == [1000, 1250]
+    assert Image.open(io.BytesIO(images[0])).size == (1000, 1250) and metadata.resized["returned"] == [1000, 1250]
 
     small = _photo(multiple * 8, multiple * 6)
     _, metadata = service.generate({"prompt": "make it night", "image": small, "steps": 1, "seed": 1})
-    assert "resized" not in metadata and (metadata["width"], metadata["height"]) == (multiple * 8, multiple * 6)
+    assert metadata.resized is None and (metadata.width, metadata.height) == (multiple * 8, multiple * 6)
     with pytest.raises(InvalidInputError, match="maximum of 256"):  # a size asked for explicitly is still checked
         service.generate({"prompt": "make it night", "image": small, "width": 512, "height": 512})
 
@@ -131,9 +131,9 @@ def test_text_edit_candidates_are_judged_by_ocr():
     engine = create_engine()
     candidates = [_sign("OPEN"), _sign("CLOSE"), _sign("CLOSED")]
     checks = [text_edit_report('change "OPEN" to "CLOSED"', recognize(engine, image).texts) for image in candidates]
-    images, check, picked = choose_text_edits(candidates, checks, 3)
-    assert picked["chosen"] == [2] and images == [candidates[2]] and check["new_text_distance"] == 0.0
-    distances = [score["new_text_distance"] for score in picked["candidates"]]
+    images, check, (choice,) = choose_text_edits(candidates, checks, 3)
+    assert choice.chosen == 2 and images == [candidates[2]] and check["new_text_distance"] == 0.0
+    distances = [score["new_text_distance"] for score in choice.tried]
     assert distances[2] == min(distances) and distances[0] > distances[1] > 0
 
 
@@ -155,12 +155,10 @@ def test_text_edit_candidates_through_the_pipeline(export_family):
             "height": 32,
         }
     )
-    assert len(images) == 1 and len(metadata["candidates"]) == 3
-    best = min(range(3), key=lambda i: metadata["candidates"][i]["new_text_distance"])
-    assert (
-        metadata["candidates"][metadata["chosen"][0]]["new_text_distance"]
-        == metadata["candidates"][best]["new_text_distance"]
-    )
+    (choice,) = metadata.candidates  # one per image returned
+    assert len(images) == 1 and len(choice.tried) == 3
+    best = min(range(3), key=lambda i: choice.tried[i]["new_text_distance"])
+    assert choice.tried[choice.chosen]["new_text_distance"] == choice.tried[best]["new_text_distance"]
     with pytest.raises(InvalidInputError, match="at most 4 at once"):
         service.generate(
             {"prompt": 'change "OPEN" to "CLOSED"', "image": _sign("OPEN"), "candidates": 3, "num_images": 2}

@@ -110,14 +110,14 @@ def test_text_to_image_parity(family, dclient, reference):
         PROMPT, model=f"{family}_text_to_image", steps=STEPS, seed=11, width=SIZE, height=SIZE
     )
     meta = result.metadata
-    assert (meta["seed"], meta["steps"], meta["width"], meta["height"]) == (11, STEPS, SIZE, SIZE)
-    pipeline = reference(family, meta["pipeline"])
+    assert (meta.seed, meta.steps, meta.width, meta.height) == (11, STEPS, SIZE, SIZE)
+    pipeline = reference(family, meta.pipeline)
     extra = {"max_area": SIZE * SIZE} if family == "flux" else {}  # Kontext renders max_area pixels otherwise
     worst = assert_parity(
         [result], in_process(pipeline, 11, prompt=PROMPT, num_inference_steps=STEPS, width=SIZE, height=SIZE, **extra)
     )
-    print(f"\n{family} t2i: max pixel difference {worst}/255; timings {meta['timings_ms']}")
-    assert meta["calls"][f"{'unet' if family == 'sd' else 'transformer'}"] >= STEPS
+    print(f"\n{family} t2i: max pixel difference {worst}/255; timings {meta.timings_ms}")
+    assert meta.calls[f"{'unet' if family == 'sd' else 'transformer'}"] >= STEPS
 
 
 @pytest.mark.parametrize("family", ("sd", "flux"))
@@ -125,13 +125,13 @@ def test_edit_image_parity(family, dclient, reference):
     image = input_image()
     result = dclient.edit_image(image, "make it night", model=f"{family}_edit_image", steps=STEPS + 1, seed=5)
     meta = result.metadata
-    pipeline = reference(family, meta["pipeline"])
+    pipeline = reference(family, meta.pipeline)
     extra = {"_auto_resize": False, "max_area": SIZE * SIZE, "width": SIZE, "height": SIZE} if family == "flux" else {}
     worst = assert_parity(
         [result], in_process(pipeline, 5, image=image, prompt="make it night", num_inference_steps=STEPS + 1, **extra)
     )
-    assert meta["calls"]["vae_encoder"] >= 1 and (meta["width"], meta["height"]) == (SIZE, SIZE)
-    print(f"\n{family} tie ({meta['pipeline']}): max pixel difference {worst}/255")
+    assert meta.calls["vae_encoder"] >= 1 and (meta.width, meta.height) == (SIZE, SIZE)
+    print(f"\n{family} tie ({meta.pipeline}): max pixel difference {worst}/255")
 
 
 def test_edit_text_parity(dclient, reference):
@@ -140,19 +140,19 @@ def test_edit_text_parity(dclient, reference):
     image = input_image()
     result = dclient.edit_text(image, 'change "OPEN" to "CLOSED"', model="flux_edit_text", steps=STEPS, seed=3)
     meta = result.metadata
-    assert (meta["old_text"], meta["new_text"]) == ("OPEN", "CLOSED")
-    assert meta["guidance"] == TEXT_EDIT["flux"]["guidance"] and '"CLOSED"' in meta["prompt"]
+    assert (meta.old_text, meta.new_text) == ("OPEN", "CLOSED")
+    assert meta.guidance == TEXT_EDIT["flux"]["guidance"] and '"CLOSED"' in meta.prompt
     # This server has no OCR model: the edit is returned, and the check says why it did not run.
-    assert "skipped" in meta["text_check"] and "ocr" in meta["text_check"]["skipped"]
+    assert "skipped" in meta.text_check and "ocr" in meta.text_check["skipped"]
     worst = assert_parity(
         [result],
         in_process(
             reference("flux", "FluxKontextPipeline"),
             3,
             image=image,
-            prompt=meta["prompt"],
+            prompt=meta.prompt,
             num_inference_steps=STEPS,
-            guidance_scale=meta["guidance"],
+            guidance_scale=meta.guidance,
             _auto_resize=False,
             max_area=SIZE * SIZE,
             width=SIZE,
@@ -263,7 +263,7 @@ def test_a_large_edit_input_is_resized_not_refused(dclient):
     result = dclient.edit_image(photo, "make it night", model="flux_edit_image", steps=1, seed=3)
     width, height = result.image.size
     assert max(width, height) <= 256 and abs(width / height - 0.8) < 0.05
-    assert result.metadata["resized"] == {
+    assert result.metadata.resized == {
         "input": [400, 500],
         "generated": [width, height],
         "returned": [width, height],
@@ -278,19 +278,19 @@ def test_text_edit_candidates(dclient):
     result = dclient.edit_text(
         input_image(), 'change "OPEN" to "CLOSED"', model="flux_edit_text", steps=1, seed=4, candidates=3
     )
-    scores = result.metadata["candidates"]
-    assert [score["candidate"] for score in scores] == [0, 1, 2] and all("skipped" in score for score in scores)
-    assert result.metadata["chosen"] == [0] and result.image.size == (SIZE, SIZE)
+    (choice,) = result.metadata.candidates  # one per image returned
+    assert len(choice.tried) == 3 and all("skipped" in score for score in choice.tried)
+    assert choice.chosen == 0 and result.image.size == (SIZE, SIZE)
 
 
 def test_long_prompt_is_truncated_with_a_warning(dclient):
     long_prompt = "a red house " * 40  # about 120 CLIP tokens, 280 of the tiny T5's
     result = dclient.text_to_image(long_prompt, model="sd_text_to_image", steps=1, seed=0, width=SIZE, height=SIZE)
-    assert any("truncated" in warning and "77" in warning for warning in result.metadata["warnings"])
+    assert any("truncated" in warning and "77" in warning for warning in result.metadata.warnings)
     flux = dclient.text_to_image(long_prompt, model="flux_text_to_image", steps=1, seed=0, width=SIZE, height=SIZE)
     # CLIP takes 77 tokens, T5 takes 512: only the first cuts.
-    assert any("tokenizer takes 77" in w for w in flux.metadata["warnings"])
-    assert not any("tokenizer_2" in w for w in flux.metadata["warnings"])
+    assert any("tokenizer takes 77" in w for w in flux.metadata.warnings)
+    assert not any("tokenizer_2" in w for w in flux.metadata.warnings)
 
 
 def test_server_keeps_serving_after_bad_requests(dclient, reference):
@@ -399,10 +399,10 @@ def test_streaming_reports_every_step(dclient):
         PROMPT, model="sd_text_to_image", steps=3, seed=5, width=SIZE, height=SIZE, progress=reports.append
     )
     plain = dclient.text_to_image(PROMPT, model="sd_text_to_image", steps=3, seed=5, width=SIZE, height=SIZE)
-    assert [r["step"] for r in reports] == list(range(1, streamed.metadata["denoising_steps_run"] + 1))
+    assert [r["step"] for r in reports] == list(range(1, streamed.metadata.denoising_steps_run + 1))
     assert {r["steps"] for r in reports} == {len(reports)}
     assert all(b["elapsed_ms"] >= a["elapsed_ms"] for a, b in zip(reports, reports[1:]))
-    assert streamed.encoded == plain.encoded and streamed.metadata["model"] == "sd_text_to_image_stream"
+    assert streamed.encoded == plain.encoded and streamed.metadata.model == "sd_text_to_image_stream"
 
 
 def test_async_client_streams_a_text_edit(diffusion_server):
@@ -424,7 +424,7 @@ def test_async_client_streams_a_text_edit(diffusion_server):
             return result, reports
 
     result, reports = asyncio.run(edit())
-    assert [r["step"] for r in reports] == [1, 2] and result.metadata["new_text"] == "CLOSED"
+    assert [r["step"] for r in reports] == [1, 2] and result.metadata.new_text == "CLOSED"
 
 
 class StopAfter(Exception):
@@ -518,7 +518,7 @@ def test_bls_overhead_per_step(diffusion_server, dclient):
     result = dclient.text_to_image(PROMPT, model="sd_text_to_image", steps=steps, seed=0, width=SIZE, height=SIZE)
     wall = time.perf_counter() - started
     after = _model_stats(diffusion_server)
-    calls = result.metadata["denoiser_ms_per_call"]
+    calls = result.metadata.denoiser_ms_per_call
     count = int(after["inference_stats"]["success"]["count"]) - int(before["inference_stats"]["success"]["count"])
     assert count == len(calls)
 
@@ -604,7 +604,7 @@ def test_response_cache_answers_a_repeated_seeded_request(export_family, tmp_pat
         fresh = [
             client.text_to_image(PROMPT, model="sd_text_to_image", steps=2, width=SIZE, height=SIZE) for _ in range(2)
         ]
-        assert fresh[0].metadata["seed"] != fresh[1].metadata["seed"] and fresh[0].encoded != fresh[1].encoded
+        assert fresh[0].metadata.seed != fresh[1].metadata.seed and fresh[0].encoded != fresh[1].encoded
         assert int(_model_stats(server, "sd_text_to_image")["inference_stats"]["cache_hit"]["count"]) == 1
 
         raw = grpcclient.InferInput("PROMPT", [1], "BYTES")

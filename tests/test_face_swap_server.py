@@ -40,9 +40,9 @@ def test_served_swap_has_the_target_identity(client, faces_dir, analyzer):
     to_ori = np.linalg.norm(descriptor - analyzer.descriptor(ori, ori_face))
     assert to_target < to_ori
 
-    (score,) = result.metadata["identity"]
+    (score,) = result.metadata.identity
     assert score["distance"] == pytest.approx(to_target, abs=0.05)  # JPEG round trip moves it a little
-    assert result.metadata["faces_found"]["ori"] == 3
+    assert result.metadata.faces_found["ori"] == 3
 
 
 @pytest.mark.parametrize("kind", ["path", "bytes", "numpy", "pil"])
@@ -60,11 +60,11 @@ def test_every_kind_of_image_is_accepted(grpc_client, faces_dir, kind):
 
 def test_options_reach_the_model(grpc_client, faces_dir):
     result = grpc_client.swap_face(faces_dir / ORI, faces_dir / TARGET, all_faces=True, compute_identity=False)
-    assert result.metadata["replaced"] == [0, 1, 2] and "identity" not in result.metadata
-    assert [entry["face"] for entry in result.metadata["artifacts"]] == [0, 1, 2]
+    assert result.metadata.replaced == [0, 1, 2] and result.metadata.identity is None
+    assert [entry["face"] for entry in result.metadata.artifacts] == [0, 1, 2]
     result = grpc_client.swap_face(faces_dir / ORI, faces_dir / TARGET, candidates=2, ori_identity=True)
-    (entry,) = result.metadata["candidates"]
-    assert len(entry["tried"]) == 2 and "ori_cosine" in result.metadata["identity"][0]
+    (choice,) = result.metadata.candidates
+    assert len(choice.tried) == 2 and "ori_cosine" in result.metadata.identity[0]
 
 
 def test_result_saves_in_the_format_its_name_asks_for(grpc_client, faces_dir, tmp_path):
@@ -139,7 +139,7 @@ def test_server_keeps_serving_after_50_bad_requests(grpc_client, triton_server, 
             call(grpc_client)
     assert triton_server.is_running()
     result = grpc_client.swap_face(faces_dir / ORI, faces_dir / TARGET, compute_identity=False)
-    assert result.metadata["replaced"] == [0]
+    assert result.metadata.replaced == [0]
 
 
 def test_cli_deepfake_writes_the_swapped_image(triton_server, faces_dir, tmp_path):
@@ -208,7 +208,7 @@ def test_serve_command_starts_and_stops_on_ctrl_c(tmp_path):
             assert client.is_ready("face_swap")
             # The leaf it calls for the identity score came with it, and a default swap reports one.
             assert client.is_ready("face_embedding")
-            assert client.swap_face(FACES_DIR / ORI, FACES_DIR / TARGET).metadata["identity"][0]["cosine"] > 0.9
+            assert client.swap_face(FACES_DIR / ORI, FACES_DIR / TARGET).metadata.identity[0]["cosine"] > 0.9
         process.send_signal(signal.SIGINT)
         output = "".join(lines) + process.communicate(timeout=60)[0]
     finally:
@@ -237,7 +237,7 @@ def test_a_model_that_fails_to_load_is_reported_with_its_reason(tmp_path):
 
 def test_metadata_is_json_with_timings(grpc_client, faces_dir):
     result = grpc_client.swap_face(faces_dir / ORI, faces_dir / TARGET)
-    timings = result.metadata["timings_ms"]
+    timings = result.metadata.timings_ms
     assert timings["total"] >= timings["detect_ori"] + timings["swap"] > 0
 
 
@@ -259,5 +259,5 @@ def test_asyncio_client_runs_requests_concurrently(triton_server, faces_dir):
             return results
 
     first, second = asyncio.run(main())
-    assert first.metadata["replaced"] == [0] and second.metadata["replaced"] == [0]
+    assert first.metadata.replaced == [0] and second.metadata.replaced == [0]
     assert first.image.size == Image.open(faces_dir / ORI).size

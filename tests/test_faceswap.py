@@ -189,24 +189,24 @@ def test_candidates_keep_the_best_rendering_without_artifacts(swapper, photos):
     ori = decode_image(photos["2008_001322.jpg"])
     target, _ = swapper.target_face(photos["2008_002506.jpg"])
     result, metadata = swapper.swap_arrays(ori, target, SwapOptions(candidates=4, compute_identity=False))
-    (entry,) = metadata["candidates"]
-    tried = entry["tried"]
+    (choice,) = metadata.candidates
+    tried = choice.tried
     assert len(tried) == 4 and len({c["cosine"] for c in tried}) > 1  # the variants do differ
     clean = [i for i, c in enumerate(tried) if c["clean"]]
-    assert entry["chosen"] == max(clean, key=lambda i: tried[i]["cosine"])
+    assert choice.chosen == max(clean, key=lambda i: tried[i]["cosine"])
     # The image returned is the chosen candidate: its identity and artifacts are the ones reported for it.
-    (score,) = metadata["identity"]
+    (score,) = metadata.identity
     assert (score["cosine"], score["distance"]) == (
-        tried[entry["chosen"]]["cosine"],
-        tried[entry["chosen"]]["distance"],
+        tried[choice.chosen]["cosine"],
+        tried[choice.chosen]["distance"],
     )
     face = swapper.analyzer.refit(ori, swapper.analyzer.detect(ori, landmarks=False, coarse=True)[0])
-    assert metadata["artifacts"][0]["share"] == pytest.approx(
+    assert metadata.artifacts[0]["share"] == pytest.approx(
         seam_share(result, hull_mask(ori.shape, face.landmarks)), abs=1e-5
     )
-    assert metadata["artifacts"][0]["share"] == tried[entry["chosen"]]["artifact_share"]
+    assert metadata.artifacts[0]["share"] == tried[choice.chosen]["artifact_share"]
     _, default = swapper.swap_arrays(ori, target, SwapOptions())  # candidate 0 is the default rendering
-    assert default["identity"][0]["cosine"] == tried[0]["cosine"]
+    assert default.identity[0]["cosine"] == tried[0]["cosine"]
 
 
 def test_classic_triangle_pasting_would_fail_the_seam_measure(photos):
@@ -228,21 +228,21 @@ def test_metadata_reports_faces_identity_and_timings(swapper, photos):
         photos["2008_002506.jpg"], photos["2008_001009.jpg"], SwapOptions(ori_identity=True)
     )
     assert decode_image(encoded).shape == decode_image(photos["2008_002506.jpg"]).shape
-    assert metadata["faces_found"] == {"ori": 3, "target": 2}
-    assert metadata["replaced"] == [0]
-    (score,) = metadata["identity"]
+    assert metadata.faces_found == {"ori": 3, "target": 2}
+    assert metadata.replaced == [0]
+    (score,) = metadata.identity
     assert score["cosine"] > score["ori_cosine"] and score["distance"] < score["ori_distance"]
-    (artifacts,) = metadata["artifacts"]
+    (artifacts,) = metadata.artifacts
     assert artifacts["face"] == 0 and artifacts["share"] <= artifacts["ori_share"] + 0.003
-    assert {"decode_ori", "target", "detect_ori", "swap", "identity", "encode", "total"} <= set(metadata["timings_ms"])
+    assert {"decode_ori", "target", "detect_ori", "swap", "identity", "encode", "total"} <= set(metadata.timings_ms)
 
 
 def test_repeated_target_is_served_from_the_cache(photos):
     swapper = FaceSwapper().load()
     _, first = swapper.swap(photos["2008_002506.jpg"], photos["2008_001009.jpg"])
     _, second = swapper.swap(photos["2008_001322.jpg"], photos["2008_001009.jpg"])
-    assert not first["target_cache_hit"] and second["target_cache_hit"]
-    assert second["timings_ms"]["target"] < first["timings_ms"]["target"] / 10
+    assert not first.target_cache_hit and second.target_cache_hit
+    assert second.timings_ms["target"] < first.timings_ms["target"] / 10
 
 
 def test_face_index_and_all_faces_choose_which_faces_change(swapper, photos):
@@ -259,9 +259,9 @@ def test_face_index_and_all_faces_choose_which_faces_change(swapper, photos):
         ]
 
     second, metadata = swapper.swap_arrays(ori, target, SwapOptions(face_index=1, compute_identity=False))
-    assert metadata["replaced"] == [1] and changed(second) == [False, True, False]
+    assert metadata.replaced == [1] and changed(second) == [False, True, False]
     every, metadata = swapper.swap_arrays(ori, target, SwapOptions(all_faces=True, compute_identity=False))
-    assert metadata["replaced"] == [0, 1, 2] and changed(every) == [True, True, True]
+    assert metadata.replaced == [0, 1, 2] and changed(every) == [True, True, True]
     with pytest.raises(InvalidInputError, match="face_index 3 asked for, but the ori image has 3 face"):
         swapper.swap_arrays(ori, target, SwapOptions(face_index=3))
 
@@ -351,4 +351,4 @@ def test_png_with_alpha_and_greyscale_inputs_are_accepted(swapper, photos):
     grey = encode_image(cv2.cvtColor(cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY), cv2.COLOR_GRAY2RGB), "png")
     for data in (rgba.getvalue(), grey):
         _, metadata = swapper.swap(data, photos["2008_001009.jpg"], SwapOptions(compute_identity=False))
-        assert metadata["replaced"] == [0]
+        assert metadata.replaced == [0]

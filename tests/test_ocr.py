@@ -188,7 +188,7 @@ def test_a_leaf_refusal_reaches_the_client_as_invalid_input(images, tmp_path):
     from genserve.config import STACK_REPOSITORY_DIR
     from genserve.protocol import OCR
     from genserve.server import TritonServer
-    from genserve.triton.model_config import contract_mismatches, copy_model, read_config, write_config
+    from genserve.triton.model_config import contract_mismatches, copy_model, read_config, served_config, write_config
 
     repository = tmp_path / "repository"
     for model_dir in STACK_REPOSITORY_DIR.glob("ocr*"):  # the OCR models, the ensemble's steps among them
@@ -205,7 +205,7 @@ def test_a_leaf_refusal_reaches_the_client_as_invalid_input(images, tmp_path):
     ):
         small = png(samples.render_text(["OK"], font_size=40))
         for model in sorted(path.name for path in repository.iterdir()):
-            if contract_mismatches(read_config(repository / model), OCR):
+            if contract_mismatches(served_config(repository / model), OCR):
                 continue  # a leaf or an ensemble step
             with pytest.raises(RequestError) as error:
                 client.ocr(images["english"], model=model)

@@ -189,7 +189,7 @@ def test_the_built_wheel_installs_and_serves(wheel_path, tmp_path, faces_dir):
                 time.sleep(0.5)
             assert client.is_ready(), "the wheel's genserve serve did not become ready"
             result = client.swap_face(faces_dir / "2007_007763.jpg", faces_dir / "2008_002506.jpg")
-        assert result.metadata["replaced"] == [0] and result.metadata["identity"][0]["cosine"] > 0.5
+        assert result.metadata.replaced == [0] and result.metadata.identity[0]["cosine"] > 0.5
     finally:
         server.terminate()
         output = server.communicate(timeout=120)[0]

@@ -78,9 +78,9 @@ def test_each_model_gets_its_own_contract_s_requests():
 
 def test_a_document_that_breaks_the_format_is_refused():
     from genserve.config import STACK_REPOSITORY_DIR
-    from genserve.triton.model_config import read_config
+    from genserve.triton.model_config import served_config
 
-    config = read_config(STACK_REPOSITORY_DIR / "ocr")
+    config = served_config(STACK_REPOSITORY_DIR / "ocr")
     good = perf_analyzer.input_data(OCR, [{"image": b"\x89PNG"}])
     assert perf_analyzer.read_input_data(good, config)[0]["IMAGE"].shape == (1,)
     for bad in (

@@ -9,12 +9,13 @@ import numpy as np
 import pytest
 
 from genserve.errors import InvalidInputError
+from genserve.metadata import Choice, GenerationMetadata, SwapMetadata
 from genserve.protocol import CONTRACTS, EDIT_IMAGE, FACE_SWAP, OCR, TASKS, TEXT_TO_IMAGE
 
 
 def test_the_stack_repository_configs_match_their_contracts():
     from genserve.config import STACK_REPOSITORY_DIR
-    from genserve.triton.model_config import contract_mismatches, read_config
+    from genserve.triton.model_config import contract_mismatches, served_config
 
     checked = 0
     served_as = {**CONTRACTS, "ocr_ensemble": OCR, "ocr_bls": OCR}  # the OCR model not named ocr keeps its tensors
@@ -22,20 +23,68 @@ def test_the_stack_repository_configs_match_their_contracts():
         contract = served_as.get(config_path.parent.name)
         if contract is None:  # leaf models and ensemble steps: their tensors are the ONNX graph's own, or the flow's
             continue
-        assert contract_mismatches(read_config(config_path), contract) == [], config_path
+        assert contract_mismatches(served_config(config_path.parent), contract) == [], config_path
         checked += 1
     assert checked == 3  # face_swap and the two OCR models
 
 
+def test_stack_python_models_take_their_tensors_from_the_contract_alone():
+    """face_swap and ocr declare no tensors in config.pbtxt: Triton's auto-complete adds the contract's
+    (the ensemble must write its own: Triton does not complete an ensemble; the test above checks it)."""
+    from genserve.config import STACK_REPOSITORY_DIR
+    from genserve.triton.model_config import read_config
+
+    for name in ("face_swap", "ocr"):
+        config = read_config(STACK_REPOSITORY_DIR / name)
+        assert not config.input and not config.output, name
+
+
 def test_a_config_that_drifts_from_its_contract_is_caught():
     from genserve.config import STACK_REPOSITORY_DIR
-    from genserve.triton.model_config import contract_mismatches, read_config
+    from genserve.triton.model_config import contract_mismatches, served_config
 
-    config = read_config(STACK_REPOSITORY_DIR / "face_swap")
+    config = served_config(STACK_REPOSITORY_DIR / "face_swap")
     config.input[1].optional = True
     del config.output[1]
     problems = contract_mismatches(config, FACE_SWAP)
     assert any("TARGET_IMAGE" in p for p in problems) and any("METADATA" in p for p in problems)
+
+
+@pytest.mark.server
+def test_the_served_stack_models_declare_their_contract(triton_server):
+    """What Triton serves (auto-complete from the contract) is the contract, and what the offline reader
+    (served_config: perf_analyzer, the tests) derives is the same."""
+    import tritonclient.grpc as grpcclient
+
+    from genserve.config import STACK_REPOSITORY_DIR
+    from genserve.triton.model_config import contract_mismatches, declared_tensors, served_config
+
+    client = grpcclient.InferenceServerClient(triton_server.grpc_url)
+    for name, contract in (("face_swap", FACE_SWAP), ("ocr", OCR)):
+        served = client.get_model_config(name).config
+        assert contract_mismatches(served, contract) == [], name
+        offline = served_config(STACK_REPOSITORY_DIR / name)
+        for kind in ("input", "output"):
+            assert declared_tensors(served, kind) == declared_tensors(offline, kind), (name, kind)
+    client.close()
+
+
+@pytest.mark.server
+def test_a_config_that_declares_a_tensor_unlike_its_contract_is_refused_at_load(tmp_path):
+    from tritonclient.grpc import model_config_pb2
+
+    from genserve.config import STACK_REPOSITORY_DIR
+    from genserve.errors import ServerError
+    from genserve.server import TritonServer
+    from genserve.triton.model_config import copy_model, read_config, write_config
+
+    repository = tmp_path / "repository"
+    copy_model(STACK_REPOSITORY_DIR / "ocr", repository, instances=1)
+    config = read_config(repository / "ocr")
+    config.input.add(name="IMAGE", data_type=model_config_pb2.TYPE_STRING, dims=[2])  # the contract: [1]
+    write_config(config, repository / "ocr")
+    with pytest.raises(ServerError, match="ocr"), TritonServer.on_loopback(repository, log_path=tmp_path / "t.log"):
+        pass
 
 
 def test_request_round_trip_fills_defaults():
@@ -77,8 +126,35 @@ def test_response_round_trip():
     assert arrays["BOXES"].dtype == np.float32 and arrays["SCORES"].dtype == np.float64
     out = OCR.decode_response(arrays)
     assert out["texts"] == ["营业"] and out["boxes"].shape == (1, 4, 2)
-    out = FACE_SWAP.decode_response(FACE_SWAP.encode_response({"image": b"jpeg", "metadata": {"replaced": [0]}}))
-    assert out == {"image": b"jpeg", "metadata": {"replaced": [0]}}
+    metadata = SwapMetadata([500, 375], {"ori": 1, "target": 1}, [], [0], {}, identity=None)
+    out = FACE_SWAP.decode_response(FACE_SWAP.encode_response({"image": b"jpeg", "metadata": metadata}))
+    assert out == {"image": b"jpeg", "metadata": metadata}
+
+
+def test_metadata_is_typed_on_both_sides_and_its_json_keys_are_the_attributes():
+    """The server fills a dataclass, the wire carries its attributes as JSON keys (None left out), the
+    client decodes the same dataclass; keys it does not know (a newer server's) are kept, not lost."""
+    metadata = GenerationMetadata("flux", "vttie", "FluxKontextPipeline", 7, 4, 4, 2.5, 64, 32, 1, new_text="CLOSED")
+    document = json.loads(TEXT_TO_IMAGE.encode_response({"images": [], "metadata": metadata})["METADATA"][0])
+    assert document["seed"] == 7 and document["new_text"] == "CLOSED" and "old_text" not in document
+    document["added_later"] = {"x": 1}
+    decoded = GenerationMetadata.from_json(document)
+    assert decoded.seed == 7 and decoded.extra == {"added_later": {"x": 1}} and decoded.to_json() == document
+
+
+def test_candidates_have_one_shape_for_every_task():
+    """A face swap's renderings of each face and a text edit's edits of each image are both one Choice per
+    output (index, chosen, tried): the batch runner's quality columns read them alike."""
+    from genserve.client.batch import quality_record
+    from genserve.client.tasks import Task
+
+    swap = SwapMetadata([1, 1], {"ori": 1, "target": 1}, [], [0], {}, candidates=[Choice(0, 1, [{}, {"cosine": 1}])])
+    edit = GenerationMetadata("flux", "vttie", "P", 1, 1, 1, 1.0, 8, 8, 1, candidates=[Choice(0, 1, [{}, {}])])
+    for metadata, task_type in ((swap, "deepfake"), (edit, "vttie")):
+        (choice,) = type(metadata).from_json(json.loads(json.dumps(metadata.to_json()))).candidates
+        assert choice == Choice(index=0, chosen=1, tried=choice.tried) and len(choice.tried) == 2
+        record = quality_record(Task("1", task_type, "", "", "", line=2), metadata)
+        assert (record["candidates"], record["chosen_candidate"]) == (2, 1)
 
 
 def test_in_process_objects_take_the_contract_fields():
@@ -89,6 +165,40 @@ def test_in_process_objects_take_the_contract_fields():
     assert {f.name: f.default for f in dataclasses.fields(SwapOptions)} == swap
     for contract in (TASKS["t2i"], TASKS["tie"], TASKS["vttie"]):
         assert {f.name for f in contract.fields} <= {f.name for f in dataclasses.fields(GenerationRequest)}
+
+
+def test_request_classes_are_written_from_the_contract():
+    """SwapOptions and GenerationRequest hold exactly the contract's fields, typed and defaulted there; a
+    field added to a contract is an attribute of the class built from it, with nothing else to edit."""
+    from genserve.diffusion.service import GenerationRequest
+    from genserve.faceswap import SwapOptions
+    from genserve.protocol import DIFFUSION_TASKS, Field, merged_fields, values_class
+
+    assert [f.name for f in dataclasses.fields(SwapOptions)] == [f.name for f in FACE_SWAP.option_fields]
+    generation = merged_fields(*(TASKS[task] for task in DIFFUSION_TASKS))
+    defaults = {f.name: f.default for f in dataclasses.fields(GenerationRequest) if f.name != "prompt"}
+    assert defaults == {f.name: f.default for f in generation if f.name != "prompt"}
+    assert [f.name for f in generation if f.required] == ["prompt"]  # image: edits only; t2i takes none
+    grown = dataclasses.replace(FACE_SWAP, fields=(*FACE_SWAP.fields, Field("sharpen", "bool", "", default=True)))
+    options = values_class("Grown", grown.option_fields, frozen=True, module=__name__)()
+    assert options.sharpen is True and options.jpeg_quality == 95
+
+
+def test_a_task_row_needs_what_its_contract_requires(monkeypatch):
+    from genserve.client.tasks import Task
+    from genserve.protocol import Field
+
+    row = Task("1", "deepfake", "", "a.jpg", "", line=2)
+    assert row.problem() == "deepfake needs target_image"
+    assert Task("2", "t2i", " ", "", "", line=3).problem() == "t2i needs a prompt"
+    optional = tuple(
+        dataclasses.replace(f, required=False) if f.name == "target_image" else f for f in FACE_SWAP.fields
+    )
+    monkeypatch.setitem(TASKS, "deepfake", dataclasses.replace(FACE_SWAP, fields=optional))
+    assert row.problem() is None
+    with_prompt = (*TEXT_TO_IMAGE.fields, Field("ori_image", "image", "", tensor="ORI", required=True))
+    monkeypatch.setitem(TASKS, "t2i", dataclasses.replace(TEXT_TO_IMAGE, fields=with_prompt))
+    assert Task("3", "t2i", "a fox", "", "", line=4).problem() == "t2i needs ori_image"
 
 
 @pytest.mark.parametrize(

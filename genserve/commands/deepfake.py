@@ -43,18 +43,18 @@ def run(args: argparse.Namespace) -> int:
         )
     path = result.save(args.output)
     if args.json:
-        print(json.dumps(result.metadata, indent=2))
+        print(json.dumps(result.metadata.to_json(), indent=2))
         return 0
     meta = result.metadata
-    print(f"wrote {path}: replaced face {', '.join(map(str, meta['replaced']))} of {meta['faces_found']['ori']} in ORI")
-    for score in meta.get("identity", []):
+    print(f"wrote {path}: replaced face {', '.join(map(str, meta.replaced))} of {meta.faces_found['ori']} in ORI")
+    for score in meta.identity or []:
         ori = f"; the original face had {score['ori_cosine']:.3f}" if "ori_cosine" in score else ""
         print(
             f"  face {score['face']}: identity cosine to target {score['cosine']:.3f} "
             f"(dlib distance {score['distance']:.3f}{ori})"
         )
-    for entry in meta.get("candidates", []):
-        tried = ", ".join(f"{c['cosine']:.3f}{'' if c['clean'] else ' (artifacts)'}" for c in entry["tried"])
-        print(f"  face {entry['face']}: kept candidate {entry['chosen']} of {len(entry['tried'])} (cosines {tried})")
-    print(f"  server time {meta['timings_ms']['total']:.0f} ms")
+    for choice in meta.candidates or []:
+        tried = ", ".join(f"{c['cosine']:.3f}{'' if c['clean'] else ' (artifacts)'}" for c in choice.tried)
+        print(f"  face {choice.index}: kept candidate {choice.chosen} of {len(choice.tried)} (cosines {tried})")
+    print(f"  server time {meta.timings_ms['total']:.0f} ms")
     return 0

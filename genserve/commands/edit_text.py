@@ -29,5 +29,5 @@ def run(args: argparse.Namespace) -> int:
     code = write_results(args, results)
     meta = (results if isinstance(results, list) else [results])[0].metadata
     if not args.json:
-        print(f"  old text {meta.get('old_text')!r} -> new text {meta.get('new_text')!r}")
+        print(f"  old text {meta.old_text!r} -> new text {meta.new_text!r}")
     return code

@@ -146,15 +146,15 @@ def write_results(args: argparse.Namespace, results) -> int:
         result.save(path)
     meta = results[0].metadata
     if args.json:
-        print(json.dumps(meta, indent=2))
+        print(json.dumps(meta.to_json(), indent=2))
         return 0
-    timings = meta.get("timings_ms", {})
+    timings = meta.timings_ms
     print(
-        f"wrote {', '.join(map(str, paths))}: {meta.get('width')}x{meta.get('height')}, seed {meta.get('seed')}, "
-        f"{meta.get('steps')} steps, guidance {meta.get('guidance')}, server {timings.get('total', 0):.0f} ms"
+        f"wrote {', '.join(map(str, paths))}: {meta.width}x{meta.height}, seed {meta.seed}, "
+        f"{meta.steps} steps, guidance {meta.guidance}, server {timings.get('total', 0):.0f} ms"
     )
     stages = ", ".join(f"{k} {v:.0f} ms" for k, v in timings.items() if k != "total")
     print(f"  stages: {stages}")
-    for warning in meta.get("warnings", []):
+    for warning in meta.warnings:
         print(f"  warning: {warning}")
     return 0

@@ -123,7 +123,7 @@ def _save(result, path: Path, log) -> Path:
     result.save(path)
     meta = result.metadata
     log(
-        f"{path}: {meta['pipeline']} {meta['width']}x{meta['height']}, {meta['steps']} steps, "
-        f"{meta['timings_ms']['total']:.0f} ms on the server"
+        f"{path}: {meta.pipeline} {meta.width}x{meta.height}, {meta.steps} steps, "
+        f"{meta.timings_ms['total']:.0f} ms on the server"
     )
     return path

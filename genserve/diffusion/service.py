@@ -16,6 +16,7 @@ pipeline's light files: configs, tokenizers, scheduler).
 from __future__ import annotations
 
 import copy
+import dataclasses
 import inspect
 import logging
 import math
@@ -23,7 +24,7 @@ import queue
 import secrets
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, fields
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +32,8 @@ from genserve.config import MAX_GENERATED_SIDE, MAX_IMAGES
 from genserve.diffusion.settings import ServiceSettings
 from genserve.errors import InvalidInputError, RequestCancelled
 from genserve.families import EDIT_CALL_KWARGS, FAMILIES, TEXT_EDIT, Family, read_configs
-from genserve.protocol import TASKS
+from genserve.metadata import Choice, GenerationMetadata
+from genserve.protocol import DIFFUSION_TASKS, TASKS, merged_fields, values_class
 
 # Extras some pipeline classes take and others do not (a request naming one its class lacks is refused).
 EXTRA_OPTIONS = ("strength", "true_cfg_scale", "max_sequence_length")
@@ -40,26 +42,7 @@ EXTRA_OPTIONS = ("strength", "true_cfg_scale", "max_sequence_length")
 TextReader = Callable[[bytes], list[str]]
 
 
-@dataclass
-class GenerationRequest:
-    """A request's checked values (``TASKS[task].decode_request``); None: the pipeline's default (or
-    the image's size, for edits)."""
-
-    prompt: str
-    image: bytes | None = None
-    negative_prompt: str | None = None
-    steps: int | None = None
-    guidance: float | None = None
-    seed: int | None = None
-    width: int | None = None
-    height: int | None = None
-    num_images: int = 1
-    strength: float | None = None
-    true_cfg_scale: float | None = None
-    max_sequence_length: int | None = None
-    keep_size: bool = False  # edits: the result at the input image's exact size
-    candidates: int = 1  # text edits: how many to make, the best OCR reading returned
-
+class _GenerationRequestMethods:
     @classmethod
     def from_values(cls, values: Mapping[str, Any]) -> GenerationRequest:
         names = {f.name for f in fields(cls)}
@@ -69,6 +52,17 @@ class GenerationRequest:
     def options(self) -> dict[str, Any]:
         """The family extras the request sets."""
         return {name: getattr(self, name) for name in EXTRA_OPTIONS if getattr(self, name) is not None}
+
+
+# A request's checked values (``TASKS[task].decode_request``): one attribute per field of the generation
+# contracts, typed and defaulted there (None: the pipeline's default, or the image's size for edits).
+# Mutable: a text edit rewrites its prompt and guidance, and a seed is drawn when none was asked.
+GenerationRequest = values_class(
+    "GenerationRequest",
+    merged_fields(*(TASKS[task] for task in DIFFUSION_TASKS)),
+    bases=(_GenerationRequestMethods,),
+    module=__name__,
+)
 
 
 class DiffusionService:
@@ -297,7 +291,7 @@ class DiffusionService:
         *,
         on_step: Callable[[dict[str, Any]], None] | None = None,
         cancelled: Callable[[], bool] | None = None,
-    ) -> tuple[list[bytes], dict[str, Any]]:
+    ) -> tuple[list[bytes], GenerationMetadata]:
         """PNG images and metadata for one request: the task's field values (:data:`genserve.protocol.TASKS`),
         checked here as the served model checks them.
 
@@ -350,16 +344,17 @@ class DiffusionService:
 
             pictures = [picture.resize(tuple(resized["input"]), Image.LANCZOS) for picture in pictures]
         images = [png_bytes(picture) for picture in pictures]
-        metadata = self.metadata(request, kwargs, stats, total, step_ends, warnings, size) | text_edit
+        metadata = dataclasses.replace(
+            self.metadata(request, kwargs, stats, total, step_ends, warnings, size), **text_edit
+        )
         if resized:
-            metadata["resized"] = resized | {"returned": list(pictures[0].size)}
+            metadata.resized = resized | {"returned": list(pictures[0].size)}
         if text_edit:  # what the contest's OCR will read, checked before it does
             checks = [self.check_text(image, text_edit["instruction"]) for image in images]
-            images, metadata["text_check"], picked = choose_text_edits(images, checks, request.candidates)
-            metadata |= picked
+            images, metadata.text_check, metadata.candidates = choose_text_edits(images, checks, request.candidates)
         return images, metadata
 
-    def metadata(self, request, kwargs, stats, total, step_ends, warnings, size) -> dict[str, Any]:
+    def metadata(self, request, kwargs, stats, total, step_ends, warnings, size) -> GenerationMetadata:
         denoiser = self.family.denoiser.name
         per_call = stats.per_call.get(denoiser, [])
         steps = len(step_ends)
@@ -367,45 +362,50 @@ class DiffusionService:
         # arithmetic, latent packing: the pipeline model's own work).
         step_ms = [1e3 * (b - a) for a, b in zip(step_ends, step_ends[1:])]
         calls_per_step = len(per_call) / steps if steps else 0
-        return {
-            "family": self.family.name,
-            "task": self.task,
-            "pipeline": self.pipeline_class,
-            "seed": request.seed,
-            "steps": kwargs.get("num_inference_steps", self._default("num_inference_steps")),
-            "denoising_steps_run": steps,
-            "guidance": kwargs.get("guidance_scale", self._default("guidance_scale")),
-            "width": size[0],
-            "height": size[1],
-            "num_images": request.num_images,
-            **({"options": request.options} if request.options else {}),
-            "warnings": warnings,
-            "timings_ms": {
+        return GenerationMetadata(
+            family=self.family.name,
+            task=self.task,
+            pipeline=self.pipeline_class,
+            seed=request.seed,
+            steps=kwargs.get("num_inference_steps", self._default("num_inference_steps")),
+            denoising_steps_run=steps,
+            guidance=kwargs.get("guidance_scale", self._default("guidance_scale")),
+            width=size[0],
+            height=size[1],
+            num_images=request.num_images,
+            options=request.options or None,
+            warnings=warnings,
+            timings_ms={
                 "total": round(1e3 * total, 2),
                 **{f"{name}": round(1e3 * seconds, 2) for name, seconds in stats.seconds.items()},
                 "pipeline_own": round(1e3 * (total - sum(stats.seconds.values())), 2),
             },
-            "calls": stats.calls,
-            "denoiser_calls_per_step": calls_per_step,
-            "denoiser_ms_per_call": [round(1e3 * s, 3) for s in per_call],
-            "step_ms": [round(ms, 3) for ms in step_ms],
-        }
+            calls=stats.calls,
+            denoiser_calls_per_step=calls_per_step,
+            denoiser_ms_per_call=[round(1e3 * s, 3) for s in per_call],
+            step_ms=[round(ms, 3) for ms in step_ms],
+        )
 
 
 def choose_text_edits(images: list[bytes], checks: list[dict[str, Any]], candidates: int):
     """Of every ``candidates`` consecutive text edits, the one whose OCR check (``text_edit_report``) reads
     closest to the new text, then farthest from the old one. Returns the chosen images, the first one's
-    check, and for the metadata every candidate's scores and the indexes chosen (nothing when one each)."""
+    check, and for the metadata one :class:`~genserve.metadata.Choice` per image returned, with every
+    candidate's scores (None when one each: nothing was chosen)."""
     if candidates == 1:
-        return images, checks[0], {}
+        return images, checks[0], None
 
     def rank(index: int) -> tuple[float, float]:
         return checks[index].get("new_text_distance", 1.0), -checks[index].get("old_text_distance", 0.0)
 
-    chosen = [min(range(start, start + candidates), key=rank) for start in range(0, len(images), candidates)]
     keys = ("new_text_distance", "old_text_distance", "ocr_text", "skipped")
-    scores = [{"candidate": i, **{k: check[k] for k in keys if k in check}} for i, check in enumerate(checks)]
-    return [images[i] for i in chosen], checks[chosen[0]], {"candidates": scores, "chosen": chosen}
+    choices = []
+    for image, start in enumerate(range(0, len(images), candidates)):
+        group = range(start, start + candidates)
+        tried = [{k: checks[i][k] for k in keys if k in checks[i]} for i in group]
+        choices.append(Choice(index=image, chosen=min(group, key=rank) - start, tried=tried))
+    kept = [candidates * choice.index + choice.chosen for choice in choices]
+    return [images[i] for i in kept], checks[kept[0]], choices
 
 
 def _copy_pipeline(pipeline):

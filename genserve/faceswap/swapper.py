@@ -40,7 +40,8 @@ from genserve.faceswap.blend import (
 from genserve.faceswap.faces import Face, FaceAnalyzer, identity_similarity
 from genserve.faceswap.measures import artifact_share
 from genserve.imaging import decode_image, encode_image
-from genserve.protocol import FACE_SWAP, MAX_SWAP_CANDIDATES
+from genserve.metadata import Choice, SwapMetadata
+from genserve.protocol import FACE_SWAP, MAX_SWAP_CANDIDATES, values_class
 
 # Feather width and light-matching blur, as fractions of the face's size (sqrt of its hull area).
 FEATHER_FRACTION = 0.1
@@ -88,20 +89,7 @@ VARIANTS = (
 assert len(VARIANTS) == MAX_SWAP_CANDIDATES, "the contract's maximum of candidates is the number of variants"
 
 
-@dataclass(frozen=True)
-class SwapOptions:
-    """What a swap may ask for beyond the two images: the option fields of the served contract
-    (:data:`genserve.protocol.FACE_SWAP`), whose defaults and checks these are."""
-
-    face_index: int | None = None  # which face of ori to replace, largest first; None: the largest
-    all_faces: bool = False  # replace every face of ori
-    output_format: str = "jpeg"  # jpeg, png or webp
-    jpeg_quality: int = 95
-    color_transfer: bool = True  # match the target face's colour and lighting to ori's face
-    compute_identity: bool = True  # report the identity score of the result
-    ori_identity: bool = False  # also score ori's own face against the target
-    candidates: int = 1  # render this many VARIANTS and keep the best (see FaceSwapper.swap_arrays)
-
+class _SwapOptionsMethods:
     @classmethod
     def from_values(cls, values: Mapping[str, Any]) -> SwapOptions:
         """The options among a request's checked values (see ``FACE_SWAP.decode_request``)."""
@@ -118,6 +106,11 @@ class SwapOptions:
 
 
 OPTION_NAMES = tuple(field.name for field in FACE_SWAP.option_fields)
+# What a swap may ask for beyond the two images: one attribute per option field of the served contract
+# (genserve.protocol.FACE_SWAP), typed and defaulted there; `candidates` renders that many VARIANTS.
+SwapOptions = values_class(
+    "SwapOptions", FACE_SWAP.option_fields, bases=(_SwapOptionsMethods,), frozen=True, module=__name__
+)
 
 
 @dataclass
@@ -151,7 +144,7 @@ class FaceSwapper:
 
     # --- the task ----------------------------------------------------------------------------------
 
-    def swap(self, ori: bytes, target: bytes, options: SwapOptions | None = None) -> tuple[bytes, dict]:
+    def swap(self, ori: bytes, target: bytes, options: SwapOptions | None = None) -> tuple[bytes, SwapMetadata]:
         """Encoded ori and target images in, the encoded result and its metadata out."""
         options = options or SwapOptions()
         options.validate()
@@ -167,7 +160,7 @@ class FaceSwapper:
         timings["target"] = _ms_since(clock)
 
         result, metadata = self.swap_arrays(ori_rgb, target_face, options, timings)
-        metadata["target_cache_hit"] = cache_hit
+        metadata.target_cache_hit = cache_hit
 
         clock = time.perf_counter()
         encoded = encode_image(result, options.output_format, quality=options.jpeg_quality)
@@ -177,7 +170,7 @@ class FaceSwapper:
 
     def swap_arrays(
         self, ori_rgb: np.ndarray, target: TargetFace, options: SwapOptions, timings: dict[str, float] | None = None
-    ) -> tuple[np.ndarray, dict]:
+    ) -> tuple[np.ndarray, SwapMetadata]:
         """The swap on an RGB array; returns the RGB result and metadata (with ``timings_ms``).
 
         Per replaced face the metadata reports the artifact share (``artifacts``), the identity score
@@ -194,19 +187,16 @@ class FaceSwapper:
         faces = {index: self.analyzer.refit(ori_rgb, ori_faces[index]) for index in chosen}
         timings["detect_ori"] = _ms_since(clock)
 
-        metadata: dict[str, Any] = {
-            "image_size": [int(ori_rgb.shape[1]), int(ori_rgb.shape[0])],
-            "faces_found": {"ori": len(ori_faces), "target": target.faces_found},
-            "ori_faces": [face.as_dict() for face in ori_faces],
-            "replaced": chosen,
-            "target_face": target.face.as_dict(),
-            "artifacts": [],
-        }
         scored = options.compute_identity or options.candidates > 1
-        if scored:
-            metadata["identity"] = []
-        if options.candidates > 1:
-            metadata["candidates"] = []
+        metadata = SwapMetadata(
+            image_size=[int(ori_rgb.shape[1]), int(ori_rgb.shape[0])],
+            faces_found={"ori": len(ori_faces), "target": target.faces_found},
+            ori_faces=[face.as_dict() for face in ori_faces],
+            replaced=chosen,
+            target_face=target.face.as_dict(),
+            identity=[] if scored else None,
+            candidates=[] if options.candidates > 1 else None,
+        )
         timings["swap"] = timings["identity"] = 0.0
         result = ori_rgb
         for index in chosen:
@@ -224,24 +214,24 @@ class FaceSwapper:
             ori_share = artifact_share(ori_rgb, face.landmarks)
             best = _best_candidate([(share, score) for _, share, score, _ in renders], ori_share)
             result, share, score, _ = renders[best]
-            metadata["artifacts"].append({"face": index, "share": round(share, 5), "ori_share": round(ori_share, 5)})
+            metadata.artifacts.append({"face": index, "share": round(share, 5), "ori_share": round(ori_share, 5)})
             if scored:
                 if options.ori_identity:
                     clock = time.perf_counter()
                     before = identity_similarity(self.analyzer.descriptor(ori_rgb, face), target.descriptor)
                     score = score | {"ori_cosine": before["cosine"], "ori_distance": before["distance"]}
                     timings["identity"] += _ms_since(clock)
-                metadata["identity"].append({"face": index, **score})
+                metadata.identity.append({"face": index, **score})
             if options.candidates > 1:
                 tried = [
                     {**look.as_dict(), **score, "artifact_share": round(share, 5), "clean": _is_clean(share, ori_share)}
                     for _, share, score, look in renders
                 ]
-                metadata["candidates"].append({"face": index, "chosen": best, "tried": tried})
+                metadata.candidates.append(Choice(index=index, chosen=best, tried=tried))
         timings["swap"], timings["identity"] = round(timings["swap"], 2), round(timings["identity"], 2)
         if not scored:
             del timings["identity"]
-        metadata["timings_ms"] = timings
+        metadata.timings_ms = timings
         return result, metadata
 
     def target_face(self, target: bytes) -> tuple[TargetFace, bool]:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +48,31 @@ class ServiceModel:
     checked values of one request with the contract's output values."""
 
     contract: Contract
+
+    @classmethod
+    def auto_complete_config(cls, model_config):
+        """Triton's auto-complete, before the model loads: the contract's tensors are the model's, so its
+        ``config.pbtxt`` declares none; one that declares a tensor differently is refused at load (the
+        backend's ``add_input`` compares). A model whose contract is its task's (read at setup) keeps
+        what ``genserve build-repo`` wrote from that contract."""
+        contract = getattr(cls, "contract", None)
+        if contract is None:
+            return model_config
+        for tensor in contract.inputs:
+            model_config.add_input(
+                {
+                    "name": tensor.name,
+                    "data_type": tensor.triton_type,
+                    "dims": list(tensor.dims),
+                    "optional": tensor.optional,
+                }
+            )
+        for output in contract.outputs:
+            tensor = output.tensor
+            model_config.add_output({"name": tensor.name, "data_type": tensor.triton_type, "dims": list(tensor.dims)})
+        if contract.streaming:
+            model_config.set_model_transaction_policy({"decoupled": True})
+        return model_config
 
     def initialize(self, args: dict[str, str]) -> None:
         self.model_config = json.loads(args["model_config"])
@@ -212,7 +238,7 @@ class DiffusionModel(ServiceModel):
                 values, on_step=progress if self.streams else None, cancelled=sender.is_cancelled
             )
             response = pb_utils.InferenceResponse(
-                output_tensors(self._encode(images=images, metadata=metadata | {"model": self.model_name}))
+                output_tensors(self._encode(images=images, metadata=replace(metadata, model=self.model_name)))
             )
         except Exception as error:  # noqa: BLE001 - this request fails alone, the model keeps serving
             response = error_response(error, self.model_name)
