@@ -79,6 +79,10 @@ MALLOC_TRIM_THRESHOLD_BYTES = 1024 * 1024
 # going), then let in-flight requests finish within the drain timeout (Triton's --exit-timeout-secs).
 DRAIN_DELAY_S = 5.0
 DRAIN_TIMEOUT_S = 60.0
+# After a drain emptied the server, how long its other models may take to unload before a streaming
+# model that Triton never unloads (its queue refused a streamed request: TritonServer._wait_for_unload)
+# is no longer waited for.
+STUCK_UNLOAD_GRACE_S = 3.0
 # How the server tells its models that it drains (genserve.triton.requests): this variable names a file
 # that exists while it does. Calls between models (BLS) carry this request id, so that a draining model
 # still answers the work of requests already running.
