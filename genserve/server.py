@@ -334,7 +334,11 @@ class TritonServer:
         # The log names models, requests' failures and paths: readable by the owner only.
         self._log_file = os.fdopen(os.open(self.log_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb")
         os.chmod(self.log_path, 0o600)  # a file that was there keeps its mode otherwise
-        env = {"MALLOC_TRIM_THRESHOLD_": str(config.MALLOC_TRIM_THRESHOLD_BYTES), **os.environ, **installation.env}
+        malloc = {
+            "MALLOC_TRIM_THRESHOLD_": str(config.MALLOC_TRIM_THRESHOLD_BYTES),
+            "MALLOC_MMAP_THRESHOLD_": str(config.MALLOC_MMAP_THRESHOLD_BYTES),
+        }
+        env = {**malloc, **os.environ, **installation.env}
         if self.cache_size:  # the models learn it here: a cached model then refuses requests it must not cache
             env[config.RESPONSE_CACHE_ENV] = str(self.cache_size)
         self.drain_file.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
