@@ -75,10 +75,19 @@ RETIRED_WORKER_GRACE_S = 30.0
 # None kept; and glibc gives freed heap back above 1 MiB (instead of its dynamic threshold, up to 64 MiB).
 GRPC_INFER_ALLOCATION_POOL_SIZE = 0
 MALLOC_TRIM_THRESHOLD_BYTES = 1024 * 1024
+# Blocks above 64 KiB are mapped on their own and unmapped when freed: gRPC's buffers of a refused huge
+# request no longer stay in glibc's arenas (tritonserver 43 -> 44 MiB after three refused 432 MB tensors,
+# 107-456 MiB without). The model workers inherit it; face swaps and tiny t2i ran as fast with it
+# (python -m genserve.benchmarks.malloc, docs/hardening.md).
+MALLOC_MMAP_THRESHOLD_BYTES = 64 * 1024
 # `genserve serve` on SIGTERM: keep serving this long (endpoints and clients learn that the replica is
 # going), then let in-flight requests finish within the drain timeout (Triton's --exit-timeout-secs).
 DRAIN_DELAY_S = 5.0
 DRAIN_TIMEOUT_S = 60.0
+# After a drain emptied the server, how long its other models may take to unload before a streaming
+# model that Triton never unloads (its queue refused a streamed request: TritonServer._wait_for_unload)
+# is no longer waited for.
+STUCK_UNLOAD_GRACE_S = 3.0
 # How the server tells its models that it drains (genserve.triton.requests): this variable names a file
 # that exists while it does. Calls between models (BLS) carry this request id, so that a draining model
 # still answers the work of requests already running.

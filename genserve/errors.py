@@ -32,7 +32,12 @@ class Overloaded(GenServeError):
     the client retries later or on another replica."""
 
 
-class ShuttingDown(GenServeError):
+class Unavailable(GenServeError):
+    """The server cannot answer this request now, for a passing reason of its own (UNAVAILABLE, so that any
+    client retries): e.g. a model the request called lost its worker process, which is being replaced."""
+
+
+class ShuttingDown(Unavailable):
     """The server drains before it stops: it finishes what it runs and takes nothing new (UNAVAILABLE, so
     that the client retries, on another replica or after the restart)."""
 
@@ -80,8 +85,9 @@ class ErrorKind:
 INVALID_INPUT = ErrorKind(
     "invalid input", InvalidInputError, "INVALID_ARG", "INVALID_ARGUMENT", 400, False, marker="invalid input: "
 )
-# Every UNAVAILABLE that says no more: a draining server, one not ready yet, a queued request's timeout.
-UNAVAILABLE = ErrorKind("unavailable", ShuttingDown, "UNAVAILABLE", "UNAVAILABLE", 503, True)
+# Every UNAVAILABLE that says no more: a draining server, one not ready yet, a queued request's timeout, a
+# called model's dead worker.
+UNAVAILABLE = ErrorKind("unavailable", Unavailable, "UNAVAILABLE", "UNAVAILABLE", 503, True)
 OVERLOADED = ErrorKind(
     "overloaded", Overloaded, "UNAVAILABLE", "UNAVAILABLE", 503, True, marker="overloaded: ", elsewhere_only=True
 )

@@ -334,7 +334,11 @@ class TritonServer:
         # The log names models, requests' failures and paths: readable by the owner only.
         self._log_file = os.fdopen(os.open(self.log_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb")
         os.chmod(self.log_path, 0o600)  # a file that was there keeps its mode otherwise
-        env = {"MALLOC_TRIM_THRESHOLD_": str(config.MALLOC_TRIM_THRESHOLD_BYTES), **os.environ, **installation.env}
+        malloc = {
+            "MALLOC_TRIM_THRESHOLD_": str(config.MALLOC_TRIM_THRESHOLD_BYTES),
+            "MALLOC_MMAP_THRESHOLD_": str(config.MALLOC_MMAP_THRESHOLD_BYTES),
+        }
+        env = {**malloc, **os.environ, **installation.env}
         if self.cache_size:  # the models learn it here: a cached model then refuses requests it must not cache
             env[config.RESPONSE_CACHE_ENV] = str(self.cache_size)
         self.drain_file.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -525,13 +529,11 @@ class TritonServer:
             self.watchdog.stop()
             self.watchdog = None
         process = self._process
-        if drain and self.is_running():
-            self.drain(self.exit_timeout_s)
+        drained = drain and self.is_running() and self.drain(self.exit_timeout_s)
         if process is not None and process.poll() is None:
             process.send_signal(signal.SIGINT)
-            try:
-                process.wait(timeout=timeout_s if timeout_s is not None else self.exit_timeout_s + 15)
-            except subprocess.TimeoutExpired:
+            limit = timeout_s if timeout_s is not None else self.exit_timeout_s + 15
+            if not self._wait_for_unload(process, limit, drained):
                 os.killpg(process.pid, signal.SIGKILL)
                 process.wait()
         if process is not None:
@@ -540,6 +542,43 @@ class TritonServer:
         if self._log_file is not None:
             self._log_file.close()
             self._log_file = None
+
+    def _wait_for_unload(self, process: subprocess.Popen, limit_s: float, drained: bool) -> bool:
+        """Wait, ``limit_s`` at most, for Triton to unload its models and exit; True when it did.
+
+        Triton 2.51 never unloads a decoupled (streaming) model once its queue refused a request streamed
+        over gRPC: the refused request keeps the model, and the exit waited out ``--exit-timeout-secs``.
+        After a drain that emptied the server such a model holds no request, so once it is all that is
+        left, ``STUCK_UNLOAD_GRACE_S`` after the others, Triton is ended (nothing is lost)."""
+        started = time.monotonic()
+        while time.monotonic() - started < limit_s:
+            try:
+                process.wait(timeout=0.5)
+                return True
+            except subprocess.TimeoutExpired:
+                pass
+            if drained and time.monotonic() - started >= config.STUCK_UNLOAD_GRACE_S:
+                stuck = self._stuck_streaming_models()
+                if stuck:
+                    logger.warning(
+                        "%s did not unload (Triton keeps a streaming model whose queue refused a request); "
+                        "nothing is in flight, so tritonserver is ended",
+                        ", ".join(stuck),
+                    )
+                    return False
+        return False
+
+    def _stuck_streaming_models(self) -> list[str]:
+        """The models Triton has not unloaded yet, when all of them are decoupled; else an empty list. Its
+        endpoints are closed while it unloads: its log says which models it loaded and unloaded."""
+        import re
+
+        log = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+        loaded = set(re.findall(r"successfully loaded '([^']+)'", log))
+        left = sorted(loaded - set(re.findall(r"successfully unloaded '([^']+)'", log)))
+        configs = {name: self._model_config(name) for name in left}
+        decoupled = [n for n, c in configs.items() if c is not None and c.model_transaction_policy.decoupled]
+        return left if left and decoupled == left else []
 
     def __enter__(self) -> TritonServer:
         return self.start()

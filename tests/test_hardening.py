@@ -236,10 +236,10 @@ def test_refused_oversized_tensors_leave_no_memory_behind(triton_server):
     # The watchdog reloads the worker whose shared memory swelled; the old copy's region, mapped in
     # tritonserver too, goes when that copy has unloaded.
     deadline = time.monotonic() + 60
-    while (after := triton.memory_info().rss) - before >= 2**30 and time.monotonic() < deadline:
+    while (after := triton.memory_info().rss) > 1.1 * before and time.monotonic() < deadline:
         time.sleep(1)
     print(f"\ntritonserver RSS {before / 2**20:.0f} MiB before, {after / 2**20:.0f} MiB after 3 refused 432 MB tensors")
-    # Measured here (2 shared cores): 43 -> 1600 MiB before the fix; after it 43 -> 300 MiB in most runs, up
-    # to 650 in some (glibc keeps gRPC's freed buffers in its arenas); with MALLOC_MMAP_THRESHOLD_=65536 in
-    # the server's environment 43 -> 44 MiB (see docs/hardening.md).
-    assert after - before < 2**30
+    # Measured here (2 shared cores): 43 -> 1600 MiB with gRPC's pool of request objects; without it
+    # 43 -> 107-650 MiB in most runs (glibc kept gRPC's freed buffers in its arenas); with
+    # MALLOC_MMAP_THRESHOLD_=65536 in the server's environment 43 -> 44 MiB (see docs/hardening.md).
+    assert after <= 1.1 * before, (before, after)

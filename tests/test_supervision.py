@@ -304,3 +304,36 @@ def test_killed_workers_leave_no_stale_copy(tmp_path):
         assert sorted(w.instance for w in workers) == ["face_swap_0_0", "face_swap_0_1"], workers
         assert server.watchdog.replacements == [("face_swap", "a worker process died")] * 3
         assert not failures, failures  # the client retried what the dead workers failed
+
+
+@pytest.mark.server
+@pytest.mark.slow
+def test_a_called_models_dead_worker_is_unavailable_to_a_plain_client(tmp_path, faces_dir):
+    """A face swap whose face_embedding worker is dead (killed, not replaced yet): a plain tritonclient got
+    INTERNAL ("face_swap failed: BlsError: ... Stub process ... is not healthy"), which it does not retry;
+    the BLS caller now answers UNAVAILABLE, which any client retries (issue 23, item 4)."""
+    import tritonclient.grpc as grpcclient
+    from tritonclient.utils import InferenceServerException
+
+    from genserve.config import STACK_REPOSITORY_DIR
+    from genserve.protocol import FACE_SWAP
+
+    inputs = FACE_SWAP.encode_request(
+        ori_image=(faces_dir / ORI).read_bytes(), target_image=(faces_dir / TARGET).read_bytes()
+    )
+    with TritonServer.on_loopback(
+        STACK_REPOSITORY_DIR, models=["face_swap"], log_path=tmp_path / "triton.log", watch_workers=False
+    ) as server:
+        (victim,) = [w for w in python_workers(server._process.pid) if w.model == "face_embedding"][:1]
+        os.kill(victim.pid, signal.SIGKILL)
+        time.sleep(1.0)
+        with grpcclient.InferenceServerClient(server.grpc_url) as client:
+            tensors = []
+            for name, array in inputs.items():
+                tensor = grpcclient.InferInput(name, list(array.shape), "BYTES")
+                tensor.set_data_from_numpy(array)
+                tensors.append(tensor)
+            with pytest.raises(InferenceServerException) as error:
+                client.infer("face_swap", tensors)
+    assert error.value.status() == "StatusCode.UNAVAILABLE", (error.value.status(), error.value.message())
+    assert "face_embedding" in error.value.message()

@@ -4,7 +4,10 @@ The called model's error keeps its meaning on the way back: a request it refused
 :class:`~genserve.errors.InvalidInputError` with its message, so the calling model's client gets
 INVALID_ARG too and does not retry; any other failure raises :class:`BlsError`. Triton 2.51 hands BLS
 callers every error as INTERNAL (triton-inference-server/server#7804), so the kind is read with the
-error table's :func:`~genserve.errors.decode`, which also reads the stack's own message marker.
+error table's :func:`~genserve.errors.decode`, which also reads the stack's own message marker. A
+passing failure of the called model (its worker dead and being replaced, a reload, its queue full)
+raises :class:`~genserve.errors.Unavailable`: the caller's client gets UNAVAILABLE, which any client
+retries, where Triton's own INTERNAL reached it before.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from genserve import config, errors
-from genserve.errors import GenServeError, InvalidInputError
+from genserve.errors import GenServeError, InvalidInputError, Unavailable
 from genserve.triton.requests import triton_code_name
 
 try:  # present only inside Triton's Python backend stub
@@ -39,6 +42,8 @@ def infer(model: str, inputs: Mapping[str, Any], outputs: Sequence[str], *, as_t
         kind, message = errors.decode(triton_code_name(error.code()), error.message())
         if kind is errors.INVALID_INPUT:
             raise InvalidInputError(message if message.startswith(model) else f"{model}: {message}")
+        if kind.retriable:  # its worker died (being replaced), it reloads, its queue is full: passing
+            raise Unavailable(f"{model} is unavailable for a moment: {message}")
         raise BlsError(f"{model} failed: {error.message()}")
     result = {}
     for name in outputs:
