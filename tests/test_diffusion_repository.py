@@ -71,17 +71,34 @@ def test_same_tensors_on_both_targets(export_family, tmp_path):
 
 
 def test_cpu_leaf_threads_and_denoiser_instances(export_family, tmp_path):
+    from genserve.config import CPU_DENOISER_INSTANCES
+    from genserve.export.manifest import Manifest
     from genserve.triton.onnx_leaf import PARAM_INTRA_OP_THREADS
 
     _, export_dir = export_family("sd")
-    build_repository(export_dir, tmp_path / "tuned", BuildOptions(leaf_threads=1, denoiser_instances=2))
-    build_repository(export_dir, tmp_path / "default", BuildOptions())
+    build_repository(export_dir, tmp_path / "tuned", BuildOptions(leaf_threads=1, denoiser_instances=3))
+    report = build_repository(export_dir, tmp_path / "default", BuildOptions())
     for model in ("text_encoder", "unet", "vae_decoder", "vae_encoder"):
         tuned, default = (parse(tmp_path / kind / model / "config.pbtxt") for kind in ("tuned", "default"))
         assert tuned.parameters[PARAM_INTRA_OP_THREADS].string_value == "1", model
-        assert PARAM_INTRA_OP_THREADS not in default.parameters, model  # ONNX Runtime decides
-        assert [g.count for g in tuned.instance_group] == [2 if model == "unet" else 1], model
-        assert [g.count for g in default.instance_group] == [1], model
+        assert PARAM_INTRA_OP_THREADS not in default.parameters, model  # the leaf decides at load
+        assert [g.count for g in tuned.instance_group] == [3 if model == "unet" else 1], model
+        # By default the small demo UNet gets a second copy; the other leaves one.
+        assert [g.count for g in default.instance_group] == [CPU_DENOISER_INSTANCES if model == "unet" else 1], model
+    # The report counts the weights once per instance.
+    weights = {entry.name: entry.weight_bytes for entry in Manifest.read(export_dir).components.values()}
+    assert report.weight_bytes == sum(weights.values()) + (CPU_DENOISER_INSTANCES - 1) * weights["unet"]
+
+
+def test_a_denoiser_too_large_to_copy_gets_one_instance(export_family, monkeypatch):
+    from genserve.diffusion import repository
+    from genserve.export.manifest import Manifest
+
+    _, export_dir = export_family("sd")
+    unet = Manifest.read(export_dir).components["unet"]
+    monkeypatch.setattr(repository, "CPU_DENOISER_COPY_LIMIT_BYTES", unet.weight_bytes - 1)
+    assert repository.denoiser_instances(unet, BuildOptions()) == 1
+    assert repository.denoiser_instances(unet, BuildOptions(denoiser_instances=2)) == 2  # asked for
 
 
 def test_denoiser_batching(built):

@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import argparse
 
-from genserve.config import MAX_GENERATED_SIDE, MAX_IMAGES, PIPELINE_CONCURRENCY
+from genserve.config import (
+    CPU_DENOISER_COPY_LIMIT_BYTES,
+    CPU_DENOISER_INSTANCES,
+    MAX_GENERATED_SIDE,
+    MAX_IMAGES,
+    PIPELINE_CONCURRENCY,
+)
 
 
 def register(subparsers) -> None:
@@ -67,14 +73,16 @@ def register(subparsers) -> None:
         type=int,
         default=0,
         metavar="N",
-        help="cpu: ONNX Runtime intra-op threads per leaf model (default 0: one per core)",
+        help="cpu: ONNX Runtime intra-op threads per leaf model instance (default 0: the cores, shared out "
+        "between a model's instances)",
     )
     parser.add_argument(
         "--denoiser-instances",
         type=int,
-        default=1,
         metavar="N",
-        help="cpu: instances of the denoiser leaf (each a process holding its own copy of the weights; default 1)",
+        help="cpu: instances of the denoiser leaf, each a process holding its own copy of the weights "
+        f"(default {CPU_DENOISER_INSTANCES} while its weights are at most "
+        f"{CPU_DENOISER_COPY_LIMIT_BYTES / 2**30:g} GiB, else 1)",
     )
     parser.add_argument(
         "--no-stream",

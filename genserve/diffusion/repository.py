@@ -30,6 +30,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from genserve.config import (
+    CPU_DENOISER_COPY_LIMIT_BYTES,
+    CPU_DENOISER_INSTANCES,
     LEAF_MAX_BATCH_SIZE,
     LEAF_QUEUE,
     MAX_GENERATED_SIDE,
@@ -75,10 +77,11 @@ class BuildOptions:
     warmup: bool = True  # pipeline models run a first request before they report ready
     warmup_size: int | None = None  # its width = height; None: the pipeline's working size (up to max_size)
     max_batch_size: int = LEAF_MAX_BATCH_SIZE  # leaves: the most samples one batched call may hold
-    # ONNX Runtime leaves on the CPU: intra-op threads per session (0: one per core) and the denoiser's
-    # instances (each a process with its own copy of the weights); docs/benchmarks.md weighs them.
+    # ONNX Runtime leaves on the CPU: intra-op threads per session (0: the cores shared out between the
+    # model's instances) and the denoiser's instances (each a process with its own copy of the weights;
+    # None: denoiser_instances() decides); docs/benchmarks.md weighs them.
     leaf_threads: int = 0
-    denoiser_instances: int = 1
+    denoiser_instances: int | None = None
     gpu_memory_limit_gb: float | None = None  # gpu: each ONNX Runtime leaf's CUDA arena cap (None: none)
     # gpu: leaves as Python-backend models running ONNX Runtime's CUDA provider (a plain pip host, whose
     # tritonserver has no onnxruntime backend) instead of the container's native backends.
@@ -191,7 +194,7 @@ def leaf_config(
         config.backend = "python"
         group.kind = group.KIND_CPU
         if entry.kind == "denoiser":
-            group.count = options.denoiser_instances
+            group.count = denoiser_instances(entry, options)
     return config
 
 
@@ -203,6 +206,14 @@ def _fresh_model_dir(repo_dir: Path, name: str) -> tuple[Path, Path]:
     version = model_dir / "1"
     version.mkdir(parents=True)
     return model_dir, version
+
+
+def denoiser_instances(entry: ComponentEntry, options: BuildOptions) -> int:
+    """The cpu target's denoiser instances: as asked, else CPU_DENOISER_INSTANCES while one more copy of
+    the weights stays within CPU_DENOISER_COPY_LIMIT_BYTES (the demo and SD-sized models; not FLUX's 12B)."""
+    if options.denoiser_instances is not None:
+        return options.denoiser_instances
+    return CPU_DENOISER_INSTANCES if entry.weight_bytes <= CPU_DENOISER_COPY_LIMIT_BYTES else 1
 
 
 def write_leaf(
@@ -363,7 +374,8 @@ def build_repository(export_dir: str | Path, repo_dir: str | Path, options: Buil
     limits = leaf_input_limits(export_dir, manifest, options)
     for entry in manifest.components.values():
         report.leaf_models.append(write_leaf(export_dir, repo_dir, entry, options, limits[entry.name]))
-        report.weight_bytes += entry.weight_bytes
+        copies = denoiser_instances(entry, options) if entry.kind == "denoiser" and options.target == "cpu" else 1
+        report.weight_bytes += entry.weight_bytes * copies
     tasks = manifest.served_tasks
     for task, pipeline_class in tasks.items():
         report.pipeline_models.append(write_pipeline(export_dir, repo_dir, manifest, task, pipeline_class, options))
