@@ -118,8 +118,8 @@ PIPELINE_CONCURRENCY = 4
 RUN_CONCURRENCY = 4
 # The denoiser leaf on the cpu target: two instances, so that two requests' steps run at once (on a CPU a
 # batch of two costs what two calls cost, and small ops leave the cores of one call half idle), as long as
-# a second copy of its weights stays small; a leaf with several instances splits the cores between them
-# (genserve.triton.onnx_leaf). Measured in docs/benchmarks.md ("Threads against instances").
+# a second copy of its weights stays small. Each keeps ONNX Runtime's threads (one per core), so that a
+# lone request is as fast as with one instance. Measured in docs/benchmarks.md ("Threads against instances").
 CPU_DENOISER_INSTANCES = 2
 CPU_DENOISER_COPY_LIMIT_BYTES = 4 * 2**30
 # ONNX Runtime's CUDA provider in every diffusion leaf on a GPU, as the onnxruntime backend's config

@@ -81,7 +81,7 @@ def test_cpu_leaf_threads_and_denoiser_instances(export_family, tmp_path):
     for model in ("text_encoder", "unet", "vae_decoder", "vae_encoder"):
         tuned, default = (parse(tmp_path / kind / model / "config.pbtxt") for kind in ("tuned", "default"))
         assert tuned.parameters[PARAM_INTRA_OP_THREADS].string_value == "1", model
-        assert PARAM_INTRA_OP_THREADS not in default.parameters, model  # the leaf decides at load
+        assert PARAM_INTRA_OP_THREADS not in default.parameters, model  # ONNX Runtime decides
         assert [g.count for g in tuned.instance_group] == [3 if model == "unet" else 1], model
         # By default the small demo UNet gets a second copy; the other leaves one.
         assert [g.count for g in default.instance_group] == [CPU_DENOISER_INSTANCES if model == "unet" else 1], model

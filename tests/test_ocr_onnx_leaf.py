@@ -147,20 +147,6 @@ def test_idle_threads_sleep_unless_spinning_is_asked_for(tmp_path):
             assert options.get_session_config_entry(f"session.{pool}.allow_spinning") == expected
 
 
-def test_several_cpu_instances_share_the_cores_out(monkeypatch):
-    import os
-
-    from genserve.triton.onnx_leaf import intra_op_threads
-
-    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)))
-    groups = {"instance_group": [{"count": 2, "kind": "KIND_CPU"}]}
-    assert intra_op_threads({}, groups, "CPU") == 4
-    assert intra_op_threads({}, {"instance_group": [{"count": 16, "kind": "KIND_CPU"}]}, "CPU") == 1
-    assert intra_op_threads({}, {"instance_group": [{"count": 1, "kind": "KIND_CPU"}]}, "CPU") == 0  # ORT decides
-    assert intra_op_threads({"intra_op_thread_count": "3"}, groups, "CPU") == 3  # the config's own
-    assert intra_op_threads({}, {"instance_group": [{"count": 2, "kind": "KIND_GPU"}]}, "GPU") == 0
-
-
 def test_batching_groups_requests_by_shape_and_splits_results(tmp_path):
     session = create_session(affine_model(tmp_path / "affine.onnx"))
     rng = np.random.default_rng(0)

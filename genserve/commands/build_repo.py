@@ -73,8 +73,8 @@ def register(subparsers) -> None:
         type=int,
         default=0,
         metavar="N",
-        help="cpu: ONNX Runtime intra-op threads per leaf model instance (default 0: the cores, shared out "
-        "between a model's instances)",
+        help="cpu: ONNX Runtime intra-op threads per leaf model instance (default 0: ONNX Runtime's "
+        "choice, one per core)",
     )
     parser.add_argument(
         "--denoiser-instances",

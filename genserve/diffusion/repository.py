@@ -77,9 +77,9 @@ class BuildOptions:
     warmup: bool = True  # pipeline models run a first request before they report ready
     warmup_size: int | None = None  # its width = height; None: the pipeline's working size (up to max_size)
     max_batch_size: int = LEAF_MAX_BATCH_SIZE  # leaves: the most samples one batched call may hold
-    # ONNX Runtime leaves on the CPU: intra-op threads per session (0: the cores shared out between the
-    # model's instances) and the denoiser's instances (each a process with its own copy of the weights;
-    # None: denoiser_instances() decides); docs/benchmarks.md weighs them.
+    # ONNX Runtime leaves on the CPU: intra-op threads per session (0: ONNX Runtime's choice, one per
+    # core) and the denoiser's instances (each a process with its own copy of the weights; None:
+    # denoiser_instances() decides); docs/benchmarks.md weighs them.
     leaf_threads: int = 0
     denoiser_instances: int | None = None
     gpu_memory_limit_gb: float | None = None  # gpu: each ONNX Runtime leaf's CUDA arena cap (None: none)

@@ -21,8 +21,7 @@ Where the ONNX file comes from, first match wins:
 Other parameters (all optional, string values as Triton requires):
 
 - ``intra_op_thread_count`` / ``inter_op_thread_count``: ONNX Runtime thread pools (the native
-  backend's names); ``0`` or absent lets ONNX Runtime decide, except that the intra-op threads of a
-  model with several CPU instances share the cores out between them (:func:`intra_op_threads`).
+  backend's names); ``0`` or absent lets ONNX Runtime decide.
 - ``session.intra_op.allow_spinning``: ``1`` lets the pool's idle threads spin for work (ONNX Runtime's
   own default); absent or ``0``, they sleep (:func:`create_session` says why that is the default here).
 - ``execution_provider``: ``auto`` (default: CUDA on a GPU instance when ONNX Runtime has it, else CPU),
@@ -221,22 +220,6 @@ def create_session(
     return ort.InferenceSession(str(onnx_file), sess_options=options, providers=providers)
 
 
-def intra_op_threads(parameters: dict[str, str], model_config: dict[str, Any], instance_kind: str | None) -> int:
-    """The config's ``intra_op_thread_count``; else, for a CPU instance of a model with several, the cores
-    shared out between them (two instances of a two-core host get one thread each, instead of two pools of
-    two taking turns on the same cores); else 0, ONNX Runtime's own choice (one thread per core)."""
-    if parameters.get(PARAM_INTRA_OP_THREADS):
-        return int(parameters[PARAM_INTRA_OP_THREADS])
-    if instance_kind != "CPU":
-        return 0
-    instances = sum(
-        int(group.get("count", 1))
-        for group in model_config.get("instance_group", [])
-        if group.get("kind", "KIND_CPU") == "KIND_CPU"
-    )
-    return max(1, len(os.sched_getaffinity(0)) // instances) if instances > 1 else 0
-
-
 def check_config_against_session(model_config: dict[str, Any], session) -> tuple[list[Tensor], list[Tensor]]:
     """The config's inputs and outputs, after checking that they name the graph's own tensors with its
     element types (so that the same config is valid for the native onnxruntime backend)."""
@@ -344,7 +327,7 @@ class TritonPythonModel:
         self.max_batch_size = int(self.model_config.get("max_batch_size", 0))
         self.session = create_session(
             self.onnx_file,
-            intra_op_threads=intra_op_threads(parameters, self.model_config, args.get("model_instance_kind")),
+            intra_op_threads=int(parameters.get(PARAM_INTRA_OP_THREADS) or 0),
             inter_op_threads=int(parameters.get(PARAM_INTER_OP_THREADS) or 0),
             execution_provider=parameters.get(PARAM_EXECUTION_PROVIDER) or "auto",
             gpu=args.get("model_instance_kind") == "GPU",
