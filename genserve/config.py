@@ -116,12 +116,13 @@ MAX_IMAGES = 4
 PIPELINE_CONCURRENCY = 4
 # Rows the batch runner (`genserve run`) keeps in flight at once.
 RUN_CONCURRENCY = 4
-# The denoiser leaf on the cpu target: two instances, so that two requests' steps run at once (on a CPU a
-# batch of two costs what two calls cost, and small ops leave the cores of one call half idle), as long as
-# a second copy of its weights stays small. Each keeps ONNX Runtime's threads (one per core), so that a
-# lone request is as fast as with one instance. Measured in docs/benchmarks.md ("Threads against instances").
+# The denoiser leaf on the cpu target: two instances when it is small, so that two requests' steps run at
+# once: a small graph's ops are too short for ONNX Runtime's intra-op threads to keep the cores busy, and
+# a batch of two costs what two calls cost on a CPU. A larger denoiser keeps one instance, whose threads
+# already fill the cores (a second one only oversubscribes them). Each instance keeps ONNX Runtime's
+# threads (one per core). Measured in docs/benchmarks.md ("Threads against instances").
 CPU_DENOISER_INSTANCES = 2
-CPU_DENOISER_COPY_LIMIT_BYTES = 4 * 2**30
+CPU_SMALL_DENOISER_BYTES = 8 * 2**20  # the demo's tiny denoisers (<= 1 MB); not its medium ones (16-64 MB)
 # ONNX Runtime's CUDA provider in every diffusion leaf on a GPU, as the onnxruntime backend's config
 # parameters spell them (the Python-backend leaf reads the same keys; docs/diffusion-serving.md, "GPU
 # settings"). Arena growth as requested (1), not to the next power of two (0), which can reserve up to

@@ -83,20 +83,20 @@ def test_cpu_leaf_threads_and_denoiser_instances(export_family, tmp_path):
         assert tuned.parameters[PARAM_INTRA_OP_THREADS].string_value == "1", model
         assert PARAM_INTRA_OP_THREADS not in default.parameters, model  # ONNX Runtime decides
         assert [g.count for g in tuned.instance_group] == [3 if model == "unet" else 1], model
-        # By default the small demo UNet gets a second copy; the other leaves one.
+        # By default the tiny demo UNet gets a second instance; the other leaves one.
         assert [g.count for g in default.instance_group] == [CPU_DENOISER_INSTANCES if model == "unet" else 1], model
     # The report counts the weights once per instance.
     weights = {entry.name: entry.weight_bytes for entry in Manifest.read(export_dir).components.values()}
     assert report.weight_bytes == sum(weights.values()) + (CPU_DENOISER_INSTANCES - 1) * weights["unet"]
 
 
-def test_a_denoiser_too_large_to_copy_gets_one_instance(export_family, monkeypatch):
+def test_a_larger_denoiser_gets_one_instance(export_family, monkeypatch):
     from genserve.diffusion import repository
     from genserve.export.manifest import Manifest
 
     _, export_dir = export_family("sd")
     unet = Manifest.read(export_dir).components["unet"]
-    monkeypatch.setattr(repository, "CPU_DENOISER_COPY_LIMIT_BYTES", unet.weight_bytes - 1)
+    monkeypatch.setattr(repository, "CPU_SMALL_DENOISER_BYTES", unet.weight_bytes - 1)
     assert repository.denoiser_instances(unet, BuildOptions()) == 1
     assert repository.denoiser_instances(unet, BuildOptions(denoiser_instances=2)) == 2  # asked for
 

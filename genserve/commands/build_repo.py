@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 
 from genserve.config import (
-    CPU_DENOISER_COPY_LIMIT_BYTES,
     CPU_DENOISER_INSTANCES,
+    CPU_SMALL_DENOISER_BYTES,
     MAX_GENERATED_SIDE,
     MAX_IMAGES,
     PIPELINE_CONCURRENCY,
@@ -81,8 +81,8 @@ def register(subparsers) -> None:
         type=int,
         metavar="N",
         help="cpu: instances of the denoiser leaf, each a process holding its own copy of the weights "
-        f"(default {CPU_DENOISER_INSTANCES} while its weights are at most "
-        f"{CPU_DENOISER_COPY_LIMIT_BYTES / 2**30:g} GiB, else 1)",
+        f"(default {CPU_DENOISER_INSTANCES} for a small denoiser, at most "
+        f"{CPU_SMALL_DENOISER_BYTES / 2**20:g} MiB of weights, whose calls leave cores idle; else 1)",
     )
     parser.add_argument(
         "--no-stream",

@@ -14,7 +14,7 @@ import json
 import logging
 from pathlib import Path
 
-from genserve.config import CPU_DENOISER_INSTANCES
+from genserve.config import CPU_DENOISER_INSTANCES, CPU_SMALL_DENOISER_BYTES
 from genserve.demo.pipelines import DEFAULT_DEMO_FOR_FAMILY
 
 logger = logging.getLogger(__name__)
@@ -46,7 +46,7 @@ def build_demo_repository(
         "format": FORMAT,
         "stream": True,
         "pipeline_concurrency": BuildOptions.pipeline_concurrency,
-        "cpu_denoiser_instances": CPU_DENOISER_INSTANCES,
+        "cpu_denoiser_instances": [CPU_DENOISER_INSTANCES, CPU_SMALL_DENOISER_BYTES],
         "warmup": 2 if warmup else 0,
         "size": size,
     }

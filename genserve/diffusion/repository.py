@@ -30,8 +30,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from genserve.config import (
-    CPU_DENOISER_COPY_LIMIT_BYTES,
     CPU_DENOISER_INSTANCES,
+    CPU_SMALL_DENOISER_BYTES,
     LEAF_MAX_BATCH_SIZE,
     LEAF_QUEUE,
     MAX_GENERATED_SIDE,
@@ -209,11 +209,11 @@ def _fresh_model_dir(repo_dir: Path, name: str) -> tuple[Path, Path]:
 
 
 def denoiser_instances(entry: ComponentEntry, options: BuildOptions) -> int:
-    """The cpu target's denoiser instances: as asked, else CPU_DENOISER_INSTANCES while one more copy of
-    the weights stays within CPU_DENOISER_COPY_LIMIT_BYTES (the demo and SD-sized models; not FLUX's 12B)."""
+    """The cpu target's denoiser instances: as asked, else CPU_DENOISER_INSTANCES for a denoiser whose
+    weights are at most CPU_SMALL_DENOISER_BYTES, one for any other (genserve.config says why)."""
     if options.denoiser_instances is not None:
         return options.denoiser_instances
-    return CPU_DENOISER_INSTANCES if entry.weight_bytes <= CPU_DENOISER_COPY_LIMIT_BYTES else 1
+    return CPU_DENOISER_INSTANCES if entry.weight_bytes <= CPU_SMALL_DENOISER_BYTES else 1
 
 
 def write_leaf(
