@@ -76,9 +76,8 @@ RETIRED_WORKER_GRACE_S = 30.0
 GRPC_INFER_ALLOCATION_POOL_SIZE = 0
 MALLOC_TRIM_THRESHOLD_BYTES = 1024 * 1024
 # Blocks above 64 KiB are mapped on their own and unmapped when freed: gRPC's buffers of a refused huge
-# request no longer stay in glibc's arenas (tritonserver 43 -> 44 MiB after three refused 432 MB tensors,
-# 107-456 MiB without). The model workers inherit it; face swaps and tiny t2i ran as fast with it
-# (python -m genserve.benchmarks.malloc, docs/hardening.md).
+# request no longer stay in glibc's arenas. The model workers inherit it; what it saves and costs is
+# measured by python -m genserve.benchmarks.malloc (figures: docs/hardening.md).
 MALLOC_MMAP_THRESHOLD_BYTES = 64 * 1024
 # `genserve serve` on SIGTERM: keep serving this long (endpoints and clients learn that the replica is
 # going), then let in-flight requests finish within the drain timeout (Triton's --exit-timeout-secs).

@@ -97,8 +97,9 @@ def test_a_larger_denoiser_gets_one_instance(export_family, monkeypatch):
     _, export_dir = export_family("sd")
     unet = Manifest.read(export_dir).components["unet"]
     monkeypatch.setattr(repository, "CPU_SMALL_DENOISER_BYTES", unet.weight_bytes - 1)
-    assert repository.denoiser_instances(unet, BuildOptions()) == 1
-    assert repository.denoiser_instances(unet, BuildOptions(denoiser_instances=2)) == 2  # asked for
+    assert repository.leaf_instances(unet, BuildOptions()) == 1
+    assert repository.leaf_instances(unet, BuildOptions(denoiser_instances=2)) == 2  # asked for
+    assert repository.leaf_instances(unet, BuildOptions(target="gpu", denoiser_instances=2)) == 1  # cpu only
 
 
 def test_denoiser_batching(built):

@@ -79,7 +79,7 @@ class BuildOptions:
     max_batch_size: int = LEAF_MAX_BATCH_SIZE  # leaves: the most samples one batched call may hold
     # ONNX Runtime leaves on the CPU: intra-op threads per session (0: ONNX Runtime's choice, one per
     # core) and the denoiser's instances (each a process with its own copy of the weights; None:
-    # denoiser_instances() decides); docs/benchmarks.md weighs them.
+    # leaf_instances() decides); docs/benchmarks.md weighs them.
     leaf_threads: int = 0
     denoiser_instances: int | None = None
     gpu_memory_limit_gb: float | None = None  # gpu: each ONNX Runtime leaf's CUDA arena cap (None: none)
@@ -174,7 +174,7 @@ def leaf_config(
     bound_queue(config, **LEAF_QUEUE)
     if max_input_shape:  # checked by the Python-backend leaf (cpu); TensorRT engines hold their profile
         config.parameters["max_input_shape"].string_value = json.dumps(max_input_shape)
-    group = config.instance_group.add(count=1)
+    group = config.instance_group.add(count=leaf_instances(entry, options))
     if options.leaf_threads and (options.target == "cpu" or options.python_leaves):
         config.parameters[PARAM_INTRA_OP_THREADS].string_value = str(options.leaf_threads)
     if options.target == "gpu":
@@ -193,8 +193,6 @@ def leaf_config(
     else:
         config.backend = "python"
         group.kind = group.KIND_CPU
-        if entry.kind == "denoiser":
-            group.count = denoiser_instances(entry, options)
     return config
 
 
@@ -208,9 +206,11 @@ def _fresh_model_dir(repo_dir: Path, name: str) -> tuple[Path, Path]:
     return model_dir, version
 
 
-def denoiser_instances(entry: ComponentEntry, options: BuildOptions) -> int:
-    """The cpu target's denoiser instances: as asked, else CPU_DENOISER_INSTANCES for a denoiser whose
-    weights are at most CPU_SMALL_DENOISER_BYTES, one for any other (genserve.config says why)."""
+def leaf_instances(entry: ComponentEntry, options: BuildOptions) -> int:
+    """A leaf's instances: one, but the cpu target's denoiser gets as many as asked, else
+    CPU_DENOISER_INSTANCES when its weights are at most CPU_SMALL_DENOISER_BYTES (genserve.config says why)."""
+    if options.target != "cpu" or entry.kind != "denoiser":
+        return 1
     if options.denoiser_instances is not None:
         return options.denoiser_instances
     return CPU_DENOISER_INSTANCES if entry.weight_bytes <= CPU_SMALL_DENOISER_BYTES else 1
@@ -374,8 +374,7 @@ def build_repository(export_dir: str | Path, repo_dir: str | Path, options: Buil
     limits = leaf_input_limits(export_dir, manifest, options)
     for entry in manifest.components.values():
         report.leaf_models.append(write_leaf(export_dir, repo_dir, entry, options, limits[entry.name]))
-        copies = denoiser_instances(entry, options) if entry.kind == "denoiser" and options.target == "cpu" else 1
-        report.weight_bytes += entry.weight_bytes * copies
+        report.weight_bytes += entry.weight_bytes * leaf_instances(entry, options)
     tasks = manifest.served_tasks
     for task, pipeline_class in tasks.items():
         report.pipeline_models.append(write_pipeline(export_dir, repo_dir, manifest, task, pipeline_class, options))
