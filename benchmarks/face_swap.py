@@ -194,17 +194,7 @@ def interleaved_runs(modes: dict[str, Workers], levels: list[int], requests: int
             for mode, make in modes.items():
                 run = drive(make(level), per_round, pairs, mode)
                 key = (mode, level)
-                if key in pooled:
-                    total = pooled[key]
-                    run = Run(
-                        mode,
-                        level,
-                        total.requests + run.requests,
-                        total.wall_s + run.wall_s,
-                        total.latencies_ms + run.latencies_ms,
-                        total.errors + run.errors,
-                    )
-                pooled[key] = run
+                pooled[key] = pooled[key].merged(run) if key in pooled else run
     runs = [pooled[mode, level] for level in levels for mode in modes]
     for run in runs:
         print(table_row(run), flush=True)

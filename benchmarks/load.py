@@ -39,6 +39,19 @@ class Run:
     def percentile(self, q: float) -> float:
         return float(np.percentile(self.latencies_ms, q)) if self.latencies_ms else float("nan")
 
+    def merged(self, other: Run) -> Run:
+        """This run and a later one of the same mode and level as one (the rounds of an interleaved
+        benchmark): requests, wall time, latencies and errors add up."""
+        return Run(
+            self.mode,
+            self.concurrency,
+            self.requests + other.requests,
+            self.wall_s + other.wall_s,
+            self.latencies_ms + other.latencies_ms,
+            self.errors + other.errors,
+            {**self.extra, **other.extra},
+        )
+
     def summary(self) -> dict:
         return {
             "mode": self.mode,

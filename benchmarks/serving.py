@@ -9,7 +9,8 @@ check by rapidocr in-process), with the same request values and seeds. A third m
 served export's own ONNX graphs in this process with ONNX Runtime (:func:`~genserve.diffusion.service.export_service`:
 no Triton, no BLS, a plain loop of one request at a time; its sessions take ONNX Runtime's default
 threads, as the served leaves do, whose configs set none): what the serving layer costs is served/floor.
-The modes alternate level by level, so that other load on the host hits them alike. Around each served level
+Within a level the modes take turns, ``--rounds`` times over (in reverse order every other round), and
+each mode's rounds are pooled, so that other load on the host hits them alike. Around each served level
 Triton's statistics are read, and their difference gives per model the requests, executions and mean queue and
 compute ms per request.
 
@@ -64,6 +65,7 @@ class Settings:
     in_process: bool = True
     floor: bool = True  # diffusion: also the export's graphs in ONNX Runtime in this process (see the module docstring)
     warmup: int = 1  # untimed passes over the payloads, per mode
+    rounds: int = 1  # a level's requests split over this many rounds, the modes taking turns in each
     faces_dir: Path | None = None
     work_dir: Path | None = None  # caches (demo repository, --pipeline exports); default CACHE_DIR
     demo_size: str = "tiny"  # which demo pipelines to serve without --pipeline: tiny or medium
@@ -475,34 +477,51 @@ class Bench:
                 for payload in task.payloads:
                     task.floor_workers(1)[0](payload)
         self.log(TABLE_HEADER)
+        modes = {"served": None}
+        if in_process:
+            modes["in-process"] = (task.in_process_workers, task.in_process_payloads, task.in_process_label)
+        if floor:
+            modes["floor"] = (task.floor_workers, task.payloads, task.floor_label)
         runs = []
-        # Levels alternate between the modes, so that other load on the host hits both alike.
         for level in s.levels:
-            requests = s.requests_for(level)
             before = model_stats(url)
             if isinstance(task, DiffusionTask):
                 task.served_metadata.clear()
-            run = drive([task.served_worker(client) for client in clients[:level]], requests, task.payloads, "served")
+            pooled = self._interleaved(task, modes, clients[:level], s.requests_for(level))
+            served = pooled["served"]
             served_model = getattr(task, "served_model", task.model)
-            run.extra.update(
-                task=task.name, model=served_model, models=self._level_stats(served_model, run, before, url)
+            served.extra.update(
+                task=task.name, model=served_model, models=self._level_stats(served_model, served, before, url)
             )
-            runs.append(run)
-            self.log(table_row(run, f"{task.name} served"))
+            runs.append(served)
+            self.log(table_row(served, f"{task.name} served"))
             if isinstance(task, DiffusionTask):
-                task.level_stats(run.extra["models"])
-                self.log(_pipeline_line(run.extra["models"], served_model))
-            if in_process:
-                run = drive(task.in_process_workers(level), requests, task.in_process_payloads, "in-process")
-                run.extra.update(task=task.name, model=task.in_process_label)
-                runs.append(run)
-                self.log(table_row(run, f"{task.name} in-process"))
-            if floor:
-                run = drive(task.floor_workers(level), requests, task.payloads, "floor")
-                run.extra.update(task=task.name, model=task.floor_label)
-                runs.append(run)
-                self.log(table_row(run, f"{task.name} floor"))
+                task.level_stats(served.extra["models"])
+                self.log(_pipeline_line(served.extra["models"], served_model))
+            for mode, (_, _, label) in list(modes.items())[1:]:
+                pooled[mode].extra.update(task=task.name, model=label)
+                runs.append(pooled[mode])
+                self.log(table_row(pooled[mode], f"{task.name} {mode}"))
         return runs
+
+    def _interleaved(self, task, modes: dict, clients: list, requests: int) -> dict[str, Run]:
+        """One level: the modes take turns ``rounds`` times, in reverse order every other round (so that
+        neither always runs first after the other, nor alone when other load comes and goes), the
+        requests split over the rounds; each mode's rounds pooled into one :class:`Run`. Only the served
+        mode reaches Triton, so its statistics around the whole level are the served requests' own."""
+        rounds = max(1, min(self.settings.rounds, requests))
+        pooled: dict[str, Run] = {}
+        for round_ in range(rounds):
+            count = requests // rounds + (round_ < requests % rounds)
+            order = list(modes) if round_ % 2 == 0 else list(reversed(modes))
+            for mode in order:
+                if mode == "served":
+                    run = drive([task.served_worker(client) for client in clients], count, task.payloads, mode)
+                else:
+                    workers, payloads, _ = modes[mode]
+                    run = drive(workers(len(clients)), count, payloads, mode)
+                pooled[mode] = pooled[mode].merged(run) if mode in pooled else run
+        return pooled
 
     def _first_requests(self, runs: list[Run]) -> dict[str, dict[str, float]]:
         """Each task's first request after the server started, beside the steady p50 of the same requests
@@ -588,6 +607,7 @@ class Bench:
                 "tasks": s.tasks,
                 "concurrency": s.levels,
                 "requests_per_level": {level: s.requests_for(level) for level in s.levels},
+                "rounds": s.rounds,
                 "diffusion_size": s.size,
                 "diffusion_steps": s.steps,
                 "pipeline": str(s.pipeline) if s.pipeline else None,

@@ -59,8 +59,34 @@ def test_bad_arguments_are_refused(tmp_path, capsys):
     assert main(["bench", "--tasks", "t2i,paint", "--out", str(tmp_path)]) == 1
     assert "paint" in capsys.readouterr().err
     assert main(["bench", "--concurrency", "0,2", "--out", str(tmp_path)]) == 1
+    assert main(["bench", "--rounds", "0", "--out", str(tmp_path)]) == 1
+    assert "--rounds" in capsys.readouterr().err
     assert main(["bench", "--pipeline", str(tmp_path), "--out", str(tmp_path)]) == 1
     assert not (tmp_path / "bench.json").exists()
+
+
+def test_modes_take_turns_in_rounds_and_are_pooled():
+    """--rounds: a level's requests are split over the rounds, the modes run in reverse order every other
+    round, and each mode's rounds add up to one run of all its requests."""
+    from genserve.benchmarks.serving import Bench, Settings
+
+    calls: list[str] = []
+
+    class Task:
+        payloads = ["a", "b"]
+
+        def served_worker(self, client):
+            return lambda payload: calls.append("served")
+
+    def floor_workers(count):
+        return [lambda payload: calls.append("floor")] * count
+
+    bench = Bench(Settings(tasks=["t2i"], levels=[1], rounds=3))
+    pooled = bench._interleaved(Task(), {"served": None, "floor": (floor_workers, Task.payloads, "floor")}, [None], 7)
+    # 7 requests in rounds of 3, 2 and 2: served first, then floor first, then served first again.
+    assert calls == ["served"] * 3 + ["floor"] * 3 + ["floor"] * 2 + ["served"] * 2 + ["served"] * 2 + ["floor"] * 2
+    assert {mode: run.requests for mode, run in pooled.items()} == {"served": 7, "floor": 7}
+    assert all(len(run.latencies_ms) == 7 and run.wall_s > 0 for run in pooled.values())
 
 
 @pytest.mark.server
@@ -70,7 +96,8 @@ def test_bench_face_swap_and_t2i(demo_repository, tmp_path, capsys):
     levels, requests = (1, 2), 3
     assert (
         main(
-            ["bench", "--tasks", "deepfake,t2i", "--concurrency", "1,2", "--requests", str(requests), "--out", str(out)]
+            ["bench", "--tasks", "deepfake,t2i", "--concurrency", "1,2", "--requests", str(requests), "--rounds", "2"]
+            + ["--out", str(out)]
         )
         == 0
     )
@@ -79,6 +106,7 @@ def test_bench_face_swap_and_t2i(demo_repository, tmp_path, capsys):
 
     assert report["host"]["cpus"] >= 1 and "loadavg_start" in report["host"]
     assert report["server"]["started_by"] == "genserve bench"
+    assert report["settings"]["rounds"] == 2
     runs = {(run["task"], run["mode"], run["concurrency"]): run for run in report["runs"]}
     modes = {"deepfake": ("served", "in-process"), "t2i": ("served", "in-process", "floor")}
     assert set(runs) == {(task, mode, level) for task in modes for mode in modes[task] for level in levels}

@@ -66,6 +66,14 @@ def register(subparsers) -> None:
     )
     parser.add_argument("--warmup", type=int, default=1, help="untimed passes over the payloads per mode (default 1)")
     parser.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="split each level's requests over this many rounds in which the modes take turns (served, "
+        "in-process, floor; reversed every other round), pooled per mode: on a shared host, other load then "
+        "falls on every mode alike (default 1)",
+    )
+    parser.add_argument(
         "--no-model-warmup",
         dest="model_warmup",
         action="store_false",
@@ -113,6 +121,8 @@ def run(args: argparse.Namespace) -> int:
         levels = parse_levels(args.concurrency)
     except ValueError as error:
         raise InvalidInputError(f"--concurrency: {error}") from None
+    if args.rounds < 1:
+        raise InvalidInputError(f"--rounds: at least 1, not {args.rounds}")
     models = parse_task_models(args.model, tuple(TASKS))
     pipeline = Path(args.pipeline) if args.pipeline else None
     if pipeline is not None and not (pipeline / "model_index.json").is_file():
@@ -131,6 +141,7 @@ def run(args: argparse.Namespace) -> int:
         in_process=not args.no_in_process,
         floor=args.floor,
         warmup=args.warmup,
+        rounds=args.rounds,
         faces_dir=Path(args.faces_dir) if args.faces_dir else None,
         demo_size=args.demo_size,
         stream=args.stream,
