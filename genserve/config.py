@@ -122,6 +122,12 @@ RUN_CONCURRENCY = 4
 # threads (one per core). Measured in docs/benchmarks.md ("Threads against instances").
 CPU_DENOISER_INSTANCES = 2
 CPU_SMALL_DENOISER_BYTES = 8 * 2**20  # the demo's tiny denoisers (<= 1 MB); not its medium ones (16-64 MB)
+# A pipeline model on the cpu target whose denoiser is large runs one request at a time (plain and
+# streaming alike): the leaves' threads already fill the cores, and requests in flight together only make
+# the leaves compete for them, their denoiser calls merged into batches that cost on a CPU what separate
+# calls cost. A small denoiser's pipelines keep PIPELINE_CONCURRENCY. Measured in docs/benchmarks.md
+# ("Requests at once on a CPU").
+CPU_LARGE_PIPELINE_CONCURRENCY = 1
 # ONNX Runtime's CUDA provider in every diffusion leaf on a GPU, as the onnxruntime backend's config
 # parameters spell them (the Python-backend leaf reads the same keys; docs/diffusion-serving.md, "GPU
 # settings"). Arena growth as requested (1), not to the next power of two (0), which can reserve up to

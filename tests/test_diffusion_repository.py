@@ -102,6 +102,24 @@ def test_a_larger_denoiser_gets_one_instance(export_family, monkeypatch):
     assert repository.leaf_instances(unet, BuildOptions(target="gpu", denoiser_instances=2)) == 1  # cpu only
 
 
+def test_a_larger_denoisers_pipelines_run_one_request_at_a_time_on_a_cpu(export_family, monkeypatch):
+    from genserve.config import CPU_LARGE_PIPELINE_CONCURRENCY, PIPELINE_CONCURRENCY
+    from genserve.diffusion import repository
+    from genserve.export.manifest import Manifest
+
+    _, export_dir = export_family("sd")
+    manifest = Manifest.read(export_dir)
+    concurrency = repository.pipeline_concurrency
+    for stream in (False, True):
+        assert concurrency(manifest, BuildOptions(), stream) == PIPELINE_CONCURRENCY > 1  # the tiny UNet
+    monkeypatch.setattr(repository, "CPU_SMALL_DENOISER_BYTES", manifest.components["unet"].weight_bytes - 1)
+    for stream in (False, True):
+        assert concurrency(manifest, BuildOptions(), stream) == CPU_LARGE_PIPELINE_CONCURRENCY == 1
+        assert concurrency(manifest, BuildOptions(target="gpu"), stream) == PIPELINE_CONCURRENCY  # cpu only
+    asked = BuildOptions(pipeline_concurrency=3, stream_concurrency=2)
+    assert (concurrency(manifest, asked, False), concurrency(manifest, asked, True)) == (3, 2)
+
+
 def test_denoiser_batching(built):
     _, repo, _ = built
     for name in ("sd_unet", "cogview4_transformer", "flux_transformer"):
@@ -128,18 +146,15 @@ def test_pipeline_models_per_family(built):
     assert {t.name: t.optional for t in config.input}["IMAGE"] is False
     # Plain and streaming models alike run several requests per instance (issue 22, item 3), and their
     # queue holds a burst of that many plus the waiting ones, for the model to bound itself.
-    from genserve.config import stream_backlog
+    from genserve.config import PIPELINE_CONCURRENCY, stream_backlog
 
-    options = BuildOptions()
-    for name, concurrency in (
-        ("sd_text_to_image", options.pipeline_concurrency),
-        ("sd_text_to_image_stream", options.stream_concurrency),
-    ):
-        assert json.loads((repo / name / "1" / "serving.json").read_text())["concurrency"] == concurrency > 1
+    for name in ("sd_text_to_image", "sd_text_to_image_stream"):
+        served = json.loads((repo / name / "1" / "serving.json").read_text())["concurrency"]
+        assert served == PIPELINE_CONCURRENCY > 1  # the tiny UNet: see the test above for a larger one
         config = parse(repo / name / "config.pbtxt")
-        assert config.dynamic_batching.default_queue_policy.max_queue_size == stream_backlog(concurrency)
+        assert config.dynamic_batching.default_queue_policy.max_queue_size == stream_backlog(served)
         assert [group.count for group in config.instance_group] == [
-            options.pipeline_instances if name == "sd_text_to_image" else 1
+            BuildOptions().pipeline_instances if name == "sd_text_to_image" else 1
         ]
 
 

@@ -6,6 +6,7 @@ import argparse
 
 from genserve.config import (
     CPU_DENOISER_INSTANCES,
+    CPU_LARGE_PIPELINE_CONCURRENCY,
     CPU_SMALL_DENOISER_BYTES,
     MAX_GENERATED_SIDE,
     MAX_IMAGES,
@@ -63,10 +64,11 @@ def register(subparsers) -> None:
     parser.add_argument(
         "--pipeline-concurrency",
         type=int,
-        default=PIPELINE_CONCURRENCY,
         metavar="N",
         help="requests one plain pipeline model instance runs at once (worker threads whose "
-        f"denoiser calls meet in its batcher; default {PIPELINE_CONCURRENCY})",
+        f"denoiser calls meet in its batcher; default {PIPELINE_CONCURRENCY}, but "
+        f"{CPU_LARGE_PIPELINE_CONCURRENCY} on the cpu target for a denoiser above "
+        f"{CPU_SMALL_DENOISER_BYTES / 2**20:g} MiB of weights, which fills the cores alone)",
     )
     parser.add_argument(
         "--leaf-threads",
@@ -94,9 +96,8 @@ def register(subparsers) -> None:
     parser.add_argument(
         "--stream-concurrency",
         type=int,
-        default=PIPELINE_CONCURRENCY,
         metavar="N",
-        help=f"requests a streaming pipeline model runs at once (default {PIPELINE_CONCURRENCY})",
+        help="requests a streaming pipeline model runs at once (default as --pipeline-concurrency)",
     )
     parser.add_argument(
         "--warmup-size",

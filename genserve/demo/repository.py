@@ -14,7 +14,12 @@ import json
 import logging
 from pathlib import Path
 
-from genserve.config import CPU_DENOISER_INSTANCES, CPU_SMALL_DENOISER_BYTES
+from genserve.config import (
+    CPU_DENOISER_INSTANCES,
+    CPU_LARGE_PIPELINE_CONCURRENCY,
+    CPU_SMALL_DENOISER_BYTES,
+    PIPELINE_CONCURRENCY,
+)
 from genserve.demo.pipelines import DEFAULT_DEMO_FOR_FAMILY
 
 logger = logging.getLogger(__name__)
@@ -45,7 +50,7 @@ def build_demo_repository(
         "pipeline_instances": pipeline_instances,
         "format": FORMAT,
         "stream": True,
-        "pipeline_concurrency": BuildOptions.pipeline_concurrency,
+        "pipeline_concurrency": [PIPELINE_CONCURRENCY, CPU_LARGE_PIPELINE_CONCURRENCY],
         "cpu_denoiser_instances": [CPU_DENOISER_INSTANCES, CPU_SMALL_DENOISER_BYTES],
         "warmup": 2 if warmup else 0,
         "size": size,

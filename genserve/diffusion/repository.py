@@ -31,6 +31,7 @@ from pathlib import Path
 
 from genserve.config import (
     CPU_DENOISER_INSTANCES,
+    CPU_LARGE_PIPELINE_CONCURRENCY,
     CPU_SMALL_DENOISER_BYTES,
     LEAF_MAX_BATCH_SIZE,
     LEAF_QUEUE,
@@ -69,11 +70,11 @@ class BuildOptions:
     max_size: int = MAX_GENERATED_SIDE  # largest width/height a request may ask for
     max_images: int = MAX_IMAGES  # images per request
     pipeline_instances: int = 1  # instances of each plain pipeline model (each a process)
-    pipeline_concurrency: int = (
-        PIPELINE_CONCURRENCY  # requests one plain pipeline model instance runs at once (threads)
-    )
+    # Requests one plain pipeline model instance runs at once (threads), and one streaming pipeline
+    # model; None: pipeline_concurrency() decides.
+    pipeline_concurrency: int | None = None
     stream: bool = True  # also the streaming (decoupled) pipeline models, <task model>_stream
-    stream_concurrency: int = PIPELINE_CONCURRENCY  # requests one streaming pipeline model runs at once
+    stream_concurrency: int | None = None
     warmup: bool = True  # pipeline models run a first request before they report ready
     warmup_size: int | None = None  # its width = height; None: the pipeline's working size (up to max_size)
     max_batch_size: int = LEAF_MAX_BATCH_SIZE  # leaves: the most samples one batched call may hold
@@ -216,6 +217,19 @@ def leaf_instances(entry: ComponentEntry, options: BuildOptions) -> int:
     return CPU_DENOISER_INSTANCES if entry.weight_bytes <= CPU_SMALL_DENOISER_BYTES else 1
 
 
+def pipeline_concurrency(manifest: Manifest, options: BuildOptions, stream: bool) -> int:
+    """Requests one pipeline model instance runs at once: as asked, else PIPELINE_CONCURRENCY, but
+    CPU_LARGE_PIPELINE_CONCURRENCY on the cpu target when the denoiser's weights are above
+    CPU_SMALL_DENOISER_BYTES (genserve.config says why)."""
+    asked = options.stream_concurrency if stream else options.pipeline_concurrency
+    if asked is not None:
+        return asked
+    denoiser = next(entry for entry in manifest.components.values() if entry.kind == "denoiser")
+    if options.target == "cpu" and denoiser.weight_bytes > CPU_SMALL_DENOISER_BYTES:
+        return CPU_LARGE_PIPELINE_CONCURRENCY
+    return PIPELINE_CONCURRENCY
+
+
 def write_leaf(
     export_dir: Path,
     repo_dir: Path,
@@ -269,13 +283,13 @@ def write_pipeline(
     options: BuildOptions,
     stream: bool = False,
 ) -> str:
-    """The plain pipeline model of a task (each instance running ``pipeline_concurrency`` requests at
-    once, unary), or its streaming variant (one instance running ``stream_concurrency`` requests at once,
-    progress per step)."""
+    """The plain pipeline model of a task (each instance running several requests at once, unary), or
+    its streaming variant (one instance running several at once, progress per step): how many,
+    :func:`pipeline_concurrency`."""
     contract = STREAMING_TASKS[task] if stream else TASKS[task]
     name = options.prefix + contract.model
     model_dir, version = _fresh_model_dir(repo_dir, name)
-    concurrency = options.stream_concurrency if stream else options.pipeline_concurrency
+    concurrency = pipeline_concurrency(manifest, options, stream)
     config = pipeline_config(name, contract, 1 if stream else options.pipeline_instances, concurrency)
     if options.warmup:
         calls = [options.prefix + component for component in manifest.components] + (["ocr"] if task == "vttie" else [])
