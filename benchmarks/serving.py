@@ -507,9 +507,12 @@ class Bench:
     def _interleaved(self, task, modes: dict, clients: list, requests: int) -> dict[str, Run]:
         """One level: the modes take turns ``rounds`` times, in reverse order every other round (so that
         neither always runs first after the other, nor alone when other load comes and goes), the
-        requests split over the rounds; each mode's rounds pooled into one :class:`Run`. Only the served
+        requests split over the rounds (as many as leave each round one request per client at least); each
+        mode's rounds pooled into one :class:`Run`. Only the served
         mode reaches Triton, so its statistics around the whole level are the served requests' own."""
-        rounds = max(1, min(self.settings.rounds, requests))
+        # No more rounds than leave every round at least one request per client: a round of fewer would
+        # not load the server at the level's concurrency.
+        rounds = max(1, min(self.settings.rounds, requests // max(1, len(clients))))
         pooled: dict[str, Run] = {}
         for round_ in range(rounds):
             count = requests // rounds + (round_ < requests % rounds)

@@ -87,6 +87,13 @@ def test_modes_take_turns_in_rounds_and_are_pooled():
     assert calls == ["served"] * 3 + ["floor"] * 3 + ["floor"] * 2 + ["served"] * 2 + ["served"] * 2 + ["floor"] * 2
     assert {mode: run.requests for mode, run in pooled.items()} == {"served": 7, "floor": 7}
     assert all(len(run.latencies_ms) == 7 and run.wall_s > 0 for run in pooled.values())
+    # Never fewer requests in a round than clients: 7 requests from 3 clients make 2 rounds, not 3.
+    calls.clear()
+    pooled = bench._interleaved(
+        Task(), {"served": None, "floor": (floor_workers, Task.payloads, "floor")}, [None] * 3, 7
+    )
+    assert calls == ["served"] * 4 + ["floor"] * 4 + ["floor"] * 3 + ["served"] * 3
+    assert pooled["served"].requests == 7 and pooled["served"].concurrency == 3
 
 
 @pytest.mark.server
