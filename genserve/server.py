@@ -294,6 +294,11 @@ class TritonServer:
         return config.grpc_url(self.host, self.grpc_port)
 
     @property
+    def front_pid(self) -> int | None:
+        """The gRPC front's process, while it runs."""
+        return self._front.pid if self._front is not None and self._front.poll() is None else None
+
+    @property
     def triton_grpc_url(self) -> str:
         """tritonserver's own gRPC port (behind the front, loopback only): for the server's own calls and tests."""
         return config.grpc_url("127.0.0.1" if self.front else self.host, self._triton_grpc_port)
