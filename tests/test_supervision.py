@@ -214,10 +214,13 @@ def test_serve_refuses_busy_ports_and_exits_with_the_reason_when_triton_dies(tmp
 def test_triton_dies_with_a_killed_serve(tmp_path):
     serve, _, _ = start_serve(tmp_path, "--model", "face_swap")
     triton = triton_of(serve)
+    (front,) = [child for child in psutil.Process(serve.pid).children() if "genserve.front" in child.cmdline()]
     serve.kill()
     serve.wait()
     triton.wait(timeout=60)  # SIGTERM from the kernel (parent death signal), then Triton's own exit
     assert not triton.is_running()
+    front.wait(timeout=30)  # the gRPC front too: it forwards until Triton has exited
+    assert not front.is_running()
 
 
 @pytest.mark.server
