@@ -359,7 +359,10 @@ def test_requests_on_a_dead_worker_are_unavailable_to_a_plain_client(tmp_path, f
     inputs = FACE_SWAP.encode_request(
         ori_image=(faces_dir / ORI).read_bytes(), target_image=(faces_dir / TARGET).read_bytes()
     )
-    with TritonServer.on_loopback(STACK_REPOSITORY_DIR, models=["face_swap"], log_path=tmp_path / "t.log") as server:
+    # A short exit timeout: Triton never finishes unloading the copy whose worker died, and stop() waits it out.
+    with TritonServer.on_loopback(
+        STACK_REPOSITORY_DIR, models=["face_swap"], log_path=tmp_path / "t.log", exit_timeout_s=10
+    ) as server:
         stop, failures, done, lost = threading.Event(), [], [], []
 
         def send():  # what any client does: retry UNAVAILABLE, give up on anything else
