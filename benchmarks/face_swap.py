@@ -13,7 +13,10 @@ so the target cache works as in a task file), whole swaps of encoded bytes to en
   detection and 68 landmarks on both images, per-triangle affine warps, ``cv2.seamlessClone``), no
   scoring, no caching;
 * ``in-process``: :class:`~genserve.faceswap.FaceSwapper` in this process, ``compute_identity`` false
-  (``--no-in-process`` skips it).
+  (``--no-in-process`` skips it);
+* ``served, no front``: as ``served``, sent to tritonserver's own gRPC port, past genserve's gRPC front
+  (only when the benchmark starts the server itself): what the front costs, with the CPU time of the
+  front's process per request it forwarded.
 
 ``--frame lfw`` reframes every photo as the contest's LFW photos are: 250x250, the largest face
 centred and about 110 px wide (issue 22); the default times the 500x375 photos as they are.
@@ -53,6 +56,7 @@ PAIRS = [  # (ori, target): three targets, each repeated
 # The classic recipe's detector upsamples once, as dlib's own examples and face_recognition do by
 # default: without it HOG misses faces under about 80 px, e.g. every face of 2008_007676.jpg.
 CLASSIC_UPSAMPLE = 1
+DIRECT = "served, no front"
 
 
 class ClassicFaceSwap:
@@ -169,6 +173,16 @@ def served_modes(grpc_url: str, levels: list[int], pairs) -> tuple[dict[str, Wor
     return {"served": workers(compute_identity=False), "served+identity": workers()}, close
 
 
+def front_cpu_s(pid: int | None) -> float:
+    """CPU seconds the gRPC front's process has used (0 without one)."""
+    if pid is None:
+        return 0.0
+    import psutil
+
+    times = psutil.Process(pid).cpu_times()
+    return times.user + times.system
+
+
 def in_process_modes(levels: list[int], pairs, with_swapper: bool, classic_upsample: int) -> dict[str, Workers]:
     from genserve.faceswap import FaceSwapper, SwapOptions
 
@@ -215,6 +229,11 @@ def ratios(runs: list[Run]) -> dict[str, float]:
                 found[f"{mode} img/s at concurrency {level} / classic img/s at concurrency 1"] = (
                     run.per_s / classic.per_s
                 )
+    for (mode, level), run in sorted(by.items()):
+        if mode == DIRECT and ("served", level) in by:
+            found[f"served p50 through the gRPC front / {DIRECT} p50, concurrency {level}"] = by[
+                "served", level
+            ].percentile(50) / run.percentile(50)
     return found
 
 
@@ -280,7 +299,17 @@ def main(argv: list[str] | None = None) -> int:
                 repository,
                 log_path=Path(work) / "triton.log",
             ) as server:
-                runs = measure(server.grpc_url, levels, pairs, args)
+                front_start = front_cpu_s(server.front_pid)  # its start-up left out
+                runs = measure(server.grpc_url, levels, pairs, args, direct_url=server.triton_grpc_url)
+                front_cpu = front_cpu_s(server.front_pid) - front_start
+                forwarded = len(pairs) + sum(
+                    run.requests + run.errors for run in runs if run.mode.startswith("served") and run.mode != DIRECT
+                )
+                if server.front_pid is not None:
+                    print(
+                        f"\ngRPC front: {1000 * front_cpu / forwarded:.2f} ms CPU per request "
+                        f"({forwarded} requests, warm-ups included)"
+                    )
     load_after = os.getloadavg()
 
     found = ratios(runs)
@@ -321,14 +350,20 @@ def main(argv: list[str] | None = None) -> int:
     return 1 if any(run.errors for run in runs) else 0
 
 
-def measure(grpc_url: str, levels: list[int], pairs, args) -> list[Run]:
+def measure(grpc_url: str, levels: list[int], pairs, args, direct_url: str | None = None) -> list[Run]:
     modes, close = served_modes(grpc_url, levels, pairs)
+    closers = [close]
     try:
+        if direct_url and direct_url != grpc_url:
+            direct, close_direct = served_modes(direct_url, levels, pairs)
+            closers.append(close_direct)
+            modes[DIRECT] = direct["served"]
         modes |= in_process_modes(levels, pairs, not args.no_in_process, args.classic_upsample)
         print(TABLE_HEADER)
         return interleaved_runs(modes, levels, args.requests, args.rounds, pairs)
     finally:
-        close()
+        for close in closers:
+            close()
 
 
 if __name__ == "__main__":

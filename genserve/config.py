@@ -149,9 +149,10 @@ CLIENT_TIMEOUT_S = 600.0
 CLIENT_RETRIES = 4
 CLIENT_BACKOFF_S = 0.5
 CLIENT_MAX_BACKOFF_S = 10.0
-# The largest request a client sends (gRPC buffers it to retry it on another replica): two images of
-# MAX_IMAGE_BYTES and some options.
-CLIENT_MAX_REQUEST_BYTES = 2 * MAX_IMAGE_BYTES + 1024 * 1024
+# The largest request the server takes (genserve.front refuses a larger one, RESOURCE_EXHAUSTED, before
+# tritonserver sees a byte): the largest one a contract allows, the face swap's two images of MAX_IMAGE_BYTES,
+# plus room for text fields, OPTIONS and protobuf framing (tests/test_protocol.py checks every contract fits).
+MAX_REQUEST_BYTES = 2 * MAX_IMAGE_BYTES + 4 * 1024 * 1024
 
 # Task files (genserve run): an index names an output file (imgs/<index>.jpg) and a cell of result.csv.
 MAX_INDEX_BYTES = 128  # UTF-8 bytes: file names are limited to 255

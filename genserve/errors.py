@@ -95,6 +95,8 @@ UNREACHABLE = ErrorKind("unreachable", None, None, "UNAVAILABLE", None, True)  #
 # Triton's HTTP front end answers CANCELLED with 400, as it does INVALID_ARG: neither is retried.
 CANCELLED = ErrorKind("cancelled", RequestCancelled, "CANCELLED", "CANCELLED", 400, False)
 FAILED = ErrorKind("failed", None, "INTERNAL", "INTERNAL", 500, False)  # a model's own failure: any other exception
+# A dead worker's request, as Triton answers it over HTTP and on its own gRPC port; genserve.front answers it
+# UNAVAILABLE (the UNAVAILABLE row).
 RESTARTING = ErrorKind("restarting", None, None, "INTERNAL", 500, True)  # see TRANSIENT_MESSAGES
 NOT_FOUND = ErrorKind("not found", None, None, "NOT_FOUND", 404, False)
 RELOADING = ErrorKind("reloading", None, None, "NOT_FOUND", 404, True)  # see TRANSIENT_MESSAGES

@@ -16,6 +16,11 @@ is reported by name, with Triton's reason, instead of a server that is merely "n
 control and Triton's other control APIs answer only requests carrying the admin key
 (:mod:`genserve.admin`); :mod:`genserve.supervision` checks the ports first, replaces Python-backend
 workers that die, and makes Triton die with the process that started it.
+
+Clients reach Triton's gRPC service through :mod:`genserve.front`, a child process on the public gRPC port
+that refuses oversized requests and answers a dead worker's INTERNAL as UNAVAILABLE; tritonserver's own
+gRPC port then binds loopback on a free port (:attr:`TritonServer.triton_grpc_url`). ``front=False`` makes
+Triton's gRPC port the public one (for a proxy of one's own). HTTP and metrics are Triton's own.
 """
 
 from __future__ import annotations
@@ -182,6 +187,17 @@ def repository_models(repository: Path) -> list[str]:
     return sorted(p.name for p in repository.iterdir() if (p / "config.pbtxt").is_file())
 
 
+def _private_log(path: Path):
+    """A log file readable by its owner only (it names models, requests' failures and paths), emptied."""
+    log = os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb")
+    os.chmod(path, 0o600)  # a file that was there keeps its mode otherwise
+    return log
+
+
+def _host_port(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 class TritonServer:
     """A running ``tritonserver`` process, as a context manager.
 
@@ -211,6 +227,7 @@ class TritonServer:
         admin_key: str | None = None,
         exit_timeout_s: float = config.DRAIN_TIMEOUT_S,
         watch_workers: bool = True,
+        front: bool = True,
     ):
         repositories = repository if isinstance(repository, (list, tuple)) else [repository]
         self.repositories = [str(path) if is_remote(path) else Path(path).resolve() for path in repositories]
@@ -247,6 +264,10 @@ class TritonServer:
         self.watchdog: supervision.WorkerWatchdog | None = None
         self._process: subprocess.Popen | None = None
         self._log_file = None
+        self.front = front
+        self._front: subprocess.Popen | None = None
+        self.front_log_path = self.log_path.with_name(self.log_path.stem + "-front.log")
+        self._triton_grpc_port = grpc_port  # behind the front: a free loopback port, chosen at start()
         self._reloads = 0
 
     @classmethod
@@ -271,6 +292,16 @@ class TritonServer:
     @property
     def grpc_url(self) -> str:
         return config.grpc_url(self.host, self.grpc_port)
+
+    @property
+    def front_pid(self) -> int | None:
+        """The gRPC front's process, while it runs."""
+        return self._front.pid if self._front is not None and self._front.poll() is None else None
+
+    @property
+    def triton_grpc_url(self) -> str:
+        """tritonserver's own gRPC port (behind the front, loopback only): for the server's own calls and tests."""
+        return config.grpc_url("127.0.0.1" if self.front else self.host, self._triton_grpc_port)
 
     @property
     def http_url(self) -> str:
@@ -298,8 +329,8 @@ class TritonServer:
             "--exit-on-error=false",
             f"--http-address={self.address}",
             f"--http-port={self.http_port}",
-            f"--grpc-address={self.address}",
-            f"--grpc-port={self.grpc_port}",
+            f"--grpc-address={'127.0.0.1' if self.front else self.address}",
+            f"--grpc-port={self._triton_grpc_port}",
             f"--metrics-address={self.address}",
             f"--metrics-port={self.metrics_port}",
             f"--backend-config=python,shm-region-prefix-name={self.shm_prefix}",
@@ -330,10 +361,10 @@ class TritonServer:
             )
         self.models = with_callees(self.models, self._model_config)
         self._dependent = dependent_models(self.models, {name: self._model_config(name) for name in self.models})
+        if self.front:
+            (self._triton_grpc_port,) = free_ports(1)
         self.log_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        # The log names models, requests' failures and paths: readable by the owner only.
-        self._log_file = os.fdopen(os.open(self.log_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb")
-        os.chmod(self.log_path, 0o600)  # a file that was there keeps its mode otherwise
+        self._log_file = _private_log(self.log_path)
         malloc = {
             "MALLOC_TRIM_THRESHOLD_": str(config.MALLOC_TRIM_THRESHOLD_BYTES),
             "MALLOC_MMAP_THRESHOLD_": str(config.MALLOC_MMAP_THRESHOLD_BYTES),
@@ -356,6 +387,8 @@ class TritonServer:
             preexec_fn=supervision.die_with_parent,
         )
         try:
+            if self.front:
+                self._start_front()
             self._wait_until_live()
             self._load_dependent_models()
             supervision.tighten_shm_regions(self.shm_prefix)
@@ -369,6 +402,33 @@ class TritonServer:
             raise
         return self
 
+    def _start_front(self) -> None:
+        """Start :mod:`genserve.front` on the public gRPC port, supervised as tritonserver is (it ends when
+        the process that started it dies; stop() ends it after tritonserver)."""
+        with _private_log(self.front_log_path) as log:
+            self._front = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "genserve.front",
+                    f"--listen={_host_port(self.address, self.grpc_port)}",
+                    f"--upstream={self.triton_grpc_url}",
+                    f"--upstream-pid={self._process.pid}",
+                    f"--max-request-bytes={config.MAX_REQUEST_BYTES}",
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                preexec_fn=supervision.die_with_parent,
+            )
+
+    def _front_listens(self) -> bool:
+        if self._front.poll() is not None:
+            log = self.front_log_path.read_text(errors="replace").strip()
+            raise ServerError(f"the gRPC front exited with code {self._front.returncode} while starting:\n{log}")
+        with socket.socket(socket.AF_INET6 if ":" in self.host else socket.AF_INET) as sock:
+            return sock.connect_ex((self.host, self.grpc_port)) == 0
+
     def _wait_until_live(self) -> None:
         # Triton opens its endpoints only after the startup loads finished (or failed).
         deadline = time.monotonic() + self.start_timeout_s
@@ -381,7 +441,7 @@ class TritonServer:
                 )
             try:
                 with urllib.request.urlopen(url, timeout=2) as response:
-                    if response.status == 200:
+                    if response.status == 200 and (self._front is None or self._front_listens()):
                         return
             except (urllib.error.URLError, ConnectionError, TimeoutError):
                 pass
@@ -468,6 +528,9 @@ class TritonServer:
         """Why the server stopped without being asked to, for ``genserve serve``'s last words."""
         if self.failure:
             return self.failure
+        if self._front is not None and self._front.poll() is not None and self._process.poll() is None:
+            log = self.front_log_path.read_text(errors="replace").strip().splitlines()[-15:]
+            return f"the gRPC front exited with code {self._front.returncode}:\n" + "\n".join(log)
         code = self._process.returncode if self._process is not None else None
         how = (
             f"was killed by signal {signal.Signals(-code).name}"
@@ -480,8 +543,14 @@ class TritonServer:
         return self._process is not None and self._process.poll() is None
 
     def wait(self) -> int:
-        """Block until the server exits (for ``genserve serve`` in the foreground)."""
-        return self._process.wait()
+        """Block until the server exits, tritonserver or its gRPC front (for ``genserve serve`` in the
+        foreground)."""
+        while True:
+            try:
+                return self._process.wait(timeout=0.5)
+            except subprocess.TimeoutExpired:
+                if self._front is not None and self._front.poll() is not None:
+                    return self._front.returncode
 
     def drain(self, timeout_s: float) -> bool:
         """Take no new request and wait, ``timeout_s`` at most, until every request taken is answered;
@@ -536,12 +605,24 @@ class TritonServer:
             if not self._wait_for_unload(process, limit, drained):
                 os.killpg(process.pid, signal.SIGKILL)
                 process.wait()
+        self._stop_front()
         if process is not None:
             supervision.remove_shm_regions(self.shm_prefix)
             self.drain_file.unlink(missing_ok=True)
         if self._log_file is not None:
             self._log_file.close()
             self._log_file = None
+
+    def _stop_front(self) -> None:
+        """End the gRPC front, after tritonserver: it forwarded while Triton drained."""
+        front, self._front = self._front, None
+        if front is not None and front.poll() is None:
+            front.send_signal(signal.SIGTERM)
+            try:
+                front.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                front.kill()
+                front.wait()
 
     def _wait_for_unload(self, process: subprocess.Popen, limit_s: float, drained: bool) -> bool:
         """Wait, ``limit_s`` at most, for Triton to unload its models and exit; True when it did.

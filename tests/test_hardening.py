@@ -74,6 +74,9 @@ def test_loading_a_model_with_its_own_code_needs_the_admin_key(triton_server):
             with pytest.raises(InferenceServerException, match="restricted, expecting header"):
                 attempt()
         assert not client.is_model_ready("evil") and client.is_model_ready("face_swap")
+        # The key opens them over gRPC too: the gRPC front (genserve.front) forwards the caller's metadata.
+        grpc_key = {f"triton-grpc-protocol-{config.ADMIN_KEY_HEADER}": triton_server.admin_key}
+        assert "face_swap" in [model.name for model in client.get_model_repository_index(headers=grpc_key).models]
     assert not os.path.exists("/tmp/genserve-pwned")
 
     # Health, readiness and the model's config stay open; the key opens the rest.
@@ -190,7 +193,9 @@ def test_shared_memory_swollen_by_a_huge_request_is_given_back(triton_server):
     tensor = grpcclient.InferInput("IMAGE", [1], "BYTES")
     tensor.set_data_from_numpy(np.array([b"\0" * (300 * 2**20)], dtype=object))
     with (
-        grpcclient.InferenceServerClient(triton_server.grpc_url) as client,
+        # Sent to Triton's own port: the gRPC front refuses a request this large (see the test below); without
+        # the front (TritonServer(front=False), genserve serve --no-front) it reaches Triton.
+        grpcclient.InferenceServerClient(triton_server.triton_grpc_url) as client,
         pytest.raises(InferenceServerException, match="at most 64 MiB"),
     ):
         client.infer("ocr", [tensor])
@@ -210,7 +215,7 @@ def test_the_probe_list_passes_on_the_stack(triton_server, capsys):
 
     assert main(["--url", triton_server.grpc_url]) == 0, capsys.readouterr().out
     out = capsys.readouterr().out
-    assert "8 of 8 probes passed" in out and "skipped (model not served)" in out
+    assert "9 of 9 probes passed" in out and "skipped (model not served)" in out
 
 
 @pytest.mark.slow
@@ -226,7 +231,8 @@ def test_refused_oversized_tensors_leave_no_memory_behind(triton_server):
     triton = psutil.Process(triton_server._process.pid)
     before = triton.memory_info().rss
     x = np.zeros((1, 3, 6000, 6000), np.float32)
-    with grpcclient.InferenceServerClient(triton_server.grpc_url) as client:
+    # Triton's own port, as without the gRPC front, which refuses a 432 MB request before Triton sees it.
+    with grpcclient.InferenceServerClient(triton_server.triton_grpc_url) as client:
         for _ in range(3):
             tensor = grpcclient.InferInput("x", list(x.shape), "FP32")
             tensor.set_data_from_numpy(x)
@@ -243,3 +249,51 @@ def test_refused_oversized_tensors_leave_no_memory_behind(triton_server):
     # 43 -> 107-650 MiB in most runs (glibc kept gRPC's freed buffers in its arenas); with
     # MALLOC_MMAP_THRESHOLD_=65536 in the server's environment 43 -> 44 MiB (see docs/hardening.md).
     assert after <= 1.1 * before, (before, after)
+
+
+@pytest.mark.slow
+def test_an_oversized_request_is_refused_before_triton_gets_it(triton_server, faces_dir):
+    """A 500 MB face swap request, far above config.MAX_REQUEST_BYTES: the gRPC front refuses it with a message
+    naming the limit, in seconds, and tritonserver's memory never holds it (Triton 2.51 has no byte limit:
+    sent to its own port, the same request made it 530 MiB larger before it was refused; issue 23, item 6)."""
+    import numpy as np
+    import psutil
+    import tritonclient.grpc as grpcclient
+    from tritonclient.utils import InferenceServerException
+
+    triton = psutil.Process(triton_server._process.pid)
+    before, peak, sending = triton.memory_info().rss, [0], threading.Event()
+
+    def watch():  # tritonserver's RSS, sampled while the request is sent
+        while sending.is_set():
+            peak[0] = max(peak[0], triton.memory_info().rss)
+            time.sleep(0.01)
+
+    ori = grpcclient.InferInput("ORI_IMAGE", [1], "BYTES")
+    ori.set_data_from_numpy(np.array([bytes(500 * 2**20)], dtype=object))
+    target = grpcclient.InferInput("TARGET_IMAGE", [1], "BYTES")
+    target.set_data_from_numpy(np.array([(faces_dir / TARGET).read_bytes()], dtype=object))
+    sending.set()
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    started = time.monotonic()
+    try:
+        with (
+            grpcclient.InferenceServerClient(triton_server.grpc_url) as client,
+            pytest.raises(InferenceServerException) as error,
+        ):
+            client.infer("face_swap", [ori, target])
+    finally:
+        seconds = time.monotonic() - started
+        sending.clear()
+        watcher.join()
+    print(
+        f"\n500 MB request: {error.value.status()} in {seconds:.2f} s; tritonserver RSS {before / 2**20:.0f} MiB "
+        f"before, {peak[0] / 2**20:.0f} MiB at most while it was sent"
+    )
+    assert error.value.status() == "StatusCode.RESOURCE_EXHAUSTED", error.value.message()
+    assert str(config.MAX_REQUEST_BYTES) in error.value.message()
+    assert seconds < 20  # this client serializing and sending it: 4 s here (2 shared cores)
+    assert peak[0] < before + 50 * 2**20, (before, peak[0])
+    with Client(triton_server.grpc_url, retry_policy=RetryPolicy(retries=0)) as client:
+        client.swap_face(faces_dir / ORI, faces_dir / TARGET, compute_identity=False)  # serves the next

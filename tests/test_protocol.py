@@ -219,3 +219,19 @@ def test_every_field_is_a_command_line_option(command, contract, skip, capsys):
         if field.name not in skip:
             flag = field.name.replace("_", "-")
             assert f"--{flag}" in text or f"--no-{flag}" in text, field.name
+
+
+def test_the_largest_request_a_contract_allows_fits_the_servers_byte_limit():
+    """genserve.front refuses requests above config.MAX_REQUEST_BYTES: every contract's largest request
+    (images at their byte limit, text fields at their length in 4-byte UTF-8, OPTIONS at its limit, and
+    a generous 1 KiB of protobuf framing per tensor) must fit below it."""
+    from genserve import config
+
+    def largest(contract) -> int:
+        sizes = {"image": config.MAX_IMAGE_BYTES, "text": 4 * config.MAX_TEXT_CHARS}
+        tensors = [field for field in contract.fields if field.tensor is not None]
+        return sum(sizes.get(field.type, 8) for field in tensors) + config.MAX_OPTIONS_BYTES + 1024 * (len(tensors) + 2)
+
+    sizes = {name: largest(contract) for name, contract in CONTRACTS.items()}
+    assert max(sizes.values()) <= config.MAX_REQUEST_BYTES, sizes
+    assert sizes["face_swap"] > config.MAX_REQUEST_BYTES / 2  # sized from it, not far above it

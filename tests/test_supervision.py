@@ -214,10 +214,13 @@ def test_serve_refuses_busy_ports_and_exits_with_the_reason_when_triton_dies(tmp
 def test_triton_dies_with_a_killed_serve(tmp_path):
     serve, _, _ = start_serve(tmp_path, "--model", "face_swap")
     triton = triton_of(serve)
+    (front,) = [child for child in psutil.Process(serve.pid).children() if "genserve.front" in child.cmdline()]
     serve.kill()
     serve.wait()
     triton.wait(timeout=60)  # SIGTERM from the kernel (parent death signal), then Triton's own exit
     assert not triton.is_running()
+    front.wait(timeout=30)  # the gRPC front too: it forwards until Triton has exited
+    assert not front.is_running()
 
 
 @pytest.mark.server
@@ -337,3 +340,68 @@ def test_a_called_models_dead_worker_is_unavailable_to_a_plain_client(tmp_path, 
                 client.infer("face_swap", tensors)
     assert error.value.status() == "StatusCode.UNAVAILABLE", (error.value.status(), error.value.message())
     assert "face_embedding" in error.value.message()
+
+
+@pytest.mark.server
+@pytest.mark.slow
+def test_requests_on_a_dead_worker_are_unavailable_to_a_plain_client(tmp_path, faces_dir):
+    """kill -9 of a face_swap worker under load from plain tritonclients (no genserve retry): the requests in
+    flight on it, and those routed to it until the watchdog replaced it, failed INTERNAL ("Stub process
+    'face_swap_0_0' is not healthy.", hard-coded by the Python backend), which no client retries. Through the
+    gRPC front they are UNAVAILABLE, none INTERNAL, and a client that retries UNAVAILABLE loses nothing
+    (issue 23, item 4)."""
+    import tritonclient.grpc as grpcclient
+    from tritonclient.utils import InferenceServerException
+
+    from genserve.config import STACK_REPOSITORY_DIR
+    from genserve.protocol import FACE_SWAP
+
+    inputs = FACE_SWAP.encode_request(
+        ori_image=(faces_dir / ORI).read_bytes(), target_image=(faces_dir / TARGET).read_bytes()
+    )
+    # A short exit timeout: Triton never finishes unloading the copy whose worker died, and stop() waits it out.
+    with TritonServer.on_loopback(
+        STACK_REPOSITORY_DIR, models=["face_swap"], log_path=tmp_path / "t.log", exit_timeout_s=10
+    ) as server:
+        stop, failures, done, lost = threading.Event(), [], [], []
+
+        def send():  # what any client does: retry UNAVAILABLE, give up on anything else
+            with grpcclient.InferenceServerClient(server.grpc_url) as client:
+                while not stop.is_set():
+                    tensors = []
+                    for name, array in inputs.items():
+                        tensors.append(grpcclient.InferInput(name, list(array.shape), "BYTES"))
+                        tensors[-1].set_data_from_numpy(array)
+                    for _ in range(100):
+                        try:
+                            client.infer("face_swap", tensors, client_timeout=60)
+                            done.append(1)
+                            break
+                        except InferenceServerException as error:
+                            failures.append(f"{error.status()}: {error.message()}")
+                            if error.status() != "StatusCode.UNAVAILABLE":
+                                lost.append(failures[-1])
+                                break
+                            time.sleep(0.1)
+
+        senders = [threading.Thread(target=send) for _ in range(3)]
+        for sender in senders:
+            sender.start()
+        for kill in range(3):  # until a request was in flight on the dead worker (one kill is enough here)
+            time.sleep(1.0)
+            (victim,) = [w for w in python_workers(server._process.pid) if w.instance == "face_swap_0_0"][:1]
+            os.kill(victim.pid, signal.SIGKILL)
+            deadline = time.monotonic() + 120
+            while len(server.watchdog.replacements) <= kill and time.monotonic() < deadline:
+                time.sleep(0.2)
+            if failures:
+                break
+        time.sleep(1.0)
+        stop.set()
+        for sender in senders:
+            sender.join(timeout=120)
+    print(f"\n{len(done)} swaps done, {len(failures)} failed attempts: {sorted(set(f[:80] for f in failures))}")
+    assert failures, "no request met the dead worker"
+    assert not lost, lost
+    assert all(failure.startswith("StatusCode.UNAVAILABLE") for failure in failures), failures
+    assert any("is not healthy" in failure for failure in failures), failures  # Triton's details kept

@@ -17,7 +17,10 @@ def register(subparsers) -> None:
         "requests carrying the admin key. Worker processes that die are replaced; if Triton dies, or a model's "
         "workers keep dying, this command exits non-zero with the reason. Ctrl-C stops at once; SIGTERM drains "
         "(serves --drain-delay seconds more, then refuses new requests with UNAVAILABLE and lets every request "
-        "taken finish within --drain-timeout, whatever model runs it).",
+        "taken finish within --drain-timeout, whatever model runs it). gRPC clients reach Triton through genserve's "
+        f"gRPC front on --grpc-port, which refuses requests above {config.MAX_REQUEST_BYTES // 2**20} MiB before "
+        "Triton reads them and answers a request that lost its worker process UNAVAILABLE (retriable), not INTERNAL; "
+        "HTTP and metrics are Triton's own.",
     )
     parser.add_argument(
         "repositories",
@@ -39,6 +42,12 @@ def register(subparsers) -> None:
     parser.add_argument("--http-port", type=int, default=config.DEFAULT_HTTP_PORT)
     parser.add_argument("--grpc-port", type=int, default=config.DEFAULT_GRPC_PORT)
     parser.add_argument("--metrics-port", type=int, default=config.DEFAULT_METRICS_PORT)
+    parser.add_argument(
+        "--no-front",
+        action="store_true",
+        help="no gRPC front: Triton's own gRPC server listens on --grpc-port, for a proxy of your own in front of "
+        "it (then it takes requests of any size, and a dead worker's requests fail with INTERNAL)",
+    )
     parser.add_argument(
         "--model", action="append", dest="models", metavar="NAME", help="load only this model (repeatable)"
     )
@@ -145,6 +154,7 @@ def run(args: argparse.Namespace) -> int:
         cache_size=args.cache_size,
         admin_key=key,
         exit_timeout_s=args.drain_timeout,
+        front=not args.no_front,
     )
     signal.signal(signal.SIGINT, _on_signal)
     signal.signal(signal.SIGTERM, _on_signal)
