@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import traceback
 from collections.abc import Callable, Mapping
 
 import numpy as np
@@ -70,7 +71,9 @@ def error_response(error: BaseException, model_name: str):
     count_failure(model_name, kind.metric_label)
     if kind is errors.FAILED:
         message = bounded(f"{model_name} failed: {type(error).__name__}: {error}")
-        logger.error("%s", message)
+        # Where it failed, for whoever reads the log: the frames, not the message again (which may
+        # carry the input, and is bounded above).
+        logger.error("%s\n%s", message, "".join(traceback.format_tb(error.__traceback__, limit=-12)))
     else:
         message = kind.marked(str(error))
     return pb_utils.InferenceResponse(error=pb_utils.TritonError(bounded(message), triton_code(kind)))
