@@ -193,3 +193,37 @@ def test_sdxl_export_serves_text_to_image_and_edits_as_diffusers(export_family, 
         "make it winter", num_inference_steps=2, generator=torch.Generator("cpu").manual_seed(3), **extra
     ).images[0]
     assert np.abs(pixels(images[0]) - np.asarray(expected).astype(np.int16)).max() <= 2
+
+
+def test_counting_a_new_requests_tokens_leaves_a_running_requests_tokenizer_alone(export_family):
+    """A new request's prompt is tokenized (no padding) to warn of truncation while other requests run.
+    It was counted with the tokenizer of the pipeline copy a running request used, and a fast tokenizer
+    keeps its padding in its Rust backend: the running request's empty negative prompt came out 2 tokens
+    long instead of 77 ("Sizes of tensors must match ... Expected size 2 but got size 77": about one
+    served t2i request in 500 at concurrency 4 on the tiny SD)."""
+    import sys
+    import threading
+
+    from genserve.diffusion.service import export_service
+
+    service = export_service(export_family("sd")[1], "t2i")
+    tokenizer = service.pipeline.tokenizer  # what a running request's encode_prompt calls (one copy here)
+    stop = threading.Event()
+
+    def count_tokens():
+        while not stop.is_set():
+            service.truncation_warnings("a lighthouse on a cliff at dusk", {})
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # the threads take turns as often as they can: the race shows within seconds
+    counter = threading.Thread(target=count_tokens)
+    counter.start()
+    try:
+        lengths = [
+            len(tokenizer("", padding="max_length", max_length=77, truncation=True).input_ids) for _ in range(20_000)
+        ]
+    finally:
+        stop.set()
+        counter.join()
+        sys.setswitchinterval(interval)
+    assert set(lengths) == {77}, f"{sum(length != 77 for length in lengths)} of {len(lengths)} came out unpadded"

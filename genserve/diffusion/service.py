@@ -22,6 +22,7 @@ import logging
 import math
 import queue
 import secrets
+import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import fields
@@ -98,6 +99,15 @@ class DiffusionService:
         self.pixel_multiple = pixel_multiple
         self.max_size, self.max_images = max_size, max_images
         self.text_reader = text_reader
+        # Tokenizers of its own for counting a new request's tokens while others run: a fast tokenizer
+        # keeps its padding and truncation in its Rust backend, and counting (no padding) on a copy a
+        # running request uses left that request's empty negative prompt unpadded (2 tokens, not 77).
+        self._counting_tokenizers = {
+            attribute: copy.deepcopy(getattr(pipeline, attribute))
+            for attribute in ("tokenizer", "tokenizer_2")
+            if getattr(pipeline, attribute, None) is not None
+        }
+        self._counting = threading.Lock()  # the requests' threads share them
         self.call_parameters = inspect.signature(pipeline.__call__).parameters
         self.fixed_kwargs = dict(EDIT_CALL_KWARGS.get(self.pipeline_class, {})) if task != "t2i" else {}
 
@@ -182,14 +192,12 @@ class DiffusionService:
         """What the pipeline's tokenizers will cut from the prompt (diffusers only logs it)."""
         warnings = []
         max_sequence_length = options.get("max_sequence_length", self._default("max_sequence_length"))
-        for attribute in ("tokenizer", "tokenizer_2"):
-            tokenizer = getattr(self.pipeline, attribute, None)
-            if tokenizer is None:
-                continue
+        for attribute, tokenizer in self._counting_tokenizers.items():
             limit = tokenizer.model_max_length
             if attribute == "tokenizer_2" or (max_sequence_length and limit > max_sequence_length):
                 limit = min(limit, max_sequence_length or limit)
-            count = len(tokenizer(prompt, truncation=False).input_ids)
+            with self._counting:
+                count = len(tokenizer(prompt, truncation=False).input_ids)
             if count > limit:
                 warnings.append(f"{what} truncated: {count} tokens, {attribute} takes {limit}")
         return warnings
