@@ -207,25 +207,30 @@ def _fresh_model_dir(repo_dir: Path, name: str) -> tuple[Path, Path]:
     return model_dir, version
 
 
+def small_denoiser(denoiser: ComponentEntry) -> bool:
+    """Whether a denoiser's weights are at most CPU_SMALL_DENOISER_BYTES: on the cpu target, the line
+    between the defaults for small graphs and those for larger ones (genserve.config says why)."""
+    return denoiser.weight_bytes <= CPU_SMALL_DENOISER_BYTES
+
+
 def leaf_instances(entry: ComponentEntry, options: BuildOptions) -> int:
     """A leaf's instances: one, but the cpu target's denoiser gets as many as asked, else
-    CPU_DENOISER_INSTANCES when its weights are at most CPU_SMALL_DENOISER_BYTES (genserve.config says why)."""
+    CPU_DENOISER_INSTANCES when it is small."""
     if options.target != "cpu" or entry.kind != "denoiser":
         return 1
     if options.denoiser_instances is not None:
         return options.denoiser_instances
-    return CPU_DENOISER_INSTANCES if entry.weight_bytes <= CPU_SMALL_DENOISER_BYTES else 1
+    return CPU_DENOISER_INSTANCES if small_denoiser(entry) else 1
 
 
 def pipeline_concurrency(manifest: Manifest, options: BuildOptions, stream: bool) -> int:
     """Requests one pipeline model instance runs at once: as asked, else PIPELINE_CONCURRENCY, but
-    CPU_LARGE_PIPELINE_CONCURRENCY on the cpu target when the denoiser's weights are above
-    CPU_SMALL_DENOISER_BYTES (genserve.config says why)."""
+    CPU_LARGE_PIPELINE_CONCURRENCY on the cpu target when the denoiser is not small."""
     asked = options.stream_concurrency if stream else options.pipeline_concurrency
     if asked is not None:
         return asked
     denoiser = next(entry for entry in manifest.components.values() if entry.kind == "denoiser")
-    if options.target == "cpu" and denoiser.weight_bytes > CPU_SMALL_DENOISER_BYTES:
+    if options.target == "cpu" and not small_denoiser(denoiser):
         return CPU_LARGE_PIPELINE_CONCURRENCY
     return PIPELINE_CONCURRENCY
 
