@@ -477,18 +477,19 @@ class Bench:
                 for payload in task.payloads:
                     task.floor_workers(1)[0](payload)
         self.log(TABLE_HEADER)
-        modes = {"served": None}
-        if in_process:
-            modes["in-process"] = (task.in_process_workers, task.in_process_payloads, task.in_process_label)
-        if floor:
-            modes["floor"] = (task.floor_workers, task.payloads, task.floor_label)
+        labels = {"in-process": task.in_process_label, "floor": getattr(task, "floor_label", None)}
         runs = []
         for level in s.levels:
+            modes = {"served": ([task.served_worker(client) for client in clients[:level]], task.payloads)}
+            if in_process:
+                modes["in-process"] = (task.in_process_workers(level), task.in_process_payloads)
+            if floor:
+                modes["floor"] = (task.floor_workers(level), task.payloads)
             before = model_stats(url)
             if isinstance(task, DiffusionTask):
                 task.served_metadata.clear()
-            pooled = self._interleaved(task, modes, clients[:level], s.requests_for(level))
-            served = pooled["served"]
+            pooled = self._interleaved(modes, s.requests_for(level))
+            served = pooled.pop("served")
             served_model = getattr(task, "served_model", task.model)
             served.extra.update(
                 task=task.name, model=served_model, models=self._level_stats(served_model, served, before, url)
@@ -498,31 +499,27 @@ class Bench:
             if isinstance(task, DiffusionTask):
                 task.level_stats(served.extra["models"])
                 self.log(_pipeline_line(served.extra["models"], served_model))
-            for mode, (_, _, label) in list(modes.items())[1:]:
-                pooled[mode].extra.update(task=task.name, model=label)
-                runs.append(pooled[mode])
-                self.log(table_row(pooled[mode], f"{task.name} {mode}"))
+            for mode, run in pooled.items():
+                run.extra.update(task=task.name, model=labels[mode])
+                runs.append(run)
+                self.log(table_row(run, f"{task.name} {mode}"))
         return runs
 
-    def _interleaved(self, task, modes: dict, clients: list, requests: int) -> dict[str, Run]:
-        """One level: the modes take turns ``rounds`` times, in reverse order every other round (so that
-        neither always runs first after the other, nor alone when other load comes and goes), the
-        requests split over the rounds (as many as leave each round one request per client at least); each
-        mode's rounds pooled into one :class:`Run`. Only the served
-        mode reaches Triton, so its statistics around the whole level are the served requests' own."""
-        # No more rounds than leave every round at least one request per client: a round of fewer would
-        # not load the server at the level's concurrency.
-        rounds = max(1, min(self.settings.rounds, requests // max(1, len(clients))))
+    def _interleaved(self, modes: dict[str, tuple[list, list]], requests: int) -> dict[str, Run]:
+        """One level: each mode (its workers, one per client, and its payloads) takes its turn ``rounds``
+        times, in reverse order every other round (so that neither always runs first after the other, nor
+        alone when other load comes and goes), the requests split over the rounds; each mode's rounds
+        pooled into one :class:`Run`. Only the served mode reaches Triton, so its statistics around the
+        whole level are the served requests' own."""
+        clients = len(next(iter(modes.values()))[0])
+        # No round with fewer requests than clients: it would not load the server at the level's concurrency.
+        rounds = max(1, min(self.settings.rounds, requests // clients))
         pooled: dict[str, Run] = {}
         for round_ in range(rounds):
             count = requests // rounds + (round_ < requests % rounds)
-            order = list(modes) if round_ % 2 == 0 else list(reversed(modes))
-            for mode in order:
-                if mode == "served":
-                    run = drive([task.served_worker(client) for client in clients], count, task.payloads, mode)
-                else:
-                    workers, payloads, _ = modes[mode]
-                    run = drive(workers(len(clients)), count, payloads, mode)
+            for mode in list(modes) if round_ % 2 == 0 else list(reversed(modes)):
+                workers, payloads = modes[mode]
+                run = drive(workers, count, payloads, mode)
                 pooled[mode] = pooled[mode].merged(run) if mode in pooled else run
         return pooled
 
