@@ -1,14 +1,15 @@
 """Probe a running server as an attacker and an unlucky user would, and print what it answered.
 
-    python -m genserve.benchmarks.probe --url localhost:8001
+    python -m genserve.benchmarks.probe --url localhost:8001 --http-url localhost:8000
     python -m genserve.benchmarks.probe --url localhost:8001 --json probe.json
 
 Each probe sends one kind of bad or oversized request (the list of issue 23: OPTIONS nested 30k deep,
 a 5000-digit number, a 20 MB value, 200k keys; a 1 MB prompt; FLUX's max_sequence_length 4096; an SD
 edit that would run no denoising step; a TIFF; a 400-megapixel JPEG; a burst beyond the face swap's
-queue through the genserve client; a 500 MB request, above the server's byte limit) to the models
-the server has, skipping those it lacks, and checks the answer: its status, how long it took and how
-long the message is (gRPC fails a long one as RESOURCE_EXHAUSTED). A table, one row per probe, ends
+queue through the genserve client; a 500 MB request, above the server's byte limit, over gRPC and over
+HTTP (``--http-url``), and a gzip bomb over HTTP) to the models the server has, skipping those it lacks,
+and checks the answer: its status, how long it took and how long the message is (gRPC fails a long one
+as RESOURCE_EXHAUSTED). A table, one row per probe, ends
 with the count of failures; the exit status is 1 when any probe failed, so that a regression is seen
 before it ships. Loopback use: it sends about a gigabyte in all. (A worker killed under a request is
 not probed: that needs the server's processes; tests/test_supervision.py holds it.)
@@ -54,21 +55,24 @@ class Probe:
     expected: str  # the status the answer must have
     send: Callable[[str, str], None]  # (url, model): raises InferenceServerException / RequestError
     within_s: float = 30.0
+    protocol: str = "grpc"  # which of the server's URLs it is sent to
 
 
-def raw(tensors: dict[str, bytes | np.ndarray]) -> Callable[[str, str], None]:
+def raw(tensors: dict[str, bytes | np.ndarray], protocol: str = "grpc") -> Callable[[str, str], None]:
     """One request, sent with plain tritonclient (no genserve client checks): bytes as BYTES tensors."""
 
     def send(url: str, model: str) -> None:
-        import tritonclient.grpc as grpcclient
+        import tritonclient.grpc
+        import tritonclient.http
         from tritonclient.utils import np_to_triton_dtype
 
+        tritonclient = tritonclient.grpc if protocol == "grpc" else tritonclient.http
         inputs = []
         for name, value in tensors.items():
             array = value if isinstance(value, np.ndarray) else np.array([value], dtype=object)
-            inputs.append(grpcclient.InferInput(name, list(array.shape), np_to_triton_dtype(array.dtype)))
+            inputs.append(tritonclient.InferInput(name, list(array.shape), np_to_triton_dtype(array.dtype)))
             inputs[-1].set_data_from_numpy(array)
-        with grpcclient.InferenceServerClient(url) as client:
+        with tritonclient.InferenceServerClient(url) as client:
             client.infer(model, inputs)
 
     return send
@@ -155,14 +159,55 @@ def probes(faces_dir: Path) -> list[Probe]:
         # Above the server's byte limit (genserve.front): refused from the message's length, Triton never gets
         # it; the time is mostly this client serializing and sending it.
         Probe("500 MB request", "face_swap", "RESOURCE_EXHAUSTED", oversized(target, 500 * 2**20), within_s=10.0),
+        Probe(
+            "500 MB request, HTTP",
+            "face_swap",
+            "413",
+            oversized(target, 500 * 2**20, "http"),
+            within_s=10.0,
+            protocol="http",
+        ),
+        # 200 MB of zeros in 200 KB: refused as it inflates past the limit (Triton would inflate any size).
+        Probe("gzip bomb, HTTP", "face_swap", "413", gzip_bomb(200 * 2**20), within_s=10.0, protocol="http"),
     ]
 
 
-def oversized(target: bytes, size: int) -> Callable[[str, str], None]:
+def oversized(target: bytes, size: int, protocol: str = "grpc") -> Callable[[str, str], None]:
     """A face swap whose ORI_IMAGE is ``size`` bytes, made only when sent."""
 
     def send(url: str, model: str) -> None:
-        raw({"ORI_IMAGE": bytes(size), "TARGET_IMAGE": target})(url, model)
+        raw({"ORI_IMAGE": bytes(size), "TARGET_IMAGE": target}, protocol)(url, model)
+
+    return send
+
+
+def gzip_bomb(size: int) -> Callable[[str, str], None]:
+    """An HTTP inference request whose gzip body inflates to ``size`` zero bytes."""
+
+    def send(url: str, model: str) -> None:
+        import gzip
+        import http.client
+
+        from tritonclient.utils import InferenceServerException
+
+        connection = http.client.HTTPConnection(url, timeout=60)
+        try:
+            connection.request(
+                "POST",
+                f"/v2/models/{model}/infer",
+                body=gzip.compress(bytes(size), compresslevel=1),
+                headers={"Content-Encoding": "gzip"},
+            )
+            response = connection.getresponse()
+            body = response.read().decode("utf-8", "replace")
+        finally:
+            connection.close()
+        if response.status != 200:
+            try:
+                body = json.loads(body).get("error", body)
+            except ValueError:
+                pass
+            raise InferenceServerException(body, status=str(response.status))
 
     return send
 
@@ -228,6 +273,7 @@ def run_probe(url: str, probe: Probe) -> Outcome:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m genserve.benchmarks.probe", description=__doc__.split("\n\n")[0])
     parser.add_argument("--url", required=True, help="gRPC host:port of the running server")
+    parser.add_argument("--http-url", metavar="HOST:PORT", help="its HTTP host:port (without it: no HTTP probes)")
     parser.add_argument("--faces-dir", type=Path, default=FACES_DIR)
     parser.add_argument("--only", metavar="TEXT", help="run only the probes whose name contains TEXT")
     parser.add_argument("--json", type=Path, metavar="FILE", help="also write the outcomes as JSON")
@@ -237,14 +283,15 @@ def main(argv: list[str] | None = None) -> int:
 
     with grpcclient.InferenceServerClient(args.url) as client:
         ready = {probe.model for probe in probes(args.faces_dir) if client.is_model_ready(probe.model)}
+    urls = {"grpc": args.url, "http": args.http_url}
     outcomes, skipped = [], []
     for probe in probes(args.faces_dir):
         if args.only and args.only not in probe.name:
             continue
-        if probe.model not in ready:
-            skipped.append(f"{probe.name} ({probe.model})")
+        if probe.model not in ready or urls[probe.protocol] is None:
+            skipped.append(f"{probe.name} ({probe.model if probe.model not in ready else 'no --http-url'})")
             continue
-        outcomes.append(run_probe(args.url, probe))
+        outcomes.append(run_probe(urls[probe.protocol], probe))
         row = outcomes[-1]
         print(
             f"{'ok  ' if row.passed else 'FAIL'} {row.probe:<32} {row.model:<20} "
@@ -255,7 +302,7 @@ def main(argv: list[str] | None = None) -> int:
     failed = [row for row in outcomes if not row.passed]
     print(
         f"\n{len(outcomes) - len(failed)} of {len(outcomes)} probes passed"
-        + (f"; skipped (model not served): {', '.join(skipped)}" if skipped else "")
+        + (f"; skipped: {', '.join(skipped)}" if skipped else "")
     )
     for row in failed:
         print(f"  {row.probe}: {row.got}: {row.message}")

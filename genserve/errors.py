@@ -95,9 +95,11 @@ UNREACHABLE = ErrorKind("unreachable", None, None, "UNAVAILABLE", None, True)  #
 # Triton's HTTP front end answers CANCELLED with 400, as it does INVALID_ARG: neither is retried.
 CANCELLED = ErrorKind("cancelled", RequestCancelled, "CANCELLED", "CANCELLED", 400, False)
 FAILED = ErrorKind("failed", None, "INTERNAL", "INTERNAL", 500, False)  # a model's own failure: any other exception
-# A dead worker's request, as Triton answers it over HTTP and on its own gRPC port; genserve.front answers it
-# UNAVAILABLE (the UNAVAILABLE row).
+# A dead worker's request, as Triton answers it (INTERNAL, 500); genserve.front answers it UNAVAILABLE / 503 (the
+# UNAVAILABLE row): see is_restarting.
 RESTARTING = ErrorKind("restarting", None, None, "INTERNAL", 500, True)  # see TRANSIENT_MESSAGES
+# A request above the server's byte limit, refused by genserve.front before Triton reads it.
+TOO_LARGE = ErrorKind("too large", None, None, "RESOURCE_EXHAUSTED", 413, False)
 NOT_FOUND = ErrorKind("not found", None, None, "NOT_FOUND", 404, False)
 RELOADING = ErrorKind("reloading", None, None, "NOT_FOUND", 404, True)  # see TRANSIENT_MESSAGES
 PERMISSION_DENIED = ErrorKind("permission denied", None, None, "PERMISSION_DENIED", 403, False)
@@ -115,6 +117,7 @@ KINDS = (
     NOT_FOUND,
     RELOADING,
     PERMISSION_DENIED,
+    TOO_LARGE,
     DEADLINE_EXCEEDED,
     UNKNOWN,
 )
@@ -180,3 +183,10 @@ def decode(status: object, message: str) -> tuple[ErrorKind, str]:
     if status in ("INTERNAL", "NOT_FOUND") and any(words in message for words in TRANSIENT_MESSAGES):
         return (RESTARTING if status == "INTERNAL" else RELOADING), message
     return _PLAIN[status], message
+
+
+def is_restarting(status: object, message: str) -> bool:
+    """Whether Triton's INTERNAL (HTTP 500) is a failure that passes: the request's worker died, or a model
+    it called was full (see TRANSIENT_MESSAGES). genserve.front answers it UNAVAILABLE (503), which any
+    client retries."""
+    return decode(status, message)[0] is RESTARTING

@@ -17,10 +17,11 @@ control and Triton's other control APIs answer only requests carrying the admin 
 (:mod:`genserve.admin`); :mod:`genserve.supervision` checks the ports first, replaces Python-backend
 workers that die, and makes Triton die with the process that started it.
 
-Clients reach Triton's gRPC service through :mod:`genserve.front`, a child process on the public gRPC port
-that refuses oversized requests and answers a dead worker's INTERNAL as UNAVAILABLE; tritonserver's own
-gRPC port then binds loopback on a free port (:attr:`TritonServer.triton_grpc_url`). ``front=False`` makes
-Triton's gRPC port the public one (for a proxy of one's own). HTTP and metrics are Triton's own.
+Clients reach Triton's gRPC and HTTP APIs through :mod:`genserve.front`, a child process on the public gRPC
+and HTTP ports that refuses oversized requests and answers a dead worker's INTERNAL (500) as UNAVAILABLE
+(503); tritonserver's own ports then bind loopback on free ports (:attr:`TritonServer.triton_grpc_url`,
+:attr:`TritonServer.triton_http_url`), which the server's own calls use. ``front=False`` makes Triton's
+ports the public ones (for a proxy of one's own). Metrics are Triton's own.
 """
 
 from __future__ import annotations
@@ -267,7 +268,8 @@ class TritonServer:
         self.front = front
         self._front: subprocess.Popen | None = None
         self.front_log_path = self.log_path.with_name(self.log_path.stem + "-front.log")
-        self._triton_grpc_port = grpc_port  # behind the front: a free loopback port, chosen at start()
+        # Behind the front: free loopback ports, chosen at start().
+        self._triton_grpc_port, self._triton_http_port = grpc_port, http_port
         self._reloads = 0
 
     @classmethod
@@ -295,17 +297,27 @@ class TritonServer:
 
     @property
     def front_pid(self) -> int | None:
-        """The gRPC front's process, while it runs."""
+        """The front's process, while it runs."""
         return self._front.pid if self._front is not None and self._front.poll() is None else None
 
     @property
+    def _triton_host(self) -> str:
+        return "127.0.0.1" if self.front else self.host
+
+    @property
     def triton_grpc_url(self) -> str:
-        """tritonserver's own gRPC port (behind the front, loopback only): for the server's own calls and tests."""
-        return config.grpc_url("127.0.0.1" if self.front else self.host, self._triton_grpc_port)
+        """tritonserver's own gRPC port (behind the front, loopback only): for tests and benchmarks past it."""
+        return config.grpc_url(self._triton_host, self._triton_grpc_port)
 
     @property
     def http_url(self) -> str:
         return config.http_url(self.host, self.http_port)
+
+    @property
+    def triton_http_url(self) -> str:
+        """tritonserver's own HTTP port (behind the front, loopback only): the server's own calls (health, model
+        control, reloads) use it, so that they never wait behind callers' requests in the front."""
+        return config.http_url(self._triton_host, self._triton_http_port)
 
     @property
     def metrics_url(self) -> str:
@@ -327,8 +339,8 @@ class TritonServer:
             ),
             # Keep the models that load when one fails; start() reports the failure by name.
             "--exit-on-error=false",
-            f"--http-address={self.address}",
-            f"--http-port={self.http_port}",
+            f"--http-address={'127.0.0.1' if self.front else self.address}",
+            f"--http-port={self._triton_http_port}",
             f"--grpc-address={'127.0.0.1' if self.front else self.address}",
             f"--grpc-port={self._triton_grpc_port}",
             f"--metrics-address={self.address}",
@@ -362,7 +374,7 @@ class TritonServer:
         self.models = with_callees(self.models, self._model_config)
         self._dependent = dependent_models(self.models, {name: self._model_config(name) for name in self.models})
         if self.front:
-            (self._triton_grpc_port,) = free_ports(1)
+            self._triton_grpc_port, self._triton_http_port = free_ports(2)
         self.log_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         self._log_file = _private_log(self.log_path)
         malloc = {
@@ -403,16 +415,18 @@ class TritonServer:
         return self
 
     def _start_front(self) -> None:
-        """Start :mod:`genserve.front` on the public gRPC port, supervised as tritonserver is (it ends when
-        the process that started it dies; stop() ends it after tritonserver)."""
+        """Start :mod:`genserve.front` on the public gRPC and HTTP ports, supervised as tritonserver is (it ends
+        when the process that started it dies; stop() ends it after tritonserver)."""
         with _private_log(self.front_log_path) as log:
             self._front = subprocess.Popen(
                 [
                     sys.executable,
                     "-m",
                     "genserve.front",
-                    f"--listen={_host_port(self.address, self.grpc_port)}",
-                    f"--upstream={self.triton_grpc_url}",
+                    f"--grpc-listen={_host_port(self.address, self.grpc_port)}",
+                    f"--grpc-upstream={self.triton_grpc_url}",
+                    f"--http-listen={_host_port(self.address, self.http_port)}",
+                    f"--http-upstream={self.triton_http_url}",
                     f"--upstream-pid={self._process.pid}",
                     f"--max-request-bytes={config.MAX_REQUEST_BYTES}",
                 ],
@@ -425,14 +439,17 @@ class TritonServer:
     def _front_listens(self) -> bool:
         if self._front.poll() is not None:
             log = self.front_log_path.read_text(errors="replace").strip()
-            raise ServerError(f"the gRPC front exited with code {self._front.returncode} while starting:\n{log}")
-        with socket.socket(socket.AF_INET6 if ":" in self.host else socket.AF_INET) as sock:
-            return sock.connect_ex((self.host, self.grpc_port)) == 0
+            raise ServerError(f"the front exited with code {self._front.returncode} while starting:\n{log}")
+        for port in (self.grpc_port, self.http_port):
+            with socket.socket(socket.AF_INET6 if ":" in self.host else socket.AF_INET) as sock:
+                if sock.connect_ex((self.host, port)) != 0:
+                    return False
+        return True
 
     def _wait_until_live(self) -> None:
         # Triton opens its endpoints only after the startup loads finished (or failed).
         deadline = time.monotonic() + self.start_timeout_s
-        url = f"http://{self.http_url}/v2/health/live"
+        url = f"http://{self.triton_http_url}/v2/health/live"
         while time.monotonic() < deadline:
             if self._process.poll() is not None:
                 raise ServerError(
@@ -467,7 +484,7 @@ class TritonServer:
         from tritonclient.utils import InferenceServerException
 
         def load(name: str) -> None:
-            with httpclient.InferenceServerClient(self.http_url, network_timeout=self.start_timeout_s) as client:
+            with httpclient.InferenceServerClient(self.triton_http_url, network_timeout=self.start_timeout_s) as client:
                 try:
                     client.load_model(name, headers=self.admin_headers)
                 except InferenceServerException as error:
@@ -480,7 +497,7 @@ class TritonServer:
     def _check_models(self) -> None:
         import tritonclient.http as httpclient
 
-        with httpclient.InferenceServerClient(self.http_url) as client:
+        with httpclient.InferenceServerClient(self.triton_http_url) as client:
             if self._load_all:
                 self.models = sorted(
                     entry["name"] for entry in client.get_model_repository_index(headers=self.admin_headers)
@@ -513,7 +530,7 @@ class TritonServer:
         import tritonclient.http as httpclient
 
         self._reloads += 1
-        with httpclient.InferenceServerClient(self.http_url, network_timeout=self.start_timeout_s) as client:
+        with httpclient.InferenceServerClient(self.triton_http_url, network_timeout=self.start_timeout_s) as client:
             model_config = client.get_model_config(name)
             model_config.setdefault("parameters", {})["genserve_reload"] = {"string_value": str(self._reloads)}
             client.load_model(name, headers=self.admin_headers, config=json.dumps(model_config))
@@ -530,7 +547,7 @@ class TritonServer:
             return self.failure
         if self._front is not None and self._front.poll() is not None and self._process.poll() is None:
             log = self.front_log_path.read_text(errors="replace").strip().splitlines()[-15:]
-            return f"the gRPC front exited with code {self._front.returncode}:\n" + "\n".join(log)
+            return f"the front exited with code {self._front.returncode}:\n" + "\n".join(log)
         code = self._process.returncode if self._process is not None else None
         how = (
             f"was killed by signal {signal.Signals(-code).name}"
@@ -543,7 +560,7 @@ class TritonServer:
         return self._process is not None and self._process.poll() is None
 
     def wait(self) -> int:
-        """Block until the server exits, tritonserver or its gRPC front (for ``genserve serve`` in the
+        """Block until the server exits, tritonserver or its front (for ``genserve serve`` in the
         foreground)."""
         while True:
             try:
@@ -614,7 +631,7 @@ class TritonServer:
             self._log_file = None
 
     def _stop_front(self) -> None:
-        """End the gRPC front, after tritonserver: it forwarded while Triton drained."""
+        """End the front, after tritonserver: it forwarded while Triton drained."""
         front, self._front = self._front, None
         if front is not None and front.poll() is None:
             front.send_signal(signal.SIGTERM)

@@ -223,6 +223,30 @@ def test_http_and_cli(diffusion_server, tmp_path):
     assert out.read_bytes() == over_http.encoded  # same request, same PNG over either protocol
 
 
+def test_http_streams_pass_the_front_as_they_come(diffusion_server):
+    """Triton's generate_stream (server-sent events, one per step) through the front's HTTP side: every
+    event arrives, and as it is made, not held until the image is done."""
+    import http.client
+    import json
+
+    connection = http.client.HTTPConnection(diffusion_server.http_url, timeout=120)
+    body = {"PROMPT": PROMPT, "STEPS": 4, "WIDTH": SIZE, "HEIGHT": SIZE, "SEED": 1}
+    connection.request("POST", "/v2/models/sd_text_to_image_stream/generate_stream", body=json.dumps(body))
+    response = connection.getresponse()
+    assert response.status == 200 and response.getheader("Content-Type").startswith("text/event-stream")
+    events = []  # (when it arrived, the event)
+    while line := response.readline():
+        if line.startswith(b"data: "):
+            events.append((time.monotonic(), line.removeprefix(b"data: ")))
+    connection.close()
+    # The last event carries the PNG as Triton writes a BYTES output into JSON: raw bytes, not UTF-8.
+    assert events[-1][1].startswith(b'{"IMAGES":"\x89PNG'), events[-1][1][:40]
+    steps = [json.loads(json.loads(event)["PROGRESS"])["step"] for _, event in events[:-1]]
+    assert steps == list(range(1, len(steps) + 1)) and len(steps) >= 4, steps
+    # A step of the tiny UNet takes about 10 ms here; events held back by the front would arrive together.
+    assert events[-1][0] - events[0][0] > 0.005
+
+
 # --- bad input: an error (or warning) for that request alone ------------------------------------------
 
 

@@ -1,13 +1,24 @@
-"""The gRPC front (genserve.front): what it rewrites, and a server without it."""
+"""The front (genserve.front): what it rewrites and refuses, over gRPC and HTTP, and a server without it."""
 
 from __future__ import annotations
 
+import gzip
+import http.client
+import json
+import threading
+import time
+
 import grpc
+import numpy as np
 import psutil
 import pytest
 from fixtures_server import start_serve
 
-from genserve.front import answered_code
+from genserve import config
+from genserve.front.grpc_proxy import answered_code
+from genserve.front.http_proxy import answered_status, error_text
+
+ORI, TARGET = "2008_002506.jpg", "2008_001009.jpg"
 
 
 class Failure(grpc.aio.AioRpcError):
@@ -15,39 +26,147 @@ class Failure(grpc.aio.AioRpcError):
         super().__init__(code, grpc.aio.Metadata(), grpc.aio.Metadata(), details=details)
 
 
-@pytest.mark.parametrize(
-    "code, details, answered",
-    [
-        # Triton's answer for a request whose Python-backend worker died: retriable for any client.
-        (grpc.StatusCode.INTERNAL, "Stub process 'face_swap_0_0' is not healthy.", grpc.StatusCode.UNAVAILABLE),
-        # A model's own failure, and every other status, pass as they are.
-        (grpc.StatusCode.INTERNAL, "face_swap failed: ValueError: boom", grpc.StatusCode.INTERNAL),
-        (grpc.StatusCode.INVALID_ARGUMENT, "invalid input: ori image is empty", grpc.StatusCode.INVALID_ARGUMENT),
-        (grpc.StatusCode.UNAVAILABLE, "overloaded: Exceeds maximum queue size", grpc.StatusCode.UNAVAILABLE),
-        (
-            grpc.StatusCode.NOT_FOUND,
-            "Request for unknown model: 'x' has no available versions",
-            grpc.StatusCode.NOT_FOUND,
-        ),
-    ],
-)
-def test_only_a_dead_workers_internal_is_rewritten(code, details, answered):
-    assert answered_code(Failure(code, details)) == answered
+# Triton's answer (gRPC code, HTTP status, message) and what the caller gets from the front.
+ANSWERS = [
+    # A request whose Python-backend worker died: retriable for any client.
+    ("INTERNAL", 500, "Stub process 'face_swap_0_0' is not healthy.", "UNAVAILABLE", 503),
+    # A model's own failure, and every other status, pass as they are.
+    ("INTERNAL", 500, "face_swap failed: ValueError: boom", "INTERNAL", 500),
+    ("INVALID_ARGUMENT", 400, "invalid input: ori image is empty", "INVALID_ARGUMENT", 400),
+    ("UNAVAILABLE", 503, "overloaded: Exceeds maximum queue size", "UNAVAILABLE", 503),
+    ("NOT_FOUND", 404, "Request for unknown model: 'x' has no available versions", "NOT_FOUND", 404),
+]
+
+
+@pytest.mark.parametrize("code, status, message, answered_code_name, answered_http", ANSWERS)
+def test_only_a_dead_workers_internal_is_rewritten(code, status, message, answered_code_name, answered_http):
+    assert answered_code(Failure(grpc.StatusCode[code], message)) == grpc.StatusCode[answered_code_name]
+    assert answered_status(status, message) == answered_http
+
+
+def test_tritons_http_error_body_is_read_plain_or_compressed():
+    body = json.dumps({"error": "Stub process 'ocr_0_0' is not healthy."}).encode()
+    assert error_text(body, "") == "Stub process 'ocr_0_0' is not healthy."
+    assert error_text(gzip.compress(body), "gzip") == "Stub process 'ocr_0_0' is not healthy."
+    assert error_text(b"<html>bad gateway</html>", "") == "<html>bad gateway</html>"
+
+
+def _post(url: str, path: str, body: bytes = b"", headers: dict | None = None, *, chunks=None) -> tuple[int, str]:
+    """A raw HTTP POST (a declared length, or chunks sent as they come); Triton's {"error"} or the body back."""
+    connection = http.client.HTTPConnection(url, timeout=120)
+    try:
+        if chunks is None:
+            connection.request("POST", path, body=body, headers=headers or {})
+        else:
+            connection.request("POST", path, body=chunks, headers=headers or {}, encode_chunked=True)
+        response = connection.getresponse()
+        text = response.read().decode("utf-8", "replace")
+    finally:
+        connection.close()
+    try:
+        return response.status, json.loads(text).get("error", text)
+    except ValueError:
+        return response.status, text
 
 
 @pytest.mark.server
 @pytest.mark.slow
-def test_serve_without_the_front_leaves_tritons_grpc_port_public(tmp_path):
-    """--no-front: Triton's own gRPC server on --grpc-port (for a proxy of one's own), no front process."""
+def test_http_requests_above_the_limit_are_refused_before_triton_reads_them(triton_server, faces_dir):
+    """Over HTTP (Triton's own port takes a body of any size): a declared 500 MB body is refused at once, a
+    chunked one and a gzip bomb as soon as they pass config.MAX_REQUEST_BYTES, a 200 MB tritonclient request
+    with its limit named; tritonserver's memory never holds them, and it serves the next request (issue 23,
+    item 6)."""
+    import tritonclient.http as httpclient
+    from tritonclient.utils import InferenceServerException
+
+    from genserve.protocol import FACE_SWAP
+
+    triton = psutil.Process(triton_server._process.pid)
+    before, peak, sending = triton.memory_info().rss, [0], threading.Event()
+
+    def watch():  # tritonserver's RSS, sampled while the requests are sent
+        while sending.is_set():
+            peak[0] = max(peak[0], triton.memory_info().rss)
+            time.sleep(0.01)
+
+    limit, path = str(config.MAX_REQUEST_BYTES), "/v2/models/face_swap/infer"
+    sending.set()
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        # Only the headers are sent: the front answers from the declared length, without waiting for a byte.
+        connection = http.client.HTTPConnection(triton_server.http_url, timeout=30)
+        started = time.monotonic()
+        connection.putrequest("POST", path)
+        connection.putheader("Content-Length", str(500 * 2**20))
+        connection.endheaders()
+        response = connection.getresponse()
+        declared = (response.status, json.loads(response.read())["error"], time.monotonic() - started)
+        connection.close()
+
+        chunks = (bytes(2**20) for _ in range(config.MAX_REQUEST_BYTES // 2**20 + 8))
+        chunked = _post(triton_server.http_url, path, chunks=chunks)
+        bomb = gzip.compress(bytes(config.MAX_REQUEST_BYTES + 2**20), compresslevel=1)
+        inflated = _post(triton_server.http_url, path, bomb, {"Content-Encoding": "gzip"})
+
+        ori = httpclient.InferInput("ORI_IMAGE", [1], "BYTES")
+        ori.set_data_from_numpy(np.array([bytes(200 * 2**20)], dtype=object))
+        target = httpclient.InferInput("TARGET_IMAGE", [1], "BYTES")
+        target.set_data_from_numpy(np.array([(faces_dir / TARGET).read_bytes()], dtype=object))
+        with (
+            httpclient.InferenceServerClient(triton_server.http_url, network_timeout=120) as client,
+            pytest.raises(InferenceServerException) as error,
+        ):
+            client.infer("face_swap", [ori, target])
+    finally:
+        sending.clear()
+        watcher.join()
+    print(
+        f"\ndeclared 500 MB: {declared[0]} in {declared[2] * 1000:.1f} ms; chunked: {chunked[0]}; gzip bomb of "
+        f"{len(bomb)} bytes: {inflated[0]}; 200 MB tritonclient: {error.value.status()}; tritonserver RSS "
+        f"{before / 2**20:.0f} MiB before, {peak[0] / 2**20:.0f} MiB at most"
+    )
+    assert declared[0] == 413 and limit in declared[1] and str(500 * 2**20) in declared[1]
+    assert declared[2] < 5  # nothing but the headers was sent: it cannot have waited for the body
+    assert chunked[0] == 413 and limit in chunked[1]
+    assert inflated[0] == 413 and limit in inflated[1]
+    assert error.value.status() == "413" and limit in error.value.message()
+    assert peak[0] < before + 50 * 2**20, (before, peak[0])
+
+    inputs = FACE_SWAP.encode_request(
+        ori_image=(faces_dir / ORI).read_bytes(), target_image=(faces_dir / TARGET).read_bytes()
+    )
+    tensors = []
+    for name, array in inputs.items():
+        tensors.append(httpclient.InferInput(name, list(array.shape), "BYTES"))
+        tensors[-1].set_data_from_numpy(array)
+    with httpclient.InferenceServerClient(triton_server.http_url) as client:
+        plain = client.infer("face_swap", tensors).as_numpy("IMAGE")[0]
+        # Compressed both ways: the front inflates the request (within the limit), the answer passes as Triton
+        # compressed it for the caller that asked.
+        squeezed = client.infer(
+            "face_swap", tensors, request_compression_algorithm="gzip", response_compression_algorithm="gzip"
+        ).as_numpy("IMAGE")[0]
+    assert squeezed == plain and len(plain) > 1000
+
+
+@pytest.mark.server
+@pytest.mark.slow
+def test_serve_without_the_front_leaves_tritons_ports_public(tmp_path):
+    """--no-front: Triton's own gRPC and HTTP servers on --grpc-port and --http-port (for a proxy of one's
+    own), no front process."""
     import tritonclient.grpc as grpcclient
+    import tritonclient.http as httpclient
 
     serve, ports, _ = start_serve(tmp_path, "--model", "face_swap", "--no-front")
     try:
         children = psutil.Process(serve.pid).children()
         assert not [child for child in children if "genserve.front" in child.cmdline()]
         (triton,) = [child for child in children if child.name() == "tritonserver"]
-        assert f"--grpc-port={ports[1]}" in triton.cmdline()
+        assert f"--grpc-port={ports[1]}" in triton.cmdline() and f"--http-port={ports[0]}" in triton.cmdline()
         with grpcclient.InferenceServerClient(f"127.0.0.1:{ports[1]}") as client:
+            assert client.is_model_ready("face_swap")
+        with httpclient.InferenceServerClient(f"127.0.0.1:{ports[0]}") as client:
             assert client.is_model_ready("face_swap")
     finally:
         serve.terminate()

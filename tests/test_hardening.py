@@ -74,7 +74,7 @@ def test_loading_a_model_with_its_own_code_needs_the_admin_key(triton_server):
             with pytest.raises(InferenceServerException, match="restricted, expecting header"):
                 attempt()
         assert not client.is_model_ready("evil") and client.is_model_ready("face_swap")
-        # The key opens them over gRPC too: the gRPC front (genserve.front) forwards the caller's metadata.
+        # The key opens them over gRPC too: the front (genserve.front) forwards the caller's metadata.
         grpc_key = {f"triton-grpc-protocol-{config.ADMIN_KEY_HEADER}": triton_server.admin_key}
         assert "face_swap" in [model.name for model in client.get_model_repository_index(headers=grpc_key).models]
     assert not os.path.exists("/tmp/genserve-pwned")
@@ -193,7 +193,7 @@ def test_shared_memory_swollen_by_a_huge_request_is_given_back(triton_server):
     tensor = grpcclient.InferInput("IMAGE", [1], "BYTES")
     tensor.set_data_from_numpy(np.array([b"\0" * (300 * 2**20)], dtype=object))
     with (
-        # Sent to Triton's own port: the gRPC front refuses a request this large (see the test below); without
+        # Sent to Triton's own port: the front refuses a request this large (see the test below); without
         # the front (TritonServer(front=False), genserve serve --no-front) it reaches Triton.
         grpcclient.InferenceServerClient(triton_server.triton_grpc_url) as client,
         pytest.raises(InferenceServerException, match="at most 64 MiB"),
@@ -213,9 +213,9 @@ def test_the_probe_list_passes_on_the_stack(triton_server, capsys):
     """benchmarks/probe.py: issue 23's probes against the live server, as an operator runs them."""
     from genserve.benchmarks.probe import main
 
-    assert main(["--url", triton_server.grpc_url]) == 0, capsys.readouterr().out
+    assert main(["--url", triton_server.grpc_url, "--http-url", triton_server.http_url]) == 0, capsys.readouterr().out
     out = capsys.readouterr().out
-    assert "9 of 9 probes passed" in out and "skipped (model not served)" in out
+    assert "11 of 11 probes passed" in out and "skipped: " in out and "(sd_text_to_image)" in out
 
 
 @pytest.mark.slow
@@ -231,7 +231,7 @@ def test_refused_oversized_tensors_leave_no_memory_behind(triton_server):
     triton = psutil.Process(triton_server._process.pid)
     before = triton.memory_info().rss
     x = np.zeros((1, 3, 6000, 6000), np.float32)
-    # Triton's own port, as without the gRPC front, which refuses a 432 MB request before Triton sees it.
+    # Triton's own port, as without the front, which refuses a 432 MB request before Triton sees it.
     with grpcclient.InferenceServerClient(triton_server.triton_grpc_url) as client:
         for _ in range(3):
             tensor = grpcclient.InferInput("x", list(x.shape), "FP32")
@@ -253,7 +253,7 @@ def test_refused_oversized_tensors_leave_no_memory_behind(triton_server):
 
 @pytest.mark.slow
 def test_an_oversized_request_is_refused_before_triton_gets_it(triton_server, faces_dir):
-    """A 500 MB face swap request, far above config.MAX_REQUEST_BYTES: the gRPC front refuses it with a message
+    """A 500 MB face swap request, far above config.MAX_REQUEST_BYTES: the front refuses it with a message
     naming the limit, in seconds, and tritonserver's memory never holds it (Triton 2.51 has no byte limit:
     sent to its own port, the same request made it 530 MiB larger before it was refused; issue 23, item 6)."""
     import numpy as np

@@ -97,7 +97,7 @@ def test_oversized_leaf_inputs_are_refused_before_onnx_runtime(grpc_client, leaf
     """The calls of issue 11: [1,3,48,100000] grew ocr_rec to 10 GB until the kernel killed it."""
     from genserve.config import MAX_REQUEST_BYTES
 
-    # Under the gRPC front's byte limit, so that the leaf's own limit is what answers.
+    # Under the front's byte limit, so that the leaf's own limit is what answers.
     assert np.prod(shape) * 4 < MAX_REQUEST_BYTES
     with pytest.raises(RequestError, match=words) as error:
         grpc_client.infer(leaf.name, {leaf.input: np.zeros(shape, np.float32)}, [leaf.output])

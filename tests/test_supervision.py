@@ -219,7 +219,7 @@ def test_triton_dies_with_a_killed_serve(tmp_path):
     serve.wait()
     triton.wait(timeout=60)  # SIGTERM from the kernel (parent death signal), then Triton's own exit
     assert not triton.is_running()
-    front.wait(timeout=30)  # the gRPC front too: it forwards until Triton has exited
+    front.wait(timeout=30)  # the front too: it forwards until Triton has exited
     assert not front.is_running()
 
 
@@ -344,13 +344,15 @@ def test_a_called_models_dead_worker_is_unavailable_to_a_plain_client(tmp_path, 
 
 @pytest.mark.server
 @pytest.mark.slow
-def test_requests_on_a_dead_worker_are_unavailable_to_a_plain_client(tmp_path, faces_dir):
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+def test_requests_on_a_dead_worker_are_unavailable_to_a_plain_client(protocol, tmp_path, faces_dir):
     """kill -9 of a face_swap worker under load from plain tritonclients (no genserve retry): the requests in
     flight on it, and those routed to it until the watchdog replaced it, failed INTERNAL ("Stub process
-    'face_swap_0_0' is not healthy.", hard-coded by the Python backend), which no client retries. Through the
-    gRPC front they are UNAVAILABLE, none INTERNAL, and a client that retries UNAVAILABLE loses nothing
-    (issue 23, item 4)."""
+    'face_swap_0_0' is not healthy.", hard-coded by the Python backend; HTTP 500), which no client retries.
+    Through the front they are UNAVAILABLE (503), none INTERNAL, and a client that retries UNAVAILABLE loses
+    nothing (issue 23, item 4)."""
     import tritonclient.grpc as grpcclient
+    import tritonclient.http as httpclient
     from tritonclient.utils import InferenceServerException
 
     from genserve.config import STACK_REPOSITORY_DIR
@@ -365,21 +367,27 @@ def test_requests_on_a_dead_worker_are_unavailable_to_a_plain_client(tmp_path, f
     ) as server:
         stop, failures, done, lost = threading.Event(), [], [], []
 
+        tritonclient, url, unavailable = {
+            "grpc": (grpcclient, server.grpc_url, "StatusCode.UNAVAILABLE"),
+            "http": (httpclient, server.http_url, "503"),
+        }[protocol]
+        timeout = {"client_timeout": 60} if protocol == "grpc" else {}  # HTTP: network_timeout, 60 s by default
+
         def send():  # what any client does: retry UNAVAILABLE, give up on anything else
-            with grpcclient.InferenceServerClient(server.grpc_url) as client:
+            with tritonclient.InferenceServerClient(url) as client:
                 while not stop.is_set():
                     tensors = []
                     for name, array in inputs.items():
-                        tensors.append(grpcclient.InferInput(name, list(array.shape), "BYTES"))
+                        tensors.append(tritonclient.InferInput(name, list(array.shape), "BYTES"))
                         tensors[-1].set_data_from_numpy(array)
                     for _ in range(100):
                         try:
-                            client.infer("face_swap", tensors, client_timeout=60)
+                            client.infer("face_swap", tensors, **timeout)
                             done.append(1)
                             break
                         except InferenceServerException as error:
                             failures.append(f"{error.status()}: {error.message()}")
-                            if error.status() != "StatusCode.UNAVAILABLE":
+                            if error.status() != unavailable:
                                 lost.append(failures[-1])
                                 break
                             time.sleep(0.1)
@@ -403,5 +411,5 @@ def test_requests_on_a_dead_worker_are_unavailable_to_a_plain_client(tmp_path, f
     print(f"\n{len(done)} swaps done, {len(failures)} failed attempts: {sorted(set(f[:80] for f in failures))}")
     assert failures, "no request met the dead worker"
     assert not lost, lost
-    assert all(failure.startswith("StatusCode.UNAVAILABLE") for failure in failures), failures
+    assert all(failure.startswith(unavailable) for failure in failures), failures
     assert any("is not healthy" in failure for failure in failures), failures  # Triton's details kept

@@ -17,10 +17,10 @@ def register(subparsers) -> None:
         "requests carrying the admin key. Worker processes that die are replaced; if Triton dies, or a model's "
         "workers keep dying, this command exits non-zero with the reason. Ctrl-C stops at once; SIGTERM drains "
         "(serves --drain-delay seconds more, then refuses new requests with UNAVAILABLE and lets every request "
-        "taken finish within --drain-timeout, whatever model runs it). gRPC clients reach Triton through genserve's "
-        f"gRPC front on --grpc-port, which refuses requests above {config.MAX_REQUEST_BYTES // 2**20} MiB before "
-        "Triton reads them and answers a request that lost its worker process UNAVAILABLE (retriable), not INTERNAL; "
-        "HTTP and metrics are Triton's own.",
+        "taken finish within --drain-timeout, whatever model runs it). gRPC and HTTP clients reach Triton through "
+        "genserve's front on --grpc-port and --http-port, which refuses requests above "
+        f"{config.MAX_REQUEST_BYTES // 2**20} MiB before Triton reads them and answers a request that lost its "
+        "worker process UNAVAILABLE / 503 (retriable), not INTERNAL / 500; metrics are Triton's own.",
     )
     parser.add_argument(
         "repositories",
@@ -45,8 +45,9 @@ def register(subparsers) -> None:
     parser.add_argument(
         "--no-front",
         action="store_true",
-        help="no gRPC front: Triton's own gRPC server listens on --grpc-port, for a proxy of your own in front of "
-        "it (then it takes requests of any size, and a dead worker's requests fail with INTERNAL)",
+        help="no front: Triton's own gRPC and HTTP servers listen on --grpc-port and --http-port, for a proxy of "
+        "your own in front of them (then they take requests of any size, and a dead worker's requests fail with "
+        "INTERNAL / 500)",
     )
     parser.add_argument(
         "--model", action="append", dest="models", metavar="NAME", help="load only this model (repeatable)"

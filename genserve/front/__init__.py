@@ -1,0 +1,20 @@
+"""The front: a proxy on the public gRPC and HTTP ports that forwards Triton's APIs to tritonserver.
+
+Two things Triton 2.51 cannot be told are done here, before and after it:
+
+- **A byte limit on requests.** Triton takes gRPC messages up to ``INT32_MAX`` bytes and HTTP bodies of
+  any size, so an oversized request crossed into tritonserver (and a worker's shared memory) before a
+  model refused it. The front refuses a request above :data:`genserve.config.MAX_REQUEST_BYTES` (gRPC
+  ``RESOURCE_EXHAUSTED``, HTTP 413, the message naming the limit) from its declared length; Triton
+  never gets it.
+- **A retriable code for a dead worker.** A request in flight on a Python-backend worker that died fails
+  with ``INTERNAL`` (HTTP 500) ``"Stub process '...' is not healthy."``, a code the backend hard-codes,
+  which a plain client does not retry. The front answers it ``UNAVAILABLE`` (503), the details kept,
+  which any client retries; nothing else is rewritten.
+
+Everything else passes as it is (:mod:`.grpc_proxy`, :mod:`.http_proxy`). It runs as its own process
+(``python -m genserve.front``, started by :class:`genserve.server.TritonServer`), so that its event loop
+never competes for the GIL with a caller's threads; one asyncio loop serves both protocols. On SIGTERM or
+SIGINT it keeps forwarding until tritonserver (``--upstream-pid``) has exited, so that a draining Triton
+still answers through it.
+"""

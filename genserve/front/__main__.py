@@ -1,0 +1,106 @@
+"""``python -m genserve.front``: the front's process (see :mod:`genserve.front`)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import sys
+
+from genserve import config
+from genserve.front import grpc_proxy, http_proxy
+
+logger = logging.getLogger("genserve.front")
+
+# How often a stopping front checks whether tritonserver is gone.
+_UPSTREAM_POLL_S = 0.2
+STOP_GRACE_S = 1.0
+
+
+def _upstream_alive(pid: int | None) -> bool:
+    if pid is None:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie (exited, not reaped by its parent yet) is gone too.
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rpartition(")")[2].split()[0] != "Z"
+    except OSError:
+        return True
+
+
+def _host_and_port(address: str) -> tuple[str, int]:
+    host, _, port = address.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
+async def serve(args: argparse.Namespace) -> None:
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stopping.set)
+    grpc_server = http_runner = None
+    try:
+        if args.grpc_listen:
+            grpc_server = await grpc_proxy.start(args.grpc_listen, args.grpc_upstream, args.max_request_bytes)
+            logger.info("gRPC: forwarding %s to %s", args.grpc_listen, args.grpc_upstream)
+        if args.http_listen:
+            host, port = _host_and_port(args.http_listen)
+            http_runner = await http_proxy.start(host, port, args.http_upstream, args.max_request_bytes)
+            logger.info("HTTP: forwarding %s to %s", args.http_listen, args.http_upstream)
+        logger.info("requests up to %d bytes", args.max_request_bytes)
+        await stopping.wait()
+        # Triton drains meanwhile (its models refuse new requests with UNAVAILABLE themselves): keep forwarding.
+        while _upstream_alive(args.upstream_pid):
+            await asyncio.sleep(_UPSTREAM_POLL_S)
+    finally:
+        if grpc_server is not None:
+            await grpc_proxy.stop(*grpc_server, STOP_GRACE_S)
+        if http_runner is not None:
+            await http_runner.cleanup()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m genserve.front",
+        description="Forward Triton's gRPC and HTTP APIs from the public addresses to tritonserver's own, refusing "
+        "requests above --max-request-bytes and answering a dead worker's INTERNAL (500) as UNAVAILABLE (503).",
+    )
+    parser.add_argument("--grpc-listen", metavar="HOST:PORT", help="the public gRPC address")
+    parser.add_argument("--grpc-upstream", metavar="HOST:PORT", help="tritonserver's own gRPC address")
+    parser.add_argument("--http-listen", metavar="HOST:PORT", help="the public HTTP address")
+    parser.add_argument("--http-upstream", metavar="HOST:PORT", help="tritonserver's own HTTP address")
+    parser.add_argument(
+        "--upstream-pid", type=int, metavar="PID", help="tritonserver's process: on SIGTERM, forward until it exits"
+    )
+    parser.add_argument(
+        "--max-request-bytes",
+        type=int,
+        default=config.MAX_REQUEST_BYTES,
+        metavar="N",
+        help=f"largest request accepted (default {config.MAX_REQUEST_BYTES})",
+    )
+    args = parser.parse_args(argv)
+    for protocol in ("grpc", "http"):
+        if bool(getattr(args, f"{protocol}_listen")) != bool(getattr(args, f"{protocol}_upstream")):
+            parser.error(f"--{protocol}-listen and --{protocol}-upstream go together")
+    if not args.grpc_listen and not args.http_listen:
+        parser.error("nothing to forward: give --grpc-listen/--grpc-upstream, --http-listen/--http-upstream or both")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s genserve.front %(levelname)s %(message)s")
+    try:
+        asyncio.run(serve(args))
+    except OSError as error:
+        print(f"genserve.front: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
