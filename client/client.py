@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import io
 import secrets
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -323,7 +324,8 @@ class Client(TaskMethods):
     ``url`` is the gRPC target (default ``localhost:8001``; ``dns:///NAME:PORT`` or ``ipv4:A:P,B:P``
     for several servers) or, with ``protocol="http"``, ``host:port`` of the HTTP endpoint (default
     ``localhost:8000``). ``timeout_s`` is the deadline of one call, retries included; ``retry`` says
-    which failures are retried and how (:class:`~genserve.client.retry.RetryPolicy`).
+    which failures are retried and how (:class:`~genserve.client.retry.RetryPolicy`). One client may be
+    shared by threads, over either protocol.
     """
 
     def __init__(
@@ -343,19 +345,43 @@ class Client(TaskMethods):
         if protocol == "grpc":  # timeouts per call, see infer()
             import tritonclient.grpc as tritonclient
 
-            self._client = tritonclient.InferenceServerClient(
+            self._grpc_client = tritonclient.InferenceServerClient(
                 self.url, channel_args=retry.grpc_channel_args(self.retry_policy)
             )
-        else:  # the HTTP client's timeouts are per connection
+        else:
             import tritonclient.http as tritonclient
 
-            self._client = tritonclient.InferenceServerClient(
-                self.url, connection_timeout=min(timeout_s or 60.0, 60.0), network_timeout=timeout_s or 1e9
-            )
+            self._grpc_client = None
+            self._http_clients: list = []  # every thread's, for close()
+            self._per_thread = threading.local()
+            self._lock = threading.Lock()
         self._triton = tritonclient
 
+    @property
+    def _client(self):
+        """The tritonclient of this call: the one gRPC client (thread-safe), or this thread's HTTP client.
+        tritonclient.http's connections (geventhttpclient) belong to the thread that made them: used from
+        another thread once that one has ended, they fail ("cannot switch to a different thread")."""
+        if self._grpc_client is not None:
+            return self._grpc_client
+        client = getattr(self._per_thread, "client", None)
+        if client is None:
+            # The HTTP client's timeouts are per connection.
+            client = self._per_thread.client = self._triton.InferenceServerClient(
+                self.url, connection_timeout=min(self.timeout_s or 60.0, 60.0), network_timeout=self.timeout_s or 1e9
+            )
+            with self._lock:
+                self._http_clients.append(client)
+        return client
+
     def close(self) -> None:
-        self._client.close()
+        if self._grpc_client is not None:
+            self._grpc_client.close()
+            return
+        with self._lock:
+            clients, self._http_clients = self._http_clients, []
+        for client in clients:
+            client.close()
 
     def __enter__(self) -> Client:
         return self

@@ -27,6 +27,29 @@ def analyzer() -> FaceAnalyzer:
     return FaceAnalyzer().load()
 
 
+def test_one_client_serves_threads_that_come_and_go(client, faces_dir):
+    """A Client shared by worker threads that end and are replaced, as a thread pool or a benchmark's rounds
+    do: over HTTP each request after the first threads ended failed ("cannot switch to a different thread
+    (which happens to have exited)": tritonclient.http's connections belong to the thread that made them)."""
+    import threading
+
+    failures = []
+
+    def swap():
+        try:
+            client.swap_face(faces_dir / ORI, faces_dir / TARGET, compute_identity=False)
+        except Exception as error:  # noqa: BLE001 - every failure is the finding
+            failures.append(f"{type(error).__name__}: {error}")
+
+    for _ in range(3):  # three generations of two threads each
+        threads = [threading.Thread(target=swap) for _ in range(2)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    assert not failures, failures
+
+
 def test_served_swap_has_the_target_identity(client, faces_dir, analyzer):
     result = client.swap_face(faces_dir / ORI, faces_dir / TARGET)
     ori = decode_image((faces_dir / ORI).read_bytes())
