@@ -3,20 +3,21 @@
     python -m genserve.benchmarks.face_swap                        # starts Triton itself (face_swap, 2 instances)
     python -m genserve.benchmarks.face_swap --url localhost:8001   # a server already running, as configured
     python -m genserve.benchmarks.face_swap --concurrency 1,2 --requests 24 --rounds 3 --json face_swap.json
+    python -m genserve.benchmarks.face_swap --protocol http         # the served modes over HTTP
 
 Modes, each timed on the same ori/target pairs of the bundled photos (three targets, each repeated,
 so the target cache works as in a task file), whole swaps of encoded bytes to encoded bytes:
 
-* ``served``: the ``face_swap`` model over gRPC with ``compute_identity`` false (C threads, each its
-  own client); ``served+identity``: the default options (the identity score reported);
+* ``served``: the ``face_swap`` model over gRPC (``--protocol http``: HTTP) with ``compute_identity`` false
+  (C threads, each its own client); ``served+identity``: the default options (the identity score reported);
 * ``classic``: :class:`ClassicFaceSwap` called in this process: the well-known recipe (dlib HOG
   detection and 68 landmarks on both images, per-triangle affine warps, ``cv2.seamlessClone``), no
   scoring, no caching;
 * ``in-process``: :class:`~genserve.faceswap.FaceSwapper` in this process, ``compute_identity`` false
   (``--no-in-process`` skips it);
-* ``served, no front``: as ``served``, sent to tritonserver's own gRPC port, past genserve's gRPC front
-  (only when the benchmark starts the server itself): what the front costs, with the CPU time of the
-  front's process per request it forwarded.
+* ``served, no front``: as ``served``, sent to tritonserver's own gRPC (or HTTP) port, past genserve's
+  front (only when the benchmark starts the server itself): what the front costs, with the CPU time of
+  the front's process per request it forwarded.
 
 ``--frame lfw`` reframes every photo as the contest's LFW photos are: 250x250, the largest face
 centred and about 110 px wide (issue 22); the default times the 500x375 photos as they are.
@@ -155,11 +156,13 @@ def load_pairs(faces_dir: Path, frame: str = "photo") -> list[tuple[bytes, bytes
 Workers = Callable[[int], list[Callable]]  # concurrency -> one worker per thread
 
 
-def served_modes(grpc_url: str, levels: list[int], pairs) -> tuple[dict[str, Workers], Callable[[], None]]:
+def served_modes(
+    url: str, levels: list[int], pairs, protocol: str = "grpc"
+) -> tuple[dict[str, Workers], Callable[[], None]]:
     """The served modes' worker factories (one client per thread), warmed up, and how to close them."""
     from genserve.client import Client
 
-    clients = [Client(grpc_url) for _ in range(max(levels))]
+    clients = [Client(url, protocol=protocol) for _ in range(max(levels))]
     for ori, target in pairs:  # models loaded, target cache warm, as in steady serving
         clients[0].swap_face(ori, target)
 
@@ -174,7 +177,7 @@ def served_modes(grpc_url: str, levels: list[int], pairs) -> tuple[dict[str, Wor
 
 
 def front_cpu_s(pid: int | None) -> float:
-    """CPU seconds the gRPC front's process has used (0 without one)."""
+    """CPU seconds the front's process has used (0 without one)."""
     if pid is None:
         return 0.0
     import psutil
@@ -231,9 +234,9 @@ def ratios(runs: list[Run]) -> dict[str, float]:
                 )
     for (mode, level), run in sorted(by.items()):
         if mode == DIRECT and ("served", level) in by:
-            found[f"served p50 through the gRPC front / {DIRECT} p50, concurrency {level}"] = by[
-                "served", level
-            ].percentile(50) / run.percentile(50)
+            found[f"served p50 through the front / {DIRECT} p50, concurrency {level}"] = by["served", level].percentile(
+                50
+            ) / run.percentile(50)
     return found
 
 
@@ -251,7 +254,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m genserve.benchmarks.face_swap", description=__doc__.split("\n\n")[0]
     )
-    parser.add_argument("--url", help="gRPC host:port of a running server (default: start one on loopback)")
+    parser.add_argument(
+        "--url", help="host:port of a running server, gRPC or HTTP as --protocol (default: start one on loopback)"
+    )
+    parser.add_argument(
+        "--protocol", choices=["grpc", "http"], default="grpc", help="of the served modes (default grpc)"
+    )
     parser.add_argument(
         "--instances", type=int, default=2, help="face_swap instances of the server started here (default 2)"
     )
@@ -282,8 +290,9 @@ def main(argv: list[str] | None = None) -> int:
     levels, pairs = parse_levels(args.concurrency), load_pairs(args.faces_dir, args.frame)
     load_before = os.getloadavg()
     print(
-        f"face swap: {args.requests} requests per mode and level in {args.rounds} interleaved rounds, "
-        f"{len(pairs)} ori/target pairs ({args.frame}), {os.cpu_count()} CPU cores, load average {load_before[0]:.2f}"
+        f"face swap over {args.protocol}: {args.requests} requests per mode and level in {args.rounds} interleaved "
+        f"rounds, {len(pairs)} ori/target pairs ({args.frame}), {os.cpu_count()} CPU cores, "
+        f"load average {load_before[0]:.2f}"
     )
     with tempfile.TemporaryDirectory(prefix="genserve-bench-") as work:
         if args.url:
@@ -300,14 +309,19 @@ def main(argv: list[str] | None = None) -> int:
                 log_path=Path(work) / "triton.log",
             ) as server:
                 front_start = front_cpu_s(server.front_pid)  # its start-up left out
-                runs = measure(server.grpc_url, levels, pairs, args, direct_url=server.triton_grpc_url)
+                urls = {
+                    "grpc": (server.grpc_url, server.triton_grpc_url),
+                    "http": (server.http_url, server.triton_http_url),
+                }
+                url, direct_url = urls[args.protocol]
+                runs = measure(url, levels, pairs, args, direct_url=direct_url)
                 front_cpu = front_cpu_s(server.front_pid) - front_start
                 forwarded = len(pairs) + sum(
                     run.requests + run.errors for run in runs if run.mode.startswith("served") and run.mode != DIRECT
                 )
                 if server.front_pid is not None:
                     print(
-                        f"\ngRPC front: {1000 * front_cpu / forwarded:.2f} ms CPU per request "
+                        f"\nfront ({args.protocol}): {1000 * front_cpu / forwarded:.2f} ms CPU per request "
                         f"({forwarded} requests, warm-ups included)"
                     )
     load_after = os.getloadavg()
@@ -350,12 +364,12 @@ def main(argv: list[str] | None = None) -> int:
     return 1 if any(run.errors for run in runs) else 0
 
 
-def measure(grpc_url: str, levels: list[int], pairs, args, direct_url: str | None = None) -> list[Run]:
-    modes, close = served_modes(grpc_url, levels, pairs)
+def measure(url: str, levels: list[int], pairs, args, direct_url: str | None = None) -> list[Run]:
+    modes, close = served_modes(url, levels, pairs, args.protocol)
     closers = [close]
     try:
-        if direct_url and direct_url != grpc_url:
-            direct, close_direct = served_modes(direct_url, levels, pairs)
+        if direct_url and direct_url != url:
+            direct, close_direct = served_modes(direct_url, levels, pairs, args.protocol)
             closers.append(close_direct)
             modes[DIRECT] = direct["served"]
         modes |= in_process_modes(levels, pairs, not args.no_in_process, args.classic_upsample)
