@@ -407,7 +407,11 @@ class TritonServer:
             self._check_models()
             if self.watch_workers:
                 self.watchdog = supervision.WorkerWatchdog(
-                    self._process.pid, self.reload_model, self._stop_from_inside, shm_prefix=self.shm_prefix
+                    self._process.pid,
+                    self.reload_model,
+                    self._stop_from_inside,
+                    shm_prefix=self.shm_prefix,
+                    lost=self._worker_died if self.front else None,
                 ).start()
         except BaseException:
             self.stop()
@@ -430,11 +434,29 @@ class TritonServer:
                     f"--upstream-pid={self._process.pid}",
                     f"--max-request-bytes={config.MAX_REQUEST_BYTES}",
                 ],
+                stdin=subprocess.PIPE,  # models that lost a worker, and are back: see _tell_front
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
                 preexec_fn=supervision.die_with_parent,
             )
+
+    def _worker_died(self, model: str) -> None:
+        """The watchdog saw a worker of ``model`` die: the front ends the streams in flight on it, and refuses
+        new ones, UNAVAILABLE until its fresh copy is loaded (Triton never answers a decoupled model's
+        requests on a dead worker)."""
+        self._tell_front("lost", model)
+
+    def _tell_front(self, event: str, model: str) -> None:
+        """One line on the front's stdin: ``lost MODEL`` or ``back MODEL`` (see genserve.front.__main__)."""
+        front = self._front
+        if front is None or front.stdin is None:
+            return
+        try:
+            front.stdin.write(f"{event} {model}\n".encode())
+            front.stdin.flush()
+        except (BrokenPipeError, ValueError):  # the front is gone or stopping: its streams went with it
+            pass
 
     def _front_listens(self) -> bool:
         if self._front.poll() is not None:
@@ -534,6 +556,7 @@ class TritonServer:
             model_config = client.get_model_config(name)
             model_config.setdefault("parameters", {})["genserve_reload"] = {"string_value": str(self._reloads)}
             client.load_model(name, headers=self.admin_headers, config=json.dumps(model_config))
+        self._tell_front("back", name)  # the fresh copy serves
 
     def _stop_from_inside(self, reason: str) -> None:
         """The watchdog found a failure it cannot mend: stop Triton (gracefully) and say why."""
@@ -640,6 +663,8 @@ class TritonServer:
             except subprocess.TimeoutExpired:
                 front.kill()
                 front.wait()
+        if front is not None and front.stdin is not None:
+            front.stdin.close()
 
     def _wait_for_unload(self, process: subprocess.Popen, limit_s: float, drained: bool) -> bool:
         """Wait, ``limit_s`` at most, for Triton to unload its models and exit; True when it did.

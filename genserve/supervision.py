@@ -146,8 +146,10 @@ class WorkerWatchdog:
     """Replaces the workers of a model when one dies or its shared memory swelled (see the module docstring).
 
     ``reload(model)`` loads a fresh copy of a model; ``fail(reason)`` is called once when a model keeps
-    failing. :meth:`check` does one round (tests call it directly); :meth:`start` runs rounds every
-    ``interval_s`` in a daemon thread until :meth:`stop`.
+    failing; ``lost(model)``, when given, first, for each model a worker of which died (its streamed
+    requests will never end: Triton 2.51 answers a decoupled model's requests on a dead worker with
+    nothing, where it fails the others; see :mod:`genserve.front`). :meth:`check` does one round (tests
+    call it directly); :meth:`start` runs rounds every ``interval_s`` in a daemon thread until :meth:`stop`.
     """
 
     def __init__(
@@ -163,8 +165,9 @@ class WorkerWatchdog:
         shm_limit_bytes: int = config.WORKER_SHM_RECLAIM_BYTES,
         shm_dir: Path = SHM_DIR,
         retired_grace_s: float = config.RETIRED_WORKER_GRACE_S,
+        lost: Callable[[str], None] | None = None,
     ):
-        self.retired_grace_s = retired_grace_s
+        self.retired_grace_s, self.lost = retired_grace_s, lost
         self.triton_pid, self.reload, self.fail = triton_pid, reload, fail
         self.interval_s, self.max_restarts, self.window_s = interval_s, max_restarts, window_s
         self.shm_prefix, self.shm_limit_bytes, self.shm_dir = shm_prefix, shm_limit_bytes, shm_dir
@@ -194,6 +197,8 @@ class WorkerWatchdog:
         self._known = {pid: worker for pid, worker in live.items() if pid not in self._retiring}
         self._end_stranded(live)
         for model in died:
+            if self.lost is not None:
+                self.lost(model)
             self._replace(model, "a worker process died", counts=True)
         for model in swollen:
             self._replace(

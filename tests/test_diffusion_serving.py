@@ -452,6 +452,105 @@ def test_async_client_streams_a_text_edit(diffusion_server):
     assert [r["step"] for r in reports] == [1, 2] and result.metadata.new_text == "CLOSED"
 
 
+def test_a_stream_on_a_dead_worker_ends_unavailable_and_is_retried(diffusion_server, tmp_path):
+    """kill -9 of a streaming pipeline's worker under a request: Triton 2.51 never answers a decoupled model's
+    requests on a dead worker (the stream stayed open for good: a genserve client waited out its deadline).
+    The watchdog tells the front, which ends such streams UNAVAILABLE within about a second, over gRPC (a
+    plain tritonclient stream) and HTTP (generate_stream: an error event), refuses new ones until the fresh
+    copy is loaded, and a genserve client's streamed request across a kill finishes (issue 23, item 4)."""
+    import http.client
+    import json
+    import os
+    import queue
+    import signal
+
+    import tritonclient.grpc as grpcclient
+    from tritonclient.utils import np_to_triton_dtype
+
+    from genserve.server import TritonServer
+    from genserve.supervision import python_workers
+
+    model = "sd_text_to_image_stream"
+    long_request = {"PROMPT": PROMPT, "STEPS": 400, "WIDTH": SIZE, "HEIGHT": SIZE, "SEED": 1}  # ~10 s here
+
+    with TritonServer.on_loopback(
+        diffusion_server.repositories, models=[model], log_path=tmp_path / "triton.log", exit_timeout_s=5
+    ) as server:
+
+        def kill_the_worker() -> float:
+            replaced = len(server.watchdog.replacements)
+            (worker,) = [w for w in python_workers(server._process.pid) if w.model == model]
+            os.kill(worker.pid, signal.SIGKILL)
+            return replaced
+
+        def wait_until_replaced(replaced: int) -> None:
+            deadline = time.monotonic() + 120
+            while len(server.watchdog.replacements) <= replaced and time.monotonic() < deadline:
+                time.sleep(0.2)
+            assert len(server.watchdog.replacements) > replaced
+
+        # A plain tritonclient stream.
+        answers: queue.SimpleQueue = queue.SimpleQueue()
+        with grpcclient.InferenceServerClient(server.grpc_url) as client:
+            client.start_stream(callback=lambda result, error: answers.put(error))
+            tensors = []
+            for name, value in long_request.items():
+                array = np.array(
+                    [value], dtype={str: object, int: np.int64 if name == "SEED" else np.int32}[type(value)]
+                )
+                tensors.append(grpcclient.InferInput(name, [1], np_to_triton_dtype(array.dtype)))
+                tensors[-1].set_data_from_numpy(array)
+            try:
+                client.async_stream_infer(model, tensors)
+                assert answers.get(timeout=60) is None  # the first step's progress
+                replaced = kill_the_worker()
+                killed = time.monotonic()
+                while (error := answers.get(timeout=30)) is None:  # without the front's help: queue.Empty
+                    pass
+                grpc_seconds = time.monotonic() - killed
+            finally:
+                client.stop_stream(cancel_requests=True)  # else it waits for the stream's end, for good
+        assert error.status() == "StatusCode.UNAVAILABLE" and "is not healthy" in error.message(), error
+        wait_until_replaced(replaced)
+
+        # HTTP: Triton's generate_stream, ended with an error event.
+        connection = http.client.HTTPConnection(server.http_url, timeout=60)
+        connection.request("POST", f"/v2/models/{model}/generate_stream", body=json.dumps(long_request))
+        response = connection.getresponse()
+        assert response.status == 200
+        assert response.readline().startswith(b"data: ")  # the first step's progress
+        replaced = kill_the_worker()
+        events = [line for line in iter(response.readline, b"") if line.startswith(b"data: ")]
+        connection.close()
+        assert b'"error"' in events[-1] and b"is not healthy" in events[-1], events[-1][:200]
+        wait_until_replaced(replaced)
+
+        # The genserve client retries the UNAVAILABLE stream: the request finishes on the fresh copy.
+        reports, killer = [], None
+
+        def kill_after_the_first_step(report):
+            nonlocal killer
+            reports.append(report)
+            if killer is None:
+                killer = kill_the_worker()
+
+        with Client(server.grpc_url) as client:
+            result = client.text_to_image(
+                PROMPT,
+                model="sd_text_to_image",
+                steps=50,
+                seed=1,
+                width=SIZE,
+                height=SIZE,
+                progress=kill_after_the_first_step,
+            )
+        steps = [report["step"] for report in reports]
+        assert killer is not None and steps.count(1) == 2, steps  # the first try, killed, and the retry
+        assert steps[-1] == result.metadata.denoising_steps_run >= 50
+    print(f"\ngRPC stream on a dead worker: UNAVAILABLE {grpc_seconds:.2f} s after the kill")
+    assert grpc_seconds < 10
+
+
 class StopAfter(Exception):
     pass
 

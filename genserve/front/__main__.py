@@ -36,6 +36,29 @@ def _upstream_alive(pid: int | None) -> bool:
         return True
 
 
+def lost_worker_message(model: str) -> str:
+    return (
+        f"Stub process of model '{model}' is not healthy: its worker died under this request, "
+        "and a new one is loading; retry it"
+    )
+
+
+async def _follow_models(on_event) -> None:
+    """Call ``on_event(event, model)`` for each line ``lost MODEL`` (a worker of it died) or ``back MODEL`` (its
+    fresh copy is loaded) on stdin, as :class:`genserve.server.TritonServer` writes them. Without a pipe on
+    stdin (the front started by hand) there are none."""
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader()
+    try:
+        await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+    except (ValueError, OSError):
+        return
+    while line := await reader.readline():
+        event, _, model = line.decode("utf-8", "replace").strip().partition(" ")
+        if event in ("lost", "back") and model:
+            on_event(event, model)
+
+
 def _host_and_port(address: str) -> tuple[str, int]:
     host, _, port = address.rpartition(":")
     return host.strip("[]"), int(port)
@@ -47,13 +70,34 @@ async def serve(args: argparse.Namespace) -> None:
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stopping.set)
     grpc_server = http_runner = None
+    forwarders = []
+
+    def on_event(event: str, model: str) -> None:
+        if event == "back":
+            for forwarder in forwarders:
+                forwarder.lost_models.pop(model, None)
+            logger.info("%s is back: its streams are forwarded again", model)
+            return
+        ended = 0
+        for forwarder in forwarders:
+            forwarder.lost_models[model] = lost_worker_message(model)
+            ended += forwarder.end_streams(model, lost_worker_message(model))
+        logger.warning(
+            "a worker of %s died: %d stream(s) in flight on it ended, new ones refused until it is back (UNAVAILABLE)",
+            model,
+            ended,
+        )
+
+    follower = asyncio.create_task(_follow_models(on_event))
     try:
         if args.grpc_listen:
             grpc_server = await grpc_proxy.start(args.grpc_listen, args.grpc_upstream, args.max_request_bytes)
+            forwarders.append(grpc_server[2])
             logger.info("gRPC: forwarding %s to %s", args.grpc_listen, args.grpc_upstream)
         if args.http_listen:
             host, port = _host_and_port(args.http_listen)
-            http_runner = await http_proxy.start(host, port, args.http_upstream, args.max_request_bytes)
+            http_runner, http_forwarder = await http_proxy.start(host, port, args.http_upstream, args.max_request_bytes)
+            forwarders.append(http_forwarder)
             logger.info("HTTP: forwarding %s to %s", args.http_listen, args.http_upstream)
         logger.info("requests up to %d bytes", args.max_request_bytes)
         await stopping.wait()
@@ -61,8 +105,9 @@ async def serve(args: argparse.Namespace) -> None:
         while _upstream_alive(args.upstream_pid):
             await asyncio.sleep(_UPSTREAM_POLL_S)
     finally:
+        follower.cancel()
         if grpc_server is not None:
-            await grpc_proxy.stop(*grpc_server, STOP_GRACE_S)
+            await grpc_proxy.stop(*grpc_server[:2], STOP_GRACE_S)
         if http_runner is not None:
             await http_runner.cleanup()
 

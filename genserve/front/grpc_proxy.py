@@ -5,7 +5,8 @@ unary and ``ModelStreamInfer`` as a stream, with the caller's metadata (the admi
 cancellation, and Triton's status, details and trailing metadata back. A request above the byte limit is
 refused by gRPC's own limit (``grpc.max_receive_message_length``: ``RESOURCE_EXHAUSTED``, the message naming
 the limit) from its length prefix, before Triton gets a byte; a dead worker's ``INTERNAL`` is answered
-``UNAVAILABLE`` (:func:`answered_code`).
+``UNAVAILABLE`` (:func:`answered_code`), and so is a stream in flight on a model whose worker died
+(:meth:`Forwarder.end_streams`).
 """
 
 from __future__ import annotations
@@ -45,12 +46,55 @@ async def _relay_failure(context: grpc.aio.ServicerContext, error: grpc.aio.AioR
     await context.abort(answered_code(error), error.details() or "")
 
 
+class _Stream:
+    """A stream in flight: the models its requests named, and why the front ended it (None: it did not)."""
+
+    def __init__(self, lost_models: dict[str, str]):
+        self.models: set[str] = set()
+        self.ended: str | None = None
+        self.call: grpc.aio.StreamStreamCall | None = None
+        self._lost_models = lost_models
+
+    def end(self, reason: str) -> None:
+        if self.ended is None:
+            self.ended = reason
+            self.call.cancel()
+
+    async def watched(self, requests):
+        """The caller's requests, passed on as they are, each one's model noted; one for a model that lost a
+        worker and is not back ends the stream instead."""
+        from google.protobuf.message import DecodeError
+        from tritonclient.grpc import service_pb2
+
+        async for request in requests:
+            try:
+                model = service_pb2.ModelInferRequest.FromString(request).model_name
+            except DecodeError:
+                model = None  # Triton answers it
+            if model in self._lost_models:
+                self.end(self._lost_models[model])
+                return
+            self.models.add(model)
+            yield request
+
+
 class Forwarder(grpc.GenericRpcHandler):
     """Forwards every method of Triton's inference service over one channel to tritonserver."""
 
     def __init__(self, channel: grpc.aio.Channel):
         self._channel = channel
         self._handlers: dict[str, grpc.RpcMethodHandler] = {}
+        self._streams: set[_Stream] = set()
+        # Models that lost a worker and are not back (a fresh copy loading): their streams are refused, with
+        # this reason. For a worker that died: Triton 2.51 never answers a decoupled model's requests on it.
+        self.lost_models: dict[str, str] = {}
+
+    def end_streams(self, model: str, reason: str) -> int:
+        """End the streams in flight on ``model`` with UNAVAILABLE ``reason``; how many there were."""
+        ending = [stream for stream in self._streams if model in stream.models and stream.ended is None]
+        for stream in ending:
+            stream.end(reason)
+        return len(ending)
 
     def service(self, handler_call_details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
         method = handler_call_details.method
@@ -88,21 +132,33 @@ class Forwarder(grpc.GenericRpcHandler):
         upstream = self._channel.stream_stream(method)
 
         async def forward(requests, context: grpc.aio.ServicerContext):
-            call = upstream(requests, metadata=_forwarded_metadata(context), timeout=context.time_remaining())
+            stream = _Stream(self.lost_models)
+            call = stream.call = upstream(
+                stream.watched(requests), metadata=_forwarded_metadata(context), timeout=context.time_remaining()
+            )
+            self._streams.add(stream)
             try:
                 async for response in call:
                     yield response
                 context.set_trailing_metadata(await call.trailing_metadata() or ())
-            except grpc.aio.AioRpcError as error:
+            except (grpc.aio.AioRpcError, asyncio.CancelledError) as error:
+                if stream.ended is not None:
+                    await context.abort(grpc.StatusCode.UNAVAILABLE, stream.ended)
+                if isinstance(error, asyncio.CancelledError):
+                    raise  # the caller cancelled, or its deadline passed
                 await _relay_failure(context, error)
             finally:
+                self._streams.discard(stream)
                 call.cancel()  # the caller went away (cancelled, deadline): Triton's request is cancelled too
 
         return forward
 
 
-async def start(listen: str, upstream: str, max_request_bytes: int) -> tuple[grpc.aio.Server, grpc.aio.Channel]:
-    """Forward ``listen`` to tritonserver's gRPC port at ``upstream``; returns the server and its channel."""
+async def start(
+    listen: str, upstream: str, max_request_bytes: int
+) -> tuple[grpc.aio.Server, grpc.aio.Channel, Forwarder]:
+    """Forward ``listen`` to tritonserver's gRPC port at ``upstream``; returns the server, its channel and
+    its forwarder."""
     channel = grpc.aio.insecure_channel(
         upstream,
         options=[
@@ -111,8 +167,9 @@ async def start(listen: str, upstream: str, max_request_bytes: int) -> tuple[grp
             ("grpc.max_receive_message_length", -1),
         ],
     )
+    forwarder = Forwarder(channel)
     server = grpc.aio.server(
-        handlers=[Forwarder(channel)],
+        handlers=[forwarder],
         options=[
             ("grpc.max_receive_message_length", max_request_bytes),
             ("grpc.max_send_message_length", -1),
@@ -122,7 +179,7 @@ async def start(listen: str, upstream: str, max_request_bytes: int) -> tuple[grp
     if not server.add_insecure_port(listen):
         raise OSError(f"cannot listen on {listen} (gRPC)")
     await server.start()
-    return server, channel
+    return server, channel, forwarder
 
 
 async def stop(server: grpc.aio.Server, channel: grpc.aio.Channel, grace_s: float) -> None:

@@ -10,7 +10,9 @@ back). Two answers are the front's own:
   bounded steps (aiohttp's server does it), counted inflated and forwarded plain: Triton would have
   inflated a small bomb into any size.
 - **503 for a dead worker**: Triton's 500 ``"Stub process '...' is not healthy."`` (see
-  :func:`genserve.errors.is_restarting`), its body kept; and 503 when tritonserver cannot be reached.
+  :func:`genserve.errors.is_restarting`), its body kept; and 503 when tritonserver cannot be reached. A
+  ``generate_stream`` in flight on a model whose worker died, which Triton never ends, gets an error event
+  and its end (:meth:`Forwarder.end_streams`).
 
 Errors are JSON ``{"error": "..."}``, as Triton's are, so that any KServe v2 client reads them.
 """
@@ -18,6 +20,7 @@ Errors are JSON ``{"error": "..."}``, as Triton's are, so that any KServe v2 cli
 from __future__ import annotations
 
 import json
+import re
 import zlib
 
 import aiohttp
@@ -49,6 +52,8 @@ _HOP_HEADERS = frozenset(
 _INFLATED_ENCODINGS = frozenset({"gzip", "deflate", "br", "zstd"})
 # How much of a 500's body is read to tell a dead worker apart (Triton's error JSON is a line).
 _ERROR_BODY_BYTES = 64 * 1024
+# Triton's streaming endpoint (server-sent events): the model it names.
+_GENERATE_STREAM = re.compile(r"^/v2/models/(?P<model>[^/]+)(?:/versions/[^/]+)?/generate_stream$")
 
 
 class _Refused(Exception):
@@ -115,6 +120,14 @@ def answered_status(status: int, message: str) -> int:
     return 503 if status == 500 and errors.is_restarting(status, message) else status
 
 
+class _Stream:
+    """A ``generate_stream`` in flight: its model, Triton's response, and why the front ended it."""
+
+    def __init__(self, model: str, upstream: aiohttp.ClientResponse):
+        self.model, self.upstream = model, upstream
+        self.ended: str | None = None
+
+
 class Forwarder:
     """Forwards every request to tritonserver's HTTP port at ``upstream`` (``host:port``)."""
 
@@ -122,6 +135,17 @@ class Forwarder:
         self._base = f"http://{upstream}"
         self._limit = max_request_bytes
         self._session: aiohttp.ClientSession | None = None
+        self._streams: set[_Stream] = set()
+        self.lost_models: dict[str, str] = {}  # as genserve.front.grpc_proxy.Forwarder.lost_models
+
+    def end_streams(self, model: str, reason: str) -> int:
+        """End the ``generate_stream`` answers in flight on ``model`` with an error event carrying ``reason``;
+        how many there were (see :meth:`genserve.front.grpc_proxy.Forwarder.end_streams`)."""
+        ending = [stream for stream in self._streams if stream.model == model and stream.ended is None]
+        for stream in ending:
+            stream.ended = reason
+            stream.upstream.close()
+        return len(ending)
 
     async def open(self) -> None:
         self._session = aiohttp.ClientSession(
@@ -136,6 +160,9 @@ class Forwarder:
             await self._session.close()
 
     async def forward(self, request: web.Request) -> web.StreamResponse:
+        stream = _GENERATE_STREAM.match(request.path)
+        if stream and stream["model"] in self.lost_models:
+            return _error(503, self.lost_models[stream["model"]])
         try:
             body = await read_body(request, self._limit)
         except _Refused as refusal:
@@ -163,14 +190,30 @@ class Forwarder:
             return web.Response(status=status, body=body, headers=headers)
         response = web.StreamResponse(status=upstream.status, reason=upstream.reason, headers=headers)
         await response.prepare(request)
-        async for chunk in upstream.content.iter_any():
-            await response.write(chunk)
+        stream = None
+        if (match := _GENERATE_STREAM.match(request.path)) and upstream.status == 200:
+            stream = _Stream(match["model"], upstream)
+            self._streams.add(stream)
+        try:
+            async for chunk in upstream.content.iter_any():
+                await response.write(chunk)
+        except aiohttp.ClientError:
+            if stream is None or stream.ended is None:
+                raise
+        finally:
+            self._streams.discard(stream)
+        if stream is not None and stream.ended is not None:
+            # Triton's own form of an error in a stream of server-sent events.
+            await response.write(b"data: " + json.dumps({"error": stream.ended}).encode() + b"\n\n")
         await response.write_eof()
         return response
 
 
-async def start(listen_host: str, listen_port: int, upstream: str, max_request_bytes: int) -> web.AppRunner:
-    """Forward HTTP on ``listen_host:listen_port`` to tritonserver's HTTP port at ``upstream``."""
+async def start(
+    listen_host: str, listen_port: int, upstream: str, max_request_bytes: int
+) -> tuple[web.AppRunner, Forwarder]:
+    """Forward HTTP on ``listen_host:listen_port`` to tritonserver's HTTP port at ``upstream``; returns the
+    runner (``cleanup()`` stops it) and the forwarder."""
     forwarder = Forwarder(upstream, max_request_bytes)
     await forwarder.open()
     app = web.Application()
@@ -185,4 +228,4 @@ async def start(listen_host: str, listen_port: int, upstream: str, max_request_b
     except OSError as error:
         await runner.cleanup()
         raise OSError(f"cannot listen on {listen_host}:{listen_port} (HTTP): {error}") from None
-    return runner
+    return runner, forwarder
