@@ -171,3 +171,65 @@ def test_serve_without_the_front_leaves_tritons_ports_public(tmp_path):
     finally:
         serve.terminate()
         serve.wait(timeout=120)
+
+
+def test_a_front_without_tritonserver_answers_unavailable_and_follows_lost_models():
+    """The front alone (tritonserver not there): HTTP 503 and gRPC UNAVAILABLE, which any client retries. The
+    lines TritonServer writes on its stdin: after ``lost MODEL`` a stream to that model is refused at once
+    (Triton would never answer it), after ``back MODEL`` it is forwarded again."""
+    import socket
+    import subprocess
+    import sys
+
+    import tritonclient.grpc as grpcclient
+    from tritonclient.utils import InferenceServerException
+
+    from genserve.server import free_ports
+
+    http_port, grpc_port, nobody = free_ports(3)
+    front = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "genserve.front",
+            f"--http-listen=127.0.0.1:{http_port}",
+            f"--http-upstream=127.0.0.1:{nobody}",
+            f"--grpc-listen=127.0.0.1:{grpc_port}",
+            f"--grpc-upstream=127.0.0.1:{nobody}",
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            with socket.socket() as sock:
+                if sock.connect_ex(("127.0.0.1", http_port)) == 0:
+                    break
+            time.sleep(0.1)
+        url, stream = f"127.0.0.1:{http_port}", "/v2/models/sd_text_to_image_stream/generate_stream"
+        status, message = _post(url, "/v2/health/ready")
+        assert status == 503 and "tritonserver cannot be reached" in message, (status, message)
+        with grpcclient.InferenceServerClient(f"127.0.0.1:{grpc_port}") as client:
+            with pytest.raises(InferenceServerException) as error:
+                client.is_server_live()
+        assert error.value.status() == "StatusCode.UNAVAILABLE"
+
+        front.stdin.write(b"lost sd_text_to_image_stream\n")
+        front.stdin.flush()
+        deadline = time.monotonic() + 10
+        while "is not healthy" not in (message := _post(url, stream, b"{}")[1]) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert "Stub process of model 'sd_text_to_image_stream' is not healthy" in message, message
+        assert "cannot be reached" in _post(url, "/v2/models/other/generate_stream", b"{}")[1]  # others pass
+
+        front.stdin.write(b"back sd_text_to_image_stream\n")
+        front.stdin.flush()
+        deadline = time.monotonic() + 10
+        while "cannot be reached" not in (message := _post(url, stream, b"{}")[1]) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert "cannot be reached" in message, message
+    finally:
+        front.terminate()
+        front.wait(timeout=30)

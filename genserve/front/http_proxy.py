@@ -168,18 +168,18 @@ class Forwarder:
         except _Refused as refusal:
             return _error(refusal.status, str(refusal))
         try:
-            async with self._session.request(
+            upstream = await self._session.request(
                 request.method,
                 URL(self._base + request.raw_path, encoded=True),
                 headers=_upstream_headers(request),
                 data=body or None,
                 allow_redirects=False,
-            ) as upstream:
-                return await self._answer(request, upstream)
+            )
         except aiohttp.ClientConnectionError as error:
-            if request.transport is None or request.transport.is_closing():
-                raise  # the caller went away: nobody to answer
             return _error(503, f"tritonserver cannot be reached (it may be restarting): {error}")
+        async with upstream:
+            # Once the answer has begun, a failure can only cut it short (aiohttp closes the connection).
+            return await self._answer(request, upstream)
 
     async def _answer(self, request: web.Request, upstream: aiohttp.ClientResponse) -> web.StreamResponse:
         headers = _response_headers(upstream)
