@@ -71,17 +71,15 @@ async def serve(args: argparse.Namespace) -> None:
         loop.add_signal_handler(signum, stopping.set)
     grpc_server = http_runner = None
     forwarders = []
+    lost_models: dict[str, str] = {}  # the forwarders refuse these models' streams, with this reason
 
     def on_event(event: str, model: str) -> None:
         if event == "back":
-            for forwarder in forwarders:
-                forwarder.lost_models.pop(model, None)
+            lost_models.pop(model, None)
             logger.info("%s is back: its streams are forwarded again", model)
             return
-        ended = 0
-        for forwarder in forwarders:
-            forwarder.lost_models[model] = lost_worker_message(model)
-            ended += forwarder.end_streams(model, lost_worker_message(model))
+        lost_models[model] = lost_worker_message(model)
+        ended = sum(forwarder.end_streams(model, lost_models[model]) for forwarder in forwarders)
         logger.warning(
             "a worker of %s died: %d stream(s) in flight on it ended, new ones refused until it is back (UNAVAILABLE)",
             model,
@@ -91,12 +89,16 @@ async def serve(args: argparse.Namespace) -> None:
     follower = asyncio.create_task(_follow_models(on_event))
     try:
         if args.grpc_listen:
-            grpc_server = await grpc_proxy.start(args.grpc_listen, args.grpc_upstream, args.max_request_bytes)
+            grpc_server = await grpc_proxy.start(
+                args.grpc_listen, args.grpc_upstream, args.max_request_bytes, lost_models
+            )
             forwarders.append(grpc_server[2])
             logger.info("gRPC: forwarding %s to %s", args.grpc_listen, args.grpc_upstream)
         if args.http_listen:
             host, port = _host_and_port(args.http_listen)
-            http_runner, http_forwarder = await http_proxy.start(host, port, args.http_upstream, args.max_request_bytes)
+            http_runner, http_forwarder = await http_proxy.start(
+                host, port, args.http_upstream, args.max_request_bytes, lost_models
+            )
             forwarders.append(http_forwarder)
             logger.info("HTTP: forwarding %s to %s", args.http_listen, args.http_upstream)
         logger.info("requests up to %d bytes", args.max_request_bytes)

@@ -81,13 +81,14 @@ class _Stream:
 class Forwarder(grpc.GenericRpcHandler):
     """Forwards every method of Triton's inference service over one channel to tritonserver."""
 
-    def __init__(self, channel: grpc.aio.Channel):
+    def __init__(self, channel: grpc.aio.Channel, lost_models: dict[str, str]):
         self._channel = channel
         self._handlers: dict[str, grpc.RpcMethodHandler] = {}
         self._streams: set[_Stream] = set()
-        # Models that lost a worker and are not back (a fresh copy loading): their streams are refused, with
-        # this reason. For a worker that died: Triton 2.51 never answers a decoupled model's requests on it.
-        self.lost_models: dict[str, str] = {}
+        # Models that lost a worker and are not back (a fresh copy loading), and why: their streams are
+        # refused (the front's process keeps it). Triton 2.51 never answers a decoupled model's requests on
+        # a dead worker.
+        self._lost_models = lost_models
 
     def end_streams(self, model: str, reason: str) -> int:
         """End the streams in flight on ``model`` with UNAVAILABLE ``reason``; how many there were."""
@@ -132,7 +133,7 @@ class Forwarder(grpc.GenericRpcHandler):
         upstream = self._channel.stream_stream(method)
 
         async def forward(requests, context: grpc.aio.ServicerContext):
-            stream = _Stream(self.lost_models)
+            stream = _Stream(self._lost_models)
             call = stream.call = upstream(
                 stream.watched(requests), metadata=_forwarded_metadata(context), timeout=context.time_remaining()
             )
@@ -155,7 +156,7 @@ class Forwarder(grpc.GenericRpcHandler):
 
 
 async def start(
-    listen: str, upstream: str, max_request_bytes: int
+    listen: str, upstream: str, max_request_bytes: int, lost_models: dict[str, str]
 ) -> tuple[grpc.aio.Server, grpc.aio.Channel, Forwarder]:
     """Forward ``listen`` to tritonserver's gRPC port at ``upstream``; returns the server, its channel and
     its forwarder."""
@@ -167,7 +168,7 @@ async def start(
             ("grpc.max_receive_message_length", -1),
         ],
     )
-    forwarder = Forwarder(channel)
+    forwarder = Forwarder(channel, lost_models)
     server = grpc.aio.server(
         handlers=[forwarder],
         options=[

@@ -131,12 +131,12 @@ class _Stream:
 class Forwarder:
     """Forwards every request to tritonserver's HTTP port at ``upstream`` (``host:port``)."""
 
-    def __init__(self, upstream: str, max_request_bytes: int):
+    def __init__(self, upstream: str, max_request_bytes: int, lost_models: dict[str, str]):
         self._base = f"http://{upstream}"
         self._limit = max_request_bytes
         self._session: aiohttp.ClientSession | None = None
         self._streams: set[_Stream] = set()
-        self.lost_models: dict[str, str] = {}  # as genserve.front.grpc_proxy.Forwarder.lost_models
+        self._lost_models = lost_models  # as genserve.front.grpc_proxy.Forwarder's
 
     def end_streams(self, model: str, reason: str) -> int:
         """End the ``generate_stream`` answers in flight on ``model`` with an error event carrying ``reason``;
@@ -161,8 +161,8 @@ class Forwarder:
 
     async def forward(self, request: web.Request) -> web.StreamResponse:
         stream = _GENERATE_STREAM.match(request.path)
-        if stream and stream["model"] in self.lost_models:
-            return _error(503, self.lost_models[stream["model"]])
+        if stream and stream["model"] in self._lost_models:
+            return _error(503, self._lost_models[stream["model"]])
         try:
             body = await read_body(request, self._limit)
         except _Refused as refusal:
@@ -210,11 +210,11 @@ class Forwarder:
 
 
 async def start(
-    listen_host: str, listen_port: int, upstream: str, max_request_bytes: int
+    listen_host: str, listen_port: int, upstream: str, max_request_bytes: int, lost_models: dict[str, str]
 ) -> tuple[web.AppRunner, Forwarder]:
     """Forward HTTP on ``listen_host:listen_port`` to tritonserver's HTTP port at ``upstream``; returns the
     runner (``cleanup()`` stops it) and the forwarder."""
-    forwarder = Forwarder(upstream, max_request_bytes)
+    forwarder = Forwarder(upstream, max_request_bytes, lost_models)
     await forwarder.open()
     app = web.Application()
     app.router.add_route("*", "/{path:.*}", forwarder.forward)
