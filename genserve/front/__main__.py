@@ -37,10 +37,7 @@ def _upstream_alive(pid: int | None) -> bool:
 
 
 def lost_worker_message(model: str) -> str:
-    return (
-        f"Stub process of model '{model}' is not healthy: its worker died under this request, "
-        "and a new one is loading; retry it"
-    )
+    return f"a worker of model '{model}' died under this request, and a fresh copy is loading: retry it"
 
 
 async def _follow_models(on_event) -> None:
