@@ -6,6 +6,8 @@ from __future__ import annotations
 import contextlib
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -21,6 +23,32 @@ def loopback_server(tmp_path_factory, repositories, **options):
     log_path = tmp_path_factory.mktemp("triton") / "tritonserver.log"
     with TritonServer.on_loopback(repositories, log_path=log_path, **options) as server:
         yield server
+
+
+class PeakRss:
+    """A process's resident memory, sampled every 10 ms inside ``with``: ``before`` and ``peak`` in bytes."""
+
+    def __init__(self, pid: int):
+        import psutil
+
+        self._process = psutil.Process(pid)
+        self.before = self.peak = self._process.memory_info().rss
+        self._sampling = threading.Event()
+        self._thread = threading.Thread(target=self._sample)
+
+    def _sample(self) -> None:
+        while self._sampling.is_set():
+            self.peak = max(self.peak, self._process.memory_info().rss)
+            time.sleep(0.01)
+
+    def __enter__(self) -> PeakRss:
+        self._sampling.set()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self._sampling.clear()
+        self._thread.join()
 
 
 def port_arguments(http: int, grpc: int, metrics: int, log_file: Path) -> list[str]:

@@ -5,14 +5,13 @@ from __future__ import annotations
 import gzip
 import http.client
 import json
-import threading
 import time
 
 import grpc
 import numpy as np
 import psutil
 import pytest
-from fixtures_server import start_serve
+from fixtures_server import PeakRss, start_serve
 
 from genserve import config
 from genserve.front.grpc_proxy import answered_code
@@ -81,19 +80,8 @@ def test_http_requests_above_the_limit_are_refused_before_triton_reads_them(trit
 
     from genserve.protocol import FACE_SWAP
 
-    triton = psutil.Process(triton_server._process.pid)
-    before, peak, sending = triton.memory_info().rss, [0], threading.Event()
-
-    def watch():  # tritonserver's RSS, sampled while the requests are sent
-        while sending.is_set():
-            peak[0] = max(peak[0], triton.memory_info().rss)
-            time.sleep(0.01)
-
     limit, path = str(config.MAX_REQUEST_BYTES), "/v2/models/face_swap/infer"
-    sending.set()
-    watcher = threading.Thread(target=watch)
-    watcher.start()
-    try:
+    with PeakRss(triton_server._process.pid) as rss:  # tritonserver's, while the requests are sent
         # Only the headers are sent: the front answers from the declared length, without waiting for a byte.
         connection = http.client.HTTPConnection(triton_server.http_url, timeout=30)
         started = time.monotonic()
@@ -118,20 +106,17 @@ def test_http_requests_above_the_limit_are_refused_before_triton_reads_them(trit
             pytest.raises(InferenceServerException) as error,
         ):
             client.infer("face_swap", [ori, target])
-    finally:
-        sending.clear()
-        watcher.join()
     print(
         f"\ndeclared 500 MB: {declared[0]} in {declared[2] * 1000:.1f} ms; chunked: {chunked[0]}; gzip bomb of "
         f"{len(bomb)} bytes: {inflated[0]}; 200 MB tritonclient: {error.value.status()}; tritonserver RSS "
-        f"{before / 2**20:.0f} MiB before, {peak[0] / 2**20:.0f} MiB at most"
+        f"{rss.before / 2**20:.0f} MiB before, {rss.peak / 2**20:.0f} MiB at most"
     )
     assert declared[0] == 413 and limit in declared[1] and str(500 * 2**20) in declared[1]
     assert declared[2] < 5  # nothing but the headers was sent: it cannot have waited for the body
     assert chunked[0] == 413 and limit in chunked[1]
     assert inflated[0] == 413 and limit in inflated[1]
     assert error.value.status() == "413" and limit in error.value.message()
-    assert peak[0] < before + 50 * 2**20, (before, peak[0])
+    assert rss.peak < rss.before + 50 * 2**20, (rss.before, rss.peak)
 
     inputs = FACE_SWAP.encode_request(
         ori_image=(faces_dir / ORI).read_bytes(), target_image=(faces_dir / TARGET).read_bytes()
@@ -216,19 +201,19 @@ def test_a_front_without_tritonserver_answers_unavailable_and_follows_lost_model
                 client.is_server_live()
         assert error.value.status() == "StatusCode.UNAVAILABLE"
 
-        front.stdin.write(b"lost sd_text_to_image_stream\n")
-        front.stdin.flush()
-        deadline = time.monotonic() + 10
-        while "died" not in (message := _post(url, stream, b"{}")[1]) and time.monotonic() < deadline:
-            time.sleep(0.1)
+        def tell(line: bytes, answer: str) -> str:
+            """Write ``line`` on the front's stdin; the stream's answer once it holds ``answer`` (10 s at most)."""
+            front.stdin.write(line)
+            front.stdin.flush()
+            deadline = time.monotonic() + 10
+            while answer not in (message := _post(url, stream, b"{}")[1]) and time.monotonic() < deadline:
+                time.sleep(0.1)
+            return message
+
+        message = tell(b"lost sd_text_to_image_stream\n", "died")
         assert "a worker of model 'sd_text_to_image_stream' died" in message, message
         assert "cannot be reached" in _post(url, "/v2/models/other/generate_stream", b"{}")[1]  # others pass
-
-        front.stdin.write(b"back sd_text_to_image_stream\n")
-        front.stdin.flush()
-        deadline = time.monotonic() + 10
-        while "cannot be reached" not in (message := _post(url, stream, b"{}")[1]) and time.monotonic() < deadline:
-            time.sleep(0.1)
+        message = tell(b"back sd_text_to_image_stream\n", "cannot be reached")
         assert "cannot be reached" in message, message
     finally:
         front.terminate()

@@ -14,6 +14,7 @@ import urllib.error
 import urllib.request
 
 import pytest
+from fixtures_server import PeakRss
 
 from genserve import config
 from genserve.client import Client, ClientPool, RequestError
@@ -257,43 +258,28 @@ def test_an_oversized_request_is_refused_before_triton_gets_it(triton_server, fa
     naming the limit, in seconds, and tritonserver's memory never holds it (Triton 2.51 has no byte limit:
     sent to its own port, the same request made it 530 MiB larger before it was refused; issue 23, item 6)."""
     import numpy as np
-    import psutil
     import tritonclient.grpc as grpcclient
     from tritonclient.utils import InferenceServerException
-
-    triton = psutil.Process(triton_server._process.pid)
-    before, peak, sending = triton.memory_info().rss, [0], threading.Event()
-
-    def watch():  # tritonserver's RSS, sampled while the request is sent
-        while sending.is_set():
-            peak[0] = max(peak[0], triton.memory_info().rss)
-            time.sleep(0.01)
 
     ori = grpcclient.InferInput("ORI_IMAGE", [1], "BYTES")
     ori.set_data_from_numpy(np.array([bytes(500 * 2**20)], dtype=object))
     target = grpcclient.InferInput("TARGET_IMAGE", [1], "BYTES")
     target.set_data_from_numpy(np.array([(faces_dir / TARGET).read_bytes()], dtype=object))
-    sending.set()
-    watcher = threading.Thread(target=watch)
-    watcher.start()
     started = time.monotonic()
-    try:
-        with (
-            grpcclient.InferenceServerClient(triton_server.grpc_url) as client,
-            pytest.raises(InferenceServerException) as error,
-        ):
-            client.infer("face_swap", [ori, target])
-    finally:
-        seconds = time.monotonic() - started
-        sending.clear()
-        watcher.join()
+    with (
+        PeakRss(triton_server._process.pid) as rss,  # tritonserver's, while the request is sent
+        grpcclient.InferenceServerClient(triton_server.grpc_url) as client,
+        pytest.raises(InferenceServerException) as error,
+    ):
+        client.infer("face_swap", [ori, target])
+    seconds = time.monotonic() - started
     print(
-        f"\n500 MB request: {error.value.status()} in {seconds:.2f} s; tritonserver RSS {before / 2**20:.0f} MiB "
-        f"before, {peak[0] / 2**20:.0f} MiB at most while it was sent"
+        f"\n500 MB request: {error.value.status()} in {seconds:.2f} s; tritonserver RSS {rss.before / 2**20:.0f} MiB "
+        f"before, {rss.peak / 2**20:.0f} MiB at most while it was sent"
     )
     assert error.value.status() == "StatusCode.RESOURCE_EXHAUSTED", error.value.message()
     assert str(config.MAX_REQUEST_BYTES) in error.value.message()
     assert seconds < 20  # this client serializing and sending it: 4 s here (2 shared cores)
-    assert peak[0] < before + 50 * 2**20, (before, peak[0])
+    assert rss.peak < rss.before + 50 * 2**20, (rss.before, rss.peak)
     with Client(triton_server.grpc_url, retry_policy=RetryPolicy(retries=0)) as client:
         client.swap_face(faces_dir / ORI, faces_dir / TARGET, compute_identity=False)  # serves the next
