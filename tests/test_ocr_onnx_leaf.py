@@ -216,18 +216,13 @@ def test_concurrent_requests_of_mixed_shapes_each_get_their_own_result(leaf_serv
     from genserve.client import Client
 
     rng = np.random.default_rng(2)
-    inputs = [rng.random((1 + i % 3, 4 if i % 2 else 9), dtype=np.float32) for i in range(24)]
-
-    # One client per thread, reused: requests then arrive together (a new connection per request
-    # spreads them out on a busy host, and nothing meets in the batcher).
-    local = threading.local()
-    clients = []
-
-    def one(x):
-        if not hasattr(local, "client"):
-            local.client = Client(leaf_server.grpc_url)
-            clients.append(local.client)
-        return local.client.infer("affine_default", {"INPUT": x}, ["OUTPUT", "TOTAL"])
+    threads = 8
+    # Three waves of eight requests: row counts mixed within a wave, the width changing between waves.
+    # Triton's batcher merges only requests of the same non-batch shape that queue next to each other,
+    # so each wave is one width and is released at once by a barrier: arrival order and a busy host's
+    # timing then cannot keep every request apart (alternating widths did, now and then, on CI).
+    waves = [[rng.random((1 + i % 3, width), dtype=np.float32) for i in range(threads)] for width in (9, 4, 9)]
+    clients = [Client(leaf_server.grpc_url) for _ in range(threads)]
 
     def counts():
         import tritonclient.http as httpclient
@@ -237,11 +232,22 @@ def test_concurrent_requests_of_mixed_shapes_each_get_their_own_result(leaf_serv
         return int(stats["inference_stats"]["success"]["count"]), int(stats["execution_count"])
 
     requests_before, runs_before = counts()
-    with ThreadPoolExecutor(max_workers=8) as pool:
-        results = list(pool.map(one, inputs))
-    for client in clients:
-        client.close()
-    for x, out in zip(inputs, results):
+    results = []
+    try:
+        with ThreadPoolExecutor(max_workers=threads) as pool:
+            for wave in waves:
+                start = threading.Barrier(threads)
+
+                def one(j, x, start=start):
+                    start.wait(timeout=30)
+                    return clients[j].infer("affine_default", {"INPUT": x}, ["OUTPUT", "TOTAL"])
+
+                results += list(pool.map(one, range(threads), wave))
+    finally:
+        for client in clients:
+            client.close()
+    inputs = [x for wave in waves for x in wave]
+    for x, out in zip(inputs, results, strict=True):
         np.testing.assert_array_equal(out["OUTPUT"], x * 2 + 1)
         np.testing.assert_allclose(out["TOTAL"], x.sum(axis=1, keepdims=True), rtol=1e-6)
     requests, runs = counts()
