@@ -352,8 +352,7 @@ class Client(TaskMethods):
             import tritonclient.http as tritonclient
 
             self._grpc_client = None
-            self._http_clients: list = []  # every thread's, for close()
-            self._per_thread = threading.local()
+            self._http_clients: dict[threading.Thread, object] = {}  # each live thread's (see _client)
             self._lock = threading.Lock()
         self._triton = tritonclient
 
@@ -364,14 +363,21 @@ class Client(TaskMethods):
         another thread once that one has ended, they fail ("cannot switch to a different thread")."""
         if self._grpc_client is not None:
             return self._grpc_client
-        client = getattr(self._per_thread, "client", None)
+        thread = threading.current_thread()
+        client = self._http_clients.get(thread)
         if client is None:
             # The HTTP client's timeouts are per connection.
-            client = self._per_thread.client = self._triton.InferenceServerClient(
+            client = self._triton.InferenceServerClient(
                 self.url, connection_timeout=min(self.timeout_s or 60.0, 60.0), network_timeout=self.timeout_s or 1e9
             )
             with self._lock:
-                self._http_clients.append(client)
+                # Ended threads' clients are closed here, so that a long-lived client whose threads come and
+                # go keeps one connection pool per live thread, not one per thread it ever served.
+                ended = [other for other in self._http_clients if not other.is_alive()]
+                ended_clients = [self._http_clients.pop(other) for other in ended]
+                self._http_clients[thread] = client
+            for ended_client in ended_clients:
+                ended_client.close()
         return client
 
     def close(self) -> None:
@@ -379,7 +385,7 @@ class Client(TaskMethods):
             self._grpc_client.close()
             return
         with self._lock:
-            clients, self._http_clients = self._http_clients, []
+            clients, self._http_clients = list(self._http_clients.values()), {}
         for client in clients:
             client.close()
 

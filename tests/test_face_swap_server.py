@@ -41,6 +41,17 @@ def test_one_client_serves_threads_that_come_and_go(client, faces_dir):
         except Exception as error:  # noqa: BLE001 - every failure is the finding
             failures.append(f"{type(error).__name__}: {error}")
 
+    def connections() -> int:
+        """This process's open connections to the server."""
+        import psutil
+
+        port = int(client.url.rpartition(":")[2])
+        return sum(
+            1
+            for connection in psutil.Process().net_connections(kind="tcp")
+            if connection.raddr and connection.raddr.port == port and connection.status == psutil.CONN_ESTABLISHED
+        )
+
     for _ in range(3):  # three generations of two threads each
         threads = [threading.Thread(target=swap) for _ in range(2)]
         for thread in threads:
@@ -48,6 +59,12 @@ def test_one_client_serves_threads_that_come_and_go(client, faces_dir):
         for thread in threads:
             thread.join()
     assert not failures, failures
+    # A thread of a fourth generation closes what the ended ones held: one thread, one connection.
+    thread = threading.Thread(target=swap)
+    thread.start()
+    thread.join()
+    assert not failures, failures
+    assert connections() <= 1
 
 
 def test_served_swap_has_the_target_identity(client, faces_dir, analyzer):
