@@ -1,11 +1,12 @@
 """The front's gRPC side: Triton's inference service forwarded as raw bytes.
 
-Every method of ``inference.GRPCInferenceService`` is forwarded without protobuf parsing, unary calls
-unary and ``ModelStreamInfer`` as a stream, with the caller's metadata (the admin key header), deadline and
-cancellation, and Triton's status, details and trailing metadata back. A request above the byte limit is
-refused by gRPC's own limit (``grpc.max_receive_message_length``: ``RESOURCE_EXHAUSTED``, the message naming
-the limit) from its length prefix, before Triton gets a byte; a dead worker's ``INTERNAL`` is answered
-``UNAVAILABLE`` (:func:`answered_code`), and so is a stream in flight on a model whose worker died
+Every method of ``inference.GRPCInferenceService`` is forwarded as the bytes it came as, unary calls unary
+and ``ModelStreamInfer`` as a stream (whose requests alone are parsed, for the model each names), with the
+caller's metadata (the admin key header), deadline and cancellation, and Triton's status, details and
+trailing metadata back. A request above the byte limit is refused by gRPC's own limit
+(``grpc.max_receive_message_length``: ``RESOURCE_EXHAUSTED``, the message naming the limit) from its length
+prefix, before Triton gets a byte; a dead worker's ``INTERNAL`` is answered ``UNAVAILABLE``
+(:func:`answered_code`), and so is a stream in flight on a model whose worker died
 (:meth:`Forwarder.end_streams`).
 """
 
