@@ -372,11 +372,8 @@ def test_concurrent_requests_share_the_denoiser(family, streamed, diffusion_serv
         seed: dclient.text_to_image(PROMPT, model=pipeline_model, steps=3, seed=seed, width=SIZE, height=SIZE)
         for seed in seeds
     }
-    before = _model_stats(diffusion_server, denoiser)
-    before_pipeline = _model_stats(diffusion_server, served_model)
-    results, errors = {}, []
 
-    def one(seed):
+    def one(seed, results, errors):
         try:
             with Client(diffusion_server.grpc_url) as client:
                 results[seed] = client.text_to_image(
@@ -391,31 +388,44 @@ def test_concurrent_requests_share_the_denoiser(family, streamed, diffusion_serv
         except Exception as error:  # noqa: BLE001
             errors.append(error)
 
-    threads = [threading.Thread(target=one, args=(seed,)) for seed in seeds]
-    started = time.perf_counter()
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    wall_ms = 1e3 * (time.perf_counter() - started)
-    assert not errors
-    for seed in seeds:  # batched or not, the same image: ONNX Runtime's kernels at another batch size round
-        # differently, and the random-weight model amplifies that in a few grey levels, never into another image
-        mse = np.mean((pixels(results[seed]).astype(np.float64) - pixels(sequential[seed])) ** 2)
-        assert 10 * np.log10(255**2 / max(mse, 1e-12)) > 35, (seed, mse)  # PSNR in dB
-    after = _model_stats(diffusion_server, denoiser)
-    requests = int(after["inference_stats"]["success"]["count"]) - int(before["inference_stats"]["success"]["count"])
-    executions = int(after["execution_count"]) - int(before["execution_count"])
-    pipeline = _model_stats(diffusion_server, served_model)
-    queued_ms = (_queue_ns(pipeline) - _queue_ns(before_pipeline)) / 4e6
-    # The hand-over time is a figure to read, not to assert: on a busy 2-core host the instance's main
-    # thread waits for the GIL behind the workers (0.1-27 % of the run measured on CI).
-    print(
-        f"\n{denoiser} under 4 concurrent requests: {requests} requests ran in {executions} executions; "
-        f"{served_model} queued {queued_ms:.2f} ms per request ({100 * queued_ms / wall_ms:.1f} % of the run)"
-    )
-    assert requests == 4 * calls
-    assert executions < requests  # merged across requests: they were in the model at the same time
+    # Whether the four requests are in the model at the same time is up to the host's scheduler: on a loaded
+    # CI host the instance once took them 0.5 s apart, and each ran alone. Up to three rounds: a denoiser that
+    # cannot batch, or pipelines that run one request at a time, never merge in any of them.
+    rounds = []
+    for _ in range(3):
+        before = _model_stats(diffusion_server, denoiser)
+        before_pipeline = _model_stats(diffusion_server, served_model)
+        results, errors = {}, []
+        threads = [threading.Thread(target=one, args=(seed, results, errors)) for seed in seeds]
+        started = time.perf_counter()
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        wall_ms = 1e3 * (time.perf_counter() - started)
+        assert not errors
+        for seed in seeds:  # batched or not, the same image: ONNX Runtime's kernels at another batch size round
+            # differently, and the random-weight model amplifies that in a few grey levels, never into another image
+            mse = np.mean((pixels(results[seed]).astype(np.float64) - pixels(sequential[seed])) ** 2)
+            assert 10 * np.log10(255**2 / max(mse, 1e-12)) > 35, (seed, mse)  # PSNR in dB
+        after = _model_stats(diffusion_server, denoiser)
+        requests = int(after["inference_stats"]["success"]["count"]) - int(
+            before["inference_stats"]["success"]["count"]
+        )
+        executions = int(after["execution_count"]) - int(before["execution_count"])
+        pipeline = _model_stats(diffusion_server, served_model)
+        queued_ms = (_queue_ns(pipeline) - _queue_ns(before_pipeline)) / 4e6
+        # The hand-over time is a figure to read, not to assert: on a busy 2-core host the instance's main
+        # thread waits for the GIL behind the workers (0.1-40 % of the run measured on CI).
+        print(
+            f"\n{denoiser} under 4 concurrent requests: {requests} requests ran in {executions} executions; "
+            f"{served_model} queued {queued_ms:.2f} ms per request ({100 * queued_ms / wall_ms:.1f} % of the run)"
+        )
+        assert requests == 4 * calls
+        rounds.append(executions)
+        if executions < requests:  # merged across requests: they were in the model at the same time
+            break
+    assert min(rounds) < 4 * calls, f"{4 * calls} denoiser requests ran in {rounds} executions: none merged"
 
 
 def test_streaming_reports_every_step(dclient):
