@@ -46,7 +46,7 @@ def timed_stop(server) -> float:
 
 
 def test_a_streaming_model_unloads_after_its_requests_were_refused_and_expired(sd_repo, tmp_path):
-    """A burst of streamed requests beyond the backlog, each with a 1 s deadline: some refused, the rest
+    """A burst of streamed requests beyond the backlog, each with a 3 s deadline: some refused, the rest
     given up by their clients. Stopping the server then took the whole exit timeout: a request that
     Triton's own queue refused (full) keeps a decoupled model loaded for good (Triton 2.51). After a drain
     that emptied the server, ``stop`` no longer waits for such a model: it takes as long as after a quiet run."""
@@ -63,14 +63,17 @@ def test_a_streaming_model_unloads_after_its_requests_were_refused_and_expired(s
     burst = config.stream_backlog(4) + 8
     start = threading.Barrier(burst)
 
+    # A 3 s deadline and connected clients: with 1 s, a loaded CI host once spread the burst's arrival so
+    # wide that the first requests had expired (and left the backlog) before the last came, and none was refused.
     def stream(_):
-        with Client(server.grpc_url, timeout_s=1.0, retry_policy=ONCE) as client:
+        with Client(server.grpc_url, timeout_s=3.0, retry_policy=ONCE) as client:
+            assert client.is_ready("sd_text_to_image_stream")
             start.wait()
             try:
                 client.text_to_image(
                     "a lighthouse",
                     model="sd_text_to_image",
-                    steps=200,
+                    steps=500,  # never done within the deadline
                     width=SIZE,
                     height=SIZE,
                     progress=lambda _: None,
