@@ -60,30 +60,33 @@ def test_a_streaming_model_unloads_after_its_requests_were_refused_and_expired(s
     quiet = timed_stop(server)
 
     server = serve(sd_repo, tmp_path, models=models, exit_timeout_s=30)
-    burst = config.stream_backlog(4) + 8
-    start = threading.Barrier(burst)
+    # Clients connected before the burst, with a 3 s deadline: with 1 s, a loaded CI host once spread the
+    # burst's arrival so wide that the first requests had expired (and left the backlog) before the last came,
+    # and none was refused.
+    clients = [Client(server.grpc_url, timeout_s=3.0, retry_policy=ONCE) for _ in range(config.stream_backlog(4) + 8)]
+    for client in clients:
+        assert client.is_ready("sd_text_to_image_stream")
+    start = threading.Barrier(len(clients))
 
-    # A 3 s deadline and connected clients: with 1 s, a loaded CI host once spread the burst's arrival so
-    # wide that the first requests had expired (and left the backlog) before the last came, and none was refused.
-    def stream(_):
-        with Client(server.grpc_url, timeout_s=3.0, retry_policy=ONCE) as client:
-            assert client.is_ready("sd_text_to_image_stream")
-            start.wait()
-            try:
-                client.text_to_image(
-                    "a lighthouse",
-                    model="sd_text_to_image",
-                    steps=500,  # never done within the deadline
-                    width=SIZE,
-                    height=SIZE,
-                    progress=lambda _: None,
-                )
-                return "ok"
-            except RequestError as error:
-                return error.code
+    def stream(client):
+        start.wait()
+        try:
+            client.text_to_image(
+                "a lighthouse",
+                model="sd_text_to_image",
+                steps=500,  # never done within the deadline
+                width=SIZE,
+                height=SIZE,
+                progress=lambda _: None,
+            )
+            return "ok"
+        except RequestError as error:
+            return error.code
 
-    with ThreadPoolExecutor(burst) as pool:
-        outcomes = list(pool.map(stream, range(burst)))
+    with ThreadPoolExecutor(len(clients)) as pool:
+        outcomes = list(pool.map(stream, clients))
+    for client in clients:
+        client.close()
     assert "UNAVAILABLE" in outcomes and "DEADLINE_EXCEEDED" in outcomes, outcomes
     time.sleep(2)
     after_burst = timed_stop(server)
