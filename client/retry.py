@@ -7,7 +7,9 @@ model's queue when its client has given up is dropped there instead of run (the 
 
 What is retried is the error table's to say (:mod:`genserve.errors`: ``retriable``), with exponential
 backoff and jitter: the server unreachable, restarting or draining (UNAVAILABLE); a worker process that
-died, replaced by the server's watchdog; a model being reloaded. Never retried: a refused request
+died, replaced by the server's watchdog; a model being reloaded. The last two are retried until the
+deadline, however many tries that takes (``until_deadline``): a large model's fresh copy takes minutes
+to load, and the server says that it will be back. Never retried: a refused request
 (INVALID_ARGUMENT: the same request fails the same way), DEADLINE_EXCEEDED (the time is spent; sending
 again would only add work to a loaded server) and a model's own failure (INTERNAL with the model's
 message). Overload (a full queue or backlog) is the caller's to know at once: a server is not retried
@@ -50,12 +52,15 @@ class RetryPolicy:
 
     def delay(self, error, attempt: int, deadline: float | None, *, other_replica: bool = False) -> float | None:
         """Seconds to wait before retry ``attempt`` (0: the first retry) of a failed call, or None when
-        it is not retried: not retriable, no retries left, the deadline comes first, or an overloaded
-        server that only ``other_replica`` (the next try goes elsewhere) would retry."""
+        it is not retried: not retriable, no retries left (a kind retried ``until_deadline`` has them while
+        ``retries`` is not 0), the deadline comes first, or an overloaded server that only ``other_replica``
+        (the next try goes elsewhere) would retry."""
         kind = kind_of(error)
-        if not kind.retriable or attempt >= self.retries or (kind.elsewhere_only and not other_replica):
+        if not kind.retriable or self.retries == 0 or (kind.elsewhere_only and not other_replica):
             return None
-        delay = random.uniform(0.5, 1.0) * min(self.max_backoff_s, self.backoff_s * 2**attempt)
+        if attempt >= self.retries and not kind.until_deadline:
+            return None
+        delay = random.uniform(0.5, 1.0) * min(self.max_backoff_s, self.backoff_s * 2 ** min(attempt, 32))
         if deadline is not None and time.monotonic() + delay >= deadline:
             return None
         return delay

@@ -70,6 +70,9 @@ class ErrorKind:
     retriable: bool  # another try may pass
     marker: str = ""  # how its message starts, where the code may not travel
     elsewhere_only: bool = False  # retried only on another server (overload: this one just said no)
+    # Retried until the call's deadline, however many tries that takes: the server said that it passes once a
+    # model's fresh copy is loaded, which for a large model takes longer than a few backoffs.
+    until_deadline: bool = False
 
     @property
     def metric_label(self) -> str:
@@ -81,7 +84,8 @@ class ErrorKind:
         return message if message.startswith(self.marker) else self.marker + message
 
 
-# Columns: name, raised by, Triton code, gRPC status, HTTP status, retriable (then marker, elsewhere only).
+# Columns: name, raised by, Triton code, gRPC status, HTTP status, retriable (then marker, elsewhere only,
+# until deadline).
 INVALID_INPUT = ErrorKind(
     "invalid input", InvalidInputError, "INVALID_ARG", "INVALID_ARGUMENT", 400, False, marker="invalid input: "
 )
@@ -92,16 +96,21 @@ OVERLOADED = ErrorKind(
     "overloaded", Overloaded, "UNAVAILABLE", "UNAVAILABLE", 503, True, marker="overloaded: ", elsewhere_only=True
 )
 UNREACHABLE = ErrorKind("unreachable", None, None, "UNAVAILABLE", None, True)  # see UNREACHABLE_MESSAGES
+# A stream on a model whose worker died, or one sent before its fresh copy is loaded: genserve.front ends or
+# refuses it (Triton 2.51 would never answer it).
+REPLACING = ErrorKind(
+    "replacing", None, None, "UNAVAILABLE", 503, True, marker="worker replaced: ", until_deadline=True
+)
 # Triton's HTTP front end answers CANCELLED with 400, as it does INVALID_ARG: neither is retried.
 CANCELLED = ErrorKind("cancelled", RequestCancelled, "CANCELLED", "CANCELLED", 400, False)
 FAILED = ErrorKind("failed", None, "INTERNAL", "INTERNAL", 500, False)  # a model's own failure: any other exception
 # A dead worker's request, as Triton answers it (INTERNAL, 500); genserve.front answers it UNAVAILABLE / 503 (the
 # UNAVAILABLE row): see is_restarting.
-RESTARTING = ErrorKind("restarting", None, None, "INTERNAL", 500, True)  # see TRANSIENT_MESSAGES
+RESTARTING = ErrorKind("restarting", None, None, "INTERNAL", 500, True, until_deadline=True)  # see TRANSIENT_MESSAGES
 # A request above the server's byte limit, refused by genserve.front before Triton reads it.
 TOO_LARGE = ErrorKind("too large", None, None, "RESOURCE_EXHAUSTED", 413, False)
 NOT_FOUND = ErrorKind("not found", None, None, "NOT_FOUND", 404, False)
-RELOADING = ErrorKind("reloading", None, None, "NOT_FOUND", 404, True)  # see TRANSIENT_MESSAGES
+RELOADING = ErrorKind("reloading", None, None, "NOT_FOUND", 404, True, until_deadline=True)  # see TRANSIENT_MESSAGES
 PERMISSION_DENIED = ErrorKind("permission denied", None, None, "PERMISSION_DENIED", 403, False)
 DEADLINE_EXCEEDED = ErrorKind("deadline exceeded", None, None, "DEADLINE_EXCEEDED", None, False)
 UNKNOWN = ErrorKind("unknown", None, None, "UNKNOWN", None, False)
@@ -111,6 +120,7 @@ KINDS = (
     UNAVAILABLE,
     OVERLOADED,
     UNREACHABLE,
+    REPLACING,
     CANCELLED,
     FAILED,
     RESTARTING,

@@ -91,6 +91,28 @@ def test_backoff_stops_at_the_retry_count_and_the_deadline():
     assert policy.delay(may_pass, 0, time.monotonic() + 0.1) is None  # the deadline comes first
 
 
+def test_a_model_being_replaced_is_retried_until_the_deadline():
+    """A worker died and the model's fresh copy is loading: the server says it passes, and a large model's
+    copy loads for longer than a few backoffs (the tiny SD pipeline's took 6 s on CI, past the 4 retries)."""
+    from genserve.front.__main__ import lost_worker_message
+
+    policy = RetryPolicy(retries=2, backoff_s=1.0, max_backoff_s=4.0)
+    refused_stream = request_error(InferenceServerException(lost_worker_message("m"), status=None), "h:1", "grpc")
+    assert refused_stream.code == "UNAVAILABLE" and refused_stream.retriable
+    assert str(refused_stream).startswith("a worker of model 'm' died")  # the marker is the client's to read
+    reloading = request_error(
+        InferenceServerException(
+            "Request for unknown model: 'm' has no available versions", status="StatusCode.NOT_FOUND"
+        ),
+        "h:1",
+        "grpc",
+    )
+    for error in (refused_stream, reloading):
+        assert 2.0 <= policy.delay(error, 50, None) <= 4.0  # far past the retry count, at the longest backoff
+        assert policy.delay(error, 50, time.monotonic() + 0.1) is None  # the deadline still ends it
+        assert RetryPolicy(retries=0).delay(error, 0, None) is None  # no retries asked: none
+
+
 def test_grpc_channel_balances_round_robin_and_leaves_retries_to_the_client():
     """gRPC's retry policy retried a full queue until the deadline (issue 23): the client's loop retries."""
     options = dict(grpc_channel_args(RetryPolicy(retries=9)))

@@ -9,7 +9,7 @@ import os
 import signal
 import sys
 
-from genserve import config
+from genserve import config, errors
 from genserve.front import grpc_proxy, http_proxy
 
 logger = logging.getLogger("genserve.front")
@@ -37,7 +37,9 @@ def _upstream_alive(pid: int | None) -> bool:
 
 
 def lost_worker_message(model: str) -> str:
-    return f"a worker of model '{model}' died under this request, and a fresh copy is loading: retry it"
+    return errors.REPLACING.marked(
+        f"a worker of model '{model}' died under this request, and a fresh copy is loading: retry it"
+    )
 
 
 async def _follow_models(on_event) -> None:
