@@ -7,9 +7,10 @@ model's queue when its client has given up is dropped there instead of run (the 
 
 What is retried is the error table's to say (:mod:`genserve.errors`: ``retriable``), with exponential
 backoff and jitter: the server unreachable, restarting or draining (UNAVAILABLE); a worker process that
-died, replaced by the server's watchdog; a model being reloaded. The last two are retried until the
-deadline, however many tries that takes (``until_deadline``): a large model's fresh copy takes minutes
-to load, and the server says that it will be back. Never retried: a refused request
+died, replaced by the server's watchdog; a model being reloaded. A model being reloaded, and a stream the
+front refused while a dead worker's model reloads, are retried until the deadline, however many tries
+that takes (``until_deadline``): a large model's fresh copy takes minutes to load, and the server says
+that it will be back. Never retried: a refused request
 (INVALID_ARGUMENT: the same request fails the same way), DEADLINE_EXCEEDED (the time is spent; sending
 again would only add work to a loaded server) and a model's own failure (INTERNAL with the model's
 message). Overload (a full queue or backlog) is the caller's to know at once: a server is not retried

@@ -106,7 +106,8 @@ CANCELLED = ErrorKind("cancelled", RequestCancelled, "CANCELLED", "CANCELLED", 4
 FAILED = ErrorKind("failed", None, "INTERNAL", "INTERNAL", 500, False)  # a model's own failure: any other exception
 # A dead worker's request, as Triton answers it (INTERNAL, 500); genserve.front answers it UNAVAILABLE / 503 (the
 # UNAVAILABLE row): see is_restarting.
-RESTARTING = ErrorKind("restarting", None, None, "INTERNAL", 500, True, until_deadline=True)  # see TRANSIENT_MESSAGES
+# Counted retries, not until the deadline: BLS hands a called leaf's full queue on under the same code.
+RESTARTING = ErrorKind("restarting", None, None, "INTERNAL", 500, True)  # see TRANSIENT_MESSAGES
 # A request above the server's byte limit, refused by genserve.front before Triton reads it.
 TOO_LARGE = ErrorKind("too large", None, None, "RESOURCE_EXHAUSTED", 413, False)
 NOT_FOUND = ErrorKind("not found", None, None, "NOT_FOUND", 404, False)
