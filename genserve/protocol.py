@@ -6,8 +6,7 @@ how the bytes are encoded). Everything that speaks to the server reads it: the c
 and unpacks responses with it, the command line builds its options from it, ``genserve build-repo``
 writes the pipeline models' ``config.pbtxt`` from it, the stack's own models declare their tensors from
 it when Triton loads them (auto-complete), the served models decode and check requests with it, and the
-in-process request classes are built from its fields (:func:`values_class`). Changing a parameter is
-one edit here.
+in-process request classes (``SwapOptions``, ``GenerationRequest``) are held to its fields by a test.
 
 A field travels either in its own input tensor (``PROMPT``, ``IMAGE``, ``STEPS``: shape [1]) or as a
 key of the request's ``OPTIONS`` tensor, a JSON object. Either way :meth:`Contract.check` is what
@@ -22,8 +21,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, make_dataclass, replace
-from dataclasses import field as dataclass_field
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -107,7 +105,8 @@ class Field:
 
     @property
     def python_type(self) -> Any:
-        """The attribute type of the field in a :func:`values_class`: ``None`` allowed where it is the default."""
+        """The type of the field's checked value as a request class holds it (``SwapOptions``,
+        ``GenerationRequest``): ``None`` allowed where it is the default."""
         kind = _PYTHON_TYPES[self.type]
         return kind if self.required or self.default is not None else kind | None
 
@@ -381,37 +380,6 @@ class Contract:
 
     def encode_response(self, values: Mapping[str, Any]) -> dict[str, np.ndarray]:
         return {output.name: output.encode(values[output.key]) for output in self.outputs}
-
-
-def values_class(
-    name: str, fields: tuple[Field, ...], *, bases: tuple[type, ...] = (), frozen: bool = False, module: str
-) -> type:
-    """A dataclass with one attribute per field, typed and defaulted as the field is (required fields
-    first, without a default): the in-process form of a request's checked values, written by nobody but
-    the contract. ``bases`` bring its methods."""
-    ordered = sorted(fields, key=lambda f: not f.required)
-    made = make_dataclass(
-        name,
-        [
-            (f.name, f.python_type) if f.required else (f.name, f.python_type, dataclass_field(default=f.default))
-            for f in ordered
-        ],
-        bases=bases,
-        frozen=frozen,
-    )
-    made.__module__ = module  # where it is defined, for its repr in tracebacks and pickling
-    return made
-
-
-def merged_fields(*contracts: Contract) -> tuple[Field, ...]:
-    """The fields of several contracts, each name once (its first spelling), required only where every
-    contract requires it: what one in-process request class serving all of them holds."""
-    merged: dict[str, Field] = {}
-    for contract in contracts:
-        for f in contract.fields:
-            merged.setdefault(f.name, f)
-    required = {name for name in merged if all(any(f.name == name and f.required for f in c.fields) for c in contracts)}
-    return tuple(f if (f.name in required) == f.required else replace(f, required=False) for f in merged.values())
 
 
 def parse_options(text: str) -> dict[str, Any]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import typing
 
 import numpy as np
 import pytest
@@ -157,31 +158,55 @@ def test_candidates_have_one_shape_for_every_task():
         assert (record["candidates"], record["chosen_candidate"]) == (2, 1)
 
 
-def test_in_process_objects_take_the_contract_fields():
+def _class_mismatches(cls: type, fields) -> list[str]:
+    """How a request class differs from the contract fields it mirrors: its attributes in order (required
+    fields first, then the contract's order), each typed (None-able where None is the default) and
+    defaulted as the field is; required fields have no default."""
+    hints = typing.get_type_hints(cls)
+    ordered = sorted(fields, key=lambda f: not f.required)
+    expected = [(f.name, f.python_type, dataclasses.MISSING if f.required else f.default) for f in ordered]
+    written = [(f.name, hints[f.name], f.default) for f in dataclasses.fields(cls)]
+    problems = [
+        f"{cls.__name__}: {have} where the contract says {want}"
+        for have, want in zip(written, expected)
+        if have != want
+    ]
+    if len(written) != len(expected):
+        problems.append(f"{cls.__name__}: {len(written)} attributes for {len(expected)} fields")
+    return problems
+
+
+def _merged_fields(*contracts):
+    """The fields of several contracts, each name once (every contract spelling it alike), required only
+    where every contract requires it: what one request class serving all of them holds."""
+    merged = {}
+    for contract in contracts:
+        for f in contract.fields:
+            first = merged.setdefault(f.name, f)
+            assert (first.type, first.default) == (f.type, f.default), f"{f.name} differs in {contract.model}"
+
+    def everywhere_required(name: str) -> bool:
+        return all(any(f.name == name and f.required for f in c.fields) for c in contracts)
+
+    return [dataclasses.replace(f, required=everywhere_required(f.name)) for f in merged.values()]
+
+
+def test_request_classes_are_held_to_their_contracts():
+    """SwapOptions and GenerationRequest are written out; they hold exactly the fields of the contracts they
+    mirror (names, order, types, defaults), as the ensemble's config.pbtxt is held to OCR above."""
     from genserve.diffusion.service import GenerationRequest
     from genserve.faceswap import SwapOptions
+    from genserve.protocol import DIFFUSION_TASKS, Field
 
-    swap = {f.name: f.default for f in FACE_SWAP.option_fields}
-    assert {f.name: f.default for f in dataclasses.fields(SwapOptions)} == swap
-    for contract in (TASKS["t2i"], TASKS["tie"], TASKS["vttie"]):
-        assert {f.name for f in contract.fields} <= {f.name for f in dataclasses.fields(GenerationRequest)}
-
-
-def test_request_classes_are_written_from_the_contract():
-    """SwapOptions and GenerationRequest hold exactly the contract's fields, typed and defaulted there; a
-    field added to a contract is an attribute of the class built from it, with nothing else to edit."""
-    from genserve.diffusion.service import GenerationRequest
-    from genserve.faceswap import SwapOptions
-    from genserve.protocol import DIFFUSION_TASKS, Field, merged_fields, values_class
-
-    assert [f.name for f in dataclasses.fields(SwapOptions)] == [f.name for f in FACE_SWAP.option_fields]
-    generation = merged_fields(*(TASKS[task] for task in DIFFUSION_TASKS))
-    defaults = {f.name: f.default for f in dataclasses.fields(GenerationRequest) if f.name != "prompt"}
-    assert defaults == {f.name: f.default for f in generation if f.name != "prompt"}
+    assert _class_mismatches(SwapOptions, FACE_SWAP.option_fields) == []
+    generation = _merged_fields(*(TASKS[task] for task in DIFFUSION_TASKS))
     assert [f.name for f in generation if f.required] == ["prompt"]  # image: edits only; t2i takes none
-    grown = dataclasses.replace(FACE_SWAP, fields=(*FACE_SWAP.fields, Field("sharpen", "bool", "", default=True)))
-    options = values_class("Grown", grown.option_fields, frozen=True, module=__name__)()
-    assert options.sharpen is True and options.jpeg_quality == 95
+    assert _class_mismatches(GenerationRequest, generation) == []
+    # A field added to a contract, or a default changed there, is a mismatch until the class says the same.
+    grown = (*FACE_SWAP.option_fields, Field("sharpen", "bool", "", default=True))
+    assert _class_mismatches(SwapOptions, grown) == ["SwapOptions: 8 attributes for 9 fields"]
+    changed = tuple(dataclasses.replace(f, default=90) if f.name == "jpeg_quality" else f for f in grown[:-1])
+    assert len(_class_mismatches(SwapOptions, changed)) == 1
 
 
 def test_a_task_row_needs_what_its_contract_requires(monkeypatch):

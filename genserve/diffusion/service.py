@@ -25,7 +25,7 @@ import secrets
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +34,7 @@ from genserve.diffusion.settings import ServiceSettings
 from genserve.errors import InvalidInputError, RequestCancelled
 from genserve.families import EDIT_CALL_KWARGS, FAMILIES, TEXT_EDIT, Family, read_configs
 from genserve.metadata import Choice, GenerationMetadata
-from genserve.protocol import DIFFUSION_TASKS, TASKS, merged_fields, values_class
+from genserve.protocol import TASKS
 
 # Extras some pipeline classes take and others do not (a request naming one its class lacks is refused).
 EXTRA_OPTIONS = ("strength", "true_cfg_scale", "max_sequence_length")
@@ -43,7 +43,28 @@ EXTRA_OPTIONS = ("strength", "true_cfg_scale", "max_sequence_length")
 TextReader = Callable[[bytes], list[str]]
 
 
-class _GenerationRequestMethods:
+@dataclass
+class GenerationRequest:
+    """A request's checked values (``TASKS[task].decode_request``): one attribute per field of the
+    generation contracts (t2i, tie, vttie), typed and defaulted there (None: the pipeline's default, or
+    the image's size for edits); tests/test_protocol.py holds it to them. Mutable: a text edit rewrites
+    its prompt and guidance, and a seed is drawn when none was asked."""
+
+    prompt: str
+    negative_prompt: str | None = None
+    steps: int | None = None
+    guidance: float | None = None
+    seed: int | None = None
+    width: int | None = None
+    height: int | None = None
+    num_images: int = 1
+    strength: float | None = None
+    true_cfg_scale: float | None = None
+    max_sequence_length: int | None = None
+    image: bytes | None = None  # edits (tie, vttie) only
+    keep_size: bool = False
+    candidates: int = 1
+
     @classmethod
     def from_values(cls, values: Mapping[str, Any]) -> GenerationRequest:
         names = {f.name for f in fields(cls)}
@@ -53,17 +74,6 @@ class _GenerationRequestMethods:
     def options(self) -> dict[str, Any]:
         """The family extras the request sets."""
         return {name: getattr(self, name) for name in EXTRA_OPTIONS if getattr(self, name) is not None}
-
-
-# A request's checked values (``TASKS[task].decode_request``): one attribute per field of the generation
-# contracts, typed and defaulted there (None: the pipeline's default, or the image's size for edits).
-# Mutable: a text edit rewrites its prompt and guidance, and a seed is drawn when none was asked.
-GenerationRequest = values_class(
-    "GenerationRequest",
-    merged_fields(*(TASKS[task] for task in DIFFUSION_TASKS)),
-    bases=(_GenerationRequestMethods,),
-    module=__name__,
-)
 
 
 class DiffusionService:

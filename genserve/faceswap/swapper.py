@@ -41,7 +41,7 @@ from genserve.faceswap.faces import Face, FaceAnalyzer, identity_similarity
 from genserve.faceswap.measures import artifact_share
 from genserve.imaging import decode_image, encode_image
 from genserve.metadata import Choice, SwapMetadata
-from genserve.protocol import FACE_SWAP, MAX_SWAP_CANDIDATES, values_class
+from genserve.protocol import FACE_SWAP, MAX_SWAP_CANDIDATES
 
 # Feather width and light-matching blur, as fractions of the face's size (sqrt of its hull area).
 FEATHER_FRACTION = 0.1
@@ -89,7 +89,21 @@ VARIANTS = (
 assert len(VARIANTS) == MAX_SWAP_CANDIDATES, "the contract's maximum of candidates is the number of variants"
 
 
-class _SwapOptionsMethods:
+@dataclass(frozen=True)
+class SwapOptions:
+    """What a swap may ask for beyond the two images: one attribute per option field of the served
+    contract (genserve.protocol.FACE_SWAP), typed and defaulted there; tests/test_protocol.py holds it
+    to them. ``candidates`` renders that many VARIANTS."""
+
+    face_index: int | None = None
+    all_faces: bool = False
+    output_format: str = "jpeg"
+    jpeg_quality: int = 95
+    color_transfer: bool = True
+    compute_identity: bool = True
+    ori_identity: bool = False
+    candidates: int = 1
+
     @classmethod
     def from_values(cls, values: Mapping[str, Any]) -> SwapOptions:
         """The options among a request's checked values (see ``FACE_SWAP.decode_request``)."""
@@ -106,11 +120,6 @@ class _SwapOptionsMethods:
 
 
 OPTION_NAMES = tuple(field.name for field in FACE_SWAP.option_fields)
-# What a swap may ask for beyond the two images: one attribute per option field of the served contract
-# (genserve.protocol.FACE_SWAP), typed and defaulted there; `candidates` renders that many VARIANTS.
-SwapOptions = values_class(
-    "SwapOptions", FACE_SWAP.option_fields, bases=(_SwapOptionsMethods,), frozen=True, module=__name__
-)
 
 
 @dataclass
