@@ -50,8 +50,8 @@ def _bench_shape(family, configs, size: str):
 def benchmark_family(family_name: str, size: str, work: Path, runs: int = 5) -> tuple[list[Row], dict]:
     import torch
 
+    from genserve import torch_sessions
     from genserve.demo.pipelines import build_demo_pipeline
-    from genserve.export import ort_session
     from genserve.export.components import ComponentModule, load_module, random_inputs
     from genserve.export.pipeline import ExportOptions, export_pipeline
     from genserve.families import FAMILIES, read_configs, read_model_index
@@ -71,11 +71,11 @@ def benchmark_family(family_name: str, size: str, work: Path, runs: int = 5) -> 
         wrapper = ComponentModule(module, spec, config)
         inputs = random_inputs(spec, config, dims, torch.float32, seed=0)
         with torch.no_grad():
-            torch_s = ort_session.latency(lambda w=wrapper, x=inputs: w(*x), runs=runs)
+            torch_s = torch_sessions.latency(lambda w=wrapper, x=inputs: w(*x), runs=runs)
         del wrapper, module
-        session = ort_session.open_session(out_dir / component.path)
+        session = torch_sessions.open_session(out_dir / component.path)
         names = [t.name for t in spec.active_inputs(config)]
-        ort_s = ort_session.latency(lambda s=session, n=names, x=inputs: ort_session.run(s, n, x), runs=runs)
+        ort_s = torch_sessions.latency(lambda s=session, n=names, x=inputs: torch_sessions.run(s, n, x), runs=runs)
         resolved = spec.resolve(dims, config)
         first = spec.active_inputs(config)[0]
         rows.append(

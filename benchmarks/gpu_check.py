@@ -256,7 +256,7 @@ class GpuCheck:
         }
 
     def _build(self) -> dict[str, Any]:
-        from genserve.diffusion.repository import BuildOptions, build_repository
+        from genserve.repository.diffusion import BuildOptions, build_repository
 
         repo = self.work / "repository"
         shutil.rmtree(repo, ignore_errors=True)

@@ -27,7 +27,8 @@ from typing import Any
 import numpy as np
 
 from genserve.protocol import BYTES, CONTRACTS, Contract
-from genserve.triton.model_config import ModelConfig, contract_mismatches, served_config
+from genserve.triton.model_config import ModelConfig, contract_mismatches
+from genserve.triton.served_config import served_config
 
 SCRIPT = "perf_analyzer.sh"
 MODEL_ANALYZER_CONFIG = "model-analyzer.yaml"

@@ -292,10 +292,10 @@ def pipeline_repository(
 ):
     """Export ``pipeline_dir`` and build its repository (no prefix) under ``work_dir``, both cached;
     returns the repository folder and the export's manifest."""
-    from genserve.diffusion.repository import BuildOptions, build_repository
     from genserve.errors import GenServeError
-    from genserve.export.manifest import Manifest
     from genserve.export.pipeline import ExportOptions, export_pipeline
+    from genserve.manifest import Manifest
+    from genserve.repository.diffusion import BuildOptions, build_repository
 
     key = hashlib.sha1(str(pipeline_dir.resolve()).encode()).hexdigest()[:10]
     base = work_dir / "bench" / f"{pipeline_dir.resolve().name}-{key}-{precision}"

@@ -11,7 +11,6 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from genserve.errors import ExportError
@@ -110,16 +109,6 @@ def random_inputs(
             tensor = random_input(input_spec, shape, resolved, generator)
         tensors.append(tensor.to(dtype) if input_spec.dtype == FLOAT else tensor)
     return tuple(tensors)
-
-
-def to_numpy(tensor: torch.Tensor) -> np.ndarray:
-    """A torch tensor as numpy; bf16 (which numpy lacks) goes through ml_dtypes' bfloat16."""
-    tensor = tensor.detach().cpu()
-    if tensor.dtype == torch.bfloat16:
-        import ml_dtypes
-
-        return tensor.view(torch.int16).numpy().view(ml_dtypes.bfloat16)
-    return tensor.numpy()
 
 
 def check_module_folder(pipeline_dir: Path, module: str) -> None:

@@ -13,7 +13,6 @@ TensorRT engines are built from the plain graph (its parser knows no contrib ops
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 from genserve.export.onnx_export import EXTERNAL_DATA_SUFFIX
@@ -31,17 +30,3 @@ def fuse_for_ort(source: Path, target: Path) -> dict[str, int]:
     target.parent.mkdir(parents=True, exist_ok=True)
     ir.save(model, target, external_data=target.name + EXTERNAL_DATA_SUFFIX if external else None)
     return {name: count for name, count in counts.items() if count}
-
-
-def replace_model(source: Path, target: Path) -> None:
-    """Move ``source`` (and its external data) over ``target``: the data file keeps its name, which
-    the graph refers to."""
-    for suffix in ("", EXTERNAL_DATA_SUFFIX):
-        src = source.parent / (source.name + suffix)
-        dst = target.parent / (target.name + suffix)
-        if dst.exists():
-            dst.unlink()
-        if src.exists():
-            src.replace(dst)
-    if source.parent != target.parent and not any(source.parent.iterdir()):
-        shutil.rmtree(source.parent)

@@ -15,8 +15,8 @@ import numpy as np
 import torch
 
 from genserve.export.components import random_inputs
-from genserve.export.manifest import ParityResult
 from genserve.families import ComponentSpec, Family, ShapeRequest
+from genserve.manifest import ParityResult
 
 # fp32 graphs must match to this (the bar); lower precisions are reported against looser
 # bounds, since torch and ORT round differently in every op.
@@ -97,7 +97,7 @@ def load_references(path: Path) -> list[Reference]:
 def check(
     session, spec: ComponentSpec, config: Mapping[str, Any], references: Sequence[Reference]
 ) -> list[ParityResult]:
-    from genserve.export.ort_session import run
+    from genserve.torch_sessions import run
 
     names = [t.name for t in spec.active_inputs(config)]
     results = []

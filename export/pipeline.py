@@ -37,8 +37,7 @@ from typing import Any
 
 from genserve.config import EXPORT_BATCH_SIZES, TENSORRT_WORKSPACE_GB
 from genserve.errors import ExportError
-from genserve.export.manifest import FORMAT, MANIFEST, ComponentEntry, Manifest, ParityResult, TensorEntry
-from genserve.export.stages import StageStore, folder_fingerprint, stage_key
+from genserve.export.stages import StageStore, folder_fingerprint, link_or_copy, stage_key
 from genserve.families import (
     DYNAMIC_DIMS,
     FAMILIES,
@@ -49,7 +48,7 @@ from genserve.families import (
     read_configs,
     read_model_index,
 )
-from genserve.files import link_or_copy
+from genserve.manifest import FORMAT, MANIFEST, ComponentEntry, Manifest, ParityResult, TensorEntry
 from genserve.protocol import PRECISION_DTYPES
 
 logger = logging.getLogger(__name__)
@@ -439,9 +438,9 @@ class _Export:
     def _optimize_stage(self, spec: ComponentSpec) -> None:
         if not self.options.optimize:
             return
-        from genserve.export import ort_session
+        from genserve import torch_sessions
 
-        key = stage_key(onnx=self.keys[spec.name], parity=self.options.parity, runtime=ort_session.runtime())
+        key = stage_key(onnx=self.keys[spec.name], parity=self.options.parity, runtime=torch_sessions.runtime())
         result = self._stage(spec, "optimize", key, lambda: self._fuse(spec))
         entry = self.entries[spec.name]
         entry.fusions, entry.fused = result["fusions"], result["fused"]
@@ -459,21 +458,24 @@ class _Export:
             return result | {"fused": False}
 
     def _try_fuse(self, spec: ComponentSpec, result: dict[str, Any]) -> dict[str, Any]:
-        from genserve.export import optimize, ort_session, parity
+        from genserve import torch_sessions
+        from genserve.export import optimize, parity
 
         config = self.configs[spec.module]
         references = self._references(spec)
         names = [t.name for t in spec.active_inputs(config)]
         timing_inputs = references[0].inputs
         plain = self._graph_dir(spec.name, "plain") / "model.onnx"
-        session = ort_session.open_session(plain)
-        result["latency_plain_s"] = ort_session.latency(lambda s=session: ort_session.run(s, names, timing_inputs))
+        session = torch_sessions.open_session(plain)
+        result["latency_plain_s"] = torch_sessions.latency(
+            lambda s=session: torch_sessions.run(s, names, timing_inputs)
+        )
         del session  # one graph's weights in ONNX Runtime at a time
         final, partial = self.store.output_dir(spec.name, "fused")
         result["fusions"] = optimize.fuse_for_ort(plain, partial / "model.onnx")
-        fused_session = ort_session.open_session(partial / "model.onnx")
-        result["latency_fused_s"] = ort_session.latency(
-            lambda s=fused_session: ort_session.run(s, names, timing_inputs)
+        fused_session = torch_sessions.open_session(partial / "model.onnx")
+        result["latency_fused_s"] = torch_sessions.latency(
+            lambda s=fused_session: torch_sessions.run(s, names, timing_inputs)
         )
         checks = parity.check(fused_session, spec, config, references) if self.options.parity else []
         del fused_session
@@ -488,7 +490,7 @@ class _Export:
     # --- 4. parity: the served graph against torch ---------------------------------------------------
 
     def _parity_stage(self, spec: ComponentSpec) -> None:
-        from genserve.export import ort_session
+        from genserve import torch_sessions
         from genserve.export.memory import PeakMemory
 
         if not self.options.parity:
@@ -498,7 +500,7 @@ class _Export:
             onnx=self.keys[spec.name],
             fused=entry.fused,
             precision=self.options.precision,
-            runtime=ort_session.runtime(),
+            runtime=torch_sessions.runtime(),
         )
 
         def check() -> dict[str, Any]:
@@ -513,11 +515,12 @@ class _Export:
         self._enforce_parity(entry)
 
     def _check_parity(self, spec: ComponentSpec) -> dict[str, Any]:
-        from genserve.export import ort_session, parity
+        from genserve import torch_sessions
+        from genserve.export import parity
 
         graph = self._served_graph(spec.name)
         try:
-            session = ort_session.open_session(graph)
+            session = torch_sessions.open_session(graph)
             results = parity.check(session, spec, self.configs[spec.module], self._references(spec))
             return {"parity": [result.to_dict() for result in results]}
         except Exception as error:
@@ -526,7 +529,8 @@ class _Export:
             # ONNX Runtime's CPU provider lacks fp16/bf16 kernels for most ops: measure the same graph
             # widened to fp32 (its weights exactly, its arithmetic in fp32), which checks the export.
             why = (
-                f"ONNX Runtime ({', '.join(ort_session.providers())}) has no {self.options.precision} kernels for it: "
+                f"ONNX Runtime ({', '.join(torch_sessions.providers())}) has no {self.options.precision} "
+                "kernels for it: "
                 f"{str(error).splitlines()[0][:160]}"
             )
         from genserve.export.retype import retype_file
@@ -534,7 +538,7 @@ class _Export:
         _, partial = self.store.output_dir(spec.name, "widened")
         try:
             retype_file(graph, partial / "model.onnx", PRECISION_ONNX_TYPES[self.options.precision], "FLOAT")
-            session = ort_session.open_session(partial / "model.onnx")
+            session = torch_sessions.open_session(partial / "model.onnx")
             results = parity.check(session, spec, self.configs[spec.module], self._references(spec))
         except Exception as error:  # noqa: BLE001 - reported, not fatal: the graph may still run on a GPU
             return {

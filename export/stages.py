@@ -62,9 +62,6 @@ class StageStore:
         partial.write_text(json.dumps({"key": key, "result": result}, indent=2) + "\n")
         partial.replace(path)
 
-    def forget(self, component: str, stage: str) -> None:
-        (self.root / component / f"{stage}.json").unlink(missing_ok=True)
-
     def output_dir(self, component: str, name: str) -> tuple[Path, Path]:
         """(final, partial) folders for a stage's files: write into ``partial``, then :meth:`commit`."""
         final = self.folder(component) / name
@@ -83,3 +80,13 @@ class StageStore:
 
     def clear(self) -> None:
         shutil.rmtree(self.root, ignore_errors=True)
+
+
+def link_or_copy(source: Path, target: Path) -> None:
+    """``target`` as a hard link to ``source`` when both are on one file system (no second copy of the
+    weights), else a copy; a file already at ``target`` is replaced."""
+    Path(target).unlink(missing_ok=True)
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copy2(source, target)

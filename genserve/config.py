@@ -93,7 +93,7 @@ STUCK_UNLOAD_GRACE_S = 3.0
 DRAIN_FILE_ENV = "GENSERVE_DRAIN_FILE"
 BLS_REQUEST_ID = "genserve-bls"
 
-# Leaf models (genserve.triton.onnx_leaf): after a call whose inputs exceed this many bytes, ONNX
+# ONNX Runtime sessions (genserve.onnx_sessions): after a call whose inputs exceed this many bytes, ONNX
 # Runtime's arena gives its unused memory back (a large request would otherwise keep it for good).
 ARENA_SHRINK_ABOVE_BYTES = 16 * 1024 * 1024
 

@@ -158,10 +158,6 @@ class Family:
         return self.text_len_range[1]
 
     @property
-    def text_encoders(self) -> tuple[str, ...]:
-        return tuple(c.name for c in self.components if c.kind == "text_encoder")
-
-    @property
     def denoiser(self) -> ComponentSpec:
         return next(c for c in self.components if c.kind == "denoiser")
 

@@ -12,9 +12,9 @@ import pytest
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
-from genserve.diffusion.repository import BuildOptions, RepositoryError, build_repository
 from genserve.errors import GenServeError
 from genserve.families import served_tasks
+from genserve.repository.diffusion import BuildOptions, RepositoryError, build_repository
 
 FAMILIES = ("sd", "flux", "cogview4")
 
@@ -72,7 +72,7 @@ def test_same_tensors_on_both_targets(export_family, tmp_path):
 
 def test_cpu_leaf_threads_and_denoiser_instances(export_family, tmp_path):
     from genserve.config import CPU_DENOISER_INSTANCES
-    from genserve.export.manifest import Manifest
+    from genserve.manifest import Manifest
     from genserve.triton.onnx_leaf import PARAM_INTRA_OP_THREADS
 
     _, export_dir = export_family("sd")
@@ -91,28 +91,28 @@ def test_cpu_leaf_threads_and_denoiser_instances(export_family, tmp_path):
 
 
 def test_a_larger_denoiser_gets_one_instance(export_family, monkeypatch):
-    from genserve.diffusion import repository
-    from genserve.export.manifest import Manifest
+    from genserve.manifest import Manifest
+    from genserve.repository import diffusion
 
     _, export_dir = export_family("sd")
     unet = Manifest.read(export_dir).components["unet"]
-    monkeypatch.setattr(repository, "CPU_SMALL_DENOISER_BYTES", unet.weight_bytes - 1)
-    assert repository.leaf_instances(unet, BuildOptions()) == 1
-    assert repository.leaf_instances(unet, BuildOptions(denoiser_instances=2)) == 2  # asked for
-    assert repository.leaf_instances(unet, BuildOptions(target="gpu", denoiser_instances=2)) == 1  # cpu only
+    monkeypatch.setattr(diffusion, "CPU_SMALL_DENOISER_BYTES", unet.weight_bytes - 1)
+    assert diffusion.leaf_instances(unet, BuildOptions()) == 1
+    assert diffusion.leaf_instances(unet, BuildOptions(denoiser_instances=2)) == 2  # asked for
+    assert diffusion.leaf_instances(unet, BuildOptions(target="gpu", denoiser_instances=2)) == 1  # cpu only
 
 
 def test_a_larger_denoisers_pipelines_run_one_request_at_a_time_on_a_cpu(export_family, monkeypatch):
     from genserve.config import CPU_LARGE_PIPELINE_CONCURRENCY, PIPELINE_CONCURRENCY
-    from genserve.diffusion import repository
-    from genserve.export.manifest import Manifest
+    from genserve.manifest import Manifest
+    from genserve.repository import diffusion
 
     _, export_dir = export_family("sd")
     manifest = Manifest.read(export_dir)
-    concurrency = repository.pipeline_concurrency
+    concurrency = diffusion.pipeline_concurrency
     for stream in (False, True):
         assert concurrency(manifest, BuildOptions(), stream) == PIPELINE_CONCURRENCY > 1  # the tiny UNet
-    monkeypatch.setattr(repository, "CPU_SMALL_DENOISER_BYTES", manifest.components["unet"].weight_bytes - 1)
+    monkeypatch.setattr(diffusion, "CPU_SMALL_DENOISER_BYTES", manifest.components["unet"].weight_bytes - 1)
     for stream in (False, True):
         assert concurrency(manifest, BuildOptions(), stream) == CPU_LARGE_PIPELINE_CONCURRENCY == 1
         assert concurrency(manifest, BuildOptions(target="gpu"), stream) == PIPELINE_CONCURRENCY  # cpu only

@@ -30,7 +30,7 @@ PROMPT = "a lighthouse on a cliff at dusk"
 
 @pytest.fixture(scope="module")
 def diffusion_server(export_family, tmp_path_factory):
-    from genserve.diffusion.repository import BuildOptions, build_repository
+    from genserve.repository.diffusion import BuildOptions, build_repository
 
     repo = tmp_path_factory.mktemp("diffusion_repo")
     for family in FAMILIES:
@@ -671,7 +671,7 @@ def test_bls_overhead_per_step(diffusion_server, dclient):
 
 
 def test_models_that_call_others_load_after_them():
-    from genserve.server import dependent_models
+    from genserve.load_order import dependent_models
     from genserve.triton.model_config import LOAD_AFTER, ModelConfig
 
     def config(calls: str = "") -> ModelConfig:
@@ -702,7 +702,7 @@ def test_response_cache_answers_a_repeated_seeded_request(export_family, tmp_pat
     are refused, and genserve's clients draw a seed for each, so each is computed."""
     import tritonclient.grpc as grpcclient
 
-    from genserve.diffusion.repository import BuildOptions, build_repository
+    from genserve.repository.diffusion import BuildOptions, build_repository
     from genserve.server import TritonServer
 
     _, export_dir = export_family("sd")
@@ -719,7 +719,7 @@ def test_response_cache_answers_a_repeated_seeded_request(export_family, tmp_pat
         Client(server.grpc_url) as client,
     ):
         # Warm start: before any client request, the pipeline model's warm-up request ran through the leaves.
-        from genserve.diffusion.repository import WARMUP_STEPS
+        from genserve.repository.diffusion import WARMUP_STEPS
 
         assert int(_model_stats(server, "sd_unet")["execution_count"]) >= WARMUP_STEPS
         assert int(_model_stats(server, "sd_vae_decoder")["execution_count"]) >= 1

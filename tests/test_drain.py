@@ -23,7 +23,7 @@ SIZE = 32
 
 @pytest.fixture(scope="module")
 def sd_repo(export_family, tmp_path_factory):
-    from genserve.diffusion.repository import BuildOptions, build_repository
+    from genserve.repository.diffusion import BuildOptions, build_repository
 
     repo = tmp_path_factory.mktemp("drain_repo")
     _, export_dir = export_family("sd")

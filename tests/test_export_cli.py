@@ -60,7 +60,7 @@ def test_failure_midway_keeps_finished_stages_and_a_rerun_resumes(demo_dir, tmp_
     encoder's stages and exports only the rest. A rerun of a complete export reuses everything; --force
     redoes everything; a folder that is no export is never written into."""
     from genserve.errors import ExportError
-    from genserve.export.manifest import Manifest
+    from genserve.manifest import Manifest
 
     source = tmp_path / "sd"
     shutil.copytree(demo_dir / "sd", source)

@@ -30,7 +30,7 @@ def test_exported_graphs_match_torch_on_fresh_inputs(family_name, export_family,
     """Independently of the export's own check: new seeds, a batch of 3 and a third resolution."""
     import torch
 
-    from genserve.export import ort_session
+    from genserve import torch_sessions
     from genserve.export.components import ComponentModule, load_module, random_inputs
     from genserve.export.parity import relative_l2
     from genserve.families import FAMILIES, ShapeRequest, read_configs, read_model_index
@@ -47,8 +47,8 @@ def test_exported_graphs_match_torch_on_fresh_inputs(family_name, export_family,
         inputs = random_inputs(spec, config, family.dims(request, configs), torch.float32, seed=987)
         with torch.no_grad():
             expected = [t.numpy() for t in wrapper(*inputs)]
-        session = ort_session.open_session(out_dir / spec.name / "1" / "model.onnx")
-        actual = ort_session.run(session, [t.name for t in spec.active_inputs(config)], inputs)
+        session = torch_sessions.open_session(out_dir / spec.name / "1" / "model.onnx")
+        actual = torch_sessions.run(session, [t.name for t in spec.active_inputs(config)], inputs)
         for tensor, a, e in zip(spec.outputs, actual, expected, strict=True):
             assert a.shape == e.shape
             assert relative_l2(a, e) <= 1e-4, f"{spec.name}.{tensor.name}"
@@ -60,7 +60,7 @@ def test_manifest_names_dynamic_dimensions(family_name, export_family):
 
     import onnx
 
-    from genserve.export.manifest import FORMAT, Manifest
+    from genserve.manifest import FORMAT, Manifest
 
     _, out_dir = export_family(family_name)
     typed = Manifest.read(out_dir)
@@ -88,12 +88,12 @@ def test_manifest_names_dynamic_dimensions(family_name, export_family):
 def test_editing_family_exports_a_vae_encoder_whose_mode_is_the_mean(export_family):
     """Kontext encodes the reference image with the posterior's mode: the first half of the parameters."""
     _, out_dir = export_family("flux")
-    from genserve.export import ort_session
+    from genserve import torch_sessions
 
-    session = ort_session.open_session(out_dir / "vae_encoder" / "1" / "model.onnx")
+    session = torch_sessions.open_session(out_dir / "vae_encoder" / "1" / "model.onnx")
     import torch
 
     images = torch.rand(1, 3, 16, 24) * 2 - 1
-    (parameters,) = ort_session.run(session, ["images"], [images])
+    (parameters,) = torch_sessions.run(session, ["images"], [images])
     mean, logvar = np.split(parameters, 2, axis=1)
     assert mean.shape == (1, 4, 8, 12) and np.all(np.isfinite(logvar))

@@ -11,9 +11,9 @@ import pytest
 def test_low_precision_export(precision, demo_dir, tmp_path):
     import onnx
 
-    from genserve.export.manifest import Manifest
     from genserve.export.parity import TOLERANCES
     from genserve.export.pipeline import ExportOptions, export_pipeline
+    from genserve.manifest import Manifest
 
     out = tmp_path / precision
     report = export_pipeline(

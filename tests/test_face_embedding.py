@@ -8,17 +8,9 @@ import numpy as np
 import pytest
 
 from genserve.faceswap import FaceAnalyzer
-from genserve.faceswap.embedding import (
-    INPUT_NAME,
-    OUTPUT_NAME,
-    DlibFormatError,
-    FaceEmbedder,
-    face_chip,
-    network_to_onnx,
-    onnx_file,
-    read_network,
-    weights_file,
-)
+from genserve.faceswap.dlib_network import DlibFormatError, read_network
+from genserve.faceswap.embedding import FaceEmbedder, face_chip
+from genserve.faceswap.embedding_graph import INPUT_NAME, OUTPUT_NAME, network_to_onnx, onnx_file, weights_file
 from genserve.imaging import decode_image
 
 

@@ -67,10 +67,10 @@ def family_configs(demo_dir):
 @pytest.mark.slow
 @pytest.mark.parametrize("family_name", sorted(FAMILY_DEMOS))
 def test_default_profiles_cover_served_requests(family_name, family_configs):
-    from genserve.diffusion.repository import BuildOptions, leaf_config
-    from genserve.export.manifest import ComponentEntry, TensorEntry
     from genserve.export.pipeline import ExportOptions
     from genserve.export.tensorrt import compute_profile, default_resolutions, default_text_lengths, profile_requests
+    from genserve.manifest import ComponentEntry, TensorEntry
+    from genserve.repository.diffusion import BuildOptions, leaf_config
 
     family, configs = FAMILIES[family_name], family_configs[family_name]
     build = BuildOptions(target="gpu", tensorrt=True)
@@ -117,8 +117,8 @@ def test_default_profiles_cover_served_requests(family_name, family_configs):
 
 def test_leaf_batch_follows_an_engine_that_takes_less():
     """An engine built for batch 4 gets max_batch_size 4: Triton never sends it a batch of 8."""
-    from genserve.diffusion.repository import BuildOptions, leaf_config
-    from genserve.export.manifest import ComponentEntry, TensorEntry
+    from genserve.manifest import ComponentEntry, TensorEntry
+    from genserve.repository.diffusion import BuildOptions, leaf_config
 
     entry = ComponentEntry(
         "unet",
@@ -149,9 +149,9 @@ def test_cogview4_and_flux_text_ranges_cover_the_padding():
 @pytest.mark.slow
 @pytest.mark.parametrize("family_name", sorted(FAMILY_DEMOS))
 def test_no_float64_reaches_tensorrt(family_name, export_family, tmp_path):
-    from genserve.export.manifest import Manifest
     from genserve.export.retype import element_types
     from genserve.export.tensorrt import tensorrt_graph
+    from genserve.manifest import Manifest
 
     _, out_dir = export_family(family_name)
     manifest = Manifest.read(out_dir)
@@ -185,16 +185,16 @@ def test_plan_written_without_a_second_copy(tmp_path):
 @pytest.mark.slow
 def test_stage_keys_follow_the_runtime(demo_dir, tmp_path, monkeypatch):
     """Parity measured with one set of providers is not reused where others run the graph."""
-    from genserve.export import ort_session
+    from genserve import torch_sessions
     from genserve.export.pipeline import ExportOptions, export_pipeline
 
     options = ExportOptions(components=("text_encoder",), progress=False)
     export_pipeline(demo_dir / "sd", tmp_path, options, log=lambda _: None)
     again = export_pipeline(demo_dir / "sd", tmp_path, options, log=lambda _: None)
     assert not again.stages_run
-    real = ort_session.runtime()
+    real = torch_sessions.runtime()
     monkeypatch.setattr(
-        ort_session, "runtime", lambda: real | {"providers": ["CUDAExecutionProvider", "CPUExecutionProvider"]}
+        torch_sessions, "runtime", lambda: real | {"providers": ["CUDAExecutionProvider", "CPUExecutionProvider"]}
     )
     on_gpu = export_pipeline(demo_dir / "sd", tmp_path, options, log=lambda _: None)
     assert set(on_gpu.stages_run) == {("text_encoder", "optimize"), ("text_encoder", "parity")}
@@ -212,8 +212,8 @@ def test_gpu_configs_and_graphs_fit_the_supported_release(demo_dir, tmp_path):
     from google.protobuf import text_format
     from tritonclient.grpc import model_config_pb2
 
-    from genserve.diffusion.repository import BuildOptions, build_repository
     from genserve.export.pipeline import ExportOptions, export_pipeline
+    from genserve.repository.diffusion import BuildOptions, build_repository
 
     release = gpu_stack.SUPPORTED
     allowed = {"TYPE_FP32", "TYPE_FP16", "TYPE_INT64"} | ({"TYPE_BF16"} if release.bf16_io else set())
@@ -244,10 +244,10 @@ def test_gpu_leaves_carry_cuda_settings():
     """Every ONNX Runtime leaf on the gpu target gets the CUDA arena and cuDNN settings (and the memory
     cap when asked), and the Python-backend leaf turns the same parameters into provider options."""
     from genserve.config import ORT_CUDA_PARAMETERS
-    from genserve.diffusion.repository import BuildOptions, leaf_config
-    from genserve.export.manifest import ComponentEntry, TensorEntry
+    from genserve.manifest import ComponentEntry, TensorEntry
+    from genserve.onnx_sessions import cuda_provider_options
+    from genserve.repository.diffusion import BuildOptions, leaf_config
     from genserve.triton.model_config import model_parameters
-    from genserve.triton.onnx_leaf import cuda_provider_options
 
     entry = ComponentEntry(
         "vae_decoder",
@@ -307,7 +307,7 @@ def test_build_repo_refuses_sizes_the_engines_do_not_cover(export_family, tmp_pa
     with what to do; one within the engines is built."""
     import shutil
 
-    from genserve.diffusion.repository import BuildOptions, RepositoryError, build_repository
+    from genserve.repository.diffusion import BuildOptions, RepositoryError, build_repository
 
     _, out_dir = export_family("sd")
     export = tmp_path / "export"

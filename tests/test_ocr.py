@@ -140,7 +140,7 @@ def test_concurrent_requests_equal_sequential_ones(triton_server, images):
 
 def test_leaf_model_equals_onnx_runtime_in_process(grpc_client):
     from genserve.ocr.engine import CLS
-    from genserve.triton.onnx_leaf import create_session, resolve_onnx_file
+    from genserve.onnx_sessions import create_session, resolve_onnx_file
 
     x = np.random.default_rng(1).uniform(-1, 1, (3, 3, 48, 192)).astype(np.float32)
     served = grpc_client.infer(CLS.name, {CLS.input: x}, [CLS.output])[CLS.output]
@@ -188,7 +188,8 @@ def test_a_leaf_refusal_reaches_the_client_as_invalid_input(images, tmp_path):
     from genserve.config import STACK_REPOSITORY_DIR
     from genserve.protocol import OCR
     from genserve.server import TritonServer
-    from genserve.triton.model_config import contract_mismatches, copy_model, read_config, served_config, write_config
+    from genserve.triton.model_config import contract_mismatches, copy_model, read_config, write_config
+    from genserve.triton.served_config import served_config
 
     repository = tmp_path / "repository"
     for model_dir in STACK_REPOSITORY_DIR.glob("ocr*"):  # the OCR models, the ensemble's steps among them

@@ -44,7 +44,7 @@ def images() -> dict[str, bytes]:
 
 @pytest.fixture(scope="module")
 def networks():
-    from genserve.triton.onnx_leaf import create_session, resolve_onnx_file
+    from genserve.onnx_sessions import create_session, resolve_onnx_file
 
     sessions = {leaf: create_session(resolve_onnx_file(leaf.onnx_reference)) for leaf in LEAF_MODELS}
     return lambda leaf, x: sessions[leaf].run([leaf.output], {leaf.input: x})[0]
@@ -149,8 +149,9 @@ def test_the_native_repository_runs_the_leaves_on_onnx_runtime_s_backend(tmp_pat
     from google.protobuf.json_format import MessageToDict
 
     from genserve.config import ORT_CUDA_PARAMETERS
-    from genserve.triton.native import write_native_repository
-    from genserve.triton.onnx_leaf import check_config_against_session, create_session, resolve_onnx_file
+    from genserve.onnx_sessions import create_session, resolve_onnx_file
+    from genserve.repository.native import write_native_repository
+    from genserve.triton.onnx_leaf import check_config_against_session
 
     leaves = write_native_repository(STACK_REPOSITORY_DIR, tmp_path / "native")
     assert set(leaves) == {leaf.name for leaf in LEAF_MODELS}

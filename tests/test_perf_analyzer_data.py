@@ -78,7 +78,7 @@ def test_each_model_gets_its_own_contract_s_requests():
 
 def test_a_document_that_breaks_the_format_is_refused():
     from genserve.config import STACK_REPOSITORY_DIR
-    from genserve.triton.model_config import served_config
+    from genserve.triton.served_config import served_config
 
     config = served_config(STACK_REPOSITORY_DIR / "ocr")
     good = perf_analyzer.input_data(OCR, [{"image": b"\x89PNG"}])

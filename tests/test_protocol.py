@@ -16,7 +16,8 @@ from genserve.protocol import CONTRACTS, EDIT_IMAGE, FACE_SWAP, OCR, TASKS, TEXT
 
 def test_the_stack_repository_configs_match_their_contracts():
     from genserve.config import STACK_REPOSITORY_DIR
-    from genserve.triton.model_config import contract_mismatches, served_config
+    from genserve.triton.model_config import contract_mismatches
+    from genserve.triton.served_config import served_config
 
     checked = 0
     served_as = {**CONTRACTS, "ocr_ensemble": OCR, "ocr_bls": OCR}  # the OCR model not named ocr keeps its tensors
@@ -42,7 +43,8 @@ def test_stack_python_models_take_their_tensors_from_the_contract_alone():
 
 def test_a_config_that_drifts_from_its_contract_is_caught():
     from genserve.config import STACK_REPOSITORY_DIR
-    from genserve.triton.model_config import contract_mismatches, served_config
+    from genserve.triton.model_config import contract_mismatches
+    from genserve.triton.served_config import served_config
 
     config = served_config(STACK_REPOSITORY_DIR / "face_swap")
     config.input[1].optional = True
@@ -58,7 +60,8 @@ def test_the_served_stack_models_declare_their_contract(triton_server):
     import tritonclient.grpc as grpcclient
 
     from genserve.config import STACK_REPOSITORY_DIR
-    from genserve.triton.model_config import contract_mismatches, declared_tensors, served_config
+    from genserve.triton.model_config import contract_mismatches, declared_tensors
+    from genserve.triton.served_config import served_config
 
     client = grpcclient.InferenceServerClient(triton_server.grpc_url)
     for name, contract in (("face_swap", FACE_SWAP), ("ocr", OCR)):

@@ -117,7 +117,7 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from genserve.diffusion.repository import BuildOptions, build_repository
+    from genserve.repository.diffusion import BuildOptions, build_repository
 
     report = build_repository(
         args.export_dir,

@@ -39,9 +39,9 @@ def build_demo_repository(
     the ``tiny`` (default) or ``medium`` demo pipelines (see :mod:`genserve.demo.pipelines`); without
     ``warmup``, ``out_dir/repository-no-warmup``, its pipeline models without Triton's model_warmup."""
     from genserve.demo.pipelines import build_demo_pipeline
-    from genserve.diffusion.repository import BuildOptions, build_repository
-    from genserve.export.manifest import FORMAT
     from genserve.export.pipeline import ExportOptions, export_pipeline
+    from genserve.manifest import FORMAT
+    from genserve.repository.diffusion import BuildOptions, build_repository
 
     out_dir = Path(out_dir)
     repo_dir = out_dir / ("repository" if warmup else "repository-no-warmup")

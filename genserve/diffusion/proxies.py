@@ -29,8 +29,8 @@ from typing import Any
 import torch
 
 from genserve.errors import GenServeError
-from genserve.export.manifest import ComponentEntry, Manifest, TensorEntry
 from genserve.families import Family, TensorSpec, component_config
+from genserve.manifest import ComponentEntry, Manifest, TensorEntry
 from genserve.protocol import PRECISION_DTYPES
 
 Runner = Callable[[str, dict[str, torch.Tensor], list[str]], dict[str, torch.Tensor]]
@@ -325,7 +325,7 @@ class OrtRunner:
     """Runs the exported components in-process with ONNX Runtime (checks and debugging without a server)."""
 
     def __init__(self, export_dir: Path, manifest: Manifest):
-        from genserve.export.ort_session import open_session
+        from genserve.torch_sessions import open_session
 
         self.sessions = {
             name: open_session(Path(export_dir) / entry.path) for name, entry in manifest.components.items()
@@ -333,7 +333,7 @@ class OrtRunner:
         self.lock = threading.Lock()
 
     def __call__(self, model: str, inputs: dict[str, torch.Tensor], outputs: list[str]) -> dict[str, torch.Tensor]:
-        from genserve.export.ort_session import run_torch
+        from genserve.torch_sessions import run_torch
 
         session = self.sessions[model]
         with self.lock:

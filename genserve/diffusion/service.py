@@ -476,7 +476,7 @@ def served_service(
     """The service of a pipeline model's version folder, its modules calling the leaves through ``runner``
     (``runner(model, inputs, output_names) -> outputs``, tensors as torch)."""
     from genserve.diffusion.proxies import build_proxies, load_pipeline
-    from genserve.export.manifest import Manifest
+    from genserve.manifest import Manifest
 
     bound_library_logs()
 
@@ -504,7 +504,7 @@ def export_service(export_dir: Path, task: str, text_reader: TextReader | None =
     """The service of one task over an export's graphs in ONNX Runtime, in this process: no server
     (checks, debugging, and what an application without Triton embeds)."""
     from genserve.diffusion.proxies import OrtRunner, build_proxies, load_pipeline
-    from genserve.export.manifest import Manifest
+    from genserve.manifest import Manifest
 
     export_dir = Path(export_dir)
     manifest = Manifest.read(export_dir)

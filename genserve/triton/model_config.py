@@ -7,10 +7,8 @@ typo fails here, with the line, and not at server start.
 
 from __future__ import annotations
 
-import re
 import shutil
 from collections.abc import Mapping
-from importlib import import_module
 from pathlib import Path
 from typing import Any
 
@@ -69,27 +67,6 @@ def declared_tensors(config: ModelConfig, kind: str) -> list[Tensor]:
         )
         for entry in getattr(config, kind)
     ]
-
-
-# A stack model's one-line model.py names its class (genserve.triton.models), and the class its contract.
-_MODEL_CLASS = re.compile(r"^from genserve\.triton\.models import (\w+) as TritonPythonModel", re.M)
-
-
-def served_config(model_dir: str | Path) -> ModelConfig:
-    """A model folder's config as Triton serves it: its ``config.pbtxt`` with the tensors that Triton's
-    auto-complete adds from the model class's contract (``ServiceModel.auto_complete_config``), for the
-    readers that do not ask a running server."""
-    model_dir = Path(model_dir)
-    config = read_config(model_dir)
-    for model_py in sorted(model_dir.glob("*/model.py")):
-        match = _MODEL_CLASS.search(model_py.read_text())
-        contract = (
-            getattr(getattr(import_module("genserve.triton.models"), match[1]), "contract", None) if match else None
-        )
-        if contract is not None and not config.input and not config.output:
-            declare_contract(config, contract)
-        break
-    return config
 
 
 def declare_contract(config: ModelConfig, contract: Contract) -> ModelConfig:

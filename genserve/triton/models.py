@@ -107,7 +107,7 @@ class FaceSwapModel(ServiceModel):
 
     def setup(self, args):
         from genserve.faceswap import FaceAnalyzer, FaceSwapper
-        from genserve.faceswap.embedding import INPUT_NAME, OUTPUT_NAME
+        from genserve.faceswap.embedding_graph import INPUT_NAME, OUTPUT_NAME
 
         leaf = self.parameters.get("embedding_model")
         embed = (lambda chips: bls.infer(leaf, {INPUT_NAME: chips}, [OUTPUT_NAME])[OUTPUT_NAME]) if leaf else None
@@ -281,3 +281,9 @@ class DiffusionStreamModel(DiffusionModel):
     @staticmethod
     def task_contract(task: str) -> Contract:
         return STREAMING_TASKS[task]
+
+
+# The classes a stack model's one-line ``model.py`` may name (genserve.triton.served_config reads them).
+MODEL_CLASSES: dict[str, type[ServiceModel]] = {
+    cls.__name__: cls for cls in (FaceSwapModel, OcrModel, DiffusionModel, DiffusionStreamModel)
+}

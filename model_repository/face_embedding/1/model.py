@@ -1,1 +1,1 @@
-from genserve.faceswap.embedding import FaceEmbeddingLeaf as TritonPythonModel  # noqa: F401  (an ONNX leaf: see config.pbtxt)
+from genserve.triton.face_embedding import FaceEmbeddingLeaf as TritonPythonModel  # noqa: F401  (an ONNX leaf: see config.pbtxt)

@@ -1,7 +1,7 @@
 """The stack's repository for the NGC container, its ONNX leaves on Triton's native ONNX Runtime backend.
 
-    python -m genserve.triton.native model_repository /models          # leaves on the GPU
-    python -m genserve.triton.native model_repository /models --cpu    # native backend, CPU instances
+    python -m genserve.repository.native model_repository /models          # leaves on the GPU
+    python -m genserve.repository.native model_repository /models --cpu    # native backend, CPU instances
 
 Every ONNX leaf model (a Python-backend model running :mod:`genserve.triton.onnx_leaf`) is written with
 the same config but ``platform: "onnxruntime_onnx"`` instead of ``backend: "python"``, its ONNX file at
@@ -20,8 +20,8 @@ import sys
 from pathlib import Path
 
 from genserve.config import ORT_CUDA_PARAMETERS
+from genserve.onnx_sessions import DEFAULT_FILE_NAME, find_onnx_file
 from genserve.triton.model_config import ModelConfig, model_parameters, read_config, write_config
-from genserve.triton.onnx_leaf import DEFAULT_FILE_NAME, find_onnx_file
 
 NATIVE_PLATFORM = "onnxruntime_onnx"
 # Parameters only the Python-backend leaf reads (the native backend has its own names for threads).
@@ -72,7 +72,7 @@ def write_native_repository(source: Path, out: Path, *, gpu: bool = True) -> lis
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m genserve.triton.native", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m genserve.repository.native", description=__doc__.split("\n\n")[0])
     parser.add_argument("source", type=Path, help="a model repository (e.g. model_repository)")
     parser.add_argument("out", type=Path, help="where to write the native one")
     parser.add_argument("--cpu", action="store_true", help="CPU instances (default: GPU)")

@@ -1,4 +1,5 @@
-"""ONNX Runtime side: open an exported model, feed it torch tensors, time it."""
+"""ONNX Runtime sessions fed with torch tensors: open an exported model, run it on torch tensors (bf16
+included), time it. Used by the export stages (parity, latency) and the in-process diffusion runner."""
 
 from __future__ import annotations
 
@@ -12,9 +13,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from genserve.export.components import to_numpy
-
 FLOAT_TYPES = {"tensor(float)": torch.float32, "tensor(float16)": torch.float16, "tensor(bfloat16)": torch.bfloat16}
+
+
+def to_numpy(tensor: torch.Tensor) -> np.ndarray:
+    """A torch tensor as numpy; bf16 (which numpy lacks) goes through ml_dtypes' bfloat16."""
+    tensor = tensor.detach().cpu()
+    if tensor.dtype == torch.bfloat16:
+        import ml_dtypes
+
+        return tensor.view(torch.int16).numpy().view(ml_dtypes.bfloat16)
+    return tensor.numpy()
 
 
 def providers() -> list[str]:
@@ -37,7 +46,7 @@ def open_session(path: Path, optimization: str = "all", threads: int | None = No
     """An InferenceSession on the best provider here (CUDA when ONNX Runtime has it), made by the leaf
     models' factory; feed it with :func:`run_torch`, which handles bf16. ``optimization``: "all" (what
     serving uses) or "basic"."""
-    from genserve.triton.onnx_leaf import create_session
+    from genserve.onnx_sessions import create_session
 
     return create_session(
         path,
