@@ -174,20 +174,6 @@ def is_final(arrays: dict[str, np.ndarray]) -> bool:
 ProgressCallback = Callable[[dict[str, Any]], None]
 
 
-def _document_fields(contract: Contract, skip: tuple[str, ...]) -> Callable:
-    """Append the contract's fields to a task method's docstring, so that ``help()`` shows them."""
-
-    def decorate(method):
-        lines = [f"    ``{f.name}`` ({f.type}): {f.help}" for f in contract.fields if f.name not in skip]
-        method.__doc__ = (
-            f"{method.__doc__}\n\n    Keyword parameters ({contract.model} fields, :mod:`genserve.protocol`):\n\n"
-            + "\n".join(lines)
-        )
-        return method
-
-    return decorate
-
-
 class TaskMethods:
     """The task methods, written once for the blocking :class:`Client` and the asyncio ``AsyncClient``.
 
@@ -232,13 +218,25 @@ class TaskMethods:
 
     # --- tasks -------------------------------------------------------------------------------------
 
-    @_document_fields(FACE_SWAP, skip=("ori_image", "target_image"))
     def swap_face(self, ori: ImageLike, target: ImageLike, *, model: str | None = None, **options: Any) -> ImageResult:
         """Put the face of ``target`` into ``ori``, keeping ori's background (the deepfake task).
 
         By default the largest face in ``ori`` is replaced; ``face_index`` picks another (faces are
         ordered largest first) and ``all_faces`` replaces every one. The metadata reports the faces
-        found, which were replaced, the identity score and per-stage timings."""
+        found, which were replaced, the identity score and per-stage timings.
+
+        Keyword parameters (face_swap fields, :mod:`genserve.protocol`):
+
+        ``face_index`` (int): which face of ori to replace, largest first (default: the largest)
+        ``all_faces`` (bool): replace every face of ori
+        ``output_format`` (text): encoding of the result
+        ``jpeg_quality`` (int): JPEG/WebP quality of the result
+        ``color_transfer`` (bool): match the target face's colour and light to ori's face
+        ``compute_identity`` (bool): report the identity score of the result (one face descriptor)
+        ``ori_identity`` (bool): also score ori's own face against the target (one more descriptor)
+        ``candidates`` (int): render this many variants and keep the one most like the target among those without
+            visible artifacts; every candidate's score is reported
+        """
         values = {"ori_image": to_image_bytes(ori), "target_image": to_image_bytes(target), **options}
         return self._task(
             FACE_SWAP, model, values, lambda out: ImageResult(encoded=out["image"], metadata=out["metadata"])
@@ -254,7 +252,6 @@ class TaskMethods:
 
     # --- diffusion (docs/diffusion-serving.md) ------------------------------------------------------
 
-    @_document_fields(TEXT_TO_IMAGE, skip=("prompt",))
     def text_to_image(
         self, prompt: str, *, model: str | None = None, progress: ProgressCallback | None = None, **parameters: Any
     ) -> ImageResult | list[ImageResult]:
@@ -266,10 +263,23 @@ class TaskMethods:
 
         With ``progress``, the request goes to the model's streaming variant (``<model>_stream``, gRPC)
         and ``progress({"step", "steps", "elapsed_ms"})`` is called after every denoising step. A seed
-        is drawn here when none is given (and reported), so every request is reproducible."""
+        is drawn here when none is given (and reported), so every request is reproducible.
+
+        Keyword parameters (text_to_image fields, :mod:`genserve.protocol`):
+
+        ``negative_prompt`` (text): what to steer away from (SD; FLUX with true_cfg_scale > 1)
+        ``steps`` (int): denoising steps (default: the pipeline's)
+        ``guidance`` (float): guidance scale (default: the pipeline's)
+        ``seed`` (int): random seed (default: drawn by the server and reported)
+        ``width`` (int): image width in pixels (edits: the input's, resized)
+        ``height`` (int): image height in pixels
+        ``num_images`` (int): images per request
+        ``strength`` (float): img2img: how far from the input image to go
+        ``true_cfg_scale`` (float): FLUX: classifier-free guidance with the negative prompt when > 1
+        ``max_sequence_length`` (int): text tokens of the long text encoder (T5, GLM)
+        """
         return self._diffusion(TEXT_TO_IMAGE, model, {"prompt": prompt, **parameters}, progress)
 
-    @_document_fields(EDIT_IMAGE, skip=("prompt", "image"))
     def edit_image(
         self,
         image: ImageLike,
@@ -280,12 +290,26 @@ class TaskMethods:
         **parameters: Any,
     ) -> ImageResult | list[ImageResult]:
         """Edit ``image`` as ``prompt`` says (FLUX Kontext; SD runs img2img). Same parameters as
-        :meth:`text_to_image`; the result has the image's size unless ``width``/``height`` are given."""
+        :meth:`text_to_image`; the result has the image's size unless ``width``/``height`` are given.
+
+        Keyword parameters (edit_image fields, :mod:`genserve.protocol`):
+
+        ``negative_prompt`` (text): what to steer away from (SD; FLUX with true_cfg_scale > 1)
+        ``steps`` (int): denoising steps (default: the pipeline's)
+        ``guidance`` (float): guidance scale (default: the pipeline's)
+        ``seed`` (int): random seed (default: drawn by the server and reported)
+        ``width`` (int): image width in pixels (edits: the input's, resized)
+        ``height`` (int): image height in pixels
+        ``num_images`` (int): images per request
+        ``strength`` (float): img2img: how far from the input image to go
+        ``true_cfg_scale`` (float): FLUX: classifier-free guidance with the negative prompt when > 1
+        ``max_sequence_length`` (int): text tokens of the long text encoder (T5, GLM)
+        ``keep_size`` (bool): return the result at the input image's exact size
+        """
         return self._diffusion(
             EDIT_IMAGE, model, {"prompt": prompt, "image": to_image_bytes(image), **parameters}, progress
         )
 
-    @_document_fields(EDIT_TEXT, skip=("prompt", "image"))
     def edit_text(
         self,
         image: ImageLike,
@@ -297,7 +321,24 @@ class TaskMethods:
     ) -> ImageResult | list[ImageResult]:
         """Change the text shown in ``image``: ``instruction`` quotes the old and the new text
         (``change "OPEN" to "CLOSED"``, ``把“开”改成“关”``). The metadata reports both, the prompt used
-        and the served OCR's reading of the result."""
+        and the served OCR's reading of the result.
+
+        Keyword parameters (edit_text fields, :mod:`genserve.protocol`):
+
+        ``negative_prompt`` (text): what to steer away from (SD; FLUX with true_cfg_scale > 1)
+        ``steps`` (int): denoising steps (default: the pipeline's)
+        ``guidance`` (float): guidance scale (default: the pipeline's)
+        ``seed`` (int): random seed (default: drawn by the server and reported)
+        ``width`` (int): image width in pixels (edits: the input's, resized)
+        ``height`` (int): image height in pixels
+        ``num_images`` (int): images per request
+        ``strength`` (float): img2img: how far from the input image to go
+        ``true_cfg_scale`` (float): FLUX: classifier-free guidance with the negative prompt when > 1
+        ``max_sequence_length`` (int): text tokens of the long text encoder (T5, GLM)
+        ``keep_size`` (bool): return the result at the input image's exact size
+        ``candidates`` (int): edits to make (one denoising batch); the one whose OCR reading is closest to the new text
+            is returned, every candidate's scores reported
+        """
         return self._diffusion(
             EDIT_TEXT, model, {"prompt": instruction, "image": to_image_bytes(image), **parameters}, progress
         )

@@ -19,9 +19,13 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
+import numpy as np
+
 from genserve import config
 from genserve.client import retry
-from genserve.client.client import Client, Protocol
+from genserve.client.client import Client, ImageResult, OcrLine, ProgressCallback, Protocol
+from genserve.client.images import ImageLike
+from genserve.protocol import Contract
 
 T = TypeVar("T")
 # The pool retries, on the next replica; its clients try once each.
@@ -58,11 +62,69 @@ class ClientPool:
 
         return self.retry_policy.call(attempt, self.timeout_s, other_replica=len(self.urls) > 1)
 
-    def __getattr__(self, name: str) -> Callable[..., Any]:
-        method = getattr(Client, name, None)
-        if name.startswith("_") or not callable(method):
-            raise AttributeError(name)
-        return lambda *args, **kwargs: self.call(lambda client: getattr(client, name)(*args, **kwargs))
+    def _on_next(self, method: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """``method`` of :class:`Client` (unbound) with these arguments, sent as :meth:`call` says."""
+        return self.call(lambda client: method(client, *args, **kwargs))
+
+    # --- Client's methods, each on the next replica (their docstrings: Client's) -------------------------
+
+    def swap_face(self, ori: ImageLike, target: ImageLike, *, model: str | None = None, **options: Any) -> ImageResult:
+        """:meth:`Client.swap_face <genserve.client.Client.swap_face>` on the next replica."""
+        return self._on_next(Client.swap_face, ori, target, model=model, **options)
+
+    def ocr(self, image: ImageLike, *, model: str | None = None) -> list[OcrLine]:
+        """:meth:`Client.ocr <genserve.client.Client.ocr>` on the next replica."""
+        return self._on_next(Client.ocr, image, model=model)
+
+    def text_to_image(
+        self, prompt: str, *, model: str | None = None, progress: ProgressCallback | None = None, **parameters: Any
+    ) -> ImageResult | list[ImageResult]:
+        """:meth:`Client.text_to_image <genserve.client.Client.text_to_image>` on the next replica."""
+        return self._on_next(Client.text_to_image, prompt, model=model, progress=progress, **parameters)
+
+    def edit_image(
+        self,
+        image: ImageLike,
+        prompt: str,
+        *,
+        model: str | None = None,
+        progress: ProgressCallback | None = None,
+        **parameters: Any,
+    ) -> ImageResult | list[ImageResult]:
+        """:meth:`Client.edit_image <genserve.client.Client.edit_image>` on the next replica."""
+        return self._on_next(Client.edit_image, image, prompt, model=model, progress=progress, **parameters)
+
+    def edit_text(
+        self,
+        image: ImageLike,
+        instruction: str,
+        *,
+        model: str | None = None,
+        progress: ProgressCallback | None = None,
+        **parameters: Any,
+    ) -> ImageResult | list[ImageResult]:
+        """:meth:`Client.edit_text <genserve.client.Client.edit_text>` on the next replica."""
+        return self._on_next(Client.edit_text, image, instruction, model=model, progress=progress, **parameters)
+
+    def request(
+        self, contract: Contract, *, model: str | None = None, progress: ProgressCallback | None = None, **values: Any
+    ) -> Any:
+        """:meth:`Client.request <genserve.client.Client.request>` on the next replica."""
+        return self._on_next(Client.request, contract, model=model, progress=progress, **values)
+
+    def is_ready(self, model: str | None = None) -> bool:
+        """:meth:`Client.is_ready <genserve.client.Client.is_ready>` of the next replica."""
+        return self._on_next(Client.is_ready, model)
+
+    def infer(self, model: str, inputs: dict[str, np.ndarray], outputs: list[str]) -> dict[str, np.ndarray]:
+        """:meth:`Client.infer <genserve.client.Client.infer>` on the next replica."""
+        return self._on_next(Client.infer, model, inputs, outputs)
+
+    def stream_infer(
+        self, model: str, inputs: dict[str, np.ndarray], on_progress: Callable[[dict[str, np.ndarray]], None]
+    ) -> dict[str, np.ndarray]:
+        """:meth:`Client.stream_infer <genserve.client.Client.stream_infer>` on the next replica."""
+        return self._on_next(Client.stream_infer, model, inputs, on_progress)
 
     def _client(self, url: str | None) -> Client:
         clients = getattr(self._local, "clients", None)

@@ -144,3 +144,36 @@ def test_a_pool_s_retries_share_one_deadline():
     with ClientPool(dead, timeout_s=1.5, retries=100, backoff_s=0.1) as pool, pytest.raises(ServerUnavailableError):
         pool.ocr(b"x")
     assert time.monotonic() - started < 1.5 + 1.5
+
+
+def test_a_pool_offers_every_method_of_a_client():
+    """ClientPool writes out each public method of Client (no forwarding by name), with Client's parameters;
+    each call goes to the next replica's client."""
+    import inspect
+
+    for name, method in inspect.getmembers(Client, inspect.isfunction):
+        if not name.startswith("_") and name != "close":
+            assert inspect.signature(getattr(ClientPool, name)) == inspect.signature(method), name
+
+
+def test_a_pool_s_task_methods_reach_the_next_replica(monkeypatch):
+    from genserve.protocol import OCR
+
+    monkeypatch.setattr(Client, "_run", lambda client, call: (client.url, call.model, sorted(call.inputs)))
+    with ClientPool(["127.0.0.1:1", "127.0.0.1:2"], retries=0) as pool:
+        calls = [
+            pool.swap_face(b"o", b"t", jpeg_quality=90),
+            pool.ocr(b"i", model="ocr_bls"),
+            pool.text_to_image("p", seed=1, model="flux_text_to_image"),
+            pool.edit_image(b"i", "p", seed=1),
+            pool.edit_text(b"i", "p", seed=1, candidates=2),
+            pool.request(OCR, image=b"i"),
+        ]
+    assert calls == [
+        ("127.0.0.1:1", "face_swap", ["OPTIONS", "ORI_IMAGE", "TARGET_IMAGE"]),
+        ("127.0.0.1:2", "ocr_bls", ["IMAGE"]),
+        ("127.0.0.1:1", "flux_text_to_image", ["PROMPT", "SEED"]),
+        ("127.0.0.1:2", "edit_image", ["IMAGE", "PROMPT", "SEED"]),
+        ("127.0.0.1:1", "edit_text", ["IMAGE", "OPTIONS", "PROMPT", "SEED"]),
+        ("127.0.0.1:2", "ocr", ["IMAGE"]),
+    ]

@@ -11,7 +11,7 @@ import pytest
 
 from genserve.errors import InvalidInputError
 from genserve.metadata import Choice, GenerationMetadata, SwapMetadata
-from genserve.protocol import CONTRACTS, EDIT_IMAGE, FACE_SWAP, OCR, TASKS, TEXT_TO_IMAGE
+from genserve.protocol import CONTRACTS, EDIT_IMAGE, EDIT_TEXT, FACE_SWAP, OCR, TASKS, TEXT_TO_IMAGE
 
 
 def test_the_stack_repository_configs_match_their_contracts():
@@ -263,3 +263,27 @@ def test_the_largest_request_a_contract_allows_fits_the_servers_byte_limit():
     sizes = {name: largest(contract) for name, contract in CONTRACTS.items()}
     assert max(sizes.values()) <= config.MAX_REQUEST_BYTES, sizes
     assert sizes["face_swap"] > config.MAX_REQUEST_BYTES / 2  # sized from it, not far above it
+
+
+def test_the_client_s_docstrings_list_their_contract_s_fields():
+    """The task methods' docstrings are written out; each lists every optional field of its contract (the
+    required ones are the method's arguments), in the contract's order, with its type and help, so that
+    ``help(Client.swap_face)`` cannot drift from the contract."""
+    import inspect
+    import re
+
+    from genserve.client.client import TaskMethods
+
+    documented = {
+        "swap_face": FACE_SWAP,
+        "text_to_image": TEXT_TO_IMAGE,
+        "edit_image": EDIT_IMAGE,
+        "edit_text": EDIT_TEXT,
+    }
+    for name, contract in documented.items():
+        doc = inspect.getdoc(getattr(TaskMethods, name))
+        heading = f"Keyword parameters ({contract.model} fields, :mod:`genserve.protocol`):"
+        assert heading in doc, name
+        entries = re.findall(r"^``(\w+)`` \((\w+)\): (.*(?:\n .*)*)", doc.split(heading)[1], re.MULTILINE)
+        listed = [(field, kind, " ".join(text.split())) for field, kind, text in entries]
+        assert listed == [(f.name, f.type, f.help) for f in contract.fields if not f.required], name
