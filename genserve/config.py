@@ -84,7 +84,7 @@ MALLOC_MMAP_THRESHOLD_BYTES = 64 * 1024
 DRAIN_DELAY_S = 5.0
 DRAIN_TIMEOUT_S = 60.0
 # After a drain emptied the server, how long its other models may take to unload before a streaming
-# model that Triton never unloads (its queue refused a streamed request: TritonServer._wait_for_unload)
+# model that Triton never unloads (its queue refused a streamed request: genserve.drain.wait_for_unload)
 # is no longer waited for.
 STUCK_UNLOAD_GRACE_S = 3.0
 # How the server tells its models that it drains (genserve.triton.requests): this variable names a file

@@ -1,5 +1,5 @@
-"""Keeping a running Triton honest: free ports before it starts, no process or shared memory left
-behind when it stops, and Python-backend workers replaced when they die.
+"""Keeping a running Triton honest: no process or shared memory left behind when it stops, and
+Python-backend workers replaced when they die (whether its ports are free: :mod:`genserve.ports`).
 
 Triton 2.51's Python backend does not replace a worker (its ``triton_python_backend_stub`` process)
 that dies, killed or out of memory: every request routed to that model instance then fails with
@@ -26,12 +26,11 @@ from __future__ import annotations
 
 import logging
 import re
-import socket
 import sys
 import threading
 import time
 from collections import defaultdict, deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,21 +43,6 @@ SHM_DIR = Path("/dev/shm")
 
 
 # --- before and after the server process ---------------------------------------------------------------
-
-
-def busy_ports(address: str, ports: Iterable[int]) -> list[int]:
-    """The ports something already listens on at ``address`` (Triton would fail to bind them, or, with
-    gRPC's SO_REUSEPORT, share them with another server)."""
-    family = socket.AF_INET6 if ":" in address else socket.AF_INET
-    busy = []
-    for port in ports:
-        with socket.socket(family, socket.SOCK_STREAM) as sock:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # a port in TIME_WAIT is free
-            try:
-                sock.bind((address, port))
-            except OSError:
-                busy.append(port)
-    return busy
 
 
 def die_with_parent() -> None:
@@ -277,7 +261,7 @@ class WorkerWatchdog:
         while not self._stop.wait(self.interval_s) and not self._failed:
             try:
                 self.check()
-            except Exception:  # noqa: BLE001 - a failed round is logged; the next one may pass
+            except Exception:  # a failed round is logged; the next one may pass
                 logger.exception("worker check failed")
 
     def stop(self) -> None:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from genserve.server import free_ports
+from genserve.ports import free_ports
 
 
 @contextlib.contextmanager

@@ -129,7 +129,7 @@ def test_a_huge_file_named_by_a_task_row_is_refused_before_it_is_read(tmp_path):
     from genserve.client import ClientPool
     from genserve.client.batch import BatchRunner
     from genserve.client.tasks import read_tasks
-    from genserve.server import free_ports
+    from genserve.ports import free_ports
 
     images = tmp_path / "images"
     images.mkdir()

@@ -19,7 +19,7 @@ from genserve.client.batch import BatchRunner
 from genserve.client.submission import check_submission
 from genserve.client.tasks import read_tasks
 from genserve.errors import InvalidInputError
-from genserve.server import free_ports
+from genserve.ports import free_ports
 
 TASK_HEADER = "index,task_type,prompt,ori_image,target_image\n"
 PHOTOS = ["2008_002506.jpg", "2008_001009.jpg", "2008_001322.jpg", "2008_002079.jpg", "2008_007676.jpg", "dogs.jpg"]

@@ -13,7 +13,7 @@ from genserve import errors
 from genserve.client import Client, ClientPool, OverloadedError, RequestError, ServerUnavailableError
 from genserve.client.client import request_error
 from genserve.client.retry import RetryPolicy, grpc_channel_args
-from genserve.server import free_ports
+from genserve.ports import free_ports
 
 
 @pytest.mark.parametrize(

@@ -16,7 +16,7 @@ from genserve.config import FACES_DIR
 from genserve.errors import ServerError
 from genserve.faceswap import FaceAnalyzer
 from genserve.imaging import decode_image
-from genserve.server import free_ports
+from genserve.ports import free_ports
 
 ORI, TARGET = "2008_002506.jpg", "2008_001009.jpg"
 pytestmark = pytest.mark.server

@@ -169,7 +169,7 @@ def test_a_front_without_tritonserver_answers_unavailable_and_follows_lost_model
     import tritonclient.grpc as grpcclient
     from tritonclient.utils import InferenceServerException
 
-    from genserve.server import free_ports
+    from genserve.ports import free_ports
 
     http_port, grpc_port, nobody = free_ports(3)
     front = subprocess.Popen(

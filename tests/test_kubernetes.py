@@ -15,7 +15,7 @@ import yaml
 from genserve import config, metrics
 from genserve.cli import build_parser
 from genserve.deploy import MANIFESTS_DIR, kustomizations, load_yaml_documents, render
-from genserve.server import is_remote
+from genserve.model_repositories import is_remote
 
 KUBERNETES_VERSION = "1.37.0"
 OVERLAYS = ("cpu", "gpu")  # with the repository on a volume; gpu-s3: in object storage

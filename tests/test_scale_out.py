@@ -22,7 +22,8 @@ from genserve import metrics
 from genserve.client import AsyncClient, Client
 from genserve.config import STACK_REPOSITORY_DIR
 from genserve.errors import ServerError
-from genserve.server import TritonServer, find_installation
+from genserve.installation import find_installation
+from genserve.server import TritonServer
 from genserve.triton.model_config import copy_model
 
 PHOTOS = ["2008_002506.jpg", "2008_001009.jpg", "2008_001322.jpg", "2008_002079.jpg", "2008_007676.jpg"]

@@ -17,8 +17,9 @@ import pytest
 from fixtures_server import start_serve
 
 from genserve.errors import ServerError
-from genserve.server import TritonServer, free_ports
-from genserve.supervision import STUB_BINARY, WorkerWatchdog, busy_ports, python_workers
+from genserve.ports import busy_ports, free_ports
+from genserve.server import TritonServer
+from genserve.supervision import STUB_BINARY, WorkerWatchdog, python_workers
 
 ORI, TARGET = "2008_002506.jpg", "2008_001009.jpg"
 

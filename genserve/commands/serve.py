@@ -127,7 +127,8 @@ def run(args: argparse.Namespace) -> int:
     from genserve import admin
     from genserve.config import STACK_REPOSITORY_DIR
     from genserve.errors import InvalidInputError, ServerError
-    from genserve.server import TritonServer, is_remote
+    from genserve.model_repositories import is_remote
+    from genserve.server import TritonServer
 
     repositories = [path if is_remote(path) else Path(path) for path in args.repositories]  # s3:// etc. as given
     if not args.no_stack_models and STACK_REPOSITORY_DIR.resolve() not in {

@@ -119,7 +119,8 @@ def count_in_flight(model_name: str, change: int) -> None:
         if _in_flight_family is None:
             description = "Requests a genserve model has taken and not answered yet"
             _in_flight_family = pb_utils.MetricFamily(IN_FLIGHT_METRIC, description, pb_utils.MetricFamily.GAUGE)
-        if model_name not in _in_flight_gauges:  # per worker process: a dead one's count is left out (server.py)
+        # Per worker process: a dead one's count is left out (genserve.drain).
+        if model_name not in _in_flight_gauges:
             _in_flight_gauges[model_name] = _in_flight_family.Metric(
                 labels={"model": model_name, "worker": str(os.getpid())}
             )

@@ -1,0 +1,88 @@
+"""Draining a server: waiting until the requests it took are answered, then for Triton to unload its models.
+
+Triton's own drain (on SIGINT/SIGTERM, within ``--exit-timeout-secs``) refuses every new request at once,
+also the calls a running request makes to other models (BLS: "Server not ready"), so only models that call
+none (the face swap) finished their work. So the stack's models refuse new requests themselves
+(UNAVAILABLE, once the server's drain file exists) and keep answering those calls; what they hold is read
+from the metrics endpoint (``genserve_requests_in_flight`` and Triton's queued requests).
+"""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import time
+from collections.abc import Callable
+
+from genserve import config
+
+logger = logging.getLogger(__name__)
+
+
+def requests_in_flight(metrics_url: str) -> float:
+    """Requests the models hold now: taken by a genserve model and not answered, or waiting in a queue."""
+    import psutil
+
+    from genserve import metrics
+    from genserve.triton.requests import IN_FLIGHT_METRIC
+
+    scrape = metrics.scrape(metrics_url)
+    # Each worker process counts its own; a worker that died (killed mid-request) left its count behind.
+    taken = sum(
+        value
+        for (name, labels), value in scrape.samples.items()
+        if name == IN_FLIGHT_METRIC and psutil.pid_exists(int(dict(labels).get("worker", 0)))
+    )
+    return taken + scrape.total("nv_inference_pending_request_count")
+
+
+def wait_until_idle(in_flight: Callable[[], float], running: Callable[[], bool], timeout_s: float) -> bool:
+    """Wait, ``timeout_s`` at most and while ``running()``, until ``in_flight()`` is 0; True when it was."""
+    deadline = time.monotonic() + timeout_s
+    while running():
+        try:
+            if in_flight() == 0:
+                return True
+        except OSError as error:  # the metrics endpoint did not answer: try again
+            logger.debug("reading the metrics failed: %s", error)
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.2)
+    return False
+
+
+def wait_for_unload(
+    process: subprocess.Popen, limit_s: float, drained: bool, stuck_models: Callable[[], list[str]]
+) -> bool:
+    """Wait, ``limit_s`` at most, for Triton to unload its models and exit; True when it did.
+
+    Triton 2.51 never unloads a decoupled (streaming) model once its queue refused a request streamed
+    over gRPC: the refused request keeps the model, and the exit waited out ``--exit-timeout-secs``.
+    After a drain that emptied the server such a model holds no request, so once it is all that is
+    left (``stuck_models()``, see :func:`stuck_streaming_models`), ``STUCK_UNLOAD_GRACE_S`` after the
+    others, Triton is ended (nothing is lost)."""
+    started = time.monotonic()
+    while time.monotonic() - started < limit_s:
+        try:
+            process.wait(timeout=0.5)
+            return True
+        except subprocess.TimeoutExpired:
+            pass
+        if drained and time.monotonic() - started >= config.STUCK_UNLOAD_GRACE_S:
+            stuck = stuck_models()
+            if stuck:
+                logger.warning(
+                    "%s did not unload (Triton keeps a streaming model whose queue refused a request); "
+                    "nothing is in flight, so tritonserver is ended",
+                    ", ".join(stuck),
+                )
+                return False
+    return False
+
+
+def stuck_streaming_models(left: list[str], config_of) -> list[str]:
+    """``left``, the models Triton has not unloaded yet, when all of them are decoupled (``config_of(name)``
+    their configs); else an empty list."""
+    configs = {name: config_of(name) for name in left}
+    decoupled = [n for n, c in configs.items() if c is not None and c.model_transaction_policy.decoupled]
+    return left if left and decoupled == left else []
