@@ -26,7 +26,8 @@ from typing import Any
 
 import numpy as np
 
-from genserve.protocol import BYTES, CONTRACTS, Contract
+from genserve.protocol import CONTRACTS
+from genserve.schema import BYTES, Contract
 from genserve.triton.model_config import ModelConfig, contract_mismatches
 from genserve.triton.served_config import served_config
 
@@ -174,7 +175,7 @@ def read_input_data(document: Mapping[str, Any], config: ModelConfig) -> list[di
 
 
 def _triton_name(dtype: str) -> str:
-    from genserve.protocol import TRITON_TYPES
+    from genserve.schema import TRITON_TYPES
 
     return TRITON_TYPES[dtype].removeprefix("TYPE_").replace("STRING", "BYTES")
 

@@ -38,7 +38,8 @@ from genserve.benchmarks.load import TABLE_HEADER, Run, drive, table_row
 from genserve.demo.pipelines import DEMO_FOR_FAMILY
 from genserve.imaging import png_bytes
 from genserve.metadata import GenerationMetadata
-from genserve.protocol import DIFFUSION_TASKS, PRECISION_DTYPES, STREAM_SUFFIX, TASKS
+from genserve.protocol import DIFFUSION_TASKS, STREAM_SUFFIX, TASKS
+from genserve.schema import PRECISION_DTYPES
 
 logger = logging.getLogger("genserve.bench")
 

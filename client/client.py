@@ -26,17 +26,8 @@ from genserve.client import retry
 from genserve.client.images import ImageLike, decode_image, to_image_bytes
 from genserve.errors import GenServeError
 from genserve.metadata import GenerationMetadata, SwapMetadata
-from genserve.protocol import (
-    EDIT_IMAGE,
-    EDIT_TEXT,
-    FACE_SWAP,
-    OCR,
-    PROGRESS,
-    STREAM_SUFFIX,
-    TEXT_TO_IMAGE,
-    Contract,
-    streaming,
-)
+from genserve.protocol import EDIT_IMAGE, EDIT_TEXT, FACE_SWAP, OCR, PROGRESS, STREAM_SUFFIX, TEXT_TO_IMAGE, streaming
+from genserve.schema import Contract
 
 Protocol = Literal["grpc", "http"]
 

@@ -25,7 +25,7 @@ from genserve import config
 from genserve.client import retry
 from genserve.client.client import Client, ImageResult, OcrLine, ProgressCallback, Protocol
 from genserve.client.images import ImageLike
-from genserve.protocol import Contract
+from genserve.schema import Contract
 
 T = TypeVar("T")
 # The pool retries, on the next replica; its clients try once each.

@@ -15,7 +15,7 @@ import torch
 
 from genserve.errors import ExportError
 from genserve.families import FLOAT, INT64, ComponentSpec, TensorSpec
-from genserve.protocol import PRECISION_DTYPES
+from genserve.schema import PRECISION_DTYPES
 
 PRECISIONS: dict[str, torch.dtype] = {precision: getattr(torch, name) for precision, name in PRECISION_DTYPES.items()}
 WEIGHT_SUFFIXES = (".safetensors", ".bin")

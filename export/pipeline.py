@@ -49,7 +49,7 @@ from genserve.families import (
     read_model_index,
 )
 from genserve.manifest import FORMAT, MANIFEST, ComponentEntry, Manifest, ParityResult, TensorEntry
-from genserve.protocol import PRECISION_DTYPES
+from genserve.schema import PRECISION_DTYPES
 
 logger = logging.getLogger(__name__)
 

@@ -1,5 +1,5 @@
 """What a response's ``METADATA`` says, per contract: dataclasses that the server fills and the client
-decodes (the contract's METADATA output names its class, :attr:`genserve.protocol.Output.schema`).
+decodes (the contract's METADATA output names its class, :attr:`genserve.schema.Output.schema`).
 
 On the wire a metadata object is one JSON object whose keys are the attribute names; an attribute that
 is None is left out (``identity`` of a swap that scored nothing, the text-edit keys of a plain edit).

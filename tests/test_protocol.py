@@ -199,7 +199,8 @@ def test_request_classes_are_held_to_their_contracts():
     mirror (names, order, types, defaults), as the ensemble's config.pbtxt is held to OCR above."""
     from genserve.diffusion.service import GenerationRequest
     from genserve.faceswap import SwapOptions
-    from genserve.protocol import DIFFUSION_TASKS, Field
+    from genserve.protocol import DIFFUSION_TASKS
+    from genserve.schema import Field
 
     assert _class_mismatches(SwapOptions, FACE_SWAP.option_fields) == []
     generation = _merged_fields(*(TASKS[task] for task in DIFFUSION_TASKS))
@@ -214,7 +215,7 @@ def test_request_classes_are_held_to_their_contracts():
 
 def test_a_task_row_needs_what_its_contract_requires(monkeypatch):
     from genserve.client.tasks import Task
-    from genserve.protocol import Field
+    from genserve.schema import Field
 
     row = Task("1", "deepfake", "", "a.jpg", "", line=2)
     assert row.problem() == "deepfake needs target_image"

@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 
 from genserve import config
-from genserve.protocol import Contract
+from genserve.schema import Contract
 
 _TYPES = {"int": int, "float": float, "text": str}
 _METAVARS = {"int": "N", "float": "X", "text": "TEXT"}

@@ -31,7 +31,7 @@ import torch
 from genserve.errors import GenServeError
 from genserve.families import Family, TensorSpec, component_config
 from genserve.manifest import ComponentEntry, Manifest, TensorEntry
-from genserve.protocol import PRECISION_DTYPES
+from genserve.schema import PRECISION_DTYPES
 
 Runner = Callable[[str, dict[str, torch.Tensor], list[str]], dict[str, torch.Tensor]]
 # Keywords a pipeline may pass with a value that the exported graphs already assume: the hidden states

@@ -47,7 +47,8 @@ from genserve.errors import GenServeError
 from genserve.export.stages import link_or_copy
 from genserve.families import FAMILIES, ShapeRequest, read_configs
 from genserve.manifest import ComponentEntry, Manifest
-from genserve.protocol import BYTES, STREAMING_TASKS, TASKS, TEXT_TO_IMAGE, TRITON_TYPES, Contract
+from genserve.protocol import STREAMING_TASKS, TASKS, TEXT_TO_IMAGE
+from genserve.schema import BYTES, TRITON_TYPES, Contract
 from genserve.triton.model_config import LOAD_AFTER, ModelConfig, bound_queue, declare_contract, write_config
 from genserve.triton.onnx_leaf import PARAM_INTRA_OP_THREADS
 

@@ -15,7 +15,7 @@ from typing import Any
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
-from genserve.protocol import Contract, Tensor
+from genserve.schema import Contract, Tensor
 
 ModelConfig = model_config_pb2.ModelConfig
 
@@ -54,8 +54,8 @@ def load_after(config: ModelConfig) -> list[str]:
 
 
 def declared_tensors(config: ModelConfig, kind: str) -> list[Tensor]:
-    """The ``input`` or ``output`` entries of a config as :class:`~genserve.protocol.Tensor`."""
-    from genserve.protocol import TRITON_TYPES
+    """The ``input`` or ``output`` entries of a config as :class:`~genserve.schema.Tensor`."""
+    from genserve.schema import TRITON_TYPES
 
     dtype_of = {triton: name for name, triton in TRITON_TYPES.items()}
     return [

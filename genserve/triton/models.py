@@ -23,7 +23,8 @@ from typing import Any
 from genserve import config
 from genserve.config import RESPONSE_CACHE_ENV
 from genserve.errors import InvalidInputError, Overloaded
-from genserve.protocol import FACE_SWAP, OCR, STREAMING_TASKS, TASKS, Contract
+from genserve.protocol import FACE_SWAP, OCR, STREAMING_TASKS, TASKS
+from genserve.schema import Contract
 from genserve.triton import bls
 from genserve.triton.model_config import model_parameters
 from genserve.triton.requests import (

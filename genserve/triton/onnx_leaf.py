@@ -62,7 +62,7 @@ from genserve.onnx_sessions import (
     ort_dtype,
     run_group,
 )
-from genserve.protocol import BYTES, TRITON_TYPES, Tensor
+from genserve.schema import BYTES, TRITON_TYPES, Tensor
 from genserve.triton.model_config import model_parameters
 from genserve.triton.requests import error_response
 
