@@ -118,40 +118,51 @@ class Field:
             if not isinstance(value, (bool, np.bool_)):
                 raise InvalidInputError(f"{self.label} must be true or false, not {shown(value)}")
             return bool(value)
+        if self.type == "text":
+            return self._checked_text(value)
+        if self.type == "image":
+            return self._checked_image(value)
+        return self._in_range(self._number(value))
+
+    def _number(self, value: Any) -> int | float:
         if self.type == "int":
             if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
                 raise InvalidInputError(f"{self.label} must be an integer, not {shown(value)}")
-            value = int(value)
-        elif self.type == "float":
-            if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
-                raise InvalidInputError(f"{self.label} must be a number, not {shown(value)}")
-            value = float(value)
-            if not math.isfinite(value):
-                raise InvalidInputError(f"{self.label} must be a finite number, not {value}")
-        elif self.type == "text":
-            if not isinstance(value, str):
-                raise InvalidInputError(f"{self.label} must be text, not {shown(value)}")
-            if len(value) > config.MAX_TEXT_CHARS:
-                raise InvalidInputError(
-                    f"{self.label} is {len(value)} characters long; at most {config.MAX_TEXT_CHARS} are accepted"
-                )
-            if self.choices and value.lower() not in self.choices:
-                raise InvalidInputError(f"{self.label} must be one of {', '.join(self.choices)}, not {shown(value)}")
-            return value.lower() if self.choices else value
-        else:  # image
-            if not isinstance(value, (bytes, bytearray)):
-                raise InvalidInputError(f"{self.label} must be encoded image bytes")
-            if self.max_pixels:
-                from genserve.imaging import check_pixel_limit
+            return int(value)
+        if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
+            raise InvalidInputError(f"{self.label} must be a number, not {shown(value)}")
+        value = float(value)
+        if not math.isfinite(value):
+            raise InvalidInputError(f"{self.label} must be a finite number, not {value}")
+        return value
 
-                check_pixel_limit(value, self.max_pixels, what=self.label)
-            return bytes(value)
+    def _in_range(self, value: int | float) -> int | float:
         too_low = self.minimum is not None and (
             value <= self.minimum if self.exclusive_minimum else value < self.minimum
         )
         if too_low or (self.maximum is not None and value > self.maximum):
             raise InvalidInputError(f"{self.label} must be {self._range()}, not {shown(value)}")
         return value
+
+    def _checked_text(self, value: Any) -> str:
+        if not isinstance(value, str):
+            raise InvalidInputError(f"{self.label} must be text, not {shown(value)}")
+        if len(value) > config.MAX_TEXT_CHARS:
+            raise InvalidInputError(
+                f"{self.label} is {len(value)} characters long; at most {config.MAX_TEXT_CHARS} are accepted"
+            )
+        if self.choices and value.lower() not in self.choices:
+            raise InvalidInputError(f"{self.label} must be one of {', '.join(self.choices)}, not {shown(value)}")
+        return value.lower() if self.choices else value
+
+    def _checked_image(self, value: Any) -> bytes:
+        if not isinstance(value, (bytes, bytearray)):
+            raise InvalidInputError(f"{self.label} must be encoded image bytes")
+        if self.max_pixels:
+            from genserve.imaging import check_pixel_limit
+
+            check_pixel_limit(value, self.max_pixels, what=self.label)
+        return bytes(value)
 
     def _range(self) -> str:
         if self.minimum is not None and self.maximum is not None and not self.exclusive_minimum:
