@@ -410,7 +410,7 @@ class Bench:
         return tasks
 
     def run(self) -> dict[str, Any]:
-        from genserve.benchmarks.report import model_stats, stats_delta
+        from genserve.benchmarks.report import model_stats
         from genserve.client import Client
         from genserve.server import TritonServer
 
@@ -434,7 +434,7 @@ class Bench:
             clients = [Client(url) for _ in range(max(s.levels))]
             try:
                 for task in tasks:
-                    runs += self._run_task(task, clients, url, model_stats, stats_delta)
+                    runs += self._run_task(task, clients, url, model_stats)
             finally:
                 for client in clients:
                     client.close()
@@ -443,29 +443,38 @@ class Bench:
                 self.server.stop()
         return self._report(tasks, runs, url, started_by, load_start)
 
-    def _run_task(self, task, clients, url, model_stats, stats_delta) -> list[Run]:
-        s = self.settings
+    def _run_task(self, task, clients, url, model_stats) -> list[Run]:
         if isinstance(task, DiffusionTask) and task.stream and not clients[0].is_ready(task.served_model):
             self.notes.append(
                 f"{task.name}: the server has no {task.served_model}; the plain {task.model} was measured"
             )
             task.stream = False
         self.log(f"\n{task.name}: served model {task.model}; {len(task.payloads)} payloads; warming up")
+        in_process, floor = self._warm_up(task, clients[0])
+        self.log(TABLE_HEADER)
+        runs = []
+        for level in self.settings.levels:
+            runs += self._run_level(task, level, clients, url, model_stats, in_process=in_process, floor=floor)
+        return runs
+
+    def _warm_up(self, task, client) -> tuple[bool, bool]:
+        """Warm every mode the task measures; whether it measures the in-process and floor modes."""
+        s = self.settings
         if not s.url:  # the server was started for this run: its first request is a first request after a start
             started = time.perf_counter()
-            task.served_worker(clients[0])(task.payloads[0])
+            task.served_worker(client)(task.payloads[0])
             first_ms = 1e3 * (time.perf_counter() - started)
             self.first_requests[task.name] = {"first_ms": round(first_ms, 1), "model_warmup": s.model_warmup}
             self.log(f"  first request after the server's start: {first_ms:.0f} ms")
         for _ in range(s.warmup):
             if isinstance(task, DiffusionTask):
-                task.warm_served(clients[0])
+                task.warm_served(client)
             else:
                 for payload in task.payloads:
-                    task.served_worker(clients[0])(payload)
+                    task.served_worker(client)(payload)
         in_process = s.in_process and task.in_process_label is not None
         if isinstance(task, DiffusionTask) and not hasattr(task, "metadata"):
-            task.warm_served(clients[0])
+            task.warm_served(client)
         if in_process:
             task.prepare_in_process()
             for _ in range(s.warmup):
@@ -477,33 +486,34 @@ class Bench:
             for _ in range(s.warmup):
                 for payload in task.payloads:
                     task.floor_workers(1)[0](payload)
-        self.log(TABLE_HEADER)
+        return in_process, floor
+
+    def _run_level(self, task, level, clients, url, model_stats, *, in_process: bool, floor: bool) -> list[Run]:
+        """One concurrency level of a task: the served mode and, interleaved with it, the others."""
         labels = {"in-process": task.in_process_label, "floor": getattr(task, "floor_label", None)}
-        runs = []
-        for level in s.levels:
-            modes = {"served": ([task.served_worker(client) for client in clients[:level]], task.payloads)}
-            if in_process:
-                modes["in-process"] = (task.in_process_workers(level), task.in_process_payloads)
-            if floor:
-                modes["floor"] = (task.floor_workers(level), task.payloads)
-            before = model_stats(url)
-            if isinstance(task, DiffusionTask):
-                task.served_metadata.clear()
-            pooled = self._interleaved(modes, s.requests_for(level))
-            served = pooled.pop("served")
-            served_model = getattr(task, "served_model", task.model)
-            served.extra.update(
-                task=task.name, model=served_model, models=self._level_stats(served_model, served, before, url)
-            )
-            runs.append(served)
-            self.log(table_row(served, f"{task.name} served"))
-            if isinstance(task, DiffusionTask):
-                task.level_stats(served.extra["models"])
-                self.log(_pipeline_line(served.extra["models"], served_model))
-            for mode, run in pooled.items():
-                run.extra.update(task=task.name, model=labels[mode])
-                runs.append(run)
-                self.log(table_row(run, f"{task.name} {mode}"))
+        modes = {"served": ([task.served_worker(client) for client in clients[:level]], task.payloads)}
+        if in_process:
+            modes["in-process"] = (task.in_process_workers(level), task.in_process_payloads)
+        if floor:
+            modes["floor"] = (task.floor_workers(level), task.payloads)
+        before = model_stats(url)
+        if isinstance(task, DiffusionTask):
+            task.served_metadata.clear()
+        pooled = self._interleaved(modes, self.settings.requests_for(level))
+        served = pooled.pop("served")
+        served_model = getattr(task, "served_model", task.model)
+        served.extra.update(
+            task=task.name, model=served_model, models=self._level_stats(served_model, served, before, url)
+        )
+        runs = [served]
+        self.log(table_row(served, f"{task.name} served"))
+        if isinstance(task, DiffusionTask):
+            task.level_stats(served.extra["models"])
+            self.log(_pipeline_line(served.extra["models"], served_model))
+        for mode, run in pooled.items():
+            run.extra.update(task=task.name, model=labels[mode])
+            runs.append(run)
+            self.log(table_row(run, f"{task.name} {mode}"))
         return runs
 
     def _interleaved(self, modes: dict[str, tuple[list, list]], requests: int) -> dict[str, Run]:

@@ -71,17 +71,7 @@ def _rename_dimensions(model, spec: ComponentSpec, config: Mapping[str, Any], di
     import onnx_ir as ir
 
     graph = model.graph
-    symbols: dict[str, str] = {}
-    for value, tensor_spec in zip(graph.inputs, spec.active_inputs(config), strict=True):
-        for axis, (dim_name, dim) in enumerate(zip(tensor_spec.dims, value.shape)):
-            if dim_name not in DYNAMIC_DIMS:
-                continue
-            if isinstance(dim, int):
-                raise ExportError(
-                    f"{spec.name}: input {tensor_spec.name} axis {axis} ({dim_name}) was specialized to {dim} "
-                    "during export; the graph would only accept that size"
-                )
-            symbols[str(dim.value)] = dim_name
+    symbols = _dimension_symbols(graph, spec, config)
     if not symbols:
         return
     pattern = re.compile(r"\b(" + "|".join(map(re.escape, sorted(symbols, key=len, reverse=True))) + r")\b")
@@ -109,6 +99,23 @@ def _rename_dimensions(model, spec: ComponentSpec, config: Mapping[str, Any], di
         value.shape = ir.Shape(
             [ir.SymbolicDim(name) if name in DYNAMIC_DIMS else d for name, d in zip(tensor_spec.dims, value.shape)]
         )
+
+
+def _dimension_symbols(graph, spec: ComponentSpec, config: Mapping[str, Any]) -> dict[str, str]:
+    """The exporter's symbol of each dynamic input dimension -> the family's name for it; ExportError
+    where the exporter specialized one to a fixed size."""
+    symbols: dict[str, str] = {}
+    for value, tensor_spec in zip(graph.inputs, spec.active_inputs(config), strict=True):
+        for axis, (dim_name, dim) in enumerate(zip(tensor_spec.dims, value.shape)):
+            if dim_name not in DYNAMIC_DIMS:
+                continue
+            if isinstance(dim, int):
+                raise ExportError(
+                    f"{spec.name}: input {tensor_spec.name} axis {axis} ({dim_name}) was specialized to {dim} "
+                    "during export; the graph would only accept that size"
+                )
+            symbols[str(dim.value)] = dim_name
+    return symbols
 
 
 def initializer_bytes(model) -> int:

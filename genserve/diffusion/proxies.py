@@ -171,19 +171,7 @@ class ModuleProxy:
         return self._result(component, outputs, return_dict)
 
     def _inputs(self, component: Component, arguments: dict[str, Any]) -> dict[str, torch.Tensor]:
-        taken = {entry.argument.split(".")[0] for entry in component.inputs}
-        for name, value in arguments.items():
-            # Unset options (attention kwargs, ControlNet residuals...) are what the graphs were
-            # exported with; a set one would be silently dropped, so it is refused.
-            if name in taken or name in ALWAYS_IGNORED or value is None or value is False:
-                continue
-            if isinstance(value, (dict, list, tuple)) and not value:
-                continue
-            if name == "attention_mask" and isinstance(value, torch.Tensor) and bool(value.all()):
-                continue  # an all-ones mask is the same as none
-            raise UnsupportedCallError(
-                f"{self._module}.{component.method}: the exported {component.name} does not take {name!r}"
-            )
+        self._refuse_unexported(component, arguments)
         batch = None
         tensors: dict[str, torch.Tensor] = {}
         for entry in component.inputs:
@@ -194,24 +182,24 @@ class ModuleProxy:
             tensors[entry.name] = tensor.to(getattr(torch, entry.dtype))
             if entry.batched and tensor.ndim == len(entry.dims) >= 2:
                 batch = tensor.shape[0] if batch is None else batch
-        # Pipelines pass one timestep (or guidance) for the whole batch, and FLUX's position ids without
-        # a batch dimension; the graphs take one per sample (equal rows, so that Triton can batch them).
         for entry in component.inputs:
-            tensor = tensors[entry.name]
-            if entry.batched and tensor.ndim == len(entry.dims) - 1 >= 1:
-                if batch is None:
-                    raise UnsupportedCallError(
-                        f"{component.name}: no input gives the batch size for {entry.argument!r}"
-                    )
-                tensors[entry.name] = tensor.unsqueeze(0).expand(batch, *tensor.shape)
-            elif entry.dims == ("batch",):
-                if batch is not None and tensor.numel() == 1:
-                    tensor = tensor.reshape(1).expand(batch)
-                if component.batched:
-                    tensor = tensor.reshape(-1, 1)
-                tensors[entry.name] = tensor
-            tensors[entry.name] = tensors[entry.name].contiguous()
+            tensors[entry.name] = _per_sample(component, entry, tensors[entry.name], batch).contiguous()
         return tensors
+
+    def _refuse_unexported(self, component: Component, arguments: dict[str, Any]) -> None:
+        """Unset options (attention kwargs, ControlNet residuals...) are what the graphs were exported
+        with; a set one would be silently dropped, so it is refused."""
+        taken = {entry.argument.split(".")[0] for entry in component.inputs}
+        for name, value in arguments.items():
+            if name in taken or name in ALWAYS_IGNORED or value is None or value is False:
+                continue
+            if isinstance(value, (dict, list, tuple)) and not value:
+                continue
+            if name == "attention_mask" and isinstance(value, torch.Tensor) and bool(value.all()):
+                continue  # an all-ones mask is the same as none
+            raise UnsupportedCallError(
+                f"{self._module}.{component.method}: the exported {component.name} does not take {name!r}"
+            )
 
     def _result(self, component: Component, outputs: dict[str, torch.Tensor], return_dict: bool):
         if component.kind == "vae_encoder":
@@ -242,6 +230,21 @@ class ModuleProxy:
 
             return Transformer2DModelOutput(sample=result[0])
         return result
+
+
+def _per_sample(component: Component, entry, tensor: torch.Tensor, batch: int | None) -> torch.Tensor:
+    """Pipelines pass one timestep (or guidance) for the whole batch, and FLUX's position ids without a
+    batch dimension; the graphs take one per sample (equal rows, so that Triton can batch them)."""
+    if entry.batched and tensor.ndim == len(entry.dims) - 1 >= 1:
+        if batch is None:
+            raise UnsupportedCallError(f"{component.name}: no input gives the batch size for {entry.argument!r}")
+        return tensor.unsqueeze(0).expand(batch, *tensor.shape)
+    if entry.dims == ("batch",):
+        if batch is not None and tensor.numel() == 1:
+            tensor = tensor.reshape(1).expand(batch)
+        if component.batched:
+            tensor = tensor.reshape(-1, 1)
+    return tensor
 
 
 def _argument(arguments: Mapping[str, Any], path: str) -> Any:

@@ -134,30 +134,8 @@ class DiffusionService:
         """
         if not request.prompt.strip():
             raise InvalidInputError("the prompt is empty; this model needs one")
-        if request.num_images > self.max_images:
-            raise InvalidInputError(f"num_images must be between 1 and {self.max_images}, not {request.num_images}")
-        if request.num_images * request.candidates > self.max_images:
-            raise InvalidInputError(
-                f"num_images x candidates is {request.num_images * request.candidates}; "
-                f"this model makes at most {self.max_images} at once"
-            )
-        max_steps = self.max_steps()
-        if request.steps is not None and max_steps is not None and request.steps > max_steps:
-            scheduler = type(self.pipeline.scheduler).__name__
-            raise InvalidInputError(
-                f"steps must be at most {max_steps} for this model ({scheduler}), not {request.steps}"
-            )
-        for name in ("width", "height"):
-            value = getattr(request, name)
-            if value is None:
-                continue
-            if value % self.pixel_multiple:
-                raise InvalidInputError(
-                    f"{name} {value} is not a positive multiple of {self.pixel_multiple} ({self.family.name}'s VAE "
-                    f"scale times its patch size)"
-                )
-            if value > self.max_size:
-                raise InvalidInputError(f"{name} {value} is above this model's maximum of {self.max_size}")
+        self._check_counts(request)
+        self._check_sizes(request)
         unsupported = [name for name in request.options if name not in self.call_parameters]
         if unsupported:
             raise InvalidInputError(f"{self.pipeline_class} takes no {', '.join(unsupported)}")
@@ -176,6 +154,36 @@ class DiffusionService:
             if request.negative_prompt
             else []
         )
+
+    def _check_counts(self, request: GenerationRequest) -> None:
+        """Images and steps within what this model makes at once and its scheduler takes."""
+        if request.num_images > self.max_images:
+            raise InvalidInputError(f"num_images must be between 1 and {self.max_images}, not {request.num_images}")
+        if request.num_images * request.candidates > self.max_images:
+            raise InvalidInputError(
+                f"num_images x candidates is {request.num_images * request.candidates}; "
+                f"this model makes at most {self.max_images} at once"
+            )
+        max_steps = self.max_steps()
+        if request.steps is not None and max_steps is not None and request.steps > max_steps:
+            scheduler = type(self.pipeline.scheduler).__name__
+            raise InvalidInputError(
+                f"steps must be at most {max_steps} for this model ({scheduler}), not {request.steps}"
+            )
+
+    def _check_sizes(self, request: GenerationRequest) -> None:
+        """Width and height within this model's multiple and maximum."""
+        for name in ("width", "height"):
+            value = getattr(request, name)
+            if value is None:
+                continue
+            if value % self.pixel_multiple:
+                raise InvalidInputError(
+                    f"{name} {value} is not a positive multiple of {self.pixel_multiple} ({self.family.name}'s VAE "
+                    f"scale times its patch size)"
+                )
+            if value > self.max_size:
+                raise InvalidInputError(f"{name} {value} is above this model's maximum of {self.max_size}")
 
     def check_denoising_steps(self, request: GenerationRequest) -> None:
         """An img2img edit runs ``int(steps * strength)`` of its steps (diffusers' ``get_timesteps``): refuse

@@ -59,69 +59,16 @@ class _Value:
 
 
 def _build_graph(layers: list[Layer]):
-    """The ONNX model of the network ``read_network`` returned.
-
-    Tags and skips, as dlib's example arranges them: a lone tag marks a residual block's input (tag1);
-    a tag directly followed by a skip marks a downsampling block's main path (tag2) and continues from
-    tag1 (skip1). ``add_prev`` adds tag2 when one is open, else tag1. Where the two sides differ in
-    size, dlib adds them as if the smaller were zero-padded at its end (cpu_dlib.cpp ``add``).
-    """
+    """The ONNX model of the network ``read_network`` returned."""
     from onnx import TensorProto, helper
 
     if not layers or layers[0].kind != "input_rgb_image_sized":
         raise DlibFormatError("the network does not start with input_rgb_image_sized")
-    rows, cols = layers[0].values["size"]
-    graph = _GraphBuilder()
-    # uint8 NHWC RGB chips -> dlib's input tensor: (value - channel mean) / 256, NCHW.
-    pixels = graph.node("Transpose", [graph.node("Cast", [INPUT_NAME], to=TensorProto.FLOAT)], perm=[0, 3, 1, 2])
-    means = np.array(layers[0].values["means"], dtype=np.float32).reshape(1, 3, 1, 1)
-    scaled = graph.node(
-        "Mul",
-        [graph.node("Sub", [pixels, graph.constant("mean", means)]), graph.constant("scale", np.float32(1 / 256))],
-    )
-    current = _Value(scaled, (3, rows, cols))
-    tag1 = tag2 = None
-    index = 1
-    while index < len(layers):
-        layer, values = layers[index], layers[index].values
-        following = layers[index + 1] if index + 1 < len(layers) else None
-        if layer is TAG_OR_SKIP:
-            if following is TAG_OR_SKIP:
-                if tag1 is None:
-                    raise DlibFormatError("a skip before any tag")
-                tag2, current = current, tag1
-                index += 1
-            else:
-                tag1 = current
-        elif layer.kind == "con":
-            current = _convolution(graph, current, values, following)
-            if following is not None and following.kind == "affine":
-                index += 1  # folded into the convolution
-        elif layer.kind == "affine":
-            raise DlibFormatError("an affine layer that does not follow a convolution")
-        elif layer.kind == "relu":
-            if not values["disabled"]:
-                current = _Value(graph.node("Relu", [current.name]), current.shape)
-        elif layer.kind in ("max_pool", "avg_pool"):
-            current = _pool(graph, current, layer.kind, values)
-        elif layer.kind == "add_prev":
-            other, tag2 = (tag2, None) if tag2 is not None else (tag1, None)
-            if other is None:
-                raise DlibFormatError("add_prev without a tag")
-            current = _add_padded(graph, current, other)
-        elif layer.kind == "fc":
-            if values["bias_mode"] != 1:
-                raise DlibFormatError("fc with a bias: dlib's face network has none")
-            weights = values["weights"]
-            if weights.shape[0] != int(np.prod(current.shape)):
-                raise DlibFormatError(f"fc takes {weights.shape[0]} inputs, the layer below gives {current.shape}")
-            flat = graph.node("Flatten", [current.name], axis=1)
-            current = _Value(graph.node("MatMul", [flat, graph.constant("fc", weights)]), (weights.shape[1], 0, 0))
-        else:
-            raise DlibFormatError(f"unexpected layer {layer.kind!r}")
-        index += 1
     if layers[-1].kind != "fc":
         raise DlibFormatError("the network does not end with its fc layer")
+    rows, cols = layers[0].values["size"]
+    graph = _GraphBuilder()
+    current = _layers(graph, layers[1:], _normalized_input(graph, layers[0]))
     graph.nodes[-1].output[0] = OUTPUT_NAME
     inputs = [helper.make_tensor_value_info(INPUT_NAME, TensorProto.UINT8, ["batch", rows, cols, 3])]
     outputs = [helper.make_tensor_value_info(OUTPUT_NAME, TensorProto.FLOAT, ["batch", current.shape[0]])]
@@ -132,6 +79,79 @@ def _build_graph(layers: list[Layer]):
     )
     model.ir_version = 8
     return model
+
+
+def _normalized_input(graph: _GraphBuilder, layer: Layer) -> _Value:
+    """uint8 NHWC RGB chips -> dlib's input tensor: (value - channel mean) / 256, NCHW."""
+    from onnx import TensorProto
+
+    rows, cols = layer.values["size"]
+    pixels = graph.node("Transpose", [graph.node("Cast", [INPUT_NAME], to=TensorProto.FLOAT)], perm=[0, 3, 1, 2])
+    means = np.array(layer.values["means"], dtype=np.float32).reshape(1, 3, 1, 1)
+    scaled = graph.node(
+        "Mul",
+        [graph.node("Sub", [pixels, graph.constant("mean", means)]), graph.constant("scale", np.float32(1 / 256))],
+    )
+    return _Value(scaled, (3, rows, cols))
+
+
+def _layers(graph: _GraphBuilder, layers: list[Layer], current: _Value) -> _Value:
+    """The nodes of the layers above the input, in order.
+
+    Tags and skips, as dlib's example arranges them: a lone tag marks a residual block's input (tag1);
+    a tag directly followed by a skip marks a downsampling block's main path (tag2) and continues from
+    tag1 (skip1). ``add_prev`` adds tag2 when one is open, else tag1. Where the two sides differ in
+    size, dlib adds them as if the smaller were zero-padded at its end (cpu_dlib.cpp ``add``).
+    """
+    tag1 = tag2 = None
+    index = 0
+    while index < len(layers):
+        layer = layers[index]
+        following = layers[index + 1] if index + 1 < len(layers) else None
+        if layer is TAG_OR_SKIP and following is TAG_OR_SKIP:
+            if tag1 is None:
+                raise DlibFormatError("a skip before any tag")
+            tag2, current = current, tag1
+            index += 1
+        elif layer is TAG_OR_SKIP:
+            tag1 = current
+        elif layer.kind == "add_prev":
+            other, tag2 = (tag2, None) if tag2 is not None else (tag1, None)
+            if other is None:
+                raise DlibFormatError("add_prev without a tag")
+            current = _add_padded(graph, current, other)
+        else:
+            current, folded = _layer(graph, layer, current, following)
+            index += folded
+        index += 1
+    return current
+
+
+def _layer(graph: _GraphBuilder, layer: Layer, current: _Value, following: Layer | None) -> tuple[_Value, int]:
+    """The nodes of one layer that neither tags nor adds, and how many following layers it folded in."""
+    values = layer.values
+    if layer.kind == "con":
+        folded = int(following is not None and following.kind == "affine")
+        return _convolution(graph, current, values, following), folded
+    if layer.kind == "affine":
+        raise DlibFormatError("an affine layer that does not follow a convolution")
+    if layer.kind == "relu":
+        return (current if values["disabled"] else _Value(graph.node("Relu", [current.name]), current.shape)), 0
+    if layer.kind in ("max_pool", "avg_pool"):
+        return _pool(graph, current, layer.kind, values), 0
+    if layer.kind == "fc":
+        return _fully_connected(graph, current, values), 0
+    raise DlibFormatError(f"unexpected layer {layer.kind!r}")
+
+
+def _fully_connected(graph: _GraphBuilder, below: _Value, values: dict) -> _Value:
+    if values["bias_mode"] != 1:
+        raise DlibFormatError("fc with a bias: dlib's face network has none")
+    weights = values["weights"]
+    if weights.shape[0] != int(np.prod(below.shape)):
+        raise DlibFormatError(f"fc takes {weights.shape[0]} inputs, the layer below gives {below.shape}")
+    flat = graph.node("Flatten", [below.name], axis=1)
+    return _Value(graph.node("MatMul", [flat, graph.constant("fc", weights)]), (weights.shape[1], 0, 0))
 
 
 def _convolution(graph: _GraphBuilder, below: _Value, values: dict, following: Layer | None) -> _Value:
