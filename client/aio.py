@@ -48,7 +48,7 @@ class AsyncClient(TaskMethods):
     async def is_ready(self, model: str | None = None) -> bool:
         try:
             return await (self._client.is_model_ready(model) if model else self._client.is_server_ready())
-        except Exception:  # connection refused and the like: not ready
+        except Exception:  # noqa: BLE001 - connection refused, a server that cannot say: not ready
             return False
 
     async def infer(self, model: str, inputs: dict[str, np.ndarray], outputs: list[str]) -> dict[str, np.ndarray]:

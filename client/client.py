@@ -430,7 +430,7 @@ class Client(TaskMethods):
     def is_ready(self, model: str | None = None) -> bool:
         try:
             return self._client.is_model_ready(model) if model else self._client.is_server_ready()
-        except Exception:  # connection refused and the like: not ready
+        except Exception:  # noqa: BLE001 - connection refused, a server that cannot say: not ready
             return False
 
     def infer(self, model: str, inputs: dict[str, np.ndarray], outputs: list[str]) -> dict[str, np.ndarray]:
