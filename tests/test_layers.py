@@ -8,15 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-
-# Source folder -> the import package it installs as (pyproject.toml's package-dir).
-PARTS = {
-    "genserve": "genserve",
-    "client": "genserve.client",
-    "export": "genserve.export",
-    "benchmarks": "genserve.benchmarks",
-}
+from test_packaging import PARTS, ROOT  # the source folders and the import package each installs as
 
 # Bottom to top. A module belongs to the layer of the longest prefix that names it.
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
