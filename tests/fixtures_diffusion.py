@@ -57,3 +57,15 @@ def run_cli(*argv: str) -> int:
     from genserve.cli import main
 
     return main(list(argv))
+
+
+@pytest.fixture(scope="session")
+def sd_repository(export_family, tmp_path_factory) -> Path:
+    """A repository of the tiny SD pipeline alone (sd_text_to_image, sd_edit_image and their streaming
+    variants; sizes up to 256): the lightest diffusion server, for the tests of what stands around it."""
+    from genserve.repository.diffusion import BuildOptions, build_repository
+
+    _, export_dir = export_family("sd")
+    repo = tmp_path_factory.mktemp("sd_repo")
+    build_repository(export_dir, repo, BuildOptions(prefix="sd_", max_size=256, warmup_size=32))
+    return repo

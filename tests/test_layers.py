@@ -25,6 +25,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "genserve.imaging",
             "genserve.manifest",
             "genserve.gpu_stack",
+            "genserve.served_models",
         ),
     ),
     (

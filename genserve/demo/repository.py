@@ -54,6 +54,7 @@ def build_demo_repository(
         "cpu_denoiser_instances": [CPU_DENOISER_INSTANCES, CPU_SMALL_DENOISER_BYTES],
         "warmup": 2 if warmup else 0,
         "size": size,
+        "serving_parameter": 1,  # the pipeline configs say what they serve (genserve.served_models)
     }
     if (repo_dir / STAMP).is_file() and json.loads((repo_dir / STAMP).read_text()) == stamp:
         return repo_dir

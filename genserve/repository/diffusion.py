@@ -49,6 +49,7 @@ from genserve.families import FAMILIES, ShapeRequest, read_configs
 from genserve.manifest import ComponentEntry, Manifest
 from genserve.protocol import STREAMING_TASKS, TASKS, TEXT_TO_IMAGE
 from genserve.schema import BYTES, TRITON_TYPES, Contract
+from genserve.served_models import SERVING_PARAMETER, ServedModel
 from genserve.triton.model_config import LOAD_AFTER, ModelConfig, bound_queue, declare_contract, write_config
 from genserve.triton.onnx_leaf import PARAM_INTRA_OP_THREADS
 
@@ -302,6 +303,17 @@ def write_pipeline(
         add_warmup(
             config, model_dir, task, calls, options.warmup_size or warmup_side(export_dir, manifest, options.max_size)
         )
+    # What it serves, for its callers (genserve.served_models): the same figures its service checks.
+    served = ServedModel(
+        name=name,
+        task=task,
+        streaming=stream,
+        max_size=options.max_size,
+        pixel_multiple=manifest.pixel_multiple,
+        default_size=(default_t2i_side(export_dir, manifest, options.max_size),) * 2 if task == "t2i" else None,
+        max_images=options.max_images,
+    )
+    config.parameters[SERVING_PARAMETER].string_value = served.parameter()
     write_config(config, model_dir / "config.pbtxt")
     (version / "model.py").write_text(
         PIPELINE_MODEL_PY.format(cls="DiffusionStreamModel" if stream else "DiffusionModel")
@@ -330,6 +342,14 @@ def warmup_side(export_dir: Path, manifest: Manifest, max_size: int) -> int:
     what a request without a size, or with a large image, runs at."""
     family = FAMILIES[manifest.family]
     return min(max_size, family.default_side(read_configs(export_dir / manifest.pipeline_files, family)))
+
+
+def default_t2i_side(export_dir: Path, manifest: Manifest, max_size: int) -> int:
+    """The square a t2i request without a size renders: the pipeline's own default, or where that is above
+    ``max_size`` the largest multiple of the family's pixel multiple within it (as the service decides)."""
+    family = FAMILIES[manifest.family]
+    working = family.default_side(read_configs(export_dir / manifest.pipeline_files, family))
+    return working if working <= max_size else max_size // manifest.pixel_multiple * manifest.pixel_multiple
 
 
 def add_warmup(config: ModelConfig, model_dir: Path, task: str, calls: list[str], side: int) -> None:
