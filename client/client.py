@@ -10,6 +10,7 @@ gRPC target, also one that resolves to several servers (``dns:///genserve-headle
 
 from __future__ import annotations
 
+import http.client
 import io
 import secrets
 import threading
@@ -28,6 +29,7 @@ from genserve.errors import GenServeError
 from genserve.metadata import GenerationMetadata, SwapMetadata
 from genserve.protocol import EDIT_IMAGE, EDIT_TEXT, FACE_SWAP, OCR, PROGRESS, STREAM_SUFFIX, TEXT_TO_IMAGE, streaming
 from genserve.schema import Contract
+from genserve.served_models import ServedModel
 
 Protocol = Literal["grpc", "http"]
 
@@ -68,6 +70,22 @@ class OverloadedError(RequestError):
         super().__init__(message, errors.OVERLOADED)
 
 
+# The image files a result is written as, by extension.
+OUTPUT_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP"}
+
+
+def output_format(path: str | Path) -> str:
+    """The format a result is written in at ``path``, from its extension; InvalidInputError for an extension
+    no format of :data:`OUTPUT_FORMATS` has (JPEG bytes in a ``.gif`` would be a file that lies)."""
+    suffix = Path(path).suffix.lower()
+    if suffix not in OUTPUT_FORMATS:
+        raise errors.InvalidInputError(
+            f"{path}: results are written as {', '.join(OUTPUT_FORMATS)}; "
+            f"{'the extension ' + repr(suffix) if suffix else 'a file without extension'} names none of them"
+        )
+    return OUTPUT_FORMATS[suffix]
+
+
 @dataclass
 class ImageResult:
     """An image the server made, with the metadata it reported."""
@@ -80,11 +98,12 @@ class ImageResult:
         return decode_image(self.encoded)
 
     def save(self, path: str | Path) -> Path:
-        """Write the image; the file's extension picks the format (bytes as served when it matches)."""
+        """Write the image; the file's extension picks the format (:data:`OUTPUT_FORMATS`; bytes as served when
+        it is theirs). Another extension is refused (InvalidInputError) before anything is written."""
         path = Path(path)
+        wanted = output_format(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        wanted = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG", ".webp": "WEBP"}.get(path.suffix.lower())
-        path.write_bytes(self.encoded if wanted is None else self.encoded_as(wanted))
+        path.write_bytes(self.encoded_as(wanted))
         return path
 
     def as_jpeg(self) -> bytes:
@@ -116,6 +135,8 @@ def request_error(error, url: str, protocol: str) -> RequestError:
     kind, message = errors.decode(status, error.message() or str(error))
     if kind is errors.UNREACHABLE:
         return unavailable(url, protocol, message)
+    if kind is errors.WRONG_PROTOCOL:
+        return wrong_protocol(url, protocol)
     if kind is errors.OVERLOADED:
         return OverloadedError(message)
     return RequestError(message, kind, code=status if kind is errors.UNKNOWN else None)
@@ -128,6 +149,23 @@ def unavailable(url: str, protocol: str, cause: object | None = None) -> ServerU
         "start one with `genserve serve` or point --url at it",
         errors.UNREACHABLE,
     )
+
+
+def wrong_protocol(url: str, protocol: str) -> RequestError:
+    """The server at ``url`` answers the other protocol: which port that is, and how to choose."""
+    if protocol == "grpc":
+        detail = (
+            f"{url} answers HTTP/1.1, not gRPC: it is an HTTP port (genserve serve's --http-port, "
+            f"{config.DEFAULT_HTTP_PORT} by default; its gRPC port is --grpc-port, {config.DEFAULT_GRPC_PORT}). "
+            "Point --url at the gRPC port, or choose HTTP with --protocol http (Client(url, protocol='http'))"
+        )
+    else:
+        detail = (
+            f"{url} does not answer HTTP/1.1: it may be a gRPC port (genserve serve's --grpc-port, "
+            f"{config.DEFAULT_GRPC_PORT} by default; its HTTP port is --http-port, {config.DEFAULT_HTTP_PORT}). "
+            "Point --url at the HTTP port, or choose gRPC with --protocol grpc (the default)"
+        )
+    return RequestError(detail, errors.WRONG_PROTOCOL)
 
 
 def triton_inputs(triton, inputs: dict[str, np.ndarray]) -> list:
@@ -433,6 +471,73 @@ class Client(TaskMethods):
         except Exception:  # noqa: BLE001 - connection refused, a server that cannot say: not ready
             return False
 
+    # --- what the server serves ---------------------------------------------------------------------
+
+    def model_config(self, model: str) -> dict[str, Any] | None:
+        """``model``'s configuration as Triton's JSON (open to every caller: no admin key), or None when the
+        server serves no model of that name. Retried as a request is."""
+        return self._retrying(
+            lambda deadline: self._ask(lambda **timeout: self._model_config(model, timeout), deadline)
+        )
+
+    def _model_config(self, model: str, timeout: dict) -> dict[str, Any] | None:
+        from tritonclient.utils import InferenceServerException
+
+        try:
+            if self.protocol == "grpc":
+                return self._client.get_model_config(model, as_json=True, **timeout).get("config", {})
+            return self._client.get_model_config(model)
+        except InferenceServerException as error:
+            failure = request_error(error, self.url, self.protocol)
+            text = str(failure).lower()
+            if failure.kind in (errors.NOT_FOUND, errors.INVALID_INPUT) and (
+                "unknown model" in text or "not found" in text
+            ):
+                return None
+            raise failure from None
+
+    def served_model(self, model: str) -> ServedModel | None:
+        """What the pipeline model ``model`` says it serves (its task and sizes: :mod:`genserve.served_models`);
+        None when the server has no such model, or it is not a pipeline model."""
+        config = self.model_config(model)
+        return None if config is None else ServedModel.from_config(config)
+
+    def served_models(self, task: str | None = None) -> list[ServedModel]:
+        """The pipeline models the server has loaded (of ``task``: t2i, tie, vttie), plain ones before their
+        streaming variants. Their names come from the statistics, which need no admin key (the repository
+        index does)."""
+
+        def names(**timeout) -> list[str]:
+            from tritonclient.utils import InferenceServerException
+
+            try:
+                if self.protocol == "grpc":
+                    stats = self._client.get_inference_statistics(as_json=True, **timeout)
+                else:
+                    stats = self._client.get_inference_statistics()
+            except InferenceServerException as error:
+                raise request_error(error, self.url, self.protocol) from None
+            return sorted({entry["name"] for entry in stats.get("model_stats", [])})
+
+        found = []
+        for name in self._retrying(lambda deadline: self._ask(names, deadline)):
+            model = self.served_model(name)
+            if model is not None and (task is None or model.task == task):
+                found.append(model)
+        return sorted(found, key=lambda model: (model.streaming, model.name))
+
+    def _ask(self, call: Callable[..., Any], deadline: float | None) -> Any:
+        """A call of the server's other APIs (not inference) within ``deadline``, its transport errors read as
+        :meth:`infer`'s."""
+        remaining = retry.remaining_s(deadline)
+        timeout = {"client_timeout": remaining} if self.protocol == "grpc" and remaining is not None else {}
+        try:
+            return call(**timeout)
+        except http.client.HTTPException:
+            raise wrong_protocol(self.url, self.protocol) from None
+        except (ConnectionError, OSError) as error:
+            raise unavailable(self.url, self.protocol, error) from None
+
     def infer(self, model: str, inputs: dict[str, np.ndarray], outputs: list[str]) -> dict[str, np.ndarray]:
         """One request to one model, retried as :attr:`retry_policy` says within the call's deadline;
         numpy in, numpy out. Raises :class:`RequestError` when it fails for good."""
@@ -469,6 +574,8 @@ class Client(TaskMethods):
             ) from None
         except (ConnectionError, OSError) as error:  # the HTTP client's transport errors
             raise unavailable(self.url, self.protocol, error) from None
+        except http.client.HTTPException:  # the HTTP client's parser: no HTTP/1.1 answer (a gRPC port)
+            raise wrong_protocol(self.url, self.protocol) from None
         return {name: result.as_numpy(name) for name in outputs}
 
     def stream_infer(

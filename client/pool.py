@@ -26,6 +26,7 @@ from genserve.client import retry
 from genserve.client.client import Client, ImageResult, OcrLine, ProgressCallback, Protocol
 from genserve.client.images import ImageLike
 from genserve.schema import Contract
+from genserve.served_models import ServedModel
 
 T = TypeVar("T")
 # The pool retries, on the next replica; its clients try once each.
@@ -115,6 +116,18 @@ class ClientPool:
     def is_ready(self, model: str | None = None) -> bool:
         """:meth:`Client.is_ready <genserve.client.Client.is_ready>` of the next replica."""
         return self._on_next(Client.is_ready, model)
+
+    def model_config(self, model: str) -> dict[str, Any] | None:
+        """:meth:`Client.model_config <genserve.client.Client.model_config>` of the next replica."""
+        return self._on_next(Client.model_config, model)
+
+    def served_model(self, model: str) -> ServedModel | None:
+        """:meth:`Client.served_model <genserve.client.Client.served_model>` of the next replica."""
+        return self._on_next(Client.served_model, model)
+
+    def served_models(self, task: str | None = None) -> list[ServedModel]:
+        """:meth:`Client.served_models <genserve.client.Client.served_models>` of the next replica."""
+        return self._on_next(Client.served_models, task)
 
     def infer(self, model: str, inputs: dict[str, np.ndarray], outputs: list[str]) -> dict[str, np.ndarray]:
         """:meth:`Client.infer <genserve.client.Client.infer>` on the next replica."""

@@ -96,6 +96,9 @@ OVERLOADED = ErrorKind(
     "overloaded", Overloaded, "UNAVAILABLE", "UNAVAILABLE", 503, True, marker="overloaded: ", elsewhere_only=True
 )
 UNREACHABLE = ErrorKind("unreachable", None, None, "UNAVAILABLE", None, True)  # see UNREACHABLE_MESSAGES
+# A server that answers, but in the other protocol: a gRPC client at an HTTP port (see WRONG_PROTOCOL_MESSAGES),
+# or an HTTP client at a gRPC port. Another try gets the same answer.
+WRONG_PROTOCOL = ErrorKind("wrong protocol", None, None, "UNAVAILABLE", None, False)
 # A stream on a model whose worker died, or one sent before its fresh copy is loaded: genserve.front ends or
 # refuses it (Triton 2.51 would never answer it).
 REPLACING = ErrorKind(
@@ -121,6 +124,7 @@ KINDS = (
     UNAVAILABLE,
     OVERLOADED,
     UNREACHABLE,
+    WRONG_PROTOCOL,
     REPLACING,
     CANCELLED,
     FAILED,
@@ -146,6 +150,8 @@ UNREACHABLE_MESSAGES = (
     "dns resolution failed",
     "name resolution",
 )
+# gRPC's words for an HTTP/1.1 server where it expected HTTP/2 (a gRPC client pointed at an HTTP port).
+WRONG_PROTOCOL_MESSAGES = ("failed parsing http/2", "trying to connect an http1.x server")
 # Failures that pass although their code says INTERNAL or NOT_FOUND: a dead Python stub ("Stub process
 # ... is not healthy", replaced by the watchdog), a model being reloaded ("has no available versions"),
 # and a leaf's full queue or expired wait, which BLS hands on as INTERNAL (server#7804).
@@ -186,6 +192,10 @@ def decode(status: object, message: str) -> tuple[ErrorKind, str]:
         if kind.marker and message.startswith(kind.marker):
             return kind, message.removeprefix(kind.marker)
     status = _STATUS.get(str(status or "UNKNOWN"), "UNKNOWN")
+    if status in ("UNAVAILABLE", "UNKNOWN", "INTERNAL") and any(
+        words in message.lower() for words in WRONG_PROTOCOL_MESSAGES
+    ):
+        return WRONG_PROTOCOL, message
     if status in ("UNAVAILABLE", "UNKNOWN"):
         if any(words in message.lower() for words in UNREACHABLE_MESSAGES):
             return UNREACHABLE, message
