@@ -22,7 +22,13 @@ def register(subparsers) -> None:
     )
     parser.add_argument("ori", metavar="ORI", help="the image whose scene is kept")
     parser.add_argument("target", metavar="TARGET", help="the image whose face is pasted")
-    parser.add_argument("-o", "--output", required=True, metavar="OUT", help="result image (.jpg, .png or .webp)")
+    parser.add_argument(
+        "-o",
+        "--output",
+        required=True,
+        metavar="OUT",
+        help="result image (.jpg, .jpeg, .png or .webp: the extension picks the format)",
+    )
     add_server_arguments(parser)
     add_field_arguments(parser, FACE_SWAP, skip=SKIPPED)
     parser.add_argument("--json", action="store_true", help="print the server's full metadata as JSON")
@@ -31,15 +37,16 @@ def register(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     import json
-    from pathlib import Path
 
     from genserve.client import Client
+    from genserve.client.client import output_format
 
     require_files(args.ori, args.target)
-    output_format = "png" if Path(args.output).suffix.lower() == ".png" else "jpeg"
+    # The server encodes the result in the format OUT's extension names (an extension of none is refused).
+    served_format = output_format(args.output).lower()
     with Client(args.url, protocol=args.protocol) as client:
         result = client.swap_face(
-            args.ori, args.target, output_format=output_format, **field_values(args, FACE_SWAP, skip=SKIPPED)
+            args.ori, args.target, output_format=served_format, **field_values(args, FACE_SWAP, skip=SKIPPED)
         )
     path = result.save(args.output)
     if args.json:

@@ -93,12 +93,15 @@ def add_generation_arguments(parser: argparse.ArgumentParser, contract: Contract
         "--output",
         required=True,
         metavar="OUT",
-        help="result image (.png, .jpg, .webp); with --num-images N > 1, OUT gets _0.._N-1 suffixes",
+        help="result image (.png, .jpg, .jpeg or .webp: the extension picks the format); with --num-images N > 1, "
+        "OUT gets _0.._N-1 suffixes",
     )
     parser.add_argument(
         "--model",
         default=contract.model,
-        help=f"served model (default {contract.model}; e.g. flux_{contract.model} in the demo repository)",
+        help=f"served model (default {contract.model}, as `genserve build-repo` names it without --prefix; the demo "
+        f"repository's are sd_{contract.model}, flux_{contract.model} and cogview4_{contract.model}, "
+        "where the family has the task). A model the server lacks: the error lists those it has",
     )
     add_field_arguments(parser, contract, skip=("prompt", "image"))
     add_server_arguments(parser)
@@ -115,24 +118,78 @@ def generation_values(args: argparse.Namespace, contract: Contract) -> dict:
 
 
 def generate(args: argparse.Namespace, contract: Contract, call):
-    """``call(client, **values)`` with the command's values, through the model's streaming variant with a
-    progress bar of the denoising steps when the server has one (gRPC), else the plain model."""
+    """``call(client, **values)`` with the command's values, once the served model is known to be there and to
+    serve the sizes asked for (its default size filled in where it says one); through the model's streaming
+    variant with a progress bar of the denoising steps when the server has one (gRPC), else the plain model."""
     from genserve.client import Client
+    from genserve.client.client import output_format
     from genserve.protocol import STREAM_SUFFIX
 
+    output_format(args.output)  # an extension it cannot write is refused before anything is sent
     values = generation_values(args, contract)
     with Client(args.url, protocol=args.protocol) as client:
+        values = checked_for_model(client, args.model, TASK_OF_CONTRACT[contract.model], values)
         if args.no_progress or args.json or args.protocol != "grpc" or not client.is_ready(args.model + STREAM_SUFFIX):
             return call(client, model=args.model, **values)
-        from tqdm import tqdm
+        with StepBar(args.model) as bar:
+            return call(client, model=args.model, progress=bar.update, **values)
 
-        with tqdm(total=values.get("steps"), unit="step", desc=args.model, leave=False, dynamic_ncols=True) as bar:
 
-            def progress(report: dict) -> None:
-                bar.total = report["steps"]
-                bar.update(report["step"] - bar.n)
+# The contract model each generation command's task is named after (genserve.served_models' tasks).
+TASK_OF_CONTRACT = {"text_to_image": "t2i", "edit_image": "tie", "edit_text": "vttie"}
 
-            return call(client, model=args.model, progress=progress, **values)
+
+def checked_for_model(client, model: str, task: str, values: dict) -> dict:
+    """``values`` checked against what ``model`` serves, before anything is sent: the model exists and serves
+    ``task`` (else the error names the models of that task the server has), the width and height asked for
+    are sizes it serves, and a t2i request without a size gets the model's default size. Models whose
+    repository predates the sizes in the config are checked by the server alone."""
+    from genserve.errors import InvalidInputError
+    from genserve.served_models import TASK_NAMES
+
+    served = client.served_model(model)
+    if served is None or served.task != task or served.streaming:
+        what = "has no model" if client.model_config(model) is None else "has no " + TASK_NAMES[task] + " model"
+        others = [m.name for m in client.served_models(task) if not m.streaming]
+        listed = (
+            f"its {TASK_NAMES[task]} models: {', '.join(others)} (choose one with --model)"
+            if others
+            else f"it serves no {TASK_NAMES[task]} model: serve a repository built by `genserve build-repo` "
+            "(README, 'Using it'), or the demo's (`genserve demo-repo OUT`, models named sd_, flux_ and cogview4_ "
+            "+ text_to_image, edit_image, edit_text)"
+        )
+        raise InvalidInputError(f"the server at {client.url} {what} {model!r}; {listed}")
+    served.check_size(values.get("width"), values.get("height"))
+    served.check_images(values.get("num_images"))
+    if task == "t2i" and served.default_size is not None:
+        values = {"width": served.default_size[0], "height": served.default_size[1], **values}
+    return values
+
+
+class StepBar:
+    """The progress bar of the denoising steps, drawn from the first step reported: a request refused before
+    it ran leaves no empty bar above its error. Not drawn where stderr is no terminal; cleared when done."""
+
+    def __init__(self, label: str):
+        self.label = label
+        self._bar = None
+
+    def update(self, report: dict) -> None:
+        if self._bar is None:
+            from tqdm import tqdm
+
+            self._bar = tqdm(
+                total=report["steps"], unit="step", desc=self.label, leave=False, dynamic_ncols=True, disable=None
+            )
+        self._bar.total = report["steps"]
+        self._bar.update(report["step"] - self._bar.n)
+
+    def __enter__(self) -> StepBar:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        if self._bar is not None:
+            self._bar.close()
 
 
 def write_results(args: argparse.Namespace, results) -> int:
