@@ -90,7 +90,9 @@ class BatchSummary:
     resumed: int  # finished by an earlier run, skipped now
     outcomes: list[RowOutcome]
     seconds: float
-    proxies: dict[str, dict[str, float]]  # task type -> proxy -> mean over every finished row
+    task_types: dict[str, int] = field(default_factory=dict)  # every task type of the file -> its rows, file order
+    resumed_types: dict[str, int] = field(default_factory=dict)  # task type -> rows finished by an earlier run
+    proxies: dict[str, dict[str, float]] = field(default_factory=dict)  # task type -> proxy -> mean, finished rows
     stand_ins: list[str] = field(default_factory=list)  # rows whose image is a stand-in, task order
     missing: list[str] = field(default_factory=list)  # rows with no image at all (fallback off)
     submission: Path | None = None  # the zip, when one was written
@@ -110,13 +112,17 @@ class BatchSummary:
         return not self.failed and not self.stand_ins and not self.missing and self.submission is not None
 
     def table(self) -> str:
+        """One line per task type of the task file: rows done (by this run or an earlier one), failed now,
+        stand-ins written now, and the quality proxies over every finished row."""
         counts: dict[str, Counter] = defaultdict(Counter)
+        for task_type, resumed in self.resumed_types.items():
+            counts[task_type]["done"] += resumed
         for outcome in self.outcomes:
             counts[outcome.task.task_type]["done" if outcome.ok else "failed"] += 1
             counts[outcome.task.task_type]["stand-in"] += bool(outcome.fallback)
         lines = [f"{'task':<9} {'done':>5} {'failed':>6} {'stand-in':>8}  quality proxies (mean over finished rows)"]
         for task_type in [*TASK_TYPES, *sorted(set(counts) - set(TASK_TYPES))]:
-            if task_type in counts or task_type in self.proxies:
+            if task_type in counts or task_type in self.proxies or task_type in self.task_types:
                 proxies = ", ".join(f"{k} {v:.3f}" for k, v in self.proxies.get(task_type, {}).items()) or "-"
                 row = counts[task_type]
                 lines.append(f"{task_type:<9} {row['done']:>5} {row['failed']:>6} {row['stand-in']:>8}  {proxies}")
@@ -181,7 +187,7 @@ def quality_record(task: Task, metadata: SwapMetadata | GenerationMetadata | Non
 class BatchRunner:
     def __init__(
         self,
-        pool: ClientPool,
+        pool: ClientPool | None,
         images_dir: str | Path,
         out_dir: str | Path,
         *,
@@ -252,6 +258,9 @@ class BatchRunner:
         stand_ins = {task.index for task in tasks if (journal.get(task.index) or {}).get("fallback")}
         pending = [task for task in tasks if task.index not in done]
         resumed = len(tasks) - len(pending)
+        earlier = set(done)  # finished by an earlier run (done grows as this run finishes rows)
+        if pending and self.pool is None:
+            raise GenServeError(f"{len(pending)} rows to send and no server to send them to")
 
         def listed() -> set[str]:
             return done | stand_ins if self.fallback else done
@@ -303,12 +312,27 @@ class BatchRunner:
             resumed=resumed,
             outcomes=outcomes,
             seconds=time.perf_counter() - started,
+            task_types=dict(Counter(task.task_type for task in tasks)),
+            resumed_types=dict(Counter(task.task_type for task in tasks if task.index in earlier)),
             proxies=self._mean_proxies(tasks, journal, done),
             stand_ins=[index for index in rows if index in stand_ins],
             missing=missing,
             submission=submission,
             submission_problem=problem,
         )
+
+    def pending(self, tasks: list[Task]) -> list[Task]:
+        """The rows a run would send now: those without a result made with this run's settings (stand-ins
+        included), as :meth:`run` decides; nothing is written. An empty list: a run needs no server."""
+        journal = self._read_journal()
+        return [
+            task
+            for task in tasks
+            if not (
+                (self.out_dir / IMAGES_FOLDER / f"{task.index}.jpg").is_file()
+                and self._made_here(task, journal.get(task.index))
+            )
+        ]
 
     # --- settings ------------------------------------------------------------------------------------
 
