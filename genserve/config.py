@@ -154,6 +154,11 @@ CLIENT_MAX_BACKOFF_S = 10.0
 # plus room for text fields, OPTIONS and protobuf framing (tests/test_protocol.py checks every contract fits).
 MAX_REQUEST_BYTES = 2 * MAX_IMAGE_BYTES + 4 * 1024 * 1024
 
+# The OpenAI Images API on the HTTP port (genserve.front.openai_api): images asked for as a URL are kept this
+# long, and this much of them at most (the oldest dropped first), in the front's memory.
+OPENAI_URL_TTL_S = 600.0
+OPENAI_URL_MAX_BYTES = 256 * 1024 * 1024
+
 # Task files (genserve run): an index names an output file (imgs/<index>.jpg) and a cell of result.csv.
 MAX_INDEX_BYTES = 128  # UTF-8 bytes: file names are limited to 255
 # The contest's upload limit ("at most 2 GB"), read as 2·10⁹ bytes: the stricter of GB and GiB.

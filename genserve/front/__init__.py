@@ -12,9 +12,11 @@ Two things Triton 2.51 cannot be told are done here, before and after it:
   which a plain client does not retry. The front answers it ``UNAVAILABLE`` (503), the details kept,
   which any client retries; nothing else is rewritten.
 
-Everything else passes as it is (:mod:`.grpc_proxy`, :mod:`.http_proxy`). It runs as its own process
-(``python -m genserve.front``, started by :class:`genserve.server.TritonServer` through :mod:`.process`),
-so that its event loop never competes for the GIL with a caller's threads; one asyncio loop serves both
-protocols. On SIGTERM or SIGINT it keeps forwarding until tritonserver (``--upstream-pid``) has exited, so
-that a draining Triton still answers through it.
+Everything else passes as it is (:mod:`.grpc_proxy`, :mod:`.http_proxy`). On the HTTP port the front also
+answers the OpenAI Images API under ``/v1`` (:mod:`.openai_api`), translated to the tasks' Triton requests.
+
+It runs as its own process (``python -m genserve.front``, started by :class:`genserve.server.TritonServer`
+through :mod:`.process`), so that its event loop never competes for the GIL with a caller's threads; one
+asyncio loop serves both protocols. On SIGTERM or SIGINT it keeps forwarding until tritonserver
+(``--upstream-pid``) has exited, so that a draining Triton still answers through it.
 """

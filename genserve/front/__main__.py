@@ -10,7 +10,7 @@ import signal
 import sys
 
 from genserve import config, errors
-from genserve.front import grpc_proxy, http_proxy
+from genserve.front import grpc_proxy, http_proxy, openai_api
 
 logger = logging.getLogger("genserve.front")
 
@@ -95,11 +95,14 @@ async def serve(args: argparse.Namespace) -> None:
             logger.info("gRPC: forwarding %s to %s", args.grpc_listen, args.grpc_upstream)
         if args.http_listen:
             host, port = _host_and_port(args.http_listen)
+            images_api = openai_api.ImagesApi(args.http_upstream, args.max_request_bytes, lost_models)
             http_runner, http_forwarder = await http_proxy.start(
-                host, port, args.http_upstream, args.max_request_bytes, lost_models
+                host, port, args.http_upstream, args.max_request_bytes, lost_models, routes=images_api.install
             )
             forwarders.append(http_forwarder)
-            logger.info("HTTP: forwarding %s to %s", args.http_listen, args.http_upstream)
+            logger.info(
+                "HTTP: forwarding %s to %s; the OpenAI Images API under /v1", args.http_listen, args.http_upstream
+            )
         logger.info("requests up to %d bytes", args.max_request_bytes)
         await stopping.wait()
         # Triton drains meanwhile (its models refuse new requests with UNAVAILABLE themselves): keep forwarding.

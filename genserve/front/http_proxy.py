@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import re
 import zlib
+from collections.abc import Callable
 
 import aiohttp
 from aiohttp import web
@@ -210,13 +211,20 @@ class Forwarder:
 
 
 async def start(
-    listen_host: str, listen_port: int, upstream: str, max_request_bytes: int, lost_models: dict[str, str]
+    listen_host: str,
+    listen_port: int,
+    upstream: str,
+    max_request_bytes: int,
+    lost_models: dict[str, str],
+    routes: Callable[[web.Application], None] | None = None,
 ) -> tuple[web.AppRunner, Forwarder]:
     """Forward HTTP on ``listen_host:listen_port`` to tritonserver's HTTP port at ``upstream``; returns the
-    runner (``cleanup()`` stops it) and the forwarder."""
+    runner (``cleanup()`` stops it) and the forwarder. ``routes(app)`` adds routes answered before it."""
     forwarder = Forwarder(upstream, max_request_bytes, lost_models)
     await forwarder.open()
     app = web.Application()
+    if routes is not None:  # routes of the front's own, before the forwarder's (genserve.front.openai_api)
+        routes(app)
     app.router.add_route("*", "/{path:.*}", forwarder.forward)
     app.on_cleanup.append(lambda _: forwarder.close())
     # handler_cancellation: a caller that hangs up ends the call to Triton too.
