@@ -168,3 +168,10 @@ def test_text_to_image_without_a_size_renders_what_the_model_serves(export_famil
     assert Image.open(io.BytesIO(images[0])).size == (service.max_size, service.max_size)
     images, _ = service.generate({"prompt": "a lighthouse", "steps": 1, "seed": 1, "width": service.pixel_multiple * 2})
     assert Image.open(io.BytesIO(images[0])).size == (service.pixel_multiple * 2, service.max_size)
+    # FLUX Kontext falls back to its max_area (a megapixel) even where its default side is within the model's
+    # maximum (the demo repository's flux_text_to_image: 256 of 256): the default side is rendered instead.
+    _, flux_dir = export_family("flux")
+    flux = export_service(flux_dir, "t2i")
+    flux.max_size = flux.working_side
+    images, metadata = flux.generate({"prompt": "a lighthouse", "steps": 1, "seed": 1})
+    assert Image.open(io.BytesIO(images[0])).size == (flux.working_side, flux.working_side)

@@ -35,6 +35,7 @@ from genserve.errors import InvalidInputError, RequestCancelled
 from genserve.families import EDIT_CALL_KWARGS, FAMILIES, TEXT_EDIT, Family, read_configs
 from genserve.metadata import Choice, GenerationMetadata
 from genserve.protocol import TASKS
+from genserve.served_models import default_side
 
 # Extras some pipeline classes take and others do not (a request naming one its class lacks is refused).
 EXTRA_OPTIONS = ("strength", "true_cfg_scale", "max_sequence_length")
@@ -303,8 +304,9 @@ class DiffusionService:
         resized = None
         if self.task != "t2i":
             kwargs["image"], kwargs["width"], kwargs["height"], resized = self.input_image(request)
-        elif self.working_side > self.max_size:  # the pipeline's own default is larger than this model serves
-            side = self.max_size // self.pixel_multiple * self.pixel_multiple
+        else:  # t2i: the size asked for, else this model's default square; never the pipeline's own fallback,
+            # which may be above what this model serves (FLUX Kontext's is its max_area: a megapixel, always)
+            side = default_side(self.working_side, self.max_size, self.pixel_multiple)
             kwargs["width"], kwargs["height"] = request.width or side, request.height or side
         if "max_area" in self.call_parameters and kwargs.get("width") and kwargs.get("height"):
             # Kontext rescales its output to max_area (1 megapixel by default): the size asked for wins.

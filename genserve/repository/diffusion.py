@@ -49,7 +49,7 @@ from genserve.families import FAMILIES, ShapeRequest, read_configs
 from genserve.manifest import ComponentEntry, Manifest
 from genserve.protocol import STREAMING_TASKS, TASKS, TEXT_TO_IMAGE
 from genserve.schema import BYTES, TRITON_TYPES, Contract
-from genserve.served_models import SERVING_PARAMETER, ServedModel
+from genserve.served_models import SERVING_PARAMETER, ServedModel, default_side
 from genserve.triton.model_config import LOAD_AFTER, ModelConfig, bound_queue, declare_contract, write_config
 from genserve.triton.onnx_leaf import PARAM_INTRA_OP_THREADS
 
@@ -345,11 +345,11 @@ def warmup_side(export_dir: Path, manifest: Manifest, max_size: int) -> int:
 
 
 def default_t2i_side(export_dir: Path, manifest: Manifest, max_size: int) -> int:
-    """The square a t2i request without a size renders: the pipeline's own default, or where that is above
-    ``max_size`` the largest multiple of the family's pixel multiple within it (as the service decides)."""
+    """The square a t2i request without a size renders (:func:`genserve.served_models.default_side`, as the
+    service decides)."""
     family = FAMILIES[manifest.family]
     working = family.default_side(read_configs(export_dir / manifest.pipeline_files, family))
-    return working if working <= max_size else max_size // manifest.pixel_multiple * manifest.pixel_multiple
+    return default_side(working, max_size, manifest.pixel_multiple)
 
 
 def add_warmup(config: ModelConfig, model_dir: Path, task: str, calls: list[str], side: int) -> None:
