@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import time
 import zipfile
 
 import pytest
@@ -11,7 +12,7 @@ from PIL import Image
 pytestmark = [pytest.mark.server, pytest.mark.slow]
 
 
-def test_demo_runs_every_task_type_through_the_server(tmp_path):
+def test_demo_runs_every_task_type_through_the_server(tmp_path, capsys):
     from genserve.client.submission import check_submission
     from genserve.client.tasks import read_tasks
     from genserve.demo.contest import DEMO_TASKS, run_demo
@@ -38,6 +39,18 @@ def test_demo_runs_every_task_type_through_the_server(tmp_path):
     assert result.ocr_of_sign == ["OPEN"]  # the real PP-OCR model reads the vttie input
     # The vttie response carries the served OCR's check of the edit (random weights: CLOSED is not there).
     assert 0.0 <= summary.proxies["vttie"]["ocr_edit_distance"] <= 1.0
+
+    # A rerun with every row done: no server started (seconds, not minutes), every task type listed.
+    started = time.monotonic()
+    again = run_demo(tmp_path / "demo", progress=False)
+    assert time.monotonic() - started < 60
+    assert "no server needed" in capsys.readouterr().out
+    assert again.summary.complete and again.summary.resumed == 4 and not again.summary.outcomes
+    table = again.summary.table()
+    for task_type in ("t2i", "tie", "vttie", "deepfake"):
+        assert any(line.split()[:2] == [task_type, "1"] for line in table.splitlines()), table
+    assert again.ocr_of_sign == result.ocr_of_sign and again.ocr_of_vttie == result.ocr_of_vttie
+    assert again.summary.proxies == summary.proxies
 
     with open(results / "quality.csv", encoding="utf-8-sig", newline="") as handle:
         quality = {row["index"]: row for row in csv.DictReader(handle)}
