@@ -12,6 +12,12 @@ container (``nvcr.io/nvidia/tritonserver:<yy.mm>-py3-sdk``) against a running se
 
 Leaf models (ONNX graphs) and the OCR ensemble's steps have no contract: perf_analyzer's own random
 data with ``--shape`` fits them (the script says how).
+
+On a plain host (no SDK container) the binary is the one the ``tritonclient==2.51.0`` manylinux wheel carries
+(``tritonclient-2.51.0.data/data/bin/perf_analyzer``; later wheels have none): ``scripts/setup.sh`` puts it
+in ``.venv/perf_analyzer/`` with the ``libcudart.so.12`` it links (from the ``nvidia-cuda-runtime-cu12``
+wheel; no GPU is needed to load it) and installs Debian's ``libb64-0d``. :func:`find_binary` and
+:func:`run` use it (``tests/test_perf_analyzer.py``).
 """
 
 from __future__ import annotations
@@ -19,7 +25,11 @@ from __future__ import annotations
 import base64
 import io
 import json
+import os
 import shlex
+import shutil
+import subprocess
+import sys
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -257,3 +267,73 @@ def _model_analyzer_config(written: Mapping[str, Path], streaming: set[str]) -> 
         if name not in streaming:
             lines += [f"  {name}:", "    perf_analyzer_flags:", f"      input-data: {path.name}"]
     return "\n".join(lines) + "\n"
+
+
+# --- the binary -----------------------------------------------------------------------------------------
+
+BINARY_ENV = "GENSERVE_PERF_ANALYZER"  # the binary's path, where it is not in the places below
+
+
+def find_binary() -> Path | None:
+    """perf_analyzer: ``$GENSERVE_PERF_ANALYZER``, the one scripts/setup.sh unpacked into this environment
+    (``<venv>/perf_analyzer/perf_analyzer``), or one on ``PATH``; None when there is none."""
+    candidates = [os.environ.get(BINARY_ENV), Path(sys.prefix) / "perf_analyzer" / "perf_analyzer"]
+    candidates.append(shutil.which("perf_analyzer"))
+    return next((Path(c) for c in candidates if c and Path(c).is_file() and os.access(c, os.X_OK)), None)
+
+
+def binary_environment(binary: Path) -> dict[str, str]:
+    """The environment it runs in: its folder (``libcudart.so.12`` beside it) first on ``LD_LIBRARY_PATH``."""
+    env = dict(os.environ)
+    env["LD_LIBRARY_PATH"] = os.pathsep.join(filter(None, [str(binary.parent), env.get("LD_LIBRARY_PATH")]))
+    return env
+
+
+def binary_problem(binary: Path | None) -> str | None:
+    """Why perf_analyzer cannot run here (missing, or a library it links is absent), or None when it runs."""
+    if binary is None:
+        return f"no perf_analyzer binary (scripts/setup.sh installs it; or set {BINARY_ENV})"
+    try:
+        probe = subprocess.run(
+            [binary, "--version"], env=binary_environment(binary), capture_output=True, text=True, timeout=60
+        )
+    except OSError as error:
+        return f"{binary} does not start: {error}"
+    if probe.returncode != 0 or "Perf Analyzer" not in probe.stdout + probe.stderr:
+        return f"{binary} does not start: {(probe.stderr or probe.stdout).strip()[:300]}"
+    return None
+
+
+def run(
+    binary: Path,
+    model: str,
+    grpc_url: str,
+    data: Path,
+    *,
+    streaming: bool = False,
+    requests: int = 4,
+    csv_path: Path | None = None,
+    timeout_s: float = 600,
+) -> subprocess.CompletedProcess:
+    """One measurement of ``model`` at concurrency 1 over gRPC: ``requests`` requests of the input data in
+    ``data`` (``--streaming`` for a decoupled model); perf_analyzer's output and exit code."""
+    command = [
+        str(binary),
+        "-m",
+        model,
+        "-i",
+        "grpc",
+        "-u",
+        grpc_url,
+        "--input-data",
+        str(data),
+        "--concurrency-range",
+        "1",
+        "--request-count",
+        str(requests),
+    ]
+    if streaming:
+        command.append("--streaming")
+    if csv_path is not None:
+        command += ["-f", str(csv_path)]
+    return subprocess.run(command, env=binary_environment(binary), capture_output=True, text=True, timeout=timeout_s)
