@@ -36,6 +36,7 @@ import struct
 import time
 from collections import OrderedDict
 from typing import Any
+from urllib.parse import quote
 
 import aiohttp
 import numpy as np
@@ -310,7 +311,7 @@ class ImagesApi:
             raise ApiError(503, self._lost_models[model])
         body, header_length = infer_request(contract.encode_request(**values), contract.output_names)
         async with self._session.post(
-            f"{self._base}/v2/models/{model}/infer",
+            f"{self._base}/v2/models/{quote(model, safe='')}/infer",
             data=body,
             headers={"Inference-Header-Content-Length": str(header_length), "Content-Type": "application/octet-stream"},
         ) as upstream:
@@ -335,9 +336,9 @@ class ImagesApi:
             return await answer.json(content_type=None)
 
     async def _served_model(self, name: str) -> ServedModel | None:
-        if "/" in name or not name.strip():
+        if not name.strip():
             return None
-        config_json = await self._get_json(f"/v2/models/{name}/config")
+        config_json = await self._get_json(f"/v2/models/{quote(name, safe='')}/config")
         return None if config_json is None else ServedModel.from_config(config_json)
 
     async def _served_models(self) -> list[ServedModel]:
