@@ -16,7 +16,8 @@ def register(subparsers) -> None:
         ("prompt",),
         help="generate an image from a prompt (text_to_image on the server)",
         description="Send PROMPT to a text_to_image model of a repository built by `genserve build-repo` "
-        "(docs/diffusion-serving.md) and write the image.",
+        "(docs/diffusion-serving.md) and write the image. The model is asked first: the size is checked against "
+        "the sizes it serves before anything is sent, and without --width/--height it renders its default size.",
     )
     parser.set_defaults(handler=run)
 
