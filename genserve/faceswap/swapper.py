@@ -27,8 +27,10 @@ from genserve.faceswap.blend import (
     feature_mask,
     match_color,
     match_detail,
+    match_grain,
     midline_weight,
     mirrored,
+    restore_sharpness,
     side_stretch,
     skin_forehead_height,
     skin_likelihood,
@@ -38,7 +40,7 @@ from genserve.faceswap.blend import (
     with_forehead,
 )
 from genserve.faceswap.faces import Face, FaceAnalyzer, identity_similarity
-from genserve.faceswap.measures import artifact_share
+from genserve.faceswap.measures import artifact_share, sharpness
 from genserve.imaging import decode_image, encode_image
 from genserve.metadata import Choice, SwapMetadata
 from genserve.protocol import FACE_SWAP, MAX_SWAP_CANDIDATES, values_class
@@ -60,6 +62,13 @@ MIRROR_BAND_FRACTION = 0.15
 SKIN_ONLY_BORDER_FRACTION = 0.2
 # The target's face is kept cropped with this margin (fraction of its box) around its landmarks.
 TARGET_CROP_MARGIN = 0.35
+# The share of ori's sharpness (variance of the Laplacian in ori's face box) that the detail steps bring a
+# softer face to (issue 33: an enlarged small face measured 0.19). Higher costs identity as dlib measures it:
+# a sharp face moves away from the descriptor of the small, soft photo it came from (docs/contest.md, "Detail").
+SHARPNESS_TARGET = 0.65
+# The unsharp mask that restores it works at this fraction of the enlargement (a face enlarged 3x is
+# smeared over about 3 pixels), and at least at 1 pixel.
+SHARPEN_SIGMA_FRACTION = 0.5
 # A candidate has visible artifacts when its artifact share exceeds ori's own face's by more than this
 # (0.3 percentage points: the bound the tests hold the default rendering to).
 ARTIFACT_TOLERANCE = 0.003
@@ -71,7 +80,9 @@ class Look:
 
     geometry_strength: float = GEOMETRY_STRENGTH  # see blend.target_geometry
     light_sigma_fraction: float = LIGHT_SIGMA_FRACTION  # scale of ori's lighting carried onto the face
-    match_detail: bool = True  # blur or sharpen the face to ori's level of fine detail
+    match_detail: bool = True  # blur or sharpen the face to ori's level of fine detail (and the steps below)
+    whole_features: bool = True  # near the outline, eyes, brows, nostrils and lips pasted whole, not mixed with ori's
+    restore_detail: bool = True  # grain and sharpness a small target lacks, to SHARPNESS_TARGET of ori's (issue 33)
 
     def as_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -87,6 +98,9 @@ VARIANTS = (
     Look(geometry_strength=0.5),
 )
 assert len(VARIANTS) == MAX_SWAP_CANDIDATES, "the contract's maximum of candidates is the number of variants"
+# The rendering before issue 33 (features mixed with ori's near the outline, no grain, no sharpening): for
+# comparisons in tests and benchmarks.
+UNRESTORED = Look(whole_features=False, restore_detail=False)
 
 
 class _SwapOptionsMethods:
@@ -169,13 +183,23 @@ class FaceSwapper:
         return encoded, metadata
 
     def swap_arrays(
-        self, ori_rgb: np.ndarray, target: TargetFace, options: SwapOptions, timings: dict[str, float] | None = None
+        self,
+        ori_rgb: np.ndarray,
+        target: TargetFace,
+        options: SwapOptions,
+        timings: dict[str, float] | None = None,
+        *,
+        looks: tuple[Look, ...] | None = None,
     ) -> tuple[np.ndarray, SwapMetadata]:
         """The swap on an RGB array; returns the RGB result and metadata (with ``timings_ms``).
 
-        Per replaced face the metadata reports the artifact share (``artifacts``), the identity score
-        (``identity``: when asked, or when candidates are scored) and, with ``candidates`` > 1, every
-        candidate's scores and which one was kept (``candidates``).
+        ``looks``: the renderings to try (default: the first ``options.candidates`` of VARIANTS), e.g.
+        ``(UNRESTORED,)`` to compare with the rendering before issue 33.
+
+        Per replaced face the metadata reports the artifact share (``artifacts``), the sharpness inside
+        ori's face box against ori's own (``sharpness``), the identity score (``identity``: when asked, or
+        when candidates are scored) and, with ``candidates`` > 1, every candidate's scores and which one
+        was kept (``candidates``).
         """
         timings = {} if timings is None else timings
         clock = time.perf_counter()
@@ -187,7 +211,8 @@ class FaceSwapper:
         faces = {index: self.analyzer.refit(ori_rgb, ori_faces[index]) for index in chosen}
         timings["detect_ori"] = _ms_since(clock)
 
-        scored = options.compute_identity or options.candidates > 1
+        looks = VARIANTS[: options.candidates] if looks is None else looks
+        scored = options.compute_identity or len(looks) > 1
         metadata = SwapMetadata(
             image_size=[int(ori_rgb.shape[1]), int(ori_rgb.shape[0])],
             faces_found={"ori": len(ori_faces), "target": target.faces_found},
@@ -195,14 +220,14 @@ class FaceSwapper:
             replaced=chosen,
             target_face=target.face.as_dict(),
             identity=[] if scored else None,
-            candidates=[] if options.candidates > 1 else None,
+            candidates=[] if len(looks) > 1 else None,
         )
         timings["swap"] = timings["identity"] = 0.0
         result = ori_rgb
         for index in chosen:
             face = faces[index]
             renders = []
-            for look in VARIANTS[: options.candidates]:
+            for look in looks:
                 clock = time.perf_counter()
                 render = self._paste(result, face, target, options.color_transfer, look)
                 share = artifact_share(render, face.landmarks)
@@ -215,6 +240,8 @@ class FaceSwapper:
             best = _best_candidate([(share, score) for _, share, score, _ in renders], ori_share)
             result, share, score, _ = renders[best]
             metadata.artifacts.append({"face": index, "share": round(share, 5), "ori_share": round(ori_share, 5)})
+            ori_sharpness = sharpness(ori_rgb, face.box)
+            metadata.sharpness.append(_sharpness_entry(index, sharpness(result, face.box), ori_sharpness))
             if scored:
                 if options.ori_identity:
                     clock = time.perf_counter()
@@ -222,10 +249,16 @@ class FaceSwapper:
                     score = score | {"ori_cosine": before["cosine"], "ori_distance": before["distance"]}
                     timings["identity"] += _ms_since(clock)
                 metadata.identity.append({"face": index, **score})
-            if options.candidates > 1:
+            if len(looks) > 1:
                 tried = [
-                    {**look.as_dict(), **score, "artifact_share": round(share, 5), "clean": _is_clean(share, ori_share)}
-                    for _, share, score, look in renders
+                    {
+                        **look.as_dict(),
+                        **score,
+                        "artifact_share": round(share, 5),
+                        "sharpness": _sharpness_entry(index, sharpness(render, face.box), ori_sharpness)["ratio"],
+                        "clean": _is_clean(share, ori_share),
+                    }
+                    for render, share, score, look in renders
                 ]
                 metadata.candidates.append(Choice(index=index, chosen=best, tried=tried))
         timings["swap"], timings["identity"] = round(timings["swap"], 2), round(timings["identity"], 2)
@@ -291,13 +324,17 @@ class FaceSwapper:
         warped = _warp_target(target.crop, source, dest, shape, size)
 
         alpha = feathered_mask(shape, face_outline(dest), FEATHER_FRACTION * size)
-        # Near the outline (temples, forehead, jaw) either face may show hair or background: paste skin only.
-        skin = np.minimum(skin_likelihood(warped, dest), skin_likelihood(background, ori_landmarks))
+        width = FEATURE_MARGIN_FRACTION * size
+        features = feature_mask(shape, dest[:68], width) | feature_mask(shape, ori_landmarks, width)
+        # Near the outline (temples, forehead, jaw) either face may show hair or background: paste skin only,
+        # and the features whole (mixing the target's eye with ori's where they do not coincide doubles it).
+        ori_skin = skin_likelihood(background, ori_landmarks)
+        skin = np.minimum(skin_likelihood(warped, dest), ori_skin)
+        if look.whole_features:
+            skin = np.maximum(skin, features.astype(np.float32))
         interior = alpha_ramp(shape, face_outline(dest), SKIN_ONLY_BORDER_FRACTION * size)
         alpha = alpha * cv2.GaussianBlur(interior + (1 - interior) * skin, (0, 0), FEATHER_FRACTION * size / 3)
         if color_transfer:
-            width = FEATURE_MARGIN_FRACTION * size
-            features = feature_mask(shape, dest[:68], width) | feature_mask(shape, ori_landmarks, width)
             warped_skin, background_skin = (
                 skin_weights(cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY).astype(np.float32), alpha, features)
                 for rgb in (warped, background)
@@ -305,6 +342,15 @@ class FaceSwapper:
             warped = match_color(warped, background, warped_skin, background_skin, look.light_sigma_fraction * size)
         if look.match_detail:
             warped = match_detail(warped, background, alpha)
+            if look.restore_detail:
+                core = (alpha > 0.5).astype(np.float32)
+                plain_skin = cv2.GaussianBlur(((1 - features) * (ori_skin > 0.5)).astype(np.float32), (0, 0), 1)
+                warped = match_grain(warped, background, core, plain_skin)
+                bx0, by0, bx1, by1 = ori_face.box
+                enlarged = _face_size(dest) / _face_size(source)
+                sigma = max(1.0, SHARPEN_SIGMA_FRACTION * enlarged)
+                box = (bx0 - x0, by0 - y0, bx1 - x0, by1 - y0)
+                warped = restore_sharpness(warped, background, alpha, box, SHARPNESS_TARGET, sigma)
         result = image.copy()
         result[y0:y1, x0:x1] = alpha_blend(background, warped, alpha)
         return result
@@ -313,6 +359,13 @@ class FaceSwapper:
         """Cosine and dlib distance of the result's face (landmarks fitted again on the result) to the target's."""
         swapped = self.analyzer.refit(result, ori_face)
         return identity_similarity(self.analyzer.descriptor(result, swapped), target.descriptor)
+
+
+def _sharpness_entry(index: int, result: float, ori: float) -> dict:
+    """The metadata's sharpness of one replaced face: the result's over ori's inside ori's face box (``ratio``),
+    and both variances of the Laplacian."""
+    ratio = result / ori if ori > 1e-6 else 1.0
+    return {"face": index, "ratio": round(ratio, 3), "result": round(result, 1), "ori": round(ori, 1)}
 
 
 def _is_clean(share: float, ori_share: float) -> bool:
@@ -391,4 +444,4 @@ def _ms_since(start: float) -> float:
     return round((time.perf_counter() - start) * 1000.0, 2)
 
 
-__all__ = ["FaceSwapper", "SwapOptions", "TargetFace"]
+__all__ = ["UNRESTORED", "VARIANTS", "FaceSwapper", "Look", "SwapOptions", "TargetFace"]
