@@ -274,6 +274,16 @@ def test_metadata_reports_faces_identity_and_timings(swapper, photos):
     assert {"decode_ori", "target", "detect_ori", "swap", "identity", "encode", "total"} <= set(metadata.timings_ms)
 
 
+def test_the_identity_reported_is_the_returned_images_as_a_check_reads_it(swapper, photos):
+    """One definition (issue 33): a swap reports the identity of the JPEG it returns, its face found as ori's
+    was; sending that JPEG back as ori with ori_identity (what check-submission does) gives the same figure."""
+    for ori_name, target_name in (("2008_001322.jpg", "2008_002079.jpg"), ("2008_001322.jpg", "2008_001009.jpg")):
+        encoded, metadata = swapper.swap(photos[ori_name], photos[target_name], SwapOptions(jpeg_quality=80))
+        _, check = swapper.swap(encoded, photos[target_name], SwapOptions(ori_identity=True))
+        (reported,), (checked,) = metadata.identity, check.identity
+        assert (reported["cosine"], reported["distance"]) == (checked["ori_cosine"], checked["ori_distance"])
+
+
 def test_repeated_target_is_served_from_the_cache(photos):
     swapper = FaceSwapper().load()
     _, first = swapper.swap(photos["2008_002506.jpg"], photos["2008_001009.jpg"])

@@ -159,7 +159,14 @@ class FaceSwapper:
     # --- the task ----------------------------------------------------------------------------------
 
     def swap(self, ori: bytes, target: bytes, options: SwapOptions | None = None) -> tuple[bytes, SwapMetadata]:
-        """Encoded ori and target images in, the encoded result and its metadata out."""
+        """Encoded ori and target images in, the encoded result and its metadata out.
+
+        The identity reported (``compute_identity``) is that of the image returned, as it will be read:
+        decoded, its faces found as ori's were, one descriptor per replaced face (:meth:`identity_in`).
+        Sending that image back as ori with ``ori_identity`` gives the same figure (what
+        ``genserve check-submission`` does): one definition, one number for one image. The renderings'
+        own scores, before encoding, stay in ``candidates``.
+        """
         options = options or SwapOptions()
         options.validate()
         timings: dict[str, float] = {}
@@ -179,8 +186,46 @@ class FaceSwapper:
         clock = time.perf_counter()
         encoded = encode_image(result, options.output_format, quality=options.jpeg_quality)
         timings["encode"] = _ms_since(clock)
+        if options.compute_identity:
+            clock = time.perf_counter()
+            delivered = self.identity_in(decode_image(encoded, what="result"), target_face, options, metadata.replaced)
+            metadata.identity = [
+                {**scored, **{k: v for k, v in before.items() if k.startswith("ori_")}}
+                for scored, before in zip(delivered, metadata.identity)
+            ]
+            timings["identity"] = round(timings.get("identity", 0.0) + _ms_since(clock), 2)
         timings["total"] = _ms_since(started)
         return encoded, metadata
+
+    def identity_in(
+        self, rgb: np.ndarray, target: TargetFace, options: SwapOptions, indexes: list[int] | None = None
+    ) -> list[dict]:
+        """The identity of the faces of ``rgb`` against the target: the faces found as a swap finds ori's
+        (:meth:`replaced_faces`), one descriptor each. ``indexes``: the faces to score (default: those the
+        options choose); one not found in ``rgb`` is reported with ``cosine`` and ``distance`` None and
+        ``found`` false (an evaluator that finds no face gives it no identity)."""
+        found, faces = self.replaced_faces(rgb, options, indexes, missing_ok=True)
+        scores = []
+        for index in indexes if indexes is not None else list(faces):
+            if index in faces:
+                descriptor = self.analyzer.descriptor(rgb, faces[index])
+                scores.append({"face": index, **identity_similarity(descriptor, target.descriptor)})
+            else:
+                scores.append({"face": index, "cosine": None, "distance": None, "found": False})
+        return scores
+
+    def replaced_faces(
+        self, rgb: np.ndarray, options: SwapOptions, indexes: list[int] | None = None, *, missing_ok: bool = False
+    ) -> tuple[list[Face], dict[int, Face]]:
+        """Every face of ``rgb`` (largest first, without landmarks) and, fitted with landmarks, those the
+        options choose (or ``indexes``). Only the largest face needs the coarse search; only the faces
+        used need landmarks. With ``missing_ok``, faces not found are left out instead of refused."""
+        found = self.analyzer.detect(rgb, landmarks=False, coarse=options.single_face)
+        if not found and not missing_ok:
+            raise NoFaceError("no face found in the ori image")
+        if indexes is None:
+            indexes = self._choose(found, options) if found else []
+        return found, {i: self.analyzer.refit(rgb, found[i]) for i in indexes if i < len(found)}
 
     def swap_arrays(
         self,
@@ -203,12 +248,8 @@ class FaceSwapper:
         """
         timings = {} if timings is None else timings
         clock = time.perf_counter()
-        # Only the faces that are replaced need landmarks; only the largest needs the coarse search.
-        ori_faces = self.analyzer.detect(ori_rgb, landmarks=False, coarse=options.single_face)
-        if not ori_faces:
-            raise NoFaceError("no face found in the ori image")
-        chosen = self._choose(ori_faces, options)
-        faces = {index: self.analyzer.refit(ori_rgb, ori_faces[index]) for index in chosen}
+        ori_faces, faces = self.replaced_faces(ori_rgb, options)
+        chosen = list(faces)
         timings["detect_ori"] = _ms_since(clock)
 
         looks = VARIANTS[: options.candidates] if looks is None else looks
