@@ -8,8 +8,9 @@ every image is a JPEG in ``imgs/``. The organizers match rows on ``index``: it i
 task file has it (no spreadsheet escaping, unlike the runner's reports).
 
 :func:`check_submission` holds any ZIP, made here or by hand, to these rules; :func:`check_quality`
-adds checks that need a server (identity of face swaps, OCR of text edits) and the input images
-(edits returned unchanged).
+adds quality warnings: stand-ins (flat images, edits returned unchanged: these need the input images),
+and with a server the identity of face swaps (the run's own figure) and OCR of text edits; it names
+every check it could not run.
 """
 
 from __future__ import annotations
@@ -215,26 +216,57 @@ def _jpeg_problem(data: bytes) -> str | None:
     return None if kind == "JPEG" else f"is {kind}, not JPEG"
 
 
-# --- deeper checks, with a server ---------------------------------------------------------------------
+# --- deeper checks: stand-ins, unchanged edits, and with a server identity and OCR ----------------------
+
+# An image counts as one flat colour (a stand-in: genserve run writes mid-grey for t2i, or a failed
+# generation) when the grey levels of its pixels spread less than this (standard deviation).
+FLAT_SPREAD = 2.0
+CHECKS = ("flat image", "unchanged input", "identity", "OCR")
+
+
+@dataclass
+class QualityReport:
+    """What the quality checks found (warnings), how many rows each check ran on, and every check that
+    could not run on some rows, with why and what to do (a check skipped in silence reads as a pass)."""
+
+    findings: list[Finding]
+    ran: dict[str, int]
+    not_run: list[str]
 
 
 def check_quality(
     zip_path: str | Path,
     tasks: list[Task],
     images_dir: str | Path,
-    client,
+    client=None,
     *,
     min_identity: float = MIN_IDENTITY_COSINE,
     max_text_distance: float = MAX_NEW_TEXT_DISTANCE,
-) -> list[Finding]:
-    """Quality warnings: deepfake results whose identity cosine to their target is under ``min_identity``
-    (the contest's SC, measured by the served face swap's descriptors), edits (tie, vttie, deepfake)
-    returned as their input unchanged (a stand-in or a no-op edit), and text edits whose OCR reading is
-    further than ``max_text_distance`` from the new text. ``client``: a :class:`~genserve.client.Client`."""
+) -> QualityReport:
+    """Quality warnings, rows by row:
+
+    - every row: an image of one flat colour (a stand-in, or a failed generation);
+    - tie, vttie, deepfake: the image is its input unchanged (a stand-in or a no-op edit); needs the
+      task's images (``images_dir``);
+    - deepfake, with ``client`` (a :class:`~genserve.client.Client`): the identity cosine of the result to
+      its target under ``min_identity``: the contest's SC, measured as the face swap measures its own
+      result (the result sent as ori with ``ori_identity``), so the figure is the run's quality.csv's;
+    - vttie, with ``client``: OCR (the served PP-OCR) does not read the instruction's new text within
+      ``max_text_distance``.
+
+    Rows whose image is missing from the zip are left to :func:`check_submission`. Every check that could
+    not run is named in :attr:`QualityReport.not_run` (no server, images not found, no new text named).
+    """
     from genserve.ocr.textedit import closest_text_distance, extract_text_edit
 
     images_dir = Path(images_dir)
-    findings = []
+    findings: list[Finding] = []
+    ran: dict[str, int] = dict.fromkeys(CHECKS, 0)
+    skipped: dict[str, list[tuple[str, str]]] = {check: [] for check in CHECKS}  # check -> (row, reason)
+
+    def warn(message: str, task: Task) -> None:
+        findings.append(Finding(message, task.index, rule=False))
+
     with zipfile.ZipFile(zip_path) as archive:
         names = set(archive.namelist())
         for task in tasks:
@@ -242,52 +274,108 @@ def check_quality(
             if member not in names:
                 continue  # a broken rule, reported by check_submission
             result = archive.read(member)
-            ori = images_dir / task.ori_image if task.ori_image else None
-            if (
-                ori is not None
-                and ori.is_file()
-                and task.task_type in ("tie", "vttie", "deepfake")
-                and _unchanged(result, ori.read_bytes())
-            ):
-                findings.append(
-                    Finding(
-                        f"the image is its input {task.ori_image!r} unchanged (a stand-in or a no-op edit)",
-                        task.index,
-                        rule=False,
-                    )
-                )
+            ran["flat image"] += 1
+            if _flat(result):
+                warn("the image is one flat colour: a stand-in (genserve run writes grey) or a failed generation", task)
                 continue
-            try:
-                if task.task_type == "deepfake" and task.target_image and (images_dir / task.target_image).is_file():
-                    cosine = _identity_cosine(client, result, (images_dir / task.target_image).read_bytes())
+            if task.task_type in ("tie", "vttie", "deepfake"):
+                ori = images_dir / task.ori_image if task.ori_image else None
+                if ori is None or not ori.is_file():
+                    skipped["unchanged input"].append((task.index, f"ori_image {task.ori_image!r} not found"))
+                else:
+                    ran["unchanged input"] += 1
+                    if _unchanged(result, ori.read_bytes()):
+                        warn(f"the image is its input {task.ori_image!r} unchanged (a stand-in or a no-op edit)", task)
+                        continue
+            if task.task_type == "deepfake":
+                target = images_dir / task.target_image if task.target_image else None
+                if client is None:
+                    skipped["identity"].append((task.index, "no server"))
+                elif target is None or not target.is_file():
+                    skipped["identity"].append((task.index, f"target_image {task.target_image!r} not found"))
+                else:
+                    try:
+                        cosine = _identity_cosine(client, result, target.read_bytes())
+                    except GenServeError as error:
+                        if NO_FACE not in str(error):
+                            skipped["identity"].append((task.index, f"the server said: {_first_line(error)}"))
+                            continue
+                        warn("no face found in the image: an evaluator finds no face to compare (identity 0)", task)
+                        ran["identity"] += 1
+                        continue
+                    ran["identity"] += 1
                     if cosine < min_identity:
-                        findings.append(
-                            Finding(
-                                f"identity cosine to the target {cosine:.3f} < {min_identity:g}", task.index, rule=False
-                            )
-                        )
-                elif task.task_type == "vttie":
-                    edit = extract_text_edit(task.prompt)
-                    if edit is not None:
+                        warn(f"identity cosine to the target {cosine:.3f} < {min_identity:g}", task)
+            elif task.task_type == "vttie":
+                edit = extract_text_edit(task.prompt)
+                if client is None:
+                    skipped["OCR"].append((task.index, "no server"))
+                elif edit is None:
+                    skipped["OCR"].append((task.index, "the instruction names no new text"))
+                else:
+                    try:
                         lines = [line.text for line in client.ocr(result)]
-                        distance = closest_text_distance(lines, edit.new)
-                        if distance > max_text_distance:
-                            findings.append(
-                                Finding(
-                                    f"OCR reads {' | '.join(lines) or 'nothing'!r}, not the new text {edit.new!r} "
-                                    f"(distance {distance:.2f})",
-                                    task.index,
-                                    rule=False,
-                                )
-                            )
-            except GenServeError as error:
-                findings.append(Finding(f"could not be checked: {error}", task.index, rule=False))
-    return findings
+                    except GenServeError as error:
+                        skipped["OCR"].append((task.index, f"the server said: {_first_line(error)}"))
+                        continue
+                    ran["OCR"] += 1
+                    distance = closest_text_distance(lines, edit.new)
+                    if distance > max_text_distance:
+                        warn(
+                            f"OCR reads {' | '.join(lines) or 'nothing'!r}, not the new text {edit.new!r} "
+                            f"(distance {distance:.2f})",
+                            task,
+                        )
+    return QualityReport(findings, ran, _not_run(skipped, images_dir))
+
+
+def _not_run(skipped: dict[str, list[tuple[str, str]]], images_dir: Path) -> list[str]:
+    """One line per check and reason that kept it from some rows, with what to do."""
+    lines = []
+    for check, rows in skipped.items():
+        by_reason: dict[str, list[tuple[str, str]]] = {}
+        for index, reason in rows:
+            by_reason.setdefault("not found" if reason.endswith("not found") else reason, []).append((index, reason))
+        for reason, found in by_reason.items():
+            indexes = [index for index, _ in found]
+            shown = ", ".join(indexes[:3]) + (f" and {len(indexes) - 3} more" if len(indexes) > 3 else "")
+            if reason == "no server":
+                todo = "it needs a genserve server: --url HOST:PORT"
+            elif reason == "not found":
+                example = f"row {found[0][0]}: {found[0][1]}"
+                todo = f"their images are not in {images_dir} ({example}): name the folder with --images DIR"
+            else:
+                todo = reason
+            lines.append(f"{check} not checked on {len(indexes)} row(s) ({shown}): {todo}")
+    return lines
+
+
+NO_FACE = "no face found in the ori image"  # the face swap's words, when the result sent as ori shows none
+
+
+def _first_line(error: Exception) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def _flat(data: bytes) -> bool:
+    """Whether an encoded image is one flat colour (its grey levels spread less than FLAT_SPREAD)."""
+    import cv2
+    import numpy as np
+
+    from genserve.imaging import decode_image
+
+    try:
+        rgb = decode_image(data)
+    except GenServeError:
+        return False
+    return float(np.std(cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY))) < FLAT_SPREAD
 
 
 def _identity_cosine(client, result: bytes, target: bytes) -> float:
-    """Cosine of the result's face to the target's, by the served face swap's own descriptors: the
-    result is sent as ``ori`` with ``ori_identity``, which scores ori's face against the target."""
+    """Cosine of the result's face to the target's, as the face swap measures its own result (so the same
+    figure as the run's quality.csv, for the same image): the result is sent as ``ori`` with
+    ``ori_identity``, which scores ori's face, found as a swap finds it, against the target."""
     swapped = client.swap_face(result, target, ori_identity=True)
     return float(swapped.metadata.identity[0]["ori_cosine"])
 
