@@ -180,7 +180,8 @@ class FaceSwapper:
         target_face, cache_hit = self.target_face(target)
         timings["target"] = _ms_since(clock)
 
-        result, metadata = self.swap_arrays(ori_rgb, target_face, options, timings)
+        # The identity reported is the returned image's (below): the rendering is scored only to choose.
+        result, metadata = self.swap_arrays(ori_rgb, target_face, options, timings, score_renders=False)
         metadata.target_cache_hit = cache_hit
 
         clock = time.perf_counter()
@@ -235,11 +236,13 @@ class FaceSwapper:
         timings: dict[str, float] | None = None,
         *,
         looks: tuple[Look, ...] | None = None,
+        score_renders: bool = True,
     ) -> tuple[np.ndarray, SwapMetadata]:
         """The swap on an RGB array; returns the RGB result and metadata (with ``timings_ms``).
 
         ``looks``: the renderings to try (default: the first ``options.candidates`` of VARIANTS), e.g.
-        ``(UNRESTORED,)`` to compare with the rendering before issue 33.
+        ``(UNRESTORED,)`` to compare with the rendering before issue 33. ``score_renders`` false: the
+        rendering's identity is not scored unless candidates are chosen by it (the caller scores the result).
 
         Per replaced face the metadata reports the artifact share (``artifacts``), the sharpness inside
         ori's face box against ori's own (``sharpness``), the identity score (``identity``: when asked, or
@@ -254,6 +257,7 @@ class FaceSwapper:
 
         looks = VARIANTS[: options.candidates] if looks is None else looks
         scored = options.compute_identity or len(looks) > 1
+        score_each = len(looks) > 1 or (options.compute_identity and score_renders)
         metadata = SwapMetadata(
             image_size=[int(ori_rgb.shape[1]), int(ori_rgb.shape[0])],
             faces_found={"ori": len(ori_faces), "target": target.faces_found},
@@ -274,7 +278,7 @@ class FaceSwapper:
                 share = artifact_share(render, face.landmarks)
                 timings["swap"] += _ms_since(clock)
                 clock = time.perf_counter()
-                score = self._identity(render, face, target) if scored else {}
+                score = self._identity(render, face, target) if score_each else {}
                 timings["identity"] += _ms_since(clock)
                 renders.append((render, share, score, look))
             ori_share = artifact_share(ori_rgb, face.landmarks)
