@@ -31,9 +31,10 @@ everything.
 Then a quality table (``--no-quality`` skips it), in this process, per set of pairs: the timed pairs
 (framed as ``--frame`` says) and the 15 pairs of a small face (36-52 px) into a large one (89-108 px) of
 the bundled photos (issue 33). Per mode (the swap as served, the swap's rendering before issue 33, the
-classic recipe), every result as a JPEG at quality 95 and measured alike: sharpness (variance of the
-Laplacian inside ori's face box, result over ori: mean, minimum, pairs under 0.6, pairs quality.csv
-flags soft), identity (cosine to the target, faces found as the swap finds them) and the artifact share.
+classic recipe), every result as a JPEG at quality 95 and measured alike, as the swap measures the image it
+returns (``FaceSwapper.score``): sharpness (variance of the Laplacian inside ori's face box, result over
+ori: mean, minimum, pairs under 0.6, pairs quality.csv flags soft), identity (cosine to the target) and
+the artifact share.
 """
 
 from __future__ import annotations
@@ -268,9 +269,8 @@ QUALITY_MODES = ("served rendering", "before issue 33", "classic")
 def quality_table(sets: dict[str, list[tuple[bytes, bytes]]], classic_upsample: int = CLASSIC_UPSAMPLE) -> list[dict]:
     """Per set of (ori, target) pairs and mode, the swaps' sharpness, identity and artifact share, each
     result a JPEG at quality 95 measured alike (see the module's docstring)."""
-    from genserve.client.batch import SOFT_BELOW
+    from genserve.client.submission import SOFT_BELOW
     from genserve.faceswap import FaceSwapper, SwapOptions
-    from genserve.faceswap.measures import artifact_share, sharpness_ratio
     from genserve.faceswap.swapper import UNRESTORED
     from genserve.imaging import decode_image, encode_image
 
@@ -290,19 +290,10 @@ def quality_table(sets: dict[str, list[tuple[bytes, bytes]]], classic_upsample: 
     for name, pairs in sets.items():
         measured: dict[str, list[tuple[float, float, float]]] = {mode: [] for mode in QUALITY_MODES}
         for ori, target in pairs:
-            ori_rgb = decode_image(ori)
-            _, faces = swapper.replaced_faces(ori_rgb, options)
-            (face,) = faces.values()
-            target_face, _ = swapper.target_face(target)
             for mode, encoded in results(ori, target).items():
-                rgb = decode_image(encoded)
-                (identity,) = swapper.identity_in(rgb, target_face, SwapOptions(), [0])
+                metadata = swapper.score(ori, target, encoded)  # as the swap measures the image it returns
                 measured[mode].append(
-                    (
-                        sharpness_ratio(rgb, ori_rgb, face.box),
-                        identity["cosine"] or 0.0,
-                        artifact_share(rgb, face.landmarks),
-                    )
+                    (metadata.sharpness[0]["ratio"], metadata.identity[0]["cosine"], metadata.artifacts[0]["share"])
                 )
         for mode, values in measured.items():
             ratio, cosine, share = (np.array(column) for column in zip(*values))

@@ -56,7 +56,14 @@ from genserve.client.client import ImageResult
 from genserve.client.images import to_image_bytes
 from genserve.client.pool import ClientPool
 from genserve.client.settings import describe_changes
-from genserve.client.submission import ZIP_SUFFIX, SubmissionTooLarge, write_result_csv, write_zip, zip_name
+from genserve.client.submission import (
+    ZIP_SUFFIX,
+    SubmissionTooLarge,
+    blur_flag,
+    write_result_csv,
+    write_zip,
+    zip_name,
+)
 from genserve.client.tasks import IMAGES_FOLDER, Task, write_csv
 from genserve.errors import GenServeError, InvalidInputError
 from genserve.metadata import GenerationMetadata, SwapMetadata
@@ -77,10 +84,6 @@ QUALITY = "quality.csv"
 SETTINGS = "settings.json"
 RESULT = "result.csv"
 RUN_RECORD = "run.json"
-# quality.csv's blur flag: a face swap whose sharpness inside ori's face box is under this share of ori's
-# (the blurred swap of issue 33 measured 0.19, swaps of faces of similar size 0.79; the swap restores 0.65
-# where it can). Doubled features (ghosting) average two faces' edges away and lower it too.
-SOFT_BELOW = 0.5
 # A stand-in where ori cannot serve: mid-grey, at the task's width/height setting or this size.
 NEUTRAL_SIZE, NEUTRAL_GREY = 1024, 128
 ORI_STAND_IN = "ori_image re-encoded"
@@ -200,7 +203,7 @@ QUALITY_COLUMNS = (
     "artifact_share",
     "ori_artifact_share",
     "sharpness",  # deepfake: variance of the Laplacian inside ori's face box, the result's over ori's
-    "blur_flag",  # deepfake: "soft: ..." when sharpness is under SOFT_BELOW (blurred, or doubled features)
+    "blur_flag",  # deepfake: "soft: ..." when sharpness is under submission.SOFT_BELOW (blur, doubled features)
     "new_text_distance",
     "old_text_distance",
     "ocr_text",
@@ -239,13 +242,6 @@ def quality_record(task: Task, metadata: SwapMetadata | GenerationMetadata | Non
         first = metadata.candidates[0]
         record["candidates"], record["chosen_candidate"] = len(first.tried), first.chosen
     return record
-
-
-def blur_flag(sharpness: float) -> str:
-    """quality.csv's flag of a face swap much softer than ori ("" when it is not): blur, or doubled features."""
-    if sharpness >= SOFT_BELOW:
-        return ""
-    return f"soft: {sharpness:.2f} of ori's sharpness (blurred, or doubled features); look at it"
 
 
 class BatchRunner:

@@ -263,6 +263,9 @@ class Contract:
     fields: tuple[Field, ...]
     outputs: tuple[Output, ...]
     streaming: bool = False
+    # The bytes of a request's images together (None: each image's own limit only), so that its largest
+    # request stays within config.MAX_REQUEST_BYTES however many images it may carry.
+    max_image_bytes: int | None = None
 
     def __post_init__(self) -> None:
         names = [f.name for f in self.fields]
@@ -316,6 +319,12 @@ class Contract:
                 )
             else:
                 checked[field.name] = field.default
+        images = sum(len(checked[f.name]) for f in self.fields if f.type == "image" and checked.get(f.name))
+        if self.max_image_bytes is not None and images > self.max_image_bytes:
+            raise InvalidInputError(
+                f"the images of one {self.model} request are {images} bytes together; at most "
+                f"{self.max_image_bytes} are accepted"
+            )
         return checked
 
     # --- the client's side ----------------------------------------------------------------------------
@@ -502,6 +511,15 @@ FACE_SWAP = Contract(
             required=True,
             max_pixels=config.MAX_FACE_SWAP_PIXELS,
         ),
+        Field(
+            "result_image",
+            "image",
+            "score this image, a result of putting TARGET_IMAGE's face into ORI_IMAGE, instead of swapping: "
+            "IMAGE is it as sent, METADATA its identity, sharpness and artifacts, measured as a swap measures "
+            "the image it returns",
+            tensor="RESULT_IMAGE",
+            max_pixels=config.MAX_FACE_SWAP_PIXELS,
+        ),
         Field("face_index", "int", "which face of ori to replace, largest first (default: the largest)", minimum=0),
         Field("all_faces", "bool", "replace every face of ori", default=False),
         Field(
@@ -537,6 +555,7 @@ FACE_SWAP = Contract(
             schema=SwapMetadata,
         ),
     ),
+    max_image_bytes=2 * config.MAX_IMAGE_BYTES,  # a result to score travels beside ori and target
 )
 
 OCR = Contract(

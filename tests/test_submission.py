@@ -180,23 +180,24 @@ def test_quality_checks_with_the_server(triton_server, faces_dir, tmp_path):
     """Identity of face swaps (the run's own figure), stand-ins, edits returned unchanged, and text edits OCR
     does not confirm, each named by row."""
     from genserve.client import Client
-    from genserve.client.submission import _identity_cosine
 
     with Client(triton_server.grpc_url) as client:
         swap = client.swap_face(faces_dir / "2008_002506.jpg", faces_dir / "2008_001009.jpg")
         tasks_path, tasks, archive = quality_case(tmp_path / "images", tmp_path, swap.as_jpeg())
         report = check_quality(archive, tasks, tmp_path / "images", client, min_identity=0.999)
-        # One definition (issue 33): the identity a check measures on the JPEG is the one the swap reported.
-        checked = _identity_cosine(client, swap.as_jpeg(), (faces_dir / "2008_001009.jpg").read_bytes())
-        assert checked == swap.metadata.identity[0]["cosine"]
+        # One definition (issue 33): what a check measures on the JPEG is what the swap reported for it.
+        scored = client.score_face_swap(faces_dir / "2008_002506.jpg", faces_dir / "2008_001009.jpg", swap.as_jpeg())
+        assert scored.identity == swap.metadata.identity and scored.sharpness == swap.metadata.sharpness
+    cosine = swap.metadata.identity[0]["cosine"]
     findings = {f.index: str(f) for f in report.findings}
     assert set(findings) == {"d1", "d2", "e1", "v1", "t1"}, findings  # d1 too, under the 0.999 asked for
-    assert findings["d1"] == f"quality: row 'd1': identity cosine to the target {checked:.3f} < 0.999"
-    assert findings["d2"].startswith("quality: row 'd2': identity cosine to the target")
+    assert findings["d1"] == f"quality: row 'd1': identity cosine to the target {cosine:.3f} < 0.999"
     assert "unchanged (a stand-in or a no-op edit)" in findings["e1"]
     assert "OCR reads 'OPEN', not the new text 'CLOSED'" in findings["v1"]
     assert "one flat colour: a stand-in" in findings["t1"]
-    assert report.ran == {"flat image": 5, "unchanged input": 4, "identity": 2, "OCR": 1} and report.not_run == []
+    assert findings["d2"].startswith("quality: row 'd2': identity cosine to the target")
+    assert report.ran == {"flat image": 5, "unchanged input": 4, "identity and sharpness": 2, "OCR": 1}
+    assert report.not_run == []
     completed = run_check(archive, tasks_path, "--url", triton_server.grpc_url)
     assert completed.returncode == 0 and "4 quality warning(s)" in completed.stdout, completed.stdout + completed.stderr
 
@@ -218,7 +219,7 @@ def test_checks_that_cannot_run_are_named_and_the_images_found_where_the_run_rea
         f"not checked: unchanged input not checked on 4 row(s) (d1, d2, e1 and 1 more): their images are not in "
         f"{elsewhere} (row d1: ori_image '2008_002506.jpg' not found): name the folder with --images DIR" in out
     )
-    assert "not checked: identity not checked on 2 row(s) (d1, d2): it needs a genserve server: --url" in out
+    assert "not checked: identity and sharpness not checked on 2 row(s) (d1, d2): it needs a genserve server" in out
     assert "not checked: OCR not checked on 1 row(s) (v1): it needs a genserve server: --url" in out
     assert "row 't1': the image is one flat colour" in out  # checked with no server and no images
     # A zip in the output folder of genserve run: its run.json says where that run read the images.

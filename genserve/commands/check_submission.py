@@ -16,9 +16,11 @@ def register(subparsers) -> None:
         "with its row and exits 1 when any rule is broken. Then quality warnings (they do not change the exit "
         "status): stand-ins (an image of one flat colour; an edit or face swap returned as its input "
         "unchanged, which needs the task's images), and with --url deepfake results whose identity cosine to "
-        "their target is low (the contest's SC, the same figure as genserve run's quality.csv) and text edits "
-        "whose OCR does not read the new text. Every check that could not run on some rows is named, with "
-        "what to do. The task file is read as genserve run reads it (UTF-8, else GB18030; --encoding).",
+        "their target is low (the contest's SC) or that are much softer than ori (blur or doubled features), "
+        "measured as the face swap measures its own results, so the same figures as genserve run's "
+        "quality.csv, and text edits whose OCR does not read the new text. Every check that could not run "
+        "on some rows is named, with what to do. The task file is read as genserve run reads it (UTF-8, "
+        "else GB18030; --encoding).",
     )
     parser.add_argument("zip", metavar="ZIP", help="the submission zip")
     parser.add_argument("--tasks", metavar="TASK_CSV", required=True, help="the task file the submission answers")
@@ -64,6 +66,22 @@ def images_folder(images: str | None, zip_path, tasks_path) -> tuple:
     return Path(tasks_path).resolve().parent, "the task file's folder, as genserve run's default"
 
 
+def run_swap_options(zip_path) -> dict:
+    """The run's choice of faces (face_index, all_faces) from settings.json beside the zip, when a genserve
+    run wrote it: a deepfake row is scored on the faces it replaced."""
+    import json
+    from pathlib import Path
+
+    from genserve.client.batch import SETTINGS
+
+    settings = Path(zip_path).resolve().parent / SETTINGS
+    try:
+        deepfake = json.loads(settings.read_text(encoding="utf-8")).get("deepfake", {})
+    except (OSError, ValueError, AttributeError):
+        return {}
+    return {key: deepfake[key] for key in ("face_index", "all_faces") if key in deepfake}
+
+
 def run(args: argparse.Namespace) -> int:
     import zipfile
     from contextlib import nullcontext
@@ -90,7 +108,14 @@ def run(args: argparse.Namespace) -> int:
 
             client_context = Client(args.url)
         with client_context as client:
-            report = check_quality(path, tasks, images, client, min_identity=args.min_identity or MIN_IDENTITY_COSINE)
+            report = check_quality(
+                path,
+                tasks,
+                images,
+                client,
+                min_identity=args.min_identity or MIN_IDENTITY_COSINE,
+                swap_options=run_swap_options(path),
+            )
         findings += report.findings
     for finding in findings:
         print(finding)

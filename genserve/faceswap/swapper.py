@@ -161,11 +161,10 @@ class FaceSwapper:
     def swap(self, ori: bytes, target: bytes, options: SwapOptions | None = None) -> tuple[bytes, SwapMetadata]:
         """Encoded ori and target images in, the encoded result and its metadata out.
 
-        The identity reported (``compute_identity``) is that of the image returned, as it will be read:
-        decoded, its faces found as ori's were, one descriptor per replaced face (:meth:`identity_in`).
-        Sending that image back as ori with ``ori_identity`` gives the same figure (what
-        ``genserve check-submission`` does): one definition, one number for one image. The renderings'
-        own scores, before encoding, stay in ``candidates``.
+        The identity and sharpness reported are those of the image returned, as it will be read: decoded,
+        each replaced face's landmarks fitted on it in ori's face box (:meth:`score` measures any image so,
+        and gives the same figures for this one: one definition, one number for one image). The artifact
+        share is the rendering's, before encoding; the renderings' own scores stay in ``candidates``.
         """
         options = options or SwapOptions()
         options.validate()
@@ -187,46 +186,93 @@ class FaceSwapper:
         clock = time.perf_counter()
         encoded = encode_image(result, options.output_format, quality=options.jpeg_quality)
         timings["encode"] = _ms_since(clock)
-        if options.compute_identity:
-            clock = time.perf_counter()
-            delivered = self.identity_in(decode_image(encoded, what="result"), target_face, options, metadata.replaced)
-            metadata.identity = [
-                {**scored, **{k: v for k, v in before.items() if k.startswith("ori_")}}
-                for scored, before in zip(delivered, metadata.identity)
-            ]
-            timings["identity"] = round(timings.get("identity", 0.0) + _ms_since(clock), 2)
+        clock = time.perf_counter()
+        faces = {
+            index: Face(box=tuple(metadata.ori_faces[index]["box"]), landmarks=None) for index in metadata.replaced
+        }
+        self._measure(metadata, ori_rgb, decode_image(encoded, what="result"), faces, target_face, options)
+        timings["measure"] = _ms_since(clock)
         timings["total"] = _ms_since(started)
         return encoded, metadata
 
-    def identity_in(
-        self, rgb: np.ndarray, target: TargetFace, options: SwapOptions, indexes: list[int] | None = None
-    ) -> list[dict]:
-        """The identity of the faces of ``rgb`` against the target: the faces found as a swap finds ori's
-        (:meth:`replaced_faces`), one descriptor each. ``indexes``: the faces to score (default: those the
-        options choose); one not found in ``rgb`` is reported with ``cosine`` and ``distance`` None and
-        ``found`` false (an evaluator that finds no face gives it no identity)."""
-        found, faces = self.replaced_faces(rgb, options, indexes, missing_ok=True)
-        scores = []
-        for index in indexes if indexes is not None else list(faces):
-            if index in faces:
-                descriptor = self.analyzer.descriptor(rgb, faces[index])
-                scores.append({"face": index, **identity_similarity(descriptor, target.descriptor)})
-            else:
-                scores.append({"face": index, "cosine": None, "distance": None, "found": False})
-        return scores
+    def score(self, ori: bytes, target: bytes, result: bytes, options: SwapOptions | None = None) -> SwapMetadata:
+        """The figures a swap reports for the image it returns, for any ``result`` of putting ``target``'s face
+        into ``ori`` (made here, by hand or by another tool): per replaced face (chosen in ori as a swap
+        chooses them), the identity to the target, the sharpness inside ori's face box and the artifact share
+        of ``result``, landmarks fitted on it in ori's face box. ``genserve check-submission`` sends this."""
+        options = options or SwapOptions()
+        options.validate()
+        timings: dict[str, float] = {}
+        started = time.perf_counter()
+        ori_rgb = decode_image(ori, what="ori image")
+        result_rgb = decode_image(result, what="result image")
+        if result_rgb.shape != ori_rgb.shape:
+            (height, width), (ori_height, ori_width) = result_rgb.shape[:2], ori_rgb.shape[:2]
+            raise InvalidInputError(
+                f"the result image is {width}x{height}, ori {ori_width}x{ori_height}: a face swap keeps ori's size"
+            )
+        target_face, cache_hit = self.target_face(target)
+        clock = time.perf_counter()
+        ori_faces, faces = self.replaced_faces(ori_rgb, options)
+        timings["detect_ori"] = _ms_since(clock)
+        metadata = SwapMetadata(
+            image_size=[int(ori_rgb.shape[1]), int(ori_rgb.shape[0])],
+            faces_found={"ori": len(ori_faces), "target": target_face.faces_found},
+            ori_faces=[face.as_dict() for face in ori_faces],
+            replaced=list(faces),
+            target_face=target_face.face.as_dict(),
+            target_cache_hit=cache_hit,
+        )
+        clock = time.perf_counter()
+        for index, face in faces.items():
+            share = artifact_share(result_rgb, face.landmarks)
+            ori_share = artifact_share(ori_rgb, face.landmarks)
+            metadata.artifacts.append({"face": index, "share": round(share, 5), "ori_share": round(ori_share, 5)})
+        self._measure(
+            metadata, ori_rgb, result_rgb, faces, target_face, dataclasses.replace(options, compute_identity=True)
+        )
+        timings["measure"] = _ms_since(clock)
+        timings["total"] = _ms_since(started)
+        metadata.timings_ms = timings
+        return metadata
 
-    def replaced_faces(
-        self, rgb: np.ndarray, options: SwapOptions, indexes: list[int] | None = None, *, missing_ok: bool = False
-    ) -> tuple[list[Face], dict[int, Face]]:
-        """Every face of ``rgb`` (largest first, without landmarks) and, fitted with landmarks, those the
-        options choose (or ``indexes``). Only the largest face needs the coarse search; only the faces
-        used need landmarks. With ``missing_ok``, faces not found are left out instead of refused."""
+    def _measure(
+        self,
+        metadata: SwapMetadata,
+        ori_rgb: np.ndarray,
+        result_rgb: np.ndarray,
+        faces: dict[int, Face],
+        target: TargetFace,
+        options: SwapOptions,
+    ) -> None:
+        """The sharpness (and with ``compute_identity`` the identity) of each replaced face of ``result_rgb``:
+        landmarks fitted on it in the face's box in ori; ori's own identity kept where it was asked for."""
+        asked = {entry["face"]: entry for entry in metadata.identity or []}
+        metadata.sharpness = [
+            _sharpness_entry(index, sharpness(result_rgb, face.box), sharpness(ori_rgb, face.box))
+            for index, face in faces.items()
+        ]
+        if not options.compute_identity:
+            return
+        metadata.identity = []
+        for index, face in faces.items():
+            score = self._identity(result_rgb, face, target)
+            if options.ori_identity:
+                before = asked.get(index) or {}
+                if "ori_cosine" not in before:
+                    ori_face = face if face.landmarks is not None else self.analyzer.refit(ori_rgb, face)
+                    found = identity_similarity(self.analyzer.descriptor(ori_rgb, ori_face), target.descriptor)
+                    before = {"ori_cosine": found["cosine"], "ori_distance": found["distance"]}
+                score |= {key: before[key] for key in ("ori_cosine", "ori_distance")}
+            metadata.identity.append({"face": index, **score})
+
+    def replaced_faces(self, rgb: np.ndarray, options: SwapOptions) -> tuple[list[Face], dict[int, Face]]:
+        """Every face of ``rgb`` (largest first, without landmarks) and, by index, those the options choose,
+        with landmarks. Only the largest face needs the coarse search; only the faces used need landmarks."""
         found = self.analyzer.detect(rgb, landmarks=False, coarse=options.single_face)
-        if not found and not missing_ok:
+        if not found:
             raise NoFaceError("no face found in the ori image")
-        if indexes is None:
-            indexes = self._choose(found, options) if found else []
-        return found, {i: self.analyzer.refit(rgb, found[i]) for i in indexes if i < len(found)}
+        return found, {index: self.analyzer.refit(rgb, found[index]) for index in self._choose(found, options)}
 
     def swap_arrays(
         self,
