@@ -66,6 +66,11 @@ TARGET_CROP_MARGIN = 0.35
 # softer face to (issue 33: an enlarged small face measured 0.19). Higher costs identity as dlib measures it:
 # a sharp face moves away from the descriptor of the small, soft photo it came from (docs/contest.md, "Detail").
 SHARPNESS_TARGET = 0.65
+# ... on faces this wide (ori's detection box) and wider. A smaller face's detail is a pixel or two, and the
+# identity score's 150 px chip enlarges the face and any grain added to it: on the 35 pairs of the bundled
+# photos whose ori face is 36-52 px wide, restoring cost 0.013 of dlib distance to the target on average;
+# on the 21 whose ori face is 89-108 px, nothing (docs/contest.md, "Detail").
+RESTORE_MIN_FACE_PX = 80
 # The unsharp mask that restores it works at this fraction of the enlargement (a face enlarged 3x is
 # smeared over about 3 pixels), and at least at 1 pixel.
 SHARPEN_SIGMA_FRACTION = 0.5
@@ -82,7 +87,8 @@ class Look:
     light_sigma_fraction: float = LIGHT_SIGMA_FRACTION  # scale of ori's lighting carried onto the face
     match_detail: bool = True  # blur or sharpen the face to ori's level of fine detail (and the steps below)
     whole_features: bool = True  # near the outline, eyes, brows, nostrils and lips pasted whole, not mixed with ori's
-    restore_detail: bool = True  # grain and sharpness a small target lacks, to SHARPNESS_TARGET of ori's (issue 33)
+    restore_detail: bool = True  # grain and sharpness a small target lacks, to SHARPNESS_TARGET of ori's (issue 33;
+    # faces of RESTORE_MIN_FACE_PX and wider)
 
     def as_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -433,7 +439,7 @@ class FaceSwapper:
             warped = match_color(warped, background, warped_skin, background_skin, look.light_sigma_fraction * size)
         if look.match_detail:
             warped = match_detail(warped, background, alpha)
-            if look.restore_detail:
+            if look.restore_detail and ori_face.box[2] - ori_face.box[0] >= RESTORE_MIN_FACE_PX:
                 core = (alpha > 0.5).astype(np.float32)
                 plain_skin = cv2.GaussianBlur(((1 - features) * (ori_skin > 0.5)).astype(np.float32), (0, 0), 1)
                 warped = match_grain(warped, background, core, plain_skin)
