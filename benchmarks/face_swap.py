@@ -4,6 +4,7 @@
     python -m genserve.benchmarks.face_swap --url localhost:8001   # a server already running, as configured
     python -m genserve.benchmarks.face_swap --concurrency 1,2 --requests 24 --rounds 3 --json face_swap.json
     python -m genserve.benchmarks.face_swap --protocol http         # the served modes over HTTP
+    python -m genserve.benchmarks.face_swap --quality-only          # the quality table alone (no server)
 
 Modes, each timed on the same ori/target pairs of the bundled photos (three targets, each repeated,
 so the target cache works as in a task file), whole swaps of encoded bytes to encoded bytes:
@@ -26,6 +27,14 @@ Other work on the host slows every mode alike only if they run interleaved: each
 runs every mode in turn, ``--rounds`` times over, and the latencies of a mode's rounds are pooled.
 Prints a table, the ratios that issue 10 sets targets for, and the load average; ``--json`` writes
 everything.
+
+Then a quality table (``--no-quality`` skips it), in this process, per set of pairs: the timed pairs
+(framed as ``--frame`` says) and the 15 pairs of a small face (36-52 px) into a large one (89-108 px) of
+the bundled photos (issue 33). Per mode (the swap as served, the swap's rendering before issue 33, the
+classic recipe), every result as a JPEG at quality 95 and measured alike, as the swap measures the image it
+returns (``FaceSwapper.score``): sharpness (variance of the Laplacian inside ori's face box, result over
+ori: mean, minimum, pairs under 0.6, pairs quality.csv flags soft), identity (cosine to the target) and
+the artifact share.
 """
 
 from __future__ import annotations
@@ -54,6 +63,10 @@ PAIRS = [  # (ori, target): three targets, each repeated
     ("2008_002506.jpg", "2008_001322.jpg"),
     ("2008_007676.jpg", "2008_001322.jpg"),
 ]
+# Issue 33's pairs: each photo's largest face of 36-52 px into each one of 89-108 px (an enlargement of 1.7-3x).
+LARGE_FACES = ("2008_002506.jpg", "2008_001322.jpg", "2008_001009.jpg")
+SMALL_FACES = ("2007_007763.jpg", "2008_002079.jpg", "2008_002470.jpg", "2008_004176.jpg", "2008_007676.jpg")
+SMALL_INTO_LARGE = [(large, small) for large in LARGE_FACES for small in SMALL_FACES]
 # The classic recipe's detector upsamples once, as dlib's own examples and face_recognition do by
 # default: without it HOG misses faces under about 80 px, e.g. every face of 2008_007676.jpg.
 CLASSIC_UPSAMPLE = 1
@@ -250,6 +263,80 @@ TARGETS = {  # issues 10 and 22, per framing: (ratio name, comparison, bound)
 }
 
 
+QUALITY_MODES = ("served rendering", "before issue 33", "classic")
+
+
+def quality_table(sets: dict[str, list[tuple[bytes, bytes]]], classic_upsample: int = CLASSIC_UPSAMPLE) -> list[dict]:
+    """Per set of (ori, target) pairs and mode, the swaps' sharpness, identity and artifact share, each
+    result a JPEG at quality 95 measured alike (see the module's docstring)."""
+    from genserve.client.submission import SOFT_BELOW
+    from genserve.faceswap import FaceSwapper, SwapOptions
+    from genserve.faceswap.swapper import UNRESTORED
+    from genserve.imaging import decode_image, encode_image
+
+    swapper, classic = FaceSwapper().load(), ClassicFaceSwap(classic_upsample)
+    options = SwapOptions(compute_identity=False)
+
+    def results(ori: bytes, target: bytes) -> dict[str, bytes]:
+        target_face, _ = swapper.target_face(target)
+        before, _ = swapper.swap_arrays(decode_image(ori), target_face, options, looks=(UNRESTORED,))
+        return {
+            "served rendering": swapper.swap(ori, target, options)[0],
+            "before issue 33": encode_image(before, "jpeg", quality=95),
+            "classic": classic.swap(ori, target),
+        }
+
+    rows = []
+    for name, pairs in sets.items():
+        measured: dict[str, list[tuple[float, float, float]]] = {mode: [] for mode in QUALITY_MODES}
+        for ori, target in pairs:
+            for mode, encoded in results(ori, target).items():
+                metadata = swapper.score(ori, target, encoded)  # as the swap measures the image it returns
+                measured[mode].append(
+                    (metadata.sharpness[0]["ratio"], metadata.identity[0]["cosine"], metadata.artifacts[0]["share"])
+                )
+        for mode, values in measured.items():
+            ratio, cosine, share = (np.array(column) for column in zip(*values))
+            rows.append(
+                {
+                    "pairs": name,
+                    "mode": mode,
+                    "count": len(values),
+                    "sharpness_mean": round(float(ratio.mean()), 3),
+                    "sharpness_min": round(float(ratio.min()), 3),
+                    "under_0.6": int((ratio < 0.6).sum()),
+                    "flagged_soft": int((ratio < SOFT_BELOW).sum()),
+                    "identity_cosine_mean": round(float(cosine.mean()), 4),
+                    "identity_cosine_min": round(float(cosine.min()), 4),
+                    "artifact_share_max": round(float(share.max()), 5),
+                }
+            )
+    return rows
+
+
+def print_quality(rows: list[dict]) -> None:
+    print(
+        f"\n{'pairs':<26} {'mode':<18} {'n':>3} {'sharp mean':>10} {'min':>5} {'<0.6':>5} {'soft':>5} "
+        f"{'identity mean':>13} {'min':>6} {'artifacts max':>13}"
+    )
+    for row in rows:
+        print(
+            f"{row['pairs']:<26} {row['mode']:<18} {row['count']:>3} {row['sharpness_mean']:>10.2f} "
+            f"{row['sharpness_min']:>5.2f} {row['under_0.6']:>5} {row['flagged_soft']:>5} "
+            f"{row['identity_cosine_mean']:>13.4f} {row['identity_cosine_min']:>6.4f} "
+            f"{row['artifact_share_max']:>12.2%}"
+        )
+
+
+def quality_sets(faces_dir: Path, frame: str) -> dict[str, list[tuple[bytes, bytes]]]:
+    sets = {f"timed pairs ({frame})": load_pairs(faces_dir, frame)}
+    if all((faces_dir / name).is_file() for pair in SMALL_INTO_LARGE for name in pair):
+        sets["small into large (photos)"] = [
+            ((faces_dir / ori).read_bytes(), (faces_dir / target).read_bytes()) for ori, target in SMALL_INTO_LARGE
+        ]
+    return sets
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m genserve.benchmarks.face_swap", description=__doc__.split("\n\n")[0]
@@ -284,8 +371,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--no-in-process", action="store_true", help="skip FaceSwapper in-process (the classic recipe always runs)"
     )
+    parser.add_argument("--no-quality", action="store_true", help="skip the quality table (sharpness, identity)")
+    parser.add_argument("--quality-only", action="store_true", help="only the quality table: no server, no timing")
     parser.add_argument("--json", type=Path, metavar="FILE", help="write every run as JSON")
     args = parser.parse_args(argv)
+    if args.quality_only:
+        quality = quality_table(quality_sets(args.faces_dir, args.frame), args.classic_upsample)
+        print_quality(quality)
+        if args.json:
+            args.json.write_text(json.dumps({"benchmark": "face_swap", "quality": quality}, indent=2))
+            print(f"\nwrote {args.json}")
+        return 0
 
     levels, pairs = parse_levels(args.concurrency), load_pairs(args.faces_dir, args.frame)
     load_before = os.getloadavg()
@@ -325,6 +421,7 @@ def main(argv: list[str] | None = None) -> int:
                         f"({forwarded} requests, warm-ups included)"
                     )
     load_after = os.getloadavg()
+    quality = [] if args.no_quality else quality_table(quality_sets(args.faces_dir, args.frame), args.classic_upsample)
 
     found = ratios(runs)
     print(
@@ -339,6 +436,8 @@ def main(argv: list[str] | None = None) -> int:
             met = value <= bound if comparison == "<=" else value >= bound
             verdict = f"   target {comparison} {bound}: {'met' if met else 'NOT met'}"
         print(f"  {name}: {value:.2f}x{verdict}")
+    if quality:
+        print_quality(quality)
     if args.json:
         report = {
             "benchmark": "face_swap",
@@ -358,6 +457,7 @@ def main(argv: list[str] | None = None) -> int:
             },
             "runs": [run.summary() for run in runs],
             "ratios": {name: round(value, 3) for name, value in found.items()},
+            "quality": quality,
         }
         args.json.write_text(json.dumps(report, indent=2))
         print(f"\nwrote {args.json}")

@@ -7,7 +7,9 @@ Layout of the output folder::
     OUT/progress.jsonl       one line per row written (its metadata summary, settings, stand-in or not)
     OUT/settings.json        the generation settings per task type of the latest run
     OUT/failures.csv         rows that failed in the latest run, with the reason and their stand-in
-    OUT/quality.csv          per row, the task's quality proxy (identity, artifacts, OCR distance) or stand-in
+    OUT/quality.csv          per row, the task's quality proxy (identity, artifacts, sharpness and a blur flag,
+                             OCR distance) or stand-in
+    OUT/run.json             where the run read its inputs (images folder, task file): check-submission finds them
     OUT/<team>_图片生成_result.zip   result.csv + imgs/, ready to upload
 
 A row that still fails after its retries gets a stand-in image, so that the upload is complete (one
@@ -15,6 +17,13 @@ missing row makes the organizers refuse it): ori re-encoded as JPEG for tie, vtt
 neutral grey image for t2i (and where ori cannot be read). A rerun retries exactly the rows with
 stand-ins and replaces each one that now succeeds. ``fallback=False`` leaves failed rows out and then
 writes no zip.
+
+A failure that a rerun cannot change is *final* (issue 33): the row's own problem (unknown task type, no
+prompt), an image missing, refused or unreadable, or the server refusing the request as invalid (no face
+found, an image it cannot decode, a refused prompt): the same input gets the same answer. A rerun does not
+send a final row again while its input is the same (its task row, the size and time of its image files,
+its task type's settings); it does once any of them changed, or with ``retry_final``. Failures that may
+pass (server unreachable or overloaded, a deadline, a server error) are retried by every rerun.
 
 Rows are journaled with the settings they were made with: a rerun with other settings refuses to mix
 them (:class:`SettingsChanged`) unless ``redo``, which regenerates those rows.
@@ -47,7 +56,14 @@ from genserve.client.client import ImageResult
 from genserve.client.images import to_image_bytes
 from genserve.client.pool import ClientPool
 from genserve.client.settings import describe_changes
-from genserve.client.submission import ZIP_SUFFIX, SubmissionTooLarge, write_result_csv, write_zip, zip_name
+from genserve.client.submission import (
+    ZIP_SUFFIX,
+    SubmissionTooLarge,
+    blur_flag,
+    write_result_csv,
+    write_zip,
+    zip_name,
+)
 from genserve.client.tasks import IMAGES_FOLDER, Task, write_csv
 from genserve.errors import GenServeError, InvalidInputError
 from genserve.metadata import GenerationMetadata, SwapMetadata
@@ -67,6 +83,7 @@ FAILURES = "failures.csv"
 QUALITY = "quality.csv"
 SETTINGS = "settings.json"
 RESULT = "result.csv"
+RUN_RECORD = "run.json"
 # A stand-in where ori cannot serve: mid-grey, at the task's width/height setting or this size.
 NEUTRAL_SIZE, NEUTRAL_GREY = 1024, 128
 ORI_STAND_IN = "ori_image re-encoded"
@@ -81,6 +98,8 @@ class RowOutcome:
     proxies: dict[str, float] = field(default_factory=dict)  # local quality proxies, see quality_proxies()
     quality: dict[str, Any] = field(default_factory=dict)  # its row of quality.csv, see quality_record()
     fallback: str = ""  # a failed row's stand-in: what it is ("" when none was written)
+    final: bool = False  # failed for a reason a rerun cannot change (see is_final)
+    retried: bool = True  # sent in this run (False: a final failure of an earlier run, its input unchanged)
 
 
 @dataclass
@@ -97,6 +116,7 @@ class BatchSummary:
     missing: list[str] = field(default_factory=list)  # rows with no image at all (fallback off)
     submission: Path | None = None  # the zip, when one was written
     submission_problem: str = ""  # why none was written
+    soft: list[str] = field(default_factory=list)  # face swaps flagged soft (quality.csv blur_flag), task order
 
     @property
     def failed(self) -> list[RowOutcome]:
@@ -107,9 +127,25 @@ class BatchSummary:
         return self.resumed + sum(o.ok for o in self.outcomes)
 
     @property
+    def final(self) -> list[RowOutcome]:
+        """Failed rows that a rerun cannot change while their input stays the same."""
+        return [o for o in self.failed if o.final]
+
+    @property
+    def retriable(self) -> list[RowOutcome]:
+        """Failed rows that a rerun may finish (the server's passing trouble)."""
+        return [o for o in self.failed if not o.final]
+
+    @property
     def complete(self) -> bool:
         """Every row generated and the zip written: nothing left to redo."""
         return not self.failed and not self.stand_ins and not self.missing and self.submission is not None
+
+    @property
+    def only_final_left(self) -> bool:
+        """The zip is written and what keeps it from complete is final failures only: a rerun changes nothing
+        until their inputs change."""
+        return not self.complete and self.submission is not None and not self.retriable and not self.missing
 
     def table(self) -> str:
         """One line per task type of the task file: rows done (by this run or an earlier one), failed now,
@@ -120,23 +156,47 @@ class BatchSummary:
         for outcome in self.outcomes:
             counts[outcome.task.task_type]["done" if outcome.ok else "failed"] += 1
             counts[outcome.task.task_type]["stand-in"] += bool(outcome.fallback)
-        lines = [f"{'task':<9} {'done':>5} {'failed':>6} {'stand-in':>8}  quality proxies (mean over finished rows)"]
+            counts[outcome.task.task_type]["final"] += outcome.final
+        lines = [
+            f"{'task':<9} {'done':>5} {'failed':>6} {'final':>5} {'stand-in':>8}  "
+            "quality proxies (mean over finished rows)"
+        ]
         for task_type in [*TASK_TYPES, *sorted(set(counts) - set(TASK_TYPES))]:
             if task_type in counts or task_type in self.proxies or task_type in self.task_types:
                 proxies = ", ".join(f"{k} {v:.3f}" for k, v in self.proxies.get(task_type, {}).items()) or "-"
                 row = counts[task_type]
-                lines.append(f"{task_type:<9} {row['done']:>5} {row['failed']:>6} {row['stand-in']:>8}  {proxies}")
+                lines.append(
+                    f"{task_type:<9} {row['done']:>5} {row['failed']:>6} {row['final']:>5} {row['stand-in']:>8}  "
+                    f"{proxies}"
+                )
         lines.append(
             f"{self.finished}/{self.total} rows finished ({self.resumed} from an earlier run), "
-            f"{len(self.failed)} failed, {len(self.stand_ins)} stand-ins in the submission, in {self.seconds:.1f} s"
+            f"{len(self.failed)} failed ({len(self.final)} final), {len(self.stand_ins)} stand-ins in the "
+            f"submission, in {self.seconds:.1f} s"
         )
         return "\n".join(lines)
+
+
+def is_final(error: BaseException) -> bool:
+    """Whether a row's failure is one a rerun cannot change: the request or its input is wrong (the row's own
+    problem, an image missing, refused, unreadable or too large, the server's INVALID_ARGUMENT: no face, an
+    image it cannot decode, a refused prompt), so the same input gets the same answer. Not: the server
+    unreachable, overloaded or failing, a deadline, a cancelled call."""
+    from genserve import errors
+
+    if isinstance(error, OSError):  # reading an input file (the output folder's errors stop the run instead)
+        return True
+    return errors.kind_of(error) in (errors.INVALID_INPUT, errors.TOO_LARGE)
 
 
 def quality_proxies(task: Task, metadata: SwapMetadata | GenerationMetadata | None) -> dict[str, float]:
     """The local stand-ins for the contest's scores that a response's metadata carries (averaged per task)."""
     quality = quality_record(task, metadata)
-    proxies = {"identity_cosine": quality.get("identity_cosine"), "ocr_edit_distance": quality.get("new_text_distance")}
+    proxies = {
+        "identity_cosine": quality.get("identity_cosine"),
+        "sharpness": quality.get("sharpness"),
+        "ocr_edit_distance": quality.get("new_text_distance"),
+    }
     return {name: float(value) for name, value in proxies.items() if value is not None}
 
 
@@ -148,6 +208,8 @@ QUALITY_COLUMNS = (
     "identity_distance",
     "artifact_share",
     "ori_artifact_share",
+    "sharpness",  # deepfake: variance of the Laplacian inside ori's face box, the result's over ori's
+    "blur_flag",  # deepfake: "soft: ..." when sharpness is under submission.SOFT_BELOW (blur, doubled features)
     "new_text_distance",
     "old_text_distance",
     "ocr_text",
@@ -160,9 +222,9 @@ QUALITY_COLUMNS = (
 
 
 def quality_record(task: Task, metadata: SwapMetadata | GenerationMetadata | None) -> dict[str, Any]:
-    """One row of quality.csv from a response's metadata: identity cosine/distance and artifact share
-    (deepfake, the first face replaced, with ori's own share beside it), OCR reading and edit distances
-    (vttie), candidates made and the one chosen."""
+    """One row of quality.csv from a response's metadata: identity cosine/distance, artifact share, sharpness
+    and the blur flag (deepfake, the first face replaced, with ori's own share beside it), OCR reading and
+    edit distances (vttie), candidates made and the one chosen."""
     record: dict[str, Any] = {}
     if isinstance(metadata, SwapMetadata):
         identity = (metadata.identity or [{}])[0]
@@ -172,6 +234,10 @@ def quality_record(task: Task, metadata: SwapMetadata | GenerationMetadata | Non
         artifacts = (metadata.artifacts or [{}])[0]
         if artifacts.get("share") is not None:
             record["artifact_share"], record["ori_artifact_share"] = artifacts["share"], artifacts.get("ori_share")
+        sharpness = (metadata.sharpness or [{}])[0].get("ratio")
+        if sharpness is not None:
+            record["sharpness"] = sharpness
+            record["blur_flag"] = blur_flag(sharpness)
     if isinstance(metadata, GenerationMetadata) and metadata.text_check:
         for key in ("new_text_distance", "old_text_distance"):
             if metadata.text_check.get(key) is not None:
@@ -199,6 +265,8 @@ class BatchRunner:
         team: str | None = None,
         fallback: bool = True,
         redo: bool = False,
+        retry_final: bool = False,
+        task_file: str | Path | None = None,
         max_zip_bytes: int = config.MAX_SUBMISSION_BYTES,
     ):
         self.pool = pool
@@ -213,6 +281,8 @@ class BatchRunner:
         self.team = team
         self.fallback = fallback
         self.redo = redo
+        self.retry_final = retry_final
+        self.task_file = task_file
         self.max_zip_bytes = max_zip_bytes
         # Diffusion rows go to the streaming pipeline models where the server has them: one instance runs
         # several rows at once, and their denoising steps show on the progress bar.
@@ -254,10 +324,13 @@ class BatchRunner:
         (self.out_dir / SETTINGS).write_text(
             json.dumps(self.request_options, indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
         )
+        self._write_run_record()
         done = {task.index for task in tasks if self._made_here(task, journal.get(task.index))}
         stand_ins = {task.index for task in tasks if (journal.get(task.index) or {}).get("fallback")}
-        pending = [task for task in tasks if task.index not in done]
-        resumed = len(tasks) - len(pending)
+        lost = [task for task in tasks if task.index not in done and self._lost_cause(task, journal.get(task.index))]
+        lost_indexes = {task.index for task in lost}
+        pending = [task for task in tasks if task.index not in done and task.index not in lost_indexes]
+        resumed = len(tasks) - len(pending) - len(lost)
         earlier = set(done)  # finished by an earlier run (done grows as this run finishes rows)
         if pending and self.pool is None:
             raise GenServeError(f"{len(pending)} rows to send and no server to send them to")
@@ -265,8 +338,8 @@ class BatchRunner:
         def listed() -> set[str]:
             return done | stand_ins if self.fallback else done
 
-        outcomes: list[RowOutcome] = []
-        bar = self._bar = self._progress_bar(len(tasks), resumed)
+        outcomes: list[RowOutcome] = [self._not_retried(task, journal[task.index]) for task in lost]
+        bar = self._bar = self._progress_bar(len(tasks), resumed + len(lost))
         with open(self.out_dir / JOURNAL, "a", encoding="utf-8") as journal_file:
             with ThreadPoolExecutor(max_workers=self.concurrency) as pool:
                 futures = [pool.submit(self._run_row, task) for task in pending]
@@ -306,6 +379,9 @@ class BatchRunner:
         self._write_quality(tasks, journal, listed())
         missing = [task.index for task in tasks if task.index not in listed()]
         submission, problem = self._write_submission(tasks, missing)
+        soft = [
+            t.index for t in tasks if t.index in done and journal.get(t.index, {}).get("quality", {}).get("blur_flag")
+        ]
         return BatchSummary(
             out_dir=self.out_dir,
             total=len(tasks),
@@ -319,19 +395,23 @@ class BatchRunner:
             missing=missing,
             submission=submission,
             submission_problem=problem,
+            soft=soft,
         )
 
     def pending(self, tasks: list[Task]) -> list[Task]:
-        """The rows a run would send now: those without a result made with this run's settings (stand-ins
-        included), as :meth:`run` decides; nothing is written. An empty list: a run needs no server."""
-        journal = self._read_journal()
+        """The rows a run would send now, as :meth:`run` decides: those without a result made with this
+        run's settings, less the final failures whose inputs are unchanged; nothing is written. An empty
+        list: a run needs no server."""
+        journal = {
+            index: record
+            for index, record in self._read_journal().items()
+            if (self.out_dir / IMAGES_FOLDER / f"{index}.jpg").is_file()
+        }
         return [
             task
             for task in tasks
-            if not (
-                (self.out_dir / IMAGES_FOLDER / f"{task.index}.jpg").is_file()
-                and self._made_here(task, journal.get(task.index))
-            )
+            if not self._made_here(task, journal.get(task.index))
+            and not self._lost_cause(task, journal.get(task.index))
         ]
 
     # --- settings ------------------------------------------------------------------------------------
@@ -360,6 +440,37 @@ class BatchRunner:
             "--redo to regenerate them with the new settings, or with the old settings, or into another --out"
         )
 
+    # --- final failures ------------------------------------------------------------------------------
+
+    def _inputs(self, task: Task) -> list:
+        """What a row's outcome depends on, as JSON: its cells, its task type's settings, and the size and
+        modification time of each image file it names (None where there is none to read)."""
+        files = []
+        for name in (task.ori_image, task.target_image):
+            path = self.images_dir / name if name else None
+            readable = path is not None and (self.allow_outside_images or _inside(path, self.images_dir))
+            stat = path.stat() if readable and path.is_file() else None
+            files.append([stat.st_size, stat.st_mtime_ns] if stat else None)
+        return _as_json(
+            [task.task_type, task.prompt, task.ori_image, task.target_image, self.settings(task.task_type), files]
+        )
+
+    def _lost_cause(self, task: Task, record: dict | None) -> bool:
+        """A row whose earlier run failed for good and whose input is the same: not sent again."""
+        return (
+            not self.retry_final
+            and bool(record)
+            and bool(record.get("fallback"))
+            and bool(record.get("final"))
+            and record.get("inputs") == self._inputs(task)
+        )
+
+    @staticmethod
+    def _not_retried(task: Task, record: dict) -> RowOutcome:
+        return RowOutcome(
+            task, ok=False, error=record.get("error", ""), fallback=record["fallback"], final=True, retried=False
+        )
+
     # --- one row -------------------------------------------------------------------------------------
 
     def _run_row(self, task: Task) -> RowOutcome:
@@ -371,7 +482,9 @@ class BatchRunner:
             result = self._request(task)
             jpeg = result.as_jpeg()
         except (GenServeError, OSError) as error:
-            return RowOutcome(task, ok=False, seconds=time.perf_counter() - started, error=_first_line(error))
+            return RowOutcome(
+                task, ok=False, seconds=time.perf_counter() - started, error=_first_line(error), final=is_final(error)
+            )
         except Exception as error:  # noqa: BLE001 - one row's surprise must not cost the other rows
             message = f"internal error: {type(error).__name__}: {_first_line(error)}"
             return RowOutcome(task, ok=False, seconds=time.perf_counter() - started, error=message)
@@ -466,8 +579,19 @@ class BatchRunner:
             "quality": outcome.quality,
         }
         if outcome.fallback:
-            record.update(fallback=outcome.fallback, error=outcome.error)
+            record.update(fallback=outcome.fallback, error=outcome.error, final=outcome.final)
+            if outcome.final:
+                record["inputs"] = self._inputs(outcome.task)
         return record
+
+    def _write_run_record(self) -> None:
+        """OUT/run.json: where this run read its inputs, for check-submission to find them."""
+        record = {"images": str(self.images_dir.resolve())}
+        if self.task_file is not None:
+            record["tasks"] = str(Path(self.task_file).resolve())
+        (self.out_dir / RUN_RECORD).write_text(
+            json.dumps(record, indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
+        )
 
     def _write_stand_in(self, task: Task) -> str:
         """A failed row's stand-in image, written like a result; what it is (for the reports)."""
@@ -521,10 +645,17 @@ class BatchRunner:
             path.unlink(missing_ok=True)
             return
         rows = (
-            [o.task.index, o.task.task_type, o.task.line, o.error, o.fallback or "none: the row is missing"]
+            [
+                o.task.index,
+                o.task.task_type,
+                o.task.line,
+                o.error,
+                o.fallback or "none: the row is missing",
+                _final_cell(o),
+            ]
             for o in failed
         )
-        write_csv(path, ["index", "task_type", "line", "error", "fallback"], rows)
+        write_csv(path, ["index", "task_type", "line", "error", "fallback", "final"], rows)
 
     def _remove_partial_files(self) -> None:
         for pattern in (f"{IMAGES_FOLDER}/.*.partial.jpg", ".*.partial"):
@@ -558,6 +689,15 @@ class BatchRunner:
         from tqdm import tqdm
 
         return tqdm(total=total, initial=initial, unit="row", desc="tasks", dynamic_ncols=True)
+
+
+def _final_cell(outcome: RowOutcome) -> str:
+    """failures.csv's ``final``: whether a rerun can change the row."""
+    if not outcome.final:
+        return "no: a rerun retries it"
+    if not outcome.retried:
+        return "yes: not sent again, its input is unchanged since it failed"
+    return "yes: a rerun sends it again only once its input changes"
 
 
 def _as_json(value: Any) -> Any:

@@ -271,6 +271,22 @@ class TaskMethods:
             FACE_SWAP, model, values, lambda out: ImageResult(encoded=out["image"], metadata=out["metadata"])
         )
 
+    def score_face_swap(
+        self, ori: ImageLike, target: ImageLike, result: ImageLike, *, model: str | None = None, **options: Any
+    ) -> SwapMetadata:
+        """Score ``result``, an image of ``target``'s face put into ``ori`` (made here or anywhere), as a
+        swap scores the image it returns: identity to the target, sharpness inside ori's face box (against
+        ori's), artifact share, per replaced face (``face_index`` / ``all_faces`` choose them, as for a
+        swap; ``ori_identity`` adds ori's own). Nothing is swapped. ``genserve check-submission`` uses it,
+        so its figures for an image are those the run reported for it."""
+        values = {
+            "ori_image": to_image_bytes(ori),
+            "target_image": to_image_bytes(target),
+            "result_image": to_image_bytes(result),
+            **options,
+        }
+        return self._task(FACE_SWAP, model, values, lambda out: out["metadata"])
+
     def ocr(self, image: ImageLike, *, model: str | None = None) -> list[OcrLine]:
         """Read the text in ``image`` with PP-OCRv4 (the ``ocr`` model): one :class:`OcrLine` per line
         found, top to bottom then left to right; an empty list when there is no text.

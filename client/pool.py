@@ -25,6 +25,7 @@ from genserve import config
 from genserve.client import retry
 from genserve.client.client import Client, ImageResult, OcrLine, ProgressCallback, Protocol
 from genserve.client.images import ImageLike
+from genserve.metadata import SwapMetadata
 from genserve.schema import Contract
 from genserve.served_models import ServedModel
 
@@ -72,6 +73,12 @@ class ClientPool:
     def swap_face(self, ori: ImageLike, target: ImageLike, *, model: str | None = None, **options: Any) -> ImageResult:
         """:meth:`Client.swap_face <genserve.client.Client.swap_face>` on the next replica."""
         return self._on_next(Client.swap_face, ori, target, model=model, **options)
+
+    def score_face_swap(
+        self, ori: ImageLike, target: ImageLike, result: ImageLike, *, model: str | None = None, **options: Any
+    ) -> SwapMetadata:
+        """:meth:`Client.score_face_swap <genserve.client.Client.score_face_swap>` on the next replica."""
+        return self._on_next(Client.score_face_swap, ori, target, result, model=model, **options)
 
     def ocr(self, image: ImageLike, *, model: str | None = None) -> list[OcrLine]:
         """:meth:`Client.ocr <genserve.client.Client.ocr>` on the next replica."""

@@ -8,8 +8,9 @@ every image is a JPEG in ``imgs/``. The organizers match rows on ``index``: it i
 task file has it (no spreadsheet escaping, unlike the runner's reports).
 
 :func:`check_submission` holds any ZIP, made here or by hand, to these rules; :func:`check_quality`
-adds checks that need a server (identity of face swaps, OCR of text edits) and the input images
-(edits returned unchanged).
+adds quality warnings: stand-ins (flat images, edits returned unchanged: these need the input images),
+and with a server the identity of face swaps (the run's own figure) and OCR of text edits; it names
+every check it could not run.
 """
 
 from __future__ import annotations
@@ -33,6 +34,11 @@ BOM = b"\xef\xbb\xbf"
 # Identity cosine (dlib descriptors) under which a face swap is reported: dlib's "same person" is a
 # distance under 0.6, about a cosine of 0.9 for its unit-length-ish descriptors.
 MIN_IDENTITY_COSINE = 0.9
+# A face swap whose sharpness inside ori's face box is under this share of ori's is flagged soft, in
+# quality.csv (blur_flag) and by check-submission (the blurred swap of issue 33 measured 0.19, swaps of
+# faces of similar size 0.79; the swap restores 0.65 where it can). Doubled features (ghosting) average two
+# faces' edges away and lower it too.
+SOFT_BELOW = 0.5
 # OCR distance to the new text (0: it is there) above which a text edit is reported.
 MAX_NEW_TEXT_DISTANCE = 0.5
 # An edit counts as its input unchanged when no 8x8 patch's grey level differs from the input's by this
@@ -43,6 +49,13 @@ UNCHANGED_PATCH, UNCHANGED_LEVELS = 8, 8.0
 
 class SubmissionTooLarge(GenServeError):
     """The ZIP would pass the contest's size limit."""
+
+
+def blur_flag(sharpness: float) -> str:
+    """The flag of a face swap much softer than ori ("" when it is not): blurred, or doubled features."""
+    if sharpness >= SOFT_BELOW:
+        return ""
+    return f"soft: {sharpness:.2f} of ori's sharpness (blurred, or doubled features); look at it"
 
 
 def zip_name(team: str | None) -> str:
@@ -215,81 +228,185 @@ def _jpeg_problem(data: bytes) -> str | None:
     return None if kind == "JPEG" else f"is {kind}, not JPEG"
 
 
-# --- deeper checks, with a server ---------------------------------------------------------------------
+# --- deeper checks: stand-ins, unchanged edits, and with a server identity and OCR ----------------------
+
+# An image counts as one flat colour (a stand-in: genserve run writes mid-grey for t2i, or a failed
+# generation) when the grey levels of its pixels spread less than this (standard deviation).
+FLAT_SPREAD = 2.0
+CHECKS = ("flat image", "unchanged input", "identity and sharpness", "OCR")
+
+
+@dataclass
+class QualityReport:
+    """What the quality checks found (warnings), how many rows each check ran on, and every check that
+    could not run on some rows, with why and what to do (a check skipped in silence reads as a pass)."""
+
+    findings: list[Finding]
+    ran: dict[str, int]
+    not_run: list[str]
 
 
 def check_quality(
     zip_path: str | Path,
     tasks: list[Task],
     images_dir: str | Path,
-    client,
+    client=None,
     *,
     min_identity: float = MIN_IDENTITY_COSINE,
     max_text_distance: float = MAX_NEW_TEXT_DISTANCE,
-) -> list[Finding]:
-    """Quality warnings: deepfake results whose identity cosine to their target is under ``min_identity``
-    (the contest's SC, measured by the served face swap's descriptors), edits (tie, vttie, deepfake)
-    returned as their input unchanged (a stand-in or a no-op edit), and text edits whose OCR reading is
-    further than ``max_text_distance`` from the new text. ``client``: a :class:`~genserve.client.Client`."""
-    from genserve.ocr.textedit import closest_text_distance, extract_text_edit
+    swap_options: dict | None = None,
+) -> QualityReport:
+    """Quality warnings, rows by row:
 
-    images_dir = Path(images_dir)
-    findings = []
+    - every row: an image of one flat colour (a stand-in, or a failed generation);
+    - tie, vttie, deepfake: the image is its input unchanged (a stand-in or a no-op edit); needs the
+      task's images (``images_dir``);
+    - deepfake, with ``client`` (a :class:`~genserve.client.Client`): the identity cosine of the result to
+      its target under ``min_identity`` (the contest's SC), and a result much softer than ori (quality.csv's
+      blur flag), both measured as the face swap measures the image it returns (``score_face_swap``;
+      ``swap_options``: the run's face_index / all_faces), so the figures are the run's quality.csv's;
+    - vttie, with ``client``: OCR (the served PP-OCR) does not read the instruction's new text within
+      ``max_text_distance``.
+
+    Rows whose image is missing from the zip are left to :func:`check_submission`. Every check that could
+    not run is named in :attr:`QualityReport.not_run` (no server, images not found, no new text named).
+    """
+    checker = _QualityChecker(Path(images_dir), client, min_identity, max_text_distance, swap_options or {})
     with zipfile.ZipFile(zip_path) as archive:
         names = set(archive.namelist())
         for task in tasks:
             member = f"{IMAGES_FOLDER}/{image_name(task.index)}"
-            if member not in names:
-                continue  # a broken rule, reported by check_submission
-            result = archive.read(member)
-            ori = images_dir / task.ori_image if task.ori_image else None
-            if (
-                ori is not None
-                and ori.is_file()
-                and task.task_type in ("tie", "vttie", "deepfake")
-                and _unchanged(result, ori.read_bytes())
-            ):
-                findings.append(
-                    Finding(
-                        f"the image is its input {task.ori_image!r} unchanged (a stand-in or a no-op edit)",
-                        task.index,
-                        rule=False,
-                    )
-                )
-                continue
+            if member in names:  # a missing one is a broken rule, reported by check_submission
+                checker.check(task, archive.read(member))
+    return QualityReport(checker.findings, checker.ran, _not_run(checker.skipped, Path(images_dir)))
+
+
+class _QualityChecker:
+    """The checks of :func:`check_quality`, one row at a time: a row's first warning ends its checks."""
+
+    def __init__(self, images_dir: Path, client, min_identity: float, max_text_distance: float, swap_options: dict):
+        self.images_dir, self.client, self.swap_options = images_dir, client, swap_options
+        self.min_identity, self.max_text_distance = min_identity, max_text_distance
+        self.findings: list[Finding] = []
+        self.ran: dict[str, int] = dict.fromkeys(CHECKS, 0)
+        self.skipped: dict[str, list[tuple[str, str]]] = {check: [] for check in CHECKS}  # check -> (row, reason)
+
+    def warn(self, message: str, task: Task) -> None:
+        self.findings.append(Finding(message, task.index, rule=False))
+
+    def image(self, name: str | None) -> Path | None:
+        return self.images_dir / name if name else None
+
+    def check(self, task: Task, result: bytes) -> None:
+        self.ran["flat image"] += 1
+        if _flat(result):
+            self.warn(
+                "the image is one flat colour: a stand-in (genserve run writes grey) or a failed generation", task
+            )
+            return
+        if task.task_type in ("tie", "vttie", "deepfake") and self.unchanged(task, result):
+            return
+        if task.task_type == "deepfake":
+            self.identity(task, result)
+        elif task.task_type == "vttie":
+            self.ocr(task, result)
+
+    def unchanged(self, task: Task, result: bytes) -> bool:
+        ori = self.image(task.ori_image)
+        if ori is None or not ori.is_file():
+            self.skipped["unchanged input"].append((task.index, f"ori_image {task.ori_image!r} not found"))
+            return False
+        self.ran["unchanged input"] += 1
+        if _unchanged(result, ori.read_bytes()):
+            self.warn(f"the image is its input {task.ori_image!r} unchanged (a stand-in or a no-op edit)", task)
+            return True
+        return False
+
+    def identity(self, task: Task, result: bytes) -> None:
+        target, ori = self.image(task.target_image), self.image(task.ori_image)
+        skipped = self.skipped["identity and sharpness"]
+        if self.client is None:
+            skipped.append((task.index, "no server"))
+        elif target is None or not target.is_file():
+            skipped.append((task.index, f"target_image {task.target_image!r} not found"))
+        elif ori is None or not ori.is_file():
+            skipped.append((task.index, f"ori_image {task.ori_image!r} not found"))
+        else:
             try:
-                if task.task_type == "deepfake" and task.target_image and (images_dir / task.target_image).is_file():
-                    cosine = _identity_cosine(client, result, (images_dir / task.target_image).read_bytes())
-                    if cosine < min_identity:
-                        findings.append(
-                            Finding(
-                                f"identity cosine to the target {cosine:.3f} < {min_identity:g}", task.index, rule=False
-                            )
-                        )
-                elif task.task_type == "vttie":
-                    edit = extract_text_edit(task.prompt)
-                    if edit is not None:
-                        lines = [line.text for line in client.ocr(result)]
-                        distance = closest_text_distance(lines, edit.new)
-                        if distance > max_text_distance:
-                            findings.append(
-                                Finding(
-                                    f"OCR reads {' | '.join(lines) or 'nothing'!r}, not the new text {edit.new!r} "
-                                    f"(distance {distance:.2f})",
-                                    task.index,
-                                    rule=False,
-                                )
-                            )
+                metadata = self.client.score_face_swap(ori, target, result, **self.swap_options)
             except GenServeError as error:
-                findings.append(Finding(f"could not be checked: {error}", task.index, rule=False))
-    return findings
+                skipped.append((task.index, f"the server said: {_first_line(error)}"))
+                return
+            self.ran["identity and sharpness"] += 1
+            cosine = metadata.identity[0]["cosine"]
+            if cosine < self.min_identity:
+                self.warn(f"identity cosine to the target {cosine:.3f} < {self.min_identity:g}", task)
+            if flag := blur_flag(metadata.sharpness[0]["ratio"]):
+                self.warn(flag, task)
+
+    def ocr(self, task: Task, result: bytes) -> None:
+        from genserve.ocr.textedit import closest_text_distance, extract_text_edit
+
+        edit = extract_text_edit(task.prompt)
+        if self.client is None:
+            self.skipped["OCR"].append((task.index, "no server"))
+            return
+        if edit is None:
+            self.skipped["OCR"].append((task.index, "the instruction names no new text"))
+            return
+        try:
+            lines = [line.text for line in self.client.ocr(result)]
+        except GenServeError as error:
+            self.skipped["OCR"].append((task.index, f"the server said: {_first_line(error)}"))
+            return
+        self.ran["OCR"] += 1
+        distance = closest_text_distance(lines, edit.new)
+        if distance > self.max_text_distance:
+            self.warn(
+                f"OCR reads {' | '.join(lines) or 'nothing'!r}, not the new text {edit.new!r} "
+                f"(distance {distance:.2f})",
+                task,
+            )
 
 
-def _identity_cosine(client, result: bytes, target: bytes) -> float:
-    """Cosine of the result's face to the target's, by the served face swap's own descriptors: the
-    result is sent as ``ori`` with ``ori_identity``, which scores ori's face against the target."""
-    swapped = client.swap_face(result, target, ori_identity=True)
-    return float(swapped.metadata.identity[0]["ori_cosine"])
+def _not_run(skipped: dict[str, list[tuple[str, str]]], images_dir: Path) -> list[str]:
+    """One line per check and reason that kept it from some rows, with what to do."""
+    lines = []
+    for check, rows in skipped.items():
+        by_reason: dict[str, list[tuple[str, str]]] = {}
+        for index, reason in rows:
+            by_reason.setdefault("not found" if reason.endswith("not found") else reason, []).append((index, reason))
+        for reason, found in by_reason.items():
+            indexes = [index for index, _ in found]
+            shown = ", ".join(indexes[:3]) + (f" and {len(indexes) - 3} more" if len(indexes) > 3 else "")
+            if reason == "no server":
+                todo = "it needs a genserve server: --url HOST:PORT"
+            elif reason == "not found":
+                example = f"row {found[0][0]}: {found[0][1]}"
+                todo = f"their images are not in {images_dir} ({example}): name the folder with --images DIR"
+            else:
+                todo = reason
+            lines.append(f"{check} not checked on {len(indexes)} row(s) ({shown}): {todo}")
+    return lines
+
+
+def _first_line(error: Exception) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def _flat(data: bytes) -> bool:
+    """Whether an encoded image is one flat colour (its grey levels spread less than FLAT_SPREAD)."""
+    import cv2
+    import numpy as np
+
+    from genserve.imaging import decode_image
+
+    try:
+        rgb = decode_image(data)
+    except GenServeError:
+        return False
+    return float(np.std(cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY))) < FLAT_SPREAD
 
 
 def _unchanged(result: bytes, ori: bytes) -> bool:

@@ -150,7 +150,7 @@ CLIENT_RETRIES = 4
 CLIENT_BACKOFF_S = 0.5
 CLIENT_MAX_BACKOFF_S = 10.0
 # The largest request the server takes (genserve.front refuses a larger one, RESOURCE_EXHAUSTED, before
-# tritonserver sees a byte): the largest one a contract allows, the face swap's two images of MAX_IMAGE_BYTES,
+# tritonserver sees a byte): the largest one a contract allows, the face swap's images (two MAX_IMAGE_BYTES together),
 # plus room for text fields, OPTIONS and protobuf framing (tests/test_protocol.py checks every contract fits).
 MAX_REQUEST_BYTES = 2 * MAX_IMAGE_BYTES + 4 * 1024 * 1024
 

@@ -54,8 +54,10 @@ class Metadata:
 @dataclass
 class SwapMetadata(Metadata):
     """A face swap (``FACE_SWAP``): what was found and replaced, and how well. Per replaced face:
-    ``artifacts`` (its artifact share and ori's own), ``identity`` (cosine and distance to the target;
-    when asked, or when candidates were scored) and ``candidates`` (with ``candidates`` > 1)."""
+    ``artifacts`` (its artifact share and ori's own), ``sharpness`` (the variance of the Laplacian inside
+    ori's face box, the result's over ori's as ``ratio``: blur and doubled features lower it), ``identity``
+    (cosine and distance to the target; when asked, or when candidates were scored) and ``candidates``
+    (with ``candidates`` > 1)."""
 
     image_size: list[int]  # ori's width, height
     faces_found: dict[str, int]  # {"ori": n, "target": n}
@@ -63,6 +65,7 @@ class SwapMetadata(Metadata):
     replaced: list[int]  # indexes into ori_faces
     target_face: dict[str, Any]
     artifacts: list[dict[str, Any]] = field(default_factory=list)
+    sharpness: list[dict[str, Any]] = field(default_factory=list)
     identity: list[dict[str, Any]] | None = None
     candidates: list[Choice] | None = None
     timings_ms: dict[str, float] = field(default_factory=dict)

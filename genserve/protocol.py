@@ -43,6 +43,15 @@ FACE_SWAP = Contract(
             required=True,
             max_pixels=config.MAX_FACE_SWAP_PIXELS,
         ),
+        Field(
+            "result_image",
+            "image",
+            "score this image, a result of putting TARGET_IMAGE's face into ORI_IMAGE, instead of swapping: "
+            "IMAGE is it as sent, METADATA its identity, sharpness and artifacts, measured as a swap measures "
+            "the image it returns",
+            tensor="RESULT_IMAGE",
+            max_pixels=config.MAX_FACE_SWAP_PIXELS,
+        ),
         Field("face_index", "int", "which face of ori to replace, largest first (default: the largest)", minimum=0),
         Field("all_faces", "bool", "replace every face of ori", default=False),
         Field(
@@ -78,6 +87,7 @@ FACE_SWAP = Contract(
             schema=SwapMetadata,
         ),
     ),
+    max_image_bytes=2 * config.MAX_IMAGE_BYTES,  # a result to score travels beside ori and target
 )
 
 OCR = Contract(

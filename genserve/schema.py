@@ -270,6 +270,9 @@ class Contract:
     fields: tuple[Field, ...]
     outputs: tuple[Output, ...]
     streaming: bool = False
+    # The bytes of a request's images together (None: each image's own limit only), so that its largest
+    # request stays within config.MAX_REQUEST_BYTES however many images it may carry.
+    max_image_bytes: int | None = None
 
     def __post_init__(self) -> None:
         names = [f.name for f in self.fields]
@@ -323,6 +326,12 @@ class Contract:
                 )
             else:
                 checked[field.name] = field.default
+        images = sum(len(checked[f.name]) for f in self.fields if f.type == "image" and checked.get(f.name))
+        if self.max_image_bytes is not None and images > self.max_image_bytes:
+            raise InvalidInputError(
+                f"the images of one {self.model} request are {images} bytes together; at most "
+                f"{self.max_image_bytes} are accepted"
+            )
         return checked
 
     # --- the client's side ----------------------------------------------------------------------------

@@ -15,9 +15,9 @@ import pytest
 from PIL import Image
 
 from genserve.client import ClientPool
-from genserve.client.batch import BatchRunner
+from genserve.client.batch import BatchRunner, quality_record
 from genserve.client.submission import check_submission
-from genserve.client.tasks import read_tasks
+from genserve.client.tasks import read_task_file, read_tasks
 from genserve.errors import InvalidInputError
 from genserve.ports import free_ports
 
@@ -84,6 +84,32 @@ def test_a_broken_task_file_is_refused_whole(tmp_path, content, message):
         read_tasks(path)
 
 
+def test_task_files_as_spreadsheets_save_them_are_read_with_notes(tmp_path):
+    """Issue 33: Excel's trailing empty rows, and GBK (Excel's CSV on Chinese Windows), were refused whole."""
+    rows = "1,t2i,一只猫在雪地里,,\n 2 ,vttie,把“开”改成“关”,sign.png,\n,,,,\n , ,,,\n\n"
+    path = tmp_path / "task.csv"
+    path.write_bytes((TASK_HEADER + rows).encode("gbk"))
+    read = read_task_file(path)
+    assert read.encoding == "gb18030" and [t.prompt for t in read.tasks] == ["一只猫在雪地里", "把“开”改成“关”"]
+    assert read.notes[0].startswith(f"{path}: not UTF-8 text (byte 0xd4 on line 2); read as GB18030")
+    assert "一只猫在雪地里" in read.notes[0]  # the team sees what it was read as
+    assert f"{path}: skipped 2 empty row(s) (lines 4-5)" in read.notes
+    # The index exactly as written (the organizers match it so), its spaces noted; the other cells trimmed.
+    assert [t.index for t in read.tasks] == ["1", " 2 "] and read.tasks[1].ori_image == "sign.png"
+    assert any("' 2 ' (line 3)" in note for note in read.notes)
+    named = read_task_file(path, encoding="gbk")
+    assert named.tasks == read.tasks and not any("GB18030" in note for note in named.notes)
+    with pytest.raises(InvalidInputError, match=r"not utf-8 text \(byte 0xd4 on line 2\)"):
+        read_task_file(path, encoding="utf-8")
+    with pytest.raises(InvalidInputError, match="unknown encoding 'klingon'"):
+        read_task_file(path, encoding="klingon")
+    # A UTF-8 file with a damaged byte: its Chinese text is no GB18030 either (what the bytes of UTF-8's
+    # three-byte characters rarely are), so it is refused, the byte named.
+    path.write_bytes((TASK_HEADER + "1,t2i,一只猫,,\n2,t2i,雪地").encode() + b"\xc0A,,\n")
+    with pytest.raises(InvalidInputError, match=r"not UTF-8 text \(byte 0xc0 on line 3\), nor GB18030"):
+        read_task_file(path)
+
+
 def test_missing_task_file_is_refused(tmp_path):
     with pytest.raises(InvalidInputError, match="no such task file"):
         read_tasks(tmp_path / "nope.csv")
@@ -139,17 +165,31 @@ def test_failed_rows_get_stand_ins_and_a_rerun_retries_exactly_them(triton_serve
     assert quality["a1"]["fallback"] == "" and float(quality["a1"]["identity_cosine"]) > 0.9
     assert summary.proxies["deepfake"]["identity_cosine"] > 0.9
     assert "stand-in" in summary.table() and "4 stand-ins in the submission" in summary.table()
+    # The face swap's sharpness inside ori's face box, and no blur flag for a swap of faces of similar size.
+    assert float(quality["a1"]["sharpness"]) >= 0.6 and quality["a1"]["blur_flag"] == "" and not summary.soft
+    # Each failure here is the input's own (a missing file, an unknown task type, no prompt, no face): final.
+    assert {o.task.index for o in summary.final} == {"a2", "a3", "a4", "a5"} and not summary.retriable
+    assert summary.only_final_left and "4 failed (4 final)" in summary.table()
+    assert marked["a5"]["final"] == "yes: a rerun sends it again only once its input changes"
 
-    # The missing photo arrives: the rerun retries exactly the stand-in rows and replaces the one that now succeeds.
+    # The missing photo arrives: the rerun sends the row whose input changed, and replaces its stand-in; the
+    # other final rows, their input unchanged, are not sent again (reported as they were).
     shutil.copy(images / "2008_002079.jpg", images / "missing.jpg")
-    finished = {index: (out / "imgs" / f"{index}.jpg").stat().st_mtime_ns for index in ("a1", "a6")}
+    finished = {index: (out / "imgs" / f"{index}.jpg").stat().st_mtime_ns for index in ("a1", "a5", "a6")}
     with ClientPool([triton_server.grpc_url], retries=1, backoff_s=0.1) as pool:
         again = BatchRunner(pool, images, out, concurrency=2, progress=False, team="TeamX").run(tasks)
     assert sorted(o.task.index for o in again.outcomes) == ["a2", "a3", "a4", "a5"]
+    assert [o.task.index for o in again.outcomes if o.retried] == ["a2"]
     assert [o.task.index for o in again.outcomes if o.ok] == ["a2"] and again.stand_ins == ["a3", "a4", "a5"]
+    assert {o.task.index: o.error for o in again.final} == {i: failures[i] for i in ("a3", "a4", "a5")}
     assert {index: (out / "imgs" / f"{index}.jpg").stat().st_mtime_ns for index in finished} == finished
     assert read_csv(out / "quality.csv")["a2"]["fallback"] == "" and "a2" not in read_csv(out / "failures.csv")
+    assert read_csv(out / "failures.csv")["a5"]["final"].startswith("yes: not sent again, its input is unchanged")
     assert check_submission(again.submission, tasks) == []
+    # Asked to, a rerun sends the final rows again all the same.
+    with ClientPool([triton_server.grpc_url], retries=1, backoff_s=0.1) as pool:
+        forced = BatchRunner(pool, images, out, progress=False, team="TeamX", retry_final=True).run(tasks)
+    assert sorted(o.task.index for o in forced.outcomes if o.retried) == ["a3", "a4", "a5"]
 
 
 def test_without_fallback_failed_rows_are_left_out_and_no_zip_is_written(images, tmp_path):
@@ -245,19 +285,49 @@ def test_a_refused_request_is_not_retried(triton_server, faces_dir):
 
 
 @pytest.mark.server
-def test_cli_run_reports_failures_with_exit_code_1(triton_server, images, tmp_path):
+def test_cli_run_says_what_is_left_and_exits_3_when_only_final_failures_are(triton_server, images, tmp_path):
     task_file = write_tasks(
         images, ["ok,deepfake,,2008_002506.jpg,2008_001009.jpg", "bad,deepfake,,dogs.jpg,2008_001009.jpg"]
     )
+    command = run_command(task_file, tmp_path / "out", "--url", triton_server.grpc_url)
+    for attempt in ("first", "rerun"):
+        completed = subprocess.run(command, capture_output=True, text=True, timeout=300)
+        # The zip is written, and a rerun cannot change what is left: not 1, which says "run again".
+        assert completed.returncode == 3, (attempt, completed.stdout + completed.stderr)
+        assert "bad (deepfake): no face found in the ori image" in completed.stdout
+        assert "1 row(s) failed for good" in completed.stdout and "fix the task file or the images" in completed.stdout
+        assert "run the same command again" not in completed.stdout
+    assert "1/2 rows finished (1 from an earlier run)" in completed.stdout
+    assert "[final, not sent again: input unchanged]" in completed.stdout
+
+
+def test_cli_run_exits_1_while_rows_may_pass_on_a_rerun(images, tmp_path):
+    task_file = write_tasks(images, ["t1,tie,make it night,2008_002506.jpg,", "t2,tie,x,missing.jpg,"])
+    (dead_port,) = free_ports(1)
     completed = subprocess.run(
-        run_command(task_file, tmp_path / "out", "--url", triton_server.grpc_url),
+        run_command(task_file, tmp_path / "out", "--url", f"127.0.0.1:{dead_port}", "--retries", "0"),
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=120,
     )
-    assert completed.returncode == 1
-    assert "bad (deepfake): no face found in the ori image" in completed.stdout
-    assert "1/2 rows finished" in completed.stdout
+    assert completed.returncode == 1, completed.stdout + completed.stderr
+    assert "1 row(s) failed for a reason that may pass" in completed.stdout
+    assert "run the same command again to retry them" in completed.stdout
+    assert "1 row(s) failed for good" in completed.stdout  # t2: its image is missing
+
+
+def test_quality_record_flags_a_soft_face_swap():
+    from genserve.client.tasks import Task
+    from genserve.metadata import SwapMetadata
+
+    task = Task("d1", "deepfake", "", "ori.jpg", "target.jpg", line=2)
+
+    def record(ratio):
+        metadata = SwapMetadata([500, 375], {}, [], [0], {}, sharpness=[{"face": 0, "ratio": ratio}])
+        return quality_record(task, metadata)
+
+    assert record(0.19)["sharpness"] == 0.19 and record(0.19)["blur_flag"].startswith("soft: 0.19 of ori's sharpness")
+    assert record(0.79)["blur_flag"] == ""
 
 
 def test_task_models_from_the_command_line():
@@ -286,8 +356,16 @@ def test_a_task_file_that_is_not_utf8_is_one_clear_line(tmp_path):
     )
     assert completed.returncode == 1
     assert completed.stderr.strip().splitlines() == [
-        f"genserve run: error: {task_file}: not UTF-8 text (byte 0xe9 on line 2); save it as UTF-8"
+        f"genserve run: error: {task_file}: not UTF-8 text (byte 0xe9 on line 2), nor GB18030; save it as UTF-8, "
+        "or name its encoding with --encoding"
     ]
+    completed = subprocess.run(
+        run_command(task_file, tmp_path / "out", "--encoding", "latin-1", "--url", "127.0.0.1:1", "--retries", "0"),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert "genserve run: error" not in completed.stderr and "1 (t2i): no genserve server answers" in completed.stdout
 
 
 def test_images_outside_the_images_folder_are_refused_alike(images, tmp_path):
@@ -324,20 +402,29 @@ def test_images_outside_the_images_folder_are_refused_alike(images, tmp_path):
 
 
 def test_reports_neutralize_formulas_but_result_csv_keeps_the_index_exactly(images, tmp_path):
-    tasks = read_tasks(write_tasks(images, ["=1+2,painting,x,,", "@SUM(A1),=cmd|' /C calc'!A0,x,,", "-1,t2i,,,"]))
+    tasks = read_tasks(
+        write_tasks(images, ["=1+2,painting,x,,", "@SUM(A1),=cmd|' /C calc'!A0,x,,", "-1,t2i,,,", " 7 ,t2i,,,"])
+    )
     out = tmp_path / "out"
     with ClientPool(["127.0.0.1:1"], retries=0) as pool:
         summary = BatchRunner(pool, images, out, progress=False).run(tasks)
     with open(out / "failures.csv", encoding="utf-8-sig", newline="") as handle:
         rows = list(csv.reader(handle))[1:]
-    assert [row[:2] for row in rows] == [["'=1+2", "painting"], ["'@SUM(A1)", "'=cmd|' /c calc'!a0"], ["-1", "t2i"]]
-    # The organizers match rows on index: it is the task file's, byte for byte.
+    assert [row[:2] for row in rows] == [
+        ["'=1+2", "painting"],
+        ["'@SUM(A1)", "'=cmd|' /c calc'!a0"],
+        ["-1", "t2i"],
+        [" 7 ", "t2i"],
+    ]
+    # The organizers match rows on index: it is the task file's, byte for byte (spaces too: issue 33).
     assert read_result(out) == [
         ["index", "gen_image"],
         ["=1+2", "=1+2.jpg"],
         ["@SUM(A1)", "@SUM(A1).jpg"],
         ["-1", "-1.jpg"],
+        [" 7 ", " 7 .jpg"],
     ]
+    assert (out / "imgs" / " 7 .jpg").is_file()
     assert check_submission(summary.submission, tasks) == []
 
 

@@ -206,6 +206,16 @@ def test_cli_deepfake_writes_the_swapped_image(triton_server, faces_dir, tmp_pat
     assert completed.returncode == 0, completed.stderr
     assert "identity cosine to target" in completed.stdout and "of 2 (cosines" in completed.stdout
     assert Image.open(output).size == Image.open(faces_dir / ORI).size
+    swapped = completed.stdout.splitlines()
+    # The result scored again (--result-image): the same identity and sharpness lines, nothing written.
+    score = [*completed.args[:6], "--result-image", str(output), "--url", triton_server.grpc_url]
+    scored = subprocess.run(score, capture_output=True, text=True, timeout=120)
+    assert scored.returncode == 0, scored.stderr
+    lines = scored.stdout.splitlines()
+    assert lines[0].startswith(f"scored {output}: replaced face 0") and "artifact share" in scored.stdout
+    assert [line for line in lines if "identity cosine" in line or "sharpness" in line] == [
+        line for line in swapped if "identity cosine" in line or "sharpness" in line
+    ]
 
 
 def test_cli_deepfake_reports_a_refused_request(triton_server, faces_dir, tmp_path):

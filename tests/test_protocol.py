@@ -250,6 +250,19 @@ def test_every_field_is_a_command_line_option(command, contract, skip, capsys):
             assert f"--{flag}" in text or f"--no-{flag}" in text, field.name
 
 
+def test_a_face_swap_requests_images_are_bounded_together(faces_dir):
+    """A result to score (RESULT_IMAGE) travels beside ori and target: the three images together stay within
+    what two may be, so the largest request still fits the server's byte limit (below)."""
+    import dataclasses
+
+    ori, target = (faces_dir / "2008_002506.jpg").read_bytes(), (faces_dir / "2008_001009.jpg").read_bytes()
+    values = {"ori_image": ori, "target_image": target, "result_image": ori}
+    assert FACE_SWAP.max_image_bytes is not None and FACE_SWAP.check(values)["result_image"] == ori
+    tight = dataclasses.replace(FACE_SWAP, max_image_bytes=2 * len(ori) + len(target) - 1)
+    with pytest.raises(InvalidInputError, match=r"the images of one face_swap request are \d+ bytes together"):
+        tight.check(values)
+
+
 def test_the_largest_request_a_contract_allows_fits_the_servers_byte_limit():
     """genserve.front refuses requests above config.MAX_REQUEST_BYTES: every contract's largest request
     (images at their byte limit, text fields at their length in 4-byte UTF-8, OPTIONS at its limit, and
@@ -259,7 +272,11 @@ def test_the_largest_request_a_contract_allows_fits_the_servers_byte_limit():
     def largest(contract) -> int:
         sizes = {"image": config.MAX_IMAGE_BYTES, "text": 4 * config.MAX_TEXT_CHARS}
         tensors = [field for field in contract.fields if field.tensor is not None]
-        return sum(sizes.get(field.type, 8) for field in tensors) + config.MAX_OPTIONS_BYTES + 1024 * (len(tensors) + 2)
+        images = sum(sizes["image"] for field in tensors if field.type == "image")
+        if contract.max_image_bytes is not None:  # the images' bytes together are bounded too
+            images = min(images, contract.max_image_bytes)
+        others = sum(sizes.get(field.type, 8) for field in tensors if field.type != "image")
+        return images + others + config.MAX_OPTIONS_BYTES + 1024 * (len(tensors) + 2)
 
     sizes = {name: largest(contract) for name, contract in CONTRACTS.items()}
     assert max(sizes.values()) <= config.MAX_REQUEST_BYTES, sizes
@@ -287,4 +304,6 @@ def test_the_client_s_docstrings_list_their_contract_s_fields():
         assert heading in doc, name
         entries = re.findall(r"^``(\w+)`` \((\w+)\): (.*(?:\n .*)*)", doc.split(heading)[1], re.MULTILINE)
         listed = [(field, kind, " ".join(text.split())) for field, kind, text in entries]
-        assert listed == [(f.name, f.type, f.help) for f in contract.fields if not f.required], name
+        # Images are the methods' arguments (result_image: score_face_swap's), the other fields keywords.
+        options = [(f.name, f.type, f.help) for f in contract.fields if not f.required and f.type != "image"]
+        assert listed == options, name

@@ -17,6 +17,7 @@ from genserve.client.batch import BatchRunner, SettingsChanged
 from genserve.client.settings import load_settings, parse_param
 from genserve.client.submission import check_quality, check_submission
 from genserve.client.tasks import read_tasks
+from genserve.config import FACES_DIR
 from genserve.errors import InvalidInputError
 
 TASK_HEADER = "index,task_type,prompt,ori_image,target_image\n"
@@ -139,45 +140,106 @@ def test_a_zip_over_the_limit_and_a_file_that_is_no_zip_are_named(tmp_path):
     assert [str(f) for f in check_submission(not_zip, tasks)] == ["RULE: not a ZIP file"]
 
 
-@pytest.mark.server
-def test_quality_checks_with_the_server(triton_server, faces_dir, tmp_path):
-    """Identity of face swaps, edits returned unchanged, and text edits OCR does not confirm, each named by row."""
-    from genserve.client import Client
+QUALITY_ROWS = (
+    "d1,deepfake,,2008_002506.jpg,2008_001009.jpg\nd2,deepfake,,2008_002506.jpg,2008_001009.jpg\n"
+    'e1,tie,make it night,2008_001322.jpg,\nv1,vttie,"change ""OPEN"" to ""CLOSED""",2008_001322.jpg,\n'
+    "t1,t2i,a lighthouse at dusk,,\n"
+)
+
+
+def quality_case(images, tmp_path, swapped: bytes):
+    """A task file of every kind of row and a zip by the rules whose rows are each weak in their own way
+    but d1 (``swapped``: the target's face)."""
     from genserve.demo.samples import render_text
 
-    images = tmp_path / "images"
     images.mkdir()
     for name in ("2008_002506.jpg", "2008_001009.jpg", "2008_001322.jpg"):
-        shutil.copy(faces_dir / name, images / name)
-    render_text(["OPEN"], font_size=64).save(images / "sign.png")
+        shutil.copy(FACES_DIR / name, images / name)
     tasks_path = images / "task.csv"
-    tasks_path.write_text(
-        TASK_HEADER + "d1,deepfake,,2008_002506.jpg,2008_001009.jpg\nd2,deepfake,,2008_002506.jpg,2008_001009.jpg\n"
-        'e1,tie,make it night,2008_001322.jpg,\nv1,vttie,"change ""OPEN"" to ""CLOSED""",2008_001322.jpg,\n'
-    )
+    tasks_path.write_text(TASK_HEADER + QUALITY_ROWS)
     tasks = read_tasks(tasks_path)
+    sign = io.BytesIO()
+    render_text(["OPEN"], font_size=64).convert("RGB").save(sign, format="JPEG")
+    archive = make_zip(
+        tmp_path / "t_图片生成_result.zip",
+        {
+            "result.csv": result_csv([(t.index, f"{t.index}.jpg") for t in tasks]),
+            "imgs/d1.jpg": swapped,  # the target's face: fine
+            "imgs/d2.jpg": (images / "2008_001322.jpg").read_bytes(),  # someone else's face
+            "imgs/e1.jpg": _reencoded(images / "2008_001322.jpg"),  # its input, unchanged
+            "imgs/v1.jpg": sign.getvalue(),  # still reads OPEN
+            "imgs/t1.jpg": jpeg((128, 128, 128), size=(64, 64)),  # genserve run's grey stand-in
+        },
+    )
+    assert check_submission(archive, tasks) == []
+    return tasks_path, tasks, archive
+
+
+@pytest.mark.server
+def test_quality_checks_with_the_server(triton_server, faces_dir, tmp_path):
+    """Identity of face swaps (the run's own figure), stand-ins, edits returned unchanged, and text edits OCR
+    does not confirm, each named by row."""
+    from genserve.client import Client
+
     with Client(triton_server.grpc_url) as client:
-        swapped = client.swap_face(images / "2008_002506.jpg", images / "2008_001009.jpg").as_jpeg()
-        sign = io.BytesIO()
-        render_text(["OPEN"], font_size=64).convert("RGB").save(sign, format="JPEG")
-        archive = make_zip(
-            tmp_path / "t_图片生成_result.zip",
-            {
-                "result.csv": result_csv([(t.index, f"{t.index}.jpg") for t in tasks]),
-                "imgs/d1.jpg": swapped,  # the target's face: fine
-                "imgs/d2.jpg": (images / "2008_001322.jpg").read_bytes(),  # someone else's face
-                "imgs/e1.jpg": _reencoded(images / "2008_001322.jpg"),  # its input, unchanged
-                "imgs/v1.jpg": sign.getvalue(),  # still reads OPEN
-            },
-        )
-        assert check_submission(archive, tasks) == []
-        findings = {f.index: str(f) for f in check_quality(archive, tasks, images, client)}
-    assert set(findings) == {"d2", "e1", "v1"}, findings
-    assert findings["d2"].startswith("quality: row 'd2': identity cosine to the target")
+        swap = client.swap_face(faces_dir / "2008_002506.jpg", faces_dir / "2008_001009.jpg")
+        tasks_path, tasks, archive = quality_case(tmp_path / "images", tmp_path, swap.as_jpeg())
+        report = check_quality(archive, tasks, tmp_path / "images", client, min_identity=0.999)
+        # One definition (issue 33): what a check measures on the JPEG is what the swap reported for it.
+        scored = client.score_face_swap(faces_dir / "2008_002506.jpg", faces_dir / "2008_001009.jpg", swap.as_jpeg())
+        assert scored.identity == swap.metadata.identity and scored.sharpness == swap.metadata.sharpness
+    cosine = swap.metadata.identity[0]["cosine"]
+    findings = {f.index: str(f) for f in report.findings}
+    assert set(findings) == {"d1", "d2", "e1", "v1", "t1"}, findings  # d1 too, under the 0.999 asked for
+    assert findings["d1"] == f"quality: row 'd1': identity cosine to the target {cosine:.3f} < 0.999"
     assert "unchanged (a stand-in or a no-op edit)" in findings["e1"]
     assert "OCR reads 'OPEN', not the new text 'CLOSED'" in findings["v1"]
+    assert "one flat colour: a stand-in" in findings["t1"]
+    assert findings["d2"].startswith("quality: row 'd2': identity cosine to the target")
+    assert report.ran == {"flat image": 5, "unchanged input": 4, "identity and sharpness": 2, "OCR": 1}
+    assert report.not_run == []
     completed = run_check(archive, tasks_path, "--url", triton_server.grpc_url)
-    assert completed.returncode == 0 and "3 quality warning(s)" in completed.stdout, completed.stdout + completed.stderr
+    assert completed.returncode == 0 and "4 quality warning(s)" in completed.stdout, completed.stdout + completed.stderr
+
+
+def test_checks_that_cannot_run_are_named_and_the_images_found_where_the_run_read_them(tmp_path):
+    """Issue 33: with the images away from the task file and no --images, the identity and unchanged-input
+    checks were skipped without a word; without --url so were identity and OCR."""
+    tasks_path, tasks, archive = quality_case(
+        tmp_path / "images", tmp_path, (FACES_DIR / "2008_001009.jpg").read_bytes()
+    )
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    shutil.copy(tasks_path, elsewhere / "task.csv")
+    completed = run_check(archive, elsewhere / "task.csv")
+    assert completed.returncode == 0, completed.stdout + completed.stderr
+    out = completed.stdout
+    assert f"images: {elsewhere} (the task file's folder, as genserve run's default)" in out
+    assert (
+        f"not checked: unchanged input not checked on 4 row(s) (d1, d2, e1 and 1 more): their images are not in "
+        f"{elsewhere} (row d1: ori_image '2008_002506.jpg' not found): name the folder with --images DIR" in out
+    )
+    assert "not checked: identity and sharpness not checked on 2 row(s) (d1, d2): it needs a genserve server" in out
+    assert "not checked: OCR not checked on 1 row(s) (v1): it needs a genserve server: --url" in out
+    assert "row 't1': the image is one flat colour" in out  # checked with no server and no images
+    # A zip in the output folder of genserve run: its run.json says where that run read the images.
+    (tmp_path / "run.json").write_text(json.dumps({"images": str(tmp_path / "images")}))
+    completed = run_check(archive, elsewhere / "task.csv")
+    assert f"images: {tmp_path / 'images'} (from {tmp_path / 'run.json'}" in completed.stdout
+    assert (
+        "unchanged input not checked" not in completed.stdout and "row 'e1': the image is its input" in completed.stdout
+    )
+
+
+def test_check_submission_reads_task_files_as_genserve_run_does(tmp_path):
+    path = tmp_path / "task.csv"
+    path.write_bytes((TASK_HEADER + "猫1,t2i,一只猫,,\n猫2,t2i,一只狗,,\n,,,,\n").encode("gbk"))
+    archive = make_zip(tmp_path / "t_图片生成_result.zip", good_members(("猫1", "猫2")))
+    completed = run_check(archive, path)
+    assert completed.returncode == 0, completed.stdout + completed.stderr
+    assert "read as GB18030" in completed.stdout and "skipped 1 empty row(s) (line 4)" in completed.stdout
+    assert "follows the rules (2 rows)" in completed.stdout
+    assert run_check(archive, path, "--encoding", "utf-8").returncode == 1  # as asked: not UTF-8, refused
 
 
 def _reencoded(path) -> bytes:

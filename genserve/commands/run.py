@@ -17,13 +17,23 @@ def register(subparsers) -> None:
         "checked against the contest's rules (see genserve check-submission). Resumable: a rerun skips the rows "
         "already finished, and a killed run loses none. Rows that fail are retried when the failure may pass; "
         "a row that still fails gets a stand-in image (ori re-encoded as JPEG; a neutral grey image for t2i), "
-        "listed in OUT/failures.csv and marked in OUT/quality.csv, and a rerun retries exactly those rows. "
+        "listed in OUT/failures.csv and marked in OUT/quality.csv, and a rerun retries those rows, except "
+        "final ones (missing or unreadable input, no face, a request the server refuses) while their input is "
+        "unchanged. Face swaps much softer than ori are flagged in quality.csv (blur_flag). "
         "Generation settings per task type come from --settings and --param, are checked against each task's "
-        "contract and recorded in OUT/settings.json; a rerun with other settings stops unless --redo. Exits 1 "
-        "while any row failed or has a stand-in, or when no zip could be written. Image columns name files "
-        "under --images only.",
+        "contract and recorded in OUT/settings.json; a rerun with other settings stops unless --redo. "
+        "The task file is read as UTF-8, else as GB18030 when it decodes so (said), or in --encoding; fully "
+        "empty rows are skipped (said). Exit status: 0 when every row is generated and the zip written; 3 when "
+        "the zip is written and the only rows left are final failures (a rerun cannot change them: fix their "
+        "input, or upload with their stand-ins); 1 otherwise (rows a rerun may finish, or no zip). Image "
+        "columns name files under --images only.",
     )
     parser.add_argument("tasks", metavar="TASK_CSV", help="the task file")
+    parser.add_argument(
+        "--encoding",
+        metavar="NAME",
+        help="the task file's text encoding, e.g. gbk (default: UTF-8, else GB18030 when the file decodes as such)",
+    )
     parser.add_argument(
         "--images", metavar="DIR", help="folder the image columns are relative to (default: the task file's folder)"
     )
@@ -78,6 +88,12 @@ def register(subparsers) -> None:
         "rerun stops and says what changed)",
     )
     parser.add_argument(
+        "--retry-final",
+        action="store_true",
+        help="send rows that failed for good (missing or unreadable input, no face, a refused request) again "
+        "even though their input is unchanged (e.g. after a server upgrade); by default a rerun skips them",
+    )
+    parser.add_argument(
         "--no-fallback",
         dest="fallback",
         action="store_false",
@@ -126,7 +142,7 @@ def run(args: argparse.Namespace) -> int:
     from genserve.client import ClientPool
     from genserve.client.batch import FAILURES, QUALITY, BatchRunner
     from genserve.client.settings import load_settings
-    from genserve.client.tasks import parse_task_models, read_tasks
+    from genserve.client.tasks import parse_task_models, read_task_file
     from genserve.protocol import TASKS
 
     base = {task: {"model": model} for task, model in parse_task_models(args.model).items()}
@@ -136,7 +152,10 @@ def run(args: argparse.Namespace) -> int:
             if field is not None:  # each task makes at most what its contract allows
                 base.setdefault(task, {})["candidates"] = int(min(args.candidates, field.maximum or args.candidates))
     settings = load_settings(args.settings, args.param, base=base)
-    tasks = read_tasks(args.tasks)
+    task_file = read_task_file(args.tasks, args.encoding)
+    for note in task_file.notes:
+        print(f"note: {note}")
+    tasks = task_file.tasks
     images = Path(args.images) if args.images else Path(args.tasks).resolve().parent
     with ClientPool(args.urls, protocol=args.protocol, timeout_s=args.timeout, retries=args.retries) as pool:
         runner = BatchRunner(
@@ -151,6 +170,8 @@ def run(args: argparse.Namespace) -> int:
             team=args.team,
             fallback=args.fallback,
             redo=args.redo,
+            retry_final=args.retry_final,
+            task_file=args.tasks,
         )
         summary = runner.run(tasks)
     print(summary.table())
@@ -167,9 +188,38 @@ def run(args: argparse.Namespace) -> int:
         print(f"failed rows ({out / FAILURES}):")
         for outcome in summary.failed[:20]:
             stand_in = f"  [stand-in: {outcome.fallback}]" if outcome.fallback else ""
-            print(f"  {outcome.task.index} ({outcome.task.task_type}): {outcome.error}{stand_in}")
+            final = (" [final]" if outcome.retried else " [final, not sent again: input unchanged]") * outcome.final
+            print(f"  {outcome.task.index} ({outcome.task.task_type}): {outcome.error}{stand_in}{final}")
         if len(summary.failed) > 20:
             print(f"  … and {len(summary.failed) - 20} more")
-    if summary.stand_ins:
-        print(f"{len(summary.stand_ins)} stand-in(s) in the submission: run the same command again to retry those rows")
-    return 0 if summary.complete else 1
+    if summary.soft:
+        shown = ", ".join(summary.soft[:10]) + (" …" if len(summary.soft) > 10 else "")
+        print(f"{len(summary.soft)} face swap(s) flagged soft in {out / QUALITY} (blur_flag): {shown}")
+    for line in what_is_left(summary):
+        print(line)
+    if summary.complete:
+        return 0
+    return FINAL_ONLY if summary.only_final_left else 1
+
+
+# Exit status when the zip is written and only final failures are left: a rerun changes nothing.
+FINAL_ONLY = 3
+
+
+def what_is_left(summary) -> list[str]:
+    """What the team still has to do, one line per kind of row left."""
+    lines = []
+    if summary.retriable:
+        kept = "kept as stand-ins" if summary.submission is not None or summary.stand_ins else "left out"
+        lines.append(
+            f"{len(summary.retriable)} row(s) failed for a reason that may pass (server unreachable, overloaded or "
+            f"failing, a deadline), {kept}: run the same command again to retry them"
+        )
+    if summary.final:
+        where = "their stand-ins are in the submission" if summary.submission is not None else "no zip yet"
+        lines.append(
+            f"{len(summary.final)} row(s) failed for good (their input: missing or unreadable, no face, a request "
+            f"the server refuses; failures.csv says which), {where}: a rerun sends them again only once their input "
+            "changes, so fix the task file or the images, or upload as it is"
+        )
+    return lines

@@ -27,8 +27,10 @@ from genserve.faceswap.blend import (
     feature_mask,
     match_color,
     match_detail,
+    match_grain,
     midline_weight,
     mirrored,
+    restore_sharpness,
     side_stretch,
     skin_forehead_height,
     skin_likelihood,
@@ -38,7 +40,7 @@ from genserve.faceswap.blend import (
     with_forehead,
 )
 from genserve.faceswap.faces import Face, FaceAnalyzer, identity_similarity
-from genserve.faceswap.measures import artifact_share
+from genserve.faceswap.measures import artifact_share, sharpness
 from genserve.imaging import decode_image, encode_image
 from genserve.metadata import Choice, SwapMetadata
 from genserve.protocol import FACE_SWAP, MAX_SWAP_CANDIDATES
@@ -60,6 +62,18 @@ MIRROR_BAND_FRACTION = 0.15
 SKIN_ONLY_BORDER_FRACTION = 0.2
 # The target's face is kept cropped with this margin (fraction of its box) around its landmarks.
 TARGET_CROP_MARGIN = 0.35
+# The share of ori's sharpness (variance of the Laplacian in ori's face box) that the detail steps bring a
+# softer face to (issue 33: an enlarged small face measured 0.19). Higher costs identity as dlib measures it:
+# a sharp face moves away from the descriptor of the small, soft photo it came from (docs/contest.md, "Detail").
+SHARPNESS_TARGET = 0.65
+# ... on faces this wide (ori's detection box) and wider. A smaller face's detail is a pixel or two, and the
+# identity score's 150 px chip enlarges the face and any grain added to it: on the 35 pairs of the bundled
+# photos whose ori face is 36-52 px wide, restoring cost 0.013 of dlib distance to the target on average;
+# on the 21 whose ori face is 89-108 px, nothing (docs/contest.md, "Detail").
+RESTORE_MIN_FACE_PX = 80
+# The unsharp mask that restores it works at this fraction of the enlargement (a face enlarged 3x is
+# smeared over about 3 pixels), and at least at 1 pixel.
+SHARPEN_SIGMA_FRACTION = 0.5
 # A candidate has visible artifacts when its artifact share exceeds ori's own face's by more than this
 # (0.3 percentage points: the bound the tests hold the default rendering to).
 ARTIFACT_TOLERANCE = 0.003
@@ -71,7 +85,10 @@ class Look:
 
     geometry_strength: float = GEOMETRY_STRENGTH  # see blend.target_geometry
     light_sigma_fraction: float = LIGHT_SIGMA_FRACTION  # scale of ori's lighting carried onto the face
-    match_detail: bool = True  # blur or sharpen the face to ori's level of fine detail
+    match_detail: bool = True  # blur or sharpen the face to ori's level of fine detail (and the steps below)
+    whole_features: bool = True  # near the outline, eyes, brows, nostrils and lips pasted whole, not mixed with ori's
+    restore_detail: bool = True  # grain and sharpness a small target lacks, to SHARPNESS_TARGET of ori's (issue 33;
+    # faces of RESTORE_MIN_FACE_PX and wider)
 
     def as_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -87,6 +104,9 @@ VARIANTS = (
     Look(geometry_strength=0.5),
 )
 assert len(VARIANTS) == MAX_SWAP_CANDIDATES, "the contract's maximum of candidates is the number of variants"
+# The rendering before issue 33 (features mixed with ori's near the outline, no grain, no sharpening): for
+# comparisons in tests and benchmarks.
+UNRESTORED = Look(whole_features=False, restore_detail=False)
 
 
 @dataclass(frozen=True)
@@ -154,7 +174,13 @@ class FaceSwapper:
     # --- the task ----------------------------------------------------------------------------------
 
     def swap(self, ori: bytes, target: bytes, options: SwapOptions | None = None) -> tuple[bytes, SwapMetadata]:
-        """Encoded ori and target images in, the encoded result and its metadata out."""
+        """Encoded ori and target images in, the encoded result and its metadata out.
+
+        The identity and sharpness reported are those of the image returned, as it will be read: decoded,
+        each replaced face's landmarks fitted on it in ori's face box (:meth:`score` measures any image so,
+        and gives the same figures for this one: one definition, one number for one image). The artifact
+        share is the rendering's, before encoding; the renderings' own scores stay in ``candidates``.
+        """
         options = options or SwapOptions()
         options.validate()
         timings: dict[str, float] = {}
@@ -168,35 +194,131 @@ class FaceSwapper:
         target_face, cache_hit = self.target_face(target)
         timings["target"] = _ms_since(clock)
 
-        result, metadata = self.swap_arrays(ori_rgb, target_face, options, timings)
+        # The identity reported is the returned image's (below): the rendering is scored only to choose.
+        result, metadata = self.swap_arrays(ori_rgb, target_face, options, timings, score_renders=False)
         metadata.target_cache_hit = cache_hit
 
         clock = time.perf_counter()
         encoded = encode_image(result, options.output_format, quality=options.jpeg_quality)
         timings["encode"] = _ms_since(clock)
+        clock = time.perf_counter()
+        faces = {
+            index: Face(box=tuple(metadata.ori_faces[index]["box"]), landmarks=None) for index in metadata.replaced
+        }
+        self._measure(metadata, ori_rgb, decode_image(encoded, what="result"), faces, target_face, options)
+        timings["measure"] = _ms_since(clock)
         timings["total"] = _ms_since(started)
         return encoded, metadata
 
+    def score(self, ori: bytes, target: bytes, result: bytes, options: SwapOptions | None = None) -> SwapMetadata:
+        """The figures a swap reports for the image it returns, for any ``result`` of putting ``target``'s face
+        into ``ori`` (made here, by hand or by another tool): per replaced face (chosen in ori as a swap
+        chooses them), the identity to the target, the sharpness inside ori's face box and the artifact share
+        of ``result``, landmarks fitted on it in ori's face box. ``genserve check-submission`` sends this."""
+        options = options or SwapOptions()
+        options.validate()
+        timings: dict[str, float] = {}
+        started = time.perf_counter()
+        ori_rgb = decode_image(ori, what="ori image")
+        result_rgb = decode_image(result, what="result image")
+        if result_rgb.shape != ori_rgb.shape:
+            (height, width), (ori_height, ori_width) = result_rgb.shape[:2], ori_rgb.shape[:2]
+            raise InvalidInputError(
+                f"the result image is {width}x{height}, ori {ori_width}x{ori_height}: a face swap keeps ori's size"
+            )
+        target_face, cache_hit = self.target_face(target)
+        clock = time.perf_counter()
+        ori_faces, faces = self.replaced_faces(ori_rgb, options)
+        timings["detect_ori"] = _ms_since(clock)
+        metadata = SwapMetadata(
+            image_size=[int(ori_rgb.shape[1]), int(ori_rgb.shape[0])],
+            faces_found={"ori": len(ori_faces), "target": target_face.faces_found},
+            ori_faces=[face.as_dict() for face in ori_faces],
+            replaced=list(faces),
+            target_face=target_face.face.as_dict(),
+            target_cache_hit=cache_hit,
+        )
+        clock = time.perf_counter()
+        for index, face in faces.items():
+            share = artifact_share(result_rgb, face.landmarks)
+            ori_share = artifact_share(ori_rgb, face.landmarks)
+            metadata.artifacts.append({"face": index, "share": round(share, 5), "ori_share": round(ori_share, 5)})
+        self._measure(
+            metadata, ori_rgb, result_rgb, faces, target_face, dataclasses.replace(options, compute_identity=True)
+        )
+        timings["measure"] = _ms_since(clock)
+        timings["total"] = _ms_since(started)
+        metadata.timings_ms = timings
+        return metadata
+
+    def _measure(
+        self,
+        metadata: SwapMetadata,
+        ori_rgb: np.ndarray,
+        result_rgb: np.ndarray,
+        faces: dict[int, Face],
+        target: TargetFace,
+        options: SwapOptions,
+    ) -> None:
+        """The sharpness (and with ``compute_identity`` the identity) of each replaced face of ``result_rgb``:
+        landmarks fitted on it in the face's box in ori; ori's own identity kept where it was asked for."""
+        asked = {entry["face"]: entry for entry in metadata.identity or []}
+        metadata.sharpness = [
+            _sharpness_entry(index, sharpness(result_rgb, face.box), sharpness(ori_rgb, face.box))
+            for index, face in faces.items()
+        ]
+        if not options.compute_identity:
+            return
+        metadata.identity = []
+        for index, face in faces.items():
+            score = self._identity(result_rgb, face, target)
+            if options.ori_identity:
+                before = asked.get(index) or {}
+                if "ori_cosine" not in before:
+                    ori_face = face if face.landmarks is not None else self.analyzer.refit(ori_rgb, face)
+                    found = identity_similarity(self.analyzer.descriptor(ori_rgb, ori_face), target.descriptor)
+                    before = {"ori_cosine": found["cosine"], "ori_distance": found["distance"]}
+                score |= {key: before[key] for key in ("ori_cosine", "ori_distance")}
+            metadata.identity.append({"face": index, **score})
+
+    def replaced_faces(self, rgb: np.ndarray, options: SwapOptions) -> tuple[list[Face], dict[int, Face]]:
+        """Every face of ``rgb`` (largest first, without landmarks) and, by index, those the options choose,
+        with landmarks. Only the largest face needs the coarse search; only the faces used need landmarks."""
+        found = self.analyzer.detect(rgb, landmarks=False, coarse=options.single_face)
+        if not found:
+            raise NoFaceError("no face found in the ori image")
+        return found, {index: self.analyzer.refit(rgb, found[index]) for index in self._choose(found, options)}
+
     def swap_arrays(
-        self, ori_rgb: np.ndarray, target: TargetFace, options: SwapOptions, timings: dict[str, float] | None = None
+        self,
+        ori_rgb: np.ndarray,
+        target: TargetFace,
+        options: SwapOptions,
+        timings: dict[str, float] | None = None,
+        *,
+        looks: tuple[Look, ...] | None = None,
+        score_renders: bool = True,
     ) -> tuple[np.ndarray, SwapMetadata]:
         """The swap on an RGB array; returns the RGB result and metadata (with ``timings_ms``).
 
-        Per replaced face the metadata reports the artifact share (``artifacts``), the identity score
-        (``identity``: when asked, or when candidates are scored) and, with ``candidates`` > 1, every
-        candidate's scores and which one was kept (``candidates``).
+        ``looks``: the renderings to try (default: the first ``options.candidates`` of VARIANTS), e.g.
+        ``(UNRESTORED,)`` to compare with the rendering before issue 33. ``score_renders`` false: the
+        rendering's identity is not scored unless candidates are chosen by it (the caller scores the result).
+
+        Per replaced face the metadata reports the artifact share (``artifacts``), the sharpness inside
+        ori's face box against ori's own (``sharpness``), the identity score (``identity``: when asked, or
+        when candidates are scored) and, with ``candidates`` > 1, every candidate's scores and which one
+        was kept (``candidates``).
         """
         timings = {} if timings is None else timings
         clock = time.perf_counter()
-        # Only the faces that are replaced need landmarks; only the largest needs the coarse search.
-        ori_faces = self.analyzer.detect(ori_rgb, landmarks=False, coarse=options.single_face)
-        if not ori_faces:
-            raise NoFaceError("no face found in the ori image")
-        chosen = self._choose(ori_faces, options)
-        faces = {index: self.analyzer.refit(ori_rgb, ori_faces[index]) for index in chosen}
+        ori_faces, faces = self.replaced_faces(ori_rgb, options)
+        chosen = list(faces)
         timings["detect_ori"] = _ms_since(clock)
 
-        scored = options.compute_identity or options.candidates > 1
+        looks = VARIANTS[: options.candidates] if looks is None else looks
+        scored = options.compute_identity or len(looks) > 1
+        score_each = len(looks) > 1 or (options.compute_identity and score_renders)
         metadata = SwapMetadata(
             image_size=[int(ori_rgb.shape[1]), int(ori_rgb.shape[0])],
             faces_found={"ori": len(ori_faces), "target": target.faces_found},
@@ -204,26 +326,28 @@ class FaceSwapper:
             replaced=chosen,
             target_face=target.face.as_dict(),
             identity=[] if scored else None,
-            candidates=[] if options.candidates > 1 else None,
+            candidates=[] if len(looks) > 1 else None,
         )
         timings["swap"] = timings["identity"] = 0.0
         result = ori_rgb
         for index in chosen:
             face = faces[index]
             renders = []
-            for look in VARIANTS[: options.candidates]:
+            for look in looks:
                 clock = time.perf_counter()
                 render = self._paste(result, face, target, options.color_transfer, look)
                 share = artifact_share(render, face.landmarks)
                 timings["swap"] += _ms_since(clock)
                 clock = time.perf_counter()
-                score = self._identity(render, face, target) if scored else {}
+                score = self._identity(render, face, target) if score_each else {}
                 timings["identity"] += _ms_since(clock)
                 renders.append((render, share, score, look))
             ori_share = artifact_share(ori_rgb, face.landmarks)
             best = _best_candidate([(share, score) for _, share, score, _ in renders], ori_share)
             result, share, score, _ = renders[best]
             metadata.artifacts.append({"face": index, "share": round(share, 5), "ori_share": round(ori_share, 5)})
+            ori_sharpness = sharpness(ori_rgb, face.box)
+            metadata.sharpness.append(_sharpness_entry(index, sharpness(result, face.box), ori_sharpness))
             if scored:
                 if options.ori_identity:
                     clock = time.perf_counter()
@@ -231,10 +355,16 @@ class FaceSwapper:
                     score = score | {"ori_cosine": before["cosine"], "ori_distance": before["distance"]}
                     timings["identity"] += _ms_since(clock)
                 metadata.identity.append({"face": index, **score})
-            if options.candidates > 1:
+            if len(looks) > 1:
                 tried = [
-                    {**look.as_dict(), **score, "artifact_share": round(share, 5), "clean": _is_clean(share, ori_share)}
-                    for _, share, score, look in renders
+                    {
+                        **look.as_dict(),
+                        **score,
+                        "artifact_share": round(share, 5),
+                        "sharpness": _sharpness_entry(index, sharpness(render, face.box), ori_sharpness)["ratio"],
+                        "clean": _is_clean(share, ori_share),
+                    }
+                    for render, share, score, look in renders
                 ]
                 metadata.candidates.append(Choice(index=index, chosen=best, tried=tried))
         timings["swap"], timings["identity"] = round(timings["swap"], 2), round(timings["identity"], 2)
@@ -300,13 +430,17 @@ class FaceSwapper:
         warped = _warp_target(target.crop, source, dest, shape, size)
 
         alpha = feathered_mask(shape, face_outline(dest), FEATHER_FRACTION * size)
-        # Near the outline (temples, forehead, jaw) either face may show hair or background: paste skin only.
-        skin = np.minimum(skin_likelihood(warped, dest), skin_likelihood(background, ori_landmarks))
+        width = FEATURE_MARGIN_FRACTION * size
+        features = feature_mask(shape, dest[:68], width) | feature_mask(shape, ori_landmarks, width)
+        # Near the outline (temples, forehead, jaw) either face may show hair or background: paste skin only,
+        # and the features whole (mixing the target's eye with ori's where they do not coincide doubles it).
+        ori_skin = skin_likelihood(background, ori_landmarks)
+        skin = np.minimum(skin_likelihood(warped, dest), ori_skin)
+        if look.whole_features:
+            skin = np.maximum(skin, features.astype(np.float32))
         interior = alpha_ramp(shape, face_outline(dest), SKIN_ONLY_BORDER_FRACTION * size)
         alpha = alpha * cv2.GaussianBlur(interior + (1 - interior) * skin, (0, 0), FEATHER_FRACTION * size / 3)
         if color_transfer:
-            width = FEATURE_MARGIN_FRACTION * size
-            features = feature_mask(shape, dest[:68], width) | feature_mask(shape, ori_landmarks, width)
             warped_skin, background_skin = (
                 skin_weights(cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY).astype(np.float32), alpha, features)
                 for rgb in (warped, background)
@@ -314,6 +448,15 @@ class FaceSwapper:
             warped = match_color(warped, background, warped_skin, background_skin, look.light_sigma_fraction * size)
         if look.match_detail:
             warped = match_detail(warped, background, alpha)
+            if look.restore_detail and ori_face.box[2] - ori_face.box[0] >= RESTORE_MIN_FACE_PX:
+                core = (alpha > 0.5).astype(np.float32)
+                plain_skin = cv2.GaussianBlur(((1 - features) * (ori_skin > 0.5)).astype(np.float32), (0, 0), 1)
+                warped = match_grain(warped, background, core, plain_skin)
+                bx0, by0, bx1, by1 = ori_face.box
+                enlarged = _face_size(dest) / _face_size(source)
+                sigma = max(1.0, SHARPEN_SIGMA_FRACTION * enlarged)
+                box = (bx0 - x0, by0 - y0, bx1 - x0, by1 - y0)
+                warped = restore_sharpness(warped, background, alpha, box, SHARPNESS_TARGET, sigma)
         result = image.copy()
         result[y0:y1, x0:x1] = alpha_blend(background, warped, alpha)
         return result
@@ -322,6 +465,13 @@ class FaceSwapper:
         """Cosine and dlib distance of the result's face (landmarks fitted again on the result) to the target's."""
         swapped = self.analyzer.refit(result, ori_face)
         return identity_similarity(self.analyzer.descriptor(result, swapped), target.descriptor)
+
+
+def _sharpness_entry(index: int, result: float, ori: float) -> dict:
+    """The metadata's sharpness of one replaced face: the result's over ori's inside ori's face box (``ratio``),
+    and both variances of the Laplacian."""
+    ratio = result / ori if ori > 1e-6 else 1.0
+    return {"face": index, "ratio": round(ratio, 3), "result": round(result, 1), "ori": round(ori, 1)}
 
 
 def _is_clean(share: float, ori_share: float) -> bool:
@@ -400,4 +550,4 @@ def _ms_since(start: float) -> float:
     return round((time.perf_counter() - start) * 1000.0, 2)
 
 
-__all__ = ["FaceSwapper", "SwapOptions", "TargetFace"]
+__all__ = ["UNRESTORED", "VARIANTS", "FaceSwapper", "Look", "SwapOptions", "TargetFace"]

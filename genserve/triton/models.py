@@ -101,8 +101,9 @@ class ServiceModel:
 
 
 class FaceSwapModel(ServiceModel):
-    """``face_swap``: :class:`~genserve.faceswap.FaceSwapper`. Parameters ``target_cache_size`` and
-    ``embedding_model``: the leaf computing face descriptors over BLS (empty: in this process)."""
+    """``face_swap``: :class:`~genserve.faceswap.FaceSwapper` (with ``RESULT_IMAGE``: its ``score``).
+    Parameters ``target_cache_size`` and ``embedding_model``: the leaf computing face descriptors over BLS
+    (empty: in this process)."""
 
     contract = FACE_SWAP
 
@@ -120,9 +121,11 @@ class FaceSwapModel(ServiceModel):
     def handle(self, values):
         from genserve.faceswap import SwapOptions
 
-        image, metadata = self.service.swap(
-            values["ori_image"], values["target_image"], SwapOptions.from_values(values)
-        )
+        options = SwapOptions.from_values(values)
+        if values.get("result_image") is not None:  # a result to score, not a swap to make
+            metadata = self.service.score(values["ori_image"], values["target_image"], values["result_image"], options)
+            return {"image": values["result_image"], "metadata": metadata}
+        image, metadata = self.service.swap(values["ori_image"], values["target_image"], options)
         return {"image": image, "metadata": metadata}
 
 
