@@ -67,7 +67,7 @@ def family_configs(demo_dir):
 @pytest.mark.slow
 @pytest.mark.parametrize("family_name", sorted(FAMILY_DEMOS))
 def test_default_profiles_cover_served_requests(family_name, family_configs):
-    from genserve.export.pipeline import ExportOptions
+    from genserve.config import EXPORT_BATCH_SIZES
     from genserve.export.tensorrt import compute_profile, default_resolutions, default_text_lengths, profile_requests
     from genserve.manifest import ComponentEntry, TensorEntry
     from genserve.repository.diffusion import BuildOptions, leaf_config
@@ -75,7 +75,7 @@ def test_default_profiles_cover_served_requests(family_name, family_configs):
     family, configs = FAMILIES[family_name], family_configs[family_name]
     build = BuildOptions(target="gpu", tensorrt=True)
     requests = profile_requests(
-        ExportOptions().batch_sizes,
+        EXPORT_BATCH_SIZES,
         default_resolutions(family, configs),
         default_text_lengths(family),
         "vttie" in family.tasks,
@@ -199,6 +199,26 @@ def test_stage_keys_follow_the_runtime(demo_dir, tmp_path, monkeypatch):
     on_gpu = export_pipeline(demo_dir / "sd", tmp_path, options, log=lambda _: None)
     assert set(on_gpu.stages_run) == {("text_encoder", "optimize"), ("text_encoder", "parity")}
     assert ("text_encoder", "onnx") in on_gpu.stages_reused
+
+
+@pytest.mark.slow
+def test_stage_keys_follow_the_backends_onnx_runtime(demo_dir, tmp_path, monkeypatch):
+    """The graphs are rewritten for, and checked against, the supported release's onnxruntime backend: its
+    version comes from the stack table (not from the ONNX Runtime pip installed here), and another one
+    redoes every stage, the manifest saying which it was made for."""
+    from dataclasses import replace
+
+    from genserve.export.pipeline import ExportOptions, export_pipeline
+    from genserve.manifest import Manifest
+
+    options = ExportOptions(components=("text_encoder",), progress=False)
+    export_pipeline(demo_dir / "sd", tmp_path, options, log=lambda _: None)
+    assert Manifest.read(tmp_path).backend["onnxruntime"] == gpu_stack.SUPPORTED.onnxruntime
+    other = replace(gpu_stack.SUPPORTED, onnxruntime="1.25.0")
+    monkeypatch.setattr(gpu_stack, "SUPPORTED", other)
+    again = export_pipeline(demo_dir / "sd", tmp_path, options, log=lambda _: None)
+    assert set(again.stages_run) == {("text_encoder", stage) for stage in ("onnx", "optimize", "parity")}
+    assert Manifest.read(tmp_path).backend["onnxruntime"] == "1.25.0"
 
 
 # --- what the chosen release loads ------------------------------------------------------------------
