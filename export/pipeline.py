@@ -8,11 +8,13 @@ a killed process) resumes where it stopped instead of starting over:
    module once, freed before the next), export the plain ONNX graph, rewrite what the serving ONNX
    Runtime cannot load (:mod:`~genserve.export.graph_fixes`), and compute torch's outputs on random
    inputs at the parity shapes (kept beside the graph, so no later stage needs torch);
-2. ``tensorrt``: an engine from the plain graph, when asked and possible (:mod:`~genserve.export.tensorrt`);
-3. ``optimize``: ONNX Runtime's fusions; the fused graph is served only if it still matches torch;
-4. ``cuda`` (bf16 only): nodes without a bf16 CUDA kernel at the backend's version kept in fp32
+2. ``optimize``: ONNX Runtime's fusions; the fused graph is served only if it still matches torch;
+3. ``cuda`` (bf16 only): nodes without a bf16 CUDA kernel at the backend's version kept in fp32
    (:mod:`~genserve.export.cuda_kernels`);
-5. ``parity``: the served graph in ONNX Runtime against torch's outputs.
+4. ``parity``: the served graph in ONNX Runtime against torch's outputs;
+5. ``tensorrt``, once every component has its graph: an engine from the plain graph, when asked and
+   possible (:mod:`~genserve.export.tensorrt`), its profile bounded by what all the engines take of the
+   GPU together (:mod:`~genserve.export.gpu_memory`).
 
 Output layout (``OUT_DIR``)::
 
@@ -58,7 +60,7 @@ from genserve.protocol import PRECISION_DTYPES
 
 logger = logging.getLogger(__name__)
 
-STAGES = ("onnx", "tensorrt", "optimize", "cuda", "parity")
+STAGES = ("onnx", "optimize", "cuda", "parity", "tensorrt")
 # ONNX element type of each export precision's floats.
 PRECISION_ONNX_TYPES = {"fp32": "FLOAT", "fp16": "FLOAT16", "bf16": "BFLOAT16"}
 
@@ -280,18 +282,20 @@ class _Export:
         started = time.perf_counter()
         try:
             with PeakMemory() as peak:
-                # Module by module (each loaded once, freed before the next): a failure at a later module
-                # leaves the earlier components' graphs whole.
+                # Module by module: a failure at a later module leaves the earlier components whole.
                 for module in dict.fromkeys(spec.module for spec in self.specs):
-                    self._onnx_stage([spec for spec in self.specs if spec.module == module])
-                    peak.sample()
+                    module_specs = [spec for spec in self.specs if spec.module == module]
+                    self._onnx_stage(module_specs)
+                    for spec in module_specs:
+                        self._optimize_stage(spec)
+                        self._cuda_stage(spec)
+                        self._parity_stage(spec)
+                        _link_graph(self._served_graph(spec.name), self.out_dir / spec.name / "1")
+                        peak.sample()
+                # Engines last: their profiles are bounded by what all of them take of one GPU together.
                 self._plan_memory()
                 for spec in self.specs:
                     self._tensorrt_stage(spec)
-                    self._optimize_stage(spec)
-                    self._cuda_stage(spec)
-                    self._parity_stage(spec)
-                    _link_graph(self._served_graph(spec.name), self.out_dir / spec.name / "1")
                     peak.sample()
         finally:
             self.progress.close()
