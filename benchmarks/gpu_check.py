@@ -1,5 +1,24 @@
-"""The GPU path end to end on one host, one report: ``scripts/gpu-check.sh``
-(``python -m genserve.benchmarks.gpu_check``).
+"""The GPU path on one host, in stages, one report: ``scripts/gpu-check.sh --stage N``
+(``python -m genserve.benchmarks.gpu_check``, ``genserve gpu-check`` in the image).
+
+The stages answer the riskiest questions first, each within a time budget of its own, so that the first
+minutes on a GPU say the most:
+
+1. **environment** (:data:`STAGES`' budgets): the GPU, driver and versions, and the container against the
+   supported stack (genserve.gpu_stack: Triton, its Python, its onnxruntime backend's ONNX Runtime,
+   TensorRT's wheel against the image's libnvinfer);
+2. **one bf16 ONNX Runtime leaf served**: the tiny SD VAE decoder exported in bf16 (its nodes without a
+   bf16 CUDA kernel kept in fp32), served alone on the native onnxruntime backend (in the container; on a
+   pip host run on ONNX Runtime's CUDA provider in-process), one request against torch's output;
+3. **one small TensorRT engine**: the same decoder built into an engine for 3-6 latent tiles, served on
+   the tensorrt backend, one request against torch's output;
+4. **the full check**, below.
+
+Each stage runs in a child process that is stopped when it passes its budget (the report says so); the
+report of every stage is rewritten after each step (``OUT/stage-N/``), and the whole is printed at the
+end, as markdown to paste into an issue, and written to ``OUT/gpu-check.json`` and ``.md``.
+
+The full check:
 
 Two kinds of host, found by looking:
 
@@ -14,8 +33,8 @@ FLUX Kontext, random weights, built here); their export (parity measured on this
 one repository; the server started (its load time measured); served images against the same export
 run in-process; ``genserve bench`` at concurrency 1, 4 and 8 against torch eager on the same GPU.
 Every step records what it measured or why it could not run; a step whose input failed is skipped
-with that reason. ``OUT/gpu-check.json`` and ``OUT/gpu-check.md`` hold the report, written after every
-step (a run cut short still leaves one).
+with that reason. The stage's ``OUT/stage-N/gpu-check.json`` and ``.md`` hold its report, written after
+every step (a run cut short still leaves one).
 """
 
 from __future__ import annotations
@@ -36,6 +55,27 @@ from pathlib import Path
 from typing import Any
 
 CONTAINER_TRITON = Path("/opt/tritonserver/bin/tritonserver")
+ORT_BACKEND = Path("/opt/tritonserver/backends/onnxruntime")
+LIBNVINFER_GLOB = "/usr/lib/*-linux-gnu/libnvinfer.so.*.*.*"
+
+
+@dataclass(frozen=True)
+class Stage:
+    number: int
+    title: str
+    budget_s: int  # the child process is stopped past it
+
+
+STAGES = {
+    stage.number: stage
+    for stage in (
+        Stage(1, "environment", 120),
+        Stage(2, "one bf16 ONNX Runtime leaf served", 420),
+        Stage(3, "one small TensorRT engine", 480),
+        Stage(4, "the full check", 1800),
+    )
+}
+LEAF = ("sd", "vae_decoder")  # the tiny demo pipeline and the component stages 2 and 3 serve
 # The demo pipelines checked, the task each is benchmarked on, and its model name prefix.
 FAMILIES = {"sd": ("sd", "t2i"), "flux-kontext": ("flux", "tie")}
 SIZE, STEPS, SEED = 256, 4, 7
@@ -114,6 +154,7 @@ def host_facts() -> dict[str, Any]:
         facts["tensorrt"] = tensorrt.__version__
     except ImportError:
         facts["tensorrt"] = None
+    facts.update(container_facts())
     if shutil.which("nvidia-smi"):
         result = subprocess.run(
             ["nvidia-smi", "--query-gpu=name,driver_version,memory.total", "--format=csv,noheader"],
@@ -126,11 +167,37 @@ def host_facts() -> dict[str, Any]:
     return facts
 
 
+def _version_in_name(pattern: str, prefix: str) -> str | None:
+    import glob
+
+    found = sorted({Path(path).name.split(prefix, 1)[1] for path in glob.glob(pattern) if prefix in Path(path).name})
+    return ", ".join(found) or None
+
+
+def container_facts() -> dict[str, Any]:
+    """What the NGC image says of itself: Triton's release and version (its environment), the ONNX Runtime
+    of its onnxruntime backend (the library's file name), its TensorRT (libnvinfer's), CUDA."""
+    return {
+        "triton_release": os.environ.get("NVIDIA_TRITON_SERVER_VERSION"),
+        "triton_version": os.environ.get("TRITON_SERVER_VERSION"),
+        "ort_backend": _version_in_name(str(ORT_BACKEND / "libonnxruntime.so.*"), "libonnxruntime.so."),
+        "libnvinfer": _version_in_name(LIBNVINFER_GLOB, "libnvinfer.so."),
+        "cuda": os.environ.get("CUDA_VERSION"),
+    }
+
+
 class GpuCheck:
     """The steps, run in order; each records itself in the report."""
 
-    def __init__(self, out: Path, work: Path, log: Callable[[str], None] = print, plan: Plan | None = None):
-        self.out, self.work, self.log = out, work, log
+    def __init__(
+        self,
+        out: Path,
+        work: Path,
+        log: Callable[[str], None] = print,
+        plan: Plan | None = None,
+        stage: Stage | None = None,
+    ):
+        self.out, self.work, self.log, self.stage = out, work, log, stage
         self.steps: list[Step] = []
         self.results: dict[str, Any] = {}
         self.started = time.time()
@@ -172,6 +239,7 @@ class GpuCheck:
     def report(self) -> dict[str, Any]:
         could_not = [f"{s.name}: {s.status} ({s.detail})" for s in self.steps if s.status != "ok"]
         return {
+            "stage": asdict(self.stage) if self.stage else None,
             "host": self.host,
             "plan": asdict(self.plan),
             "seconds": round(time.time() - self.started, 1),
@@ -185,7 +253,183 @@ class GpuCheck:
         (self.out / "gpu-check.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
         (self.out / "gpu-check.md").write_text(markdown(report))
 
-    # --- the steps ----------------------------------------------------------------------------------
+    # --- the stages -----------------------------------------------------------------------------------
+
+    def run_stage(self, number: int) -> dict[str, Any]:
+        """One stage (:data:`STAGES`); 4 is :meth:`run`."""
+        if number == 1:
+            self.step("host", lambda: {k: v for k, v in self.host.items() if v is not None})
+            self.step("gpu", self._gpu)
+            self.step("supported stack", self._stack)
+            self.step("tensorrt", self._tensorrt_wheel)
+        elif number in (2, 3):
+            engine = number == 3
+            self.step("gpu", self._gpu)
+            self.step(f"pipeline {LEAF[0]}", lambda: self._pipeline(LEAF[0]))
+            needs = ("gpu", "tensorrt available") if engine else ()
+            if engine:
+                self.step("tensorrt available", self._tensorrt_available)
+            self.step(f"export {LEAF[1]}", lambda: self._export_leaf(engine), needs=(f"pipeline {LEAF[0]}", *needs))
+            self.step(f"serve {LEAF[1]}", lambda: self._serve_leaf(engine), needs=("gpu", f"export {LEAF[1]}"))
+            try:
+                self.step(f"request {LEAF[1]}", lambda: self._request_leaf(engine), needs=(f"serve {LEAF[1]}",))
+            finally:
+                server = self.results.get("server")
+                if server is not None:
+                    server.stop()
+        else:
+            return self.run()
+        return self.report()
+
+    def _stack(self) -> dict[str, Any]:
+        """The container against genserve.gpu_stack.SUPPORTED: what differs is a failure, named."""
+        from genserve import gpu_stack
+
+        if self.host["mode"] != "container":
+            raise RuntimeError(f"not the NGC container (no {CONTAINER_TRITON}): the supported stack is its image")
+        release = gpu_stack.SUPPORTED
+        found = {
+            "python": ".".join(platform.python_version().split(".")[:2]),
+            "triton release": self.host.get("triton_release"),
+            "triton": self.host.get("triton_version"),
+            "onnxruntime backend": self.host.get("ort_backend"),
+        }
+        expected = {
+            "python": release.python,
+            "triton release": release.tag,
+            "triton": release.triton,
+            "onnxruntime backend": release.onnxruntime,
+        }
+        differs = [f"{k} {found[k]} (genserve.gpu_stack: {v})" for k, v in expected.items() if found[k] != v]
+        if differs:
+            raise RuntimeError("differs from the supported stack: " + "; ".join(differs))
+        return found
+
+    def _tensorrt_wheel(self) -> dict[str, Any]:
+        """TensorRT's wheel is the image's libnvinfer (a plan loads only on the TensorRT that built it)."""
+        library, wheel = self.host.get("libnvinfer"), self.host.get("tensorrt")
+        if not library:
+            raise RuntimeError(f"no libnvinfer in this host's library folders ({LIBNVINFER_GLOB})")
+        if not wheel:
+            raise RuntimeError(f"libnvinfer {library}, but no tensorrt Python wheel (docker/install-tensorrt.sh)")
+        if not wheel.startswith(library):
+            raise RuntimeError(f"the tensorrt wheel is {wheel}, the image's libnvinfer {library}: plans would not load")
+        return {"libnvinfer": library, "tensorrt": wheel}
+
+    def _tensorrt_available(self) -> dict[str, Any]:
+        from genserve.export.tensorrt import tensorrt_unavailable
+
+        why = tensorrt_unavailable()
+        if why:
+            raise RuntimeError(why)
+        return {"tensorrt": self.host.get("tensorrt")}
+
+    def _export_leaf(self, engine: bool) -> dict[str, Any]:
+        """The tiny SD's VAE decoder alone: bf16 (stage 2; its nodes without a bf16 CUDA kernel kept in
+        fp32), or an engine for small sizes in the host's precision (stage 3)."""
+        from genserve.export.pipeline import ExportOptions, export_pipeline
+        from genserve.families import FAMILIES, read_configs
+
+        pipeline = self.results[f"pipeline {LEAF[0]}"]
+        precision = "bf16" if not engine else self.plan.precision
+        multiple = FAMILIES[LEAF[0]].pixel_multiple(read_configs(pipeline, FAMILIES[LEAF[0]]))
+        options = ExportOptions(
+            precision=precision,
+            components=(LEAF[1],),
+            tensorrt=engine,
+            optimize=False,
+            progress=False,
+            # The parity shapes (4 and 3x6 latent tiles) and a little more: a quick engine.
+            resolutions=((4 * multiple,) * 2, (3 * multiple,) * 2, (6 * multiple,) * 2) if engine else (),
+            batch_sizes=(1, 2) if engine else (),
+            workspace_gb=1.0,
+        )
+        out = self.work / "exports" / f"{LEAF[0]}-{LEAF[1]}-{'engine' if engine else 'bf16'}"
+        report = export_pipeline(pipeline, out, options, log=self.log)
+        (entry,) = report.components
+        self.results[f"export {LEAF[1]}"] = out
+        if engine and not entry.tensorrt.get("path"):
+            raise RuntimeError(f"no engine: {entry.tensorrt.get('skipped') or report.tensorrt_skipped}")
+        return {
+            "precision": precision,
+            "fp32_ops": entry.fp32_ops,
+            "parity_worst": max((r.worst for r in entry.parity), default=None),
+            "parity_method": entry.parity_method or "native",
+            "engine": entry.tensorrt.get("path"),
+            "gpu_memory_gib": (report.memory_plan.to_dict()["total_gib"] if report.memory_plan else None),
+        }
+
+    def _serve_leaf(self, engine: bool) -> dict[str, Any]:
+        """The leaf alone in a repository, on Triton's native onnxruntime (or tensorrt) backend; a pip host
+        (no native backends) runs the bf16 graph on ONNX Runtime's CUDA provider in-process instead."""
+        from genserve.manifest import Manifest
+        from genserve.repository.diffusion import BuildOptions, leaf_input_limits, resolve_limits, write_leaf
+        from genserve.server import TritonServer
+
+        export = self.results[f"export {LEAF[1]}"]
+        manifest = Manifest.read(export)
+        if self.plan.mode != "container":
+            if engine:
+                raise RuntimeError("the pip wheel's tritonserver has no tensorrt backend: run stage 3 in the NGC image")
+            self.results["in-process"] = True
+            return {"how": "ONNX Runtime's CUDA provider in-process (no native onnxruntime backend on a pip host)"}
+        repo = self.work / f"repository-stage-{3 if engine else 2}"
+        shutil.rmtree(repo, ignore_errors=True)
+        options = resolve_limits(
+            export, manifest, BuildOptions(target="gpu", tensorrt=engine, max_size=None, max_images=None)
+        )
+        limits = leaf_input_limits(export, manifest, options)
+        entry = manifest.components[LEAF[1]]
+        write_leaf(export, repo, entry, options, limits[LEAF[1]])
+        started = time.perf_counter()
+        server = TritonServer.on_loopback(repo, log_path=self.out / "tritonserver.log").start()
+        self.results["server"] = server
+        return {"load_s": round(time.perf_counter() - started, 1), "backend": "tensorrt" if engine else "onnxruntime"}
+
+    def _request_leaf(self, engine: bool) -> dict[str, Any]:
+        """One parity request of the export (its inputs, torch's outputs), served: relative L2 at most the
+        precision's parity bar."""
+        import numpy as np
+
+        from genserve.export.parity import TOLERANCES, load_references
+        from genserve.manifest import Manifest
+        from genserve.torch_sessions import to_numpy
+
+        export = self.results[f"export {LEAF[1]}"]
+        manifest = Manifest.read(export)
+        entry = manifest.components[LEAF[1]]
+        reference = load_references(export / ".stages" / LEAF[1] / "plain" / "references.pt")[0]
+        names = [tensor.name for tensor in entry.inputs]
+        if self.results.get("in-process"):
+            from genserve import torch_sessions
+
+            session = torch_sessions.open_session(export / entry.path)
+            if "CUDAExecutionProvider" not in session.get_providers():
+                raise RuntimeError(f"ONNX Runtime ran it on {session.get_providers()}, not CUDA")
+            outputs = [o.float().numpy() for o in torch_sessions.run_torch(session, dict(zip(names, reference.inputs)))]
+        else:
+            import tritonclient.grpc as grpcclient
+            from tritonclient.utils import np_to_triton_dtype
+
+            arrays = [to_numpy(tensor) for tensor in reference.inputs]
+            inputs = []
+            for name, array in zip(names, arrays, strict=True):
+                item = grpcclient.InferInput(name, list(array.shape), np_to_triton_dtype(array.dtype))
+                item.set_data_from_numpy(array)
+                inputs.append(item)
+            with grpcclient.InferenceServerClient(self.results["server"].grpc_url) as client:
+                result = client.infer(LEAF[1], inputs)
+            outputs = [result.as_numpy(tensor.name).astype(np.float32) for tensor in entry.outputs]
+        errors = {
+            tensor.name: float(np.linalg.norm(got - want) / max(np.linalg.norm(want), 1e-12))
+            for tensor, got, want in zip(entry.outputs, outputs, reference.outputs, strict=True)
+        }
+        bar = TOLERANCES[manifest.precision]
+        if max(errors.values()) > bar:
+            raise AssertionError(f"served output differs from torch's: relative L2 {errors} (bar {bar})")
+        return {"relative_l2": errors, "bar": bar, "shape": list(reference.inputs[0].shape)}
+
+    # --- the full check (stage 4) -------------------------------------------------------------------------
 
     def run(self) -> dict[str, Any]:
         self.step("gpu", self._gpu)
@@ -362,17 +606,24 @@ def _field_png(size: int) -> bytes:
 
 
 def markdown(report: dict[str, Any]) -> str:
-    host, plan = report["host"], report["plan"]
+    """One stage's report as markdown: the host, a table of the steps, what could not be done, and the
+    last lines of each failure's traceback."""
+    host, plan, stage = report["host"], report["plan"], report.get("stage")
+    title = f"stage {stage['number']} of {len(STAGES)}: {stage['title']}" if stage else "GPU check"
+    verdict = "ok" if not report["could_not"] else "NOT ok"
     lines = [
-        f"# GPU check: {host.get('gpu') or 'no GPU'}",
+        f"## GPU check {title}: {verdict} ({report['seconds']} s"
+        + (f", budget {report['budget_s']} s)" if report.get("budget_s") else ")"),
         "",
-        f"Host {host.get('hostname')} ({host['mode']}): GPU {host.get('gpu') or 'none'}, compute capability "
-        f"{host.get('compute_capability', '-')}, driver {host.get('nvidia_smi', '-')}; Python {host['python']}, torch "
-        f"{host.get('torch')}, ONNX Runtime {host.get('onnxruntime')} ({', '.join(host.get('ort_providers') or [])}), "
-        f"TensorRT {host.get('tensorrt') or 'not installed'}.",
+        f"GPU {host.get('gpu') or 'none'} (compute capability {host.get('compute_capability', '-')}, "
+        f"nvidia-smi: {host.get('nvidia_smi', '-')}); host {host.get('hostname')} ({host['mode']}), "
+        f"{host.get('cpus')} CPUs; Python {host['python']}, torch {host.get('torch')}, ONNX Runtime "
+        f"{host.get('onnxruntime')} ({', '.join(host.get('ort_providers') or [])}), TensorRT "
+        f"{host.get('tensorrt') or 'not installed'}; container: Triton {host.get('triton_release') or '-'} "
+        f"({host.get('triton_version') or '-'}), onnxruntime backend {host.get('ort_backend') or '-'}, "
+        f"libnvinfer {host.get('libnvinfer') or '-'}, CUDA {host.get('cuda') or '-'}.",
         f"Plan: {plan['precision']} exports, TensorRT engines {'yes' if plan['tensorrt'] else 'no'}, leaves "
-        f"{'Python backend on ONNX Runtime CUDA' if plan['python_leaves'] else 'native backends'}. "
-        f"Total {report['seconds']} s.",
+        f"{'Python backend on ONNX Runtime CUDA' if plan['python_leaves'] else 'native backends'}.",
         "",
         "| step | status | s | detail |",
         "|---|---|---:|---|",
@@ -388,23 +639,103 @@ def markdown(report: dict[str, Any]) -> str:
                 f"\n{step['name']} concurrency {ratio['concurrency']}: served/in-process throughput "
                 f"{ratio['throughput_ratio']:.2f}x, p50 latency {ratio['p50_latency_ratio']:.2f}x"
             )
-    lines += ["", "## Could not do", ""] + (
-        [f"- {line}" for line in report["could_not"]] or ["- nothing: every step ran"]
-    )
+    lines += ["", "Could not do:"] + ([f"- {line}" for line in report["could_not"]] or ["- nothing: every step ran"])
+    failures = [step for step in report["steps"] if step["status"] == "failed" and step["data"].get("traceback")]
+    for step in failures:
+        tail = step["data"]["traceback"].strip().splitlines()[-6:]
+        lines += ["", f"<details><summary>{step['name']}: traceback</summary>", "", "```", *tail, "```", "</details>"]
     return "\n".join(lines) + "\n"
+
+
+def _stage_report(out: Path, stage: Stage) -> dict[str, Any] | None:
+    try:
+        return json.loads((out / f"stage-{stage.number}" / "gpu-check.json").read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+
+
+def run_stage_in_child(stage: Stage, out: Path, work: Path, budget_s: float) -> dict[str, Any]:
+    """Run one stage in a child process (its own session: it and what it starts are stopped together
+    when it passes ``budget_s``); its report, with what the budget cut short."""
+    import signal
+
+    folder = out / f"stage-{stage.number}"
+    shutil.rmtree(folder, ignore_errors=True)
+    command = [sys.executable, "-m", "genserve.benchmarks.gpu_check", "--run-stage", str(stage.number)]
+    command += ["--out", str(out), "--work", str(work)]
+    started = time.time()
+    child = subprocess.Popen(command, start_new_session=True)
+    timed_out = False
+    try:
+        child.wait(timeout=budget_s)
+    except subprocess.TimeoutExpired:
+        timed_out = True
+        os.killpg(child.pid, signal.SIGTERM)  # the child stops the server it started, then exits
+        try:
+            child.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(child.pid, signal.SIGKILL)
+            child.wait()
+    report = _stage_report(out, stage) or {
+        "stage": asdict(stage),
+        "host": host_facts(),
+        "plan": asdict(Plan.for_host(host_facts())),
+        "steps": [],
+        "could_not": [],
+    }
+    report["seconds"], report["budget_s"] = round(time.time() - started, 1), budget_s
+    if timed_out:
+        report["could_not"].append(
+            f"stage {stage.number}: ran past its budget of {budget_s:g} s and was stopped "
+            "(the steps above are the ones it got to)"
+        )
+    elif child.returncode != 0:
+        report["could_not"].append(f"stage {stage.number}: its process ended with exit code {child.returncode}")
+    return report
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="gpu-check", description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=Path("gpu-check"), help="report folder (default ./gpu-check)")
-    parser.add_argument("--work", type=Path, help="pipelines, exports and the repository (default OUT/work)")
+    parser.add_argument("--work", type=Path, help="pipelines, exports and repositories (default OUT/work)")
+    parser.add_argument(
+        "--stage",
+        default="all",
+        choices=("1", "2", "3", "4", "all"),
+        help="which stage: "
+        + "; ".join(f"{s.number} {s.title} ({s.budget_s} s)" for s in STAGES.values())
+        + "; all: 1 to 4 in order (default)",
+    )
+    parser.add_argument("--budget-s", type=float, metavar="S", help="each stage's time budget (default: its own)")
+    parser.add_argument("--run-stage", type=int, choices=sorted(STAGES), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    check = GpuCheck(args.out, args.work or args.out / "work")
-    report = check.run()
-    print(f"wrote {args.out / 'gpu-check.json'} and {args.out / 'gpu-check.md'}")
-    for line in report["could_not"]:
-        print(f"could not: {line}")
-    return 0 if not report["could_not"] else 1
+    work = args.work or args.out / "work"
+    if args.run_stage:  # the child: one stage, its log on stderr, its report in OUT/stage-N
+        import signal
+
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # unwinds: a started server is stopped
+        stage = STAGES[args.run_stage]
+        log = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731
+        GpuCheck(args.out / f"stage-{stage.number}", work, log=log, stage=stage).run_stage(stage.number)
+        return 0
+    numbers = sorted(STAGES) if args.stage == "all" else [int(args.stage)]
+    reports = []
+    for number in numbers:
+        stage = STAGES[number]
+        print(
+            f"[gpu-check] stage {number}: {stage.title} (budget {args.budget_s or stage.budget_s:g} s)", file=sys.stderr
+        )
+        reports.append(run_stage_in_child(stage, args.out, work, args.budget_s or stage.budget_s))
+        print(markdown(reports[-1]), flush=True)
+    could_not = [line for report in reports for line in report["could_not"]]
+    args.out.mkdir(parents=True, exist_ok=True)
+    combined = {"stages": reports, "could_not": could_not}
+    (args.out / "gpu-check.json").write_text(json.dumps(combined, indent=2, default=str) + "\n")
+    (args.out / "gpu-check.md").write_text("\n".join(markdown(report) for report in reports))
+    print(
+        f"wrote {args.out / 'gpu-check.json'} and {args.out / 'gpu-check.md'}; paste the markdown above into an issue"
+    )
+    return 0 if not could_not else 1
 
 
 if __name__ == "__main__":

@@ -5,11 +5,16 @@ on a rerun with the same inputs, so an export that fails late (a parity failure 
 a killed process) resumes where it stopped instead of starting over:
 
 1. ``onnx``: load the component's module (lazily: meta device, then the safetensors weights; each
-   module once, freed before the next), export the plain ONNX graph, and compute torch's outputs on
-   random inputs at the parity shapes (kept beside the graph, so no later stage needs torch);
-2. ``tensorrt``: an engine from the plain graph, when asked and possible (:mod:`~genserve.export.tensorrt`);
-3. ``optimize``: ONNX Runtime's fusions; the fused graph is served only if it still matches torch;
-4. ``parity``: the served graph in ONNX Runtime against torch's outputs.
+   module once, freed before the next), export the plain ONNX graph, rewrite what the serving ONNX
+   Runtime cannot load (:mod:`~genserve.export.graph_fixes`), and compute torch's outputs on random
+   inputs at the parity shapes (kept beside the graph, so no later stage needs torch);
+2. ``optimize``: ONNX Runtime's fusions; the fused graph is served only if it still matches torch;
+3. ``cuda`` (bf16 only): nodes without a bf16 CUDA kernel at the backend's version kept in fp32
+   (:mod:`~genserve.export.cuda_kernels`);
+4. ``parity``: the served graph in ONNX Runtime against torch's outputs;
+5. ``tensorrt``, once every component has its graph: an engine from the plain graph, when asked and
+   possible (:mod:`~genserve.export.tensorrt`), its profile bounded by what all the engines take of the
+   GPU together (:mod:`~genserve.export.gpu_memory`).
 
 Output layout (``OUT_DIR``)::
 
@@ -35,8 +40,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from genserve.config import EXPORT_BATCH_SIZES, TENSORRT_WORKSPACE_GB
+from genserve import gpu_stack
+from genserve.config import EXPORT_BATCH_SIZES, MAX_GENERATED_SIDE, TENSORRT_WORKSPACE_GB
 from genserve.errors import ExportError
+from genserve.export.graph_fixes import GRAPH_FIXES_VERSION
 from genserve.export.stages import StageStore, folder_fingerprint, link_or_copy, stage_key
 from genserve.families import (
     DYNAMIC_DIMS,
@@ -53,7 +60,7 @@ from genserve.schema import PRECISION_DTYPES
 
 logger = logging.getLogger(__name__)
 
-STAGES = ("onnx", "tensorrt", "optimize", "parity")
+STAGES = ("onnx", "optimize", "cuda", "parity", "tensorrt")
 # ONNX element type of each export precision's floats.
 PRECISION_ONNX_TYPES = {"fp32": "FLOAT", "fp16": "FLOAT16", "bf16": "BFLOAT16"}
 
@@ -66,11 +73,14 @@ class ExportOptions:
     optimize: bool = True  # ONNX Runtime fusions (kept only when parity still holds)
     parity: bool = True
     # TensorRT profiles: component batch sizes, image sizes and text lengths to serve; the first of
-    # each is the optimum. Empty: the family's defaults.
-    batch_sizes: tuple[int, ...] = EXPORT_BATCH_SIZES
+    # each is the optimum. Empty: the defaults (EXPORT_BATCH_SIZES; the family's sizes up to max_size),
+    # lowered when the engines would not fit the GPU (genserve.export.gpu_memory).
+    batch_sizes: tuple[int, ...] = ()
     resolutions: tuple[tuple[int, int], ...] = ()
     text_lengths: tuple[int, ...] = ()
+    max_size: int = MAX_GENERATED_SIDE  # the largest side the default resolutions serve
     workspace_gb: float = TENSORRT_WORKSPACE_GB  # TensorRT builder's workspace (scratch memory per layer tactic)
+    gpu_memory_gb: float | None = None  # what the engines must fit in (None: genserve.gpu_stack.TARGET_GPU's)
     force: bool = False  # redo every stage
     components: tuple[str, ...] = ()  # only these (default: all of the family's)
     external_data_threshold: int | None = None  # bytes; None: the 2 GB rule
@@ -90,6 +100,7 @@ class ExportReport:
     peak_memory_bytes: int = 0
     largest_module_bytes: int = 0
     tensorrt_skipped: str | None = None
+    memory_plan: Any = None  # genserve.export.gpu_memory.MemoryPlan: the engines' GPU memory, estimated
     stages_run: list[tuple[str, str]] = field(default_factory=list)  # (component, stage)
     stages_reused: list[tuple[str, str]] = field(default_factory=list)
 
@@ -230,8 +241,14 @@ class _Export:
         if self.tensorrt_skipped:
             log(f"TensorRT engines skipped: {self.tensorrt_skipped}")
         self.build_engines = options.tensorrt and self.tensorrt_skipped is None
-        self.resolutions = options.resolutions or tensorrt.default_resolutions(self.family, self.configs)
+        self.resolutions = options.resolutions or tensorrt.default_resolutions(
+            self.family, self.configs, options.max_size
+        )
+        self.batch_sizes = options.batch_sizes or EXPORT_BATCH_SIZES
         self.text_lengths = options.text_lengths or tensorrt.default_text_lengths(self.family)
+        # Sizes the export chose may be lowered to fit the GPU; sizes asked for are kept (or refused).
+        self.sizes_chosen = not options.resolutions and not options.batch_sizes
+        self.workspace_gb = options.workspace_gb
         multiple = self.family.pixel_multiple(self.configs)
         for height, width in self.resolutions:
             if height % multiple or width % multiple:
@@ -250,7 +267,10 @@ class _Export:
         )
         self.entries: dict[str, ComponentEntry] = {}
         self.keys: dict[str, str] = {}
-        steps_per_component = 1 + int(self.build_engines) + int(options.optimize) + int(options.parity)
+        self.rewrite_for_cuda = options.precision == "bf16"
+        steps_per_component = (
+            1 + int(self.build_engines) + int(options.optimize) + int(self.rewrite_for_cuda) + int(options.parity)
+        )
         self.progress = _Progress(len(self.specs) * steps_per_component, options.progress)
 
     # --- the driver ----------------------------------------------------------------------------------
@@ -267,11 +287,16 @@ class _Export:
                     module_specs = [spec for spec in self.specs if spec.module == module]
                     self._onnx_stage(module_specs)
                     for spec in module_specs:
-                        self._tensorrt_stage(spec)
                         self._optimize_stage(spec)
+                        self._cuda_stage(spec)
                         self._parity_stage(spec)
                         _link_graph(self._served_graph(spec.name), self.out_dir / spec.name / "1")
                         peak.sample()
+                # Engines last: their profiles are bounded by what all of them take of one GPU together.
+                self._plan_memory()
+                for spec in self.specs:
+                    self._tensorrt_stage(spec)
+                    peak.sample()
         finally:
             self.progress.close()
         self.report.peak_memory_bytes = peak.peak_bytes
@@ -298,6 +323,12 @@ class _Export:
         return self.store.root / component / name
 
     def _served_graph(self, component: str) -> Path:
+        """The graph served: the bf16 one rewritten for the CUDA provider, else the fused or plain one."""
+        if self.rewrite_for_cuda:
+            return self._graph_dir(component, "cuda") / "model.onnx"
+        return self._optimized_graph(component)
+
+    def _optimized_graph(self, component: str) -> Path:
         name = "fused" if self.entries[component].fused else "plain"
         return self._graph_dir(component, name) / "model.onnx"
 
@@ -318,6 +349,8 @@ class _Export:
                 opset=self.opset,
                 external_data_threshold=self.threshold,
                 source=source,
+                backend=gpu_stack.serving_runtime(),  # the graph is rewritten for the runtime that serves it
+                graph_fixes=GRAPH_FIXES_VERSION,
             )
         pending = [spec for spec in module_specs if self.store.done(spec.name, "onnx", self.keys[spec.name]) is None]
         if pending:
@@ -355,6 +388,7 @@ class _Export:
                 external_data=result["external_data"],
                 weight_bytes=result["weight_bytes"],
                 dim_limits=spec.limits(config),
+                backend_fixes=result.get("backend_fixes", {}),
                 export_s=result["export_s"],
                 torch_peak_bytes=result["torch_peak_bytes"],
             )
@@ -362,7 +396,7 @@ class _Export:
 
     def _export_graph(self, module, spec: ComponentSpec) -> dict[str, Any]:
         from genserve.export import components as torch_side
-        from genserve.export import onnx_export, parity
+        from genserve.export import graph_fixes, onnx_export, parity
 
         config = self.configs[spec.module]
         wrapper = torch_side.ComponentModule(module, spec, config)
@@ -380,12 +414,16 @@ class _Export:
             opset=self.opset,
             external_data_threshold=self.threshold,
         )
+        # What the backend's ONNX Runtime (and TensorRT) cannot load is rewritten before any stage reads
+        # the graph; parity then measures the rewritten graph against torch.
+        fixes = graph_fixes.fix_for_backend(partial / "model.onnx")
         references = parity.torch_references(wrapper, self.family, spec, self.configs, self.parity_requests, self.dtype)
         parity.save_references(references, partial / "references.pt")
         self.store.commit(final, partial)
         return {
             "weight_bytes": info["weight_bytes"],
             "external_data": info["external_data"],
+            "backend_fixes": fixes,
             "export_s": time.perf_counter() - started,
         }
 
@@ -393,6 +431,44 @@ class _Export:
         from genserve.export import parity
 
         return parity.load_references(self._graph_dir(spec.name, "plain") / "references.pt")
+
+    # --- the engines' GPU memory, and profiles bounded by it -----------------------------------------
+
+    def _plan_memory(self) -> None:
+        """Estimate the engines' GPU memory at their profiles' maximum (printed, in the manifest); when the
+        export chose the sizes, lower them until it fits; refuse sizes asked for that do not, when engines
+        are built (genserve.export.gpu_memory)."""
+        from genserve.export.gpu_memory import MemoryPlanner
+
+        planner = MemoryPlanner(
+            self.family,
+            self.configs,
+            self.specs,
+            {spec.name: self._graph_dir(spec.name, "plain") / "model.onnx" for spec in self.specs},
+            {spec.name: self.entries[spec.name].weight_bytes for spec in self.specs},
+        )
+        target = gpu_stack.TARGET_GPU
+        memory = self.options.gpu_memory_gb or target.memory_gib
+        gpu = target.name if not self.options.gpu_memory_gb else f"a GPU of {memory:g} GiB"
+        plan = planner.bounded(
+            self.batch_sizes,
+            self.resolutions,
+            self.text_lengths,
+            self.workspace_gb,
+            gpu,
+            memory,
+            adjustable=self.sizes_chosen,
+        )
+        self.report.memory_plan = plan
+        if plan.reduced:
+            self.log("TensorRT profiles lowered to fit " + gpu + ": " + "; ".join(plan.reduced))
+        if self.build_engines and not plan.fits:
+            raise ExportError(
+                "\n".join(plan.lines())
+                + "\nThe engines would not fit: export with smaller --resolutions or --batch-sizes, a smaller "
+                "--tensorrt-workspace-gb, or --gpu-memory-gb for a larger GPU"
+            )
+        self.batch_sizes, self.resolutions, self.workspace_gb = plan.batch_sizes, plan.resolutions, plan.workspace_gb
 
     # --- 2. tensorrt -----------------------------------------------------------------------------------
 
@@ -403,32 +479,31 @@ class _Export:
         if not self.build_engines:
             entry.tensorrt = {"skipped": self.tensorrt_skipped} if self.options.tensorrt else {}
             return
-        requests = tensorrt.profile_requests(
-            self.options.batch_sizes, self.resolutions, self.text_lengths, with_image="vttie" in self.family.tasks
+        profile = tensorrt.component_profile(
+            self.family, spec, self.configs, self.batch_sizes, self.resolutions, self.text_lengths
         )
-        profile = tensorrt.compute_profile(self.family, spec, self.configs, requests, requests[0])
         plan = self.out_dir / f"{spec.name}_trt" / "1" / "model.plan"
         shapes = {name: [list(shape) for shape in value] for name, value in profile.shapes.items()}
         target = tensorrt.build_target()
-        key = stage_key(
-            onnx=self.keys[spec.name], profile=shapes, target=target, workspace_gb=self.options.workspace_gb
-        )
+        key = stage_key(onnx=self.keys[spec.name], profile=shapes, target=target, workspace_gb=self.workspace_gb)
 
         def build() -> dict[str, Any]:
             partial = plan.with_name(f".{plan.name}.partial")
             _, narrowed = self.store.output_dir(spec.name, "tensorrt-graph")
             graph = tensorrt.tensorrt_graph(self._graph_dir(spec.name, "plain") / "model.onnx", narrowed)
             cache = self.store.root / "tensorrt-timing-{tensorrt}-sm{compute_capability}.cache".format(**target)
-            tensorrt.build_engine(graph, partial, profile, self.options.precision, self.options.workspace_gb, cache)
+            tensorrt.build_engine(graph, partial, profile, self.options.precision, self.workspace_gb, cache)
             shutil.rmtree(narrowed, ignore_errors=True)
             partial.replace(plan)
-            # Any request up to this side, either way round, is inside the profile.
-            max_side = min(max(h for h, _ in self.resolutions), max(w for _, w in self.resolutions))
+            # Any request between these sides, either way round, is inside the profile.
+            min_side, max_side = tensorrt.covered_sides(self.resolutions)
             return {
                 "path": str(plan.relative_to(self.out_dir)),
                 "profile": shapes,
                 "built_for": target,
+                "min_side": min_side,
                 "max_side": max_side,
+                "workspace_gb": self.workspace_gb,
             }
 
         entry.tensorrt = self._stage(spec, "tensorrt", key, build)
@@ -440,7 +515,12 @@ class _Export:
             return
         from genserve import torch_sessions
 
-        key = stage_key(onnx=self.keys[spec.name], parity=self.options.parity, runtime=torch_sessions.runtime())
+        key = stage_key(
+            onnx=self.keys[spec.name],
+            parity=self.options.parity,
+            runtime=torch_sessions.runtime(),
+            backend=gpu_stack.serving_runtime(),
+        )
         result = self._stage(spec, "optimize", key, lambda: self._fuse(spec))
         entry = self.entries[spec.name]
         entry.fusions, entry.fused = result["fusions"], result["fused"]
@@ -487,7 +567,36 @@ class _Export:
             shutil.rmtree(partial, ignore_errors=True)
         return result
 
-    # --- 4. parity: the served graph against torch ---------------------------------------------------
+    # --- 4. cuda: bf16 nodes without a CUDA kernel at the backend's version kept in fp32 -----------------
+
+    def _cuda_stage(self, spec: ComponentSpec) -> None:
+        """A bf16 graph's nodes that ONNX Runtime's CUDA provider (at the backend's version) cannot run in
+        bf16 are kept in fp32 (genserve.export.cuda_kernels): the CPU provider it would fall back to has no
+        bf16 kernels either, and the leaf would fail to load."""
+        if not self.rewrite_for_cuda:
+            return
+        from genserve.export import cuda_kernels
+
+        entry = self.entries[spec.name]
+        key = stage_key(
+            onnx=self.keys[spec.name],
+            fused=entry.fused,
+            table=cuda_kernels.TABLE_VERSION,
+            backend=gpu_stack.serving_runtime(),
+        )
+
+        def rewrite() -> dict[str, Any]:
+            final, partial = self.store.output_dir(spec.name, "cuda")
+            try:
+                result = cuda_kernels.rewrite_for_cuda(self._optimized_graph(spec.name), partial / "model.onnx")
+            except ValueError as error:
+                raise ExportError(f"{spec.name}: {error}") from error
+            self.store.commit(final, partial)
+            return result
+
+        entry.fp32_ops = self._stage(spec, "cuda", key, rewrite)["fp32_ops"]
+
+    # --- 5. parity: the served graph against torch ---------------------------------------------------
 
     def _parity_stage(self, spec: ComponentSpec) -> None:
         from genserve import torch_sessions
@@ -499,8 +608,10 @@ class _Export:
         key = stage_key(
             onnx=self.keys[spec.name],
             fused=entry.fused,
+            fp32_ops=entry.fp32_ops,
             precision=self.options.precision,
             runtime=torch_sessions.runtime(),
+            backend=gpu_stack.serving_runtime(),
         )
 
         def check() -> dict[str, Any]:
@@ -577,6 +688,8 @@ class _Export:
             components={entry.name: entry for entry in self.report.components},
             peak_host_memory_bytes=self.report.peak_memory_bytes,
             seconds=self.report.seconds,
+            backend=gpu_stack.serving_runtime(),
+            gpu_memory=self.report.memory_plan.to_dict() if self.report.memory_plan is not None else {},
         )
 
 
@@ -628,6 +741,9 @@ def format_report(report: ExportReport) -> str:
     if report.parity_results:
         lines.append("")
         lines.append(format_table(report.parity_results, report.precision))
+    if report.memory_plan is not None:
+        lines.append("")
+        lines += report.memory_plan.lines()
     lines.append("")
     lines.append(
         f"peak host memory {gigabytes(report.peak_memory_bytes)} (largest module's weights "

@@ -22,6 +22,8 @@ from genserve.families import ComponentSpec, Family, ShapeRequest
 logger = logging.getLogger(__name__)
 
 Shape = tuple[int, ...]
+# The smallest side the default profiles cover: smaller requests are scaled up (edits) or refused (t2i).
+MIN_PROFILE_SIDE = 256
 
 
 @dataclass(frozen=True)
@@ -50,15 +52,39 @@ def profile_requests(
     ]
 
 
-def default_resolutions(family: Family, configs: Mapping[str, Mapping[str, Any]]) -> tuple[tuple[int, int], ...]:
+def default_resolutions(
+    family: Family, configs: Mapping[str, Mapping[str, Any]], max_side: int = MAX_GENERATED_SIDE
+) -> tuple[tuple[int, int], ...]:
     """The VAE's native sample size first (the profile's optimum), then the smallest and the largest
-    square the service accepts: min and max are per dimension, so every size between is covered."""
+    square served (``max_side``: the served maximum, a setting): min and max are per dimension, so every
+    size between is covered."""
     multiple = family.pixel_multiple(configs)
+    largest = max(multiple, max_side // multiple * multiple)
+    smallest = min(largest, max(multiple, MIN_PROFILE_SIDE // multiple * multiple))
     size = int(configs["vae"].get("sample_size") or 512)
-    size = max(multiple, size // multiple * multiple)
-    smallest = max(multiple, 256 // multiple * multiple)
-    largest = MAX_GENERATED_SIDE // multiple * multiple
+    size = min(largest, max(smallest, size // multiple * multiple))
     return ((size, size), (smallest, smallest), (largest, largest))
+
+
+def covered_sides(resolutions: Sequence[tuple[int, int]]) -> tuple[int, int]:
+    """(smallest, largest) side that any request, either way round, may have and stay inside a profile
+    built for these resolutions (min and max are per dimension)."""
+    heights, widths = [h for h, _ in resolutions], [w for _, w in resolutions]
+    return max(min(heights), min(widths)), min(max(heights), max(widths))
+
+
+def component_profile(
+    family: Family,
+    spec: ComponentSpec,
+    configs: Mapping[str, Mapping[str, Any]],
+    batch_sizes: Sequence[int],
+    resolutions: Sequence[tuple[int, int]],
+    text_lengths: Sequence[int],
+) -> Profile:
+    """The profile the export builds one component's engine with: every combination of the sizes (an
+    editing family's with and without the reference image's tokens), the first of each the optimum."""
+    requests = profile_requests(batch_sizes, resolutions, text_lengths, with_image="vttie" in family.tasks)
+    return compute_profile(family, spec, configs, requests, requests[0])
 
 
 def default_text_lengths(family: Family) -> tuple[int, ...]:

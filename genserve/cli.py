@@ -31,6 +31,7 @@ COMMANDS = (
     "demo-pipelines",
     "demo-repo",
     "bench",
+    "gpu-check",
 )
 
 

@@ -142,6 +142,12 @@ class Family:
     # max_sequence_length (1024 by default). TensorRT profiles cover this range, and requests asking
     # for a longer max_sequence_length are refused (FLUX's pipelines refuse more than 512 for T5).
     text_len_range: tuple[int, int] = (77, 77)
+    # Samples one generated image puts in a denoiser call at most: SD and SDXL batch the classifier-free
+    # guidance's two halves (diffusers' torch.cat([latents] * 2)); FLUX and CogView4 call it once per half.
+    denoiser_batch_per_image: int = 1
+    # Whether its pipelines hand the long text encoder exactly max_sequence_length tokens (FLUX's T5), or
+    # the prompt's own length padded (CogView4's GLM: to multiples of 16, from 16).
+    pads_text_to_max_sequence_length: bool = False
     # The latent size a pipeline renders when no size is given (its "working size"), from the configs.
     default_sample_size: Callable[[Mapping[str, Mapping[str, Any]]], int] = lambda configs: configs["unet"][
         "sample_size"
@@ -441,6 +447,7 @@ SD = Family(
     components=(clip_text_encoder(), unet(), vae_decoder(), vae_encoder()),
     scheduler="PNDMScheduler",
     latent_multiple=_unet_multiple,
+    denoiser_batch_per_image=2,
 )
 
 SDXL = Family(
@@ -457,6 +464,7 @@ SDXL = Family(
     ),
     scheduler="EulerDiscreteScheduler",
     latent_multiple=_unet_multiple,
+    denoiser_batch_per_image=2,
 )
 
 FLUX = Family(
@@ -470,6 +478,7 @@ FLUX = Family(
     extra_dims=_flux_dims,
     default_text_len=512,
     text_len_range=(1, 512),
+    pads_text_to_max_sequence_length=True,
     default_sample_size=lambda configs: 128,  # FLUX pipelines fix it (the transformer has no sample size)
 )
 

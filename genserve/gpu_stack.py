@@ -52,6 +52,36 @@ def release(tag: str = SUPPORTED_TAG) -> TritonRelease:
 SUPPORTED = release()
 
 
+def serving_runtime() -> dict[str, object]:
+    """What serves an export's graphs on the GPU: the supported release's Triton and the ONNX Runtime of
+    its onnxruntime backend (not the one pip installs here). Part of the export's stage keys: the graphs
+    are rewritten for it (genserve.export.graph_fixes), and a fused graph must load in it."""
+    return {
+        "triton_release": SUPPORTED.tag,
+        "onnxruntime": SUPPORTED.onnxruntime,
+        "highest_opset": SUPPORTED.highest_opset,
+    }
+
+
+@dataclass(frozen=True)
+class Gpu:
+    """A data-centre GPU the stack is sized for: the device memory a process gets (what CUDA reports as
+    total, about 2% under the marketed size)."""
+
+    name: str
+    memory_gib: float
+    compute_capability: str
+
+
+GPUS: tuple[Gpu, ...] = (
+    Gpu("H100 80GB", 78.0, "9.0"),
+    Gpu("H200 141GB", 139.0, "9.0"),
+)
+# What `genserve export` bounds TensorRT profiles and workspaces by unless told (--gpu-memory-gb): the
+# smaller of the two, as docs/diffusion-serving.md sizes each family for one 80 GB GPU.
+TARGET_GPU = GPUS[0]
+
+
 def markdown_table() -> str:
     """The table docs/export.md shows (kept equal to it by a test)."""
     lines = [

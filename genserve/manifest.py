@@ -95,6 +95,10 @@ class ComponentEntry:
     # How parity ran: None natively; else how (a bf16 graph widened to fp32 on a provider without bf16 kernels).
     parity_method: str | None = None
     tensorrt: dict[str, Any] = field(default_factory=dict)  # {"path", "profile"} or {"skipped": why}
+    # Rewrites for the serving ONNX Runtime (genserve.export.graph_fixes): what was changed, by kind.
+    backend_fixes: dict[str, int] = field(default_factory=dict)
+    # Nodes kept in fp32 for ONNX Runtime's CUDA provider (genserve.export.cuda_kernels), by op type.
+    fp32_ops: dict[str, int] = field(default_factory=dict)
     export_s: float = 0.0
     torch_peak_bytes: int = 0  # peak host memory while its module was loaded and exported
     ort_peak_bytes: int = 0  # ... and while ONNX Runtime checked it
@@ -124,6 +128,8 @@ class ComponentEntry:
             **({"parity_skipped": self.parity_skipped} if self.parity_skipped else {}),
             **({"parity_method": self.parity_method} if self.parity_method else {}),
             "tensorrt": self.tensorrt,
+            **({"backend_fixes": self.backend_fixes} if any(self.backend_fixes.values()) else {}),
+            **({"fp32_ops": self.fp32_ops} if self.fp32_ops else {}),
             "export_s": round(self.export_s, 2),
             "peak_host_memory_bytes": {"torch": self.torch_peak_bytes, "onnxruntime": self.ort_peak_bytes},
         }
@@ -152,6 +158,8 @@ class ComponentEntry:
             parity_skipped=entry.get("parity_skipped"),
             parity_method=entry.get("parity_method"),
             tensorrt=dict(entry.get("tensorrt") or {}),
+            backend_fixes=dict(entry.get("backend_fixes") or {}),
+            fp32_ops=dict(entry.get("fp32_ops") or {}),
             export_s=float(entry.get("export_s", 0.0)),
             torch_peak_bytes=int(peak.get("torch", 0)),
             ort_peak_bytes=int(peak.get("onnxruntime", 0)),
@@ -175,6 +183,10 @@ class Manifest:
     peak_host_memory_bytes: int = 0
     seconds: float = 0.0
     format: str = FORMAT
+    # The runtime the graphs were made for (genserve.gpu_stack.serving_runtime: release, its ONNX Runtime).
+    backend: dict[str, Any] = field(default_factory=dict)
+    # Estimated GPU memory of the TensorRT engines at their profiles' maximum (genserve.export.gpu_memory).
+    gpu_memory: dict[str, Any] = field(default_factory=dict)
 
     @property
     def served_tasks(self) -> dict[str, str]:
@@ -200,6 +212,8 @@ class Manifest:
             "components": {name: component.to_dict() for name, component in self.components.items()},
             "peak_host_memory_bytes": self.peak_host_memory_bytes,
             "seconds": round(self.seconds, 1),
+            **({"backend": self.backend} if self.backend else {}),
+            **({"gpu_memory": self.gpu_memory} if self.gpu_memory else {}),
             "complete": True,
         }
 
@@ -245,6 +259,8 @@ class Manifest:
                 peak_host_memory_bytes=int(data.get("peak_host_memory_bytes", 0)),
                 seconds=float(data.get("seconds", 0.0)),
                 format=data["format"],
+                backend=dict(data.get("backend") or {}),
+                gpu_memory=dict(data.get("gpu_memory") or {}),
             )
         except (KeyError, TypeError, ValueError) as error:
             raise ExportError(f"{path} is malformed: {type(error).__name__}: {error}") from None

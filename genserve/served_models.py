@@ -114,14 +114,15 @@ class ServedModel:
             )
 
 
-def default_side(working_side: int, max_size: int, pixel_multiple: int) -> int:
-    """The square a t2i request without a size renders: the pipeline's own default side, or where that is above
-    what the model serves, the largest multiple of the pixel multiple within ``max_size``. The service renders it
-    (explicitly: FLUX Kontext's own fallback is its ``max_area``, a megapixel whatever the model serves) and
-    build-repo writes it into the config."""
-    return (
-        working_side if working_side <= max_size else max(pixel_multiple, max_size // pixel_multiple * pixel_multiple)
-    )
+def default_side(working_side: int, max_size: int, pixel_multiple: int, min_size: int = 0) -> int:
+    """The square a t2i request without a size renders: the pipeline's own default side, or where that is outside
+    what the model serves (``min_size`` to ``max_size``: its TensorRT profiles), the nearest multiple of the pixel
+    multiple within it. The service renders it (explicitly: FLUX Kontext's own fallback is its ``max_area``, a
+    megapixel whatever the model serves) and build-repo writes it into the config."""
+    if min_size <= working_side <= max_size:
+        return working_side
+    side = min(max_size, max(min_size, working_side))
+    return max(pixel_multiple, side // pixel_multiple * pixel_multiple)
 
 
 def _parameter(config: Mapping[str, Any]) -> dict[str, Any] | None:

@@ -67,7 +67,7 @@ def family_configs(demo_dir):
 @pytest.mark.slow
 @pytest.mark.parametrize("family_name", sorted(FAMILY_DEMOS))
 def test_default_profiles_cover_served_requests(family_name, family_configs):
-    from genserve.export.pipeline import ExportOptions
+    from genserve.config import EXPORT_BATCH_SIZES
     from genserve.export.tensorrt import compute_profile, default_resolutions, default_text_lengths, profile_requests
     from genserve.manifest import ComponentEntry, TensorEntry
     from genserve.repository.diffusion import BuildOptions, leaf_config
@@ -75,7 +75,7 @@ def test_default_profiles_cover_served_requests(family_name, family_configs):
     family, configs = FAMILIES[family_name], family_configs[family_name]
     build = BuildOptions(target="gpu", tensorrt=True)
     requests = profile_requests(
-        ExportOptions().batch_sizes,
+        EXPORT_BATCH_SIZES,
         default_resolutions(family, configs),
         default_text_lengths(family),
         "vttie" in family.tasks,
@@ -155,14 +155,13 @@ def test_no_float64_reaches_tensorrt(family_name, export_family, tmp_path):
 
     _, out_dir = export_family(family_name)
     manifest = Manifest.read(out_dir)
-    found_double = []
     for name in manifest.components:
         plain = out_dir / ".stages" / name / "plain" / "model.onnx"
-        found_double += [name] if "DOUBLE" in element_types(plain) else []
+        assert "DOUBLE" not in element_types(plain), f"{family_name} {name}: float64 left in the exported graph"
         graph = tensorrt_graph(plain, tmp_path / name)
         assert "DOUBLE" not in element_types(graph), f"{family_name} {name}: float64 left in the graph TensorRT parses"
-    if family_name == "flux":  # the rotary embedding really is float64 in the exported graph
-        assert "transformer" in found_double
+    if family_name == "flux":  # the rotary embedding really was float64: narrowed by the export
+        assert manifest.components["transformer"].backend_fixes["float64_narrowed"] > 0
 
 
 def test_plan_written_without_a_second_copy(tmp_path):
@@ -199,6 +198,26 @@ def test_stage_keys_follow_the_runtime(demo_dir, tmp_path, monkeypatch):
     on_gpu = export_pipeline(demo_dir / "sd", tmp_path, options, log=lambda _: None)
     assert set(on_gpu.stages_run) == {("text_encoder", "optimize"), ("text_encoder", "parity")}
     assert ("text_encoder", "onnx") in on_gpu.stages_reused
+
+
+@pytest.mark.slow
+def test_stage_keys_follow_the_backends_onnx_runtime(demo_dir, tmp_path, monkeypatch):
+    """The graphs are rewritten for, and checked against, the supported release's onnxruntime backend: its
+    version comes from the stack table (not from the ONNX Runtime pip installed here), and another one
+    redoes every stage, the manifest saying which it was made for."""
+    from dataclasses import replace
+
+    from genserve.export.pipeline import ExportOptions, export_pipeline
+    from genserve.manifest import Manifest
+
+    options = ExportOptions(components=("text_encoder",), progress=False)
+    export_pipeline(demo_dir / "sd", tmp_path, options, log=lambda _: None)
+    assert Manifest.read(tmp_path).backend["onnxruntime"] == gpu_stack.SUPPORTED.onnxruntime
+    other = replace(gpu_stack.SUPPORTED, onnxruntime="1.25.0")
+    monkeypatch.setattr(gpu_stack, "SUPPORTED", other)
+    again = export_pipeline(demo_dir / "sd", tmp_path, options, log=lambda _: None)
+    assert set(again.stages_run) == {("text_encoder", stage) for stage in ("onnx", "optimize", "parity")}
+    assert Manifest.read(tmp_path).backend["onnxruntime"] == "1.25.0"
 
 
 # --- what the chosen release loads ------------------------------------------------------------------

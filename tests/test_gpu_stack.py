@@ -139,7 +139,42 @@ def test_dockerfile_builds_on_the_supported_release():
     (image,) = re.findall(r"^ARG TRITON_IMAGE=(\S+)$", dockerfile, re.M)
     assert image == gpu_stack.SUPPORTED.image
     # The gpu extra is what the image installs; TensorRT comes from the image's own version.
-    assert 'pip install ".[gpu,export]"' in dockerfile and "libnvinfer.so" in dockerfile
+    assert 'pip install ".[gpu,export]"' in dockerfile and "RUN bash docker/install-tensorrt.sh" in dockerfile
+    # The GPU check is in the image, and NVIDIA's entrypoint stays in front of genserve.
+    assert "COPY scripts ./scripts" in dockerfile
+    (entrypoint,) = re.findall(r"^ENTRYPOINT (.+)$", dockerfile, re.M)
+    assert json.loads(entrypoint) == ["/opt/nvidia/nvidia_entrypoint.sh", "genserve"]
+
+
+def _install_tensorrt(tmp_path, *libraries, cuda="13.0.1"):
+    """docker/install-tensorrt.sh --dry-run against a library folder of these files (no pip is run)."""
+    import subprocess
+
+    folder = tmp_path / "lib"
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in libraries:
+        (folder / name).write_bytes(b"")
+    environment = {"PATH": "/usr/bin:/bin", "LIBNVINFER_GLOB": f"{folder}/libnvinfer.so.*.*.*", "CUDA_VERSION": cuda}
+    return subprocess.run(
+        ["bash", str(ROOT / "docker" / "install-tensorrt.sh"), "--dry-run"],
+        capture_output=True,
+        text=True,
+        env=environment,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_the_tensorrt_step_pins_the_images_own_version_or_says_why_not(tmp_path):
+    found = _install_tensorrt(tmp_path, "libnvinfer.so.10.13.3", "libnvinfer.so.10", "libnvinfer_plugin.so.10.13.3")
+    assert (found.returncode, found.stdout.strip()) == (0, "tensorrt-cu13==10.13.3.*"), found.stderr
+    none = _install_tensorrt(tmp_path / "empty")
+    assert none.returncode == 1 and "no TensorRT library in this image" in none.stderr
+    assert "==.*" not in none.stdout + none.stderr  # no empty pin
+    two = _install_tensorrt(tmp_path / "two", "libnvinfer.so.10.13.3", "libnvinfer.so.10.14.1")
+    assert two.returncode == 1 and "more than one TensorRT" in two.stderr
+    no_cuda = _install_tensorrt(tmp_path / "cuda", "libnvinfer.so.10.13.3", cuda="")
+    assert no_cuda.returncode == 1 and "CUDA version" in no_cuda.stderr
 
 
 def test_supported_release_loads_what_genserve_exports():

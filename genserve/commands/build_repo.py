@@ -37,8 +37,8 @@ def register(subparsers) -> None:
     parser.add_argument(
         "--max-size",
         type=int,
-        default=MAX_GENERATED_SIDE,
-        help=f"largest width/height a request may ask for (default {MAX_GENERATED_SIDE})",
+        help="largest width/height a request may ask for (default: what the served TensorRT engines take, "
+        f"else {MAX_GENERATED_SIDE}; more than the engines take is refused)",
     )
     parser.add_argument(
         "--python-leaves",
@@ -53,7 +53,9 @@ def register(subparsers) -> None:
         help="gpu: cap each ONNX Runtime leaf's CUDA memory arena (gpu_mem_limit; default: no cap)",
     )
     parser.add_argument(
-        "--max-images", type=int, default=MAX_IMAGES, help=f"most images per request (default {MAX_IMAGES})"
+        "--max-images",
+        type=int,
+        help=f"most images per request (default: what the served TensorRT engines' batch takes, else {MAX_IMAGES})",
     )
     parser.add_argument(
         "--pipeline-instances",

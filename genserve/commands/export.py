@@ -43,16 +43,32 @@ def register(subparsers) -> None:
         default=(),
         metavar="HxW[,HxW...]",
         help="image sizes the TensorRT profiles cover; the first is the optimum "
-        f"(default: the VAE's sample size, 256 and {MAX_GENERATED_SIDE}: every size build-repo serves)",
+        "(default: the VAE's sample size, 256 and --max-size: every size build-repo serves)",
     )
     parser.add_argument(
         "--batch-sizes",
         type=_ints,
-        default=EXPORT_BATCH_SIZES,
+        default=(),
         metavar="N[,N...]",
         help="component batch sizes the TensorRT profiles cover (classifier-free guidance doubles the "
         "denoiser's); the first is the optimum (default: "
-        f"{','.join(map(str, EXPORT_BATCH_SIZES))}: up to build-repo's leaf max batch)",
+        f"{','.join(map(str, EXPORT_BATCH_SIZES))}: up to build-repo's leaf max batch, lowered when the "
+        "engines would not fit the GPU)",
+    )
+    parser.add_argument(
+        "--max-size",
+        type=int,
+        default=MAX_GENERATED_SIDE,
+        metavar="PIXELS",
+        help=f"the largest side the default --resolutions serve (default {MAX_GENERATED_SIDE}; lowered when "
+        "the engines would not fit the GPU)",
+    )
+    parser.add_argument(
+        "--gpu-memory-gb",
+        type=float,
+        metavar="GiB",
+        help="GPU memory the family's TensorRT engines must fit in together (default: "
+        "genserve.gpu_stack.TARGET_GPU's, an H100 80GB's 78 GiB); the estimate is printed",
     )
     parser.add_argument(
         "--text-lengths",
@@ -105,6 +121,8 @@ def run(args: argparse.Namespace) -> int:
         batch_sizes=args.batch_sizes,
         resolutions=args.resolutions,
         text_lengths=args.text_lengths,
+        max_size=args.max_size,
+        gpu_memory_gb=args.gpu_memory_gb,
         workspace_gb=args.tensorrt_workspace_gb,
         force=args.force,
         components=tuple(args.components or ()),

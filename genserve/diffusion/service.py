@@ -97,6 +97,8 @@ class DiffusionService:
         max_images: int = MAX_IMAGES,
         text_reader: TextReader | None = None,
         concurrency: int = 1,
+        min_size: int = 0,
+        sequence_range: tuple[int, int] | None = None,
     ):
         self.pipeline = pipeline
         self._idle: queue.SimpleQueue = queue.SimpleQueue()
@@ -109,6 +111,10 @@ class DiffusionService:
         self.pipeline_class = type(pipeline).__name__
         self.pixel_multiple = pixel_multiple
         self.max_size, self.max_images = max_size, max_images
+        # The smallest side generated (a TensorRT profile's minimum; at least the family's multiple), and
+        # the max_sequence_length range the long text encoder's engine takes (None: the family's).
+        self.min_size = max(min_size, pixel_multiple)
+        self.sequence_range = tuple(sequence_range) if sequence_range else None
         self.text_reader = text_reader
         # Tokenizers of its own for counting a new request's tokens while others run: a fast tokenizer
         # keeps its padding and truncation in its Rust backend, and counting (no padding) on a copy a
@@ -140,6 +146,13 @@ class DiffusionService:
         unsupported = [name for name in request.options if name not in self.call_parameters]
         if unsupported:
             raise InvalidInputError(f"{self.pipeline_class} takes no {', '.join(unsupported)}")
+        if request.max_sequence_length is not None and self.sequence_range is not None:
+            low, high = self.sequence_range
+            if not low <= request.max_sequence_length <= high:
+                raise InvalidInputError(
+                    f"max_sequence_length must be between {low} and {high} for this model (the text lengths its "
+                    f"TensorRT engines were built for), not {request.max_sequence_length}"
+                )
         limit = self.family.max_sequence_length
         if request.max_sequence_length is not None and limit is not None and request.max_sequence_length > limit:
             raise InvalidInputError(
@@ -173,7 +186,7 @@ class DiffusionService:
             )
 
     def _check_sizes(self, request: GenerationRequest) -> None:
-        """Width and height within this model's multiple and maximum."""
+        """Width and height within this model's multiple and its served range (its TensorRT profiles')."""
         for name in ("width", "height"):
             value = getattr(request, name)
             if value is None:
@@ -184,7 +197,13 @@ class DiffusionService:
                     f"scale times its patch size)"
                 )
             if value > self.max_size:
-                raise InvalidInputError(f"{name} {value} is above this model's maximum of {self.max_size}")
+                raise InvalidInputError(
+                    f"{name} {value} is above this model's maximum of {self.max_size} ({self.served_range})"
+                )
+            if value < self.min_size:
+                raise InvalidInputError(
+                    f"{name} {value} is below this model's minimum of {self.min_size} ({self.served_range})"
+                )
 
     def check_denoising_steps(self, request: GenerationRequest) -> None:
         """An img2img edit runs ``int(steps * strength)`` of its steps (diffusers' ``get_timesteps``): refuse
@@ -253,15 +272,33 @@ class DiffusionService:
 
     # --- running ----------------------------------------------------------------------------------
 
+    @property
+    def served_range(self) -> str:
+        return f"it serves {self.min_size} to {self.max_size} pixels a side, in multiples of {self.pixel_multiple}"
+
     def working_size(self, width: int, height: int) -> tuple[int, int]:
         """The size an edit's input image is rendered at: its own, scaled down (aspect kept) to the pipeline's
         working area and this model's ``max_size`` a side, in multiples of the family's pixel multiple. This is
-        what diffusers' Kontext pipeline does with its preferred ~1 megapixel resolutions."""
-        scale = min(1.0, self.working_side / (width * height) ** 0.5, self.max_size / max(width, height))
+        what diffusers' Kontext pipeline does with its preferred ~1 megapixel resolutions. An image with a side
+        under ``min_size`` (the smallest its TensorRT engines take) is scaled up, aspect kept, until both sides
+        are at least that; one that cannot be, without a side passing ``max_size``, is refused naming the range."""
         multiple = self.pixel_multiple
-        return max(multiple, int(width * scale) // multiple * multiple), max(
-            multiple, int(height * scale) // multiple * multiple
-        )
+        scale = min(1.0, self.working_side / (width * height) ** 0.5, self.max_size / max(width, height))
+        scale = max(scale, self.min_size / min(width, height))  # at least min_size a side
+
+        def side(value: float) -> int:
+            rounded = int(value) // multiple * multiple
+            if rounded < self.min_size:  # scaled up to the minimum: round up, so as not to fall under it again
+                rounded = -(-math.ceil(value) // multiple) * multiple
+            return max(multiple, rounded)
+
+        size = side(width * scale), side(height * scale)
+        if max(size) > self.max_size:
+            raise InvalidInputError(
+                f"an image of {width}x{height} cannot be brought within this model's sizes without changing its "
+                f"aspect ratio ({self.served_range}); crop it, or ask for a WIDTH and HEIGHT"
+            )
+        return size
 
     def input_image(self, request: GenerationRequest):
         """The edit's input as the pipeline takes it, its size, and what was resized (None: nothing)."""
@@ -306,8 +343,14 @@ class DiffusionService:
             kwargs["image"], kwargs["width"], kwargs["height"], resized = self.input_image(request)
         else:  # t2i: the size asked for, else this model's default square; never the pipeline's own fallback,
             # which may be above what this model serves (FLUX Kontext's is its max_area: a megapixel, always)
-            side = default_side(self.working_side, self.max_size, self.pixel_multiple)
+            side = default_side(self.working_side, self.max_size, self.pixel_multiple, self.min_size)
             kwargs["width"], kwargs["height"] = request.width or side, request.height or side
+        if (
+            self.sequence_range is not None
+            and request.max_sequence_length is None
+            and (self._default("max_sequence_length") or 0) > self.sequence_range[1]
+        ):  # the pipeline's default text length is longer than the engine takes
+            kwargs["max_sequence_length"] = self.sequence_range[1]
         if "max_area" in self.call_parameters and kwargs.get("width") and kwargs.get("height"):
             # Kontext rescales its output to max_area (1 megapixel by default): the size asked for wins.
             kwargs["max_area"] = kwargs["width"] * kwargs["height"]
@@ -505,14 +548,19 @@ def served_service(
         working_side=family.default_side(read_configs(pipeline_dir, family)),
         max_size=settings.max_size,
         max_images=settings.max_images,
+        min_size=settings.min_size,
+        sequence_range=settings.sequence_range,
         text_reader=text_reader,
         concurrency=concurrency,
     )
 
 
-def export_service(export_dir: Path, task: str, text_reader: TextReader | None = None) -> DiffusionService:
+def export_service(
+    export_dir: Path, task: str, text_reader: TextReader | None = None, settings: ServiceSettings | None = None
+) -> DiffusionService:
     """The service of one task over an export's graphs in ONNX Runtime, in this process: no server
-    (checks, debugging, and what an application without Triton embeds)."""
+    (checks, debugging, and what an application without Triton embeds). ``settings`` (a served model's
+    ``serving.json``) gives it that model's limits."""
     from genserve.diffusion.proxies import OrtRunner, build_proxies, load_pipeline
     from genserve.manifest import Manifest
 
@@ -525,6 +573,16 @@ def export_service(export_dir: Path, task: str, text_reader: TextReader | None =
     pipeline_dir = export_dir / manifest.pipeline_files
     proxies = build_proxies(family, manifest, pipeline_dir, OrtRunner(export_dir, manifest), triton=False)
     pipeline = load_pipeline(tasks[task], pipeline_dir, proxies)
+    limits = (
+        {}
+        if settings is None
+        else {
+            "max_size": settings.max_size,
+            "max_images": settings.max_images,
+            "min_size": settings.min_size,
+            "sequence_range": settings.sequence_range,
+        }
+    )
     return DiffusionService(
         pipeline,
         task=task,
@@ -532,4 +590,5 @@ def export_service(export_dir: Path, task: str, text_reader: TextReader | None =
         pixel_multiple=manifest.pixel_multiple,
         text_reader=text_reader,
         working_side=family.default_side(read_configs(pipeline_dir, family)),
+        **limits,
     )

@@ -25,6 +25,11 @@ class ServiceSettings:
     models: dict[str, str]  # component -> the leaf model serving it
     max_size: int = MAX_GENERATED_SIDE  # largest width/height a request may ask for
     max_images: int = MAX_IMAGES  # images per request
+    # Smallest width/height generated (0: any multiple of the family's): a TensorRT engine's profile
+    # minimum; smaller edit inputs are scaled up to it, smaller sizes asked for refused.
+    min_size: int = 0
+    # The max_sequence_length values the long text encoder's engine takes ([low, high]; None: the family's).
+    sequence_range: list[int] | None = None
     ocr_model: str = "ocr"  # reads vttie results (served beside, from the stack's own repository)
     concurrency: int = 1  # requests one instance runs at once (on worker threads)
 

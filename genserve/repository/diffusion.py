@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import json
 import shutil
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from genserve.config import (
@@ -69,8 +69,11 @@ class BuildOptions:
     target: str = "cpu"
     prefix: str = ""  # model name prefix, so that several families share one repository
     tensorrt: bool = False  # gpu: serve the export's TensorRT engines instead of the ONNX files
-    max_size: int = MAX_GENERATED_SIDE  # largest width/height a request may ask for
-    max_images: int = MAX_IMAGES  # images per request
+    # Largest width/height a request may ask for, and images per request. None: what the served TensorRT
+    # engines take (served_limits), else MAX_GENERATED_SIDE and MAX_IMAGES; more than the engines take is
+    # refused.
+    max_size: int | None = MAX_GENERATED_SIDE
+    max_images: int | None = MAX_IMAGES
     pipeline_instances: int = 1  # instances of each plain pipeline model (each a process)
     # Requests one plain pipeline model instance runs at once (threads), and one streaming pipeline
     # model; None: pipeline_concurrency() decides.
@@ -89,6 +92,14 @@ class BuildOptions:
     # gpu: leaves as Python-backend models running ONNX Runtime's CUDA provider (a plain pip host, whose
     # tritonserver has no onnxruntime backend) instead of the container's native backends.
     python_leaves: bool = False
+    # Set by build_repository from the engines (served_limits): the smallest side generated, and the
+    # max_sequence_length range the long text encoder's engine takes.
+    min_size: int = 0
+    sequence_range: tuple[int, int] | None = None
+
+    @property
+    def serves_engines(self) -> bool:
+        return self.target == "gpu" and self.tensorrt and not self.python_leaves
 
 
 @dataclass
@@ -99,12 +110,123 @@ class BuildReport:
     leaf_models: list[str] = field(default_factory=list)
     pipeline_models: list[str] = field(default_factory=list)
     weight_bytes: int = 0  # held once per leaf instance on the target
+    served: str = ""  # the sizes the pipeline models accept
 
     def summary(self) -> str:
         return (
             f"{self.family} ({self.target}) -> {self.repo_dir}: leaf models {', '.join(self.leaf_models)}; "
             f"pipelines {', '.join(self.pipeline_models)}; weights {self.weight_bytes / 2**30:.2f} GiB"
+            + (f"; serves {self.served}" if self.served else "")
         )
+
+
+# --- what the pipelines accept: inside the engines' profiles ---------------------------------------------
+
+# Dimensions that are an image side, and what multiplies them into pixels (latent ones: the VAE's scale).
+_SIDE_DIMS = ("height", "width", "latent_height", "latent_width")
+
+
+@dataclass(frozen=True)
+class ServedLimits:
+    """What the served pipeline models accept so that every call they make is inside the TensorRT
+    profiles the export built: image sides in [min_size, max_size] (edit inputs scaled into it), at most
+    ``max_images`` per request (the engines' batch, over the samples one image puts in a call; served:
+    at most MAX_IMAGES unless asked), and the
+    long text encoder's max_sequence_length in ``sequence_range``. None of them binds without engines."""
+
+    min_size: int
+    max_size: int
+    max_images: int
+    sequence_range: tuple[int, int] | None = None
+
+
+def engine_limits(manifest: Manifest) -> ServedLimits | None:
+    """The limits the export's TensorRT engines set (None: it built none), from their profiles: the
+    largest of the profiles' smallest sides and the smallest of their largest, per component the batch
+    maximum over the samples one image puts in a call, and the long text encoder's text lengths (the
+    one that takes ``max_sequence_length``: no position limit on its text, unlike CLIP)."""
+    family = FAMILIES[manifest.family]
+    engines = {name: entry for name, entry in manifest.components.items() if entry.tensorrt.get("path")}
+    if not engines:
+        return None
+    low_side, sequence = 0, None
+    high_sides, batches = [], []
+    for entry in engines.values():
+        profile = entry.tensorrt.get("profile") or {}
+        # Exports whose manifest has no profile (older ones) still say the sides their engines cover.
+        low_side = max(low_side, int(entry.tensorrt.get("min_side", 0)))
+        high_sides += [int(entry.tensorrt["max_side"])] if "max_side" in entry.tensorrt else []
+        for tensor in entry.inputs:
+            if tensor.name not in profile:
+                continue
+            low, _, high = profile[tensor.name]
+            for axis, dim in enumerate(tensor.dims):
+                if dim in _SIDE_DIMS:
+                    scale = manifest.vae_scale_factor if dim.startswith("latent_") else 1
+                    low_side = max(low_side, low[axis] * scale)
+                    high_sides.append(high[axis] * scale)
+                elif dim == "batch":
+                    per_image = family.denoiser_batch_per_image if entry.kind == "denoiser" else 1
+                    batches.append(high[axis] // per_image)
+                elif dim == "text_len" and entry.kind == "text_encoder" and "text_len" not in entry.dim_limits:
+                    sequence = (int(low[axis]), int(high[axis]))
+    return ServedLimits(
+        low_side,
+        min(high_sides, default=MAX_GENERATED_SIDE),
+        min(batches, default=MAX_IMAGES),
+        sequence,
+    )
+
+
+def resolve_limits(export_dir: Path, manifest: Manifest, options: BuildOptions) -> BuildOptions:
+    """``options`` with the limits the pipelines serve: what was asked (None: the engines' own, else the
+    defaults), refused with what to do when it passes what the served engines take."""
+    limits = engine_limits(manifest) if options.serves_engines else None
+    if limits is None:
+        return replace(
+            options,
+            max_size=options.max_size or MAX_GENERATED_SIDE,
+            max_images=options.max_images or MAX_IMAGES,
+            min_size=0,
+            sequence_range=None,
+        )
+    family = FAMILIES[manifest.family]
+    if options.max_size is not None and options.max_size > limits.max_size:
+        raise RepositoryError(
+            f"the export's TensorRT engines serve sizes up to {limits.max_size} px; --max-size {options.max_size} "
+            "would accept requests they refuse: lower --max-size, or export again with larger --resolutions"
+        )
+    max_size = min(options.max_size or limits.max_size, limits.max_size) // manifest.pixel_multiple
+    max_size *= manifest.pixel_multiple
+    if limits.min_size > max_size:
+        raise RepositoryError(
+            f"the export's TensorRT engines serve sizes from {limits.min_size} px, above --max-size {max_size}"
+        )
+    if limits.max_images < 1:
+        raise RepositoryError(
+            f"the export's TensorRT engines take too small a batch for one {family.name} image "
+            f"({family.denoiser_batch_per_image} samples per denoiser call): export again with larger --batch-sizes"
+        )
+    if options.max_images is not None and options.max_images > limits.max_images:
+        raise RepositoryError(
+            f"the export's TensorRT engines take at most {limits.max_images} images per request "
+            f"({family.name}: {family.denoiser_batch_per_image} denoiser samples per image); --max-images "
+            f"{options.max_images} would accept requests they refuse: lower --max-images, or export again "
+            "with larger --batch-sizes"
+        )
+    shortest = family.text_len_range[0]
+    if limits.sequence_range and not family.pads_text_to_max_sequence_length and limits.sequence_range[0] > shortest:
+        raise RepositoryError(
+            f"the export's {family.name} text encoder engine takes {limits.sequence_range[0]} tokens and more, but "
+            f"its pipelines pad short prompts to {shortest}: export again with --text-lengths covering {shortest}"
+        )
+    return replace(
+        options,
+        max_size=max_size,
+        max_images=options.max_images or min(MAX_IMAGES, limits.max_images),
+        min_size=limits.min_size,
+        sequence_range=limits.sequence_range,
+    )
 
 
 # --- leaf models ---------------------------------------------------------------------------------------
@@ -301,7 +423,11 @@ def write_pipeline(
     if options.warmup:
         calls = [options.prefix + component for component in manifest.components] + (["ocr"] if task == "vttie" else [])
         add_warmup(
-            config, model_dir, task, calls, options.warmup_size or warmup_side(export_dir, manifest, options.max_size)
+            config,
+            model_dir,
+            task,
+            calls,
+            options.warmup_size or warmup_side(export_dir, manifest, options.max_size, options.min_size),
         )
     # What it serves, for its callers (genserve.served_models): the same figures its service checks.
     served = ServedModel(
@@ -310,7 +436,9 @@ def write_pipeline(
         streaming=stream,
         max_size=options.max_size,
         pixel_multiple=manifest.pixel_multiple,
-        default_size=(default_t2i_side(export_dir, manifest, options.max_size),) * 2 if task == "t2i" else None,
+        default_size=(default_t2i_side(export_dir, manifest, options.max_size, options.min_size),) * 2
+        if task == "t2i"
+        else None,
         max_images=options.max_images,
     )
     config.parameters[SERVING_PARAMETER].string_value = served.parameter()
@@ -326,6 +454,8 @@ def write_pipeline(
         models={component: options.prefix + component for component in manifest.components},
         max_size=options.max_size,
         max_images=options.max_images,
+        min_size=options.min_size,
+        sequence_range=list(options.sequence_range) if options.sequence_range else None,
         concurrency=concurrency,
     ).write(version)
     return name
@@ -337,19 +467,20 @@ WARMUP_STEPS = 2
 WARMUP_PROMPTS = {"t2i": "a warm-up picture", "tie": "make it a little brighter", "vttie": 'change "A" to "B"'}
 
 
-def warmup_side(export_dir: Path, manifest: Manifest, max_size: int) -> int:
-    """The side of the square the pipeline renders by default (Family.default_side), at most ``max_size``:
-    what a request without a size, or with a large image, runs at."""
+def warmup_side(export_dir: Path, manifest: Manifest, max_size: int, min_size: int = 0) -> int:
+    """The side of the square the pipeline renders by default (Family.default_side), between ``min_size``
+    and ``max_size``: what a request without a size, or with a large image, runs at."""
     family = FAMILIES[manifest.family]
-    return min(max_size, family.default_side(read_configs(export_dir / manifest.pipeline_files, family)))
+    side = family.default_side(read_configs(export_dir / manifest.pipeline_files, family))
+    return min(max_size, max(min_size, side)) // manifest.pixel_multiple * manifest.pixel_multiple
 
 
-def default_t2i_side(export_dir: Path, manifest: Manifest, max_size: int) -> int:
+def default_t2i_side(export_dir: Path, manifest: Manifest, max_size: int, min_size: int = 0) -> int:
     """The square a t2i request without a size renders (:func:`genserve.served_models.default_side`, as the
     service decides)."""
     family = FAMILIES[manifest.family]
     working = family.default_side(read_configs(export_dir / manifest.pipeline_files, family))
-    return default_side(working, max_size, manifest.pixel_multiple)
+    return default_side(working, max_size, manifest.pixel_multiple, min_size)
 
 
 def add_warmup(config: ModelConfig, model_dir: Path, task: str, calls: list[str], side: int) -> None:
@@ -401,16 +532,19 @@ def build_repository(export_dir: str | Path, repo_dir: str | Path, options: Buil
             f"{export_dir} is a bf16 export; "
             "Python-backend leaves serve fp32 and fp16 (bf16: the container's native backends)"
         )
-    if options.target == "gpu" and options.tensorrt:
-        sides = {name: e.tensorrt["max_side"] for name, e in manifest.components.items() if "max_side" in e.tensorrt}
-        if sides and options.max_size > min(sides.values()):
-            raise RepositoryError(
-                f"the export's TensorRT engines serve sizes up to {min(sides.values())} px; "
-                f"--max-size {options.max_size} "
-                "would accept requests they refuse: lower --max-size, or export again with larger --resolutions"
-            )
+    options = resolve_limits(export_dir, manifest, options)
     repo_dir.mkdir(parents=True, exist_ok=True)
     report = BuildReport(repo_dir, manifest.family, options.target)
+    report.served = (
+        f"{max(options.min_size, manifest.pixel_multiple)} to {options.max_size} px a side, "
+        f"up to {options.max_images} images per request"
+        + (
+            f", max_sequence_length {options.sequence_range[0]}-{options.sequence_range[1]}"
+            if options.sequence_range
+            else ""
+        )
+        + (" (what the TensorRT engines take)" if options.serves_engines and options.min_size else "")
+    )
     limits = leaf_input_limits(export_dir, manifest, options)
     for entry in manifest.components.values():
         report.leaf_models.append(write_leaf(export_dir, repo_dir, entry, options, limits[entry.name]))
