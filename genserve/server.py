@@ -207,7 +207,11 @@ class TritonServer:
                 f"port(s) {', '.join(map(str, busy))} on {self.address} are in use (another genserve serve or "
                 f"Triton?): stop it, or choose other ports (--http-port, --grpc-port, --metrics-port)"
             )
-        self.models = load_order.with_callees(self.models, self._model_config)
+        self.models = load_order.with_callees(
+            self.models,
+            self._model_config,
+            complete=len(model_repositories.local(self.repositories)) == len(self.repositories),
+        )
         self._dependent = load_order.dependent_models(
             self.models, {name: self._model_config(name) for name in self.models}
         )
