@@ -19,19 +19,20 @@ from genserve import config
 logger = logging.getLogger(__name__)
 
 
-def requests_in_flight(metrics_url: str) -> float:
-    """Requests the models hold now: taken by a genserve model and not answered, or waiting in a queue."""
-    import psutil
-
+def requests_in_flight(metrics_url: str, live_workers: set[int]) -> float:
+    """Requests the models hold now: taken by a genserve model in one of ``live_workers`` (process ids) and not
+    answered, or waiting in a queue."""
     from genserve import metrics
     from genserve.triton.requests import IN_FLIGHT_METRIC
 
     scrape = metrics.scrape(metrics_url)
-    # Each worker process counts its own; a worker that died (killed mid-request) left its count behind.
+    # Each worker process counts its own. One that died (killed mid-request) left its count behind, and its
+    # process may linger as a zombie that Triton never reaps (psutil.pid_exists says it exists): only the live
+    # workers of the server count (a drain after a worker death waited out its whole timeout).
     taken = sum(
         value
         for (name, labels), value in scrape.samples.items()
-        if name == IN_FLIGHT_METRIC and psutil.pid_exists(int(dict(labels).get("worker", 0)))
+        if name == IN_FLIGHT_METRIC and int(dict(labels).get("worker", 0)) in live_workers
     )
     return taken + scrape.total("nv_inference_pending_request_count")
 

@@ -172,6 +172,7 @@ def run(args: argparse.Namespace) -> int:
             if stop.drain:
                 print(f"\nSIGTERM: serving {args.drain_delay:g} s more, then finishing in-flight requests…", flush=True)
                 signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM changes nothing
+                server.leave()  # not ready from now on: load balancers drop this server while it still serves
                 time.sleep(max(args.drain_delay, 0.0))
                 if not server.drain(max(args.drain_timeout, 0.0)):
                     print(f"requests still running after {args.drain_timeout:g} s: stopping them", flush=True)
