@@ -28,7 +28,7 @@ import urllib.request
 from pathlib import Path
 
 from genserve import admin, config, load_order, model_repositories, server_log, supervision
-from genserve.drain import requests_in_flight, stuck_streaming_models, wait_for_unload, wait_until_idle
+from genserve.drain import requests_in_flight, stuck_models, wait_for_unload, wait_until_idle
 from genserve.errors import ServerError
 from genserve.front.process import FrontProcess
 from genserve.installation import TritonInstallation, find_installation
@@ -109,6 +109,7 @@ class TritonServer:
         # Behind the front: free loopback ports, chosen at start().
         self._triton_grpc_port, self._triton_http_port = grpc_port, http_port
         self._reloads = 0
+        self.models_that_lost_a_worker: set[str] = set()
 
     @classmethod
     def on_loopback(cls, repository: str | os.PathLike | list[str | os.PathLike], **kwargs) -> TritonServer:
@@ -250,7 +251,7 @@ class TritonServer:
                     self.reload_model,
                     self._stop_from_inside,
                     shm_prefix=self.shm_prefix,
-                    lost=self._worker_died if self.front else None,
+                    lost=self._worker_died,
                 ).start()
         except BaseException:
             self.stop()
@@ -288,7 +289,8 @@ class TritonServer:
     def _worker_died(self, model: str) -> None:
         """The watchdog saw a worker of ``model`` die: the front ends the streams in flight on it, and refuses
         new ones, UNAVAILABLE until its fresh copy is loaded (Triton never answers a decoupled model's
-        requests on a dead worker)."""
+        requests on a dead worker); and the copy that lost it will not unload (see :meth:`stop`)."""
+        self.models_that_lost_a_worker.add(model)
         self._tell_front("lost", model)
 
     def _tell_front(self, event: str, model: str = "") -> None:
@@ -424,7 +426,7 @@ class TritonServer:
             self._tell_front("stopping")
             process.send_signal(signal.SIGINT)
             limit = timeout_s if timeout_s is not None else self.exit_timeout_s + 15
-            if not wait_for_unload(process, limit, drained, self._stuck_streaming_models):
+            if not wait_for_unload(process, limit, drained, self._stuck_models):
                 os.killpg(process.pid, signal.SIGKILL)
                 process.wait()
         if process is not None:
@@ -448,11 +450,12 @@ class TritonServer:
         if front is not None:
             front.stop()
 
-    def _stuck_streaming_models(self) -> list[str]:
-        """The models Triton has not unloaded yet, when all of them are decoupled; else an empty list. Its
-        endpoints are closed while it unloads: its log says which models it loaded and unloaded."""
+    def _stuck_models(self) -> list[str]:
+        """The models Triton has not unloaded yet, when all of them are ones it never unloads once emptied
+        (decoupled, or a worker of which died); else an empty list. Its endpoints are closed while it unloads:
+        its log says which models it loaded and unloaded."""
         left = server_log.models_left_loaded(self.log_path)
-        return stuck_streaming_models(left, self._model_config)
+        return stuck_models(left, self._model_config, self.models_that_lost_a_worker)
 
     def __enter__(self) -> TritonServer:
         return self.start()
