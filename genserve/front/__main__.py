@@ -124,7 +124,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m genserve.front",
         description="Forward Triton's gRPC and HTTP APIs from the public addresses to tritonserver's own, refusing "
-        "requests above --max-request-bytes and answering a dead worker's INTERNAL (500) as UNAVAILABLE (503).",
+        "requests above --max-request-bytes, JSON bodies nested too deep, messages that do not parse and inputs "
+        "above --input-limits, bounding large requests in flight, and answering a dead worker's INTERNAL (500) as "
+        "UNAVAILABLE (503).",
     )
     parser.add_argument("--grpc-listen", metavar="HOST:PORT", help="the public gRPC address")
     parser.add_argument("--grpc-upstream", metavar="HOST:PORT", help="tritonserver's own gRPC address")
