@@ -116,7 +116,7 @@ class _Body:
             if length is not None and not self._compressed():
                 self.admitted = self._state.admit(length)  # refused at once, before a byte is read
                 head = await self._header()
-                self.data = self._streamed(head, length)
+                self.data = self._streamed(head)
             else:  # chunked or compressed: its size is known once read (a bomb is stopped as it inflates)
                 self.data = await self._whole()
         except BadHttpMessage as error:  # a compressed body that does not inflate
@@ -159,7 +159,7 @@ class _Body:
             raise Refused(errors.INVALID_INPUT, refusal)
         return head
 
-    async def _streamed(self, head: bytes, length: int) -> AsyncIterator[bytes]:
+    async def _streamed(self, head: bytes) -> AsyncIterator[bytes]:
         try:
             if head:
                 yield head

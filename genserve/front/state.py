@@ -154,7 +154,9 @@ class LargeRequest:
 
 class ReadSlot:
     """Held while a message is read and handed on, ``slice_s`` at most: a slow sender does not hold up the
-    messages behind it (its own bytes then arrive beside theirs, at its pace)."""
+    messages behind it (its own bytes then arrive beside theirs, at its pace). A call that waited ``slice_s``
+    for a slot goes on without one: callers that open calls and send nothing delay the others by that much at
+    most (the bound on memory is then lost while they keep at it, not the service)."""
 
     def __init__(self, semaphore: asyncio.Semaphore, slice_s: float):
         self._semaphore, self._slice_s = semaphore, slice_s
@@ -162,7 +164,10 @@ class ReadSlot:
         self._timer: asyncio.TimerHandle | None = None
 
     async def __aenter__(self) -> ReadSlot:
-        await self._semaphore.acquire()
+        try:
+            await asyncio.wait_for(self._semaphore.acquire(), self._slice_s)
+        except TimeoutError:
+            return self
         self._held = True
         self._timer = asyncio.get_running_loop().call_later(self._slice_s, self.release)
         return self
