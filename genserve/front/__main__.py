@@ -99,7 +99,7 @@ async def serve(args: argparse.Namespace) -> None:
             logger.info("gRPC: forwarding %s to %s", args.grpc_listen, args.grpc_upstream)
         if args.http_listen:
             host, port = _host_and_port(args.http_listen)
-            images_api = openai_api.ImagesApi(args.http_upstream, args.max_request_bytes, state.lost_models)
+            images_api = openai_api.ImagesApi(args.http_upstream, args.max_request_bytes, state)
             http_runner, http_forwarder = await http_proxy.start(
                 host, port, args.http_upstream, args.max_request_bytes, state, routes=images_api.install
             )

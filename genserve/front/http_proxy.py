@@ -78,6 +78,29 @@ def _too_large(limit: int, size: int | None = None) -> Refused:
     )
 
 
+async def read_body(request: web.Request, limit: int, *, json_document: bool = False) -> bytes:
+    """A request's whole body (inflated), ``limit`` bytes at most, for the front's own routes (the OpenAI
+    Images API). Raises :class:`Refused`: 413 before reading a body whose declared length is above the limit
+    and as soon as the body read passes it, 400 for a compressed body that does not inflate and, with
+    ``json_document``, for JSON nested deeper than :data:`genserve.config.MAX_JSON_DEPTH` (Python's parser
+    recurses too)."""
+    if request.content_length is not None and request.content_length > limit:
+        raise _too_large(limit, request.content_length)
+    body, depth = bytearray(), JsonDepth(config.MAX_JSON_DEPTH)
+    try:
+        async for chunk in request.content.iter_any():
+            body += chunk
+            if len(body) > limit:
+                raise _too_large(limit)
+            if json_document:
+                depth.feed(chunk)
+    except BadHttpMessage as error:  # a compressed body that does not inflate
+        raise Refused(errors.INVALID_INPUT, f"the request body cannot be read: {error.message}") from None
+    except TooDeep as error:
+        raise Refused(errors.INVALID_INPUT, str(error)) from None
+    return bytes(body)
+
+
 def _header_length(request: web.Request) -> int | None:
     """How many bytes of the body are JSON when binary tensors follow (``Inference-Header-Content-Length``);
     None: all of it."""
