@@ -8,7 +8,8 @@ a 5000-digit number, a 20 MB value, 200k keys; a 1 MB prompt; FLUX's max_sequenc
 edit that would run no denoising step; a TIFF; a 400-megapixel JPEG; a burst beyond the face swap's
 queue through the genserve client; a 500 MB request, above the server's byte limit, over gRPC and over
 HTTP (``--http-url``), and a gzip bomb over HTTP; and the list of issue 30: the HTTP body of JSON nested
-200,000 deep that crashed tritonserver followed by a normal request, garbage bytes as a ModelInfer message
+200,000 deep that crashed tritonserver followed by a normal request, JSON that does not parse, garbage
+bytes as a ModelInfer message
 and as a stream request, an image declared or sent above its model's limit, and a normal swap beside three
 126 MiB requests) to the models the server has, skipping those it lacks,
 and checks the answer: its status, how long it took and how long the message is (gRPC fails a long one
@@ -178,6 +179,7 @@ def probes(faces_dir: Path) -> list[Probe]:
         Probe("JSON nested 200k deep, HTTP", "face_swap", "400", deep_json(200_000), within_s=5.0, protocol="http"),
         Probe("a swap after the deep JSON", "face_swap", "OK", raw({"ORI_IMAGE": ori, "TARGET_IMAGE": target})),
         Probe("garbage ModelInfer bytes", "face_swap", "INVALID_ARGUMENT", garbage("ModelInfer"), within_s=5.0),
+        Probe("JSON that does not parse, HTTP", "face_swap", "400", http_body(b'{"inputs": ['), protocol="http"),
         Probe("malformed stream request", "face_swap", "INVALID_ARGUMENT", garbage("ModelStreamInfer"), within_s=5.0),
         # An image field above the model's 64 MiB limit (within the request limit): refused from the size its
         # header declares, before a byte of it is sent.
@@ -200,6 +202,15 @@ def deep_json(depth: int) -> Callable[[str, str], None]:
 
     def send(url: str, model: str) -> None:
         _http_post(url, f"/v2/models/{model}/infer", b'{"inputs": ' + b"[" * depth + b"]" * depth + b"}")
+
+    return send
+
+
+def http_body(body: bytes) -> Callable[[str, str], None]:
+    """An HTTP inference request of ``body``."""
+
+    def send(url: str, model: str) -> None:
+        _http_post(url, f"/v2/models/{model}/infer", body)
 
     return send
 

@@ -110,7 +110,8 @@ def test_a_body_nested_to_crash_tritons_parser_is_refused_and_the_server_serves_
 @pytest.mark.server
 def test_malformed_grpc_messages_are_invalid_argument(triton_server, faces_dir):
     """Bytes that are no ModelInferRequest: INVALID_ARGUMENT (Triton answered INTERNAL); the same in a stream
-    ends the stream INVALID_ARGUMENT (Triton ended it OK, with no answer); another method's garbage too."""
+    ends the stream INVALID_ARGUMENT (Triton ended it OK, with no answer); another method's garbage too; and an
+    HTTP body that is no inference request's JSON, 400 (Triton answered 500)."""
     with grpc.insecure_channel(triton_server.grpc_url) as channel:
         with pytest.raises(grpc.RpcError) as unary:
             channel.unary_unary(MODEL_INFER)(b"garbage bytes as a gRPC message", timeout=30)
@@ -121,6 +122,10 @@ def test_malformed_grpc_messages_are_invalid_argument(triton_server, faces_dir):
     for error in (unary.value, streamed.value, other.value):
         assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, (error.code(), error.details())
         assert "is not a valid" in error.details()
+    # Over HTTP, JSON that does not parse or has the wrong shape: 400 (Triton answers 500).
+    for body in (b'{"inputs": [', b"\xff\xfe garbage", b'{"inputs": "x"}'):
+        status, message, _ = _post(triton_server.http_url, "/v2/models/face_swap/infer", body)
+        assert status == 400 and "parse" in message, (body, status, message)
     with Client(triton_server.grpc_url, retry_policy=ONCE) as client:
         assert client.swap_face(faces_dir / ORI, faces_dir / TARGET, compute_identity=False).image
 

@@ -56,10 +56,13 @@ def _forwarded_metadata(context: grpc.aio.ServicerContext) -> tuple[tuple[str, s
 
 def answered_code(error: grpc.aio.AioRpcError) -> grpc.StatusCode:
     """The status the caller gets for Triton's failure: UNAVAILABLE for a worker that died under the request
-    (Triton says INTERNAL, which no client retries), else Triton's own."""
+    (Triton says INTERNAL, which no client retries), INVALID_ARGUMENT for a request it could not parse (INTERNAL
+    too; the front parses every message first, so this is only a second line), else Triton's own."""
     code = error.code()
     if code == grpc.StatusCode.INTERNAL and errors.is_restarting(code.name, error.details() or ""):
         return grpc.StatusCode.UNAVAILABLE
+    if code == grpc.StatusCode.INTERNAL and errors.is_malformed(code.name, error.details() or ""):
+        return grpc.StatusCode.INVALID_ARGUMENT
     return code
 
 

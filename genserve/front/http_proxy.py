@@ -234,8 +234,13 @@ def error_text(body: bytes, encoding: str) -> str:
 
 def answered_status(status: int, message: str) -> int:
     """The status the caller gets for Triton's answer: 503 for a worker that died under the request
-    (Triton says 500, which no client retries), else Triton's own."""
-    return 503 if status == 500 and errors.is_restarting(status, message) else status
+    (Triton says 500, which no client retries), 400 for a request Triton could not parse (it says 500 too),
+    else Triton's own."""
+    if status == 500 and errors.is_restarting(status, message):
+        return 503
+    if status == 500 and errors.is_malformed(status, message):
+        return 400
+    return status
 
 
 class _Stream:
