@@ -146,11 +146,9 @@ class _Body:
             raise Refused(errors.INVALID_INPUT, f"the request body cannot be read: {error.message}") from None
         except asyncio.IncompleteReadError:
             raise Refused(errors.INVALID_INPUT, "the request body is shorter than its headers say") from None
-        except BaseException:
-            self.release()
-            raise
 
     def release(self) -> None:
+        """Release the large request's place, if it took one (the caller does, once it is answered)."""
         if self.admitted is not None:
             self.admitted.release()
             self.admitted = None
@@ -304,8 +302,8 @@ class Forwarder:
 
     async def _forward(self, request: web.Request) -> web.StreamResponse:
         body = _Body(request, self._limit, self._state, self._check_call(request))
-        await body.open()
         try:
+            await body.open()  # a large request let in is released below, whatever happens
             headers = _upstream_headers(request)
             if body.data is not None and not isinstance(body.data, bytes):
                 headers["Content-Length"] = str(request.content_length)  # streamed as it came, not chunked
