@@ -7,12 +7,17 @@ Each probe sends one kind of bad or oversized request (the list of issue 23: OPT
 a 5000-digit number, a 20 MB value, 200k keys; a 1 MB prompt; FLUX's max_sequence_length 4096; an SD
 edit that would run no denoising step; a TIFF; a 400-megapixel JPEG; a burst beyond the face swap's
 queue through the genserve client; a 500 MB request, above the server's byte limit, over gRPC and over
-HTTP (``--http-url``), and a gzip bomb over HTTP) to the models the server has, skipping those it lacks,
+HTTP (``--http-url``), and a gzip bomb over HTTP; and the list of issue 30: the HTTP body of JSON nested
+200,000 deep that crashed tritonserver followed by a normal request, JSON that does not parse, garbage
+bytes as a ModelInfer message
+and as a stream request, an image declared or sent above its model's limit, and a normal swap beside three
+126 MiB requests) to the models the server has, skipping those it lacks,
 and checks the answer: its status, how long it took and how long the message is (gRPC fails a long one
 as RESOURCE_EXHAUSTED). A table, one row per probe, ends
 with the count of failures; the exit status is 1 when any probe failed, so that a regression is seen
-before it ships. Loopback use: it sends about a gigabyte in all. (A worker killed under a request is
-not probed: that needs the server's processes; tests/test_supervision.py holds it.)
+before it ships. Loopback use: it sends about two gigabytes in all. (What needs the server's processes is
+not probed: a worker killed under a request, readiness while models load, a stop's answers, the processes
+left when tritonserver dies; tests/test_supervision.py and tests/test_server_life.py hold them.)
 """
 
 from __future__ import annotations
@@ -169,7 +174,149 @@ def probes(faces_dir: Path) -> list[Probe]:
         ),
         # 200 MB of zeros in 200 KB: refused as it inflates past the limit (Triton would inflate any size).
         Probe("gzip bomb, HTTP", "face_swap", "413", gzip_bomb(200 * 2**20), within_s=10.0, protocol="http"),
+        # Issue 30. The body that killed tritonserver (SIGSEGV in its recursive JSON parser), then a normal
+        # request: the server must still be there.
+        Probe("JSON nested 200k deep, HTTP", "face_swap", "400", deep_json(200_000), within_s=5.0, protocol="http"),
+        Probe("a swap after the deep JSON", "face_swap", "OK", raw({"ORI_IMAGE": ori, "TARGET_IMAGE": target})),
+        Probe("garbage ModelInfer bytes", "face_swap", "INVALID_ARGUMENT", garbage("ModelInfer"), within_s=5.0),
+        Probe("JSON that does not parse, HTTP", "face_swap", "400", http_body(b'{"inputs": ['), protocol="http"),
+        Probe("malformed stream request", "face_swap", "INVALID_ARGUMENT", garbage("ModelStreamInfer"), within_s=5.0),
+        # An image field above the model's 64 MiB limit (within the request limit): refused from the size its
+        # header declares, before a byte of it is sent.
+        Probe(
+            "image declared above the limit, HTTP",
+            "ocr",
+            "400",
+            declared_image(70_000_000),
+            within_s=2.0,
+            protocol="http",
+        ),
+        Probe("image above the limit", "face_swap", "INVALID_ARGUMENT", oversized(target, 65 * 2**20), within_s=10.0),
+        # Three requests of 126 MiB in flight (two 63 MiB non-images each): a normal swap is answered meanwhile.
+        Probe("a swap beside 3 x 126 MiB requests", "face_swap", "OK", beside_large(ori, target), within_s=10.0),
     ]
+
+
+def deep_json(depth: int) -> Callable[[str, str], None]:
+    """An HTTP inference request whose JSON nests ``depth`` deep (``{"inputs": [[[...]]]}``)."""
+
+    def send(url: str, model: str) -> None:
+        _http_post(url, f"/v2/models/{model}/infer", b'{"inputs": ' + b"[" * depth + b"]" * depth + b"}")
+
+    return send
+
+
+def http_body(body: bytes) -> Callable[[str, str], None]:
+    """An HTTP inference request of ``body``."""
+
+    def send(url: str, model: str) -> None:
+        _http_post(url, f"/v2/models/{model}/infer", body)
+
+    return send
+
+
+def declared_image(size: int) -> Callable[[str, str], None]:
+    """An HTTP OCR request whose binary header declares an IMAGE of ``size`` bytes; only the header is sent."""
+
+    def send(url: str, model: str) -> None:
+        import http.client
+
+        header = json.dumps(
+            {"inputs": [{"name": "IMAGE", "shape": [1], "datatype": "BYTES", "parameters": {"binary_data_size": size}}]}
+        ).encode()
+        connection = http.client.HTTPConnection(url, timeout=60)
+        try:
+            connection.putrequest("POST", f"/v2/models/{model}/infer")
+            connection.putheader("Content-Length", str(len(header) + size))
+            connection.putheader("Inference-Header-Content-Length", str(len(header)))
+            connection.endheaders()
+            connection.send(header)
+            _raise_for_answer(connection.getresponse())
+        finally:
+            connection.close()
+
+    return send
+
+
+def garbage(method: str) -> Callable[[str, str], None]:
+    """Bytes that are no request message, sent as one to ``method`` (a stream of one for ModelStreamInfer)."""
+
+    def send(url: str, model: str) -> None:
+        import grpc
+        from tritonclient.utils import InferenceServerException
+
+        path, data = f"/inference.GRPCInferenceService/{method}", b"garbage bytes as a gRPC message"
+        with grpc.insecure_channel(url) as channel:
+            try:
+                if method == "ModelStreamInfer":
+                    list(channel.stream_stream(path)(iter([data]), timeout=30))
+                else:
+                    channel.unary_unary(path)(data, timeout=30)
+            except grpc.RpcError as error:
+                raise InferenceServerException(error.details(), status=error.code().name) from None
+
+    return send
+
+
+def beside_large(ori: bytes, target: bytes, count: int = 3, image_bytes: int = 63 * 2**20):
+    """``count`` face swaps of two ``image_bytes`` non-images each at once, and one second later a normal swap:
+    raises when the normal swap fails; its time is what counts."""
+
+    def send(url: str, model: str) -> None:
+        from tritonclient.utils import InferenceServerException
+
+        def large() -> None:
+            try:
+                raw({"ORI_IMAGE": b"\x01" * image_bytes, "TARGET_IMAGE": b"\x01" * image_bytes})(url, model)
+            except InferenceServerException:
+                pass  # refused (no image, or too many large ones at once): either way not the point
+
+        with ThreadPoolExecutor(count) as pool:
+            for _ in range(count):
+                pool.submit(large)
+            time.sleep(1.0)
+            started = time.monotonic()
+            try:
+                raw({"ORI_IMAGE": ori, "TARGET_IMAGE": target})(url, model)
+            except InferenceServerException as error:
+                error.probe_seconds = time.monotonic() - started
+                raise
+            seconds = time.monotonic() - started
+        raise _Answered(seconds)
+
+    return send
+
+
+class _Answered(Exception):
+    """A probe that passed, with the time that counts (not the whole probe's)."""
+
+    def __init__(self, seconds: float):
+        super().__init__("")
+        self.probe_seconds = seconds
+
+
+def _http_post(url: str, path: str, body: bytes) -> None:
+    import http.client
+
+    connection = http.client.HTTPConnection(url, timeout=60)
+    try:
+        connection.request("POST", path, body=body)
+        _raise_for_answer(connection.getresponse())
+    finally:
+        connection.close()
+
+
+def _raise_for_answer(response) -> None:
+    """Raise an InferenceServerException with the answer's status and message, unless it is 200."""
+    from tritonclient.utils import InferenceServerException
+
+    body = response.read().decode("utf-8", "replace")
+    if response.status != 200:
+        try:
+            body = json.loads(body).get("error", body)
+        except ValueError:
+            pass
+        raise InferenceServerException(body, status=str(response.status))
 
 
 def oversized(target: bytes, size: int, protocol: str = "grpc") -> Callable[[str, str], None]:
@@ -188,8 +335,6 @@ def gzip_bomb(size: int) -> Callable[[str, str], None]:
         import gzip
         import http.client
 
-        from tritonclient.utils import InferenceServerException
-
         connection = http.client.HTTPConnection(url, timeout=60)
         try:
             connection.request(
@@ -198,16 +343,9 @@ def gzip_bomb(size: int) -> Callable[[str, str], None]:
                 body=gzip.compress(bytes(size), compresslevel=1),
                 headers={"Content-Encoding": "gzip"},
             )
-            response = connection.getresponse()
-            body = response.read().decode("utf-8", "replace")
+            _raise_for_answer(connection.getresponse())
         finally:
             connection.close()
-        if response.status != 200:
-            try:
-                body = json.loads(body).get("error", body)
-            except ValueError:
-                pass
-            raise InferenceServerException(body, status=str(response.status))
 
     return send
 
@@ -260,8 +398,12 @@ def run_probe(url: str, probe: Probe) -> Outcome:
     try:
         probe.send(url, probe.model)
         got, message = "OK", ""
+    except _Answered as answered:
+        got, message = "OK", ""
+        started = time.monotonic() - answered.probe_seconds
     except InferenceServerException as error:
         got, message = str(error.status() or "UNKNOWN").removeprefix("StatusCode."), error.message() or ""
+        started = time.monotonic() - getattr(error, "probe_seconds", time.monotonic() - started)
     except RequestError as error:
         got, message = error.code, str(error)
         started = time.monotonic() - getattr(error, "probe_seconds", time.monotonic() - started)
@@ -294,7 +436,7 @@ def main(argv: list[str] | None = None) -> int:
         outcomes.append(run_probe(urls[probe.protocol], probe))
         row = outcomes[-1]
         print(
-            f"{'ok  ' if row.passed else 'FAIL'} {row.probe:<32} {row.model:<20} "
+            f"{'ok  ' if row.passed else 'FAIL'} {row.probe:<36} {row.model:<20} "
             f"expected {row.expected:<17} got {row.got:<17} "
             f"{row.seconds:>6.2f} s  message {row.message_chars} chars",
             flush=True,

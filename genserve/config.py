@@ -153,6 +153,22 @@ CLIENT_MAX_BACKOFF_S = 10.0
 # tritonserver sees a byte): the largest one a contract allows, the face swap's images (two MAX_IMAGE_BYTES together),
 # plus room for text fields, OPTIONS and protobuf framing (tests/test_protocol.py checks every contract fits).
 MAX_REQUEST_BYTES = 2 * MAX_IMAGE_BYTES + 4 * 1024 * 1024
+# The front refuses an HTTP body whose JSON nests deeper than this (400) before Triton has it whole: Triton's
+# recursive JSON parser crashed on 120,000 levels (issue 30). A real request nests 4 levels plus one per
+# dimension of a tensor sent as nested lists; a model config sent with a load, about 10.
+MAX_JSON_DEPTH = 64
+# Requests above LARGE_REQUEST_BYTES (a face swap of two large photos; most requests are a few MB) are
+# "large": the front lets at most MAX_LARGE_REQUESTS of them in at once, until answered, and refuses the
+# next at once (UNAVAILABLE / 503, overloaded: a client retries it later or on another replica), so that
+# a burst of them neither swells the server nor delays everyone else's requests.
+LARGE_REQUEST_BYTES = 16 * 1024 * 1024
+MAX_LARGE_REQUESTS = 2
+# gRPC messages arrive whole (grpc-python has no partial reads): the front reads this many at once and
+# hands each to tritonserver before the next is read, so that a burst of large ones is never held in the
+# front together. A message still arriving after FRONT_READ_SLICE_S (a slow sender) lets the next one be
+# read beside it.
+FRONT_READ_SLOTS = 1
+FRONT_READ_SLICE_S = 3.0
 
 # The OpenAI Images API on the HTTP port (genserve.front.openai_api): images asked for as a URL are kept this
 # long, and this much of them at most (the oldest dropped first), in the front's memory.

@@ -19,19 +19,20 @@ from genserve import config
 logger = logging.getLogger(__name__)
 
 
-def requests_in_flight(metrics_url: str) -> float:
-    """Requests the models hold now: taken by a genserve model and not answered, or waiting in a queue."""
-    import psutil
-
+def requests_in_flight(metrics_url: str, live_workers: set[int]) -> float:
+    """Requests the models hold now: taken by a genserve model in one of ``live_workers`` (process ids) and not
+    answered, or waiting in a queue."""
     from genserve import metrics
     from genserve.triton.requests import IN_FLIGHT_METRIC
 
     scrape = metrics.scrape(metrics_url)
-    # Each worker process counts its own; a worker that died (killed mid-request) left its count behind.
+    # Each worker process counts its own. One that died (killed mid-request) left its count behind, and its
+    # process may linger as a zombie that Triton never reaps (psutil.pid_exists says it exists): only the live
+    # workers of the server count (a drain after a worker death waited out its whole timeout).
     taken = sum(
         value
         for (name, labels), value in scrape.samples.items()
-        if name == IN_FLIGHT_METRIC and psutil.pid_exists(int(dict(labels).get("worker", 0)))
+        if name == IN_FLIGHT_METRIC and int(dict(labels).get("worker", 0)) in live_workers
     )
     return taken + scrape.total("nv_inference_pending_request_count")
 
@@ -57,10 +58,10 @@ def wait_for_unload(
     """Wait, ``limit_s`` at most, for Triton to unload its models and exit; True when it did.
 
     Triton 2.51 never unloads a decoupled (streaming) model once its queue refused a request streamed
-    over gRPC: the refused request keeps the model, and the exit waited out ``--exit-timeout-secs``.
-    After a drain that emptied the server such a model holds no request, so once it is all that is
-    left (``stuck_models()``, see :func:`stuck_streaming_models`), ``STUCK_UNLOAD_GRACE_S`` after the
-    others, Triton is ended (nothing is lost)."""
+    over gRPC (the refused request keeps the model), nor the copy of a model whose worker died under a
+    request (issue 30): the exit waited out ``--exit-timeout-secs``. After a drain that emptied the server
+    such a model holds no request, so once it is all that is left (``stuck_models()``, see
+    :func:`stuck_models`), ``STUCK_UNLOAD_GRACE_S`` after the others, Triton is ended (nothing is lost)."""
     started = time.monotonic()
     while time.monotonic() - started < limit_s:
         try:
@@ -80,9 +81,15 @@ def wait_for_unload(
     return False
 
 
-def stuck_streaming_models(left: list[str], config_of) -> list[str]:
-    """``left``, the models Triton has not unloaded yet, when all of them are decoupled (``config_of(name)``
-    their configs); else an empty list."""
+def stuck_models(left: list[str], config_of, lost_a_worker: set[str]) -> list[str]:
+    """``left``, the models Triton has not unloaded yet, when each of them is one that Triton 2.51 never
+    unloads once emptied: a decoupled model (``config_of(name)`` its config), or a model a worker of which died
+    (the copy that lost it never finishes unloading: its dead worker's request is never released); else an
+    empty list."""
     configs = {name: config_of(name) for name in left}
-    decoupled = [n for n, c in configs.items() if c is not None and c.model_transaction_policy.decoupled]
-    return left if left and decoupled == left else []
+    stuck = [
+        name
+        for name, model_config in configs.items()
+        if name in lost_a_worker or (model_config is not None and model_config.model_transaction_policy.decoupled)
+    ]
+    return left if left and stuck == left else []

@@ -162,6 +162,9 @@ TRANSIENT_MESSAGES = (
     TRITON_FULL_QUEUE,
     "Request timeout expired",
 )
+# Triton's words for a request it cannot parse, which it answers INTERNAL (500) although the request is at
+# fault: JSON over HTTP that does not parse or has the wrong shape, a gRPC message that does not parse.
+MALFORMED_REQUEST_MESSAGES = ("failed to parse the request JSON", "Unable to parse")
 # Triton prefixes an ensemble step's error with the ensemble's name, which tells the caller nothing.
 _ENSEMBLE_PREFIX = re.compile(r"^in ensemble '[^']*', ")
 # Each status as every layer spells it (gRPC name, Triton code name, HTTP status), as the gRPC name.
@@ -201,9 +204,17 @@ def decode(status: object, message: str) -> tuple[ErrorKind, str]:
             return UNREACHABLE, message
         if TRITON_FULL_QUEUE in message:
             return OVERLOADED, message
+    if status == "INTERNAL" and message.startswith(MALFORMED_REQUEST_MESSAGES):
+        return INVALID_INPUT, message
     if status in ("INTERNAL", "NOT_FOUND") and any(words in message for words in TRANSIENT_MESSAGES):
         return (RESTARTING if status == "INTERNAL" else RELOADING), message
     return _PLAIN[status], message
+
+
+def is_malformed(status: object, message: str) -> bool:
+    """Whether Triton's INTERNAL (HTTP 500) says it could not parse the request (see
+    MALFORMED_REQUEST_MESSAGES): genserve.front answers it INVALID_ARGUMENT (400), the request's fault."""
+    return str(status) in ("500", "INTERNAL") and decode(status, message)[0] is INVALID_INPUT
 
 
 def is_restarting(status: object, message: str) -> bool:

@@ -1,6 +1,7 @@
-"""In which order a server loads its models: a model that calls others over BLS while it warms up
-(``load_after`` in its config) loads after them, through the model-control API, once Triton's startup
-loads are done (Triton refuses every inference until then)."""
+"""Which models a server loads, and in which order: a model is served with the models it calls
+(:func:`with_callees`), and one that calls others over BLS while it warms up (``load_after`` in its config)
+loads after them, through the model-control API, once Triton's startup loads are done (Triton refuses
+every inference until then)."""
 
 from __future__ import annotations
 
@@ -11,18 +12,34 @@ from genserve.errors import ServerError
 logger = logging.getLogger(__name__)
 
 
-def with_callees(models: list[str], config_of) -> list[str]:
-    """``models`` and, after them, the models they call that a local repository holds (their
-    ``load_after``, transitively): naming ``face_swap`` alone serves the leaf it calls too."""
-    from genserve.triton.model_config import load_after
+def with_callees(models: list[str], config_of, *, complete: bool = True) -> list[str]:
+    """``models`` and, after them, the models they call (:func:`genserve.triton.model_config.callees`: BLS
+    targets, ensemble steps), transitively: naming ``ocr`` alone serves its three leaves too. ``config_of(name)``
+    is a model's config, None when no local repository holds it. With ``complete`` (every repository local), a
+    model that one served cannot work without (:func:`~genserve.triton.model_config.required_callees`) and that no
+    repository holds is refused, named with its caller: the caller would fail every request."""
+    from genserve.triton.model_config import callees, required_callees
 
-    result, pending = list(models), list(models)
+    result, pending, missing = list(models), list(models), {}
     while pending:
-        model_config = config_of(pending.pop())
-        for callee in load_after(model_config) if model_config else []:
-            if callee not in result and config_of(callee) is not None:
+        caller = pending.pop(0)
+        model_config = config_of(caller)
+        if model_config is None:
+            continue
+        required = required_callees(model_config)
+        for callee in callees(model_config):
+            if callee in result:
+                continue
+            if config_of(callee) is not None:
                 result.append(callee)
                 pending.append(callee)
+            elif callee in required:
+                missing.setdefault(callee, caller)
+    if missing and complete:
+        named = ", ".join(f"{callee} (called by {caller})" for callee, caller in missing.items())
+        raise ServerError(f"models that the models served call are in no repository given: {named}")
+    for callee, caller in missing.items():
+        logger.info("%s calls %s, which no local repository holds: Triton looks for it in the others", caller, callee)
     return result
 
 

@@ -44,10 +44,28 @@ def local_models(repositories: list[Path]) -> list[str]:
     return sorted(found)
 
 
+def local_folder(repositories: list[Path], name: str) -> Path | None:
+    """The model's folder in the local repositories, or None when none has it."""
+    return next((path / name for path in repositories if (path / name / "config.pbtxt").is_file()), None)
+
+
 def local_config(repositories: list[Path], name: str):
     """The model's config, or None when no local repository has it (Triton then reports it as not
     loaded, or reads it from object storage itself)."""
     from genserve.triton.model_config import read_config
 
-    folder = next((path / name for path in repositories if (path / name / "config.pbtxt").is_file()), None)
+    folder = local_folder(repositories, name)
     return read_config(folder) if folder else None
+
+
+def input_limits(repositories: list[Path], models: list[str]) -> dict[str, dict[str, int]]:
+    """The most bytes each input of each of ``models`` takes, where the local repositories say it
+    (:func:`genserve.triton.served_config.input_byte_limits`): what genserve's front holds requests to."""
+    from genserve.triton.served_config import input_byte_limits
+
+    limits = {}
+    for name in models:
+        folder = local_folder(repositories, name)
+        if folder is not None and (model_limits := input_byte_limits(folder)):
+            limits[name] = model_limits
+    return limits

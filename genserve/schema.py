@@ -199,6 +199,18 @@ class Field:
         return value.item() if isinstance(value, np.generic) else value
 
 
+# Each element of a BYTES tensor travels as its length (4 bytes, little-endian), then its bytes.
+_BYTES_LENGTH = 4
+
+
+def _field_bytes(field: Field) -> int:
+    if field.type == "image":
+        return _BYTES_LENGTH + config.MAX_IMAGE_BYTES
+    if field.type == "text":
+        return _BYTES_LENGTH + 4 * config.MAX_TEXT_CHARS  # UTF-8: at most 4 bytes a character
+    return np.dtype(field.element_type).itemsize
+
+
 @dataclass(frozen=True)
 class Tensor:
     """One tensor as ``config.pbtxt`` declares it."""
@@ -296,6 +308,18 @@ class Contract:
         if self.option_fields:
             tensors.append(Tensor(OPTIONS_TENSOR, BYTES, (1,), optional=True))
         return tuple(tensors)
+
+    def max_input_bytes(self) -> dict[str, int]:
+        """The most bytes each input tensor of a valid request holds, as Triton's wire formats carry it (a
+        BYTES element with its 4-byte length): an image field :data:`~genserve.config.MAX_IMAGE_BYTES`, a text
+        field :data:`~genserve.config.MAX_TEXT_CHARS` characters of UTF-8, ``OPTIONS``
+        :data:`~genserve.config.MAX_OPTIONS_BYTES`, a number its element's size. genserve's front refuses a
+        request that declares more before it reads or forwards it."""
+        limits = {
+            OPTIONS_TENSOR: _BYTES_LENGTH + config.MAX_OPTIONS_BYTES,
+            **{f.tensor: _field_bytes(f) for f in self.fields if f.tensor},
+        }
+        return {tensor.name: limits[tensor.name] for tensor in self.inputs}
 
     @property
     def output_names(self) -> list[str]:

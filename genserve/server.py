@@ -28,7 +28,7 @@ import urllib.request
 from pathlib import Path
 
 from genserve import admin, config, load_order, model_repositories, server_log, supervision
-from genserve.drain import requests_in_flight, stuck_streaming_models, wait_for_unload, wait_until_idle
+from genserve.drain import requests_in_flight, stuck_models, wait_for_unload, wait_until_idle
 from genserve.errors import ServerError
 from genserve.front.process import FrontProcess
 from genserve.installation import TritonInstallation, find_installation
@@ -98,6 +98,8 @@ class TritonServer:
         self.shm_prefix = f"genserve{os.getpid()}p{grpc_port}_"  # unique: several servers share /dev/shm
         # Exists while the server drains (see drain()); in a folder only this user can write to.
         self.drain_file = config.CACHE_DIR / "run" / f"{self.shm_prefix}draining"
+        # What each served model's inputs take, for the front (written at start()).
+        self.input_limits_file = config.CACHE_DIR / "run" / f"{self.shm_prefix}input-limits.json"
         self.watchdog: supervision.WorkerWatchdog | None = None
         self._process: subprocess.Popen | None = None
         self._log_file = None
@@ -107,6 +109,7 @@ class TritonServer:
         # Behind the front: free loopback ports, chosen at start().
         self._triton_grpc_port, self._triton_http_port = grpc_port, http_port
         self._reloads = 0
+        self.models_that_lost_a_worker: set[str] = set()
 
     @classmethod
     def on_loopback(cls, repository: str | os.PathLike | list[str | os.PathLike], **kwargs) -> TritonServer:
@@ -207,7 +210,11 @@ class TritonServer:
                 f"port(s) {', '.join(map(str, busy))} on {self.address} are in use (another genserve serve or "
                 f"Triton?): stop it, or choose other ports (--http-port, --grpc-port, --metrics-port)"
             )
-        self.models = load_order.with_callees(self.models, self._model_config)
+        self.models = load_order.with_callees(
+            self.models,
+            self._model_config,
+            complete=len(model_repositories.local(self.repositories)) == len(self.repositories),
+        )
         self._dependent = load_order.dependent_models(
             self.models, {name: self._model_config(name) for name in self.models}
         )
@@ -217,6 +224,8 @@ class TritonServer:
         self._log_file = server_log.private_log(self.log_path)
         self.drain_file.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.drain_file.unlink(missing_ok=True)
+        local = model_repositories.local(self.repositories)
+        self.input_limits_file.write_text(json.dumps(model_repositories.input_limits(local, self.models)))
         env = self._environment(installation)
         command = self.command(installation)
         logger.debug("starting %s", " ".join(command).replace(self.admin_key, "***"))
@@ -242,11 +251,14 @@ class TritonServer:
                     self.reload_model,
                     self._stop_from_inside,
                     shm_prefix=self.shm_prefix,
-                    lost=self._worker_died if self.front else None,
+                    lost=self._worker_died,
                 ).start()
         except BaseException:
             self.stop()
             raise
+        # Every model asked for, and every model those call, is loaded: the front's readiness turns true
+        # (Triton's own did once its startup loads were done, before the models loaded after them).
+        self._tell_front("ready")
         return self
 
     def _environment(self, installation: TritonInstallation) -> dict[str, str]:
@@ -271,15 +283,17 @@ class TritonServer:
             grpc_upstream=self.triton_grpc_url,
             http_upstream=self.triton_http_url,
             upstream_pid=self._process.pid,
+            input_limits=self.input_limits_file,
         )
 
     def _worker_died(self, model: str) -> None:
         """The watchdog saw a worker of ``model`` die: the front ends the streams in flight on it, and refuses
         new ones, UNAVAILABLE until its fresh copy is loaded (Triton never answers a decoupled model's
-        requests on a dead worker)."""
+        requests on a dead worker); and the copy that lost it will not unload (see :meth:`stop`)."""
+        self.models_that_lost_a_worker.add(model)
         self._tell_front("lost", model)
 
-    def _tell_front(self, event: str, model: str) -> None:
+    def _tell_front(self, event: str, model: str = "") -> None:
         front = self._front  # stop() may end it meanwhile (the watchdog's thread calls this)
         if front is not None:
             front.tell(event, model)
@@ -379,15 +393,23 @@ class TritonServer:
                 if self._front is not None and self._front.returncode is not None:
                     return self._front.returncode
 
+    def leave(self) -> None:
+        """The server is going to stop (SIGTERM): it serves on, but reports not ready, so that load balancers
+        drop it (:meth:`drain` follows)."""
+        self._tell_front("leaving")
+
     def drain(self, timeout_s: float) -> bool:
         """Take no new request and wait, ``timeout_s`` at most, until every request taken is answered;
         True when they all were. Then :meth:`stop`. Why not Triton's own drain: :mod:`genserve.drain`."""
+        self._tell_front("draining")  # the front refuses new inference at once: UNAVAILABLE, the server is stopping
         self.drain_file.touch()
         return wait_until_idle(self.requests_in_flight, self.is_running, timeout_s)
 
     def requests_in_flight(self) -> float:
-        """Requests the models hold now: taken by a genserve model and not answered, or waiting in a queue."""
-        return requests_in_flight(self.metrics_url)
+        """Requests the models hold now: taken by a live worker of a genserve model and not answered, or waiting
+        in a queue. A worker that died (gone, or a zombie Triton has not reaped) holds none."""
+        workers = supervision.python_workers(self._process.pid) if self._process is not None else None
+        return requests_in_flight(self.metrics_url, {worker.pid for worker in workers or ()})
 
     def stop(self, timeout_s: float | None = None, *, drain: bool = True) -> None:
         """Stop gracefully: :meth:`drain` first (within ``exit_timeout_s``; ``drain=False`` skips it), then
@@ -399,15 +421,25 @@ class TritonServer:
         process = self._process
         drained = drain and self.is_running() and self.drain(self.exit_timeout_s)
         if process is not None and process.poll() is None:
+            # What Triton fails from now on (in flight when the drain ran out, or sent meanwhile) the front
+            # answers UNAVAILABLE: the server is stopping.
+            self._tell_front("stopping")
             process.send_signal(signal.SIGINT)
             limit = timeout_s if timeout_s is not None else self.exit_timeout_s + 15
-            if not wait_for_unload(process, limit, drained, self._stuck_streaming_models):
+            if not wait_for_unload(process, limit, drained, self._stuck_models):
                 os.killpg(process.pid, signal.SIGKILL)
                 process.wait()
+        if process is not None:
+            # Triton gone (stopped, or dead of itself): no worker of its may outlive it (one that Triton's
+            # abort left behind ignored SIGTERM, parented to init).
+            ended = supervision.end_leftover_workers(process.pid, self.shm_prefix)
+            if ended:
+                logger.warning("ended %d worker process(es) that tritonserver left behind", ended)
         self._stop_front()
         if process is not None:
             supervision.remove_shm_regions(self.shm_prefix)
             self.drain_file.unlink(missing_ok=True)
+            self.input_limits_file.unlink(missing_ok=True)
         if self._log_file is not None:
             self._log_file.close()
             self._log_file = None
@@ -418,11 +450,12 @@ class TritonServer:
         if front is not None:
             front.stop()
 
-    def _stuck_streaming_models(self) -> list[str]:
-        """The models Triton has not unloaded yet, when all of them are decoupled; else an empty list. Its
-        endpoints are closed while it unloads: its log says which models it loaded and unloaded."""
+    def _stuck_models(self) -> list[str]:
+        """The models Triton has not unloaded yet, when all of them are ones it never unloads once emptied
+        (decoupled, or a worker of which died); else an empty list. Its endpoints are closed while it unloads:
+        its log says which models it loaded and unloaded."""
         left = server_log.models_left_loaded(self.log_path)
-        return stuck_streaming_models(left, self._model_config)
+        return stuck_models(left, self._model_config, self.models_that_lost_a_worker)
 
     def __enter__(self) -> TritonServer:
         return self.start()

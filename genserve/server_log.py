@@ -28,7 +28,11 @@ def tail(path: Path, count: int = 15) -> str:
 
 
 def models_left_loaded(path: Path) -> list[str]:
-    """The models Triton's log says it loaded and has not unloaded (yet), sorted."""
+    """The models Triton's log says it loaded and has not unloaded (yet), sorted: loaded more often than
+    unloaded (a model reloaded to replace its workers has two copies, each unloaded on its own)."""
+    from collections import Counter
+
     log = path.read_text(errors="replace") if path.exists() else ""
-    loaded = set(re.findall(r"successfully loaded '([^']+)'", log))
-    return sorted(loaded - set(re.findall(r"successfully unloaded '([^']+)'", log)))
+    loaded = Counter(re.findall(r"successfully loaded '([^']+)'", log))
+    loaded.subtract(re.findall(r"successfully unloaded '([^']+)'", log))
+    return sorted(name for name, count in loaded.items() if count > 0)

@@ -81,6 +81,33 @@ def remove_shm_regions(prefix: str, shm_dir: Path = SHM_DIR) -> list[str]:
     return removed
 
 
+def end_leftover_workers(triton_pid: int, shm_prefix: str) -> int:
+    """SIGKILL every Python-backend worker of a tritonserver that has exited (``triton_pid``), found by the
+    shared-memory region on its command line (``shm_prefix``: unique to the server); how many there were.
+    Triton ends its workers when it stops cleanly; one that aborts or is killed leaves them, parented to init,
+    and one left by an abort under memory pressure ignored SIGTERM (issue 30). With Triton gone nothing they
+    hold can be answered."""
+    import psutil
+
+    ended = []
+    for process in psutil.process_iter(["cmdline", "status"]):
+        args = process.info["cmdline"] or []
+        if (
+            len(args) >= 3
+            and Path(args[0]).name == STUB_BINARY
+            and args[2].startswith(shm_prefix)
+            and process.info["status"] != psutil.STATUS_ZOMBIE
+            and process.pid != triton_pid
+        ):
+            try:
+                process.kill()
+                ended.append(process)
+            except psutil.Error:
+                pass
+    psutil.wait_procs(ended, timeout=10)
+    return len(ended)
+
+
 # --- the workers -------------------------------------------------------------------------------------------
 
 

@@ -51,6 +51,7 @@ def test_third_party_messages_are_read_in_the_table_module_only():
     """No decision by message text elsewhere: Triton's and gRPC's words and the stack's markers appear as
     string constants only in genserve/errors.py (docstrings may quote them)."""
     words = [errors.TRITON_FULL_QUEUE, *errors.UNREACHABLE_MESSAGES, *errors.TRANSIENT_MESSAGES]
+    words += [*errors.MALFORMED_REQUEST_MESSAGES]
     words += [kind.marker for kind in errors.KINDS if kind.marker]
     found = []
     for folder in ("genserve", "client", "benchmarks", "export", "model_repository"):

@@ -34,11 +34,16 @@ ANSWERS = [
     ("INVALID_ARGUMENT", 400, "invalid input: ori image is empty", "INVALID_ARGUMENT", 400),
     ("UNAVAILABLE", 503, "overloaded: Exceeds maximum queue size", "UNAVAILABLE", 503),
     ("NOT_FOUND", 404, "Request for unknown model: 'x' has no available versions", "NOT_FOUND", 404),
+    # A request Triton cannot parse, which it answers INTERNAL / 500: the request's fault (issue 30).
+    ("INTERNAL", 500, "failed to parse the request JSON buffer: Invalid value. at 12", "INVALID_ARGUMENT", 400),
+    ("INTERNAL", 500, "Unable to parse 'inputs': attempt to access JSON non-array as array", "INVALID_ARGUMENT", 400),
 ]
 
 
 @pytest.mark.parametrize("code, status, message, answered_code_name, answered_http", ANSWERS)
-def test_only_a_dead_workers_internal_is_rewritten(code, status, message, answered_code_name, answered_http):
+def test_only_a_dead_workers_and_a_malformed_requests_internal_are_rewritten(
+    code, status, message, answered_code_name, answered_http
+):
     assert answered_code(Failure(grpc.StatusCode[code], message)) == grpc.StatusCode[answered_code_name]
     assert answered_status(status, message) == answered_http
 

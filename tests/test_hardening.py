@@ -211,12 +211,12 @@ def test_shared_memory_swollen_by_a_huge_request_is_given_back(triton_server):
 
 
 def test_the_probe_list_passes_on_the_stack(triton_server, capsys):
-    """benchmarks/probe.py: issue 23's probes against the live server, as an operator runs them."""
+    """benchmarks/probe.py: the probes of issues 23 and 30 against the live server, as an operator runs them."""
     from genserve.benchmarks.probe import main
 
     assert main(["--url", triton_server.grpc_url, "--http-url", triton_server.http_url]) == 0, capsys.readouterr().out
     out = capsys.readouterr().out
-    assert "11 of 11 probes passed" in out and "skipped: " in out and "(sd_text_to_image)" in out
+    assert "19 of 19 probes passed" in out and "skipped: " in out and "(sd_text_to_image)" in out
 
 
 @pytest.mark.slow

@@ -17,10 +17,14 @@ def register(subparsers) -> None:
         "requests carrying the admin key. Worker processes that die are replaced; if Triton dies, or a model's "
         "workers keep dying, this command exits non-zero with the reason. Ctrl-C stops at once; SIGTERM drains "
         "(serves --drain-delay seconds more, then refuses new requests with UNAVAILABLE and lets every request "
-        "taken finish within --drain-timeout, whatever model runs it). gRPC and HTTP clients reach Triton through "
+        "taken finish within --drain-timeout, whatever model runs it; new and cut-short requests are answered "
+        "UNAVAILABLE, the server is stopping). gRPC and HTTP clients reach Triton through "
         "genserve's front on --grpc-port and --http-port, which refuses requests above "
-        f"{config.MAX_REQUEST_BYTES // 2**20} MiB before Triton reads them and answers a request that lost its "
-        "worker process UNAVAILABLE / 503 (retriable), not INTERNAL / 500; metrics are Triton's own.",
+        f"{config.MAX_REQUEST_BYTES // 2**20} MiB before Triton reads them, bodies whose JSON nests deeper than "
+        f"{config.MAX_JSON_DEPTH}, messages that do not parse and inputs larger than their model takes, lets "
+        f"{config.MAX_LARGE_REQUESTS} requests above {config.LARGE_REQUEST_BYTES // 2**20} MiB in at once, answers "
+        "a request that lost its worker process UNAVAILABLE / 503 (retriable), not INTERNAL / 500, and reports "
+        "ready only once every model and every model those call is loaded; metrics are Triton's own.",
     )
     parser.add_argument(
         "repositories",
@@ -50,7 +54,12 @@ def register(subparsers) -> None:
         "INTERNAL / 500)",
     )
     parser.add_argument(
-        "--model", action="append", dest="models", metavar="NAME", help="load only this model (repeatable)"
+        "--model",
+        action="append",
+        dest="models",
+        metavar="NAME",
+        help="load only this model and the models it calls (repeatable); one they call that no REPO holds "
+        "refuses the start",
     )
     parser.add_argument("--log-file", help="where Triton's log goes (default: under the genserve cache folder)")
     parser.add_argument(
@@ -172,6 +181,7 @@ def run(args: argparse.Namespace) -> int:
             if stop.drain:
                 print(f"\nSIGTERM: serving {args.drain_delay:g} s more, then finishing in-flight requests…", flush=True)
                 signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM changes nothing
+                server.leave()  # not ready from now on: load balancers drop this server while it still serves
                 time.sleep(max(args.drain_delay, 0.0))
                 if not server.drain(max(args.drain_timeout, 0.0)):
                     print(f"requests still running after {args.drain_timeout:g} s: stopping them", flush=True)

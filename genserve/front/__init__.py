@@ -12,6 +12,13 @@ Two things Triton 2.51 cannot be told are done here, before and after it:
   which a plain client does not retry. The front answers it ``UNAVAILABLE`` (503), the details kept,
   which any client retries; nothing else is rewritten.
 
+- **What Triton would choke on, and what cannot be valid** (issue 30): a body whose JSON nests deeper than
+  :data:`genserve.config.MAX_JSON_DEPTH` (Triton's recursive parser died of SIGSEGV; :mod:`.scan`), a gRPC
+  message that does not parse, an input declared larger than its model takes (:mod:`.inspection`), and large
+  requests beyond a few at once (:mod:`.state`).
+- **The server's life** (:mod:`.state`): not ready until every model is loaded and once it stops, new
+  inference refused while it drains, and what a stopping Triton cuts short answered UNAVAILABLE.
+
 Everything else passes as it is (:mod:`.grpc_proxy`, :mod:`.http_proxy`). On the HTTP port the front also
 answers the OpenAI Images API under ``/v1`` (:mod:`.openai_api`), translated to the tasks' Triton requests.
 

@@ -11,6 +11,8 @@ import sys
 
 from genserve import config, errors
 from genserve.front import grpc_proxy, http_proxy, openai_api
+from genserve.front.inspection import InputLimits
+from genserve.front.state import FrontState
 
 logger = logging.getLogger("genserve.front")
 
@@ -42,10 +44,11 @@ def lost_worker_message(model: str) -> str:
     )
 
 
-async def _follow_models(on_event) -> None:
-    """Call ``on_event(event, model)`` for each line ``lost MODEL`` (a worker of it died) or ``back MODEL`` (its
-    fresh copy is loaded) on stdin, as :class:`genserve.server.TritonServer` writes them. Without a pipe on
-    stdin (the front started by hand) there are none."""
+async def _follow_server(on_event) -> None:
+    """Call ``on_event(event, model)`` for each line on stdin, as :class:`genserve.server.TritonServer` writes
+    them: ``lost MODEL`` (a worker of it died), ``back MODEL`` (its fresh copy is loaded), and ``ready``,
+    ``leaving``, ``draining``, ``stopping`` (the server's life, :mod:`genserve.front.state`; model ""). Without a
+    pipe on stdin (the front started by hand) there are none."""
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader()
     try:
@@ -54,7 +57,7 @@ async def _follow_models(on_event) -> None:
         return
     while line := await reader.readline():
         event, _, model = line.decode("utf-8", "replace").strip().partition(" ")
-        if event in ("lost", "back") and model:
+        if event:
             on_event(event, model)
 
 
@@ -70,34 +73,35 @@ async def serve(args: argparse.Namespace) -> None:
         loop.add_signal_handler(signum, stopping.set)
     grpc_server = http_runner = None
     forwarders = []
-    lost_models: dict[str, str] = {}  # the forwarders refuse these models' streams, with this reason
+    state = FrontState(limits=InputLimits.read(args.input_limits), wait_until_told_ready=args.wait_until_told_ready)
 
     def on_event(event: str, model: str) -> None:
-        if event == "back":
-            lost_models.pop(model, None)
+        if state.told(event):
+            logger.info("the server is %s", state.phase.value)
+        elif event == "back" and model:
+            state.lost_models.pop(model, None)
             logger.info("%s is back: its streams are forwarded again", model)
-            return
-        lost_models[model] = lost_worker_message(model)
-        ended = sum(forwarder.end_streams(model, lost_models[model]) for forwarder in forwarders)
-        logger.warning(
-            "a worker of %s died: %d stream(s) in flight on it ended, new ones refused until it is back (UNAVAILABLE)",
-            model,
-            ended,
-        )
+        elif event == "lost" and model:
+            state.lost_models[model] = lost_worker_message(model)
+            ended = sum(forwarder.end_streams(model, state.lost_models[model]) for forwarder in forwarders)
+            logger.warning(
+                "a worker of %s died: %d stream(s) in flight on it ended, new ones refused until it is back "
+                "(UNAVAILABLE)",
+                model,
+                ended,
+            )
 
-    follower = asyncio.create_task(_follow_models(on_event))
+    follower = asyncio.create_task(_follow_server(on_event))
     try:
         if args.grpc_listen:
-            grpc_server = await grpc_proxy.start(
-                args.grpc_listen, args.grpc_upstream, args.max_request_bytes, lost_models
-            )
+            grpc_server = await grpc_proxy.start(args.grpc_listen, args.grpc_upstream, args.max_request_bytes, state)
             forwarders.append(grpc_server[2])
             logger.info("gRPC: forwarding %s to %s", args.grpc_listen, args.grpc_upstream)
         if args.http_listen:
             host, port = _host_and_port(args.http_listen)
-            images_api = openai_api.ImagesApi(args.http_upstream, args.max_request_bytes, lost_models)
+            images_api = openai_api.ImagesApi(args.http_upstream, args.max_request_bytes, state)
             http_runner, http_forwarder = await http_proxy.start(
-                host, port, args.http_upstream, args.max_request_bytes, lost_models, routes=images_api.install
+                host, port, args.http_upstream, args.max_request_bytes, state, routes=images_api.install
             )
             forwarders.append(http_forwarder)
             logger.info(
@@ -120,7 +124,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m genserve.front",
         description="Forward Triton's gRPC and HTTP APIs from the public addresses to tritonserver's own, refusing "
-        "requests above --max-request-bytes and answering a dead worker's INTERNAL (500) as UNAVAILABLE (503).",
+        "requests above --max-request-bytes, JSON bodies nested too deep, messages that do not parse and inputs "
+        "above --input-limits, bounding large requests in flight, and answering a dead worker's INTERNAL (500) as "
+        "UNAVAILABLE (503).",
     )
     parser.add_argument("--grpc-listen", metavar="HOST:PORT", help="the public gRPC address")
     parser.add_argument("--grpc-upstream", metavar="HOST:PORT", help="tritonserver's own gRPC address")
@@ -128,6 +134,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--http-upstream", metavar="HOST:PORT", help="tritonserver's own HTTP address")
     parser.add_argument(
         "--upstream-pid", type=int, metavar="PID", help="tritonserver's process: on SIGTERM, forward until it exits"
+    )
+    parser.add_argument(
+        "--input-limits",
+        metavar="FILE",
+        help="JSON {model: {input: bytes}}: an input declared larger is refused (INVALID_ARGUMENT / 400) before "
+        "it is forwarded",
+    )
+    parser.add_argument(
+        "--wait-until-told-ready",
+        action="store_true",
+        help="answer the readiness checks not ready until the line 'ready' arrives on stdin (every model loaded)",
     )
     parser.add_argument(
         "--max-request-bytes",

@@ -1,13 +1,29 @@
 """The front's gRPC side: Triton's inference service forwarded as raw bytes.
 
-Every method of ``inference.GRPCInferenceService`` is forwarded as the bytes it came as, unary calls unary
-and ``ModelStreamInfer`` as a stream (whose requests alone are parsed, for the model each names), with the
-caller's metadata (the admin key header), deadline and cancellation, and Triton's status, details and
-trailing metadata back. A request above the byte limit is refused by gRPC's own limit
-(``grpc.max_receive_message_length``: ``RESOURCE_EXHAUSTED``, the message naming the limit) from its length
-prefix, before Triton gets a byte; a dead worker's ``INTERNAL`` is answered ``UNAVAILABLE``
-(:func:`answered_code`), and so is a stream in flight on a model whose worker died
-(:meth:`Forwarder.end_streams`).
+Every method of ``inference.GRPCInferenceService`` is forwarded as the bytes it came as, unary calls as one
+message and ``ModelStreamInfer`` as a stream, with the caller's metadata (the admin key header), deadline and
+cancellation, and Triton's status, details and trailing metadata back. What the front answers itself:
+
+- a request above the byte limit: gRPC's own limit (``grpc.max_receive_message_length``:
+  ``RESOURCE_EXHAUSTED``, the message naming the limit) refuses it from its length prefix;
+- a request message that does not parse as its method's (``INVALID_ARGUMENT``; Triton answered garbage
+  ``INTERNAL``, and a malformed stream request with OK and no answer), and an input declared larger than its
+  model takes (``INVALID_ARGUMENT``, :mod:`genserve.front.inspection`);
+- a dead worker's ``INTERNAL`` as ``UNAVAILABLE`` (:func:`answered_code`), and a stream in flight on a model
+  whose worker died (:meth:`Forwarder.end_streams`);
+- the server's life (:mod:`genserve.front.state`): ``ServerReady`` false until every model is loaded and once
+  the server stops, new inference ``UNAVAILABLE`` while it drains, and a request that a stopping Triton cuts
+  short ``UNAVAILABLE``;
+- large requests: at most :data:`~genserve.config.MAX_LARGE_REQUESTS` above
+  :data:`~genserve.config.LARGE_REQUEST_BYTES` in flight, the next refused at once (``UNAVAILABLE``,
+  overloaded).
+
+Memory: grpc-python receives a message whole, so unary calls are served as a stream of one message (a handler
+of ``stream_unary`` kind): the front reads a message only when it holds one of the few read slots
+(:meth:`~genserve.front.state.FrontState.read_slot`; until then HTTP/2 flow control keeps it with the sender),
+hands it to Triton's port and keeps no reference to it, so the message is freed as soon as gRPC has sent it
+(a unary call object would keep its request until answered). Three 126 MiB requests at once left the front at
+1.2 GB and 646 MiB after (docs/hardening.md).
 """
 
 from __future__ import annotations
@@ -18,11 +34,16 @@ import grpc
 import grpc.aio
 
 from genserve import errors
+from genserve.front import inspection
+from genserve.front.state import FrontState, Refused
 
 SERVICE = "inference.GRPCInferenceService"
 STREAMING_METHODS = frozenset({"ModelStreamInfer"})
+INFERENCE_METHODS = frozenset({"ModelInfer", "ModelStreamInfer"})
 # Metadata gRPC sets itself on every call (the upstream call gets its own).
 _TRANSPORT_METADATA = ("user-agent",)
+# ServerReadyResponse(ready=False), serialized: proto3 leaves a false field out.
+_NOT_READY = b""
 
 
 def _forwarded_metadata(context: grpc.aio.ServicerContext) -> tuple[tuple[str, str | bytes], ...]:
@@ -35,67 +56,99 @@ def _forwarded_metadata(context: grpc.aio.ServicerContext) -> tuple[tuple[str, s
 
 def answered_code(error: grpc.aio.AioRpcError) -> grpc.StatusCode:
     """The status the caller gets for Triton's failure: UNAVAILABLE for a worker that died under the request
-    (Triton says INTERNAL, which no client retries), else Triton's own."""
+    (Triton says INTERNAL, which no client retries), INVALID_ARGUMENT for a request it could not parse (INTERNAL
+    too; the front parses every message first, so this is only a second line), else Triton's own."""
     code = error.code()
     if code == grpc.StatusCode.INTERNAL and errors.is_restarting(code.name, error.details() or ""):
         return grpc.StatusCode.UNAVAILABLE
+    if code == grpc.StatusCode.INTERNAL and errors.is_malformed(code.name, error.details() or ""):
+        return grpc.StatusCode.INVALID_ARGUMENT
     return code
 
 
-async def _relay_failure(context: grpc.aio.ServicerContext, error: grpc.aio.AioRpcError) -> None:
-    context.set_trailing_metadata(error.trailing_metadata() or ())
-    await context.abort(answered_code(error), error.details() or "")
+def _status(kind: errors.ErrorKind) -> grpc.StatusCode:
+    return grpc.StatusCode[kind.grpc_status]
+
+
+async def _only_message(requests) -> bytes:
+    """The one request message of a unary call (read to its end, so that gRPC's reader keeps no reference to
+    it); :class:`Refused` when there is none or more than one."""
+    message = None
+    async for item in requests:
+        if message is not None:
+            raise Refused(errors.INVALID_INPUT, errors.INVALID_INPUT.marked("a unary call takes one request message"))
+        message = item
+    if message is None:
+        raise Refused(errors.INVALID_INPUT, errors.INVALID_INPUT.marked("the call carries no request message"))
+    return message
+
+
+def _inspected(method: str, message: bytes) -> inspection.InferRequest | None:
+    try:
+        return inspection.grpc_request(method, message)
+    except inspection.Malformed as error:
+        raise Refused(errors.INVALID_INPUT, errors.INVALID_INPUT.marked(str(error))) from None
+
+
+async def _hand_on(call: grpc.aio.StreamUnaryCall, held: list[bytes]) -> None:
+    """Send the one message in ``held`` on ``call`` and close its sending side; no reference to the message is
+    left once gRPC has taken it (its copy is freed as it is sent). A call that Triton ended meanwhile is
+    answered by awaiting it."""
+    try:
+        await call.write(held.pop())
+        await call.done_writing()
+    except (grpc.aio.AioRpcError, asyncio.InvalidStateError):
+        pass
 
 
 class _Stream:
-    """A stream in flight: the models its requests named, and why the front ended it (None: it did not)."""
+    """A stream in flight: the models its requests named, and how the front ended it (None: it did not)."""
 
-    def __init__(self, lost_models: dict[str, str]):
+    def __init__(self, state: FrontState):
         self.models: set[str] = set()
-        self.ended: str | None = None
+        self.ended: tuple[grpc.StatusCode, str] | None = None
         self.call: grpc.aio.StreamStreamCall | None = None
-        self._lost_models = lost_models
+        self._state = state
 
-    def end(self, reason: str) -> None:
+    def end(self, code: grpc.StatusCode, reason: str) -> None:
         if self.ended is None:
-            self.ended = reason
+            self.ended = (code, reason)
             self.call.cancel()
 
     async def watched(self, requests):
-        """The caller's requests, passed on as they are, each one's model noted; one for a model that lost a
-        worker and is not back ends the stream instead."""
-        from google.protobuf.message import DecodeError
-        from tritonclient.grpc import service_pb2
-
+        """The caller's requests, passed on as they are, each one's model noted; one that does not parse, that
+        cannot be valid for its model, or that names a model which lost a worker and is not back ends the
+        stream instead."""
         async for request in requests:
             try:
-                model = service_pb2.ModelInferRequest.FromString(request).model_name
-            except DecodeError:
-                model = None  # Triton answers it
-            if model in self._lost_models:
-                self.end(self._lost_models[model])
+                inspected = _inspected("ModelStreamInfer", request)
+                refusal = self._state.limits.refusal(inspected)
+                if refusal:
+                    raise Refused(errors.INVALID_INPUT, refusal)
+            except Refused as refused:
+                self.end(_status(refused.kind), str(refused))
                 return
-            self.models.add(model)
+            if inspected.model in self._state.lost_models:
+                self.end(grpc.StatusCode.UNAVAILABLE, self._state.lost_models[inspected.model])
+                return
+            self.models.add(inspected.model)
             yield request
 
 
 class Forwarder(grpc.GenericRpcHandler):
     """Forwards every method of Triton's inference service over one channel to tritonserver."""
 
-    def __init__(self, channel: grpc.aio.Channel, lost_models: dict[str, str]):
+    def __init__(self, channel: grpc.aio.Channel, state: FrontState):
         self._channel = channel
         self._handlers: dict[str, grpc.RpcMethodHandler] = {}
         self._streams: set[_Stream] = set()
-        # Models that lost a worker and are not back (a fresh copy loading), and why: their streams are
-        # refused (the front's process keeps it). Triton 2.51 never answers a decoupled model's requests on
-        # a dead worker.
-        self._lost_models = lost_models
+        self._state = state
 
     def end_streams(self, model: str, reason: str) -> int:
         """End the streams in flight on ``model`` with UNAVAILABLE ``reason``; how many there were."""
         ending = [stream for stream in self._streams if model in stream.models and stream.ended is None]
         for stream in ending:
-            stream.end(reason)
+            stream.end(grpc.StatusCode.UNAVAILABLE, reason)
         return len(ending)
 
     def service(self, handler_call_details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
@@ -108,33 +161,68 @@ class Forwarder(grpc.GenericRpcHandler):
             # No (de)serializers: requests and responses pass as the bytes they arrived as.
             if name in STREAMING_METHODS:
                 handler = grpc.stream_stream_rpc_method_handler(self._streaming(method))
-            else:
-                handler = grpc.unary_unary_rpc_method_handler(self._unary(method))
+            else:  # unary, read as a stream of one message: see the module docstring
+                handler = grpc.stream_unary_rpc_method_handler(self._unary(method, name))
             self._handlers[method] = handler
         return handler
 
-    def _unary(self, method: str):
-        upstream = self._channel.unary_unary(method)
+    async def _relay_failure(self, context: grpc.aio.ServicerContext, error: grpc.aio.AioRpcError) -> None:
+        context.set_trailing_metadata(error.trailing_metadata() or ())
+        code, details = answered_code(error), error.details() or ""
+        cut_short = self._state.cut_short(errors.decode(code.name, details)[0], details)
+        if cut_short is not None:
+            code, details = grpc.StatusCode.UNAVAILABLE, cut_short
+        await context.abort(code, details)
 
-        async def forward(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
-            call = upstream(request, metadata=_forwarded_metadata(context), timeout=context.time_remaining())
+    def _unary(self, method: str, name: str):
+        upstream = self._channel.stream_unary(method)
+
+        async def forward(requests, context: grpc.aio.ServicerContext) -> bytes:
+            admitted, held = None, []
             try:
-                response = await call
-            except grpc.aio.AioRpcError as error:
-                await _relay_failure(context, error)
-            except asyncio.CancelledError:  # the caller cancelled, or its deadline passed
-                call.cancel()
-                raise
-            context.set_trailing_metadata(await call.trailing_metadata() or ())
-            return response
+                async with self._state.read_slot():
+                    held.append(await _only_message(requests))
+                    inspected = _inspected(name, held[0])
+                    if name == "ServerReady" and not self._state.ready:
+                        return _NOT_READY
+                    if name in INFERENCE_METHODS:
+                        self._state.refuse_new_inference()
+                        refusal = self._state.limits.refusal(inspected)
+                        if refusal:
+                            raise Refused(errors.INVALID_INPUT, refusal)
+                        admitted = self._state.admit(len(held[0]))
+                    call = upstream(metadata=_forwarded_metadata(context), timeout=context.time_remaining())
+                    await _hand_on(call, held)
+                return await self._answer(call, context)
+            except Refused as refused:
+                held.clear()
+                await context.abort(_status(refused.kind), str(refused))
+            finally:
+                if admitted is not None:
+                    admitted.release()
 
         return forward
+
+    async def _answer(self, call: grpc.aio.StreamUnaryCall, context: grpc.aio.ServicerContext) -> bytes:
+        try:
+            response = await call
+        except grpc.aio.AioRpcError as error:
+            await self._relay_failure(context, error)
+        except asyncio.CancelledError:  # the caller cancelled, or its deadline passed
+            call.cancel()
+            raise
+        context.set_trailing_metadata(await call.trailing_metadata() or ())
+        return response
 
     def _streaming(self, method: str):
         upstream = self._channel.stream_stream(method)
 
         async def forward(requests, context: grpc.aio.ServicerContext):
-            stream = _Stream(self._lost_models)
+            try:
+                self._state.refuse_new_inference()
+            except Refused as refused:
+                await context.abort(_status(refused.kind), str(refused))
+            stream = _Stream(self._state)
             call = stream.call = upstream(
                 stream.watched(requests), metadata=_forwarded_metadata(context), timeout=context.time_remaining()
             )
@@ -145,10 +233,10 @@ class Forwarder(grpc.GenericRpcHandler):
                 context.set_trailing_metadata(await call.trailing_metadata() or ())
             except (grpc.aio.AioRpcError, asyncio.CancelledError) as error:
                 if stream.ended is not None:
-                    await context.abort(grpc.StatusCode.UNAVAILABLE, stream.ended)
+                    await context.abort(*stream.ended)
                 if isinstance(error, asyncio.CancelledError):
                     raise  # the caller cancelled, or its deadline passed
-                await _relay_failure(context, error)
+                await self._relay_failure(context, error)
             finally:
                 self._streams.discard(stream)
                 call.cancel()  # the caller went away (cancelled, deadline): Triton's request is cancelled too
@@ -157,7 +245,7 @@ class Forwarder(grpc.GenericRpcHandler):
 
 
 async def start(
-    listen: str, upstream: str, max_request_bytes: int, lost_models: dict[str, str]
+    listen: str, upstream: str, max_request_bytes: int, state: FrontState
 ) -> tuple[grpc.aio.Server, grpc.aio.Channel, Forwarder]:
     """Forward ``listen`` to tritonserver's gRPC port at ``upstream``; returns the server, its channel and
     its forwarder."""
@@ -169,7 +257,7 @@ async def start(
             ("grpc.max_receive_message_length", -1),
         ],
     )
-    forwarder = Forwarder(channel, lost_models)
+    forwarder = Forwarder(channel, state)
     server = grpc.aio.server(
         handlers=[forwarder],
         options=[

@@ -17,7 +17,9 @@ the prompt, image, size and count, which are OpenAI's fields. OpenAI's fields th
 Nothing is re-implemented: the request is checked with the task's contract (its messages, its ranges), the
 sizes with what the model's config says it serves (:mod:`genserve.served_models`), then sent as the task's
 Triton request to tritonserver's own HTTP port, where the model checks and runs it as any other request.
-The byte limit is the front's (:func:`genserve.front.http_proxy.read_body`: 413), and only Triton's open
+The byte limit is the front's (:func:`genserve.front.http_proxy.read_body`: 413; a JSON body nested deeper
+than 64 levels: 400), so are the bound on large requests in flight and the refusal of new requests while the
+server stops (:mod:`genserve.front.state`: 503), and only Triton's open
 APIs are used (inference, model configuration, statistics): the admin key's are not reachable from here.
 Errors have OpenAI's shape, ``{"error": {"message", "type", "param", "code"}}``: 400 for a bad request (an
 unknown model, a size the model does not serve), 413 above the byte limit, 503 when the model is overloaded
@@ -43,7 +45,8 @@ import numpy as np
 from aiohttp import web
 
 from genserve import config, errors
-from genserve.front.http_proxy import _Refused, answered_status, error_text, read_body
+from genserve.front.http_proxy import answered_status, error_text, read_body
+from genserve.front.state import FrontState, Refused
 from genserve.protocol import EDIT_IMAGE, EDIT_TEXT, TEXT_TO_IMAGE
 from genserve.schema import TRITON_TYPES, Contract
 from genserve.served_models import TASK_NAMES, ServedModel, parse_size
@@ -168,10 +171,13 @@ class ShortLivedFiles:
 class ImagesApi:
     """The routes of the OpenAI Images API, calling tritonserver's HTTP port at ``upstream`` (``host:port``)."""
 
-    def __init__(self, upstream: str, max_request_bytes: int, lost_models: dict[str, str]):
+    def __init__(self, upstream: str, max_request_bytes: int, state: FrontState):
         self._base = f"http://{upstream}"
         self._limit = max_request_bytes
-        self._lost_models = lost_models  # models whose worker died: refused (503) until they are back
+        # The front's: models whose worker died (refused, 503, until they are back), the server stopping (new
+        # requests refused, 503), the bound on large requests in flight.
+        self._state = state
+        self._lost_models = state.lost_models
         self._session: aiohttp.ClientSession | None = None
         self.files = ShortLivedFiles(config.OPENAI_URL_TTL_S, config.OPENAI_URL_MAX_BYTES)
 
@@ -205,8 +211,8 @@ class ImagesApi:
                 return error.response()
             except errors.InvalidInputError as error:
                 return ApiError(400, str(error)).response()
-            except _Refused as refusal:
-                return ApiError(refusal.status, str(refusal)).response()
+            except Refused as refusal:
+                return ApiError(refusal.http_status, str(refusal)).response()
             except aiohttp.ClientConnectionError as error:
                 return ApiError(503, f"tritonserver cannot be reached (it may be restarting): {error}").response()
 
@@ -215,7 +221,8 @@ class ImagesApi:
     # --- routes ---------------------------------------------------------------------------------------------
 
     async def generations(self, request: web.Request) -> web.Response:
-        body = await read_body(request, self._limit)
+        self._state.refuse_new_inference()
+        body = await read_body(request, self._limit, json_document=True)
         try:
             fields = json.loads(body or b"{}")
         except ValueError:
@@ -225,7 +232,16 @@ class ImagesApi:
         return await self._generate(request, fields, ("t2i",), image=None)
 
     async def edits(self, request: web.Request) -> web.Response:
-        body = await read_body(request, self._limit)
+        self._state.refuse_new_inference()
+        admitted = self._state.admit(request.content_length or 0)  # at once, from its declared length
+        try:
+            body = await read_body(request, self._limit)
+            return await self._edit(request, body)
+        finally:
+            if admitted is not None:
+                admitted.release()
+
+    async def _edit(self, request: web.Request, body: bytes) -> web.Response:
         fields, files = _multipart(request.headers.get("Content-Type", ""), body)
         images = files.pop("image", []) + files.pop("image[]", [])
         if files:

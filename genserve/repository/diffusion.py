@@ -50,7 +50,7 @@ from genserve.manifest import ComponentEntry, Manifest
 from genserve.protocol import STREAMING_TASKS, TASKS, TEXT_TO_IMAGE
 from genserve.schema import BYTES, TRITON_TYPES, Contract
 from genserve.served_models import SERVING_PARAMETER, ServedModel, default_side
-from genserve.triton.model_config import LOAD_AFTER, ModelConfig, bound_queue, declare_contract, write_config
+from genserve.triton.model_config import CALLS, LOAD_AFTER, ModelConfig, bound_queue, declare_contract, write_config
 from genserve.triton.onnx_leaf import PARAM_INTRA_OP_THREADS
 
 TARGETS = ("cpu", "gpu")
@@ -420,8 +420,13 @@ def write_pipeline(
     model_dir, version = _fresh_model_dir(repo_dir, name)
     concurrency = pipeline_concurrency(manifest, options, stream)
     config = pipeline_config(name, contract, 1 if stream else options.pipeline_instances, concurrency)
+    # The leaves it calls over BLS (a server serving it serves them), and the ocr model that checks a text edit
+    # (loaded with it when a repository has it: without it the edit stands, its check reported as skipped).
+    leaves = [options.prefix + component for component in manifest.components]
+    config.parameters[CALLS].string_value = ",".join(leaves)
+    calls = leaves + ([ServiceSettings.ocr_model] if task == "vttie" else [])
+    config.parameters[LOAD_AFTER].string_value = ",".join(calls)
     if options.warmup:
-        calls = [options.prefix + component for component in manifest.components] + (["ocr"] if task == "vttie" else [])
         add_warmup(
             config,
             model_dir,

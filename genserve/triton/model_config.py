@@ -53,6 +53,26 @@ def load_after(config: ModelConfig) -> list[str]:
     return [name for name in model_parameters(config).get(LOAD_AFTER, "").split(",") if name]
 
 
+# A model that calls others over BLS names here (comma-separated) those it cannot work without, whether it
+# calls them while it warms up (those are under ``load_after`` too) or only for requests: a server that serves
+# it serves them, or refuses to start. (A model it calls only if it is there, as edit_text calls ocr to check
+# a text edit, is under ``load_after`` alone: loaded with it when a repository has it.)
+CALLS = "calls"
+
+
+def required_callees(config: ModelConfig) -> list[str]:
+    """The models ``config``'s model cannot work without: its ``calls`` parameter and, for an ensemble, its
+    steps' models; each once."""
+    names = [name for name in model_parameters(config).get(CALLS, "").split(",") if name]
+    names += [step.model_name for step in config.ensemble_scheduling.step]
+    return list(dict.fromkeys(names))
+
+
+def callees(config: ModelConfig) -> list[str]:
+    """Every model ``config``'s model calls: :func:`required_callees`, then its ``load_after``; each once."""
+    return list(dict.fromkeys(required_callees(config) + load_after(config)))
+
+
 def declared_tensors(config: ModelConfig, kind: str) -> list[Tensor]:
     """The ``input`` or ``output`` entries of a config as :class:`~genserve.schema.Tensor`."""
     from genserve.schema import TRITON_TYPES
@@ -130,10 +150,10 @@ def contract_mismatches(config: ModelConfig, contract: Contract) -> list[str]:
 
 def copy_model(model_dir: str | Path, repository: str | Path, *, instances: int | None = None) -> Path:
     """Copy a model folder into ``repository``, optionally with its instance count changed, with the
-    models it calls (its ``load_after``) that sit beside it (copied as they are)."""
+    models it calls (:func:`callees`) that sit beside it (copied as they are)."""
     model_dir = Path(model_dir)
     destination = Path(repository) / model_dir.name
-    for callee in load_after(read_config(model_dir)):
+    for callee in callees(read_config(model_dir)):
         if (model_dir.parent / callee / "config.pbtxt").is_file() and not (Path(repository) / callee).exists():
             copy_model(model_dir.parent / callee, repository)
     shutil.copytree(model_dir, destination, ignore=shutil.ignore_patterns("__pycache__"), dirs_exist_ok=True)
