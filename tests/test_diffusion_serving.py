@@ -758,8 +758,16 @@ def test_a_leaf_refuses_what_no_pipeline_request_can_make(diffusion_server, dcli
         model_parameters(read_config(diffusion_server.repositories[0] / "sd_vae_decoder"))["max_input_shape"]
     )["latents"]
     too_large = np.zeros((1, limit[1], 4 * limit[2], 4 * limit[3]), np.float32)
-    with pytest.raises(RequestError, match="above this model's limit") as error:
+    # The front refuses it from its declared size before the bytes reach Triton (issue 30) ...
+    with pytest.raises(RequestError, match="sd_vae_decoder takes at most") as error:
         dclient.infer("sd_vae_decoder", {"latents": too_large}, ["images"])
+    assert error.value.code == "INVALID_ARGUMENT"
+    # ... and the leaf itself, asked on Triton's own port (a server run with --no-front), refuses it too.
+    from genserve.client import Client
+
+    with Client(diffusion_server.triton_grpc_url) as direct:
+        with pytest.raises(RequestError, match="above this model's limit") as error:
+            direct.infer("sd_vae_decoder", {"latents": too_large}, ["images"])
     assert error.value.code == "INVALID_ARGUMENT"
     images = dclient.infer("sd_vae_decoder", {"latents": np.zeros((1, *limit[1:]), np.float32)}, ["images"])["images"]
     assert images.shape[0] == 1
