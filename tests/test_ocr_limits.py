@@ -93,14 +93,19 @@ def test_a_line_too_long_for_the_recogniser_is_squeezed_to_its_width():
         (DET, (1, 3, 4000, 2000), "values, above this model's limit"),
     ],
 )
-def test_oversized_leaf_inputs_are_refused_before_onnx_runtime(grpc_client, leaf, shape, words):
+def test_oversized_leaf_inputs_are_refused_before_onnx_runtime(triton_server, grpc_client, leaf, shape, words):
     """The calls of issue 11: [1,3,48,100000] grew ocr_rec to 10 GB until the kernel killed it."""
+    from genserve.client import Client
     from genserve.config import MAX_REQUEST_BYTES
 
-    # Under the front's byte limit, so that the leaf's own limit is what answers.
+    # Under the front's byte limit; the front refuses it from its declared size (issue 30) ...
     assert np.prod(shape) * 4 < MAX_REQUEST_BYTES
-    with pytest.raises(RequestError, match=words) as error:
+    with pytest.raises(RequestError) as error:
         grpc_client.infer(leaf.name, {leaf.input: np.zeros(shape, np.float32)}, [leaf.output])
+    assert error.value.code == "INVALID_ARGUMENT"
+    # ... and on Triton's own port (a server run with --no-front) the leaf's own limit answers.
+    with Client(triton_server.triton_grpc_url) as direct, pytest.raises(RequestError, match=words) as error:
+        direct.infer(leaf.name, {leaf.input: np.zeros(shape, np.float32)}, [leaf.output])
     assert error.value.code == "INVALID_ARGUMENT"
     x = np.zeros((1, 3, 48, 320) if leaf is REC else (1, 3, 64, 64), np.float32)
     assert grpc_client.infer(leaf.name, {leaf.input: x}, [leaf.output])[leaf.output].shape[0] == 1
