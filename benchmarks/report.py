@@ -4,6 +4,7 @@
   over gRPC before and after a load level; the difference gives, per model, the requests answered, the
   executions run and the mean queue and compute time per request during that level.
 * :func:`markdown_report`: the runs, the served/in-process ratios and the per-model breakdown as Markdown.
+* :func:`memory_tables`: the server's memory by model (PSS and RSS), idle and after the run.
 * :func:`write_plots`: per task, throughput and latency against concurrency (served and in-process), and
   the per-model queue/compute breakdown; matplotlib's Agg backend, so no display is needed.
 """
@@ -220,7 +221,37 @@ def markdown_report(report: dict[str, Any]) -> str:
                 for run, name, s in breakdown_rows
             ],
         )
+    lines += memory_tables(report.get("memory", []))
     return "\n".join(lines) + "\n"
+
+
+def memory_tables(snapshots: list[dict[str, Any]]) -> list[str]:
+    """The server's memory (``genserve.memory.MemoryReport.summary()`` of each snapshot: idle, after the
+    run) as one Markdown table: per model (and tritonserver, the front) PSS and RSS in MiB, a column pair
+    per snapshot, the totals last."""
+    if not snapshots:
+        return []
+    mib = 2**20
+    models = list(dict.fromkeys(name for snapshot in snapshots for name in snapshot["models"]))
+    columns = [("model", "---"), ("processes", "---:")]
+    for snapshot in snapshots:
+        columns += [(f"PSS MiB, {snapshot['label']}", "---:"), (f"RSS MiB, {snapshot['label']}", "---:")]
+    rows = []
+    for name in models:
+        row: list[Any] = [name, max(s["models"].get(name, {}).get("processes", 0) for s in snapshots)]
+        for snapshot in snapshots:
+            entry = snapshot["models"].get(name)
+            row += [f"{entry['pss'] / mib:.1f}", f"{entry['rss'] / mib:.1f}"] if entry else ["-", "-"]
+        rows.append(row)
+    total: list[Any] = ["**total**", max(s["processes"] for s in snapshots)]
+    for snapshot in snapshots:
+        total += [f"**{snapshot['pss'] / mib:.0f}**", f"**{snapshot['rss'] / mib:.0f}**"]
+    rows.append(total)
+    intro = (
+        "PSS: each shared page split between the processes that map it (the sum is what the server costs the "
+        "host); RSS counts shared pages in every process. genserve.memory reads them from the kernel."
+    )
+    return _table("Server memory by model", intro, columns, rows)
 
 
 def _percent(share: float | None) -> str:

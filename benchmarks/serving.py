@@ -340,6 +340,7 @@ class Bench:
         self.notes: list[str] = []
         self.first_requests: dict[str, dict[str, float]] = {}  # task -> the first request after start
         self.floor_ratios: list[dict[str, Any]] = []  # served / floor (the export in ONNX Runtime in-process)
+        self.memory: list[dict[str, Any]] = []  # the started server's memory by model: idle, after the run
 
     # Which models are served, where the in-process pipelines come from.
     def _plan(self) -> list:
@@ -431,6 +432,7 @@ class Bench:
                     log_path=s.out / "tritonserver.log",
                 ).start()
                 url = self.server.grpc_url
+                self._memory("idle, after the start")
             clients = [Client(url) for _ in range(max(s.levels))]
             try:
                 for task in tasks:
@@ -438,10 +440,18 @@ class Bench:
             finally:
                 for client in clients:
                     client.close()
+            if self.server is not None:
+                self._memory("after the run")
         finally:
             if self.server is not None:
                 self.server.stop()
         return self._report(tasks, runs, url, started_by, load_start)
+
+    def _memory(self, label: str) -> None:
+        """The started server's memory by model now (genserve.memory), printed and kept for the report."""
+        report = self.server.memory(label)
+        self.memory.append(report.summary())
+        self.log(report.table())
 
     def _run_task(self, task, clients, url, model_stats) -> list[Run]:
         if isinstance(task, DiffusionTask) and task.stream and not clients[0].is_ready(task.served_model):
@@ -633,6 +643,7 @@ class Bench:
             "runs": [run.summary() for run in runs],
             "ratios": ratios,
             "floor_ratios": self.floor_ratios,
+            "memory": self.memory,
         }
 
 

@@ -32,6 +32,7 @@ from genserve.drain import requests_in_flight, stuck_models, wait_for_unload, wa
 from genserve.errors import ServerError
 from genserve.front.process import FrontProcess
 from genserve.installation import TritonInstallation, find_installation
+from genserve.memory import MemoryReport, server_memory
 from genserve.ports import busy_ports, free_ports
 
 logger = logging.getLogger(__name__)
@@ -382,6 +383,13 @@ class TritonServer:
 
     def is_running(self) -> bool:
         return self._process is not None and self._process.poll() is None
+
+    def memory(self, label: str = "now") -> MemoryReport:
+        """What the server weighs now: PSS, RSS and USS of tritonserver, each model's workers and the front
+        (:mod:`genserve.memory`)."""
+        if not self.is_running():
+            raise ServerError("the server is not running: no memory to report")
+        return server_memory(self._process.pid, self.front_pid, label)
 
     def wait(self) -> int:
         """Block until the server exits, tritonserver or its front (for ``genserve serve`` in the

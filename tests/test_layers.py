@@ -53,6 +53,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "genserve.supervision",
             "genserve.admin",
             "genserve.metrics",
+            "genserve.memory",
         ),
     ),
     ("client, export and repository writers", ("genserve.client", "genserve.export", "genserve.repository")),

@@ -96,6 +96,13 @@ def register(subparsers) -> None:
         help="then refuse new requests and wait this long at most for those taken to finish "
         f"(default {config.DRAIN_TIMEOUT_S:g})",
     )
+    parser.add_argument(
+        "--memory-report",
+        action="store_true",
+        help="print the server's memory by model (PSS, RSS and USS of tritonserver, each model's worker processes "
+        "and the front): once every model is loaded (idle), on SIGUSR1 (kill -USR1 PID: after a run, say), and "
+        "when it stops",
+    )
     parser.set_defaults(handler=run)
 
 
@@ -125,6 +132,10 @@ def _on_signal(signum, frame):
     import signal
 
     raise _Stop(drain=signum == signal.SIGTERM)
+
+
+def _report_memory(server, label: str) -> None:
+    print(server.memory(label).table(), flush=True)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -175,9 +186,14 @@ def run(args: argparse.Namespace) -> int:
         print(f"  gRPC {server.grpc_url}   HTTP {server.http_url}   metrics {server.host}:{server.metrics_port}")
         print(f"  admin key ({config.ADMIN_KEY_HEADER} header): {key_file or '$' + config.ADMIN_KEY_ENV}")
         print(f"  log: {server.log_path}\nPress Ctrl-C to stop.", flush=True)
+        if args.memory_report:
+            _report_memory(server, "idle, every model loaded")
+            signal.signal(signal.SIGUSR1, lambda signum, frame: _report_memory(server, "on SIGUSR1"))
         try:
             server.wait()
         except _Stop as stop:
+            if args.memory_report and server.is_running():
+                _report_memory(server, "when stopping")
             if stop.drain:
                 print(f"\nSIGTERM: serving {args.drain_delay:g} s more, then finishing in-flight requests…", flush=True)
                 signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM changes nothing
