@@ -96,6 +96,12 @@ BLS_REQUEST_ID = "genserve-bls"
 # ONNX Runtime sessions (genserve.onnx_sessions): after a call whose inputs exceed this many bytes, ONNX
 # Runtime's arena gives its unused memory back (a large request would otherwise keep it for good).
 ARENA_SHRINK_ABOVE_BYTES = 16 * 1024 * 1024
+# And once a session's calls stop for ARENA_IDLE_S while its process holds more than ARENA_IDLE_BUDGET_BYTES of
+# anonymous memory beyond what it held when the session was opened, its arena is given back
+# (genserve.onnx_sessions.IdleShrink): a leaf keeps its warm arena while busy, not the peak of one large request
+# for good (the tiny FLUX VAE decoder kept 1.1 GiB after one 256x256 decode: its mid-block attention).
+ARENA_IDLE_S = 5.0
+ARENA_IDLE_BUDGET_BYTES = 32 * 1024 * 1024
 
 # Bounded queues: a request waits at most this long in a model's queue before it is refused, and a
 # full queue refuses at once (UNAVAILABLE); per model in each config.pbtxt (see

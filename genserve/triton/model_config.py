@@ -10,24 +10,41 @@ from __future__ import annotations
 import shutil
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
-
-from google.protobuf import text_format
-from tritonclient.grpc import model_config_pb2
+from typing import TYPE_CHECKING, Any
 
 from genserve.schema import Contract, Tensor
 
-ModelConfig = model_config_pb2.ModelConfig
+if TYPE_CHECKING:
+    from tritonclient.grpc.model_config_pb2 import ModelConfig
+
+
+def _pb2():
+    """tritonclient's protobuf module of Triton's model config, imported when first needed: the models that
+    run inside Triton read their config as the backend's JSON (:func:`model_parameters`), and a worker that
+    imported gRPC and protobuf for nothing would carry them (about 9 MiB each, docs/diffusion-serving.md)."""
+    from tritonclient.grpc import model_config_pb2
+
+    return model_config_pb2
+
+
+def __getattr__(name: str):
+    if name == "ModelConfig":  # Triton's ModelConfig message (build-time code and tests)
+        return _pb2().ModelConfig
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def read_config(path: str | Path) -> ModelConfig:
+    from google.protobuf import text_format
+
     path = Path(path)
     if path.is_dir():
         path = path / "config.pbtxt"
-    return text_format.Parse(path.read_text(), ModelConfig())
+    return text_format.Parse(path.read_text(), _pb2().ModelConfig())
 
 
 def write_config(config: ModelConfig, path: str | Path) -> Path:
+    from google.protobuf import text_format
+
     path = Path(path)
     if path.is_dir():
         path = path / "config.pbtxt"
@@ -36,11 +53,11 @@ def write_config(config: ModelConfig, path: str | Path) -> Path:
 
 
 def model_parameters(config: ModelConfig | Mapping[str, Any]) -> dict[str, str]:
-    """``parameters { key: ... value: { string_value: ... } }`` as a plain dict, from the protobuf or from
-    the JSON form the Python backend hands a model's ``initialize``."""
-    if isinstance(config, ModelConfig):
-        return {key: value.string_value for key, value in config.parameters.items()}
-    return {key: value.get("string_value", "") for key, value in (config.get("parameters") or {}).items()}
+    """``parameters { key: ... value: { string_value: ... } }`` as a plain dict, from the JSON form the
+    Python backend hands a model's ``initialize`` or from the protobuf."""
+    if isinstance(config, Mapping):
+        return {key: value.get("string_value", "") for key, value in (config.get("parameters") or {}).items()}
+    return {key: value.string_value for key, value in config.parameters.items()}
 
 
 # A model that calls others over BLS while it warms up (``model_warmup``) names them here: genserve's
@@ -81,7 +98,7 @@ def declared_tensors(config: ModelConfig, kind: str) -> list[Tensor]:
     return [
         Tensor(
             entry.name,
-            dtype_of[model_config_pb2.DataType.Name(entry.data_type)],
+            dtype_of[_pb2().DataType.Name(entry.data_type)],
             tuple(entry.dims),
             kind == "input" and entry.optional,
         )

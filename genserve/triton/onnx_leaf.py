@@ -32,7 +32,13 @@ Other parameters (all optional, string values as Triton requires):
 - ``max_input_elements``: JSON, input name -> the most values one request's input may hold (an area
   limit where each side alone may be long: a detector takes 736 x 5888 or 2016 x 2016, not 5888 x 5888).
 
-Memory: after a large call the session's arena gives back what it does not use (:mod:`genserve.onnx_sessions`).
+- ``arena_idle_s``, ``arena_idle_budget_bytes``: when the arena is given back after the leaf's calls
+  stop, and how much anonymous memory beyond its first call's it may keep meanwhile (defaults
+  ``genserve.config.ARENA_IDLE_S`` and ``ARENA_IDLE_BUDGET_BYTES``).
+
+Memory: after a call with large inputs, and once its calls stop while it holds more than its small calls
+need, the session's arena gives back what it does not use (:mod:`genserve.onnx_sessions`). The process
+imports numpy, ONNX Runtime and the stack's contracts, nothing heavier (no torch, no gRPC).
 
 Batching: with ``max_batch_size > 0`` (and ``dynamic_batching`` in the config), one ``execute`` call
 may carry several requests. Requests whose inputs agree on every dimension but the first are
@@ -50,9 +56,11 @@ from typing import Any
 
 import numpy as np
 
+from genserve import config
 from genserve.errors import InvalidInputError
 from genserve.onnx_sessions import (
     PARAM_EXECUTION_PROVIDER,
+    IdleShrink,
     OnnxModelError,
     OnnxRuntimeFailure,
     arena_devices,
@@ -76,6 +84,8 @@ PARAM_INTER_OP_THREADS = "inter_op_thread_count"
 PARAM_SPINNING = "session.intra_op.allow_spinning"  # ONNX Runtime's own key; the native backend has none
 PARAM_MAX_INPUT_SHAPE = "max_input_shape"
 PARAM_MAX_INPUT_ELEMENTS = "max_input_elements"
+PARAM_ARENA_IDLE_S = "arena_idle_s"
+PARAM_ARENA_IDLE_BUDGET = "arena_idle_budget_bytes"
 
 _DTYPE_OF_TRITON = {triton: name for name, triton in TRITON_TYPES.items()}
 
@@ -145,6 +155,13 @@ class TritonPythonModel:
         self.max_elements = max_input_elements(parameters.get(PARAM_MAX_INPUT_ELEMENTS), self.inputs)
         self.output_names = [spec.name for spec in self.outputs]
         self.arena_devices = arena_devices(self.session)
+        self.arena = IdleShrink(
+            self.session,
+            self.output_names,
+            self.arena_devices,
+            idle_s=float(parameters.get(PARAM_ARENA_IDLE_S) or config.ARENA_IDLE_S),
+            budget_bytes=int(parameters.get(PARAM_ARENA_IDLE_BUDGET) or config.ARENA_IDLE_BUDGET_BYTES),
+        )
         _log(
             f"{self.model_name}: {self.onnx_file} on {self.session.get_providers()[0]}, "
             f"inputs {[s.name for s in self.inputs]}, outputs {self.output_names}, max_batch_size {self.max_batch_size}"
@@ -164,27 +181,37 @@ class TritonPythonModel:
                 feeds.append(None)
                 responses[index] = error_response(error, self.model_name)
 
-        for group in group_for_batching(feeds, self.max_batch_size > 0):
-            try:
-                results = run_group(self.session, self.output_names, [feeds[i] for i in group], self.arena_devices)
-            except Exception as error:  # noqa: BLE001
-                if len(group) == 1:
-                    responses[group[0]] = error_response(OnnxRuntimeFailure(error), self.model_name)
-                    continue
-                # Run the group's requests one by one so that only the faulty one fails.
-                results = []
-                for i in group:
-                    try:
-                        results.append(run_group(self.session, self.output_names, [feeds[i]], self.arena_devices)[0])
-                    except Exception as single_error:  # noqa: BLE001
-                        results.append(single_error)
-            for i, result in zip(group, results):
-                if isinstance(result, Exception):
-                    responses[i] = error_response(OnnxRuntimeFailure(result), self.model_name)
-                else:
-                    tensors = [pb_utils.Tensor(name, np.ascontiguousarray(array)) for name, array in result.items()]
-                    responses[i] = pb_utils.InferenceResponse(output_tensors=tensors)
+        ran: list[dict[str, np.ndarray]] = []
+        self.arena.starting()
+        try:
+            for group in group_for_batching(feeds, self.max_batch_size > 0):
+                ran += self._run(group, feeds, responses)
+        finally:
+            self.arena.finished(ran)
         return responses
+
+    def _run(self, group: list[int], feeds: list, responses: list) -> list[dict[str, np.ndarray]]:
+        """One group of requests that run as one ONNX Runtime call, their responses set; the feeds that ran."""
+        try:
+            results = run_group(self.session, self.output_names, [feeds[i] for i in group], self.arena_devices)
+        except Exception as error:  # noqa: BLE001
+            if len(group) == 1:
+                responses[group[0]] = error_response(OnnxRuntimeFailure(error), self.model_name)
+                return []
+            # Run the group's requests one by one so that only the faulty one fails.
+            results = []
+            for i in group:
+                try:
+                    results.append(run_group(self.session, self.output_names, [feeds[i]], self.arena_devices)[0])
+                except Exception as single_error:  # noqa: BLE001
+                    results.append(single_error)
+        for i, result in zip(group, results):
+            if isinstance(result, Exception):
+                responses[i] = error_response(OnnxRuntimeFailure(result), self.model_name)
+            else:
+                tensors = [pb_utils.Tensor(name, np.ascontiguousarray(array)) for name, array in result.items()]
+                responses[i] = pb_utils.InferenceResponse(output_tensors=tensors)
+        return [feeds[i] for i, result in zip(group, results) if not isinstance(result, Exception)]
 
     def _feed(self, request) -> dict[str, np.ndarray]:
         feed = {}
@@ -203,6 +230,8 @@ class TritonPythonModel:
         return feed
 
     def finalize(self) -> None:
+        self.arena.close()
+        self.arena.session = None
         self.session = None
 
 
