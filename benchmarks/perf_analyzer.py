@@ -247,8 +247,9 @@ def _script(written: Mapping[str, Path], streaming: set[str], others: list[str])
     if others:
         lines += [
             "",
-            "# Models without a task contract (ONNX leaves, ensemble steps) take perf_analyzer's random data; give",
-            '# their variable dimensions, e.g.: perf_analyzer -m ocr_det -i grpc -u "$URL" --shape x:3,736,1440',
+            "# Models without a task contract (ONNX leaves, ensemble steps, the pipeline host that the pipeline",
+            "# models call) take perf_analyzer's random data; give their variable dimensions, e.g.:",
+            '# perf_analyzer -m ocr_det -i grpc -u "$URL" --shape x:3,736,1440',
             "# " + ", ".join(others),
         ]
     return "\n".join(lines) + "\n"

@@ -179,7 +179,7 @@ def markdown_report(report: dict[str, Any]) -> str:
     breakdown_rows = [
         (run, name, stats)
         for run in report.get("runs", [])
-        if run["mode"] == "served"
+        if run["mode"].startswith("served")
         for name, stats in run.get("models", {}).items()
     ]
     if breakdown_rows:
@@ -219,6 +219,39 @@ def markdown_report(report: dict[str, Any]) -> str:
                     _fmt(s.get("bls_overhead_ms_per_step"), 2) + _bracketed(_percent(s.get("bls_overhead_share"))),
                 ]
                 for run, name, s in breakdown_rows
+            ],
+        )
+    if report.get("stream_vs_plain"):
+        lines += _table(
+            "Streaming model beside the plain one",
+            "The same requests to the streaming model (progress per step) and unary to the plain model, their "
+            "rounds interleaved; the denoiser's requests per execution under each (requests merged by its batcher).",
+            [
+                ("task", text),
+                ("concurrency", num),
+                ("requests", num),
+                ("stream images/s", num),
+                ("plain images/s", num),
+                ("stream / plain", num),
+                ("stream p50 ms", num),
+                ("plain p50 ms", num),
+                ("denoiser requests / execution, stream", num),
+                ("denoiser requests / execution, plain", num),
+            ],
+            [
+                [
+                    e["task"],
+                    e["concurrency"],
+                    e["requests"],
+                    f"{e['stream_images_per_s']:.2f}",
+                    f"{e['plain_images_per_s']:.2f}",
+                    _fmt(e["stream_over_plain"], 2) + "x",
+                    _fmt(e["stream_p50_ms"], 0),
+                    _fmt(e["plain_p50_ms"], 0),
+                    _fmt(e["denoiser_requests_per_execution_stream"], 2),
+                    _fmt(e["denoiser_requests_per_execution_plain"], 2),
+                ]
+                for e in report["stream_vs_plain"]
             ],
         )
     lines += memory_tables(report.get("memory", []))

@@ -72,6 +72,7 @@ class Settings:
     demo_size: str = "tiny"  # which demo pipelines to serve without --pipeline: tiny or medium
     stream: bool = True  # served diffusion requests to the streaming models, where the server has them
     model_warmup: bool = True  # pipeline models built with Triton's model_warmup (False: to see a cold start)
+    compare_plain: bool = False  # streamed diffusion tasks: also the plain model, same requests, side by side
 
     def requests_for(self, concurrency: int) -> int:
         return self.requests or max(8, 3 * concurrency)
@@ -170,19 +171,22 @@ class DiffusionTask:
             image = png_bytes(sign_image(size=self.size))
             self.payloads = [{"prompt": p, "image": image, "seed": s, **common} for s, p in enumerate(TEXT_EDITS)]
         self.in_process_payloads = self.payloads
-        self.served_metadata: list[GenerationMetadata] = []  # of the level being run
+        self.served_metadata: dict[str, list[GenerationMetadata]] = {}  # served model -> of the level being run
         self._service = None
 
     @property
     def served_model(self) -> str:
         return self.model + STREAM_SUFFIX if self.stream else self.model
 
-    def served_worker(self, client) -> Callable[[Any], Any]:
-        progress = (lambda report: None) if self.stream else None
+    def served_worker(self, client, stream: bool | None = None) -> Callable[[Any], Any]:
+        """Requests to the streaming model (``stream``, default the task's choice) or to the plain one."""
+        stream = self.stream if stream is None else stream
+        progress = (lambda report: None) if stream else None
+        metadata = self.served_metadata.setdefault(self.model + STREAM_SUFFIX if stream else self.model, [])
 
         def work(payload):
             out = client.request(TASKS[self.name], model=self.model, progress=progress, **payload)
-            self.served_metadata.append(out["metadata"])
+            metadata.append(out["metadata"])
             return out
 
         return work
@@ -191,7 +195,7 @@ class DiffusionTask:
         """One request per payload: its metadata say which pipeline class serves the task."""
         self.metadata = [self.served_worker(client)(payload)["metadata"] for payload in self.payloads]
 
-    def level_stats(self, models: dict[str, dict]) -> None:
+    def level_stats(self, models: dict[str, dict], served_model: str | None = None) -> None:
         """Add to the level's statistics what Triton's cannot say: the pipeline's own time per request (a
         streaming model's Triton compute is only the hand-over to its worker) and the queue's share of it,
         and at concurrency 1 the BLS overhead per denoising step (the pipeline's wait per denoiser call
@@ -200,13 +204,15 @@ class DiffusionTask:
 
         from genserve.families import FAMILIES
 
-        served = models.setdefault(self.served_model, {})
-        totals = [meta.timings_ms["total"] for meta in self.served_metadata]
+        served_model = served_model or self.served_model
+        served = models.setdefault(served_model, {})
+        metadata = self.served_metadata.get(served_model, [])
+        totals = [meta.timings_ms["total"] for meta in metadata]
         if totals:
             served["request_ms"] = round(statistics.fmean(totals), 3)
             served["queue_share"] = round(served.get("queue_ms", 0.0) / served["request_ms"], 5)
         denoiser = self.model.removesuffix(TASKS[self.name].model) + FAMILIES[self.metadata[0].family].denoiser.name
-        waits = [ms for meta in self.served_metadata for ms in meta.denoiser_ms_per_call]
+        waits = [ms for meta in metadata for ms in meta.denoiser_ms_per_call]
         leaf = models.get(denoiser, {})
         if (
             waits and leaf.get("requests") and leaf.get("requests") == leaf.get("executions")
@@ -341,6 +347,7 @@ class Bench:
         self.first_requests: dict[str, dict[str, float]] = {}  # task -> the first request after start
         self.floor_ratios: list[dict[str, Any]] = []  # served / floor (the export in ONNX Runtime in-process)
         self.memory: list[dict[str, Any]] = []  # the started server's memory by model: idle, after the run
+        self.stream_vs_plain: list[dict[str, Any]] = []  # --compare-plain: per task and level
 
     # Which models are served, where the in-process pipelines come from.
     def _plan(self) -> list:
@@ -357,27 +364,37 @@ class Bench:
         if not diffusion:
             return tasks
         if s.pipeline is not None:
-            manifest = None
-            if not s.url:
-                repo_dir, manifest = pipeline_repository(
-                    s.pipeline, self.work_dir, self.precision, s.size, log=self.log, warmup=s.model_warmup
+            return tasks + self._plan_pipeline(diffusion)
+        return tasks + self._plan_demo(diffusion)
+
+    def _plan_pipeline(self, diffusion: list[str]) -> list:
+        """The diffusion tasks on a --pipeline folder's export (built and cached here, unless --url)."""
+        s = self.settings
+        tasks: list = []
+        manifest = None
+        if not s.url:
+            repo_dir, manifest = pipeline_repository(
+                s.pipeline, self.work_dir, self.precision, s.size, log=self.log, warmup=s.model_warmup
+            )
+            self.repositories.append(repo_dir)
+            self.load_models += sorted(p.parent.name for p in repo_dir.glob("*/config.pbtxt"))
+        served = set(manifest.served_tasks) if manifest else set(diffusion)
+        for task in diffusion:
+            if task not in served:
+                self.notes.append(
+                    f"{task}: {s.pipeline} serves no {task} model (its tasks: {', '.join(sorted(served))}); skipped"
                 )
-                self.repositories.append(repo_dir)
-                self.load_models += sorted(p.parent.name for p in repo_dir.glob("*/config.pbtxt"))
-            served = set(manifest.served_tasks) if manifest else set(diffusion)
-            for task in diffusion:
-                if task not in served:
-                    self.notes.append(
-                        f"{task}: {s.pipeline} serves no {task} model (its tasks: {', '.join(sorted(served))}); skipped"
-                    )
-                    continue
-                export_dir = repo_dir.parent / "export" if manifest else None
-                tasks.append(
-                    DiffusionTask(
-                        task, s, s.models.get(task, TASKS[task].model), s.pipeline, self.precision, export_dir
-                    )
-                )
-            return tasks
+                continue
+            export_dir = repo_dir.parent / "export" if manifest else None
+            tasks.append(
+                DiffusionTask(task, s, s.models.get(task, TASKS[task].model), s.pipeline, self.precision, export_dir)
+            )
+        return tasks
+
+    def _plan_demo(self, diffusion: list[str]) -> list:
+        """The diffusion tasks on the demo repository (built and cached here, unless --url)."""
+        s = self.settings
+        tasks: list = []
         demo_dir = self.work_dir / ("demo" if s.demo_size == "tiny" else f"demo-{s.demo_size}")
         if not s.url:
             from genserve.demo.repository import build_demo_repository
@@ -405,13 +422,13 @@ class Bench:
                 )
             )
         if not s.url:
-            self.load_models += _models_for(
-                repo_dir, families, [task.served_model for task in tasks if isinstance(task, DiffusionTask)]
-            )
+            pipelines = [task.served_model for task in tasks if isinstance(task, DiffusionTask)]
+            if s.compare_plain:
+                pipelines += [task.model for task in tasks if isinstance(task, DiffusionTask)]
+            self.load_models += _models_for(repo_dir, families, pipelines)
         return tasks
 
     def run(self) -> dict[str, Any]:
-        from genserve.benchmarks.report import model_stats
         from genserve.client import Client
         from genserve.server import TritonServer
 
@@ -436,7 +453,7 @@ class Bench:
             clients = [Client(url) for _ in range(max(s.levels))]
             try:
                 for task in tasks:
-                    runs += self._run_task(task, clients, url, model_stats)
+                    runs += self._run_task(task, clients, url)
             finally:
                 for client in clients:
                     client.close()
@@ -453,7 +470,7 @@ class Bench:
         self.memory.append(report.summary())
         self.log(report.table())
 
-    def _run_task(self, task, clients, url, model_stats) -> list[Run]:
+    def _run_task(self, task, clients, url) -> list[Run]:
         if isinstance(task, DiffusionTask) and task.stream and not clients[0].is_ready(task.served_model):
             self.notes.append(
                 f"{task.name}: the server has no {task.served_model}; the plain {task.model} was measured"
@@ -464,7 +481,7 @@ class Bench:
         self.log(TABLE_HEADER)
         runs = []
         for level in self.settings.levels:
-            runs += self._run_level(task, level, clients, url, model_stats, in_process=in_process, floor=floor)
+            runs += self._run_level(task, level, clients, url, in_process=in_process, floor=floor)
         return runs
 
     def _warm_up(self, task, client) -> tuple[bool, bool]:
@@ -498,51 +515,70 @@ class Bench:
                     task.floor_workers(1)[0](payload)
         return in_process, floor
 
-    def _run_level(self, task, level, clients, url, model_stats, *, in_process: bool, floor: bool) -> list[Run]:
-        """One concurrency level of a task: the served mode and, interleaved with it, the others."""
+    def _run_level(self, task, level, clients, url, *, in_process: bool, floor: bool) -> list[Run]:
+        """One concurrency level of a task: the served mode and, interleaved with it, the others (with
+        ``--compare-plain``, the same requests unary to the plain model of a streamed task: ``served plain``)."""
         labels = {"in-process": task.in_process_label, "floor": getattr(task, "floor_label", None)}
+        served_model = getattr(task, "served_model", task.model)
+        if isinstance(task, DiffusionTask):
+            task.served_metadata.clear()
         modes = {"served": ([task.served_worker(client) for client in clients[:level]], task.payloads)}
+        served_models = {"served": served_model}
+        if isinstance(task, DiffusionTask) and task.stream and self.settings.compare_plain:
+            modes["served plain"] = (
+                [task.served_worker(client, stream=False) for client in clients[:level]],
+                task.payloads,
+            )
+            served_models["served plain"] = task.model
         if in_process:
             modes["in-process"] = (task.in_process_workers(level), task.in_process_payloads)
         if floor:
             modes["floor"] = (task.floor_workers(level), task.payloads)
-        before = model_stats(url)
-        if isinstance(task, DiffusionTask):
-            task.served_metadata.clear()
-        pooled = self._interleaved(modes, self.settings.requests_for(level))
-        served = pooled.pop("served")
-        served_model = getattr(task, "served_model", task.model)
-        served.extra.update(
-            task=task.name, model=served_model, models=self._level_stats(served_model, served, before, url)
-        )
-        runs = [served]
-        self.log(table_row(served, f"{task.name} served"))
-        if isinstance(task, DiffusionTask):
-            task.level_stats(served.extra["models"])
-            self.log(_pipeline_line(served.extra["models"], served_model))
+        pooled, stats = self._interleaved(modes, self.settings.requests_for(level), served_models, url)
+        runs = []
+        for mode, model in served_models.items():
+            run = pooled.pop(mode)
+            run.extra.update(task=task.name, model=model, models=stats[mode])
+            runs.append(run)
+            self.log(table_row(run, f"{task.name} {mode}"))
+            if isinstance(task, DiffusionTask):
+                task.level_stats(run.extra["models"], model)
+                self.log(_pipeline_line(run.extra["models"], model))
+        if "served plain" in served_models:
+            self.stream_vs_plain.append(_stream_vs_plain(task, level, runs[0], runs[1]))
+            self.log(_stream_vs_plain_line(self.stream_vs_plain[-1]))
         for mode, run in pooled.items():
             run.extra.update(task=task.name, model=labels[mode])
             runs.append(run)
             self.log(table_row(run, f"{task.name} {mode}"))
         return runs
 
-    def _interleaved(self, modes: dict[str, tuple[list, list]], requests: int) -> dict[str, Run]:
+    def _interleaved(
+        self, modes: dict[str, tuple[list, list]], requests: int, served_models: dict[str, str], url: str
+    ) -> tuple[dict[str, Run], dict[str, dict]]:
         """One level: each mode (its workers, one per client, and its payloads) takes its turn ``rounds``
         times, in reverse order every other round (so that neither always runs first after the other, nor
         alone when other load comes and goes), the requests split over the rounds; each mode's rounds
-        pooled into one :class:`Run`. Only the served mode reaches Triton, so its statistics around the
-        whole level are the served requests' own."""
+        pooled into one :class:`Run`. Around each round of a mode that reaches Triton (``served_models``:
+        mode -> the model it sends to), Triton's statistics are read: the per-model breakdown of each such
+        mode is its own requests' (the modes never overlap)."""
+        from genserve.benchmarks.report import stats_delta
+
         clients = len(next(iter(modes.values()))[0])
         # No round with fewer requests than clients: it would not load the server at the level's concurrency.
         rounds = max(1, min(self.settings.rounds, requests // clients))
         pooled: dict[str, Run] = {}
+        counted: dict[str, dict[str, dict[str, int]]] = {mode: {} for mode in served_models}
         for round_ in range(rounds):
             count = requests // rounds + (round_ < requests % rounds)
             for mode in list(modes) if round_ % 2 == 0 else list(reversed(modes)):
                 workers, payloads = modes[mode]
+                before = _model_stats(url) if mode in served_models else None
                 run = drive(workers, count, payloads, mode)
+                if before is not None:
+                    _add_counters(counted[mode], self._round_counters(served_models[mode], run, before, url))
                 pooled[mode] = pooled[mode].merged(run) if mode in pooled else run
-        return pooled
+        return pooled, {mode: stats_delta({}, totals) for mode, totals in counted.items()}
 
     def _first_requests(self, runs: list[Run]) -> dict[str, dict[str, float]]:
         """Each task's first request after the server started, beside the steady p50 of the same requests
@@ -561,16 +597,17 @@ class Bench:
         return report
 
     @staticmethod
-    def _level_stats(model: str, run: Run, before: dict, url: str) -> dict:
-        """Triton's statistics for the level. Triton counts a request just after answering it: wait (2 s at
-        most) until the served model has counted every request of the level."""
-        from genserve.benchmarks.report import model_stats, stats_delta
-
+    def _round_counters(model: str, run: Run, before: dict, url: str) -> dict[str, dict[str, int]]:
+        """Triton's counters' increase over one round, per model. Triton counts a request just after answering
+        it: wait (2 s at most) until the served model has counted every request of the round."""
         deadline = time.monotonic() + 2.0
         while True:
-            delta = stats_delta(before, model_stats(url))
-            counted = delta.get(model, {}).get("requests", 0)
-            if counted >= run.requests or time.monotonic() > deadline:
+            after = _model_stats(url)
+            delta = {
+                name: {key: value - before.get(name, {}).get(key, 0) for key, value in counters.items()}
+                for name, counters in after.items()
+            }
+            if delta.get(model, {}).get("requests", 0) >= run.requests or time.monotonic() > deadline:
                 return delta
             time.sleep(0.05)
 
@@ -644,7 +681,56 @@ class Bench:
             "ratios": ratios,
             "floor_ratios": self.floor_ratios,
             "memory": self.memory,
+            "stream_vs_plain": self.stream_vs_plain,
         }
+
+
+def _model_stats(url: str) -> dict[str, dict[str, int]]:
+    from genserve.benchmarks.report import model_stats
+
+    return model_stats(url)
+
+
+def _add_counters(totals: dict[str, dict[str, int]], delta: dict[str, dict[str, int]]) -> None:
+    for name, counters in delta.items():
+        total = totals.setdefault(name, dict.fromkeys(counters, 0))
+        for key, value in counters.items():
+            total[key] += value
+
+
+def _stream_vs_plain(task, level: int, stream: Run, plain: Run) -> dict[str, Any]:
+    """The streaming model beside the plain one at one level (the same requests, rounds interleaved): images/s,
+    their ratio, and how many requests the denoiser merged per execution under each."""
+    from genserve.families import FAMILIES
+
+    denoiser = task.model.removesuffix(TASKS[task.name].model) + FAMILIES[task.metadata[0].family].denoiser.name
+    merged = {
+        name: run.extra["models"].get(denoiser, {}).get("requests_per_execution")
+        for name, run in (("stream", stream), ("plain", plain))
+    }
+    return {
+        "task": task.name,
+        "concurrency": level,
+        "requests": stream.requests,
+        "denoiser": denoiser,
+        "stream_images_per_s": round(stream.per_s, 3),
+        "plain_images_per_s": round(plain.per_s, 3),
+        "stream_over_plain": round(stream.per_s / plain.per_s, 3) if plain.per_s else None,
+        "stream_p50_ms": round(stream.percentile(50), 1),
+        "plain_p50_ms": round(plain.percentile(50), 1),
+        "denoiser_requests_per_execution_stream": merged["stream"],
+        "denoiser_requests_per_execution_plain": merged["plain"],
+    }
+
+
+def _stream_vs_plain_line(entry: dict[str, Any]) -> str:
+    ratio = entry["stream_over_plain"]
+    return (
+        f"  stream / plain at concurrency {entry['concurrency']}: {entry['stream_images_per_s']:.2f} / "
+        f"{entry['plain_images_per_s']:.2f} images/s = {'-' if ratio is None else f'{ratio:.2f}'}x; "
+        f"{entry['denoiser']} merged {entry['denoiser_requests_per_execution_stream']} (stream) / "
+        f"{entry['denoiser_requests_per_execution_plain']} (plain) requests per execution"
+    )
 
 
 def _models_for(repo_dir: Path, families: set[str], pipelines: list[str]) -> list[str]:
@@ -702,6 +788,10 @@ def run_bench(settings: Settings, log: Callable[[str], None] = print) -> dict[st
         log("\nserved / floor (the export in ONNX Runtime in-process, one request at a time)")
         for r in report["floor_ratios"]:
             log(f"  {r['task']:<9} concurrency {r['concurrency']:>3}: throughput {r['served_over_floor']:.2f}x")
+    if report["stream_vs_plain"]:
+        log("\nstreaming / plain model (the same requests, rounds interleaved)")
+        for entry in report["stream_vs_plain"]:
+            log(f"  {entry['task']:<9}" + _stream_vs_plain_line(entry).removeprefix("  stream / plain"))
     for task, first in report["first_requests"].items():
         warmup = "with" if first["model_warmup"] else "without"
         log(

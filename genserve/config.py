@@ -99,7 +99,7 @@ ARENA_SHRINK_ABOVE_BYTES = 16 * 1024 * 1024
 # And once a session's calls stop for ARENA_IDLE_S while its process holds more than ARENA_IDLE_BUDGET_BYTES of
 # anonymous memory beyond what it held when the session was opened, its arena is given back
 # (genserve.onnx_sessions.IdleShrink): a leaf keeps its warm arena while busy, not the peak of one large request
-# for good (the tiny FLUX VAE decoder kept 1.1 GiB after one 256x256 decode: its mid-block attention).
+# for good (a VAE decoder's mid-block attention at a large size: docs/diffusion-serving.md, "Memory").
 ARENA_IDLE_S = 5.0
 ARENA_IDLE_BUDGET_BYTES = 32 * 1024 * 1024
 
@@ -119,6 +119,13 @@ TENSORRT_WORKSPACE_GB = 8.0
 # service read these): images per request, and requests one instance runs at once (plain and streaming).
 MAX_IMAGES = 4
 PIPELINE_CONCURRENCY = 4
+# The model whose one process runs the diffusers pipelines of every pipeline model of a repository
+# (genserve.triton.pipeline_host; build-repo --pipeline-host names another). The pipeline models relay to it,
+# and check every RELAY_WATCH_S whether a request's client gave up or the host's process died; a request the
+# host has not taken after RELAY_ACCEPT_S while no host process they know of lives is answered UNAVAILABLE.
+PIPELINE_HOST_MODEL = "diffusion_pipelines"
+RELAY_WATCH_S = 0.1
+RELAY_ACCEPT_S = 2.0
 # Rows the batch runner (`genserve run`) keeps in flight at once.
 RUN_CONCURRENCY = 4
 # The denoiser leaf on the cpu target: two instances when it is small, so that two requests' steps run at

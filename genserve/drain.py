@@ -61,23 +61,29 @@ def wait_for_unload(
     over gRPC (the refused request keeps the model), nor the copy of a model whose worker died under a
     request (issue 30): the exit waited out ``--exit-timeout-secs``. After a drain that emptied the server
     such a model holds no request, so once it is all that is left (``stuck_models()``, see
-    :func:`stuck_models`), ``STUCK_UNLOAD_GRACE_S`` after the others, Triton is ended (nothing is lost)."""
+    :func:`stuck_models`) for ``STUCK_UNLOAD_GRACE_S``, Triton is ended (nothing is lost). The grace counts
+    from when they are all that is left: a streaming model that unloads slowly (the pipeline host's process,
+    torch and the pipelines in it, takes a few seconds) is not taken for a stuck one."""
     started = time.monotonic()
+    alone_since = None  # when the models left were first all stuck-looking streaming models
     while time.monotonic() - started < limit_s:
         try:
             process.wait(timeout=0.5)
             return True
         except subprocess.TimeoutExpired:
             pass
-        if drained and time.monotonic() - started >= config.STUCK_UNLOAD_GRACE_S:
-            stuck = stuck_models()
-            if stuck:
-                logger.warning(
-                    "%s did not unload (Triton keeps a streaming model whose queue refused a request); "
-                    "nothing is in flight, so tritonserver is ended",
-                    ", ".join(stuck),
-                )
-                return False
+        stuck = stuck_models() if drained else []
+        if not stuck:
+            alone_since = None
+            continue
+        alone_since = alone_since or time.monotonic()
+        if time.monotonic() - alone_since >= config.STUCK_UNLOAD_GRACE_S:
+            logger.warning(
+                "%s did not unload (Triton keeps a streaming model whose queue refused a request); "
+                "nothing is in flight, so tritonserver is ended",
+                ", ".join(stuck),
+            )
+            return False
     return False
 
 

@@ -12,9 +12,8 @@ alone 1 GiB. Two rules give it back (``memory.enable_memory_arena_shrinkage``):
   :data:`~genserve.config.ARENA_IDLE_BUDGET_BYTES`, the smallest call it ran is run again with shrinkage
   (which gives back every chunk free at the end of that run: what the session held before its calls).
 
-A busy session keeps its warm arena (giving it back after every call made the tiny VAE decoder's calls
-1.7x and a large decode 3x slower here: the pages are faulted in again), an idle one returns to what its
-small calls need.
+A busy session keeps its warm arena (giving it back after every call made every call slower: its pages
+are faulted in again; docs/diffusion-serving.md, "Memory"), an idle one returns to what its small calls need.
 """
 
 from __future__ import annotations

@@ -79,14 +79,15 @@ def test_modes_take_turns_in_rounds_and_are_pooled():
         return {mode: (workers(mode, count), ["a", "b"]) for mode in ("served", "floor")}
 
     bench = Bench(Settings(tasks=["t2i"], levels=[1], rounds=3))
-    pooled = bench._interleaved(modes(1), 7)
+    pooled, stats = bench._interleaved(modes(1), 7, {}, url=None)  # no mode reaches a server here
+    assert stats == {}
     # 7 requests in rounds of 3, 2 and 2: served first, then floor first, then served first again.
     assert calls == ["served"] * 3 + ["floor"] * 3 + ["floor"] * 2 + ["served"] * 2 + ["served"] * 2 + ["floor"] * 2
     assert {mode: run.requests for mode, run in pooled.items()} == {"served": 7, "floor": 7}
     assert all(len(run.latencies_ms) == 7 and run.wall_s > 0 for run in pooled.values())
     # Never fewer requests in a round than clients: 7 requests from 3 clients make 2 rounds, not 3.
     calls.clear()
-    pooled = bench._interleaved(modes(3), 7)
+    pooled, _ = bench._interleaved(modes(3), 7, {}, url=None)
     assert calls == ["served"] * 4 + ["floor"] * 4 + ["floor"] * 3 + ["served"] * 3
     assert pooled["served"].requests == 7 and pooled["served"].concurrency == 3
 

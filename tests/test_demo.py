@@ -21,6 +21,13 @@ def test_demo_runs_every_task_type_through_the_server(tmp_path, capsys):
     summary = result.summary
     assert not summary.failed, [(o.task.index, o.error) for o in summary.failed]
     assert summary.finished == len(DEMO_TASKS) == 4
+    # Only what the demo calls is served (issue 31): its three pipeline models with their twins, their leaves
+    # and the pipeline host, the face swap and OCR with theirs; not SD, not the OCR ensemble.
+    assert {"cogview4_text_to_image_stream", "flux_edit_text", "diffusion_pipelines", "face_swap", "ocr"} <= set(
+        result.models
+    )
+    assert not [name for name in result.models if name.startswith("sd_") or name.startswith("ocr_ensemble")]
+    assert "flux_text_to_image" not in result.models and "flux_transformer" in result.models
     assert {task[1] for task in DEMO_TASKS} == {"t2i", "tie", "vttie", "deepfake"}
 
     results = tmp_path / "demo" / "results"

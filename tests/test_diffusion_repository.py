@@ -36,7 +36,11 @@ def built(request, export_family, tmp_path_factory):
 def test_every_config_parses_as_model_config(built):
     target, repo, reports = built
     configs = sorted(repo.glob("*/config.pbtxt"))
-    expected = {f"{name}" for report in reports.values() for name in report.leaf_models + report.pipeline_models}
+    expected = {
+        name
+        for report in reports.values()
+        for name in [*report.leaf_models, *report.pipeline_models, report.host_model]
+    }
     assert {path.parent.name for path in configs} == expected
     for path in configs:
         config = parse(path)
@@ -110,14 +114,11 @@ def test_a_larger_denoisers_pipelines_run_one_request_at_a_time_on_a_cpu(export_
     _, export_dir = export_family("sd")
     manifest = Manifest.read(export_dir)
     concurrency = diffusion.pipeline_concurrency
-    for stream in (False, True):
-        assert concurrency(manifest, BuildOptions(), stream) == PIPELINE_CONCURRENCY > 1  # the tiny UNet
+    assert concurrency(manifest, BuildOptions()) == PIPELINE_CONCURRENCY > 1  # the tiny UNet
     monkeypatch.setattr(diffusion, "CPU_SMALL_DENOISER_BYTES", manifest.components["unet"].weight_bytes - 1)
-    for stream in (False, True):
-        assert concurrency(manifest, BuildOptions(), stream) == CPU_LARGE_PIPELINE_CONCURRENCY == 1
-        assert concurrency(manifest, BuildOptions(target="gpu"), stream) == PIPELINE_CONCURRENCY  # cpu only
-    asked = BuildOptions(pipeline_concurrency=3, stream_concurrency=2)
-    assert (concurrency(manifest, asked, False), concurrency(manifest, asked, True)) == (3, 2)
+    assert concurrency(manifest, BuildOptions()) == CPU_LARGE_PIPELINE_CONCURRENCY == 1
+    assert concurrency(manifest, BuildOptions(target="gpu")) == PIPELINE_CONCURRENCY  # cpu only
+    assert concurrency(manifest, BuildOptions(pipeline_concurrency=3)) == 3
 
 
 def test_denoiser_batching(built):
@@ -138,24 +139,71 @@ def test_pipeline_models_per_family(built):
     assert reports["sd"].pipeline_models == stream(["sd_text_to_image", "sd_edit_image"])
     assert reports["flux"].pipeline_models == stream(["flux_text_to_image", "flux_edit_image", "flux_edit_text"])
     assert reports["cogview4"].pipeline_models == stream(["cogview4_text_to_image"])
-    settings = json.loads((repo / "flux_edit_text" / "1" / "serving.json").read_text())
+    # One pipeline host runs every family's pipelines (issue 31): per plain pipeline model its settings, the
+    # export's manifest and the pipeline's light files; the pipeline models relay to it.
+    host = repo / "diffusion_pipelines"
+    assert {report.host_model for report in reports.values()} == {"diffusion_pipelines"}
+    hosted = sorted(path.parent.name for path in host.glob("1/*/serving.json"))
+    assert hosted == sorted(
+        name for report in reports.values() for name in report.pipeline_models if "_stream" not in name
+    )
+    settings = json.loads((host / "1" / "flux_edit_text" / "serving.json").read_text())
     assert settings["pipeline_class"] == "FluxKontextPipeline" and settings["task"] == "vttie"
-    assert settings["models"]["transformer"] == "flux_transformer"
-    assert (repo / "flux_edit_text" / "1" / "pipeline" / "tokenizer_2").is_dir()
+    assert settings["models"]["transformer"] == "flux_transformer" and settings["host"] == "diffusion_pipelines"
+    assert (host / "1" / "flux_edit_text" / "pipeline" / "tokenizer_2").is_dir()
+    assert (host / "1" / "flux_edit_text" / "manifest.json").is_file()
+    assert not (repo / "flux_edit_text" / "1" / "pipeline").exists()  # the relays hold no pipeline
+    assert json.loads((repo / "flux_edit_text" / "1" / "serving.json").read_text()) == settings
+    assert read_model_py(repo / "flux_edit_text_stream") == "DiffusionStreamModel"
+    host_config = parse(host / "config.pbtxt")
+    assert host_config.model_transaction_policy.decoupled and "MODEL" in {t.name for t in host_config.input}
+    assert [group.count for group in host_config.instance_group] == [BuildOptions().pipeline_instances]
     config = parse(repo / "sd_edit_image" / "config.pbtxt")
     assert {t.name: t.optional for t in config.input}["IMAGE"] is False
-    # Plain and streaming models alike run several requests per instance (issue 22, item 3), and their
-    # queue holds a burst of that many plus the waiting ones, for the model to bound itself.
+    # A pipeline runs several requests at once, from both its models (issue 22, item 3), and a model's queue
+    # holds a burst of that many plus the waiting ones, for the host to bound them.
     from genserve.config import PIPELINE_CONCURRENCY, stream_backlog
+    from genserve.triton.model_config import load_after
 
     for name in ("sd_text_to_image", "sd_text_to_image_stream"):
         served = json.loads((repo / name / "1" / "serving.json").read_text())["concurrency"]
         assert served == PIPELINE_CONCURRENCY > 1  # the tiny UNet: see the test above for a larger one
         config = parse(repo / name / "config.pbtxt")
         assert config.dynamic_batching.default_queue_policy.max_queue_size == stream_backlog(served)
-        assert [group.count for group in config.instance_group] == [
-            BuildOptions().pipeline_instances if name == "sd_text_to_image" else 1
+        assert [group.count for group in config.instance_group] == [1]  # a relay: threads, no copies
+        assert load_after(config) == [
+            "diffusion_pipelines",
+            "sd_text_encoder",
+            "sd_unet",
+            "sd_vae_decoder",
+            "sd_vae_encoder",
         ]
+
+
+def read_model_py(model_dir) -> str:
+    """The class a model folder's one-line model.py names."""
+    line = (model_dir / "1" / "model.py").read_text()
+    return line.split(" import ", 1)[1].split(" as ", 1)[0]
+
+
+def test_a_rebuilt_export_keeps_the_others_in_the_host(export_family, tmp_path):
+    """Exports built into one repository share its host; building one again replaces its own pipelines there
+    and keeps the others'; a pipeline whose model folder is gone is dropped from the host."""
+    import shutil
+
+    hosted = lambda: sorted(p.name for p in (tmp_path / "diffusion_pipelines" / "1").iterdir() if p.is_dir())  # noqa: E731
+    for family in ("sd", "cogview4", "sd"):
+        build_repository(export_family(family)[1], tmp_path, BuildOptions(prefix=f"{family}_"))
+    assert hosted() == ["cogview4_text_to_image", "sd_edit_image", "sd_text_to_image"]
+    for name in ("cogview4_text_to_image", "cogview4_text_to_image_stream"):
+        shutil.rmtree(tmp_path / name)
+    build_repository(export_family("sd")[1], tmp_path, BuildOptions(prefix="sd_"))
+    assert hosted() == ["sd_edit_image", "sd_text_to_image"]
+    # The host's queue holds the backlog of both models of every pipeline it runs.
+    from genserve.config import PIPELINE_CONCURRENCY, stream_backlog
+
+    config = parse(tmp_path / "diffusion_pipelines" / "config.pbtxt")
+    assert config.dynamic_batching.default_queue_policy.max_queue_size == 2 * 2 * stream_backlog(PIPELINE_CONCURRENCY)
 
 
 def test_pipeline_configs_match_their_task_contracts(built):
@@ -199,7 +247,7 @@ def test_every_model_has_a_bounded_queue_and_every_leaf_input_limits(built):
 
     target, repo, reports = built
     for report in reports.values():
-        for name in report.leaf_models + report.pipeline_models:
+        for name in [*report.leaf_models, *report.pipeline_models, report.host_model]:
             assert unbounded_queue(parse(repo / name / "config.pbtxt")) is None, name
         for name in report.leaf_models:
             config = parse(repo / name / "config.pbtxt")

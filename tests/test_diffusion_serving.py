@@ -561,6 +561,81 @@ def test_a_stream_on_a_dead_worker_ends_unavailable_and_is_retried(diffusion_ser
     assert grpc_seconds < 10
 
 
+def test_the_pipeline_models_share_one_process(diffusion_server, dclient):
+    """Every pipeline model of the three families, plain and streaming, is a light relay: one process, the
+    pipeline host, holds torch and runs their pipelines (issue 31). The twins give the same image."""
+    from test_worker_memory import loads_torch
+
+    from genserve.supervision import python_workers
+
+    plain = dclient.text_to_image(PROMPT, model="flux_text_to_image", steps=2, seed=3, width=SIZE, height=SIZE)
+    streamed = dclient.text_to_image(
+        PROMPT, model="flux_text_to_image", steps=2, seed=3, width=SIZE, height=SIZE, progress=lambda report: None
+    )
+    assert plain.encoded == streamed.encoded and streamed.metadata.model == "flux_text_to_image_stream"
+    workers = python_workers(diffusion_server._process.pid)
+    with_torch = sorted({w.model for w in workers if loads_torch(w.pid)})
+    pipeline_models = sorted({w.model for w in workers if w.model.endswith(("_image", "_text", "_stream"))})
+    assert with_torch == ["diffusion_pipelines"]
+    assert len(pipeline_models) == 12  # sd 2, flux 3, cogview4 1: and the streaming twin of each
+    memory = diffusion_server.memory("now").by_model()
+    print(
+        f"\npipeline host {memory['diffusion_pipelines']['pss'] / 2**20:.0f} MiB PSS; the 12 pipeline models "
+        f"{sum(memory[name]['pss'] for name in pipeline_models) / 2**20:.0f} MiB together"
+    )
+
+
+def test_a_request_on_a_dead_pipeline_host_ends_unavailable_and_is_retried(diffusion_server, tmp_path):
+    """At load each pipeline model's warm-up ran as many requests at once as the pipeline runs (issue 31: the
+    first burst finds threads, pipeline copies and the leaves' batch shapes ready). kill -9 of the pipeline host
+    under a streamed and under a unary request: Triton 2.51 would never answer them; the relays answer them
+    UNAVAILABLE, the watchdog loads a fresh host, and the genserve client's retry finishes on it."""
+    import os
+    import signal
+
+    from genserve.config import PIPELINE_CONCURRENCY
+    from genserve.server import TritonServer
+    from genserve.supervision import python_workers
+
+    models = ["sd_text_to_image", "sd_text_to_image_stream"]
+    with TritonServer.on_loopback(
+        diffusion_server.repositories, models=models, log_path=tmp_path / "triton.log", exit_timeout_s=10
+    ) as server:
+        assert {"diffusion_pipelines", "sd_unet"} <= set(server.models)  # what they call came with them
+        warm = _model_stats(server, "sd_unet")["inference_stats"]["success"]["count"]
+        # Two warm-ups (the twins), each PIPELINE_CONCURRENCY at once of 2 steps (PNDM: 3 UNet calls each).
+        assert int(warm) == 2 * PIPELINE_CONCURRENCY * 3, warm
+
+        def kill_the_host() -> None:
+            (host,) = [w for w in python_workers(server._process.pid) if w.model == "diffusion_pipelines"]
+            os.kill(host.pid, signal.SIGKILL)
+
+        for streamed in (True, False):
+            killed, reports = [], []
+
+            def kill_once(report, killed=killed, reports=reports):
+                reports.append(report)
+                if not killed:
+                    killed.append(time.monotonic())
+                    kill_the_host()
+
+            with Client(server.grpc_url) as client:
+                if streamed:
+                    result = client.text_to_image(
+                        PROMPT, model="sd_text_to_image", steps=50, seed=1, width=SIZE, height=SIZE, progress=kill_once
+                    )
+                    assert [r["step"] for r in reports].count(1) == 2  # the first try, killed, and the retry
+                else:
+                    threading.Timer(
+                        1.0, lambda killed=killed: (killed.append(time.monotonic()), kill_the_host())
+                    ).start()
+                    result = client.text_to_image(
+                        PROMPT, model="sd_text_to_image", steps=300, seed=1, width=SIZE, height=SIZE
+                    )
+            assert killed and result.metadata.denoising_steps_run >= 50, streamed
+        assert len(server.watchdog.replacements) == 2
+
+
 class StopAfter(Exception):
     pass
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 
 import numpy as np
+import pytest
 
 from genserve.onnx_sessions import IdleShrink, anonymous_bytes, create_session
 
@@ -66,3 +67,71 @@ def test_an_idle_session_gives_its_arena_back(tmp_path):
     time.sleep(1.0)
     assert keeper.shrinks == 1, "an idle session within its budget is left alone"
     keeper.close()
+
+
+def mapped_libraries(pid: int) -> set[str]:
+    """The file names of the shared objects a process maps (what it really loaded, whatever imported it)."""
+    with open(f"/proc/{pid}/maps") as maps:
+        return {line.split()[-1].rsplit("/", 1)[-1] for line in maps if ".so" in line}
+
+
+def loads_torch(pid: int) -> bool:
+    return any(name.startswith("libtorch") for name in mapped_libraries(pid))
+
+
+def loads_grpc(pid: int) -> bool:
+    return any(name.startswith("cygrpc") for name in mapped_libraries(pid))
+
+
+@pytest.mark.server
+def test_the_report_names_every_process_and_an_idle_leaf_gives_its_arena_back(tmp_path_factory):
+    """The OCR models served: the report holds tritonserver, the front and each model's workers, its totals
+    their sums; the leaves load neither torch nor gRPC; the detector's arena, grown by one request (rapidocr
+    scales every image to 736 pixels or more: about 200 MiB of activations), is given back once it idles."""
+    from fixtures_server import loopback_server
+
+    from genserve.client import Client
+    from genserve.config import STACK_REPOSITORY_DIR
+    from genserve.demo.samples import sign_image
+    from genserve.memory import MiB as MIB
+    from genserve.triton.model_config import copy_model, read_config, write_config
+
+    repository = tmp_path_factory.mktemp("ocr_repo")
+    for model in ("ocr", "ocr_det", "ocr_cls", "ocr_rec"):
+        copy_model(STACK_REPOSITORY_DIR / model, repository, instances=1)
+    config = read_config(repository / "ocr_det")
+    config.parameters["arena_idle_s"].string_value = "1"
+    write_config(config, repository / "ocr_det")
+
+    with loopback_server(tmp_path_factory, repository) as server:
+        idle = server.memory("idle")
+        by_model = idle.by_model()
+        assert set(by_model) == {"tritonserver", "front", "ocr", "ocr_det", "ocr_cls", "ocr_rec"}
+        assert all(entry["pss"] > 0 and entry["rss"] >= entry["uss"] > 0 for entry in by_model.values())
+        assert idle.pss == sum(p.pss for p in idle.processes) and idle.rss == sum(e["rss"] for e in by_model.values())
+        assert "ocr_det" in idle.table() and f"PSS {idle.pss / MIB:.0f} MiB" in idle.table()
+        summary = idle.summary()
+        assert summary["processes"] == len(idle.processes) == 6 and summary["models"]["ocr"]["processes"] == 1
+
+        leaves = [p for p in idle.processes if p.model in ("ocr_det", "ocr_cls", "ocr_rec")]
+        assert len(leaves) == 3
+        for leaf in leaves:
+            assert not loads_torch(leaf.pid) and not loads_grpc(leaf.pid), leaf.model
+        assert loads_grpc(server.front_pid)  # the check sees what a process maps: the front speaks gRPC
+
+        detector = next(p for p in idle.processes if p.model == "ocr_det")
+        with Client(server.grpc_url) as client:
+            assert client.ocr(sign_image())  # the sign's text read
+            grown = server.memory("after one request").by_model()["ocr_det"]["uss"]
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline:
+                time.sleep(0.5)
+                settled = server.memory("idle again").by_model()["ocr_det"]["uss"]
+                if settled - detector.uss < 32 * MIB:
+                    break
+        print(
+            f"\nocr_det USS: {detector.uss / MIB:.0f} MiB idle, {grown / MIB:.0f} MiB after one request, "
+            f"{settled / MIB:.0f} MiB once idle"
+        )
+        assert grown - detector.uss > 64 * MIB, "the request did not grow the detector's arena: nothing to see"
+        assert settled - detector.uss < 32 * MIB

@@ -64,6 +64,13 @@ def register(subparsers) -> None:
         help="served diffusion requests to the plain pipeline models, not their streaming variants "
         "(which run concurrent requests in one instance)",
     )
+    parser.add_argument(
+        "--compare-plain",
+        action="store_true",
+        help="diffusion tasks sent to the streaming models: also send the same requests unary to the plain model, "
+        "rounds interleaved, and print both side by side (images/s, the stream's over the plain model's, and the "
+        "denoiser's requests merged per execution under each)",
+    )
     parser.add_argument("--warmup", type=int, default=1, help="untimed passes over the payloads per mode (default 1)")
     parser.add_argument(
         "--rounds",
@@ -146,6 +153,7 @@ def run(args: argparse.Namespace) -> int:
         demo_size=args.demo_size,
         stream=args.stream,
         model_warmup=args.model_warmup,
+        compare_plain=args.compare_plain,
     )
     report = run_bench(settings)
     return 1 if any(run["errors"] for run in report["runs"]) else 0

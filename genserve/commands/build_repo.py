@@ -11,6 +11,7 @@ from genserve.config import (
     MAX_GENERATED_SIDE,
     MAX_IMAGES,
     PIPELINE_CONCURRENCY,
+    PIPELINE_HOST_MODEL,
 )
 
 
@@ -61,14 +62,22 @@ def register(subparsers) -> None:
         "--pipeline-instances",
         type=int,
         default=1,
-        help="instances of each plain pipeline model (each a process of its own; default 1)",
+        help="instances of the pipeline host, the process that runs every pipeline of the repository for "
+        "its pipeline models (each instance a process of its own holding torch and the pipelines; default 1)",
+    )
+    parser.add_argument(
+        "--pipeline-host",
+        default=PIPELINE_HOST_MODEL,
+        metavar="NAME",
+        help=f"the pipeline host's model name (default {PIPELINE_HOST_MODEL}): the exports built into one "
+        "repository share it; repositories built apart and served together need names of their own",
     )
     parser.add_argument(
         "--pipeline-concurrency",
         type=int,
         metavar="N",
-        help="requests one plain pipeline model instance runs at once (worker threads whose "
-        f"denoiser calls meet in its batcher; default {PIPELINE_CONCURRENCY}, but "
+        help="requests one pipeline runs at once, from its plain and streaming models together (worker threads "
+        f"whose denoiser calls meet in its batcher; default {PIPELINE_CONCURRENCY}, but "
         f"{CPU_LARGE_PIPELINE_CONCURRENCY} on the cpu target for a denoiser above "
         f"{CPU_SMALL_DENOISER_BYTES / 2**20:g} MiB of weights, which fills the cores alone)",
     )
@@ -92,14 +101,7 @@ def register(subparsers) -> None:
         "--no-stream",
         dest="stream",
         action="store_false",
-        help="leave out the streaming pipeline models (<task model>_stream: progress per step, "
-        "concurrent requests in one instance)",
-    )
-    parser.add_argument(
-        "--stream-concurrency",
-        type=int,
-        metavar="N",
-        help="requests a streaming pipeline model runs at once (default as --pipeline-concurrency)",
+        help="leave out the streaming pipeline models (<task model>_stream: progress per step)",
     )
     parser.add_argument(
         "--warmup-size",
@@ -113,7 +115,8 @@ def register(subparsers) -> None:
         dest="warmup",
         action="store_false",
         help="no warm-up request at load (by default each pipeline model runs a short request through "
-        "the leaves before it reports ready, so that the first request is as fast as the next)",
+        "the host and the leaves, as many at once as the pipeline runs, before it reports ready, so that the "
+        "first requests are as fast as the next)",
     )
     parser.set_defaults(handler=run)
 
@@ -131,9 +134,9 @@ def run(args: argparse.Namespace) -> int:
             max_size=args.max_size,
             max_images=args.max_images,
             pipeline_instances=args.pipeline_instances,
+            pipeline_host=args.pipeline_host,
             pipeline_concurrency=args.pipeline_concurrency,
             stream=args.stream,
-            stream_concurrency=args.stream_concurrency,
             warmup=args.warmup,
             warmup_size=args.warmup_size,
             gpu_memory_limit_gb=args.gpu_memory_limit,

@@ -46,6 +46,7 @@ class DemoResult:
     summary: object  # genserve.client.batch.BatchSummary
     ocr_of_sign: list[str]  # the vttie input, read by the served OCR model
     ocr_of_vttie: list[str]  # the vttie result
+    models: list[str]  # what the server served
 
 
 def write_inputs(out_dir: Path) -> Path:
@@ -121,8 +122,19 @@ def write_contest_inputs(folder: Path, rows_per_task: int = 250) -> Path:
     return task_file
 
 
-def demo_server(out_dir: Path):
-    """Triton on loopback with the stack's repository and the tiny diffusion pipelines' (built once)."""
+def demo_models() -> list[str]:
+    """The models the demo calls: each diffusion task's pipeline model and its streaming twin (the batch runner
+    streams when it shows progress), the face swap and OCR; the server adds what they call (leaves, the pipeline
+    host)."""
+    from genserve.protocol import STREAM_SUFFIX
+
+    pipelines = [options["model"] for options in REQUEST_OPTIONS.values()]
+    return [*pipelines, *(name + STREAM_SUFFIX for name in pipelines), "face_swap", "ocr"]
+
+
+def demo_server(out_dir: Path, *, all_models: bool = False):
+    """Triton on loopback with the stack's repository and the tiny diffusion pipelines' (built once): the
+    models the demo calls (:func:`demo_models`), or with ``all_models`` every model of both."""
     from genserve.config import STACK_REPOSITORY_DIR
     from genserve.demo.repository import build_demo_repository
     from genserve.server import TritonServer
@@ -130,11 +142,14 @@ def demo_server(out_dir: Path):
     diffusion_repository = build_demo_repository(config.CACHE_DIR / "demo")
     return TritonServer.on_loopback(
         [STACK_REPOSITORY_DIR, diffusion_repository],
+        models=None if all_models else demo_models(),
         log_path=out_dir / "tritonserver.log",
     )
 
 
-def run_demo(out_dir: str | Path, *, concurrency: int = 2, progress: bool = True, team: str = "demo") -> DemoResult:
+def run_demo(
+    out_dir: str | Path, *, concurrency: int = 2, progress: bool = True, team: str = "demo", all_models: bool = False
+) -> DemoResult:
     """The task file through the server, its results in ``out_dir/results``. A rerun whose rows are all done
     (the same settings, no stand-in) starts no server: it rewrites the reports from the journal and reads
     the OCR of the sign and of the text edit from ``out_dir/results/ocr.json``, made for that very image."""
@@ -161,15 +176,20 @@ def run_demo(out_dir: str | Path, *, concurrency: int = 2, progress: bool = True
     if readings is not None and not runner(None).pending(tasks):
         print("== every row is done from an earlier run (same settings): no server needed", flush=True)
         summary = runner(None).run(tasks)
-        return DemoResult(out_dir=out_dir, summary=summary, ocr_of_sign=readings[0], ocr_of_vttie=readings[1])
+        return DemoResult(
+            out_dir=out_dir, summary=summary, ocr_of_sign=readings[0], ocr_of_vttie=readings[1], models=[]
+        )
     print("== building the tiny diffusion pipelines' model repository (cached after the first run)", flush=True)
-    with demo_server(out_dir) as server:
+    with demo_server(out_dir, all_models=all_models) as server:
         print(f"== serving {', '.join(server.models)} on 127.0.0.1 (gRPC {server.grpc_url})", flush=True)
         with ClientPool([server.grpc_url]) as pool:
             summary = runner(pool).run(tasks)
         ocr_of_sign, ocr_of_vttie = _read_texts(server.grpc_url, task_file.parent / "sign.png", _vttie_image(out_dir))
+        models = list(server.models)
     _save_readings(out_dir, ocr_of_sign, ocr_of_vttie)
-    return DemoResult(out_dir=out_dir, summary=summary, ocr_of_sign=ocr_of_sign, ocr_of_vttie=ocr_of_vttie)
+    return DemoResult(
+        out_dir=out_dir, summary=summary, ocr_of_sign=ocr_of_sign, ocr_of_vttie=ocr_of_vttie, models=models
+    )
 
 
 # The served OCR's readings of the vttie input sign and result, kept with the digest of the result they read.

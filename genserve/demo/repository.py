@@ -19,6 +19,7 @@ from genserve.config import (
     CPU_LARGE_PIPELINE_CONCURRENCY,
     CPU_SMALL_DENOISER_BYTES,
     PIPELINE_CONCURRENCY,
+    PIPELINE_HOST_MODEL,
 )
 from genserve.demo.pipelines import DEFAULT_DEMO_FOR_FAMILY
 
@@ -55,6 +56,7 @@ def build_demo_repository(
         "warmup": 2 if warmup else 0,
         "size": size,
         "serving_parameter": 1,  # the pipeline configs say what they serve (genserve.served_models)
+        "pipeline_host": PIPELINE_HOST_MODEL,  # the pipelines run in one host process (issue 31)
     }
     if (repo_dir / STAMP).is_file() and json.loads((repo_dir / STAMP).read_text()) == stamp:
         return repo_dir

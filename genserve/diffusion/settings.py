@@ -11,7 +11,7 @@ import json
 from dataclasses import dataclass, fields
 from pathlib import Path
 
-from genserve.config import MAX_GENERATED_SIDE, MAX_IMAGES
+from genserve.config import MAX_GENERATED_SIDE, MAX_IMAGES, PIPELINE_HOST_MODEL
 
 SERVING_FILE = "serving.json"
 
@@ -31,7 +31,8 @@ class ServiceSettings:
     # The max_sequence_length values the long text encoder's engine takes ([low, high]; None: the family's).
     sequence_range: list[int] | None = None
     ocr_model: str = "ocr"  # reads vttie results (served beside, from the stack's own repository)
-    concurrency: int = 1  # requests one instance runs at once (on worker threads)
+    concurrency: int = 1  # requests the pipeline runs at once (on worker threads)
+    host: str = PIPELINE_HOST_MODEL  # the model whose process runs the pipeline (genserve.triton.pipeline_host)
 
     @classmethod
     def read(cls, version_dir: Path) -> ServiceSettings:

@@ -2,16 +2,20 @@
 
 One description, two targets. For every exported component (text encoders, denoiser, VAE decoder and
 encoder) a *leaf model* with the ONNX graph's own tensor names, types and dimensions; for every task
-of the family a *pipeline model* (Python backend, BLS) that runs the diffusers pipeline over the
-leaves (:class:`genserve.triton.models.DiffusionModel`; its tensors are the task's contract in
-:mod:`genserve.protocol`)::
+of the family a *pipeline model* and its streaming twin (Python backend; their tensors are the task's
+contract in :mod:`genserve.protocol`), light relays to the repository's *pipeline host*, whose one
+process runs the diffusers pipeline of every pipeline model over the leaves, over BLS
+(:mod:`genserve.triton.pipeline_models`, :mod:`genserve.triton.pipeline_host`)::
 
     REPO_DIR/
       <prefix>text_encoder/config.pbtxt, 1/model.onnx      leaf models (one per component)
       <prefix>unet/ ...                                    (denoiser: dynamic batching)
-      <prefix>text_to_image/config.pbtxt, 1/model.py,      pipeline models: t2i, tie, vttie
-          1/serving.json, 1/manifest.json, 1/pipeline/     (settings, the export's manifest; tokenizers,
-                                                           scheduler, configs)
+      <prefix>text_to_image/config.pbtxt, 1/model.py,      pipeline models: t2i, tie, vttie (and _stream)
+          1/serving.json                                   (task, host, concurrency, limits)
+      diffusion_pipelines/config.pbtxt, 1/model.py,        the pipeline host, shared by every export built
+          1/<prefix>text_to_image/serving.json,            into the repository: per pipeline model its
+          manifest.json, pipeline/                         settings, the export's manifest and the pipeline's
+                                                           light files (tokenizers, scheduler, configs)
 
 - ``gpu``: leaves use Triton's native ``onnxruntime_onnx`` platform (``tensorrt_plan`` with
   ``--tensorrt`` when the export built engines) on ``KIND_GPU`` instances, as the NGC container runs
@@ -39,10 +43,11 @@ from genserve.config import (
     MAX_IMAGES,
     ORT_CUDA_PARAMETERS,
     PIPELINE_CONCURRENCY,
+    PIPELINE_HOST_MODEL,
     PIPELINE_QUEUE,
     stream_backlog,
 )
-from genserve.diffusion.settings import ServiceSettings
+from genserve.diffusion.settings import SERVING_FILE, ServiceSettings
 from genserve.errors import GenServeError
 from genserve.export.stages import link_or_copy
 from genserve.families import FAMILIES, ShapeRequest, read_configs
@@ -52,10 +57,12 @@ from genserve.schema import BYTES, TRITON_TYPES, Contract
 from genserve.served_models import SERVING_PARAMETER, ServedModel, default_side
 from genserve.triton.model_config import CALLS, LOAD_AFTER, ModelConfig, bound_queue, declare_contract, write_config
 from genserve.triton.onnx_leaf import PARAM_INTRA_OP_THREADS
+from genserve.triton.pipeline_host import host_tensors
 
 TARGETS = ("cpu", "gpu")
 LEAF_MODEL_PY = "from genserve.triton.onnx_leaf import TritonPythonModel  # noqa: F401  (see config.pbtxt)\n"
 PIPELINE_MODEL_PY = "from genserve.triton.models import {cls} as TritonPythonModel  # noqa: F401  (see config.pbtxt)\n"
+HOST_MODEL_PY = "from genserve.triton.pipeline_host import PipelineHost as TritonPythonModel  # noqa: F401\n"
 # How long the denoiser's batcher waits for a second request: well under one step's time.
 QUEUE_DELAY_US = {"text_encoder": 500, "denoiser": 2000, "vae_decoder": 1000, "vae_encoder": 1000}
 
@@ -74,12 +81,12 @@ class BuildOptions:
     # refused.
     max_size: int | None = MAX_GENERATED_SIDE
     max_images: int | None = MAX_IMAGES
-    pipeline_instances: int = 1  # instances of each plain pipeline model (each a process)
-    # Requests one plain pipeline model instance runs at once (threads), and one streaming pipeline
-    # model; None: pipeline_concurrency() decides.
+    pipeline_instances: int = 1  # instances of the pipeline host (each a process running every pipeline)
+    pipeline_host: str = PIPELINE_HOST_MODEL  # the pipeline host's model name (shared by the exports of a repository)
+    # Requests one pipeline runs at once (threads in the host), from its plain and streaming models together;
+    # None: pipeline_concurrency() decides.
     pipeline_concurrency: int | None = None
     stream: bool = True  # also the streaming (decoupled) pipeline models, <task model>_stream
-    stream_concurrency: int | None = None
     warmup: bool = True  # pipeline models run a first request before they report ready
     warmup_size: int | None = None  # its width = height; None: the pipeline's working size (up to max_size)
     max_batch_size: int = LEAF_MAX_BATCH_SIZE  # leaves: the most samples one batched call may hold
@@ -109,13 +116,15 @@ class BuildReport:
     target: str
     leaf_models: list[str] = field(default_factory=list)
     pipeline_models: list[str] = field(default_factory=list)
+    host_model: str = ""  # the pipeline host that runs them
     weight_bytes: int = 0  # held once per leaf instance on the target
     served: str = ""  # the sizes the pipeline models accept
 
     def summary(self) -> str:
         return (
             f"{self.family} ({self.target}) -> {self.repo_dir}: leaf models {', '.join(self.leaf_models)}; "
-            f"pipelines {', '.join(self.pipeline_models)}; weights {self.weight_bytes / 2**30:.2f} GiB"
+            f"pipelines {', '.join(self.pipeline_models)} (run by {self.host_model}); "
+            f"weights {self.weight_bytes / 2**30:.2f} GiB"
             + (f"; serves {self.served}" if self.served else "")
         )
 
@@ -347,12 +356,11 @@ def leaf_instances(entry: ComponentEntry, options: BuildOptions) -> int:
     return CPU_DENOISER_INSTANCES if small_denoiser(entry) else 1
 
 
-def pipeline_concurrency(manifest: Manifest, options: BuildOptions, stream: bool) -> int:
-    """Requests one pipeline model instance runs at once: as asked, else PIPELINE_CONCURRENCY, but
+def pipeline_concurrency(manifest: Manifest, options: BuildOptions) -> int:
+    """Requests one pipeline runs at once: as asked, else PIPELINE_CONCURRENCY, but
     CPU_LARGE_PIPELINE_CONCURRENCY on the cpu target when the denoiser is not small."""
-    asked = options.stream_concurrency if stream else options.pipeline_concurrency
-    if asked is not None:
-        return asked
+    if options.pipeline_concurrency is not None:
+        return options.pipeline_concurrency
     denoiser = next(entry for entry in manifest.components.values() if entry.kind == "denoiser")
     if options.target == "cpu" and not small_denoiser(denoiser):
         return CPU_LARGE_PIPELINE_CONCURRENCY
@@ -385,10 +393,11 @@ def write_leaf(
 # --- pipeline models -----------------------------------------------------------------------------------
 
 
-def pipeline_config(name: str, contract: Contract, instances: int, concurrency: int = 1) -> ModelConfig:
-    """A pipeline model's config: the task's contract (decoupled when it streams), Python backend, CPU,
-    a bounded queue. An instance hands each request to one of ``concurrency`` workers at once and
-    bounds its backlog itself; its queue holds that many, so a burst is not refused before it."""
+def pipeline_config(name: str, contract: Contract, concurrency: int = 1) -> ModelConfig:
+    """A pipeline model's config: the task's contract (decoupled when it streams), Python backend, one CPU
+    instance (a relay: the pipeline runs in the host), a bounded queue. The model hands each request to a
+    thread of its own at once and the host bounds the pipeline's backlog; its queue holds that many, so a
+    burst is not refused before it."""
     queue = PIPELINE_QUEUE | {"max_queue_size": stream_backlog(concurrency)}
     config = bound_queue(
         declare_contract(ModelConfig(name=name, backend="python", max_batch_size=0), contract), **queue
@@ -396,9 +405,7 @@ def pipeline_config(name: str, contract: Contract, instances: int, concurrency: 
     # A seeded request always makes the same image: a server run with a response cache (genserve serve
     # --cache-size) answers a repeated one from it. Triton caches no decoupled model's responses.
     config.response_cache.enable = not contract.streaming
-    # The pipeline's own work (scheduler, guidance arithmetic, image processing) is light: it runs on
-    # CPU instances on both targets and reaches the GPU through the leaves.
-    group = config.instance_group.add(count=instances)
+    group = config.instance_group.add(count=1)
     group.kind = group.KIND_CPU
     return config
 
@@ -408,30 +415,28 @@ def write_pipeline(
     repo_dir: Path,
     manifest: Manifest,
     task: str,
-    pipeline_class: str,
     options: BuildOptions,
+    settings: ServiceSettings,
     stream: bool = False,
 ) -> str:
-    """The plain pipeline model of a task (each instance running several requests at once, unary), or
-    its streaming variant (one instance running several at once, progress per step): how many,
-    :func:`pipeline_concurrency`."""
+    """The plain pipeline model of a task, or its streaming twin (progress per step): a relay to the pipeline
+    host, with ``settings`` in its ``1/serving.json``."""
     contract = STREAMING_TASKS[task] if stream else TASKS[task]
     name = options.prefix + contract.model
     model_dir, version = _fresh_model_dir(repo_dir, name)
-    concurrency = pipeline_concurrency(manifest, options, stream)
-    config = pipeline_config(name, contract, 1 if stream else options.pipeline_instances, concurrency)
-    # The leaves it calls over BLS (a server serving it serves them), and the ocr model that checks a text edit
-    # (loaded with it when a repository has it: without it the edit stands, its check reported as skipped).
-    leaves = [options.prefix + component for component in manifest.components]
-    config.parameters[CALLS].string_value = ",".join(leaves)
-    calls = leaves + ([ServiceSettings.ocr_model] if task == "vttie" else [])
+    config = pipeline_config(name, contract, settings.concurrency)
+    # What it calls: the host over BLS, and the leaves through the host (a server serving it serves them; it
+    # loads after them, its warm-up runs through them), and the ocr model that checks a text edit (loaded with
+    # it when a repository has it: without it the edit stands, its check reported as skipped).
+    leaves = list(settings.models.values())
+    config.parameters[CALLS].string_value = ",".join([settings.host, *leaves])
+    calls = [settings.host, *leaves] + ([settings.ocr_model] if task == "vttie" else [])
     config.parameters[LOAD_AFTER].string_value = ",".join(calls)
     if options.warmup:
         add_warmup(
             config,
             model_dir,
             task,
-            calls,
             options.warmup_size or warmup_side(export_dir, manifest, options.max_size, options.min_size),
         )
     # What it serves, for its callers (genserve.served_models): the same figures its service checks.
@@ -451,18 +456,55 @@ def write_pipeline(
     (version / "model.py").write_text(
         PIPELINE_MODEL_PY.format(cls="DiffusionStreamModel" if stream else "DiffusionModel")
     )
-    shutil.copytree(export_dir / manifest.pipeline_files, version / manifest.pipeline_files)
-    manifest.write(version)
-    ServiceSettings(
-        task=task,
-        pipeline_class=pipeline_class,
-        models={component: options.prefix + component for component in manifest.components},
-        max_size=options.max_size,
-        max_images=options.max_images,
-        min_size=options.min_size,
-        sequence_range=list(options.sequence_range) if options.sequence_range else None,
-        concurrency=concurrency,
-    ).write(version)
+    settings.write(version)
+    return name
+
+
+# --- the pipeline host ---------------------------------------------------------------------------------
+
+
+def host_config(name: str, hosted: list[ServiceSettings], instances: int) -> ModelConfig:
+    """The pipeline host's config: every task's tensors and its own (genserve.triton.pipeline_host), decoupled,
+    ``instances`` CPU processes, a queue for every hosted pipeline's backlog from both twins."""
+    inputs, outputs = host_tensors()
+    config = ModelConfig(name=name, backend="python", max_batch_size=0)
+    config.model_transaction_policy.decoupled = True
+    for tensor in inputs:
+        config.input.add(
+            name=tensor.name, data_type=tensor.triton_type, dims=list(tensor.dims), optional=tensor.optional
+        )
+    for tensor in outputs:
+        config.output.add(name=tensor.name, data_type=tensor.triton_type, dims=list(tensor.dims))
+    backlog = sum(2 * stream_backlog(settings.concurrency) for settings in hosted) or PIPELINE_QUEUE["max_queue_size"]
+    bound_queue(config, **(PIPELINE_QUEUE | {"max_queue_size": backlog}))
+    group = config.instance_group.add(count=instances)
+    group.kind = group.KIND_CPU
+    return config
+
+
+def write_host(
+    export_dir: Path, repo_dir: Path, manifest: Manifest, options: BuildOptions, pipelines: dict[str, ServiceSettings]
+) -> str:
+    """Add this export's pipelines (plain model name -> settings) to the repository's pipeline host, and write
+    its config for every pipeline it now runs: those of other exports built into the repository stay, those
+    whose pipeline model is gone are dropped."""
+    name = options.pipeline_host
+    host_dir = repo_dir / name
+    version = host_dir / "1"
+    version.mkdir(parents=True, exist_ok=True)
+    for folder in list(version.iterdir()):
+        stale = folder.name in pipelines or not (repo_dir / folder.name / "config.pbtxt").is_file()
+        if folder.is_dir() and (folder / SERVING_FILE).is_file() and stale:
+            shutil.rmtree(folder)
+    for pipeline, settings in pipelines.items():
+        folder = version / pipeline
+        folder.mkdir()
+        shutil.copytree(export_dir / manifest.pipeline_files, folder / manifest.pipeline_files)
+        manifest.write(folder)
+        settings.write(folder)
+    hosted = [ServiceSettings.read(folder) for folder in sorted(version.iterdir()) if (folder / SERVING_FILE).is_file()]
+    write_config(host_config(name, hosted, options.pipeline_instances), host_dir / "config.pbtxt")
+    (version / "model.py").write_text(HOST_MODEL_PY)
     return name
 
 
@@ -488,17 +530,17 @@ def default_t2i_side(export_dir: Path, manifest: Manifest, max_size: int, min_si
     return default_side(working, max_size, manifest.pixel_multiple, min_size)
 
 
-def add_warmup(config: ModelConfig, model_dir: Path, task: str, calls: list[str], side: int) -> None:
+def add_warmup(config: ModelConfig, model_dir: Path, task: str, side: int) -> None:
     """Triton's ``model_warmup``: a real request (a few steps, ``side`` pixels square, a fixed seed, as
-    a cached model requires) runs through the leaves before the model reports ready, so that the first
-    client request is as fast as the next. The task's contract packs it, as a client's would be. It
-    calls the leaves over BLS, so the model loads after them (``load_after``, genserve's launcher)."""
+    a cached model requires) runs through the host and the leaves before the model reports ready, as many
+    at once as the pipeline runs (genserve.triton.pipeline_models), so that the first client requests are as
+    fast as the next. The task's contract packs it, as a client's would be. It calls the host and the leaves
+    over BLS, so the model loads after them (``load_after``, genserve's launcher)."""
     from PIL import Image
     from tritonclient.utils import serialize_byte_tensor
 
     from genserve.imaging import png_bytes
 
-    config.parameters[LOAD_AFTER].string_value = ",".join(calls)
     values = {"prompt": WARMUP_PROMPTS[task], "steps": WARMUP_STEPS, "seed": 0}
     if task == "t2i":
         values |= {"width": side, "height": side}
@@ -554,12 +596,23 @@ def build_repository(export_dir: str | Path, repo_dir: str | Path, options: Buil
     for entry in manifest.components.values():
         report.leaf_models.append(write_leaf(export_dir, repo_dir, entry, options, limits[entry.name]))
         report.weight_bytes += entry.weight_bytes * leaf_instances(entry, options)
-    tasks = manifest.served_tasks
-    for task, pipeline_class in tasks.items():
-        report.pipeline_models.append(write_pipeline(export_dir, repo_dir, manifest, task, pipeline_class, options))
-    if options.stream:
-        for task, pipeline_class in tasks.items():
-            report.pipeline_models.append(
-                write_pipeline(export_dir, repo_dir, manifest, task, pipeline_class, options, stream=True)
+    pipelines: dict[str, ServiceSettings] = {}
+    for stream in (False, True) if options.stream else (False,):
+        for task, pipeline_class in manifest.served_tasks.items():
+            settings = ServiceSettings(
+                task=task,
+                pipeline_class=pipeline_class,
+                models={component: options.prefix + component for component in manifest.components},
+                max_size=options.max_size,
+                max_images=options.max_images,
+                min_size=options.min_size,
+                sequence_range=list(options.sequence_range) if options.sequence_range else None,
+                concurrency=pipeline_concurrency(manifest, options),
+                host=options.pipeline_host,
             )
+            report.pipeline_models.append(
+                write_pipeline(export_dir, repo_dir, manifest, task, options, settings, stream=stream)
+            )
+            pipelines[options.prefix + TASKS[task].model] = settings  # the host runs both twins by the plain name
+    report.host_model = write_host(export_dir, repo_dir, manifest, options, pipelines)
     return report

@@ -25,7 +25,14 @@ from genserve.triton.model_config import ModelConfig, model_parameters, read_con
 
 NATIVE_PLATFORM = "onnxruntime_onnx"
 # Parameters only the Python-backend leaf reads (the native backend has its own names for threads).
-PYTHON_LEAF_PARAMETERS = ("onnx_file", "execution_provider", "max_input_shape", "max_input_elements")
+PYTHON_LEAF_PARAMETERS = (
+    "onnx_file",
+    "execution_provider",
+    "max_input_shape",
+    "max_input_elements",
+    "arena_idle_s",
+    "arena_idle_budget_bytes",
+)
 
 
 def is_onnx_leaf(model_dir: Path) -> bool:

@@ -8,33 +8,25 @@ Every model here does the same per request: decode and check the inputs with the
 (:mod:`genserve.protocol`), hand the values to its service, encode the service's answer with the
 contract; a request that fails gets its own error response (:func:`~genserve.triton.requests.respond_each`).
 The services are plain in-process objects (:class:`~genserve.faceswap.FaceSwapper`, rapidocr's engine,
-:class:`~genserve.diffusion.service.DiffusionService`): tests and benchmarks call the same code.
+:class:`~genserve.diffusion.service.DiffusionService`): tests and benchmarks call the same code. The diffusion
+pipeline models (:class:`DiffusionModel`, :class:`DiffusionStreamModel`) relay their requests to the pipeline
+host, which runs every pipeline of a repository in one process (:mod:`genserve.triton.pipeline_models`,
+:mod:`genserve.triton.pipeline_host`).
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import os
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from genserve import config
-from genserve.config import RESPONSE_CACHE_ENV
-from genserve.errors import InvalidInputError, Overloaded
-from genserve.protocol import FACE_SWAP, OCR, STREAMING_TASKS, TASKS
+from genserve.protocol import FACE_SWAP, OCR
 from genserve.schema import Contract
 from genserve.triton import bls
 from genserve.triton.model_config import model_parameters
-from genserve.triton.requests import (
-    count_in_flight,
-    error_response,
-    input_array,
-    output_tensors,
-    refuse_if_draining,
-    respond_each,
-)
+from genserve.triton.pipeline_models import DiffusionModel, DiffusionStreamModel
+from genserve.triton.requests import count_in_flight, input_array, output_tensors, respond_each
 
 try:  # present only inside Triton's Python backend stub
     import triton_python_backend_utils as pb_utils
@@ -154,140 +146,7 @@ class OcrModel(ServiceModel):
         return {"boxes": result.boxes, "texts": result.texts, "scores": result.scores}
 
 
-class DiffusionModel(ServiceModel):
-    """``text_to_image``, ``edit_image`` or ``edit_text`` over one export, as ``1/serving.json`` says:
-    diffusers' pipeline with its heavy modules calling the leaf models over BLS; ``edit_text`` reads its
-    result with the served ``ocr`` model. A request the client cancelled (or whose deadline passed)
-    stops between two denoising steps with CANCELLED.
-
-    Each request runs on a worker thread and is answered through its response sender (Triton 24.07+
-    allows that for plain, unary models too), so one instance serves up to ``concurrency`` requests at
-    once (``1/serving.json``), their denoiser calls meeting in the leaf's dynamic batcher; ``execute``
-    only hands requests over, and the instance is free for the next one at once."""
-
-    streams = False  # a progress response after every step (the decoupled variant below)
-
-    def setup(self, args):
-        import threading
-        from concurrent.futures import ThreadPoolExecutor
-
-        from genserve.diffusion.service import served_service
-        from genserve.diffusion.settings import ServiceSettings
-
-        settings = ServiceSettings.read(self.version_dir)
-        self.contract = self.task_contract(settings.task)
-        # Cached responses are keyed by the inputs alone (Triton's response cache).
-        self.caching = bool(self.model_config.get("response_cache", {}).get("enable")) and bool(
-            os.environ.get(RESPONSE_CACHE_ENV)
-        )
-        self.service = served_service(
-            self.version_dir,
-            runner=lambda model, inputs, outputs: bls.infer(model, inputs, outputs, as_torch=True),
-            text_reader=lambda image: self._read_text(settings.ocr_model, image),
-            concurrency=settings.concurrency,
-        )
-        self.workers = ThreadPoolExecutor(max_workers=self.service.concurrency, thread_name_prefix=self.model_name)
-        # Triton's queue policy never sees a backlog here (execute hands requests over at once), so the
-        # bound is kept by hand: as many running as there are workers, as many waiting as a plain model's queue.
-        self.max_backlog = config.stream_backlog(self.service.concurrency)
-        self.backlog = 0
-        self.backlog_lock = threading.Lock()
-
-    @staticmethod
-    def task_contract(task: str) -> Contract:
-        return TASKS[task]
-
-    @staticmethod
-    def _read_text(ocr_model: str, image: bytes) -> list[str]:
-        outputs = bls.infer(ocr_model, OCR.encode_request(image=image), OCR.output_names)
-        return OCR.decode_response(outputs)["texts"]
-
-    def execute(self, requests) -> None:
-        # Every request gets its final response whatever happens to the others: one left without it is
-        # never released, and the model then never unloads (every shutdown waited out its exit timeout).
-        for request in requests:
-            sender = request.get_response_sender()
-            count_in_flight(self.model_name, 1)
-            try:
-                refuse_if_draining(request, self.model_name)
-                values = self._values(request)
-                with self.backlog_lock:
-                    admitted = self.backlog < self.max_backlog
-                    self.backlog += admitted
-                if not admitted:  # refused at once, as a full queue is: the client may retry later or elsewhere
-                    raise Overloaded(
-                        f"{self.model_name} has {self.max_backlog} requests already (running and waiting); "
-                        "try again later"
-                    )
-                self.workers.submit(self._run, values, sender)
-            except Exception as error:  # noqa: BLE001 - this request fails alone
-                self._finish(sender, error_response(error, self.model_name))
-        return None
-
-    def _values(self, request) -> dict[str, Any]:
-        values = self.contract.decode_request(lambda name, request=request: input_array(request, name))
-        if not self.contract.streaming and values["seed"] is None and self.caching:
-            raise InvalidInputError(
-                "SEED is missing: this server answers repeated requests from its response cache, so a request "
-                "without a seed would get an earlier one's image; send a seed (genserve's clients draw one)"
-            )
-        return values
-
-    def _run(self, values: dict[str, Any], sender) -> None:
-        def progress(report: dict[str, Any]) -> None:
-            sender.send(pb_utils.InferenceResponse(output_tensors(self._encode(progress=report))))
-
-        try:
-            images, metadata = self.service.generate(
-                values, on_step=progress if self.streams else None, cancelled=sender.is_cancelled
-            )
-            response = pb_utils.InferenceResponse(
-                output_tensors(self._encode(images=images, metadata=replace(metadata, model=self.model_name)))
-            )
-        except Exception as error:  # noqa: BLE001 - this request fails alone, the model keeps serving
-            response = error_response(error, self.model_name)
-        finally:
-            with self.backlog_lock:
-                self.backlog -= 1
-        self._finish(sender, response)
-
-    def _finish(self, sender, response) -> None:
-        """The request's last response. A client that left makes the send fail: the request is then only
-        closed (a final flag without a response), which releases it all the same."""
-        try:
-            sender.send(response, flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
-        except Exception as error:  # noqa: BLE001 - the client is gone; the request must still end
-            logger.warning("%s: could not send a final response (%s); closing the request", self.model_name, error)
-            try:
-                sender.send(flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
-            except Exception:  # noqa: BLE001 - already closed
-                pass
-        finally:
-            count_in_flight(self.model_name, -1)
-
-    def _encode(self, **values: Any) -> dict[str, Any]:
-        """Only the outputs given: a progress response carries PROGRESS alone, the last IMAGES and METADATA."""
-        return {
-            output.name: output.encode(values[output.key]) for output in self.contract.outputs if output.key in values
-        }
-
-    def finalize(self) -> None:
-        self.workers.shutdown(wait=True)
-        super().finalize()
-
-
-class DiffusionStreamModel(DiffusionModel):
-    """The streaming (decoupled) variant, ``<task model>_stream``: a progress response after every
-    denoising step, then the result."""
-
-    streams = True
-
-    @staticmethod
-    def task_contract(task: str) -> Contract:
-        return STREAMING_TASKS[task]
-
-
 # The classes a stack model's one-line ``model.py`` may name (genserve.triton.served_config reads them).
-MODEL_CLASSES: dict[str, type[ServiceModel]] = {
+MODEL_CLASSES: dict[str, type] = {
     cls.__name__: cls for cls in (FaceSwapModel, OcrModel, DiffusionModel, DiffusionStreamModel)
 }

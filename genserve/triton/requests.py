@@ -65,10 +65,16 @@ def error_response(error: BaseException, model_name: str):
     exception the table does not name) is logged and named with the model. The message is cut to
     ``MAX_ERROR_MESSAGE_CHARS``: gRPC carries it in metadata, whose size limit would turn a long one
     into RESOURCE_EXHAUSTED."""
+    kind, message = failure(error, model_name)
+    return error_response_of(kind, message, model_name)
+
+
+def failure(error: BaseException, model_name: str) -> tuple[errors.ErrorKind, str]:
+    """An exception as a request's failure: its kind in the error table and the message it is answered
+    with (marked, bounded; a model's own failure named with ``model_name`` and logged with its frames)."""
     kind = errors.kind_of(error)
     if kind.triton_code is None:  # a kind only clients meet (a client's error inside a model): its failure
         kind = errors.FAILED
-    count_failure(model_name, kind.metric_label)
     if kind is errors.FAILED:
         message = bounded(f"{model_name} failed: {type(error).__name__}: {error}")
         # Where it failed, for whoever reads the log: the frames, not the message again (which may
@@ -76,6 +82,12 @@ def error_response(error: BaseException, model_name: str):
         logger.error("%s\n%s", message, "".join(traceback.format_tb(error.__traceback__, limit=-12)))
     else:
         message = kind.marked(str(error))
+    return kind, bounded(message)
+
+
+def error_response_of(kind: errors.ErrorKind, message: str, model_name: str):
+    """The error response of a failure of ``kind`` with ``message`` (as :func:`failure` makes it), counted."""
+    count_failure(model_name, kind.metric_label)
     return pb_utils.InferenceResponse(error=pb_utils.TritonError(bounded(message), triton_code(kind)))
 
 
@@ -134,9 +146,16 @@ def draining() -> bool:
     return bool(path) and os.path.exists(path)
 
 
+def is_bls_call(request) -> bool:
+    """Whether a request is a call of another model's running request (BLS): its id is
+    ``config.BLS_REQUEST_ID``, alone or followed by ``:`` and the call's own token."""
+    request_id = request.request_id()
+    return request_id == config.BLS_REQUEST_ID or request_id.startswith(config.BLS_REQUEST_ID + ":")
+
+
 def refuse_if_draining(request, model_name: str) -> None:
     """A draining server takes no new request; the calls of the requests it runs (BLS) pass."""
-    if draining() and request.request_id() != config.BLS_REQUEST_ID:
+    if draining() and not is_bls_call(request):
         raise ShuttingDown(
             f"{model_name}: the server is shutting down and takes no new requests; retry on another replica or later"
         )
