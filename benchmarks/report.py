@@ -237,6 +237,8 @@ def markdown_report(report: dict[str, Any]) -> str:
                 ("plain p50 ms", num),
                 ("denoiser requests / execution, stream", num),
                 ("denoiser requests / execution, plain", num),
+                ("server CPU ms / image, stream", num),
+                ("server CPU ms / image, plain", num),
             ],
             [
                 [
@@ -250,6 +252,8 @@ def markdown_report(report: dict[str, Any]) -> str:
                     _fmt(e["plain_p50_ms"], 0),
                     _fmt(e["denoiser_requests_per_execution_stream"], 2),
                     _fmt(e["denoiser_requests_per_execution_plain"], 2),
+                    _fmt(e.get("server_cpu_ms_per_image_stream"), 0),
+                    _fmt(e.get("server_cpu_ms_per_image_plain"), 0),
                 ]
                 for e in report["stream_vs_plain"]
             ],

@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from genserve.benchmarks.load import TABLE_HEADER, Run, drive, table_row
+from genserve.config import ARENA_IDLE_S
 from genserve.demo.pipelines import DEMO_FOR_FAMILY
 from genserve.imaging import png_bytes
 from genserve.metadata import GenerationMetadata
@@ -458,7 +459,10 @@ class Bench:
                 for client in clients:
                     client.close()
             if self.server is not None:
-                self._memory("after the run")
+                # What the server keeps, not what the last requests hold for a moment: the leaves give an arena
+                # grown beyond their budget back once idle for ARENA_IDLE_S (genserve.onnx_sessions.IdleShrink).
+                time.sleep(ARENA_IDLE_S + 1.0)
+                self._memory(f"after the run ({ARENA_IDLE_S + 1.0:g} s idle)")
         finally:
             if self.server is not None:
                 self.server.stop()
@@ -544,6 +548,8 @@ class Bench:
             if isinstance(task, DiffusionTask):
                 task.level_stats(run.extra["models"], model)
                 self.log(_pipeline_line(run.extra["models"], model))
+            if "server_cpu_ms_per_image" in run.extra:
+                self.log(f"  the server's CPU time per image: {run.extra['server_cpu_ms_per_image']:.0f} ms")
         if "served plain" in served_models:
             self.stream_vs_plain.append(_stream_vs_plain(task, level, runs[0], runs[1]))
             self.log(_stream_vs_plain_line(self.stream_vs_plain[-1]))
@@ -569,15 +575,21 @@ class Bench:
         rounds = max(1, min(self.settings.rounds, requests // clients))
         pooled: dict[str, Run] = {}
         counted: dict[str, dict[str, dict[str, int]]] = {mode: {} for mode in served_models}
+        cpu_s: dict[str, float] = {}
         for round_ in range(rounds):
             count = requests // rounds + (round_ < requests % rounds)
             for mode in list(modes) if round_ % 2 == 0 else list(reversed(modes)):
                 workers, payloads = modes[mode]
                 before = _model_stats(url) if mode in served_models else None
+                cpu = self.server.cpu_seconds() if before is not None and self.server is not None else None
                 run = drive(workers, count, payloads, mode)
+                if cpu is not None:
+                    cpu_s[mode] = cpu_s.get(mode, 0.0) + self.server.cpu_seconds() - cpu
                 if before is not None:
                     _add_counters(counted[mode], self._round_counters(served_models[mode], run, before, url))
                 pooled[mode] = pooled[mode].merged(run) if mode in pooled else run
+        for mode, seconds in cpu_s.items():  # the server's own CPU time per image (a server started here)
+            pooled[mode].extra["server_cpu_ms_per_image"] = round(1e3 * seconds / max(1, pooled[mode].requests), 1)
         return pooled, {mode: stats_delta({}, totals) for mode, totals in counted.items()}
 
     def _first_requests(self, runs: list[Run]) -> dict[str, dict[str, float]]:
@@ -720,6 +732,8 @@ def _stream_vs_plain(task, level: int, stream: Run, plain: Run) -> dict[str, Any
         "plain_p50_ms": round(plain.percentile(50), 1),
         "denoiser_requests_per_execution_stream": merged["stream"],
         "denoiser_requests_per_execution_plain": merged["plain"],
+        "server_cpu_ms_per_image_stream": stream.extra.get("server_cpu_ms_per_image"),
+        "server_cpu_ms_per_image_plain": plain.extra.get("server_cpu_ms_per_image"),
     }
 
 

@@ -434,6 +434,9 @@ class Client(TaskMethods):
             self._grpc_client = tritonclient.InferenceServerClient(
                 self.url, channel_args=retry.grpc_channel_args(self.retry_policy)
             )
+            # The gRPC stream of the streamed calls, kept open from one call to the next (see _stream_once).
+            self._responses = None
+            self._stream_lock = threading.Lock()
         else:
             import tritonclient.http as tritonclient
 
@@ -468,6 +471,8 @@ class Client(TaskMethods):
 
     def close(self) -> None:
         if self._grpc_client is not None:
+            with self._stream_lock:
+                self._close_stream(cancel=False)
             self._grpc_client.close()
             return
         with self._lock:
@@ -608,26 +613,47 @@ class Client(TaskMethods):
     def _stream_once(
         self, model: str, inputs: dict[str, np.ndarray], on_progress, deadline: float | None
     ) -> dict[str, np.ndarray]:
+        """One streamed request on the client's stream. The stream stays open for the next call when this one
+        got its result (a stream set up and torn down per request cost the client, genserve's front and
+        tritonserver more than the request's own progress responses: docs/diffusion-serving.md); a failure, a
+        deadline or an interrupt cancels it, with the request, on the server. One streamed call at a time per
+        client (its threads take turns)."""
         import queue
 
-        responses: queue.SimpleQueue = queue.SimpleQueue()
-        self._client.start_stream(
-            callback=lambda result, error: responses.put((result, error)), stream_timeout=retry.remaining_s(deadline)
-        )
-        finished = False
-        try:
-            self._client.async_stream_infer(model, triton_inputs(self._triton, inputs))
-            while True:
-                result, error = responses.get()
-                if error is not None:
-                    raise request_error(error, self.url, self.protocol)
-                arrays = {output.name: result.as_numpy(output.name) for output in result.get_response().outputs}
-                if is_final(arrays):
-                    finished = True
-                    return arrays
-                on_progress(arrays)
-        finally:
-            self._client.stop_stream(cancel_requests=not finished)
+        with self._stream_lock:
+            if self._responses is None:
+                self._responses = responses = queue.SimpleQueue()
+                # No stream deadline: the stream outlives a call; each call keeps its own below.
+                self._client.start_stream(callback=lambda result, error: responses.put((result, error)))
+            responses = self._responses
+            finished = False
+            try:
+                remaining = retry.remaining_s(deadline)
+                kwargs = {} if remaining is None else {"timeout": int(remaining * 1e6)}  # dropped when expired
+                self._client.async_stream_infer(model, triton_inputs(self._triton, inputs), **kwargs)
+                while True:
+                    try:
+                        result, error = responses.get(timeout=retry.remaining_s(deadline))
+                    except queue.Empty:
+                        raise RequestError(
+                            f"Deadline Exceeded: no answer from {self.url} within the call's deadline",
+                            errors.DEADLINE_EXCEEDED,
+                        ) from None
+                    if error is not None:
+                        raise request_error(error, self.url, self.protocol)
+                    arrays = {output.name: result.as_numpy(output.name) for output in result.get_response().outputs}
+                    if is_final(arrays):
+                        finished = True
+                        return arrays
+                    on_progress(arrays)
+            finally:
+                if not finished:  # the request is cancelled on the server with the stream
+                    self._close_stream(cancel=True)
+
+    def _close_stream(self, *, cancel: bool) -> None:
+        if self._responses is not None:
+            self._responses = None
+            self._client.stop_stream(cancel_requests=cancel)
 
     def _run(self, call: Call) -> Any:
         if call.on_progress is not None:

@@ -1,5 +1,7 @@
 """What a running server weighs: the memory of tritonserver, of every Python-backend worker (by model) and
-of genserve's front, read from the kernel (``/proc/<pid>/smaps_rollup`` through psutil).
+of genserve's front, read from the kernel (``/proc/<pid>/smaps_rollup`` through psutil); and the CPU time they
+spent (:func:`server_cpu_seconds`), which on a shared host says more of what a configuration costs than its
+wall time.
 
 Three figures per process:
 
@@ -17,7 +19,7 @@ tritonserver itself: there the per-model split is not visible, and tritonserver'
 
 from __future__ import annotations
 
-import os
+import contextlib
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -122,9 +124,22 @@ def server_memory(triton_pid: int, front_pid: int | None = None, label: str = "n
     return report
 
 
-def own_memory(label: str = "this process") -> MemoryReport:
-    """This process alone, as a report (what an in-process baseline holds)."""
-    report = MemoryReport(label)
-    entry = process_memory(os.getpid(), "in-process")
-    report.processes = [entry] if entry else []
-    return report
+def server_cpu_seconds(triton_pid: int, front_pid: int | None = None) -> float:
+    """User and system CPU seconds spent so far by tritonserver, its live workers and the front (a worker that
+    exited meanwhile is no longer counted: compare two readings of the same workers)."""
+    import psutil
+
+    total = 0.0
+    try:
+        triton = psutil.Process(triton_pid)
+        processes = [triton, *triton.children()]
+    except psutil.NoSuchProcess:
+        return 0.0
+    if front_pid:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            processes.append(psutil.Process(front_pid))
+    for process in processes:
+        with contextlib.suppress(psutil.NoSuchProcess, psutil.ZombieProcess):
+            times = process.cpu_times()
+            total += times.user + times.system
+    return total

@@ -32,7 +32,7 @@ from genserve.drain import requests_in_flight, stuck_models, wait_for_unload, wa
 from genserve.errors import ServerError
 from genserve.front.process import FrontProcess
 from genserve.installation import TritonInstallation, find_installation
-from genserve.memory import MemoryReport, server_memory
+from genserve.memory import MemoryReport, server_cpu_seconds, server_memory
 from genserve.ports import busy_ports, free_ports
 
 logger = logging.getLogger(__name__)
@@ -390,6 +390,10 @@ class TritonServer:
         if not self.is_running():
             raise ServerError("the server is not running: no memory to report")
         return server_memory(self._process.pid, self.front_pid, label)
+
+    def cpu_seconds(self) -> float:
+        """CPU seconds spent so far by tritonserver, its workers and the front (:mod:`genserve.memory`)."""
+        return server_cpu_seconds(self._process.pid, self.front_pid) if self.is_running() else 0.0
 
     def wait(self) -> int:
         """Block until the server exits, tritonserver or its front (for ``genserve serve`` in the

@@ -249,6 +249,10 @@ async def start(
 ) -> tuple[grpc.aio.Server, grpc.aio.Channel, Forwarder]:
     """Forward ``listen`` to tritonserver's gRPC port at ``upstream``; returns the server, its channel and
     its forwarder."""
+    # The streams' request parser, imported now: the first stream once waited for it (about as long as its
+    # request took; docs/diffusion-serving.md, "Warm for concurrency").
+    from tritonclient.grpc import service_pb2  # noqa: F401
+
     channel = grpc.aio.insecure_channel(
         upstream,
         options=[

@@ -70,6 +70,9 @@ class Relay:
 
     def __init__(self, sender):
         self.sender = sender
+        # Held while anything uses the sender: once the final response is sent, the request's response factory is
+        # gone, and asking it whether the client cancelled crashed tritonserver (Triton 2.51).
+        self.lock = threading.Lock()
         self.id = uuid.uuid4().hex
         self.started = time.monotonic()
         self.worker: int | None = None  # the host process that took it
@@ -219,17 +222,20 @@ class DiffusionModel:
             self._end(relay, pb_utils.InferenceResponse(output_tensors=result))
             return True
         if self.streams and tensors.get("PROGRESS") is not None:
-            relay.sender.send(pb_utils.InferenceResponse(output_tensors=[tensors["PROGRESS"]]))
+            with relay.lock:
+                if not relay.ended:
+                    relay.sender.send(pb_utils.InferenceResponse(output_tensors=[tensors["PROGRESS"]]))
         return False
 
     def _end(self, relay: Relay, response) -> bool:
         """The request's last response, once (the watcher may answer it first); whether this call sent it."""
-        with self.lock:
+        with relay.lock:
             if relay.ended:
                 return False
             relay.ended = True
+            finish(relay.sender, response, self.model_name)
+        with self.lock:
             self.relays.pop(relay.id, None)
-        finish(relay.sender, response, self.model_name)
         count_in_flight(self.model_name, -1)
         return True
 
@@ -262,10 +268,11 @@ class DiffusionModel:
             if self._end(relay, error_response_of(errors.UNAVAILABLE, message, self.model_name)):
                 self.workers.replace()  # its thread waits for good for an answer Triton never sends
             return
-        try:
-            cancelled = not relay.cancel_sent and relay.sender.is_cancelled()
-        except Exception:  # noqa: BLE001 - answered meanwhile: its sender is closed
-            return
+        with relay.lock:  # not once answered (see Relay.lock)
+            try:
+                cancelled = not relay.ended and not relay.cancel_sent and relay.sender.is_cancelled()
+            except Exception:  # noqa: BLE001 - answered meanwhile: its sender is closed
+                return
         if cancelled:
             relay.cancel_sent = True
             threading.Thread(target=self._cancel, args=(relay,), daemon=True).start()
