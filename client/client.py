@@ -307,7 +307,8 @@ class TaskMethods:
         > 1; the metadata holds the seed, steps, warnings (a truncated prompt) and timings per stage and step.
 
         With ``progress``, the request goes to the model's streaming variant (``<model>_stream``, gRPC)
-        and ``progress({"step", "steps", "elapsed_ms"})`` is called after every denoising step. A seed
+        and ``progress({"step", "steps", "elapsed_ms"})`` is called as the denoising steps run (after the first
+        step, then as often as the model's progress interval allows: every step of a slow model). A seed
         is drawn here when none is given (and reported), so every request is reproducible.
 
         Keyword parameters (text_to_image fields, :mod:`genserve.protocol`):

@@ -124,6 +124,11 @@ PIPELINE_CONCURRENCY = 4
 # and check every RELAY_WATCH_S whether a request's client gave up or the host's process died; a request the
 # host has not taken after RELAY_ACCEPT_S while no host process they know of lives is answered UNAVAILABLE.
 PIPELINE_HOST_MODEL = "diffusion_pipelines"
+# A streaming pipeline model reports a request's progress after its first denoising step and then after each
+# step that ends this long or more after the last one reported: every step of a model whose steps take longer,
+# ten reports a second at most (a progress bar needs no more) where steps are faster, whose every report costs
+# the client, genserve's front, tritonserver and the pipeline model a message (docs/diffusion-serving.md).
+PROGRESS_INTERVAL_S = 0.1
 RELAY_WATCH_S = 0.1
 RELAY_ACCEPT_S = 2.0
 # Rows the batch runner (`genserve run`) keeps in flight at once.

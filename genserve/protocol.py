@@ -175,7 +175,13 @@ _GENERATION_OUTPUTS = (
 # denoising step, sent before the result.
 STREAM_SUFFIX = "_stream"
 PROGRESS = Output(
-    "PROGRESS", "progress", BYTES, (1,), "JSON per denoising step: step, steps, elapsed_ms", encoding="json"
+    "PROGRESS",
+    "progress",
+    BYTES,
+    (1,),
+    "JSON after a denoising step (the first, then as often as the model's progress interval allows): step, steps, "
+    "elapsed_ms",
+    encoding="json",
 )
 
 

@@ -100,7 +100,7 @@ def test_bench_face_swap_and_t2i(demo_repository, tmp_path, capsys):
     assert (
         main(
             ["bench", "--tasks", "deepfake,t2i", "--concurrency", "1,2", "--requests", str(requests), "--rounds", "2"]
-            + ["--out", str(out)]
+            + ["--compare-plain", "--out", str(out)]
         )
         == 0
     )
@@ -111,7 +111,7 @@ def test_bench_face_swap_and_t2i(demo_repository, tmp_path, capsys):
     assert report["server"]["started_by"] == "genserve bench"
     assert report["settings"]["rounds"] == 2
     runs = {(run["task"], run["mode"], run["concurrency"]): run for run in report["runs"]}
-    modes = {"deepfake": ("served", "in-process"), "t2i": ("served", "in-process", "floor")}
+    modes = {"deepfake": ("served", "in-process"), "t2i": ("served", "served plain", "in-process", "floor")}
     assert set(runs) == {(task, mode, level) for task in modes for mode in modes[task] for level in levels}
     for run in runs.values():
         assert run["requests"] == requests and run["errors"] == 0
@@ -164,7 +164,29 @@ def test_bench_face_swap_and_t2i(demo_repository, tmp_path, capsys):
         )
         assert f"first request after start (with model warm-up): {task} {first['first_ms']:.0f} ms" in printed
 
+    # The streaming model beside the plain one (issue 31): the same requests, the ratio of their images/s.
+    beside = {entry["concurrency"]: entry for entry in report["stream_vs_plain"]}
+    assert set(beside) == set(levels)
+    for level, entry in beside.items():
+        stream, plain = runs["t2i", "served", level], runs["t2i", "served plain", level]
+        assert plain["model"] == "sd_text_to_image" and plain["models"]["sd_text_to_image"]["requests"] == requests
+        assert entry["stream_over_plain"] == pytest.approx(stream["images_per_s"] / plain["images_per_s"], rel=0.01)
+        assert entry["denoiser_requests_per_execution_plain"] == plain["models"]["sd_unet"]["requests_per_execution"]
+        assert (
+            f"at concurrency {level}: {entry['stream_images_per_s']:.2f} / {entry['plain_images_per_s']:.2f}" in printed
+        )
+    assert all(run["server_cpu_ms_per_image"] > 0 for (_, mode, _), run in runs.items() if mode.startswith("served"))
+
+    # The server's memory by model, once started and after the run (issue 31).
+    idle, after = report["memory"]
+    assert idle["label"].startswith("idle") and after["label"].startswith("after the run")
+    for snapshot in (idle, after):
+        assert {"tritonserver", "front", "face_swap", "diffusion_pipelines", "sd_unet"} <= set(snapshot["models"])
+        assert snapshot["pss"] == sum(entry["pss"] for entry in snapshot["models"].values()) > 0
+    assert "server memory (idle, after the start): PSS" in printed
+
     markdown = (out / "bench.md").read_text()
+    assert "## Server memory by model" in markdown and "## Streaming model beside the plain one" in markdown
     assert re.search(r"^\| t2i \| yes \| \d+ \| \d+ \| [\d.]+x \|$", markdown, re.M)
     for task, mode, level in runs:
         assert re.search(rf"^\| {task} \| [^|]+ \| {mode} \| {level} \| {requests} \| 0 \|", markdown, re.M), (

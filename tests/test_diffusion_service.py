@@ -227,3 +227,20 @@ def test_counting_a_new_requests_tokens_leaves_a_running_requests_tokenizer_alon
         counter.join()
         sys.setswitchinterval(interval)
     assert set(lengths) == {77}, f"{sum(length != 77 for length in lengths)} of {len(lengths)} came out unpadded"
+
+
+def test_progress_is_reported_after_the_first_step_then_at_most_once_per_interval(export_family):
+    """A streaming model reports every step where steps take longer than its progress interval, the first step
+    and then one per interval where they are faster (issue 31: each report is a message through the stack)."""
+    from genserve.diffusion.service import export_service
+
+    service = export_service(export_family("sd")[1], "t2i")
+    request = {"prompt": "a lighthouse", "steps": 6, "seed": 1, "width": 32, "height": 32}
+    every, first, paced = [], [], []
+    service.generate(request, on_step=every.append)
+    service.generate(request, on_step=first.append, progress_interval_s=3600)
+    images, _ = service.generate(request, on_step=paced.append, progress_interval_s=1e-9)
+    steps = len(every)
+    assert [r["step"] for r in every] == list(range(1, steps + 1)) and steps >= 6
+    assert [r["step"] for r in first] == [1] and first[0]["steps"] == steps
+    assert [r["step"] for r in paced] == list(range(1, steps + 1)) and images

@@ -38,7 +38,10 @@ def diffusion_server(export_family, tmp_path_factory):
         # The pipeline models run concurrent requests in one instance: they reach the denoiser's dynamic
         # batcher together. One denoiser instance (the cpu target gives a tiny one two), so that the
         # concurrency test below watches that batcher merge them rather than two instances take them apart.
-        options = BuildOptions(prefix=f"{family}_", max_size=256, warmup_size=SIZE, denoiser_instances=1)
+        # Every step's progress reported (the default reports ten a second at most: these steps are faster).
+        options = BuildOptions(
+            prefix=f"{family}_", max_size=256, warmup_size=SIZE, denoiser_instances=1, progress_interval_s=0
+        )
         build_repository(export_dir, repo, options)
     # FLUX's pipeline does more between its denoiser calls than SD's: on this 2-core host two pipelines
     # miss the default 2 ms window and alternate on the transformer. A 100 ms window lets them meet.

@@ -12,6 +12,7 @@ from genserve.config import (
     MAX_IMAGES,
     PIPELINE_CONCURRENCY,
     PIPELINE_HOST_MODEL,
+    PROGRESS_INTERVAL_S,
 )
 
 
@@ -101,7 +102,16 @@ def register(subparsers) -> None:
         "--no-stream",
         dest="stream",
         action="store_false",
-        help="leave out the streaming pipeline models (<task model>_stream: progress per step)",
+        help="leave out the streaming pipeline models (<task model>_stream: progress as the steps run)",
+    )
+    parser.add_argument(
+        "--progress-interval",
+        type=float,
+        default=PROGRESS_INTERVAL_S,
+        metavar="S",
+        help="streaming pipeline models: a progress report after the first denoising step and after each step "
+        f"ending S seconds or more after the last one reported (default {PROGRESS_INTERVAL_S:g}: ten a second at "
+        "most; 0: after every step)",
     )
     parser.add_argument(
         "--warmup-size",
@@ -137,6 +147,7 @@ def run(args: argparse.Namespace) -> int:
             pipeline_host=args.pipeline_host,
             pipeline_concurrency=args.pipeline_concurrency,
             stream=args.stream,
+            progress_interval_s=args.progress_interval,
             warmup=args.warmup,
             warmup_size=args.warmup_size,
             gpu_memory_limit_gb=args.gpu_memory_limit,

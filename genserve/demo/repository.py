@@ -20,6 +20,7 @@ from genserve.config import (
     CPU_SMALL_DENOISER_BYTES,
     PIPELINE_CONCURRENCY,
     PIPELINE_HOST_MODEL,
+    PROGRESS_INTERVAL_S,
 )
 from genserve.demo.pipelines import DEFAULT_DEMO_FOR_FAMILY
 
@@ -57,6 +58,7 @@ def build_demo_repository(
         "size": size,
         "serving_parameter": 1,  # the pipeline configs say what they serve (genserve.served_models)
         "pipeline_host": PIPELINE_HOST_MODEL,  # the pipelines run in one host process (issue 31)
+        "progress_interval_s": PROGRESS_INTERVAL_S,
     }
     if (repo_dir / STAMP).is_file() and json.loads((repo_dir / STAMP).read_text()) == stamp:
         return repo_dir

@@ -362,13 +362,15 @@ class DiffusionService:
         *,
         on_step: Callable[[dict[str, Any]], None] | None = None,
         cancelled: Callable[[], bool] | None = None,
+        progress_interval_s: float = 0.0,
     ) -> tuple[list[bytes], GenerationMetadata]:
         """PNG images and metadata for one request: the task's field values (:data:`genserve.protocol.TASKS`),
         checked here as the served model checks them.
 
         Before any work, and after every denoising step, ``cancelled()`` is asked whether the caller gave
-        up: then :class:`~genserve.errors.RequestCancelled` is raised and no further step runs. After every
-        step ``on_step`` gets ``{"step", "steps", "elapsed_ms"}``.
+        up: then :class:`~genserve.errors.RequestCancelled` is raised and no further step runs. After a
+        step ``on_step`` gets ``{"step", "steps", "elapsed_ms"}``: after the first, and after each one that
+        ends ``progress_interval_s`` or more after the last one reported (0: after every step).
         """
         import torch
 
@@ -386,12 +388,14 @@ class DiffusionService:
         self.check_denoising_steps(request)
         step_ends: list[float] = []
         started = time.perf_counter()
+        reported = [-math.inf]  # when a step was last reported
 
         def on_step_end(pipeline, step, timestep, callback_kwargs):
             step_ends.append(time.perf_counter())
             if cancelled is not None and cancelled():
                 raise RequestCancelled(f"cancelled by the caller after {step + 1} of {pipeline.num_timesteps} steps")
-            if on_step is not None:
+            if on_step is not None and step_ends[-1] - reported[0] >= progress_interval_s:
+                reported[0] = step_ends[-1]
                 on_step(
                     {
                         "step": step + 1,

@@ -11,7 +11,7 @@ import json
 from dataclasses import dataclass, fields
 from pathlib import Path
 
-from genserve.config import MAX_GENERATED_SIDE, MAX_IMAGES, PIPELINE_HOST_MODEL
+from genserve.config import MAX_GENERATED_SIDE, MAX_IMAGES, PIPELINE_HOST_MODEL, PROGRESS_INTERVAL_S
 
 SERVING_FILE = "serving.json"
 
@@ -33,6 +33,7 @@ class ServiceSettings:
     ocr_model: str = "ocr"  # reads vttie results (served beside, from the stack's own repository)
     concurrency: int = 1  # requests the pipeline runs at once (on worker threads)
     host: str = PIPELINE_HOST_MODEL  # the model whose process runs the pipeline (genserve.triton.pipeline_host)
+    progress_interval_s: float = PROGRESS_INTERVAL_S  # the streaming model's progress reports (config.py says how)
 
     @classmethod
     def read(cls, version_dir: Path) -> ServiceSettings:

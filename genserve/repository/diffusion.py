@@ -45,6 +45,7 @@ from genserve.config import (
     PIPELINE_CONCURRENCY,
     PIPELINE_HOST_MODEL,
     PIPELINE_QUEUE,
+    PROGRESS_INTERVAL_S,
     stream_backlog,
 )
 from genserve.diffusion.settings import SERVING_FILE, ServiceSettings
@@ -88,6 +89,7 @@ class BuildOptions:
     pipeline_concurrency: int | None = None
     stream: bool = True  # also the streaming (decoupled) pipeline models, <task model>_stream
     warmup: bool = True  # pipeline models run a first request before they report ready
+    progress_interval_s: float = PROGRESS_INTERVAL_S  # streaming models: least time between two progress reports
     warmup_size: int | None = None  # its width = height; None: the pipeline's working size (up to max_size)
     max_batch_size: int = LEAF_MAX_BATCH_SIZE  # leaves: the most samples one batched call may hold
     # ONNX Runtime leaves on the CPU: intra-op threads per session (0: ONNX Runtime's choice, one per
@@ -419,7 +421,7 @@ def write_pipeline(
     settings: ServiceSettings,
     stream: bool = False,
 ) -> str:
-    """The plain pipeline model of a task, or its streaming twin (progress per step): a relay to the pipeline
+    """The plain pipeline model of a task, or its streaming twin (progress as it goes): a relay to the pipeline
     host, with ``settings`` in its ``1/serving.json``."""
     contract = STREAMING_TASKS[task] if stream else TASKS[task]
     name = options.prefix + contract.model
@@ -609,6 +611,7 @@ def build_repository(export_dir: str | Path, repo_dir: str | Path, options: Buil
                 sequence_range=list(options.sequence_range) if options.sequence_range else None,
                 concurrency=pipeline_concurrency(manifest, options),
                 host=options.pipeline_host,
+                progress_interval_s=options.progress_interval_s,
             )
             report.pipeline_models.append(
                 write_pipeline(export_dir, repo_dir, manifest, task, options, settings, stream=stream)

@@ -17,8 +17,9 @@ repository's pipeline models builds only theirs, and calls only their leaves.
 
 The host is decoupled. Per request (inputs: the task's tensors and ``MODEL``, the name of the pipeline
 model the client called) it sends, through :class:`~genserve.triton.workers.Replies` (off the workers'
-path): first ``WORKER`` (its process id: the relay watches that it lives), then a ``PROGRESS`` per step
-for a streaming model, then ``IMAGES`` and ``METADATA``, or ``ERROR`` (JSON: the failure's kind in the
+path): first ``WORKER`` (its process id: the relay watches that it lives), then for a streaming model a
+``PROGRESS`` after the first denoising step and after each step ending ``progress_interval_s`` (serving.json)
+or more after the last one reported, then ``IMAGES`` and ``METADATA``, or ``ERROR`` (JSON: the failure's kind in the
 error table and its message, which a BLS caller would otherwise get as INTERNAL whatever it was). A
 relay cancels a request by sending ``CANCEL`` (the request's id) and says which process it is
 (``CALLER``): a request whose relay gave up or died stops between two denoising steps. ``BURST`` runs the
@@ -186,7 +187,12 @@ class PipelineHost:
                     self.cancelled.add(cancel)
                 replies.finish(None)
                 continue
-            count_in_flight(self.model_name, 1)
+            # A pipeline model's call is counted in flight by that model, which waits for it: counted here only
+            # when a client calls the host itself (each count is a round trip to tritonserver).
+            counted = not is_bls_call(request)
+            if counted:
+                count_in_flight(self.model_name, 1)
+            answered = self._answered if counted else None
             model = text_value(input_array(request, MODEL_INPUT))
             try:
                 refuse_if_draining(request, self.model_name)
@@ -194,10 +200,10 @@ class PipelineHost:
                 values = contract.decode_request(lambda name, request=request: input_array(request, name))
                 hosted.admit(model)
             except Exception as error:  # noqa: BLE001 - this request fails alone
-                self._fail(replies, error, model or self.model_name)
+                self._fail(replies, error, model or self.model_name, answered)
                 continue
             replies.send(pb_utils.InferenceResponse(output_tensors({WORKER_OUTPUT: self._worker})))
-            call = Call(request, replies, model, contract.streaming)
+            call = Call(request, replies, model, contract.streaming, answered)
             self.running.add(call.id)
             burst = max(1, min(int_value(input_array(request, BURST_INPUT), 1), hosted.settings.concurrency))
             hosted.workers.submit(self._run, hosted, values, call, burst)
@@ -227,7 +233,7 @@ class PipelineHost:
             for _ in range(burst - 1):
                 threading.Thread(target=self._echo, args=(service, values, done), daemon=True).start()
             try:
-                images, metadata = self._generate(service, values, call)
+                images, metadata = self._generate(service, values, call, hosted.settings.progress_interval_s)
             finally:
                 _meet(done)
             outputs = call.contract_outputs(images=images, metadata=replace(metadata, model=call.model))
@@ -240,9 +246,9 @@ class PipelineHost:
             hosted.release()
             self.running.discard(call.id)
             self.cancelled.discard(call.id)
-        call.replies.finish(response, after=self._answered)
+        call.replies.finish(response, after=call.answered)
 
-    def _generate(self, service, values: dict[str, Any], call: Call):
+    def _generate(self, service, values: dict[str, Any], call: Call, interval_s: float):
         def progress(report: dict[str, Any]) -> None:
             call.replies.send(pb_utils.InferenceResponse(output_tensors(call.contract_outputs(progress=report))))
 
@@ -250,6 +256,7 @@ class PipelineHost:
             values,
             on_step=progress if call.streams else None,
             cancelled=lambda: self._cancelled(call),
+            progress_interval_s=interval_s,
         )
 
     @staticmethod
@@ -275,11 +282,11 @@ class PipelineHost:
         outputs = bls.infer(ocr_model, OCR.encode_request(image=image), OCR.output_names)
         return OCR.decode_response(outputs)["texts"]
 
-    def _fail(self, replies: Replies, error: BaseException, model: str) -> None:
+    def _fail(self, replies: Replies, error: BaseException, model: str, answered) -> None:
         kind, message = failure(error, model)
         count_failure(self.model_name, kind.metric_label)
         response = pb_utils.InferenceResponse(output_tensors({ERROR_OUTPUT: error_payload(kind, message)}))
-        replies.finish(response, after=self._answered)
+        replies.finish(response, after=answered)
 
     def _answered(self) -> None:
         count_in_flight(self.model_name, -1)
@@ -301,8 +308,9 @@ class Call:
     """One request the host runs: its replies (its sender, its caller's process), the pipeline model it came for
     and whether that streams, its id (what a ``CANCEL`` names)."""
 
-    def __init__(self, request, replies: Replies, model: str, streams: bool):
+    def __init__(self, request, replies: Replies, model: str, streams: bool, answered):
         self.replies, self.model, self.streams = replies, model, streams
+        self.answered = answered  # called once it is answered (None: nothing to do)
         self.id = request.request_id()
         self.bls = is_bls_call(request)
 
