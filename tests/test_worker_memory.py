@@ -135,3 +135,35 @@ def test_the_report_names_every_process_and_an_idle_leaf_gives_its_arena_back(tm
         )
         assert grown - detector.uss > 64 * MIB, "the request did not grow the detector's arena: nothing to see"
         assert settled - detector.uss < 32 * MIB
+
+
+@pytest.mark.server
+def test_serve_prints_the_memory_report_when_ready_on_sigusr1_and_when_stopping(tmp_path):
+    import signal
+
+    from fixtures_server import start_serve
+
+    serve, _, lines = start_serve(tmp_path, "--model", "ocr_cls", "--memory-report")
+    try:
+
+        def report(label: str) -> dict[str, str]:
+            """The next report genserve serve prints: its header's label, then a line per model."""
+            header = serve.stdout.readline()
+            while header and "server memory (" not in header:
+                header = serve.stdout.readline()
+            assert f"server memory ({label}): PSS" in header, header
+            processes = int(header.split(" in ")[-1].split()[0])
+            serve.stdout.readline()  # the columns' names
+            rows = [serve.stdout.readline().split() for _ in range(processes)]  # one process per model here
+            return {row[0]: row for row in rows if row}
+
+        ready = report("idle, every model loaded")
+        assert {"ocr_cls", "tritonserver", "front"} <= set(ready) and ready["ocr_cls"][1] == "1"
+        serve.send_signal(signal.SIGUSR1)
+        assert "ocr_cls" in report("on SIGUSR1")
+        serve.send_signal(signal.SIGINT)
+        rest = serve.communicate(timeout=120)[0]
+        assert "server memory (when stopping)" in rest and "Triton stopped." in rest
+    finally:
+        if serve.poll() is None:
+            serve.kill()

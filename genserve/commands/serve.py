@@ -187,8 +187,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"  admin key ({config.ADMIN_KEY_HEADER} header): {key_file or '$' + config.ADMIN_KEY_ENV}")
         print(f"  log: {server.log_path}\nPress Ctrl-C to stop.", flush=True)
         if args.memory_report:
-            _report_memory(server, "idle, every model loaded")
             signal.signal(signal.SIGUSR1, lambda signum, frame: _report_memory(server, "on SIGUSR1"))
+            _report_memory(server, "idle, every model loaded")
         try:
             server.wait()
         except _Stop as stop:
