@@ -163,7 +163,7 @@ def test_serve_prints_the_memory_report_when_ready_on_sigusr1_and_when_stopping(
         assert "ocr_cls" in report("on SIGUSR1")
         serve.send_signal(signal.SIGINT)
         rest = serve.communicate(timeout=120)[0]
-        assert "server memory (when stopping)" in rest and "Triton stopped." in rest
+        assert "server memory (when stopping)" in rest and "Triton stopped." in rest, (serve.returncode, rest)
     finally:
         if serve.poll() is None:
             serve.kill()

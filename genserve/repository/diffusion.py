@@ -126,8 +126,7 @@ class BuildReport:
         return (
             f"{self.family} ({self.target}) -> {self.repo_dir}: leaf models {', '.join(self.leaf_models)}; "
             f"pipelines {', '.join(self.pipeline_models)} (run by {self.host_model}); "
-            f"weights {self.weight_bytes / 2**30:.2f} GiB"
-            + (f"; serves {self.served}" if self.served else "")
+            f"weights {self.weight_bytes / 2**30:.2f} GiB" + (f"; serves {self.served}" if self.served else "")
         )
 
 

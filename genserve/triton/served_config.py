@@ -8,13 +8,14 @@ import math
 import re
 from pathlib import Path
 
+from tritonclient.grpc import model_config_pb2
+
 from genserve.protocol import CONTRACTS
 from genserve.schema import Contract
 from genserve.triton.model_config import (
     ModelConfig,
     contract_mismatches,
     declare_contract,
-    model_config_pb2,
     model_parameters,
     read_config,
 )
