@@ -157,8 +157,8 @@ LEAF_QUEUE = {"max_queue_size": 64, "timeout_s": 600.0}  # leaves behind them: f
 
 def stream_backlog(concurrency: int) -> int:
     """How many requests a streaming pipeline model holds (running and waiting) before it refuses the
-    next: its workers, plus as many waiting as a plain pipeline model's queue. Its Triton queue is as
-    large, so that a burst reaches the model, which keeps the bound (genserve.triton.models)."""
+    next: its workers, plus as many waiting as a plain pipeline model's queue. Its Triton queue is twice as
+    large, so that a burst reaches the model, which keeps the bound (genserve.triton.pipeline_models)."""
     return concurrency + PIPELINE_QUEUE["max_queue_size"]
 
 

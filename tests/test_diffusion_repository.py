@@ -169,7 +169,7 @@ def test_pipeline_models_per_family(built):
         served = json.loads((repo / name / "1" / "serving.json").read_text())["concurrency"]
         assert served == PIPELINE_CONCURRENCY > 1  # the tiny UNet: see the test above for a larger one
         config = parse(repo / name / "config.pbtxt")
-        assert config.dynamic_batching.default_queue_policy.max_queue_size == stream_backlog(served)
+        assert config.dynamic_batching.default_queue_policy.max_queue_size == 2 * stream_backlog(served)
         assert [group.count for group in config.instance_group] == [1]  # a relay: threads, no copies
         assert load_after(config) == [
             "diffusion_pipelines",

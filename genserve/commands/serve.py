@@ -186,10 +186,10 @@ def run(args: argparse.Namespace) -> int:
         print(f"  gRPC {server.grpc_url}   HTTP {server.http_url}   metrics {server.host}:{server.metrics_port}")
         print(f"  admin key ({config.ADMIN_KEY_HEADER} header): {key_file or '$' + config.ADMIN_KEY_ENV}")
         print(f"  log: {server.log_path}\nPress Ctrl-C to stop.", flush=True)
-        if args.memory_report:
-            signal.signal(signal.SIGUSR1, lambda signum, frame: _report_memory(server, "on SIGUSR1"))
-            _report_memory(server, "idle, every model loaded")
-        try:
+        try:  # from here a Ctrl-C or SIGTERM stops the server the orderly way, even inside a memory report
+            if args.memory_report:
+                signal.signal(signal.SIGUSR1, lambda signum, frame: _report_memory(server, "on SIGUSR1"))
+                _report_memory(server, "idle, every model loaded")
             server.wait()
         except _Stop as stop:
             if args.memory_report and server.is_running():

@@ -59,6 +59,7 @@ def build_demo_repository(
         "serving_parameter": 1,  # the pipeline configs say what they serve (genserve.served_models)
         "pipeline_host": PIPELINE_HOST_MODEL,  # the pipelines run in one host process (issue 31)
         "progress_interval_s": PROGRESS_INTERVAL_S,
+        "relay_queue": 2,  # a relay's Triton queue holds twice the backlog it keeps
     }
     if (repo_dir / STAMP).is_file() and json.loads((repo_dir / STAMP).read_text()) == stamp:
         return repo_dir

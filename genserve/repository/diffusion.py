@@ -397,9 +397,11 @@ def write_leaf(
 def pipeline_config(name: str, contract: Contract, concurrency: int = 1) -> ModelConfig:
     """A pipeline model's config: the task's contract (decoupled when it streams), Python backend, one CPU
     instance (a relay: the pipeline runs in the host), a bounded queue. The model hands each request to a
-    thread of its own at once and the host bounds the pipeline's backlog; its queue holds that many, so a
+    thread of its own at once and the host bounds the pipeline's backlog; its queue holds twice that many, so a
     burst is not refused before it."""
-    queue = PIPELINE_QUEUE | {"max_queue_size": stream_backlog(concurrency)}
+    # Twice the backlog the model keeps: a burst that comes faster than the model takes it still reaches the
+    # model, which refuses what is beyond its backlog itself (Triton's "Exceeds maximum queue size" says less).
+    queue = PIPELINE_QUEUE | {"max_queue_size": 2 * stream_backlog(concurrency)}
     config = bound_queue(
         declare_contract(ModelConfig(name=name, backend="python", max_batch_size=0), contract), **queue
     )
