@@ -44,6 +44,8 @@ INFERENCE_METHODS = frozenset({"ModelInfer", "ModelStreamInfer"})
 _TRANSPORT_METADATA = ("user-agent",)
 # ServerReadyResponse(ready=False), serialized: proto3 leaves a false field out.
 _NOT_READY = b""
+# ModelStreamInferResponse's error_message (field 1, length-delimited): the tag that starts an error response.
+_STREAM_ERROR_FIELD = b"\x0a"
 
 
 def _forwarded_metadata(context: grpc.aio.ServicerContext) -> tuple[tuple[str, str | bytes], ...]:
@@ -102,13 +104,20 @@ async def _hand_on(call: grpc.aio.StreamUnaryCall, held: list[bytes]) -> None:
 
 
 class _Stream:
-    """A stream in flight: the models its requests named, and how the front ended it (None: it did not)."""
+    """A stream in flight: the models its requests named, its large requests let in (held until the stream
+    ends: its answers cannot be told apart by request), and how the front ended it (None: it did not)."""
 
     def __init__(self, state: FrontState):
         self.models: set[str] = set()
         self.ended: tuple[grpc.StatusCode, str] | None = None
         self.call: grpc.aio.StreamStreamCall | None = None
+        self.admitted: list = []
         self._state = state
+
+    def release(self) -> None:
+        for admitted in self.admitted:
+            admitted.release()
+        self.admitted.clear()
 
     def end(self, code: grpc.StatusCode, reason: str) -> None:
         if self.ended is None:
@@ -118,18 +127,19 @@ class _Stream:
     async def watched(self, requests):
         """The caller's requests, passed on as they are, each one's model noted; one that does not parse, that
         cannot be valid for its model, or that names a model which lost a worker and is not back ends the
-        stream instead."""
+        stream instead, as does a large one beyond the large requests in flight."""
         async for request in requests:
             try:
                 inspected = _inspected("ModelStreamInfer", request)
                 refusal = self._state.limits.refusal(inspected)
                 if refusal:
                     raise Refused(errors.INVALID_INPUT, refusal)
+                if inspected.model in self._state.lost_models:
+                    raise Refused(errors.UNAVAILABLE, self._state.lost_models[inspected.model])
+                if admitted := self._state.admit(len(request)):
+                    self.admitted.append(admitted)
             except Refused as refused:
                 self.end(_status(refused.kind), str(refused))
-                return
-            if inspected.model in self._state.lost_models:
-                self.end(grpc.StatusCode.UNAVAILABLE, self._state.lost_models[inspected.model])
                 return
             self.models.add(inspected.model)
             yield request
@@ -229,7 +239,7 @@ class Forwarder(grpc.GenericRpcHandler):
             self._streams.add(stream)
             try:
                 async for response in call:
-                    yield response
+                    yield self._stopping_stream_response(response) if self._state.stopping else response
                 context.set_trailing_metadata(await call.trailing_metadata() or ())
             except (grpc.aio.AioRpcError, asyncio.CancelledError) as error:
                 if stream.ended is not None:
@@ -239,9 +249,22 @@ class Forwarder(grpc.GenericRpcHandler):
                 await self._relay_failure(context, error)
             finally:
                 self._streams.discard(stream)
+                stream.release()
                 call.cancel()  # the caller went away (cancelled, deadline): Triton's request is cancelled too
 
         return forward
+
+    def _stopping_stream_response(self, response: bytes) -> bytes:
+        """A streamed error (no status travels with it) while tritonserver stops: cut short by the stop unless
+        its input was at fault, so it says "the server is stopping" with the marker that clients retry."""
+        if response[:1] != _STREAM_ERROR_FIELD:  # error_message comes first on the wire, when there is one
+            return response
+        parsed = inspection.stream_response(response)
+        cut_short = self._state.cut_short(errors.decode(None, parsed.error_message)[0], parsed.error_message)
+        if cut_short is None:
+            return response
+        parsed.error_message = errors.STOPPING.marked(cut_short)
+        return parsed.SerializeToString()
 
 
 async def start(
