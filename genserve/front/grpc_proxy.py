@@ -57,13 +57,17 @@ def _forwarded_metadata(context: grpc.aio.ServicerContext) -> tuple[tuple[str, s
 
 
 def answered_code(error: grpc.aio.AioRpcError) -> grpc.StatusCode:
-    """The status the caller gets for Triton's failure: UNAVAILABLE for a worker that died under the request
-    (Triton says INTERNAL, which no client retries), INVALID_ARGUMENT for a request it could not parse (INTERNAL
-    too; the front parses every message first, so this is only a second line), else Triton's own."""
-    code = error.code()
-    if code == grpc.StatusCode.INTERNAL and errors.is_restarting(code.name, error.details() or ""):
+    """The status the caller gets for Triton's failure (:func:`answered`)."""
+    return answered(error.code(), error.details() or "")
+
+
+def answered(code: grpc.StatusCode, details: str) -> grpc.StatusCode:
+    """UNAVAILABLE for a worker that died under the request (Triton says INTERNAL, which no client retries),
+    INVALID_ARGUMENT for a request it could not parse (INTERNAL too; the front parses every message first, so
+    this is only a second line), else Triton's own."""
+    if code == grpc.StatusCode.INTERNAL and errors.is_restarting(code.name, details):
         return grpc.StatusCode.UNAVAILABLE
-    if code == grpc.StatusCode.INTERNAL and errors.is_malformed(code.name, error.details() or ""):
+    if code == grpc.StatusCode.INTERNAL and errors.is_malformed(code.name, details):
         return grpc.StatusCode.INVALID_ARGUMENT
     return code
 
@@ -269,9 +273,9 @@ class Forwarder(grpc.GenericRpcHandler):
 
 async def start(
     listen: str, upstream: str, max_request_bytes: int, state: FrontState
-) -> tuple[grpc.aio.Server, grpc.aio.Channel, Forwarder]:
-    """Forward ``listen`` to tritonserver's gRPC port at ``upstream``; returns the server, its channel and
-    its forwarder."""
+) -> tuple[grpc.aio.Server, grpc.aio.Channel, Forwarder, int]:
+    """Forward ``listen`` (port 0: a free one) to tritonserver's gRPC port at ``upstream``; returns the server,
+    its channel, its forwarder and its port."""
     # The streams' request parser, imported now: the first stream once waited for it (about as long as its
     # request took; docs/diffusion-serving.md, "Warm for concurrency").
     from tritonclient.grpc import service_pb2  # noqa: F401
@@ -293,10 +297,11 @@ async def start(
             ("grpc.so_reuseport", 0),  # a second server on this port is refused, not load-balanced with
         ],
     )
-    if not server.add_insecure_port(listen):
+    port = server.add_insecure_port(listen)
+    if not port:
         raise OSError(f"cannot listen on {listen} (gRPC)")
     await server.start()
-    return server, channel, forwarder
+    return server, channel, forwarder, port
 
 
 async def stop(server: grpc.aio.Server, channel: grpc.aio.Channel, grace_s: float) -> None:
