@@ -358,3 +358,39 @@ def test_an_openai_request_a_stopping_triton_cut_short_is_503_the_server_is_stop
     assert status == 503 and "the server is stopping" in message, (status, message)
     status, message = asyncio.run(scenario(False, port))
     assert status == 404 and "no available versions" in message, (status, message)
+
+
+def test_a_large_requests_fields_are_read_as_its_bytes_pass():
+    """The HTTP/2 gate's walk of a ModelInferRequest (genserve.front.infer_walk): in chunks of any size it reads
+    what the whole-message parse reads, each tensor measured from its length before its bytes (the first one's
+    size known after its first bytes), a field written after the tensors read at the end, garbage malformed."""
+    import random
+
+    from tritonclient.grpc import service_pb2
+
+    from genserve.front.infer_walk import InferWalk
+    from genserve.front.inspection import Malformed, grpc_request
+
+    data = _infer_request("face_swap", ORI_IMAGE=bytes(300_000), TARGET_IMAGE=bytes(200))
+    for _ in range(20):
+        walk, position, seen = InferWalk(), 0, []
+        while position < len(data):
+            size = random.randint(1, 70_000)
+            if (request := walk.feed(data[position : position + size])) is not None:
+                seen.append(dict(request.sizes))
+            position += size
+        assert walk.finish() == grpc_request("ModelInfer", data)
+        assert seen[0] == {"ORI_IMAGE": 300_000, "TARGET_IMAGE": None} or seen[0]["TARGET_IMAGE"] == 200
+    walk = InferWalk()
+    assert walk.feed(data[:200]).sizes["ORI_IMAGE"] == 300_000  # before the tensor's bytes
+    late = service_pb2.ModelInferRequest(model_name="face_swap", raw_input_contents=[bytes(1000)])
+    late = late.SerializeToString() + service_pb2.ModelInferRequest(inputs=[{"name": "ORI_IMAGE"}]).SerializeToString()
+    walk = InferWalk()
+    walk.feed(late)
+    assert walk.finish().sizes == {"ORI_IMAGE": 1000}
+    with pytest.raises(Malformed):
+        InferWalk().feed(b"garbage bytes as a gRPC message")
+    with pytest.raises(Malformed):
+        walk = InferWalk()
+        walk.feed(data[:-10])
+        walk.finish()
