@@ -92,6 +92,8 @@ INVALID_INPUT = ErrorKind(
 # Every UNAVAILABLE that says no more: a draining server, one not ready yet, a queued request's timeout, a
 # called model's dead worker.
 UNAVAILABLE = ErrorKind("unavailable", Unavailable, "UNAVAILABLE", "UNAVAILABLE", 503, True)
+# A request a stopping server cut short, as the front tells it inside a stream (no status travels there).
+STOPPING = ErrorKind("stopping", None, None, "UNAVAILABLE", 503, True, marker="stopping: ")
 OVERLOADED = ErrorKind(
     "overloaded", Overloaded, "UNAVAILABLE", "UNAVAILABLE", 503, True, marker="overloaded: ", elsewhere_only=True
 )
@@ -122,6 +124,7 @@ UNKNOWN = ErrorKind("unknown", None, None, "UNKNOWN", None, False)
 KINDS = (
     INVALID_INPUT,
     UNAVAILABLE,
+    STOPPING,
     OVERLOADED,
     UNREACHABLE,
     WRONG_PROTOCOL,

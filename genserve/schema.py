@@ -313,13 +313,19 @@ class Contract:
         """The most bytes each input tensor of a valid request holds, as Triton's wire formats carry it (a
         BYTES element with its 4-byte length): an image field :data:`~genserve.config.MAX_IMAGE_BYTES`, a text
         field :data:`~genserve.config.MAX_TEXT_CHARS` characters of UTF-8, ``OPTIONS``
-        :data:`~genserve.config.MAX_OPTIONS_BYTES`, a number its element's size. genserve's front refuses a
-        request that declares more before it reads or forwards it."""
+        :data:`~genserve.config.MAX_OPTIONS_BYTES`, a number its element's size; and under the image tensors'
+        names joined by ``+`` (``ORI_IMAGE+TARGET_IMAGE+RESULT_IMAGE``) what they take together
+        (:attr:`max_image_bytes`). genserve's front refuses a request that declares more before it reads or
+        forwards it."""
         limits = {
             OPTIONS_TENSOR: _BYTES_LENGTH + config.MAX_OPTIONS_BYTES,
             **{f.tensor: _field_bytes(f) for f in self.fields if f.tensor},
         }
-        return {tensor.name: limits[tensor.name] for tensor in self.inputs}
+        limits = {tensor.name: limits[tensor.name] for tensor in self.inputs}
+        images = [f.tensor for f in self.fields if f.tensor and f.type == "image"]
+        if self.max_image_bytes is not None and len(images) > 1:
+            limits["+".join(images)] = self.max_image_bytes + _BYTES_LENGTH * len(images)
+        return limits
 
     @property
     def output_names(self) -> list[str]:

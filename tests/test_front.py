@@ -223,3 +223,174 @@ def test_a_front_without_tritonserver_answers_unavailable_and_follows_lost_model
     finally:
         front.terminate()
         front.wait(timeout=30)
+
+
+def _infer_request(model: str, **raw_inputs: bytes) -> bytes:
+    from tritonclient.grpc import service_pb2
+
+    request = service_pb2.ModelInferRequest(model_name=model)
+    for name, data in raw_inputs.items():
+        request.inputs.add(name=name, datatype="BYTES", shape=[1])
+        request.raw_input_contents.append(data)
+    return request.SerializeToString()
+
+
+def test_a_streams_large_requests_count_against_the_large_requests_in_flight():
+    """A large message in a stream takes one of the large requests' places until the stream ends; one beyond
+    them ends the stream UNAVAILABLE (overloaded) before it is handed on (streams were not counted)."""
+    import asyncio
+
+    from genserve.front.grpc_proxy import _Stream
+    from genserve.front.state import FrontState
+
+    state = FrontState(max_large_requests=1, large_request_bytes=1000)
+    large = _infer_request("edit_image_stream", IMAGE=bytes(2000))
+
+    class Call:
+        cancelled = False
+
+        def cancel(self):
+            self.cancelled = True
+
+    async def stream_of(messages):
+        stream = _Stream(state)
+        stream.call = Call()
+
+        async def requests():
+            for message in messages:
+                yield message
+
+        return stream, [message async for message in stream.watched(requests())]
+
+    first, passed = asyncio.run(stream_of([large]))
+    assert passed == [large] and state.large_in_flight == 1 and first.ended is None
+    second, passed = asyncio.run(stream_of([_infer_request("m", IMAGE=b"small"), large]))
+    assert len(passed) == 1 and second.call.cancelled
+    assert second.ended[0] == grpc.StatusCode.UNAVAILABLE and "large requests" in second.ended[1], second.ended
+    first.release()
+    second.release()
+    assert state.large_in_flight == 0
+
+
+def test_a_face_swaps_images_are_held_to_their_limit_together():
+    """ori, target and a result to score each within 64 MiB, but above the 128 MiB they take together: refused
+    from their declared sizes (the model refused it once Triton had copied them)."""
+    from genserve.front.inspection import InferRequest, InputLimits
+    from genserve.protocol import FACE_SWAP
+
+    limits = InputLimits({"face_swap": FACE_SWAP.max_input_bytes()})
+    each = 43 * 2**20 + 4
+    three = InferRequest("face_swap", {"ORI_IMAGE": each, "TARGET_IMAGE": each, "RESULT_IMAGE": each})
+    two = InferRequest("face_swap", {"ORI_IMAGE": 63 * 2**20 + 4, "TARGET_IMAGE": 63 * 2**20 + 4})
+    refusal = limits.refusal(three)
+    assert refusal and "together" in refusal and "face_swap takes at most" in refusal, refusal
+    assert limits.refusal(two) is None
+
+
+def test_a_streamed_error_of_a_stopping_triton_says_the_server_is_stopping():
+    """Inside a stream no status travels: once tritonserver is being stopped, its error for a request in flight
+    is rewritten 'the server is stopping' with the marker clients retry; an input's fault passes as it is."""
+    from tritonclient.grpc import service_pb2
+
+    from genserve import errors
+    from genserve.front.grpc_proxy import Forwarder
+    from genserve.front.state import FrontState
+
+    state = FrontState()
+    forwarder = Forwarder(None, state)
+
+    def response(message: str) -> bytes:
+        answer = service_pb2.ModelStreamInferResponse(error_message=message)
+        answer.infer_response.id = "7"
+        return answer.SerializeToString()
+
+    state.told("stopping")
+    rewritten = service_pb2.ModelStreamInferResponse.FromString(
+        forwarder._stopping_stream_response(response("Server not ready"))
+    )
+    kind, message = errors.decode(None, rewritten.error_message)
+    assert kind is errors.STOPPING and kind.retriable and "the server is stopping" in message, rewritten
+    assert rewritten.infer_response.id == "7"  # the client matches it to its request
+    refused = response(errors.INVALID_INPUT.marked("prompt is empty"))
+    assert forwarder._stopping_stream_response(refused) == refused
+    ok = service_pb2.ModelStreamInferResponse()
+    ok.infer_response.id = "8"
+    assert forwarder._stopping_stream_response(ok.SerializeToString()) == ok.SerializeToString()
+
+
+def test_an_openai_request_a_stopping_triton_cut_short_is_503_the_server_is_stopping():
+    """The OpenAI routes while tritonserver is being stopped: its 'no available versions' (or a closed
+    connection) for a request in flight is 503 'the server is stopping', which the SDK retries."""
+    import asyncio
+
+    from aiohttp import web
+
+    from genserve.front.openai_api import ApiError, ImagesApi
+    from genserve.front.state import FrontState
+    from genserve.ports import free_ports
+    from genserve.protocol import TEXT_TO_IMAGE
+
+    async def infer(_request):
+        message = "Request for unknown model: 'sd_text_to_image' has no available versions"
+        return web.json_response({"error": message}, status=404)  # as Triton answers it
+
+    async def scenario(stopping: bool, port: int):
+        app = web.Application()
+        app.router.add_post("/v2/models/{model}/infer", infer)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", port).start()
+        state = FrontState()
+        if stopping:
+            state.told("stopping")
+        api = ImagesApi(f"127.0.0.1:{port}", 2**20, state)
+        await api._open(None)
+        try:
+            await api._infer("sd_text_to_image", TEXT_TO_IMAGE, {"prompt": "a lighthouse"})
+        except ApiError as error:
+            return error.status, str(error)
+        finally:
+            await api._close(None)
+            await runner.cleanup()
+
+    port, gone = free_ports(2)
+    status, message = asyncio.run(scenario(True, port))
+    assert status == 503 and "the server is stopping" in message, (status, message)
+    status, message = asyncio.run(scenario(False, port))
+    assert status == 404 and "no available versions" in message, (status, message)
+
+
+def test_a_large_requests_fields_are_read_as_its_bytes_pass():
+    """The HTTP/2 gate's walk of a ModelInferRequest (genserve.front.infer_walk): in chunks of any size it reads
+    what the whole-message parse reads, each tensor measured from its length before its bytes (the first one's
+    size known after its first bytes), a field written after the tensors read at the end, garbage malformed."""
+    import random
+
+    from tritonclient.grpc import service_pb2
+
+    from genserve.front.infer_walk import InferWalk
+    from genserve.front.inspection import Malformed, grpc_request
+
+    data = _infer_request("face_swap", ORI_IMAGE=bytes(300_000), TARGET_IMAGE=bytes(200))
+    for _ in range(20):
+        walk, position, seen = InferWalk(), 0, []
+        while position < len(data):
+            size = random.randint(1, 70_000)
+            if (request := walk.feed(data[position : position + size])) is not None:
+                seen.append(dict(request.sizes))
+            position += size
+        assert walk.finish() == grpc_request("ModelInfer", data)
+        assert seen[0] == {"ORI_IMAGE": 300_000, "TARGET_IMAGE": None} or seen[0]["TARGET_IMAGE"] == 200
+    walk = InferWalk()
+    assert walk.feed(data[:200]).sizes["ORI_IMAGE"] == 300_000  # before the tensor's bytes
+    late = service_pb2.ModelInferRequest(model_name="face_swap", raw_input_contents=[bytes(1000)])
+    late = late.SerializeToString() + service_pb2.ModelInferRequest(inputs=[{"name": "ORI_IMAGE"}]).SerializeToString()
+    walk = InferWalk()
+    walk.feed(late)
+    assert walk.finish().sizes == {"ORI_IMAGE": 1000}
+    with pytest.raises(Malformed):
+        InferWalk().feed(b"garbage bytes as a gRPC message")
+    with pytest.raises(Malformed):
+        walk = InferWalk()
+        walk.feed(data[:-10])
+        walk.finish()

@@ -10,7 +10,7 @@ import signal
 import sys
 
 from genserve import config, errors
-from genserve.front import grpc_proxy, http_proxy, openai_api
+from genserve.front import grpc_gate, grpc_proxy, http_proxy, openai_api
 from genserve.front.inspection import InputLimits
 from genserve.front.state import FrontState
 
@@ -71,7 +71,7 @@ async def serve(args: argparse.Namespace) -> None:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stopping.set)
-    grpc_server = http_runner = None
+    grpc_server = gate_server = http_runner = None
     forwarders = []
     state = FrontState(limits=InputLimits.read(args.input_limits), wait_until_told_ready=args.wait_until_told_ready)
 
@@ -94,8 +94,11 @@ async def serve(args: argparse.Namespace) -> None:
     follower = asyncio.create_task(_follow_server(on_event))
     try:
         if args.grpc_listen:
-            grpc_server = await grpc_proxy.start(args.grpc_listen, args.grpc_upstream, args.max_request_bytes, state)
+            # grpc-python on a loopback port of its own, behind the gate on the public one (grpc_gate).
+            grpc_server = await grpc_proxy.start("127.0.0.1:0", args.grpc_upstream, args.max_request_bytes, state)
             forwarders.append(grpc_server[2])
+            gate = grpc_gate.Gate(f"127.0.0.1:{grpc_server[3]}", args.grpc_upstream, args.max_request_bytes, state)
+            gate_server = await grpc_gate.start(args.grpc_listen, gate)
             logger.info("gRPC: forwarding %s to %s", args.grpc_listen, args.grpc_upstream)
         if args.http_listen:
             host, port = _host_and_port(args.http_listen)
@@ -114,6 +117,8 @@ async def serve(args: argparse.Namespace) -> None:
             await asyncio.sleep(_UPSTREAM_POLL_S)
     finally:
         follower.cancel()
+        if gate_server is not None:
+            gate_server.close()
         if grpc_server is not None:
             await grpc_proxy.stop(*grpc_server[:2], STOP_GRACE_S)
         if http_runner is not None:

@@ -44,6 +44,8 @@ INFERENCE_METHODS = frozenset({"ModelInfer", "ModelStreamInfer"})
 _TRANSPORT_METADATA = ("user-agent",)
 # ServerReadyResponse(ready=False), serialized: proto3 leaves a false field out.
 _NOT_READY = b""
+# ModelStreamInferResponse's error_message (field 1, length-delimited): the tag that starts an error response.
+_STREAM_ERROR_FIELD = b"\x0a"
 
 
 def _forwarded_metadata(context: grpc.aio.ServicerContext) -> tuple[tuple[str, str | bytes], ...]:
@@ -55,13 +57,17 @@ def _forwarded_metadata(context: grpc.aio.ServicerContext) -> tuple[tuple[str, s
 
 
 def answered_code(error: grpc.aio.AioRpcError) -> grpc.StatusCode:
-    """The status the caller gets for Triton's failure: UNAVAILABLE for a worker that died under the request
-    (Triton says INTERNAL, which no client retries), INVALID_ARGUMENT for a request it could not parse (INTERNAL
-    too; the front parses every message first, so this is only a second line), else Triton's own."""
-    code = error.code()
-    if code == grpc.StatusCode.INTERNAL and errors.is_restarting(code.name, error.details() or ""):
+    """The status the caller gets for Triton's failure (:func:`answered`)."""
+    return answered(error.code(), error.details() or "")
+
+
+def answered(code: grpc.StatusCode, details: str) -> grpc.StatusCode:
+    """UNAVAILABLE for a worker that died under the request (Triton says INTERNAL, which no client retries),
+    INVALID_ARGUMENT for a request it could not parse (INTERNAL too; the front parses every message first, so
+    this is only a second line), else Triton's own."""
+    if code == grpc.StatusCode.INTERNAL and errors.is_restarting(code.name, details):
         return grpc.StatusCode.UNAVAILABLE
-    if code == grpc.StatusCode.INTERNAL and errors.is_malformed(code.name, error.details() or ""):
+    if code == grpc.StatusCode.INTERNAL and errors.is_malformed(code.name, details):
         return grpc.StatusCode.INVALID_ARGUMENT
     return code
 
@@ -102,13 +108,20 @@ async def _hand_on(call: grpc.aio.StreamUnaryCall, held: list[bytes]) -> None:
 
 
 class _Stream:
-    """A stream in flight: the models its requests named, and how the front ended it (None: it did not)."""
+    """A stream in flight: the models its requests named, its large requests let in (held until the stream
+    ends: its answers cannot be told apart by request), and how the front ended it (None: it did not)."""
 
     def __init__(self, state: FrontState):
         self.models: set[str] = set()
         self.ended: tuple[grpc.StatusCode, str] | None = None
         self.call: grpc.aio.StreamStreamCall | None = None
+        self.admitted: list = []
         self._state = state
+
+    def release(self) -> None:
+        for admitted in self.admitted:
+            admitted.release()
+        self.admitted.clear()
 
     def end(self, code: grpc.StatusCode, reason: str) -> None:
         if self.ended is None:
@@ -118,18 +131,19 @@ class _Stream:
     async def watched(self, requests):
         """The caller's requests, passed on as they are, each one's model noted; one that does not parse, that
         cannot be valid for its model, or that names a model which lost a worker and is not back ends the
-        stream instead."""
+        stream instead, as does a large one beyond the large requests in flight."""
         async for request in requests:
             try:
                 inspected = _inspected("ModelStreamInfer", request)
                 refusal = self._state.limits.refusal(inspected)
                 if refusal:
                     raise Refused(errors.INVALID_INPUT, refusal)
+                if inspected.model in self._state.lost_models:
+                    raise Refused(errors.UNAVAILABLE, self._state.lost_models[inspected.model])
+                if admitted := self._state.admit(len(request)):
+                    self.admitted.append(admitted)
             except Refused as refused:
                 self.end(_status(refused.kind), str(refused))
-                return
-            if inspected.model in self._state.lost_models:
-                self.end(grpc.StatusCode.UNAVAILABLE, self._state.lost_models[inspected.model])
                 return
             self.models.add(inspected.model)
             yield request
@@ -229,7 +243,7 @@ class Forwarder(grpc.GenericRpcHandler):
             self._streams.add(stream)
             try:
                 async for response in call:
-                    yield response
+                    yield self._stopping_stream_response(response) if self._state.stopping else response
                 context.set_trailing_metadata(await call.trailing_metadata() or ())
             except (grpc.aio.AioRpcError, asyncio.CancelledError) as error:
                 if stream.ended is not None:
@@ -239,16 +253,29 @@ class Forwarder(grpc.GenericRpcHandler):
                 await self._relay_failure(context, error)
             finally:
                 self._streams.discard(stream)
+                stream.release()
                 call.cancel()  # the caller went away (cancelled, deadline): Triton's request is cancelled too
 
         return forward
 
+    def _stopping_stream_response(self, response: bytes) -> bytes:
+        """A streamed error (no status travels with it) while tritonserver stops: cut short by the stop unless
+        its input was at fault, so it says "the server is stopping" with the marker that clients retry."""
+        if response[:1] != _STREAM_ERROR_FIELD:  # error_message comes first on the wire, when there is one
+            return response
+        parsed = inspection.stream_response(response)
+        cut_short = self._state.cut_short(errors.decode(None, parsed.error_message)[0], parsed.error_message)
+        if cut_short is None:
+            return response
+        parsed.error_message = errors.STOPPING.marked(cut_short)
+        return parsed.SerializeToString()
+
 
 async def start(
     listen: str, upstream: str, max_request_bytes: int, state: FrontState
-) -> tuple[grpc.aio.Server, grpc.aio.Channel, Forwarder]:
-    """Forward ``listen`` to tritonserver's gRPC port at ``upstream``; returns the server, its channel and
-    its forwarder."""
+) -> tuple[grpc.aio.Server, grpc.aio.Channel, Forwarder, int]:
+    """Forward ``listen`` (port 0: a free one) to tritonserver's gRPC port at ``upstream``; returns the server,
+    its channel, its forwarder and its port."""
     # The streams' request parser, imported now: the first stream once waited for it (about as long as its
     # request took; docs/diffusion-serving.md, "Warm for concurrency").
     from tritonclient.grpc import service_pb2  # noqa: F401
@@ -270,10 +297,11 @@ async def start(
             ("grpc.so_reuseport", 0),  # a second server on this port is refused, not load-balanced with
         ],
     )
-    if not server.add_insecure_port(listen):
+    port = server.add_insecure_port(listen)
+    if not port:
         raise OSError(f"cannot listen on {listen} (gRPC)")
     await server.start()
-    return server, channel, forwarder
+    return server, channel, forwarder, port
 
 
 async def stop(server: grpc.aio.Server, channel: grpc.aio.Channel, grace_s: float) -> None:

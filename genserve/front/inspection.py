@@ -15,9 +15,9 @@ and how many bytes each of its inputs declares, held to what that model can take
   (``parameters.binary_data_size``) before its bytes arrive (:func:`http_header`).
 - **Input limits** (:class:`InputLimits`): the most bytes each input of each served model can take, written
   by the server that starts the front from the models' contracts (an image field: 64 MiB; OPTIONS: 64 KiB;
-  a leaf's input: its ``max_input_shape``). An input declared larger is refused ``INVALID_ARGUMENT`` / 400
-  before its bytes are read (HTTP) or forwarded (gRPC): the model would refuse it after Triton had copied
-  it into its worker's shared memory.
+  a leaf's input: its ``max_input_shape``; a face swap's images together: 128 MiB). An input declared larger
+  is refused ``INVALID_ARGUMENT`` / 400 before its bytes are read (HTTP) or forwarded (gRPC): the model would
+  refuse it after Triton had copied it into its worker's shared memory.
 """
 
 from __future__ import annotations
@@ -81,6 +81,13 @@ def grpc_request(method: str, data: bytes) -> InferRequest | None:
     for index, tensor in enumerate(request.inputs):
         sizes[tensor.name] = raw_sizes[index] if index < len(raw_sizes) else None
     return InferRequest(request.model_name, sizes)
+
+
+def stream_response(data: bytes):
+    """A ``ModelStreamInferResponse`` (the front reads one only to rewrite its error)."""
+    from tritonclient.grpc import service_pb2
+
+    return service_pb2.ModelStreamInferResponse.FromString(data)
 
 
 def _varint(data: memoryview, position: int) -> tuple[int, int]:
@@ -181,4 +188,12 @@ class InputLimits:
                 return errors.INVALID_INPUT.marked(
                     f"{name} is {size} bytes; {request.model} takes at most {limit} bytes there"
                 )
+        for names, limit in limits.items():  # inputs limited together (a face swap's images): NAME+NAME...
+            if "+" in names:
+                size = sum(request.sizes.get(name) or 0 for name in names.split("+"))
+                if size > limit:
+                    return errors.INVALID_INPUT.marked(
+                        f"{names.replace('+', ', ')} are {size} bytes together; {request.model} takes at most "
+                        f"{limit} bytes of them"
+                    )
         return None

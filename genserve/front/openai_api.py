@@ -326,19 +326,30 @@ class ImagesApi:
         if model in self._lost_models:
             raise ApiError(503, self._lost_models[model])
         body, header_length = infer_request(contract.encode_request(**values), contract.output_names)
-        async with self._session.post(
-            f"{self._base}/v2/models/{quote(model, safe='')}/infer",
-            data=body,
-            headers={"Inference-Header-Content-Length": str(header_length), "Content-Type": "application/octet-stream"},
-        ) as upstream:
-            answer = await upstream.read()
-            if upstream.status != 200:
-                message = error_text(answer, upstream.headers.get("Content-Encoding", ""))
-                status = answered_status(upstream.status, message)
-                kind, message = errors.decode(str(status), message)
-                raise ApiError(status, message, code=kind.name.replace(" ", "_"))
-            length = upstream.headers.get("Inference-Header-Content-Length")
-            outputs = infer_response(answer, int(length) if length else None)
+        try:
+            async with self._session.post(
+                f"{self._base}/v2/models/{quote(model, safe='')}/infer",
+                data=body,
+                headers={
+                    "Inference-Header-Content-Length": str(header_length),
+                    "Content-Type": "application/octet-stream",
+                },
+            ) as upstream:
+                answer = await upstream.read()
+                if upstream.status != 200:
+                    message = error_text(answer, upstream.headers.get("Content-Encoding", ""))
+                    status = answered_status(upstream.status, message)
+                    kind, message = errors.decode(str(status), message)
+                    # A stopping Triton's "Server not ready", "no available versions": 503, retried elsewhere.
+                    if (cut_short := self._state.cut_short(kind, message)) is not None:
+                        raise ApiError(503, cut_short, code=errors.UNAVAILABLE.name)
+                    raise ApiError(status, message, code=kind.name.replace(" ", "_"))
+                length = upstream.headers.get("Inference-Header-Content-Length")
+                outputs = infer_response(answer, int(length) if length else None)
+        except aiohttp.ClientConnectionError as error:
+            if (cut_short := self._state.cut_short(errors.UNREACHABLE, str(error))) is not None:
+                raise ApiError(503, cut_short, code=errors.UNAVAILABLE.name) from None
+            raise
         decoded = contract.decode_response({name: np.array(items, dtype=np.object_) for name, items in outputs.items()})
         metadata = decoded["metadata"]
         return decoded["images"], metadata.to_json() if hasattr(metadata, "to_json") else dict(metadata or {})
