@@ -351,3 +351,31 @@ def test_a_large_grpc_request_beyond_those_in_flight_is_refused_before_its_body_
     assert front.peak < front.before + 32 * 2**20, (front.before, front.peak)
     answer = _large_slot_free(triton_server.grpc_url)
     assert answer and answer[0] == "INVALID_ARGUMENT" and "face_swap takes at most" in answer[1], answer
+
+
+@pytest.mark.server
+def test_a_large_grpc_requests_deadline_and_cancel_pass_through_the_gate_and_free_its_place(triton_server):
+    """A large ModelInfer stalled mid-message with a 1 s deadline (grpc-timeout) ends DEADLINE_EXCEEDED within
+    seconds, and one whose caller cancels it (RST_STREAM CANCEL, its connection kept open) ends at once; each
+    gives its large request's place back: with every other place taken by a stalled call, the next large request
+    is let in (refused only for what it declares), not UNAVAILABLE."""
+    fillers = [_stalled_large(triton_server.grpc_url) for _ in range(config.MAX_LARGE_REQUESTS - 1)]
+    try:
+        started = time.monotonic()
+        with _stalled_large(triton_server.grpc_url, timeout_s=1.0) as timed:
+            answer = timed.status(10)
+            deadline_s = time.monotonic() - started
+            assert answer and answer[0] == "DEADLINE_EXCEEDED", (answer, timed.reset_by_server)
+            assert deadline_s < 4, deadline_s
+            freed = _large_slot_free(triton_server.grpc_url)  # the timed call's connection still open
+            assert freed and freed[0] == "INVALID_ARGUMENT", freed
+        with _stalled_large(triton_server.grpc_url) as cancelled:
+            assert cancelled.status(0.5) is None  # let in
+            cancelled.reset()
+            time.sleep(0.2)
+            freed = _large_slot_free(triton_server.grpc_url)  # the cancelled call's connection still open
+            assert freed and freed[0] == "INVALID_ARGUMENT", freed
+    finally:
+        for call in fillers:
+            call.close()
+    print(f"\na large call with a 1 s deadline, stalled: {answer} after {deadline_s:.2f} s")
