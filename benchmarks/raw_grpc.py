@@ -16,6 +16,7 @@ import socket
 import time
 from urllib.parse import unquote
 
+import grpc
 import h2.config
 import h2.connection
 import h2.events
@@ -23,25 +24,7 @@ import h2.exceptions
 
 MODEL_INFER = "/inference.GRPCInferenceService/ModelInfer"
 _CANCEL = 8
-_CODES = {
-    0: "OK",
-    1: "CANCELLED",
-    2: "UNKNOWN",
-    3: "INVALID_ARGUMENT",
-    4: "DEADLINE_EXCEEDED",
-    5: "NOT_FOUND",
-    6: "ALREADY_EXISTS",
-    7: "PERMISSION_DENIED",
-    8: "RESOURCE_EXHAUSTED",
-    9: "FAILED_PRECONDITION",
-    10: "ABORTED",
-    11: "OUT_OF_RANGE",
-    12: "UNIMPLEMENTED",
-    13: "INTERNAL",
-    14: "UNAVAILABLE",
-    15: "DATA_LOSS",
-    16: "UNAUTHENTICATED",
-}
+_CODES = {code.value[0]: code.name for code in grpc.StatusCode}
 
 
 def _varint(value: int) -> bytes:
