@@ -292,21 +292,28 @@ def test_a_burst_of_large_grpc_requests_leaves_the_front_as_it_was(triton_server
     assert after < front.before + 50 * 2**20, (front.before, after)
 
 
-def _stalled_large(url: str, **metadata) -> RawCall:
+def _stalled_large(url: str, **options) -> RawCall:
     """A face swap of 2 x 63 MiB over raw gRPC whose first 4 KiB were sent, then nothing: in flight until reset
-    or closed."""
-    call = RawCall(url, **metadata)
+    or closed (``options``: RawCall's)."""
+    call = RawCall(url, **options)
     call.send(infer_message_start("face_swap", {"ORI_IMAGE": 63 * 2**20, "TARGET_IMAGE": 63 * 2**20}))
     return call
 
 
-def _large_slot_free(url: str) -> tuple[str, str] | None:
+def _large_slot_free(url: str, within_s: float = 0) -> tuple[str, str] | None:
     """Whether a large request is let in: one declaring an ORI_IMAGE above the 64 MiB image limit is refused
     INVALID_ARGUMENT from that size once let in, UNAVAILABLE (overloaded) when no large request's place is free;
-    either at once, from the first 4 KiB of its message."""
-    with RawCall(url) as call:
-        call.send(infer_message_start("face_swap", {"ORI_IMAGE": config.MAX_IMAGE_BYTES + 2**20, "TARGET_IMAGE": 100}))
-        return call.status(5)
+    either at once, from the first 4 KiB of its message. Asked again for ``within_s`` while it is UNAVAILABLE."""
+    deadline = time.monotonic() + within_s
+    while True:
+        with RawCall(url) as call:
+            call.send(
+                infer_message_start("face_swap", {"ORI_IMAGE": config.MAX_IMAGE_BYTES + 2**20, "TARGET_IMAGE": 1})
+            )
+            answer = call.status(5)
+        if not answer or answer[0] != "UNAVAILABLE" or time.monotonic() > deadline:
+            return answer
+        time.sleep(0.1)
 
 
 @pytest.mark.server
@@ -372,8 +379,7 @@ def test_a_large_grpc_requests_deadline_and_cancel_pass_through_the_gate_and_fre
         with _stalled_large(triton_server.grpc_url) as cancelled:
             assert cancelled.status(0.5) is None  # let in
             cancelled.reset()
-            time.sleep(0.2)
-            freed = _large_slot_free(triton_server.grpc_url)  # the cancelled call's connection still open
+            freed = _large_slot_free(triton_server.grpc_url, within_s=2)  # its connection still open
             assert freed and freed[0] == "INVALID_ARGUMENT", freed
     finally:
         for call in fillers:
