@@ -10,10 +10,10 @@ queue through the genserve client; a 500 MB request, above the server's byte lim
 HTTP (``--http-url``), and a gzip bomb over HTTP; and the list of issue 30: the HTTP body of JSON nested
 200,000 deep that crashed tritonserver followed by a normal request, JSON that does not parse, garbage
 bytes as a ModelInfer message
-and as a stream request, an image declared or sent above its model's limit, and a normal swap beside three
-126 MiB requests) to the models the server has, skipping those it lacks,
-and checks the answer: its status, how long it took and how long the message is (gRPC fails a long one
-as RESOURCE_EXHAUSTED). A table, one row per probe, ends
+and as a stream request, an image declared or sent above its model's limit, a normal swap beside three
+126 MiB requests, and a third 126 MiB request while two stall mid-body) to the models the server has,
+skipping those it lacks, and checks the answer: its status, how long it took and how long the message is
+(gRPC fails a long one as RESOURCE_EXHAUSTED). A table, one row per probe, ends
 with the count of failures; the exit status is 1 when any probe failed, so that a regression is seen
 before it ships. Loopback use: it sends about two gigabytes in all. (What needs the server's processes is
 not probed: a worker killed under a request, readiness while models load, a stop's answers, the processes
@@ -194,6 +194,11 @@ def probes(faces_dir: Path) -> list[Probe]:
         Probe("image above the limit", "face_swap", "INVALID_ARGUMENT", oversized(target, 65 * 2**20), within_s=10.0),
         # Three requests of 126 MiB in flight (two 63 MiB non-images each): a normal swap is answered meanwhile.
         Probe("a swap beside 3 x 126 MiB requests", "face_swap", "OK", beside_large(ori, target), within_s=10.0),
+        # Two 126 MiB requests that sent 4 KiB of their message and stall hold the large requests' places: a third
+        # is refused from its 5-byte length prefix, none of its body read.
+        Probe(
+            "a third large request while two stall mid-body", "face_swap", "UNAVAILABLE", stalled_large(), within_s=3.0
+        ),
     ]
 
 
@@ -283,6 +288,40 @@ def beside_large(ori: bytes, target: bytes, count: int = 3, image_bytes: int = 6
                 raise
             seconds = time.monotonic() - started
         raise _Answered(seconds)
+
+    return send
+
+
+def stalled_large(stalled: int = 2, image_bytes: int = 63 * 2**20) -> Callable[[str, str], None]:
+    """``stalled`` face swaps of two ``image_bytes`` images each over raw HTTP/2 (:mod:`genserve.benchmarks.raw_grpc`)
+    that send their message's prefix and first 4 KiB, then stall, and meanwhile one more sent the same way: raises
+    with its status (the time that counts: until its answer), or with NO_ANSWER when it was let in (its answer
+    waits for the body, which never comes)."""
+
+    def send(url: str, model: str) -> None:
+        from tritonclient.utils import InferenceServerException
+
+        from genserve.benchmarks.raw_grpc import RawCall, infer_message_start
+
+        start = infer_message_start(model, {"ORI_IMAGE": image_bytes, "TARGET_IMAGE": image_bytes})
+        calls = []
+        try:
+            for _ in range(stalled):
+                calls.append(RawCall(url))
+                calls[-1].send(start)
+            for call in calls:
+                if answer := call.status(0.5):  # a stalled one must be let in, waiting for its body
+                    raise InferenceServerException(f"a stalled request was answered: {answer[1]}", status=answer[0])
+            began = time.monotonic()
+            calls.append(RawCall(url))
+            calls[-1].send(start)
+            answer = calls[-1].status(5.0) or ("NO_ANSWER", "let in: no answer while its body did not come")
+            error = InferenceServerException(answer[1], status=answer[0])
+            error.probe_seconds = time.monotonic() - began
+            raise error
+        finally:
+            for call in calls:
+                call.close()
 
     return send
 

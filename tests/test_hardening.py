@@ -216,7 +216,7 @@ def test_the_probe_list_passes_on_the_stack(triton_server, capsys):
 
     assert main(["--url", triton_server.grpc_url, "--http-url", triton_server.http_url]) == 0, capsys.readouterr().out
     out = capsys.readouterr().out
-    assert "19 of 19 probes passed" in out and "skipped: " in out and "(sd_text_to_image)" in out
+    assert "20 of 20 probes passed" in out and "skipped: " in out and "(sd_text_to_image)" in out
 
 
 @pytest.mark.slow

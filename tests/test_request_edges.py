@@ -16,6 +16,7 @@ import pytest
 from fixtures_server import PeakRss
 
 from genserve import config
+from genserve.benchmarks.raw_grpc import RawCall, infer_message_start
 from genserve.client import Client
 from genserve.client.retry import RetryPolicy
 from genserve.front.scan import JsonDepth, TooDeep, json_depth
@@ -289,3 +290,98 @@ def test_a_burst_of_large_grpc_requests_leaves_the_front_as_it_was(triton_server
     assert normal_s < 10
     assert front.peak < 400 * 2**20, (front.before, front.peak)
     assert after < front.before + 50 * 2**20, (front.before, after)
+
+
+def _stalled_large(url: str, **options) -> RawCall:
+    """A face swap of 2 x 63 MiB over raw gRPC whose first 4 KiB were sent, then nothing: in flight until reset
+    or closed (``options``: RawCall's)."""
+    call = RawCall(url, **options)
+    call.send(infer_message_start("face_swap", {"ORI_IMAGE": 63 * 2**20, "TARGET_IMAGE": 63 * 2**20}))
+    return call
+
+
+def _large_slot_free(url: str, within_s: float = 0) -> tuple[str, str] | None:
+    """Whether a large request is let in: one declaring an ORI_IMAGE above the 64 MiB image limit is refused
+    INVALID_ARGUMENT from that size once let in, UNAVAILABLE (overloaded) when no large request's place is free;
+    either at once, from the first 4 KiB of its message. Asked again for ``within_s`` while it is UNAVAILABLE."""
+    deadline = time.monotonic() + within_s
+    while True:
+        with RawCall(url) as call:
+            call.send(
+                infer_message_start("face_swap", {"ORI_IMAGE": config.MAX_IMAGE_BYTES + 2**20, "TARGET_IMAGE": 1})
+            )
+            answer = call.status(5)
+        if not answer or answer[0] != "UNAVAILABLE" or time.monotonic() > deadline:
+            return answer
+        time.sleep(0.1)
+
+
+@pytest.mark.server
+def test_a_large_grpc_request_beyond_those_in_flight_is_refused_before_its_body_is_read(triton_server, faces_dir):
+    """Two 126 MiB ModelInfer calls over raw HTTP/2 that sent their 5-byte length prefix and 4 KiB of their message,
+    then stall, hold the large requests' places: a third, sent whole by tritonclient, is UNAVAILABLE (overloaded)
+    within seconds, decided from its prefix (the front's memory never holds its 126 MiB); a normal swap is served
+    meanwhile. Closed, the stalled calls give their places back at once."""
+    import tritonclient.grpc as grpcclient
+    from tritonclient.utils import InferenceServerException
+
+    inputs = []
+    for name in ("ORI_IMAGE", "TARGET_IMAGE"):
+        inputs.append(grpcclient.InferInput(name, [1], "BYTES"))
+        inputs[-1].set_data_from_numpy(np.array([b"\x01" * (63 * 2**20)], dtype=object))
+    stalled = []
+    try:
+        for _ in range(config.MAX_LARGE_REQUESTS):
+            stalled.append(_stalled_large(triton_server.grpc_url))
+        assert [call.status(0.5) for call in stalled] == [None] * len(stalled)  # let in, waiting for their bodies
+        with (
+            PeakRss(triton_server.front_pid) as front,
+            grpcclient.InferenceServerClient(triton_server.grpc_url) as client,
+            pytest.raises(InferenceServerException) as refused,
+        ):
+            started = time.monotonic()
+            client.infer("face_swap", inputs, client_timeout=60)
+        third_s = time.monotonic() - started
+        with Client(triton_server.grpc_url, retry_policy=ONCE) as client:
+            assert client.swap_face(faces_dir / ORI, faces_dir / TARGET, compute_identity=False).image
+        assert [call.status(0) for call in stalled] == [None] * len(stalled)  # still in flight
+    finally:
+        for call in stalled:
+            call.close()
+    print(
+        f"\nwith {len(stalled)} stalled 126 MiB calls: a third {refused.value.status()} in {third_s:.2f} s (the client "
+        f"serializing it included); front RSS {front.before / 2**20:.0f} MiB before, {front.peak / 2**20:.0f} at most"
+    )
+    assert refused.value.status() == "StatusCode.UNAVAILABLE", refused.value.message()
+    assert refused.value.message().startswith("overloaded: ") and "large requests" in refused.value.message()
+    assert third_s < 3
+    assert front.peak < front.before + 32 * 2**20, (front.before, front.peak)
+    answer = _large_slot_free(triton_server.grpc_url)
+    assert answer and answer[0] == "INVALID_ARGUMENT" and "face_swap takes at most" in answer[1], answer
+
+
+@pytest.mark.server
+def test_a_large_grpc_requests_deadline_and_cancel_pass_through_the_gate_and_free_its_place(triton_server):
+    """A large ModelInfer stalled mid-message with a 1 s deadline (grpc-timeout) ends DEADLINE_EXCEEDED within
+    seconds, and one whose caller cancels it (RST_STREAM CANCEL, its connection kept open) ends at once; each
+    gives its large request's place back: with every other place taken by a stalled call, the next large request
+    is let in (refused only for what it declares), not UNAVAILABLE."""
+    fillers = [_stalled_large(triton_server.grpc_url) for _ in range(config.MAX_LARGE_REQUESTS - 1)]
+    try:
+        started = time.monotonic()
+        with _stalled_large(triton_server.grpc_url, timeout_s=1.0) as timed:
+            answer = timed.status(10)
+            deadline_s = time.monotonic() - started
+            assert answer and answer[0] == "DEADLINE_EXCEEDED", (answer, timed.reset_by_server)
+            assert deadline_s < 4, deadline_s
+            freed = _large_slot_free(triton_server.grpc_url)  # the timed call's connection still open
+            assert freed and freed[0] == "INVALID_ARGUMENT", freed
+        with _stalled_large(triton_server.grpc_url) as cancelled:
+            assert cancelled.status(0.5) is None  # let in
+            cancelled.reset()
+            freed = _large_slot_free(triton_server.grpc_url, within_s=2)  # its connection still open
+            assert freed and freed[0] == "INVALID_ARGUMENT", freed
+    finally:
+        for call in fillers:
+            call.close()
+    print(f"\na large call with a 1 s deadline, stalled: {answer} after {deadline_s:.2f} s")

@@ -160,8 +160,8 @@ class Gate:
                     if remaining:
                         raise Malformed("the call ended inside its request message")
                     await upstream.end_stream(up_id)
-                elif event[0] == "reset":
-                    return await upstream.reset(up_id)
+                elif event[0] == "reset":  # the caller cancelled or went away: so does Triton's call
+                    return await _cancel(upstream, up_id)
         except Malformed as error:
             refused = Refused(errors.INVALID_INPUT, errors.INVALID_INPUT.marked(str(error)))
         except Refused as error:
@@ -220,7 +220,15 @@ async def _requests(down: h2_link.Link, down_id: int, held: list, up: h2_link.Li
         elif event[0] == "end":
             await up.end_stream(up_id)
         elif event[0] == "reset":  # the caller cancelled or went away: so does the call it made
-            return await up.reset(up_id)
+            return await _cancel(up, up_id)
+
+
+async def _cancel(up: h2_link.Link, up_id: int) -> None:
+    """The caller reset its stream (a cancel, a deadline it enforced, its connection gone): reset the call it
+    made, and end the wait for that call's answer (none comes after a reset), so that what the call held (a large
+    request's place) is given back now, not when the caller's connection closes."""
+    await up.reset(up_id)
+    up.events(up_id).put_nowait(("cancelled",))
 
 
 async def _responses(up: h2_link.Link, up_id: int, down: h2_link.Link, down_id: int, rewrite) -> None:
@@ -245,6 +253,8 @@ async def _responses(up: h2_link.Link, up_id: int, down: h2_link.Link, down_id: 
             return await down.end_stream(down_id)
         elif event[0] == "refused":
             return await _refuse(down, down_id, event[1], started=started)
+        elif event[0] == "cancelled":  # by the caller: nobody to answer
+            return
         elif event[0] == "reset":
             if rewrite is None or started:
                 return await down.reset(down_id)
