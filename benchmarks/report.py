@@ -225,7 +225,9 @@ def markdown_report(report: dict[str, Any]) -> str:
         lines += _table(
             "Streaming model beside the plain one",
             "The same requests to the streaming model (progress per step) and unary to the plain model, their "
-            "rounds interleaved; the denoiser's requests per execution under each (requests merged by its batcher).",
+            "rounds interleaved; the denoiser's requests per execution under each (requests merged by its batcher), "
+            "and its requests computed at once (every request's compute time over the wall time: the overlap, "
+            "whatever its instances).",
             [
                 ("task", text),
                 ("concurrency", num),
@@ -237,6 +239,8 @@ def markdown_report(report: dict[str, Any]) -> str:
                 ("plain p50 ms", num),
                 ("denoiser requests / execution, stream", num),
                 ("denoiser requests / execution, plain", num),
+                ("denoiser requests at once, stream", num),
+                ("denoiser requests at once, plain", num),
                 ("server CPU ms / image, stream", num),
                 ("server CPU ms / image, plain", num),
             ],
@@ -252,6 +256,8 @@ def markdown_report(report: dict[str, Any]) -> str:
                     _fmt(e["plain_p50_ms"], 0),
                     _fmt(e["denoiser_requests_per_execution_stream"], 2),
                     _fmt(e["denoiser_requests_per_execution_plain"], 2),
+                    _fmt(e.get("denoiser_requests_at_once_stream"), 2),
+                    _fmt(e.get("denoiser_requests_at_once_plain"), 2),
                     _fmt(e.get("server_cpu_ms_per_image_stream"), 0),
                     _fmt(e.get("server_cpu_ms_per_image_plain"), 0),
                 ]

@@ -720,6 +720,7 @@ def _stream_vs_plain(task, level: int, stream: Run, plain: Run) -> dict[str, Any
         name: run.extra["models"].get(denoiser, {}).get("requests_per_execution")
         for name, run in (("stream", stream), ("plain", plain))
     }
+    at_once = {name: _computed_at_once(run, denoiser) for name, run in (("stream", stream), ("plain", plain))}
     return {
         "task": task.name,
         "concurrency": level,
@@ -732,9 +733,22 @@ def _stream_vs_plain(task, level: int, stream: Run, plain: Run) -> dict[str, Any
         "plain_p50_ms": round(plain.percentile(50), 1),
         "denoiser_requests_per_execution_stream": merged["stream"],
         "denoiser_requests_per_execution_plain": merged["plain"],
+        "denoiser_requests_at_once_stream": at_once["stream"],
+        "denoiser_requests_at_once_plain": at_once["plain"],
         "server_cpu_ms_per_image_stream": stream.extra.get("server_cpu_ms_per_image"),
         "server_cpu_ms_per_image_plain": plain.extra.get("server_cpu_ms_per_image"),
     }
+
+
+def _computed_at_once(run: Run, model: str) -> float | None:
+    """How many of ``model``'s requests were computed at once, on average over the run's wall time: Triton
+    counts an execution's compute time once for every request it merged, so the sum over the requests is
+    request-seconds. What the overlap is, whatever the instances: one instance merging 2 requests per
+    execution and two instances merging 1.5 each while both are busy keep 2 and 3 at once."""
+    stats = run.extra["models"].get(model)
+    if not stats or run.wall_s <= 0:
+        return None
+    return round(stats["requests"] * stats["compute_ms"] / 1e3 / run.wall_s, 2)
 
 
 def _stream_vs_plain_line(entry: dict[str, Any]) -> str:
@@ -743,7 +757,8 @@ def _stream_vs_plain_line(entry: dict[str, Any]) -> str:
         f"  stream / plain at concurrency {entry['concurrency']}: {entry['stream_images_per_s']:.2f} / "
         f"{entry['plain_images_per_s']:.2f} images/s = {'-' if ratio is None else f'{ratio:.2f}'}x; "
         f"{entry['denoiser']} merged {entry['denoiser_requests_per_execution_stream']} (stream) / "
-        f"{entry['denoiser_requests_per_execution_plain']} (plain) requests per execution"
+        f"{entry['denoiser_requests_per_execution_plain']} (plain) requests per execution, "
+        f"{entry['denoiser_requests_at_once_stream']} / {entry['denoiser_requests_at_once_plain']} computed at once"
     )
 
 

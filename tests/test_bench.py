@@ -172,6 +172,12 @@ def test_bench_face_swap_and_t2i(demo_repository, tmp_path, capsys):
         assert plain["model"] == "sd_text_to_image" and plain["models"]["sd_text_to_image"]["requests"] == requests
         assert entry["stream_over_plain"] == pytest.approx(stream["images_per_s"] / plain["images_per_s"], rel=0.01)
         assert entry["denoiser_requests_per_execution_plain"] == plain["models"]["sd_unet"]["requests_per_execution"]
+        # Request-seconds of the denoiser's compute over the run's wall time: its requests computed at once.
+        unet = plain["models"]["sd_unet"]
+        assert entry["denoiser_requests_at_once_plain"] == pytest.approx(
+            unet["requests"] * unet["compute_ms"] / 1e3 / plain["wall_s"], rel=0.02, abs=0.01
+        )
+        assert 0 < entry["denoiser_requests_at_once_stream"] <= level * 1.05
         assert (
             f"at concurrency {level}: {entry['stream_images_per_s']:.2f} / {entry['plain_images_per_s']:.2f}" in printed
         )
