@@ -308,6 +308,9 @@ class IdleShrink:
             self._called.clear()
             while not self._closed and (wait := self._idle_for()) > 0:
                 time.sleep(wait)
+            # Once per idle spell: the calls that came while it was waited for are in it (a shrink that could
+            # not bring the process under its budget is not repeated until calls come again).
+            self._called.clear()
             if not self._closed and self._held() > self.baseline + self.budget_bytes:
                 self.shrink()
 
