@@ -27,7 +27,7 @@ import grpc
 
 from genserve import errors
 from genserve.front import h2_link
-from genserve.front.grpc_proxy import answered
+from genserve.front.grpc_proxy import answered_status
 from genserve.front.infer_walk import InferWalk
 from genserve.front.inspection import Malformed
 from genserve.front.state import FrontState, Refused
@@ -181,10 +181,7 @@ class Gate:
         if status in (None, b"0"):
             return headers
         details = unquote((fields.get(b"grpc-message") or b"").decode("ascii", "replace"))
-        code = answered(_CODES.get(int(status), grpc.StatusCode.UNKNOWN), details)
-        cut_short = self._state.cut_short(errors.decode(code.name, details)[0], details)
-        if cut_short is not None:
-            code, details = grpc.StatusCode.UNAVAILABLE, cut_short
+        code, details = answered_status(self._state, _CODES.get(int(status), grpc.StatusCode.UNKNOWN), details)
         kept = [(key, value) for key, value in headers if key not in (b"grpc-status", b"grpc-message")]
         return kept + _status_headers(code, details, trailers_only=False)
 

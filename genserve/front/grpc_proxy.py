@@ -72,6 +72,14 @@ def answered(code: grpc.StatusCode, details: str) -> grpc.StatusCode:
     return code
 
 
+def answered_status(state: FrontState, code: grpc.StatusCode, details: str) -> tuple[grpc.StatusCode, str]:
+    """The status and message the caller gets for Triton's failure: :func:`answered`'s code, and a request that a
+    stopping Triton cut short UNAVAILABLE, saying the server is stopping (both gRPC sides of the front)."""
+    code = answered(code, details)
+    cut_short = state.cut_short(errors.decode(code.name, details)[0], details)
+    return (grpc.StatusCode.UNAVAILABLE, cut_short) if cut_short is not None else (code, details)
+
+
 def _status(kind: errors.ErrorKind) -> grpc.StatusCode:
     return grpc.StatusCode[kind.grpc_status]
 
@@ -182,11 +190,7 @@ class Forwarder(grpc.GenericRpcHandler):
 
     async def _relay_failure(self, context: grpc.aio.ServicerContext, error: grpc.aio.AioRpcError) -> None:
         context.set_trailing_metadata(error.trailing_metadata() or ())
-        code, details = answered_code(error), error.details() or ""
-        cut_short = self._state.cut_short(errors.decode(code.name, details)[0], details)
-        if cut_short is not None:
-            code, details = grpc.StatusCode.UNAVAILABLE, cut_short
-        await context.abort(code, details)
+        await context.abort(*answered_status(self._state, error.code(), error.details() or ""))
 
     def _unary(self, method: str, name: str):
         upstream = self._channel.stream_unary(method)
