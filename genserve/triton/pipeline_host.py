@@ -41,7 +41,7 @@ import numpy as np
 
 from genserve import config, errors
 from genserve.diffusion.settings import SERVING_FILE, ServiceSettings
-from genserve.errors import InvalidInputError, Overloaded
+from genserve.errors import InvalidInputError
 from genserve.protocol import STREAM_SUFFIX, STREAMING_TASKS, TASKS
 from genserve.schema import BYTES, Contract, Tensor
 from genserve.triton import bls
@@ -55,7 +55,7 @@ from genserve.triton.requests import (
     output_tensors,
     refuse_if_draining,
 )
-from genserve.triton.workers import Replies, WorkerPool, process_alive
+from genserve.triton.workers import Replies, WorkerPool, backlog_full, process_alive
 
 try:  # present only inside Triton's Python backend stub
     import triton_python_backend_utils as pb_utils
@@ -139,9 +139,7 @@ class Hosted:
         or elsewhere)."""
         with self.lock:
             if self.backlog >= self.max_backlog:
-                raise Overloaded(
-                    f"{model} has {self.max_backlog} requests already (running and waiting); try again later"
-                )
+                raise backlog_full(model, self.max_backlog)
             self.backlog += 1
 
     def release(self) -> None:

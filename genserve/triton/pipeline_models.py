@@ -37,7 +37,7 @@ import numpy as np
 from genserve import config, errors
 from genserve.config import RESPONSE_CACHE_ENV
 from genserve.diffusion.settings import ServiceSettings
-from genserve.errors import InvalidInputError, Overloaded, Unavailable
+from genserve.errors import InvalidInputError, Unavailable
 from genserve.protocol import STREAMING_TASKS, TASKS
 from genserve.schema import Contract
 from genserve.triton.model_config import model_parameters
@@ -57,7 +57,7 @@ from genserve.triton.requests import (
     refuse_if_draining,
     triton_code_name,
 )
-from genserve.triton.workers import WorkerPool, finish, process_alive
+from genserve.triton.workers import WorkerPool, backlog_full, finish, process_alive
 
 try:  # present only inside Triton's Python backend stub
     import triton_python_backend_utils as pb_utils
@@ -142,10 +142,8 @@ class DiffusionModel:
                 if admitted:
                     self.relays[relay.id] = relay
             if not admitted:
-                message = (
-                    f"{self.model_name} has {self.max_backlog} requests already (running and waiting); try again later"
-                )
-                finish(sender, error_response(Overloaded(message), self.model_name), self.model_name)
+                refusal = backlog_full(self.model_name, self.max_backlog)
+                finish(sender, error_response(refusal, self.model_name), self.model_name)
                 count_in_flight(self.model_name, -1)
                 continue
             self.workers.submit(self._forward, relay, inputs, burst)

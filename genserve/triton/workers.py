@@ -23,12 +23,20 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from genserve.errors import Overloaded
+
 try:  # present only inside Triton's Python backend stub
     import triton_python_backend_utils as pb_utils
 except ImportError:
     pb_utils = None
 
 logger = logging.getLogger(__name__)
+
+
+def backlog_full(model: str, backlog: int) -> Overloaded:
+    """The refusal of a request beyond a pipeline's backlog (a relay's and the host's alike): at once, as a full
+    queue refuses; the client may retry later or elsewhere."""
+    return Overloaded(f"{model} has {backlog} requests already (running and waiting); try again later")
 
 
 class WorkerPool:
