@@ -2,8 +2,9 @@
 
 A call has one deadline, ``timeout_s`` after it starts, retries included. Each attempt gets what is
 left of it, and so does the server, as the request's own timeout: a request still waiting in a
-model's queue when its client has given up is dropped there instead of run (the queue policy of
-:func:`genserve.triton.model_config.bound_queue`).
+model's queue when its client has given up is dropped there instead of run (the stack's queue policies,
+:func:`genserve.triton.model_config.unbounded_queue`), and a diffusion request stops between two denoising
+steps.
 
 What is retried is the error table's to say (:mod:`genserve.errors`: ``retriable``), with exponential
 backoff and jitter: the server unreachable, restarting or draining (UNAVAILABLE); a worker process that

@@ -103,10 +103,12 @@ ARENA_SHRINK_ABOVE_BYTES = 16 * 1024 * 1024
 ARENA_IDLE_S = 5.0
 ARENA_IDLE_BUDGET_BYTES = 32 * 1024 * 1024
 
-# Bounded queues: a request waits at most this long in a model's queue before it is refused, and a
-# full queue refuses at once (UNAVAILABLE); per model in each config.pbtxt (see
-# genserve.triton.model_config.bound_queue). Requests may ask for less with their own timeout.
-PIPELINE_QUEUE = {"max_queue_size": 8, "timeout_s": 600.0}  # diffusion pipelines (build-repo)
+# Requests a diffusion pipeline holds waiting beside those it runs (stream_backlog). The diffusion models keep
+# that bound themselves and have no Triton queue policy: in Triton 2.51 a queue policy turns off the batcher's
+# prefetching, and its batcher then dispatches a request queued while every instance was busy only when the
+# next request arrives or 500 ms later (genserve.triton.model_config.unbounded_queue; docs/diffusion-serving.md,
+# "Triton's batcher and queue policies").
+PIPELINE_WAITING = 8
 # The most samples one batched leaf call holds (build-repo's max_batch_size) and the largest side a request
 # may ask for: TensorRT profiles (genserve export) cover both, so the engines serve what the configs accept.
 LEAF_MAX_BATCH_SIZE = 8
@@ -152,14 +154,13 @@ CPU_LARGE_PIPELINE_CONCURRENCY = 1
 # twice a multi-GB activation; cuDNN convolution algorithms by heuristic (1), not by exhaustive timing
 # (0), which stalls the first request at every new image size and allocates large trial workspaces.
 ORT_CUDA_PARAMETERS = {"arena_extend_strategy": "1", "cudnn_conv_algo_search": "1"}
-LEAF_QUEUE = {"max_queue_size": 64, "timeout_s": 600.0}  # leaves behind them: fed by the pipelines
 
 
 def stream_backlog(concurrency: int) -> int:
-    """How many requests a streaming pipeline model holds (running and waiting) before it refuses the
-    next: its workers, plus as many waiting as a plain pipeline model's queue. Its Triton queue is twice as
-    large, so that a burst reaches the model, which keeps the bound (genserve.triton.pipeline_models)."""
-    return concurrency + PIPELINE_QUEUE["max_queue_size"]
+    """How many requests a pipeline model holds (running and waiting) before it refuses the next, plain and
+    streaming alike: its workers plus PIPELINE_WAITING. The model keeps the bound itself
+    (genserve.triton.pipeline_models), and the pipeline host keeps it for both twins together."""
+    return concurrency + PIPELINE_WAITING
 
 
 # Clients: the deadline of one call (retries included), and how failures that may pass are retried.

@@ -160,16 +160,16 @@ def test_pipeline_models_per_family(built):
     assert [group.count for group in host_config.instance_group] == [BuildOptions().pipeline_instances]
     config = parse(repo / "sd_edit_image" / "config.pbtxt")
     assert {t.name: t.optional for t in config.input}["IMAGE"] is False
-    # A pipeline runs several requests at once, from both its models (issue 22, item 3), and a model's queue
-    # holds a burst of that many plus the waiting ones, for the host to bound them.
-    from genserve.config import PIPELINE_CONCURRENCY, stream_backlog
+    # A pipeline runs several requests at once, from both its models (issue 22, item 3); the models bound
+    # their backlog themselves (tests/test_diffusion_serving.py), with no Triton queue policy.
+    from genserve.config import PIPELINE_CONCURRENCY
     from genserve.triton.model_config import load_after
 
     for name in ("sd_text_to_image", "sd_text_to_image_stream"):
         served = json.loads((repo / name / "1" / "serving.json").read_text())["concurrency"]
         assert served == PIPELINE_CONCURRENCY > 1  # the tiny UNet: see the test above for a larger one
         config = parse(repo / name / "config.pbtxt")
-        assert config.dynamic_batching.default_queue_policy.max_queue_size == 2 * stream_backlog(served)
+        assert not config.HasField("dynamic_batching"), name  # Triton's default scheduler: nothing held back
         assert [group.count for group in config.instance_group] == [1]  # a relay: threads, no copies
         assert load_after(config) == [
             "diffusion_pipelines",
@@ -199,11 +199,6 @@ def test_a_rebuilt_export_keeps_the_others_in_the_host(export_family, tmp_path):
         shutil.rmtree(tmp_path / name)
     build_repository(export_family("sd")[1], tmp_path, BuildOptions(prefix="sd_"))
     assert hosted() == ["sd_edit_image", "sd_text_to_image"]
-    # The host's queue holds the backlog of both models of every pipeline it runs.
-    from genserve.config import PIPELINE_CONCURRENCY, stream_backlog
-
-    config = parse(tmp_path / "diffusion_pipelines" / "config.pbtxt")
-    assert config.dynamic_batching.default_queue_policy.max_queue_size == 2 * 2 * stream_backlog(PIPELINE_CONCURRENCY)
 
 
 def test_pipeline_configs_match_their_task_contracts(built):
@@ -242,13 +237,24 @@ def test_refuses_what_is_no_export(tmp_path, export_family):
         build_repository(export_dir, tmp_path / "repo", BuildOptions(target="tpu"))
 
 
-def test_every_model_has_a_bounded_queue_and_every_leaf_input_limits(built):
-    from genserve.triton.model_config import model_parameters, unbounded_queue
+def test_no_model_has_a_queue_policy_and_every_leaf_input_limits(built):
+    """Triton 2.51's batcher dispatches a request that a model with a queue policy queued behind busy instances
+    only when the next request comes, or 500 ms later (genserve.config.PIPELINE_WAITING): the diffusion models
+    have none. The pipeline models and the host bound their backlog themselves, the leaves are fed by them, and
+    a leaf's batcher keeps its window."""
+    from genserve.repository.diffusion import QUEUE_DELAY_US
+    from genserve.triton.model_config import model_parameters
 
     target, repo, reports = built
     for report in reports.values():
-        for name in [*report.leaf_models, *report.pipeline_models, report.host_model]:
-            assert unbounded_queue(parse(repo / name / "config.pbtxt")) is None, name
+        for name in [*report.pipeline_models, report.host_model]:
+            assert not parse(repo / name / "config.pbtxt").HasField("dynamic_batching"), name
+        for name in report.leaf_models:
+            config = parse(repo / name / "config.pbtxt")
+            assert not config.dynamic_batching.HasField("default_queue_policy"), name
+            assert not config.dynamic_batching.priority_queue_policy, name
+            if config.max_batch_size:  # batched: calls merge within the leaf's window
+                assert config.dynamic_batching.max_queue_delay_microseconds in QUEUE_DELAY_US.values(), name
         for name in report.leaf_models:
             config = parse(repo / name / "config.pbtxt")
             limits = json.loads(model_parameters(config)["max_input_shape"])

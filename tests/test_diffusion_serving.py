@@ -44,11 +44,14 @@ def diffusion_server(export_family, tmp_path_factory):
         )
         build_repository(export_dir, repo, options)
     # FLUX's pipeline does more between its denoiser calls than SD's: on this 2-core host two pipelines
-    # miss the default 2 ms window and alternate on the transformer. A 100 ms window lets them meet.
+    # miss the default window and alternate on the transformer. A 100 ms window lets them meet.
+    from genserve.repository.diffusion import QUEUE_DELAY_US
+
     config = repo / "flux_transformer" / "config.pbtxt"
     text = config.read_text()
-    assert "max_queue_delay_microseconds: 2000\n" in text
-    config.write_text(text.replace("max_queue_delay_microseconds: 2000\n", "max_queue_delay_microseconds: 100000\n"))
+    default = f"max_queue_delay_microseconds: {QUEUE_DELAY_US['denoiser']}\n"
+    assert default in text
+    config.write_text(text.replace(default, "max_queue_delay_microseconds: 100000\n"))
     with loopback_server(tmp_path_factory, repo) as server:
         yield server
 
@@ -675,9 +678,9 @@ def test_a_request_given_up_stops_the_denoiser(how, diffusion_server, dclient):
 
 
 def test_a_streaming_model_refuses_work_beyond_its_backlog(diffusion_server, dclient):
-    """The streaming model hands requests to its workers at once, so Triton's queue bound never sees a
-    backlog: the model keeps its own (workers plus a plain model's queue) and refuses the next request
-    at once with UNAVAILABLE, which clients may retry later or elsewhere; the others are not harmed."""
+    """The streaming model hands requests to its workers at once and keeps its own backlog (workers plus
+    config.PIPELINE_WAITING; it has no Triton queue bound): it refuses the next request at once with
+    UNAVAILABLE, which clients may retry later or elsewhere; the others are not harmed."""
     import queue
 
     import tritonclient.grpc as grpcclient

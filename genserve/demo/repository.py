@@ -43,7 +43,7 @@ def build_demo_repository(
     from genserve.demo.pipelines import build_demo_pipeline
     from genserve.export.pipeline import ExportOptions, export_pipeline
     from genserve.manifest import FORMAT
-    from genserve.repository.diffusion import BuildOptions, build_repository
+    from genserve.repository.diffusion import QUEUE_DELAY_US, BuildOptions, build_repository
 
     out_dir = Path(out_dir)
     repo_dir = out_dir / ("repository" if warmup else "repository-no-warmup")
@@ -59,7 +59,8 @@ def build_demo_repository(
         "serving_parameter": 1,  # the pipeline configs say what they serve (genserve.served_models)
         "pipeline_host": PIPELINE_HOST_MODEL,  # the pipelines run in one host process (issue 31)
         "progress_interval_s": PROGRESS_INTERVAL_S,
-        "relay_queue": 2,  # a relay's Triton queue holds twice the backlog it keeps
+        # No Triton queue policy on the diffusion models (genserve.config.PIPELINE_WAITING), and the leaves' windows.
+        "queues": {"policy": False, "delays_us": QUEUE_DELAY_US},
     }
     if (repo_dir / STAMP).is_file() and json.loads((repo_dir / STAMP).read_text()) == stamp:
         return repo_dir

@@ -38,15 +38,12 @@ from genserve.config import (
     CPU_LARGE_PIPELINE_CONCURRENCY,
     CPU_SMALL_DENOISER_BYTES,
     LEAF_MAX_BATCH_SIZE,
-    LEAF_QUEUE,
     MAX_GENERATED_SIDE,
     MAX_IMAGES,
     ORT_CUDA_PARAMETERS,
     PIPELINE_CONCURRENCY,
     PIPELINE_HOST_MODEL,
-    PIPELINE_QUEUE,
     PROGRESS_INTERVAL_S,
-    stream_backlog,
 )
 from genserve.diffusion.settings import SERVING_FILE, ServiceSettings
 from genserve.errors import GenServeError
@@ -56,7 +53,7 @@ from genserve.manifest import ComponentEntry, Manifest
 from genserve.protocol import STREAMING_TASKS, TASKS, TEXT_TO_IMAGE
 from genserve.schema import BYTES, TRITON_TYPES, Contract
 from genserve.served_models import SERVING_PARAMETER, ServedModel, default_side
-from genserve.triton.model_config import CALLS, LOAD_AFTER, ModelConfig, bound_queue, declare_contract, write_config
+from genserve.triton.model_config import CALLS, LOAD_AFTER, ModelConfig, declare_contract, write_config
 from genserve.triton.onnx_leaf import PARAM_INTRA_OP_THREADS
 from genserve.triton.pipeline_host import host_tensors
 
@@ -64,8 +61,10 @@ TARGETS = ("cpu", "gpu")
 LEAF_MODEL_PY = "from genserve.triton.onnx_leaf import TritonPythonModel  # noqa: F401  (see config.pbtxt)\n"
 PIPELINE_MODEL_PY = "from genserve.triton.models import {cls} as TritonPythonModel  # noqa: F401  (see config.pbtxt)\n"
 HOST_MODEL_PY = "from genserve.triton.pipeline_host import PipelineHost as TritonPythonModel  # noqa: F401\n"
-# How long the denoiser's batcher waits for a second request: well under one step's time.
-QUEUE_DELAY_US = {"text_encoder": 500, "denoiser": 2000, "vae_decoder": 1000, "vae_encoder": 1000}
+# How long a leaf's batcher waits for more calls to merge: well under one step's time. The denoiser's 3 ms
+# catch the calls of requests whose steps drifted apart (tiny SD at concurrency 4 merged 1.68-2.13 calls per
+# execution with 3 ms, 1.42-2.08 with 2 ms, at the same images/s: docs/diffusion-serving.md).
+QUEUE_DELAY_US = {"text_encoder": 500, "denoiser": 3000, "vae_decoder": 1000, "vae_encoder": 1000}
 
 
 class RepositoryError(GenServeError):
@@ -306,7 +305,8 @@ def leaf_config(
                 spec.dims.extend(tensor.shape[1:] if batched else tensor.shape)
     if batched:
         config.dynamic_batching.max_queue_delay_microseconds = QUEUE_DELAY_US[entry.kind]
-    bound_queue(config, **LEAF_QUEUE)
+    # No queue policy (genserve.config.PIPELINE_WAITING says why): every call comes from the pipelines, whose
+    # backlog bounds them.
     if max_input_shape:  # checked by the Python-backend leaf (cpu); TensorRT engines hold their profile
         config.parameters["max_input_shape"].string_value = json.dumps(max_input_shape)
     group = config.instance_group.add(count=leaf_instances(entry, options))
@@ -394,17 +394,12 @@ def write_leaf(
 # --- pipeline models -----------------------------------------------------------------------------------
 
 
-def pipeline_config(name: str, contract: Contract, concurrency: int = 1) -> ModelConfig:
+def pipeline_config(name: str, contract: Contract) -> ModelConfig:
     """A pipeline model's config: the task's contract (decoupled when it streams), Python backend, one CPU
-    instance (a relay: the pipeline runs in the host), a bounded queue. The model hands each request to a
-    thread of its own at once and the host bounds the pipeline's backlog; its queue holds twice that many, so a
-    burst is not refused before it."""
-    # Twice the backlog the model keeps: a burst that comes faster than the model takes it still reaches the
-    # model, which refuses what is beyond its backlog itself (Triton's "Exceeds maximum queue size" says less).
-    queue = PIPELINE_QUEUE | {"max_queue_size": 2 * stream_backlog(concurrency)}
-    config = bound_queue(
-        declare_contract(ModelConfig(name=name, backend="python", max_batch_size=0), contract), **queue
-    )
+    instance (a relay: the pipeline runs in the host). No Triton queue policy (genserve.config.PIPELINE_WAITING
+    says why): the model hands each request to a thread of its own at once and refuses what is beyond the
+    pipeline's backlog itself, as the host does for both twins."""
+    config = declare_contract(ModelConfig(name=name, backend="python", max_batch_size=0), contract)
     # A seeded request always makes the same image: a server run with a response cache (genserve serve
     # --cache-size) answers a repeated one from it. Triton caches no decoupled model's responses.
     config.response_cache.enable = not contract.streaming
@@ -427,7 +422,7 @@ def write_pipeline(
     contract = STREAMING_TASKS[task] if stream else TASKS[task]
     name = options.prefix + contract.model
     model_dir, version = _fresh_model_dir(repo_dir, name)
-    config = pipeline_config(name, contract, settings.concurrency)
+    config = pipeline_config(name, contract)
     # What it calls: the host over BLS, and the leaves through the host (a server serving it serves them; it
     # loads after them, its warm-up runs through them), and the ocr model that checks a text edit (loaded with
     # it when a repository has it: without it the edit stands, its check reported as skipped).
@@ -466,9 +461,10 @@ def write_pipeline(
 # --- the pipeline host ---------------------------------------------------------------------------------
 
 
-def host_config(name: str, hosted: list[ServiceSettings], instances: int) -> ModelConfig:
+def host_config(name: str, instances: int) -> ModelConfig:
     """The pipeline host's config: every task's tensors and its own (genserve.triton.pipeline_host), decoupled,
-    ``instances`` CPU processes, a queue for every hosted pipeline's backlog from both twins."""
+    ``instances`` CPU processes. No Triton queue policy (genserve.config.PIPELINE_WAITING says why): it refuses
+    what is beyond a pipeline's backlog from both twins itself."""
     inputs, outputs = host_tensors()
     config = ModelConfig(name=name, backend="python", max_batch_size=0)
     config.model_transaction_policy.decoupled = True
@@ -478,8 +474,6 @@ def host_config(name: str, hosted: list[ServiceSettings], instances: int) -> Mod
         )
     for tensor in outputs:
         config.output.add(name=tensor.name, data_type=tensor.triton_type, dims=list(tensor.dims))
-    backlog = sum(2 * stream_backlog(settings.concurrency) for settings in hosted) or PIPELINE_QUEUE["max_queue_size"]
-    bound_queue(config, **(PIPELINE_QUEUE | {"max_queue_size": backlog}))
     group = config.instance_group.add(count=instances)
     group.kind = group.KIND_CPU
     return config
@@ -489,8 +483,8 @@ def write_host(
     export_dir: Path, repo_dir: Path, manifest: Manifest, options: BuildOptions, pipelines: dict[str, ServiceSettings]
 ) -> str:
     """Add this export's pipelines (plain model name -> settings) to the repository's pipeline host, and write
-    its config for every pipeline it now runs: those of other exports built into the repository stay, those
-    whose pipeline model is gone are dropped."""
+    its config: the pipelines of other exports built into the repository stay, those whose pipeline model is
+    gone are dropped."""
     name = options.pipeline_host
     host_dir = repo_dir / name
     version = host_dir / "1"
@@ -505,8 +499,7 @@ def write_host(
         shutil.copytree(export_dir / manifest.pipeline_files, folder / manifest.pipeline_files)
         manifest.write(folder)
         settings.write(folder)
-    hosted = [ServiceSettings.read(folder) for folder in sorted(version.iterdir()) if (folder / SERVING_FILE).is_file()]
-    write_config(host_config(name, hosted, options.pipeline_instances), host_dir / "config.pbtxt")
+    write_config(host_config(name, options.pipeline_instances), host_dir / "config.pbtxt")
     (version / "model.py").write_text(HOST_MODEL_PY)
     return name
 

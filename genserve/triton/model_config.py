@@ -120,22 +120,14 @@ def declare_contract(config: ModelConfig, contract: Contract) -> ModelConfig:
     return config
 
 
-def bound_queue(config: ModelConfig, *, max_queue_size: int, timeout_s: float) -> ModelConfig:
-    """Give the model a bounded queue: at most ``max_queue_size`` requests wait (more are refused at once
-    with UNAVAILABLE), and one that waited ``timeout_s`` is refused before it runs. A request's own
-    ``timeout`` (the client's remaining deadline) replaces the default. Triton's queue policy lives in
-    the dynamic batcher, which a model that does not batch (``max_batch_size: 0``) may have too: it then
-    queues and schedules without batching."""
-    policy = config.dynamic_batching.default_queue_policy
-    policy.max_queue_size = max_queue_size
-    policy.default_timeout_microseconds = int(timeout_s * 1e6)
-    policy.timeout_action = policy.REJECT
-    policy.allow_timeout_override = True
-    return config
-
-
 def unbounded_queue(config: ModelConfig) -> str | None:
-    """Why a model's queue is not bounded as :func:`bound_queue` makes it, or None when it is."""
+    """Why a model's queue is not bounded, or None when it is: a queue policy in its dynamic batcher (which a
+    model that does not batch may have too) holds at most ``max_queue_size`` requests waiting (more are refused
+    at once with UNAVAILABLE) and refuses one that waited ``default_timeout_microseconds`` (or its own shorter
+    ``timeout``, the client's remaining deadline) before it runs. The stack's models have one. In Triton 2.51
+    it has a cost: the batcher then no longer prefetches, and a request queued while every instance was busy
+    is dispatched only when the next request arrives or 500 ms later (docs/diffusion-serving.md, "Triton's
+    batcher and queue policies"); so the diffusion models, which bound their work themselves, have none."""
     if not config.HasField("dynamic_batching"):
         return "no dynamic_batching (no queue policy)"
     policy = config.dynamic_batching.default_queue_policy
