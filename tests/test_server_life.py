@@ -238,3 +238,27 @@ def test_a_drain_after_a_worker_died_is_as_fast_as_on_a_fresh_server(tmp_path, f
         wounded.stop()
     print(f"\nstop: fresh server {fresh_s:.1f} s, idle server after a worker death {wounded_s:.1f} s")
     assert wounded_s < max(3 * fresh_s, fresh_s + 15), (fresh_s, wounded_s)
+
+
+def test_a_stop_after_http_traffic_does_not_wait_for_the_fronts_idle_connections(tmp_path):
+    """Triton stops only once every connection to its HTTP port is closed, and says so once a second in its log
+    ("Found N HTTP service connections"). The front keeps its idle connections to Triton for
+    config.FRONT_UPSTREAM_KEEPALIVE_S: with aiohttp's default (15 s) every stop after HTTP traffic waited 20-30
+    s for them."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from genserve.config import STACK_REPOSITORY_DIR
+    from genserve.server import TritonServer
+
+    log_path = tmp_path / "triton.log"
+    with TritonServer.on_loopback(STACK_REPOSITORY_DIR, models=["ocr_det"], log_path=log_path) as server:
+        url = f"http://{server.http_url}/v2/models/ocr_det/ready"
+
+        def ready(_) -> int:
+            with urllib.request.urlopen(url, timeout=30) as response:
+                return response.status
+
+        with ThreadPoolExecutor(8) as pool:  # at once: the front opens a connection to Triton for each
+            assert set(pool.map(ready, range(32))) == {200}
+    waits = log_path.read_text().count("HTTP service connections")
+    assert waits <= 3, f"Triton waited {waits} s for HTTP connections to close"

@@ -249,6 +249,12 @@ class _Stream:
         self.ended: str | None = None
 
 
+def upstream_connector() -> aiohttp.TCPConnector:
+    """Connections to tritonserver's HTTP port: as many at once as callers send (Triton queues them), an idle one
+    closed after ``config.FRONT_UPSTREAM_KEEPALIVE_S`` (Triton's stop waits for every one to close)."""
+    return aiohttp.TCPConnector(limit=0, keepalive_timeout=config.FRONT_UPSTREAM_KEEPALIVE_S)
+
+
 class Forwarder:
     """Forwards every request to tritonserver's HTTP port at ``upstream`` (``host:port``)."""
 
@@ -270,7 +276,7 @@ class Forwarder:
 
     async def open(self) -> None:
         self._session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=0),  # as many at once as callers send: Triton queues them
+            connector=upstream_connector(),
             timeout=aiohttp.ClientTimeout(total=None, sock_connect=10),  # a diffusion request takes minutes
             auto_decompress=False,  # the body passes as Triton encoded it, for the caller that asked
             skip_auto_headers=("Accept", "Accept-Encoding", "Content-Type", "User-Agent"),  # only the caller's

@@ -45,7 +45,7 @@ import numpy as np
 from aiohttp import web
 
 from genserve import config, errors
-from genserve.front.http_proxy import answered_status, error_text, read_body
+from genserve.front.http_proxy import answered_status, error_text, read_body, upstream_connector
 from genserve.front.state import FrontState, Refused
 from genserve.protocol import EDIT_IMAGE, EDIT_TEXT, TEXT_TO_IMAGE
 from genserve.schema import TRITON_TYPES, Contract
@@ -194,7 +194,7 @@ class ImagesApi:
 
     async def _open(self, _app) -> None:
         self._session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=0),
+            connector=upstream_connector(),
             timeout=aiohttp.ClientTimeout(total=None, sock_connect=10),  # a diffusion request takes minutes
         )
 
