@@ -52,6 +52,21 @@ def export_family(demo_dir, tmp_path_factory):
     return get
 
 
+@pytest.fixture(scope="session")
+def bf16_exports(demo_dir, tmp_path_factory):
+    """Family -> ExportReport of the bf16 export (what a GPU serves by default), made once per session for the
+    tests that read its graphs (tests/test_cuda_kernels.py, tests/test_gpu_path.py)."""
+    from genserve.export.pipeline import ExportOptions, export_pipeline
+
+    out = tmp_path_factory.mktemp("bf16")
+    return {
+        family: export_pipeline(
+            demo_dir / demo, out / family, ExportOptions(precision="bf16", progress=False), log=lambda _: None
+        )
+        for family, demo in DEMO_FOR_FAMILY.items()
+    }
+
+
 def run_cli(*argv: str) -> int:
     """``genserve <argv>`` in this process, through the real CLI (its parser and error handling)."""
     from genserve.cli import main

@@ -75,19 +75,6 @@ def test_a_node_without_a_bf16_kernel_is_kept_in_fp32_and_computes_the_same(tmp_
         np.testing.assert_array_equal(a, b)
 
 
-@pytest.fixture(scope="module")
-def bf16_exports(demo_dir, tmp_path_factory):
-    from genserve.export.pipeline import ExportOptions, export_pipeline
-
-    out = tmp_path_factory.mktemp("bf16")
-    return {
-        family: export_pipeline(
-            demo_dir / demo, out / family, ExportOptions(precision="bf16", progress=False), log=lambda _: None
-        )
-        for family, demo in DEMO_FOR_FAMILY.items()
-    }
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("family", sorted(DEMO_FOR_FAMILY))
 def test_every_bf16_leaf_has_cuda_kernels_for_its_types(family, bf16_exports):

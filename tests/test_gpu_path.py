@@ -224,27 +224,19 @@ def test_stage_keys_follow_the_backends_onnx_runtime(demo_dir, tmp_path, monkeyp
 
 
 @pytest.mark.slow
-def test_gpu_configs_and_graphs_fit_the_supported_release(demo_dir, tmp_path):
+def test_gpu_configs_and_graphs_fit_the_supported_release(bf16_exports, tmp_path):
     """Every --target gpu leaf's tensor types are ones the release's onnxruntime backend takes, and
     every exported graph's opset is one its ONNX Runtime opens (a bf16 export included)."""
     import onnx
     from google.protobuf import text_format
     from tritonclient.grpc import model_config_pb2
 
-    from genserve.export.pipeline import ExportOptions, export_pipeline
     from genserve.repository.diffusion import BuildOptions, build_repository
 
     release = gpu_stack.SUPPORTED
     allowed = {"TYPE_FP32", "TYPE_FP16", "TYPE_INT64"} | ({"TYPE_BF16"} if release.bf16_io else set())
-    export = tmp_path / "bf16"
-    export_pipeline(
-        demo_dir / "sd",
-        export,
-        ExportOptions(precision="bf16", optimize=False, parity=False, progress=False),
-        log=lambda _: None,
-    )
     repo = tmp_path / "repo"
-    report = build_repository(export, repo, BuildOptions(target="gpu", warmup=False, stream=False))
+    report = build_repository(bf16_exports["sd"].out_dir, repo, BuildOptions(target="gpu", warmup=False, stream=False))
     for name in report.leaf_models:
         config = text_format.Parse((repo / name / "config.pbtxt").read_text(), model_config_pb2.ModelConfig())
         assert config.platform == "onnxruntime_onnx"
