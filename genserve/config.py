@@ -187,11 +187,11 @@ MAX_LARGE_REQUESTS = 2
 # front together. A message still arriving after FRONT_READ_SLICE_S (a slow sender) lets the next one be
 # read beside it.
 FRONT_READ_SLOTS = 1
+FRONT_READ_SLICE_S = 3.0
 # How long the front keeps an idle HTTP connection to tritonserver open for the next request. Triton stops
 # only once every connection to its HTTP port is closed: with aiohttp's default (15 s, checked as often) a
 # stop after HTTP traffic waited 20-30 s for the front's idle connections.
 FRONT_UPSTREAM_KEEPALIVE_S = 1.0
-FRONT_READ_SLICE_S = 3.0
 
 # The OpenAI Images API on the HTTP port (genserve.front.openai_api): images asked for as a URL are kept this
 # long, and this much of them at most (the oldest dropped first), in the front's memory.

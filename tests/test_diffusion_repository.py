@@ -242,6 +242,7 @@ def test_no_model_has_a_queue_policy_and_every_leaf_input_limits(built):
     only when the next request comes, or 500 ms later (genserve.config.PIPELINE_WAITING): the diffusion models
     have none. The pipeline models and the host bound their backlog themselves, the leaves are fed by them, and
     a leaf's batcher keeps its window."""
+    from genserve.families import FAMILIES as SPECS
     from genserve.repository.diffusion import QUEUE_DELAY_US
     from genserve.triton.model_config import model_parameters
 
@@ -254,7 +255,10 @@ def test_no_model_has_a_queue_policy_and_every_leaf_input_limits(built):
             assert not config.dynamic_batching.HasField("default_queue_policy"), name
             assert not config.dynamic_batching.priority_queue_policy, name
             if config.max_batch_size:  # batched: calls merge within the leaf's window
-                assert config.dynamic_batching.max_queue_delay_microseconds in QUEUE_DELAY_US.values(), name
+                assert config.dynamic_batching.max_queue_delay_microseconds > 0, name
+    for family in reports:  # built with the prefix "<family>_"
+        denoiser = parse(repo / f"{family}_{SPECS[family].denoiser.name}" / "config.pbtxt")
+        assert denoiser.dynamic_batching.max_queue_delay_microseconds == QUEUE_DELAY_US["denoiser"], family
         for name in report.leaf_models:
             config = parse(repo / name / "config.pbtxt")
             limits = json.loads(model_parameters(config)["max_input_shape"])

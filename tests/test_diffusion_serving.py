@@ -701,7 +701,7 @@ def test_a_streaming_model_refuses_work_beyond_its_backlog(diffusion_server, dcl
     triton = grpcclient.InferenceServerClient(diffusion_server.grpc_url)
     triton.start_stream(callback=lambda result, error: replies.put(error))
     try:
-        for _ in range(bound + 1):  # at once: Triton's queue holds the burst until the model takes it
+        for _ in range(bound + 1):  # at once: the model takes them all and refuses the last
             triton.async_stream_infer("sd_text_to_image_stream", triton_inputs(grpcclient, inputs))
         refusal = None
         deadline = time.monotonic() + 30

@@ -127,8 +127,8 @@ class Hosted:
     def __init__(self, name: str, folder: Path, settings: ServiceSettings, host_name: str):
         self.name, self.folder, self.settings = name, folder, settings
         self.workers = WorkerPool(settings.concurrency, f"{host_name}:{name}")
-        # Triton's queue never holds what execute has taken, so the bound is kept here: as many running as there
-        # are workers, as many waiting as a plain model's queue.
+        # The diffusion models have no Triton queue bound (config.PIPELINE_WAITING), so it is kept here: as many
+        # running as there are workers, PIPELINE_WAITING waiting.
         self.max_backlog = config.stream_backlog(settings.concurrency)
         self.backlog = 0
         self.lock = threading.Lock()

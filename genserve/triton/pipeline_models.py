@@ -10,7 +10,7 @@ the streaming twin every ``PROGRESS`` and then the result, the plain twin the re
 request's response sender (Triton 24.07+ allows that for plain models too), so that neither holds its
 instance: each request waits on a worker thread of its own, and concurrent requests reach the host, and
 their denoiser calls the leaf's batcher, together. A model takes as many requests as the pipeline's backlog
-(its workers plus a plain model's queue); the next is refused at once with UNAVAILABLE, as the host refuses
+(its workers plus ``config.PIPELINE_WAITING``); the next is refused at once with UNAVAILABLE, as the host refuses
 what both twins together send beyond it.
 
 What the relay watches meanwhile (:meth:`DiffusionModel._watch`, every ``config.RELAY_WATCH_S``): a request
